@@ -1,0 +1,169 @@
+"""Plain data that a routing decision is made of.
+
+The decision is a pure function over these values (see ``engine.py``): nothing here imports
+LiteLLM, so the same objects serve the live adapter, ``litellm-payg explain`` and ``simulate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One deployment of a model group, with what the policy needs to know about it.
+
+    Prices are USD per token, already resolved by ``pricing.py`` (policy override, then the
+    deployment's own ``litellm_params`` price, then LiteLLM's price map); ``None`` means unknown.
+    """
+
+    deployment_id: str
+    model: str  # the LiteLLM model string, e.g. "deepseek/deepseek-chat"
+    provider: str
+    group: str
+    input_usd_per_token: float | None
+    output_usd_per_token: float | None
+    quality: float | None = None
+    max_input_tokens: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def priced(self) -> bool:
+        return self.input_usd_per_token is not None and self.output_usd_per_token is not None
+
+    def estimate_usd(self, prompt_tokens: int, output_tokens: int) -> float:
+        """Cost of a request of this size here; an unpriced candidate has no estimate."""
+        if not self.priced:
+            raise ValueError(f"deployment {self.deployment_id} ({self.model}) has no known price")
+        return prompt_tokens * self.input_usd_per_token + output_tokens * self.output_usd_per_token  # type: ignore[operator]
+
+    def usd_per_1k(self, prompt_tokens: int, output_tokens: int) -> float:
+        """This request's blended price per 1K tokens here: estimated cost / total tokens * 1000.
+
+        For a prompt-heavy request it approaches the input price, for an output-heavy one the
+        output price. This is the number ``cost_threshold`` compares against its threshold.
+        """
+        total = prompt_tokens + output_tokens
+        if total <= 0:
+            return (self.input_usd_per_token or 0.0) * 1000
+        return self.estimate_usd(prompt_tokens, output_tokens) / total * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What the policy knows about a request before it is sent.
+
+    ``user``/``team``/``api_key``/``tags`` come from LiteLLM's own request identity (in the proxy,
+    the authenticated key; in the SDK, the request ``metadata`` and ``user``). ``min_quality`` and
+    ``allowed_models`` are client hints, already sanitised so they can only tighten the policy.
+    """
+
+    group: str
+    prompt_tokens: int
+    output_tokens: int
+    user: str | None = None
+    team: str | None = None
+    api_key: str | None = None
+    tags: tuple[str, ...] = ()
+    min_quality: float | None = None
+    allowed_models: frozenset[str] | None = None
+    trace_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def field_value(self, name: str) -> str | None:
+        """A request field by name, for rules configured with e.g. ``sticky_by: user``."""
+        if name in ("user", "team", "api_key", "trace_id", "group"):
+            value = getattr(self, name)
+            return None if value is None else str(value)
+        if name.startswith("metadata."):
+            value = self.metadata.get(name.split(".", 1)[1])
+            return None if value is None else str(value)
+        raise ValueError(f"unknown request field {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """A candidate the policy removed, who removed it, and why (in words a user can act on)."""
+
+    deployment_id: str
+    model: str
+    reason: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one rule or filter did: the new ordered candidate list and what it dropped."""
+
+    kept: Sequence[Candidate]
+    dropped: Sequence[Drop] = ()
+    note: str | None = None
+    #: facts about the decision worth reporting on later, e.g. ``{"split_arm": "new-model"}``
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def drop(candidate: Candidate, reason: str, by: str) -> Drop:
+        return Drop(candidate.deployment_id, candidate.model, reason, by)
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of ``Engine.decide``: candidates to try in order, and every drop with its reason."""
+
+    request: RouteRequest
+    ordered: list[Candidate]
+    dropped: list[Drop]
+    notes: list[str]
+    attrs: dict[str, str] = field(default_factory=dict)
+    governed: bool = True  # False when no route matched: LiteLLM's own selection applies
+
+    @property
+    def chosen(self) -> Candidate | None:
+        return self.ordered[0] if self.ordered else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able summary, stamped on the request metadata and printed by ``explain``."""
+        req = self.request
+        return {
+            "group": req.group,
+            "governed": self.governed,
+            "chosen": self.chosen.deployment_id if self.chosen else None,
+            "chosen_model": self.chosen.model if self.chosen else None,
+            "order": [c.deployment_id for c in self.ordered],
+            "candidates": [_candidate_row(c, req, "kept") for c in self.ordered],
+            "dropped": [
+                {"deployment_id": d.deployment_id, "model": d.model, "by": d.by, "reason": d.reason}
+                for d in self.dropped
+            ],
+            "notes": list(self.notes),
+            "attrs": dict(self.attrs),
+            "prompt_tokens": req.prompt_tokens,
+            "output_tokens": req.output_tokens,
+        }
+
+
+def _candidate_row(c: Candidate, req: RouteRequest, verdict: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"deployment_id": c.deployment_id, "model": c.model, "verdict": verdict}
+    if c.priced:
+        row["estimate_usd"] = c.estimate_usd(req.prompt_tokens, req.output_tokens)
+        row["usd_per_1k"] = c.usd_per_1k(req.prompt_tokens, req.output_tokens)
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished attempt, as LiteLLM reported it to the success/failure callbacks."""
+
+    group: str
+    deployment_id: str | None
+    model: str | None
+    ok: bool
+    cost_usd: float
+    latency_s: float | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: BaseException | None = None
+    trace_id: str | None = None
+    decision: Mapping[str, Any] | None = None

@@ -1,0 +1,1 @@
+"""The built-in rules, written as plugins: they register through the same hooks a user's plugin uses."""

@@ -1,0 +1,58 @@
+"""The plugin contract: every hook a litellm-payg plugin may implement.
+
+Each hook is documented here, where it is declared. Call sites always pass keyword arguments, so an
+implementation may accept any subset of the arguments listed, and new arguments can be added later
+without breaking existing plugins. The built-in rules in ``litellm_payg.default_plugins`` use these
+same hooks: nothing a built-in does is closed to a third-party plugin.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("litellm_payg")
+hookimpl = pluggy.HookimplMarker("litellm_payg")
+
+
+@hookspec
+def payg_register_rules(register):
+    """Register rule types that a policy file can name in a route.
+
+    Call ``register(RuleClass)`` once per rule type. ``RuleClass`` has a class attribute ``name``
+    (the key used in the policy file, e.g. ``cost_threshold``), a pydantic model ``Options``
+    (validated from the policy; give it ``extra="forbid"``), and is constructed as
+    ``RuleClass(options, context)`` with a :class:`litellm_payg.rules.RuleContext`. Its
+    ``apply(request, candidates)`` returns a :class:`litellm_payg.decision.Step`. See
+    ``litellm_payg/rules.py`` for the full protocol and ``default_plugins/`` for examples.
+    """
+
+
+@hookspec
+def payg_filter_candidates(request, candidates, engine):
+    """Narrow or reorder the candidates of *every* request, after the route's rules.
+
+    For policy-wide concerns that are not a rule of one route (budget headroom, circuit breakers).
+    Return ``None`` to leave the candidates alone, or a :class:`litellm_payg.decision.Step` whose
+    ``kept`` is the new ordered list and whose ``dropped`` says why each removed candidate went.
+    All implementations run, in pluggy order (``tryfirst``/``trylast`` to order them); each sees
+    the previous one's result.
+    """
+
+
+@hookspec
+def payg_decision(request, decision):
+    """Observe a routing decision once it is made (log it, count it, export it).
+
+    Called on every pick, including retries and fallback hops. Must not raise and must not block:
+    it runs on the request path.
+    """
+
+
+@hookspec
+def payg_outcome(outcome):
+    """Observe the outcome of one attempt: the deployment that actually ran, its real cost
+    (LiteLLM's ``response_cost``), latency, and whether it failed and how.
+
+    ``outcome`` is a :class:`litellm_payg.decision.Outcome`. Called from LiteLLM's success/failure
+    callbacks, which LiteLLM runs on a background worker shortly after the caller got its answer.
+    """

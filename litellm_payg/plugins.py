@@ -1,0 +1,124 @@
+"""The plugin manager: built-in rules, entry points, and modules a policy file names.
+
+Every source registers through the same hooks (``hookspecs.py``). Built-ins are registered first and
+marked ``trylast`` where order matters, so a user's plugin runs before them without a flag.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+ENTRY_POINT_GROUP = "litellm_payg"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "litellm_payg.default_plugins.cost_threshold",
+    "litellm_payg.default_plugins.quality_floor",
+    "litellm_payg.default_plugins.split",
+    "litellm_payg.default_plugins.decision_log",
+)
+
+
+def make_plugin_manager(extra_modules: Iterable[str] = (), base_dir: Path | None = None) -> pluggy.PluginManager:
+    """A fresh manager with the built-ins, the installed entry points and ``extra_modules``.
+
+    Each policy gets its own manager, so two policies loaded in one process (two Routers, or a test
+    and the app) do not see each other's plugins.
+    """
+    pm = pluggy.PluginManager("litellm_payg")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for ref in extra_modules:
+        module = load_module(ref, base_dir)
+        if pm.is_registered(module):
+            continue
+        pm.register(module, name=ref)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"{exc}. Hint: litellm-payg hooks are {', '.join(hook_names())}; check the spelling."
+        ) from None
+    return pm
+
+
+def hook_names() -> list[str]:
+    return sorted(name for name in dir(hookspecs) if name.startswith("payg_"))
+
+
+def load_module(ref: str, base_dir: Path | None = None) -> ModuleType:
+    """Import a plugin named in a policy: a dotted module name, or a ``.py`` path (relative to the
+    policy file's folder)."""
+    if ref.endswith(".py") or "/" in ref:
+        path = Path(ref)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise PluginError(f"plugin module {ref!r}: no such file {str(path)!r}")
+        mod_name = f"litellm_payg_local_plugins.{path.stem}_{abs(hash(str(path.resolve())))}"
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise PluginError(f"plugin module {ref!r}: cannot be loaded from {str(path)!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[mod_name]
+            raise PluginError(f"plugin module {ref!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        return module
+    try:
+        return importlib.import_module(ref)
+    except ImportError as exc:
+        raise PluginError(f"plugin module {ref!r} cannot be imported: {exc}") from None
+
+
+def rule_types(pm: pluggy.PluginManager) -> dict[str, type]:
+    """Every rule type the registered plugins offer, by the name a policy file uses."""
+    found: dict[str, type] = {}
+    owners: dict[str, str] = {}
+
+    for impl in reversed(pm.hook.payg_register_rules.get_hookimpls()):
+        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+
+        def register(rule_class: type, _owner: str = plugin_name) -> None:
+            name = getattr(rule_class, "name", None)
+            if not isinstance(name, str) or not hasattr(rule_class, "Options"):
+                raise PluginError(f"plugin {_owner}: {rule_class!r} needs a 'name' and an 'Options' model")
+            if name in found and owners[name] != _owner:
+                raise PluginError(
+                    f"rule type {name!r} is registered twice: by {owners[name]} and by {_owner}"
+                )
+            found[name] = rule_class
+            owners[name] = _owner
+
+        impl.function(register=register)
+    return found
+
+
+def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[dict[str, object]]:
+    """For ``litellm-payg plugins``: each plugin, its hooks and the rule types it registers."""
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        builtin = name in DEFAULT_PLUGINS
+        if builtin and not include_builtin:
+            continue
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or ())
+        rules: list[str] = []
+        if hasattr(plugin, "payg_register_rules"):
+            plugin.payg_register_rules(register=lambda cls: rules.append(cls.name))
+        rows.append({"name": name, "builtin": builtin, "hooks": hooks, "rules": rules})
+    return rows

@@ -1,0 +1,85 @@
+"""What a rule is: the protocol every route rule follows, built-in or third-party.
+
+A rule type is a class registered through the ``payg_register_rules`` hook. A policy file names it
+in a route (``- cost_threshold: {...}``); its options are validated with the class's ``Options``
+pydantic model, and the engine applies the rules of a route in order, each seeing the candidates the
+previous one kept, in the order it left them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .decision import Candidate, RouteRequest, Step
+
+if TYPE_CHECKING:
+    from .policy import ModelFacts
+
+
+class RuleOptions(BaseModel):
+    """Base for rule options: unknown keys are an error, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule may know besides its options: its route and the policy's per-model facts."""
+
+    group: str
+    field: str  # dotted path of the rule in the policy, for error messages: routes.chat[0].cost_threshold
+    models: Mapping[str, "ModelFacts"] = field(default_factory=dict)
+
+
+def matches(ref: str, candidate: Candidate) -> bool:
+    """Whether a model reference in a policy names this candidate.
+
+    A reference is a deployment id (``model_info.id``), a LiteLLM model string
+    (``deepseek/deepseek-chat``) or the same without its provider prefix (``deepseek-chat``).
+    """
+    if ref == candidate.deployment_id or ref == candidate.model:
+        return True
+    _, _, bare = candidate.model.partition("/")
+    return bool(bare) and ref == bare
+
+
+class Rule:
+    """Base class for rule types. Subclasses set ``name`` and ``Options`` and implement ``apply``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[RuleOptions]]
+    #: True when the rule compares prices: every deployment it can reach must have a known price.
+    needs_prices: ClassVar[bool] = False
+
+    def __init__(self, options: RuleOptions, context: RuleContext):
+        self.options = options
+        self.context = context
+
+    def model_refs(self) -> Sequence[tuple[str, str]]:
+        """``(field, reference)`` for every model the options name, so a load can check they exist."""
+        return ()
+
+    def apply(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Step:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for ``litellm-payg explain`` and logs."""
+        return f"{self.name}: {self.options.model_dump(exclude_defaults=True)}"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule as a policy file names it, validated but not yet bound to a router."""
+
+    name: str
+    options: RuleOptions
+    field: str
+    line: int | None
+    rule_type: type[Rule]
+
+    def build(self, group: str, models: Mapping[str, Any]) -> Rule:
+        return self.rule_type(self.options, RuleContext(group=group, field=self.field, models=models))
