@@ -1,0 +1,277 @@
+"""Budget specs and the pure window/scope math that maps a request to buckets.
+
+No I/O and no hidden clock: callers pass ``now`` (an aware datetime) so the
+same code is driven by a fake clock in tests and by the wall clock in the
+proxy.
+
+* A *scope* says which requests a budget counts (``global``,
+  ``user:alice``, ``user:*`` = one bucket per user, ...). A request that lacks
+  the attribute (no user) simply does not fall under that scope.
+* A *window* says over which period: calendar ``hour``/``day``/``week``
+  (ISO, Monday)/``month`` in the policy's IANA time zone -- so "daily" resets
+  at local midnight, DST included -- or ``rolling:<N><s|m|h|d>``.
+
+Calendar bucket keys embed the window start (``b0|user:alice|month|2026-11``)
+so a new window is a fresh counter: nothing has to be reset, and a replica
+with a slightly different clock writes to the right window on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Literal, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .ledger.base import Bucket
+
+SCOPE_KINDS = ("provider", "model", "group", "deployment", "user", "team", "key", "tag")
+CALENDAR_WINDOWS = ("hour", "day", "week", "month")
+_ROLLING = re.compile(r"^rolling:(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+#: how long a finished calendar bucket is kept after its window ends, so
+#: "last month" can still be read from the counters before GC
+DEFAULT_GC_MARGIN_S = 35 * 86400
+
+
+def parse_window(window: str) -> tuple[str, float | None]:
+    """``('month', None)`` or ``('rolling', seconds)``; ValueError otherwise."""
+    if window in CALENDAR_WINDOWS:
+        return window, None
+    m = _ROLLING.match(window)
+    if m and int(m.group(1)) > 0:
+        return "rolling", float(int(m.group(1)) * _UNIT_S[m.group(2)])
+    raise ValueError(f"window must be hour, day, week, month or rolling:<N>(s|m|h|d), got {window!r}")
+
+
+def parse_scope(scope: str) -> tuple[str, str | None]:
+    """``('global', None)`` or ``(kind, value)``; value ``'*'`` = each one separately.
+
+    Only the first ``:`` separates kind and value, because LiteLLM model
+    strings may contain colons (``bedrock/...:0``).
+    """
+    if scope == "global":
+        return "global", None
+    kind, sep, value = scope.partition(":")
+    if not sep or kind not in SCOPE_KINDS or not value.strip():
+        raise ValueError(
+            f"scope must be 'global' or <kind>:<value> with kind one of {', '.join(SCOPE_KINDS)} "
+            f"(value '*' = each separately), got {scope!r}"
+        )
+    return kind, value
+
+
+class Budget(BaseModel):
+    """One budget as written in a policy file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: str
+    window: str
+    limit_usd: float = Field(gt=0)
+    on_exceed: Literal["block", "downgrade", "alert"] = "block"
+    alert_at: list[float] = Field(default_factory=list)
+    name: str | None = None
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        parse_scope(v)
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parse_window(v)
+        return v
+
+    @field_validator("alert_at")
+    @classmethod
+    def _alert_at(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not (0 < x <= 1)]
+        if bad:
+            raise ValueError(f"alert_at values must be fractions in (0, 1], got {bad}")
+        return sorted(set(v))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "|" in v):
+            raise ValueError(f"name must be non-empty and must not contain '|', got {v!r}")
+        return v
+
+    def budget_id(self, index: int) -> str:
+        """Stable counter prefix: the name if given, else the position ``b<i>``.
+
+        Naming a budget keeps its spend when budgets are reordered.
+        """
+        return self.name if self.name is not None else f"b{index}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who/what a request is, as far as scopes are concerned.
+
+    ``api_key`` is the *hashed* key (LiteLLM's ``user_api_key_hash``), never
+    the secret itself, because it ends up in storage keys and reports.
+    """
+
+    user: str | None = None
+    team: str | None = None
+    api_key: str | None = None
+    tags: tuple[str, ...] = ()
+    model_group: str | None = None
+    deployment_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True)
+class BudgetBucket:
+    """A ledger bucket together with the budget and window it came from."""
+
+    budget: Budget
+    bucket: Bucket
+    scope_value: str | None  # the concrete user/tag/... (None for global)
+    window_start: datetime | None  # None for rolling windows
+    resets_at: datetime | None  # next window start; None for rolling windows
+
+
+def _values(kind: str, value: str | None, ident: Identity) -> list[str]:
+    """The scope values of ``ident`` this scope selects (empty: not covered)."""
+    if kind == "global":
+        return ["global"]
+    if kind == "tag":
+        have = list(dict.fromkeys(t for t in ident.tags if t))
+    else:
+        attr = {
+            "provider": ident.provider,
+            "model": ident.model,
+            "group": ident.model_group,
+            "deployment": ident.deployment_id,
+            "user": ident.user,
+            "team": ident.team,
+            "key": ident.api_key,
+        }[kind]
+        have = [attr] if attr else []
+    if value == "*":
+        return have
+    return [value] if value in have else []
+
+
+def _esc(s: str) -> str:
+    """Keep ``|`` a safe separator whatever a user id contains."""
+    return s.replace("%", "%25").replace("|", "%7C")
+
+
+def _local_midnight(d: date, tz: ZoneInfo) -> datetime:
+    # fold=0: for an ambiguous/nonexistent local midnight, PEP 495 picks the
+    # pre-transition offset, i.e. the first instant of the local day.
+    return datetime(d.year, d.month, d.day, tzinfo=tz)
+
+
+def window_bounds(window: str, now: datetime, tz: str | ZoneInfo = "UTC") -> tuple[datetime, datetime, str]:
+    """(start, next start, label) of the calendar window containing ``now``.
+
+    Both datetimes are aware, in ``tz``. Day/week/month boundaries are local
+    midnights, so a DST day is 23 or 25 hours long. Hour labels carry the UTC
+    offset so the repeated hour of a DST fall-back gets its own bucket.
+    """
+    zone = _zone(tz)
+    local = _aware(now).astimezone(zone)
+    if window == "hour":
+        start = local.replace(minute=0, second=0, microsecond=0)
+        end = (start.astimezone(timezone.utc) + timedelta(hours=1)).astimezone(zone)
+        return start, end, start.strftime("%Y-%m-%dT%H%z")
+    if window == "day":
+        d = local.date()
+        return _local_midnight(d, zone), _local_midnight(d + timedelta(days=1), zone), d.isoformat()
+    if window == "week":
+        monday = local.date() - timedelta(days=local.weekday())
+        iso = monday.isocalendar()
+        return (_local_midnight(monday, zone), _local_midnight(monday + timedelta(days=7), zone),
+                f"{iso.year}-W{iso.week:02d}")
+    if window == "month":
+        first = local.date().replace(day=1)
+        nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+        return _local_midnight(first, zone), _local_midnight(nxt, zone), first.strftime("%Y-%m")
+    raise ValueError(f"not a calendar window: {window!r}")
+
+
+def buckets_for(
+    budget: Budget,
+    ident: Identity,
+    now: datetime,
+    tz: str | ZoneInfo = "UTC",
+    index: int = 0,
+    gc_margin_s: float = DEFAULT_GC_MARGIN_S,
+) -> list[BudgetBucket]:
+    """The bucket(s) one budget assigns to a request (``[]`` if not covered).
+
+    Usually zero or one; ``tag:*`` gives one per tag of the request.
+    """
+    kind, value = parse_scope(budget.scope)
+    wkind, rolling_s = parse_window(budget.window)
+    values = _values(kind, value, ident)
+    if not values:
+        return []
+    prefix = _esc(budget.budget_id(index))
+    enforce = budget.on_exceed == "block"
+    out = []
+    if wkind == "rolling":
+        for v in values:
+            skey = "global" if kind == "global" else f"{kind}:{_esc(v)}"
+            key = f"{prefix}|{skey}|{budget.window}"
+            out.append(BudgetBucket(budget, Bucket(key, budget.limit_usd, enforce, rolling_s=rolling_s),
+                                    None if kind == "global" else v, None, None))
+        return out
+    start, end, label = window_bounds(wkind, now, tz)
+    expires_at = end.timestamp() + gc_margin_s
+    for v in values:
+        skey = "global" if kind == "global" else f"{kind}:{_esc(v)}"
+        key = f"{prefix}|{skey}|{wkind}|{label}"
+        out.append(BudgetBucket(budget, Bucket(key, budget.limit_usd, enforce, expires_at=expires_at),
+                                None if kind == "global" else v, start, end))
+    return out
+
+
+def all_buckets(
+    budgets: Sequence[Budget],
+    ident: Identity,
+    now: datetime,
+    tz: str | ZoneInfo = "UTC",
+    gc_margin_s: float = DEFAULT_GC_MARGIN_S,
+) -> list[BudgetBucket]:
+    """Buckets of every budget a request falls under, in policy order.
+
+    Raises ValueError if two budgets would share a counter (duplicate names),
+    since one reservation would then be counted twice on it.
+    """
+    out: list[BudgetBucket] = []
+    seen: set[str] = set()
+    for i, b in enumerate(budgets):
+        for bb in buckets_for(b, ident, now, tz, i, gc_margin_s):
+            if bb.bucket.key in seen:
+                raise ValueError(f"two budgets map to the same counter {bb.bucket.key!r}; give them distinct names")
+            seen.add(bb.bucket.key)
+            out.append(bb)
+    return out
+
+
+def _zone(tz: str | ZoneInfo) -> ZoneInfo:
+    if isinstance(tz, ZoneInfo):
+        return tz
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown IANA time zone {tz!r}") from e
+
+
+def _aware(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime (pass the clock explicitly, e.g. datetime.now(UTC))")
+    return now
