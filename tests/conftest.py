@@ -1,0 +1,93 @@
+import os
+
+# LiteLLM fetches its price map from the network at import unless told otherwise; tests are offline.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+# >>> provider cassettes & stand-in (owner: stand-in/cassette helper) >>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>
+# Cassettes live in <repo>/cassettes/<test module>/<test name>.yaml and replay with
+# --record-mode=none (pyproject addopts), so a missing cassette fails instead of calling out.
+#
+# Re-record live:      pytest tests/test_provider_replay.py --record-mode=rewrite   (real API keys in env)
+# Re-record offline:   PAYG_RECORD_AGAINST=standin pytest tests/test_provider_replay.py --record-mode=rewrite
+#   LiteLLM then talks to the local stand-in (litellm_payg.standin) and `before_record_request`
+#   rewrites each recorded URI back to the provider's real URL, so the cassette replays against
+#   LiteLLM's default api_base exactly like a live recording.
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from litellm_payg.standin import StandIn  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CASSETTES_DIR = REPO_ROOT / "cassettes"
+
+# Credentials never reach a cassette: these request headers and query params are dropped on record.
+SCRUBBED_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+SCRUBBED_QUERY_PARAMS = ("key",)
+# Response headers that identify an account or session rather than the wire format.
+_DROPPED_RESPONSE_HEADERS = ("set-cookie", "openai-organization", "openai-project", "anthropic-organization-id")
+
+
+def record_against() -> str | None:
+    """``PAYG_RECORD_AGAINST``: ``standin`` records against the local stand-in; unset means live."""
+    value = os.environ.get("PAYG_RECORD_AGAINST") or None
+    if value not in (None, "standin"):
+        raise pytest.UsageError(f"PAYG_RECORD_AGAINST={value!r}: expected 'standin' or unset (live providers)")
+    return value
+
+
+@pytest.fixture(scope="session")
+def recording_standin() -> Iterator[StandIn | None]:
+    """The stand-in that plays the providers while recording with ``PAYG_RECORD_AGAINST=standin``."""
+    if record_against() != "standin":
+        yield None
+        return
+    with StandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def provider_api_base(recording_standin: StandIn | None) -> Callable[[str], str | None]:
+    """``api_base`` for a provider call in a cassette test: the stand-in's while recording against
+    it, else ``None`` (LiteLLM's default, which is what replay matches)."""
+
+    def api_base(provider: str) -> str | None:
+        return recording_standin.url(provider) if recording_standin is not None else None
+
+    return api_base
+
+
+@pytest.fixture(scope="module")
+def vcr_cassette_dir(request: pytest.FixtureRequest) -> str:
+    return str(CASSETTES_DIR / request.module.__name__.split(".")[-1])
+
+
+@pytest.fixture(scope="module")
+def vcr_config(recording_standin: StandIn | None) -> dict[str, Any]:
+    def before_record_request(req: Any) -> Any:
+        if recording_standin is not None:
+            req.uri = recording_standin.real_uri(req.uri)
+            for name in [h for h in req.headers if h.lower() == "host"]:
+                req.headers[name] = req.host  # the real provider's host, as a live recording has
+        return req
+
+    def before_record_response(resp: dict[str, Any]) -> dict[str, Any]:
+        headers = resp.get("headers") or {}
+        for name in list(headers):
+            if name.lower() in _DROPPED_RESPONSE_HEADERS:
+                del headers[name]
+        return resp
+
+    return {
+        "filter_headers": list(SCRUBBED_HEADERS),
+        "filter_query_parameters": list(SCRUBBED_QUERY_PARAMS),
+        # The request body differs between LiteLLM versions (param order, defaults): don't match it.
+        "match_on": ("method", "scheme", "host", "path"),
+        "before_record_request": before_record_request,
+        "before_record_response": before_record_response,
+        "decode_compressed_response": True,
+    }
+
+
+# <<< provider cassettes & stand-in <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
