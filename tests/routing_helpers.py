@@ -1,0 +1,78 @@
+"""Shared helpers for the routing tests: real LiteLLM Routers whose deployments answer with
+``mock_response`` (LiteLLM's own offline switch), so the policy logic runs through the real Router."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import litellm
+from litellm import Router
+
+import litellm_payg
+
+DEEPSEEK = "deepseek/deepseek-chat"
+MISTRAL = "mistral/mistral-large-latest"
+
+# A DeepSeek price rise (deepseek-reasoner's list price, $0.55/M in, $2.19/M out): with it the
+# request's blended price per 1K tokens crosses the example's $0.0015 threshold depending on the
+# request's mix of prompt and output tokens. With the bundled price ($0.28/$0.42 per M) it never does.
+RAISED_DEEPSEEK_PRICE = {"input_cost_per_token": 5.5e-07, "output_cost_per_token": 2.19e-06}
+
+
+def deployment(group: str, model: str, dep_id: str, mock: Any = None, **params: Any) -> dict:
+    return {
+        "model_name": group,
+        "litellm_params": {"model": model, "api_key": "sk-test-not-a-key", "mock_response": mock or f"from {dep_id}", **params},
+        "model_info": {"id": dep_id},
+    }
+
+
+def chat_deployments(raised_price: bool = False, deepseek_mock: Any = None) -> list[dict]:
+    extra = RAISED_DEEPSEEK_PRICE if raised_price else {}
+    return [
+        deployment("chat", DEEPSEEK, "ds", deepseek_mock, **extra),
+        deployment("chat", MISTRAL, "ml"),
+    ]
+
+
+@contextlib.contextmanager
+def attached(model_list: Sequence[dict], policy: Any, **router_kwargs: Any) -> Iterator[tuple[Router, Any]]:
+    """A Router governed by ``policy``; detached afterwards so tests do not leak callbacks."""
+    router = Router(model_list=list(model_list), **router_kwargs)
+    engine = litellm_payg.attach(router, policy)
+    try:
+        yield router, engine
+    finally:
+        engine.detach()
+
+
+def served_by(response: Any) -> str:
+    """The deployment id that actually answered (LiteLLM stamps it on the response)."""
+    return response._hidden_params["model_id"]
+
+
+def blended_per_1k(prompt_tokens: int, output_tokens: int, price: dict) -> float:
+    cost = prompt_tokens * price["input_cost_per_token"] + output_tokens * price["output_cost_per_token"]
+    return cost / (prompt_tokens + output_tokens) * 1000
+
+
+def prompt_tokens(model: str, messages: list[dict]) -> int:
+    return litellm.token_counter(model=model, messages=messages)
+
+
+class Recorder:
+    """A throw-away plugin that records decisions and outcomes (registered per test)."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Any] = []
+        self.outcomes: list[Any] = []
+
+    @litellm_payg.hookimpl
+    def payg_decision(self, request, decision):
+        self.decisions.append(decision)
+
+    @litellm_payg.hookimpl
+    def payg_outcome(self, outcome):
+        self.outcomes.append(outcome)
