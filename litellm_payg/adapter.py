@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +31,7 @@ from .errors import NoDeploymentLeft
 from .identity import hints_of, identity_of
 from .policy import Policy, load_policy
 from .pricing import candidate_from_deployment, count_prompt_tokens
+from .spend import BudgetExceeded
 from .sync_bridge import BRIDGE
 
 logger = logging.getLogger("litellm_payg")
@@ -37,6 +40,8 @@ DECISION_KEY = "payg_decision"
 ATTEMPTS_KEY = "payg_attempts"
 PROMPT_TOKENS_KEY = "payg_prompt_tokens"
 BINDING_KEY = "payg_binding"
+RESERVATIONS_KEY = "payg_reservations"
+BLOCKED_KEY = "payg_blocked"
 
 
 class PaygRouting(CustomLogger):
@@ -112,19 +117,38 @@ class PaygRouting(CustomLogger):
         if metadata is None:
             metadata = {}
         metadata[BINDING_KEY] = self.binding  # so outcomes find their way back to this policy
+        blocked = metadata.get(BLOCKED_KEY)
+        if blocked:
+            # a budget block is final for the request: LiteLLM's fallbacks must not route around it
+            raise BudgetExceeded.from_dict(blocked)
         request = self.route_request(model, candidates, messages, request_kwargs, metadata)
         decision = self.engine.decide(request, candidates)
-        if not decision.governed and not decision.dropped:
+        if not decision.governed and not decision.dropped and not self.engine.spend.budgets:
             return healthy_deployments
 
         attempts: list[str] = metadata.setdefault(ATTEMPTS_KEY, [])
         if not decision.ordered:
             raise NoDeploymentLeft(model, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])
-        pick = next((c for c in decision.ordered if c.deployment_id not in attempts), decision.ordered[0])
+        untried = [c for c in decision.ordered if c.deployment_id not in attempts] or decision.ordered[:1]
+        if not decision.governed and len(untried) > 1:
+            untried = random.sample(untried, len(untried))  # no route: spread load as LiteLLM's shuffle would
+        reservation_id = f"{request.trace_id or uuid.uuid4().hex}:{len(attempts)}"
+        try:
+            admission = self.engine.spend.admit(request, untried, reservation_id, decision.attrs)
+        except BudgetExceeded as exc:
+            metadata[BLOCKED_KEY] = exc.as_dict()
+            raise
+        pick = admission.candidate
         attempts.append(pick.deployment_id)
+        metadata.setdefault(RESERVATIONS_KEY, {}).setdefault(pick.deployment_id, []).append(reservation_id)
         stamped = decision.as_dict()
         stamped["chosen"] = pick.deployment_id
         stamped["chosen_model"] = pick.model
+        if admission.skipped:
+            stamped["dropped"] += [
+                {"deployment_id": d.deployment_id, "model": d.model, "by": d.by, "reason": d.reason}
+                for d in admission.skipped
+            ]
         metadata[DECISION_KEY] = stamped
         return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
 
@@ -141,12 +165,14 @@ class PaygRouting(CustomLogger):
             prompt_tokens = count_prompt_tokens(candidates[0].model, messages or request_kwargs.get("messages"))
             metadata[PROMPT_TOKENS_KEY] = prompt_tokens
         max_tokens = request_kwargs.get("max_tokens") or request_kwargs.get("max_completion_tokens")
+        max_tokens = int(max_tokens) if max_tokens else None
         who = identity_of(request_kwargs, metadata)
         hints = hints_of(metadata)
         return RouteRequest(
             group=group,
             prompt_tokens=int(prompt_tokens),
             output_tokens=self.engine.expected_output_tokens(max_tokens),
+            max_tokens=max_tokens,
             user=who.user,
             team=who.team,
             api_key=who.api_key,
@@ -189,6 +215,14 @@ class PaygRouting(CustomLogger):
             trace_id=slo.get("trace_id") or kwargs.get("litellm_trace_id"),
             decision=decision,
         )
+        reservations = (metadata.get(RESERVATIONS_KEY) or {}).get(outcome.deployment_id) or []
+        if reservations:
+            reservation_id = reservations.pop(0)
+            billed = float(kwargs.get("response_cost") or 0.0)
+            if ok or billed > 0:
+                self.engine.spend.settle(reservation_id, billed if not ok else outcome.cost_usd)
+            else:
+                self.engine.spend.release(reservation_id)
         self.engine.pm.hook.payg_outcome(outcome=outcome)
 
 

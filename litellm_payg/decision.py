@@ -62,7 +62,8 @@ class RouteRequest:
 
     group: str
     prompt_tokens: int
-    output_tokens: int
+    output_tokens: int  # expected output tokens, for routing estimates
+    max_tokens: int | None = None  # the request's own cap, for budget reservations
     user: str | None = None
     team: str | None = None
     api_key: str | None = None

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import time
+from typing import Any
+
 from .decision import Candidate, Decision, Drop, RouteRequest, Step
 from .errors import PolicyError, Problem, UnknownPriceError
 from .policy import Policy, _undotted
 from .rules import Rule, matches
+from .spend import SpendControl
 
 
 class Engine:
     """Applies a policy. Build one per policy; ``decide`` is safe to call concurrently."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, ledger: Any = None, clock: Callable[[], float] = time.time):
+        """``ledger`` overrides the policy's ledger (a URL or a Ledger, e.g. ``memory://`` for a
+        simulation); ``clock`` is the wall clock budgets are computed with (a fake one in tests)."""
         self.policy = policy
         self.pm = policy.plugin_manager
         self.routes: dict[str, list[Rule]] = {
@@ -26,6 +32,8 @@ class Engine:
         }
         self._filters = self.pm.hook.payg_filter_candidates
         self._observe = self.pm.hook.payg_decision
+        #: budgets and the spend ledger (reserve / settle / release)
+        self.spend = SpendControl(policy, ledger=ledger, clock=clock)
         #: the LiteLLM callback applying this engine, once ``attach`` bound it to a Router
         self.adapter: object | None = None
         self._undo: list[Callable[[], None]] = []
@@ -34,6 +42,7 @@ class Engine:
         """Stop governing the Router this engine was attached to (undoes ``attach``)."""
         while self._undo:
             self._undo.pop()()
+        self.spend.close()
 
     # -- deciding -------------------------------------------------------------------------------
 

@@ -56,3 +56,16 @@ def payg_outcome(outcome):
     ``outcome`` is a :class:`litellm_payg.decision.Outcome`. Called from LiteLLM's success/failure
     callbacks, which LiteLLM runs on a background worker shortly after the caller got its answer.
     """
+
+
+@hookspec
+def payg_budget_alert(budget, bucket, scope, threshold, spent_usd, limit_usd, resets_at, policy):
+    """A budget's spend crossed one of its ``alert_at`` fractions (or, for ``on_exceed: alert``,
+    its limit). Fires once per threshold per window, across every replica sharing the ledger.
+
+    ``budget`` is the :class:`litellm_payg.budgets.Budget` from the policy, ``bucket`` the ledger key
+    of the window's counter, ``scope`` the concrete scope (``user:alice``), ``threshold`` the
+    fraction crossed, ``resets_at`` when the window ends (None for rolling windows). Built-in
+    implementations log a warning and POST to the policy's ``alert_webhook``. Runs after a charge
+    is settled, off the request path; must not raise.
+    """

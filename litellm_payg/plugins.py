@@ -25,6 +25,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "litellm_payg.default_plugins.quality_floor",
     "litellm_payg.default_plugins.split",
     "litellm_payg.default_plugins.decision_log",
+    "litellm_payg.default_plugins.budget_guard",
+    "litellm_payg.default_plugins.budget_alerts",
 )
 
 

@@ -13,7 +13,11 @@ from typing import Any, Literal
 
 import pluggy
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from .budgets import Budget
 
 from .errors import PluginError, PolicyError, Problem
 from .plugins import make_plugin_manager, rule_types
@@ -44,9 +48,15 @@ class ModelFacts(_Strict):
 
 
 class Defaults(_Strict):
-    """Assumptions for requests that do not say: used in price estimates."""
+    """Assumptions for requests that do not say: used in price estimates and reservations."""
 
+    #: output tokens assumed for *routing* when a request gives no max_tokens
     expected_output_tokens: PositiveInt = 256
+    #: output tokens *reserved* against budgets when a request gives no max_tokens (pessimistic)
+    reserve_output_tokens: PositiveInt = 4096
+
+
+DEFAULT_LEDGER = "sqlite:///payg-ledger.db"
 
 
 class _PolicyDocument(_Strict):
@@ -55,6 +65,36 @@ class _PolicyDocument(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     models: dict[str, ModelFacts] = Field(default_factory=dict)
     routes: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    ledger: str = DEFAULT_LEDGER
+    timezone: str = "UTC"
+    budgets: list[Budget] = Field(default_factory=list)
+    on_ledger_error: Literal["fail_closed", "fail_open"] | None = None
+    reservation_ttl_s: float = Field(default=900, gt=0)
+    alert_webhook: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. UTC, Europe/Paris, America/New_York)") from None
+        return value
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_url(cls, value: str) -> str:
+        if not value.startswith(("memory://", "sqlite://", "redis://", "rediss://")):
+            raise ValueError(f"expected memory://, sqlite:///path.db or redis://host:port/db, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_budget_ids(self) -> "_PolicyDocument":
+        ids = [b.budget_id(i) for i, b in enumerate(self.budgets)]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"budget names must be distinct, repeated: {', '.join(dupes)}")
+        return self
 
 
 @dataclass
@@ -69,6 +109,12 @@ class Policy:
     plugin_manager: pluggy.PluginManager
     source: str | None = None
     lines: dict[Path_, int] = field(default_factory=dict, repr=False)
+    ledger: str = DEFAULT_LEDGER
+    timezone: str = "UTC"
+    budgets: list[Budget] = field(default_factory=list)
+    on_ledger_error: str = "fail_open"
+    reservation_ttl_s: float = 900
+    alert_webhook: str | None = None
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -151,6 +197,13 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         plugin_manager=pm,
         source=source,
         lines=lines,
+        ledger=doc.ledger,
+        timezone=doc.timezone,
+        budgets=list(doc.budgets),
+        on_ledger_error=doc.on_ledger_error
+        or ("fail_closed" if any(b.on_exceed == "block" for b in doc.budgets) else "fail_open"),
+        reservation_ttl_s=doc.reservation_ttl_s,
+        alert_webhook=doc.alert_webhook,
     )
     _check_prices(policy)
     return policy

@@ -147,6 +147,14 @@ class Ledger(ABC):
         """Settled history (settled and expired charges), oldest first."""
 
     @abstractmethod
+    def claim_once(self, key: str, ttl_s: float, now: float | None = None) -> bool:
+        """True the first time ``key`` is claimed (until ``ttl_s`` passes), False after.
+
+        Shared by every process on the ledger, so "fire this alert once per threshold per window"
+        holds across replicas.
+        """
+
+    @abstractmethod
     def open_reservations(self) -> int:
         """Number of reservations neither settled, released nor expired."""
 

@@ -73,6 +73,7 @@ class MemoryLedger(Ledger):
         self._res: dict[str, _Reservation] = {}
         self._expiry: list[tuple[float, str]] = []  # heap; stale entries skipped
         self._records: list[SpendRecord] = []
+        self._claims: dict[str, float] = {}
         self._closed = False
 
     # -- internals (lock held) ------------------------------------------
@@ -193,6 +194,17 @@ class MemoryLedger(Ledger):
             self._check_open()
             recs = self._records if since is None else [r for r in self._records if r.ts >= since]
             return sorted(recs, key=lambda r: r.ts)
+
+    def claim_once(self, key, ttl_s, now=None):
+        check_ttl(ttl_s)
+        now = clock(now)
+        with self._lock:
+            self._check_open()
+            until = self._claims.get(key)
+            if until is not None and until > now:
+                return False
+            self._claims[key] = now + ttl_s
+            return True
 
     def open_reservations(self):
         with self._lock:

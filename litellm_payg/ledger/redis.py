@@ -300,6 +300,13 @@ class RedisLedger(Ledger):
             out.append(SpendRecord(float(d["ts"]), d["rid"], float(amt), tuple(s[0] for s in d["b"]), attrs))
         return out
 
+    def claim_once(self, key, ttl_s, now=None):
+        check_ttl(ttl_s)
+        try:
+            return bool(self._r.set(self._k("claim:" + key), "1", nx=True, px=max(1, int(ttl_s * 1000))))
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+            raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
+
     def open_reservations(self):
         try:
             return int(self._r.zcard(self._k("exp")))

@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS records (
     attrs TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE TABLE IF NOT EXISTS claims (        -- claim_once: alert thresholds fired this window
+    key TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
 """
 
 _SYNC_MODES = {"off", "normal", "full", "extra"}
@@ -268,6 +272,16 @@ class SqliteLedger(Ledger):
             except sqlite3.Error as e:
                 raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
         return [SpendRecord(ts, rid, amt, tuple(json.loads(b)), json.loads(a)) for ts, rid, amt, b, a in rows]
+
+    def claim_once(self, key, ttl_s, now=None):
+        check_ttl(ttl_s)
+        now = clock(now)
+        with self._lock, self._tx() as db:
+            row = db.execute("SELECT until FROM claims WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            db.execute("INSERT OR REPLACE INTO claims (key, until) VALUES (?, ?)", (key, now + ttl_s))
+            return True
 
     def open_reservations(self):
         with self._lock:

@@ -1,0 +1,434 @@
+"""Budgets in force: reserve before a call, settle after it, release when it did not bill.
+
+The engine asks ``SpendControl.admit`` for permission to send a request to a deployment. Admission
+reserves a pessimistic estimate (prompt tokens x input price + max output tokens x output price)
+against every budget bucket the request falls under, in one atomic ledger call, so a burst of
+concurrent requests cannot overshoot a cap. The real cost (LiteLLM's ``response_cost`` of the
+deployment that actually ran) settles the reservation; a failed call that did not bill releases it;
+a reservation nobody settles (a dead process, an abandoned stream) is charged in full when it
+expires. Every request is recorded in the ledger, budgets or not, so ``report`` can show where the
+money went.
+
+``block`` and ``downgrade`` budgets are enforced at reservation; ``alert`` budgets only count.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import litellm
+
+from .budgets import Budget, BudgetBucket, Identity, all_buckets
+from .decision import Candidate, Drop, RouteRequest, Step
+from .errors import PaygError
+from .ledger import open_ledger
+from .ledger.base import Ledger, LedgerError, LedgerUnavailable, Usage
+
+logger = logging.getLogger("litellm_payg")
+
+
+class BudgetExceeded(litellm.BudgetExceededError, PaygError):
+    """A ``block`` budget would be exceeded by this request. Reaches SDK callers as is and proxy
+    clients as HTTP 429; the message names the budget, its window, spend, limit and reset time."""
+
+    def __init__(
+        self,
+        *,
+        budget: str,
+        scope: str,
+        window: str,
+        spent_usd: float,
+        reserved_usd: float,
+        limit_usd: float,
+        estimate_usd: float,
+        resets_at: datetime | None,
+    ):
+        self.budget = budget
+        self.scope = scope
+        self.window = window
+        self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.limit_usd = limit_usd
+        self.estimate_usd = estimate_usd
+        self.resets_at = resets_at
+        resets = f"resets at {resets_at.isoformat()}" if resets_at else f"rolling window {window.split(':', 1)[-1]}"
+        message = (
+            f"litellm-payg: budget {budget!r} ({scope}, {window}) exceeded: spent ${spent_usd:.6f} "
+            f"+ in flight ${reserved_usd:.6f} + this request's estimate ${estimate_usd:.6f} "
+            f"> limit ${limit_usd:.6f}; {resets}"
+        )
+        kind, _, value = scope.partition(":")
+        super().__init__(
+            current_cost=spent_usd, max_budget=limit_usd, message=message, entity_type=kind, entity_id=value or None
+        )
+        self.status_code = 429
+        # LiteLLM's router retries a 429 after a backoff; a budget block must not be retried (the
+        # router reads an error's own ``num_retries`` as the retries it allows).
+        self.num_retries = 0
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "scope": self.scope,
+            "window": self.window,
+            "spent_usd": self.spent_usd,
+            "reserved_usd": self.reserved_usd,
+            "limit_usd": self.limit_usd,
+            "estimate_usd": self.estimate_usd,
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BudgetExceeded":
+        resets = data.get("resets_at")
+        return cls(**{**data, "resets_at": datetime.fromisoformat(resets) if resets else None})  # type: ignore[arg-type]
+
+
+class LedgerDown(PaygError):
+    """The ledger is unreachable and the policy says ``on_ledger_error: fail_closed``."""
+
+    status_code = 503
+
+
+@dataclass
+class Admission:
+    """Permission to send a request to ``candidate``, with the reservation that backs it."""
+
+    candidate: Candidate
+    reservation_id: str
+    estimate_usd: float
+    buckets: list[BudgetBucket]
+    attrs: dict[str, Any]
+    reserved: bool  # False when admitted fail-open without a ledger
+    skipped: list[Drop] = field(default_factory=list)  # downgraded away at reservation time
+    created: float = field(default_factory=time.monotonic)
+
+
+class SpendControl:
+    """The budget service of one policy. Thread-safe; the ledger is opened on first use."""
+
+    def __init__(self, policy: Any, ledger: Ledger | str | None = None, clock: Callable[[], float] = time.time):
+        self.policy = policy
+        self.budgets: list[Budget] = list(policy.budgets)
+        self.tz = policy.timezone
+        self.ttl_s = float(policy.reservation_ttl_s)
+        self.clock = clock
+        self._ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None
+        self._ledger_url = ledger if isinstance(ledger, str) else policy.ledger
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Admission] = {}
+        self._unsettled: collections.deque[tuple[Admission, float]] = collections.deque()
+        self._alerting = any(b.alert_at or b.on_exceed == "alert" for b in self.budgets)
+
+    # -- the ledger -------------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            with self._lock:
+                if self._ledger is None:
+                    self._ledger = open_ledger(self._ledger_url)
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+    # -- which budgets a request falls under ------------------------------------------------------
+
+    @staticmethod
+    def identity(request: RouteRequest, candidate: Candidate) -> Identity:
+        return Identity(
+            user=request.user,
+            team=request.team,
+            api_key=request.api_key,
+            tags=request.tags,
+            model_group=request.group,
+            deployment_id=candidate.deployment_id,
+            model=candidate.model,
+            provider=candidate.provider,
+        )
+
+    def buckets(self, request: RouteRequest, candidate: Candidate, now: float | None = None) -> list[BudgetBucket]:
+        if not self.budgets:
+            return []
+        when = datetime.fromtimestamp(self.clock() if now is None else now, timezone.utc)
+        found = all_buckets(self.budgets, self.identity(request, candidate), when, self.tz)
+        # downgrade budgets refuse at reservation too (then the next candidate is tried)
+        return [
+            replace(bb, bucket=replace(bb.bucket, enforce=True)) if bb.budget.on_exceed == "downgrade" else bb
+            for bb in found
+        ]
+
+    def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
+        """Pessimistic: every max output token may be used (reasoning models do)."""
+        out = request.max_tokens or self.policy.defaults.reserve_output_tokens
+        if not candidate.priced:
+            return 0.0
+        return candidate.estimate_usd(request.prompt_tokens, out)
+
+    # -- before the call --------------------------------------------------------------------------
+
+    def headroom(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Step | None:
+        """Drop candidates under an exhausted ``downgrade`` budget, with the reason (one ledger read).
+
+        Reservation is still the authority; this makes the decision (and ``explain``) say why."""
+        if not any(b.on_exceed == "downgrade" for b in self.budgets) or not candidates:
+            return None
+        per_candidate = {c.deployment_id: self.buckets(request, c) for c in candidates}
+        wanted = {bb.bucket.key: bb.bucket for bbs in per_candidate.values() for bb in bbs if bb.budget.on_exceed == "downgrade"}
+        if not wanted:
+            return None
+        try:
+            usage = self.ledger.usage(list(wanted.values()), now=self.clock())
+        except LedgerError as exc:
+            logger.warning("litellm-payg: cannot read budget usage (%s); downgrade checks wait for reservation", exc)
+            return None
+        kept, dropped = [], []
+        for c in candidates:
+            estimate = self.reserve_estimate(request, c)
+            over = next(
+                (
+                    bb for bb in per_candidate[c.deployment_id]
+                    if bb.budget.on_exceed == "downgrade" and _over(usage[bb.bucket.key], estimate, bb.budget.limit_usd)
+                ),
+                None,
+            )
+            if over is None:
+                kept.append(c)
+            else:
+                dropped.append(Step.drop(c, _exhausted(over, usage[over.bucket.key], estimate), "budget"))
+        if not dropped:
+            return None
+        return Step(kept, dropped, f"budget: {len(dropped)} deployment(s) under an exhausted downgrade budget")
+
+    def admit(
+        self,
+        request: RouteRequest,
+        ordered: Sequence[Candidate],
+        reservation_id: str,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> Admission:
+        """Reserve for the first candidate whose budgets have room. A ``downgrade`` refusal moves
+        on to the next candidate; a ``block`` refusal raises :class:`BudgetExceeded`."""
+        skipped: list[Drop] = []
+        for candidate in ordered:
+            estimate = self.reserve_estimate(request, candidate)
+            found = self.buckets(request, candidate)
+            record = _attrs(request, candidate, attrs)
+            admission = Admission(candidate, reservation_id, estimate, found, record, reserved=True, skipped=skipped)
+            try:
+                result = self.ledger.reserve(
+                    reservation_id, [bb.bucket for bb in found], estimate, self.ttl_s, now=self.clock(), attrs=record
+                )
+            except LedgerError as exc:
+                return self._ledger_failed(exc, admission)
+            if result.ok:
+                self._flush_unsettled()
+                with self._lock:
+                    self._inflight[reservation_id] = admission
+                    self._prune()
+                return admission
+            refused = next(bb for bb in found if bb.bucket.key == result.refused_by)
+            usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
+            if refused.budget.on_exceed == "block":
+                raise _exceeded(refused, usage, estimate)
+            skipped.append(Step.drop(candidate, _exhausted(refused, usage, estimate), "budget"))
+        reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
+        from .errors import NoDeploymentLeft
+
+        raise NoDeploymentLeft(request.group, reasons)
+
+    def _ledger_failed(self, exc: LedgerError, admission: Admission) -> Admission:
+        if self.policy.on_ledger_error == "fail_closed":
+            logger.error("litellm-payg: ledger %s unavailable, refusing the request (on_ledger_error: fail_closed): %s", self._ledger_url, exc)
+            raise LedgerDown(
+                f"litellm-payg: the budget ledger is unavailable ({exc}); requests are refused because the "
+                "policy says on_ledger_error: fail_closed"
+            ) from exc
+        logger.error("litellm-payg: ledger %s unavailable, admitting without a reservation (fail_open): %s", self._ledger_url, exc)
+        admission.reserved = False
+        with self._lock:
+            self._inflight[admission.reservation_id] = admission
+        return admission
+
+    # -- after the call ---------------------------------------------------------------------------
+
+    def settle(self, reservation_id: str, cost_usd: float, attrs: Mapping[str, Any] | None = None) -> None:
+        """Charge the real cost. Never loses a charge: if the ledger is down it is kept and replayed."""
+        with self._lock:
+            admission = self._inflight.pop(reservation_id, None)
+        if admission is None:
+            return
+        if attrs:
+            admission.attrs.update(attrs)
+        self._charge(admission, cost_usd)
+        if self._alerting:
+            self._check_alerts(admission)
+
+    def release(self, reservation_id: str) -> None:
+        """The call did not bill: free its reservation."""
+        with self._lock:
+            admission = self._inflight.pop(reservation_id, None)
+        if admission is None or not admission.reserved:
+            return
+        try:
+            self.ledger.release(reservation_id)
+        except LedgerError as exc:
+            logger.warning("litellm-payg: could not release reservation %s (%s); it will expire and be charged", reservation_id, exc)
+
+    def _charge(self, admission: Admission, cost_usd: float) -> None:
+        try:
+            if not admission.reserved:
+                # admitted fail-open: book it now as a reservation that settles at once
+                self.ledger.reserve(
+                    admission.reservation_id,
+                    [replace(bb.bucket, enforce=False) for bb in admission.buckets],
+                    cost_usd,
+                    self.ttl_s,
+                    now=self.clock(),
+                    attrs=admission.attrs,
+                )
+            self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs)
+        except LedgerError as exc:
+            logger.error("litellm-payg: ledger unavailable, keeping a charge of $%.9f to replay: %s", cost_usd, exc)
+            with self._lock:
+                self._unsettled.append((admission, cost_usd))
+            return
+        self._flush_unsettled()
+
+    def _flush_unsettled(self) -> None:
+        while True:
+            with self._lock:
+                if not self._unsettled:
+                    return
+                admission, cost = self._unsettled.popleft()
+            try:
+                if not admission.reserved:
+                    self.ledger.reserve(
+                        admission.reservation_id, [replace(bb.bucket, enforce=False) for bb in admission.buckets],
+                        cost, self.ttl_s, now=self.clock(), attrs=admission.attrs,
+                    )
+                self.ledger.settle(admission.reservation_id, cost, now=self.clock(), attrs=admission.attrs)
+            except LedgerError:
+                with self._lock:
+                    self._unsettled.appendleft((admission, cost))
+                return
+
+    @property
+    def unsettled(self) -> int:
+        """Charges waiting for the ledger to come back."""
+        return len(self._unsettled)
+
+    def _prune(self) -> None:
+        # abandoned streams never settle; the ledger charges them on expiry, we just forget them
+        horizon = time.monotonic() - self.ttl_s
+        while self._inflight:
+            rid, oldest = next(iter(self._inflight.items()))
+            if oldest.created > horizon:
+                return
+            del self._inflight[rid]
+
+    # -- alerts -----------------------------------------------------------------------------------
+
+    def _check_alerts(self, admission: Admission) -> None:
+        watched = [bb for bb in admission.buckets if bb.budget.alert_at or bb.budget.on_exceed == "alert"]
+        if not watched:
+            return
+        try:
+            usage = self.ledger.usage([bb.bucket for bb in watched], now=self.clock())
+        except LedgerError:
+            return
+        now = self.clock()
+        for bb in watched:
+            spent = usage[bb.bucket.key].spent_usd
+            thresholds = list(bb.budget.alert_at)
+            if bb.budget.on_exceed == "alert" and 1.0 not in thresholds:
+                thresholds.append(1.0)
+            for threshold in thresholds:
+                if spent < threshold * bb.budget.limit_usd:
+                    continue
+                if bb.resets_at is not None:
+                    ttl = max(1.0, bb.resets_at.timestamp() - now)
+                else:
+                    ttl = float(bb.bucket.rolling_s or 3600)
+                if not self.ledger.claim_once(f"alert|{bb.bucket.key}|{threshold}", ttl, now=now):
+                    continue
+                self.policy.plugin_manager.hook.payg_budget_alert(
+                    budget=bb.budget,
+                    bucket=bb.bucket.key,
+                    scope=_scope_label(bb),
+                    threshold=threshold,
+                    spent_usd=spent,
+                    limit_usd=bb.budget.limit_usd,
+                    resets_at=bb.resets_at,
+                    policy=self.policy,
+                )
+
+
+def _over(usage: Usage, estimate: float, limit: float) -> bool:
+    return usage.spent_usd + usage.reserved_usd + estimate > limit + 1e-12
+
+
+def _scope_label(bb: BudgetBucket) -> str:
+    kind = bb.budget.scope.split(":", 1)[0]
+    return "global" if kind == "global" else f"{kind}:{bb.scope_value}"
+
+
+def _budget_label(bb: BudgetBucket) -> str:
+    """The budget's name, or its position-based id (``b0``) as its ledger keys spell it."""
+    return bb.budget.name or bb.bucket.key.split("|", 1)[0]
+
+
+def _exhausted(bb: BudgetBucket, usage: Usage, estimate: float) -> str:
+    resets = f", resets {bb.resets_at.isoformat()}" if bb.resets_at else ""
+    return (
+        f"budget {_budget_label(bb)!r} "
+        f"({_scope_label(bb)}, {bb.budget.window}) exhausted: spent ${usage.spent_usd:.6f} + in flight "
+        f"${usage.reserved_usd:.6f} + estimate ${estimate:.6f} > ${bb.budget.limit_usd:g}{resets}"
+    )
+
+
+def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float) -> BudgetExceeded:
+    return BudgetExceeded(
+        budget=_budget_label(bb),
+        scope=_scope_label(bb),
+        window=bb.budget.window,
+        spent_usd=usage.spent_usd,
+        reserved_usd=usage.reserved_usd,
+        limit_usd=bb.budget.limit_usd,
+        estimate_usd=estimate,
+        resets_at=bb.resets_at,
+    )
+
+
+def _attrs(request: RouteRequest, candidate: Candidate, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "deployment": candidate.deployment_id,
+        "model": candidate.model,
+        "provider": candidate.provider,
+        "group": request.group,
+    }
+    if request.user:
+        out["user"] = request.user
+    if request.team:
+        out["team"] = request.team
+    if request.api_key:
+        out["key"] = request.api_key
+    if request.tags:
+        out["tags"] = list(request.tags)
+    if request.trace_id:
+        out["trace_id"] = request.trace_id
+    if extra:
+        out.update(extra)
+    return out
