@@ -1,0 +1,157 @@
+"""``failover``: order candidates for failover, drop tripped deployments, try slow ones last.
+
+Runs on every request once the policy has a ``failover:`` section (``failover_settings.py``) and
+the engine a health store (``engine.health``, ``health.py``):
+
+1. order — a group with a chain in ``failover.chains`` is ordered by it (candidates not in the chain
+   are dropped); other groups are sorted cheapest first for this request when
+   ``order: cheapest_first``, or left in the order the route's rules gave (``order: policy``);
+2. circuit breakers — a deployment whose breaker is open is dropped (the reason says since when,
+   until when, and why it opened); a half-open one is kept only while a probe slot is free (the
+   adapter claims the slot with ``health.allow`` when it actually picks it);
+3. latency — a deployment whose p95 latency is over ``max_latency_ms`` (or whose p95
+   time-to-first-token is over ``first_token_timeout_ms``) is moved behind the others.
+
+``plan_next`` is the other half: after a failed attempt it says, from the failure class and
+``failover.on``, whether to try another candidate, which ones, or to give up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from litellm_payg import hookimpl
+from litellm_payg.decision import Candidate, RouteRequest, Step
+from litellm_payg.failover_settings import Action, FailoverSettings
+from litellm_payg.failures import Failure, diagnose
+from litellm_payg.health import DeploymentHealth, HealthError, HealthStore, is_slow
+from litellm_payg.rules import matches
+
+logger = logging.getLogger("litellm_payg")
+
+BY = "failover"
+
+
+def _at(ts: float | None) -> str:
+    if ts is None:
+        return "?"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _breaker_reason(h: DeploymentHealth, settings: FailoverSettings) -> str | None:
+    cb = settings.circuit_breaker
+    if h.state == "open":
+        why = (f"{cb.failures} failures within {cb.within_s:g}s" if h.opened_by == "failures"
+               else "a half-open probe failed" if h.opened_by == "probe" else "tripped")
+        return f"circuit breaker open since {_at(h.opened_at)} until {_at(h.open_until)} ({why})"
+    if h.state == "half_open" and not h.probe_free:
+        return (f"circuit breaker half-open since {_at(h.open_until)}; its {h.probes_allowed} probe "
+                f"slot{'s are' if h.probes_allowed != 1 else ' is'} taken")
+    return None
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1000:.0f}ms"
+
+
+def order_candidates(request: RouteRequest, candidates: Sequence[Candidate],
+                     settings: FailoverSettings) -> tuple[list[Candidate], list]:
+    """Step 1 alone: ``(kept in order, drops)``."""
+    chain = settings.chains.get(request.group)
+    if chain is not None:
+        ranked, dropped = [], []
+        for c in candidates:
+            pos = next((i for i, ref in enumerate(chain) if matches(ref, c)), None)
+            if pos is None:
+                dropped.append(Step.drop(c, f"not in failover.chains.{request.group}", BY))
+            else:
+                ranked.append((pos, c))
+        ranked.sort(key=lambda pc: pc[0])  # stable: two deployments of one model keep their order
+        return [c for _, c in ranked], dropped
+    if settings.order == "cheapest_first":
+        p, o = request.prompt_tokens, request.output_tokens
+        return sorted(candidates, key=lambda c: (not c.priced, c.estimate_usd(p, o) if c.priced else 0.0)), []
+    return list(candidates), []
+
+
+def apply_failover(request: RouteRequest, candidates: Sequence[Candidate], settings: FailoverSettings,
+                   health: HealthStore | None, now: float | None = None) -> Step:
+    kept, dropped = order_candidates(request, candidates, settings)
+    notes: list[str] = []
+    if health is not None and kept:
+        try:
+            snap = health.snapshot([c.deployment_id for c in kept], now)
+        except HealthError as e:  # fail open: a health store outage must not stop traffic
+            logger.warning("litellm-payg failover: health store unavailable, breakers ignored: %s", e)
+            return Step(kept, dropped, f"failover: health store unavailable ({e}); breakers and latency ignored")
+        alive = []
+        for c in kept:
+            reason = _breaker_reason(snap[c.deployment_id], settings)
+            if reason is None:
+                alive.append(c)
+            else:
+                dropped.append(Step.drop(c, reason, BY))
+        fast, slow = [], []
+        for c in alive:
+            h = snap[c.deployment_id]
+            if is_slow(h, settings.max_latency_ms, settings.first_token_timeout_ms):
+                slow.append(c)
+                notes.append(f"{c.deployment_id} ({c.model}) tried last: p95 latency {_ms(h.latency_p95_s)}"
+                             f" (max {settings.max_latency_ms or '-'}ms), p95 first token {_ms(h.ttft_p95_s)}"
+                             f" (max {settings.first_token_timeout_ms or '-'}ms)")
+            else:
+                fast.append(c)
+        kept = fast + slow
+        probing = [c.deployment_id for c in kept if snap[c.deployment_id].state == "half_open"]
+        if probing:
+            notes.append("half-open, may be probed: " + ", ".join(probing))
+    return Step(kept, dropped, ("failover: " + "; ".join(notes)) if notes else None)
+
+
+@hookimpl(trylast=True)
+def payg_filter_candidates(request, candidates, engine):
+    settings = getattr(engine.policy, "failover", None)
+    if settings is None:
+        return None
+    return apply_failover(request, candidates, settings, getattr(engine, "health", None))
+
+
+# -- after a failed attempt ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """What to do after a failed attempt."""
+
+    action: Action
+    failure: Failure
+    candidates: list[Candidate]  # to try next, in order; empty: give up and raise the error
+    reason: str
+
+
+def plan_next(settings: FailoverSettings, error: BaseException, failed: Candidate | None,
+              ordered: Sequence[Candidate], attempted: Sequence[str], prompt_tokens: int | None = None) -> NextHop:
+    """Given the ordered candidates of the decision, the ids already attempted and the error of the
+    last attempt (on ``failed``), what to try next according to ``failover.on``."""
+    failure = diagnose(error)
+    action = settings.action_for(failure.cls.value)
+    remaining = [c for c in ordered if c.deployment_id not in set(attempted)]
+    if action == "fail":
+        return NextHop(action, failure, [], f"{failure.cls.value}: failover.on.{failure.cls.value} is 'fail'")
+    if action == "larger_context":
+        limit = failed.max_input_tokens if failed is not None else None
+        floor = limit if limit is not None else prompt_tokens
+        if floor is None:
+            return NextHop(action, failure, [], "context window exceeded and neither the failed deployment's "
+                                                 "max_input_tokens nor the prompt size is known")
+        bigger = [c for c in remaining if c.max_input_tokens is not None and c.max_input_tokens > floor]
+        what = f"max_input_tokens > {floor}" + (" (the failed deployment's)" if limit is not None else " (the prompt)")
+        if not bigger:
+            return NextHop(action, failure, [], f"context window exceeded; no untried candidate has {what}")
+        return NextHop(action, failure, bigger, f"context window exceeded; trying candidates with {what}")
+    if not remaining:
+        return NextHop(action, failure, [], f"{failure.cls.value}: every candidate was tried")
+    return NextHop(action, failure, remaining, f"{failure.cls.value}: trying the next candidate")
