@@ -2,32 +2,41 @@
 
 * ``async_filter_deployments`` (a ``CustomLogger`` hook the Router runs on every pick, retry and
   fallback hop, after its own cooldown and health filtering) narrows the group's deployments to the
-  one the policy orders first among those not yet tried for this request. LiteLLM keeps doing its
-  health checks, cooldowns, retries and fallbacks; we only decide the candidate.
-* The decision is stamped on the request's live ``metadata`` dict (``payg_decision``), which the
-  success and failure callbacks receive too, and logged.
-* ``async_log_success_event`` / ``async_log_failure_event`` turn LiteLLM's outcome (real
-  ``response_cost`` of the deployment that actually ran, latency) into a ``payg_outcome`` hook call.
+  one the policy orders first among those not yet tried for this request, and reserves its estimate
+  against the budgets. LiteLLM keeps doing its health checks, cooldowns, retries and fallbacks; we
+  only decide the candidate.
+* ``async_post_call_failure_deployment_hook`` runs inline once per failed attempt: the attempt's
+  reservation is released (it did not bill), the failure is classified and fed to the circuit
+  breaker, and the next pick of the same request follows ``failover.on``.
+* ``async_post_call_success_deployment_hook`` runs the response validators on non-stream answers.
+* ``async_log_success_event`` (LiteLLM's background worker, after the answer; for streams, after the
+  last chunk) settles the reservation with LiteLLM's real ``response_cost`` and records latency.
+* The decision is stamped on the request's live ``metadata`` dict (``payg_decision``), which every
+  hook above receives too, and logged.
 * The synchronous ``router.completion`` skips async filters, so ``attach`` routes it through the async
   path (``sync_bridge.py``) instead of letting it go unrouted.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+from datetime import datetime
 import random
-import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import litellm
+from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
 from .decision import Candidate, Outcome, RouteRequest
+from .default_plugins.failover import plan_next
 from .engine import Engine
 from .errors import NoDeploymentLeft
+from .failures import InvalidResponseError, diagnose
 from .identity import hints_of, identity_of
 from .policy import Policy, load_policy
 from .pricing import candidate_from_deployment, count_prompt_tokens
@@ -41,7 +50,21 @@ ATTEMPTS_KEY = "payg_attempts"
 PROMPT_TOKENS_KEY = "payg_prompt_tokens"
 BINDING_KEY = "payg_binding"
 RESERVATIONS_KEY = "payg_reservations"
-BLOCKED_KEY = "payg_blocked"
+TRACE_KEY = "payg_trace"
+
+
+class _Recent(collections.OrderedDict):
+    """A small bounded map: per-request state that must not grow without limit when a request
+    never reports back (an abandoned stream)."""
+
+    def __init__(self, limit: int = 10_000):
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.limit:
+            self.popitem(last=False)
 
 
 class PaygRouting(CustomLogger):
@@ -62,6 +85,9 @@ class PaygRouting(CustomLogger):
         self.binding = f"payg-{PaygRouting._count}-{id(self):x}"
         self._candidates: dict[str, Candidate] = {}
         self._router_ref: weakref.ReferenceType[Any] | None = None
+        self._last_failure: _Recent = _Recent()  # trace -> (deployment id, exception) of the last failed attempt
+        self._final_errors: _Recent = _Recent()  # trace -> error that ends the request (block, `fail`)
+        self._requests: _Recent = _Recent()  # trace -> RouteRequest, for the validators
 
     # -- binding ----------------------------------------------------------------------------------
 
@@ -117,40 +143,69 @@ class PaygRouting(CustomLogger):
         if metadata is None:
             metadata = {}
         metadata[BINDING_KEY] = self.binding  # so outcomes find their way back to this policy
-        blocked = metadata.get(BLOCKED_KEY)
-        if blocked:
-            # a budget block is final for the request: LiteLLM's fallbacks must not route around it
-            raise BudgetExceeded.from_dict(blocked)
+        trace = metadata.setdefault(TRACE_KEY, str(request_kwargs.get("litellm_trace_id") or id(metadata)))
+        final = self._final_errors.get(trace)
+        if final is not None:
+            # a budget block or a `fail` failure is final for the request: LiteLLM's retries and
+            # fallbacks to other groups must not route around it
+            raise final
         request = self.route_request(model, candidates, messages, request_kwargs, metadata)
         decision = self.engine.decide(request, candidates)
-        if not decision.governed and not decision.dropped and not self.engine.spend.budgets:
+        if not (decision.governed or decision.dropped or self.engine.spend.budgets or self.engine.health):
             return healthy_deployments
-
-        attempts: list[str] = metadata.setdefault(ATTEMPTS_KEY, [])
         if not decision.ordered:
             raise NoDeploymentLeft(model, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])
-        untried = [c for c in decision.ordered if c.deployment_id not in attempts] or decision.ordered[:1]
+
+        attempts: list[str] = metadata.setdefault(ATTEMPTS_KEY, [])
+        untried = self._next_candidates(trace, decision, attempts, request)
         if not decision.governed and len(untried) > 1:
             untried = random.sample(untried, len(untried))  # no route: spread load as LiteLLM's shuffle would
-        reservation_id = f"{request.trace_id or uuid.uuid4().hex}:{len(attempts)}"
+        reservation_id = f"{trace}:{len(attempts)}"
         try:
             admission = self.engine.spend.admit(request, untried, reservation_id, decision.attrs)
         except BudgetExceeded as exc:
-            metadata[BLOCKED_KEY] = exc.as_dict()
+            self._final_errors[trace] = exc
             raise
         pick = admission.candidate
         attempts.append(pick.deployment_id)
         metadata.setdefault(RESERVATIONS_KEY, {}).setdefault(pick.deployment_id, []).append(reservation_id)
+        self._requests[trace] = request
         stamped = decision.as_dict()
         stamped["chosen"] = pick.deployment_id
         stamped["chosen_model"] = pick.model
-        if admission.skipped:
-            stamped["dropped"] += [
-                {"deployment_id": d.deployment_id, "model": d.model, "by": d.by, "reason": d.reason}
-                for d in admission.skipped
-            ]
+        stamped["dropped"] += [
+            {"deployment_id": d.deployment_id, "model": d.model, "by": d.by, "reason": d.reason} for d in admission.skipped
+        ]
         metadata[DECISION_KEY] = stamped
         return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
+
+    def _next_candidates(
+        self, trace: str, decision: Any, attempts: Sequence[str], request: RouteRequest
+    ) -> list[Candidate]:
+        """The candidates this pick may use, best first: untried ones, narrowed by what the last
+        failure of this request calls for (``failover.on``) and by the circuit breakers."""
+        untried = [c for c in decision.ordered if c.deployment_id not in attempts]
+        failover = self.engine.policy.failover
+        last = self._last_failure.pop(trace, None)
+        if failover is not None and last is not None:
+            failed_id, error = last
+            hop = plan_next(failover, error, self._candidates.get(failed_id), decision.ordered, attempts, request.prompt_tokens)
+            decision.notes.append(f"failover after {failed_id}: {hop.reason}")
+            if not hop.candidates:
+                raise error
+            untried = hop.candidates
+        if not untried:
+            untried = decision.ordered[:1]  # every candidate was tried: a LiteLLM retry gets the best again
+        health = self.engine.health
+        if health is not None:
+            # allow() claims a half-open probe slot, so ask only until one deployment is allowed
+            allowed = next((c for c in untried if health.allow(c.deployment_id)), None)
+            if allowed is None:
+                raise NoDeploymentLeft(
+                    request.group, [(c.deployment_id, c.model, "circuit breaker half-open, no probe slot free") for c in untried]
+                )
+            untried = [allowed] + [c for c in untried if c is not allowed]
+        return untried
 
     def route_request(
         self,
@@ -183,47 +238,271 @@ class PaygRouting(CustomLogger):
             metadata=metadata,
         )
 
-    # -- outcomes ---------------------------------------------------------------------------------
+    # -- per attempt, inline ----------------------------------------------------------------------
+
+    def _ours(self, request_data: Mapping[str, Any]) -> tuple[dict, str, str] | None:
+        metadata = request_data.get("metadata") or request_data.get("litellm_metadata") or {}
+        if metadata.get(BINDING_KEY) != self.binding:
+            return None
+        deployment_id = str((request_data.get("model_info") or {}).get("id"))
+        return metadata, deployment_id, metadata.get(TRACE_KEY, "")
+
+    async def async_post_call_failure_deployment_hook(self, request_data, exception, call_type, fallback_depth=None):
+        ours = self._ours(request_data)
+        if ours is None:
+            return None
+        metadata, deployment_id, trace = ours
+        reservation_id = _pop_reservation(metadata, deployment_id)
+        if reservation_id is not None and not isinstance(exception, InvalidResponseError):
+            self.engine.spend.release(reservation_id)  # a failed call does not bill
+        failure = diagnose(exception)
+        health = self.engine.health
+        if health is not None and failure.cls.counts_against_deployment and not isinstance(exception, InvalidResponseError):
+            health.record(deployment_id, ok=False)
+        failover = self.engine.policy.failover
+        if failover is not None:
+            self._last_failure[trace] = (deployment_id, exception)
+            action = failover.action_for(failure.cls.value)
+            if action != "fail" and getattr(exception, "num_retries", None) in (None, 0):
+                # LiteLLM does not retry some errors within the group (a context window error waits
+                # for context_window_fallbacks); the policy says try another deployment, so allow
+                # one more attempt per untried candidate
+                left = len([c for c in self._candidates.values() if c.group == (self._candidates.get(deployment_id) or c).group])
+                try:
+                    exception.num_retries = max(1, left - len(metadata.get(ATTEMPTS_KEY) or ()))
+                except AttributeError:
+                    pass
+            if action == "fail":
+                # a configuration error (auth, a bad request) must reach the caller, not be retried
+                # or hidden behind a fallback: LiteLLM reads an error's own num_retries
+                try:
+                    exception.num_retries = 0
+                except AttributeError:
+                    pass
+                self._final_errors[trace] = exception
+        if not isinstance(exception, InvalidResponseError):
+            self._emit(metadata, deployment_id, ok=False, cost=0.0, error=exception, model=request_data.get("model"))
+        return None
+
+    async def async_pre_call_deployment_hook(self, kwargs, call_type):
+        """``first_token_timeout_ms`` for streams, which LiteLLM lacks: the stream's HTTP read
+        timeout is set to it, so a deployment that sends no first chunk in time fails the attempt
+        with a timeout (class ``server_error``) and the request moves to the next deployment. It is a
+        read timeout, so a later gap between chunks longer than it also ends the stream."""
+        failover = self.engine.policy.failover
+        if failover is None or not failover.first_token_timeout_ms or not kwargs.get("stream"):
+            return None
+        if self._ours(kwargs) is None:
+            return None
+        limit = failover.first_token_timeout_ms / 1000
+        current = kwargs.get("timeout")
+        if not isinstance(current, (int, float)) or current > limit:
+            kwargs["timeout"] = limit
+            kwargs["stream_timeout"] = limit
+        return kwargs
+
+    async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
+        """A non-stream attempt answered: charge it now, with LiteLLM's own cost calculation for
+        this attempt (LiteLLM's success *log* event may never come for a request that had a failed
+        attempt before: it logs a request once). Streams are charged when they end, below."""
+        if request_data.get("stream"):
+            return None
+        ours = self._ours(request_data)
+        if ours is None:
+            return None
+        metadata, deployment_id, _ = ours
+        cost = self._charge_inline(request_data, response, metadata, deployment_id)
+        if cost is None:
+            return None  # already charged (the guard ran first and rejected it)
+        latency = _elapsed(request_data)
+        if self.engine.health is not None:
+            self.engine.health.record(deployment_id, ok=True, latency_s=latency)
+        usage = getattr(response, "usage", None)
+        self._emit(
+            metadata, deployment_id, ok=True, cost=cost, latency=latency, model=request_data.get("model"),
+            prompt_tokens=getattr(usage, "prompt_tokens", None), completion_tokens=getattr(usage, "completion_tokens", None),
+        )
+        return None
+
+    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, metadata: Mapping[str, Any], deployment_id: str) -> float | None:
+        reservation_id = _pop_reservation(metadata, deployment_id)
+        if reservation_id is None:
+            return None
+        cost = _attempt_cost(request_data, response, self._candidates.get(deployment_id))
+        self.engine.spend.settle(reservation_id, cost)
+        return cost
+
+    async def check_response(self, request_data: Mapping[str, Any], response: Any) -> None:
+        """Run the ``payg_validate_response`` hooks on a non-stream answer; raise
+        :class:`InvalidResponseError` (after charging it) if any finds a problem. Called by
+        :class:`ResponseGuard`, because LiteLLM lets only a guardrail's raise fail an attempt."""
+        ours = self._ours(request_data)
+        if ours is None or request_data.get("stream"):
+            return None
+        metadata, deployment_id, trace = ours
+        request = self._requests.get(trace)
+        results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
+        problems = [p for found in results if found for p in found]
+        if not problems:
+            return None
+        candidate = self._candidates.get(deployment_id)
+        error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
+        self._charge_inline(request_data, response, metadata, deployment_id)  # it billed: still paid for
+        if self.engine.health is not None:
+            self.engine.health.record(deployment_id, ok=False)
+        self._emit(metadata, deployment_id, ok=False, cost=_attempt_cost(request_data, response, candidate), error=error,
+                   model=request_data.get("model"))
+        raise error
+
+    # -- outcomes, from LiteLLM's logging worker --------------------------------------------------
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        self._outcome(kwargs, start_time, end_time, ok=True)
-
-    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
-        self._outcome(kwargs, start_time, end_time, ok=False)
-
-    def _outcome(self, kwargs: Mapping[str, Any], start_time: Any, end_time: Any, ok: bool) -> None:
-        slo = kwargs.get("standard_logging_object") or {}
+        """Streams are charged here, once the last chunk is in and LiteLLM has priced them."""
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         if metadata.get(BINDING_KEY) != self.binding:
             return  # another router's request (or another policy's, attached before or after this one)
-        decision = metadata.get(DECISION_KEY)
-        deployment_id = slo.get("model_id") or ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id")
-        try:
-            latency = (end_time - start_time).total_seconds()
-        except Exception:
-            latency = None
-        outcome = Outcome(
-            group=slo.get("model_group") or metadata.get("model_group") or "",
-            deployment_id=None if deployment_id is None else str(deployment_id),
+        slo = kwargs.get("standard_logging_object") or {}
+        deployment_id = str(slo.get("model_id") or ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id"))
+        reservation_id = _pop_reservation(metadata, deployment_id)
+        if reservation_id is None:
+            self._forget(metadata)
+            return  # a non-stream answer, already charged inline
+        cost = float(kwargs.get("response_cost") or 0.0)
+        self.engine.spend.settle(reservation_id, cost)
+        latency = _seconds(slo.get("startTime"), slo.get("endTime"))
+        if self.engine.health is not None:
+            ttft = _seconds(slo.get("startTime"), slo.get("completionStartTime"))
+            self.engine.health.record(deployment_id, ok=True, latency_s=latency, ttft_s=ttft)
+        self._emit(
+            metadata, deployment_id, ok=True, cost=cost, latency=latency,
             model=(kwargs.get("litellm_params") or {}).get("model") or kwargs.get("model"),
-            ok=ok,
-            cost_usd=float(kwargs.get("response_cost") or 0.0) if ok else 0.0,
-            latency_s=latency,
-            prompt_tokens=slo.get("prompt_tokens"),
-            completion_tokens=slo.get("completion_tokens"),
-            error=None if ok else kwargs.get("exception"),
-            trace_id=slo.get("trace_id") or kwargs.get("litellm_trace_id"),
-            decision=decision,
+            prompt_tokens=slo.get("prompt_tokens"), completion_tokens=slo.get("completion_tokens"),
         )
-        reservations = (metadata.get(RESERVATIONS_KEY) or {}).get(outcome.deployment_id) or []
-        if reservations:
-            reservation_id = reservations.pop(0)
-            billed = float(kwargs.get("response_cost") or 0.0)
-            if ok or billed > 0:
-                self.engine.spend.settle(reservation_id, billed if not ok else outcome.cost_usd)
-            else:
-                self.engine.spend.release(reservation_id)
+        self._forget(metadata)
+
+    def _forget(self, metadata: Mapping[str, Any]) -> None:
+        trace = metadata.get(TRACE_KEY)
+        for state in (self._last_failure, self._requests, self._final_errors):
+            state.pop(trace, None)
+
+    def _emit(self, metadata: Mapping[str, Any], deployment_id: str, ok: bool, cost: float, **extra: Any) -> None:
+        candidate = self._candidates.get(deployment_id)
+        outcome = Outcome(
+            group=(candidate.group if candidate else None) or metadata.get("model_group") or "",
+            deployment_id=deployment_id,
+            model=extra.get("model") or (candidate.model if candidate else None),
+            ok=ok,
+            cost_usd=cost,
+            latency_s=extra.get("latency"),
+            prompt_tokens=extra.get("prompt_tokens"),
+            completion_tokens=extra.get("completion_tokens"),
+            error=extra.get("error"),
+            trace_id=metadata.get(TRACE_KEY),
+            decision=metadata.get(DECISION_KEY),
+        )
         self.engine.pm.hook.payg_outcome(outcome=outcome)
+
+
+class ResponseGuard(CustomGuardrail):
+    """Fails an attempt whose answer the validators reject, so the request moves on.
+
+    LiteLLM swallows an exception raised from a plain ``CustomLogger``'s
+    ``async_post_call_success_deployment_hook`` ("a broken callback must not fail a completed
+    request") but re-raises a ``CustomGuardrail``'s, which then counts as a failed attempt. This
+    object does nothing else: it has no guardrail event hooks and delegates to the adapter.
+    """
+
+    def __init__(self, adapter: PaygRouting):
+        super().__init__(guardrail_name=f"litellm-payg-validate-{adapter.binding}", default_on=False)
+        self.adapter = adapter
+
+    async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
+        await self.adapter.check_response(request_data, response)
+        return None
+
+
+def _pop_reservation(metadata: Mapping[str, Any], deployment_id: str) -> str | None:
+    """Attempts of one request are sequential, so its open reservation per deployment is a FIFO."""
+    reservations = (metadata.get(RESERVATIONS_KEY) or {}).get(deployment_id) or []
+    return reservations.pop(0) if reservations else None
+
+
+def _seconds(start: Any, end: Any) -> float | None:
+    try:
+        return max(0.0, float(end) - float(start))
+    except (TypeError, ValueError):
+        return None
+
+
+def _elapsed(request_data: Mapping[str, Any]) -> float | None:
+    logging_obj = request_data.get("litellm_logging_obj")
+    started = getattr(logging_obj, "start_time", None)
+    try:
+        return max(0.0, (datetime.now() - started).total_seconds())
+    except TypeError:
+        return None
+
+
+def _attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Candidate | None) -> float:
+    """What one answer cost, before LiteLLM's logging worker says: LiteLLM's own calculation for
+    this attempt (the logging object's ``response_cost_calculator``, which knows the deployment's
+    custom prices), falling back to the deployment's known price times the usage it reported."""
+    logging_obj = request_data.get("litellm_logging_obj")
+    try:
+        cost = logging_obj.response_cost_calculator(result=response)
+        if cost is not None:
+            return float(cost)
+    except Exception:
+        logger.debug("litellm-payg: LiteLLM could not price this answer; using the deployment's price", exc_info=True)
+    try:
+        return float(litellm.completion_cost(completion_response=response, model=candidate.model if candidate else None))
+    except Exception:
+        usage = getattr(response, "usage", None)
+        if candidate is None or not candidate.priced or usage is None:
+            return 0.0
+        return candidate.estimate_usd(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+
+
+LARGER_CONTEXT_SUFFIX = "::payg-larger-context"
+
+
+def _route_context_errors_back(router: Any, engine: Engine) -> None:
+    """Make ``failover.on.context_window: larger_context`` reachable.
+
+    LiteLLM 1.110 never retries a context-window error inside its group: it only follows
+    ``context_window_fallbacks`` to another group. So each governed group without such a fallback
+    gets one to an alias of itself (``<group>::payg-larger-context``); on that hop the filter sees the
+    failure and picks an untried deployment with a larger ``max_input_tokens``. A group that already
+    has context-window fallbacks keeps them.
+    """
+    failover = engine.policy.failover
+    if failover is None or failover.action_for("context_window") != "larger_context":
+        return
+    from litellm.router_api import ChangeSet
+
+    settings = router.settings()
+    existing = list(settings.context_window_fallbacks or [])
+    covered = {group for entry in existing for group in entry}
+    aliases = dict(router.registry().aliases() or {})
+    added = False
+    for group in engine.routes:
+        if group in covered:
+            continue
+        alias = group + LARGER_CONTEXT_SUFFIX
+        existing.append({group: [alias]})
+        aliases[alias] = group
+        added = True
+    if added:
+        router.apply(ChangeSet(assign={"context_window_fallbacks": existing, "model_group_alias": aliases}))
+
+
+def _validates(engine: Engine) -> bool:
+    """Whether any validator can run: the policy's ``validate:`` list or a third-party hook."""
+    if engine.policy.validators:
+        return True
+    return any(
+        impl.plugin_name != "litellm_payg.validate" for impl in engine.pm.hook.payg_validate_response.get_hookimpls()
+    )
 
 
 def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engine:
@@ -237,7 +516,11 @@ def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engi
     adapter = PaygRouting(engine)
     adapter.bind(router)
     litellm.logging_callback_manager.add_litellm_callback(adapter)
+    guard = ResponseGuard(adapter) if _validates(engine) else None
+    if guard is not None:
+        litellm.logging_callback_manager.add_litellm_callback(guard)
 
+    _route_context_errors_back(router, engine)
     original_completion = router.completion
 
     def completion(*args: Any, **kwargs: Any) -> Any:
@@ -253,6 +536,8 @@ def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engi
         # LiteLLM promotes a callback from litellm.callbacks into its success/failure lists on first
         # use: remove it from all of them, or a detached policy would keep receiving outcomes.
         litellm.logging_callback_manager.remove_callback_from_all_lists(adapter)
+        if guard is not None:
+            litellm.logging_callback_manager.remove_callback_from_all_lists(guard)
         router.completion = original_completion
 
     engine.adapter = adapter

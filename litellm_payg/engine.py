@@ -15,6 +15,7 @@ from .decision import Candidate, Decision, Drop, RouteRequest, Step
 from .errors import PolicyError, Problem, UnknownPriceError
 from .policy import Policy, _undotted
 from .rules import Rule, matches
+from .health import HealthStore, open_health
 from .spend import SpendControl
 
 
@@ -34,6 +35,13 @@ class Engine:
         self._observe = self.pm.hook.payg_decision
         #: budgets and the spend ledger (reserve / settle / release)
         self.spend = SpendControl(policy, ledger=ledger, clock=clock)
+        #: circuit breakers and latency per deployment, in the ledger's backend (``failover:`` only)
+        self.health: HealthStore | None = None
+        if policy.failover is not None:
+            url = ledger if isinstance(ledger, str) else policy.ledger
+            self.health = open_health(
+                url, breaker=policy.failover.circuit_breaker.config(), latency=policy.failover.latency.config(), clock=clock
+            )
         #: the LiteLLM callback applying this engine, once ``attach`` bound it to a Router
         self.adapter: object | None = None
         self._undo: list[Callable[[], None]] = []
@@ -43,6 +51,8 @@ class Engine:
         while self._undo:
             self._undo.pop()()
         self.spend.close()
+        if self.health is not None:
+            self.health.close()
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -133,6 +143,16 @@ class Engine:
                                 hint=f"add 'models: {{{c.model}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' "
                                 "to the policy, or input_cost_per_token/output_cost_per_token to its litellm_params",
                             ))
+        failover = self.policy.failover
+        if failover is not None:
+            for field, group, ref in failover.model_refs():
+                candidates = candidates_by_group.get(group)
+                if candidates is None:
+                    problems.append(Problem(f"failover.chains.{group}", f"the router has no model group {group!r}",
+                                            self.policy.line_of(("failover", "chains", group))))
+                elif not any(matches(ref, c) for c in candidates):
+                    problems.append(Problem(field, f"no deployment of group {group!r} is {ref!r}",
+                                            self.policy.line_of(_undotted(field))))
         if problems:
             raise PolicyError(problems, self.policy.source)
         if unpriced:

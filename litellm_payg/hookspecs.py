@@ -69,3 +69,18 @@ def payg_budget_alert(budget, bucket, scope, threshold, spent_usd, limit_usd, re
     implementations log a warning and POST to the policy's ``alert_webhook``. Runs after a charge
     is settled, off the request path; must not raise.
     """
+
+
+@hookspec
+def payg_validate_response(response, request, engine):
+    """Check a successful answer before it counts as a success.
+
+    ``response`` is the LiteLLM ``ModelResponse`` of a non-streaming call; ``request`` the
+    :class:`litellm_payg.decision.RouteRequest`. Return ``None`` when satisfied, or a list of
+    problems (plain sentences naming what is wrong). All implementations run; the problems are
+    concatenated. Any problem makes the attempt fail with
+    :class:`litellm_payg.failures.InvalidResponseError` (class ``invalid_response``): the answer is
+    still charged (it billed), the failure counts against the deployment's circuit breaker, and the
+    request moves on as ``failover.on.invalid_response`` says. Runs on the request path: must not
+    block. The built-in implementation runs the policy's ``validate:`` list.
+    """

@@ -27,6 +27,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "litellm_payg.default_plugins.decision_log",
     "litellm_payg.default_plugins.budget_guard",
     "litellm_payg.default_plugins.budget_alerts",
+    "litellm_payg.default_plugins.failover",
+    "litellm_payg.validate",
 )
 
 

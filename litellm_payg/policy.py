@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from .budgets import Budget
+from .failover_settings import FailoverSettings, ValidatorSpec
+from .validate import build_validators
 
 from .errors import PluginError, PolicyError, Problem
 from .plugins import make_plugin_manager, rule_types
@@ -27,7 +29,7 @@ Path_ = tuple[str | int, ...]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class ModelFacts(_Strict):
@@ -71,6 +73,8 @@ class _PolicyDocument(_Strict):
     on_ledger_error: Literal["fail_closed", "fail_open"] | None = None
     reservation_ttl_s: float = Field(default=900, gt=0)
     alert_webhook: str | None = None
+    failover: FailoverSettings | None = None
+    validate_: list[ValidatorSpec] = Field(default_factory=list, alias="validate")
 
     @field_validator("timezone")
     @classmethod
@@ -115,6 +119,9 @@ class Policy:
     on_ledger_error: str = "fail_open"
     reservation_ttl_s: float = 900
     alert_webhook: str | None = None
+    failover: FailoverSettings | None = None
+    #: built response validators (``validate:``), checked on every successful non-stream answer
+    validators: list[Any] = field(default_factory=list)
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -204,7 +211,12 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         or ("fail_closed" if any(b.on_exceed == "block" for b in doc.budgets) else "fail_open"),
         reservation_ttl_s=doc.reservation_ttl_s,
         alert_webhook=doc.alert_webhook,
+        failover=doc.failover,
     )
+    try:
+        policy.validators = build_validators(doc.validate_, base_dir)
+    except (ValueError, OSError) as exc:
+        raise PolicyError([Problem("validate", str(exc), _nearest_line(lines, ("validate",)))], source) from None
     _check_prices(policy)
     return policy
 
@@ -267,6 +279,8 @@ def _index_lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
+            if key_node.tag == "tag:yaml.org,2002:bool" and key in ("on", "On", "ON"):
+                key = "on"  # YAML 1.1 reads a bare `on:` key as True; the policy means "on"
             out[(*path, key)] = key_node.start_mark.line + 1
             _index_lines(value_node, (*path, key), out)
     elif isinstance(node, yaml.SequenceNode):
