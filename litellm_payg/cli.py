@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(func=cmd_explain)
 
+    budgets = sub.add_parser("budgets", help="every budget's spend, in-flight, limit, use and reset time")
+    budgets.add_argument("policy", metavar="POLICY")
+    budgets.add_argument("--ledger", help="read this ledger URL instead of the policy's")
+    budgets.add_argument("--json", action="store_true")
+    budgets.set_defaults(func=cmd_budgets)
+
     plugins = sub.add_parser("plugins", help="list installed plugins and the rule types they add")
     plugins.add_argument("--all", action="store_true", help="include the built-in plugins")
     plugins.add_argument("--policy", help="also load the plugin modules this policy names")
@@ -200,6 +206,33 @@ def _candidates_by_group(config_path: str, policy: Any) -> dict[str, list[Any]]:
         d["model_info"] = {"id": f"{d.get('model_name')}-{i}", **(d.get("model_info") or {})}
         by_group.setdefault(str(d.get("model_name")), []).append(candidate_from_deployment(d, policy.models))
     return by_group
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+def cmd_budgets(args: argparse.Namespace) -> int:
+    from .budget_status import budget_rows, render
+    from .ledger import open_ledger
+    from .ledger.base import LedgerError
+    from .policy import load_policy
+
+    policy = load_policy(args.policy)
+    url = args.ledger or policy.ledger
+    try:
+        with open_ledger(url) as ledger:
+            rows = budget_rows(policy, ledger)
+    except LedgerError as exc:
+        raise LedgerInputError(f"cannot read the ledger {url}: {exc}") from None
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        print(render(rows))
+    return 0
+
+
+class LedgerInputError(PaygError):
+    """The ledger named on the command line (or in the policy) cannot be read."""
 
 
 # -- plugins ------------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""``litellm-payg budgets``: every budget's spend, in flight, limit, use and reset, from the ledger."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from litellm_payg.cli import main as cli
+
+from routing_helpers import DEEPSEEK, attached, deployment
+
+MESSAGES = [{"role": "user", "content": "Where is my parcel? It was due yesterday and the tracking page is empty."}]
+
+
+async def test_budgets_lists_each_budget_and_each_user(tmp_path, capsys):
+    import asyncio
+
+    ledger = f"sqlite:///{tmp_path}/ledger.db"
+    policy = {
+        "version": 1, "ledger": ledger, "timezone": "Europe/Paris",
+        "budgets": [
+            {"name": "monthly", "scope": "global", "window": "month", "limit_usd": 1.0},
+            {"name": "per-user", "scope": "user:*", "window": "day", "limit_usd": 0.5, "on_exceed": "block"},
+            {"scope": "provider:deepseek", "window": "rolling:30m", "limit_usd": 0.2, "on_exceed": "downgrade"},
+        ],
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    with attached([deployment("chat", DEEPSEEK, "ds")], str(path)) as (router, engine):
+        for user in ("alice", "bob", "alice"):
+            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, user=user)
+        while engine.spend.ledger.open_reservations():
+            await asyncio.sleep(0.02)
+
+    assert cli(["budgets", str(path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_scope = {(r["budget"], r["scope"]): r for r in rows}
+    one = 10 * 2.8e-07 + 20 * 4.2e-07  # LiteLLM's mock usage at DeepSeek's price
+    assert abs(by_scope[("monthly", "global")]["spent_usd"] - 3 * one) < 1e-12
+    assert abs(by_scope[("per-user", "user:alice")]["spent_usd"] - 2 * one) < 1e-12
+    assert abs(by_scope[("per-user", "user:bob")]["spent_usd"] - one) < 1e-12
+    assert by_scope[("b2", "provider:deepseek")]["resets_at"] is None
+    assert by_scope[("monthly", "global")]["resets_at"].endswith("+01:00") or by_scope[("monthly", "global")]["resets_at"].endswith("+02:00")
+
+    assert cli(["budgets", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "user:alice" in table and "monthly" in table and "rolling" in table
+
+
+def test_budgets_reports_an_unreachable_ledger_without_a_traceback(tmp_path, capsys):
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nledger: redis://127.0.0.1:1/0\nbudgets: [{scope: global, window: day, limit_usd: 1}]\n")
+    assert cli(["budgets", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the ledger redis://127.0.0.1:1/0" in err and "Traceback" not in err
