@@ -1,0 +1,41 @@
+"""Would policy v2 have cost less than v1 on last week's recorded traffic? Answered offline.
+
+Run: pytest tests/sample_user_project -c tests/sample_user_project/pytest.ini (the plugin loads by
+itself: installing litellm-payg registers its ``pytest11`` entry point).
+"""
+
+from pathlib import Path
+
+import pytest
+
+from litellm_payg.testing import assert_routed_to
+
+HERE = Path(__file__).parent
+CASSETTES = HERE / "cassettes"
+CONFIG = HERE / "config.yaml"
+
+
+def test_v2_costs_less_than_v1_on_recorded_traffic(payg_replay):
+    v1 = payg_replay(CASSETTES, policy=HERE / "policy_v1.yaml", config=CONFIG)
+    v2 = payg_replay(CASSETTES, policy=HERE / "policy_v2.yaml", config=CONFIG)
+
+    assert len(v1.rows) == len(v2.rows) == 4 and not v1.errors and not v2.errors
+    assert_routed_to(v1, "mistral/mistral-large-latest")
+    assert_routed_to(v2, "deepseek")  # a deployment id works too
+    assert all(row.exact for row in v1.rows + v2.rows)  # each request was recorded on both deployments
+
+    assert 0 < v2.spend() < v1.spend()
+    assert v2.spend(scope="provider:deepseek") == v2.spend()
+    assert v1.spend(scope="provider:deepseek") == 0
+    assert v1.spend(scope="model:mistral/mistral-large-latest") == v1.spend()
+
+
+@pytest.mark.payg_policy(HERE / "policy_v2.yaml")
+@pytest.mark.payg_config(CONFIG)
+def test_live_router_under_v2(payg_router, payg_spend, payg_cassette):
+    with payg_cassette(CASSETTES):
+        response = payg_router.completion(
+            model="chat", messages=[{"role": "user", "content": "Where is my order 1042?"}], max_tokens=64, user="alice"
+        )
+    assert_routed_to(response, "deepseek/deepseek-chat")
+    assert payg_spend(scope="provider:deepseek") == payg_spend() > 0
