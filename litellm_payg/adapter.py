@@ -170,7 +170,7 @@ class PaygRouting(CustomLogger):
         attempts.append(pick.deployment_id)
         metadata.setdefault(RESERVATIONS_KEY, {}).setdefault(pick.deployment_id, []).append(reservation_id)
         self._requests[trace] = request
-        stamped = decision.as_dict()
+        stamped = decision.as_dict(compact=True)
         stamped["chosen"] = pick.deployment_id
         stamped["chosen_model"] = pick.model
         stamped["dropped"] += [
@@ -328,7 +328,11 @@ class PaygRouting(CustomLogger):
         reservation_id = _pop_reservation(metadata, deployment_id)
         if reservation_id is None:
             return None
-        cost = _attempt_cost(request_data, response, self._candidates.get(deployment_id))
+        candidate = self._candidates.get(deployment_id)
+        usage = getattr(response, "usage", None)
+        cost = _policy_priced(candidate, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        if cost is None:
+            cost = _attempt_cost(request_data, response, candidate)
         self.engine.spend.settle(reservation_id, cost)
         return cost
 
@@ -367,7 +371,9 @@ class PaygRouting(CustomLogger):
         if reservation_id is None:
             self._forget(metadata)
             return  # a non-stream answer, already charged inline
-        cost = float(kwargs.get("response_cost") or 0.0)
+        cost = _policy_priced(self._candidates.get(deployment_id), slo.get("prompt_tokens"), slo.get("completion_tokens"))
+        if cost is None:
+            cost = float(kwargs.get("response_cost") or 0.0)
         self.engine.spend.settle(reservation_id, cost)
         latency = _seconds(slo.get("startTime"), slo.get("endTime"))
         if self.engine.health is not None:
@@ -432,6 +438,15 @@ def _seconds(start: Any, end: Any) -> float | None:
         return max(0.0, float(end) - float(start))
     except (TypeError, ValueError):
         return None
+
+
+def _policy_priced(candidate: Candidate | None, prompt_tokens: Any, completion_tokens: Any) -> float | None:
+    """A deployment the policy prices itself (``models:`` ``input_usd_per_1k``/``output_usd_per_1k``:
+    a fine-tune or self-hosted model LiteLLM does not know, or knows at the wrong price) is charged
+    at that price for the usage it reported; LiteLLM's ``response_cost`` would not know it."""
+    if candidate is None or candidate.price_source != "policy" or prompt_tokens is None or completion_tokens is None:
+        return None
+    return candidate.estimate_usd(int(prompt_tokens), int(completion_tokens))
 
 
 def _elapsed(request_data: Mapping[str, Any]) -> float | None:

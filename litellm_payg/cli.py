@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     budgets.add_argument("--json", action="store_true")
     budgets.set_defaults(func=cmd_budgets)
 
+    from . import replay, report, simulate
+
+    simulate.add_parser(sub)
+    report.add_parser(sub)
+    replay.add_parser(sub)
+
     plugins = sub.add_parser("plugins", help="list installed plugins and the rule types they add")
     plugins.add_argument("--all", action="store_true", help="include the built-in plugins")
     plugins.add_argument("--policy", help="also load the plugin modules this policy names")

@@ -28,6 +28,8 @@ class Candidate:
     quality: float | None = None
     max_input_tokens: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: where the price came from: "policy" (``models:``), "deployment" (``litellm_params``), "litellm"
+    price_source: str | None = None
 
     @property
     def priced(self) -> bool:
@@ -124,16 +126,18 @@ class Decision:
     def chosen(self) -> Candidate | None:
         return self.ordered[0] if self.ordered else None
 
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-able summary, stamped on the request metadata and printed by ``explain``."""
+    def as_dict(self, compact: bool = False) -> dict[str, Any]:
+        """A JSON-able summary, printed by ``explain``. ``compact`` (what the adapter stamps on every
+        request's metadata) leaves out the per-candidate price rows, which LiteLLM would otherwise copy
+        into its logging payload on every request; the order and every drop reason stay."""
         req = self.request
-        return {
+        out = {
             "group": req.group,
             "governed": self.governed,
             "chosen": self.chosen.deployment_id if self.chosen else None,
             "chosen_model": self.chosen.model if self.chosen else None,
             "order": [c.deployment_id for c in self.ordered],
-            "candidates": [_candidate_row(c, req, "kept") for c in self.ordered],
+            "candidates": [] if compact else [_candidate_row(c, req, "kept") for c in self.ordered],
             "dropped": [
                 {"deployment_id": d.deployment_id, "model": d.model, "by": d.by, "reason": d.reason}
                 for d in self.dropped
@@ -143,6 +147,9 @@ class Decision:
             "prompt_tokens": req.prompt_tokens,
             "output_tokens": req.output_tokens,
         }
+        if compact:
+            del out["candidates"]
+        return out
 
 
 def _candidate_row(c: Candidate, req: RouteRequest, verdict: str) -> dict[str, Any]:

@@ -93,12 +93,14 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
     facts = facts_for(_refs(model, deployment_id), models)
 
     price: tuple[float, float] | None = None
+    source: str | None = None
     if facts is not None and facts.input_usd_per_1k is not None:
-        price = (facts.input_usd_per_1k / 1000, facts.output_usd_per_1k / 1000)
+        price, source = (facts.input_usd_per_1k / 1000, facts.output_usd_per_1k / 1000), "policy"
     elif params.get("input_cost_per_token") is not None and params.get("output_cost_per_token") is not None:
-        price = (float(params["input_cost_per_token"]), float(params["output_cost_per_token"]))
+        price, source = (float(params["input_cost_per_token"]), float(params["output_cost_per_token"])), "deployment"
     else:
         price = litellm_price(model, params.get("custom_llm_provider"))
+        source = "litellm" if price else None
 
     max_input = facts.max_input_tokens if facts is not None and facts.max_input_tokens else None
     if max_input is None:
@@ -117,6 +119,7 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         quality=facts.quality if facts is not None else None,
         max_input_tokens=max_input,
         labels=labels,
+        price_source=source,
     )
 
 

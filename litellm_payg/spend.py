@@ -29,7 +29,7 @@ from .budgets import Budget, BudgetBucket, Identity, all_buckets
 from .decision import Candidate, Drop, RouteRequest, Step
 from .errors import PaygError
 from .ledger import open_ledger
-from .ledger.base import Ledger, LedgerError, LedgerUnavailable, Usage
+from .ledger.base import Ledger, LedgerError, Usage
 
 logger = logging.getLogger("litellm_payg")
 
@@ -129,6 +129,7 @@ class SpendControl:
         self._inflight: dict[str, Admission] = {}
         self._unsettled: collections.deque[tuple[Admission, float]] = collections.deque()
         self._alerting = any(b.alert_at or b.on_exceed == "alert" for b in self.budgets)
+        self._bucket_cache: dict[Identity, tuple[float, float, list[BudgetBucket]]] = {}
 
     # -- the ledger -------------------------------------------------------------------------------
 
@@ -160,15 +161,31 @@ class SpendControl:
         )
 
     def buckets(self, request: RouteRequest, candidate: Candidate, now: float | None = None) -> list[BudgetBucket]:
+        """The budget buckets a request to ``candidate`` falls under at ``now``.
+
+        Cached per identity and deployment for as long as every calendar window involved lasts:
+        the window math (time zones, DST) is the costly part of a decision with budgets."""
         if not self.budgets:
             return []
-        when = datetime.fromtimestamp(self.clock() if now is None else now, timezone.utc)
-        found = all_buckets(self.budgets, self.identity(request, candidate), when, self.tz)
+        t = self.clock() if now is None else now
+        identity = self.identity(request, candidate)
+        cached = self._bucket_cache.get(identity)
+        if cached is not None and cached[0] <= t < cached[1]:
+            return cached[2]
+        found = all_buckets(self.budgets, identity, datetime.fromtimestamp(t, timezone.utc), self.tz)
         # downgrade budgets refuse at reservation too (then the next candidate is tried)
-        return [
+        result = [
             replace(bb, bucket=replace(bb.bucket, enforce=True)) if bb.budget.on_exceed == "downgrade" else bb
             for bb in found
         ]
+        starts = [bb.window_start.timestamp() for bb in result if bb.window_start is not None]
+        ends = [bb.resets_at.timestamp() for bb in result if bb.resets_at is not None]
+        valid_from = max(starts) if starts else float("-inf")
+        valid_to = min(ends) if ends else float("inf")
+        if len(self._bucket_cache) > 50_000:
+            self._bucket_cache.clear()
+        self._bucket_cache[identity] = (valid_from, valid_to, result)
+        return result
 
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
         """Pessimistic: every max output token may be used (reasoning models do)."""

@@ -318,3 +318,20 @@ async def test_ledger_outage_fail_closed_refuses_and_fail_open_keeps_every_charg
             await asyncio.sleep(0.05)
         assert engine.spend.unsettled == 0
         assert sum(r.amount_usd for r in live.records()) == pytest.approx(4 * MOCK_COST, abs=1e-12)
+
+
+async def test_a_model_the_policy_prices_is_charged_at_the_policy_price():
+    """A self-hosted model LiteLLM does not know: LiteLLM would price it $0, the policy does not."""
+    policy = {"version": 1, "ledger": "memory://", "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
+              "models": {"openai/my-finetune": {"quality": 1, "input_usd_per_1k": 0.001, "output_usd_per_1k": 0.002}}}
+    model_list = [deployment("chat", "openai/my-finetune", "ft", api_base="http://127.0.0.1:9")]
+    with attached(model_list, policy) as (router, engine):
+        await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20)
+        stream = await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, stream=True)
+        async for _ in stream:
+            pass
+        await _drain(engine)
+        amounts = [r.amount_usd for r in engine.spend.ledger.records()]
+    # LiteLLM's mock usage: 10 prompt + 20 completion tokens
+    assert amounts[0] == pytest.approx(10 * 1e-06 + 20 * 2e-06, abs=1e-12)
+    assert len(amounts) == 2 and all(a > 0 for a in amounts)

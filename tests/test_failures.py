@@ -27,7 +27,6 @@ import litellm
 import pytest
 import vcr
 from litellm.exceptions import (
-    APIConnectionError,
     APIError,
     BadRequestError,
     InternalServerError,

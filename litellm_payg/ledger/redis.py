@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Mapping, Sequence
+from typing import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis as redis_lib

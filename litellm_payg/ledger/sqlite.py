@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import threading
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from .base import (
     Bucket,
