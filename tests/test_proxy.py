@@ -105,11 +105,44 @@ def proxies(litellm_proxy_factory) -> dict[str, RunningProxy]:  # noqa: F811
         name="broken",
         files={"payg-policy.yaml": broken_policy},
     )
+    budget = litellm_proxy_factory(
+        {
+            "model_list": _model_list() + [{
+                "model_name": "premium",
+                "litellm_params": {"model": MISTRAL, "api_key": "not-used-mock-response", "mock_response": FROM_MISTRAL},
+            }],
+            "litellm_settings": {"callbacks": ["litellm_payg.proxy.handler"]},
+            "router_settings": {"fallbacks": [{"chat": ["premium"]}]},
+        },
+        name="budget",
+        files={"payg-policy.yaml": BUDGET_POLICY},
+    )
     good.wait_ready()
     broken.wait_ready()
+    budget.wait_ready()
     print(f"\nproxies ready: good {good.ready_after_s:.1f}s, broken {broken.ready_after_s:.1f}s, "
-          f"both {time.monotonic() - t0:.1f}s")
-    return {"good": good, "broken": broken}
+          f"budget {budget.ready_after_s:.1f}s, all {time.monotonic() - t0:.1f}s")
+    return {"good": good, "broken": broken, "budget": budget}
+
+
+# Room for exactly one small request on the `chat` group today; `chat` falls back to `premium`,
+# which the budget does not cover: a block must not be routed around through that fallback.
+BUDGET_POLICY = """\
+version: 1
+ledger: sqlite:///payg-ledger.db
+routes:
+  chat:
+    - cost_threshold:
+        use: deepseek/deepseek-chat
+        max_usd_per_1k_tokens: 0.01
+        otherwise: mistral/mistral-large-latest
+budgets:
+  - name: chat-daily
+    scope: group:chat
+    window: day
+    limit_usd: 0.00008
+    on_exceed: block
+"""
 
 
 def _client(proxy: RunningProxy):
@@ -251,3 +284,18 @@ async def test_rebinds_when_the_proxy_router_changes(monkeypatch):
     router.apply(ChangeSet(delete=["unpriced-1"]))
     await handler.async_pre_call_hook(None, None, {"model": "chat"}, "completion")
     assert handler.error is None and len(handler._candidates) == 2
+
+
+def test_a_budget_block_reaches_the_openai_sdk_as_http_429_naming_the_budget(proxies):
+    import openai
+
+    proxy = proxies["budget"]
+    headers, completion = _chat(proxy, SHORT_PROMPT, 20)  # the first one fits
+    assert completion.choices[0].message.content == FROM_DEEPSEEK
+    with pytest.raises(openai.RateLimitError) as info:
+        _chat(proxy, SHORT_PROMPT, 20)
+    assert info.value.status_code == 429
+    message = str(info.value)
+    assert "budget 'chat-daily' (group:chat, day) exceeded" in message
+    assert "limit $0.000080" in message and "resets at" in message
+    assert FROM_MISTRAL not in message  # not served by the `premium` fallback either
