@@ -51,6 +51,7 @@ PROMPT_TOKENS_KEY = "payg_prompt_tokens"
 BINDING_KEY = "payg_binding"
 RESERVATIONS_KEY = "payg_reservations"
 TRACE_KEY = "payg_trace"
+REJECTED_KEY = "payg_rejected"
 
 
 class _Recent(collections.OrderedDict):
@@ -302,15 +303,18 @@ class PaygRouting(CustomLogger):
         return kwargs
 
     async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
-        """A non-stream attempt answered: charge it now, with LiteLLM's own cost calculation for
-        this attempt (LiteLLM's success *log* event may never come for a request that had a failed
-        attempt before: it logs a request once). Streams are charged when they end, below."""
+        """A non-stream attempt answered after an earlier attempt of the same request was rejected
+        by the validators: charge it now. LiteLLM logs one success per request, and it already
+        logged the rejected answer's, so no success *log* event will come for this one. Otherwise
+        the log event below settles it with LiteLLM's ``response_cost`` (computed once, by LiteLLM)."""
         if request_data.get("stream"):
             return None
         ours = self._ours(request_data)
         if ours is None:
             return None
         metadata, deployment_id, _ = ours
+        if not metadata.get(REJECTED_KEY):
+            return None
         cost = self._charge_inline(request_data, response, metadata, deployment_id)
         if cost is None:
             return None  # already charged (the guard ran first and rejected it)
@@ -351,6 +355,7 @@ class PaygRouting(CustomLogger):
             return None
         candidate = self._candidates.get(deployment_id)
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
+        metadata[REJECTED_KEY] = True  # the next attempt's answer gets no success log event: charge it inline
         self._charge_inline(request_data, response, metadata, deployment_id)  # it billed: still paid for
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=False)
@@ -361,7 +366,8 @@ class PaygRouting(CustomLogger):
     # -- outcomes, from LiteLLM's logging worker --------------------------------------------------
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        """Streams are charged here, once the last chunk is in and LiteLLM has priced them."""
+        """Answers are charged here with LiteLLM's ``response_cost`` (streams once the last chunk
+        is in), and their latency recorded."""
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         if metadata.get(BINDING_KEY) != self.binding:
             return  # another router's request (or another policy's, attached before or after this one)
@@ -370,7 +376,7 @@ class PaygRouting(CustomLogger):
         reservation_id = _pop_reservation(metadata, deployment_id)
         if reservation_id is None:
             self._forget(metadata)
-            return  # a non-stream answer, already charged inline
+            return  # already charged inline
         cost = _policy_priced(self._candidates.get(deployment_id), slo.get("prompt_tokens"), slo.get("completion_tokens"))
         if cost is None:
             cost = float(kwargs.get("response_cost") or 0.0)
