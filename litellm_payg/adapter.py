@@ -402,7 +402,7 @@ class PaygRouting(CustomLogger):
         outcome = Outcome(
             group=(candidate.group if candidate else None) or metadata.get("model_group") or "",
             deployment_id=deployment_id,
-            model=extra.get("model") or (candidate.model if candidate else None),
+            model=(candidate.model if candidate else None) or extra.get("model"),  # as configured, with its provider
             ok=ok,
             cost_usd=cost,
             latency_s=extra.get("latency"),
