@@ -75,32 +75,26 @@ class Engine:
                 )
             current = kept
 
-        if rules:
-            for rule in rules:
-                step = rule.apply(request, current)
-                current = step.kept
-                dropped.extend(step.dropped)
-                if step.note:
-                    notes.append(step.note)
-                if step.attrs:
-                    attrs.update(step.attrs)
-
-        if self._filters.get_hookimpls():
-            for step in self._run_filters(request, current):
-                current = step.kept
-                dropped.extend(step.dropped)
-                if step.note:
-                    notes.append(step.note)
-                if step.attrs:
-                    attrs.update(step.attrs)
+        for step in self._steps(request, current, rules or ()):
+            current = step.kept
+            dropped.extend(step.dropped)
+            if step.note:
+                notes.append(step.note)
+            if step.attrs:
+                attrs.update(step.attrs)
 
         decision = Decision(request, list(current), dropped, notes, attrs, governed=rules is not None)
         self._observe(request=request, decision=decision)
         return decision
 
-    def _run_filters(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Iterable[Step]:
-        # Each filter sees the previous one's result, so call the implementations one by one.
+    def _steps(self, request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule]) -> Iterable[Step]:
+        """The route's rules, then every ``payg_filter_candidates`` plugin, each applied to what the
+        previous one kept (so the filter implementations are called one by one, not as a hook)."""
         current = candidates
+        for rule in rules:
+            step = rule.apply(request, current)
+            current = step.kept
+            yield step
         for impl in reversed(self._filters.get_hookimpls()):
             step = impl.function(request=request, candidates=current, engine=self)
             if step is not None:

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .ledger.base import redact_url
+
 State = Literal["closed", "open", "half_open"]
 
 ACCEPTED_SCHEMES = ("memory://", "sqlite:///<path>", "redis://host:port/db", "rediss://host:port/db")
@@ -587,13 +589,6 @@ return out
 """
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
 
 class RedisHealth(HealthStore):
     def __init__(self, url: str, breaker: BreakerConfig | None = None, latency: LatencyConfig | None = None,
@@ -602,7 +597,7 @@ class RedisHealth(HealthStore):
 
         super().__init__(breaker, latency, clock)
         self._errors = redis_lib
-        self.url = _redact(url)
+        self.url = redact_url(url)
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         self.prefix = query.pop("prefix", "payg:")

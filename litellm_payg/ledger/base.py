@@ -175,6 +175,17 @@ class Ledger(ABC):
 # -- helpers shared by the backends ---------------------------------------
 
 
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and ``repr``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 def to_nanos(usd: float, what: str = "amount_usd") -> int:
     """Convert a USD float to integer nano-dollars, rejecting nonsense early.
 

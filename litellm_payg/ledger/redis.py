@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis as redis_lib
 
 from .base import (
+    redact_url,
     Bucket,
     Ledger,
     LedgerError,
@@ -186,17 +187,10 @@ return expire_due(ARGV[2], tonumber(ARGV[3]))
 """
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
 
 class RedisLedger(Ledger):
     def __init__(self, url: str) -> None:
-        self.url = _redact(url)
+        self.url = redact_url(url)
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         self.prefix = query.pop("prefix", "payg:")
