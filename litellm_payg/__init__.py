@@ -24,7 +24,9 @@ from .errors import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetExceeded",
     "Engine",
+    "LedgerDown",
     "NoDeploymentLeft",
     "PaygError",
     "PluginError",
@@ -37,6 +39,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "BudgetExceeded": ("litellm_payg.spend", "BudgetExceeded"),
+    "LedgerDown": ("litellm_payg.spend", "LedgerDown"),
     "attach": ("litellm_payg.adapter", "attach"),
     "Engine": ("litellm_payg.engine", "Engine"),
     "load_policy": ("litellm_payg.policy", "load_policy"),

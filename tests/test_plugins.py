@@ -141,3 +141,11 @@ def test_readme_hook_reference_matches_the_code():
 def test_hookimpl_marker_is_exported_from_the_package_root():
     assert litellm_payg.hookimpl is hookspecs.hookimpl
     assert sys.modules["litellm_payg"].__all__.count("hookimpl") == 1
+
+
+def test_public_names_resolve_from_the_package_root():
+    import litellm
+
+    for name in litellm_payg.__all__:
+        assert getattr(litellm_payg, name) is not None, name
+    assert issubclass(litellm_payg.BudgetExceeded, litellm.BudgetExceededError)
