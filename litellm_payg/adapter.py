@@ -89,6 +89,7 @@ class PaygRouting(CustomLogger):
         self._last_failure: _Recent = _Recent()  # trace -> (deployment id, exception) of the last failed attempt
         self._final_errors: _Recent = _Recent()  # trace -> error that ends the request (block, `fail`)
         self._requests: _Recent = _Recent()  # trace -> RouteRequest, for the validators
+        self._guard: ResponseGuard | None = None
 
     # -- binding ----------------------------------------------------------------------------------
 
@@ -101,6 +102,24 @@ class PaygRouting(CustomLogger):
         for c in self._candidates.values():
             by_group.setdefault(c.group, []).append(c)
         self.engine.check_deployments(by_group)
+
+    def install(self, router: Any) -> None:
+        """Bind to ``router`` and set up what the policy needs from LiteLLM besides this callback:
+        the context-window fallback alias (``failover.on.context_window: larger_context``) and the
+        response guard (``validate:``). Shared by ``attach`` and the proxy handler; idempotent."""
+        self.bind(router)
+        _route_context_errors_back(router, self.engine)
+        if self._guard is None and _validates(self.engine):
+            self._guard = ResponseGuard(self)
+            litellm.logging_callback_manager.add_litellm_callback(self._guard)
+
+    def uninstall(self) -> None:
+        """Remove this callback and its guard from every LiteLLM callback list (LiteLLM promotes a
+        callback from ``litellm.callbacks`` into its success/failure lists on first use)."""
+        litellm.logging_callback_manager.remove_callback_from_all_lists(self)
+        if self._guard is not None:
+            litellm.logging_callback_manager.remove_callback_from_all_lists(self._guard)
+            self._guard = None
 
     def _load(self, deployments: Sequence[Mapping[str, Any]]) -> None:
         models = self.engine.policy.models
@@ -535,13 +554,9 @@ def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engi
     loaded = policy if isinstance(policy, Policy) else load_policy(policy)
     engine = Engine(loaded)
     adapter = PaygRouting(engine)
-    adapter.bind(router)
+    adapter.install(router)
     litellm.logging_callback_manager.add_litellm_callback(adapter)
-    guard = ResponseGuard(adapter) if _validates(engine) else None
-    if guard is not None:
-        litellm.logging_callback_manager.add_litellm_callback(guard)
 
-    _route_context_errors_back(router, engine)
     original_completion = router.completion
 
     def completion(*args: Any, **kwargs: Any) -> Any:
@@ -554,11 +569,7 @@ def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engi
     router.completion = completion
 
     def detach() -> None:
-        # LiteLLM promotes a callback from litellm.callbacks into its success/failure lists on first
-        # use: remove it from all of them, or a detached policy would keep receiving outcomes.
-        litellm.logging_callback_manager.remove_callback_from_all_lists(adapter)
-        if guard is not None:
-            litellm.logging_callback_manager.remove_callback_from_all_lists(guard)
+        adapter.uninstall()
         router.completion = original_completion
 
     engine.adapter = adapter

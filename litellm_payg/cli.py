@@ -226,7 +226,7 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     url = args.ledger or policy.ledger
     try:
-        with open_ledger(url) as ledger:
+        with open_ledger(url, must_exist=True) as ledger:
             rows = budget_rows(policy, ledger)
     except LedgerError as exc:
         raise LedgerInputError(f"cannot read the ledger {url}: {exc}") from None

@@ -327,7 +327,12 @@ def _problems(exc: ValidationError, prefix: Path_, lines: Mapping[Path_, int]) -
             message = "unknown field"
         elif err["type"] == "missing":
             message = "this field is required"
-        if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
+        if (
+            "input" in err
+            and err["type"] not in ("missing",)
+            and not isinstance(err["input"], (dict, list))
+            and "got " not in message  # our own validators already say what they got
+        ):
             message += f" (got {err['input']!r})"
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]

@@ -179,10 +179,11 @@ class ProxyPaygRouting(PaygRouting):
             return
         self._bound_to = key
         try:
-            self.bind(router)
+            self.install(router)
         except PolicyError as exc:
             self._refuse(exc, "policy does not fit the proxy's deployments")
             raise PolicyUnusable(self.error) from None
+        self._bound_to = (id(router), router.registry().version)  # install() may have applied settings
         self.error = None
         logger.info("litellm-payg: bound to the proxy's router (%d deployments, registry version %s)",
                     len(self._candidates), key[1])

@@ -119,7 +119,7 @@ def build_report(ledger: Any, policy: Any = None, since: float | None = None, no
     since = now - 30 * 86400 if since is None else since
     owned = isinstance(ledger, str)
     try:
-        led = open_ledger(ledger) if owned else ledger
+        led = open_ledger(ledger, must_exist=True) if owned else ledger
     except LedgerError as exc:
         raise ReportError(str(exc)) from None
     try:

@@ -15,7 +15,7 @@ import litellm_payg
 DEEPSEEK = "deepseek/deepseek-chat"
 MISTRAL = "mistral/mistral-large-latest"
 
-# A DeepSeek price rise (deepseek-reasoner's list price, $0.55/M in, $2.19/M out): with it the
+# A DeepSeek price rise to $0.55/M in, $2.19/M out (set on the deployment): with it the
 # request's blended price per 1K tokens crosses the example's $0.0015 threshold depending on the
 # request's mix of prompt and output tokens. With the bundled price ($0.28/$0.42 per M) it never does.
 RAISED_DEEPSEEK_PRICE = {"input_cost_per_token": 5.5e-07, "output_cost_per_token": 2.19e-06}

@@ -54,3 +54,14 @@ def test_budgets_reports_an_unreachable_ledger_without_a_traceback(tmp_path, cap
     assert cli(["budgets", str(path)]) == 2
     err = capsys.readouterr().err
     assert "cannot read the ledger redis://127.0.0.1:1/0" in err and "Traceback" not in err
+
+
+def test_read_only_commands_do_not_create_a_ledger_at_a_mistyped_path(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "ledger.db"
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nbudgets: [{scope: global, window: day, limit_usd: 1}]\n")
+    assert cli(["budgets", str(path), "--ledger", f"sqlite:///{missing}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli(["report", "--ledger", f"sqlite:///{missing}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.parent.exists()

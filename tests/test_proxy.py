@@ -29,7 +29,7 @@ SEED_POLICY = REPO_ROOT / "policies" / "cost-threshold.yaml"
 
 DEEPSEEK = "deepseek/deepseek-chat"
 MISTRAL = "mistral/mistral-large-latest"
-# A price rise over LiteLLM's bundled DeepSeek price (deepseek-reasoner's list price), set on the
+# A price rise over LiteLLM's bundled DeepSeek price (to $0.55/M in, $2.19/M out), set on the
 # deployment: with the bundled $0.28/M in, $0.42/M out DeepSeek is never over $0.0015/1K.
 DEEPSEEK_IN = 5.5e-07
 DEEPSEEK_OUT = 2.19e-06
@@ -299,3 +299,32 @@ def test_a_budget_block_reaches_the_openai_sdk_as_http_429_naming_the_budget(pro
     assert "budget 'chat-daily' (group:chat, day) exceeded" in message
     assert "limit $0.000080" in message and "resets at" in message
     assert FROM_MISTRAL not in message  # not served by the `premium` fallback either
+
+
+async def test_the_proxy_handler_installs_validators_and_context_fallbacks_like_attach(monkeypatch, tmp_path):
+    """``validate:`` and ``failover.on.context_window: larger_context`` need more than the filter
+    callback (a guardrail, a context-window fallback alias): the proxy handler sets them up too."""
+    require_proxy_deps()
+    import litellm
+
+    from litellm_payg.adapter import LARGER_CONTEXT_SUFFIX, ResponseGuard
+    from litellm_payg.proxy import ProxyPaygRouting
+
+    policy = tmp_path / "payg-policy.yaml"
+    policy.write_text(SEED_POLICY.read_text() + "ledger: memory://\nfailover: {}\nvalidate: [non_empty]\n")
+    model_list = _model_list()
+    model_list[0]["litellm_params"]["mock_response"] = ""  # DeepSeek answers with nothing
+    router = litellm.Router(model_list=model_list, num_retries=2, retry_after=0)
+    server = types.SimpleNamespace(llm_router=router, user_config_file_path=None)
+    monkeypatch.setitem(sys.modules, "litellm.proxy.proxy_server", server)
+    handler = ProxyPaygRouting(policy)
+    litellm.logging_callback_manager.add_litellm_callback(handler)
+    try:
+        await handler.async_pre_call_hook(None, None, {"model": "chat"}, "completion")
+        assert any(isinstance(cb, ResponseGuard) and cb.adapter is handler for cb in litellm.callbacks)
+        assert {"chat": ["chat" + LARGER_CONTEXT_SUFFIX]} in router.settings().context_window_fallbacks
+        response = await router.acompletion(model="chat", messages=LONG_PROMPT, max_tokens=LONG_MAX_TOKENS)
+        assert response.choices[0].message.content == FROM_MISTRAL  # the empty answer was rejected
+    finally:
+        handler.uninstall()
+    assert not any(isinstance(cb, ResponseGuard) and cb.adapter is handler for cb in litellm.callbacks)

@@ -12,6 +12,8 @@ config change, not a code change:
 
 from __future__ import annotations
 
+import os
+
 from urllib.parse import parse_qsl, urlsplit
 
 from .base import (
@@ -39,8 +41,11 @@ __all__ = [
 ]
 
 
-def open_ledger(url: str) -> Ledger:
-    """Open the ledger a URL names; raises LedgerError for unknown schemes."""
+def open_ledger(url: str, must_exist: bool = False) -> Ledger:
+    """Open the ledger a URL names; raises LedgerError for unknown schemes.
+
+    ``must_exist`` is for commands that only read (``report``, ``budgets``): a mistyped SQLite path
+    is then an error instead of a new, empty ledger and a $0 report."""
     if not isinstance(url, str) or "://" not in url:
         raise LedgerError(f"ledger URL {url!r} has no scheme; accepted: {', '.join(ACCEPTED_SCHEMES)}")
     scheme, rest = url.split("://", 1)
@@ -61,6 +66,8 @@ def open_ledger(url: str) -> Ledger:
             raise LedgerError(f"SQLite ledger URL {url!r}: unknown option(s) {sorted(unknown)}; accepted: synchronous")
         from .sqlite import SqliteLedger
 
+        if must_exist and not os.path.isfile(path_part[1:]):
+            raise LedgerError(f"no ledger at {url!r}: {os.path.abspath(path_part[1:])} does not exist")
         return SqliteLedger(path_part[1:], url=url, synchronous=opts.get("synchronous", "normal"))
     if scheme in ("redis", "rediss"):
         if not urlsplit(url).hostname and "unix" not in scheme:
