@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .ledger.base import redact_url
 
@@ -597,17 +597,11 @@ class RedisHealth(HealthStore):
 
         super().__init__(breaker, latency, clock)
         self._errors = redis_lib
+        from .ledger.redis import connect
+
         self.url = redact_url(url)
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        self.prefix = query.pop("prefix", "payg:")
-        query.setdefault("socket_connect_timeout", "2")
-        query.setdefault("socket_timeout", "5")
-        query.setdefault("max_connections", "50")
         try:
-            pool = redis_lib.BlockingConnectionPool.from_url(urlunsplit(parts._replace(query=urlencode(query))),
-                                                             timeout=10)
-            self._r = redis_lib.Redis(connection_pool=pool, decode_responses=False)
+            self._r, self.prefix = connect(url)
         except ValueError as e:
             raise HealthError(f"bad Redis health URL {self.url}: {e}") from e
         self._allow = self._r.register_script(_REDIS_ALLOW)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from litellm_payg.errors import PaygError
-from litellm_payg.report import add_parser, build_report
+from litellm_payg.cli import main as cli_main
+from litellm_payg.report import build_report
 
 from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment
 
@@ -74,14 +73,8 @@ def traffic_ledger(tmp_path_factory):
 
 
 def _report_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="litellm-payg")
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        code = args.func(args)
-    except PaygError as exc:
-        print(f"litellm-payg: {exc}", file=__import__("sys").stderr)
-        code = 2
+    """The command through the real ``litellm-payg`` entry function: exit code, stdout, stderr."""
+    code = cli_main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err
 

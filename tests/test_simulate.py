@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from litellm_payg.errors import PaygError
+from litellm_payg.cli import main as cli_main
 from litellm_payg.simulate import add_parser, parse_traffic, simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,15 +27,8 @@ MODELS = {
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """The subcommand as the litellm-payg CLI runs it (PaygError -> exit 2, message on stderr)."""
-    parser = argparse.ArgumentParser(prog="litellm-payg")
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        code = args.func(args)
-    except PaygError as exc:
-        print(f"litellm-payg: {exc}", file=__import__("sys").stderr)
-        code = 2
+    """The command through the real ``litellm-payg`` entry function: exit code, stdout, stderr."""
+    code = cli_main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err
 

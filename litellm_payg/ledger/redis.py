@@ -188,21 +188,26 @@ return expire_due(ARGV[2], tonumber(ARGV[3]))
 
 
 
+def connect(url: str) -> tuple["redis_lib.Redis", str]:
+    """A Redis client for a ledger/health URL, and the key prefix it names (``?prefix=``, default
+    ``payg:``). Short timeouts so an outage is reported rather than waited on, and a bounded,
+    *blocking* pool: a burst of hundreds of threads queues for a connection instead of failing
+    with "Too many connections". Raises ``ValueError`` for a malformed URL."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    prefix = query.pop("prefix", "payg:")
+    query.setdefault("socket_connect_timeout", "2")
+    query.setdefault("socket_timeout", "5")
+    query.setdefault("max_connections", "50")
+    pool = redis_lib.BlockingConnectionPool.from_url(urlunsplit(parts._replace(query=urlencode(query))), timeout=10)
+    return redis_lib.Redis(connection_pool=pool), prefix
+
+
 class RedisLedger(Ledger):
     def __init__(self, url: str) -> None:
         self.url = redact_url(url)
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        self.prefix = query.pop("prefix", "payg:")
-        query.setdefault("socket_connect_timeout", "2")
-        query.setdefault("socket_timeout", "5")
-        # a bounded, *blocking* pool: a burst of hundreds of threads queues for
-        # a connection instead of failing with "Too many connections"
-        query.setdefault("max_connections", "50")
         try:
-            pool = redis_lib.BlockingConnectionPool.from_url(
-                urlunsplit(parts._replace(query=urlencode(query))), timeout=10)
-            self._r = redis_lib.Redis(connection_pool=pool)
+            self._r, self.prefix = connect(url)
         except ValueError as e:
             raise LedgerError(f"bad Redis ledger URL {self.url}: {e}") from e
         self._reserve = self._r.register_script(_RESERVE)
