@@ -94,6 +94,7 @@ class Drop:
     model: str
     reason: str
     by: str
+    budget: str | None = None  # the budget that dropped it, when ``by`` is "budget"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +108,8 @@ class Step:
     attrs: Mapping[str, str] = field(default_factory=dict)
 
     @staticmethod
-    def drop(candidate: Candidate, reason: str, by: str) -> Drop:
-        return Drop(candidate.deployment_id, candidate.model, reason, by)
+    def drop(candidate: Candidate, reason: str, by: str, budget: str | None = None) -> Drop:
+        return Drop(candidate.deployment_id, candidate.model, reason, by, budget)
 
 
 @dataclass(slots=True)

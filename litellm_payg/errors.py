@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class PaygError(Exception):
@@ -67,9 +68,11 @@ class NoDeploymentLeft(PaygError):
 
     status_code = 400
 
-    def __init__(self, group: str, dropped: Sequence[tuple[str, str, str]]):
+    def __init__(self, group: str, dropped: Sequence[tuple[str, str, str]], drops: Sequence[Any] = ()):
         self.group = group
         self.dropped = list(dropped)
+        #: the structured ``Drop`` records behind ``dropped``, when the raiser has them
+        self.drops = list(drops)
         lines = [f"litellm-payg: no deployment of model group {group!r} is allowed by the policy."]
         for deployment, model, reason in self.dropped:
             lines.append(f"  - {deployment} ({model}): {reason}")

@@ -448,9 +448,6 @@ class _Progress:
         self.stream.flush()
 
 
-_BUDGET_NAME = re.compile(r"^budget '([^']*)'")
-
-
 def simulate(
     policy: Any,
     traffic: Traffic,
@@ -561,7 +558,7 @@ def simulate(
             continue
         except NoDeploymentLeft as exc:
             no_deployment += 1
-            _count_downgrades(downgraded, [_DropView(r) for _, _, r in exc.dropped], prefixed=True)
+            _count_downgrades(downgraded, exc.drops)
             continue
         if admission.skipped:
             budget_drops = (budget_drops or []) + list(admission.skipped)
@@ -617,17 +614,9 @@ def simulate(
     return result
 
 
-@dataclass(frozen=True)
-class _DropView:
-    reason: str
-
-
-def _count_downgrades(counter: dict[str, int], drops: Sequence[Any], prefixed: bool = False) -> None:
-    names = set()
-    for d in drops:
-        reason = d.reason.split(": ", 1)[1] if prefixed and ": " in d.reason else d.reason
-        m = _BUDGET_NAME.match(reason)
-        names.add(m.group(1) if m else "budget")
+def _count_downgrades(counter: dict[str, int], drops: Sequence[Any]) -> None:
+    """One downgrade per budget that moved this request, whatever number of deployments it dropped."""
+    names = {d.budget or "budget" for d in drops}
     for name in names:
         counter[name] = counter.get(name, 0) + 1
 

@@ -224,7 +224,7 @@ class SpendControl:
             if over is None:
                 kept.append(c)
             else:
-                dropped.append(Step.drop(c, _exhausted(over, usage[over.bucket.key], estimate), "budget"))
+                dropped.append(Step.drop(c, _exhausted(over, usage[over.bucket.key], estimate), "budget", _budget_label(over)))
         if not dropped:
             return None
         return Step(kept, dropped, f"budget: {len(dropped)} deployment(s) under an exhausted downgrade budget")
@@ -260,11 +260,11 @@ class SpendControl:
             usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
             if refused.budget.on_exceed == "block":
                 raise _exceeded(refused, usage, estimate)
-            skipped.append(Step.drop(candidate, _exhausted(refused, usage, estimate), "budget"))
+            skipped.append(Step.drop(candidate, _exhausted(refused, usage, estimate), "budget", _budget_label(refused)))
         reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
         from .errors import NoDeploymentLeft
 
-        raise NoDeploymentLeft(request.group, reasons)
+        raise NoDeploymentLeft(request.group, reasons, skipped)
 
     def _ledger_failed(self, exc: LedgerError, admission: Admission) -> Admission:
         if self.policy.on_ledger_error == "fail_closed":
