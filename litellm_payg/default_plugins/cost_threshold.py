@@ -17,7 +17,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
-from litellm_payg.decision import Step
+from litellm_payg.decision import Candidate, Step
 from litellm_payg.rules import Rule, RuleOptions, matches
 
 
@@ -41,13 +41,33 @@ class CostThreshold(Rule):
         f = self.context.field
         return [(f"{f}.use", self.options.use)] + [(f"{f}.otherwise", ref) for ref in self.options.otherwise]
 
+    def __init__(self, options, context):
+        super().__init__(options, context)
+        # a candidate's role (-1: `use`, i: otherwise[i], None: neither) does not change between
+        # requests; remember it rather than match model names on every pick
+        self._roles: dict[tuple[str, str], int | None] = {}
+
+    def _role(self, c: Candidate) -> int | None:
+        key = (c.deployment_id, c.model)
+        role = self._roles.get(key, -2)
+        if role == -2:
+            if matches(self.options.use, c):
+                role = -1
+            else:
+                role = next((i for i, ref in enumerate(self.options.otherwise) if matches(ref, c)), None)
+            if len(self._roles) > 10_000:
+                self._roles.clear()
+            self._roles[key] = role
+        return role
+
     def apply(self, request, candidates):
         opts = self.options
         limit = opts.max_usd_per_1k_tokens
         p, o = request.prompt_tokens, request.output_tokens
         preferred, fallback, dropped = [], [], []
         for c in candidates:
-            if matches(opts.use, c):
+            rank = self._role(c)
+            if rank == -1:
                 price = c.usd_per_1k(p, o)
                 if price <= limit:
                     preferred.append((price, c))
@@ -55,12 +75,10 @@ class CostThreshold(Rule):
                     dropped.append(Step.drop(
                         c, f"${price:.6f}/1K tokens for this request is over max_usd_per_1k_tokens ${limit:g}", self.name
                     ))
+            elif rank is None:
+                dropped.append(Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name))
             else:
-                rank = next((i for i, ref in enumerate(opts.otherwise) if matches(ref, c)), None)
-                if rank is None:
-                    dropped.append(Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name))
-                else:
-                    fallback.append((rank, c.estimate_usd(p, o), c))
+                fallback.append((rank, c.estimate_usd(p, o), c))
         preferred.sort(key=lambda pc: pc[0])
         fallback.sort(key=lambda rc: (rc[0], rc[1]))
         kept = [c for _, c in preferred] + [c for _, _, c in fallback]
