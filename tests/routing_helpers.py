@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -76,3 +78,13 @@ class Recorder:
     @litellm_payg.hookimpl
     def payg_outcome(self, outcome):
         self.outcomes.append(outcome)
+
+
+async def settled(engine: Any, timeout: float = 15.0) -> None:
+    """Wait until nothing is reserved: outcomes land on LiteLLM's background logging worker, a
+    moment after the caller got its answer. Fails if a reservation is still open after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while engine.spend.ledger.open_reservations() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    open_now = engine.spend.ledger.open_reservations()
+    assert open_now == 0, f"{open_now} reservation(s) still open"

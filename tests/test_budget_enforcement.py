@@ -21,7 +21,7 @@ import litellm_payg
 from litellm_payg.ledger import open_ledger
 from litellm_payg.spend import BudgetExceeded
 
-from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by
+from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by, settled
 
 ROOT = Path(__file__).resolve().parents[1]
 # LiteLLM's mock usage is 10 prompt + 20 completion tokens; with >= 10 counted prompt tokens and
@@ -47,17 +47,9 @@ def _redis_url() -> str:
     return f"redis://127.0.0.1:6379/0?prefix=payg-test-{uuid.uuid4().hex[:8]}:"
 
 
-async def _drain(engine, timeout=10.0):
-    """Outcome callbacks land on LiteLLM's background worker: wait until nothing is reserved."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if engine.spend.ledger.open_reservations() == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{engine.spend.ledger.open_reservations()} reservation(s) still open")
 
 
-def _settled(engine) -> float:
+def _settled_usd(engine) -> float:
     return sum(r.amount_usd for r in engine.spend.ledger.records())
 
 
@@ -82,12 +74,12 @@ async def test_500_concurrent_requests_never_overshoot_and_leave_nothing_reserve
     model_list = [deployment("chat", DEEPSEEK, "ds")]
     with attached(model_list, policy) as (router, engine):
         results = await _burst(router, 500)
-        await _drain(engine)
+        await settled(engine)
         served = results.count("ok")
-        settled = _settled(engine)
-        assert settled <= cap + 1e-12
+        settled_usd = _settled_usd(engine)
+        assert settled_usd <= cap + 1e-12
         assert served > 0 and results.count("blocked") > 0
-        assert settled == pytest.approx(served * MOCK_COST, abs=1e-12)
+        assert settled_usd == pytest.approx(served * MOCK_COST, abs=1e-12)
         # no phantom blocks: after the burst, requests keep being served until the cap is within
         # one request's estimate
         while True:
@@ -97,9 +89,9 @@ async def test_500_concurrent_requests_never_overshoot_and_leave_nothing_reserve
                 assert exc.limit_usd - exc.spent_usd - exc.reserved_usd < exc.estimate_usd
                 assert exc.reserved_usd == 0
                 break
-            await _drain(engine)
-        await _drain(engine)
-        assert _settled(engine) <= cap + 1e-12
+            await settled(engine)
+        await settled(engine)
+        assert _settled_usd(engine) <= cap + 1e-12
         assert engine.spend.ledger.open_reservations() == 0
 
 
@@ -125,7 +117,7 @@ async def test_downgrade_moves_traffic_off_an_exhausted_provider():
         for _ in range(6):
             metadata: dict = {}
             served.append(served_by(await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, metadata=metadata)))
-            await _drain(engine)
+            await settled(engine)
         assert served[0] == "ds" and served[-1] == "ml"
         assert "ml" in served and served.index("ml") >= 2
         assert any("budget 'deepseek-daily' (provider:deepseek, day) exhausted" in d["reason"] for d in metadata["payg_decision"]["dropped"])
@@ -147,7 +139,7 @@ async def test_alert_fires_exactly_once_per_threshold_per_window():
         engine.pm.register(recorder)
         for _ in range(14):
             await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20)  # alert never blocks
-            await _drain(engine)
+            await settled(engine)
     assert recorder.alerts == [("watch", "global", 0.5), ("watch", "global", 0.8), ("watch", "global", 1.0)]
 
 
@@ -248,9 +240,9 @@ def test_four_processes_sharing_redis_never_overshoot():
         served += json.loads(out.strip().splitlines()[-1])["served"]
     ledger = open_ledger(url)
     try:
-        settled = sum(r.amount_usd for r in ledger.records())
-        assert settled <= cap + 1e-12
-        assert settled == pytest.approx(served * MOCK_COST, abs=1e-12)
+        settled_usd = sum(r.amount_usd for r in ledger.records())
+        assert settled_usd <= cap + 1e-12
+        assert settled_usd == pytest.approx(served * MOCK_COST, abs=1e-12)
         assert ledger.open_reservations() == 0
         assert served >= int(cap / MOCK_COST) - 4 * 20  # most of the cap was used: no mass phantom blocks
     finally:
@@ -311,7 +303,7 @@ async def test_ledger_outage_fail_closed_refuses_and_fail_open_keeps_every_charg
         live = open_ledger(f"sqlite:///{tmp_path}/back.db")
         engine.spend._ledger = live
         await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20)
-        await _drain(engine)
+        await settled(engine)
         for _ in range(100):
             if len(live.records()) == 4:
                 break
@@ -330,7 +322,7 @@ async def test_a_model_the_policy_prices_is_charged_at_the_policy_price():
         stream = await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, stream=True)
         async for _ in stream:
             pass
-        await _drain(engine)
+        await settled(engine)
         amounts = [r.amount_usd for r in engine.spend.ledger.records()]
     # LiteLLM's mock usage: 10 prompt + 20 completion tokens
     assert amounts[0] == pytest.approx(10 * 1e-06 + 20 * 2e-06, abs=1e-12)

@@ -16,7 +16,7 @@ import pytest
 from litellm_payg.failures import InvalidResponseError
 from litellm_payg.standin import StandIn
 
-from routing_helpers import DEEPSEEK, MISTRAL, attached, served_by
+from routing_helpers import DEEPSEEK, MISTRAL, attached, served_by, settled
 
 MESSAGES = [{"role": "user", "content": "My router keeps dropping the connection every evening, what can I do?"}]
 
@@ -54,11 +54,6 @@ def _policy(**failover) -> dict:
 ROUTER = {"num_retries": 2, "retry_after": 0, "disable_cooldowns": True}
 
 
-async def _settle(engine, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while engine.spend.ledger.open_reservations() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert engine.spend.ledger.open_reservations() == 0
 
 
 async def test_breaker_opens_after_failures_then_one_probe_closes_it(standin):
@@ -67,7 +62,7 @@ async def test_breaker_opens_after_failures_then_one_probe_closes_it(standin):
     with attached(_model_list(standin), policy, **ROUTER) as (router, engine):
         for _ in range(3):
             assert served_by(await router.acompletion(model="chat", messages=MESSAGES)) == "ml"
-            await _settle(engine)
+            await settled(engine)
         assert standin.hits("deepseek") == 3
         assert engine.health.state("ds").state == "open"
 
@@ -79,7 +74,7 @@ async def test_breaker_opens_after_failures_then_one_probe_closes_it(standin):
         await asyncio.sleep(3.1)  # open_s passes
         assert served_by(await router.acompletion(model="chat", messages=MESSAGES)) == "ds"  # the probe
         assert standin.hits("deepseek") == 4
-        await _settle(engine)
+        await settled(engine)
         assert engine.health.state("ds").state == "closed"
         assert served_by(await router.acompletion(model="chat", messages=MESSAGES)) == "ds"
 
@@ -90,7 +85,7 @@ async def test_a_slow_deployment_stops_being_first_choice(standin):
     with attached(_model_list(standin), policy, **ROUTER) as (router, engine):
         for _ in range(3):
             assert served_by(await router.acompletion(model="chat", messages=MESSAGES)) == "ds"
-            await _settle(engine)
+            await settled(engine)
         assert engine.health.state("ds").latency_p95_s > 0.15
         response = await router.acompletion(model="chat", messages=MESSAGES)
         assert served_by(response) == "ml"
@@ -124,7 +119,7 @@ async def test_an_auth_error_reaches_the_caller_and_is_not_hidden(standin):
     with attached(_model_list(standin), _policy(), **ROUTER) as (router, engine):
         with pytest.raises(litellm.AuthenticationError):
             await router.acompletion(model="chat", messages=MESSAGES)
-        await _settle(engine)
+        await settled(engine)
         assert engine.spend.ledger.open_reservations() == 0
     assert standin.hits("deepseek") == 1  # not retried
     assert standin.hits("mistral") == 0  # not hidden behind the fallback
@@ -135,7 +130,7 @@ async def test_an_invalid_answer_moves_on_and_is_still_charged(standin, kind):
     standin.fail("deepseek", kind)
     with attached(_model_list(standin), _policy(), **ROUTER) as (router, engine):
         response = await router.acompletion(model="chat", messages=MESSAGES)
-        await _settle(engine)
+        await settled(engine)
         records = engine.spend.ledger.records()
     assert served_by(response) == "ml"
     assert response.choices[0].message.content
@@ -150,7 +145,7 @@ async def test_every_attempt_failing_gives_an_error_listing_the_attempts(standin
     with attached(_model_list(standin), _policy(), **ROUTER) as (router, engine):
         with pytest.raises(litellm.InternalServerError):
             await router.acompletion(model="chat", messages=MESSAGES)
-        await _settle(engine)
+        await settled(engine)
         assert engine.spend.ledger.open_reservations() == 0
         assert engine.spend.ledger.records() == []  # nothing billed
     assert standin.hits("deepseek") >= 1 and standin.hits("mistral") >= 1

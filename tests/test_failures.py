@@ -153,15 +153,8 @@ async def test_recorded_error(case: Recorded):
 
 # -- the stand-in's faults -------------------------------------------------------------------------
 
-MODELS = {
-    "openai": "openai/gpt-4o-mini",
-    "deepseek": "deepseek/deepseek-chat",
-    "mistral": "mistral/mistral-large-latest",
-    "groq": "groq/openai/gpt-oss-120b",
-    "openrouter": "openrouter/openai/gpt-5-mini",
-    "anthropic": "anthropic/claude-haiku-4-5",
-    "gemini": "gemini/gemini-2.5-flash",
-}
+from test_standin import MODELS  # noqa: E402  (one model per provider, as the stand-in tests use)
+
 
 STANDIN_FAULTS: dict[str, FailureClass] = {
     "server_error": FailureClass.SERVER_ERROR,

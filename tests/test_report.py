@@ -17,7 +17,7 @@ import pytest
 from litellm_payg.cli import main as cli_main
 from litellm_payg.report import build_report
 
-from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment
+from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, settled
 
 CHROMIUM = "/usr/bin/chromium"
 DAY = 86400.0
@@ -38,13 +38,6 @@ def _policy(ledger: str) -> dict:
     }
 
 
-async def _drain(engine, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if engine.spend.ledger.open_reservations() == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{engine.spend.ledger.open_reservations()} reservation(s) still open")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,7 @@ def traffic_ledger(tmp_path_factory):
                     messages = LONG if k % 2 else SHORT
                     resp = await router.acompletion(model="chat", messages=messages, user=f"user{k % 2}")
                     served[resp._hidden_params["model_id"]] += 1
-                await _drain(engine)
+                await settled(engine)
             return engine.policy
 
     policy = asyncio.run(run())
