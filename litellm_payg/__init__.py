@@ -17,7 +17,6 @@ from .errors import (  # noqa: E402
     PaygError,
     PluginError,
     PolicyError,
-    SyncPathError,
     UnknownPriceError,
 )
 
@@ -31,7 +30,6 @@ __all__ = [
     "PaygError",
     "PluginError",
     "PolicyError",
-    "SyncPathError",
     "UnknownPriceError",
     "attach",
     "hookimpl",

@@ -1,13 +1,17 @@
-"""Every error litellm-payg raises on purpose, in one place.
+"""The errors litellm-payg raises on purpose.
 
 ::
 
     PaygError
      ├── PolicyError            a policy file (or dict) is not valid; names file, line and field
-     ├── UnknownPriceError      a cost rule could reach a deployment whose price nobody knows
+     │    └── UnknownPriceError a cost rule could reach a deployment whose price nobody knows
      ├── PluginError            a plugin module could not be loaded or has a hook typo
      ├── NoDeploymentLeft       the policy dropped every candidate; says why for each one
-     └── SyncPathError          a synchronous call that cannot be governed
+     ├── BudgetExceeded         a `block` budget (spend.py; also a litellm.BudgetExceededError)
+     └── LedgerDown             the ledger is unreachable under on_ledger_error: fail_closed (spend.py)
+
+The two budget errors live in ``spend.py`` because one of them subclasses LiteLLM's own error, and
+this module must stay importable without LiteLLM.
 
 Input errors carry enough context to be printed without a traceback (the CLI does exactly that).
 """
@@ -79,7 +83,3 @@ class NoDeploymentLeft(PaygError):
         if not self.dropped:
             lines.append("  (the group had no healthy deployments to start with)")
         super().__init__("\n".join(lines))
-
-
-class SyncPathError(PaygError):
-    """A synchronous Router call that litellm-payg cannot govern."""

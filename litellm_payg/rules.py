@@ -66,10 +66,6 @@ class Rule:
     def apply(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Step:
         raise NotImplementedError
 
-    def describe(self) -> str:
-        """One line for ``litellm-payg explain`` and logs."""
-        return f"{self.name}: {self.options.model_dump(exclude_defaults=True)}"
-
 
 @dataclass(frozen=True)
 class RuleSpec:
