@@ -19,6 +19,61 @@ import pytest  # noqa: E402
 
 from litellm_payg.standin import StandIn  # noqa: E402
 
+
+
+GUARD_DIR = Path(__file__).resolve().parent / "offline_guard"
+NETLOG = pytest.StashKey[Path]()
+
+
+def network_guarded(config: pytest.Config) -> bool:
+    """The suite is offline unless it is re-recording cassettes (``--record-mode`` other than
+    ``none``), which needs the live providers."""
+    return config.getoption("--record-mode", default="none") == "none"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Block every non-loopback connection, in this process and (through ``sitecustomize`` on
+    ``PYTHONPATH``) in every Python subprocess the suite starts; log each attempt. The session
+    fails in ``pytest_sessionfinish`` if any was made, so "the suite makes no network connection
+    outside 127.0.0.1" is checked on every run, not on a sample."""
+    if not network_guarded(config) or hasattr(config, "workerinput"):
+        return
+    import tempfile
+
+    log = Path(tempfile.mkstemp(prefix="payg-netlog-", suffix=".txt")[1])
+    os.environ["PAYG_NETLOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD_DIR), os.environ.get("PYTHONPATH")) if p)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("payg_offline_guard", GUARD_DIR / "sitecustomize.py")
+    guard = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(guard)  # installs itself: PAYG_NETLOG is set
+    config.stash[NETLOG] = log
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    log = session.config.stash.get(NETLOG, None)
+    if log is None or not log.exists():
+        return
+    attempts = log.read_text()
+    log.unlink()
+    if attempts:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            "non-loopback network attempts were made (and refused) during this run:\n" + attempts, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A user's process gets the LiteLLM repairs (litellm_payg.litellm_fixes) when it attaches a
+    policy; the suite applies them up front, so how LiteLLM reads a Groq answer in one test does not
+    depend on whether an earlier test attached. tests/test_litellm_fixes.py checks the unrepaired
+    LiteLLM code still has each defect."""
+    from litellm_payg import litellm_fixes
+
+    litellm_fixes.apply()
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASSETTES_DIR = REPO_ROOT / "cassettes"
 
