@@ -10,7 +10,10 @@
   breaker, and the next pick of the same request follows ``failover.on``.
 * ``async_post_call_success_deployment_hook`` runs the response validators on non-stream answers.
 * ``async_log_success_event`` (LiteLLM's background worker, after the answer; for streams, after the
-  last chunk) settles the reservation with LiteLLM's real ``response_cost`` and records latency.
+  last chunk) settles the reservation with LiteLLM's real ``response_cost`` and records latency. An
+  answer that reported no usage at all (LiteLLM then says 0 tokens, $0) is charged an estimate
+  instead, LiteLLM's token counter x the deployment's price, and logged and marked as such
+  (:meth:`PaygRouting._estimate_missing_usage`): it billed, so it must not be recorded at $0.
 * The decision is stamped on the request's live ``metadata`` dict (``payg_decision``), which every
   hook above receives too, and logged.
 * The synchronous ``router.completion`` skips async filters, so ``attach`` routes it through the async
@@ -25,6 +28,7 @@ from datetime import datetime
 import random
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ import litellm
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
+from . import litellm_fixes
 from .decision import Candidate, Outcome, RouteRequest
 from .default_plugins.failover import plan_next
 from .engine import Engine
@@ -52,6 +57,23 @@ BINDING_KEY = "payg_binding"
 RESERVATIONS_KEY = "payg_reservations"
 TRACE_KEY = "payg_trace"
 REJECTED_KEY = "payg_rejected"
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """What one answer is charged, and the token counts the charge is based on."""
+
+    cost: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    #: the answer reported no usage: counts and cost are the plugin's estimate
+    estimated: bool = False
+
+    @property
+    def attrs(self) -> dict[str, str] | None:
+        """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
+        reports from one priced on the provider's own counts."""
+        return {"usage": "estimated"} if self.estimated else None
 
 
 class _Recent(collections.OrderedDict):
@@ -106,7 +128,10 @@ class PaygRouting(CustomLogger):
     def install(self, router: Any) -> None:
         """Bind to ``router`` and set up what the policy needs from LiteLLM besides this callback:
         the context-window fallback alias (``failover.on.context_window: larger_context``) and the
-        response guard (``validate:``). Shared by ``attach`` and the proxy handler; idempotent."""
+        response guard (``validate:``), and the repairs for LiteLLM defects that misreport billed
+        usage (:mod:`litellm_payg.litellm_fixes`). Shared by ``attach`` and the proxy handler;
+        idempotent."""
+        litellm_fixes.apply()
         self.bind(router)
         _route_context_errors_back(router, self.engine)
         if self._guard is None and _validates(self.engine):
@@ -334,30 +359,95 @@ class PaygRouting(CustomLogger):
         metadata, deployment_id, _ = ours
         if not metadata.get(REJECTED_KEY):
             return None
-        cost = self._charge_inline(request_data, response, metadata, deployment_id)
-        if cost is None:
+        charge = self._charge_inline(request_data, response, metadata, deployment_id)
+        if charge is None:
             return None  # already charged (the guard ran first and rejected it)
         latency = _elapsed(request_data)
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=True, latency_s=latency)
-        usage = getattr(response, "usage", None)
         self._emit(
-            metadata, deployment_id, ok=True, cost=cost, latency=latency, model=request_data.get("model"),
-            prompt_tokens=getattr(usage, "prompt_tokens", None), completion_tokens=getattr(usage, "completion_tokens", None),
+            metadata, deployment_id, ok=True, cost=charge.cost, latency=latency, model=request_data.get("model"),
+            prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
+            usage_estimated=charge.estimated,
         )
         return None
 
-    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, metadata: Mapping[str, Any], deployment_id: str) -> float | None:
+    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, metadata: Mapping[str, Any], deployment_id: str) -> _Charge | None:
+        """Charge a non-stream answer before LiteLLM's logging worker would (see the callers)."""
         reservation_id = _pop_reservation(metadata, deployment_id)
         if reservation_id is None:
             return None
         candidate = self._candidates.get(deployment_id)
         usage = getattr(response, "usage", None)
-        cost = _policy_priced(candidate, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
-        if cost is None:
-            cost = _attempt_cost(request_data, response, candidate)
-        self.engine.spend.settle(reservation_id, cost)
-        return cost
+        prompt_tokens, completion_tokens = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        if _usage_missing(response, prompt_tokens, completion_tokens):
+            charge = self._estimate_missing_usage(
+                deployment_id, reservation_id, request_data.get("messages"), _tools_of(request_data), response,
+                metadata, request_data.get("model"),
+            )
+        else:
+            cost = _policy_priced(candidate, prompt_tokens, completion_tokens)
+            if cost is None:
+                cost = _attempt_cost(request_data, response, candidate)
+            charge = _Charge(cost, prompt_tokens, completion_tokens)
+        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
+        return charge
+
+    def _estimate_missing_usage(
+        self,
+        deployment_id: str,
+        reservation_id: str,
+        messages: Any,
+        tools: Any,
+        response: Any,
+        metadata: Mapping[str, Any],
+        model: str | None = None,
+    ) -> _Charge:
+        """The charge for an answer that reported no usage.
+
+        Why: a provider (or an OpenAI-compatible gateway, or a self-hosted server) that answers
+        without a ``usage`` block still billed, but LiteLLM then reports 0 tokens and a
+        ``response_cost`` of 0.0, so settling what LiteLLM says would record the call at $0 and let
+        it escape every budget. Instead the answer is counted with LiteLLM's own token counter
+        (prompt: the request's messages and tools; completion: the answer's text, tool calls and
+        reasoning, as LiteLLM counts a stream that reported no usage) for the deployment's model,
+        and priced at the deployment's price (the one the reservation used; for a deployment
+        without one, ``litellm.cost_per_token``). If that cannot be computed, the reservation's
+        amount is charged. Never $0 for a priced deployment, never a lost record: the record is
+        marked ``usage: estimated`` and a warning names the deployment and the cause. (A deployment
+        with no price anywhere is charged the reservation, which is $0 for it, as every answer of
+        it is.)
+        """
+        candidate = self._candidates.get(deployment_id)
+        model = (candidate.model if candidate else None) or model or ""
+        where = f"{model} (deployment {deployment_id})"
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        try:
+            prompt_tokens = _count_prompt(model, messages, tools) if messages else None
+            if not prompt_tokens and metadata.get(PROMPT_TOKENS_KEY) is not None:
+                prompt_tokens = int(metadata[PROMPT_TOKENS_KEY])  # counted when the request was routed
+            completion_tokens = _count_completion(model, response)
+            if prompt_tokens is None:
+                raise ValueError("the request's messages are not available to count")
+            cost = _price_tokens(candidate, model, prompt_tokens, completion_tokens)
+            problem = None if cost is not None else "the deployment has no known price"
+        except Exception as exc:  # noqa: BLE001 - a tokenizer or price lookup failure must not lose the charge
+            cost, problem = None, f"LiteLLM could not count or price it: {exc}"
+        if cost is not None:
+            logger.warning(
+                "litellm-payg: %s answered without a usage block; charged an estimate of $%s "
+                "(%d prompt + %d completion tokens by LiteLLM's token counter)",
+                where, _usd(cost), prompt_tokens, completion_tokens,
+            )
+            return _Charge(cost, prompt_tokens, completion_tokens, estimated=True)
+        reserved = self.engine.spend.reserved_usd(reservation_id) or 0.0
+        logger.warning(
+            "litellm-payg: %s answered without a usage block and no estimate could be made (%s); "
+            "charged the reservation's $%s",
+            where, problem, _usd(reserved),
+        )
+        return _Charge(reserved, prompt_tokens, completion_tokens, estimated=True)
 
     async def check_response(self, request_data: Mapping[str, Any], response: Any) -> None:
         """Run the ``payg_validate_response`` hooks on a non-stream answer; raise
@@ -375,18 +465,23 @@ class PaygRouting(CustomLogger):
         candidate = self._candidates.get(deployment_id)
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
         metadata[REJECTED_KEY] = True  # the next attempt's answer gets no success log event: charge it inline
-        self._charge_inline(request_data, response, metadata, deployment_id)  # it billed: still paid for
+        charge = self._charge_inline(request_data, response, metadata, deployment_id)  # it billed: still paid for
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=False)
-        self._emit(metadata, deployment_id, ok=False, cost=_attempt_cost(request_data, response, candidate), error=error,
-                   model=request_data.get("model"))
+        if charge is None:
+            charge = _Charge(_attempt_cost(request_data, response, candidate), None, None)
+        self._emit(metadata, deployment_id, ok=False, cost=charge.cost, error=error, model=request_data.get("model"),
+                   **({"prompt_tokens": charge.prompt_tokens, "completion_tokens": charge.completion_tokens,
+                       "usage_estimated": True} if charge.estimated else {}))
         raise error
 
     # -- outcomes, from LiteLLM's logging worker --------------------------------------------------
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
         """Answers are charged here with LiteLLM's ``response_cost`` (streams once the last chunk
-        is in), and their latency recorded."""
+        is in), and their latency recorded. An answer without usage is charged an estimate
+        (:meth:`_estimate_missing_usage`); a stream without usage is not one: LiteLLM already
+        counted its tokens, and its ``response_cost`` prices them."""
         metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         if metadata.get(BINDING_KEY) != self.binding:
             return  # another router's request (or another policy's, attached before or after this one)
@@ -396,18 +491,26 @@ class PaygRouting(CustomLogger):
         if reservation_id is None:
             self._forget(metadata)
             return  # already charged inline
-        cost = _policy_priced(self._candidates.get(deployment_id), slo.get("prompt_tokens"), slo.get("completion_tokens"))
-        if cost is None:
-            cost = float(kwargs.get("response_cost") or 0.0)
-        self.engine.spend.settle(reservation_id, cost)
+        model = (kwargs.get("litellm_params") or {}).get("model") or kwargs.get("model")
+        prompt_tokens, completion_tokens = _reported_tokens(slo, response_obj)
+        if _usage_missing(response_obj, prompt_tokens, completion_tokens):
+            charge = self._estimate_missing_usage(
+                deployment_id, reservation_id, kwargs.get("messages"), _tools_of(kwargs), response_obj, metadata, model
+            )
+        else:
+            cost = _policy_priced(self._candidates.get(deployment_id), prompt_tokens, completion_tokens)
+            if cost is None:
+                cost = float(kwargs.get("response_cost") or 0.0)
+            charge = _Charge(cost, prompt_tokens, completion_tokens)
+        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
         latency = _seconds(slo.get("startTime"), slo.get("endTime"))
         if self.engine.health is not None:
             ttft = _seconds(slo.get("startTime"), slo.get("completionStartTime"))
             self.engine.health.record(deployment_id, ok=True, latency_s=latency, ttft_s=ttft)
         self._emit(
-            metadata, deployment_id, ok=True, cost=cost, latency=latency,
-            model=(kwargs.get("litellm_params") or {}).get("model") or kwargs.get("model"),
-            prompt_tokens=slo.get("prompt_tokens"), completion_tokens=slo.get("completion_tokens"),
+            metadata, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
+            prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
+            usage_estimated=charge.estimated,
         )
         self._forget(metadata)
 
@@ -430,6 +533,7 @@ class PaygRouting(CustomLogger):
             error=extra.get("error"),
             trace_id=metadata.get(TRACE_KEY),
             decision=metadata.get(DECISION_KEY),
+            usage_estimated=bool(extra.get("usage_estimated")),
         )
         self.engine.pm.hook.payg_outcome(outcome=outcome)
 
@@ -472,6 +576,79 @@ def _policy_priced(candidate: Candidate | None, prompt_tokens: Any, completion_t
     if candidate is None or candidate.price_source != "policy" or prompt_tokens is None or completion_tokens is None:
         return None
     return candidate.estimate_usd(int(prompt_tokens), int(completion_tokens))
+
+
+def _reported_tokens(slo: Mapping[str, Any], response: Any) -> tuple[Any, Any]:
+    """The prompt and completion token counts LiteLLM parsed from the answer (its standard logging
+    payload, else the response's ``usage``)."""
+    if "prompt_tokens" in slo or "completion_tokens" in slo:
+        return slo.get("prompt_tokens"), slo.get("completion_tokens")
+    usage = getattr(response, "usage", None)
+    return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+
+
+def _usage_missing(response: Any, prompt_tokens: Any, completion_tokens: Any) -> bool:
+    """Whether a chat answer reported no usage: LiteLLM parsed 0 (or no) prompt *and* completion
+    tokens. A real prompt is never 0 tokens, so this is never a genuine count. Only chat
+    completions: other calls (images, audio) are priced per unit, not per token. A stream that
+    reported no usage is not caught here: LiteLLM counts its tokens itself while assembling it."""
+    return isinstance(response, litellm.ModelResponse) and not prompt_tokens and not completion_tokens
+
+
+def _tools_of(call: Mapping[str, Any]) -> Any:
+    return call.get("tools") or (call.get("optional_params") or {}).get("tools")
+
+
+def _count_prompt(model: str, messages: Any, tools: Any) -> int:
+    """Prompt tokens as LiteLLM counts them (``pricing.count_prompt_tokens``, plus the tools)."""
+    if tools:
+        return int(litellm.token_counter(model=model, messages=messages, tools=tools))
+    return count_prompt_tokens(model, messages)
+
+
+def _count_completion(model: str, response: Any) -> int:
+    """Completion tokens of an answer as LiteLLM counts a stream that reported none: its text and
+    tool calls (LiteLLM's ``get_content_from_model_response``) plus any reasoning text, through
+    ``litellm.token_counter``."""
+    try:
+        from litellm.litellm_core_utils.prompt_templates.common_utils import (
+            get_content_from_model_response,
+        )
+
+        text = get_content_from_model_response(response)
+    except ImportError:  # moved in another LiteLLM version: count the message text alone
+        text = "".join(getattr(getattr(c, "message", None), "content", None) or "" for c in response.choices)
+    tokens = int(litellm.token_counter(model=model, text=text)) if text else 0
+    for choice in response.choices:
+        reasoning = getattr(getattr(choice, "message", None), "reasoning_content", None)
+        if reasoning:
+            tokens += int(litellm.token_counter(model=model, text=reasoning))
+    return tokens
+
+
+def _price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """These tokens at the deployment's price (what its reservation used), else LiteLLM's price
+    for the model; None when neither is known."""
+    if candidate is not None and candidate.priced:
+        return candidate.estimate_usd(prompt_tokens, completion_tokens)
+    try:
+        prompt_usd, completion_usd = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:  # noqa: BLE001 - LiteLLM raises a bare Exception for an unmapped model
+        return None
+    total = float(prompt_usd) + float(completion_usd)
+    # a Router registers every deployment's model with LiteLLM, unpriced ones at $0: unknown, not free
+    return total if total > 0 else None
+
+
+def _usd(amount: float) -> str:
+    """A dollar amount for a log line: nine decimals (a nano-dollar, the ledger's unit), trailing
+    zeros dropped down to six."""
+    text = f"{amount:.9f}"
+    while text.endswith("0") and len(text.split(".")[1]) > 6:
+        text = text[:-1]
+    return text
 
 
 def _elapsed(request_data: Mapping[str, Any]) -> float | None:

@@ -176,3 +176,6 @@ class Outcome:
     error: BaseException | None = None
     trace_id: str | None = None
     decision: Mapping[str, Any] | None = None
+    #: True when the provider's answer reported no usage and the tokens and cost above are the
+    #: plugin's estimate (LiteLLM's token counter x the deployment's price), not the provider's counts
+    usage_estimated: bool = False

@@ -293,6 +293,14 @@ class SpendControl:
         if self._alerting:
             self._check_alerts(admission)
 
+    def reserved_usd(self, reservation_id: str) -> float | None:
+        """The amount reserved for an open reservation (its pessimistic estimate), or None if it is
+        not open here. The last resort for charging an answer whose cost cannot be worked out: it
+        billed, so it must not be recorded at $0."""
+        with self._lock:
+            admission = self._inflight.get(reservation_id)
+        return None if admission is None else admission.estimate_usd
+
     def release(self, reservation_id: str) -> None:
         """The call did not bill: free its reservation."""
         with self._lock:

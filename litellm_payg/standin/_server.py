@@ -47,6 +47,15 @@ class Reply:
     prompt; ``reasoning_tokens`` part of the completion (OpenAI's convention; each wire format
     re-splits them as its provider does). ``cost`` is only sent by OpenRouter (``usage.cost``);
     when ``None`` it is ``prompt*1e-6 + completion*2e-6`` USD.
+
+    ``usage=False`` answers a success *without any usage block*, as some OpenAI-compatible
+    gateways and self-hosted servers do: OpenAI-style bodies and streams carry no ``usage`` (even
+    when ``stream_options.include_usage`` asks for it; Groq also no ``x_groq.usage``), Gemini no
+    ``usageMetadata``. It exists to test that such an answer is still charged (see
+    ``tests/test_missing_usage.py``). Anthropic is refused (``ValueError`` from
+    :meth:`StandIn.reply`): its Messages API always reports usage (``usage`` is a required field of
+    every message, and of ``message_start``/``message_delta`` in a stream), so a stand-in Anthropic
+    answer without it would imitate no real provider.
     """
 
     text: str = "Hello from the stand-in."
@@ -58,6 +67,7 @@ class Reply:
     finish_reason: Literal["stop", "length"] = "stop"
     cost: float | None = None
     model: str | None = None  # the model name reported back; default: the requested one
+    usage: bool = True  # False: no usage block at all (see above; not for Anthropic)
 
 
 @dataclass(frozen=True)
@@ -258,6 +268,9 @@ class StandIn:
         if unknown:
             raise TypeError(f"unknown Reply field(s) {sorted(unknown)}; valid: {sorted(Reply.__dataclass_fields__)}")
         r = Reply(**fields)
+        if not r.usage and _wire.FLAVOR[self._wire(provider)] == "anthropic":
+            raise ValueError(f"{provider}: Reply(usage=False) is not available for the Anthropic wire format: "
+                             "Anthropic's Messages API always reports usage")
         with self._lock:
             self._replies[(provider, model)] = r
         return r
@@ -389,7 +402,7 @@ class StandIn:
         chunks = tuple(" ".join(words[i:i + n]) if i == 0 else " " + " ".join(words[i:i + n])
                        for i in range(0, len(words), n))
         return Answer(provider=wire, model=r.model or model, text=text, usage=usage, finish_reason=finish,
-                      chunks=chunks, include_usage=include_usage)
+                      chunks=chunks, include_usage=include_usage, send_usage=r.usage)
 
 
 class _Handler(BaseHTTPRequestHandler):

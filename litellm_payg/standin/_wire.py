@@ -72,6 +72,8 @@ class Answer:
     finish_reason: str  # neutral: "stop" | "length"
     chunks: tuple[str, ...]  # the text split as the stream sends it
     include_usage: bool  # the request asked for stream usage (stream_options.include_usage)
+    #: False: the answer carries no usage block at all (``Reply(usage=False)``), whatever was asked
+    send_usage: bool = True
 
 
 def _created() -> int:
@@ -180,6 +182,8 @@ def openai_body(a: Answer) -> dict[str, Any]:
         "choices": [choice],
         "usage": usage,
     }
+    if not a.send_usage:
+        del body["usage"]
     if p in ("openai", "deepseek", "groq"):
         body["system_fingerprint"] = "fp_standin"
     if p == "openai":
@@ -202,7 +206,8 @@ def openai_stream(a: Answer) -> Iterator[str]:
     ``choices: []``) and only when ``stream_options.include_usage`` is set (OpenRouter also when
     ``usage.include`` is, which LiteLLM always sends); DeepSeek puts ``"usage": null`` on every
     chunk and the counts on the finish chunk; Groq always reports them under ``x_groq.usage`` on
-    the finish chunk; Mistral always puts ``usage`` on the finish chunk.
+    the finish chunk; Mistral always puts ``usage`` on the finish chunk. Without ``send_usage`` none
+    of these carries counts (DeepSeek keeps its ``"usage": null``).
     """
     p = a.provider
     cid = _openai_id(p)
@@ -238,17 +243,20 @@ def openai_stream(a: Answer) -> Iterator[str]:
     if p == "openrouter":
         _openrouter_cost_details(a.usage, usage)
     if p == "groq":
-        yield sse(chunk({}, a.finish_reason, x_groq={"id": "req_" + uuid.uuid4().hex[:26], "usage": usage}))
+        x_groq: dict[str, Any] = {"id": "req_" + uuid.uuid4().hex[:26]}
+        if a.send_usage:
+            x_groq["usage"] = usage
+        yield sse(chunk({}, a.finish_reason, x_groq=x_groq))
     elif p == "mistral":
-        yield sse(chunk({"content": ""}, a.finish_reason, usage=usage))
+        yield sse(chunk({"content": ""}, a.finish_reason, **({"usage": usage} if a.send_usage else {})))
     elif p == "deepseek":
         final = chunk({"content": ""}, a.finish_reason)
-        if a.include_usage:
+        if a.include_usage and a.send_usage:
             final["usage"] = usage
         yield sse(final)
     else:
         yield sse(chunk({"content": ""} if p == "openrouter" else {}, a.finish_reason))
-        if a.include_usage:
+        if a.include_usage and a.send_usage:
             if p == "openrouter":
                 tail = chunk({"role": "assistant", "content": ""}, None, usage=usage)
                 tail["choices"][0]["native_finish_reason"] = None
@@ -344,7 +352,10 @@ def _gemini_chunk(a: Answer, rid: str, text: str, finish: str | None, usage: dic
     if finish:
         cand["finishReason"] = finish
     cand["index"] = 0
-    return {"candidates": [cand], "usageMetadata": usage, "modelVersion": a.model, "responseId": rid}
+    out: dict[str, Any] = {"candidates": [cand], "usageMetadata": usage, "modelVersion": a.model, "responseId": rid}
+    if not a.send_usage:
+        del out["usageMetadata"]  # no usage block at all (``Reply(usage=False)``)
+    return out
 
 
 def gemini_body(a: Answer) -> dict[str, Any]:
