@@ -13,13 +13,14 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import GUARD_DIR, network_guarded
 from test_provider_replay import _credential_findings
 
-ROOT = GUARD_DIR.parents[1]
+ROOT = Path(__file__).resolve().parents[1]
+GUARD_DIR = ROOT / "tests" / "offline_guard"
 PROBE = ("192.0.2.1", 443)  # TEST-NET-1: never routable, so even an unguarded attempt goes nowhere
 
 
@@ -33,7 +34,7 @@ def redirected_netlog(tmp_path, monkeypatch):
 
 
 def test_this_process_is_guarded(redirected_netlog, pytestconfig):
-    assert network_guarded(pytestconfig), "the suite runs with --record-mode=none, so the guard must be on"
+    assert pytestconfig.getoption("--record-mode") == "none", "the suite runs with --record-mode=none: guarded"
     assert getattr(socket, "_payg_offline_guard", None), "conftest did not install the network guard"
     with pytest.raises(OSError, match="network blocked by the test suite"):
         socket.create_connection(PROBE, timeout=1)
