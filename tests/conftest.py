@@ -92,6 +92,21 @@ def record_against() -> str | None:
     return value
 
 
+@pytest.fixture(scope="module")
+def _standin_server() -> Iterator[StandIn]:
+    with StandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def standin(_standin_server: StandIn) -> Iterator[StandIn]:
+    """The local fault-injecting provider (``litellm_payg.standin``): one server per test module,
+    with no reply, fault or hit left over from the previous test."""
+    _standin_server.reset()
+    yield _standin_server
+    _standin_server.reset()
+
+
 @pytest.fixture(scope="session")
 def recording_standin() -> Iterator[StandIn | None]:
     """The stand-in that plays the providers while recording with ``PAYG_RECORD_AGAINST=standin``."""

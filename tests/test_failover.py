@@ -21,17 +21,6 @@ from routing_helpers import DEEPSEEK, MISTRAL, attached, served_by, settled
 MESSAGES = [{"role": "user", "content": "My router keeps dropping the connection every evening, what can I do?"}]
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with StandIn() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def _fresh(standin):
-    standin.reset()
-    yield
-    standin.reset()
 
 
 def _model_list(s: StandIn) -> list[dict]:

@@ -167,11 +167,6 @@ STANDIN_FAULTS: dict[str, FailureClass] = {
 }
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with StandIn() as s:
-        yield s
-
 
 async def _call(s: StandIn, provider: str, stream: bool, **kw: Any) -> Any:
     r = await litellm.acompletion(model=MODELS[provider], api_base=s.url(provider), api_key="sk-test",

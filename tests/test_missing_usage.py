@@ -46,17 +46,6 @@ DEPLOYMENT_PRICE = {"openrouter": OWN_PRICE}
 ROUTER = {"num_retries": 0, "disable_cooldowns": True}
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with StandIn() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def _fresh(standin):
-    standin.reset()
-    yield
-    standin.reset()
 
 
 @pytest.fixture

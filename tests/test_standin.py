@@ -25,11 +25,6 @@ MODELS = {
 MESSAGES = [{"role": "user", "content": "one two three four five"}]
 
 
-@pytest.fixture
-def standin():
-    with StandIn() as s:
-        yield s
-
 
 def _post(s: StandIn, provider: str, model: str = "m", **body):
     if provider == "gemini":

@@ -95,11 +95,6 @@ def test_missing_keys_detects_a_dropped_field():
     assert missing_keys(real, ours) == ["choices.*.logprobs", "usage.prompt_cache_hit_tokens"]
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with StandIn() as s:
-        yield s
-
 
 def _ask(s: StandIn, provider: str, *, stream: bool = False, sse: bool = True, **reply: Any) -> httpx.Response:
     s.reply(provider, text="Two words.", prompt_tokens=600, completion_tokens=20, **reply)

@@ -10,7 +10,6 @@ import pytest
 from pydantic import ValidationError
 
 from litellm_payg.failures import FailureClass, InvalidResponseError, classify
-from litellm_payg.standin import StandIn
 from litellm_payg.validate import build_validators, check, payg_validate_response, problems_of, validators_for
 
 MODELS = {
@@ -111,11 +110,6 @@ def test_hookimpl_uses_the_policy_validate_list(schema_dir):
 
 # -- real responses, parsed by LiteLLM's provider clients from the stand-in -----------------------------
 
-
-@pytest.fixture(scope="module")
-def standin():
-    with StandIn() as s:
-        yield s
 
 
 async def _call(s, provider, stream):
