@@ -7,7 +7,14 @@
   only decide the candidate.
 * ``async_post_call_failure_deployment_hook`` runs inline once per failed attempt: the attempt's
   reservation is released (it did not bill), the failure is classified and fed to the circuit
-  breaker, and the next pick of the same request follows ``failover.on``.
+  breaker, and the next pick of the same request follows ``failover.on``. An attempt that failed
+  *after* the provider answered HTTP 200 (``Failure.answered``: a garbled body, a Gemini answer
+  without ``usageMetadata``, a stream that broke) has billed at least the prompt, so it is charged
+  an estimate instead (:meth:`PaygRouting._charge_answered_failure`).
+* ``async_log_failure_event``: a stream that fails while it is being read (after LiteLLM's call
+  returned it) never reaches the hook above; LiteLLM reports it only to the failure log. Such an
+  attempt's reservation is released there, or charged the same estimate when the stream had
+  begun (LiteLLM recovered partial usage from it).
 * ``async_post_call_success_deployment_hook`` runs the response validators on non-stream answers.
 * ``async_log_success_event`` (LiteLLM's background worker, after the answer; for streams, after the
   last chunk) settles the reservation with LiteLLM's real ``response_cost`` and records latency. An
@@ -41,7 +48,7 @@ from .decision import Candidate, Outcome, RouteRequest
 from .default_plugins.failover import plan_next
 from .engine import Engine
 from .errors import NoDeploymentLeft
-from .failures import InvalidResponseError, diagnose
+from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
 from .identity import hints_of, identity_of
 from .policy import Policy, load_policy
 from .pricing import candidate_from_deployment, count_prompt_tokens
@@ -111,6 +118,7 @@ class PaygRouting(CustomLogger):
         self._last_failure: _Recent = _Recent()  # trace -> (deployment id, exception) of the last failed attempt
         self._final_errors: _Recent = _Recent()  # trace -> error that ends the request (block, `fail`)
         self._requests: _Recent = _Recent()  # trace -> RouteRequest, for the validators
+        self._hooked: _Recent = _Recent()  # litellm_call_id of attempts the failure hook handled
         self._guard: ResponseGuard | None = None
 
     # -- binding ----------------------------------------------------------------------------------
@@ -297,10 +305,19 @@ class PaygRouting(CustomLogger):
         if ours is None:
             return None
         metadata, deployment_id, trace = ours
+        call_id = request_data.get("litellm_call_id")
+        if call_id:
+            self._hooked[call_id] = True  # LiteLLM's failure log of this attempt is then left alone
         reservation_id = _pop_reservation(metadata, deployment_id)
-        if reservation_id is not None and not isinstance(exception, InvalidResponseError):
-            self.engine.spend.release(reservation_id)  # a failed call does not bill
         failure = diagnose(exception)
+        charge: _Charge | None = None
+        if reservation_id is not None and not isinstance(exception, InvalidResponseError):
+            if failure.answered:
+                # the provider answered 200 before the attempt failed: it billed, so charge it
+                charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata,
+                                                       request_data.get("model"))
+            else:
+                self.engine.spend.release(reservation_id)  # a failed call does not bill
         health = self.engine.health
         if health is not None and failure.cls.counts_against_deployment and not isinstance(exception, InvalidResponseError):
             health.record(deployment_id, ok=False)
@@ -326,8 +343,90 @@ class PaygRouting(CustomLogger):
                     pass
                 self._final_errors[trace] = exception
         if not isinstance(exception, InvalidResponseError):
-            self._emit(metadata, deployment_id, ok=False, cost=0.0, error=exception, model=request_data.get("model"))
+            self._emit_failure(metadata, deployment_id, exception, charge, request_data.get("model"))
         return None
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        """The spend of a stream attempt that failed while it was read.
+
+        LiteLLM (1.110.2) calls the failure hook above only when its call raises; a stream that
+        fails later (mid-way, or before its first chunk while the Router reads it) is reported only
+        here, so without this its reservation would stay open until ``reservation_ttl_s`` and then
+        be charged in full. An attempt the hook already handled is skipped (by ``litellm_call_id``),
+        and so is every non-stream failure (the hook sees all of those). The stream had begun —
+        the provider answered 200 — when LiteLLM recovered partial usage from its chunks
+        (``combined_usage_object``, its "an interrupted stream still billed"): then it is charged
+        the prompt's estimate like an answered failure in the hook; else its reservation is released.
+        """
+        litellm_params = kwargs.get("litellm_params") or {}
+        metadata = litellm_params.get("metadata") or {}
+        if metadata.get(BINDING_KEY) != self.binding or not kwargs.get("stream"):
+            return
+        call_id = kwargs.get("litellm_call_id")
+        if not call_id or call_id in self._hooked:
+            return
+        self._hooked[call_id] = True  # a repeated failure log of the same attempt charges nothing more
+        slo = kwargs.get("standard_logging_object") or {}
+        deployment_id = str((litellm_params.get("model_info") or {}).get("id") or slo.get("model_id"))
+        reservation_id = _pop_reservation(metadata, deployment_id)
+        if reservation_id is None:
+            return
+        exception = kwargs.get("exception")
+        failure = diagnose(exception) if isinstance(exception, BaseException) else None
+        model = litellm_params.get("model") or kwargs.get("model")
+        charge: _Charge | None = None
+        if failure is not None and failure.answered:
+            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata, model)
+        elif _stream_had_begun(kwargs):
+            # LiteLLM hands this log the provider's own error, unwrapped from MidStreamFallbackError:
+            # the evidence that the stream had begun is the partial usage LiteLLM recovered from it
+            failure = (diagnose_broken_stream(exception) if isinstance(exception, BaseException)
+                       else Failure(FailureClass.SERVER_ERROR, MID_STREAM, None, None, "", answered=True))
+            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata, model)
+        else:
+            self.engine.spend.release(reservation_id)  # failed before any answer: it did not bill
+        if isinstance(exception, BaseException):
+            self._emit_failure(metadata, deployment_id, exception, charge, model)
+
+    def _charge_answered_failure(
+        self, deployment_id: str, reservation_id: str, failure: Failure, metadata: Mapping[str, Any], model: str | None
+    ) -> _Charge:
+        """Settle an attempt that failed after the provider answered HTTP 200.
+
+        Why: the provider processed, and billed, at least the prompt (and maybe part of an answer),
+        but LiteLLM reports the attempt as failed, so releasing its reservation would leave a billed
+        call without a ledger record, outside every budget. It is charged the request's prompt
+        tokens (counted when the request was routed) at the deployment's input price; for a
+        deployment without a price, the reservation's amount. The record is marked
+        ``usage: estimated`` with ``failed: <matcher>``, and a warning names the deployment, the
+        failure and the amount.
+        """
+        candidate = self._candidates.get(deployment_id)
+        where = f"{(candidate.model if candidate else None) or model or '?'} (deployment {deployment_id})"
+        prompt_tokens = metadata.get(PROMPT_TOKENS_KEY)
+        cost: float | None = None
+        if candidate is not None and candidate.priced and prompt_tokens is not None:
+            cost = candidate.estimate_usd(int(prompt_tokens), 0)
+            how = f"charged the prompt's estimated cost of ${_usd(cost)} ({int(prompt_tokens)} prompt tokens)"
+        if cost is None:
+            cost = self.engine.spend.reserved_usd(reservation_id) or 0.0
+            how = f"the prompt could not be priced; charged the reservation's ${_usd(cost)}"
+        self.engine.spend.settle(reservation_id, cost, {"usage": "estimated", "failed": failure.matcher})
+        logger.warning(
+            "litellm-payg: %s failed after the provider answered (%s: %s); %s; the provider may bill "
+            "more for partial output",
+            where, failure.cls, failure.matcher, how,
+        )
+        return _Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, None, estimated=True)
+
+    def _emit_failure(
+        self, metadata: Mapping[str, Any], deployment_id: str, exception: BaseException, charge: _Charge | None, model: Any
+    ) -> None:
+        if charge is None:
+            self._emit(metadata, deployment_id, ok=False, cost=0.0, error=exception, model=model)
+            return
+        self._emit(metadata, deployment_id, ok=False, cost=charge.cost, error=exception, model=model,
+                   prompt_tokens=charge.prompt_tokens, usage_estimated=True)
 
     async def async_pre_call_deployment_hook(self, kwargs, call_type):
         """``first_token_timeout_ms`` for streams, which LiteLLM lacks: the stream's HTTP read
@@ -554,6 +653,14 @@ class ResponseGuard(CustomGuardrail):
     async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
         await self.adapter.check_response(request_data, response)
         return None
+
+
+def _stream_had_begun(log_kwargs: Mapping[str, Any]) -> bool:
+    """Whether a failed stream had begun: LiteLLM's stream wrapper recovered partial usage from the
+    chunks it received (``combined_usage_object`` on its failure log; none when nothing arrived,
+    e.g. a timeout before the first chunk)."""
+    usage = log_kwargs.get("combined_usage_object")
+    return bool(getattr(usage, "prompt_tokens", None) or getattr(usage, "completion_tokens", None))
 
 
 def _pop_reservation(metadata: Mapping[str, Any], deployment_id: str) -> str | None:

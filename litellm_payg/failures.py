@@ -22,6 +22,11 @@ error message — because LiteLLM's mapping is incomplete and provider-dependent
 
 ``FailureClass.counts_against_deployment`` says whether a failure says something about the
 deployment's health (feed it to the circuit breaker) or only about the request.
+
+``Failure.answered`` says the attempt failed *after* the provider answered with HTTP 200, so the
+provider has most likely billed at least the prompt (see :func:`diagnose`): a stream that broke
+after it began, and a 200 whose body LiteLLM could not read (garbled JSON; a Gemini answer without
+``usageMetadata``). An error status, a timeout or a connection failure before any answer is not.
 """
 
 from __future__ import annotations
@@ -44,9 +49,12 @@ __all__ = [
     "FailureClass",
     "InvalidResponseError",
     "MATCHERS",
+    "MALFORMED",
+    "MID_STREAM",
     "Matcher",
     "classify",
     "diagnose",
+    "diagnose_broken_stream",
     "retry_after",
 ]
 
@@ -95,6 +103,12 @@ class Failure:
     status: int | None  # the provider's HTTP status when known (529 for Anthropic overloaded)
     retry_after_s: float | None
     message: str
+    #: The provider had answered with HTTP 200 when the attempt failed (a stream that broke after it
+    #: began, a body LiteLLM could not read), so it has likely billed at least the prompt: the
+    #: attempt must be charged, not released. False for an error status, a timeout or a connection
+    #: failure before any answer, and for our own validation (that answer is charged where it is
+    #: rejected).
+    answered: bool = False
 
 
 # -- evidence ------------------------------------------------------------------------------------
@@ -176,11 +190,21 @@ CONTEXT_WORDS = (
 AUTH_WORDS = r"API[ _]KEY[ _]INVALID|API key not valid|invalid[ _]api[ _]key|incorrect api key"
 #: 5xx the provider said in words only (Gemini's 503 arrives as a status-less 500).
 OVERLOAD_WORDS = r"overloaded|\bUNAVAILABLE\b|\b50[234] (Bad Gateway|Service Unavailable|Gateway Time-?out)\b"
-#: The provider answered but the body could not be parsed (garbled / truncated JSON).
+#: LiteLLM could not turn a provider's *successful* body into an answer: its Gemini (and Bedrock)
+#: converter, which runs only on a 2xx body and reports its failure with a status of its own (422),
+#: e.g. for a Gemini 200 without ``usageMetadata``.
+CONVERTER_WORDS = r"Error converting to valid response block|usageMetadata not found in completion_response"
+#: The provider answered but the body could not be parsed (garbled / truncated JSON, or no usage
+#: block where LiteLLM requires one).
 MALFORMED_WORDS = (
-    r"Unable to get json response|Error converting to valid response block|Unterminated string"
-    r"|Expecting (value|property name|',' delimiter)|Invalid control character|Extra data: line"
+    r"Unable to get json response|Unterminated string"
+    r"|Expecting (value|property name|',' delimiter)|Invalid control character|Extra data: line|"
+    + CONVERTER_WORDS
 )
+
+#: Matcher names ``Failure.answered`` depends on.
+MALFORMED = "malformed provider response"
+MID_STREAM = "mid-stream error"
 
 _TIMEOUTS = (openai.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)
 _CONNECTION = (openai.APIConnectionError, httpx.TransportError, ConnectionError)
@@ -197,7 +221,7 @@ MATCHERS: tuple[Matcher, ...] = (
     Matcher("auth (type)", FailureClass.AUTH, of_type(openai.AuthenticationError, openai.PermissionDeniedError)),
     Matcher("auth (message)", FailureClass.AUTH, all_of(status_in(400), message_matches(AUTH_WORDS))),
     Matcher("timeout", FailureClass.SERVER_ERROR, of_type(_TIMEOUTS)),
-    Matcher("malformed provider response", FailureClass.SERVER_ERROR, message_matches(MALFORMED_WORDS)),
+    Matcher(MALFORMED, FailureClass.SERVER_ERROR, message_matches(MALFORMED_WORDS)),
     Matcher("connection", FailureClass.SERVER_ERROR, of_type(_CONNECTION)),
     Matcher("server status", FailureClass.SERVER_ERROR, status_in(SERVER_STATUS, 408)),
     Matcher("server (type)", FailureClass.SERVER_ERROR,
@@ -228,21 +252,67 @@ def _match(exc: BaseException) -> tuple[FailureClass, str, int | None]:
     return FailureClass.UNKNOWN, "unknown", status
 
 
+#: Statuses LiteLLM reports for a body it could not parse: 200 (its own ``APIError``), none, or the
+#: 500 its ``APIConnectionError``/``InternalServerError`` default to when the OpenAI SDK or httpx
+#: choked on the JSON. A 4xx with the decoder's words is a real error answer (e.g. a FastAPI 422
+#: "JSON decode error" about *our* request body): not answered.
+_PARSE_FAILURE_STATUSES = (None, 200, 500)
+_CONVERTER = re.compile(CONVERTER_WORDS, re.IGNORECASE)
+
+
+def _unreadable_answer(name: str, status: int | None, msg: str) -> bool:
+    """A 200 whose body LiteLLM could not read: the malformed-response matcher fired with a status
+    LiteLLM makes up for a parse failure, or with the wording of its converter, which only ever
+    sees a successful body (Gemini's 422 is LiteLLM's own, not Google's)."""
+    return name == MALFORMED and (status in _PARSE_FAILURE_STATUSES or _CONVERTER.search(msg) is not None)
+
+
+def _stream_began(exc: BaseException) -> bool:
+    """LiteLLM's ``MidStreamFallbackError`` says the stream had handed the caller a chunk before it
+    broke (``is_pre_first_chunk`` False, set from its stream wrapper's ``sent_first_chunk``): the
+    provider had answered HTTP 200 and was streaming. Gemini's errors before the first chunk carry
+    ``is_pre_first_chunk=True``."""
+    return getattr(exc, "is_pre_first_chunk", True) is False
+
+
+def _diagnose_stream(outer: BaseException, inner: BaseException, began: bool) -> Failure:
+    """A stream that broke: the wrapped (provider's) error says what went wrong. An error the table
+    does not know is still the deployment failing mid-answer (HTTP 200 then an error event)."""
+    cls, name, status = _match(inner)
+    msg = _message(inner)
+    unreadable = _unreadable_answer(name, status, msg)
+    if cls in (FailureClass.UNKNOWN, FailureClass.BAD_REQUEST) and _status(inner) in (None, 200):
+        cls, name = FailureClass.SERVER_ERROR, MID_STREAM
+    else:
+        name = f"mid-stream: {name}"
+    # Answered: the stream had begun, or the error came inside a 200 body (no status of its own), or
+    # a chunk of the 200 stream could not be read. Not answered: an error Gemini's stream wrapper
+    # raises before the first chunk with the HTTP status Google sent (429, 500, 503).
+    answered = began or name == MID_STREAM or unreadable
+    return Failure(cls, name, status if status is not None else _status(outer),
+                   retry_after(inner) if retry_after(outer) is None else retry_after(outer), msg, answered)
+
+
 def diagnose(exc: BaseException) -> Failure:
-    """Classify ``exc`` and say why (matcher name), with the provider status and ``retry_after_s``."""
+    """Classify ``exc`` and say why (matcher name), with the provider status, ``retry_after_s`` and
+    whether the provider had already answered (``answered``)."""
     inner = _wrapped(exc)
     if inner is not None:
-        # A stream that broke: the wrapped error says what went wrong. An error the table does not
-        # know is still the deployment failing mid-answer (HTTP 200 then an error event).
-        cls, name, status = _match(inner)
-        if cls in (FailureClass.UNKNOWN, FailureClass.BAD_REQUEST) and _status(inner) in (None, 200):
-            cls, name = FailureClass.SERVER_ERROR, "mid-stream error"
-        else:
-            name = f"mid-stream: {name}"
-        return Failure(cls, name, status if status is not None else _status(exc),
-                       retry_after(inner) if retry_after(exc) is None else retry_after(exc), _message(inner))
+        return _diagnose_stream(exc, inner, _stream_began(exc))
     cls, name, status = _match(exc)
-    return Failure(cls, name, status, retry_after(exc), _message(exc))
+    msg = _message(exc)
+    return Failure(cls, name, status, retry_after(exc), msg, _unreadable_answer(name, status, msg))
+
+
+def diagnose_broken_stream(exc: BaseException) -> Failure:
+    """``diagnose`` for the provider's own error of a stream known to have begun (answered) before
+    it broke, as if LiteLLM had wrapped it in ``MidStreamFallbackError`` after the first chunk.
+
+    LiteLLM's Router reports such a failure to the failure log with the wrapper already removed, so
+    the evidence that the stream had begun comes from elsewhere (the partial usage LiteLLM recovered
+    from the chunks)."""
+    inner = _wrapped(exc)
+    return _diagnose_stream(exc, inner if inner is not None else exc, True)
 
 
 def classify(exc: BaseException) -> FailureClass:

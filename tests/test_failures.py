@@ -9,6 +9,10 @@
 2. The stand-in's faults, every kind, every provider, streaming and not.
 3. Table-level cases LiteLLM does not produce from a recording (timeouts, HTTP dates, our own
    validation error).
+
+Each also checks ``Failure.answered`` (the provider had answered HTTP 200 when the attempt failed):
+true only for a stream that broke after it began and a 200 LiteLLM could not read, never for an
+error status, a timeout or a refused connection.
 """
 
 from __future__ import annotations
@@ -36,7 +40,14 @@ from litellm.exceptions import (
     Timeout,
 )
 
-from litellm_payg.failures import FailureClass, InvalidResponseError, classify, diagnose, retry_after
+from litellm_payg.failures import (
+    FailureClass,
+    InvalidResponseError,
+    classify,
+    diagnose,
+    diagnose_broken_stream,
+    retry_after,
+)
 from litellm_payg.standin import StandIn
 
 RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "provider-recordings"
@@ -149,6 +160,8 @@ async def test_recorded_error(case: Recorded):
     assert case.says in failure.message, f"{type(caught.value).__name__}: {caught.value}"
     assert failure.cls is case.expected, f"{failure} from {type(caught.value).__name__}: {caught.value}"
     assert failure.retry_after_s == case.retry_after_s
+    # a recorded error status is an error answer, not a 200 that failed afterwards: nothing billed
+    assert not failure.answered, failure
 
 
 # -- the stand-in's faults -------------------------------------------------------------------------
@@ -191,6 +204,7 @@ async def test_standin_fault(standin, kind, provider, stream):
     exc = await _failure_of(standin, provider, stream)
     failure = diagnose(exc)
     assert failure.cls is STANDIN_FAULTS[kind], f"{failure.matcher}: {type(exc).__name__}: {exc}"
+    assert not failure.answered, failure  # an error status before any answer
     if kind == "rate_limit":
         # the Retry-After header (7) wins over the message's "try again in 2s"
         assert failure.retry_after_s == 7.0
@@ -205,6 +219,12 @@ async def test_standin_stream_error_chunk_is_a_server_error(standin, provider):
     exc = await _failure_of(standin, provider, stream=True)
     assert isinstance(exc, MidStreamFallbackError)
     assert classify(exc) is FailureClass.SERVER_ERROR, str(exc)
+    # answered: LiteLLM had handed the caller a chunk (is_pre_first_chunk False) or the error came
+    # inside the 200 body without a status of its own. Anthropic's error event follows only
+    # message_start, before any chunk, and carries 529: from the exception alone it is not told
+    # apart from an error status (the adapter sees LiteLLM's partial usage for it, see
+    # tests/test_answered_failures.py)
+    assert diagnose(exc).answered is (provider != "anthropic"), (diagnose(exc), exc.is_pre_first_chunk)
 
 
 @pytest.mark.parametrize("provider", list(MODELS))
@@ -213,6 +233,20 @@ async def test_standin_garbled_json_is_a_server_error(standin, provider):
     standin.fail(provider, "invalid_json")
     exc = await _failure_of(standin, provider, stream=False)
     assert classify(exc) is FailureClass.SERVER_ERROR, f"{type(exc).__name__}: {exc}"
+    # HTTP 200 with half a body: LiteLLM reports 200, 500 or (Gemini) 422, all its own statuses
+    failure = diagnose(exc)
+    assert failure.matcher == "malformed provider response" and failure.answered, failure
+
+
+async def test_standin_gemini_answer_without_usage_metadata_is_an_unreadable_answer(standin):
+    # LiteLLM refuses a Gemini 200 without usageMetadata with a BadRequestError (422, its own): the
+    # provider answered, the answer is unreadable, the deployment is at fault (not the request)
+    standin.reply("gemini", usage=False)
+    exc = await _failure_of(standin, "gemini", stream=False)
+    assert "usageMetadata not found" in str(exc)
+    failure = diagnose(exc)
+    assert failure.cls is FailureClass.SERVER_ERROR and failure.matcher == "malformed provider response", failure
+    assert failure.answered
 
 
 @pytest.mark.parametrize("status,expected", [(403, FailureClass.AUTH), (402, FailureClass.AUTH),
@@ -223,6 +257,7 @@ async def test_standin_other_statuses(standin, provider, status, expected):
     standin.fail(provider, status=status)
     exc = await _failure_of(standin, provider, stream=False)
     assert classify(exc) is expected, f"{type(exc).__name__} {getattr(exc, 'status_code', None)}: {exc}"
+    assert not diagnose(exc).answered
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
@@ -231,6 +266,7 @@ async def test_standin_timeout_is_a_server_error(standin, provider):
     exc = await _failure_of(standin, provider, stream=False, timeout=0.3)
     assert classify(exc) is FailureClass.SERVER_ERROR, f"{type(exc).__name__}: {exc}"
     assert diagnose(exc).matcher in ("timeout", "server status"), diagnose(exc)
+    assert not diagnose(exc).answered
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "mistral"])
@@ -244,6 +280,7 @@ async def test_connection_refused_is_a_server_error(provider):
         await litellm.acompletion(model=MODELS[provider], api_base=f"http://127.0.0.1:{port}/v1",
                                   api_key="sk-test", messages=MESSAGES, **NO_RETRIES)
     assert classify(caught.value) is FailureClass.SERVER_ERROR, f"{type(caught.value).__name__}: {caught.value}"
+    assert not diagnose(caught.value).answered
 
 
 # -- the table itself ----------------------------------------------------------------------------------
@@ -264,6 +301,8 @@ def _resp(status: int, headers: dict[str, str] | None = None) -> httpx.Response:
     (APIError(200, "Unable to get json response - Expecting value: line 1", "deepseek", "m"), FailureClass.SERVER_ERROR),
     (BadRequestError("Error converting to valid response block=Unterminated string", "m", "gemini"),
      FailureClass.SERVER_ERROR),
+    (BadRequestError("usageMetadata not found in completion_response. Got={'candidates': []}", "m", "gemini"),
+     FailureClass.SERVER_ERROR),
     (BadRequestError("API key not valid. Please pass a valid API key.", "m", "vertex_ai"), FailureClass.AUTH),
     (BadRequestError("Prompt contains 150004 tokens and 0 draft tokens, too large for model with 131072 "
                      "maximum context length", "m", "mistral"), FailureClass.CONTEXT_WINDOW),
@@ -278,16 +317,57 @@ def test_table(exc, expected):
     assert classify(exc) is expected, diagnose(exc)
 
 
+@pytest.mark.parametrize("exc,answered", [
+    # a 200 LiteLLM could not read: its own statuses (200, none, 500) or its converter's words
+    (APIError(200, "Unable to get json response - Expecting value: line 1", "deepseek", "m"), True),
+    (InternalServerError("OpenAIException - Unterminated string starting at: line 1", "openai", "m"), True),
+    (BadRequestError("Error converting to valid response block=Unterminated string", "m", "gemini"), True),
+    (BadRequestError("usageMetadata not found in completion_response. Got={}", "m", "gemini"), True),
+    # a real error answer that happens to carry the JSON decoder's words (a FastAPI 400/422 about *our*
+    # request body): classified as malformed, but it is an error status, not an answer
+    (BadRequestError('{"detail":[{"type":"json_invalid","msg":"JSON decode error","ctx":{"error":"Expecting value"}}]}',
+                     "m", "openai"), False),
+    (InternalServerError("Overloaded", "anthropic", "m", provider_status_code=529), False),
+    (APIError(502, "<html>502 Bad Gateway</html>", "openrouter", "m"), False),
+    (RateLimitError("quota", "gemini", "m"), False),
+    (Timeout("timed out", model="m", llm_provider="openai"), False),
+    (httpx.ConnectError("refused"), False),
+    (InvalidResponseError(["empty completion"], model="m"), False),  # charged where it is rejected
+    (ValueError("something else"), False),
+], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v))
+def test_answered(exc, answered):
+    assert diagnose(exc).answered is answered, diagnose(exc)
+
+
 def test_midstream_wrapping_classifies_the_wrapped_error():
+    # Gemini wraps an error answered before the first chunk, with Google's own status: not answered
     inner = RateLimitError("quota", "gemini", "m", response=_resp(429, {"retry-after": "3"}))
-    wrapped = MidStreamFallbackError("stream broke", model="m", llm_provider="gemini", original_exception=inner)
+    wrapped = MidStreamFallbackError("stream broke", model="m", llm_provider="gemini", original_exception=inner,
+                                     is_pre_first_chunk=True)
     failure = diagnose(wrapped)
     assert failure.cls is FailureClass.RATE_LIMIT and failure.matcher == "mid-stream: rate limit"
     assert failure.retry_after_s == 3.0
+    assert not failure.answered
+    # the same error after the caller got a chunk: the provider had answered 200
+    began = MidStreamFallbackError("stream broke", model="m", llm_provider="gemini", original_exception=inner,
+                                   generated_content="Hel", is_pre_first_chunk=False)
+    assert diagnose(began).cls is FailureClass.RATE_LIMIT and diagnose(began).answered
+    # an error event without a status of its own came inside the 200 body
     unknown_inner = APIError(None, "The server had an error", "groq", "m")  # type: ignore[arg-type]
-    assert classify(MidStreamFallbackError("x", model="m", llm_provider="groq",
-                                           original_exception=unknown_inner)) is FailureClass.SERVER_ERROR
+    in_body = MidStreamFallbackError("x", model="m", llm_provider="groq", original_exception=unknown_inner,
+                                     is_pre_first_chunk=True)
+    assert classify(in_body) is FailureClass.SERVER_ERROR
+    assert diagnose(in_body).matcher == "mid-stream error" and diagnose(in_body).answered
     assert classify(MidStreamFallbackError("x", model="m", llm_provider="groq")) is FailureClass.SERVER_ERROR
+
+
+def test_a_broken_stream_reported_unwrapped():
+    """LiteLLM's Router logs a stream's failure with the provider's own error, unwrapped:
+    ``diagnose_broken_stream`` reads it as the answered mid-stream failure it was."""
+    failure = diagnose_broken_stream(APIError(None, "The server had an error", "openai", "m"))  # type: ignore[arg-type]
+    assert failure.cls is FailureClass.SERVER_ERROR and failure.matcher == "mid-stream error" and failure.answered
+    failure = diagnose_broken_stream(InternalServerError("Overloaded", "anthropic", "m", provider_status_code=529))
+    assert failure.matcher == "mid-stream: server status" and failure.status == 529 and failure.answered
 
 
 def test_retry_after_sources():
