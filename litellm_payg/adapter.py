@@ -375,21 +375,22 @@ class PaygRouting(CustomLogger):
         failure = diagnose(exception) if isinstance(exception, BaseException) else None
         model = litellm_params.get("model") or kwargs.get("model")
         charge: _Charge | None = None
-        if failure is not None and failure.answered:
-            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata, model)
-        elif _stream_had_begun(kwargs):
+        if (failure is None or not failure.answered) and _stream_had_begun(kwargs):
             # LiteLLM hands this log the provider's own error, unwrapped from MidStreamFallbackError:
             # the evidence that the stream had begun is the partial usage LiteLLM recovered from it
             failure = (diagnose_broken_stream(exception) if isinstance(exception, BaseException)
                        else Failure(FailureClass.SERVER_ERROR, MID_STREAM, None, None, "", answered=True))
-            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata, model)
+        if failure is not None and failure.answered:
+            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata, model,
+                                                   partial=_partial_usage(kwargs))
         else:
             self.engine.spend.release(reservation_id)  # failed before any answer: it did not bill
         if isinstance(exception, BaseException):
             self._emit_failure(metadata, deployment_id, exception, charge, model)
 
     def _charge_answered_failure(
-        self, deployment_id: str, reservation_id: str, failure: Failure, metadata: Mapping[str, Any], model: str | None
+        self, deployment_id: str, reservation_id: str, failure: Failure, metadata: Mapping[str, Any], model: str | None,
+        partial: tuple[int, int, float] | None = None,
     ) -> _Charge:
         """Settle an attempt that failed after the provider answered HTTP 200.
 
@@ -400,14 +401,30 @@ class PaygRouting(CustomLogger):
         deployment without a price, the reservation's amount. The record is marked
         ``usage: estimated`` with ``failed: <matcher>``, and a warning names the deployment, the
         failure and the amount.
+
+        A stream that broke after some chunks also has ``partial`` usage: what LiteLLM counted of
+        it (prompt and streamed completion tokens, and LiteLLM's cost for them, which LiteLLM puts on
+        its failure log so "the failure log bills it instead of zero"). When that is more than the
+        prompt alone it is charged instead, priced like a success (the deployment's policy price,
+        else LiteLLM's cost).
         """
         candidate = self._candidates.get(deployment_id)
         where = f"{(candidate.model if candidate else None) or model or '?'} (deployment {deployment_id})"
         prompt_tokens = metadata.get(PROMPT_TOKENS_KEY)
+        completion_tokens: int | None = None
         cost: float | None = None
         if candidate is not None and candidate.priced and prompt_tokens is not None:
             cost = candidate.estimate_usd(int(prompt_tokens), 0)
             how = f"charged the prompt's estimated cost of ${_usd(cost)} ({int(prompt_tokens)} prompt tokens)"
+        if partial is not None:
+            streamed_prompt, streamed_completion, litellm_cost = partial
+            streamed = _policy_priced(candidate, streamed_prompt, streamed_completion)
+            if streamed is None:
+                streamed = litellm_cost
+            if streamed > (cost or 0.0):
+                cost, prompt_tokens, completion_tokens = streamed, streamed_prompt, streamed_completion
+                how = (f"charged LiteLLM's count of what was streamed, ${_usd(cost)} "
+                       f"({streamed_prompt} prompt + {streamed_completion} completion tokens)")
         if cost is None:
             cost = self.engine.spend.reserved_usd(reservation_id) or 0.0
             how = f"the prompt could not be priced; charged the reservation's ${_usd(cost)}"
@@ -417,7 +434,7 @@ class PaygRouting(CustomLogger):
             "more for partial output",
             where, failure.cls, failure.matcher, how,
         )
-        return _Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, None, estimated=True)
+        return _Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, completion_tokens, estimated=True)
 
     def _emit_failure(
         self, metadata: Mapping[str, Any], deployment_id: str, exception: BaseException, charge: _Charge | None, model: Any
@@ -653,6 +670,16 @@ class ResponseGuard(CustomGuardrail):
     async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
         await self.adapter.check_response(request_data, response)
         return None
+
+
+def _partial_usage(log_kwargs: Mapping[str, Any]) -> tuple[int, int, float] | None:
+    """What LiteLLM counted of a broken stream (its failure log's ``combined_usage_object`` and
+    ``response_cost``), or None when it recovered nothing."""
+    if not _stream_had_begun(log_kwargs):
+        return None
+    usage = log_kwargs["combined_usage_object"]
+    return (int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0),
+            float(log_kwargs.get("response_cost") or 0.0))
 
 
 def _stream_had_begun(log_kwargs: Mapping[str, Any]) -> bool:
