@@ -55,6 +55,9 @@ def payg_outcome(outcome):
 
     ``outcome`` is a :class:`litellm_payg.decision.Outcome`. Called from LiteLLM's success/failure
     callbacks, which LiteLLM runs on a background worker shortly after the caller got its answer.
+    ``outcome.usage_estimated`` is True when the cost is the plugin's estimate rather than the
+    provider's counts: an answer without usage, or a failure after the provider answered (which
+    then has a non-zero cost although ``ok`` is False).
     """
 
 
