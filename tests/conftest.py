@@ -107,6 +107,18 @@ def standin(_standin_server: StandIn) -> Iterator[StandIn]:
     _standin_server.reset()
 
 
+@pytest.fixture
+def warnings_seen(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """The plugin's warnings (attached to its own logger: the proxy module may stop propagation)."""
+    import logging
+
+    plugin_logger = logging.getLogger("litellm_payg")
+    plugin_logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="litellm_payg")
+    yield caplog
+    plugin_logger.removeHandler(caplog.handler)
+
+
 @pytest.fixture(scope="session")
 def recording_standin() -> Iterator[StandIn | None]:
     """The stand-in that plays the providers while recording with ``PAYG_RECORD_AGAINST=standin``."""

@@ -16,72 +16,34 @@ price, independently of the plugin.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 
 import litellm
 import openai
 import pytest
 from routing_helpers import Recorder, attached, settled
+from standin_helpers import (
+    OPENAI_STYLE,
+    ROUTER,
+    STANDIN_MODELS,
+    deployment_price,
+    governed_policy,
+    ledger_url,
+    standin_deployment,
+)
 
 from litellm_payg import adapter
 from litellm_payg.spend import BudgetExceeded
-from litellm_payg.standin import StandIn
 
 MESSAGES = [{"role": "user", "content": "Summarise our refund policy for annual plans in two sentences, please."}]
 
-MODELS = {
-    "openai": "openai/gpt-4o-mini",
-    "deepseek": "deepseek/deepseek-chat",
-    "mistral": "mistral/mistral-small-latest",
-    "groq": "groq/openai/gpt-oss-120b",
-    "openrouter": "openrouter/openai/gpt-4o-mini",
-    "anthropic": "anthropic/claude-haiku-4-5",
-    "gemini": "gemini/gemini-2.5-flash",
-}
-OPENAI_STYLE = ["openai", "deepseek", "mistral", "groq", "openrouter"]
-# LiteLLM's bundled price map has no OpenRouter models: that deployment carries its own price
-OWN_PRICE = {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.1e-05}
-DEPLOYMENT_PRICE = {"openrouter": OWN_PRICE}
-ROUTER = {"num_retries": 0, "disable_cooldowns": True}
+MODELS = STANDIN_MODELS
 WARNING = "the provider may bill more for partial output"
-
-
-@pytest.fixture
-def warnings_seen(caplog):
-    """The plugin's warnings (attached to its own logger: the proxy module may stop propagation)."""
-    plugin_logger = logging.getLogger("litellm_payg")
-    plugin_logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="litellm_payg")
-    yield caplog
-    plugin_logger.removeHandler(caplog.handler)
-
-
-def _deployment(s: StandIn, provider: str, dep_id: str = "d1", **params) -> dict:
-    params = {**DEPLOYMENT_PRICE.get(provider, {}), **params}
-    return {
-        "model_name": "chat",
-        "litellm_params": {"model": MODELS[provider], "api_key": "sk-test", "api_base": s.url(provider), **params},
-        "model_info": {"id": dep_id},
-    }
-
-
-def _policy(ledger: str = "memory://", **extra) -> dict:
-    return {"version": 1, "ledger": ledger, "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
-            "models": {model: {"quality": 1} for model in MODELS.values()}} | extra
-
-
-def _price(provider: str) -> tuple[float, float]:
-    """The deployment's price: its own, else LiteLLM's bundled one for the model."""
-    model = MODELS[provider]
-    info = DEPLOYMENT_PRICE.get(provider) or litellm.model_cost.get(model) or litellm.model_cost[model.split("/", 1)[1]]
-    return info["input_cost_per_token"], info["output_cost_per_token"]
 
 
 def _prompt_estimate(provider: str) -> tuple[int, float]:
     """The request's prompt tokens (LiteLLM's counter) and their cost at the deployment's input price."""
     prompt = litellm.token_counter(model=MODELS[provider], messages=MESSAGES)
-    return prompt, prompt * _price(provider)[0]
+    return prompt, prompt * deployment_price(provider)[0]
 
 
 def _warnings(caplog) -> list[str]:
@@ -102,7 +64,7 @@ def _assert_charged_the_prompt(records, recorder, provider: str, failed: str, wa
     counts of the stream and the plugin charges when it is more than the prompt alone."""
     prompt, cost = _prompt_estimate(provider)
     completion = litellm.token_counter(model=MODELS[provider], text=streamed) if streamed else 0
-    cost += completion * _price(provider)[1]
+    cost += completion * deployment_price(provider)[1]
     assert cost > 0
     [record] = records
     assert record.amount_usd == pytest.approx(cost, rel=0, abs=1e-12)
@@ -112,7 +74,7 @@ def _assert_charged_the_prompt(records, recorder, provider: str, failed: str, wa
     assert not outcome.ok and outcome.usage_estimated
     assert outcome.cost_usd == pytest.approx(cost, rel=0, abs=1e-12) and outcome.prompt_tokens == prompt
     said = (f"charged LiteLLM's count of what was streamed, ${adapter._usd(cost)} ({prompt} prompt + {completion} "
-            "completion tokens)" if completion else f"charged the prompt's estimated cost of $")
+            "completion tokens)" if completion else "charged the prompt's estimated cost of $")
     assert any(
         f"{MODELS[provider]} (deployment d1) failed after the provider answered" in m
         and said in m and (completion or f"({prompt} prompt tokens)" in m) and WARNING in m
@@ -141,7 +103,7 @@ async def test_a_stream_that_breaks_mid_way_is_charged_what_was_streamed(standin
     attempt failed. LiteLLM reports it only to its failure log (the failure hook never runs for a
     stream that fails while it is read)."""
     standin.fail(provider, "stream_error")
-    with attached([_deployment(standin, provider)], _policy(), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, provider)], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         stream = await router.acompletion(model="chat", messages=MESSAGES, stream=True)
@@ -165,7 +127,7 @@ async def test_an_error_event_before_the_first_text_is_still_an_answer(standin, 
     usage) and then sends ``overloaded_error``: no text reached the caller, but the provider
     answered, so the attempt is charged like a stream that broke later."""
     standin.fail("anthropic", "stream_error")
-    with attached([_deployment(standin, "anthropic")], _policy(), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, "anthropic")], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         with pytest.raises(litellm.InternalServerError):
@@ -183,7 +145,7 @@ async def test_a_garbled_200_body_is_charged_the_prompt(standin, warnings_seen, 
     """The provider answers 200 with half a JSON body. LiteLLM raises (500, 200 or, for Gemini,
     422: its own statuses for a body it could not parse) and the failure hook charges the prompt."""
     standin.fail(provider, "invalid_json")
-    with attached([_deployment(standin, provider)], _policy(), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, provider)], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         with pytest.raises(openai.APIError) as caught:
@@ -198,7 +160,7 @@ async def test_a_gemini_200_without_usage_metadata_is_charged_the_prompt(standin
     """LiteLLM refuses a Gemini answer without ``usageMetadata`` (a 422 of its own naming it); the
     provider answered, so the attempt is charged the prompt."""
     standin.reply("gemini", usage=False)
-    with attached([_deployment(standin, "gemini")], _policy(), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, "gemini")], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         with pytest.raises(litellm.BadRequestError, match="usageMetadata not found"):
@@ -213,8 +175,8 @@ async def test_a_gemini_200_without_usage_metadata_is_charged_the_prompt(standin
     "within the group, so the request ends on Gemini's unreadable answer instead of moving on"))
 async def test_a_gemini_200_without_usage_metadata_fails_over(standin):
     standin.reply("gemini", usage=False)
-    model_list = [_deployment(standin, "gemini", "gem"), _deployment(standin, "openai", "oai")]
-    policy = _policy(failover={"chains": {"chat": ["gem", "oai"]}})
+    model_list = [standin_deployment(standin, "gemini", "gem"), standin_deployment(standin, "openai", "oai")]
+    policy = governed_policy(failover={"chains": {"chat": ["gem", "oai"]}})
     with attached(model_list, policy, num_retries=2, retry_after=0, disable_cooldowns=True) as (router, engine):
         response = await router.acompletion(model="chat", messages=MESSAGES)
         await settled(engine)
@@ -223,26 +185,10 @@ async def test_a_gemini_200_without_usage_metadata_fails_over(standin):
     assert {r.attrs["deployment"]: r.attrs.get("usage") for r in records} == {"gem": "estimated", "oai": None}
 
 
-def _ledger_url(backend: str, tmp_path) -> str:
-    if backend == "memory":
-        return "memory://"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    import redis
-
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis means "no Redis here"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but Redis on 127.0.0.1:6379 is unreachable: {exc}")
-        pytest.skip(f"no Redis on 127.0.0.1:6379 ({exc}); CI runs these tests")
-    return f"redis://127.0.0.1:6379/0?prefix=payg-test-{uuid.uuid4().hex[:8]}:"
-
-
 @pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
 async def test_every_ledger_keeps_the_marks(standin, tmp_path, backend):
     standin.fail("deepseek", "invalid_json")
-    with attached([_deployment(standin, "deepseek")], _policy(_ledger_url(backend, tmp_path)), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, "deepseek")], governed_policy(ledger_url(backend, tmp_path)), **ROUTER) as (router, engine):
         with pytest.raises(openai.APIError):
             await router.acompletion(model="chat", messages=MESSAGES)
         await settled(engine)
@@ -259,7 +205,7 @@ async def test_every_ledger_keeps_the_marks(standin, tmp_path, backend):
 @pytest.mark.parametrize("kind", ["server_error", "rate_limit", "auth"])
 async def test_an_error_before_any_answer_charges_nothing(standin, warnings_seen, kind, stream):
     standin.fail("openai", kind)
-    with attached([_deployment(standin, "openai")], _policy(), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, "openai")], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         with pytest.raises(openai.APIError):
@@ -279,8 +225,8 @@ async def test_a_stream_timing_out_before_its_first_chunk_charges_nothing(standi
     failure hook (LiteLLM reports it only to its failure log): its reservation is released there,
     not left open to be charged in full when it expires."""
     standin.delay("deepseek", 3000, first_chunk=True)
-    policy = _policy(failover={"first_token_timeout_ms": 300})
-    with attached([_deployment(standin, "deepseek")], policy, **ROUTER) as (router, engine):
+    policy = governed_policy(failover={"first_token_timeout_ms": 300})
+    with attached([standin_deployment(standin, "deepseek")], policy, **ROUTER) as (router, engine):
         with pytest.raises(openai.APIError):
             await _read(await router.acompletion(model="chat", messages=MESSAGES, stream=True))
         await settled(engine)
@@ -295,7 +241,7 @@ async def test_a_stream_timing_out_before_its_first_chunk_charges_nothing(standi
     "learns the attempt ended: its reservation stays open until reservation_ttl_s and is then charged"))
 async def test_a_gemini_stream_error_before_the_first_chunk_releases_its_reservation(standin):
     standin.fail("gemini", "server_error")
-    with attached([_deployment(standin, "gemini")], _policy(), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, "gemini")], governed_policy(), **ROUTER) as (router, engine):
         with pytest.raises(openai.APIError):
             await _read(await router.acompletion(model="chat", messages=MESSAGES, stream=True))
         await settled(engine, timeout=2.0)
@@ -310,15 +256,15 @@ async def test_the_estimate_counts_against_a_block_budget(standin, fault):
     fills it and the next request is blocked. Had the failed attempt been released (charged $0),
     the next request would be served."""
     provider = "deepseek"
-    price = _price(provider)
+    price = deployment_price(provider)
     prompt, estimate = _prompt_estimate(provider)
     max_tokens = 200
     reservation = prompt * price[0] + max_tokens * price[1]
     cap = reservation + estimate / 2
     standin.fail(provider, fault)
     stream = fault == "stream_error"
-    policy = _policy(budgets=[{"name": "daily", "scope": "global", "window": "day", "limit_usd": cap, "on_exceed": "block"}])
-    with attached([_deployment(standin, provider)], policy, **ROUTER) as (router, engine):
+    policy = governed_policy(budgets=[{"name": "daily", "scope": "global", "window": "day", "limit_usd": cap, "on_exceed": "block"}])
+    with attached([standin_deployment(standin, provider)], policy, **ROUTER) as (router, engine):
         with pytest.raises(openai.APIError):
             response = await router.acompletion(model="chat", messages=MESSAGES, max_tokens=max_tokens, stream=stream)
             if stream:

@@ -10,18 +10,17 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by, settled
+from standin_helpers import redis_url as _redis_url
 
 import litellm_payg
 from litellm_payg.ledger import open_ledger
 from litellm_payg.spend import BudgetExceeded
-
-from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by, settled
 
 ROOT = Path(__file__).resolve().parents[1]
 # LiteLLM's mock usage is 10 prompt + 20 completion tokens; with >= 10 counted prompt tokens and
@@ -33,18 +32,6 @@ MOCK_COST = 10 * 2.8e-07 + 20 * 4.2e-07  # deepseek-chat, LiteLLM's bundled pric
 def _policy(budgets, ledger="memory://", **extra):
     return {"version": 1, "ledger": ledger, "budgets": budgets, "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
             "models": {DEEPSEEK: {"quality": 1}, MISTRAL: {"quality": 1}}, **extra}
-
-
-def _redis_url() -> str:
-    import redis
-
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but Redis on 127.0.0.1:6379 is unreachable: {exc}")
-        pytest.skip(f"no Redis on 127.0.0.1:6379 ({exc}); CI runs these tests")
-    return f"redis://127.0.0.1:6379/0?prefix=payg-test-{uuid.uuid4().hex[:8]}:"
 
 
 

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 
 import httpx
 import litellm
 import pytest
 from routing_helpers import Recorder, attached, settled
+from standin_helpers import (
+    OPENAI_STYLE,
+    OWN_PRICE,
+    ROUTER,
+    STANDIN_MODELS,
+    deployment_price,
+    governed_policy,
+    ledger_url,
+    standin_deployment,
+)
 
 from litellm_payg import adapter
 from litellm_payg.spend import BudgetExceeded
@@ -32,73 +40,13 @@ ANSWER = "The Business plan includes priority support; it costs 49 dollars per m
 
 # the deployment under test per stand-in provider (all OpenAI-style: Anthropic always sends usage,
 # and LiteLLM itself refuses a Gemini answer without usageMetadata)
-MODELS = {
-    "mistral": "mistral/mistral-small-latest",
-    "deepseek": "deepseek/deepseek-chat",
-    "openai": "openai/gpt-4o-mini",
-    "groq": "groq/openai/gpt-oss-120b",
-    "openrouter": "openrouter/openai/gpt-4o-mini",
-}
-# a deployment's own price, different from LiteLLM's bundled one for every model above
-OWN_PRICE = {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.1e-05}
-# LiteLLM's bundled price map has no OpenRouter models: that deployment carries its own price
-DEPLOYMENT_PRICE = {"openrouter": OWN_PRICE}
-ROUTER = {"num_retries": 0, "disable_cooldowns": True}
-
-
-
-
-@pytest.fixture
-def warnings_seen(caplog):
-    """The plugin's warnings (attached to its own logger: the proxy module may stop propagation)."""
-    plugin_logger = logging.getLogger("litellm_payg")
-    plugin_logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="litellm_payg")
-    yield caplog
-    plugin_logger.removeHandler(caplog.handler)
-
-
-def _deployment(s: StandIn, provider: str, dep_id: str = "d1", group: str = "chat", **params) -> dict:
-    params = {**DEPLOYMENT_PRICE.get(provider, {}), **params}
-    return {
-        "model_name": group,
-        "litellm_params": {"model": MODELS[provider], "api_key": "sk-test", "api_base": s.url(provider), **params},
-        "model_info": {"id": dep_id},
-    }
-
-
-def _policy(ledger: str = "memory://", **extra) -> dict:
-    return {"version": 1, "ledger": ledger, "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
-            "models": {model: {"quality": 1} for model in MODELS.values()}} | extra
-
-
-def _price(provider: str) -> tuple[float, float]:
-    """The deployment's price: its own, else LiteLLM's bundled one for the model."""
-    model = MODELS[provider]
-    info = DEPLOYMENT_PRICE.get(provider) or litellm.model_cost.get(model) or litellm.model_cost[model.split("/", 1)[1]]
-    return info["input_cost_per_token"], info["output_cost_per_token"]
+MODELS = {p: STANDIN_MODELS[p] for p in OPENAI_STYLE}
 
 
 def _expected(model: str, price: tuple[float, float], text: str = ANSWER) -> tuple[int, int, float]:
     prompt = litellm.token_counter(model=model, messages=MESSAGES)
     completion = litellm.token_counter(model=model, text=text)
     return prompt, completion, prompt * price[0] + completion * price[1]
-
-
-def _redis_url() -> str:
-    import redis
-
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis means "no Redis here"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but Redis on 127.0.0.1:6379 is unreachable: {exc}")
-        pytest.skip(f"no Redis on 127.0.0.1:6379 ({exc}); CI runs these tests")
-    return f"redis://127.0.0.1:6379/0?prefix=payg-test-{uuid.uuid4().hex[:8]}:"
-
-
-def _ledger_url(backend: str, tmp_path) -> str:
-    return {"memory": lambda: "memory://", "sqlite": lambda: f"sqlite:///{tmp_path}/ledger.db", "redis": _redis_url}[backend]()
 
 
 # -- the stand-in really answers without usage ------------------------------------------------------
@@ -174,8 +122,8 @@ async def test_litellm_refuses_a_gemini_answer_without_usage_metadata(standin):
 async def test_answer_without_usage_is_charged_an_estimate(standin, warnings_seen, provider):
     standin.reply(provider, text=ANSWER, usage=False)
     model = MODELS[provider]
-    prompt, completion, cost = _expected(model, _price(provider))
-    with attached([_deployment(standin, provider)], _policy(), **ROUTER) as (router, engine):
+    prompt, completion, cost = _expected(model, deployment_price(provider))
+    with attached([standin_deployment(standin, provider)], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         response = await router.acompletion(model="chat", messages=MESSAGES)
@@ -205,8 +153,8 @@ async def test_the_estimate_mark_is_kept_by_every_ledger(standin, tmp_path, back
     standin.reply("mistral", text=ANSWER, usage=False)
     provider = "mistral"
     model = MODELS[provider]
-    _, _, cost = _expected(model, _price(provider))
-    with attached([_deployment(standin, "mistral")], _policy(_ledger_url(backend, tmp_path)), **ROUTER) as (router, engine):
+    _, _, cost = _expected(model, deployment_price(provider))
+    with attached([standin_deployment(standin, "mistral")], governed_policy(ledger_url(backend, tmp_path)), **ROUTER) as (router, engine):
         await router.acompletion(model="chat", messages=MESSAGES)
         await settled(engine)
         [record] = engine.spend.ledger.records()
@@ -222,17 +170,17 @@ async def test_the_estimate_uses_the_deployments_own_price(standin, where):
     provider = "mistral"
     model = MODELS[provider]
     params = OWN_PRICE if where == "deployment" else {}
-    policy = _policy()
+    policy = governed_policy()
     if where == "policy":
         policy["models"]["d1"] = {"quality": 1, "input_usd_per_1k": OWN_PRICE["input_cost_per_token"] * 1000,
                                    "output_usd_per_1k": OWN_PRICE["output_cost_per_token"] * 1000}
     _, _, cost = _expected(model, (OWN_PRICE["input_cost_per_token"], OWN_PRICE["output_cost_per_token"]))
-    with attached([_deployment(standin, "mistral", **params)], policy, **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, "mistral", **params)], policy, **ROUTER) as (router, engine):
         await router.acompletion(model="chat", messages=MESSAGES)
         await settled(engine)
         [record] = engine.spend.ledger.records()
     assert record.amount_usd == pytest.approx(cost, rel=1e-9, abs=1e-12)
-    assert record.amount_usd != pytest.approx(_expected(model, _price(provider))[2], rel=1e-6)
+    assert record.amount_usd != pytest.approx(_expected(model, deployment_price(provider))[2], rel=1e-6)
 
 
 async def test_the_estimate_counts_against_a_budget(standin):
@@ -242,13 +190,13 @@ async def test_the_estimate_counts_against_a_budget(standin):
     standin.reply("mistral", text=ANSWER, usage=False)
     provider = "mistral"
     model = MODELS[provider]
-    price = _price(provider)
+    price = deployment_price(provider)
     _, _, cost = _expected(model, price)
     max_tokens = 200
     reservation = litellm.token_counter(model=model, messages=MESSAGES) * price[0] + max_tokens * price[1]
     cap = reservation + cost / 2
-    policy = _policy(budgets=[{"name": "daily", "scope": "global", "window": "day", "limit_usd": cap, "on_exceed": "block"}])
-    with attached([_deployment(standin, "mistral")], policy, **ROUTER) as (router, engine):
+    policy = governed_policy(budgets=[{"name": "daily", "scope": "global", "window": "day", "limit_usd": cap, "on_exceed": "block"}])
+    with attached([standin_deployment(standin, "mistral")], policy, **ROUTER) as (router, engine):
         await router.acompletion(model="chat", messages=MESSAGES, max_tokens=max_tokens)
         await settled(engine)
         with pytest.raises(BudgetExceeded) as info:
@@ -272,9 +220,9 @@ async def test_without_an_estimate_the_reservation_is_charged(standin, warnings_
     standin.reply("mistral", text=ANSWER, usage=False)
     provider = "mistral"
     model = MODELS[provider]
-    price = _price(provider)
+    price = deployment_price(provider)
     reservation = litellm.token_counter(model=model, messages=MESSAGES) * price[0] + 100 * price[1]
-    with attached([_deployment(standin, "mistral")], _policy(), **ROUTER) as (router, engine):
+    with attached([standin_deployment(standin, "mistral")], governed_policy(), **ROUTER) as (router, engine):
         await router.acompletion(model="chat", messages=MESSAGES, max_tokens=100)
         await settled(engine)
         [record] = engine.spend.ledger.records()
@@ -290,11 +238,11 @@ async def test_an_unpriced_deployment_keeps_its_record_and_says_why(standin, war
     so the reservation it falls back to is $0: the record is still written, marked, and the
     warning says the price is unknown."""
     standin.reply("openrouter", text=ANSWER, usage=False)
-    dep = _deployment(standin, "openrouter")
+    dep = standin_deployment(standin, "openrouter")
     for key in OWN_PRICE:
         del dep["litellm_params"][key]
     # no price-comparing route (the policy would refuse an unpriced deployment); a budget makes it governed
-    policy = _policy(routes={}, budgets=[{"scope": "global", "window": "day", "limit_usd": 1, "on_exceed": "alert"}])
+    policy = governed_policy(routes={}, budgets=[{"scope": "global", "window": "day", "limit_usd": 1, "on_exceed": "alert"}])
     with attached([dep], policy, **ROUTER) as (router, engine):
         await router.acompletion(model="chat", messages=MESSAGES)
         await settled(engine)
@@ -311,8 +259,8 @@ async def test_rejected_and_inline_charged_answers_without_usage_are_estimated(s
     standin.reply("deepseek", text=ANSWER, usage=False)
     standin.reply("mistral", text=ANSWER, usage=False)
     standin.fail("deepseek", "length")
-    model_list = [_deployment(standin, "deepseek", "ds"), _deployment(standin, "mistral", "ml")]
-    policy = _policy(validate=[{"finish_reason_not": "length"}])
+    model_list = [standin_deployment(standin, "deepseek", "ds"), standin_deployment(standin, "mistral", "ml")]
+    policy = governed_policy(validate=[{"finish_reason_not": "length"}])
     policy["routes"] = {"chat": [{"cost_threshold": {"use": MODELS["deepseek"], "max_usd_per_1k_tokens": 0.01,
                                                      "otherwise": MODELS["mistral"]}}]}
     with attached(model_list, policy, num_retries=2, retry_after=0, disable_cooldowns=True) as (router, engine):
@@ -326,7 +274,7 @@ async def test_rejected_and_inline_charged_answers_without_usage_are_estimated(s
     assert set(charged) == {"ds", "ml"}
     for dep_id, provider in (("ds", "deepseek"), ("ml", "mistral")):
         model = MODELS[provider]
-        _, _, cost = _expected(model, _price(provider))
+        _, _, cost = _expected(model, deployment_price(provider))
         assert charged[dep_id].amount_usd == pytest.approx(cost, rel=0, abs=1e-12) and cost > 0
         assert charged[dep_id].attrs["usage"] == "estimated"
     by_dep = {o.deployment_id: o for o in recorder.outcomes}
@@ -341,8 +289,8 @@ async def test_rejected_and_inline_charged_answers_without_usage_are_estimated(s
 async def test_a_normal_answer_is_not_marked_estimated(standin, warnings_seen):
     standin.reply("mistral", text=ANSWER, prompt_tokens=40, completion_tokens=15)
     provider = "mistral"
-    price = _price(provider)
-    with attached([_deployment(standin, "mistral")], _policy(), **ROUTER) as (router, engine):
+    price = deployment_price(provider)
+    with attached([standin_deployment(standin, "mistral")], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         await router.acompletion(model="chat", messages=MESSAGES)
@@ -361,8 +309,8 @@ async def test_a_stream_without_usage_is_not_flagged_and_settles_litellms_figure
     the streamed text) and prices it; that is what is settled, not marked as the plugin's estimate."""
     standin.reply(provider, text=ANSWER, usage=False)
     model = MODELS[provider]
-    prompt, completion, cost = _expected(model, _price(provider))
-    with attached([_deployment(standin, provider)], _policy(), **ROUTER) as (router, engine):
+    prompt, completion, cost = _expected(model, deployment_price(provider))
+    with attached([standin_deployment(standin, provider)], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
         stream = await router.acompletion(model="chat", messages=MESSAGES, stream=True)

@@ -1,0 +1,70 @@
+"""Shared helpers for the tests that govern a Router whose deployments are the local stand-in
+provider (``litellm_payg.standin``): one model per provider, the deployment and policy they use, the
+price each deployment is charged at, and the ledger backends a spend test runs on."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import litellm
+import pytest
+
+from litellm_payg.standin import StandIn
+
+#: the deployment under test per stand-in provider
+STANDIN_MODELS = {
+    "openai": "openai/gpt-4o-mini",
+    "deepseek": "deepseek/deepseek-chat",
+    "mistral": "mistral/mistral-small-latest",
+    "groq": "groq/openai/gpt-oss-120b",
+    "openrouter": "openrouter/openai/gpt-4o-mini",
+    "anthropic": "anthropic/claude-haiku-4-5",
+    "gemini": "gemini/gemini-2.5-flash",
+}
+OPENAI_STYLE = ["openai", "deepseek", "mistral", "groq", "openrouter"]
+# a deployment's own price, different from LiteLLM's bundled one for every model above
+OWN_PRICE = {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.1e-05}
+# LiteLLM's bundled price map has no OpenRouter models: that deployment carries its own price
+DEPLOYMENT_PRICE = {"openrouter": OWN_PRICE}
+ROUTER = {"num_retries": 0, "disable_cooldowns": True}
+
+
+def standin_deployment(s: StandIn, provider: str, dep_id: str = "d1", group: str = "chat", **params: Any) -> dict:
+    params = {**DEPLOYMENT_PRICE.get(provider, {}), **params}
+    return {
+        "model_name": group,
+        "litellm_params": {"model": STANDIN_MODELS[provider], "api_key": "sk-test", "api_base": s.url(provider), **params},
+        "model_info": {"id": dep_id},
+    }
+
+
+def governed_policy(ledger: str = "memory://", **extra: Any) -> dict:
+    """Every stand-in model governed (reserve, settle, record) by a rule that keeps them all."""
+    return {"version": 1, "ledger": ledger, "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
+            "models": {model: {"quality": 1} for model in STANDIN_MODELS.values()}} | extra
+
+
+def deployment_price(provider: str) -> tuple[float, float]:
+    """The deployment's price per token (input, output): its own, else LiteLLM's bundled one."""
+    model = STANDIN_MODELS[provider]
+    info = DEPLOYMENT_PRICE.get(provider) or litellm.model_cost.get(model) or litellm.model_cost[model.split("/", 1)[1]]
+    return info["input_cost_per_token"], info["output_cost_per_token"]
+
+
+def redis_url() -> str:
+    """A Redis ledger URL with a prefix of its own; skips without Redis (fails under CI)."""
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis means "no Redis here"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but Redis on 127.0.0.1:6379 is unreachable: {exc}")
+        pytest.skip(f"no Redis on 127.0.0.1:6379 ({exc}); CI runs these tests")
+    return f"redis://127.0.0.1:6379/0?prefix=payg-test-{uuid.uuid4().hex[:8]}:"
+
+
+def ledger_url(backend: str, tmp_path: Any) -> str:
+    return {"memory": lambda: "memory://", "sqlite": lambda: f"sqlite:///{tmp_path}/ledger.db", "redis": redis_url}[backend]()
