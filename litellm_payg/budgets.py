@@ -221,21 +221,17 @@ def buckets_for(
         return []
     prefix = _esc(budget.budget_id(index))
     enforce = budget.on_exceed == "block"
+    if wkind == "rolling":  # one counter, spend read over the trailing window
+        start = end = None
+        window_key, timing = budget.window, {"rolling_s": rolling_s}
+    else:  # a counter per calendar window, dropped some time after it ends
+        start, end, label = window_bounds(wkind, now, tz)
+        window_key, timing = f"{wkind}|{label}", {"expires_at": end.timestamp() + gc_margin_s}
     out = []
-    if wkind == "rolling":
-        for v in values:
-            skey = "global" if kind == "global" else f"{kind}:{_esc(v)}"
-            key = f"{prefix}|{skey}|{budget.window}"
-            out.append(BudgetBucket(budget, Bucket(key, budget.limit_usd, enforce, rolling_s=rolling_s),
-                                    None if kind == "global" else v, None, None))
-        return out
-    start, end, label = window_bounds(wkind, now, tz)
-    expires_at = end.timestamp() + gc_margin_s
     for v in values:
         skey = "global" if kind == "global" else f"{kind}:{_esc(v)}"
-        key = f"{prefix}|{skey}|{wkind}|{label}"
-        out.append(BudgetBucket(budget, Bucket(key, budget.limit_usd, enforce, expires_at=expires_at),
-                                None if kind == "global" else v, start, end))
+        bucket = Bucket(f"{prefix}|{skey}|{window_key}", budget.limit_usd, enforce, **timing)
+        out.append(BudgetBucket(budget, bucket, None if kind == "global" else v, start, end))
     return out
 
 
