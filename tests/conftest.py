@@ -19,8 +19,6 @@ import pytest  # noqa: E402
 
 from litellm_payg.standin import StandIn  # noqa: E402
 
-
-
 GUARD_DIR = Path(__file__).resolve().parent / "offline_guard"
 NETLOG = pytest.StashKey[Path]()
 

@@ -33,13 +33,9 @@ Two things stand between LiteLLM 1.110.2 and three of the recordings, and both a
 from __future__ import annotations
 
 import asyncio
-import gzip
-import importlib.util
 import json
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import litellm
@@ -47,21 +43,19 @@ import pytest
 import vcr
 import vcr.errors
 from litellm import Router
+from shared_recordings import (
+    RECORDINGS,
+    body_text,
+    load,
+    read_only_persister,
+    require_recordings,
+)
 
 import litellm_payg
 
-RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "provider-recordings"
 MESSAGES = [{"role": "user", "content": "Replay of a recorded request."}]
 TOLERANCE_USD = 1e-9
 GROUP = "conformance"
-
-
-def _require_recordings() -> None:
-    if RECORDINGS.is_dir():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but the provider recordings folder {RECORDINGS} is missing")
-    pytest.skip(f"provider recordings not found at {RECORDINGS} (a sibling 'shared/' checkout); CI has them")
 
 
 # -- the expectations, one per recording ---------------------------------------------------------
@@ -180,15 +174,6 @@ def _params() -> list[Any]:
 # -- reading recordings in place -----------------------------------------------------------------
 
 
-def _loader() -> Any:
-    """The folder's own load_cassette.py (it converts the pydantic-ai format to stock vcrpy)."""
-    spec = importlib.util.spec_from_file_location("_provider_recordings_loader", RECORDINGS / "load_cassette.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
 def as_requested_with_sse(request: Any, response: dict[str, Any]) -> None:
     """Re-frame a Gemini stream recorded *without* ``?alt=sse`` as the SSE stream Gemini sends
     when a client asks ``?alt=sse``, as LiteLLM always does.
@@ -202,7 +187,7 @@ def as_requested_with_sse(request: Any, response: dict[str, Any]) -> None:
     stream (``test_gemini_json_array_framing_is_what_litellm_cannot_read`` pins that)."""
     if not request.path.endswith(":streamGenerateContent") or ("alt", "sse") in request.query:
         return
-    text = _body_text(response)
+    text = body_text(response)
     if not text.lstrip().startswith("["):
         return
     objects = json.loads(text)
@@ -217,44 +202,13 @@ def _same_framing(incoming: Any, recorded: Any) -> None:
     assert (("alt", "sse") in incoming.query) == (("alt", "sse") in recorded.query)
 
 
-class _InPlacePersister:
-    """vcrpy persister that reads a recording through load_cassette.py and never writes. Gemini
-    streams recorded without ``?alt=sse`` are re-framed as SSE (see :func:`as_requested_with_sse`)
-    unless ``raw`` is set."""
-
-    loader: Any = None
-    raw = False
-
-    @classmethod
-    def load_cassette(cls, cassette_path: Any, serializer: Any) -> Any:
-        requests, responses = cls.loader.load(str(cassette_path))
-        if not cls.raw:
-            for request, response in zip(requests, responses):
-                as_requested_with_sse(request, response)
-        return requests, responses
-
-    @staticmethod
-    def save_cassette(cassette_path: Any, cassette_dict: Any, serializer: Any) -> None:
-        raise AssertionError("conformance recordings are read-only")
-
-
-def _vcr(raw: bool = False) -> vcr.VCR:
-    _InPlacePersister.loader = _loader()
-    _InPlacePersister.raw = raw
-    player = vcr.VCR(record_mode="none", match_on=("method", "path", "framing"))
+def _vcr(raw: bool = False, match_on: tuple[str, ...] = ("method", "path", "framing")) -> vcr.VCR:
+    """A player for the recordings, in place: Gemini streams recorded without ``?alt=sse`` are
+    re-framed as SSE (:func:`as_requested_with_sse`) unless ``raw``."""
+    player = vcr.VCR(record_mode="none", match_on=match_on)
     player.register_matcher("framing", _same_framing)
-    player.register_persister(_InPlacePersister)
+    player.register_persister(read_only_persister(None if raw else as_requested_with_sse))
     return player
-
-
-def _body_text(response: dict[str, Any]) -> str:
-    body = response["body"]["string"]
-    if isinstance(body, bytes):
-        encoding = {k.lower(): v for k, v in response["headers"].items()}.get("content-encoding") or []
-        if "gzip" in encoding:
-            body = gzip.decompress(body)
-        body = body.decode()
-    return body
 
 
 @dataclass
@@ -369,10 +323,10 @@ def _expected_cost(exp: Expect, response: Any, wire: WireUsage) -> float:
 
 @pytest.mark.parametrize("name", _params())
 async def test_recording_settles_its_exact_cost(name: str) -> None:
-    _require_recordings()
+    require_recordings()
     exp = EXPECTATIONS[name]
     player = _vcr()
-    _, responses = _InPlacePersister.loader.load(str(RECORDINGS / name))
+    _, responses = load(name)
     served = [r for r in responses if r["status"]["code"] in exp.outcomes]  # drops Gemini's fileSearch calls etc.
     router = _router(exp)
     engine = litellm_payg.attach(router, _policy(exp))
@@ -391,7 +345,7 @@ async def test_recording_settles_its_exact_cost(name: str) -> None:
                     assert engine.spend.ledger.open_reservations() == 0, f"request {i} left a reservation open"
                     continue
                 response = await _call(router, exp)
-                wire = wire_usage(exp.wire, _body_text(served[i]))
+                wire = wire_usage(exp.wire, body_text(served[i]))
                 expected = _expected_cost(exp, response, wire)
                 if wire.reported_cost is not None:
                     # OpenRouter bills the upstream list price: the given price reproduces its own figure
@@ -415,7 +369,7 @@ async def test_gemini_json_array_framing_is_what_litellm_cannot_read() -> None:
     """Why the Gemini stream is re-framed: replayed byte for byte (a JSON array answering a request
     without ``alt=sse``), LiteLLM reads no chunk of it. Pins that: if LiteLLM learns to read the
     array framing, this fails and the re-framing can go."""
-    _require_recordings()
+    require_recordings()
     name = "gemini/streamGenerateContent-json-array-gzip.yaml"
     exp = EXPECTATIONS[name]
     router = _router(exp)
@@ -425,18 +379,15 @@ async def test_gemini_json_array_framing_is_what_litellm_cannot_read() -> None:
             await _call(router, exp)
         assert cassette.play_count == 0
     # ...and given the array anyway (matched on path alone), LiteLLM reads an empty stream.
-    _InPlacePersister.raw = True
-    player = vcr.VCR(record_mode="none", match_on=("method", "path"))
-    player.register_persister(_InPlacePersister)
-    with player.use_cassette(str(RECORDINGS / name)):
+    with _vcr(raw=True, match_on=("method", "path")).use_cassette(str(RECORDINGS / name)):
         response = await _call(router, exp)
     assert not (response.choices[0].message.content or "")
-    wire = wire_usage("gemini", _body_text(_InPlacePersister.loader.load(str(RECORDINGS / name))[1][0]))
+    wire = wire_usage("gemini", body_text(load(name)[1][0]))
     assert (wire.prompt, wire.completion) == (11, 293)  # what the recording does carry
 
 
 def test_every_recording_has_an_expectation() -> None:
-    _require_recordings()
+    require_recordings()
     on_disk = {str(p.relative_to(RECORDINGS)) for p in RECORDINGS.glob("*/*.yaml")}
     assert on_disk, f"no recordings under {RECORDINGS}"
     missing = sorted(on_disk - set(EXPECTATIONS))

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import importlib.util
-import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,6 +36,7 @@ from litellm.exceptions import (
     RateLimitError,
     Timeout,
 )
+from shared_recordings import RECORDINGS, load, read_only_persister, require_recordings
 
 from litellm_payg.failures import (
     FailureClass,
@@ -50,35 +48,8 @@ from litellm_payg.failures import (
 )
 from litellm_payg.standin import StandIn
 
-RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "provider-recordings"
 MESSAGES = [{"role": "user", "content": "hi"}]
 NO_RETRIES: dict[str, Any] = {"num_retries": 0, "max_retries": 0}
-
-
-def _recordings_loader():
-    if not RECORDINGS.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"../shared/provider-recordings not found at {RECORDINGS} (required when CI is set)")
-        pytest.skip(f"../shared/provider-recordings not found at {RECORDINGS}: recorded-error replay skipped")
-    spec = importlib.util.spec_from_file_location("payg_shared_load_cassette", RECORDINGS / "load_cassette.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _SharedRecordings:
-    """A vcrpy persister that reads the shared recordings in place (both formats) and never writes."""
-
-    loader: Any = None
-
-    @classmethod
-    def load_cassette(cls, cassette_path, serializer):
-        return cls.loader.load(str(cassette_path))
-
-    @staticmethod
-    def save_cassette(cassette_path, cassette_dict, serializer):
-        raise AssertionError(f"the shared recordings are read-only; refusing to write {cassette_path}")
 
 
 @dataclass(frozen=True)
@@ -130,10 +101,10 @@ RECORDED_ERRORS = [
 
 def _error_files() -> set[str]:
     """Recordings with at least one 4xx/5xx interaction: every one of them must be in the table."""
-    loader = _recordings_loader()
+    require_recordings()
     out = set()
     for path in RECORDINGS.glob("*/*.yaml"):
-        _, responses = loader.load(str(path))
+        _, responses = load(path)
         if any(r["status"]["code"] >= 400 for r in responses):
             out.add(str(path.relative_to(RECORDINGS)))
     return out
@@ -145,9 +116,9 @@ def test_every_error_recording_has_an_expected_class():
 
 @pytest.mark.parametrize("case", RECORDED_ERRORS, ids=lambda c: c.file)
 async def test_recorded_error(case: Recorded):
-    _SharedRecordings.loader = _recordings_loader()
+    require_recordings()
     replayer = vcr.VCR(record_mode="none", match_on=("method", "path"))
-    replayer.register_persister(_SharedRecordings)
+    replayer.register_persister(read_only_persister())
     with replayer.use_cassette(str(RECORDINGS / case.file)) as cassette:
         with pytest.raises(Exception) as caught:
             r = await litellm.acompletion(model=case.model, messages=MESSAGES, api_key="sk-test-not-a-key",
@@ -167,7 +138,6 @@ async def test_recorded_error(case: Recorded):
 # -- the stand-in's faults -------------------------------------------------------------------------
 
 from test_standin import MODELS  # noqa: E402  (one model per provider, as the stand-in tests use)
-
 
 STANDIN_FAULTS: dict[str, FailureClass] = {
     "server_error": FailureClass.SERVER_ERROR,

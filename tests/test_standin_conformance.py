@@ -8,27 +8,20 @@ shapes per status are compared the same way. The recordings are read in place, n
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from shared_recordings import RECORDINGS, body_text, load
 
 from litellm_payg.standin import StandIn
-
-RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "provider-recordings"
 
 if not RECORDINGS.is_dir():
     if os.environ.get("CI"):
         raise RuntimeError(f"../shared/provider-recordings not found at {RECORDINGS} (required when CI is set)")
     pytest.skip(f"../shared/provider-recordings not found: {RECORDINGS}", allow_module_level=True)
-
-sys.path.insert(0, str(RECORDINGS))
-from load_cassette import load  # noqa: E402  (the recordings' own loader: handles both formats)
 
 # Keys a real body has that the stand-in deliberately omits: dotted path (list index "*") -> why.
 OPTIONAL: dict[str, str] = {
@@ -52,19 +45,8 @@ OPTIONAL: dict[str, str] = {
 }
 
 
-def _body(resp: dict[str, Any]) -> str:
-    b = resp["body"]["string"]
-    if isinstance(b, bytes):
-        try:
-            b = gzip.decompress(b)
-        except OSError:
-            pass
-        b = b.decode()
-    return b
-
-
 def _interactions(name: str):
-    reqs, resps = load(str(RECORDINGS / name))
+    reqs, resps = load(name)
     return list(zip(reqs, resps))
 
 
@@ -139,7 +121,7 @@ def test_body_has_every_real_key(standin, provider, recording, reply):
     for _req, resp in _interactions(recording):
         if resp["status"]["code"] != 200:
             continue
-        real = json.loads(_body(resp).strip())  # OpenRouter pads bodies with keep-alive whitespace
+        real = json.loads(body_text(resp).strip())  # OpenRouter pads bodies with keep-alive whitespace
         assert missing_keys(real, ours.json()) == []
         checked += 1
     assert checked
@@ -182,7 +164,7 @@ STREAM_CASES = [
 @pytest.mark.parametrize("provider,recording", STREAM_CASES, ids=[c[1] for c in STREAM_CASES])
 def test_openai_style_stream(standin, provider, recording):
     (_req, resp), = _interactions(recording)
-    real_frames, our_frames = _sse_frames(_body(resp)), _sse_frames(_ask(standin, provider, stream=True).text)
+    real_frames, our_frames = _sse_frames(body_text(resp)), _sse_frames(_ask(standin, provider, stream=True).text)
     assert _framing(our_frames) == _framing(real_frames)
     assert our_frames[-1] == real_frames[-1] == ["data: [DONE]"]
     real, ours = _data(real_frames), _data(our_frames)
@@ -199,7 +181,7 @@ def test_openai_style_stream(standin, provider, recording):
 
 def test_anthropic_stream(standin):
     (_req, resp), = _interactions("anthropic/messages-stream-thinking.yaml")
-    real_frames = _sse_frames(_body(resp))
+    real_frames = _sse_frames(body_text(resp))
     our_frames = _sse_frames(_ask(standin, "anthropic", stream=True).text)
     assert all(len(f) == 2 and f[0].startswith("event: ") and f[1].startswith("data: ") for f in our_frames)
     real_events = [f[0] for f in real_frames]
@@ -219,7 +201,7 @@ def test_anthropic_stream(standin):
 
 def test_gemini_stream_json_array(standin):
     (_req, resp), = _interactions("gemini/streamGenerateContent-json-array-gzip.yaml")
-    real_text, our_text = _body(resp), _ask(standin, "gemini", stream=True, sse=False, reasoning_tokens=5).text
+    real_text, our_text = body_text(resp), _ask(standin, "gemini", stream=True, sse=False, reasoning_tokens=5).text
     real, ours = json.loads(real_text), json.loads(our_text)
     assert real_text.startswith("[{") and our_text.startswith("[{")
     assert "}\n,\r\n{" in real_text and "}\n,\r\n{" in our_text  # element separator as Google streams it
@@ -258,7 +240,7 @@ def test_error_body_shape(standin, provider, kind, recording):
     standin.fail(provider, kind)
     ours = _ask(standin, provider)
     assert ours.status_code == real_resp["status"]["code"]
-    real, our_body = json.loads(_body(real_resp)), ours.json()
+    real, our_body = json.loads(body_text(real_resp)), ours.json()
     assert missing_keys(real, our_body) == []
     assert set(our_body) == set(real), "no extra top-level keys: clients branch on them"
     real_headers = {k.lower() for k in real_resp["headers"]}
