@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .ledger.base import Bucket
 
-SCOPE_KINDS = ("provider", "model", "group", "deployment", "user", "team", "key", "tag")
+SCOPE_KINDS = ("provider", "model", "group", "deployment", "user", "team", "key", "end_user", "tag")
 CALENDAR_WINDOWS = ("hour", "day", "week", "month")
 _ROLLING = re.compile(r"^rolling:(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -118,11 +118,14 @@ class Identity:
 
     ``api_key`` is the *hashed* key (LiteLLM's ``user_api_key_hash``), never
     the secret itself, because it ends up in storage keys and reports.
+    ``user``/``team``/``api_key`` come from the authenticated key; ``end_user``
+    is the client's own claim (the OpenAI ``user`` field), see ``identity.py``.
     """
 
     user: str | None = None
     team: str | None = None
     api_key: str | None = None
+    end_user: str | None = None
     tags: tuple[str, ...] = ()
     model_group: str | None = None
     deployment_id: str | None = None
@@ -156,6 +159,7 @@ def _values(kind: str, value: str | None, ident: Identity) -> list[str]:
             "user": ident.user,
             "team": ident.team,
             "key": ident.api_key,
+            "end_user": ident.end_user,
         }[kind]
         have = [attr] if attr else []
     if value == "*":

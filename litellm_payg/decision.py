@@ -57,9 +57,11 @@ class Candidate:
 class RouteRequest:
     """What the policy knows about a request before it is sent.
 
-    ``user``/``team``/``api_key``/``tags`` come from LiteLLM's own request identity (in the proxy,
-    the authenticated key; in the SDK, the request ``metadata`` and ``user``). ``min_quality`` and
-    ``allowed_models`` are client hints, already sanitised so they can only tighten the policy.
+    ``user``/``team``/``api_key`` come from the authenticated key (in the SDK, the calling code's
+    ``metadata``); ``end_user`` and ``tags`` are what the client asserts (``identity.py``).
+    ``min_quality`` and ``allowed_models`` are client hints, already sanitised so they can only
+    tighten the policy. ``choices`` is how many answers the request asks for (``n``): each is
+    billed its own output tokens.
     """
 
     group: str
@@ -70,6 +72,8 @@ class RouteRequest:
     team: str | None = None
     api_key: str | None = None
     tags: tuple[str, ...] = ()
+    end_user: str | None = None
+    choices: int = 1
     min_quality: float | None = None
     allowed_models: frozenset[str] | None = None
     trace_id: str | None = None
@@ -77,7 +81,7 @@ class RouteRequest:
 
     def field_value(self, name: str) -> str | None:
         """A request field by name, for rules configured with e.g. ``sticky_by: user``."""
-        if name in ("user", "team", "api_key", "trace_id", "group"):
+        if name in ("user", "team", "api_key", "end_user", "trace_id", "group"):
             value = getattr(self, name)
             return None if value is None else str(value)
         if name.startswith("metadata."):

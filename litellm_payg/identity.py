@@ -1,14 +1,28 @@
-"""Who a request belongs to, from LiteLLM's own request identity.
+"""Who a request belongs to, and which of it a client can forge.
 
-In the proxy, the authenticated key decides (``user_api_key_*`` fields the proxy writes into the
-request metadata after auth); a field the client sends cannot change it. In the SDK, the caller is
-trusted: ``user=`` and ``metadata={"user": ..., "team": ..., "tags": [...]}``.
+The ``user:``, ``team:`` and ``key:`` budget scopes are only as strong as the identity behind them,
+so they come from the **authenticated key** and nothing else:
+
+* In the proxy, from the key LiteLLM authenticated (``UserAPIKeyAuth``: its user id, team id and
+  hashed key), handed to the plugin's pre-call hook (:func:`identity_from_key`). A request that
+  somehow reached the Router without that hook falls back to the ``user_api_key_*`` fields LiteLLM
+  itself writes into the metadata after auth, never to a client field.
+* In the SDK there is no key: the calling code is the operator's, so ``metadata={"user": ...,
+  "team": ..., "api_key": ...}`` is trusted there (:func:`identity_of`).
+
+The OpenAI ``user`` field is the client's *claim* of who its end user is. It has its own scope,
+``end_user:``, useful for an application that names its customers and caps each one, but it never
+stands in for ``user:``: a client that sends a new ``user`` per request gets a new ``end_user``
+bucket, and still spends from its key's, user's and team's. Request tags are client-asserted too
+(LiteLLM merges the key's tags with the request's), so a ``tag:`` budget caps honest traffic, not a
+hostile client.
 
 Client *hints* (``metadata["payg_hints"]``) are sanitised here: they may only tighten a policy.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,29 +35,63 @@ class RequestIdentity:
     api_key: str | None
     tags: tuple[str, ...]
     via_proxy: bool
+    #: the end user the client names (the OpenAI ``user`` field): client-asserted
+    end_user: str | None = None
 
 
 def _str(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+def _tags(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    value = metadata.get("tags") or ()
+    return tuple(str(t) for t in value) if isinstance(value, (list, tuple)) else ()
+
+
+def key_hash(key: Any) -> str | None:
+    """The key as it may be stored and reported: LiteLLM's hash (sha256 hex) of a raw ``sk-`` key,
+    or the value as given when it is already a hash or an alias."""
+    text = _str(key)
+    if text is not None and text.startswith("sk-"):
+        return hashlib.sha256(text.encode()).hexdigest()
+    return text
+
+
+def identity_from_key(user_api_key_dict: Any, data: Mapping[str, Any], metadata: Mapping[str, Any]) -> RequestIdentity:
+    """A proxy request's identity, from the key LiteLLM authenticated (its ``UserAPIKeyAuth``).
+
+    The end user is the one LiteLLM resolved for the key (``end_user_id``: the body's ``user``, or
+    a header the operator mapped), else the body's ``user``."""
+    return RequestIdentity(
+        user=_str(getattr(user_api_key_dict, "user_id", None)),
+        team=_str(getattr(user_api_key_dict, "team_id", None)),
+        api_key=key_hash(getattr(user_api_key_dict, "token", None) or getattr(user_api_key_dict, "api_key", None)),
+        tags=_tags(metadata),
+        via_proxy=True,
+        end_user=_str(getattr(user_api_key_dict, "end_user_id", None)) or _str(data.get("user")),
+    )
+
+
 def identity_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any]) -> RequestIdentity:
-    tags_value = metadata.get("tags") or ()
-    tags = tuple(str(t) for t in tags_value) if isinstance(tags_value, (list, tuple)) else ()
+    """A request's identity when no pre-call hook read the key: the proxy's own ``user_api_key_*``
+    metadata fields when present, else the SDK caller's ``metadata`` (see the module docstring)."""
+    end_user = _str(request_kwargs.get("user"))
     if metadata.get("user_api_key_hash") or metadata.get("user_api_key"):
         return RequestIdentity(
-            user=_str(metadata.get("user_api_key_user_id")) or _str(metadata.get("user_api_key_end_user_id")),
+            user=_str(metadata.get("user_api_key_user_id")),
             team=_str(metadata.get("user_api_key_team_id")),
-            api_key=_str(metadata.get("user_api_key_hash") or metadata.get("user_api_key")),
-            tags=tags,
+            api_key=key_hash(metadata.get("user_api_key_hash") or metadata.get("user_api_key")),
+            tags=_tags(metadata),
             via_proxy=True,
+            end_user=_str(metadata.get("user_api_key_end_user_id")) or end_user,
         )
     return RequestIdentity(
-        user=_str(request_kwargs.get("user")) or _str(metadata.get("user")),
+        user=_str(metadata.get("user")),
         team=_str(metadata.get("team")),
         api_key=_str(metadata.get("api_key")),
-        tags=tags,
+        tags=_tags(metadata),
         via_proxy=False,
+        end_user=end_user,
     )
 
 

@@ -83,7 +83,7 @@ def payg_filter_candidates(request, candidates, engine):
             seen = _ENGINES.setdefault(engine, _Seen())
     if request.group not in seen.candidates:
         seen.candidates[request.group] = tuple(candidates)
-    key = (request.user, request.team, request.api_key, request.tags, request.group)
+    key = (request.user, request.team, request.api_key, request.end_user, request.tags, request.group)
     if key not in seen.identities and len(seen.identities) < MAX_IDENTITIES:
         seen.identities[key] = None
     return None
@@ -133,8 +133,9 @@ class BudgetCollector:
             if spend.budgets:
                 found: dict[str, Any] = {}
                 identities = [Identity()] + [
-                    Identity(user=u, team=t, api_key=k, tags=tags, model_group=g, deployment_id=c.deployment_id, model=c.model, provider=c.provider)
-                    for (u, t, k, tags, g) in list(seen.identities)
+                    Identity(user=u, team=t, api_key=k, end_user=e, tags=tags, model_group=g, deployment_id=c.deployment_id,
+                             model=c.model, provider=c.provider)
+                    for (u, t, k, e, tags, g) in list(seen.identities)
                     for c in seen.candidates.get(g, ())
                 ]
                 for ident in identities:

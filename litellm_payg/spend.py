@@ -153,6 +153,7 @@ class SpendControl:
             user=request.user,
             team=request.team,
             api_key=request.api_key,
+            end_user=request.end_user,
             tags=request.tags,
             model_group=request.group,
             deployment_id=candidate.deployment_id,
@@ -188,8 +189,9 @@ class SpendControl:
         return result
 
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
-        """Pessimistic: every max output token may be used (reasoning models do)."""
-        out = request.max_tokens or self.policy.defaults.reserve_output_tokens
+        """Pessimistic: every max output token may be used (reasoning models do), by each of the
+        ``n`` answers the request asks for."""
+        out = (request.max_tokens or self.policy.defaults.reserve_output_tokens) * max(1, request.choices)
         if not candidate.priced:
             return 0.0
         return candidate.estimate_usd(request.prompt_tokens, out)
@@ -450,6 +452,8 @@ def _attrs(request: RouteRequest, candidate: Candidate, extra: Mapping[str, Any]
         out["team"] = request.team
     if request.api_key:
         out["key"] = request.api_key
+    if request.end_user:
+        out["end_user"] = request.end_user
     if request.tags:
         out["tags"] = list(request.tags)
     if request.trace_id:

@@ -171,9 +171,13 @@ def test_identity_in_the_proxy_comes_from_the_key_not_the_client():
 
     proxy_md = {"user_api_key_hash": "hash-1", "user_api_key_user_id": "alice", "user_api_key_team_id": "t1", "user": "mallory"}
     who = identity_of({"user": "mallory"}, proxy_md)
-    assert (who.user, who.team, who.api_key) == ("alice", "t1", "hash-1")
-    sdk = identity_of({"user": "bob"}, {"team": "t2"})
-    assert (sdk.user, sdk.team) == ("bob", "t2")
+    assert (who.user, who.team, who.api_key, who.end_user) == ("alice", "t1", "hash-1", "mallory")
+    # a key without a user: the body's `user` is the client's end user, never the key's user
+    keyless = identity_of({"user": "mallory"}, {"user_api_key_hash": "hash-2"})
+    assert (keyless.user, keyless.end_user) == (None, "mallory")
+    # the SDK: the calling code's metadata names the user; `user=` is the end user there too
+    sdk = identity_of({"user": "bob"}, {"team": "t2", "user": "alice"})
+    assert (sdk.user, sdk.team, sdk.end_user) == ("alice", "t2", "bob")
 
 
 # -- several processes, restarts, a ledger that goes away -----------------------------------------

@@ -29,7 +29,7 @@ async def test_budgets_lists_each_budget_and_each_user(tmp_path, capsys):
     path.write_text(yaml.safe_dump(policy))
     with attached([deployment("chat", DEEPSEEK, "ds")], str(path)) as (router, engine):
         for user in ("alice", "bob", "alice"):
-            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, user=user)
+            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, metadata={"user": user})
         while engine.spend.ledger.open_reservations():
             await asyncio.sleep(0.02)
 

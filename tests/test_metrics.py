@@ -46,7 +46,7 @@ async def test_metrics_from_real_router_traffic():
     with attached(model_list, policy) as (router, engine):
         before = prometheus_client.generate_latest().decode()
         for messages in (SHORT, SHORT, LONG):
-            await router.acompletion(model=group, messages=messages, user="carol")
+            await router.acompletion(model=group, messages=messages, metadata={"user": "carol"})
         await settled(engine)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

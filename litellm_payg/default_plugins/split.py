@@ -3,13 +3,16 @@
 ::
 
     - split:
-        sticky_by: user          # user | team | api_key | trace_id | metadata.<field>
+        sticky_by: user          # user | team | api_key | end_user | trace_id | metadata.<field>
         arms:
           - {model: mistral/mistral-large-latest, weight: 95}
           - {model: deepseek/deepseek-chat, weight: 5, name: new-model}
 
 The same ``sticky_by`` value always lands in the same arm (SHA-256 of salt and value), so a user
-never flips between models. A request without that field is assigned by its trace id (not sticky).
+never flips between models. ``user`` is the authenticated key's user, else the end user the client
+names (the OpenAI ``user`` field): an arm is a choice between models the route allows anyway, so
+a client-named end user is good enough to keep it sticky. A request without that field is assigned
+by its trace id (not sticky).
 The arm is recorded in the decision (``attrs.split_arm``) so cost can be reported per arm.
 """
 
@@ -25,7 +28,7 @@ from litellm_payg import hookimpl
 from litellm_payg.decision import Step
 from litellm_payg.rules import Rule, RuleOptions, matches
 
-_FIELD = re.compile(r"^(user|team|api_key|trace_id|metadata\.[A-Za-z0-9_\-]+)$")
+_FIELD = re.compile(r"^(user|team|api_key|end_user|trace_id|metadata\.[A-Za-z0-9_\-]+)$")
 
 
 class Arm(RuleOptions):
@@ -44,7 +47,7 @@ class SplitOptions(RuleOptions):
     @classmethod
     def _known_field(cls, value: str) -> str:
         if not _FIELD.match(value):
-            raise ValueError("expected user, team, api_key, trace_id or metadata.<field>")
+            raise ValueError("expected user, team, api_key, end_user, trace_id or metadata.<field>")
         return value
 
 
@@ -78,6 +81,8 @@ class Split(Rule):
     def apply(self, request, candidates):
         opts = self.options
         key = request.field_value(opts.sticky_by)
+        if key is None and opts.sticky_by == "user":
+            key = request.field_value("end_user")  # a key without a user: its client's end users
         sticky = key is not None
         if key is None:
             key = request.trace_id or ""
