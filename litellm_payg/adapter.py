@@ -29,7 +29,7 @@
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import logging
 from datetime import datetime
 import random
@@ -49,21 +49,23 @@ from .default_plugins.failover import plan_next
 from .engine import Engine
 from .errors import NoDeploymentLeft
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
-from .identity import hints_of, identity_of
+from .identity import RequestIdentity, hints_of, identity_of
+from .ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from .policy import Policy, load_policy
-from .pricing import candidate_from_deployment, count_prompt_tokens
-from .spend import BudgetExceeded
+from .pricing import candidate_from_deployment, count_request_tokens
+from .request_checks import choices, output_cap
+from .request_state import RequestState, RequestStates, metadata_of
+from .spend import BudgetExceeded, LedgerDown
 from .sync_bridge import BRIDGE
 
 logger = logging.getLogger("litellm_payg")
 
+#: where the decision is stamped for observers (an output: the plugin never reads it back)
 DECISION_KEY = "payg_decision"
-ATTEMPTS_KEY = "payg_attempts"
-PROMPT_TOKENS_KEY = "payg_prompt_tokens"
-BINDING_KEY = "payg_binding"
-RESERVATIONS_KEY = "payg_reservations"
-TRACE_KEY = "payg_trace"
-REJECTED_KEY = "payg_rejected"
+
+#: the live adapters, to tell a request that bypassed this router's routing from one of another
+#: router that governs the same deployment ids (two Routers built from one config)
+_LIVE: "weakref.WeakSet[PaygRouting]" = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -75,26 +77,18 @@ class _Charge:
     completion_tokens: int | None
     #: the answer reported no usage: counts and cost are the plugin's estimate
     estimated: bool = False
+    #: the client went away mid-stream: the counts are what LiteLLM saw streamed before it did
+    abandoned: bool = False
 
     @property
     def attrs(self) -> dict[str, str] | None:
         """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
-        reports from one priced on the provider's own counts."""
-        return {"usage": "estimated"} if self.estimated else None
-
-
-class _Recent(collections.OrderedDict):
-    """A small bounded map: per-request state that must not grow without limit when a request
-    never reports back (an abandoned stream)."""
-
-    def __init__(self, limit: int = 10_000):
-        super().__init__()
-        self.limit = limit
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        if len(self) > self.limit:
-            self.popitem(last=False)
+        reports from one priced on the provider's own counts; ``abandoned: client_disconnected``
+        says why."""
+        out = {"usage": "estimated"} if self.estimated or self.abandoned else {}
+        if self.abandoned:
+            out["abandoned"] = "client_disconnected"
+        return out or None
 
 
 class PaygRouting(CustomLogger):
@@ -114,11 +108,11 @@ class PaygRouting(CustomLogger):
         PaygRouting._count += 1
         self.binding = f"payg-{PaygRouting._count}-{id(self):x}"
         self._candidates: dict[str, Candidate] = {}
+        #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
+        self._aliases: dict[str, str] = {}
         self._router_ref: weakref.ReferenceType[Any] | None = None
-        self._last_failure: _Recent = _Recent()  # trace -> (deployment id, exception) of the last failed attempt
-        self._final_errors: _Recent = _Recent()  # trace -> error that ends the request (block, `fail`)
-        self._requests: _Recent = _Recent()  # trace -> RouteRequest, for the validators
-        self._hooked: _Recent = _Recent()  # litellm_call_id of attempts the failure hook handled
+        #: per-request state, keyed by an id this adapter mints (never read from client input)
+        self.states = RequestStates()
         self._guard: ResponseGuard | None = None
 
     # -- binding ----------------------------------------------------------------------------------
@@ -142,6 +136,8 @@ class PaygRouting(CustomLogger):
         litellm_fixes.apply()
         self.bind(router)
         _route_context_errors_back(router, self.engine)
+        self._aliases = dict(router.registry().aliases() or {})
+        _LIVE.add(self)
         if self._guard is None and _validates(self.engine):
             self._guard = ResponseGuard(self)
             litellm.logging_callback_manager.add_litellm_callback(self._guard)
@@ -150,6 +146,7 @@ class PaygRouting(CustomLogger):
         """Remove this callback and its guard from every LiteLLM callback list (LiteLLM promotes a
         callback from ``litellm.callbacks`` into its success/failure lists on first use)."""
         litellm.logging_callback_manager.remove_callback_from_all_lists(self)
+        _LIVE.discard(self)
         if self._guard is not None:
             litellm.logging_callback_manager.remove_callback_from_all_lists(self._guard)
             self._guard = None
@@ -176,6 +173,60 @@ class PaygRouting(CustomLogger):
             out.append(c)
         return out
 
+    # -- the front door: a request's state, its model, its fields --------------------------------
+
+    def resolve_model(self, model: Any) -> Any:
+        """What ``model`` a request should be sent with: a governed group (or its alias) as is; a
+        deployment's id or model string (which LiteLLM would send straight to that deployment,
+        past every routing hook) per the policy's ``direct_deployments``: ``route`` sends the group
+        instead, ``refuse`` raises :class:`InvalidRequest` naming the group to use. A name that is
+        none of these is not this router's, and is returned as is."""
+        if not isinstance(model, str):
+            return model
+        groups = {c.group for c in self._candidates.values()}
+        if model in groups or model in self._aliases:
+            return model
+        named = sorted({c.group for c in self._candidates.values() if model in (c.deployment_id, c.model)})
+        if not named:
+            return model
+        if self.engine.policy.direct_deployments == "route" and len(named) == 1:
+            return named[0]
+        raise InvalidRequest(
+            f"litellm-payg: model {model!r} names a deployment, not a model group; requests go through "
+            f"the policy's routing and budgets, so send model={named[0]!r}"
+            + (f" (it is a deployment of the groups {', '.join(map(repr, named))})" if len(named) > 1 else "")
+            + ("" if len(named) > 1 else " (policy: direct_deployments: refuse)"),
+            field="model",
+        )
+
+    def open_request(
+        self, data: dict, metadata: dict | None, identity: RequestIdentity | None = None
+    ) -> RequestState:
+        """Start the plugin's state for a request entering through a governed door (the proxy's
+        pre-call hook, or a wrapped Router method): refuse forged ``payg_*`` keys and malformed
+        fields, route or refuse a deployment named as the model, and mint the request's id."""
+        refuse_bad_input(data)
+        if "model" in data:
+            data["model"] = self.resolve_model(data["model"])
+        if metadata is None:
+            metadata = data.setdefault("metadata", {})
+        return self.states.mint(metadata, _trace(data), identity)
+
+    def _state_for(self, request_kwargs: Mapping[str, Any], metadata: dict) -> RequestState | None:
+        """This request's state, or None when it is another router's. A request no governed door
+        saw (a Router method that is not wrapped) gets its state here, unless another live
+        adapter governs the same deployments, when whose it is cannot be told."""
+        trace = _trace(request_kwargs)
+        state = self.states.find(metadata, trace)
+        if state is not None:
+            if state.trace_id is None:
+                state.trace_id = trace
+            return state
+        if any(other is not self and other.states.find(metadata, trace) is not None for other in list(_LIVE)):
+            return None  # another router's request
+        refuse_bad_input(request_kwargs)
+        return self.states.mint(metadata, trace)
+
     # -- the routing lever ------------------------------------------------------------------------
 
     async def async_filter_deployments(
@@ -192,54 +243,58 @@ class PaygRouting(CustomLogger):
         if candidates is None:
             return healthy_deployments
         request_kwargs = request_kwargs or {}
-        metadata = request_kwargs.get("metadata")
+        metadata = metadata_of(request_kwargs)
         if metadata is None:
             metadata = {}
-        metadata[BINDING_KEY] = self.binding  # so outcomes find their way back to this policy
-        trace = metadata.setdefault(TRACE_KEY, str(request_kwargs.get("litellm_trace_id") or id(metadata)))
-        final = self._final_errors.get(trace)
-        if final is not None:
-            # a budget block or a `fail` failure is final for the request: LiteLLM's retries and
-            # fallbacks to other groups must not route around it
-            raise final
-        request = self.route_request(model, candidates, messages, request_kwargs, metadata)
-        decision = self.engine.decide(request, candidates)
-        if not (decision.governed or decision.dropped or self.engine.spend.budgets or self.engine.health):
+        state = self._state_for(request_kwargs, metadata)
+        if state is None:
             return healthy_deployments
+        if state.final_error is not None:
+            # a budget block, a down ledger or a `fail` failure is final for the request: LiteLLM's
+            # retries and fallbacks to other groups must not route around it
+            raise state.final_error
+        group = candidates[0].group
+        if model != group and self._aliases.get(model) != group and not model.endswith(LARGER_CONTEXT_SUFFIX):
+            # a deployment named as the model past the governed doors (resolve_model)
+            state.final_error = InvalidRequest(
+                f"litellm-payg: model {model!r} names a deployment of the governed group {group!r}; send model={group!r}",
+                field="model",
+            )
+            raise state.final_error
+        request = self.route_request(group, candidates, messages, request_kwargs, metadata, state)
+        decision = self.engine.decide(request, candidates)
         if not decision.ordered:
-            raise NoDeploymentLeft(model, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])
+            raise NoDeploymentLeft(group, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])
 
-        attempts: list[str] = metadata.setdefault(ATTEMPTS_KEY, [])
-        untried = self._next_candidates(trace, decision, attempts, request)
+        untried = self._next_candidates(state, decision, request)
         if not decision.governed and len(untried) > 1:
             untried = random.sample(untried, len(untried))  # no route: spread load as LiteLLM's shuffle would
-        reservation_id = f"{trace}:{len(attempts)}"
+        reservation_id = state.next_reservation_id()
         try:
             admission = self.engine.spend.admit(request, untried, reservation_id, decision.attrs)
-        except BudgetExceeded as exc:
-            self._final_errors[trace] = exc
+        except (BudgetExceeded, LedgerDown) as exc:
+            state.final_error = exc
             raise
         pick = admission.candidate
-        attempts.append(pick.deployment_id)
-        metadata.setdefault(RESERVATIONS_KEY, {}).setdefault(pick.deployment_id, []).append(reservation_id)
-        self._requests[trace] = request
+        state.add_reservation(pick.deployment_id, reservation_id)
+        state.request = request
         stamped = decision.as_dict(compact=True)
         stamped["chosen"] = pick.deployment_id
         stamped["chosen_model"] = pick.model
         stamped["dropped"] += [
             {"deployment_id": d.deployment_id, "model": d.model, "by": d.by, "reason": d.reason} for d in admission.skipped
         ]
+        state.decision = stamped
         metadata[DECISION_KEY] = stamped
         return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
 
-    def _next_candidates(
-        self, trace: str, decision: Any, attempts: Sequence[str], request: RouteRequest
-    ) -> list[Candidate]:
+    def _next_candidates(self, state: RequestState, decision: Any, request: RouteRequest) -> list[Candidate]:
         """The candidates this pick may use, best first: untried ones, narrowed by what the last
         failure of this request calls for (``failover.on``) and by the circuit breakers."""
+        attempts = state.attempts
         untried = [c for c in decision.ordered if c.deployment_id not in attempts]
         failover = self.engine.policy.failover
-        last = self._last_failure.pop(trace, None)
+        last, state.last_failure = state.last_failure, None
         if failover is not None and last is not None:
             failed_id, error = last
             hop = plan_next(failover, error, self._candidates.get(failed_id), decision.ordered, attempts, request.prompt_tokens)
@@ -266,55 +321,62 @@ class PaygRouting(CustomLogger):
         candidates: Sequence[Candidate],
         messages: Any,
         request_kwargs: Mapping[str, Any],
-        metadata: dict,
+        metadata: Mapping[str, Any],
+        state: RequestState,
     ) -> RouteRequest:
-        prompt_tokens = metadata.get(PROMPT_TOKENS_KEY)
-        if prompt_tokens is None:
-            prompt_tokens = count_prompt_tokens(candidates[0].model, messages or request_kwargs.get("messages"))
-            metadata[PROMPT_TOKENS_KEY] = prompt_tokens
-        max_tokens = request_kwargs.get("max_tokens") or request_kwargs.get("max_completion_tokens")
-        max_tokens = int(max_tokens) if max_tokens else None
-        who = identity_of(request_kwargs, metadata)
+        """What the policy decides on, from the plugin's own state (identity, the prompt counted
+        once) and the request's already checked fields; never from ``payg_*`` metadata."""
+        if state.prompt_tokens is None:
+            state.prompt_tokens = count_request_tokens(candidates[0].model, {**request_kwargs, "messages": messages or request_kwargs.get("messages")})
+        if state.identity is None:
+            state.identity = identity_of(request_kwargs, metadata)
+        who = state.identity
+        max_tokens = output_cap(request_kwargs)
         hints = hints_of(metadata)
         return RouteRequest(
             group=group,
-            prompt_tokens=int(prompt_tokens),
+            prompt_tokens=state.prompt_tokens,
             output_tokens=self.engine.expected_output_tokens(max_tokens),
             max_tokens=max_tokens,
             user=who.user,
             team=who.team,
             api_key=who.api_key,
             tags=who.tags,
+            end_user=who.end_user,
+            choices=choices(request_kwargs),
             min_quality=hints.min_quality,
             allowed_models=hints.models,
-            trace_id=request_kwargs.get("litellm_trace_id"),
+            trace_id=state.trace_id,
             metadata=metadata,
         )
 
     # -- per attempt, inline ----------------------------------------------------------------------
 
-    def _ours(self, request_data: Mapping[str, Any]) -> tuple[dict, str, str] | None:
-        metadata = request_data.get("metadata") or request_data.get("litellm_metadata") or {}
-        if metadata.get(BINDING_KEY) != self.binding:
+    def _ours(self, request_data: Mapping[str, Any]) -> tuple[RequestState, dict, str] | None:
+        """This adapter's state for an attempt's request, its metadata and the deployment id."""
+        metadata = metadata_of(request_data)
+        state = self.states.find(metadata)
+        if state is None:
             return None
         deployment_id = str((request_data.get("model_info") or {}).get("id"))
-        return metadata, deployment_id, metadata.get(TRACE_KEY, "")
+        return state, metadata, deployment_id
+
 
     async def async_post_call_failure_deployment_hook(self, request_data, exception, call_type, fallback_depth=None):
         ours = self._ours(request_data)
         if ours is None:
             return None
-        metadata, deployment_id, trace = ours
+        state, metadata, deployment_id = ours
         call_id = request_data.get("litellm_call_id")
         if call_id:
-            self._hooked[call_id] = True  # LiteLLM's failure log of this attempt is then left alone
-        reservation_id = _pop_reservation(metadata, deployment_id)
+            state.handled_calls.add(str(call_id))  # LiteLLM's failure log of this attempt is then left alone
+        reservation_id = state.pop_reservation(deployment_id)
         failure = diagnose(exception)
         charge: _Charge | None = None
         if reservation_id is not None and not isinstance(exception, InvalidResponseError):
             if failure.answered:
                 # the provider answered 200 before the attempt failed: it billed, so charge it
-                charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata,
+                charge = self._charge_answered_failure(deployment_id, reservation_id, failure, state,
                                                        request_data.get("model"))
             else:
                 self.engine.spend.release(reservation_id)  # a failed call does not bill
@@ -323,7 +385,7 @@ class PaygRouting(CustomLogger):
             health.record(deployment_id, ok=False)
         failover = self.engine.policy.failover
         if failover is not None:
-            self._last_failure[trace] = (deployment_id, exception)
+            state.last_failure = (deployment_id, exception)
             action = failover.action_for(failure.cls.value)
             if action != "fail" and getattr(exception, "num_retries", None) in (None, 0):
                 # LiteLLM does not retry some errors within the group (a context window error waits
@@ -331,7 +393,7 @@ class PaygRouting(CustomLogger):
                 # one more attempt per untried candidate
                 left = len([c for c in self._candidates.values() if c.group == (self._candidates.get(deployment_id) or c).group])
                 try:
-                    exception.num_retries = max(1, left - len(metadata.get(ATTEMPTS_KEY) or ()))
+                    exception.num_retries = max(1, left - len(state.attempts))
                 except AttributeError:
                     pass
             if action == "fail":
@@ -341,9 +403,9 @@ class PaygRouting(CustomLogger):
                     exception.num_retries = 0
                 except AttributeError:
                     pass
-                self._final_errors[trace] = exception
+                state.final_error = exception
         if not isinstance(exception, InvalidResponseError):
-            self._emit_failure(metadata, deployment_id, exception, charge, request_data.get("model"))
+            self._emit_failure(state, deployment_id, exception, charge, request_data.get("model"))
         return None
 
     async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
@@ -359,16 +421,16 @@ class PaygRouting(CustomLogger):
         the prompt's estimate like an answered failure in the hook; else its reservation is released.
         """
         litellm_params = kwargs.get("litellm_params") or {}
-        metadata = litellm_params.get("metadata") or {}
-        if metadata.get(BINDING_KEY) != self.binding or not kwargs.get("stream"):
+        state = self.states.find(metadata_of(litellm_params))
+        if state is None or not kwargs.get("stream"):
             return
         call_id = kwargs.get("litellm_call_id")
-        if not call_id or call_id in self._hooked:
+        if not call_id or str(call_id) in state.handled_calls:
             return
-        self._hooked[call_id] = True  # a repeated failure log of the same attempt charges nothing more
+        state.handled_calls.add(str(call_id))  # a repeated failure log of the same attempt charges nothing more
         slo = kwargs.get("standard_logging_object") or {}
         deployment_id = str((litellm_params.get("model_info") or {}).get("id") or slo.get("model_id"))
-        reservation_id = _pop_reservation(metadata, deployment_id)
+        reservation_id = state.pop_reservation(deployment_id)
         if reservation_id is None:
             return
         exception = kwargs.get("exception")
@@ -381,15 +443,15 @@ class PaygRouting(CustomLogger):
             failure = (diagnose_broken_stream(exception) if isinstance(exception, BaseException)
                        else Failure(FailureClass.SERVER_ERROR, MID_STREAM, None, None, "", answered=True))
         if failure is not None and failure.answered:
-            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, metadata, model,
+            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, state, model,
                                                    partial=_partial_usage(kwargs))
         else:
             self.engine.spend.release(reservation_id)  # failed before any answer: it did not bill
         if isinstance(exception, BaseException):
-            self._emit_failure(metadata, deployment_id, exception, charge, model)
+            self._emit_failure(state, deployment_id, exception, charge, model)
 
     def _charge_answered_failure(
-        self, deployment_id: str, reservation_id: str, failure: Failure, metadata: Mapping[str, Any], model: str | None,
+        self, deployment_id: str, reservation_id: str, failure: Failure, state: RequestState, model: str | None,
         partial: tuple[int, int, float] | None = None,
     ) -> _Charge:
         """Settle an attempt that failed after the provider answered HTTP 200.
@@ -410,7 +472,7 @@ class PaygRouting(CustomLogger):
         """
         candidate = self._candidates.get(deployment_id)
         where = f"{(candidate.model if candidate else None) or model or '?'} (deployment {deployment_id})"
-        prompt_tokens = metadata.get(PROMPT_TOKENS_KEY)
+        prompt_tokens = state.prompt_tokens
         completion_tokens: int | None = None
         cost: float | None = None
         if candidate is not None and candidate.priced and prompt_tokens is not None:
@@ -437,23 +499,47 @@ class PaygRouting(CustomLogger):
         return _Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, completion_tokens, estimated=True)
 
     def _emit_failure(
-        self, metadata: Mapping[str, Any], deployment_id: str, exception: BaseException, charge: _Charge | None, model: Any
+        self, state: RequestState, deployment_id: str, exception: BaseException, charge: _Charge | None, model: Any
     ) -> None:
         if charge is None:
-            self._emit(metadata, deployment_id, ok=False, cost=0.0, error=exception, model=model)
+            self._emit(state, deployment_id, ok=False, cost=0.0, error=exception, model=model)
             return
-        self._emit(metadata, deployment_id, ok=False, cost=charge.cost, error=exception, model=model,
+        self._emit(state, deployment_id, ok=False, cost=charge.cost, error=exception, model=model,
                    prompt_tokens=charge.prompt_tokens, usage_estimated=True)
 
     async def async_pre_call_deployment_hook(self, kwargs, call_type):
-        """``first_token_timeout_ms`` for streams, which LiteLLM lacks: the stream's HTTP read
-        timeout is set to it, so a deployment that sends no first chunk in time fails the attempt
-        with a timeout (class ``server_error``) and the request moves to the next deployment. It is a
-        read timeout, so a later gap between chunks longer than it also ends the stream."""
+        """Runs once per attempt, just before LiteLLM calls the deployment. Two jobs:
+
+        * **The backstop of the trust boundary.** An attempt on one of this router's deployments
+          that no pick of this plugin chose is refused (:class:`InvalidRequest`, final). LiteLLM
+          sends a request whose ``model`` is a deployment id straight to that deployment, past every
+          routing hook; the governed doors (:meth:`resolve_model`) route or refuse such a request,
+          and this catches any way in they do not see, so every billed call on a governed
+          deployment is reserved and recorded, or not made.
+        * ``first_token_timeout_ms`` for streams, which LiteLLM lacks: the stream's HTTP read
+          timeout is set to it, so a deployment that sends no first chunk in time fails the attempt
+          with a timeout (class ``server_error``) and the request moves to the next deployment. It
+          is a read timeout, so a later gap between chunks longer than it also ends the stream.
+        """
+        deployment_id = str((kwargs.get("model_info") or {}).get("id"))
+        if deployment_id not in self._candidates:
+            return None
+        ours = self._ours(kwargs)
+        if ours is None and any(other is not self and other._ours(kwargs) is not None for other in list(_LIVE)):
+            return None  # another router's attempt on a deployment with the same id
+        if ours is None or not ours[0].attempts or ours[0].attempts[-1] != deployment_id:
+            error = InvalidRequest(
+                f"litellm-payg: the request reached deployment {deployment_id} "
+                f"({self._candidates[deployment_id].model}) without being routed by the policy "
+                f"(model {kwargs.get('model')!r}); send the model group "
+                f"{self._candidates[deployment_id].group!r} instead",
+                field="model",
+            )
+            if ours is not None:
+                ours[0].final_error = error
+            raise error
         failover = self.engine.policy.failover
         if failover is None or not failover.first_token_timeout_ms or not kwargs.get("stream"):
-            return None
-        if self._ours(kwargs) is None:
             return None
         limit = failover.first_token_timeout_ms / 1000
         current = kwargs.get("timeout")
@@ -472,25 +558,25 @@ class PaygRouting(CustomLogger):
         ours = self._ours(request_data)
         if ours is None:
             return None
-        metadata, deployment_id, _ = ours
-        if not metadata.get(REJECTED_KEY):
+        state, _, deployment_id = ours
+        if not state.rejected:
             return None
-        charge = self._charge_inline(request_data, response, metadata, deployment_id)
+        charge = self._charge_inline(request_data, response, state, deployment_id)
         if charge is None:
             return None  # already charged (the guard ran first and rejected it)
         latency = _elapsed(request_data)
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=True, latency_s=latency)
         self._emit(
-            metadata, deployment_id, ok=True, cost=charge.cost, latency=latency, model=request_data.get("model"),
+            state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=request_data.get("model"),
             prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
             usage_estimated=charge.estimated,
         )
         return None
 
-    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, metadata: Mapping[str, Any], deployment_id: str) -> _Charge | None:
+    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, state: RequestState, deployment_id: str) -> _Charge | None:
         """Charge a non-stream answer before LiteLLM's logging worker would (see the callers)."""
-        reservation_id = _pop_reservation(metadata, deployment_id)
+        reservation_id = state.pop_reservation(deployment_id)
         if reservation_id is None:
             return None
         candidate = self._candidates.get(deployment_id)
@@ -499,7 +585,7 @@ class PaygRouting(CustomLogger):
         if _usage_missing(response, prompt_tokens, completion_tokens):
             charge = self._estimate_missing_usage(
                 deployment_id, reservation_id, request_data.get("messages"), _tools_of(request_data), response,
-                metadata, request_data.get("model"),
+                state, request_data.get("model"),
             )
         else:
             cost = _policy_priced(candidate, prompt_tokens, completion_tokens)
@@ -516,7 +602,7 @@ class PaygRouting(CustomLogger):
         messages: Any,
         tools: Any,
         response: Any,
-        metadata: Mapping[str, Any],
+        state: RequestState,
         model: str | None = None,
     ) -> _Charge:
         """The charge for an answer that reported no usage.
@@ -541,8 +627,8 @@ class PaygRouting(CustomLogger):
         completion_tokens: int | None = None
         try:
             prompt_tokens = _count_prompt(model, messages, tools) if messages else None
-            if not prompt_tokens and metadata.get(PROMPT_TOKENS_KEY) is not None:
-                prompt_tokens = int(metadata[PROMPT_TOKENS_KEY])  # counted when the request was routed
+            if not prompt_tokens and state.prompt_tokens is not None:
+                prompt_tokens = state.prompt_tokens  # counted when the request was routed
             completion_tokens = _count_completion(model, response)
             if prompt_tokens is None:
                 raise ValueError("the request's messages are not available to count")
@@ -572,21 +658,21 @@ class PaygRouting(CustomLogger):
         ours = self._ours(request_data)
         if ours is None or request_data.get("stream"):
             return None
-        metadata, deployment_id, trace = ours
-        request = self._requests.get(trace)
+        state, _, deployment_id = ours
+        request = state.request
         results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
         problems = [p for found in results if found for p in found]
         if not problems:
             return None
         candidate = self._candidates.get(deployment_id)
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
-        metadata[REJECTED_KEY] = True  # the next attempt's answer gets no success log event: charge it inline
-        charge = self._charge_inline(request_data, response, metadata, deployment_id)  # it billed: still paid for
+        state.rejected = True  # the next attempt's answer gets no success log event: charge it inline
+        charge = self._charge_inline(request_data, response, state, deployment_id)  # it billed: still paid for
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=False)
         if charge is None:
             charge = _Charge(_attempt_cost(request_data, response, candidate), None, None)
-        self._emit(metadata, deployment_id, ok=False, cost=charge.cost, error=error, model=request_data.get("model"),
+        self._emit(state, deployment_id, ok=False, cost=charge.cost, error=error, model=request_data.get("model"),
                    **({"prompt_tokens": charge.prompt_tokens, "completion_tokens": charge.completion_tokens,
                        "usage_estimated": True} if charge.estimated else {}))
         raise error
@@ -598,47 +684,58 @@ class PaygRouting(CustomLogger):
         is in), and their latency recorded. An answer without usage is charged an estimate
         (:meth:`_estimate_missing_usage`); a stream without usage is not one: LiteLLM already
         counted its tokens, and its ``response_cost`` prices them."""
-        metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
-        if metadata.get(BINDING_KEY) != self.binding:
+        state = self.states.find(metadata_of(kwargs.get("litellm_params") or {}))
+        if state is None:
             return  # another router's request (or another policy's, attached before or after this one)
         slo = kwargs.get("standard_logging_object") or {}
         deployment_id = str(slo.get("model_id") or ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id"))
-        reservation_id = _pop_reservation(metadata, deployment_id)
+        reservation_id = state.pop_reservation(deployment_id)
         if reservation_id is None:
-            self._forget(metadata)
+            self._finish(state)
             return  # already charged inline
         model = (kwargs.get("litellm_params") or {}).get("model") or kwargs.get("model")
         prompt_tokens, completion_tokens = _reported_tokens(slo, response_obj)
         if _usage_missing(response_obj, prompt_tokens, completion_tokens):
             charge = self._estimate_missing_usage(
-                deployment_id, reservation_id, kwargs.get("messages"), _tools_of(kwargs), response_obj, metadata, model
+                deployment_id, reservation_id, kwargs.get("messages"), _tools_of(kwargs), response_obj, state, model
             )
         else:
             cost = _policy_priced(self._candidates.get(deployment_id), prompt_tokens, completion_tokens)
             if cost is None:
                 cost = float(kwargs.get("response_cost") or 0.0)
             charge = _Charge(cost, prompt_tokens, completion_tokens)
+        if _client_disconnected(kwargs):
+            # the proxy's disconnect billing: LiteLLM assembled what was streamed before the client
+            # went away and counted it; the provider may have generated (and billed) more
+            charge = dataclasses.replace(charge, abandoned=True)
+            logger.warning(
+                "litellm-payg: the client of a stream from deployment %s disconnected; charged LiteLLM's count "
+                "of what was streamed, $%s (%s prompt + %s completion tokens), marked as an estimate",
+                deployment_id, _usd(charge.cost), charge.prompt_tokens, charge.completion_tokens,
+            )
         self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
         latency = _seconds(slo.get("startTime"), slo.get("endTime"))
         if self.engine.health is not None:
             ttft = _seconds(slo.get("startTime"), slo.get("completionStartTime"))
             self.engine.health.record(deployment_id, ok=True, latency_s=latency, ttft_s=ttft)
         self._emit(
-            metadata, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
+            state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
             prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
             usage_estimated=charge.estimated,
         )
-        self._forget(metadata)
+        self._finish(state)
 
-    def _forget(self, metadata: Mapping[str, Any]) -> None:
-        trace = metadata.get(TRACE_KEY)
-        for state in (self._last_failure, self._requests, self._final_errors):
-            state.pop(trace, None)
+    def _finish(self, state: RequestState) -> None:
+        """The request was answered: drop what only its next attempt would need. The state itself
+        stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
+        state.request = None
+        state.last_failure = None
+        state.final_error = None
 
-    def _emit(self, metadata: Mapping[str, Any], deployment_id: str, ok: bool, cost: float, **extra: Any) -> None:
+    def _emit(self, state: RequestState, deployment_id: str, ok: bool, cost: float, **extra: Any) -> None:
         candidate = self._candidates.get(deployment_id)
         outcome = Outcome(
-            group=(candidate.group if candidate else None) or metadata.get("model_group") or "",
+            group=(candidate.group if candidate else None) or "",
             deployment_id=deployment_id,
             model=(candidate.model if candidate else None) or extra.get("model"),  # as configured, with its provider
             ok=ok,
@@ -647,8 +744,8 @@ class PaygRouting(CustomLogger):
             prompt_tokens=extra.get("prompt_tokens"),
             completion_tokens=extra.get("completion_tokens"),
             error=extra.get("error"),
-            trace_id=metadata.get(TRACE_KEY),
-            decision=metadata.get(DECISION_KEY),
+            trace_id=state.trace_id,
+            decision=state.decision,
             usage_estimated=bool(extra.get("usage_estimated")),
         )
         self.engine.pm.hook.payg_outcome(outcome=outcome)
@@ -690,10 +787,20 @@ def _stream_had_begun(log_kwargs: Mapping[str, Any]) -> bool:
     return bool(getattr(usage, "prompt_tokens", None) or getattr(usage, "completion_tokens", None))
 
 
-def _pop_reservation(metadata: Mapping[str, Any], deployment_id: str) -> str | None:
-    """Attempts of one request are sequential, so its open reservation per deployment is a FIFO."""
-    reservations = (metadata.get(RESERVATIONS_KEY) or {}).get(deployment_id) or []
-    return reservations.pop(0) if reservations else None
+def _client_disconnected(log_kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM's proxy logged this success for a stream whose client disconnected (it
+    marks the request's metadata ``client_disconnected`` and bills the chunks streamed so far)."""
+    litellm_params = log_kwargs.get("litellm_params") or {}
+    return any(
+        isinstance(md, Mapping) and md.get("client_disconnected") is True
+        for md in (litellm_params.get("metadata"), litellm_params.get("litellm_metadata"), log_kwargs.get("metadata"))
+    )
+
+
+def _trace(request_kwargs: Mapping[str, Any]) -> str | None:
+    """LiteLLM's trace id of a request (stable across its retries and fallback hops)."""
+    trace = request_kwargs.get("litellm_trace_id")
+    return None if trace in (None, "") else str(trace)
 
 
 def _seconds(start: Any, end: Any) -> float | None:
@@ -734,10 +841,8 @@ def _tools_of(call: Mapping[str, Any]) -> Any:
 
 
 def _count_prompt(model: str, messages: Any, tools: Any) -> int:
-    """Prompt tokens as LiteLLM counts them (``pricing.count_prompt_tokens``, plus the tools)."""
-    if tools:
-        return int(litellm.token_counter(model=model, messages=messages, tools=tools))
-    return count_prompt_tokens(model, messages)
+    """Prompt tokens as LiteLLM counts them (``pricing.count_request_tokens``: messages and tools)."""
+    return count_request_tokens(model, {"messages": messages, "tools": tools})
 
 
 def _count_completion(model: str, response: Any) -> int:
@@ -859,14 +964,17 @@ def _validates(engine: Engine) -> bool:
 def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engine:
     """Govern ``router`` by ``policy`` (a YAML path, a dict, or a loaded Policy); returns the Engine.
 
-    Registers a :class:`PaygRouting` callback with LiteLLM and routes ``router.completion`` (sync)
-    through the async path so it is governed too. ``engine.detach()`` undoes both.
+    Registers a :class:`PaygRouting` callback with LiteLLM, makes the Router's request methods
+    governed doors (:mod:`litellm_payg.ingress`: bad input and deployment names are refused there,
+    and each request gets the plugin's id), and routes ``router.completion`` (sync) through the
+    async path so it is governed too. ``engine.detach()`` undoes all of it.
     """
     loaded = policy if isinstance(policy, Policy) else load_policy(policy)
     engine = Engine(loaded)
     adapter = PaygRouting(engine)
     adapter.install(router)
     litellm.logging_callback_manager.add_litellm_callback(adapter)
+    unwrap = governed_entry_points(router, adapter)
 
     original_completion = router.completion
 
@@ -881,6 +989,7 @@ def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engi
 
     def detach() -> None:
         adapter.uninstall()
+        unwrap()
         router.completion = original_completion
 
     engine.adapter = adapter

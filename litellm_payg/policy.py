@@ -71,6 +71,7 @@ class _PolicyDocument(_Strict):
     timezone: str = "UTC"
     budgets: list[Budget] = Field(default_factory=list)
     on_ledger_error: Literal["fail_closed", "fail_open"] | None = None
+    direct_deployments: Literal["refuse", "route"] = "refuse"
     reservation_ttl_s: float = Field(default=900, gt=0)
     alert_webhook: str | None = None
     failover: FailoverSettings | None = None
@@ -117,6 +118,9 @@ class Policy:
     timezone: str = "UTC"
     budgets: list[Budget] = field(default_factory=list)
     on_ledger_error: str = "fail_open"
+    #: a request whose ``model`` names a deployment (its id or model string) instead of a group:
+    #: ``refuse`` it with a 400 naming the group to use, or ``route`` it as a request to that group
+    direct_deployments: str = "refuse"
     reservation_ttl_s: float = 900
     alert_webhook: str | None = None
     failover: FailoverSettings | None = None
@@ -209,6 +213,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         budgets=list(doc.budgets),
         on_ledger_error=doc.on_ledger_error
         or ("fail_closed" if any(b.on_exceed == "block" for b in doc.budgets) else "fail_open"),
+        direct_deployments=doc.direct_deployments,
         reservation_ttl_s=doc.reservation_ttl_s,
         alert_webhook=doc.alert_webhook,
         failover=doc.failover,

@@ -128,3 +128,40 @@ def count_prompt_tokens(model: str, messages: Any) -> int:
     if not messages:
         return 0
     return int(litellm.token_counter(model=model, messages=messages))
+
+
+def count_request_tokens(model: str, request: Mapping[str, Any]) -> int:
+    """The prompt tokens a request sends, whatever its API, as LiteLLM counts them for ``model``:
+    chat ``messages`` with their ``tools``; the ``/v1/responses`` ``input`` and ``instructions``;
+    the Anthropic ``system`` prompt; a text completion's ``prompt``.
+
+    Why all of them: a budget reserves prompt tokens before the call, so a part of the prompt left
+    uncounted (a 100k-token tool schema, a Responses ``input``) would be a way past a cap. A shape
+    the token counter does not take is counted as its JSON text, which errs on the high side.
+    """
+    total = 0
+    messages = request.get("messages")
+    tools = request.get("tools")
+    if messages:
+        try:
+            total += int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
+            tools = None
+        except Exception:  # noqa: BLE001 - a message shape LiteLLM's counter does not know
+            total += _count_text(model, messages)
+    for name in ("input", "instructions", "system", "prompt"):
+        part = request.get(name)
+        if part:
+            total += _count_text(model, part)
+    if tools:
+        total += _count_text(model, tools)
+    return total
+
+
+def _count_text(model: str, value: Any) -> int:
+    """Tokens of a text, or of any other JSON value as its JSON text."""
+    import json
+
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = "\n".join(value)
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return int(litellm.token_counter(model=model, text=text))

@@ -43,10 +43,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .adapter import DECISION_KEY, PaygRouting
+from .adapter import PaygRouting
 from .engine import Engine
 from .errors import PaygError, PolicyError, Problem
+from .identity import identity_from_key
+from .ingress import InvalidRequest, refuse_bad_input
 from .policy import load_policy
+from .request_state import metadata_of
 
 logger = logging.getLogger("litellm_payg")
 
@@ -191,14 +194,26 @@ class ProxyPaygRouting(PaygRouting):
     # -- hooks ----------------------------------------------------------------------------------
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> dict:
-        """Runs before the Router on every proxy LLM request: the place to refuse a request with a
-        readable error (an ``HTTPException`` reaches the client as is)."""
+        """Runs before the Router on every proxy LLM request, after LiteLLM authenticated the key:
+        the proxy's governed door (:mod:`litellm_payg.ingress`). A request with forged ``payg_*``
+        metadata, a malformed field, or a deployment named as its model (under
+        ``direct_deployments: refuse``) is refused here with HTTP 400 naming the field, before
+        anything is reserved; otherwise the plugin mints the request's id and reads its identity
+        from the authenticated key (``user_api_key_dict``), never from the body. An
+        ``HTTPException`` reaches the client as is."""
+        from fastapi import HTTPException
+
         try:
             self.ensure_bound()
         except PolicyUnusable as exc:
-            from fastapi import HTTPException
-
             raise HTTPException(status_code=exc.status_code, detail=exc.message) from None
+        metadata = data.setdefault(_metadata_field(data, call_type), {})
+        try:
+            if not isinstance(metadata, dict):
+                refuse_bad_input(data)  # names the field
+            self.open_request(data, metadata, identity_from_key(user_api_key_dict, data, metadata))
+        except InvalidRequest as exc:
+            raise HTTPException(status_code=400, detail=exc.message) from None
         return data
 
     async def async_filter_deployments(
@@ -230,12 +245,8 @@ class ProxyPaygRouting(PaygRouting):
         Defined on this class itself on purpose: the proxy only calls this hook for callbacks whose
         own class overrides it.
         """
-        decision = None
-        for key in ("metadata", "litellm_metadata"):
-            md = data.get(key)
-            if isinstance(md, dict) and isinstance(md.get(DECISION_KEY), dict):
-                decision = md[DECISION_KEY]
-                break
+        state = self.states.find(metadata_of(data))
+        decision = state.decision if state is not None else None
         if decision is None:
             return None
         summary = {
@@ -254,6 +265,18 @@ class ProxyPaygRouting(PaygRouting):
             # ASCII-only JSON: header values must be latin-1
             HEADER_DECISION: json.dumps(summary, separators=(",", ":"), ensure_ascii=True, default=str),
         }
+
+
+def _metadata_field(data: dict, call_type: Any) -> str:
+    """Where the proxy keeps LiteLLM's metadata for this request: ``litellm_metadata`` on the
+    Anthropic ``/v1/messages`` and ``/v1/responses`` routes (their own ``metadata`` goes to the
+    provider), ``metadata`` elsewhere -- whichever the proxy already filled in wins."""
+    name = str(getattr(call_type, "value", call_type) or "")
+    if "anthropic_messages" in name or "responses" in name:
+        return "litellm_metadata"
+    if isinstance(data.get("litellm_metadata"), dict) and not isinstance(data.get("metadata"), dict):
+        return "litellm_metadata"
+    return "metadata"
 
 
 def __getattr__(name: str) -> Any:

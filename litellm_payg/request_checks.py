@@ -1,0 +1,188 @@
+"""What a client may not send: checks on an incoming request, before anything is reserved.
+
+Everything in a request (body, metadata, headers, ids) comes from the client; only the
+authenticated key and the operator's config are trusted. Two kinds of request are refused here,
+each with an error that names the field, so a client learns what to fix and nothing reaches the
+ledger:
+
+* **Forged plugin state.** ``payg_*`` metadata keys are the plugin's namespace. The plugin keeps
+  its per-request state itself (:mod:`litellm_payg.request_state`) and never reads it back from
+  metadata, so a client-sent key could not move a charge anyway; it is refused rather than
+  silently dropped, so a client that relied on one finds out. ``payg_hints`` is the one key a
+  client may send: hints can only tighten a route (:func:`litellm_payg.identity.hints_of`).
+* **Malformed fields the plugin reads** (``messages``, the max-token fields, ``n``, ``stream``,
+  ``stream_options``, ``tools``): a request LiteLLM would fail on later must not be counted,
+  reserved or answered with a 5xx first.
+
+No LiteLLM here: the adapter maps a :class:`BadField` to the error each caller expects (HTTP 400 in
+the proxy, ``litellm.BadRequestError`` in the SDK).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: the metadata key prefix reserved for the plugin
+STATE_PREFIX = "payg_"
+#: the only ``payg_*`` key a client may send (it can only tighten a route)
+CLIENT_KEYS = frozenset({"payg_hints"})
+#: where LiteLLM keeps request metadata: ``metadata`` on chat/text routes, ``litellm_metadata`` on
+#: ``/v1/messages``, ``/v1/responses`` and the other routes LiteLLM's proxy lists in
+#: ``LITELLM_METADATA_ROUTES`` (litellm/proxy/litellm_pre_call_utils.py)
+METADATA_FIELDS = ("metadata", "litellm_metadata")
+
+#: the largest max-token value accepted: above every model's output limit, below amounts that
+#: could overflow a reservation. A bigger value is a mistake or an attack, never a real request.
+MAX_OUTPUT_TOKENS = 10_000_000
+#: choices per request (``n``, ``best_of``); OpenAI's own limit is 128
+MAX_CHOICES = 128
+#: fields that cap a request's output tokens, by API: chat, chat (new name), /v1/responses
+MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+@dataclass(frozen=True)
+class BadField:
+    """One field of a request the plugin refuses, and why."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"litellm-payg: invalid request field {self.field!r}: {self.message}"
+
+
+def forged_state_keys(data: Mapping[str, Any]) -> list[str]:
+    """The ``payg_*`` keys a client put in the request's metadata (``metadata.payg_trace``...),
+    except the allowed :data:`CLIENT_KEYS`."""
+    found = []
+    for where in METADATA_FIELDS:
+        metadata = data.get(where)
+        if isinstance(metadata, Mapping):
+            found += [
+                f"{where}.{key}" for key in metadata
+                if isinstance(key, str) and key.startswith(STATE_PREFIX) and key not in CLIENT_KEYS
+            ]
+    return found
+
+
+def check_request(data: Mapping[str, Any]) -> BadField | None:
+    """The first field of ``data`` (a request's kwargs or body) the plugin cannot use, or None."""
+    for check in (_messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata):
+        problem = check(data)
+        if problem is not None:
+            return problem
+    return None
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number (an int, or a float such as ``200.0``), else None.
+    ``True`` is not a number here, and neither is ``"200"``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def output_cap(data: Mapping[str, Any]) -> int | None:
+    """The request's own cap on output tokens (the first max-token field set), after
+    :func:`check_request` accepted it."""
+    for name in MAX_TOKEN_FIELDS:
+        value = whole_number(data.get(name))
+        if value is not None:
+            return value
+    return None
+
+
+def choices(data: Mapping[str, Any]) -> int:
+    """How many answers the request asks for (``n``, or ``best_of`` for text completions): each is
+    billed its own output tokens, so a reservation multiplies by it."""
+    counts = [whole_number(data.get(name)) for name in ("n", "best_of")]
+    return max([1, *(c for c in counts if c is not None)])
+
+
+def _messages(data: Mapping[str, Any]) -> BadField | None:
+    messages = data.get("messages")
+    if messages is None:
+        return None
+    if not isinstance(messages, list) or not messages:
+        return BadField("messages", f"expected a non-empty list of messages, got {_shown(messages)}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            return BadField(f"messages[{index}]", f"expected an object with 'role' and 'content', got {_shown(message)}")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            return BadField(f"messages[{index}].role", f"expected a role such as 'user', got {_shown(role)}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            return BadField(f"messages[{index}].content", f"expected text or a list of content parts, got {_shown(content)}")
+    return None
+
+
+def _max_tokens(data: Mapping[str, Any]) -> BadField | None:
+    for name in MAX_TOKEN_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        number = whole_number(value)
+        if number is None or not 1 <= number <= MAX_OUTPUT_TOKENS:
+            return BadField(name, f"expected a whole number from 1 to {MAX_OUTPUT_TOKENS:,}, got {_shown(value)}")
+    return None
+
+
+def _choices(data: Mapping[str, Any]) -> BadField | None:
+    for name in ("n", "best_of"):
+        value = data.get(name)
+        if value is None:
+            continue
+        number = whole_number(value)
+        if number is None or not 1 <= number <= MAX_CHOICES:
+            return BadField(name, f"expected a whole number from 1 to {MAX_CHOICES}, got {_shown(value)}")
+    return None
+
+
+def _stream(data: Mapping[str, Any]) -> BadField | None:
+    value = data.get("stream")
+    if value is None or isinstance(value, bool):
+        return None
+    return BadField("stream", f"expected true or false, got {_shown(value)}")
+
+
+def _stream_options(data: Mapping[str, Any]) -> BadField | None:
+    value = data.get("stream_options")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        return BadField("stream_options", f"expected an object such as {{\"include_usage\": true}}, got {_shown(value)}")
+    include = value.get("include_usage")
+    if include is not None and not isinstance(include, bool):
+        return BadField("stream_options.include_usage", f"expected true or false, got {_shown(include)}")
+    return None
+
+
+def _tools(data: Mapping[str, Any]) -> BadField | None:
+    value = data.get("tools")
+    if value is None or isinstance(value, list):
+        return None
+    return BadField("tools", f"expected a list of tools, got {_shown(value)}")
+
+
+def _metadata(data: Mapping[str, Any]) -> BadField | None:
+    for name in METADATA_FIELDS:
+        value = data.get(name)
+        if value is not None and not isinstance(value, Mapping):
+            return BadField(name, f"expected an object, got {_shown(value)}")
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: its type and a short repr (never the whole of a huge body)."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"

@@ -1,0 +1,135 @@
+"""The plugin's own state for one request, kept where no client can write it.
+
+LiteLLM calls the plugin several times per request (a pick per attempt, a failure hook per failed
+attempt, a success log at the end), and each call gets the request's metadata dict. The state
+that ties those calls together (reservations, attempts, the prompt's token count, the identity read
+from the authenticated key, the decision) used to live *in* that dict, where a client could write
+it: a shared ``litellm_trace_id`` made hundreds of requests share one reservation, and a forged
+``payg_prompt_tokens`` let a huge prompt through a cap.
+
+Now the plugin mints an id on first sight of a request (``secrets``: unguessable, never sent to the
+client) and keeps the state in a map keyed by it. The only thing written into metadata is that id,
+under :data:`REQUEST_KEY`, so later calls can find the state again. A client cannot forge the key
+(the proxy refuses client ``payg_*`` keys, :mod:`litellm_payg.request_checks`), and an id the map
+does not know, or one minted for another request (checked against LiteLLM's trace id), starts a
+new state instead of joining one.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import threading
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .request_checks import METADATA_FIELDS
+
+#: the metadata key holding the plugin's request id (the only state-bearing key it writes)
+REQUEST_KEY = "payg_request"
+
+
+@dataclass
+class RequestState:
+    """Everything the plugin knows about one request, across its attempts."""
+
+    id: str
+    #: LiteLLM's trace id (stable across retries and fallback hops; the client may set it, so it
+    #: labels the request and tells a reused metadata dict apart, never keys a reservation)
+    trace_id: str | None
+    #: who sent it, from the authenticated key (proxy) or the calling code (SDK); set once
+    identity: Any = None
+    #: the prompt's tokens, counted once by the plugin
+    prompt_tokens: int | None = None
+    #: deployment ids picked so far, one per attempt
+    attempts: list[str] = field(default_factory=list)
+    #: open reservation ids per deployment, oldest first (attempts of a request are sequential)
+    reservations: dict[str, list[str]] = field(default_factory=dict)
+    #: (deployment id, exception) of the last failed attempt, for the next pick's failover step
+    last_failure: tuple[str, BaseException] | None = None
+    #: an error that ends the request (a budget block, a ``fail`` failover, a down ledger): raised
+    #: again on every later hop so LiteLLM's retries and fallbacks cannot route around it
+    final_error: BaseException | None = None
+    #: the RouteRequest of the last pick, for the response validators
+    request: Any = None
+    #: the last pick's decision as stamped for observers (``payg_decision``)
+    decision: dict[str, Any] | None = None
+    #: an answer of this request was rejected by a validator: the next one is charged inline
+    rejected: bool = False
+    #: LiteLLM call ids of attempts the failure hook already handled
+    handled_calls: set[str] = field(default_factory=set)
+
+    def next_reservation_id(self) -> str:
+        """A reservation id no other request can produce: the plugin's id plus the attempt number."""
+        return f"{self.id}:{len(self.attempts)}"
+
+    def add_reservation(self, deployment_id: str, reservation_id: str) -> None:
+        self.attempts.append(deployment_id)
+        self.reservations.setdefault(deployment_id, []).append(reservation_id)
+
+    def pop_reservation(self, deployment_id: str) -> str | None:
+        """The oldest open reservation for ``deployment_id``, or None when it is already settled."""
+        open_ = self.reservations.get(deployment_id)
+        return open_.pop(0) if open_ else None
+
+    @property
+    def open_reservations(self) -> int:
+        return sum(len(ids) for ids in self.reservations.values())
+
+
+def metadata_of(data: Mapping[str, Any]) -> MutableMapping[str, Any] | None:
+    """The request's metadata dict: the one that carries the plugin's id if any does, else the
+    first LiteLLM uses for this kind of request (``metadata`` or ``litellm_metadata``)."""
+    found = [data.get(name) for name in METADATA_FIELDS]
+    dicts = [m for m in found if isinstance(m, MutableMapping)]
+    for metadata in dicts:
+        if REQUEST_KEY in metadata:
+            return metadata
+    return dicts[0] if dicts else None
+
+
+class RequestStates:
+    """The live requests of one policy: a bounded map from the plugin's request id to its state.
+
+    Bounded because a request may never report back (an abandoned stream, a crashed worker): the
+    oldest state is dropped past ``limit``; its reservation then expires in the ledger on its own.
+    Thread-safe: the sync bridge and LiteLLM's logging worker call in from other threads.
+    """
+
+    def __init__(self, limit: int = 20_000):
+        self.limit = limit
+        self._states: collections.OrderedDict[str, RequestState] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def find(self, metadata: Mapping[str, Any] | None, trace_id: str | None = None) -> RequestState | None:
+        """The state of the request ``metadata`` belongs to, or None (not seen yet, not ours, or
+        forgotten). With ``trace_id``, a state minted for another trace is not returned: the caller
+        reused a metadata dict that carries an earlier request's id."""
+        if not metadata:
+            return None
+        rid = metadata.get(REQUEST_KEY)
+        if not isinstance(rid, str):
+            return None
+        with self._lock:
+            state = self._states.get(rid)
+        if state is None or (trace_id is not None and state.trace_id is not None and state.trace_id != trace_id):
+            return None
+        return state
+
+    def mint(self, metadata: MutableMapping[str, Any], trace_id: str | None, identity: Any = None) -> RequestState:
+        """Start the state of a new request and stamp its id on ``metadata``."""
+        state = RequestState(id=secrets.token_urlsafe(16), trace_id=trace_id, identity=identity)
+        with self._lock:
+            self._states[state.id] = state
+            while len(self._states) > self.limit:
+                self._states.popitem(last=False)
+        metadata[REQUEST_KEY] = state.id
+        return state
+
+    def forget(self, state: RequestState) -> None:
+        with self._lock:
+            self._states.pop(state.id, None)
