@@ -44,7 +44,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import litellm_fixes
-from .decision import Candidate, Outcome, RouteRequest
+from .decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
 from .default_plugins.failover import plan_next
 from .engine import Engine
 from .errors import NoDeploymentLeft
@@ -262,8 +262,9 @@ class PaygRouting(CustomLogger):
             )
             raise state.final_error
         request = self.route_request(group, candidates, messages, request_kwargs, metadata, state)
-        decision = self.engine.decide(request, candidates)
+        decision = self.engine.decide(request, candidates, observe=False)
         if not decision.ordered:
+            self.engine.observe(decision)
             raise NoDeploymentLeft(group, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])
 
         untried = self._next_candidates(state, decision, request)
@@ -278,14 +279,10 @@ class PaygRouting(CustomLogger):
         pick = admission.candidate
         state.add_reservation(pick.deployment_id, reservation_id)
         state.request = request
-        stamped = decision.as_dict(compact=True)
-        stamped["chosen"] = pick.deployment_id
-        stamped["chosen_model"] = pick.model
-        stamped["dropped"] += [
-            {"deployment_id": d.deployment_id, "model": d.model, "by": d.by, "reason": d.reason} for d in admission.skipped
-        ]
-        state.decision = stamped
-        metadata[DECISION_KEY] = stamped
+        final = _as_picked(decision, pick, untried, admission.skipped, state.attempts[:-1])
+        self.engine.observe(final)
+        state.decision = final.as_dict(compact=True)
+        metadata[DECISION_KEY] = state.decision
         return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
 
     def _next_candidates(self, state: RequestState, decision: Any, request: RouteRequest) -> list[Candidate]:
@@ -785,6 +782,25 @@ def _stream_had_begun(log_kwargs: Mapping[str, Any]) -> bool:
     e.g. a timeout before the first chunk)."""
     usage = log_kwargs.get("combined_usage_object")
     return bool(getattr(usage, "prompt_tokens", None) or getattr(usage, "completion_tokens", None))
+
+
+def _as_picked(
+    decision: Decision, pick: Candidate, untried: Sequence[Candidate], skipped: Sequence[Drop], tried: Sequence[str]
+) -> Decision:
+    """The decision as this attempt applies it: ``pick`` first, then what the request could still
+    fall back to; every other candidate dropped with its reason (a rule, a budget refusal at
+    reservation, an earlier attempt, the failover step or a circuit breaker). What observers,
+    the decision log, metrics and response headers are given, once per attempt."""
+    refused = {d.deployment_id for d in skipped}
+    ordered = [pick] + [c for c in untried if c is not pick and c.deployment_id not in refused]
+    kept = {c.deployment_id for c in ordered}
+    dropped = list(decision.dropped) + list(skipped)
+    for c in decision.ordered:
+        if c.deployment_id in kept or c.deployment_id in refused:
+            continue
+        why = "already tried for this request" if c.deployment_id in tried else "left out by the failover step or a circuit breaker"
+        dropped.append(Step.drop(c, why, "failover"))
+    return dataclasses.replace(decision, ordered=ordered, dropped=dropped)
 
 
 def _client_disconnected(log_kwargs: Mapping[str, Any]) -> bool:

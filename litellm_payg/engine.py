@@ -56,8 +56,13 @@ class Engine:
 
     # -- deciding -------------------------------------------------------------------------------
 
-    def decide(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Decision:
-        """Order ``candidates`` for ``request``; every candidate left out gets a ``Drop`` with a reason."""
+    def decide(self, request: RouteRequest, candidates: Sequence[Candidate], *, observe: bool = True) -> Decision:
+        """Order ``candidates`` for ``request``; every candidate left out gets a ``Drop`` with a reason.
+
+        ``observe=False`` leaves the ``payg_decision`` observers to the caller: the adapter narrows
+        the order further (failover, circuit breakers, budget reservation) and calls
+        :meth:`observe` with the pick it actually made, so observers never report a deployment
+        that did not serve the attempt."""
         rules = self.routes.get(request.group)
         dropped: list[Drop] = []
         notes: list[str] = []
@@ -84,8 +89,13 @@ class Engine:
                 attrs.update(step.attrs)
 
         decision = Decision(request, list(current), dropped, notes, attrs, governed=rules is not None)
-        self._observe(request=request, decision=decision)
+        if observe:
+            self.observe(decision)
         return decision
+
+    def observe(self, decision: Decision) -> None:
+        """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""
+        self._observe(request=decision.request, decision=decision)
 
     def _steps(self, request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule]) -> Iterable[Step]:
         """The route's rules, then every ``payg_filter_candidates`` plugin, each applied to what the

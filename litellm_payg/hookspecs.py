@@ -43,8 +43,11 @@ def payg_filter_candidates(request, candidates, engine):
 def payg_decision(request, decision):
     """Observe a routing decision once it is made (log it, count it, export it).
 
-    Called on every pick, including retries and fallback hops. Must not raise and must not block:
-    it runs on the request path.
+    Called once per attempt, including retries and fallback hops, with the pick the attempt was
+    actually sent to: ``decision.chosen`` is that deployment, after failover, circuit breakers and
+    the budget reservation narrowed the rules' order, and ``decision.dropped`` says why each other
+    candidate was not chosen (a rule, a budget, an earlier attempt). ``explain`` and ``simulate``
+    call it once per decision. Must not raise and must not block: it runs on the request path.
     """
 
 
