@@ -33,8 +33,9 @@ import dataclasses
 import logging
 from datetime import datetime
 import random
+import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -977,8 +978,18 @@ def _validates(engine: Engine) -> bool:
     )
 
 
-def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engine:
+def attach(
+    router: Any,
+    policy: str | Path | Mapping[str, Any] | Policy,
+    *,
+    ledger: Any = None,
+    clock: Callable[[], float] | None = None,
+) -> Engine:
     """Govern ``router`` by ``policy`` (a YAML path, a dict, or a loaded Policy); returns the Engine.
+
+    ``ledger`` (a URL such as ``memory://``, or a ``Ledger``) replaces the policy's ledger, and
+    ``clock`` the wall clock budgets and breakers read: tests and simulations inject both instead of
+    sleeping in real time or reaching into private attributes.
 
     Registers a :class:`PaygRouting` callback with LiteLLM, makes the Router's request methods
     governed doors (:mod:`litellm_payg.ingress`: bad input and deployment names are refused there,
@@ -986,13 +997,12 @@ def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engi
     async path so it is governed too. ``engine.detach()`` undoes all of it.
     """
     loaded = policy if isinstance(policy, Policy) else load_policy(policy)
-    engine = Engine(loaded)
+    engine = Engine(loaded, ledger=ledger, clock=clock or time.time)
     adapter = PaygRouting(engine)
     adapter.install(router)
     litellm.logging_callback_manager.add_litellm_callback(adapter)
     unwrap = governed_entry_points(router, adapter)
 
-    original_completion = router.completion
 
     def completion(*args: Any, **kwargs: Any) -> Any:
         result = BRIDGE.run(router.acompletion(*args, **kwargs))
@@ -1003,11 +1013,23 @@ def attach(router: Any, policy: str | Path | Mapping[str, Any] | Policy) -> Engi
     completion.__doc__ = "Router.completion, governed by litellm-payg (served through acompletion)."
     router.completion = completion
 
+    router_ref = weakref.ref(router)  # the engine (held by LiteLLM's callback list) must not keep the Router alive
+
     def detach() -> None:
         adapter.uninstall()
         unwrap()
-        router.completion = original_completion
+        governed = router_ref()
+        if governed is not None:
+            governed.__dict__.pop("completion", None)  # back to the class's own method
 
     engine.adapter = adapter
     engine._undo.append(detach)
+    # a Router dropped without detach() must not leave its callback in LiteLLM's process-wide lists
+    weakref.finalize(router, _router_collected, weakref.ref(adapter))
     return engine
+
+
+def _router_collected(adapter_ref: "weakref.ReferenceType[PaygRouting]") -> None:
+    adapter = adapter_ref()
+    if adapter is not None:
+        adapter.uninstall()

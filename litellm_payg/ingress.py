@@ -16,6 +16,7 @@ three things before anything is reserved (``PaygRouting.open_request``):
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -83,9 +84,12 @@ def governed_entry_points(router: Any, adapter: Any) -> Callable[[], None]:
         setattr(router, name, _governed(original, adapter, metadata_field))
         wrapped.append(name)
 
+    router_ref = weakref.ref(router)  # unwrap is kept by the engine: it must not keep the Router alive
+
     def unwrap() -> None:
-        for name in wrapped:
-            router.__dict__.pop(name, None)
+        governed = router_ref()
+        for name in wrapped if governed is not None else ():
+            governed.__dict__.pop(name, None)
 
     return unwrap
 

@@ -226,3 +226,23 @@ async def test_a_responses_api_input_is_counted_for_the_reservation():
         with pytest.raises(BudgetExceeded):
             await router.aresponses(model="chat", input="word " * 20_000, max_output_tokens=20)
         assert engine.spend.ledger.records() == []
+
+
+async def test_a_router_dropped_without_detach_leaves_no_callback_behind():
+    import gc
+
+    from litellm import Router
+
+    import litellm_payg
+
+    router = Router(model_list=_deployments())
+    engine = litellm_payg.attach(router, _policy(), ledger="memory://")
+    await router.acompletion(model="chat", messages=MESSAGES)
+    await settled(engine)
+    adapter = engine.adapter
+    lists = ("callbacks", "success_callback", "_async_success_callback", "failure_callback", "_async_failure_callback")
+    assert any(adapter in getattr(litellm, name) for name in lists)
+    del router
+    gc.collect()
+    left = [name for name in lists if adapter in getattr(litellm, name)]
+    assert left == [], f"a collected router's callback is still in litellm.{left}"
