@@ -47,12 +47,12 @@ from . import litellm_fixes
 from .decision import Candidate, Outcome, RouteRequest
 from .default_plugins.failover import plan_next
 from .engine import Engine
-from .errors import NoDeploymentLeft
+from .errors import InvalidAmount, NoDeploymentLeft
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
 from .identity import hints_of, identity_of
 from .policy import Policy, load_policy
 from .pricing import candidate_from_deployment, count_prompt_tokens
-from .spend import BudgetExceeded
+from .spend import BudgetExceeded, LedgerDown
 from .sync_bridge import BRIDGE
 
 logger = logging.getLogger("litellm_payg")
@@ -216,7 +216,7 @@ class PaygRouting(CustomLogger):
         reservation_id = f"{trace}:{len(attempts)}"
         try:
             admission = self.engine.spend.admit(request, untried, reservation_id, decision.attrs)
-        except BudgetExceeded as exc:
+        except (BudgetExceeded, LedgerDown, InvalidAmount) as exc:  # final: no fallback hop may route around it
             self._final_errors[trace] = exc
             raise
         pick = admission.candidate
