@@ -141,3 +141,23 @@ async def test_fail_closed_refuses_while_the_file_is_gone_and_serves_once_it_is_
         shutil.move(_detached(tmp_path), path)
         await _served(router, 1)
         await _until(lambda: len(_records(path)) == 2 and engine.spend.ledger.open_reservations() == 0)
+
+
+def test_two_processes_on_the_file_do_not_carry_a_settled_reservation_back(tmp_path):
+    """Each connection detects the loss itself; the second to reattach must not re-open a
+    reservation the first one already settled in the restored file (it would expire and be charged
+    a second time)."""
+    path = tmp_path / "ledger.db"
+    first, second = open_ledger(f"sqlite:///{path}"), open_ledger(f"sqlite:///{path}")
+    assert first.reserve("x", [CAP], 1.0, 60).ok
+    os.remove(path)
+    for led in (first, second):
+        with pytest.raises(LedgerUnavailable):
+            led.open_reservations()
+    copies = sorted(p for p in tmp_path.iterdir() if ".detached-" in p.name)
+    shutil.move(copies[0], path)
+    assert first.settle("x", 0.5)
+    assert second.open_reservations() == 0  # reattached without carrying "x" back
+    assert [r.reservation_id for r in second.records()] == ["x"]
+    first.close()
+    second.close()

@@ -18,7 +18,7 @@ nobody can see again. Every call first compares ``os.stat(path)`` with the
 inode cannot be reused while the connection holds it open). When they differ:
 
 1. the detached file's content is copied, with SQLite's backup API, to
-   ``<path>.detached-<UTC time>`` beside it (nothing since the last backup is
+   ``<path>.detached-<UTC time>-<pid>`` beside it (nothing since the last backup is
    lost, whether the removal was an accident or a restore over it), its open
    reservations are kept in memory, and the connection is closed;
 2. that call raises ``LedgerUnavailable`` (logged at ERROR naming the path),
@@ -176,7 +176,11 @@ class SqliteLedger(Ledger):
 
     def _detach(self, removed: bool) -> None:
         what = "removed" if removed else "replaced by another file"
-        saved = f"{self.path}.detached-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        saved = base = f"{self.path}.detached-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        n = 1
+        while os.path.exists(saved):  # never overwrite an earlier copy (several connections, one file)
+            n += 1
+            saved = f"{base}-{n}"
         try:
             self._carried = self._db.execute(
                 "SELECT id, amount, expires_at, buckets, attrs FROM reservations").fetchall()
@@ -217,8 +221,17 @@ class SqliteLedger(Ledger):
             raise LedgerUnavailable(f"SQLite ledger {self.url}: cannot open the file now at {self.path}: {e}") from e
         carried, self._carried = self._carried, []
         with self._tx_unchecked() as db:
+            # Skip what the new file already has, open or already charged: another process on the
+            # same file may have reattached first and settled it (one scan of records, once).
+            known: set[str] = set()
+            ids = [row[0] for row in carried]
+            for i in range(0, len(ids), 500):
+                marks = ",".join("?" * len(ids[i:i + 500]))
+                for table, column in (("reservations", "id"), ("records", "reservation_id")):
+                    known.update(r[0] for r in db.execute(
+                        f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", ids[i:i + 500]))
             for rid, amount, expires_at, bucket_json, attrs in carried:
-                if db.execute("SELECT 1 FROM reservations WHERE id = ?", (rid,)).fetchone():
+                if rid in known:
                     continue
                 for key, rolling_s, bexp in json.loads(bucket_json):
                     self._touch(db, key, rolling_s, bexp)
