@@ -341,6 +341,23 @@ async def test_a_refusal_for_a_down_ledger_is_final_after_one_attempt():
             litellm.callbacks.remove(counter)
 
 
+async def test_an_amount_the_ledger_refuses_is_a_400_not_an_outage_even_under_fail_open():
+    """A reservation the ledger cannot store (here: an absurd deployment price makes the estimate
+    exceed 1e9 USD) used to be a LedgerError, i.e. an outage: fail_open admitted the request without
+    a reservation. It is InvalidAmount now: refused, final, nothing reserved or charged."""
+    policy = _policy([{"scope": "global", "window": "day", "limit_usd": 1, "on_exceed": "block"}], on_ledger_error="fail_open")
+    absurd = deployment("chat", DEEPSEEK, "ds", input_cost_per_token=1e-6, output_cost_per_token=1e8)
+    with attached([absurd], policy, num_retries=2) as (router, engine):
+        admits = []
+        admit = engine.spend.admit
+        engine.spend.admit = lambda *a, **k: admits.append(1) or admit(*a, **k)
+        with pytest.raises(litellm_payg.InvalidAmount, match="at most 1e\\+09 USD") as info:
+            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20)
+        assert info.value.status_code == 400 and len(admits) == 1
+        assert engine.spend.ledger.open_reservations() == 0 and engine.spend.ledger.records() == []
+        assert engine.spend.unsettled == 0
+
+
 async def test_a_model_the_policy_prices_is_charged_at_the_policy_price():
     """A self-hosted model LiteLLM does not know: LiteLLM would price it $0, the policy does not."""
     policy = {"version": 1, "ledger": "memory://", "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
