@@ -13,6 +13,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from .hookspecs import hookimpl  # noqa: E402
 from .errors import (  # noqa: E402
+    InvalidAmount,
     NoDeploymentLeft,
     PaygError,
     PluginError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BudgetExceeded",
     "Engine",
+    "InvalidAmount",
     "LedgerDown",
     "NoDeploymentLeft",
     "PaygError",

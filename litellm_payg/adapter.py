@@ -48,7 +48,7 @@ from . import litellm_fixes
 from .decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
 from .default_plugins.failover import plan_next
 from .engine import Engine
-from .errors import NoDeploymentLeft
+from .errors import InvalidAmount, NoDeploymentLeft
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
 from .identity import RequestIdentity, hints_of, identity_of
 from .ingress import InvalidRequest, governed_entry_points, refuse_bad_input
@@ -274,7 +274,7 @@ class PaygRouting(CustomLogger):
         reservation_id = state.next_reservation_id()
         try:
             admission = self.engine.spend.admit(request, untried, reservation_id, decision.attrs)
-        except (BudgetExceeded, LedgerDown) as exc:
+        except (BudgetExceeded, LedgerDown, InvalidAmount) as exc:  # final: no fallback hop may route around it
             state.final_error = exc
             raise
         pick = admission.candidate

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .bounds import MAX_ROLLING_WINDOW_S, Usd
 from .ledger.base import Bucket
 
 SCOPE_KINDS = ("provider", "model", "group", "deployment", "user", "team", "key", "end_user", "tag")
@@ -44,7 +45,11 @@ def parse_window(window: str) -> tuple[str, float | None]:
         return window, None
     m = _ROLLING.match(window)
     if m and int(m.group(1)) > 0:
-        return "rolling", float(int(m.group(1)) * _UNIT_S[m.group(2)])
+        seconds = int(m.group(1)) * _UNIT_S[m.group(2)]
+        if seconds > MAX_ROLLING_WINDOW_S:
+            # bounded like every policy number (bounds.py): slice arithmetic and key TTLs stay finite
+            raise ValueError(f"a rolling window is at most 366 days, got {window!r}")
+        return "rolling", float(seconds)
     raise ValueError(f"window must be hour, day, week, month or rolling:<N>(s|m|h|d), got {window!r}")
 
 
@@ -68,11 +73,11 @@ def parse_scope(scope: str) -> tuple[str, str | None]:
 class Budget(BaseModel):
     """One budget as written in a policy file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     scope: str
     window: str
-    limit_usd: float = Field(gt=0)
+    limit_usd: Usd
     on_exceed: Literal["block", "downgrade", "alert"] = "block"
     alert_at: list[float] = Field(default_factory=list)
     name: str | None = None

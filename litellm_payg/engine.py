@@ -115,8 +115,10 @@ class Engine:
 
     def check_deployments(self, candidates_by_group: Mapping[str, Sequence[Candidate]]) -> None:
         """Fail at attach time, not on the first request: every model a rule names must be a
-        deployment of its group, and every deployment a cost rule can reach must have a price."""
-        problems: list[Problem] = []
+        deployment of its group, every deployment a cost rule can reach must have a price, and every
+        budget scope that names a model, deployment, provider or group must name one the router has
+        (a budget that can never apply is a cap nobody enforces)."""
+        problems: list[Problem] = self._budget_scope_problems(candidates_by_group)
         unpriced: list[Problem] = []
         for group, rules in self.routes.items():
             candidates = candidates_by_group.get(group)
@@ -161,6 +163,45 @@ class Engine:
             raise PolicyError(problems, self.policy.source)
         if unpriced:
             raise UnknownPriceError(unpriced, self.policy.source)
+
+    def _budget_scope_problems(self, candidates_by_group: Mapping[str, Sequence[Candidate]]) -> list[Problem]:
+        """A ``provider:``/``model:``/``group:``/``deployment:`` scope is matched exactly against the
+        request's deployment (``budgets._values``), so it must be one of the router's values."""
+        import difflib
+
+        from .budgets import parse_scope
+
+        everything = [c for candidates in candidates_by_group.values() for c in candidates]
+        have = {
+            "provider": sorted({c.provider for c in everything}),
+            "model": sorted({c.model for c in everything}),
+            "group": sorted(candidates_by_group),
+            "deployment": sorted({c.deployment_id for c in everything}),
+        }
+        problems = []
+        for index, budget in enumerate(self.policy.budgets):
+            kind, value = parse_scope(budget.scope)
+            if kind not in have or value == "*" or value in have[kind]:
+                continue
+            close = [m for m in have[kind] if kind == "model" and m.partition("/")[2] == value]
+            close = close or difflib.get_close_matches(value, have[kind], n=1)
+            hints = [f"did you mean 'scope: {kind}:{close[0]}'?"] if close else []
+            if kind == "model":
+                hints.append("A model scope names the LiteLLM model string exactly, provider prefix included.")
+            elif kind == "deployment":
+                hints.append("A deployment scope names a model_info.id: give the deployment a stable one in the "
+                             "LiteLLM config (a generated id changes whenever its litellm_params do).")
+            else:
+                hints.append(f"Name one of the router's {kind}s, or '{kind}:*' for each one separately.")
+            hint = " ".join(hints)
+            problems.append(Problem(
+                f"budgets[{index}].scope",
+                f"budget {budget.budget_id(index)!r} can never apply: no deployment of the router has {kind} "
+                f"{value!r}; the router has {kind}s {', '.join(map(repr, have[kind])) or 'none'}",
+                self.policy.line_of(("budgets", index, "scope")),
+                hint=hint,
+            ))
+        return problems
 
     def expected_output_tokens(self, max_tokens: int | None) -> int:
         return int(max_tokens) if max_tokens else self.policy.defaults.expected_output_tokens

@@ -8,7 +8,8 @@
      ├── PluginError            a plugin module could not be loaded or has a hook typo
      ├── NoDeploymentLeft       the policy dropped every candidate; says why for each one
      ├── BudgetExceeded         a `block` budget (spend.py; also a litellm.BudgetExceededError)
-     └── LedgerDown             the ledger is unreachable under on_ledger_error: fail_closed (spend.py)
+     ├── LedgerDown             the ledger is unreachable under on_ledger_error: fail_closed (spend.py)
+     └── InvalidAmount          an amount the ledger cannot store (negative, nan, inf, too large)
 
 The two budget errors live in ``spend.py`` because one of them subclasses LiteLLM's own error, and
 this module must stay importable without LiteLLM.
@@ -61,6 +62,21 @@ class UnknownPriceError(PolicyError):
 
 class PluginError(PaygError):
     """A plugin named in a policy file or an entry point could not be used."""
+
+
+class InvalidAmount(PaygError, ValueError):
+    """An amount of money (or a TTL) that a ledger refuses to store: negative, nan, infinite, or
+    larger than a 64-bit nano-dollar counter can hold (``bounds.MAX_USD``).
+
+    Deliberately *not* a ``LedgerError``: those mean the ledger is unreachable or misconfigured and
+    are handled per ``on_ledger_error`` -- under ``fail_open`` that admits the request. An amount
+    the ledger refuses comes from the request (or a price), not from an outage, so it must never
+    open the gate: it reaches the caller as a 400, is final (``num_retries = 0``, a retry computes
+    the same amount) and nothing is reserved.
+    """
+
+    status_code = 400
+    num_retries = 0
 
 
 class NoDeploymentLeft(PaygError):

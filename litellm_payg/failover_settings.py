@@ -29,24 +29,25 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .bounds import Count, Millis, Seconds
 from .health import BreakerConfig, LatencyConfig
 
 Action = Literal["next", "fail", "larger_context"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CircuitBreakerSettings(_Strict):
-    failures: PositiveInt = 5
-    within_s: PositiveFloat = 60
-    open_s: PositiveFloat = 30
-    half_open_probes: PositiveInt = 1
+    failures: Count = 5
+    within_s: Seconds = 60
+    open_s: Seconds = 30
+    half_open_probes: Count = 1
     #: a claimed probe that never reports back frees its slot after this long (default: open_s)
-    probe_timeout_s: PositiveFloat | None = None
+    probe_timeout_s: Seconds | None = None
 
     def config(self) -> BreakerConfig:
         return BreakerConfig(self.failures, float(self.within_s), float(self.open_s), self.half_open_probes,
@@ -54,9 +55,9 @@ class CircuitBreakerSettings(_Strict):
 
 
 class LatencySettings(_Strict):
-    window_s: PositiveFloat = 300
-    max_samples: PositiveInt = 200
-    min_samples: PositiveInt = 5
+    window_s: Seconds = 300
+    max_samples: Count = 200
+    min_samples: Count = 5
 
     def config(self) -> LatencyConfig:
         return LatencyConfig(float(self.window_s), self.max_samples, self.min_samples)
@@ -86,8 +87,8 @@ class FailoverSettings(_Strict):
     chains: dict[str, list[str]] = Field(default_factory=dict)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     latency: LatencySettings = Field(default_factory=LatencySettings)
-    max_latency_ms: PositiveInt | None = None
-    first_token_timeout_ms: PositiveInt | None = None
+    max_latency_ms: Millis | None = None
+    first_token_timeout_ms: Millis | None = None
     on: OnFailure = Field(default_factory=OnFailure)
 
     @model_validator(mode="before")

@@ -15,8 +15,9 @@ import pluggy
 import yaml
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .bounds import PositiveUsdPer1k, Score, Seconds, Tokens, UsdPer1k
 from .budgets import Budget
 from .failover_settings import FailoverSettings, ValidatorSpec
 from .validate import build_validators
@@ -29,17 +30,18 @@ Path_ = tuple[str | int, ...]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # nan/inf are never a meaningful policy number (see bounds.py)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelFacts(_Strict):
     """Per-model facts a policy adds to what LiteLLM knows: a quality score, a price override (for
     fine-tunes and self-hosted models), labels for custom rules."""
 
-    quality: float | None = Field(default=None, ge=0)
-    input_usd_per_1k: float | None = Field(default=None, ge=0)
-    output_usd_per_1k: float | None = Field(default=None, ge=0)
-    max_input_tokens: PositiveInt | None = None
+    quality: Score | None = None
+    input_usd_per_1k: UsdPer1k | None = None
+    output_usd_per_1k: UsdPer1k | None = None
+    max_input_tokens: Tokens | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -53,9 +55,9 @@ class Defaults(_Strict):
     """Assumptions for requests that do not say: used in price estimates and reservations."""
 
     #: output tokens assumed for *routing* when a request gives no max_tokens
-    expected_output_tokens: PositiveInt = 256
+    expected_output_tokens: Tokens = 256
     #: output tokens *reserved* against budgets when a request gives no max_tokens (pessimistic)
-    reserve_output_tokens: PositiveInt = 4096
+    reserve_output_tokens: Tokens = 4096
 
 
 DEFAULT_LEDGER = "sqlite:///payg-ledger.db"
@@ -72,7 +74,7 @@ class _PolicyDocument(_Strict):
     budgets: list[Budget] = Field(default_factory=list)
     on_ledger_error: Literal["fail_closed", "fail_open"] | None = None
     direct_deployments: Literal["refuse", "route"] = "refuse"
-    reservation_ttl_s: float = Field(default=900, gt=0)
+    reservation_ttl_s: Seconds = 900
     alert_webhook: str | None = None
     failover: FailoverSettings | None = None
     validate_: list[ValidatorSpec] = Field(default_factory=list, alias="validate")
@@ -341,5 +343,8 @@ def _problems(exc: ValidationError, prefix: Path_, lines: Mapping[Path_, int]) -
             message += f" (got {err['input']!r})"
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
-        problems.append(Problem(_dotted(path), message, _nearest_line(lines, path)))
+        hint = None
+        if err["type"] in ("finite_number", "less_than_equal"):
+            hint = "every policy number is finite and bounded (see 'Bounds' in the README's policy reference)"
+        problems.append(Problem(_dotted(path), message, _nearest_line(lines, path), hint=hint))
     return problems

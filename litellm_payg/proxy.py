@@ -17,8 +17,9 @@ There is no built-in default policy: a proxy that names this callback but has no
 misconfiguration, not a request to route freely.
 
 **When the policy cannot be used** (no file, unreadable, invalid field, or a rule that names a model
-the proxy has no deployment for), the error is logged at ERROR on the ``litellm_payg`` logger -- at
-startup for the file itself, on the first request for the check against the Router -- naming the
+the proxy has no deployment for, or a budget scope naming one), the error is logged at ERROR on the
+``litellm_payg`` logger -- at startup for the file itself and for the check against the ``model_list``
+of the proxy's config file, on the first request for the check against the Router -- naming the
 file, line and field, and every LLM request then fails with HTTP 500 carrying the same text. The
 proxy keeps running (``/health/liveliness`` stays up so the operator can read the error), but it
 never serves a request unrouted: a cost policy that silently stops applying is a budget overrun.
@@ -159,6 +160,30 @@ class ProxyPaygRouting(PaygRouting):
         else:
             logger.info("litellm-payg: policy %s loaded (groups: %s)", policy_path,
                         ", ".join(sorted(engine.routes)) or "none")
+            self._check_config_model_list(engine)
+
+    def _check_config_model_list(self, engine: Engine) -> None:
+        """At start, check the policy against the ``model_list`` of the proxy's config file, as
+        ``litellm-payg check --config`` does, so that a policy that cannot fit (a budget scope or a
+        rule naming a model no deployment has) is an ERROR in the log when the proxy starts, not at
+        its first request. The Router, once it exists, is checked again on the first request and is
+        the authority (it may also hold deployments stored in the proxy's database): requests are
+        refused with this error while it does not fit either."""
+        from .cli import _candidates_by_group
+
+        config = proxy_config_path()
+        try:
+            import yaml
+
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) if config is not None else None
+        except (OSError, yaml.YAMLError):
+            return  # the proxy reports its own config's problems
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("model_list"), list):
+            return  # no deployments in the file (all from the database): the Router check decides
+        try:
+            engine.check_deployments(_candidates_by_group(str(config), engine.policy))
+        except PolicyError as exc:
+            self._refuse(exc, f"policy does not fit the model_list of {config}")
 
     def _refuse(self, exc: Exception, what: str) -> None:
         self.error = f"litellm-payg {what}; every request is refused until it is fixed:\n{exc}"
@@ -174,6 +199,8 @@ class ProxyPaygRouting(PaygRouting):
         server = _proxy_server_module()
         router = getattr(server, "llm_router", None) if server is not None else None
         if router is None:
+            if self.error is not None:
+                raise PolicyUnusable(self.error)  # the start-up check of the config's model_list failed
             return  # no Router yet: nothing to route; SDK use goes through bind()/attach()
         key = (id(router), router.registry().version)
         if key == self._bound_to:

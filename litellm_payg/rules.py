@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class RuleOptions(BaseModel):
     """Base for rule options: unknown keys are an error, so a typo never passes silently."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: no rule option, built-in or a plugin's, can be nan or infinite
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ import litellm
 
 from .budgets import Budget, BudgetBucket, Identity, all_buckets
 from .decision import Candidate, Drop, RouteRequest, Step
-from .errors import PaygError
+from .errors import InvalidAmount, PaygError
 from .ledger import open_ledger
-from .ledger.base import Ledger, LedgerError, Usage
+from .ledger.base import Ledger, LedgerError, Usage, to_nanos
 
 logger = logging.getLogger("litellm_payg")
 
@@ -98,6 +98,10 @@ class LedgerDown(PaygError):
     """The ledger is unreachable and the policy says ``on_ledger_error: fail_closed``."""
 
     status_code = 503
+    # Final for the request, like a budget block: LiteLLM's Router retries an error whose own
+    # ``num_retries`` is unset (three times, with backoff: ~4.8 s before a 503), and a retry a few
+    # milliseconds later only meets the same down ledger.
+    num_retries = 0
 
 
 @dataclass
@@ -315,6 +319,15 @@ class SpendControl:
             logger.warning("litellm-payg: could not release reservation %s (%s); it will expire and be charged", reservation_id, exc)
 
     def _charge(self, admission: Admission, cost_usd: float) -> None:
+        try:
+            to_nanos(cost_usd, "cost_usd")
+        except InvalidAmount as exc:
+            # The call billed, but the ledger cannot store what it was said to cost (nan, negative,
+            # absurd): charge the reservation's estimate, which the ledger accepted at admission,
+            # rather than nothing. Not an outage: nothing is kept for replay.
+            logger.error("litellm-payg: %s; charging reservation %s its estimate $%.9f instead",
+                         exc, admission.reservation_id, admission.estimate_usd)
+            cost_usd = admission.estimate_usd
         try:
             if not admission.reserved:
                 # admitted fail-open: book it now as a reservation that settles at once

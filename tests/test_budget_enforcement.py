@@ -303,6 +303,65 @@ async def test_ledger_outage_fail_closed_refuses_and_fail_open_keeps_every_charg
         assert sum(r.amount_usd for r in live.records()) == pytest.approx(4 * MOCK_COST, abs=1e-12)
 
 
+async def test_a_refusal_for_a_down_ledger_is_final_after_one_attempt():
+    """fail_closed with Redis down: LedgerDown reaches the caller after exactly one attempt. LiteLLM
+    retries an error without its own num_retries (three times, with backoff, ~4.8 s), and a
+    fallback to another group must not route around it either."""
+    import litellm
+
+    from litellm_payg.ledger.redis import connect
+    from litellm_payg.spend import LedgerDown
+
+    assert LedgerDown.num_retries == 0
+    client, _ = connect("redis://127.0.0.1:1/0")  # fail fast: a short connect timeout, no client retries
+    conn = client.connection_pool.make_connection()
+    assert conn.socket_connect_timeout <= 0.5 and conn.retry._retries == 0
+    client.close()
+
+    closed = _policy([{"scope": "global", "window": "day", "limit_usd": 1, "on_exceed": "block"}], "redis://127.0.0.1:1/0",
+                     routes={"chat": [{"quality_floor": {"min_quality": 0}}], "backup": [{"quality_floor": {"min_quality": 0}}]})
+    model_list = [deployment("chat", DEEPSEEK, "ds"), deployment("backup", MISTRAL, "mi")]
+    with attached(model_list, closed, num_retries=3, fallbacks=[{"chat": ["backup"]}]) as (router, engine):
+        admits = []
+        admit = engine.spend.admit
+        engine.spend.admit = lambda request, *a, **k: admits.append(request.group) or admit(request, *a, **k)
+        failures = []
+
+        class CountFailures(litellm.integrations.custom_logger.CustomLogger):
+            async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+                failures.append(kwargs.get("litellm_call_id"))
+
+        counter = CountFailures()
+        litellm.callbacks.append(counter)
+        try:
+            for _ in range(2):
+                admits.clear()
+                with pytest.raises(LedgerDown, match="ledger is unavailable"):
+                    await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20)
+                assert admits == ["chat"], admits  # one attempt: no retry, no fallback hop to "backup"
+            await asyncio.sleep(0.3)
+            assert len(failures) <= 2  # at most one failure event per request (none before an attempt starts)
+        finally:
+            litellm.callbacks.remove(counter)
+
+
+async def test_an_amount_the_ledger_refuses_is_a_400_not_an_outage_even_under_fail_open():
+    """A reservation the ledger cannot store (here: an absurd deployment price makes the estimate
+    exceed 1e9 USD) used to be a LedgerError, i.e. an outage: fail_open admitted the request without
+    a reservation. It is InvalidAmount now: refused, final, nothing reserved or charged."""
+    policy = _policy([{"scope": "global", "window": "day", "limit_usd": 1, "on_exceed": "block"}], on_ledger_error="fail_open")
+    absurd = deployment("chat", DEEPSEEK, "ds", input_cost_per_token=1e-6, output_cost_per_token=1e8)
+    with attached([absurd], policy, num_retries=2) as (router, engine):
+        admits = []
+        admit = engine.spend.admit
+        engine.spend.admit = lambda *a, **k: admits.append(1) or admit(*a, **k)
+        with pytest.raises(litellm_payg.InvalidAmount, match="at most 1e\\+09 USD") as info:
+            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20)
+        assert info.value.status_code == 400 and len(admits) == 1
+        assert engine.spend.ledger.open_reservations() == 0 and engine.spend.ledger.records() == []
+        assert engine.spend.unsettled == 0
+
+
 async def test_a_model_the_policy_prices_is_charged_at_the_policy_price():
     """A self-hosted model LiteLLM does not know: LiteLLM would price it $0, the policy does not."""
     policy = {"version": 1, "ledger": "memory://", "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},

@@ -16,7 +16,9 @@ import uuid
 
 import pytest
 
+from litellm_payg.errors import InvalidAmount, PaygError
 from litellm_payg.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
+from litellm_payg.ledger.base import MAX_AMOUNT_USD
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 NANO = 1e-9
@@ -227,16 +229,47 @@ def test_precision_of_many_small_charges(ledger):
 
 
 def test_bad_arguments_are_refused(ledger):
-    with pytest.raises(LedgerError, match="amount_usd must be a finite number >= 0"):
+    with pytest.raises(InvalidAmount, match="amount_usd must be a finite number >= 0"):
         ledger.reserve("x", [CAP], -1, 60)
     with pytest.raises(LedgerError, match="ttl_s"):
         ledger.reserve("x", [CAP], 0.1, 0)
     with pytest.raises(LedgerError, match="duplicate bucket keys"):
         ledger.reserve("x", [CAP, CAP], 0.1, 60)
     assert ledger.reserve("x", [CAP], 0.1, 60).ok
-    with pytest.raises(LedgerError, match="actual_usd"):
+    with pytest.raises(InvalidAmount, match="actual_usd"):
         ledger.settle("x", float("nan"))
     assert ledger.open_reservations() == 1
+
+
+@pytest.mark.parametrize("amount", [-1e-9, -5.0, float("nan"), float("inf"), 1e308, MAX_AMOUNT_USD * 1.0001])
+def test_an_amount_the_ledger_cannot_store_is_invalid_not_an_outage(ledger, amount):
+    """Negative, non-finite or larger than a 64-bit nano-dollar counter holds: refused before any
+    write with InvalidAmount, which is not a LedgerError (an outage, admitted under fail_open)."""
+    with pytest.raises(InvalidAmount) as refused:
+        ledger.reserve("x", [CAP, TRACK], amount, 60)
+    assert not isinstance(refused.value, LedgerError) and isinstance(refused.value, PaygError)
+    assert refused.value.status_code == 400 and refused.value.num_retries == 0
+    assert ledger.open_reservations() == 0 and spent(ledger, TRACK) == 0
+    assert ledger.reserve("x", [TRACK], 0.5, 60).ok
+    with pytest.raises(InvalidAmount):
+        ledger.settle("x", amount)
+    assert ledger.open_reservations() == 1 and spent(ledger, TRACK) == 0
+    # a limit the ledger cannot compare exactly is refused too (the policy bounds keep it out)
+    with pytest.raises(InvalidAmount, match="limit_usd"):
+        ledger.reserve("y", [Bucket("b9|global|day|2026-05-05", 1e308, True)], 0.1, 60)
+
+
+def test_the_largest_storable_amount_round_trips(ledger):
+    """MAX_AMOUNT_USD fits a 64-bit counter on every backend, with room to count past it."""
+    big = Bucket("b0|global|month|2026-05", MAX_AMOUNT_USD, True)
+    assert ledger.reserve("a", [big, TRACK], MAX_AMOUNT_USD, 60, now=0).ok
+    assert ledger.settle("a", MAX_AMOUNT_USD, now=1)
+    for i in range(5):  # a track-only counter keeps counting past the largest limit
+        assert ledger.reserve(f"t{i}", [TRACK], MAX_AMOUNT_USD, 60, now=2).ok
+        assert ledger.settle(f"t{i}", MAX_AMOUNT_USD, now=2)
+    assert spent(ledger, TRACK) == pytest.approx(6 * MAX_AMOUNT_USD)
+    # Redis compares as doubles: exact to the nano-dollar below ~9M USD, to 128 nano-USD at 1e9
+    assert not ledger.reserve("b", [big], 1e-6, 60, now=3).ok
 
 
 # -- open_ledger ------------------------------------------------------------------

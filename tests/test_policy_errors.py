@@ -106,3 +106,104 @@ def test_missing_file_and_unknown_group_are_input_errors(tmp_path, capsys):
     assert "cannot read policy file" in capsys.readouterr().err
     assert cli(["explain", str(ROOT / "policies" / "cost-threshold.yaml"), "--model", "nope", "--prompt-tokens", "5"]) == 2
     assert "no deployments for model group 'nope'" in capsys.readouterr().err
+
+
+# -- every policy number is finite and bounded (bounds.py) ------------------------------------
+
+_RULES = "version: 1\nroutes:\n  chat:\n"
+OUT_OF_BOUNDS = [
+    ("limit 1e308", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: 1e308}\n", "budgets[0].limit_usd", 3, "less than or equal to 1000000000"),
+    ("limit inf", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: .inf}\n", "budgets[0].limit_usd", 3, "finite number"),
+    ("limit nan", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: .nan}\n", "budgets[0].limit_usd", 3, "finite number"),
+    ("alert_at nan", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: 5, alert_at: [.nan]}\n", "budgets[0].alert_at[0]", 3, "finite number"),
+    ("rolling window of ages", "version: 1\nbudgets:\n  - {scope: global, window: 'rolling:99999999d', limit_usd: 5}\n", "budgets[0].window", 3, "at most 366 days"),
+    ("price inf", "version: 1\nmodels:\n  my-ft:\n    input_usd_per_1k: .inf\n    output_usd_per_1k: 0.002\nroutes: {}\n", "models.my-ft.input_usd_per_1k", 4, "finite number"),
+    ("price huge", "version: 1\nmodels:\n  my-ft:\n    input_usd_per_1k: 0.001\n    output_usd_per_1k: 1e12\nroutes: {}\n", "models.my-ft.output_usd_per_1k", 5, "less than or equal to 1000"),
+    ("quality nan", "version: 1\nmodels:\n  my-ft: {quality: .nan}\n", "models.my-ft.quality", 3, "finite number"),
+    ("max_input_tokens huge", "version: 1\nmodels:\n  my-ft: {max_input_tokens: 1000000000000}\n", "models.my-ft.max_input_tokens", 3, "less than or equal to 100000000"),
+    ("reserve tokens huge", "version: 1\ndefaults:\n  reserve_output_tokens: 10000000000\n", "defaults.reserve_output_tokens", 3, "less than or equal to 100000000"),
+    ("ttl 1e308", "version: 1\nreservation_ttl_s: 1e308\n", "reservation_ttl_s", 2, "less than or equal to 2592000"),
+    ("ttl inf", "version: 1\nreservation_ttl_s: .inf\n", "reservation_ttl_s", 2, "finite number"),
+    ("breaker open_s inf", "version: 1\nfailover:\n  circuit_breaker: {open_s: .inf}\n", "failover.circuit_breaker.open_s", 3, "finite number"),
+    ("breaker failures huge", "version: 1\nfailover:\n  circuit_breaker:\n    failures: 10000000000\n", "failover.circuit_breaker.failures", 4, "less than or equal to 1000000"),
+    ("latency window nan", "version: 1\nfailover:\n  latency: {window_s: .nan}\n", "failover.latency.window_s", 3, "finite number"),
+    ("max latency huge", "version: 1\nfailover:\n  max_latency_ms: 100000000000000\n", "failover.max_latency_ms", 3, "less than or equal to"),
+    ("threshold inf", _RULES + GOOD_RULE.replace("0.0015", ".inf"), "routes.chat[0].cost_threshold.max_usd_per_1k_tokens", 6, "finite number"),
+    ("threshold huge", _RULES + GOOD_RULE.replace("0.0015", "1e9"), "routes.chat[0].cost_threshold.max_usd_per_1k_tokens", 6, "less than or equal to 1000"),
+    ("quality floor nan", _RULES + "    - quality_floor: {min_quality: .nan}\n", "routes.chat[0].quality_floor.min_quality", 4, "finite number"),
+    ("tier tokens huge", _RULES + "    - quality_floor:\n        min_quality: 0.5\n        tiers: [{up_to_prompt_tokens: 1000000000000, min_quality: 0.6}]\n", "routes.chat[0].quality_floor.tiers[0].up_to_prompt_tokens", 6, "less than or equal to 100000000"),
+    ("split weight inf", _RULES + "    - split:\n        arms:\n          - {model: gpt-4o-mini, weight: .inf}\n          - {model: gpt-4o, weight: 5}\n", "routes.chat[0].split.arms[0].weight", 6, "finite number"),
+    ("split weight huge", _RULES + "    - split:\n        arms:\n          - {model: gpt-4o-mini, weight: 1e300}\n          - {model: gpt-4o, weight: 5}\n", "routes.chat[0].split.arms[0].weight", 6, "less than or equal to 1000000"),
+]
+
+
+@pytest.mark.parametrize("name,text,field,line,words", OUT_OF_BOUNDS, ids=[b[0] for b in OUT_OF_BOUNDS])
+def test_policy_numbers_are_finite_and_bounded(tmp_path, capsys, name, text, field, line, words):
+    test_broken_policy_names_the_field_and_line(tmp_path, capsys, name, text, field, line, words)
+
+
+def test_every_number_the_policy_schema_declares_is_bounded():
+    """Structural: a new numeric field without an upper bound (or a float field that accepts nan)
+    fails here, in the policy document, the budget, failover settings and every built-in rule."""
+    import annotated_types
+    from pydantic import BaseModel
+
+    from litellm_payg.plugins import make_plugin_manager, rule_types
+    from litellm_payg.policy import _PolicyDocument
+
+    seen: set[type] = set()
+    unbounded: list[str] = []
+
+    def walk(model: type[BaseModel], where: str) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            for arg, meta in _leaf_types(info.annotation, list(info.metadata)):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    walk(arg, f"{where}.{name}")
+                elif arg in (int, float) and f"{where}.{name}" not in BOUNDED_BY_A_VALIDATOR:
+                    has_upper = any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in meta)
+                    finite = arg is int or model.model_config.get("allow_inf_nan") is False or any(
+                        getattr(m, "allow_inf_nan", None) is False for m in meta
+                    )
+                    if not (has_upper and finite):
+                        unbounded.append(f"{where}.{name}")
+
+    walk(_PolicyDocument, "policy")
+    for name, rule_type in rule_types(make_plugin_manager()).items():
+        walk(rule_type.Options, f"routes.<group>[].{name}")
+    assert not unbounded, f"numbers without a finite upper bound: {unbounded}"
+
+
+#: fields whose range a validator checks (alert_at: fractions in (0, 1], finite as nan fails it)
+BOUNDED_BY_A_VALIDATOR = {"policy.budgets.alert_at"}
+
+
+def _leaf_types(annotation, meta):
+    """(type, constraints) of every leaf of an annotation: through Optional, list, dict, Annotated."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        inner = [m for m in annotation.__metadata__]
+        found = []
+        for m in inner:  # pydantic's Field(...) in Annotated carries its constraints in .metadata
+            found += list(getattr(m, "metadata", []) or [])
+            found.append(m)
+        return _leaf_types(args[0], meta + found)
+    if not args:
+        return [(annotation, meta)]
+    out = []
+    for a in args:
+        out += _leaf_types(a, meta)
+    return out
+
+
+def test_limit_1e308_exits_2_through_the_console_script(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nbudgets:\n  - scope: global\n    window: month\n    limit_usd: 1e308\n")
+    result = subprocess.run(["litellm-payg", "check", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{path}:5: budgets[0].limit_usd: " in result.stderr and "Traceback" not in result.stderr
+    assert "finite and bounded" in result.stderr  # the hint

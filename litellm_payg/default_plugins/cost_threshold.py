@@ -17,13 +17,14 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
+from litellm_payg.bounds import PositiveUsdPer1k
 from litellm_payg.decision import Candidate, Step
 from litellm_payg.rules import Rule, RuleOptions, matches
 
 
 class CostThresholdOptions(RuleOptions):
     use: str = Field(min_length=1)
-    max_usd_per_1k_tokens: float = Field(gt=0)
+    max_usd_per_1k_tokens: PositiveUsdPer1k
     otherwise: list[str] = Field(min_length=1)
 
     @field_validator("otherwise", mode="before")

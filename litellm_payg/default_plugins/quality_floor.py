@@ -28,17 +28,18 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
+from litellm_payg.bounds import Score, Tokens
 from litellm_payg.decision import Step
 from litellm_payg.rules import Rule, RuleOptions
 
 
 class Tier(RuleOptions):
-    up_to_prompt_tokens: int = Field(gt=0)
-    min_quality: float = Field(ge=0)
+    up_to_prompt_tokens: Tokens
+    min_quality: Score
 
 
 class QualityFloorOptions(RuleOptions):
-    min_quality: float = Field(ge=0)
+    min_quality: Score
     tiers: list[Tier] = Field(default_factory=list)
 
     @field_validator("tiers")

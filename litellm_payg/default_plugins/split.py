@@ -22,9 +22,10 @@ import hashlib
 import re
 from bisect import bisect_right
 
-from pydantic import Field, PositiveFloat, field_validator
+from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
+from litellm_payg.bounds import Weight
 from litellm_payg.decision import Step
 from litellm_payg.rules import Rule, RuleOptions, matches
 
@@ -33,7 +34,7 @@ _FIELD = re.compile(r"^(user|team|api_key|end_user|trace_id|metadata\.[A-Za-z0-9
 
 class Arm(RuleOptions):
     model: str = Field(min_length=1)
-    weight: PositiveFloat
+    weight: Weight
     name: str | None = None
 
 

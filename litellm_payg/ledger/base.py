@@ -28,7 +28,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from ..bounds import MAX_USD
+from ..errors import InvalidAmount
+
 NANOS_PER_USD = 1_000_000_000
+
+#: the largest amount (a charge, a reservation or a limit) a ledger stores: 1e18 nano-dollars, so
+#: a counter (a signed 64-bit integer in SQLite and Redis) keeps 9x headroom for counters that
+#: count past their limit (alert budgets, track-only buckets)
+MAX_AMOUNT_USD = MAX_USD
 
 #: Rolling windows are kept as this many time slices. A charge stays counted
 #: for at least the window length and at most one slice longer, i.e. the
@@ -187,15 +195,19 @@ def redact_url(url: str) -> str:
 
 
 def to_nanos(usd: float, what: str = "amount_usd") -> int:
-    """Convert a USD float to integer nano-dollars, rejecting nonsense early.
+    """Convert a USD float to integer nano-dollars, rejecting nonsense before any write.
 
-    Negative or non-finite amounts are refused: a negative "cost" would let a
-    buggy caller free budget it never reserved.
+    Negative, non-finite or too large amounts raise :class:`InvalidAmount` (not a
+    ``LedgerError``: the ledger is fine, the amount is not). A negative "cost" would let a buggy
+    caller free budget it never reserved; nan/inf cannot be an integer; above ``MAX_AMOUNT_USD``
+    a counter could overflow SQLite's or Redis's 64-bit integers.
     """
     if isinstance(usd, bool) or not isinstance(usd, (int, float)):
-        raise LedgerError(f"{what} must be a number, got {usd!r}")
+        raise InvalidAmount(f"{what} must be a number, got {usd!r}")
     if not math.isfinite(usd) or usd < 0:
-        raise LedgerError(f"{what} must be a finite number >= 0, got {usd!r}")
+        raise InvalidAmount(f"{what} must be a finite number >= 0, got {usd!r}")
+    if usd > MAX_AMOUNT_USD:
+        raise InvalidAmount(f"{what} must be at most {MAX_AMOUNT_USD:g} USD (what a ledger counter can hold), got {usd!r}")
     return int(round(usd * NANOS_PER_USD))
 
 

@@ -10,14 +10,38 @@ commits -- pass ``?synchronous=full`` to trade throughput for that too.
 Within one process a single connection is shared under a lock; sqlite3
 connections are not meant to be used by several threads at once and one
 connection per thread would mean hundreds of file handles in a burst.
+
+**The file going away.** An open connection keeps writing to its file's inode
+even after the path was removed or replaced, so spend would go to a file
+nobody can see again. Every call first compares ``os.stat(path)`` with the
+(device, inode) the connection opened (one ``stat``, about a microsecond; the
+inode cannot be reused while the connection holds it open). When they differ:
+
+1. the detached file's content is copied, with SQLite's backup API, to
+   ``<path>.detached-<UTC time>-<pid>`` beside it (nothing since the last backup is
+   lost, whether the removal was an accident or a restore over it), its open
+   reservations are kept in memory, and the connection is closed;
+2. that call raises ``LedgerUnavailable`` (logged at ERROR naming the path),
+   and so does every call while the path is missing: the spend layer applies
+   ``on_ledger_error`` (fail_open keeps the charges in memory to replay,
+   fail_closed refuses);
+3. as soon as a file is at the path again (a restored backup, the
+   ``.detached-`` copy moved back, or an empty file the operator created) the
+   next call opens it, carries the kept open reservations into it so their
+   settles still charge, and carries on; replayed charges follow.
+
+A missing file is never silently recreated empty by a running process: that
+would reset every budget to $0 with no one having asked for it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 from typing import Sequence
 
 from .base import (
@@ -78,6 +102,16 @@ CREATE TABLE IF NOT EXISTS claims (        -- claim_once: alert thresholds fired
 
 _SYNC_MODES = {"off", "normal", "full", "extra"}
 
+logger = logging.getLogger("litellm_payg")
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
 
 class SqliteLedger(Ledger):
     def __init__(self, path: str, url: str | None = None, synchronous: str = "normal",
@@ -86,20 +120,126 @@ class SqliteLedger(Ledger):
         if synchronous.lower() not in _SYNC_MODES:
             raise LedgerError(f"{self.url}: synchronous must be one of {sorted(_SYNC_MODES)}, got {synchronous!r}")
         self.path = path
+        self._synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
+        #: (st_dev, st_ino) of the file the connection has open; None while detached (see module doc)
+        self._file: tuple[int, int] | None = None
+        #: open reservations of a detached file, carried into the next file at the path
+        self._carried: list[tuple] = []
+        self._companions: dict[str, tuple[int, int] | None] = {}
         try:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            with self._tx():
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
+            self._open()
         except (sqlite3.Error, OSError) as e:
             raise LedgerUnavailable(f"cannot open SQLite ledger {self.url}: {e}") from e
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            with SqliteLedger._Tx(db, self.url):
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            st = os.stat(self.path)
+        except BaseException:
+            db.close()
+            raise
+        self._db, self._file = db, (st.st_dev, st.st_ino)
+        self._companions = {suffix: _ident(self.path + suffix) for suffix in ("-wal", "-shm")}
+
+    # -- the file under the connection (module docstring) -----------------
+
+    def _check_file(self) -> None:
+        """Raise LedgerUnavailable unless the connection's file is still the one at ``path``;
+        reopen the path once a file is there again. Called under ``_lock`` by every operation."""
+        try:
+            st = os.stat(self.path)
+            here: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            here = None
+        except OSError as e:
+            raise LedgerUnavailable(f"SQLite ledger {self.url}: cannot stat {self.path}: {e}") from e
+        if here is not None and here == self._file:
+            return
+        if self._file is not None:
+            self._detach(removed=here is None)
+        if here is None:
+            raise LedgerUnavailable(
+                f"SQLite ledger file {os.path.abspath(self.path)} is missing; restore it (or create an empty "
+                "file there to start afresh) and the ledger resumes"
+            )
+        self._reattach()
+
+    def _detach(self, removed: bool) -> None:
+        what = "removed" if removed else "replaced by another file"
+        saved = base = f"{self.path}.detached-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        n = 1
+        while os.path.exists(saved):  # never overwrite an earlier copy (several connections, one file)
+            n += 1
+            saved = f"{base}-{n}"
+        try:
+            self._carried = self._db.execute(
+                "SELECT id, amount, expires_at, buckets, attrs FROM reservations").fetchall()
+            copy = sqlite3.connect(saved)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
+            kept = f"its content was saved to {os.path.abspath(saved)}"
+        except (sqlite3.Error, OSError) as e:
+            kept = f"its content could NOT be saved ({e}); {len(self._carried)} open reservations are kept in memory"
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+        self._file = None
+        # SQLite keeps the -wal/-shm of an unlinked database file: left there, they would be
+        # "recovered" into whatever file is put at the path next. Remove them only if they are still
+        # the very files this connection used (a restored backup's own -wal is left alone).
+        for suffix, ident in self._companions.items():
+            if ident is not None and _ident(self.path + suffix) == ident:
+                try:
+                    os.remove(self.path + suffix)
+                except OSError:
+                    pass
+        logger.error(
+            "litellm-payg: SQLite ledger file %s was %s while in use; %s. Nothing more is written to the "
+            "old file: calls fail as a ledger outage (on_ledger_error applies) until a file is at the path "
+            "again, then the ledger reopens it and carries %d open reservation(s) into it.",
+            os.path.abspath(self.path), what, kept, len(self._carried),
+        )
+        raise LedgerUnavailable(f"SQLite ledger file {os.path.abspath(self.path)} was {what} while in use; {kept}")
+
+    def _reattach(self) -> None:
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as e:
+            raise LedgerUnavailable(f"SQLite ledger {self.url}: cannot open the file now at {self.path}: {e}") from e
+        carried, self._carried = self._carried, []
+        with self._tx_unchecked() as db:
+            # Skip what the new file already has, open or already charged: another process on the
+            # same file may have reattached first and settled it (one scan of records, once).
+            known: set[str] = set()
+            ids = [row[0] for row in carried]
+            for i in range(0, len(ids), 500):
+                marks = ",".join("?" * len(ids[i:i + 500]))
+                for table, column in (("reservations", "id"), ("records", "reservation_id")):
+                    known.update(r[0] for r in db.execute(
+                        f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", ids[i:i + 500]))
+            for rid, amount, expires_at, bucket_json, attrs in carried:
+                if rid in known:
+                    continue
+                for key, rolling_s, bexp in json.loads(bucket_json):
+                    self._touch(db, key, rolling_s, bexp)
+                    db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?", (amount, key))
+                db.execute("INSERT INTO reservations (id, amount, expires_at, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
+                           (rid, amount, expires_at, bucket_json, attrs))
+        logger.warning("litellm-payg: SQLite ledger reopened %s (carried %d open reservation(s) into it)",
+                       os.path.abspath(self.path), len(carried))
 
     # -- transaction helper -----------------------------------------------
 
@@ -128,6 +268,10 @@ class SqliteLedger(Ledger):
                 raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {ev}") from ev
 
     def _tx(self) -> "SqliteLedger._Tx":
+        self._check_file()
+        return SqliteLedger._Tx(self._db, self.url)
+
+    def _tx_unchecked(self) -> "SqliteLedger._Tx":
         return SqliteLedger._Tx(self._db, self.url)
 
     # -- internals (inside a transaction) ---------------------------------
@@ -242,6 +386,7 @@ class SqliteLedger(Ledger):
         now = clock(now)
         buckets = tuple(buckets)
         with self._lock:
+            self._check_file()
             try:
                 # one read transaction so all buckets are read from one snapshot
                 self._db.execute("BEGIN")
@@ -265,6 +410,7 @@ class SqliteLedger(Ledger):
 
     def records(self, since=None):
         with self._lock:
+            self._check_file()
             try:
                 rows = self._db.execute(
                     "SELECT ts, reservation_id, amount_usd, buckets, attrs FROM records "
@@ -285,6 +431,7 @@ class SqliteLedger(Ledger):
 
     def open_reservations(self):
         with self._lock:
+            self._check_file()
             try:
                 return self._db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
             except sqlite3.Error as e:
