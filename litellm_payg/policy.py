@@ -22,6 +22,7 @@ from .failover_settings import FailoverSettings, ValidatorSpec
 from .validate import build_validators
 
 from .errors import PluginError, PolicyError, Problem
+from .model_facts import ModelFacts
 from .plugins import make_plugin_manager, rule_types
 from .rules import RuleSpec
 
@@ -30,23 +31,6 @@ Path_ = tuple[str | int, ...]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class ModelFacts(_Strict):
-    """Per-model facts a policy adds to what LiteLLM knows: a quality score, a price override (for
-    fine-tunes and self-hosted models), labels for custom rules."""
-
-    quality: float | None = Field(default=None, ge=0)
-    input_usd_per_1k: float | None = Field(default=None, ge=0)
-    output_usd_per_1k: float | None = Field(default=None, ge=0)
-    max_input_tokens: PositiveInt | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _both_prices(self) -> "ModelFacts":
-        if (self.input_usd_per_1k is None) != (self.output_usd_per_1k is None):
-            raise ValueError("give both input_usd_per_1k and output_usd_per_1k, or neither")
-        return self
 
 
 class Defaults(_Strict):
