@@ -29,10 +29,10 @@ from __future__ import annotations
 import json
 import threading
 from typing import Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis as redis_lib
 
+from ..redis_client import connect
 from .base import (
     redact_url,
     Bucket,
@@ -186,21 +186,6 @@ _EXPIRE = _PRELUDE + r"""
 return expire_due(ARGV[2], tonumber(ARGV[3]))
 """
 
-
-
-def connect(url: str) -> tuple["redis_lib.Redis", str]:
-    """A Redis client for a ledger/health URL, and the key prefix it names (``?prefix=``, default
-    ``payg:``). Short timeouts so an outage is reported rather than waited on, and a bounded,
-    *blocking* pool: a burst of hundreds of threads queues for a connection instead of failing
-    with "Too many connections". Raises ``ValueError`` for a malformed URL."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    prefix = query.pop("prefix", "payg:")
-    query.setdefault("socket_connect_timeout", "2")
-    query.setdefault("socket_timeout", "5")
-    query.setdefault("max_connections", "50")
-    pool = redis_lib.BlockingConnectionPool.from_url(urlunsplit(parts._replace(query=urlencode(query))), timeout=10)
-    return redis_lib.Redis(connection_pool=pool), prefix
 
 
 class RedisLedger(Ledger):
