@@ -45,7 +45,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from . import litellm_fixes
 from .decision import Candidate, Outcome, RouteRequest
-from .default_plugins.failover import plan_next
+from .next_hop import plan_next
 from .engine import Engine
 from .errors import NoDeploymentLeft
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
