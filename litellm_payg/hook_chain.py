@@ -29,7 +29,9 @@ these calls on every pick); a spec that returns a function applied in order woul
 filter plugin already written; one broadcast call would give every filter the same candidates,
 which the hook reference promises it does not. ``_hookexec`` is a private attribute, but a stable
 one (pluggy's own ``_SubsetHookCaller`` is built on it since 0.x); ``tests/test_hook_calls.py``
-fails if a pluggy release changes it.
+fails if a pluggy release changes it. What ``HookCaller.__call__`` adds before it (spec defaults,
+a warning for a missing argument) has nothing to do here: both call sites pass every argument
+their spec names, and ``HookChain`` refuses ``firstresult`` and historic hooks.
 
 Links are built once per set of registered implementations and rebuilt when a plugin is
 registered or unregistered (compared on every call: a short list of identities).
