@@ -19,8 +19,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from litellm_payg.cli import _candidates_named_by_policy  # noqa: E402
 from litellm_payg.decision import RouteRequest  # noqa: E402
+from litellm_payg.deployments import candidates_named_by_policy  # noqa: E402
 from litellm_payg.engine import Engine  # noqa: E402
 from litellm_payg.policy import load_policy  # noqa: E402
 from litellm_payg.simulate import Traffic, TrafficClass, _arrivals, load_scenario, simulate  # noqa: E402
@@ -35,7 +35,7 @@ def scaled(traffic: Traffic, factor: float) -> Traffic:
 def bare_decide(policy, traffic: Traffic) -> float:
     """Baseline: the same arrivals, only ``engine.decide`` per request."""
     engine = Engine(policy, ledger="memory://")
-    cands = _candidates_named_by_policy(engine)
+    cands = candidates_named_by_policy(engine)
     reqs = [RouteRequest(c.group, c.prompt_tokens, engine.expected_output_tokens(c.max_tokens), c.max_tokens) for c in traffic.classes]
     per = [cands[c.group] for c in traffic.classes]
     start = traffic.meta.get("start") and 1735689600.0 or 1735689600.0

@@ -46,7 +46,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from . import litellm_fixes
 from .decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
-from .default_plugins.failover import plan_next
+from .next_hop import plan_next
 from .engine import Engine
 from .errors import InvalidAmount, NoDeploymentLeft
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from .errors import PaygError
@@ -81,13 +80,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .deployments import candidates_from_config
     from .engine import Engine
     from .policy import load_policy
 
     for path in args.policies:
         policy = load_policy(path)
         if args.config:
-            Engine(policy).check_deployments(_candidates_by_group(args.config, policy))
+            Engine(policy).check_deployments(candidates_from_config(args.config, policy))
         rules = sum(len(r) for r in policy.routes.values())
         print(f"ok: {path} ({len(policy.routes)} route(s), {rules} rule(s))")
     return 0
@@ -98,6 +98,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .decision import RouteRequest
+    from .deployments import candidates_from_config, candidates_named_by_policy
     from .engine import Engine
     from .errors import PolicyError, Problem
     from .policy import load_policy
@@ -105,9 +106,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     engine = Engine(policy)
     if args.config:
-        by_group = _candidates_by_group(args.config, policy)
+        by_group = candidates_from_config(args.config, policy)
     else:
-        by_group = _candidates_named_by_policy(engine)
+        by_group = candidates_named_by_policy(engine)
     candidates = by_group.get(args.model)
     if not candidates:
         raise PolicyError(
@@ -171,47 +172,6 @@ def _explain_table(decision: Any, candidates: Sequence[Any]) -> str:
     chosen = decision.chosen
     lines += ["", f"=> {chosen.model} ({chosen.deployment_id})" if chosen else "=> no deployment left"]
     return "\n".join(lines)
-
-
-def _candidates_named_by_policy(engine: Any) -> dict[str, list[Any]]:
-    """Without a LiteLLM config, one deployment per model the route's rules name (id = model)."""
-    from .pricing import candidate_from_deployment
-
-    by_group: dict[str, list[Any]] = {}
-    for group, rules in engine.routes.items():
-        refs: list[str] = []
-        for rule in rules:
-            refs += [ref for _, ref in rule.model_refs() if ref not in refs]
-        if not refs:
-            refs = [m for m in engine.policy.models if m not in refs]
-        by_group[group] = [
-            candidate_from_deployment(
-                {"model_name": group, "litellm_params": {"model": ref}, "model_info": {"id": ref}}, engine.policy.models
-            )
-            for ref in refs
-        ]
-    return by_group
-
-
-def _candidates_by_group(config_path: str, policy: Any) -> dict[str, list[Any]]:
-    import yaml
-
-    from .errors import PolicyError, Problem
-    from .pricing import candidate_from_deployment
-
-    try:
-        config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolicyError([Problem("--config", f"cannot read LiteLLM config: {exc}")], config_path) from None
-    model_list = config.get("model_list") if isinstance(config, dict) else None
-    if not isinstance(model_list, list):
-        raise PolicyError([Problem("model_list", "a LiteLLM config needs a model_list")], config_path)
-    by_group: dict[str, list[Any]] = {}
-    for i, deployment in enumerate(model_list):
-        d = dict(deployment)
-        d["model_info"] = {"id": f"{d.get('model_name')}-{i}", **(d.get("model_info") or {})}
-        by_group.setdefault(str(d.get("model_name")), []).append(candidate_from_deployment(d, policy.models))
-    return by_group
 
 
 # -- budgets ------------------------------------------------------------------------------------

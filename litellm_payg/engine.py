@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from .decision import Candidate, Decision, Drop, RouteRequest, Step
-from .errors import PolicyError, Problem, UnknownPriceError
+from .errors import PluginError, PolicyError, Problem, UnknownPriceError
+from .hook_chain import HookChain
 from .policy import Policy, _undotted
 from .rules import Rule, matches
 from .health import HealthStore, open_health
@@ -31,7 +32,7 @@ class Engine:
             group: [spec.build(group, policy.models) for spec in specs]
             for group, specs in policy.routes.items()
         }
-        self._filters = self.pm.hook.payg_filter_candidates
+        self._filters = HookChain(self.pm, "payg_filter_candidates")
         self._observe = self.pm.hook.payg_decision
         #: budgets and the spend ledger (reserve / settle / release)
         self.spend = SpendControl(policy, ledger=ledger, clock=clock)
@@ -99,15 +100,21 @@ class Engine:
 
     def _steps(self, request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule]) -> Iterable[Step]:
         """The route's rules, then every ``payg_filter_candidates`` plugin, each applied to what the
-        previous one kept (so the filter implementations are called one by one, not as a hook)."""
+        previous one kept. The filters are a chain (``hook_chain.py``): one pluggy call per
+        implementation, in pluggy's order, so argument subsets, ``tryfirst``/``trylast``, wrappers
+        and tracing behave as for any other hook."""
         current = candidates
         for rule in rules:
             step = rule.apply(request, current)
             current = step.kept
             yield step
-        for impl in reversed(self._filters.get_hookimpls()):
-            step = impl.function(request=request, candidates=current, engine=self)
-            if step is not None:
+        for link in self._filters.links():
+            for step in link.call(request=request, candidates=current, engine=self):
+                if not isinstance(step, Step):
+                    raise PluginError(
+                        f"plugin {link.name}: payg_filter_candidates returned {step!r}; "
+                        "expected None or a litellm_payg.decision.Step"
+                    )
                 current = step.kept
                 yield step
 

@@ -597,7 +597,7 @@ class RedisHealth(HealthStore):
 
         super().__init__(breaker, latency, clock)
         self._errors = redis_lib
-        from .ledger.redis import connect
+        from .redis_client import connect
 
         self.url = redact_url(url)
         try:

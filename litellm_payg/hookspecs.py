@@ -34,8 +34,13 @@ def payg_filter_candidates(request, candidates, engine):
     For policy-wide concerns that are not a rule of one route (budget headroom, circuit breakers).
     Return ``None`` to leave the candidates alone, or a :class:`litellm_payg.decision.Step` whose
     ``kept`` is the new ordered list and whose ``dropped`` says why each removed candidate went.
-    All implementations run, in pluggy order (``tryfirst``/``trylast`` to order them); each sees
-    the previous one's result.
+    All implementations run, in pluggy order (``tryfirst``/``trylast`` to order them; the built-in
+    filters are ``trylast``); each sees the previous one's result. The hook is called as a chain,
+    one pluggy call per implementation (``litellm_payg/hook_chain.py``): a ``wrapper=True``
+    implementation wraps each of those calls, seeing its result list (``[]`` or ``[Step]``) and
+    able to replace it.
+    ``engine`` is the :class:`litellm_payg.engine.Engine` deciding; the built-ins read its
+    ``policy``, ``spend`` (budget headroom) and ``health`` (breaker states) through it.
     """
 
 

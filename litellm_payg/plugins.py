@@ -17,6 +17,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+from .hook_chain import HookChain
 
 ENTRY_POINT_GROUP = "litellm_payg"
 
@@ -91,14 +92,16 @@ def load_module(ref: str, base_dir: Path | None = None) -> ModuleType:
 
 
 def rule_types(pm: pluggy.PluginManager) -> dict[str, type]:
-    """Every rule type the registered plugins offer, by the name a policy file uses."""
+    """Every rule type the registered plugins offer, by the name a policy file uses.
+
+    ``payg_register_rules`` is called as a chain (``hook_chain.py``), one implementation at a
+    time, so the ``register`` each receives knows its plugin and a clash names both plugins."""
     found: dict[str, type] = {}
     owners: dict[str, str] = {}
 
-    for impl in reversed(pm.hook.payg_register_rules.get_hookimpls()):
-        plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+    for link in HookChain(pm, "payg_register_rules").links():
 
-        def register(rule_class: type, _owner: str = plugin_name) -> None:
+        def register(rule_class: type, _owner: str = link.name) -> None:
             name = getattr(rule_class, "name", None)
             if not isinstance(name, str) or not hasattr(rule_class, "Options"):
                 raise PluginError(f"plugin {_owner}: {rule_class!r} needs a 'name' and an 'Options' model")
@@ -109,12 +112,13 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type]:
             found[name] = rule_class
             owners[name] = _owner
 
-        impl.function(register=register)
+        link.call(register=register)
     return found
 
 
 def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[dict[str, object]]:
     """For ``litellm-payg plugins``: each plugin, its hooks and the rule types it registers."""
+    registers = HookChain(pm, "payg_register_rules").links()
     rows = []
     for name, plugin in pm.list_name_plugin():
         builtin = name in DEFAULT_PLUGINS
@@ -122,7 +126,8 @@ def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[di
             continue
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or ())
         rules: list[str] = []
-        if hasattr(plugin, "payg_register_rules"):
-            plugin.payg_register_rules(register=lambda cls: rules.append(cls.name))
+        for link in registers:
+            if link.impl.plugin is plugin:
+                link.call(register=lambda cls: rules.append(cls.name))
         rows.append({"name": name, "builtin": builtin, "hooks": hooks, "rules": rules})
     return rows

@@ -17,12 +17,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .bounds import PositiveUsdPer1k, Score, Seconds, Tokens, UsdPer1k
+from .bounds import Seconds, Tokens
 from .budgets import Budget
 from .failover_settings import FailoverSettings, ValidatorSpec
 from .validate import build_validators
 
 from .errors import PluginError, PolicyError, Problem
+from .model_facts import ModelFacts
 from .plugins import make_plugin_manager, rule_types
 from .rules import RuleSpec
 
@@ -32,23 +33,6 @@ Path_ = tuple[str | int, ...]
 class _Strict(BaseModel):
     # nan/inf are never a meaningful policy number (see bounds.py)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
-
-
-class ModelFacts(_Strict):
-    """Per-model facts a policy adds to what LiteLLM knows: a quality score, a price override (for
-    fine-tunes and self-hosted models), labels for custom rules."""
-
-    quality: Score | None = None
-    input_usd_per_1k: UsdPer1k | None = None
-    output_usd_per_1k: UsdPer1k | None = None
-    max_input_tokens: Tokens | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _both_prices(self) -> "ModelFacts":
-        if (self.input_usd_per_1k is None) != (self.output_usd_per_1k is None):
-            raise ValueError("give both input_usd_per_1k and output_usd_per_1k, or neither")
-        return self
 
 
 class Defaults(_Strict):

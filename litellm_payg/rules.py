@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from .decision import Candidate, RouteRequest, Step
-
-if TYPE_CHECKING:
-    from .policy import ModelFacts
+from .model_facts import ModelFacts
 
 
 class RuleOptions(BaseModel):
@@ -33,7 +31,7 @@ class RuleContext:
 
     group: str
     field: str  # dotted path of the rule in the policy, for error messages: routes.chat[0].cost_threshold
-    models: Mapping[str, "ModelFacts"] = field(default_factory=dict)
+    models: Mapping[str, ModelFacts] = field(default_factory=dict)
 
 
 def matches(ref: str, candidate: Candidate) -> bool:

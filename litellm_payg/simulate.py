@@ -462,7 +462,7 @@ def simulate(
     """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy)."""
     import litellm
 
-    from .cli import _candidates_by_group, _candidates_named_by_policy
+    from .deployments import candidates_from_config, candidates_named_by_policy
     from .decision import RouteRequest
     from .engine import Engine
     from .errors import NoDeploymentLeft
@@ -485,7 +485,7 @@ def simulate(
     clock = _Clock(start)
     engine = Engine(loaded, ledger="memory://", clock=clock)
     if candidates_by_group is None:
-        candidates_by_group = _candidates_by_group(config, loaded) if config else _candidates_named_by_policy(engine)
+        candidates_by_group = candidates_from_config(config, loaded) if config else candidates_named_by_policy(engine)
     groups = sorted({c.group for c in traffic.classes})
     missing = [g for g in groups if not candidates_by_group.get(g)]
     if missing:

@@ -8,14 +8,12 @@ import yaml
 
 from litellm_payg.cli import main as cli
 
-from routing_helpers import DEEPSEEK, attached, deployment
+from routing_helpers import DEEPSEEK, attached, deployment, settled
 
 MESSAGES = [{"role": "user", "content": "Where is my parcel? It was due yesterday and the tracking page is empty."}]
 
 
 async def test_budgets_lists_each_budget_and_each_user(tmp_path, capsys):
-    import asyncio
-
     ledger = f"sqlite:///{tmp_path}/ledger.db"
     policy = {
         "version": 1, "ledger": ledger, "timezone": "Europe/Paris",
@@ -30,8 +28,7 @@ async def test_budgets_lists_each_budget_and_each_user(tmp_path, capsys):
     with attached([deployment("chat", DEEPSEEK, "ds")], str(path)) as (router, engine):
         for user in ("alice", "bob", "alice"):
             await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, metadata={"user": user})
-        while engine.spend.ledger.open_reservations():
-            await asyncio.sleep(0.02)
+        await settled(engine)  # fails, instead of hanging, if a charge never settles
 
     assert cli(["budgets", str(path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from litellm_payg.decision import Candidate, RouteRequest
-from litellm_payg.default_plugins.failover import apply_failover, payg_filter_candidates, plan_next
+from litellm_payg.default_plugins.failover import apply_failover, payg_filter_candidates
+from litellm_payg.next_hop import plan_next
 from litellm_payg.failover_settings import FailoverSettings
 from litellm_payg.failures import FailureClass
 from litellm_payg.health import (

@@ -35,21 +35,43 @@ def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def support_bot(tmp_path_factory):
-    """One 500,000-request run of the bundled scenario with every output option."""
-    tmp = tmp_path_factory.mktemp("sim")
-    parser = argparse.ArgumentParser(prog="litellm-payg")
-    add_parser(parser.add_subparsers())
-    files = {"csv": tmp / "out.csv", "html": tmp / "out.html"}
+    """The bundled 500,000-request scenario, simulated ONCE for the whole module, printed through
+    the real ``simulate`` command twice: as the table with CSV, HTML and a progress bar, and as
+    ``--json``. The second command is answered from the first run (``simulate`` is wrapped to
+    remember its Result; the wrapper fails if the two commands asked for different runs), so the
+    output tests cost one simulation (~15 s) instead of two."""
     import contextlib
     import io
 
-    buf, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
-        args = parser.parse_args(
-            ["simulate", SUPPORT_BOT, "--scenario", "support-bot", "--csv", str(files["csv"]), "--html", str(files["html"]), "--progress"]
-        )
-        assert args.func(args) == 0
-    return buf.getvalue(), err.getvalue(), files
+    import litellm_payg.simulate as module
+
+    tmp = tmp_path_factory.mktemp("sim")
+    files = {"csv": tmp / "out.csv", "html": tmp / "out.html"}
+    real, runs = module.simulate, []
+
+    def simulate_once(policy, traffic, progress=False, **options):
+        asked = (policy, traffic, options)  # `progress` is only how the run is shown
+        if not runs:
+            runs.append((asked, real(policy, traffic, progress=progress, **options)))
+        assert runs[0][0] == asked, f"a second, different simulation: {asked} after {runs[0][0]}"
+        return runs[0][1]
+
+    def command(argv: list[str]) -> tuple[str, str]:
+        parser = argparse.ArgumentParser(prog="litellm-payg")
+        add_parser(parser.add_subparsers())
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+            assert args.func(args) == 0
+        return out.getvalue(), err.getvalue()
+
+    scenario = ["simulate", SUPPORT_BOT, "--scenario", "support-bot", "--period", "30"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "simulate", simulate_once)
+        text, stderr = command(scenario + ["--csv", str(files["csv"]), "--html", str(files["html"]), "--progress"])
+        as_json, _ = command(scenario + ["--json"])
+    assert len(runs) == 1
+    return text, stderr, files, json.loads(as_json)
 
 
 def _row(text: str, label: str) -> list[str]:
@@ -63,7 +85,7 @@ def _usd(cell: str) -> float:
 
 
 def test_support_bot_table_matches_a_hand_calculation_to_the_cent(support_bot):
-    text, stderr, _ = support_bot
+    text, stderr, _, _ = support_bot
     # the prices the output states, per 1M tokens
     stated = {
         m: (float(a), float(b))
@@ -115,7 +137,7 @@ def test_support_bot_table_matches_a_hand_calculation_to_the_cent(support_bot):
 
 
 def test_support_bot_csv_and_html_outputs(support_bot):
-    text, _, files = support_bot
+    _, _, files, _ = support_bot
     rows = list(csv.DictReader(files["csv"].open()))
     deps = {r["name"]: r for r in rows if r["section"] == "deployment"}
     assert float(deps["mistral/mistral-large-latest"]["cost_usd"]) == pytest.approx(230.0, abs=1e-6)
@@ -128,10 +150,8 @@ def test_support_bot_csv_and_html_outputs(support_bot):
     assert "$248.90" in page
 
 
-def test_json_output(capsys):
-    code, out, _ = _cli(["simulate", SUPPORT_BOT, "--scenario", "support-bot", "--json", "--period", "30"], capsys)
-    assert code == 0
-    data = json.loads(out)
+def test_json_output(support_bot):
+    data = support_bot[3]
     assert data["requests"] == 500_000 and data["served"] == 500_000
     assert data["policy_cost_usd"] == pytest.approx(248.90, abs=0.005)
     by_kind = {b["kind"]: b for b in data["baselines"]}

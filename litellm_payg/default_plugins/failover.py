@@ -12,21 +12,19 @@ the engine a health store (``engine.health``, ``health.py``):
 3. latency — a deployment whose p95 latency is over ``max_latency_ms`` (or whose p95
    time-to-first-token is over ``first_token_timeout_ms``) is moved behind the others.
 
-``plan_next`` is the other half: after a failed attempt it says, from the failure class and
-``failover.on``, whether to try another candidate, which ones, or to give up.
+The other half, what to do after a failed attempt, is ``litellm_payg.next_hop.plan_next``: the
+adapter calls it directly, so it lives outside this plugin (a plugin is registered, never imported).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from litellm_payg import hookimpl
 from litellm_payg.decision import Candidate, RouteRequest, Step
-from litellm_payg.failover_settings import Action, FailoverSettings
-from litellm_payg.failures import Failure, diagnose
+from litellm_payg.failover_settings import FailoverSettings
 from litellm_payg.health import DeploymentHealth, HealthError, HealthStore, is_slow
 from litellm_payg.rules import matches
 
@@ -117,41 +115,3 @@ def payg_filter_candidates(request, candidates, engine):
     if settings is None:
         return None
     return apply_failover(request, candidates, settings, getattr(engine, "health", None))
-
-
-# -- after a failed attempt ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NextHop:
-    """What to do after a failed attempt."""
-
-    action: Action
-    failure: Failure
-    candidates: list[Candidate]  # to try next, in order; empty: give up and raise the error
-    reason: str
-
-
-def plan_next(settings: FailoverSettings, error: BaseException, failed: Candidate | None,
-              ordered: Sequence[Candidate], attempted: Sequence[str], prompt_tokens: int | None = None) -> NextHop:
-    """Given the ordered candidates of the decision, the ids already attempted and the error of the
-    last attempt (on ``failed``), what to try next according to ``failover.on``."""
-    failure = diagnose(error)
-    action = settings.action_for(failure.cls.value)
-    remaining = [c for c in ordered if c.deployment_id not in set(attempted)]
-    if action == "fail":
-        return NextHop(action, failure, [], f"{failure.cls.value}: failover.on.{failure.cls.value} is 'fail'")
-    if action == "larger_context":
-        limit = failed.max_input_tokens if failed is not None else None
-        floor = limit if limit is not None else prompt_tokens
-        if floor is None:
-            return NextHop(action, failure, [], "context window exceeded and neither the failed deployment's "
-                                                 "max_input_tokens nor the prompt size is known")
-        bigger = [c for c in remaining if c.max_input_tokens is not None and c.max_input_tokens > floor]
-        what = f"max_input_tokens > {floor}" + (" (the failed deployment's)" if limit is not None else " (the prompt)")
-        if not bigger:
-            return NextHop(action, failure, [], f"context window exceeded; no untried candidate has {what}")
-        return NextHop(action, failure, bigger, f"context window exceeded; trying candidates with {what}")
-    if not remaining:
-        return NextHop(action, failure, [], f"{failure.cls.value}: every candidate was tried")
-    return NextHop(action, failure, remaining, f"{failure.cls.value}: trying the next candidate")

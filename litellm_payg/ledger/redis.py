@@ -29,12 +29,10 @@ from __future__ import annotations
 import json
 import threading
 from typing import Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis as redis_lib
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from ..redis_client import connect
 from .base import (
     redact_url,
     Bucket,
@@ -188,29 +186,6 @@ _EXPIRE = _PRELUDE + r"""
 return expire_due(ARGV[2], tonumber(ARGV[3]))
 """
 
-
-
-def connect(url: str) -> tuple["redis_lib.Redis", str]:
-    """A Redis client for a ledger/health URL, and the key prefix it names (``?prefix=``, default
-    ``payg:``). Short timeouts so an outage is reported rather than waited on, and a bounded,
-    *blocking* pool: a burst of hundreds of threads queues for a connection instead of failing
-    with "Too many connections". Raises ``ValueError`` for a malformed URL.
-
-    Fail fast: every request under ``fail_closed`` waits for this client when Redis is down, so a
-    connect gets 0.5 s (a LAN or same-region Redis connects in milliseconds; override with
-    ``?socket_connect_timeout=``) and no client-side retries -- set explicitly because redis-py's
-    defaults have changed between releases (3 retries with backoff in some). An outage is the
-    spend layer's to handle (``on_ledger_error``), not the client's to wait out."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    prefix = query.pop("prefix", "payg:")
-    query.setdefault("socket_connect_timeout", "0.5")
-    query.setdefault("socket_timeout", "5")
-    query.setdefault("max_connections", "50")
-    pool = redis_lib.BlockingConnectionPool.from_url(
-        urlunsplit(parts._replace(query=urlencode(query))), timeout=10, retry=Retry(NoBackoff(), 0)
-    )
-    return redis_lib.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0)), prefix
 
 
 class RedisLedger(Ledger):

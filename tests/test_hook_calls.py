@@ -1,0 +1,194 @@
+"""Chained hooks are called through pluggy (``hook_chain.py``), so they keep pluggy's promises.
+
+``payg_filter_candidates`` and ``payg_register_rules`` are chains (each filter sees what the
+previous one kept; each rule registration knows its plugin). Each test here registers throw-away
+plugins on a fresh policy's plugin manager and unregisters them in ``finally``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import litellm_payg
+from litellm_payg.decision import Candidate, RouteRequest, Step
+from litellm_payg.engine import Engine
+from litellm_payg.errors import PluginError
+from litellm_payg.plugins import rule_types
+from litellm_payg.policy import load_policy
+
+REQUEST = RouteRequest(group="chat", prompt_tokens=100, output_tokens=50)
+CANDIDATES = [
+    Candidate(dep, f"openai/{dep}", "openai", "chat", price, price * 2)
+    for dep, price in (("a", 1e-6), ("b", 2e-6), ("c", 3e-6))
+]
+#: the built-in filters, in the order pluggy calls them: both ``trylast``, and ``trylast``
+#: implementations run in registration order (``DEFAULT_PLUGINS`` lists budget_guard first)
+BUILTIN_FILTERS = ["litellm_payg.default_plugins.budget_guard", "litellm_payg.default_plugins.failover"]
+
+
+@pytest.fixture
+def engine():
+    """An engine for a policy without routes or budgets: only the filter chain shapes a decision."""
+    engine = Engine(load_policy({"version": 1, "ledger": "memory://"}))
+    try:
+        yield engine
+    finally:
+        engine.detach()
+
+
+@pytest.fixture
+def register(engine):
+    """``register(plugin, name)`` on the engine's plugin manager, undone after the test."""
+    added = []
+
+    def add(plugin: object, name: str) -> object:
+        engine.pm.register(plugin, name=name)
+        added.append(plugin)
+        return plugin
+
+    try:
+        yield add
+    finally:
+        for plugin in added:
+            engine.pm.unregister(plugin)
+
+
+def ids(candidates) -> list[str]:
+    return [c.deployment_id for c in candidates]
+
+
+def test_a_filter_may_take_only_the_arguments_it_uses(engine, register):
+    class Reverse:
+        @litellm_payg.hookimpl
+        def payg_filter_candidates(self, candidates):
+            return Step(list(reversed(candidates)))
+
+    register(Reverse(), "reverse")
+    assert ids(engine.decide(REQUEST, CANDIDATES).ordered) == ["c", "b", "a"]
+
+
+def test_tryfirst_and_trylast_order_the_chain_and_each_filter_sees_the_previous_result(engine, register):
+    """Registered in the reverse of the order pluggy calls them in. A user's filter runs before the
+    built-in ``trylast`` ones without a flag; a user's ``trylast`` one runs after them (pluggy
+    runs ``trylast`` implementations in registration order, and the built-ins come first)."""
+    seen: list[tuple[str, list[str]]] = []
+
+    def dropping_first(label: str, **marker):
+        class Plugin:
+            @litellm_payg.hookimpl(**marker)
+            def payg_filter_candidates(self, candidates, request):  # any subset, any order
+                seen.append((label, ids(candidates)))
+                return Step(list(candidates[1:]), [Step.drop(candidates[0], f"dropped by {label}", label)])
+
+        return Plugin()
+
+    register(dropping_first("last", trylast=True), "last")
+    register(dropping_first("plain"), "plain")
+    register(dropping_first("first", tryfirst=True), "first")
+
+    decision = engine.decide(REQUEST, CANDIDATES + [Candidate("d", "openai/d", "openai", "chat", 4e-6, 8e-6)])
+
+    assert seen == [("first", ["a", "b", "c", "d"]), ("plain", ["b", "c", "d"]), ("last", ["c", "d"])]
+    assert ids(decision.ordered) == ["d"]
+    assert [(d.deployment_id, d.by) for d in decision.dropped] == [("a", "first"), ("b", "plain"), ("c", "last")]
+    from litellm_payg.hook_chain import HookChain
+
+    chain = HookChain(engine.pm, "payg_filter_candidates")
+    assert [link.name for link in chain.links()] == ["first", "plain", *BUILTIN_FILTERS, "last"]
+
+
+def test_a_wrapper_sees_each_filters_result_and_may_replace_it(engine, register):
+    """A ``wrapper=True`` implementation wraps every link of the chain: here it vetoes any filter
+    that would leave no candidate, and records what each link returned."""
+    results: list[list[Step]] = []
+
+    class DropAll:
+        @litellm_payg.hookimpl
+        def payg_filter_candidates(self, request, candidates, engine):
+            return Step([], [Step.drop(c, "too expensive", "drop_all") for c in candidates])
+
+    class NeverEmpty:
+        @litellm_payg.hookimpl(wrapper=True)
+        def payg_filter_candidates(self, request, candidates, engine):
+            steps = yield
+            results.append(steps)
+            return [s for s in steps if s.kept or not candidates]
+
+    register(DropAll(), "drop_all")
+    register(NeverEmpty(), "never_empty")
+    decision = engine.decide(REQUEST, CANDIDATES)
+
+    assert ids(decision.ordered) == ["a", "b", "c"] and decision.dropped == []
+    # one result list per link: drop_all's Step, then the built-ins' (no Step: nothing to do)
+    assert [[ids(s.kept) for s in steps] for steps in results] == [[[]], [], []]
+
+
+def test_an_old_style_hookwrapper_can_force_a_result(engine, register):
+    class Cheapest:
+        @litellm_payg.hookimpl(hookwrapper=True)
+        def payg_filter_candidates(self, request, candidates, engine):
+            outcome = yield
+            if not outcome.get_result() and request.group == "chat":
+                outcome.force_result([Step(list(candidates[:1]), [Step.drop(c, "not the first", "cheapest") for c in candidates[1:]])])
+
+    register(Cheapest(), "cheapest")
+    decision = engine.decide(REQUEST, CANDIDATES)
+    assert ids(decision.ordered) == ["a"] and [d.deployment_id for d in decision.dropped] == ["b", "c"]
+
+
+def test_pluggy_monitoring_and_tracing_see_every_filter_call(engine, register):
+    class Keep:
+        @litellm_payg.hookimpl
+        def payg_filter_candidates(self, request, candidates, engine):
+            return None
+
+    register(Keep(), "keep")
+    calls: list[list[str]] = []
+
+    def before(hook_name, hook_impls, kwargs):
+        if hook_name == "payg_filter_candidates":
+            calls.append([impl.plugin_name for impl in hook_impls])
+
+    undo = engine.pm.add_hookcall_monitoring(before, lambda outcome, hook_name, hook_impls, kwargs: None)
+    try:
+        engine.decide(REQUEST, CANDIDATES)
+    finally:
+        undo()
+    assert calls == [["keep"], *[[name] for name in BUILTIN_FILTERS]]
+
+    written: list[str] = []
+    engine.pm.trace.root.setwriter(written.append)
+    undo = engine.pm.enable_tracing()
+    try:
+        engine.decide(REQUEST, CANDIDATES)
+    finally:
+        undo()
+        engine.pm.trace.root.setwriter(None)
+    assert sum("payg_filter_candidates" in line for line in written) == 2 * (1 + len(BUILTIN_FILTERS))  # call + finish
+
+
+def test_a_filter_returning_something_else_than_a_step_is_named(engine, register):
+    class Wrong:
+        @litellm_payg.hookimpl
+        def payg_filter_candidates(self, request, candidates, engine):
+            return list(candidates)
+
+    register(Wrong(), "wrong")
+    with pytest.raises(PluginError, match=r"plugin wrong: payg_filter_candidates returned \[.*expected None or a"):
+        engine.decide(REQUEST, CANDIDATES)
+
+
+def test_rule_registration_is_called_through_pluggy_once_per_plugin():
+    pm = load_policy({"version": 1}).plugin_manager
+    calls: list[list[str]] = []
+    undo = pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: calls.append([i.plugin_name for i in impls]) if name == "payg_register_rules" else None,
+        lambda *args: None,
+    )
+    try:
+        assert {"cost_threshold", "quality_floor", "split"} <= set(rule_types(pm))
+    finally:
+        undo()
+    assert sorted(name for [name] in calls) == sorted(
+        impl.plugin_name for impl in pm.hook.payg_register_rules.get_hookimpls()
+    )

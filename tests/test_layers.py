@@ -1,0 +1,237 @@
+"""The package's import graph has no cycle.
+
+The graph is read statically (``ast``), not by importing: every ``import`` and ``from ... import``
+statement in ``litellm_payg/**/*.py`` counts, wherever it is written — at module level, inside a
+function (a deferred import is still a dependency, only a later one), or under
+``if TYPE_CHECKING:`` (a type-only import still says which module knows about which). A cycle means
+two modules cannot be understood, tested or moved apart; the failure names every module on it.
+
+What does not count: importing a submodule does not add an edge to its parent package's
+``__init__`` (Python runs it, but every submodule would then depend on it and a re-exporting
+``__init__`` would be a cycle by construction), and ``importlib.import_module("...")`` strings (the
+plugin registry's ``DEFAULT_PLUGINS``, the package root's lazy names) are data, not imports.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "litellm_payg"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+
+def module_files(root: Path = ROOT) -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its ``__init__.py``)."""
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _resolve(module: str, is_package: bool, level: int, target: str | None) -> str:
+    """The absolute name a (possibly relative) ``from`` target refers to, seen from ``module``."""
+    if level == 0:
+        return target or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([target] if target else []))
+
+
+def _known(name: str, modules: dict[str, Path]) -> str | None:
+    """The longest prefix of ``name`` that is a module of the package (``a.b.C`` -> ``a.b``)."""
+    parts = name.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in modules:
+            return candidate
+        parts.pop()
+    return None
+
+
+def imports_of_node(module: str, path: Path, node: ast.AST, modules: dict[str, Path] | None = None) -> set[str]:
+    """The package modules one ``import`` statement of ``module`` imports."""
+    modules = modules if modules is not None else module_files()
+    edges: set[str | None] = set()
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.name.split(".")[0] == PACKAGE:
+                edges.add(_known(alias.name, modules))
+    elif isinstance(node, ast.ImportFrom):
+        base = _resolve(module, path.name == "__init__.py", node.level, node.module)
+        if base.split(".")[0] == PACKAGE:
+            for alias in node.names:
+                # `from pkg import sub` imports the submodule; `from pkg import name` the package
+                sub = f"{base}.{alias.name}"
+                edges.add(sub if sub in modules else _known(base, modules))
+    edges.discard(None)
+    edges.discard(module)
+    return edges  # type: ignore[return-value]
+
+
+def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules ``module`` imports, anywhere in its source."""
+    edges: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        edges |= imports_of_node(module, path, node, modules)
+    return edges
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    modules = module_files(root)
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan), as a path
+    ``[a, b, ..., a]`` through the graph, so a failure shows which import closes it."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_path_through(sorted(c), graph, c) for c in components]
+
+
+def _path_through(members: list[str], graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest cycle from the component's first module back to itself (breadth-first)."""
+    start = members[0]
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in sorted(graph[v] & component):
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return [start] + path[::-1][1:] + [start] if v != start else [start, start]
+                if w not in previous:
+                    previous[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    raise AssertionError(f"no cycle through {start} in {members}")  # pragma: no cover
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    found = cycles(graph)
+    assert not found, "import cycles in litellm_payg (a -> b: a imports b):\n" + "\n".join(
+        "  " + " -> ".join(c) + _where(c, graph) for c in found
+    )
+
+
+def _where(cycle: list[str], graph: dict[str, set[str]]) -> str:
+    """Where each import of the cycle is written, so the failure says which lines to change."""
+    lines = []
+    for a, b in zip(cycle, cycle[1:]):
+        path = module_files()[a]
+        stmt = next(
+            (n.lineno for n in ast.walk(ast.parse(path.read_text()))
+             if isinstance(n, (ast.Import, ast.ImportFrom)) and b in imports_of_node(a, path, n)),
+            None,
+        )
+        lines.append(f"\n      {path.relative_to(ROOT.parent)}:{stmt} imports {b}")
+    return "".join(lines)
+
+
+def importers_of(prefix: str, graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Who imports a module under ``prefix``, from outside ``prefix``: ``{importer: {imported}}``."""
+    inside = lambda name: name == prefix or name.startswith(prefix + ".")  # noqa: E731
+    return {
+        m: {t for t in targets if inside(t)}
+        for m, targets in graph.items()
+        if not inside(m) and any(inside(t) for t in targets)
+    }
+
+
+def test_default_plugins_are_registered_by_name_and_imported_by_no_other_module():
+    """A built-in plugin is a leaf, like a third-party one: the plugin manager loads it by name
+    (``plugins.DEFAULT_PLUGINS``), so unregistering it removes its behaviour entirely. Code that
+    the request path calls directly (``next_hop.plan_next``) lives outside ``default_plugins``."""
+    assert importers_of(f"{PACKAGE}.default_plugins", import_graph()) == {}
+
+
+def test_ledger_backends_are_reached_only_through_open_ledger():
+    """``ledger/__init__.open_ledger`` picks a backend from the URL; nothing else imports one (the
+    health store's Redis client comes from ``redis_client``, not from the ledger's backend)."""
+    graph = import_graph()
+    backends = {f"{PACKAGE}.ledger.{name}" for name in ("memory", "sqlite", "redis")}
+    importers = {m: targets & backends for m, targets in graph.items() if targets & backends}
+    assert importers == {f"{PACKAGE}.ledger": backends}
+
+
+# -- the graph reader itself, on a throw-away package ---------------------------------------------------
+
+
+@pytest.fixture
+def toy(tmp_path):
+    """Write a package named like ours (the reader only follows ``litellm_payg`` imports)."""
+    pkg = tmp_path / PACKAGE
+
+    def write(files: dict[str, str]) -> Path:
+        for rel, text in files.items():
+            path = pkg / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return pkg
+
+    return write
+
+
+def test_function_level_relative_and_type_checking_imports_count(toy):
+    pkg = toy({
+        "__init__.py": "",
+        "a.py": "def f():\n    from .sub import b\n",
+        "sub/__init__.py": "",
+        "sub/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..c import Thing\n",
+        "c.py": "import litellm_payg.a\n",
+    })
+    graph = import_graph(pkg)
+    assert graph["litellm_payg.a"] == {"litellm_payg.sub.b"}
+    assert graph["litellm_payg.sub.b"] == {"litellm_payg.c"}
+    assert graph["litellm_payg.c"] == {"litellm_payg.a"}
+    assert cycles(graph) == [["litellm_payg.a", "litellm_payg.sub.b", "litellm_payg.c", "litellm_payg.a"]]
+
+
+def test_a_name_imported_from_a_package_is_an_edge_to_its_init_not_to_its_submodules(toy):
+    pkg = toy({
+        "__init__.py": "from .hooks import hookimpl\n",
+        "hooks.py": "hookimpl = object()\n",
+        "plugin.py": "from litellm_payg import hookimpl\nfrom . import hooks\n",
+    })
+    graph = import_graph(pkg)
+    assert graph["litellm_payg.plugin"] == {"litellm_payg", "litellm_payg.hooks"}
+    assert cycles(graph) == []
