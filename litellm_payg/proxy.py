@@ -169,7 +169,7 @@ class ProxyPaygRouting(PaygRouting):
         its first request. The Router, once it exists, is checked again on the first request and is
         the authority (it may also hold deployments stored in the proxy's database): requests are
         refused with this error while it does not fit either."""
-        from .cli import _candidates_by_group
+        from .deployments import candidates_from_config
 
         config = proxy_config_path()
         try:
@@ -181,7 +181,7 @@ class ProxyPaygRouting(PaygRouting):
         if not isinstance(loaded, dict) or not isinstance(loaded.get("model_list"), list):
             return  # no deployments in the file (all from the database): the Router check decides
         try:
-            engine.check_deployments(_candidates_by_group(str(config), engine.policy))
+            engine.check_deployments(candidates_from_config(str(config), engine.policy))
         except PolicyError as exc:
             self._refuse(exc, f"policy does not fit the model_list of {config}")
 
