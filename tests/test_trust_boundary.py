@@ -1,4 +1,4 @@
-"""Issue #10 "Trust boundary": a REAL ``litellm --config`` proxy driven as a hostile client drives it.
+"""Issue #10 "Trust boundary": a REAL ``litellm --config`` proxy, driven the way a hostile client would.
 
 Every caller is a distinct authenticated key (``general_settings.custom_auth``, see
 ``trust_helpers``); every answer comes from a deployment's ``mock_response`` with a price of its
@@ -15,13 +15,33 @@ Three proxies boot at once for the module:
 * ``down``: a Redis ledger nobody listens on (``redis://127.0.0.1:1/0``) with
   ``on_ledger_error: fail_closed``.
 
-Chat-style proxy endpoints exercised (LiteLLM 1.110.2; file:line under site-packages/litellm/proxy):
-``/v1/chat/completions`` (+ ``/chat/completions``, ``/engines/{model}/chat/completions``,
-``/openai/deployments/{model}/chat/completions``: proxy_server.py:13173-13193),
-``/v1/completions`` (+ aliases: proxy_server.py:13347-13358), ``/v1/messages``
-(anthropic_endpoints/endpoints.py:130), ``/v1/responses`` (response_api_endpoints/endpoints.py:298-311),
-``/v1beta/models/{model}:generateContent`` (google_endpoints/endpoints.py:194) and
-``/queue/chat/completions`` (proxy_server.py:19266, which skips the proxy's pre-call hooks).
+Three proxies boot at once (~30 s); the ``route`` policy carries both new options, so it loads only
+once ``direct_deployments`` AND the ``end_user`` scope kind exist.
+
+Chat-style proxy endpoints that reach a Router deployment (LiteLLM 1.110.2, paths under
+site-packages/litellm/proxy/), and the request-metadata key the proxy puts the caller in:
+
+* ``/v1/chat/completions``, ``/chat/completions``, ``/engines/{model}/chat/completions``,
+  ``/openai/deployments/{model}/chat/completions`` -- proxy_server.py:13173-13193, ``acompletion``,
+  ``metadata`` (tested: ``chat``, ``azure_path``);
+* ``/v1/completions``, ``/completions``, ``/engines/{model}/completions``,
+  ``/openai/deployments/{model}/completions`` -- proxy_server.py:13347-13358, ``atext_completion``,
+  ``metadata`` (``completions``);
+* ``/v1/messages`` -- anthropic_endpoints/endpoints.py:130, ``anthropic_messages``,
+  ``litellm_metadata``; the Router's ``metadata`` kwarg is then the Anthropic body's own (``messages``);
+* ``/v1/responses``, ``/responses``, ``/openai/v1/responses`` -- response_api_endpoints/endpoints.py:298-311,
+  ``aresponses``, ``litellm_metadata``; the Router gets no ``metadata`` at all (``responses``);
+  websocket mode at endpoints.py:2719; ``/cursor/chat/completions`` at :599;
+  ``/v1/responses/compact`` at :1417 (not servable by these providers: 500);
+* ``/v1beta/models/{model}:generateContent`` / ``:streamGenerateContent`` --
+  google_endpoints/endpoints.py:194/255, ``agenerate_content``, ``metadata`` (``generate_content``);
+  ``/v1beta/interactions`` at :397 (``litellm_metadata``);
+* ``/queue/chat/completions`` -- proxy_server.py:19266, ``Router.schedule_acompletion`` with a
+  ``metadata`` it builds itself from the body, and no pre-call hook (``queue``).
+
+``mock_response`` answers on all of them except ``/v1/responses/compact``; the provider pass-through
+routes (pass_through_endpoints/llm_passthrough_endpoints.py, ``allm_passthrough_route``) relay raw
+HTTP and need prisma in 1.110.2, so they are not covered here.
 """
 
 from __future__ import annotations
@@ -378,19 +398,28 @@ def test_an_exhausted_user_is_blocked_on_every_endpoint(main):
     assert not problems, "ursula got around her budget:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("endpoint,where", [("messages", "metadata"), ("chat", "metadata")])
-def test_client_metadata_cannot_choose_the_team(main, endpoint, where):
+FORGED_IDENTITY: dict[str, Callable[[str], dict]] = {  # case -> victim -> body metadata
+    "sdk_fields": lambda victim: {"team": victim, "user": victim, "tags": ["forged"]},
+    "proxy_fields": lambda victim: {"user_api_key_hash": key_hash(f"sk-{victim}"), "user_api_key_user_id": victim,
+                                    "user_api_key_team_id": victim},
+}
+
+
+@pytest.mark.parametrize("forged", list(FORGED_IDENTITY))
+@pytest.mark.parametrize("endpoint", ["messages", "chat"])
+def test_client_metadata_cannot_choose_whose_budget_pays(main, endpoint, forged):
     """On /v1/messages the Router's ``metadata`` is the Anthropic body's own ``metadata`` (the key's
-    identity is in ``litellm_metadata``): a client-sent ``team`` there must not place the request
-    in another team's budget (charging the victim, or dodging its own team's cap)."""
+    identity is in ``litellm_metadata``): client-sent identity fields there must not place the
+    request under another user's or team's budget (charging the victim, or dodging its own caps)."""
     own, victim = f"own{uuid.uuid4().hex[:6]}", f"victim{uuid.uuid4().hex[:6]}"
-    key = new_key(team=own, label="team")
-    resp = _call(main, endpoint, GROUP, key, **{where: {"team": victim, "tags": ["forged"]}})
+    key = new_key(team=own, label="who")
+    resp = _call(main, endpoint, GROUP, key, metadata=FORGED_IDENTITY[forged](victim))
     if resp.status_code == 200:
-        wait_until(lambda: bool(main.ledger.records(key=key)) or bool(main.ledger.records(team=victim)))
-    charged_to_victim = main.ledger.records(team=victim)
+        wait_until(lambda: bool(main.ledger.records(key=key)) or bool(main.ledger.records(team=victim))
+                   or bool(main.ledger.records(user=victim)))
+    charged_to_victim = main.ledger.records(team=victim) + main.ledger.records(user=victim)
     assert not charged_to_victim, (
-        f"{endpoint}: {where}.team chose the budget team: charged to {victim!r}: {[r.attrs for r in charged_to_victim]}")
+        f"{endpoint}: body metadata ({forged}) chose who pays: charged to {victim!r}: {[r.attrs for r in charged_to_victim]}")
     assert resp.status_code == 200 and [r.attrs.get("team") for r in main.ledger.records(key=key)] == [own], (
         f"{endpoint}: the request should be served and charged once to the key's team {own!r}: {short(resp, 120)}, "
         f"records {[r.attrs for r in main.ledger.records(key=key)]}")

@@ -100,7 +100,7 @@ class LedgerView:
     def open(self) -> int:
         return self.ledger.open_reservations()
 
-    def left_open_since(self, before: int, timeout: float = 2.0) -> int:
+    def left_open_since(self, before: int, timeout: float = 1.5) -> int:
         """How many more reservations are open than ``before`` once settling had its time (0 when a
         scenario left nothing reserved)."""
         wait_until(lambda: self.open() <= before, timeout)
