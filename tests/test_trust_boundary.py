@@ -6,7 +6,7 @@ own, so spend is non-zero; the plugin's SQLite ledger (in the proxy's workdir) i
 each scenario. The assertions describe the FIXED product: on litellm-payg as of this module's
 commit most of them fail, and each failure message says what the hostile client achieved.
 
-Three proxies boot at once for the module:
+Three proxies boot at once for the module (~30 s):
 
 * ``main``: the default policy (no ``direct_deployments`` option), budgets per team, key, user and
   one user by name;
@@ -15,8 +15,8 @@ Three proxies boot at once for the module:
 * ``down``: a Redis ledger nobody listens on (``redis://127.0.0.1:1/0``) with
   ``on_ledger_error: fail_closed``.
 
-Three proxies boot at once (~30 s); the ``route`` policy carries both new options, so it loads only
-once ``direct_deployments`` AND the ``end_user`` scope kind exist.
+The ``route`` policy carries both new options, so it loads only once ``direct_deployments`` AND the
+``end_user`` scope kind exist.
 
 Chat-style proxy endpoints that reach a Router deployment (LiteLLM 1.110.2, paths under
 site-packages/litellm/proxy/), and the request-metadata key the proxy puts the caller in:
@@ -35,7 +35,7 @@ site-packages/litellm/proxy/), and the request-metadata key the proxy puts the c
   ``/v1/responses/compact`` at :1417 (not servable by these providers: 500);
 * ``/v1beta/models/{model}:generateContent`` / ``:streamGenerateContent`` --
   google_endpoints/endpoints.py:194/255, ``agenerate_content``, ``metadata`` (``generate_content``);
-  ``/v1beta/interactions`` at :397 (``litellm_metadata``);
+  ``/v1beta/interactions`` at :396 (``litellm_metadata``);
 * ``/queue/chat/completions`` -- proxy_server.py:19266, ``Router.schedule_acompletion`` with a
   ``metadata`` it builds itself from the body, and no pre-call hook (``queue``).
 
