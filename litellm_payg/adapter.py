@@ -55,7 +55,7 @@ from .ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from .policy import Policy, load_policy
 from .pricing import candidate_from_deployment, count_request_tokens
 from .request_checks import choices, output_cap
-from .request_state import RequestState, RequestStates, metadata_of
+from .request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
 from .spend import BudgetExceeded, LedgerDown
 from .sync_bridge import BRIDGE
 
@@ -63,6 +63,8 @@ logger = logging.getLogger("litellm_payg")
 
 #: where the decision is stamped for observers (an output: the plugin never reads it back)
 DECISION_KEY = "payg_decision"
+#: the plugin's own stamps: allowed in a metadata dict that carries one of its request ids
+OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 
 #: the live adapters, to tell a request that bypassed this router's routing from one of another
 #: router that governs the same deployment ids (two Routers built from one config)
@@ -115,12 +117,17 @@ class PaygRouting(CustomLogger):
         #: per-request state, keyed by an id this adapter mints (never read from client input)
         self.states = RequestStates()
         self._guard: ResponseGuard | None = None
+        #: undoes the governed doors on the bound Router's request methods (``ingress``)
+        self._unwrap: Callable[[], None] | None = None
 
     # -- binding ----------------------------------------------------------------------------------
 
     def bind(self, router: Any) -> None:
         """Learn the router's deployments and check the policy against them (fails loudly now,
         not on the first request)."""
+        if self._router_ref is not None and self._router_ref() is not router and self._unwrap is not None:
+            self._unwrap()  # the proxy replaced its Router: the doors move to the new one
+            self._unwrap = None
         self._router_ref = weakref.ref(router)
         self._load(router.registry().deployments())
         by_group: dict[str, list[Candidate]] = {}
@@ -139,6 +146,8 @@ class PaygRouting(CustomLogger):
         _route_context_errors_back(router, self.engine)
         self._aliases = dict(router.registry().aliases() or {})
         _LIVE.add(self)
+        if self._unwrap is None:
+            self._unwrap = governed_entry_points(router, self)
         if self._guard is None and _validates(self.engine):
             self._guard = ResponseGuard(self)
             litellm.logging_callback_manager.add_litellm_callback(self._guard)
@@ -148,6 +157,9 @@ class PaygRouting(CustomLogger):
         callback from ``litellm.callbacks`` into its success/failure lists on first use)."""
         litellm.logging_callback_manager.remove_callback_from_all_lists(self)
         _LIVE.discard(self)
+        if self._unwrap is not None:
+            self._unwrap()
+            self._unwrap = None
         if self._guard is not None:
             litellm.logging_callback_manager.remove_callback_from_all_lists(self._guard)
             self._guard = None
@@ -201,17 +213,40 @@ class PaygRouting(CustomLogger):
         )
 
     def open_request(
-        self, data: dict, metadata: dict | None, identity: RequestIdentity | None = None
+        self, data: dict, field: str = "metadata", identity: RequestIdentity | None = None, *, router_door: bool = True
     ) -> RequestState:
-        """Start the plugin's state for a request entering through a governed door (the proxy's
-        pre-call hook, or a wrapped Router method): refuse forged ``payg_*`` keys and malformed
-        fields, route or refuse a deployment named as the model, and mint the request's id."""
-        refuse_bad_input(data)
+        """Start the plugin's state for a request entering through a governed door: refuse forged
+        ``payg_*`` keys and malformed fields, route or refuse a deployment named as the model, and
+        mint the request's id into ``data[field]`` (LiteLLM's metadata for this kind of request).
+
+        There are two doors, and a proxy request passes both: the proxy's pre-call hook (which
+        knows the authenticated key) and then the wrapped Router method (``router_door``; the only
+        door in Python, and on proxy routes that skip the pre-call hook, such as ``/queue``). The
+        Router door of a request the proxy's door opened adopts its state. A second Router call
+        that shares an open request's metadata dict (``abatch_completion`` over ``model: "a,b"``
+        sends every call with the one dict) gets a copy of the dict and its own state, so each
+        call is reserved and settled on its own.
+        """
+        metadata = data.get(field)
+        if metadata is None:
+            metadata = data[field] = {}
+        existing = self.states.find(metadata) if isinstance(metadata, dict) else None
+        live = existing is not None and not existing.finished
+        if live and router_door and not existing.entered:
+            existing.entered = True  # the proxy's door opened it: same request, same state
+            if "model" in data:
+                data["model"] = self.resolve_model(data["model"])
+            return existing
+        # the plugin's own stamps in a dict it has seen (a sibling call, or a dict the caller reuses)
+        refuse_bad_input(data, own=OWN_KEYS if existing is not None else ())
         if "model" in data:
             data["model"] = self.resolve_model(data["model"])
-        if metadata is None:
-            metadata = data.setdefault("metadata", {})
-        return self.states.mint(metadata, _trace(data), identity)
+        if live:
+            metadata = data[field] = dict(metadata)
+            identity = identity or existing.identity
+        state = self.states.mint(metadata, _trace(data), identity)
+        state.entered = router_door
+        return state
 
     def _state_for(self, request_kwargs: Mapping[str, Any], metadata: dict) -> RequestState | None:
         """This request's state, or None when it is another router's. A request no governed door
@@ -254,6 +289,7 @@ class PaygRouting(CustomLogger):
             # a budget block, a down ledger or a `fail` failure is final for the request: LiteLLM's
             # retries and fallbacks to other groups must not route around it
             raise state.final_error
+        self._release_unsent(state)
         group = candidates[0].group
         if model != group and self._aliases.get(model) != group and not model.endswith(LARGER_CONTEXT_SUFFIX):
             # a deployment named as the model past the governed doors (resolve_model)
@@ -279,12 +315,33 @@ class PaygRouting(CustomLogger):
             raise
         pick = admission.candidate
         state.add_reservation(pick.deployment_id, reservation_id)
+        state.unsent = (pick.deployment_id, reservation_id)
         state.request = request
         final = _as_picked(decision, pick, untried, admission.skipped, state.attempts[:-1])
         self.engine.observe(final)
         state.decision = final.as_dict(compact=True)
         metadata[DECISION_KEY] = state.decision
         return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
+
+    def _release_unsent(self, state: RequestState) -> None:
+        """Free the reservation of a pick that never became an attempt.
+
+        LiteLLM sometimes asks for a pick without sending anything: its request scheduler
+        (``/queue/chat/completions``, ``schedule_acompletion``) checks that a deployment is
+        available before it queues the request, then picks again to send it. A pick becomes an
+        attempt when LiteLLM calls the deployment hook for it (``async_pre_call_deployment_hook``);
+        one still unsent when the next pick comes was only looked at, so its reservation is
+        released and it does not count as tried."""
+        if state.unsent is None:
+            return
+        deployment_id, reservation_id = state.unsent
+        state.unsent = None
+        open_ = state.reservations.get(deployment_id) or []
+        if reservation_id in open_:
+            open_.remove(reservation_id)
+            if state.attempts and state.attempts[-1] == deployment_id:
+                state.attempts.pop()
+            self.engine.spend.release(reservation_id)
 
     def _next_candidates(self, state: RequestState, decision: Any, request: RouteRequest) -> list[Candidate]:
         """The candidates this pick may use, best first: untried ones, narrowed by what the last
@@ -525,6 +582,8 @@ class PaygRouting(CustomLogger):
         ours = self._ours(kwargs)
         if ours is None and any(other is not self and other._ours(kwargs) is not None for other in list(_LIVE)):
             return None  # another router's attempt on a deployment with the same id
+        if ours is not None and ours[0].unsent is not None and ours[0].unsent[0] == deployment_id:
+            ours[0].unsent = None  # the pick is now an attempt
         if ours is None or not ours[0].attempts or ours[0].attempts[-1] != deployment_id:
             error = InvalidRequest(
                 f"litellm-payg: the request reached deployment {deployment_id} "
@@ -550,13 +609,19 @@ class PaygRouting(CustomLogger):
         """A non-stream attempt answered after an earlier attempt of the same request was rejected
         by the validators: charge it now. LiteLLM logs one success per request, and it already
         logged the rejected answer's, so no success *log* event will come for this one. Otherwise
-        the log event below settles it with LiteLLM's ``response_cost`` (computed once, by LiteLLM)."""
+        the log event below settles it with LiteLLM's ``response_cost`` (computed once, by LiteLLM).
+
+        A Google ``generateContent`` answer is charged here too: LiteLLM 1.110 may log no success
+        event for it, so waiting for one would leave the reservation to expire."""
         if request_data.get("stream"):
             return None
         ours = self._ours(request_data)
         if ours is None:
             return None
         state, _, deployment_id = ours
+        if "generate_content" in str(call_type) and isinstance(response, Mapping):
+            self._charge_generate_content(state, deployment_id, response, request_data.get("model"))
+            return None
         if not state.rejected:
             return None
         charge = self._charge_inline(request_data, response, state, deployment_id)
@@ -571,6 +636,24 @@ class PaygRouting(CustomLogger):
             usage_estimated=charge.estimated,
         )
         return None
+
+    def _charge_generate_content(self, state: RequestState, deployment_id: str, response: Mapping[str, Any], model: Any) -> None:
+        """Charge a Google ``generateContent`` answer from its own ``usageMetadata`` (prompt, and
+        candidates plus thoughts as output) at the deployment's price."""
+        reservation_id = state.pop_reservation(deployment_id)
+        if reservation_id is None:
+            return
+        usage = response.get("usageMetadata") or {}
+        prompt = int(usage.get("promptTokenCount") or 0)
+        completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
+        candidate = self._candidates.get(deployment_id)
+        cost = _price_tokens(candidate, str(model or ""), prompt, completion) if (prompt or completion) else None
+        charge = _Charge(cost, prompt, completion) if cost is not None else _Charge(
+            self.engine.spend.reserved_usd(reservation_id) or 0.0, prompt, completion, estimated=True)
+        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
+        self._emit(state, deployment_id, ok=True, cost=charge.cost, model=model, prompt_tokens=prompt,
+                   completion_tokens=completion, usage_estimated=charge.estimated)
+        self._finish(state)
 
     def _charge_inline(self, request_data: Mapping[str, Any], response: Any, state: RequestState, deployment_id: str) -> _Charge | None:
         """Charge a non-stream answer before LiteLLM's logging worker would (see the callers)."""
@@ -698,9 +781,15 @@ class PaygRouting(CustomLogger):
                 deployment_id, reservation_id, kwargs.get("messages"), _tools_of(kwargs), response_obj, state, model
             )
         else:
-            cost = _policy_priced(self._candidates.get(deployment_id), prompt_tokens, completion_tokens)
+            candidate = self._candidates.get(deployment_id)
+            cost = _policy_priced(candidate, prompt_tokens, completion_tokens)
             if cost is None:
                 cost = float(kwargs.get("response_cost") or 0.0)
+            if cost == 0.0 and (prompt_tokens or completion_tokens):
+                # LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2): price
+                # them at the deployment's price, the one the reservation used
+                priced = _price_tokens(candidate, model or "", int(prompt_tokens or 0), int(completion_tokens or 0))
+                cost = priced if priced is not None else cost
             charge = _Charge(cost, prompt_tokens, completion_tokens)
         if _client_disconnected(kwargs):
             # the proxy's disconnect billing: LiteLLM assembled what was streamed before the client
@@ -726,6 +815,7 @@ class PaygRouting(CustomLogger):
     def _finish(self, state: RequestState) -> None:
         """The request was answered: drop what only its next attempt would need. The state itself
         stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
+        state.finished = True
         state.request = None
         state.last_failure = None
         state.final_error = None
@@ -1001,7 +1091,6 @@ def attach(
     adapter = PaygRouting(engine)
     adapter.install(router)
     litellm.logging_callback_manager.add_litellm_callback(adapter)
-    unwrap = governed_entry_points(router, adapter)
 
 
     def completion(*args: Any, **kwargs: Any) -> Any:
@@ -1017,7 +1106,6 @@ def attach(
 
     def detach() -> None:
         adapter.uninstall()
-        unwrap()
         governed = router_ref()
         if governed is not None:
             governed.__dict__.pop("completion", None)  # back to the class's own method

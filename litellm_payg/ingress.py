@@ -39,6 +39,7 @@ ENTRY_POINTS: dict[str, str] = {
     "aspeech": "metadata",
     "arerank": "metadata",
     "amoderation": "metadata",
+    "agenerate_content": "metadata",
 }
 
 
@@ -58,9 +59,11 @@ class InvalidRequest(PaygError, litellm.BadRequestError):
         return self.message
 
 
-def refuse_bad_input(data: dict) -> None:
-    """Raise :class:`InvalidRequest` naming the first forged ``payg_*`` key or malformed field."""
-    forged = forged_state_keys(data)
+def refuse_bad_input(data: dict, own: tuple[str, ...] = ()) -> None:
+    """Raise :class:`InvalidRequest` naming the first forged ``payg_*`` key (other than ``own``,
+    the plugin's own stamps in a dict it minted an id into), client-side credential or malformed
+    field."""
+    forged = [key for key in forged_state_keys(data) if key.split(".", 1)[1] not in own]
     if forged:
         raise InvalidRequest(
             f"litellm-payg: {', '.join(forged)}: 'payg_*' metadata keys are reserved for litellm-payg's own "
@@ -99,12 +102,9 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str) -> 
     async def governed(*args: Any, **kwargs: Any) -> Any:
         if args:  # model passed positionally
             kwargs["model"], args = args[0], args[1:]
-        metadata = kwargs.get(metadata_field)
-        if metadata is None:
-            metadata = kwargs[metadata_field] = {}
-        # the caller's own dict, as LiteLLM uses it (it writes per-request keys into it too, so one
-        # dict must not be shared by concurrent requests); a later request reusing it gets a new id
-        adapter.open_request(kwargs, metadata if isinstance(metadata, dict) else None)
+        # the caller's own metadata dict, as LiteLLM uses it (it writes per-request keys into it
+        # too); a later request reusing it gets a new id, a concurrent one a copy
+        adapter.open_request(kwargs, metadata_field)
         return await method(*args, **kwargs)
 
     governed.__doc__ = f"Router.{method.__name__}, governed by litellm-payg."

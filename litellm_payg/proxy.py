@@ -234,11 +234,12 @@ class ProxyPaygRouting(PaygRouting):
             self.ensure_bound()
         except PolicyUnusable as exc:
             raise HTTPException(status_code=exc.status_code, detail=exc.message) from None
-        metadata = data.setdefault(_metadata_field(data, call_type), {})
+        field = _metadata_field(data, call_type)
+        metadata = data.setdefault(field, {})
         try:
             if not isinstance(metadata, dict):
                 refuse_bad_input(data)  # names the field
-            self.open_request(data, metadata, identity_from_key(user_api_key_dict, data, metadata))
+            self.open_request(data, field, identity_from_key(user_api_key_dict, data, metadata), router_door=False)
         except InvalidRequest as exc:
             raise HTTPException(status_code=400, detail=exc.message) from None
         return data

@@ -13,6 +13,8 @@ ledger:
 * **Malformed fields the plugin reads** (``messages``, the max-token fields, ``n``, ``stream``,
   ``stream_options``, ``tools``): a request LiteLLM would fail on later must not be counted,
   reserved or answered with a 5xx first.
+* **Client-side credentials** (``api_key``, ``api_base``, ``base_url`` in the request): LiteLLM
+  would run the call on a clone of the deployment that the policy never picked.
 
 No LiteLLM here: the adapter maps a :class:`BadField` to the error each caller expects (HTTP 400 in
 the proxy, ``litellm.BadRequestError`` in the SDK).
@@ -68,9 +70,15 @@ def forged_state_keys(data: Mapping[str, Any]) -> list[str]:
     return found
 
 
+#: request fields that make LiteLLM clone a deployment with the caller's own credentials or
+#: endpoint: the call then runs on a deployment the policy never picked (a new id), so its
+#: reservation would dangle and its spend be recorded against nothing
+CLIENT_CREDENTIAL_FIELDS = ("api_key", "api_base", "base_url")
+
+
 def check_request(data: Mapping[str, Any]) -> BadField | None:
     """The first field of ``data`` (a request's kwargs or body) the plugin cannot use, or None."""
-    for check in (_messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata):
+    for check in (_one_model, _credentials, _messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata):
         problem = check(data)
         if problem is not None:
             return problem
@@ -104,6 +112,26 @@ def choices(data: Mapping[str, Any]) -> int:
     billed its own output tokens, so a reservation multiplies by it."""
     counts = [whole_number(data.get(name)) for name in ("n", "best_of")]
     return max([1, *(c for c in counts if c is not None)])
+
+
+def _one_model(data: Mapping[str, Any]) -> BadField | None:
+    """LiteLLM's proxy turns ``model: "a,b"`` into a batch of calls that share one request (one
+    metadata dict, one logging object: only one of them is logged), and ``fastest_response`` into
+    a race whose losers are cancelled mid-call: neither can be reserved and settled per call."""
+    model = data.get("model")
+    if isinstance(model, str) and "," in model:
+        return BadField("model", f"one model group per request, got {model!r}: send one request per group")
+    if data.get("fastest_response"):
+        return BadField("fastest_response", "not supported on a governed router: send one request per group")
+    return None
+
+
+def _credentials(data: Mapping[str, Any]) -> BadField | None:
+    for name in CLIENT_CREDENTIAL_FIELDS:
+        if data.get(name) is not None:
+            return BadField(name, "client-side credentials and endpoints are not accepted on a governed router: "
+                            "requests run on the operator's deployments, with their keys")
+    return None
 
 
 def _messages(data: Mapping[str, Any]) -> BadField | None:

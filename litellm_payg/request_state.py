@@ -59,6 +59,12 @@ class RequestState:
     rejected: bool = False
     #: LiteLLM call ids of attempts the failure hook already handled
     handled_calls: set[str] = field(default_factory=set)
+    #: (deployment id, reservation id) of the last pick until LiteLLM sends the attempt
+    unsent: tuple[str, str] | None = None
+    #: the request went through a Router door (see ``PaygRouting.open_request``)
+    entered: bool = False
+    #: the request was answered; the state is kept only for late readers (response headers)
+    finished: bool = False
 
     def next_reservation_id(self) -> str:
         """A reservation id no other request can produce: the plugin's id plus the attempt number."""

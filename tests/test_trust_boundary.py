@@ -91,10 +91,9 @@ CAP_USER = 3.2 * MOCK_COST  # user:*
 CAP_URSULA = 2.4 * MOCK_COST  # user:ursula
 CAP_END_USER = 2.4 * MOCK_COST  # end_user:* (route proxy)
 
-DIRECT_NAMES = {  # ways to name something other than the governed group
+DIRECT_NAMES = {  # ways to name a deployment instead of the governed group
     "deployment_id": "chat-ml",  # a deployment's model_info.id
     "provider_model": MISTRAL,  # a deployment's litellm_params.model
-    "alias": ALIAS,  # a model_group_alias pointing at the governed group
 }
 
 
@@ -295,6 +294,24 @@ def test_direct_deployments_route_governs_them_like_the_group(proxies, kind, end
     (record,) = proxy.ledger.records(key=key)
     assert record.attrs.get("group") == GROUP and record.amount_usd > 0, record.attrs
     assert proxy.ledger.left_open_since(before) == 0
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_an_alias_of_the_governed_group_is_routed_and_budgeted_like_the_group(main, endpoint):
+    """``router_settings.model_group_alias`` is the operator's config: an alias names the group,
+    not a deployment, so the policy routes it (whatever ``direct_deployments`` says)."""
+    key = new_key(label="alias")
+    before = main.ledger.open()
+    resp = _call(main, endpoint, ALIAS, key)
+    assert resp.status_code == 200, f"{endpoint} model={ALIAS!r} (alias of {GROUP!r}): {short(resp)}"
+    if endpoint not in NO_HEADER_HOOK:
+        assert resp.headers.get("x-payg-chosen") == "chat-ds", (
+            f"{endpoint}: the alias was not routed by the policy (headers {dict(resp.headers)})")
+    assert wait_until(lambda: len(main.ledger.records(key=key)) == 1), (
+        f"{endpoint} alias answered 200 with no ledger record for the caller's key")
+    (record,) = main.ledger.records(key=key)
+    assert record.attrs.get("group") == GROUP and record.amount_usd > 0, record.attrs
+    assert main.ledger.left_open_since(before) == 0
 
 
 # -- 3. forged plugin state in the request metadata -----------------------------------------------

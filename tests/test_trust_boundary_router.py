@@ -246,3 +246,32 @@ async def test_a_router_dropped_without_detach_leaves_no_callback_behind():
     gc.collect()
     left = [name for name in lists if adapter in getattr(litellm, name)]
     assert left == [], f"a collected router's callback is still in litellm.{left}"
+
+
+async def test_client_side_credentials_are_refused():
+    """LiteLLM clones a deployment for a call that brings its own key or endpoint: the clone is a
+    deployment the policy never picked, so its reservation would dangle."""
+    with attached(_deployments(), _policy()) as (router, engine):
+        for field, value in (("api_key", "sk-my-own"), ("api_base", "http://127.0.0.1:9/v1")):
+            with pytest.raises(litellm.BadRequestError) as info:
+                await router.acompletion(model="chat", messages=MESSAGES, **{field: value})
+            assert repr(field) in str(info.value)
+        assert engine.spend.ledger.records() == [] and engine.spend.ledger.open_reservations() == 0
+
+
+async def test_the_schedulers_look_ahead_pick_is_not_a_reservation():
+    """``schedule_acompletion`` picks once to see that a deployment is free, then again to send:
+    one answer, one record, nothing left reserved."""
+    with attached(_deployments(), _policy()) as (router, engine):
+        response = await router.schedule_acompletion(model="chat", messages=MESSAGES, priority=0)
+        await settled(engine)
+        assert served_by(response) == "ds"
+        assert [r.attrs["deployment"] for r in _records(engine)] == ["ds"]
+
+
+async def test_each_call_of_a_batch_is_reserved_and_settled_on_its_own():
+    with attached(_deployments(), _policy()) as (router, engine):
+        answers = await router.abatch_completion(models=["chat", "chat"], messages=MESSAGES)
+        await settled(engine)
+        assert len(answers) == 2 and len(_records(engine)) == 2
+        assert len({r.reservation_id for r in _records(engine)}) == 2
