@@ -25,6 +25,7 @@ FaultKind = Literal[
     "bad_gateway",  # plain-text 502 from a proxy in front of the provider (not JSON)
     "slow",  # sleep delay_ms, then answer normally
     "slow_first_chunk",  # send headers, wait delay_ms, then stream (non-stream: like slow)
+    "slow_stream",  # stream, waiting delay_ms before every chunk after the first (non-stream: like slow)
     "empty",  # HTTP 200 with an empty completion (no text, 0 completion tokens)
     "length",  # HTTP 200, finish_reason "length" (Anthropic max_tokens, Gemini MAX_TOKENS)
     "invalid_json",  # HTTP 200 with a truncated JSON body / a garbled stream chunk
@@ -292,8 +293,8 @@ class StandIn:
         Give a ``kind`` (see ``FAULT_KINDS``) or just a ``status``: 500, 429, 401, 400, 529, 503
         and 502 map to their kinds; any other status sends the provider's JSON error shape.
         ``rate_limit`` sets ``Retry-After`` to ``retry_after`` (default 1 s) and, for OpenAI-style
-        providers, the ``x-ratelimit-reset-requests`` header. ``slow``/``slow_first_chunk`` use
-        ``delay_ms``.
+        providers, the ``x-ratelimit-reset-requests`` header. ``slow``/``slow_first_chunk``/
+        ``slow_stream`` use ``delay_ms``.
         """
         self._wire(provider)
         if kind is None:
@@ -302,7 +303,7 @@ class StandIn:
             kind = _KIND_BY_STATUS.get(status, "status")
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
-        if kind in ("slow", "slow_first_chunk") and delay_ms <= 0:
+        if kind in ("slow", "slow_first_chunk", "slow_stream") and delay_ms <= 0:
             raise ValueError(f"fault {kind!r} needs delay_ms > 0")
         if times is not None and times < 1:
             raise ValueError(f"times must be >= 1 or None, got {times}")
@@ -483,7 +484,7 @@ class _Handler(BaseHTTPRequestHandler):
                       outcome=fault.kind if fault else "ok"))
         if fault is not None and fault.kind == "slow":
             time.sleep(fault.delay_ms / 1000)
-        if fault is not None and fault.kind == "slow_first_chunk" and not stream:
+        if fault is not None and fault.kind in ("slow_first_chunk", "slow_stream") and not stream:
             time.sleep(fault.delay_ms / 1000)
         if fault is not None and self._serve_error(wire, fault):
             return
@@ -502,7 +503,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_error(self, wire: str, fault: Fault) -> bool:
         """Answer an HTTP-level fault; False when the fault shapes a 200 answer instead."""
-        if fault.kind in ("slow", "slow_first_chunk", "empty", "length", "invalid_json", "stream_error"):
+        if fault.kind in ("slow", "slow_first_chunk", "slow_stream", "empty", "length", "invalid_json", "stream_error"):
             return False
         status = _status_for(wire, fault.kind, fault.status)
         if fault.kind == "bad_gateway":
@@ -543,6 +544,8 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "slow_first_chunk":
                 time.sleep(fault.delay_ms / 1000)  # type: ignore[union-attr]
             for i, frame in enumerate(frames):
+                if kind == "slow_stream" and i > 0:
+                    time.sleep(fault.delay_ms / 1000)  # type: ignore[union-attr]
                 if kind == "stream_error" and i == 2:
                     status = _status_for(wire, "stream_error", fault.status)  # type: ignore[union-attr]
                     msg = fault.message or _message(wire, "overloaded" if status in (503, 529) else "server_error",  # type: ignore[union-attr]
