@@ -111,6 +111,8 @@ class PaygRouting(CustomLogger):
         PaygRouting._count += 1
         self.binding = f"payg-{PaygRouting._count}-{id(self):x}"
         self._candidates: dict[str, Candidate] = {}
+        self._groups: frozenset[str] = frozenset()
+        self._deployment_names: dict[str, set[str]] = {}
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
         self._router_ref: weakref.ReferenceType[Any] | None = None
@@ -169,6 +171,12 @@ class PaygRouting(CustomLogger):
         self._candidates = {
             str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
         }
+        self._groups = frozenset(c.group for c in self._candidates.values())
+        #: a deployment's id or model string -> the groups it serves (what a client may name instead)
+        self._deployment_names: dict[str, set[str]] = {}
+        for c in self._candidates.values():
+            for name in (c.deployment_id, c.model):
+                self._deployment_names.setdefault(name, set()).add(c.group)
 
     def _candidates_for(self, deployments: Sequence[Mapping[str, Any]]) -> list[Candidate] | None:
         """Our candidates for these deployment dicts, or None if they are another router's."""
@@ -196,10 +204,9 @@ class PaygRouting(CustomLogger):
         none of these is not this router's, and is returned as is."""
         if not isinstance(model, str):
             return model
-        groups = {c.group for c in self._candidates.values()}
-        if model in groups or model in self._aliases:
+        if model in self._groups or model in self._aliases:
             return model
-        named = sorted({c.group for c in self._candidates.values() if model in (c.deployment_id, c.model)})
+        named = sorted(self._deployment_names.get(model, ()))
         if not named:
             return model
         if self.engine.policy.direct_deployments == "route" and len(named) == 1:

@@ -388,7 +388,7 @@ async def _wait_settled(engine: Any, before: int, succeeded: bool, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         records = engine.spend.ledger.records()[before:]
-        if engine.spend.ledger.open_reservations() == 0 and (records or not succeeded):
+        if engine.spend.ledger.open_reservations() == 0 and not engine.spend.in_flight and (records or not succeeded):
             return records
         await asyncio.sleep(0.01)
     return engine.spend.ledger.records()[before:]

@@ -6,8 +6,8 @@ against every budget bucket the request falls under, in one atomic ledger call, 
 concurrent requests cannot overshoot a cap. The real cost (LiteLLM's ``response_cost`` of the
 deployment that actually ran) settles the reservation; a failed call that did not bill releases it;
 a reservation nobody settles (a dead process, an abandoned stream) is charged in full when it
-expires. Every request is recorded in the ledger, budgets or not, so ``report`` can show where the
-money went.
+expires. Every answer is recorded in the ledger, budgets or not, so ``report`` can show where the
+money went (without budgets, when it settles: nothing is reserved, so nothing is written before).
 
 ``block`` and ``downgrade`` budgets are enforced at reservation; ``alert`` budgets only count.
 """
@@ -243,7 +243,20 @@ class SpendControl:
         attrs: Mapping[str, Any] | None = None,
     ) -> Admission:
         """Reserve for the first candidate whose budgets have room. A ``downgrade`` refusal moves
-        on to the next candidate; a ``block`` refusal raises :class:`BudgetExceeded`."""
+        on to the next candidate; a ``block`` refusal raises :class:`BudgetExceeded`.
+
+        A policy without budgets has nothing to enforce, so nothing is written to the ledger on
+        the caller's path: the request is admitted in memory and recorded when it settles (on
+        LiteLLM's logging worker, after the caller has its answer), as an admission without a
+        reservation is under ``fail_open``."""
+        if not self.budgets:
+            candidate = ordered[0]
+            admission = Admission(candidate, reservation_id, self.reserve_estimate(request, candidate), [],
+                                  _attrs(request, candidate, attrs), reserved=False)
+            with self._lock:
+                self._inflight[reservation_id] = admission
+                self._prune()
+            return admission
         skipped: list[Drop] = []
         for candidate in ordered:
             estimate = self.reserve_estimate(request, candidate)
@@ -364,6 +377,14 @@ class SpendControl:
                 with self._lock:
                     self._unsettled.appendleft((admission, cost))
                 return
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests not yet settled or released (still running, or never reported back
+        and not yet expired). Without budgets these are not in the ledger, so "is everything
+        settled?" asks this as well as the ledger's open reservations."""
+        with self._lock:
+            return len(self._inflight)
 
     @property
     def unsettled(self) -> int:

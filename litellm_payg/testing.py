@@ -170,7 +170,7 @@ def payg_spend(payg_router: Any) -> Any:
 
     def _spend(scope: str | None = None, timeout: float = 10.0) -> float:
         deadline = time.monotonic() + timeout
-        while engine.spend.ledger.open_reservations() and time.monotonic() < deadline:
+        while (engine.spend.ledger.open_reservations() or engine.spend.in_flight) and time.monotonic() < deadline:
             time.sleep(0.01)  # LiteLLM's callbacks settle on its background worker thread/loop
         return spend_of(engine.spend.ledger.records(), scope)
 

@@ -84,7 +84,8 @@ async def settled(engine: Any, timeout: float = 15.0) -> None:
     """Wait until nothing is reserved: outcomes land on LiteLLM's background logging worker, a
     moment after the caller got its answer. Fails if a reservation is still open after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while engine.spend.ledger.open_reservations() and time.monotonic() < deadline:
+    while (engine.spend.ledger.open_reservations() or engine.spend.in_flight) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     open_now = engine.spend.ledger.open_reservations()
     assert open_now == 0, f"{open_now} reservation(s) still open"
+    assert engine.spend.in_flight == 0, f"{engine.spend.in_flight} admitted request(s) never settled"
