@@ -43,7 +43,7 @@ import litellm
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import litellm_fixes
+from . import litellm_fixes, litellm_versions
 from .decision import Candidate, Outcome, RouteRequest
 from .default_plugins.failover import plan_next
 from .engine import Engine
@@ -127,7 +127,7 @@ class PaygRouting(CustomLogger):
         """Learn the router's deployments and check the policy against them (fails loudly now,
         not on the first request)."""
         self._router_ref = weakref.ref(router)
-        self._load(router.registry().deployments())
+        self._load(litellm_versions.deployments(router))
         by_group: dict[str, list[Candidate]] = {}
         for c in self._candidates.values():
             by_group.setdefault(c.group, []).append(c)
@@ -167,9 +167,9 @@ class PaygRouting(CustomLogger):
             c = self._candidates.get(str((d.get("model_info") or {}).get("id")))
             if c is None:
                 router = self._router_ref() if self._router_ref else None
-                if router is None or not router.registry().has_deployment(str(d["model_info"]["id"])):
+                if router is None or not litellm_versions.has_deployment(router, str(d["model_info"]["id"])):
                     return None
-                self._load(router.registry().deployments())  # deployments were added at runtime
+                self._load(litellm_versions.deployments(router))  # deployments were added at runtime
                 c = self._candidates.get(str(d["model_info"]["id"]))
                 if c is None:
                     return None
@@ -829,12 +829,9 @@ def _route_context_errors_back(router: Any, engine: Engine) -> None:
     failover = engine.policy.failover
     if failover is None or failover.action_for("context_window") != "larger_context":
         return
-    from litellm.router_api import ChangeSet
-
-    settings = router.settings()
-    existing = list(settings.context_window_fallbacks or [])
+    existing = litellm_versions.context_window_fallbacks(router)
     covered = {group for entry in existing for group in entry}
-    aliases = dict(router.registry().aliases() or {})
+    aliases = litellm_versions.model_group_aliases(router)
     added = False
     for group in engine.routes:
         if group in covered:
@@ -844,7 +841,7 @@ def _route_context_errors_back(router: Any, engine: Engine) -> None:
         aliases[alias] = group
         added = True
     if added:
-        router.apply(ChangeSet(assign={"context_window_fallbacks": existing, "model_group_alias": aliases}))
+        litellm_versions.set_context_window_fallbacks(router, existing, aliases)
 
 
 def _validates(engine: Engine) -> bool:

@@ -43,6 +43,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import litellm_versions
 from .adapter import DECISION_KEY, PaygRouting
 from .engine import Engine
 from .errors import PaygError, PolicyError, Problem
@@ -172,7 +173,7 @@ class ProxyPaygRouting(PaygRouting):
         router = getattr(server, "llm_router", None) if server is not None else None
         if router is None:
             return  # no Router yet: nothing to route; SDK use goes through bind()/attach()
-        key = (id(router), router.registry().version)
+        key = (id(router), litellm_versions.registry_version(router))
         if key == self._bound_to:
             if self.error is not None:
                 raise PolicyUnusable(self.error)
@@ -183,7 +184,7 @@ class ProxyPaygRouting(PaygRouting):
         except PolicyError as exc:
             self._refuse(exc, "policy does not fit the proxy's deployments")
             raise PolicyUnusable(self.error) from None
-        self._bound_to = (id(router), router.registry().version)  # install() may have applied settings
+        self._bound_to = (id(router), litellm_versions.registry_version(router))  # install() may have applied settings
         self.error = None
         logger.info("litellm-payg: bound to the proxy's router (%d deployments, registry version %s)",
                     len(self._candidates), key[1])
