@@ -215,9 +215,10 @@ def price_map() -> dict[str, Any]:
     path or URL, "why": ...}``. Imports LiteLLM (which loads the map) if it is not yet imported.
 
     LiteLLM loads its map once, at import: the copy bundled in its wheel when
-    ``LITELLM_LOCAL_MODEL_COST_MAP=True`` or ``LITELLM_OFFLINE_MODE=true`` (1.110.x also for its
-    own ``litellm`` CLI process), else ``LITELLM_MODEL_COST_MAP_URL`` (default: the map on
-    LiteLLM's main branch), falling back to the bundled copy when that fetch fails.
+    ``LITELLM_LOCAL_MODEL_COST_MAP=True``, or ``LITELLM_OFFLINE_MODE=true`` (from 1.109.0), or in its
+    own ``litellm`` CLI process (1.104.0 does, 1.100.0 does not); else ``LITELLM_MODEL_COST_MAP_URL``
+    (default: the map on LiteLLM's main branch), falling back to the bundled copy when that fetch
+    fails.
     """
     import litellm
 
@@ -238,7 +239,7 @@ def price_map() -> dict[str, Any]:
     elif os.environ.get("LITELLM_OFFLINE_MODE", "").strip().lower() == "true":
         why = "LITELLM_OFFLINE_MODE=true"
     else:
-        why = "LiteLLM's choice"
+        why = "LiteLLM's choice for its own CLI process"
     return {"source": "bundled", "where": bundled, "why": why}
 
 
