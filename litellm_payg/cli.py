@@ -22,9 +22,7 @@ EXIT_INPUT = 2
 def main(argv: Sequence[str] | None = None) -> int:
     # Offline by default: LiteLLM's bundled price map unless the user set LITELLM_LOCAL_MODEL_COST_MAP
     # (LiteLLM reads it once, when it is first imported, which happens after this line).
-    from .litellm_versions import use_bundled_price_map_unless_chosen
-
-    use_bundled_price_map_unless_chosen()
+    litellm_versions.use_bundled_price_map_unless_chosen()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
