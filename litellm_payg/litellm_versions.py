@@ -2,7 +2,7 @@
 
 The supported range is :data:`SUPPORTED` (``pyproject.toml`` declares the same). Each helper below
 names the release that changed what it papers over; the README's "Supported LiteLLM versions"
-table says the same for users. Checked by running the integration tests on 1.100.0, 1.105.0,
+table says the same for users. Checked by running the integration tests on 1.100.0, 1.104.0,
 1.108.0, 1.109.0 and 1.110.2 (``.ci/run`` runs the whole suite on the newest and the integration
 tests on the oldest).
 
