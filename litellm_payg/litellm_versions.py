@@ -17,6 +17,9 @@ LiteLLM release            what changed, and what this module does about it
 1.109.0                    An auth error whose body says ``invalid_request_error`` reaches
                            callers as ``AuthenticationError``; before, as ``BadRequestError``
                            (:func:`auth_error_class`). The plugin classifies both as ``auth``.
+1.109.0                    ``mock_response=""`` is a mock answer; before, an empty mock counts as
+                           none and LiteLLM calls the real provider (tests only: they mock
+                           an empty answer with whitespace).
 1.108.0                    The first stream chunk is read inside the retried attempt, so
                            ``failover.first_token_timeout_ms`` moves the request to the next
                            deployment. Before, the timeout ends the stream in the caller's

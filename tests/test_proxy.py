@@ -314,7 +314,9 @@ async def test_the_proxy_handler_installs_validators_and_context_fallbacks_like_
     policy = tmp_path / "payg-policy.yaml"
     policy.write_text(SEED_POLICY.read_text() + "ledger: memory://\nfailover: {}\nvalidate: [non_empty]\n")
     model_list = _model_list()
-    model_list[0]["litellm_params"]["mock_response"] = ""  # DeepSeek answers with nothing
+    # DeepSeek answers with nothing but whitespace (non_empty strips it). Not "": LiteLLM before
+    # 1.109.0 takes an empty mock_response for none and calls the real provider.
+    model_list[0]["litellm_params"]["mock_response"] = " "
     router = litellm.Router(model_list=model_list, num_retries=2, retry_after=0)
     server = types.SimpleNamespace(llm_router=router, user_config_file_path=None)
     monkeypatch.setitem(sys.modules, "litellm.proxy.proxy_server", server)
