@@ -57,6 +57,7 @@ import litellm  # noqa: E402
 from litellm import Router  # noqa: E402
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
+from litellm_payg import litellm_versions  # noqa: E402
 from litellm_payg.adapter import PaygRouting, attach  # noqa: E402
 from litellm_payg.decision import RouteRequest  # noqa: E402
 from litellm_payg.pricing import count_prompt_tokens  # noqa: E402
@@ -280,7 +281,7 @@ def bench_decision(n: int, iterations: int) -> dict[str, dict[str, float]]:
         prompt_tokens = count_prompt_tokens(qf_cands[0].model, MESSAGES)
         request = RouteRequest(group="chat", prompt_tokens=prompt_tokens, output_tokens=256)
         qf_decision = qf.decide(request, qf_cands)
-        healthy = list(qf_router.registry().deployments("chat"))
+        healthy = [d for d in litellm_versions.deployments(qf_router) if d["model_name"] == "chat"]
         assert len(healthy) == n
 
         def adapter_filter() -> None:

@@ -1,18 +1,17 @@
 """litellm-payg: pay-as-you-go cost control for LiteLLM, as pluggy policies.
 
-``import litellm_payg`` is light and offline: it does not import LiteLLM until ``attach`` (or another
-name that needs it) is used, and it sets ``LITELLM_LOCAL_MODEL_COST_MAP=True`` unless the process
-already chose, so LiteLLM uses its bundled price map instead of fetching one.
+``import litellm_payg`` is light and has no side effects: it does not import LiteLLM until ``attach``
+(or another name that needs it) is used, and it changes no environment variable and no LiteLLM
+global. Which price map LiteLLM loads (fetched, or the copy bundled in its wheel with
+``LITELLM_LOCAL_MODEL_COST_MAP=True``) is the application's choice; the ``litellm-payg`` CLI, the
+pytest plugin and the benchmarks choose the bundled one unless told otherwise. The repairs in
+:mod:`litellm_payg.litellm_fixes` are applied by ``attach`` and the proxy handler, not on import.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-from .hookspecs import hookimpl  # noqa: E402
-from .errors import (  # noqa: E402
+from .hookspecs import hookimpl
+from .errors import (
     InvalidAmount,
     NoDeploymentLeft,
     PaygError,

@@ -44,7 +44,7 @@ import litellm
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import litellm_fixes
+from . import litellm_fixes, litellm_versions
 from .decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
 from .next_hop import plan_next
 from .engine import Engine
@@ -131,7 +131,7 @@ class PaygRouting(CustomLogger):
             self._unwrap()  # the proxy replaced its Router: the doors move to the new one
             self._unwrap = None
         self._router_ref = weakref.ref(router)
-        self._load(router.registry().deployments())
+        self._load(litellm_versions.deployments(router))
         by_group: dict[str, list[Candidate]] = {}
         for c in self._candidates.values():
             by_group.setdefault(c.group, []).append(c)
@@ -146,7 +146,7 @@ class PaygRouting(CustomLogger):
         litellm_fixes.apply()
         self.bind(router)
         _route_context_errors_back(router, self.engine)
-        self._aliases = dict(router.registry().aliases() or {})
+        self._aliases = litellm_versions.model_group_aliases(router)
         _LIVE.add(self)
         if self._unwrap is None:
             self._unwrap = governed_entry_points(router, self)
@@ -185,9 +185,9 @@ class PaygRouting(CustomLogger):
             c = self._candidates.get(str((d.get("model_info") or {}).get("id")))
             if c is None:
                 router = self._router_ref() if self._router_ref else None
-                if router is None or not router.registry().has_deployment(str(d["model_info"]["id"])):
+                if router is None or not litellm_versions.has_deployment(router, str(d["model_info"]["id"])):
                     return None
-                self._load(router.registry().deployments())  # deployments were added at runtime
+                self._load(litellm_versions.deployments(router))  # deployments were added at runtime
                 c = self._candidates.get(str(d["model_info"]["id"]))
                 if c is None:
                     return None
@@ -1048,12 +1048,9 @@ def _route_context_errors_back(router: Any, engine: Engine) -> None:
     failover = engine.policy.failover
     if failover is None or failover.action_for("context_window") != "larger_context":
         return
-    from litellm.router_api import ChangeSet
-
-    settings = router.settings()
-    existing = list(settings.context_window_fallbacks or [])
+    existing = litellm_versions.context_window_fallbacks(router)
     covered = {group for entry in existing for group in entry}
-    aliases = dict(router.registry().aliases() or {})
+    aliases = litellm_versions.model_group_aliases(router)
     added = False
     for group in engine.routes:
         if group in covered:
@@ -1063,7 +1060,7 @@ def _route_context_errors_back(router: Any, engine: Engine) -> None:
         aliases[alias] = group
         added = True
     if added:
-        router.apply(ChangeSet(assign={"context_window_fallbacks": existing, "model_group_alias": aliases}))
+        litellm_versions.set_context_window_fallbacks(router, existing, aliases)
 
 
 def _validates(engine: Engine) -> bool:

@@ -12,12 +12,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import litellm_versions
 from .errors import PaygError
 
 EXIT_INPUT = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Offline by default: LiteLLM's bundled price map unless the user set LITELLM_LOCAL_MODEL_COST_MAP
+    # (LiteLLM reads it once, when it is first imported, which happens after this line).
+    litellm_versions.use_bundled_price_map_unless_chosen()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -90,6 +94,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             Engine(policy).check_deployments(candidates_from_config(args.config, policy))
         rules = sum(len(r) for r in policy.routes.values())
         print(f"ok: {path} ({len(policy.routes)} route(s), {rules} rule(s))")
+    print(f"priced with {litellm_versions.describe()}")
     return 0
 
 
@@ -132,9 +137,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             c.deployment_id: {"input_usd_per_1k": _per_1k(c.input_usd_per_token), "output_usd_per_1k": _per_1k(c.output_usd_per_token)}
             for c in candidates
         }
+        out["litellm"] = {"version": litellm_versions.litellm_version(), "price_map": litellm_versions.price_map()}
         print(json.dumps(out, indent=2))
         return 0
     print(_explain_table(decision, candidates))
+    print(f"priced with {litellm_versions.describe()}")
     return 0
 
 

@@ -15,15 +15,12 @@ How a request is priced (the README quotes this):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import litellm
 
-import litellm  # noqa: E402  (must follow the offline switch above)
-
-from .decision import Candidate  # noqa: E402
+from .decision import Candidate
 
 
 def facts_for(refs: tuple[str, ...], models: Mapping[str, Any]) -> Any:

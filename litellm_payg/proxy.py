@@ -44,6 +44,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import litellm_versions
 from .adapter import PaygRouting
 from .engine import Engine
 from .errors import PaygError, PolicyError, Problem
@@ -202,7 +203,7 @@ class ProxyPaygRouting(PaygRouting):
             if self.error is not None:
                 raise PolicyUnusable(self.error)  # the start-up check of the config's model_list failed
             return  # no Router yet: nothing to route; SDK use goes through bind()/attach()
-        key = (id(router), router.registry().version)
+        key = (id(router), litellm_versions.registry_version(router))
         if key == self._bound_to:
             if self.error is not None:
                 raise PolicyUnusable(self.error)
@@ -213,7 +214,7 @@ class ProxyPaygRouting(PaygRouting):
         except PolicyError as exc:
             self._refuse(exc, "policy does not fit the proxy's deployments")
             raise PolicyUnusable(self.error) from None
-        self._bound_to = (id(router), router.registry().version)  # install() may have applied settings
+        self._bound_to = (id(router), litellm_versions.registry_version(router))  # install() may have applied settings
         self.error = None
         logger.info("litellm-payg: bound to the proxy's router (%d deployments, registry version %s)",
                     len(self._candidates), key[1])

@@ -34,7 +34,6 @@ import heapq
 import io
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -45,6 +44,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import litellm_versions
 from .errors import PaygError
 
 DEFAULT_START = "2025-01-01T00:00:00Z"
@@ -386,6 +386,7 @@ class Result:
             "policy": self.policy_source,
             "traffic": self.traffic_source,
             "litellm_version": self.litellm_version,
+            "price_map": litellm_versions.price_map(),
             "period": {"start": _iso(self.start), "end": _iso(self.end), "days": (self.end - self.start) / 86400},
             "requests": self.requests,
             "served": self.served_requests,
@@ -697,7 +698,7 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
 
 def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) -> list[str]:
     lines = [
-        f"LiteLLM {result.litellm_version}, bundled price map (LITELLM_LOCAL_MODEL_COST_MAP={os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP', '')!s}); "
+        f"{litellm_versions.describe()}; "
         "cost of a request = litellm.cost_per_token(model, prompt_tokens, completion_tokens) of the deployment that served it",
         f"period: {_iso(result.start)} to {_iso(result.end)} ({period_days:g} days); each class's requests evenly spaced over it (or over its own 'time')",
         f"routing estimates assume {policy.defaults.expected_output_tokens} output tokens (policy defaults.expected_output_tokens) unless a class sets max_tokens; "
@@ -731,12 +732,7 @@ def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) 
 
 
 def _litellm_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("litellm")
-    except Exception:  # pragma: no cover
-        return "unknown"
+    return litellm_versions.litellm_version()
 
 
 def _iso(ts: float) -> str:

@@ -52,7 +52,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# The pytest plugin prices with LiteLLM's bundled map unless the user chose (tests are offline).
+# pytest loads this module before any test module imports LiteLLM, which reads the variable once.
+from .litellm_versions import use_bundled_price_map_unless_chosen  # noqa: E402
+
+use_bundled_price_map_unless_chosen()
 
 import pytest  # noqa: E402
 

@@ -13,6 +13,7 @@ import time
 import litellm
 import pytest
 
+from litellm_payg import litellm_versions
 from litellm_payg.failures import InvalidResponseError
 from litellm_payg.standin import StandIn
 
@@ -80,6 +81,8 @@ async def test_a_slow_deployment_stops_being_first_choice(standin):
         assert served_by(response) == "ml"
 
 
+@pytest.mark.skipif(not litellm_versions.FIRST_TOKEN_IN_ATTEMPT,
+                    reason="LiteLLM reads a stream's first chunk inside the retried attempt from 1.108.0")
 async def test_stream_without_a_first_token_in_time_moves_to_the_next_deployment(standin):
     policy = _policy(first_token_timeout_ms=400)
     standin.delay("deepseek", 3000, first_chunk=True)
@@ -90,6 +93,29 @@ async def test_stream_without_a_first_token_in_time_moves_to_the_next_deployment
         elapsed = time.monotonic() - started
     assert text
     assert standin.hits("deepseek") == 1 and standin.hits("mistral") == 1
+    assert elapsed < 2.5  # did not wait for DeepSeek's 3 s first chunk
+
+
+@pytest.mark.skipif(litellm_versions.FIRST_TOKEN_IN_ATTEMPT,
+                    reason="before 1.108.0 only: LiteLLM reads a stream's first chunk outside the attempt")
+async def test_before_1_108_a_first_token_timeout_reaches_the_caller_and_releases_its_reservation(standin):
+    """The documented gap (README, "Supported LiteLLM versions"): before LiteLLM 1.108.0 the Router
+    returns the stream before its first chunk is read, so ``first_token_timeout_ms`` ends the stream
+    in the caller's hands instead of moving the request on. It still times out in time and is not
+    charged."""
+    policy = _policy(first_token_timeout_ms=400)
+    standin.delay("deepseek", 3000, first_chunk=True)
+    with attached(_model_list(standin), policy, **ROUTER) as (router, engine):
+        started = time.monotonic()
+        stream = await router.acompletion(model="chat", messages=MESSAGES, stream=True)
+        with pytest.raises(litellm.APIConnectionError, match="Timeout"):
+            async for _ in stream:
+                pass
+        elapsed = time.monotonic() - started
+        await settled(engine)
+        assert engine.spend.ledger.open_reservations() == 0
+        assert sum(r.amount_usd for r in engine.spend.ledger.records()) == 0
+    assert standin.hits("deepseek") == 1 and standin.hits("mistral") == 0
     assert elapsed < 2.5  # did not wait for DeepSeek's 3 s first chunk
 
 
@@ -106,7 +132,10 @@ async def test_context_too_long_moves_to_a_larger_context_deployment(standin):
 async def test_an_auth_error_reaches_the_caller_and_is_not_hidden(standin):
     standin.fail("deepseek", "auth", times=None)
     with attached(_model_list(standin), _policy(), **ROUTER) as (router, engine):
-        with pytest.raises(litellm.AuthenticationError):
+        # DeepSeek's 401 body says "invalid_request_error": LiteLLM raises AuthenticationError for
+        # it from 1.109.0, BadRequestError before (litellm_versions.auth_error_class); either way
+        # the plugin classifies it `auth` and the request fails at once
+        with pytest.raises(litellm_versions.auth_error_class()):
             await router.acompletion(model="chat", messages=MESSAGES)
         await settled(engine)
         assert engine.spend.ledger.open_reservations() == 0

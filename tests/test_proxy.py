@@ -255,9 +255,9 @@ async def test_rebinds_when_the_proxy_router_changes(monkeypatch):
     require_proxy_deps()  # the pre-call hook raises fastapi's HTTPException
     import litellm
     from fastapi import HTTPException
-    from litellm.router_api import ChangeSet
     from litellm.types.router import Deployment, LiteLLM_Params
 
+    from litellm_payg import litellm_versions
     from litellm_payg.proxy import ProxyPaygRouting
 
     router = litellm.Router(model_list=_model_list())
@@ -271,17 +271,17 @@ async def test_rebinds_when_the_proxy_router_changes(monkeypatch):
     await handler.async_pre_call_hook(None, None, {"model": "chat"}, "completion")
     assert len(handler._candidates) == 2
 
-    router.apply(ChangeSet(upsert=[Deployment(
+    litellm_versions.add_deployment(router, Deployment(
         model_name="chat",
         litellm_params=LiteLLM_Params(model="openai/my-unpriced-finetune", api_key="x", mock_response="?"),
         model_info={"id": "unpriced-1"},
-    )]))
+    ))
     with pytest.raises(HTTPException) as excinfo:
         await handler.async_pre_call_hook(None, None, {"model": "chat"}, "completion")
     assert excinfo.value.status_code == 500
     assert "unpriced-1" in excinfo.value.detail and "routes.chat[0].cost_threshold" in excinfo.value.detail
 
-    router.apply(ChangeSet(delete=["unpriced-1"]))
+    litellm_versions.delete_deployment(router, "unpriced-1")
     await handler.async_pre_call_hook(None, None, {"model": "chat"}, "completion")
     assert handler.error is None and len(handler._candidates) == 2
 
@@ -307,13 +307,16 @@ async def test_the_proxy_handler_installs_validators_and_context_fallbacks_like_
     require_proxy_deps()
     import litellm
 
+    from litellm_payg import litellm_versions
     from litellm_payg.adapter import LARGER_CONTEXT_SUFFIX, ResponseGuard
     from litellm_payg.proxy import ProxyPaygRouting
 
     policy = tmp_path / "payg-policy.yaml"
     policy.write_text(SEED_POLICY.read_text() + "ledger: memory://\nfailover: {}\nvalidate: [non_empty]\n")
     model_list = _model_list()
-    model_list[0]["litellm_params"]["mock_response"] = ""  # DeepSeek answers with nothing
+    # DeepSeek answers with nothing but whitespace (non_empty strips it). Not "": LiteLLM before
+    # 1.109.0 takes an empty mock_response for none and calls the real provider.
+    model_list[0]["litellm_params"]["mock_response"] = " "
     router = litellm.Router(model_list=model_list, num_retries=2, retry_after=0)
     server = types.SimpleNamespace(llm_router=router, user_config_file_path=None)
     monkeypatch.setitem(sys.modules, "litellm.proxy.proxy_server", server)
@@ -322,7 +325,7 @@ async def test_the_proxy_handler_installs_validators_and_context_fallbacks_like_
     try:
         await handler.async_pre_call_hook(None, None, {"model": "chat"}, "completion")
         assert any(isinstance(cb, ResponseGuard) and cb.adapter is handler for cb in litellm.callbacks)
-        assert {"chat": ["chat" + LARGER_CONTEXT_SUFFIX]} in router.settings().context_window_fallbacks
+        assert {"chat": ["chat" + LARGER_CONTEXT_SUFFIX]} in litellm_versions.context_window_fallbacks(router)
         response = await router.acompletion(model="chat", messages=LONG_PROMPT, max_tokens=LONG_MAX_TOKENS)
         assert response.choices[0].message.content == FROM_MISTRAL  # the empty answer was rejected
     finally:

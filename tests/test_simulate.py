@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from litellm_payg import litellm_versions
 from litellm_payg.cli import main as cli_main
 from litellm_payg.simulate import add_parser, parse_traffic, simulate
 
@@ -92,7 +93,8 @@ def test_support_bot_table_matches_a_hand_calculation_to_the_cent(support_bot):
         for m, a, b in re.findall(r"price (\S+): \$([\d.]+)/1M input, \$([\d.]+)/1M output", text)
     }
     assert set(stated) == set(MODELS)
-    assert "LiteLLM 1.110.2" in text
+    assert f"LiteLLM {litellm_versions.litellm_version()}" in text
+    assert "bundled price map (LITELLM_LOCAL_MODEL_COST_MAP=True)" in text
     assert "class faq: 300,000 x (150 prompt + 50 completion tokens)" in text
     assert "class troubleshooting: 200,000 x (1100 prompt + 400 completion tokens)" in text
 
@@ -157,7 +159,8 @@ def test_json_output(support_bot):
     by_kind = {b["kind"]: b for b in data["baselines"]}
     assert by_kind["oracle"]["cost_usd"] == pytest.approx(245.75, abs=0.005)
     assert by_kind["litellm-cost-based"]["picks"] == {"support": "deepseek/deepseek-chat"}
-    assert data["litellm_version"] == "1.110.2"
+    assert data["litellm_version"] == litellm_versions.litellm_version()
+    assert data["price_map"]["source"] == "bundled"
 
 
 def _random_policy(rng: random.Random, budgets: list | None = None) -> dict:
