@@ -153,24 +153,22 @@ def _messages(data: Mapping[str, Any]) -> BadField | None:
 
 
 def _max_tokens(data: Mapping[str, Any]) -> BadField | None:
-    for name in MAX_TOKEN_FIELDS:
-        value = data.get(name)
-        if value is None:
-            continue
-        number = whole_number(value)
-        if number is None or not 1 <= number <= MAX_OUTPUT_TOKENS:
-            return BadField(name, f"expected a whole number from 1 to {MAX_OUTPUT_TOKENS:,}, got {_shown(value)}")
-    return None
+    return _whole_numbers(data, MAX_TOKEN_FIELDS, MAX_OUTPUT_TOKENS)
 
 
 def _choices(data: Mapping[str, Any]) -> BadField | None:
-    for name in ("n", "best_of"):
+    return _whole_numbers(data, ("n", "best_of"), MAX_CHOICES)
+
+
+def _whole_numbers(data: Mapping[str, Any], names: tuple[str, ...], most: int) -> BadField | None:
+    """The first of ``names`` that is set but is not a whole number from 1 to ``most``."""
+    for name in names:
         value = data.get(name)
         if value is None:
             continue
         number = whole_number(value)
-        if number is None or not 1 <= number <= MAX_CHOICES:
-            return BadField(name, f"expected a whole number from 1 to {MAX_CHOICES}, got {_shown(value)}")
+        if number is None or not 1 <= number <= most:
+            return BadField(name, f"expected a whole number from 1 to {most:,}, got {_shown(value)}")
     return None
 
 
