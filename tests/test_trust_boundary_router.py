@@ -230,11 +230,19 @@ async def test_a_responses_api_input_is_counted_for_the_reservation():
 
 async def test_a_router_dropped_without_detach_leaves_no_callback_behind():
     import gc
+    import weakref
+
+    from litellm_payg import litellm_versions
 
     from litellm import Router
 
     import litellm_payg
 
+    probe = weakref.ref(Router(model_list=_deployments()))
+    gc.collect()
+    if probe() is not None:
+        pytest.skip(f"LiteLLM {litellm_versions.litellm_version()} keeps every Router alive itself (its own "
+                    "deployment callbacks in litellm's global lists hold it; seen on 1.100.0), so no Router is ever collected")
     router = Router(model_list=_deployments())
     engine = litellm_payg.attach(router, _policy(), ledger="memory://")
     await router.acompletion(model="chat", messages=MESSAGES)
