@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime
 import random
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ import litellm
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
-from . import litellm_fixes, litellm_versions
+from . import charges, litellm_fixes, litellm_versions
 from .decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
 from .next_hop import plan_next
 from .engine import Engine
@@ -69,29 +67,6 @@ OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 #: the live adapters, to tell a request that bypassed this router's routing from one of another
 #: router that governs the same deployment ids (two Routers built from one config)
 _LIVE: "weakref.WeakSet[PaygRouting]" = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class _Charge:
-    """What one answer is charged, and the token counts the charge is based on."""
-
-    cost: float
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    #: the answer reported no usage: counts and cost are the plugin's estimate
-    estimated: bool = False
-    #: the client went away mid-stream: the counts are what LiteLLM saw streamed before it did
-    abandoned: bool = False
-
-    @property
-    def attrs(self) -> dict[str, str] | None:
-        """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
-        reports from one priced on the provider's own counts; ``abandoned: client_disconnected``
-        says why."""
-        out = {"usage": "estimated"} if self.estimated or self.abandoned else {}
-        if self.abandoned:
-            out["abandoned"] = "client_disconnected"
-        return out or None
 
 
 class PaygRouting(CustomLogger):
@@ -434,7 +409,7 @@ class PaygRouting(CustomLogger):
             state.handled_calls.add(str(call_id))  # LiteLLM's failure log of this attempt is then left alone
         reservation_id = state.pop_reservation(deployment_id)
         failure = diagnose(exception)
-        charge: _Charge | None = None
+        charge: charges.Charge | None = None
         if reservation_id is not None and not isinstance(exception, InvalidResponseError):
             if failure.answered:
                 # the provider answered 200 before the attempt failed: it billed, so charge it
@@ -498,15 +473,15 @@ class PaygRouting(CustomLogger):
         exception = kwargs.get("exception")
         failure = diagnose(exception) if isinstance(exception, BaseException) else None
         model = litellm_params.get("model") or kwargs.get("model")
-        charge: _Charge | None = None
-        if (failure is None or not failure.answered) and _stream_had_begun(kwargs):
+        charge: charges.Charge | None = None
+        if (failure is None or not failure.answered) and charges.stream_had_begun(kwargs):
             # LiteLLM hands this log the provider's own error, unwrapped from MidStreamFallbackError:
             # the evidence that the stream had begun is the partial usage LiteLLM recovered from it
             failure = (diagnose_broken_stream(exception) if isinstance(exception, BaseException)
                        else Failure(FailureClass.SERVER_ERROR, MID_STREAM, None, None, "", answered=True))
         if failure is not None and failure.answered:
             charge = self._charge_answered_failure(deployment_id, reservation_id, failure, state, model,
-                                                   partial=_partial_usage(kwargs))
+                                                   partial=charges.partial_usage(kwargs))
         else:
             self.engine.spend.release(reservation_id)  # failed before any answer: it did not bill
         if isinstance(exception, BaseException):
@@ -515,7 +490,7 @@ class PaygRouting(CustomLogger):
     def _charge_answered_failure(
         self, deployment_id: str, reservation_id: str, failure: Failure, state: RequestState, model: str | None,
         partial: tuple[int, int, float] | None = None,
-    ) -> _Charge:
+    ) -> charges.Charge:
         """Settle an attempt that failed after the provider answered HTTP 200.
 
         Why: the provider processed, and billed, at least the prompt (and maybe part of an answer),
@@ -539,29 +514,29 @@ class PaygRouting(CustomLogger):
         cost: float | None = None
         if candidate is not None and candidate.priced and prompt_tokens is not None:
             cost = candidate.estimate_usd(int(prompt_tokens), 0)
-            how = f"charged the prompt's estimated cost of ${_usd(cost)} ({int(prompt_tokens)} prompt tokens)"
+            how = f"charged the prompt's estimated cost of ${charges.usd(cost)} ({int(prompt_tokens)} prompt tokens)"
         if partial is not None:
             streamed_prompt, streamed_completion, litellm_cost = partial
-            streamed = _policy_priced(candidate, streamed_prompt, streamed_completion)
+            streamed = charges.policy_priced(candidate, streamed_prompt, streamed_completion)
             if streamed is None:
                 streamed = litellm_cost
             if streamed > (cost or 0.0):
                 cost, prompt_tokens, completion_tokens = streamed, streamed_prompt, streamed_completion
-                how = (f"charged LiteLLM's count of what was streamed, ${_usd(cost)} "
+                how = (f"charged LiteLLM's count of what was streamed, ${charges.usd(cost)} "
                        f"({streamed_prompt} prompt + {streamed_completion} completion tokens)")
         if cost is None:
             cost = self.engine.spend.reserved_usd(reservation_id) or 0.0
-            how = f"the prompt could not be priced; charged the reservation's ${_usd(cost)}"
+            how = f"the prompt could not be priced; charged the reservation's ${charges.usd(cost)}"
         self.engine.spend.settle(reservation_id, cost, {"usage": "estimated", "failed": failure.matcher})
         logger.warning(
             "litellm-payg: %s failed after the provider answered (%s: %s); %s; the provider may bill "
             "more for partial output",
             where, failure.cls, failure.matcher, how,
         )
-        return _Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, completion_tokens, estimated=True)
+        return charges.Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, completion_tokens, estimated=True)
 
     def _emit_failure(
-        self, state: RequestState, deployment_id: str, exception: BaseException, charge: _Charge | None, model: Any
+        self, state: RequestState, deployment_id: str, exception: BaseException, charge: charges.Charge | None, model: Any
     ) -> None:
         if charge is None:
             self._emit(state, deployment_id, ok=False, cost=0.0, error=exception, model=model)
@@ -634,7 +609,7 @@ class PaygRouting(CustomLogger):
         charge = self._charge_inline(request_data, response, state, deployment_id)
         if charge is None:
             return None  # already charged (the guard ran first and rejected it)
-        latency = _elapsed(request_data)
+        latency = charges.elapsed(request_data)
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=True, latency_s=latency)
         self._emit(
@@ -654,15 +629,15 @@ class PaygRouting(CustomLogger):
         prompt = int(usage.get("promptTokenCount") or 0)
         completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
         candidate = self._candidates.get(deployment_id)
-        cost = _price_tokens(candidate, str(model or ""), prompt, completion) if (prompt or completion) else None
-        charge = _Charge(cost, prompt, completion) if cost is not None else _Charge(
+        cost = charges.price_tokens(candidate, str(model or ""), prompt, completion) if (prompt or completion) else None
+        charge = charges.Charge(cost, prompt, completion) if cost is not None else charges.Charge(
             self.engine.spend.reserved_usd(reservation_id) or 0.0, prompt, completion, estimated=True)
         self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
         self._emit(state, deployment_id, ok=True, cost=charge.cost, model=model, prompt_tokens=prompt,
                    completion_tokens=completion, usage_estimated=charge.estimated)
         self._finish(state)
 
-    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, state: RequestState, deployment_id: str) -> _Charge | None:
+    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, state: RequestState, deployment_id: str) -> charges.Charge | None:
         """Charge a non-stream answer before LiteLLM's logging worker would (see the callers)."""
         reservation_id = state.pop_reservation(deployment_id)
         if reservation_id is None:
@@ -670,16 +645,16 @@ class PaygRouting(CustomLogger):
         candidate = self._candidates.get(deployment_id)
         usage = getattr(response, "usage", None)
         prompt_tokens, completion_tokens = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-        if _usage_missing(response, prompt_tokens, completion_tokens):
+        if charges.usage_missing(response, prompt_tokens, completion_tokens):
             charge = self._estimate_missing_usage(
-                deployment_id, reservation_id, request_data.get("messages"), _tools_of(request_data), response,
+                deployment_id, reservation_id, request_data.get("messages"), charges.tools_of(request_data), response,
                 state, request_data.get("model"),
             )
         else:
-            cost = _policy_priced(candidate, prompt_tokens, completion_tokens)
+            cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
             if cost is None:
-                cost = _attempt_cost(request_data, response, candidate)
-            charge = _Charge(cost, prompt_tokens, completion_tokens)
+                cost = charges.attempt_cost(request_data, response, candidate)
+            charge = charges.Charge(cost, prompt_tokens, completion_tokens)
         self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
         return charge
 
@@ -692,7 +667,7 @@ class PaygRouting(CustomLogger):
         response: Any,
         state: RequestState,
         model: str | None = None,
-    ) -> _Charge:
+    ) -> charges.Charge:
         """The charge for an answer that reported no usage.
 
         Why: a provider (or an OpenAI-compatible gateway, or a self-hosted server) that answers
@@ -714,13 +689,13 @@ class PaygRouting(CustomLogger):
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         try:
-            prompt_tokens = _count_prompt(model, messages, tools) if messages else None
+            prompt_tokens = charges.count_prompt(model, messages, tools) if messages else None
             if not prompt_tokens and state.prompt_tokens is not None:
                 prompt_tokens = state.prompt_tokens  # counted when the request was routed
-            completion_tokens = _count_completion(model, response)
+            completion_tokens = charges.count_completion(model, response)
             if prompt_tokens is None:
                 raise ValueError("the request's messages are not available to count")
-            cost = _price_tokens(candidate, model, prompt_tokens, completion_tokens)
+            cost = charges.price_tokens(candidate, model, prompt_tokens, completion_tokens)
             problem = None if cost is not None else "the deployment has no known price"
         except Exception as exc:  # noqa: BLE001 - a tokenizer or price lookup failure must not lose the charge
             cost, problem = None, f"LiteLLM could not count or price it: {exc}"
@@ -728,16 +703,16 @@ class PaygRouting(CustomLogger):
             logger.warning(
                 "litellm-payg: %s answered without a usage block; charged an estimate of $%s "
                 "(%d prompt + %d completion tokens by LiteLLM's token counter)",
-                where, _usd(cost), prompt_tokens, completion_tokens,
+                where, charges.usd(cost), prompt_tokens, completion_tokens,
             )
-            return _Charge(cost, prompt_tokens, completion_tokens, estimated=True)
+            return charges.Charge(cost, prompt_tokens, completion_tokens, estimated=True)
         reserved = self.engine.spend.reserved_usd(reservation_id) or 0.0
         logger.warning(
             "litellm-payg: %s answered without a usage block and no estimate could be made (%s); "
             "charged the reservation's $%s",
-            where, problem, _usd(reserved),
+            where, problem, charges.usd(reserved),
         )
-        return _Charge(reserved, prompt_tokens, completion_tokens, estimated=True)
+        return charges.Charge(reserved, prompt_tokens, completion_tokens, estimated=True)
 
     async def check_response(self, request_data: Mapping[str, Any], response: Any) -> None:
         """Run the ``payg_validate_response`` hooks on a non-stream answer; raise
@@ -759,7 +734,7 @@ class PaygRouting(CustomLogger):
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=False)
         if charge is None:
-            charge = _Charge(_attempt_cost(request_data, response, candidate), None, None)
+            charge = charges.Charge(charges.attempt_cost(request_data, response, candidate), None, None)
         self._emit(state, deployment_id, ok=False, cost=charge.cost, error=error, model=request_data.get("model"),
                    **({"prompt_tokens": charge.prompt_tokens, "completion_tokens": charge.completion_tokens,
                        "usage_estimated": True} if charge.estimated else {}))
@@ -782,35 +757,35 @@ class PaygRouting(CustomLogger):
             self._finish(state)
             return  # already charged inline
         model = (kwargs.get("litellm_params") or {}).get("model") or kwargs.get("model")
-        prompt_tokens, completion_tokens = _reported_tokens(slo, response_obj)
-        if _usage_missing(response_obj, prompt_tokens, completion_tokens):
+        prompt_tokens, completion_tokens = charges.reported_tokens(slo, response_obj)
+        if charges.usage_missing(response_obj, prompt_tokens, completion_tokens):
             charge = self._estimate_missing_usage(
-                deployment_id, reservation_id, kwargs.get("messages"), _tools_of(kwargs), response_obj, state, model
+                deployment_id, reservation_id, kwargs.get("messages"), charges.tools_of(kwargs), response_obj, state, model
             )
         else:
             candidate = self._candidates.get(deployment_id)
-            cost = _policy_priced(candidate, prompt_tokens, completion_tokens)
+            cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
             if cost is None:
                 cost = float(kwargs.get("response_cost") or 0.0)
             if cost == 0.0 and (prompt_tokens or completion_tokens):
                 # LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2): price
                 # them at the deployment's price, the one the reservation used
-                priced = _price_tokens(candidate, model or "", int(prompt_tokens or 0), int(completion_tokens or 0))
+                priced = charges.price_tokens(candidate, model or "", int(prompt_tokens or 0), int(completion_tokens or 0))
                 cost = priced if priced is not None else cost
-            charge = _Charge(cost, prompt_tokens, completion_tokens)
-        if _client_disconnected(kwargs):
+            charge = charges.Charge(cost, prompt_tokens, completion_tokens)
+        if charges.client_disconnected(kwargs):
             # the proxy's disconnect billing: LiteLLM assembled what was streamed before the client
             # went away and counted it; the provider may have generated (and billed) more
             charge = dataclasses.replace(charge, abandoned=True)
             logger.warning(
                 "litellm-payg: the client of a stream from deployment %s disconnected; charged LiteLLM's count "
                 "of what was streamed, $%s (%s prompt + %s completion tokens), marked as an estimate",
-                deployment_id, _usd(charge.cost), charge.prompt_tokens, charge.completion_tokens,
+                deployment_id, charges.usd(charge.cost), charge.prompt_tokens, charge.completion_tokens,
             )
         self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
-        latency = _seconds(slo.get("startTime"), slo.get("endTime"))
+        latency = charges.seconds(slo.get("startTime"), slo.get("endTime"))
         if self.engine.health is not None:
-            ttft = _seconds(slo.get("startTime"), slo.get("completionStartTime"))
+            ttft = charges.seconds(slo.get("startTime"), slo.get("completionStartTime"))
             self.engine.health.record(deployment_id, ok=True, latency_s=latency, ttft_s=ttft)
         self._emit(
             state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
@@ -864,24 +839,6 @@ class ResponseGuard(CustomGuardrail):
         return None
 
 
-def _partial_usage(log_kwargs: Mapping[str, Any]) -> tuple[int, int, float] | None:
-    """What LiteLLM counted of a broken stream (its failure log's ``combined_usage_object`` and
-    ``response_cost``), or None when it recovered nothing."""
-    if not _stream_had_begun(log_kwargs):
-        return None
-    usage = log_kwargs["combined_usage_object"]
-    return (int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0),
-            float(log_kwargs.get("response_cost") or 0.0))
-
-
-def _stream_had_begun(log_kwargs: Mapping[str, Any]) -> bool:
-    """Whether a failed stream had begun: LiteLLM's stream wrapper recovered partial usage from the
-    chunks it received (``combined_usage_object`` on its failure log; none when nothing arrived,
-    e.g. a timeout before the first chunk)."""
-    usage = log_kwargs.get("combined_usage_object")
-    return bool(getattr(usage, "prompt_tokens", None) or getattr(usage, "completion_tokens", None))
-
-
 def _as_picked(
     decision: Decision, pick: Candidate, untried: Sequence[Candidate], skipped: Sequence[Drop], tried: Sequence[str]
 ) -> Decision:
@@ -901,136 +858,10 @@ def _as_picked(
     return dataclasses.replace(decision, ordered=ordered, dropped=dropped)
 
 
-def _client_disconnected(log_kwargs: Mapping[str, Any]) -> bool:
-    """Whether LiteLLM's proxy logged this success for a stream whose client disconnected (it
-    marks the request's metadata ``client_disconnected`` and bills the chunks streamed so far)."""
-    litellm_params = log_kwargs.get("litellm_params") or {}
-    return any(
-        isinstance(md, Mapping) and md.get("client_disconnected") is True
-        for md in (litellm_params.get("metadata"), litellm_params.get("litellm_metadata"), log_kwargs.get("metadata"))
-    )
-
-
 def _trace(request_kwargs: Mapping[str, Any]) -> str | None:
     """LiteLLM's trace id of a request (stable across its retries and fallback hops)."""
     trace = request_kwargs.get("litellm_trace_id")
     return None if trace in (None, "") else str(trace)
-
-
-def _seconds(start: Any, end: Any) -> float | None:
-    try:
-        return max(0.0, float(end) - float(start))
-    except (TypeError, ValueError):
-        return None
-
-
-def _policy_priced(candidate: Candidate | None, prompt_tokens: Any, completion_tokens: Any) -> float | None:
-    """A deployment the policy prices itself (``models:`` ``input_usd_per_1k``/``output_usd_per_1k``:
-    a fine-tune or self-hosted model LiteLLM does not know, or knows at the wrong price) is charged
-    at that price for the usage it reported; LiteLLM's ``response_cost`` would not know it."""
-    if candidate is None or candidate.price_source != "policy" or prompt_tokens is None or completion_tokens is None:
-        return None
-    return candidate.estimate_usd(int(prompt_tokens), int(completion_tokens))
-
-
-def _reported_tokens(slo: Mapping[str, Any], response: Any) -> tuple[Any, Any]:
-    """The prompt and completion token counts LiteLLM parsed from the answer (its standard logging
-    payload, else the response's ``usage``)."""
-    if "prompt_tokens" in slo or "completion_tokens" in slo:
-        return slo.get("prompt_tokens"), slo.get("completion_tokens")
-    usage = getattr(response, "usage", None)
-    return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-
-
-def _usage_missing(response: Any, prompt_tokens: Any, completion_tokens: Any) -> bool:
-    """Whether a chat answer reported no usage: LiteLLM parsed 0 (or no) prompt *and* completion
-    tokens. A real prompt is never 0 tokens, so this is never a genuine count. Only chat
-    completions: other calls (images, audio) are priced per unit, not per token. A stream that
-    reported no usage is not caught here: LiteLLM counts its tokens itself while assembling it."""
-    return isinstance(response, litellm.ModelResponse) and not prompt_tokens and not completion_tokens
-
-
-def _tools_of(call: Mapping[str, Any]) -> Any:
-    return call.get("tools") or (call.get("optional_params") or {}).get("tools")
-
-
-def _count_prompt(model: str, messages: Any, tools: Any) -> int:
-    """Prompt tokens as LiteLLM counts them (``pricing.count_request_tokens``: messages and tools)."""
-    return count_request_tokens(model, {"messages": messages, "tools": tools})
-
-
-def _count_completion(model: str, response: Any) -> int:
-    """Completion tokens of an answer as LiteLLM counts a stream that reported none: its text and
-    tool calls (LiteLLM's ``get_content_from_model_response``) plus any reasoning text, through
-    ``litellm.token_counter``."""
-    try:
-        from litellm.litellm_core_utils.prompt_templates.common_utils import (
-            get_content_from_model_response,
-        )
-
-        text = get_content_from_model_response(response)
-    except ImportError:  # moved in another LiteLLM version: count the message text alone
-        text = "".join(getattr(getattr(c, "message", None), "content", None) or "" for c in response.choices)
-    tokens = int(litellm.token_counter(model=model, text=text)) if text else 0
-    for choice in response.choices:
-        reasoning = getattr(getattr(choice, "message", None), "reasoning_content", None)
-        if reasoning:
-            tokens += int(litellm.token_counter(model=model, text=reasoning))
-    return tokens
-
-
-def _price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """These tokens at the deployment's price (what its reservation used), else LiteLLM's price
-    for the model; None when neither is known."""
-    if candidate is not None and candidate.priced:
-        return candidate.estimate_usd(prompt_tokens, completion_tokens)
-    try:
-        prompt_usd, completion_usd = litellm.cost_per_token(
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )
-    except Exception:  # noqa: BLE001 - LiteLLM raises a bare Exception for an unmapped model
-        return None
-    total = float(prompt_usd) + float(completion_usd)
-    # a Router registers every deployment's model with LiteLLM, unpriced ones at $0: unknown, not free
-    return total if total > 0 else None
-
-
-def _usd(amount: float) -> str:
-    """A dollar amount for a log line: nine decimals (a nano-dollar, the ledger's unit), trailing
-    zeros dropped down to six."""
-    text = f"{amount:.9f}"
-    while text.endswith("0") and len(text.split(".")[1]) > 6:
-        text = text[:-1]
-    return text
-
-
-def _elapsed(request_data: Mapping[str, Any]) -> float | None:
-    logging_obj = request_data.get("litellm_logging_obj")
-    started = getattr(logging_obj, "start_time", None)
-    try:
-        return max(0.0, (datetime.now() - started).total_seconds())
-    except TypeError:
-        return None
-
-
-def _attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Candidate | None) -> float:
-    """What one answer cost, before LiteLLM's logging worker says: LiteLLM's own calculation for
-    this attempt (the logging object's ``response_cost_calculator``, which knows the deployment's
-    custom prices), falling back to the deployment's known price times the usage it reported."""
-    logging_obj = request_data.get("litellm_logging_obj")
-    try:
-        cost = logging_obj.response_cost_calculator(result=response)
-        if cost is not None:
-            return float(cost)
-    except Exception:
-        logger.debug("litellm-payg: LiteLLM could not price this answer; using the deployment's price", exc_info=True)
-    try:
-        return float(litellm.completion_cost(completion_response=response, model=candidate.model if candidate else None))
-    except Exception:
-        usage = getattr(response, "usage", None)
-        if candidate is None or not candidate.priced or usage is None:
-            return 0.0
-        return candidate.estimate_usd(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
 
 
 LARGER_CONTEXT_SUFFIX = "::payg-larger-context"

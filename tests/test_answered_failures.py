@@ -31,7 +31,7 @@ from standin_helpers import (
     standin_deployment,
 )
 
-from litellm_payg import adapter
+from litellm_payg import charges
 from litellm_payg.spend import BudgetExceeded
 
 MESSAGES = [{"role": "user", "content": "Summarise our refund policy for annual plans in two sentences, please."}]
@@ -73,7 +73,7 @@ def _assert_charged_the_prompt(records, recorder, provider: str, failed: str, wa
     [outcome] = recorder.outcomes
     assert not outcome.ok and outcome.usage_estimated
     assert outcome.cost_usd == pytest.approx(cost, rel=0, abs=1e-12) and outcome.prompt_tokens == prompt
-    said = (f"charged LiteLLM's count of what was streamed, ${adapter._usd(cost)} ({prompt} prompt + {completion} "
+    said = (f"charged LiteLLM's count of what was streamed, ${charges.usd(cost)} ({prompt} prompt + {completion} "
             "completion tokens)" if completion else "charged the prompt's estimated cost of $")
     assert any(
         f"{MODELS[provider]} (deployment d1) failed after the provider answered" in m

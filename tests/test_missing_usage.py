@@ -31,7 +31,7 @@ from standin_helpers import (
     standin_deployment,
 )
 
-from litellm_payg import adapter
+from litellm_payg import charges
 from litellm_payg.spend import BudgetExceeded
 from litellm_payg.standin import StandIn
 
@@ -216,7 +216,7 @@ async def test_without_an_estimate_the_reservation_is_charged(standin, warnings_
     def broken(model, response):
         raise RuntimeError("tokenizer unavailable")
 
-    monkeypatch.setattr(adapter, "_count_completion", broken)
+    monkeypatch.setattr(charges, "count_completion", broken)
     standin.reply("mistral", text=ANSWER, usage=False)
     provider = "mistral"
     model = MODELS[provider]
