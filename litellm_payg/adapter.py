@@ -46,7 +46,7 @@ from . import charges, litellm_fixes, litellm_versions
 from .decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
 from .next_hop import plan_next
 from .engine import Engine
-from .errors import InvalidAmount, NoDeploymentLeft
+from .errors import InvalidAmount, NoDeploymentLeft, PaygError
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
 from .identity import RequestIdentity, hints_of, identity_of
 from .ingress import InvalidRequest, governed_entry_points, refuse_bad_input
@@ -926,6 +926,15 @@ def attach(
     adapter = PaygRouting(engine)
     adapter.install(router)
     litellm.logging_callback_manager.add_litellm_callback(adapter)
+    if adapter not in litellm.callbacks:
+        # LiteLLM only warns when its callback list is full (MAX_CALLBACKS): the Router would then
+        # run ungoverned, so say so instead
+        adapter.uninstall()
+        raise PaygError(
+            f"litellm-payg: LiteLLM refused to register the policy's callback: its callback list is full "
+            f"({len(litellm.callbacks)} callbacks). Detach the engines and drop the Routers you no longer "
+            "use (before LiteLLM 1.110 every Router also keeps its own callbacks there for good)"
+        )
 
 
     def completion(*args: Any, **kwargs: Any) -> Any:

@@ -62,6 +62,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(autouse=True)
+def _litellm_callback_lists_as_found() -> Iterator[None]:
+    """Before LiteLLM 1.110 every Router stays alive and keeps its own callbacks in LiteLLM's
+    process-wide lists, which hold at most ``MAX_CALLBACKS``: a few dozen Routers into a run, LiteLLM
+    refuses new callbacks. Each test leaves those lists as it found them there, so tests do not
+    depend on how many Routers ran before them. (From 1.110 Routers are collected, and this does
+    nothing.)"""
+    from litellm_payg import litellm_versions
+
+    if litellm_versions.at_least((1, 110)):
+        yield
+        return
+    import litellm
+
+    names = ("callbacks", "success_callback", "_async_success_callback", "failure_callback", "_async_failure_callback")
+    before = {name: list(getattr(litellm, name)) for name in names}
+    yield
+    for name, items in before.items():
+        getattr(litellm, name)[:] = items
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """A user's process gets the LiteLLM repairs (litellm_payg.litellm_fixes) when it attaches a
     policy; the suite applies them up front, so how LiteLLM reads a Groq answer in one test does not

@@ -283,3 +283,17 @@ async def test_each_call_of_a_batch_is_reserved_and_settled_on_its_own():
         await settled(engine)
         assert len(answers) == 2 and len(_records(engine)) == 2
         assert len({r.reservation_id for r in _records(engine)}) == 2
+
+
+async def test_attach_fails_loudly_when_litellm_refuses_its_callback(monkeypatch):
+    """LiteLLM only logs a warning when its callback list is full; a Router attached then would run
+    ungoverned. attach raises instead."""
+    from litellm import Router
+
+    import litellm_payg
+    from litellm_payg.errors import PaygError
+
+    monkeypatch.setattr(litellm.logging_callback_manager, "add_litellm_callback", lambda callback: None)
+    router = Router(model_list=_deployments())
+    with pytest.raises(PaygError, match="refused to register"):
+        litellm_payg.attach(router, _policy())
