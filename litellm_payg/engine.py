@@ -20,7 +20,7 @@ from .hook_chain import HookChain
 from .policy import Policy, _undotted
 from .rules import Rule, matches
 from .health import HealthError, HealthStore, open_health
-from .snapshot import Snapshot, frozen
+from .snapshot import Snapshot
 from .spend import SpendControl
 
 logger = logging.getLogger("litellm_payg")
@@ -70,15 +70,17 @@ class Engine:
         (one health store read). All the I/O of a decision is here; a store that cannot be read is
         logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
         now = self.clock()
+        if self.health is None and not self.spend.downgrades:
+            return Snapshot(now, self.policy)  # nothing to read: most policies, on every request
         budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)
         health = health_error = None
         if self.health is not None and candidates:
             try:
-                health = frozen(self.health.snapshot([c.deployment_id for c in candidates], now))
+                health = self.health.snapshot([c.deployment_id for c in candidates], now)
             except HealthError as e:  # fail open: a health store outage must not stop traffic
                 logger.warning("litellm-payg failover: health store unavailable, breakers ignored: %s", e)
                 health_error = str(e)
-        return Snapshot(now, self.policy, frozen(budgets), frozen(usage), ledger_error, health, health_error)
+        return Snapshot(now, self.policy, budgets, usage, ledger_error, health, health_error)
 
     def decide(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot | None = None,
                *, observe: bool = True) -> Decision:

@@ -24,6 +24,10 @@ State = Literal["closed", "open", "half_open"]
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
 
+def _empty() -> Mapping[Any, Any]:
+    return _EMPTY
+
+
 @dataclass(frozen=True)
 class DeploymentHealth:
     """One deployment's health at a moment."""
@@ -82,15 +86,24 @@ class Snapshot:
     #: the policy deciding (its ``failover`` settings, and a stable identity for observers)
     policy: Any
     #: per candidate deployment id; a candidate with no entry is under no ``downgrade`` budget
-    budgets: Mapping[str, CandidateBudgets] = field(default_factory=lambda: _EMPTY)
+    budgets: Mapping[str, CandidateBudgets] = field(default_factory=_empty)
     #: usage (spent and reserved) of every bucket in ``budgets``, by bucket key, read at ``now``
-    usage: Mapping[str, Usage] = field(default_factory=lambda: _EMPTY)
+    usage: Mapping[str, Usage] = field(default_factory=_empty)
     #: why the budget ledger could not be read (``budgets`` and ``usage`` are then empty)
     ledger_error: str | None = None
     #: breaker and latency state per candidate deployment id; None without a health store
     health: Mapping[str, DeploymentHealth] | None = None
     #: why the health store could not be read (``health`` is then None)
     health_error: str | None = None
+
+    def __post_init__(self) -> None:
+        # read-only views, whoever built the snapshot (written out: this runs on every decision)
+        if type(self.budgets) is not MappingProxyType:
+            object.__setattr__(self, "budgets", frozen(self.budgets))
+        if type(self.usage) is not MappingProxyType:
+            object.__setattr__(self, "usage", frozen(self.usage))
+        if self.health is not None and type(self.health) is not MappingProxyType:
+            object.__setattr__(self, "health", frozen(self.health))
 
     @property
     def failover(self) -> Any:
