@@ -42,7 +42,6 @@ class Engine:
         self._observe = self.pm.hook.payg_decision
         #: budgets and the spend ledger (reserve / settle / release)
         self.spend = SpendControl(policy, ledger=ledger, clock=clock)
-        self.clock = clock
         #: circuit breakers and latency per deployment, in the ledger's backend (``failover:`` only)
         self.health: HealthStore | None = None
         if policy.failover is not None:
@@ -69,7 +68,7 @@ class Engine:
         usage for each candidate (one ledger read) and the candidates' breaker and latency state
         (one health store read). All the I/O of a decision is here; a store that cannot be read is
         logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
-        now = self.clock()
+        now = self.spend.clock()  # the engine's clock (``clock=``), which the budget windows use
         if self.health is None and not self.spend.downgrades:
             return Snapshot(now, self.policy)  # nothing to read: most policies, on every request
         budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)

@@ -87,7 +87,6 @@ def test_decide_from_a_snapshot_reads_no_store_and_gives_the_same_decision(engin
 
     monkeypatch.setattr(engine.spend, "_ledger", Refuses("budget ledger"))
     monkeypatch.setattr(engine.spend, "clock", Refuses("clock"))
-    monkeypatch.setattr(engine, "clock", Refuses("clock"))
     monkeypatch.setattr(engine, "health", Refuses("health store"))
     first = engine.decide(REQUEST, CANDIDATES, snap, observe=False)
     second = engine.decide(REQUEST, CANDIDATES, snap, observe=False)
