@@ -12,7 +12,7 @@ This module does no I/O and imports no LiteLLM; neither does anything it imports
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -22,10 +22,6 @@ from .ledger.base import Usage
 State = Literal["closed", "open", "half_open"]
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
-
-
-def _empty() -> Mapping[Any, Any]:
-    return _EMPTY
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class CandidateBudgets:
     estimate_usd: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Snapshot:
     """The world as one decision sees it. Built by :meth:`litellm_payg.engine.Engine.snapshot`.
 
@@ -79,31 +75,45 @@ class Snapshot:
     alert at reservation). Health is ``None`` when the policy has no ``failover:`` section (no
     health store). A store that could not be read leaves its part empty and says why in
     ``ledger_error`` / ``health_error``: the built-in filters then let every candidate through
-    (fail open), as reservation and the breaker claim stay the authorities."""
+    (fail open), as reservation and the breaker claim stay the authorities. The mappings are
+    read-only views, whoever built the snapshot."""
 
     #: the clock's time the snapshot was taken at (budget windows and breaker timers use it)
     now: float
     #: the policy deciding (its ``failover`` settings, and a stable identity for observers)
     policy: Any
     #: per candidate deployment id; a candidate with no entry is under no ``downgrade`` budget
-    budgets: Mapping[str, CandidateBudgets] = field(default_factory=_empty)
+    budgets: Mapping[str, CandidateBudgets]
     #: usage (spent and reserved) of every bucket in ``budgets``, by bucket key, read at ``now``
-    usage: Mapping[str, Usage] = field(default_factory=_empty)
+    usage: Mapping[str, Usage]
     #: why the budget ledger could not be read (``budgets`` and ``usage`` are then empty)
-    ledger_error: str | None = None
+    ledger_error: str | None
     #: breaker and latency state per candidate deployment id; None without a health store
-    health: Mapping[str, DeploymentHealth] | None = None
+    health: Mapping[str, DeploymentHealth] | None
     #: why the health store could not be read (``health`` is then None)
-    health_error: str | None = None
+    health_error: str | None
 
-    def __post_init__(self) -> None:
-        # read-only views, whoever built the snapshot (written out: this runs on every decision)
-        if type(self.budgets) is not MappingProxyType:
-            object.__setattr__(self, "budgets", frozen(self.budgets))
-        if type(self.usage) is not MappingProxyType:
-            object.__setattr__(self, "usage", frozen(self.usage))
-        if self.health is not None and type(self.health) is not MappingProxyType:
-            object.__setattr__(self, "health", frozen(self.health))
+    def __init__(
+        self,
+        now: float,
+        policy: Any,
+        budgets: Mapping[str, CandidateBudgets] = _EMPTY,
+        usage: Mapping[str, Usage] = _EMPTY,
+        ledger_error: str | None = None,
+        health: Mapping[str, DeploymentHealth] | None = None,
+        health_error: str | None = None,
+    ) -> None:
+        # written out rather than generated: one is built on every decision, and this is half the
+        # cost of a generated frozen __init__ with default factories and a __post_init__
+        vars(self).update(
+            now=now,
+            policy=policy,
+            budgets=frozen(budgets),
+            usage=frozen(usage),
+            ledger_error=ledger_error,
+            health=None if health is None else frozen(health),
+            health_error=health_error,
+        )
 
     @property
     def failover(self) -> Any:
@@ -112,7 +122,9 @@ class Snapshot:
 
 
 def frozen(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:
-    """A read-only view of ``mapping`` (the shared empty one when it is empty)."""
+    """A read-only copy of ``mapping`` (itself when it is one already; the shared empty one when empty)."""
+    if type(mapping) is MappingProxyType:
+        return mapping
     return MappingProxyType(dict(mapping)) if mapping else _EMPTY
 
 
