@@ -281,7 +281,9 @@ class PaygRouting(CustomLogger):
             )
             raise state.final_error
         request = self.route_request(group, candidates, messages, request_kwargs, metadata, state)
-        decision = self.engine.decide(request, candidates, observe=False)
+        # the reads (budget usage, breakers) first, then a decision that is a pure function of them
+        snapshot = self.engine.snapshot(request, candidates)
+        decision = self.engine.decide(request, candidates, snapshot, observe=False)
         if not decision.ordered:
             self.engine.observe(decision)
             raise NoDeploymentLeft(group, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])

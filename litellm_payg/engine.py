@@ -1,13 +1,16 @@
 """The decision: given a request and the candidate deployments, which to try, in what order, and why.
 
-A pure function over plain data (``decision.py``): it does not import LiteLLM, so it is fast, runs
-without a network, and is reused as-is by the adapter, ``litellm-payg explain`` and ``simulate``.
+Two halves: ``Engine.snapshot`` reads what a decision may know (budget usage, breaker and latency
+state, the clock) into a frozen :class:`~litellm_payg.snapshot.Snapshot`; ``Engine.decide`` is then a
+pure function of the request, the candidates, that snapshot and the policy, over plain data
+(``decision.py``). It is reused as-is by the adapter, ``litellm-payg explain`` and ``simulate``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import logging
 import time
 from typing import Any
 
@@ -16,8 +19,11 @@ from .errors import PluginError, PolicyError, Problem, UnknownPriceError
 from .hook_chain import HookChain
 from .policy import Policy, _undotted
 from .rules import Rule, matches
-from .health import HealthStore, open_health
+from .health import HealthError, HealthStore, open_health
+from .snapshot import Snapshot
 from .spend import SpendControl
+
+logger = logging.getLogger("litellm_payg")
 
 
 class Engine:
@@ -57,13 +63,38 @@ class Engine:
 
     # -- deciding -------------------------------------------------------------------------------
 
-    def decide(self, request: RouteRequest, candidates: Sequence[Candidate], *, observe: bool = True) -> Decision:
+    def snapshot(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Snapshot:
+        """Read what a decision about ``request`` may know: the clock, the ``downgrade`` budgets'
+        usage for each candidate (one ledger read) and the candidates' breaker and latency state
+        (one health store read). All the I/O of a decision is here; a store that cannot be read is
+        logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
+        now = self.spend.clock()  # the engine's clock (``clock=``), which the budget windows use
+        if self.health is None and not self.spend.downgrades:
+            return Snapshot(now, self.policy)  # nothing to read: most policies, on every request
+        budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)
+        health = health_error = None
+        if self.health is not None and candidates:
+            try:
+                health = self.health.snapshot([c.deployment_id for c in candidates], now)
+            except HealthError as e:  # fail open: a health store outage must not stop traffic
+                logger.warning("litellm-payg failover: health store unavailable, breakers ignored: %s", e)
+                health_error = str(e)
+        return Snapshot(now, self.policy, budgets, usage, ledger_error, health, health_error)
+
+    def decide(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot | None = None,
+               *, observe: bool = True) -> Decision:
         """Order ``candidates`` for ``request``; every candidate left out gets a ``Drop`` with a reason.
+
+        A pure function of the request, the candidates, ``snapshot`` and the policy: the filters
+        read budgets and breakers from ``snapshot``, and nothing here reads a store. Without a
+        snapshot one is taken first (:meth:`snapshot`), which is where the reads happen.
 
         ``observe=False`` leaves the ``payg_decision`` observers to the caller: the adapter narrows
         the order further (failover, circuit breakers, budget reservation) and calls
         :meth:`observe` with the pick it actually made, so observers never report a deployment
         that did not serve the attempt."""
+        if snapshot is None:
+            snapshot = self.snapshot(request, candidates)
         rules = self.routes.get(request.group)
         dropped: list[Drop] = []
         notes: list[str] = []
@@ -81,7 +112,7 @@ class Engine:
                 )
             current = kept
 
-        for step in self._steps(request, current, rules or ()):
+        for step in self._steps(request, current, rules or (), snapshot):
             current = step.kept
             dropped.extend(step.dropped)
             if step.note:
@@ -98,7 +129,8 @@ class Engine:
         """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""
         self._observe(request=decision.request, decision=decision)
 
-    def _steps(self, request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule]) -> Iterable[Step]:
+    def _steps(self, request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule],
+               snapshot: Snapshot) -> Iterable[Step]:
         """The route's rules, then every ``payg_filter_candidates`` plugin, each applied to what the
         previous one kept. The filters are a chain (``hook_chain.py``): one pluggy call per
         implementation, in pluggy's order, so argument subsets, ``tryfirst``/``trylast``, wrappers
@@ -109,7 +141,7 @@ class Engine:
             current = step.kept
             yield step
         for link in self._filters.links():
-            for step in link.call(request=request, candidates=current, engine=self):
+            for step in link.call(request=request, candidates=current, snapshot=snapshot, engine=self):
                 if not isinstance(step, Step):
                     raise PluginError(
                         f"plugin {link.name}: payg_filter_candidates returned {step!r}; "

@@ -41,12 +41,12 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .ledger.base import redact_url
+from .snapshot import DeploymentHealth, State, is_slow  # the pure half, re-exported here
 
-State = Literal["closed", "open", "half_open"]
 
 ACCEPTED_SCHEMES = ("memory://", "sqlite:///<path>", "redis://host:port/db", "rediss://host:port/db")
 
@@ -91,31 +91,6 @@ class LatencyConfig:
     def __post_init__(self) -> None:
         if not self.window_s > 0 or self.max_samples < 1 or self.min_samples < 1:
             raise HealthError("latency: window_s must be > 0, max_samples and min_samples >= 1")
-
-
-@dataclass(frozen=True)
-class DeploymentHealth:
-    """One deployment's health at a moment."""
-
-    deployment_id: str
-    state: State
-    failures: int  # failures counted toward opening (closed state, within the window)
-    opened_at: float | None  # when the breaker last opened (None: closed)
-    open_until: float | None  # when it turns half-open (None: closed)
-    opened_by: str | None  # "failures" or "probe" (a failed half-open probe)
-    probes_in_flight: int
-    probes_allowed: int
-    latency_p95_s: float | None
-    ttft_p95_s: float | None
-    latency_samples: int
-    ttft_samples: int
-
-    @property
-    def probe_free(self) -> bool:
-        return self.state == "half_open" and self.probes_in_flight < self.probes_allowed
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def p95(values: Iterable[float]) -> float | None:
@@ -254,12 +229,6 @@ class HealthStore(ABC):
             latency_samples=len(lat),
             ttft_samples=len(ttft),
         )
-
-
-def is_slow(h: DeploymentHealth, max_latency_ms: float | None, max_ttft_ms: float | None = None) -> bool:
-    if max_latency_ms is not None and h.latency_p95_s is not None and h.latency_p95_s * 1000 > max_latency_ms:
-        return True
-    return max_ttft_ms is not None and h.ttft_p95_s is not None and h.ttft_p95_s * 1000 > max_ttft_ms
 
 
 def _check_sample(name: str, value: float | None) -> float | None:

@@ -28,7 +28,7 @@ def payg_register_rules(register):
 
 
 @hookspec
-def payg_filter_candidates(request, candidates, engine):
+def payg_filter_candidates(request, candidates, snapshot, engine):
     """Narrow or reorder the candidates of *every* request, after the route's rules.
 
     For policy-wide concerns that are not a rule of one route (budget headroom, circuit breakers).
@@ -39,8 +39,17 @@ def payg_filter_candidates(request, candidates, engine):
     one pluggy call per implementation (``litellm_payg/hook_chain.py``): a ``wrapper=True``
     implementation wraps each of those calls, seeing its result list (``[]`` or ``[Step]``) and
     able to replace it.
-    ``engine`` is the :class:`litellm_payg.engine.Engine` deciding; the built-ins read its
-    ``policy``, ``spend`` (budget headroom) and ``health`` (breaker states) through it.
+
+    ``snapshot`` is the :class:`litellm_payg.snapshot.Snapshot` the decision is made from: the
+    clock's ``now``, the ``policy``, each candidate's ``downgrade`` budgets with their ``usage``
+    (``litellm_payg.headroom.headroom`` turns them into drops), each deployment's breaker and
+    latency state (``health``), and ``ledger_error``/``health_error`` when a store could not be
+    read. A filter should read only the request, the candidates and the snapshot, so that a
+    decision is a pure function of them and the policy (replayable, testable without stores).
+
+    ``engine`` (deprecated, kept so filters written for it keep working) is the
+    :class:`litellm_payg.engine.Engine` deciding. Reading a store through it (``engine.spend``,
+    ``engine.health``) makes the decision depend on more than its snapshot; no built-in does.
     """
 
 

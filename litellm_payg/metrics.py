@@ -76,7 +76,12 @@ _LOCK = threading.Lock()
 
 @hookimpl(tryfirst=True)
 def payg_filter_candidates(request, candidates, engine):
-    """Not a filter: learns which engine (policy) routes which identities, for the budget gauges."""
+    """Not a filter: learns which engine (policy) routes which identities, for the budget gauges.
+
+    It takes the (deprecated) ``engine`` rather than the snapshot on purpose: the engine is only
+    the key of a weak dict here, never read during the decision. The collector reads that engine's
+    ledger and health store later, at scrape time, which a snapshot (a value of one moment) cannot
+    give; keying on the engine also lets its entry go away with it."""
     seen = _ENGINES.get(engine)
     if seen is None:
         with _LOCK:

@@ -29,7 +29,9 @@ from .budgets import Budget, BudgetBucket, Identity, all_buckets
 from .decision import Candidate, Drop, RouteRequest, Step
 from .errors import InvalidAmount, PaygError
 from .ledger import open_ledger
+from .headroom import budget_label, exhausted, scope_label
 from .ledger.base import Ledger, LedgerError, Usage, to_nanos
+from .snapshot import CandidateBudgets
 
 logger = logging.getLogger("litellm_payg")
 
@@ -132,6 +134,7 @@ class SpendControl:
         self._lock = threading.Lock()
         self._inflight: dict[str, Admission] = {}
         self._unsettled: collections.deque[tuple[Admission, float]] = collections.deque()
+        self.downgrades = any(b.on_exceed == "downgrade" for b in self.budgets)
         self._alerting = any(b.alert_at or b.on_exceed == "alert" for b in self.budgets)
         self._bucket_cache: dict[Identity, tuple[float, float, list[BudgetBucket]]] = {}
 
@@ -202,38 +205,34 @@ class SpendControl:
 
     # -- before the call --------------------------------------------------------------------------
 
-    def headroom(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Step | None:
-        """Drop candidates under an exhausted ``downgrade`` budget, with the reason (one ledger read).
+    def downgrade_budgets(
+        self, request: RouteRequest, candidates: Sequence[Candidate], now: float
+    ) -> tuple[dict[str, CandidateBudgets], dict[str, Usage], str | None]:
+        """What a decision needs to know about ``downgrade`` budgets, read in one ledger call:
+        ``(per candidate id: its downgrade buckets and reservation estimate, usage by bucket key,
+        why the ledger could not be read)``. Empty when no downgrade budget applies.
 
-        Reservation is still the authority; this makes the decision (and ``explain``) say why."""
-        if not any(b.on_exceed == "downgrade" for b in self.budgets) or not candidates:
-            return None
-        per_candidate = {c.deployment_id: self.buckets(request, c) for c in candidates}
-        wanted = {bb.bucket.key: bb.bucket for bbs in per_candidate.values() for bb in bbs if bb.budget.on_exceed == "downgrade"}
+        The I/O half of budget headroom (``Engine.snapshot``); the pure half is
+        ``headroom.headroom``. Reservation is still the authority; headroom makes the decision
+        (and ``explain``) say why."""
+        if not self.downgrades or not candidates:
+            return {}, {}, None
+        per_candidate: dict[str, CandidateBudgets] = {}
+        wanted: dict[str, Any] = {}
+        for c in candidates:
+            mine = tuple(bb for bb in self.buckets(request, c, now) if bb.budget.on_exceed == "downgrade")
+            if mine:
+                per_candidate[c.deployment_id] = CandidateBudgets(mine, self.reserve_estimate(request, c))
+                for bb in mine:
+                    wanted[bb.bucket.key] = bb.bucket
         if not wanted:
-            return None
+            return {}, {}, None
         try:
-            usage = self.ledger.usage(list(wanted.values()), now=self.clock())
+            usage = self.ledger.usage(list(wanted.values()), now=now)
         except LedgerError as exc:
             logger.warning("litellm-payg: cannot read budget usage (%s); downgrade checks wait for reservation", exc)
-            return None
-        kept, dropped = [], []
-        for c in candidates:
-            estimate = self.reserve_estimate(request, c)
-            over = next(
-                (
-                    bb for bb in per_candidate[c.deployment_id]
-                    if bb.budget.on_exceed == "downgrade" and _over(usage[bb.bucket.key], estimate, bb.budget.limit_usd)
-                ),
-                None,
-            )
-            if over is None:
-                kept.append(c)
-            else:
-                dropped.append(Step.drop(c, _exhausted(over, usage[over.bucket.key], estimate), "budget", _budget_label(over)))
-        if not dropped:
-            return None
-        return Step(kept, dropped, f"budget: {len(dropped)} deployment(s) under an exhausted downgrade budget")
+            return {}, {}, str(exc)
+        return per_candidate, usage, None
 
     def admit(
         self,
@@ -279,7 +278,7 @@ class SpendControl:
             usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
             if refused.budget.on_exceed == "block":
                 raise _exceeded(refused, usage, estimate)
-            skipped.append(Step.drop(candidate, _exhausted(refused, usage, estimate), "budget", _budget_label(refused)))
+            skipped.append(Step.drop(candidate, exhausted(refused, usage, estimate), "budget", budget_label(refused)))
         reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
         from .errors import NoDeploymentLeft
 
@@ -428,7 +427,7 @@ class SpendControl:
                 self.policy.plugin_manager.hook.payg_budget_alert(
                     budget=bb.budget,
                     bucket=bb.bucket.key,
-                    scope=_scope_label(bb),
+                    scope=scope_label(bb),
                     threshold=threshold,
                     spent_usd=spent,
                     limit_usd=bb.budget.limit_usd,
@@ -437,33 +436,10 @@ class SpendControl:
                 )
 
 
-def _over(usage: Usage, estimate: float, limit: float) -> bool:
-    return usage.spent_usd + usage.reserved_usd + estimate > limit + 1e-12
-
-
-def _scope_label(bb: BudgetBucket) -> str:
-    kind = bb.budget.scope.split(":", 1)[0]
-    return "global" if kind == "global" else f"{kind}:{bb.scope_value}"
-
-
-def _budget_label(bb: BudgetBucket) -> str:
-    """The budget's name, or its position-based id (``b0``) as its ledger keys spell it."""
-    return bb.budget.name or bb.bucket.key.split("|", 1)[0]
-
-
-def _exhausted(bb: BudgetBucket, usage: Usage, estimate: float) -> str:
-    resets = f", resets {bb.resets_at.isoformat()}" if bb.resets_at else ""
-    return (
-        f"budget {_budget_label(bb)!r} "
-        f"({_scope_label(bb)}, {bb.budget.window}) exhausted: spent ${usage.spent_usd:.6f} + in flight "
-        f"${usage.reserved_usd:.6f} + estimate ${estimate:.6f} > ${bb.budget.limit_usd:g}{resets}"
-    )
-
-
 def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float) -> BudgetExceeded:
     return BudgetExceeded(
-        budget=_budget_label(bb),
-        scope=_scope_label(bb),
+        budget=budget_label(bb),
+        scope=scope_label(bb),
         window=bb.budget.window,
         spent_usd=usage.spent_usd,
         reserved_usd=usage.reserved_usd,

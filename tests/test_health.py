@@ -12,6 +12,7 @@ import pytest
 
 from litellm_payg.decision import Candidate, RouteRequest
 from litellm_payg.default_plugins.failover import apply_failover, payg_filter_candidates
+from litellm_payg.snapshot import Snapshot
 from litellm_payg.next_hop import plan_next
 from litellm_payg.failover_settings import FailoverSettings
 from litellm_payg.failures import FailureClass
@@ -333,17 +334,17 @@ def test_open_breaker_is_dropped_with_since_and_until(make_store):
     store, clock = make_store(breaker=_settings().circuit_breaker.config())
     store.record("ds", ok=False)
     store.record("ds", ok=False)
-    step = apply_failover(REQ, [DS, MI, GPT], _settings(), store)
+    step = apply_failover(REQ, [DS, MI, GPT], _settings(), _states(store, [DS, MI, GPT]))
     assert [c.deployment_id for c in step.kept] == ["mi", "gpt"]
     (drop,) = step.dropped
     assert drop.deployment_id == "ds" and drop.by == "failover"
     assert drop.reason == ("circuit breaker open since 2023-11-14T22:13:20Z until 2023-11-14T22:13:50Z "
                            "(2 failures within 60s)")
     clock.tick(30)  # half-open, slot free: kept, and the note says it may be probed
-    step = apply_failover(REQ, [DS, MI], _settings(), store)
+    step = apply_failover(REQ, [DS, MI], _settings(), _states(store, [DS, MI]))
     assert [c.deployment_id for c in step.kept] == ["ds", "mi"] and "may be probed: ds" in step.note
     assert store.allow("ds")  # the adapter claims the slot when it picks ds
-    step = apply_failover(REQ, [DS, MI], _settings(), store)
+    step = apply_failover(REQ, [DS, MI], _settings(), _states(store, [DS, MI]))
     assert [c.deployment_id for c in step.kept] == ["mi"]
     assert "half-open since 2023-11-14T22:13:50Z; its 1 probe slot is taken" in step.dropped[0].reason
 
@@ -355,27 +356,32 @@ def test_slow_deployments_go_last_in_p95_terms(make_store):
         store.record("mi", ok=True, latency_s=2.0, ttft_s=4.0)  # p95 first token 4s > 3s
         store.record("gpt", ok=True, latency_s=7.9, ttft_s=2.9)
     settings = _settings(max_latency_ms=8000, first_token_timeout_ms=3000)
-    step = apply_failover(REQ, [DS, MI, GPT, GEM], settings, store)
+    step = apply_failover(REQ, [DS, MI, GPT, GEM], settings, _states(store, [DS, MI, GPT, GEM]))
     assert [c.deployment_id for c in step.kept] == ["gpt", "gem", "ds", "mi"]
     assert "ds (deepseek/deepseek-chat) tried last: p95 latency 9000ms" in step.note
     assert not step.dropped
     # without thresholds nothing moves
-    assert [c.deployment_id for c in apply_failover(REQ, [DS, MI, GPT], _settings(), store).kept] == ["ds", "mi", "gpt"]
+    assert [c.deployment_id for c in apply_failover(REQ, [DS, MI, GPT], _settings(), _states(store, [DS, MI, GPT])).kept] == ["ds", "mi", "gpt"]
 
 
 def test_health_outage_fails_open():
-    broken = open_health("redis://127.0.0.1:1/0")
-    step = apply_failover(REQ, [DS, MI], _settings(), broken)
-    assert [c.deployment_id for c in step.kept] == ["ds", "mi"] and "health store unavailable" in step.note
+    step = apply_failover(REQ, [DS, MI], _settings(), None, health_error="redis down")
+    assert [c.deployment_id for c in step.kept] == ["ds", "mi"]
+    assert step.note == "failover: health store unavailable (redis down); breakers and latency ignored"
 
 
-def test_hookimpl_reads_engine():
+def test_hookimpl_reads_the_snapshot():
     store = MemoryHealth(breaker=BreakerConfig(failures=1))
     store.record("ds", ok=False)
-    engine = SimpleNamespace(policy=SimpleNamespace(failover=_settings()), health=store)
-    step = payg_filter_candidates(request=REQ, candidates=[DS, MI], engine=engine)
+    policy = SimpleNamespace(failover=_settings())
+    step = payg_filter_candidates(request=REQ, candidates=[DS, MI], snapshot=Snapshot(0.0, policy, health=_states(store, [DS, MI])))
     assert [c.deployment_id for c in step.kept] == ["mi"]
-    assert payg_filter_candidates(request=REQ, candidates=[DS], engine=SimpleNamespace(policy=SimpleNamespace())) is None
+    assert payg_filter_candidates(request=REQ, candidates=[DS], snapshot=Snapshot(0.0, SimpleNamespace())) is None
+
+
+def _states(store, candidates):
+    """The store's state of ``candidates``, as ``Engine.snapshot`` reads it."""
+    return store.snapshot([c.deployment_id for c in candidates])
 
 
 def test_plan_next_per_failure_class():

@@ -65,7 +65,8 @@ async def test_a_budget_refusal_at_reservation_is_reported_with_the_deployment_t
     recorder = Recorder()
     with attached([deployment("chat", DEEPSEEK, "ds"), deployment("chat", MISTRAL, "ml")], policy) as (router, engine):
         engine.pm.register(recorder)
-        engine.spend.headroom = lambda request, candidates: None  # leave the refusal to the reservation itself
+        # leave the refusal to the reservation itself: without the headroom filter, the decision keeps ds
+        engine.pm.unregister(name="litellm_payg.default_plugins.budget_guard")
         served = [served_by(await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20)) for _ in range(3)]
         await settled(engine)
     assert served == ["ml", "ml", "ml"]

@@ -1,7 +1,8 @@
 """``failover``: order candidates for failover, drop tripped deployments, try slow ones last.
 
-Runs on every request once the policy has a ``failover:`` section (``failover_settings.py``) and
-the engine a health store (``engine.health``, ``health.py``):
+Runs on every request once the policy has a ``failover:`` section (``failover_settings.py``), from
+the breaker and latency state the decision's snapshot holds (``snapshot.health``, read from the
+health store by ``Engine.snapshot``; this plugin never reads a store):
 
 1. order — a group with a chain in ``failover.chains`` is ordered by it (candidates not in the chain
    are dropped); other groups are sorted cheapest first for this request when
@@ -18,17 +19,14 @@ adapter calls it directly, so it lives outside this plugin (a plugin is register
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from litellm_payg import hookimpl
 from litellm_payg.decision import Candidate, RouteRequest, Step
 from litellm_payg.failover_settings import FailoverSettings
-from litellm_payg.health import DeploymentHealth, HealthError, HealthStore, is_slow
 from litellm_payg.rules import matches
-
-logger = logging.getLogger("litellm_payg")
+from litellm_payg.snapshot import DeploymentHealth, is_slow
 
 BY = "failover"
 
@@ -76,26 +74,29 @@ def order_candidates(request: RouteRequest, candidates: Sequence[Candidate],
 
 
 def apply_failover(request: RouteRequest, candidates: Sequence[Candidate], settings: FailoverSettings,
-                   health: HealthStore | None, now: float | None = None) -> Step:
+                   health: Mapping[str, DeploymentHealth] | None, health_error: str | None = None) -> Step:
+    """Order, drop tripped deployments and move slow ones last, from ``health`` (breaker and
+    latency state by deployment id, as in a snapshot; None: no health store). ``health_error``
+    says why the store could not be read: then breakers and latency are ignored (fail open)."""
     kept, dropped = order_candidates(request, candidates, settings)
     notes: list[str] = []
+    if health_error is not None and kept:
+        return Step(kept, dropped, f"failover: health store unavailable ({health_error}); breakers and latency ignored")
     if health is not None and kept:
-        try:
-            snap = health.snapshot([c.deployment_id for c in kept], now)
-        except HealthError as e:  # fail open: a health store outage must not stop traffic
-            logger.warning("litellm-payg failover: health store unavailable, breakers ignored: %s", e)
-            return Step(kept, dropped, f"failover: health store unavailable ({e}); breakers and latency ignored")
+        # a deployment the snapshot has no state for (it was not a candidate when the snapshot was
+        # taken) is treated as healthy: the adapter's breaker claim (health.allow) still applies
         alive = []
         for c in kept:
-            reason = _breaker_reason(snap[c.deployment_id], settings)
+            h = health.get(c.deployment_id)
+            reason = None if h is None else _breaker_reason(h, settings)
             if reason is None:
                 alive.append(c)
             else:
                 dropped.append(Step.drop(c, reason, BY))
         fast, slow = [], []
         for c in alive:
-            h = snap[c.deployment_id]
-            if is_slow(h, settings.max_latency_ms, settings.first_token_timeout_ms):
+            h = health.get(c.deployment_id)
+            if h is not None and is_slow(h, settings.max_latency_ms, settings.first_token_timeout_ms):
                 slow.append(c)
                 notes.append(f"{c.deployment_id} ({c.model}) tried last: p95 latency {_ms(h.latency_p95_s)}"
                              f" (max {settings.max_latency_ms or '-'}ms), p95 first token {_ms(h.ttft_p95_s)}"
@@ -103,15 +104,15 @@ def apply_failover(request: RouteRequest, candidates: Sequence[Candidate], setti
             else:
                 fast.append(c)
         kept = fast + slow
-        probing = [c.deployment_id for c in kept if snap[c.deployment_id].state == "half_open"]
+        probing = [c.deployment_id for c in kept if (h := health.get(c.deployment_id)) is not None and h.state == "half_open"]
         if probing:
             notes.append("half-open, may be probed: " + ", ".join(probing))
     return Step(kept, dropped, ("failover: " + "; ".join(notes)) if notes else None)
 
 
 @hookimpl(trylast=True)
-def payg_filter_candidates(request, candidates, engine):
-    settings = getattr(engine.policy, "failover", None)
+def payg_filter_candidates(request, candidates, snapshot):
+    settings = snapshot.failover
     if settings is None:
         return None
-    return apply_failover(request, candidates, settings, getattr(engine, "health", None))
+    return apply_failover(request, candidates, settings, snapshot.health, snapshot.health_error)
