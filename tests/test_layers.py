@@ -193,6 +193,49 @@ def test_ledger_backends_are_reached_only_through_open_ledger():
     assert importers == {f"{PACKAGE}.ledger": backends}
 
 
+#: the modules that are pure today: data, decisions and checks, no I/O and no LiteLLM. They are
+#: what the decision (``Engine.decide`` given a ``Snapshot``), ``explain`` and the request checks
+#: run on, and the seed of the ``core/`` layer #11 asks for.
+PURE = ("bounds", "budgets", "decision", "errors", "headroom", "hook_chain", "hookspecs", "identity",
+        "model_facts", "request_checks", "request_state", "rules", "snapshot")
+#: what a pure module must not reach, directly or through another module of the package
+HEAVY = ("litellm", "openai", "httpx", "redis", "sqlite3", "fastapi", "prometheus_client")
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level names of the third-party or stdlib modules a file imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_pure_modules_reach_no_litellm_and_no_io():
+    """Each pure module, with everything of the package it imports (transitively), imports none of
+    LiteLLM, the HTTP clients, Redis, SQLite or the proxy's web stack. Fails naming the module and
+    the chain that reaches the heavy one."""
+    modules = module_files()
+    graph = import_graph()
+    problems = []
+    for name in PURE:
+        start = f"{PACKAGE}.{name}"
+        chains = {start: [start]}
+        todo = [start]
+        while todo:
+            current = todo.pop()
+            heavy = external_imports(modules[current]) & set(HEAVY)
+            if heavy:
+                problems.append(f"{start} reaches {sorted(heavy)} through {' -> '.join(chains[current])}")
+            for target in graph[current]:
+                if target not in chains:
+                    chains[target] = chains[current] + [target]
+                    todo.append(target)
+    assert not problems, "\n".join(problems)
+
+
 # -- the graph reader itself, on a throw-away package ---------------------------------------------------
 
 
