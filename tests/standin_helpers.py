@@ -1,15 +1,12 @@
 """Shared helpers for the tests that govern a Router whose deployments are the local stand-in
 provider (``litellm_payg.standin``): one model per provider, the deployment and policy they use, the
-price each deployment is charged at, and the ledger backends a spend test runs on."""
+price each deployment is charged at. (The ledger backends a spend test runs on: ``services.py``.)"""
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any
 
 import litellm
-import pytest
 
 from litellm_payg.standin import StandIn
 
@@ -53,18 +50,3 @@ def deployment_price(provider: str) -> tuple[float, float]:
     return info["input_cost_per_token"], info["output_cost_per_token"]
 
 
-def redis_url() -> str:
-    """A Redis ledger URL with a prefix of its own; skips without Redis (fails under CI)."""
-    import redis
-
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis means "no Redis here"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but Redis on 127.0.0.1:6379 is unreachable: {exc}")
-        pytest.skip(f"no Redis on 127.0.0.1:6379 ({exc}); CI runs these tests")
-    return f"redis://127.0.0.1:6379/0?prefix=payg-test-{uuid.uuid4().hex[:8]}:"
-
-
-def ledger_url(backend: str, tmp_path: Any) -> str:
-    return {"memory": lambda: "memory://", "sqlite": lambda: f"sqlite:///{tmp_path}/ledger.db", "redis": redis_url}[backend]()

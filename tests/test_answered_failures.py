@@ -21,13 +21,13 @@ import litellm
 import openai
 import pytest
 from routing_helpers import Recorder, attached, settled
+from services import BACKENDS, ledger_url
 from standin_helpers import (
     OPENAI_STYLE,
     ROUTER,
     STANDIN_MODELS,
     deployment_price,
     governed_policy,
-    ledger_url,
     standin_deployment,
 )
 
@@ -185,7 +185,7 @@ async def test_a_gemini_200_without_usage_metadata_fails_over(standin):
     assert {r.attrs["deployment"]: r.attrs.get("usage") for r in records} == {"gem": "estimated", "oai": None}
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_every_ledger_keeps_the_marks(standin, tmp_path, backend):
     standin.fail("deepseek", "invalid_json")
     with attached([standin_deployment(standin, "deepseek")], governed_policy(ledger_url(backend, tmp_path)), **ROUTER) as (router, engine):

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by, settled
-from standin_helpers import redis_url as _redis_url
+from services import BACKENDS
+from services import redis_url as _redis_url
 
 import litellm_payg
 from litellm_payg.budget_status import budget_rows
@@ -54,7 +55,7 @@ async def _burst(router, n):
     return await asyncio.gather(*(one() for _ in range(n)))
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_500_concurrent_requests_never_overshoot_and_leave_nothing_reserved(backend, tmp_path):
     ledger = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/ledger.db", "redis": None}[backend]
     if backend == "redis":

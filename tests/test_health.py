@@ -9,6 +9,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+from services import BACKENDS, require_redis
 
 from litellm_payg.decision import Candidate, RouteRequest
 from litellm_payg.default_plugins.failover import apply_failover, payg_filter_candidates
@@ -41,25 +42,14 @@ class FakeClock:
         self.t += s
 
 
-def _redis_or_skip() -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis at {REDIS_URL} is required when CI is set: {e}")
-        pytest.skip(f"Redis at {REDIS_URL} unreachable: {e}")
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=BACKENDS)
 def make_store(request, tmp_path):
     """A factory: ``make_store(breaker=..., latency=...)`` -> (store, clock). Every store of one test
     shares the backend (same SQLite file / Redis prefix), like replicas do."""
     opened = []
     prefix = f"payg-test-{uuid.uuid4().hex[:8]}:"
     if request.param == "redis":
-        _redis_or_skip()
+        require_redis(REDIS_URL)
     url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/health.db",
            "redis": f"{REDIS_URL}?prefix={prefix}"}[request.param]
     shared_memory = {}

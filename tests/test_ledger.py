@@ -9,41 +9,24 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
 
 import pytest
+from services import BACKENDS, REDIS_HOST, REDIS_PORT, require_redis
 
 from litellm_payg.errors import InvalidAmount, PaygError
 from litellm_payg.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
 from litellm_payg.ledger.base import MAX_AMOUNT_USD
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 NANO = 1e-9
-
-
-def _redis_reachable() -> bool:
-    try:
-        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _need_redis() -> None:
-    if not _redis_reachable():
-        msg = f"Redis not reachable on {REDIS_HOST}:{REDIS_PORT}"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " (CI is set, so this is a failure)")
-        pytest.skip(msg)
 
 
 @pytest.fixture
 def redis_url():
     """A Redis ledger URL with a prefix unique to this test, deleted afterwards."""
-    _need_redis()
+    require_redis()
     import redis
 
     prefix = f"payg-test:{uuid.uuid4().hex}:"
@@ -55,7 +38,7 @@ def redis_url():
     r.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=BACKENDS)
 def url(request, tmp_path):
     if request.param == "memory":
         return "memory://"

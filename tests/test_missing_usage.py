@@ -20,6 +20,7 @@ import httpx
 import litellm
 import pytest
 from routing_helpers import Recorder, attached, settled
+from services import BACKENDS, ledger_url
 from standin_helpers import (
     OPENAI_STYLE,
     OWN_PRICE,
@@ -27,7 +28,6 @@ from standin_helpers import (
     STANDIN_MODELS,
     deployment_price,
     governed_policy,
-    ledger_url,
     standin_deployment,
 )
 
@@ -148,7 +148,7 @@ async def test_answer_without_usage_is_charged_an_estimate(standin, warnings_see
     ), warned
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_the_estimate_mark_is_kept_by_every_ledger(standin, tmp_path, backend):
     standin.reply("mistral", text=ANSWER, usage=False)
     provider = "mistral"

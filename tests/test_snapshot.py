@@ -18,7 +18,7 @@ from litellm_payg.engine import Engine
 from litellm_payg.policy import load_policy
 from litellm_payg.snapshot import Snapshot
 
-from standin_helpers import ledger_url
+from services import BACKENDS, ledger_url
 
 T0 = 1_700_000_000.0
 REQUEST = RouteRequest(group="chat", prompt_tokens=100, output_tokens=50, max_tokens=50)
@@ -58,7 +58,7 @@ class Refuses:
         raise AssertionError(f"decide called the {self._what} although it was given a snapshot")
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=BACKENDS)
 def engine(request, tmp_path):
     engine = Engine(load_policy(policy(ledger_url(request.param, tmp_path))), clock=lambda: T0)
     try:
