@@ -57,6 +57,8 @@ class RequestState:
     decision: dict[str, Any] | None = None
     #: an answer of this request was rejected by a validator: the next one is charged inline
     rejected: bool = False
+    #: picks made so far (each gets its own reservation id)
+    picks: int = 0
     #: LiteLLM call ids of attempts the failure hook already handled
     handled_calls: set[str] = field(default_factory=set)
     #: (deployment id, reservation id) of the last pick until LiteLLM sends the attempt
@@ -67,8 +69,10 @@ class RequestState:
     finished: bool = False
 
     def next_reservation_id(self) -> str:
-        """A reservation id no other request can produce: the plugin's id plus the attempt number."""
-        return f"{self.id}:{len(self.attempts)}"
+        """A reservation id no other request can produce, and no other pick of this one: the
+        plugin's id plus the pick's number (a released lookahead pick does not give its number back)."""
+        self.picks += 1
+        return f"{self.id}:{self.picks - 1}"
 
     def add_reservation(self, deployment_id: str, reservation_id: str) -> None:
         self.attempts.append(deployment_id)
