@@ -6,7 +6,8 @@ How a request is priced (the README quotes this):
   deployment id or model (``input_usd_per_1k`` / ``output_usd_per_1k``, divided by 1000); the
   deployment's own ``litellm_params.input_cost_per_token`` / ``output_cost_per_token``; LiteLLM's
   price map (``litellm.get_model_info``, i.e. ``litellm.model_cost``). No match is *unknown*, never $0.
-* **Prompt tokens**: ``litellm.token_counter(model=..., messages=...)`` on the request's messages.
+* **Prompt tokens**: ``litellm.token_counter`` on every part of the prompt (``count_request_tokens``:
+  messages and tools, a Responses ``input``/``instructions``, a ``system`` or text ``prompt``).
 * **Output tokens**: the request's ``max_tokens`` / ``max_completion_tokens``, else the policy's
   ``defaults.expected_output_tokens``.
 * **Estimate** = prompt tokens x input price + output tokens x output price; **price per 1K tokens**
