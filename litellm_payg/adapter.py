@@ -1,5 +1,12 @@
 """The thin layer that wires the engine into LiteLLM's Router through LiteLLM's own extension points.
 
+* The governed doors (``ingress.py``): the Router's request methods, wrapped by ``install``, and in
+  the proxy the pre-call hook (``proxy.py``), check each request (forged ``payg_*`` state,
+  malformed fields, a deployment named as the model) and mint the plugin's id for it; the state
+  every hook below reads lives in :class:`~litellm_payg.request_state.RequestStates`, keyed by that
+  id, never in anything a client can write.
+* ``async_pre_call_deployment_hook``, once per attempt: refuses an attempt on a governed deployment
+  that no pick chose (the backstop of the doors), and sets ``first_token_timeout_ms``.
 * ``async_filter_deployments`` (a ``CustomLogger`` hook the Router runs on every pick, retry and
   fallback hop, after its own cooldown and health filtering) narrows the group's deployments to the
   one the policy orders first among those not yet tried for this request, and reserves its estimate
@@ -21,8 +28,10 @@
   answer that reported no usage at all (LiteLLM then says 0 tokens, $0) is charged an estimate
   instead, LiteLLM's token counter x the deployment's price, and logged and marked as such
   (:meth:`PaygRouting._estimate_missing_usage`): it billed, so it must not be recorded at $0.
-* The decision is stamped on the request's live ``metadata`` dict (``payg_decision``), which every
-  hook above receives too, and logged.
+* The decision of each attempt (the pick it went to, and why the others were not) goes to the
+  ``payg_decision`` observers once per attempt, and is stamped on the request's ``metadata`` dict
+  (``payg_decision``) as an output: the plugin never reads it back.
+* How much an answer is charged is ``charges.py``'s business; these hooks decide when.
 * The synchronous ``router.completion`` skips async filters, so ``attach`` routes it through the async
   path (``sync_bridge.py``) instead of letting it go unrouted.
 """

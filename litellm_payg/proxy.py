@@ -6,6 +6,12 @@
 The proxy imports ``handler`` (a :class:`ProxyPaygRouting`, i.e. the SDK's :class:`PaygRouting`
 plus what only the proxy needs) while it reads its config, before it builds its Router.
 
+**The proxy's door** is its pre-call hook, which runs after LiteLLM authenticated the key: the
+request is checked there (HTTP 400 naming the field for forged ``payg_*`` metadata, malformed
+fields, client-side credentials, a deployment named as the model) and its identity is read from the
+authenticated key, never from the body. The Router's request methods are doors too (routes such as
+``/queue/chat/completions`` skip the pre-call hook); see the README's "Security model".
+
 **Where the policy comes from**, first match wins:
 
 1. ``LITELLM_PAYG_POLICY``: a path to a policy YAML (relative paths are relative to the proxy's
