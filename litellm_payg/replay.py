@@ -335,9 +335,10 @@ def spend_of(records: Iterable[Any], scope: str | None = None) -> float:
     if not sep:
         raise ReplayError(f"scope {scope!r}: expected kind:value, e.g. provider:deepseek or model:gpt-4o")
     attr = {"tag": "tags", "api_key": "key"}.get(kind, kind)
-    if attr not in ("provider", "model", "deployment", "group", "user", "team", "key", "tags", "split_arm", "trace_id"):
+    if attr not in ("provider", "model", "deployment", "group", "user", "team", "key", "end_user", "tags", "split_arm",
+                    "trace_id"):
         raise ReplayError(f"scope {scope!r}: unknown kind {kind!r}; expected provider, model, deployment, group, "
-                          "user, team, api_key, tag or split_arm")
+                          "user, team, api_key, end_user, tag or split_arm")
     total = 0.0
     for r in records:
         got = r.attrs.get(attr)

@@ -95,3 +95,14 @@ def test_cli_main_exits_2_on_input_errors(capsys, tmp_path):
     assert cli.main(["replay", str(SAMPLE / "policy_v2.yaml"), str(CASSETTES), "--config", str(tmp_path / "x.yaml")]) == 2
     assert "cannot read LiteLLM config" in capsys.readouterr().err
     assert cli.main(["replay", str(SAMPLE / "policy_v2.yaml"), str(CASSETTES), "--config", str(CONFIG)]) == 0
+
+
+def test_spend_by_end_user_is_the_requests_user_field_not_the_keys_user():
+    from types import SimpleNamespace
+
+    from litellm_payg.replay import spend_of
+
+    records = [SimpleNamespace(amount_usd=0.25, attrs={"end_user": "alice"}),
+               SimpleNamespace(amount_usd=0.5, attrs={"user": "alice"})]
+    assert spend_of(records, "end_user:alice") == 0.25
+    assert spend_of(records, "user:alice") == 0.5
