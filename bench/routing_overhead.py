@@ -59,7 +59,7 @@ from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
 from litellm_payg import litellm_versions  # noqa: E402
 from litellm_payg.adapter import PaygRouting, attach  # noqa: E402
-from litellm_payg.decision import RouteRequest  # noqa: E402
+from litellm_payg.core.decision import RouteRequest  # noqa: E402
 from litellm_payg.pricing import count_prompt_tokens  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

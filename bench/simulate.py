@@ -19,7 +19,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from litellm_payg.decision import RouteRequest  # noqa: E402
+from litellm_payg.core.decision import RouteRequest  # noqa: E402
 from litellm_payg.deployments import candidates_named_by_policy  # noqa: E402
 from litellm_payg.engine import Engine  # noqa: E402
 from litellm_payg.policy import load_policy  # noqa: E402

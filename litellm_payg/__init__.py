@@ -11,7 +11,7 @@ pytest plugin and the benchmarks choose the bundled one unless told otherwise. T
 from __future__ import annotations
 
 from .hookspecs import hookimpl
-from .errors import (
+from .core.errors import (
     InvalidAmount,
     NoDeploymentLeft,
     PaygError,
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetExceeded",
+    "Candidate",
     "Engine",
     "InvalidAmount",
     "LedgerDown",
@@ -31,6 +32,11 @@ __all__ = [
     "PaygError",
     "PluginError",
     "PolicyError",
+    "RouteRequest",
+    "Rule",
+    "RuleOptions",
+    "Snapshot",
+    "Step",
     "UnknownPriceError",
     "attach",
     "hookimpl",
@@ -38,6 +44,14 @@ __all__ = [
 ]
 
 _LAZY = {
+    # what a plugin author writes a rule or a filter with (the modules behind them may move)
+    "Candidate": ("litellm_payg.core.decision", "Candidate"),
+    "RouteRequest": ("litellm_payg.core.decision", "RouteRequest"),
+    "Step": ("litellm_payg.core.decision", "Step"),
+    "Snapshot": ("litellm_payg.core.snapshot", "Snapshot"),
+    "Rule": ("litellm_payg.rules", "Rule"),
+    "RuleOptions": ("litellm_payg.rules", "RuleOptions"),
+    # the runtime and LiteLLM
     "BudgetExceeded": ("litellm_payg.spend", "BudgetExceeded"),
     "LedgerDown": ("litellm_payg.spend", "LedgerDown"),
     "attach": ("litellm_payg.adapter", "attach"),
@@ -47,7 +61,7 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    """Import the heavy parts (LiteLLM) only when they are used."""
+    """Import what a name needs only when it is used (LiteLLM only for the runtime's names)."""
     if name in _LAZY:
         import importlib
 

@@ -3,7 +3,7 @@
 * The governed doors (``ingress.py``): the Router's request methods, wrapped by ``install``, and in
   the proxy the pre-call hook (``proxy.py``), check each request (forged ``payg_*`` state,
   malformed fields, a deployment named as the model) and mint the plugin's id for it; the state
-  every hook below reads lives in :class:`~litellm_payg.request_state.RequestStates`, keyed by that
+  every hook below reads lives in :class:`~litellm_payg.core.request_state.RequestStates`, keyed by that
   id, never in anything a client can write.
 * ``async_pre_call_deployment_hook``, once per attempt: refuses an attempt on a governed deployment
   that no pick chose (the backstop of the doors), and sets ``first_token_timeout_ms``.
@@ -52,17 +52,17 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import charges, litellm_fixes, litellm_versions
-from .decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
+from .core.decision import Candidate, Decision, Drop, Outcome, RouteRequest, Step
 from .next_hop import plan_next
 from .engine import Engine
-from .errors import InvalidAmount, NoDeploymentLeft, PaygError
+from .core.errors import InvalidAmount, NoDeploymentLeft, PaygError
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
-from .identity import RequestIdentity, hints_of, identity_of
+from .core.identity import RequestIdentity, hints_of, identity_of
 from .ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from .policy import Policy, load_policy
 from .pricing import candidate_from_deployment, count_request_tokens
-from .request_checks import choices, output_cap
-from .request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
+from .core.request_checks import choices, output_cap
+from .core.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
 from .spend import BudgetExceeded, LedgerDown
 from .sync_bridge import BRIDGE
 

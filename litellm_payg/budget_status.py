@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .budgets import Budget, parse_scope, parse_window, window_bounds
+from .core.budgets import Budget, parse_scope, parse_window, window_bounds
 from .ledger.base import Bucket, Ledger
 
 

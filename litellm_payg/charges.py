@@ -18,7 +18,7 @@ from typing import Any
 
 import litellm
 
-from .decision import Candidate
+from .core.decision import Candidate
 from .pricing import count_request_tokens
 
 logger = logging.getLogger("litellm_payg")

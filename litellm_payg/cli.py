@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import litellm_versions
-from .errors import PaygError
+from .core.errors import PaygError
 
 EXIT_INPUT = 2
 
@@ -102,10 +102,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .decision import RouteRequest
+    from .core.decision import RouteRequest
     from .deployments import candidates_from_config, candidates_named_by_policy
     from .engine import Engine
-    from .errors import PolicyError, Problem
+    from .core.errors import PolicyError, Problem
     from .policy import load_policy
 
     policy = load_policy(args.policy)

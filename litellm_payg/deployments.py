@@ -36,7 +36,7 @@ def candidates_from_config(config_path: str, policy: Any) -> dict[str, list[Any]
     deployment without ``model_info.id`` gets ``<group>-<index>``, as a Router would give it one."""
     import yaml
 
-    from .errors import PolicyError, Problem
+    from .core.errors import PolicyError, Problem
     from .pricing import candidate_from_deployment
 
     try:

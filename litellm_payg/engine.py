@@ -1,7 +1,7 @@
 """The decision: given a request and the candidate deployments, which to try, in what order, and why.
 
 Two halves: ``Engine.snapshot`` reads what a decision may know (budget usage, breaker and latency
-state, the clock) into a frozen :class:`~litellm_payg.snapshot.Snapshot`; ``Engine.decide`` is then a
+state, the clock) into a frozen :class:`~litellm_payg.core.snapshot.Snapshot`; ``Engine.decide`` is then a
 pure function of the request, the candidates, that snapshot and the policy, over plain data
 (``decision.py``). It is reused as-is by the adapter, ``litellm-payg explain`` and ``simulate``.
 """
@@ -14,13 +14,13 @@ import logging
 import time
 from typing import Any
 
-from .decision import Candidate, Decision, Drop, RouteRequest, Step
-from .errors import PluginError, PolicyError, Problem, UnknownPriceError
+from .core.decision import Candidate, Decision, Drop, RouteRequest, Step
+from .core.errors import PluginError, PolicyError, Problem, UnknownPriceError
 from .hook_chain import HookChain
 from .policy import Policy, _undotted
 from .rules import Rule, matches
 from .health import HealthError, HealthStore, open_health
-from .snapshot import Snapshot
+from .core.snapshot import Snapshot
 from .spend import SpendControl
 
 logger = logging.getLogger("litellm_payg")
@@ -145,7 +145,7 @@ class Engine:
                 if not isinstance(step, Step):
                     raise PluginError(
                         f"plugin {link.name}: payg_filter_candidates returned {step!r}; "
-                        "expected None or a litellm_payg.decision.Step"
+                        "expected None or a litellm_payg.core.decision.Step"
                     )
                 current = step.kept
                 yield step
@@ -208,7 +208,7 @@ class Engine:
         request's deployment (``budgets._values``), so it must be one of the router's values."""
         import difflib
 
-        from .budgets import parse_scope
+        from .core.budgets import parse_scope
 
         everything = [c for candidates in candidates_by_group.values() for c in candidates]
         have = {

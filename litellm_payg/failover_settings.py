@@ -31,7 +31,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .bounds import Count, Millis, Seconds
+from .core.bounds import Count, Millis, Seconds
 from .health import BreakerConfig, LatencyConfig
 
 Action = Literal["next", "fail", "larger_context"]

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from .ledger.base import redact_url
-from .snapshot import DeploymentHealth, State, is_slow  # the pure half, re-exported here
+from .core.snapshot import DeploymentHealth, State, is_slow  # the pure half, re-exported here
 
 
 ACCEPTED_SCHEMES = ("memory://", "sqlite:///<path>", "redis://host:port/db", "rediss://host:port/db")

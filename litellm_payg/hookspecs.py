@@ -22,7 +22,7 @@ def payg_register_rules(register):
     (the key used in the policy file, e.g. ``cost_threshold``), a pydantic model ``Options``
     (validated from the policy; give it ``extra="forbid"``), and is constructed as
     ``RuleClass(options, context)`` with a :class:`litellm_payg.rules.RuleContext`. Its
-    ``apply(request, candidates)`` returns a :class:`litellm_payg.decision.Step`. See
+    ``apply(request, candidates)`` returns a :class:`litellm_payg.core.decision.Step`. See
     ``litellm_payg/rules.py`` for the full protocol and ``default_plugins/`` for examples.
     """
 
@@ -32,7 +32,7 @@ def payg_filter_candidates(request, candidates, snapshot, engine):
     """Narrow or reorder the candidates of *every* request, after the route's rules.
 
     For policy-wide concerns that are not a rule of one route (budget headroom, circuit breakers).
-    Return ``None`` to leave the candidates alone, or a :class:`litellm_payg.decision.Step` whose
+    Return ``None`` to leave the candidates alone, or a :class:`litellm_payg.core.decision.Step` whose
     ``kept`` is the new ordered list and whose ``dropped`` says why each removed candidate went.
     All implementations run, in pluggy order (``tryfirst``/``trylast`` to order them; the built-in
     filters are ``trylast``); each sees the previous one's result. The hook is called as a chain,
@@ -40,9 +40,9 @@ def payg_filter_candidates(request, candidates, snapshot, engine):
     implementation wraps each of those calls, seeing its result list (``[]`` or ``[Step]``) and
     able to replace it.
 
-    ``snapshot`` is the :class:`litellm_payg.snapshot.Snapshot` the decision is made from: the
+    ``snapshot`` is the :class:`litellm_payg.core.snapshot.Snapshot` the decision is made from: the
     clock's ``now``, the ``policy``, each candidate's ``downgrade`` budgets with their ``usage``
-    (``litellm_payg.headroom.headroom`` turns them into drops), each deployment's breaker and
+    (``litellm_payg.core.headroom.headroom`` turns them into drops), each deployment's breaker and
     latency state (``health``), and ``ledger_error``/``health_error`` when a store could not be
     read. A filter should read only the request, the candidates and the snapshot, so that a
     decision is a pure function of them and the policy (replayable, testable without stores).
@@ -70,7 +70,7 @@ def payg_outcome(outcome):
     """Observe the outcome of one attempt: the deployment that actually ran, its real cost
     (LiteLLM's ``response_cost``), latency, and whether it failed and how.
 
-    ``outcome`` is a :class:`litellm_payg.decision.Outcome`. Called from LiteLLM's success/failure
+    ``outcome`` is a :class:`litellm_payg.core.decision.Outcome`. Called from LiteLLM's success/failure
     callbacks, which LiteLLM runs on a background worker shortly after the caller got its answer.
     ``outcome.usage_estimated`` is True when the cost is the plugin's estimate rather than the
     provider's counts: an answer without usage, or a failure after the provider answered (which
@@ -83,7 +83,7 @@ def payg_budget_alert(budget, bucket, scope, threshold, spent_usd, limit_usd, re
     """A budget's spend crossed one of its ``alert_at`` fractions (or, for ``on_exceed: alert``,
     its limit). Fires once per threshold per window, across every replica sharing the ledger.
 
-    ``budget`` is the :class:`litellm_payg.budgets.Budget` from the policy, ``bucket`` the ledger key
+    ``budget`` is the :class:`litellm_payg.core.budgets.Budget` from the policy, ``bucket`` the ledger key
     of the window's counter, ``scope`` the concrete scope (``user:alice``), ``threshold`` the
     fraction crossed, ``resets_at`` when the window ends (None for rolling windows). Built-in
     implementations log a warning and POST to the policy's ``alert_webhook``. Runs after a charge
@@ -96,7 +96,7 @@ def payg_validate_response(response, request, engine):
     """Check a successful answer before it counts as a success.
 
     ``response`` is the LiteLLM ``ModelResponse`` of a non-streaming call; ``request`` the
-    :class:`litellm_payg.decision.RouteRequest`. Return ``None`` when satisfied, or a list of
+    :class:`litellm_payg.core.decision.RouteRequest`. Return ``None`` when satisfied, or a list of
     problems (plain sentences naming what is wrong). All implementations run; the problems are
     concatenated. Any problem makes the attempt fail with
     :class:`litellm_payg.failures.InvalidResponseError` (class ``invalid_response``): the answer is

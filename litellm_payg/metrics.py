@@ -117,7 +117,7 @@ class BudgetCollector:
         return []  # nothing is collected at registration time
 
     def collect(self):
-        from litellm_payg.budgets import Identity, all_buckets
+        from litellm_payg.core.budgets import Identity, all_buckets
 
         fams = {
             name: GaugeMetricFamily(f"litellm_payg_budget_{name}", doc, labels=["budget", "scope", "window", "on_exceed"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .decision import Candidate
+from .core.decision import Candidate
 from .failover_settings import Action, FailoverSettings
 from .failures import Failure, diagnose
 

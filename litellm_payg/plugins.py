@@ -16,7 +16,7 @@ from types import ModuleType
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .core.errors import PluginError
 from .hook_chain import HookChain
 
 ENTRY_POINT_GROUP = "litellm_payg"

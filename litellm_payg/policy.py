@@ -17,13 +17,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .bounds import Seconds, Tokens
-from .budgets import Budget
+from .core.bounds import Seconds, Tokens
+from .core.budgets import Budget
 from .failover_settings import FailoverSettings, ValidatorSpec
 from .validate import build_validators
 
-from .errors import PluginError, PolicyError, Problem
-from .model_facts import ModelFacts
+from .core.errors import PluginError, PolicyError, Problem
+from .core.model_facts import ModelFacts
 from .plugins import make_plugin_manager, rule_types
 from .rules import RuleSpec
 
@@ -231,7 +231,7 @@ def _check_prices(policy: Policy) -> None:
                         hint=f"add 'models: {{{ref}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' to the policy",
                     ))
     if problems:
-        from .errors import UnknownPriceError
+        from .core.errors import UnknownPriceError
 
         raise UnknownPriceError(problems, policy.source)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import litellm
 
-from .decision import Candidate
+from .core.decision import Candidate
 
 
 def facts_for(refs: tuple[str, ...], models: Mapping[str, Any]) -> Any:

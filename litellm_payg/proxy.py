@@ -53,11 +53,11 @@ from typing import Any
 from . import litellm_versions
 from .adapter import PaygRouting
 from .engine import Engine
-from .errors import PaygError, PolicyError, Problem
-from .identity import identity_from_key
+from .core.errors import PaygError, PolicyError, Problem
+from .core.identity import identity_from_key
 from .ingress import InvalidRequest, refuse_bad_input
 from .policy import load_policy
-from .request_state import metadata_of
+from .core.request_state import metadata_of
 
 logger = logging.getLogger("litellm_payg")
 

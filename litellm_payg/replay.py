@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import PaygError
+from .core.errors import PaygError
 
 __all__ = ["ReplayError", "RecordedRequest", "ReplayRow", "ReplayReport", "load_requests", "load_model_list",
            "replay", "areplay", "add_parser", "run"]

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import PaygError
+from .core.errors import PaygError
 
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 
@@ -176,7 +176,7 @@ def build_report(ledger: Any, policy: Any = None, since: float | None = None, no
 
 def budget_uses(ledger: Any, policy: Any, records: Sequence[Any], now: float) -> list[BudgetUse]:
     """Each budget's current window per scope value seen in the records (global always shown)."""
-    from .budgets import _esc, parse_scope, parse_window, window_bounds
+    from .core.budgets import _esc, parse_scope, parse_window, window_bounds
     from .ledger.base import Bucket
 
     out: list[BudgetUse] = []

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import litellm_versions
-from .errors import PaygError
+from .core.errors import PaygError
 
 DEFAULT_START = "2025-01-01T00:00:00Z"
 DEFAULT_PERIOD_DAYS = 30.0
@@ -464,9 +464,9 @@ def simulate(
     import litellm
 
     from .deployments import candidates_from_config, candidates_named_by_policy
-    from .decision import RouteRequest
+    from .core.decision import RouteRequest
     from .engine import Engine
-    from .errors import NoDeploymentLeft
+    from .core.errors import NoDeploymentLeft
     from .policy import Policy, load_policy
     from .spend import BudgetExceeded
 

@@ -25,13 +25,13 @@ from typing import Any
 
 import litellm
 
-from .budgets import Budget, BudgetBucket, Identity, all_buckets
-from .decision import Candidate, Drop, RouteRequest, Step
-from .errors import InvalidAmount, PaygError
+from .core.budgets import Budget, BudgetBucket, Identity, all_buckets
+from .core.decision import Candidate, Drop, RouteRequest, Step
+from .core.errors import InvalidAmount, PaygError
 from .ledger import open_ledger
-from .headroom import budget_label, exhausted, scope_label
+from .core.headroom import budget_label, exhausted, scope_label
 from .ledger.base import Ledger, LedgerError, Usage, to_nanos
-from .snapshot import CandidateBudgets
+from .core.snapshot import CandidateBudgets
 
 logger = logging.getLogger("litellm_payg")
 
@@ -280,7 +280,7 @@ class SpendControl:
                 raise _exceeded(refused, usage, estimate)
             skipped.append(Step.drop(candidate, exhausted(refused, usage, estimate), "budget", budget_label(refused)))
         reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
-        from .errors import NoDeploymentLeft
+        from .core.errors import NoDeploymentLeft
 
         raise NoDeploymentLeft(request.group, reasons, skipped)
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 from pydantic import Field
 
 import litellm_payg
-from litellm_payg.decision import Step
-from litellm_payg.rules import Rule, RuleOptions
+from litellm_payg import Rule, RuleOptions, Step
 
 
 class DataResidencyOptions(RuleOptions):

@@ -136,7 +136,7 @@ async def test_alert_fires_exactly_once_per_threshold_per_window():
 
 def test_day_and_month_windows_roll_over_at_local_midnight():
     """A fake clock drives the engine: spend just before local midnight, a fresh window just after."""
-    from litellm_payg.decision import RouteRequest
+    from litellm_payg.core.decision import RouteRequest
     from litellm_payg.engine import Engine
     from litellm_payg.policy import load_policy
     from litellm_payg.pricing import candidate_from_deployment
@@ -171,7 +171,7 @@ def test_day_and_month_windows_roll_over_at_local_midnight():
 
 
 def test_identity_in_the_proxy_comes_from_the_key_not_the_client():
-    from litellm_payg.identity import identity_of
+    from litellm_payg.core.identity import identity_of
 
     proxy_md = {"user_api_key_hash": "hash-1", "user_api_key_user_id": "alice", "user_api_key_team_id": "t1", "user": "mallory"}
     who = identity_of({"user": "mallory"}, proxy_md)

@@ -15,7 +15,7 @@ from routing_helpers import DEEPSEEK, MISTRAL, deployment
 
 import litellm_payg
 from litellm_payg.cli import main as cli
-from litellm_payg.errors import PolicyError
+from litellm_payg.core.errors import PolicyError
 
 MODEL_LIST = [deployment("chat", DEEPSEEK, "ds-1"), deployment("chat", MISTRAL, "mi-1"),
               deployment("premium", MISTRAL, "mi-2")]

@@ -1,4 +1,4 @@
-"""Window and scope math of litellm_payg.budgets, driven by a fake clock."""
+"""Window and scope math of litellm_payg.core.budgets, driven by a fake clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from litellm_payg.budgets import Budget, Identity, all_buckets, buckets_for, window_bounds
+from litellm_payg.core.budgets import Budget, Identity, all_buckets, buckets_for, window_bounds
 
 UTC = timezone.utc
 NY = "America/New_York"

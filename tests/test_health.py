@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 from services import BACKENDS, require_redis
 
-from litellm_payg.decision import Candidate, RouteRequest
+from litellm_payg.core.decision import Candidate, RouteRequest
 from litellm_payg.default_plugins.failover import apply_failover, payg_filter_candidates
-from litellm_payg.snapshot import Snapshot
+from litellm_payg.core.snapshot import Snapshot
 from litellm_payg.next_hop import plan_next
 from litellm_payg.failover_settings import FailoverSettings
 from litellm_payg.failures import FailureClass

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 import litellm_payg
-from litellm_payg.decision import Candidate, RouteRequest, Step
+from litellm_payg.core.decision import Candidate, RouteRequest, Step
 from litellm_payg.engine import Engine
-from litellm_payg.errors import PluginError
+from litellm_payg.core.errors import PluginError
 from litellm_payg.plugins import rule_types
 from litellm_payg.policy import load_policy
 

@@ -16,7 +16,7 @@ import uuid
 import pytest
 from services import BACKENDS, REDIS_HOST, REDIS_PORT, require_redis
 
-from litellm_payg.errors import InvalidAmount, PaygError
+from litellm_payg.core.errors import InvalidAmount, PaygError
 from litellm_payg.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
 from litellm_payg.ledger.base import MAX_AMOUNT_USD
 

@@ -14,7 +14,7 @@ import pytest
 import litellm_payg
 from litellm_payg import hookspecs
 from litellm_payg.cli import main as cli
-from litellm_payg.errors import PolicyError
+from litellm_payg.core.errors import PolicyError
 from litellm_payg.plugins import DEFAULT_PLUGINS, make_plugin_manager, rule_types
 from litellm_payg.policy import load_policy
 
@@ -82,7 +82,7 @@ def test_entry_point_plugins_are_loaded(tmp_path, monkeypatch):
     """An installed distribution advertising the ``litellm_payg`` entry point group."""
     (tmp_path / "payg_fake_plugin.py").write_text(textwrap.dedent("""\
         import litellm_payg
-        from litellm_payg.decision import Step
+        from litellm_payg.core.decision import Step
         from litellm_payg.rules import Rule, RuleOptions
 
         class Options(RuleOptions):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from litellm_payg.cli import main as cli
-from litellm_payg.errors import PolicyError
+from litellm_payg.core.errors import PolicyError
 from litellm_payg.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -230,7 +230,7 @@ def test_a_broken_policy_refuses_requests_naming_the_file_and_field(proxies):
 
 
 def test_policy_is_found_next_to_the_config_or_a_clear_error(monkeypatch, tmp_path):
-    from litellm_payg.errors import PolicyError
+    from litellm_payg.core.errors import PolicyError
     from litellm_payg.proxy import POLICY_ENV, find_policy_path
 
     config = tmp_path / "config.yaml"

@@ -11,7 +11,7 @@ import yaml
 
 import litellm_payg
 from litellm_payg.cli import main as cli
-from litellm_payg.errors import NoDeploymentLeft, PolicyError, UnknownPriceError
+from litellm_payg.core.errors import NoDeploymentLeft, PolicyError, UnknownPriceError
 
 from routing_helpers import (
     DEEPSEEK,

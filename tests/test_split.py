@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litellm_payg.decision import RouteRequest
+from litellm_payg.core.decision import RouteRequest
 from litellm_payg.engine import Engine
 from litellm_payg.policy import load_policy
 from litellm_payg.pricing import candidate_from_deployment

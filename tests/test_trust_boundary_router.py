@@ -62,7 +62,7 @@ async def test_a_shared_trace_id_does_not_share_a_reservation():
 
 def _route(engine, router):
     """(RouteRequest, Candidate) of a plain request to ds, to price one reservation."""
-    from litellm_payg.decision import RouteRequest
+    from litellm_payg.core.decision import RouteRequest
 
     candidate = engine.adapter._candidates["ds"]
     prompt = litellm.token_counter(model=DEEPSEEK, messages=MESSAGES)
@@ -291,7 +291,7 @@ async def test_attach_fails_loudly_when_litellm_refuses_its_callback(monkeypatch
     from litellm import Router
 
     import litellm_payg
-    from litellm_payg.errors import PaygError
+    from litellm_payg.core.errors import PaygError
 
     monkeypatch.setattr(litellm.logging_callback_manager, "add_litellm_callback", lambda callback: None)
     router = Router(model_list=_deployments())

@@ -7,7 +7,7 @@ what makes the decision, the logs and ``explain`` say why."""
 from __future__ import annotations
 
 from litellm_payg import hookimpl
-from litellm_payg.headroom import headroom
+from litellm_payg.core.headroom import headroom
 
 
 @hookimpl(trylast=True)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
-from litellm_payg.bounds import PositiveUsdPer1k
-from litellm_payg.decision import Candidate, Step
+from litellm_payg.core.bounds import PositiveUsdPer1k
+from litellm_payg.core.decision import Candidate, Step
 from litellm_payg.rules import Rule, RuleOptions, matches
 
 

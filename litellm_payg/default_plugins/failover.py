@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from litellm_payg import hookimpl
-from litellm_payg.decision import Candidate, RouteRequest, Step
+from litellm_payg.core.decision import Candidate, RouteRequest, Step
 from litellm_payg.failover_settings import FailoverSettings
 from litellm_payg.rules import matches
-from litellm_payg.snapshot import DeploymentHealth, is_slow
+from litellm_payg.core.snapshot import DeploymentHealth, is_slow
 
 BY = "failover"
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
-from litellm_payg.bounds import Score, Tokens
-from litellm_payg.decision import Step
+from litellm_payg.core.bounds import Score, Tokens
+from litellm_payg.core.decision import Step
 from litellm_payg.rules import Rule, RuleOptions
 
 

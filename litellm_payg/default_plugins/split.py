@@ -25,8 +25,8 @@ from bisect import bisect_right
 from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
-from litellm_payg.bounds import Weight
-from litellm_payg.decision import Step
+from litellm_payg.core.bounds import Weight
+from litellm_payg.core.decision import Step
 from litellm_payg.rules import Rule, RuleOptions, matches
 
 _FIELD = re.compile(r"^(user|team|api_key|end_user|trace_id|metadata\.[A-Za-z0-9_\-]+)$")

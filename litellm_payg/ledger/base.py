@@ -28,8 +28,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..bounds import MAX_USD
-from ..errors import InvalidAmount
+from ..core.bounds import MAX_USD
+from ..core.errors import InvalidAmount
 
 NANOS_PER_USD = 1_000_000_000
 

@@ -1,4 +1,4 @@
-"""Budget headroom as a pure function of a :class:`~litellm_payg.snapshot.Snapshot`.
+"""Budget headroom as a pure function of a :class:`~litellm_payg.core.snapshot.Snapshot`.
 
 A candidate whose ``downgrade`` budget has no room left for this request's reservation estimate is
 dropped, with a reason that says how much was spent, how much is in flight, the estimate and the
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .budgets import BudgetBucket
 from .decision import Candidate, RouteRequest, Step
-from .ledger.base import Usage
+from ..ledger.base import Usage
 from .snapshot import Snapshot
 
 

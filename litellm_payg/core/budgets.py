@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .bounds import MAX_ROLLING_WINDOW_S, Usd
-from .ledger.base import Bucket
+from ..ledger.base import Bucket
 
 SCOPE_KINDS = ("provider", "model", "group", "deployment", "user", "team", "key", "end_user", "tag")
 CALENDAR_WINDOWS = ("hour", "day", "week", "month")

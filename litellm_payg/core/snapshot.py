@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .budgets import BudgetBucket
-from .ledger.base import Usage
+from ..ledger.base import Usage
 
 State = Literal["closed", "open", "half_open"]
 
