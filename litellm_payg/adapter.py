@@ -249,8 +249,8 @@ class PaygRouting(CustomLogger):
             if state.trace_id is None:
                 state.trace_id = trace
             return state
-        if any(other is not self and other.states.find(metadata, trace) is not None for other in list(_LIVE)):
-            return None  # another router's request
+        if self._another_routers(metadata, trace):
+            return None
         refuse_bad_input(request_kwargs)
         return self.states.mint(metadata, trace)
 
@@ -400,21 +400,24 @@ class PaygRouting(CustomLogger):
 
     # -- per attempt, inline ----------------------------------------------------------------------
 
-    def _ours(self, request_data: Mapping[str, Any]) -> tuple[RequestState, dict, str] | None:
-        """This adapter's state for an attempt's request, its metadata and the deployment id."""
-        metadata = metadata_of(request_data)
-        state = self.states.find(metadata)
+    def _ours(self, request_data: Mapping[str, Any]) -> tuple[RequestState, str] | None:
+        """This adapter's state for an attempt's request, and the attempt's deployment id."""
+        state = self.states.find(metadata_of(request_data))
         if state is None:
             return None
-        deployment_id = str((request_data.get("model_info") or {}).get("id"))
-        return state, metadata, deployment_id
+        return state, str((request_data.get("model_info") or {}).get("id"))
+
+    def _another_routers(self, metadata: Mapping[str, Any] | None, trace: str | None = None) -> bool:
+        """Whether another live adapter minted this request's id: the request of another Router
+        that governs the same deployment ids (two Routers built from one config)."""
+        return any(other is not self and other.states.find(metadata, trace) is not None for other in list(_LIVE))
 
 
     async def async_post_call_failure_deployment_hook(self, request_data, exception, call_type, fallback_depth=None):
         ours = self._ours(request_data)
         if ours is None:
             return None
-        state, metadata, deployment_id = ours
+        state, deployment_id = ours
         call_id = request_data.get("litellm_call_id")
         if call_id:
             state.handled_calls.add(str(call_id))  # LiteLLM's failure log of this attempt is then left alone
@@ -573,7 +576,7 @@ class PaygRouting(CustomLogger):
         if deployment_id not in self._candidates:
             return None
         ours = self._ours(kwargs)
-        if ours is None and any(other is not self and other._ours(kwargs) is not None for other in list(_LIVE)):
+        if ours is None and self._another_routers(metadata_of(kwargs)):
             return None  # another router's attempt on a deployment with the same id
         if ours is not None and ours[0].unsent is not None and ours[0].unsent[0] == deployment_id:
             ours[0].unsent = None  # the pick is now an attempt
@@ -611,7 +614,7 @@ class PaygRouting(CustomLogger):
         ours = self._ours(request_data)
         if ours is None:
             return None
-        state, _, deployment_id = ours
+        state, deployment_id = ours
         if "generate_content" in str(call_type) and isinstance(response, Mapping):
             self._charge_generate_content(state, deployment_id, response, request_data.get("model"))
             return None
@@ -732,7 +735,7 @@ class PaygRouting(CustomLogger):
         ours = self._ours(request_data)
         if ours is None or request_data.get("stream"):
             return None
-        state, _, deployment_id = ours
+        state, deployment_id = ours
         request = state.request
         results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
         problems = [p for found in results if found for p in found]
