@@ -29,7 +29,7 @@ import uuid
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from litellm_payg.ledger import Bucket, open_ledger  # noqa: E402
+from litellm_payg.stores.ledger import Bucket, open_ledger  # noqa: E402
 
 BUCKETS = [Bucket("bench|global|day|x", 1e9, True), Bucket("bench|user:u|day|x", 1e9, True)]
 

@@ -58,9 +58,9 @@ from litellm import Router  # noqa: E402
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
 from litellm_payg import litellm_versions  # noqa: E402
-from litellm_payg.adapter import PaygRouting, attach  # noqa: E402
+from litellm_payg.adapter.routing import PaygRouting, attach  # noqa: E402
 from litellm_payg.core.decision import RouteRequest  # noqa: E402
-from litellm_payg.pricing import count_prompt_tokens  # noqa: E402
+from litellm_payg.stores.prices import count_prompt_tokens  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COST_THRESHOLD_POLICY = REPO / "policies" / "cost-threshold.yaml"

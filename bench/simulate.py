@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from litellm_payg.core.decision import RouteRequest  # noqa: E402
-from litellm_payg.deployments import candidates_named_by_policy  # noqa: E402
-from litellm_payg.engine import Engine  # noqa: E402
-from litellm_payg.policy import load_policy  # noqa: E402
-from litellm_payg.simulate import Traffic, TrafficClass, _arrivals, load_scenario, simulate  # noqa: E402
+from litellm_payg.adapter.deployments import candidates_named_by_policy  # noqa: E402
+from litellm_payg.runtime.engine import Engine  # noqa: E402
+from litellm_payg.policy.load import load_policy  # noqa: E402
+from litellm_payg.tools.simulate import Traffic, TrafficClass, _arrivals, load_scenario, simulate  # noqa: E402
 
 TARGET_S_500K = 60.0
 

@@ -5,13 +5,14 @@
 global. Which price map LiteLLM loads (fetched, or the copy bundled in its wheel with
 ``LITELLM_LOCAL_MODEL_COST_MAP=True``) is the application's choice; the ``litellm-payg`` CLI, the
 pytest plugin and the benchmarks choose the bundled one unless told otherwise. The repairs in
-:mod:`litellm_payg.litellm_fixes` are applied by ``attach`` and the proxy handler, not on import.
+:mod:`litellm_payg.adapter.litellm_fixes` are applied by ``attach`` and the proxy handler, not on import.
 """
 
 from __future__ import annotations
 
-from .hookspecs import hookimpl
-from .core.errors import (
+from litellm_payg.hookspecs import hookimpl
+from litellm_payg.core.errors import (
+    BudgetRefused,
     InvalidAmount,
     NoDeploymentLeft,
     PaygError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BudgetExceeded",
+    "BudgetRefused",
     "Candidate",
     "Engine",
     "InvalidAmount",
@@ -52,11 +54,11 @@ _LAZY = {
     "Rule": ("litellm_payg.rules", "Rule"),
     "RuleOptions": ("litellm_payg.rules", "RuleOptions"),
     # the runtime and LiteLLM
-    "BudgetExceeded": ("litellm_payg.spend", "BudgetExceeded"),
-    "LedgerDown": ("litellm_payg.spend", "LedgerDown"),
-    "attach": ("litellm_payg.adapter", "attach"),
-    "Engine": ("litellm_payg.engine", "Engine"),
-    "load_policy": ("litellm_payg.policy", "load_policy"),
+    "BudgetExceeded": ("litellm_payg.adapter.litellm_errors", "BudgetExceeded"),
+    "LedgerDown": ("litellm_payg.runtime.spend", "LedgerDown"),
+    "attach": ("litellm_payg.adapter.routing", "attach"),
+    "Engine": ("litellm_payg.runtime.engine", "Engine"),
+    "load_policy": ("litellm_payg.policy.load", "load_policy"),
 }
 
 

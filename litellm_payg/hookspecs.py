@@ -48,7 +48,7 @@ def payg_filter_candidates(request, candidates, snapshot, engine):
     decision is a pure function of them and the policy (replayable, testable without stores).
 
     ``engine`` (deprecated, kept so filters written for it keep working) is the
-    :class:`litellm_payg.engine.Engine` deciding. Reading a store through it (``engine.spend``,
+    :class:`litellm_payg.runtime.engine.Engine` deciding. Reading a store through it (``engine.spend``,
     ``engine.health``) makes the decision depend on more than its snapshot; no built-in does.
     """
 
@@ -99,7 +99,7 @@ def payg_validate_response(response, request, engine):
     :class:`litellm_payg.core.decision.RouteRequest`. Return ``None`` when satisfied, or a list of
     problems (plain sentences naming what is wrong). All implementations run; the problems are
     concatenated. Any problem makes the attempt fail with
-    :class:`litellm_payg.failures.InvalidResponseError` (class ``invalid_response``): the answer is
+    :class:`litellm_payg.adapter.failures.InvalidResponseError` (class ``invalid_response``): the answer is
     still charged (it billed), the failure counts against the deployment's circuit breaker, and the
     request moves on as ``failover.on.invalid_response`` says. Runs on the request path: must not
     block. The built-in implementation runs the policy's ``validate:`` list.

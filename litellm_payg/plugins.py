@@ -15,9 +15,9 @@ from types import ModuleType
 
 import pluggy
 
-from . import hookspecs
-from .core.errors import PluginError
-from .hook_chain import HookChain
+from litellm_payg import hookspecs
+from litellm_payg.core.errors import PluginError
+from litellm_payg.hook_chain import HookChain
 
 ENTRY_POINT_GROUP = "litellm_payg"
 
@@ -29,7 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "litellm_payg.default_plugins.budget_guard",
     "litellm_payg.default_plugins.budget_alerts",
     "litellm_payg.default_plugins.failover",
-    "litellm_payg.validate",
+    "litellm_payg.policy.validators",
 )
 
 

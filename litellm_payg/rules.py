@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .core.decision import Candidate, RouteRequest, Step
-from .core.model_facts import ModelFacts
+from litellm_payg.core.decision import Candidate, RouteRequest, Step
+from litellm_payg.core.model_facts import ModelFacts
 
 
 class RuleOptions(BaseModel):

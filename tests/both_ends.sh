@@ -14,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-OLDEST_LITELLM="1.100.0"  # the floor of pyproject's range (litellm_payg/litellm_versions.py: OLDEST)
+OLDEST_LITELLM="1.100.0"  # the floor of pyproject's range (litellm_payg/adapter/litellm_versions.py: OLDEST)
 OLDEST_VENV="${PAYG_OLDEST_VENV:-.venv-litellm-oldest}"
 INTEGRATION=(tests/test_routing.py tests/test_budget_enforcement.py tests/test_failover.py
              tests/test_proxy.py tests/test_conformance_spend.py

@@ -69,7 +69,7 @@ def _litellm_callback_lists_as_found() -> Iterator[None]:
     refuses new callbacks. Each test leaves those lists as it found them there, so tests do not
     depend on how many Routers ran before them. (From 1.110 Routers are collected, and this does
     nothing.)"""
-    from litellm_payg import litellm_versions
+    from litellm_payg.adapter import litellm_versions
 
     if litellm_versions.at_least((1, 110)):
         yield
@@ -84,11 +84,11 @@ def _litellm_callback_lists_as_found() -> Iterator[None]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """A user's process gets the LiteLLM repairs (litellm_payg.litellm_fixes) when it attaches a
+    """A user's process gets the LiteLLM repairs (litellm_payg.adapter.litellm_fixes) when it attaches a
     policy; the suite applies them up front, so how LiteLLM reads a Groq answer in one test does not
     depend on whether an earlier test attached. tests/test_litellm_fixes.py checks the unrepaired
     LiteLLM code still has each defect."""
-    from litellm_payg import litellm_fixes
+    from litellm_payg.adapter import litellm_fixes
 
     litellm_fixes.apply()
 

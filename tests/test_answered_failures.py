@@ -31,8 +31,8 @@ from standin_helpers import (
     standin_deployment,
 )
 
-from litellm_payg import charges
-from litellm_payg.spend import BudgetExceeded
+from litellm_payg.adapter import charges
+from litellm_payg.adapter.litellm_errors import BudgetExceeded
 
 MESSAGES = [{"role": "user", "content": "Summarise our refund policy for annual plans in two sentences, please."}]
 

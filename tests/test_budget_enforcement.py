@@ -20,11 +20,12 @@ from services import BACKENDS
 from services import redis_url as _redis_url
 
 import litellm_payg
-from litellm_payg.budget_status import budget_rows
-from litellm_payg.ledger import open_ledger
-from litellm_payg.policy import load_policy
-from litellm_payg.pricing import count_prompt_tokens
-from litellm_payg.spend import BudgetExceeded
+from litellm_payg.tools.budget_status import budget_rows
+from litellm_payg.stores.ledger import open_ledger
+from litellm_payg.policy.load import load_policy
+from litellm_payg.stores.prices import count_prompt_tokens
+from litellm_payg.adapter.litellm_errors import BudgetExceeded
+from litellm_payg.core.errors import BudgetRefused  # what the runtime raises; BudgetExceeded is its LiteLLM face
 
 ROOT = Path(__file__).resolve().parents[1]
 # LiteLLM's mock usage is 10 prompt + 20 completion tokens; with >= 10 counted prompt tokens and
@@ -137,9 +138,9 @@ async def test_alert_fires_exactly_once_per_threshold_per_window():
 def test_day_and_month_windows_roll_over_at_local_midnight():
     """A fake clock drives the engine: spend just before local midnight, a fresh window just after."""
     from litellm_payg.core.decision import RouteRequest
-    from litellm_payg.engine import Engine
-    from litellm_payg.policy import load_policy
-    from litellm_payg.pricing import candidate_from_deployment
+    from litellm_payg.runtime.engine import Engine
+    from litellm_payg.policy.load import load_policy
+    from litellm_payg.stores.prices import candidate_from_deployment
 
     tz = ZoneInfo("America/New_York")
     policy = load_policy(_policy([
@@ -157,7 +158,7 @@ def test_day_and_month_windows_roll_over_at_local_midnight():
         return admission
 
     call("a")
-    with pytest.raises(BudgetExceeded) as info:
+    with pytest.raises(BudgetRefused) as info:
         call("b")
     assert info.value.budget == "daily"
     assert info.value.resets_at == datetime(2026, 12, 1, 0, 0, tzinfo=tz)
@@ -165,7 +166,7 @@ def test_day_and_month_windows_roll_over_at_local_midnight():
     call("c")
     call_time = datetime(2026, 12, 1, 4, 59, 59, tzinfo=ZoneInfo("UTC")).timestamp()  # still Nov 30 in New York
     now[0] = call_time
-    with pytest.raises(BudgetExceeded) as info:
+    with pytest.raises(BudgetRefused) as info:
         call("d")
     assert info.value.budget == "daily"
 
@@ -191,7 +192,7 @@ WORKER = textwrap.dedent(
     import asyncio, json, sys
     sys.path.insert(0, {tests!r})
     import litellm_payg
-    from litellm_payg.spend import BudgetExceeded
+    from litellm_payg.adapter.litellm_errors import BudgetExceeded
     from routing_helpers import deployment, DEEPSEEK
     policy = json.loads(sys.argv[1])
     async def main():
@@ -280,7 +281,7 @@ def test_sigkill_mid_request_keeps_spend_and_charges_the_dead_reservation(tmp_pa
 
 
 async def test_ledger_outage_fail_closed_refuses_and_fail_open_keeps_every_charge(tmp_path):
-    from litellm_payg.spend import LedgerDown
+    from litellm_payg.runtime.spend import LedgerDown
 
     # a Redis nobody listens on: the ledger is down from the start
     dead = "redis://127.0.0.1:1/0"
@@ -318,8 +319,8 @@ async def test_a_refusal_for_a_down_ledger_is_final_after_one_attempt():
     fallback to another group must not route around it either."""
     import litellm
 
-    from litellm_payg.ledger.redis import connect
-    from litellm_payg.spend import LedgerDown
+    from litellm_payg.stores.ledger.redis import connect
+    from litellm_payg.runtime.spend import LedgerDown
 
     assert LedgerDown.num_retries == 0
     client, _ = connect("redis://127.0.0.1:1/0")  # fail fast: a short connect timeout, no client retries

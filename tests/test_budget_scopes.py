@@ -14,7 +14,7 @@ from proxy_fixtures import RunningProxy, litellm_proxy_factory, require_proxy_de
 from routing_helpers import DEEPSEEK, MISTRAL, deployment
 
 import litellm_payg
-from litellm_payg.cli import main as cli
+from litellm_payg.tools.cli import main as cli
 from litellm_payg.core.errors import PolicyError
 
 MODEL_LIST = [deployment("chat", DEEPSEEK, "ds-1"), deployment("chat", MISTRAL, "mi-1"),
@@ -88,7 +88,7 @@ async def test_proxy_handler_checks_the_config_model_list_at_start(monkeypatch, 
     require_proxy_deps()
     from fastapi import HTTPException
 
-    from litellm_payg.proxy import ProxyPaygRouting
+    from litellm_payg.adapter.proxy import ProxyPaygRouting
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"model_list": MODEL_LIST}))
@@ -119,7 +119,7 @@ def scope_proxy(litellm_proxy_factory) -> RunningProxy:  # noqa: F811
             "model_list": [
                 {"model_name": "chat", "litellm_params": {"model": DEEPSEEK, "api_key": "not-used", "mock_response": "served"}},
             ],
-            "litellm_settings": {"callbacks": ["litellm_payg.proxy.handler"]},
+            "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
         },
         name="scope",
         files={"payg-policy.yaml": _policy("model:deepseek-chat", on_exceed="block")},

@@ -8,7 +8,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from litellm_payg.core.budgets import Budget, Identity, all_buckets, buckets_for, window_bounds
+from litellm_payg.core.budgets import Budget, all_buckets, buckets_for, window_bounds
+from litellm_payg.core.decision import Candidate, RouteRequest
+
+
+def Identity(*, user=None, team=None, api_key=None, end_user=None, tags=(), model_group="g", deployment_id=None,
+             model=None, provider=None, trace_id=None):
+    """A request sent to a candidate, with just the fields budget scopes read."""
+    request = RouteRequest(model_group, 0, 0, user=user, team=team, api_key=api_key, end_user=end_user, tags=tags,
+                           trace_id=trace_id)
+    candidate = Candidate(deployment_id or "d", model or "m", provider or "p", model_group, None, None)
+    return request, candidate
 
 UTC = timezone.utc
 NY = "America/New_York"
@@ -19,8 +29,8 @@ def utc(*a) -> datetime:
     return datetime(*a, tzinfo=UTC)
 
 
-def one(budget: Budget, ident: Identity, now: datetime, tz: str = "UTC"):
-    bbs = buckets_for(budget, ident, now, tz)
+def one(budget: Budget, ident: tuple, now: datetime, tz: str = "UTC"):
+    bbs = buckets_for(budget, *ident, now, tz)
     assert len(bbs) == 1, bbs
     return bbs[0]
 
@@ -148,12 +158,12 @@ def test_calendar_bucket_expiry_and_enforcement_flags():
 
 def test_naive_clock_is_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
-        buckets_for(Budget(scope="global", window="day", limit_usd=1), ALICE, datetime(2026, 1, 1))
+        buckets_for(Budget(scope="global", window="day", limit_usd=1), *ALICE, datetime(2026, 1, 1))
 
 
 def test_unknown_timezone_is_refused():
     with pytest.raises(ValueError, match="unknown IANA time zone 'Mars/Olympus'"):
-        buckets_for(Budget(scope="global", window="day", limit_usd=1), ALICE, utc(2026, 1, 1), "Mars/Olympus")
+        buckets_for(Budget(scope="global", window="day", limit_usd=1), *ALICE, utc(2026, 1, 1), "Mars/Olympus")
 
 
 # -- scopes ---------------------------------------------------------------------
@@ -181,15 +191,15 @@ def test_unknown_timezone_is_refused():
     ],
 )
 def test_scope_matching(scope, expected):
-    bbs = buckets_for(Budget(scope=scope, window="day", limit_usd=1), ALICE, utc(2026, 5, 5))
+    bbs = buckets_for(Budget(scope=scope, window="day", limit_usd=1), *ALICE, utc(2026, 5, 5))
     assert [bb.bucket.key.split("|")[1] for bb in bbs] == expected
 
 
 def test_request_without_user_is_not_under_user_star():
     anon = Identity(model_group="gpt-4o", provider="openai")
-    assert buckets_for(Budget(scope="user:*", window="day", limit_usd=1), anon, utc(2026, 5, 5)) == []
-    assert buckets_for(Budget(scope="tag:*", window="day", limit_usd=1), anon, utc(2026, 5, 5)) == []
-    assert len(buckets_for(Budget(scope="global", window="day", limit_usd=1), anon, utc(2026, 5, 5))) == 1
+    assert buckets_for(Budget(scope="user:*", window="day", limit_usd=1), *anon, utc(2026, 5, 5)) == []
+    assert buckets_for(Budget(scope="tag:*", window="day", limit_usd=1), *anon, utc(2026, 5, 5)) == []
+    assert len(buckets_for(Budget(scope="global", window="day", limit_usd=1), *anon, utc(2026, 5, 5))) == 1
 
 
 def test_model_strings_with_colons_and_ids_with_separators():
@@ -204,9 +214,9 @@ def test_model_strings_with_colons_and_ids_with_separators():
 def test_all_buckets_uses_positions_and_rejects_shared_counters():
     budgets = [Budget(scope="global", window="day", limit_usd=1),
                Budget(scope="user:*", window="month", limit_usd=5, on_exceed="alert")]
-    keys = [bb.bucket.key for bb in all_buckets(budgets, ALICE, utc(2026, 5, 5))]
+    keys = [bb.bucket.key for bb in all_buckets(budgets, *ALICE, utc(2026, 5, 5))]
     assert keys == ["b0|global|day|2026-05-05", "b1|user:alice|month|2026-05"]
     dup = [Budget(scope="global", window="day", limit_usd=1, name="x"),
            Budget(scope="global", window="day", limit_usd=2, name="x")]
     with pytest.raises(ValueError, match="same counter"):
-        all_buckets(dup, ALICE, utc(2026, 5, 5))
+        all_buckets(dup, *ALICE, utc(2026, 5, 5))

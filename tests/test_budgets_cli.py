@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from litellm_payg.cli import main as cli
+from litellm_payg.tools.cli import main as cli
 
 from routing_helpers import DEEPSEEK, attached, deployment, settled
 

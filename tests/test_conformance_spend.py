@@ -22,7 +22,7 @@ The recordings are read in place (never copied into this repo). vcrpy matches on
 Two things stand between LiteLLM 1.110.2 and three of the recordings, and both are explicit here:
 
 * Groq's older formats (no ``service_tier``; usage only under ``x_groq.usage`` in streams) hit
-  LiteLLM defects that ``litellm_payg.litellm_fixes`` repairs when the plugin is attached, as it is
+  LiteLLM defects that ``litellm_payg.adapter.litellm_fixes`` repairs when the plugin is attached, as it is
   for users; ``tests/test_litellm_fixes.py`` pins each defect in LiteLLM's own code.
 * The Gemini stream was recorded without ``?alt=sse`` and LiteLLM always asks for SSE, so the player
   re-frames that one body as the SSE stream Gemini sends for such a request

@@ -13,8 +13,8 @@ import time
 import litellm
 import pytest
 
-from litellm_payg import litellm_versions
-from litellm_payg.failures import InvalidResponseError
+from litellm_payg.adapter import litellm_versions
+from litellm_payg.adapter.failures import InvalidResponseError
 from litellm_payg.standin import StandIn
 
 from routing_helpers import DEEPSEEK, MISTRAL, attached, served_by, settled
@@ -170,6 +170,6 @@ async def test_every_attempt_failing_gives_an_error_listing_the_attempts(standin
 
 
 def test_invalid_response_error_is_its_own_class():
-    from litellm_payg.failures import classify
+    from litellm_payg.adapter.failures import classify
 
     assert classify(InvalidResponseError(["non_empty: empty"])).value == "invalid_response"

@@ -38,7 +38,7 @@ from litellm.exceptions import (
 )
 from shared_recordings import RECORDINGS, load, read_only_persister, require_recordings
 
-from litellm_payg.failures import (
+from litellm_payg.adapter.failures import (
     FailureClass,
     InvalidResponseError,
     classify,

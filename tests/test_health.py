@@ -14,10 +14,10 @@ from services import BACKENDS, require_redis
 from litellm_payg.core.decision import Candidate, RouteRequest
 from litellm_payg.default_plugins.failover import apply_failover, payg_filter_candidates
 from litellm_payg.core.snapshot import Snapshot
-from litellm_payg.next_hop import plan_next
-from litellm_payg.failover_settings import FailoverSettings
-from litellm_payg.failures import FailureClass
-from litellm_payg.health import (
+from litellm_payg.runtime.next_hop import plan_next
+from litellm_payg.policy.failover import FailoverSettings
+from litellm_payg.adapter.failures import FailureClass, diagnose
+from litellm_payg.stores.health import (
     BreakerConfig,
     HealthError,
     HealthUnavailable,
@@ -250,7 +250,7 @@ def test_bad_input_and_urls(tmp_path):
 
 
 def test_sqlite_shares_the_ledger_file(tmp_path):
-    from litellm_payg.ledger import open_ledger
+    from litellm_payg.stores.ledger import open_ledger
 
     url = f"sqlite:///{tmp_path}/payg.db"
     ledger = open_ledger(url)
@@ -380,17 +380,17 @@ def test_plan_next_per_failure_class():
     settings = _settings()
     ordered = [DS, MI, GPT, GEM]
     rl = litellm.RateLimitError("slow down", "deepseek", "m")
-    hop = plan_next(settings, rl, DS, ordered, attempted=["ds"])
+    hop = plan_next(settings, diagnose(rl), DS, ordered, attempted=["ds"])
     assert hop.action == "next" and hop.failure.cls is FailureClass.RATE_LIMIT
     assert [c.deployment_id for c in hop.candidates] == ["mi", "gpt", "gem"]
     auth = litellm.AuthenticationError("bad key", "deepseek", "m")
-    assert plan_next(settings, auth, DS, ordered, ["ds"]).candidates == []
+    assert plan_next(settings, diagnose(auth), DS, ordered, ["ds"]).candidates == []
     ctx = litellm.ContextWindowExceededError("too long", "m", "deepseek")
-    hop = plan_next(settings, ctx, DS, ordered, ["ds"])  # DS holds 64k: anything larger
+    hop = plan_next(settings, diagnose(ctx), DS, ordered, ["ds"])  # DS holds 64k: anything larger
     assert [c.deployment_id for c in hop.candidates] == ["mi", "gpt", "gem"]
-    hop = plan_next(settings, ctx, MI, ordered, ["ds", "mi"])  # MI holds 128k: only Gemini is larger
+    hop = plan_next(settings, diagnose(ctx), MI, ordered, ["ds", "mi"])  # MI holds 128k: only Gemini is larger
     assert [c.deployment_id for c in hop.candidates] == ["gem"] and "max_input_tokens > 128000" in hop.reason
-    hop = plan_next(settings, ctx, GEM, ordered, ["ds", "mi", "gem"])
+    hop = plan_next(settings, diagnose(ctx), GEM, ordered, ["ds", "mi", "gem"])
     assert hop.candidates == [] and "no untried candidate" in hop.reason
-    hop = plan_next(settings, litellm.InternalServerError("boom", "x", "m"), GEM, ordered, ["ds", "mi", "gpt", "gem"])
+    hop = plan_next(settings, diagnose(litellm.InternalServerError("boom", "x", "m")), GEM, ordered, ["ds", "mi", "gpt", "gem"])
     assert hop.candidates == [] and "every candidate was tried" in hop.reason

@@ -11,10 +11,10 @@ import pytest
 
 import litellm_payg
 from litellm_payg.core.decision import Candidate, RouteRequest, Step
-from litellm_payg.engine import Engine
+from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import PluginError
 from litellm_payg.plugins import rule_types
-from litellm_payg.policy import load_policy
+from litellm_payg.policy.load import load_policy
 
 REQUEST = RouteRequest(group="chat", prompt_tokens=100, output_tokens=50)
 CANDIDATES = [

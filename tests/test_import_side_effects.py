@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from litellm_payg import litellm_versions
+from litellm_payg.adapter import litellm_versions
 
 # What a check prints: the environment and LiteLLM's globals before and after the import.
 SNAPSHOT = textwrap.dedent("""\
@@ -66,7 +66,7 @@ def test_importing_the_package_changes_no_environment_variable_and_does_not_impo
         before = snapshot()
         import litellm_payg
         from litellm_payg import hookimpl, PaygError, PolicyError
-        import litellm_payg.cli, litellm_payg.litellm_versions
+        import litellm_payg.tools.cli, litellm_payg.adapter.litellm_versions
         after = snapshot()
         print(json.dumps({"before": before, "after": after, "litellm_loaded": "litellm" in sys.modules}))
     """)
@@ -84,8 +84,8 @@ def test_importing_the_adapter_proxy_and_attach_changes_no_litellm_global():
         before = snapshot()
         import litellm_payg
         from litellm_payg import attach, Engine, load_policy, BudgetExceeded
-        import litellm_payg.adapter, litellm_payg.proxy, litellm_payg.pricing, litellm_payg.metrics
-        from litellm_payg import litellm_fixes
+        import litellm_payg.adapter.routing, litellm_payg.adapter.proxy, litellm_payg.stores.prices, litellm_payg.adapter.metrics
+        from litellm_payg.adapter import litellm_fixes
         imported = snapshot()
         fixes = litellm_fixes.applied()
         router = litellm.Router(model_list=[{"model_name": "chat", "litellm_params": {
@@ -110,7 +110,7 @@ def test_the_cli_prices_offline_unless_the_user_chose(tmp_path):
     policy.write_text("version: 1\nledger: memory://\nroutes:\n  chat:\n    - quality_floor: {min_quality: 0}\n")
     out = _run(f"""
         import contextlib, io
-        from litellm_payg.cli import main
+        from litellm_payg.tools.cli import main
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             rc = main(["check", {str(policy)!r}])
@@ -123,7 +123,7 @@ def test_the_cli_prices_offline_unless_the_user_chose(tmp_path):
 
 @pytest.mark.parametrize("choice", ["False", "True"])
 def test_the_cli_keeps_the_users_choice(monkeypatch, capsys, choice):
-    from litellm_payg.cli import main
+    from litellm_payg.tools.cli import main
 
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", choice)
     assert main(["plugins"]) == 0

@@ -188,9 +188,9 @@ def test_ledger_backends_are_reached_only_through_open_ledger():
     """``ledger/__init__.open_ledger`` picks a backend from the URL; nothing else imports one (the
     health store's Redis client comes from ``redis_client``, not from the ledger's backend)."""
     graph = import_graph()
-    backends = {f"{PACKAGE}.ledger.{name}" for name in ("memory", "sqlite", "redis")}
+    backends = {f"{PACKAGE}.stores.ledger.{name}" for name in ("memory", "sqlite", "redis")}
     importers = {m: targets & backends for m, targets in graph.items() if targets & backends}
-    assert importers == {f"{PACKAGE}.ledger": backends}
+    assert importers == {f"{PACKAGE}.stores.ledger": backends}
 
 
 #: the pure modules: everything in the ``core/`` layer (data, decisions and checks), and the plugin
@@ -236,14 +236,65 @@ def test_the_pure_modules_reach_no_litellm_and_no_io():
     assert not problems, "\n".join(problems)
 
 
-def test_the_core_imports_only_itself_and_the_ledgers_plain_data():
-    """``core/`` is the bottom layer: its modules import each other and the ledger's data types
-    (``ledger.base``: ``Bucket``, ``Usage``), nothing else of the package."""
+#: The layers, bottom to top, and what each may import of the package (besides itself). A module
+#: belongs to the first layer whose prefix names it; ``contract`` is the plugin contract at the root.
+LAYERS = {
+    "core": (),
+    "contract": ("core",),
+    "stores": ("core",),
+    "policy": ("core", "contract", "stores"),
+    "runtime": ("core", "contract", "stores", "policy"),
+    "default_plugins": ("core", "contract", "stores", "policy", "runtime"),
+    "adapter": ("core", "contract", "stores", "policy", "runtime"),
+    "tools": ("core", "contract", "stores", "policy", "runtime", "adapter", "standin"),
+    "standin": (),
+}
+CONTRACT = ("", "hookspecs", "hook_chain", "rules", "plugins")  # "" is the package root's __init__
+#: which layers may import these third-party packages (the pure layers import none of them)
+DRIVERS = {
+    "litellm": ("adapter", "tools", "stores.prices"),
+    "openai": ("adapter", "tools"),
+    "httpx": ("adapter", "tools", "standin"),
+    "fastapi": ("adapter", "tools", "standin"),
+    "prometheus_client": ("adapter",),
+    "redis": ("stores",),
+    "sqlite3": ("stores",),
+}
+
+
+def layer_of(module: str) -> str:
+    rel = module[len(PACKAGE) + 1:] if module != PACKAGE else ""
+    if rel in CONTRACT:
+        return "contract"
+    top = rel.split(".")[0]
+    assert top in LAYERS, f"{module} is in no layer: add it to one (tests/test_layers.py LAYERS)"
+    return top
+
+
+def test_every_module_imports_only_its_own_layer_and_those_below():
+    """Each layer's rule, as its package docstring states it. Fails naming the module, the layer
+    and what it imports from a layer it may not."""
     graph = import_graph()
-    allowed = lambda target: target.startswith(f"{PACKAGE}.core") or target == f"{PACKAGE}.ledger.base"  # noqa: E731
-    outside = {m: sorted(t for t in targets if not allowed(t))
-               for m, targets in graph.items() if m.startswith(f"{PACKAGE}.core") and any(not allowed(t) for t in targets)}
-    assert outside == {}, f"core modules importing other layers: {outside}"
+    problems = []
+    for module, targets in sorted(graph.items()):
+        layer = layer_of(module)
+        allowed = set(LAYERS[layer]) | {layer}
+        for target in sorted(targets):
+            if layer_of(target) not in allowed:
+                problems.append(f"{module} ({layer}) imports {target} ({layer_of(target)})")
+    assert not problems, "imports across layers:\n" + "\n".join(problems)
+
+
+def test_third_party_drivers_are_imported_only_where_their_layer_allows():
+    """LiteLLM is spoken by ``adapter`` and ``tools`` (and read for its price map and token counter
+    by ``stores.prices``); Redis and SQLite only by ``stores``."""
+    problems = []
+    for module, path in sorted(module_files().items()):
+        rel = module[len(PACKAGE) + 1:]
+        for driver in sorted(external_imports(path) & set(DRIVERS)):
+            if not any(rel == where or rel.startswith(where + ".") for where in DRIVERS[driver]):
+                problems.append(f"{module} imports {driver}")
+    assert not problems, "\n".join(problems)
 
 
 # -- the graph reader itself, on a throw-away package ---------------------------------------------------

@@ -17,8 +17,8 @@ import pytest
 from services import BACKENDS, REDIS_HOST, REDIS_PORT, require_redis
 
 from litellm_payg.core.errors import InvalidAmount, PaygError
-from litellm_payg.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
-from litellm_payg.ledger.base import MAX_AMOUNT_USD
+from litellm_payg.stores.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
+from litellm_payg.stores.ledger.base import MAX_AMOUNT_USD
 
 NANO = 1e-9
 

@@ -1,4 +1,4 @@
-"""The LiteLLM repairs (litellm_payg.litellm_fixes): each defect is still in the pinned LiteLLM's own
+"""The LiteLLM repairs (litellm_payg.adapter.litellm_fixes): each defect is still in the pinned LiteLLM's own
 code (so the repair is needed), each repair fixes exactly its defect, and answers LiteLLM already
 reads are left as they were.
 
@@ -20,8 +20,8 @@ from litellm.llms.groq.chat.transformation import (
 )
 
 import litellm_payg
-from litellm_payg import litellm_fixes
-from litellm_payg.litellm_fixes import (
+from litellm_payg.adapter import litellm_fixes
+from litellm_payg.adapter.litellm_fixes import (
     _GROQ_FINAL_CHUNK,
     _groq_answer,
     _transform_groq,

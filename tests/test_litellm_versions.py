@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from litellm_payg import litellm_versions as lv
+from litellm_payg.adapter import litellm_versions as lv
 
 ROOT = Path(__file__).resolve().parents[1]
 

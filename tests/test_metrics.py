@@ -1,4 +1,4 @@
-"""``plugins: [litellm_payg.metrics]``: Prometheus metrics in the default registry (the one the LiteLLM
+"""``plugins: [litellm_payg.adapter.metrics]``: Prometheus metrics in the default registry (the one the LiteLLM
 proxy serves on /metrics), fed by a real Router's decisions and outcomes."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ async def test_metrics_from_real_router_traffic():
     policy = {
         "version": 1,
         "ledger": "memory://",
-        "plugins": ["litellm_payg.metrics"],
+        "plugins": ["litellm_payg.adapter.metrics"],
         "models": {DEEPSEEK: {"quality": 0.7}, MISTRAL: {"quality": 0.9}},
         "routes": {group: [{"quality_floor": {"min_quality": 0.85, "tiers": [{"up_to_prompt_tokens": 30, "min_quality": 0.6}]}}]},
         "budgets": [

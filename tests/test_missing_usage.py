@@ -31,8 +31,8 @@ from standin_helpers import (
     standin_deployment,
 )
 
-from litellm_payg import charges
-from litellm_payg.spend import BudgetExceeded
+from litellm_payg.adapter import charges
+from litellm_payg.adapter.litellm_errors import BudgetExceeded
 from litellm_payg.standin import StandIn
 
 MESSAGES = [{"role": "user", "content": "Which of our plans includes priority support, and what does it cost per month?"}]

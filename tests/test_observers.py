@@ -31,7 +31,7 @@ def _policy(**extra):
 async def test_a_retry_is_reported_with_the_deployment_it_went_to(standin, caplog):
     standin.fail("deepseek", status=500, times=1)
     recorder = Recorder()
-    policy = _policy(failover={"on": {"server_error": "next"}}, plugins=["litellm_payg.metrics"])
+    policy = _policy(failover={"on": {"server_error": "next"}}, plugins=["litellm_payg.adapter.metrics"])
 
     def decisions(chosen):
         return _value(prometheus_client.generate_latest().decode(), "litellm_payg_decisions_total", group="chat", chosen=chosen) or 0

@@ -13,10 +13,10 @@ import pytest
 
 import litellm_payg
 from litellm_payg import hookspecs
-from litellm_payg.cli import main as cli
+from litellm_payg.tools.cli import main as cli
 from litellm_payg.core.errors import PolicyError
 from litellm_payg.plugins import DEFAULT_PLUGINS, make_plugin_manager, rule_types
-from litellm_payg.policy import load_policy
+from litellm_payg.policy.load import load_policy
 
 from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by
 

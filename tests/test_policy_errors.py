@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from litellm_payg.cli import main as cli
+from litellm_payg.tools.cli import main as cli
 from litellm_payg.core.errors import PolicyError
-from litellm_payg.policy import load_policy
+from litellm_payg.policy.load import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,8 @@ BROKEN = [
     ("negative budget", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: -5}\n", "budgets[0].limit_usd", 3, "greater than 0"),
     ("bad on_exceed", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: 5, on_exceed: panic}\n", "budgets[0].on_exceed", 3, "'block', 'downgrade' or 'alert'"),
     ("unknown timezone", "version: 1\ntimezone: Mars/Olympus\n", "timezone", 2, "unknown IANA time zone"),
-    ("bad ledger url", "version: 1\nledger: postgres://x\n", "ledger", 2, "expected memory://"),
+    ("bad ledger url", "version: 1\nledger: postgres://x\n", "ledger", 2, "unknown ledger URL scheme 'postgres' in 'postgres://x'; accepted: memory://"),
+    ("sqlite url with two slashes", "version: 1\nledger: sqlite://x.db\n", "ledger", 2, "SQLite ledger URL 'sqlite://x.db' must look like sqlite:///relative.db"),
     ("bad failover action", "version: 1\nfailover:\n  on:\n    auth: retry_forever\n", "failover.on.auth", 4, "'next', 'fail' or 'larger_context'"),
 ]
 
@@ -149,7 +150,7 @@ def test_every_number_the_policy_schema_declares_is_bounded():
     from pydantic import BaseModel
 
     from litellm_payg.plugins import make_plugin_manager, rule_types
-    from litellm_payg.policy import _PolicyDocument
+    from litellm_payg.policy.load import _PolicyDocument
 
     seen: set[type] = set()
     unbounded: list[str] = []

@@ -95,13 +95,13 @@ def proxies(litellm_proxy_factory) -> dict[str, RunningProxy]:  # noqa: F811
     good = litellm_proxy_factory(
         {
             "model_list": _model_list(),
-            "litellm_settings": {"callbacks": ["litellm_payg.proxy.handler"]},
+            "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
             "environment_variables": {"LITELLM_PAYG_POLICY": str(SEED_POLICY)},
         },
         name="good",
     )
     broken = litellm_proxy_factory(
-        {"model_list": _model_list(), "litellm_settings": {"callbacks": ["litellm_payg.proxy.handler"]}},
+        {"model_list": _model_list(), "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]}},
         name="broken",
         files={"payg-policy.yaml": broken_policy},
     )
@@ -111,7 +111,7 @@ def proxies(litellm_proxy_factory) -> dict[str, RunningProxy]:  # noqa: F811
                 "model_name": "premium",
                 "litellm_params": {"model": MISTRAL, "api_key": "not-used-mock-response", "mock_response": FROM_MISTRAL},
             }],
-            "litellm_settings": {"callbacks": ["litellm_payg.proxy.handler"]},
+            "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
             "router_settings": {"fallbacks": [{"chat": ["premium"]}]},
         },
         name="budget",
@@ -231,7 +231,7 @@ def test_a_broken_policy_refuses_requests_naming_the_file_and_field(proxies):
 
 def test_policy_is_found_next_to_the_config_or_a_clear_error(monkeypatch, tmp_path):
     from litellm_payg.core.errors import PolicyError
-    from litellm_payg.proxy import POLICY_ENV, find_policy_path
+    from litellm_payg.adapter.proxy import POLICY_ENV, find_policy_path
 
     config = tmp_path / "config.yaml"
     config.write_text("model_list: []\n")
@@ -257,8 +257,8 @@ async def test_rebinds_when_the_proxy_router_changes(monkeypatch):
     from fastapi import HTTPException
     from litellm.types.router import Deployment, LiteLLM_Params
 
-    from litellm_payg import litellm_versions
-    from litellm_payg.proxy import ProxyPaygRouting
+    from litellm_payg.adapter import litellm_versions
+    from litellm_payg.adapter.proxy import ProxyPaygRouting
 
     router = litellm.Router(model_list=_model_list())
     server = types.SimpleNamespace(llm_router=None, user_config_file_path=None)
@@ -307,9 +307,9 @@ async def test_the_proxy_handler_installs_validators_and_context_fallbacks_like_
     require_proxy_deps()
     import litellm
 
-    from litellm_payg import litellm_versions
-    from litellm_payg.adapter import LARGER_CONTEXT_SUFFIX, ResponseGuard
-    from litellm_payg.proxy import ProxyPaygRouting
+    from litellm_payg.adapter import litellm_versions
+    from litellm_payg.adapter.routing import LARGER_CONTEXT_SUFFIX, ResponseGuard
+    from litellm_payg.adapter.proxy import ProxyPaygRouting
 
     policy = tmp_path / "payg-policy.yaml"
     policy.write_text(SEED_POLICY.read_text() + "ledger: memory://\nfailover: {}\nvalidate: [non_empty]\n")

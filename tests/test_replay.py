@@ -10,9 +10,9 @@ import litellm
 import pytest
 import yaml
 
-from litellm_payg import cli
-from litellm_payg.replay import ReplayError, add_parser, load_requests, replay, run
-from litellm_payg.testing import assert_routed_to, spend
+from litellm_payg.tools import cli
+from litellm_payg.tools.replay import ReplayError, add_parser, load_requests, replay, run
+from litellm_payg.tools.testing import assert_routed_to, spend
 
 SAMPLE = Path(__file__).resolve().parent / "sample_user_project"
 CASSETTES = SAMPLE / "cassettes"
@@ -100,7 +100,7 @@ def test_cli_main_exits_2_on_input_errors(capsys, tmp_path):
 def test_spend_by_end_user_is_the_requests_user_field_not_the_keys_user():
     from types import SimpleNamespace
 
-    from litellm_payg.replay import spend_of
+    from litellm_payg.tools.replay import spend_of
 
     records = [SimpleNamespace(amount_usd=0.25, attrs={"end_user": "alice"}),
                SimpleNamespace(amount_usd=0.5, attrs={"user": "alice"})]

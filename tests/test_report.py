@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from litellm_payg.cli import main as cli_main
-from litellm_payg.report import build_report
+from litellm_payg.tools.cli import main as cli_main
+from litellm_payg.tools.report import build_report
 
 from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, settled
 
@@ -73,7 +73,7 @@ def _report_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_report_matches_the_ledger_written_by_router_traffic(traffic_ledger, tmp_path, capsys):
-    from litellm_payg.ledger import open_ledger
+    from litellm_payg.stores.ledger import open_ledger
 
     url, policy, served, now = traffic_ledger
     with open_ledger(url) as ledger:
@@ -112,9 +112,9 @@ def test_report_matches_the_ledger_written_by_router_traffic(traffic_ledger, tmp
 
 
 def test_burn_rate_forecast_says_when_a_calendar_budget_is_hit():
-    from litellm_payg.ledger import open_ledger
-    from litellm_payg.ledger.base import Bucket
-    from litellm_payg.policy import load_policy
+    from litellm_payg.stores.ledger import open_ledger
+    from litellm_payg.stores.ledger.base import Bucket
+    from litellm_payg.policy.load import load_policy
 
     policy = load_policy({"version": 1, "ledger": "memory://",
                           "budgets": [{"name": "m", "scope": "global", "window": "month", "limit_usd": 10}]})

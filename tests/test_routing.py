@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import litellm_payg
-from litellm_payg.cli import main as cli
+from litellm_payg.tools.cli import main as cli
 from litellm_payg.core.errors import NoDeploymentLeft, PolicyError, UnknownPriceError
 
 from routing_helpers import (

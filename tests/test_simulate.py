@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from litellm_payg import litellm_versions
-from litellm_payg.cli import main as cli_main
-from litellm_payg.simulate import add_parser, parse_traffic, simulate
+from litellm_payg.adapter import litellm_versions
+from litellm_payg.tools.cli import main as cli_main
+from litellm_payg.tools.simulate import add_parser, parse_traffic, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPORT_BOT = str(REPO / "policies" / "support-bot.yaml")
@@ -44,7 +44,7 @@ def support_bot(tmp_path_factory):
     import contextlib
     import io
 
-    import litellm_payg.simulate as module
+    import litellm_payg.tools.simulate as module
 
     tmp = tmp_path_factory.mktemp("sim")
     files = {"csv": tmp / "out.csv", "html": tmp / "out.html"}
@@ -190,7 +190,7 @@ def _random_traffic(rng: random.Random, group: str = "chat") -> str:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_oracle_is_never_more_expensive_than_the_policy(seed):
-    from litellm_payg.policy import load_policy
+    from litellm_payg.policy.load import load_policy
 
     rng = random.Random(seed)
     budgets = None
@@ -251,7 +251,7 @@ def test_time_ranges_and_instants_place_requests(tmp_path, capsys):
     policy = _random_policy(random.Random(1), [{"name": "alice", "scope": "user:alice", "window": "month", "limit_usd": 0.01}])
     policy["defaults"] = {"expected_output_tokens": 10, "reserve_output_tokens": 10}
     policy["models"] = {m: {"quality": 1.0} for m in MODELS}
-    from litellm_payg.policy import load_policy
+    from litellm_payg.policy.load import load_policy
 
     lines = "\n".join([
         json.dumps({"group": "chat", "prompt_tokens": 1000, "completion_tokens": 10, "count": 100, "user": "alice",

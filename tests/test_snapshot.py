@@ -14,8 +14,8 @@ import pytest
 
 import litellm_payg
 from litellm_payg.core.decision import Candidate, RouteRequest, Step
-from litellm_payg.engine import Engine
-from litellm_payg.policy import load_policy
+from litellm_payg.runtime.engine import Engine
+from litellm_payg.policy.load import load_policy
 from litellm_payg.core.snapshot import Snapshot
 
 from services import BACKENDS, ledger_url

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from litellm_payg.core.decision import RouteRequest
-from litellm_payg.engine import Engine
-from litellm_payg.policy import load_policy
-from litellm_payg.pricing import candidate_from_deployment
+from litellm_payg.runtime.engine import Engine
+from litellm_payg.policy.load import load_policy
+from litellm_payg.stores.prices import candidate_from_deployment
 
 from routing_helpers import DEEPSEEK, attached, deployment, served_by
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from routing_helpers import DEEPSEEK, attached, deployment
 
-from litellm_payg.ledger import Bucket, LedgerUnavailable, open_ledger
-from litellm_payg.spend import LedgerDown
+from litellm_payg.stores.ledger import Bucket, LedgerUnavailable, open_ledger
+from litellm_payg.runtime.spend import LedgerDown
 
 CAP = Bucket("b0|global|day|2026-05-05", 10.0, True)
 MESSAGES = [{"role": "user", "content": "Please tell me what the status of my order number 12345 is today."}]

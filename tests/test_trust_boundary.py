@@ -61,7 +61,7 @@ import yaml
 
 from proxy_fixtures import RunningProxy, litellm_proxy_factory  # noqa: F401  (fixture)
 
-from litellm_payg import litellm_versions
+from litellm_payg.adapter import litellm_versions
 from trust_helpers import (
     AUTH_MODULE,
     AUTH_MODULE_NAME,
@@ -130,7 +130,7 @@ def _config() -> dict:
     return {
         "model_list": [_deployment("chat-ds", DEEPSEEK), _deployment("chat-ml", MISTRAL)],
         "router_settings": {"model_group_alias": {ALIAS: GROUP}},
-        "litellm_settings": {"callbacks": ["litellm_payg.proxy.handler"]},
+        "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
         "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
     }
 

@@ -15,8 +15,8 @@ import litellm
 import pytest
 from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by, settled
 
-from litellm_payg.ingress import InvalidRequest
-from litellm_payg.spend import BudgetExceeded
+from litellm_payg.adapter.ingress import InvalidRequest
+from litellm_payg.adapter.litellm_errors import BudgetExceeded
 
 MESSAGES = [{"role": "user", "content": "Please tell me what the status of my order number 12345 is today."}]
 MOCK_COST = 10 * 2.8e-07 + 20 * 4.2e-07  # LiteLLM's mock usage (10 + 20 tokens) at deepseek-chat's bundled price
@@ -232,7 +232,7 @@ async def test_a_router_dropped_without_detach_leaves_no_callback_behind():
     import gc
     import weakref
 
-    from litellm_payg import litellm_versions
+    from litellm_payg.adapter import litellm_versions
 
     from litellm import Router
 

@@ -9,8 +9,8 @@ import litellm
 import pytest
 from pydantic import ValidationError
 
-from litellm_payg.failures import FailureClass, InvalidResponseError, classify
-from litellm_payg.validate import build_validators, check, payg_validate_response, problems_of, validators_for
+from litellm_payg.adapter.failures import FailureClass, InvalidResponseError, classify
+from litellm_payg.policy.validators import build_validators, check, payg_validate_response, problems_of, validators_for
 
 MODELS = {
     "openai": "openai/gpt-4o-mini",
@@ -90,7 +90,7 @@ def test_check_raises_an_invalid_response_error():
     assert str(caught.value).startswith("invalid response from deepseek/deepseek-chat: non_empty: empty completion")
 
 
-class _Engine:  # what validators_for reads of litellm_payg.engine.Engine
+class _Engine:  # what validators_for reads of litellm_payg.runtime.engine.Engine
     def __init__(self, policy):
         self.policy = policy
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from litellm_payg.ledger import open_ledger
-from litellm_payg.ledger.base import Ledger, SpendRecord
+from litellm_payg.stores.ledger import open_ledger
+from litellm_payg.stores.ledger.base import Ledger, SpendRecord
 
 AUTH_MODULE_NAME = "payg_trust_auth"
 AUTH_MODULE = '''\

@@ -26,10 +26,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .bounds import MAX_ROLLING_WINDOW_S, Usd
-from ..ledger.base import Bucket
+from litellm_payg.core.bounds import MAX_ROLLING_WINDOW_S, Usd
+from litellm_payg.core.buckets import Bucket
+from litellm_payg.core.decision import Candidate, RouteRequest
+from litellm_payg.core.scopes import SCOPE_KINDS, scope_values  # noqa: F401  (SCOPE_KINDS re-exported)
 
-SCOPE_KINDS = ("provider", "model", "group", "deployment", "user", "team", "key", "end_user", "tag")
 CALENDAR_WINDOWS = ("hour", "day", "week", "month")
 _ROLLING = re.compile(r"^rolling:(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -118,27 +119,6 @@ class Budget(BaseModel):
 
 
 @dataclass(frozen=True)
-class Identity:
-    """Who/what a request is, as far as scopes are concerned.
-
-    ``api_key`` is the *hashed* key (LiteLLM's ``user_api_key_hash``), never
-    the secret itself, because it ends up in storage keys and reports.
-    ``user``/``team``/``api_key`` come from the authenticated key; ``end_user``
-    is the client's own claim (the OpenAI ``user`` field), see ``identity.py``.
-    """
-
-    user: str | None = None
-    team: str | None = None
-    api_key: str | None = None
-    end_user: str | None = None
-    tags: tuple[str, ...] = ()
-    model_group: str | None = None
-    deployment_id: str | None = None
-    model: str | None = None
-    provider: str | None = None
-
-
-@dataclass(frozen=True)
 class BudgetBucket:
     """A ledger bucket together with the budget and window it came from."""
 
@@ -149,32 +129,52 @@ class BudgetBucket:
     resets_at: datetime | None  # next window start; None for rolling windows
 
 
-def _values(kind: str, value: str | None, ident: Identity) -> list[str]:
-    """The scope values of ``ident`` this scope selects (empty: not covered)."""
-    if kind == "global":
-        return ["global"]
-    if kind == "tag":
-        have = list(dict.fromkeys(t for t in ident.tags if t))
-    else:
-        attr = {
-            "provider": ident.provider,
-            "model": ident.model,
-            "group": ident.model_group,
-            "deployment": ident.deployment_id,
-            "user": ident.user,
-            "team": ident.team,
-            "key": ident.api_key,
-            "end_user": ident.end_user,
-        }[kind]
-        have = [attr] if attr else []
-    if value == "*":
+def _values(kind: str, value: str | None, request: RouteRequest, candidate: Candidate | None) -> tuple[str, ...]:
+    """The scope values of the request this scope selects (empty: not covered)."""
+    have = scope_values(kind, request, candidate)
+    if kind == "global" or value == "*":
         return have
-    return [value] if value in have else []
+    return (value,) if value in have else ()
 
 
 def _esc(s: str) -> str:
     """Keep ``|`` a safe separator whatever a user id contains."""
     return s.replace("%", "%25").replace("|", "%7C")
+
+
+def _unesc(s: str) -> str:
+    return s.replace("%7C", "|").replace("%25", "%")
+
+
+# -- the bucket key: ``<budget id>|<scope>|<window>``, written and read only here ------------------
+
+
+def scope_key(kind: str, value: str | None) -> str:
+    """The scope part of a bucket key: ``global`` or ``<kind>:<escaped value>``."""
+    return "global" if kind == "global" else f"{kind}:{_esc(value or '')}"
+
+
+def bucket_key(budget_id: str, kind: str, value: str | None, window_key: str) -> str:
+    """The ledger key of one budget's counter for one scope value in one window."""
+    return f"{_esc(budget_id)}|{scope_key(kind, value)}|{window_key}"
+
+
+def split_bucket_key(key: str) -> tuple[str, str, str] | None:
+    """``(budget id, scope, window)`` of a bucket key (unescaped), or None if it is not one."""
+    parts = key.split("|")
+    if len(parts) < 3:
+        return None
+    return _unesc(parts[0]), _unesc(parts[1]), "|".join(parts[2:])
+
+
+def window_key(window: str, now: datetime, tz: str | ZoneInfo = "UTC") -> tuple[str, datetime | None, datetime | None]:
+    """The window part of a bucket key at ``now``, with the calendar window's start and end
+    (``None`` for a rolling window: one counter, read over the trailing span)."""
+    wkind, _ = parse_window(window)
+    if wkind == "rolling":
+        return window, None, None
+    start, end, label = window_bounds(wkind, now, tz)
+    return f"{wkind}|{label}", start, end
 
 
 def _local_midnight(d: date, tz: ZoneInfo) -> datetime:
@@ -213,7 +213,8 @@ def window_bounds(window: str, now: datetime, tz: str | ZoneInfo = "UTC") -> tup
 
 def buckets_for(
     budget: Budget,
-    ident: Identity,
+    request: RouteRequest,
+    candidate: Candidate | None,
     now: datetime,
     tz: str | ZoneInfo = "UTC",
     index: int = 0,
@@ -225,28 +226,24 @@ def buckets_for(
     """
     kind, value = parse_scope(budget.scope)
     wkind, rolling_s = parse_window(budget.window)
-    values = _values(kind, value, ident)
+    values = _values(kind, value, request, candidate)
     if not values:
         return []
-    prefix = _esc(budget.budget_id(index))
     enforce = budget.on_exceed == "block"
-    if wkind == "rolling":  # one counter, spend read over the trailing window
-        start = end = None
-        window_key, timing = budget.window, {"rolling_s": rolling_s}
-    else:  # a counter per calendar window, dropped some time after it ends
-        start, end, label = window_bounds(wkind, now, tz)
-        window_key, timing = f"{wkind}|{label}", {"expires_at": end.timestamp() + gc_margin_s}
+    wkey, start, end = window_key(budget.window, now, tz)
+    # a calendar window's counter is dropped some time after it ends; a rolling one is read over its span
+    timing = {"rolling_s": rolling_s} if wkind == "rolling" else {"expires_at": end.timestamp() + gc_margin_s}
     out = []
     for v in values:
-        skey = "global" if kind == "global" else f"{kind}:{_esc(v)}"
-        bucket = Bucket(f"{prefix}|{skey}|{window_key}", budget.limit_usd, enforce, **timing)
+        bucket = Bucket(bucket_key(budget.budget_id(index), kind, v, wkey), budget.limit_usd, enforce, **timing)
         out.append(BudgetBucket(budget, bucket, None if kind == "global" else v, start, end))
     return out
 
 
 def all_buckets(
     budgets: Sequence[Budget],
-    ident: Identity,
+    request: RouteRequest,
+    candidate: Candidate | None,
     now: datetime,
     tz: str | ZoneInfo = "UTC",
     gc_margin_s: float = DEFAULT_GC_MARGIN_S,
@@ -259,7 +256,7 @@ def all_buckets(
     out: list[BudgetBucket] = []
     seen: set[str] = set()
     for i, b in enumerate(budgets):
-        for bb in buckets_for(b, ident, now, tz, i, gc_margin_s):
+        for bb in buckets_for(b, request, candidate, now, tz, i, gc_margin_s):
             if bb.bucket.key in seen:
                 raise ValueError(f"two budgets map to the same counter {bb.bucket.key!r}; give them distinct names")
             seen.add(bb.bucket.key)

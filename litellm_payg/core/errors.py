@@ -7,25 +7,80 @@
      │    └── UnknownPriceError a cost rule could reach a deployment whose price nobody knows
      ├── PluginError            a plugin module could not be loaded or has a hook typo
      ├── NoDeploymentLeft       the policy dropped every candidate; says why for each one
-     ├── BudgetExceeded         a `block` budget (spend.py; also a litellm.BudgetExceededError)
-     ├── LedgerDown             the ledger is unreachable under on_ledger_error: fail_closed (spend.py)
+     ├── BudgetRefused          a `block` budget would be exceeded (raised by the runtime's spend control)
+     │    └── BudgetExceeded    the same, as the adapter raises it to LiteLLM: also a litellm.BudgetExceededError
+     │                          (``adapter/litellm_errors.py``: this module stays importable without LiteLLM)
+     ├── LedgerDown             the ledger is unreachable under on_ledger_error: fail_closed (runtime/spend.py)
      └── InvalidAmount          an amount the ledger cannot store (negative, nan, inf, too large)
-
-The two budget errors live in ``spend.py`` because one of them subclasses LiteLLM's own error, and
-this module must stay importable without LiteLLM.
 
 Input errors carry enough context to be printed without a traceback (the CLI does exactly that).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
 class PaygError(Exception):
     """Base class: anything litellm-payg raises on purpose."""
+
+
+class BudgetRefused(PaygError):
+    """A ``block`` budget would be exceeded by this request; the message names the budget, its
+    window, spend, limit and reset time. Callers of a Router or the proxy see it as
+    ``BudgetExceeded`` (a subclass that is also LiteLLM's ``BudgetExceededError``: HTTP 429)."""
+
+    status_code = 429
+    # LiteLLM's router retries a 429 after a backoff; a budget block must not be retried (the
+    # router reads an error's own ``num_retries`` as the retries it allows).
+    num_retries = 0
+
+    def __init__(self, message: str | None = None, /, *, budget: str = "", scope: str = "", window: str = "",
+                 spent_usd: float = 0.0, reserved_usd: float = 0.0, limit_usd: float = 0.0,
+                 estimate_usd: float = 0.0, resets_at: datetime | None = None):
+        if message is not None and not budget:
+            # LiteLLM's BudgetExceededError.__init__ ends with ``super().__init__(message)``, which
+            # reaches this class in the subclass's MRO: the fields are already set.
+            Exception.__init__(self, message)
+            return
+        self.budget = budget
+        self.scope = scope
+        self.window = window
+        self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.limit_usd = limit_usd
+        self.estimate_usd = estimate_usd
+        self.resets_at = resets_at
+        resets = f"resets at {resets_at.isoformat()}" if resets_at else f"rolling window {window.split(':', 1)[-1]}"
+        self.message = (
+            f"litellm-payg: budget {budget!r} ({scope}, {window}) exceeded: spent ${spent_usd:.6f} "
+            f"+ in flight ${reserved_usd:.6f} + this request's estimate ${estimate_usd:.6f} "
+            f"> limit ${limit_usd:.6f}; {resets}"
+        )
+        Exception.__init__(self, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "scope": self.scope,
+            "window": self.window,
+            "spent_usd": self.spent_usd,
+            "reserved_usd": self.reserved_usd,
+            "limit_usd": self.limit_usd,
+            "estimate_usd": self.estimate_usd,
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BudgetRefused":
+        resets = data.get("resets_at")
+        return cls(**{**data, "resets_at": datetime.fromisoformat(resets) if resets else None})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .budgets import BudgetBucket
-from .decision import Candidate, RouteRequest, Step
-from ..ledger.base import Usage
-from .snapshot import Snapshot
+from litellm_payg.core.budgets import BudgetBucket
+from litellm_payg.core.decision import Candidate, RouteRequest, Step
+from litellm_payg.core.buckets import Usage
+from litellm_payg.core.snapshot import Snapshot
 
 
 def over(usage: Usage, estimate: float, limit: float) -> bool:

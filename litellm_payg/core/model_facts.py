@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .bounds import Score, Tokens, UsdPer1k
+from litellm_payg.core.bounds import Score, Tokens, UsdPer1k
 
 
 class ModelFacts(BaseModel):

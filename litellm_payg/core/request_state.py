@@ -24,7 +24,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .request_checks import METADATA_FIELDS
+from litellm_payg.core.request_checks import METADATA_FIELDS
 
 #: the metadata key holding the plugin's request id (the only state-bearing key it writes)
 REQUEST_KEY = "payg_request"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-from .budgets import BudgetBucket
-from ..ledger.base import Usage
+from litellm_payg.core.budgets import BudgetBucket
+from litellm_payg.core.buckets import Usage
 
 State = Literal["closed", "open", "half_open"]
 
@@ -69,7 +69,7 @@ class CandidateBudgets:
 
 @dataclass(frozen=True, init=False)
 class Snapshot:
-    """The world as one decision sees it. Built by :meth:`litellm_payg.engine.Engine.snapshot`.
+    """The world as one decision sees it. Built by :meth:`litellm_payg.runtime.engine.Engine.snapshot`.
 
     Budgets cover only ``downgrade`` budgets (the ones a decision acts on; the others refuse or
     alert at reservation). Health is ``None`` when the policy has no ``failover:`` section (no

@@ -13,7 +13,7 @@ health store by ``Engine.snapshot``; this plugin never reads a store):
 3. latency — a deployment whose p95 latency is over ``max_latency_ms`` (or whose p95
    time-to-first-token is over ``first_token_timeout_ms``) is moved behind the others.
 
-The other half, what to do after a failed attempt, is ``litellm_payg.next_hop.plan_next``: the
+The other half, what to do after a failed attempt, is ``litellm_payg.runtime.next_hop.plan_next``: the
 adapter calls it directly, so it lives outside this plugin (a plugin is registered, never imported).
 """
 
@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 from litellm_payg import hookimpl
 from litellm_payg.core.decision import Candidate, RouteRequest, Step
-from litellm_payg.failover_settings import FailoverSettings
+from litellm_payg.policy.failover import FailoverSettings
 from litellm_payg.rules import matches
 from litellm_payg.core.snapshot import DeploymentHealth, is_slow
 

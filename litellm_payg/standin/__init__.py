@@ -8,7 +8,7 @@ own shape, delays, broken streams). See :class:`StandIn`.
 Stdlib only: it must not pull test dependencies into the package.
 """
 
-from ._server import FAULT_KINDS, PROVIDERS, Fault, FaultKind, Hit, Reply, StandIn
-from ._wire import DEFAULT_API_BASE
+from litellm_payg.standin._server import FAULT_KINDS, PROVIDERS, Fault, FaultKind, Hit, Reply, StandIn
+from litellm_payg.standin._wire import DEFAULT_API_BASE
 
 __all__ = ["DEFAULT_API_BASE", "FAULT_KINDS", "PROVIDERS", "Fault", "FaultKind", "Hit", "Reply", "StandIn"]

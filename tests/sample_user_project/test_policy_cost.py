@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from litellm_payg.testing import assert_routed_to
+from litellm_payg.tools.testing import assert_routed_to
 
 HERE = Path(__file__).parent
 CASSETTES = HERE / "cassettes"

@@ -1,0 +1,191 @@
+"""What an answer is charged: LiteLLM's own cost where it has one, the deployment's price where
+LiteLLM has none (or prices billed tokens at $0), and an estimate, marked as such, where the
+provider did not say (no usage block, a failure after HTTP 200, a stream the client left).
+
+The adapter's hooks decide *when* an attempt is charged; these functions decide *how much*, from
+what LiteLLM hands them (its logging payload, the response, its partial stream counts). They need
+LiteLLM's token counter and price map, so they live in the adapter layer, one module for all of
+them, instead of beside each hook.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import litellm
+
+from litellm_payg.core.decision import Candidate
+from litellm_payg.stores.prices import count_request_tokens
+
+logger = logging.getLogger("litellm_payg")
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one answer is charged, and the token counts the charge is based on."""
+
+    cost: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    #: the answer reported no usage: counts and cost are the plugin's estimate
+    estimated: bool = False
+    #: the client went away mid-stream: the counts are what LiteLLM saw streamed before it did
+    abandoned: bool = False
+
+    @property
+    def attrs(self) -> dict[str, str] | None:
+        """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
+        reports from one priced on the provider's own counts; ``abandoned: client_disconnected``
+        says why."""
+        out = {"usage": "estimated"} if self.estimated or self.abandoned else {}
+        if self.abandoned:
+            out["abandoned"] = "client_disconnected"
+        return out or None
+
+
+def partial_usage(log_kwargs: Mapping[str, Any]) -> tuple[int, int, float] | None:
+    """What LiteLLM counted of a broken stream (its failure log's ``combined_usage_object`` and
+    ``response_cost``), or None when it recovered nothing."""
+    if not stream_had_begun(log_kwargs):
+        return None
+    usage = log_kwargs["combined_usage_object"]
+    return (int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0),
+            float(log_kwargs.get("response_cost") or 0.0))
+
+
+def stream_had_begun(log_kwargs: Mapping[str, Any]) -> bool:
+    """Whether a failed stream had begun: LiteLLM's stream wrapper recovered partial usage from the
+    chunks it received (``combined_usage_object`` on its failure log; none when nothing arrived,
+    e.g. a timeout before the first chunk)."""
+    usage = log_kwargs.get("combined_usage_object")
+    return bool(getattr(usage, "prompt_tokens", None) or getattr(usage, "completion_tokens", None))
+
+
+def client_disconnected(log_kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM's proxy logged this success for a stream whose client disconnected (it
+    marks the request's metadata ``client_disconnected`` and bills the chunks streamed so far)."""
+    litellm_params = log_kwargs.get("litellm_params") or {}
+    return any(
+        isinstance(md, Mapping) and md.get("client_disconnected") is True
+        for md in (litellm_params.get("metadata"), litellm_params.get("litellm_metadata"), log_kwargs.get("metadata"))
+    )
+
+
+def seconds(start: Any, end: Any) -> float | None:
+    try:
+        return max(0.0, float(end) - float(start))
+    except (TypeError, ValueError):
+        return None
+
+
+def policy_priced(candidate: Candidate | None, prompt_tokens: Any, completion_tokens: Any) -> float | None:
+    """A deployment the policy prices itself (``models:`` ``input_usd_per_1k``/``output_usd_per_1k``:
+    a fine-tune or self-hosted model LiteLLM does not know, or knows at the wrong price) is charged
+    at that price for the usage it reported; LiteLLM's ``response_cost`` would not know it."""
+    if candidate is None or candidate.price_source != "policy" or prompt_tokens is None or completion_tokens is None:
+        return None
+    return candidate.estimate_usd(int(prompt_tokens), int(completion_tokens))
+
+
+def reported_tokens(slo: Mapping[str, Any], response: Any) -> tuple[Any, Any]:
+    """The prompt and completion token counts LiteLLM parsed from the answer (its standard logging
+    payload, else the response's ``usage``)."""
+    if "prompt_tokens" in slo or "completion_tokens" in slo:
+        return slo.get("prompt_tokens"), slo.get("completion_tokens")
+    usage = getattr(response, "usage", None)
+    return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+
+
+def usage_missing(response: Any, prompt_tokens: Any, completion_tokens: Any) -> bool:
+    """Whether a chat answer reported no usage: LiteLLM parsed 0 (or no) prompt *and* completion
+    tokens. A real prompt is never 0 tokens, so this is never a genuine count. Only chat
+    completions: other calls (images, audio) are priced per unit, not per token. A stream that
+    reported no usage is not caught here: LiteLLM counts its tokens itself while assembling it."""
+    return isinstance(response, litellm.ModelResponse) and not prompt_tokens and not completion_tokens
+
+
+def tools_of(call: Mapping[str, Any]) -> Any:
+    return call.get("tools") or (call.get("optional_params") or {}).get("tools")
+
+
+def count_prompt(model: str, messages: Any, tools: Any) -> int:
+    """Prompt tokens as LiteLLM counts them (``pricing.count_request_tokens``: messages and tools)."""
+    return count_request_tokens(model, {"messages": messages, "tools": tools})
+
+
+def count_completion(model: str, response: Any) -> int:
+    """Completion tokens of an answer as LiteLLM counts a stream that reported none: its text and
+    tool calls (LiteLLM's ``get_content_from_model_response``) plus any reasoning text, through
+    ``litellm.token_counter``."""
+    try:
+        from litellm.litellm_core_utils.prompt_templates.common_utils import (
+            get_content_from_model_response,
+        )
+
+        text = get_content_from_model_response(response)
+    except ImportError:  # moved in another LiteLLM version: count the message text alone
+        text = "".join(getattr(getattr(c, "message", None), "content", None) or "" for c in response.choices)
+    tokens = int(litellm.token_counter(model=model, text=text)) if text else 0
+    for choice in response.choices:
+        reasoning = getattr(getattr(choice, "message", None), "reasoning_content", None)
+        if reasoning:
+            tokens += int(litellm.token_counter(model=model, text=reasoning))
+    return tokens
+
+
+def price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """These tokens at the deployment's price (what its reservation used), else LiteLLM's price
+    for the model; None when neither is known."""
+    if candidate is not None and candidate.priced:
+        return candidate.estimate_usd(prompt_tokens, completion_tokens)
+    try:
+        prompt_usd, completion_usd = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:  # noqa: BLE001 - LiteLLM raises a bare Exception for an unmapped model
+        return None
+    total = float(prompt_usd) + float(completion_usd)
+    # a Router registers every deployment's model with LiteLLM, unpriced ones at $0: unknown, not free
+    return total if total > 0 else None
+
+
+def usd(amount: float) -> str:
+    """A dollar amount for a log line: nine decimals (a nano-dollar, the ledger's unit), trailing
+    zeros dropped down to six."""
+    text = f"{amount:.9f}"
+    while text.endswith("0") and len(text.split(".")[1]) > 6:
+        text = text[:-1]
+    return text
+
+
+def elapsed(request_data: Mapping[str, Any]) -> float | None:
+    logging_obj = request_data.get("litellm_logging_obj")
+    started = getattr(logging_obj, "start_time", None)
+    try:
+        return max(0.0, (datetime.now() - started).total_seconds())
+    except TypeError:
+        return None
+
+
+def attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Candidate | None) -> float:
+    """What one answer cost, before LiteLLM's logging worker says: LiteLLM's own calculation for
+    this attempt (the logging object's ``response_cost_calculator``, which knows the deployment's
+    custom prices), falling back to the deployment's known price times the usage it reported."""
+    logging_obj = request_data.get("litellm_logging_obj")
+    try:
+        cost = logging_obj.response_cost_calculator(result=response)
+        if cost is not None:
+            return float(cost)
+    except Exception:
+        logger.debug("litellm-payg: LiteLLM could not price this answer; using the deployment's price", exc_info=True)
+    try:
+        return float(litellm.completion_cost(completion_response=response, model=candidate.model if candidate else None))
+    except Exception:
+        usage = getattr(response, "usage", None)
+        if candidate is None or not candidate.priced or usage is None:
+            return 0.0
+        return candidate.estimate_usd(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))

@@ -1,0 +1,191 @@
+"""Prometheus metrics for litellm-payg, in the registry the LiteLLM proxy already serves.
+
+Enable it by naming it in the policy (needs ``prometheus_client``, the ``metrics`` extra)::
+
+    plugins: [litellm_payg.adapter.metrics]
+
+The LiteLLM proxy serves ``/metrics`` from ``prometheus_client``'s default ``REGISTRY`` when its
+``prometheus`` callback is on (``litellm/proxy/proxy_server.py``; in multiprocess mode it builds a
+``MultiProcessCollector`` instead, which only sees metrics written to ``PROMETHEUS_MULTIPROC_DIR``).
+These metrics are registered in that default registry, so the same scrape returns them:
+
+* ``litellm_payg_requests_total{group,deployment,model,status}`` and
+  ``litellm_payg_cost_usd_total{group,deployment,model}``: every attempt LiteLLM reported, with its
+  real ``response_cost`` (the ``payg_outcome`` hook);
+* ``litellm_payg_decisions_total{group,chosen}`` and ``litellm_payg_dropped_total{group,by}``: every
+  routing decision and every candidate it dropped, by the rule or filter that dropped it
+  (``payg_decision``);
+* ``litellm_payg_budget_spend_usd``, ``..._reserved_usd``, ``..._limit_usd``, ``..._remaining_usd``
+  ``{budget,scope,window,on_exceed}``: each budget's current window, read from the ledger at scrape
+  time (one ``usage`` call per policy) for every scope value the process has routed for, and the
+  global ones always;
+* ``litellm_payg_breaker_state{deployment,state}`` (1 for the current state) when the policy has a
+  health store (``engine.health``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from datetime import datetime, timezone
+from typing import Any
+
+try:
+    from prometheus_client import REGISTRY, Counter
+    from prometheus_client.core import GaugeMetricFamily
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "litellm_payg.adapter.metrics needs prometheus_client: pip install 'litellm-payg[metrics]' (or prometheus_client)"
+    ) from exc
+
+from litellm_payg import hookimpl
+
+logger = logging.getLogger("litellm_payg")
+
+#: at most this many distinct (user, team, key, tags, group) identities are remembered per policy for
+#: budget gauges; beyond it, new ones are not added (the counters are unaffected)
+MAX_IDENTITIES = 10_000
+
+
+def _counter(name: str, doc: str, labels: list[str]) -> Counter:
+    existing = REGISTRY._names_to_collectors.get(name) or REGISTRY._names_to_collectors.get(name + "_total")
+    if existing is not None:  # the module was re-imported (importlib.reload, a second import path)
+        return existing  # type: ignore[return-value]
+    return Counter(name, doc, labels)
+
+
+REQUESTS = _counter("litellm_payg_requests", "Attempts LiteLLM reported for governed requests", ["group", "deployment", "model", "status"])
+COST = _counter("litellm_payg_cost_usd", "Real cost (LiteLLM response_cost) of governed requests, USD", ["group", "deployment", "model"])
+DECISIONS = _counter("litellm_payg_decisions", "Routing decisions made by litellm-payg", ["group", "chosen"])
+DROPPED = _counter("litellm_payg_dropped", "Candidates dropped by a routing decision, by who dropped them", ["group", "by"])
+
+
+class _Seen:
+    """What one engine has routed for: identities and each group's candidates."""
+
+    def __init__(self) -> None:
+        self.identities: dict[tuple[Any, ...], None] = {}
+        self.candidates: dict[str, tuple[Any, ...]] = {}
+
+
+_ENGINES: "weakref.WeakKeyDictionary[Any, _Seen]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+@hookimpl(tryfirst=True)
+def payg_filter_candidates(request, candidates, engine):
+    """Not a filter: learns which engine (policy) routes which identities, for the budget gauges.
+
+    It takes the (deprecated) ``engine`` rather than the snapshot on purpose: the engine is only
+    the key of a weak dict here, never read during the decision. The collector reads that engine's
+    ledger and health store later, at scrape time, which a snapshot (a value of one moment) cannot
+    give; keying on the engine also lets its entry go away with it."""
+    seen = _ENGINES.get(engine)
+    if seen is None:
+        with _LOCK:
+            seen = _ENGINES.setdefault(engine, _Seen())
+    if request.group not in seen.candidates:
+        seen.candidates[request.group] = tuple(candidates)
+    # no trace id (session:): one gauge per run would grow without bound
+    key = (request.user, request.team, request.api_key, request.end_user, request.tags, request.group)
+    if key not in seen.identities and len(seen.identities) < MAX_IDENTITIES:
+        seen.identities[key] = None
+    return None
+
+
+@hookimpl
+def payg_decision(request, decision):
+    chosen = decision.chosen
+    DECISIONS.labels(request.group, chosen.deployment_id if chosen else "none").inc()
+    for d in decision.dropped:
+        DROPPED.labels(request.group, d.by).inc()
+
+
+@hookimpl
+def payg_outcome(outcome):
+    labels = (outcome.group or "", outcome.deployment_id or "unknown", outcome.model or "unknown")
+    REQUESTS.labels(*labels, "ok" if outcome.ok else "error").inc()
+    if outcome.cost_usd:
+        COST.labels(*labels).inc(outcome.cost_usd)
+
+
+class BudgetCollector:
+    """Reads every known policy's budgets from its ledger at scrape time."""
+
+    def describe(self) -> list:
+        return []  # nothing is collected at registration time
+
+    def collect(self):
+        from litellm_payg.core.budgets import all_buckets
+        from litellm_payg.core.decision import RouteRequest
+
+        fams = {
+            name: GaugeMetricFamily(f"litellm_payg_budget_{name}", doc, labels=["budget", "scope", "window", "on_exceed"])
+            for name, doc in (
+                ("spend_usd", "Spend charged in the budget's current window, USD"),
+                ("reserved_usd", "In-flight reservations in the budget's current window, USD"),
+                ("limit_usd", "The budget's limit, USD"),
+                ("remaining_usd", "Limit minus spend minus in-flight reservations (>= 0), USD"),
+            )
+        }
+        breaker = GaugeMetricFamily("litellm_payg_breaker_state", "Circuit breaker state per deployment (1 = current)", labels=["deployment", "state"])
+        now = time.time()
+        when = datetime.fromtimestamp(now, timezone.utc)
+        with _LOCK:
+            engines = list(_ENGINES.items())
+        for engine, seen in engines:
+            spend = engine.spend
+            if spend.budgets:
+                found: dict[str, Any] = {}
+                seen_requests = [(RouteRequest("", 0, 0), None)] + [
+                    (RouteRequest(g, 0, 0, user=u, team=t, api_key=k, end_user=e, tags=tags), c)
+                    for (u, t, k, e, tags, g) in list(seen.identities)
+                    for c in seen.candidates.get(g, ())
+                ]
+                for request, candidate in seen_requests:
+                    try:
+                        for bb in all_buckets(spend.budgets, request, candidate, when, spend.tz):
+                            found.setdefault(bb.bucket.key, bb)
+                    except ValueError:
+                        continue
+                try:
+                    usage = spend.ledger.usage([bb.bucket for bb in found.values()], now=now)
+                except Exception as exc:  # a scrape must not fail because the ledger is down
+                    logger.warning("litellm-payg metrics: cannot read budget usage: %s", exc)
+                    usage = {}
+                for key, bb in found.items():
+                    u = usage.get(key)
+                    if u is None:
+                        continue
+                    kind = bb.budget.scope.split(":", 1)[0]
+                    labels = [
+                        bb.budget.name or key.split("|", 1)[0],
+                        "global" if kind == "global" else f"{kind}:{bb.scope_value}",
+                        bb.budget.window,
+                        bb.budget.on_exceed,
+                    ]
+                    limit = bb.budget.limit_usd
+                    fams["spend_usd"].add_metric(labels, u.spent_usd)
+                    fams["reserved_usd"].add_metric(labels, u.reserved_usd)
+                    fams["limit_usd"].add_metric(labels, limit)
+                    fams["remaining_usd"].add_metric(labels, max(0.0, limit - u.spent_usd - u.reserved_usd))
+            health = getattr(engine, "health", None)
+            if health is not None:
+                ids = sorted({c.deployment_id for cs in seen.candidates.values() for c in cs})
+                try:
+                    snap = health.snapshot(ids, now) if ids else {}
+                except Exception as exc:
+                    logger.warning("litellm-payg metrics: cannot read breaker state: %s", exc)
+                    snap = {}
+                for dep, h in sorted(snap.items()):
+                    for state in ("closed", "open", "half_open"):
+                        breaker.add_metric([dep, state], 1.0 if h.state == state else 0.0)
+        yield from fams.values()
+        yield breaker
+
+
+COLLECTOR = BudgetCollector()
+if not any(isinstance(c, BudgetCollector) for c in list(REGISTRY._collector_to_names)):
+    REGISTRY.register(COLLECTOR)

@@ -1,0 +1,934 @@
+"""The thin layer that wires the engine into LiteLLM's Router through LiteLLM's own extension points.
+
+* The governed doors (``ingress.py``): the Router's request methods, wrapped by ``install``, and in
+  the proxy the pre-call hook (``proxy.py``), check each request (forged ``payg_*`` state,
+  malformed fields, a deployment named as the model) and mint the plugin's id for it; the state
+  every hook below reads lives in :class:`~litellm_payg.core.request_state.RequestStates`, keyed by that
+  id, never in anything a client can write.
+* ``async_pre_call_deployment_hook``, once per attempt: refuses an attempt on a governed deployment
+  that no pick chose (the backstop of the doors), and sets ``first_token_timeout_ms``.
+* ``async_filter_deployments`` (a ``CustomLogger`` hook the Router runs on every pick, retry and
+  fallback hop, after its own cooldown and health filtering) narrows the group's deployments to the
+  one the policy orders first among those not yet tried for this request, and reserves its estimate
+  against the budgets. LiteLLM keeps doing its health checks, cooldowns, retries and fallbacks; we
+  only decide the candidate.
+* ``async_post_call_failure_deployment_hook`` runs inline once per failed attempt: the attempt's
+  reservation is released (it did not bill), the failure is classified and fed to the circuit
+  breaker, and the next pick of the same request follows ``failover.on``. An attempt that failed
+  *after* the provider answered HTTP 200 (``Failure.answered``: a garbled body, a Gemini answer
+  without ``usageMetadata``, a stream that broke) has billed at least the prompt, so it is charged
+  an estimate instead (:meth:`PaygRouting._charge_answered_failure`).
+* ``async_log_failure_event``: a stream that fails while it is being read (after LiteLLM's call
+  returned it) never reaches the hook above; LiteLLM reports it only to the failure log. Such an
+  attempt's reservation is released there, or charged the same estimate when the stream had
+  begun (LiteLLM recovered partial usage from it).
+* ``async_post_call_success_deployment_hook`` runs the response validators on non-stream answers.
+* ``async_log_success_event`` (LiteLLM's background worker, after the answer; for streams, after the
+  last chunk) settles the reservation with LiteLLM's real ``response_cost`` and records latency. An
+  answer that reported no usage at all (LiteLLM then says 0 tokens, $0) is charged an estimate
+  instead, LiteLLM's token counter x the deployment's price, and logged and marked as such
+  (:meth:`PaygRouting._estimate_missing_usage`): it billed, so it must not be recorded at $0.
+* The decision of each attempt (the pick it went to, and why the others were not) goes to the
+  ``payg_decision`` observers once per attempt, and is stamped on the request's ``metadata`` dict
+  (``payg_decision``) as an output: the plugin never reads it back.
+* How much an answer is charged is ``charges.py``'s business; these hooks decide when.
+* The synchronous ``router.completion`` skips async filters, so ``attach`` routes it through the async
+  path (``sync_bridge.py``) instead of letting it go unrouted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import litellm
+from litellm.integrations.custom_guardrail import CustomGuardrail
+from litellm.integrations.custom_logger import CustomLogger
+
+from litellm_payg.adapter import charges
+
+from litellm_payg.adapter import litellm_fixes
+
+from litellm_payg.adapter import litellm_versions
+from litellm_payg.core.decision import Candidate, Outcome, RouteRequest
+from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
+from litellm_payg.runtime.engine import Engine
+from litellm_payg.core.errors import InvalidAmount, PaygError
+from litellm_payg.adapter.failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
+from litellm_payg.core.identity import RequestIdentity, hints_of, identity_of
+from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
+from litellm_payg.policy.load import Policy, load_policy
+from litellm_payg.stores.prices import candidate_from_deployment, count_request_tokens
+from litellm_payg.core.request_checks import choices, output_cap
+from litellm_payg.core.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
+from litellm_payg.adapter.litellm_errors import BudgetExceeded
+from litellm_payg.core.errors import BudgetRefused
+from litellm_payg.runtime.spend import LedgerDown
+from litellm_payg.adapter.sync_bridge import BRIDGE
+
+logger = logging.getLogger("litellm_payg")
+
+#: where the decision is stamped for observers (an output: the plugin never reads it back)
+DECISION_KEY = "payg_decision"
+#: the plugin's own stamps: allowed in a metadata dict that carries one of its request ids
+OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
+
+#: the live adapters, to tell a request that bypassed this router's routing from one of another
+#: router that governs the same deployment ids (two Routers built from one config)
+_LIVE: "weakref.WeakSet[PaygRouting]" = weakref.WeakSet()
+
+
+class PaygRouting(CustomLogger):
+    """The LiteLLM callback that applies an :class:`Engine` to one Router's requests.
+
+    LiteLLM's callback list is process-wide, so this callback acts only on requests whose
+    deployments belong to the router it was bound to, and passes every other request through.
+    """
+
+    _count = 0
+
+    def __init__(self, engine: Engine):
+        super().__init__()
+        self.engine = engine
+        self.lifecycle = Lifecycle(engine)
+        # LiteLLM de-duplicates callbacks by class name plus their public str/int/bool attributes, so
+        # two PaygRouting instances (two governed Routers) would collapse into one without this.
+        PaygRouting._count += 1
+        self.binding = f"payg-{PaygRouting._count}-{id(self):x}"
+        self._candidates: dict[str, Candidate] = {}
+        self._groups: frozenset[str] = frozenset()
+        self._deployment_names: dict[str, set[str]] = {}
+        #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
+        self._aliases: dict[str, str] = {}
+        self._router_ref: weakref.ReferenceType[Any] | None = None
+        #: per-request state, keyed by an id this adapter mints (never read from client input)
+        self.states = RequestStates()
+        self._guard: ResponseGuard | None = None
+        #: undoes the governed doors on the bound Router's request methods (``ingress``)
+        self._unwrap: Callable[[], None] | None = None
+
+    # -- binding ----------------------------------------------------------------------------------
+
+    def bind(self, router: Any) -> None:
+        """Learn the router's deployments and check the policy against them (fails loudly now,
+        not on the first request)."""
+        if self._router_ref is not None and self._router_ref() is not router and self._unwrap is not None:
+            self._unwrap()  # the proxy replaced its Router: the doors move to the new one
+            self._unwrap = None
+        self._router_ref = weakref.ref(router)
+        self._load(litellm_versions.deployments(router))
+        by_group: dict[str, list[Candidate]] = {}
+        for c in self._candidates.values():
+            by_group.setdefault(c.group, []).append(c)
+        self.engine.check_deployments(by_group)
+
+    def install(self, router: Any) -> None:
+        """Bind to ``router`` and set up what the policy needs from LiteLLM besides this callback:
+        the context-window fallback alias (``failover.on.context_window: larger_context``) and the
+        response guard (``validate:``), and the repairs for LiteLLM defects that misreport billed
+        usage (:mod:`litellm_payg.adapter.litellm_fixes`). Shared by ``attach`` and the proxy handler;
+        idempotent."""
+        litellm_fixes.apply()
+        self.bind(router)
+        _route_context_errors_back(router, self.engine)
+        self._aliases = litellm_versions.model_group_aliases(router)
+        _LIVE.add(self)
+        if self._unwrap is None:
+            self._unwrap = governed_entry_points(router, self)
+        if self._guard is None and _validates(self.engine):
+            self._guard = ResponseGuard(self)
+            litellm.logging_callback_manager.add_litellm_callback(self._guard)
+
+    def uninstall(self) -> None:
+        """Remove this callback and its guard from every LiteLLM callback list (LiteLLM promotes a
+        callback from ``litellm.callbacks`` into its success/failure lists on first use)."""
+        litellm.logging_callback_manager.remove_callback_from_all_lists(self)
+        _LIVE.discard(self)
+        if self._unwrap is not None:
+            self._unwrap()
+            self._unwrap = None
+        if self._guard is not None:
+            litellm.logging_callback_manager.remove_callback_from_all_lists(self._guard)
+            self._guard = None
+
+    def _load(self, deployments: Sequence[Mapping[str, Any]]) -> None:
+        models = self.engine.policy.models
+        self._candidates = {
+            str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
+        }
+        self._groups = frozenset(c.group for c in self._candidates.values())
+        #: a deployment's id or model string -> the groups it serves (what a client may name instead)
+        self._deployment_names: dict[str, set[str]] = {}
+        for c in self._candidates.values():
+            for name in (c.deployment_id, c.model):
+                self._deployment_names.setdefault(name, set()).add(c.group)
+
+    def _candidates_for(self, deployments: Sequence[Mapping[str, Any]]) -> list[Candidate] | None:
+        """Our candidates for these deployment dicts, or None if they are another router's."""
+        out = []
+        for d in deployments:
+            c = self._candidates.get(str((d.get("model_info") or {}).get("id")))
+            if c is None:
+                router = self._router_ref() if self._router_ref else None
+                if router is None or not litellm_versions.has_deployment(router, str(d["model_info"]["id"])):
+                    return None
+                self._load(litellm_versions.deployments(router))  # deployments were added at runtime
+                c = self._candidates.get(str(d["model_info"]["id"]))
+                if c is None:
+                    return None
+            out.append(c)
+        return out
+
+    # -- the front door: a request's state, its model, its fields --------------------------------
+
+    def resolve_model(self, model: Any) -> Any:
+        """What ``model`` a request should be sent with: a governed group (or its alias) as is; a
+        deployment's id or model string (which LiteLLM would send straight to that deployment,
+        past every routing hook) per the policy's ``direct_deployments``: ``route`` sends the group
+        instead, ``refuse`` raises :class:`InvalidRequest` naming the group to use. A name that is
+        none of these is not this router's, and is returned as is."""
+        if not isinstance(model, str):
+            return model
+        if model in self._groups or model in self._aliases:
+            return model
+        named = sorted(self._deployment_names.get(model, ()))
+        if not named:
+            return model
+        if self.engine.policy.direct_deployments == "route" and len(named) == 1:
+            return named[0]
+        raise InvalidRequest(
+            f"litellm-payg: model {model!r} names a deployment, not a model group; requests go through "
+            f"the policy's routing and budgets, so send model={named[0]!r}"
+            + (f" (it is a deployment of the groups {', '.join(map(repr, named))})" if len(named) > 1 else "")
+            + ("" if len(named) > 1 else " (policy: direct_deployments: refuse)"),
+            field="model",
+        )
+
+    def open_request(
+        self, data: dict, field: str = "metadata", identity: RequestIdentity | None = None, *, router_door: bool = True
+    ) -> RequestState:
+        """Start the plugin's state for a request entering through a governed door: refuse forged
+        ``payg_*`` keys and malformed fields, route or refuse a deployment named as the model, and
+        mint the request's id into ``data[field]`` (LiteLLM's metadata for this kind of request).
+
+        There are two doors, and a proxy request passes both: the proxy's pre-call hook (which
+        knows the authenticated key) and then the wrapped Router method (``router_door``; the only
+        door in Python, and on proxy routes that skip the pre-call hook, such as ``/queue``). The
+        Router door of a request the proxy's door opened adopts its state. A second Router call
+        that shares an open request's metadata dict (``abatch_completion`` over ``model: "a,b"``
+        sends every call with the one dict) gets a copy of the dict and its own state, so each
+        call is reserved and settled on its own.
+        """
+        metadata = data.get(field)
+        if metadata is None:
+            metadata = data[field] = {}
+        existing = self.states.find(metadata) if isinstance(metadata, dict) else None
+        live = existing is not None and not existing.finished
+        if live and router_door and not existing.entered:
+            existing.entered = True  # the proxy's door opened it: same request, same state
+            if "model" in data:
+                data["model"] = self.resolve_model(data["model"])
+            return existing
+        # the plugin's own stamps in a dict it has seen (a sibling call, or a dict the caller reuses)
+        refuse_bad_input(data, own=OWN_KEYS if existing is not None else ())
+        if "model" in data:
+            data["model"] = self.resolve_model(data["model"])
+        if live:
+            metadata = data[field] = dict(metadata)
+            identity = identity or existing.identity
+        state = self.states.mint(metadata, _trace(data), identity)
+        state.entered = router_door
+        return state
+
+    def _state_for(self, request_kwargs: Mapping[str, Any], metadata: dict) -> RequestState | None:
+        """This request's state, or None when it is another router's. A request no governed door
+        saw (a Router method that is not wrapped) gets its state here, unless another live
+        adapter governs the same deployments, when whose it is cannot be told."""
+        trace = _trace(request_kwargs)
+        state = self.states.find(metadata, trace)
+        if state is not None:
+            if state.trace_id is None:
+                state.trace_id = trace
+            return state
+        if self._another_routers(metadata, trace):
+            return None
+        refuse_bad_input(request_kwargs)
+        return self.states.mint(metadata, trace)
+
+    # -- the routing lever ------------------------------------------------------------------------
+
+    async def async_filter_deployments(
+        self,
+        model: str,
+        healthy_deployments: list,
+        messages: list | None,
+        request_kwargs: dict | None = None,
+        parent_otel_span: Any = None,
+    ) -> list:
+        if not healthy_deployments:
+            return healthy_deployments
+        candidates = self._candidates_for(healthy_deployments)
+        if candidates is None:
+            return healthy_deployments
+        request_kwargs = request_kwargs or {}
+        metadata = metadata_of(request_kwargs)
+        if metadata is None:
+            metadata = {}
+        state = self._state_for(request_kwargs, metadata)
+        if state is None:
+            return healthy_deployments
+        if state.final_error is not None:
+            # a budget block, a down ledger or a `fail` failure is final for the request: LiteLLM's
+            # retries and fallbacks to other groups must not route around it
+            raise state.final_error
+        self._release_unsent(state)
+        group = candidates[0].group
+        if model != group and self._aliases.get(model) != group and not model.endswith(LARGER_CONTEXT_SUFFIX):
+            # a deployment named as the model past the governed doors (resolve_model)
+            state.final_error = InvalidRequest(
+                f"litellm-payg: model {model!r} names a deployment of the governed group {group!r}; send model={group!r}",
+                field="model",
+            )
+            raise state.final_error
+        request = self.route_request(group, candidates, messages, request_kwargs, metadata, state)
+        last, state.last_failure = state.last_failure, None
+        failed = None if last is None else (last[0], self._candidates.get(last[0]), diagnose(last[1]))
+        reservation_id = state.next_reservation_id()
+        try:
+            picked = self.lifecycle.pick(request, candidates, reservation_id, attempts=state.attempts, last_failure=failed)
+        except GiveUp:
+            raise last[1] from None  # failover.on says stop: the attempt's own error reaches the caller
+        except BudgetRefused as refused:  # final: no fallback hop may route around it
+            state.final_error = BudgetExceeded.from_refusal(refused)
+            raise state.final_error from None
+        except (LedgerDown, InvalidAmount) as exc:  # final too
+            state.final_error = exc
+            raise
+        pick = picked.candidate
+        state.add_reservation(pick.deployment_id, reservation_id)
+        state.unsent = (pick.deployment_id, reservation_id)
+        state.request = request
+        state.decision = picked.decision.as_dict(compact=True)
+        metadata[DECISION_KEY] = state.decision
+        return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
+
+    def _release_unsent(self, state: RequestState) -> None:
+        """Free the reservation of a pick that never became an attempt.
+
+        LiteLLM sometimes asks for a pick without sending anything: its request scheduler
+        (``/queue/chat/completions``, ``schedule_acompletion``) checks that a deployment is
+        available before it queues the request, then picks again to send it. A pick becomes an
+        attempt when LiteLLM calls the deployment hook for it (``async_pre_call_deployment_hook``);
+        one still unsent when the next pick comes was only looked at, so its reservation is
+        released and it does not count as tried."""
+        if state.unsent is None:
+            return
+        deployment_id, reservation_id = state.unsent
+        state.unsent = None
+        open_ = state.reservations.get(deployment_id) or []
+        if reservation_id in open_:
+            open_.remove(reservation_id)
+            if state.attempts and state.attempts[-1] == deployment_id:
+                state.attempts.pop()
+            self.engine.spend.release(reservation_id)
+
+    def route_request(
+        self,
+        group: str,
+        candidates: Sequence[Candidate],
+        messages: Any,
+        request_kwargs: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        state: RequestState,
+    ) -> RouteRequest:
+        """What the policy decides on, from the plugin's own state (identity, the prompt counted
+        once) and the request's already checked fields; never from ``payg_*`` metadata."""
+        if state.prompt_tokens is None:
+            state.prompt_tokens = count_request_tokens(candidates[0].model, {**request_kwargs, "messages": messages or request_kwargs.get("messages")})
+        if state.identity is None:
+            state.identity = identity_of(request_kwargs, metadata)
+        who = state.identity
+        max_tokens = output_cap(request_kwargs)
+        hints = hints_of(metadata)
+        return RouteRequest(
+            group=group,
+            prompt_tokens=state.prompt_tokens,
+            output_tokens=self.engine.expected_output_tokens(max_tokens),
+            max_tokens=max_tokens,
+            user=who.user,
+            team=who.team,
+            api_key=who.api_key,
+            tags=who.tags,
+            end_user=who.end_user,
+            choices=choices(request_kwargs),
+            min_quality=hints.min_quality,
+            allowed_models=hints.models,
+            trace_id=state.trace_id,
+            metadata=metadata,
+        )
+
+    # -- per attempt, inline ----------------------------------------------------------------------
+
+    def _ours(self, request_data: Mapping[str, Any]) -> tuple[RequestState, str] | None:
+        """This adapter's state for an attempt's request, and the attempt's deployment id."""
+        state = self.states.find(metadata_of(request_data))
+        if state is None:
+            return None
+        return state, str((request_data.get("model_info") or {}).get("id"))
+
+    def _another_routers(self, metadata: Mapping[str, Any] | None, trace: str | None = None) -> bool:
+        """Whether another live adapter minted this request's id: the request of another Router
+        that governs the same deployment ids (two Routers built from one config)."""
+        return any(other is not self and other.states.find(metadata, trace) is not None for other in list(_LIVE))
+
+
+    async def async_post_call_failure_deployment_hook(self, request_data, exception, call_type, fallback_depth=None):
+        ours = self._ours(request_data)
+        if ours is None:
+            return None
+        state, deployment_id = ours
+        call_id = request_data.get("litellm_call_id")
+        if call_id:
+            state.handled_calls.add(str(call_id))  # LiteLLM's failure log of this attempt is then left alone
+        reservation_id = state.pop_reservation(deployment_id)
+        failure = diagnose(exception)
+        charge: charges.Charge | None = None
+        if reservation_id is not None and not isinstance(exception, InvalidResponseError):
+            if failure.answered:
+                # the provider answered 200 before the attempt failed: it billed, so charge it
+                charge = self._charge_answered_failure(deployment_id, reservation_id, failure, state,
+                                                       request_data.get("model"))
+            else:
+                self.engine.spend.release(reservation_id)  # a failed call does not bill
+        health = self.engine.health
+        if health is not None and failure.cls.counts_against_deployment and not isinstance(exception, InvalidResponseError):
+            health.record(deployment_id, ok=False)
+        failover = self.engine.policy.failover
+        if failover is not None:
+            state.last_failure = (deployment_id, exception)
+            action = failover.action_for(failure.cls.value)
+            if action != "fail" and getattr(exception, "num_retries", None) in (None, 0):
+                # LiteLLM does not retry some errors within the group (a context window error waits
+                # for context_window_fallbacks); the policy says try another deployment, so allow
+                # one more attempt per untried candidate
+                left = len([c for c in self._candidates.values() if c.group == (self._candidates.get(deployment_id) or c).group])
+                try:
+                    exception.num_retries = max(1, left - len(state.attempts))
+                except AttributeError:
+                    pass
+            if action == "fail":
+                # a configuration error (auth, a bad request) must reach the caller, not be retried
+                # or hidden behind a fallback: LiteLLM reads an error's own num_retries
+                try:
+                    exception.num_retries = 0
+                except AttributeError:
+                    pass
+                state.final_error = exception
+        if not isinstance(exception, InvalidResponseError):
+            self._emit_failure(state, deployment_id, exception, charge, request_data.get("model"))
+        return None
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        """The spend of a stream attempt that failed while it was read.
+
+        LiteLLM (1.110.2) calls the failure hook above only when its call raises; a stream that
+        fails later (mid-way, or before its first chunk while the Router reads it) is reported only
+        here, so without this its reservation would stay open until ``reservation_ttl_s`` and then
+        be charged in full. An attempt the hook already handled is skipped (by ``litellm_call_id``),
+        and so is every non-stream failure (the hook sees all of those). The stream had begun —
+        the provider answered 200 — when LiteLLM recovered partial usage from its chunks
+        (``combined_usage_object``, its "an interrupted stream still billed"): then it is charged
+        the prompt's estimate like an answered failure in the hook; else its reservation is released.
+        """
+        litellm_params = kwargs.get("litellm_params") or {}
+        state = self.states.find(metadata_of(litellm_params))
+        if state is None or not kwargs.get("stream"):
+            return
+        call_id = kwargs.get("litellm_call_id")
+        if not call_id or str(call_id) in state.handled_calls:
+            return
+        state.handled_calls.add(str(call_id))  # a repeated failure log of the same attempt charges nothing more
+        slo = kwargs.get("standard_logging_object") or {}
+        deployment_id = str((litellm_params.get("model_info") or {}).get("id") or slo.get("model_id"))
+        reservation_id = state.pop_reservation(deployment_id)
+        if reservation_id is None:
+            return
+        exception = kwargs.get("exception")
+        failure = diagnose(exception) if isinstance(exception, BaseException) else None
+        model = litellm_params.get("model") or kwargs.get("model")
+        charge: charges.Charge | None = None
+        if (failure is None or not failure.answered) and charges.stream_had_begun(kwargs):
+            # LiteLLM hands this log the provider's own error, unwrapped from MidStreamFallbackError:
+            # the evidence that the stream had begun is the partial usage LiteLLM recovered from it
+            failure = (diagnose_broken_stream(exception) if isinstance(exception, BaseException)
+                       else Failure(FailureClass.SERVER_ERROR, MID_STREAM, None, None, "", answered=True))
+        if failure is not None and failure.answered:
+            charge = self._charge_answered_failure(deployment_id, reservation_id, failure, state, model,
+                                                   partial=charges.partial_usage(kwargs))
+        else:
+            self.engine.spend.release(reservation_id)  # failed before any answer: it did not bill
+        if isinstance(exception, BaseException):
+            self._emit_failure(state, deployment_id, exception, charge, model)
+
+    def _charge_answered_failure(
+        self, deployment_id: str, reservation_id: str, failure: Failure, state: RequestState, model: str | None,
+        partial: tuple[int, int, float] | None = None,
+    ) -> charges.Charge:
+        """Settle an attempt that failed after the provider answered HTTP 200.
+
+        Why: the provider processed, and billed, at least the prompt (and maybe part of an answer),
+        but LiteLLM reports the attempt as failed, so releasing its reservation would leave a billed
+        call without a ledger record, outside every budget. It is charged the request's prompt
+        tokens (counted when the request was routed) at the deployment's input price; for a
+        deployment without a price, the reservation's amount. The record is marked
+        ``usage: estimated`` with ``failed: <matcher>``, and a warning names the deployment, the
+        failure and the amount.
+
+        A stream that broke after some chunks also has ``partial`` usage: what LiteLLM counted of
+        it (prompt and streamed completion tokens, and LiteLLM's cost for them, which LiteLLM puts on
+        its failure log so "the failure log bills it instead of zero"). When that is more than the
+        prompt alone it is charged instead, priced like a success (the deployment's policy price,
+        else LiteLLM's cost).
+        """
+        candidate = self._candidates.get(deployment_id)
+        where = f"{(candidate.model if candidate else None) or model or '?'} (deployment {deployment_id})"
+        prompt_tokens = state.prompt_tokens
+        completion_tokens: int | None = None
+        cost: float | None = None
+        if candidate is not None and candidate.priced and prompt_tokens is not None:
+            cost = candidate.estimate_usd(int(prompt_tokens), 0)
+            how = f"charged the prompt's estimated cost of ${charges.usd(cost)} ({int(prompt_tokens)} prompt tokens)"
+        if partial is not None:
+            streamed_prompt, streamed_completion, litellm_cost = partial
+            streamed = charges.policy_priced(candidate, streamed_prompt, streamed_completion)
+            if streamed is None:
+                streamed = litellm_cost
+            if streamed > (cost or 0.0):
+                cost, prompt_tokens, completion_tokens = streamed, streamed_prompt, streamed_completion
+                how = (f"charged LiteLLM's count of what was streamed, ${charges.usd(cost)} "
+                       f"({streamed_prompt} prompt + {streamed_completion} completion tokens)")
+        if cost is None:
+            cost = self.engine.spend.reserved_usd(reservation_id) or 0.0
+            how = f"the prompt could not be priced; charged the reservation's ${charges.usd(cost)}"
+        self.engine.spend.settle(reservation_id, cost, {"usage": "estimated", "failed": failure.matcher})
+        logger.warning(
+            "litellm-payg: %s failed after the provider answered (%s: %s); %s; the provider may bill "
+            "more for partial output",
+            where, failure.cls, failure.matcher, how,
+        )
+        return charges.Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, completion_tokens, estimated=True)
+
+    def _emit_failure(
+        self, state: RequestState, deployment_id: str, exception: BaseException, charge: charges.Charge | None, model: Any
+    ) -> None:
+        if charge is None:
+            self._emit(state, deployment_id, ok=False, cost=0.0, error=exception, model=model)
+            return
+        self._emit(state, deployment_id, ok=False, cost=charge.cost, error=exception, model=model,
+                   prompt_tokens=charge.prompt_tokens, usage_estimated=True)
+
+    async def async_pre_call_deployment_hook(self, kwargs, call_type):
+        """Runs once per attempt, just before LiteLLM calls the deployment. Two jobs:
+
+        * **The backstop of the trust boundary.** An attempt on one of this router's deployments
+          that no pick of this plugin chose is refused (:class:`InvalidRequest`, final). LiteLLM
+          sends a request whose ``model`` is a deployment id straight to that deployment, past every
+          routing hook; the governed doors (:meth:`resolve_model`) route or refuse such a request,
+          and this catches any way in they do not see, so every billed call on a governed
+          deployment is reserved and recorded, or not made.
+        * ``first_token_timeout_ms`` for streams, which LiteLLM lacks: the stream's HTTP read
+          timeout is set to it, so a deployment that sends no first chunk in time fails the attempt
+          with a timeout (class ``server_error``) and the request moves to the next deployment. It
+          is a read timeout, so a later gap between chunks longer than it also ends the stream.
+        """
+        deployment_id = str((kwargs.get("model_info") or {}).get("id"))
+        if deployment_id not in self._candidates:
+            return None
+        ours = self._ours(kwargs)
+        if ours is None and self._another_routers(metadata_of(kwargs)):
+            return None  # another router's attempt on a deployment with the same id
+        if ours is not None and ours[0].unsent is not None and ours[0].unsent[0] == deployment_id:
+            ours[0].unsent = None  # the pick is now an attempt
+        if ours is None or not ours[0].attempts or ours[0].attempts[-1] != deployment_id:
+            error = InvalidRequest(
+                f"litellm-payg: the request reached deployment {deployment_id} "
+                f"({self._candidates[deployment_id].model}) without being routed by the policy "
+                f"(model {kwargs.get('model')!r}); send the model group "
+                f"{self._candidates[deployment_id].group!r} instead",
+                field="model",
+            )
+            if ours is not None:
+                ours[0].final_error = error
+            raise error
+        failover = self.engine.policy.failover
+        if failover is None or not failover.first_token_timeout_ms or not kwargs.get("stream"):
+            return None
+        limit = failover.first_token_timeout_ms / 1000
+        current = kwargs.get("timeout")
+        if not isinstance(current, (int, float)) or current > limit:
+            kwargs["timeout"] = limit
+            kwargs["stream_timeout"] = limit
+        return kwargs
+
+    async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
+        """A non-stream attempt answered after an earlier attempt of the same request was rejected
+        by the validators: charge it now. LiteLLM logs one success per request, and it already
+        logged the rejected answer's, so no success *log* event will come for this one. Otherwise
+        the log event below settles it with LiteLLM's ``response_cost`` (computed once, by LiteLLM).
+
+        A Google ``generateContent`` answer is charged here too: LiteLLM 1.110 may log no success
+        event for it, so waiting for one would leave the reservation to expire."""
+        if request_data.get("stream"):
+            return None
+        ours = self._ours(request_data)
+        if ours is None:
+            return None
+        state, deployment_id = ours
+        if "generate_content" in str(call_type) and isinstance(response, Mapping):
+            self._charge_generate_content(state, deployment_id, response, request_data.get("model"))
+            return None
+        if not state.rejected:
+            return None
+        charge = self._charge_inline(request_data, response, state, deployment_id)
+        if charge is None:
+            return None  # already charged (the guard ran first and rejected it)
+        latency = charges.elapsed(request_data)
+        if self.engine.health is not None:
+            self.engine.health.record(deployment_id, ok=True, latency_s=latency)
+        self._emit(
+            state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=request_data.get("model"),
+            prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
+            usage_estimated=charge.estimated,
+        )
+        return None
+
+    def _charge_generate_content(self, state: RequestState, deployment_id: str, response: Mapping[str, Any], model: Any) -> None:
+        """Charge a Google ``generateContent`` answer from its own ``usageMetadata`` (prompt, and
+        candidates plus thoughts as output) at the deployment's price."""
+        reservation_id = state.pop_reservation(deployment_id)
+        if reservation_id is None:
+            return
+        usage = response.get("usageMetadata") or {}
+        prompt = int(usage.get("promptTokenCount") or 0)
+        completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
+        candidate = self._candidates.get(deployment_id)
+        cost = charges.price_tokens(candidate, str(model or ""), prompt, completion) if (prompt or completion) else None
+        charge = charges.Charge(cost, prompt, completion) if cost is not None else charges.Charge(
+            self.engine.spend.reserved_usd(reservation_id) or 0.0, prompt, completion, estimated=True)
+        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
+        self._emit(state, deployment_id, ok=True, cost=charge.cost, model=model, prompt_tokens=prompt,
+                   completion_tokens=completion, usage_estimated=charge.estimated)
+        self._finish(state)
+
+    def _charge_inline(self, request_data: Mapping[str, Any], response: Any, state: RequestState, deployment_id: str) -> charges.Charge | None:
+        """Charge a non-stream answer before LiteLLM's logging worker would (see the callers)."""
+        reservation_id = state.pop_reservation(deployment_id)
+        if reservation_id is None:
+            return None
+        candidate = self._candidates.get(deployment_id)
+        usage = getattr(response, "usage", None)
+        prompt_tokens, completion_tokens = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        if charges.usage_missing(response, prompt_tokens, completion_tokens):
+            charge = self._estimate_missing_usage(
+                deployment_id, reservation_id, request_data.get("messages"), charges.tools_of(request_data), response,
+                state, request_data.get("model"),
+            )
+        else:
+            cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
+            if cost is None:
+                cost = charges.attempt_cost(request_data, response, candidate)
+            charge = charges.Charge(cost, prompt_tokens, completion_tokens)
+        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
+        return charge
+
+    def _estimate_missing_usage(
+        self,
+        deployment_id: str,
+        reservation_id: str,
+        messages: Any,
+        tools: Any,
+        response: Any,
+        state: RequestState,
+        model: str | None = None,
+    ) -> charges.Charge:
+        """The charge for an answer that reported no usage.
+
+        Why: a provider (or an OpenAI-compatible gateway, or a self-hosted server) that answers
+        without a ``usage`` block still billed, but LiteLLM then reports 0 tokens and a
+        ``response_cost`` of 0.0, so settling what LiteLLM says would record the call at $0 and let
+        it escape every budget. Instead the answer is counted with LiteLLM's own token counter
+        (prompt: the request's messages and tools; completion: the answer's text, tool calls and
+        reasoning, as LiteLLM counts a stream that reported no usage) for the deployment's model,
+        and priced at the deployment's price (the one the reservation used; for a deployment
+        without one, ``litellm.cost_per_token``). If that cannot be computed, the reservation's
+        amount is charged. Never $0 for a priced deployment, never a lost record: the record is
+        marked ``usage: estimated`` and a warning names the deployment and the cause. (A deployment
+        with no price anywhere is charged the reservation, which is $0 for it, as every answer of
+        it is.)
+        """
+        candidate = self._candidates.get(deployment_id)
+        model = (candidate.model if candidate else None) or model or ""
+        where = f"{model} (deployment {deployment_id})"
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        try:
+            prompt_tokens = charges.count_prompt(model, messages, tools) if messages else None
+            if not prompt_tokens and state.prompt_tokens is not None:
+                prompt_tokens = state.prompt_tokens  # counted when the request was routed
+            completion_tokens = charges.count_completion(model, response)
+            if prompt_tokens is None:
+                raise ValueError("the request's messages are not available to count")
+            cost = charges.price_tokens(candidate, model, prompt_tokens, completion_tokens)
+            problem = None if cost is not None else "the deployment has no known price"
+        except Exception as exc:  # noqa: BLE001 - a tokenizer or price lookup failure must not lose the charge
+            cost, problem = None, f"LiteLLM could not count or price it: {exc}"
+        if cost is not None:
+            logger.warning(
+                "litellm-payg: %s answered without a usage block; charged an estimate of $%s "
+                "(%d prompt + %d completion tokens by LiteLLM's token counter)",
+                where, charges.usd(cost), prompt_tokens, completion_tokens,
+            )
+            return charges.Charge(cost, prompt_tokens, completion_tokens, estimated=True)
+        reserved = self.engine.spend.reserved_usd(reservation_id) or 0.0
+        logger.warning(
+            "litellm-payg: %s answered without a usage block and no estimate could be made (%s); "
+            "charged the reservation's $%s",
+            where, problem, charges.usd(reserved),
+        )
+        return charges.Charge(reserved, prompt_tokens, completion_tokens, estimated=True)
+
+    async def check_response(self, request_data: Mapping[str, Any], response: Any) -> None:
+        """Run the ``payg_validate_response`` hooks on a non-stream answer; raise
+        :class:`InvalidResponseError` (after charging it) if any finds a problem. Called by
+        :class:`ResponseGuard`, because LiteLLM lets only a guardrail's raise fail an attempt."""
+        ours = self._ours(request_data)
+        if ours is None or request_data.get("stream"):
+            return None
+        state, deployment_id = ours
+        request = state.request
+        results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
+        problems = [p for found in results if found for p in found]
+        if not problems:
+            return None
+        candidate = self._candidates.get(deployment_id)
+        error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
+        state.rejected = True  # the next attempt's answer gets no success log event: charge it inline
+        charge = self._charge_inline(request_data, response, state, deployment_id)  # it billed: still paid for
+        if self.engine.health is not None:
+            self.engine.health.record(deployment_id, ok=False)
+        if charge is None:
+            charge = charges.Charge(charges.attempt_cost(request_data, response, candidate), None, None)
+        self._emit(state, deployment_id, ok=False, cost=charge.cost, error=error, model=request_data.get("model"),
+                   **({"prompt_tokens": charge.prompt_tokens, "completion_tokens": charge.completion_tokens,
+                       "usage_estimated": True} if charge.estimated else {}))
+        raise error
+
+    # -- outcomes, from LiteLLM's logging worker --------------------------------------------------
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        """Answers are charged here with LiteLLM's ``response_cost`` (streams once the last chunk
+        is in), and their latency recorded. An answer without usage is charged an estimate
+        (:meth:`_estimate_missing_usage`); a stream without usage is not one: LiteLLM already
+        counted its tokens, and its ``response_cost`` prices them."""
+        state = self.states.find(metadata_of(kwargs.get("litellm_params") or {}))
+        if state is None:
+            return  # another router's request (or another policy's, attached before or after this one)
+        slo = kwargs.get("standard_logging_object") or {}
+        deployment_id = str(slo.get("model_id") or ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id"))
+        reservation_id = state.pop_reservation(deployment_id)
+        if reservation_id is None:
+            self._finish(state)
+            return  # already charged inline
+        model = (kwargs.get("litellm_params") or {}).get("model") or kwargs.get("model")
+        prompt_tokens, completion_tokens = charges.reported_tokens(slo, response_obj)
+        if charges.usage_missing(response_obj, prompt_tokens, completion_tokens):
+            charge = self._estimate_missing_usage(
+                deployment_id, reservation_id, kwargs.get("messages"), charges.tools_of(kwargs), response_obj, state, model
+            )
+        else:
+            candidate = self._candidates.get(deployment_id)
+            cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
+            if cost is None:
+                cost = float(kwargs.get("response_cost") or 0.0)
+            if cost == 0.0 and (prompt_tokens or completion_tokens):
+                # LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2): price
+                # them at the deployment's price, the one the reservation used
+                priced = charges.price_tokens(candidate, model or "", int(prompt_tokens or 0), int(completion_tokens or 0))
+                cost = priced if priced is not None else cost
+            charge = charges.Charge(cost, prompt_tokens, completion_tokens)
+        if charges.client_disconnected(kwargs):
+            # the proxy's disconnect billing: LiteLLM assembled what was streamed before the client
+            # went away and counted it; the provider may have generated (and billed) more
+            charge = dataclasses.replace(charge, abandoned=True)
+            logger.warning(
+                "litellm-payg: the client of a stream from deployment %s disconnected; charged LiteLLM's count "
+                "of what was streamed, $%s (%s prompt + %s completion tokens), marked as an estimate",
+                deployment_id, charges.usd(charge.cost), charge.prompt_tokens, charge.completion_tokens,
+            )
+        latency = charges.seconds(slo.get("startTime"), slo.get("endTime"))
+        ttft = charges.seconds(slo.get("startTime"), slo.get("completionStartTime"))
+        self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs)
+        self._emit(
+            state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
+            prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
+            usage_estimated=charge.estimated,
+        )
+        self._finish(state)
+
+    def _finish(self, state: RequestState) -> None:
+        """The request was answered: drop what only its next attempt would need. The state itself
+        stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
+        state.finished = True
+        state.request = None
+        state.last_failure = None
+        state.final_error = None
+
+    def _emit(self, state: RequestState, deployment_id: str, ok: bool, cost: float, **extra: Any) -> None:
+        candidate = self._candidates.get(deployment_id)
+        outcome = Outcome(
+            group=(candidate.group if candidate else None) or "",
+            deployment_id=deployment_id,
+            model=(candidate.model if candidate else None) or extra.get("model"),  # as configured, with its provider
+            ok=ok,
+            cost_usd=cost,
+            latency_s=extra.get("latency"),
+            prompt_tokens=extra.get("prompt_tokens"),
+            completion_tokens=extra.get("completion_tokens"),
+            error=extra.get("error"),
+            trace_id=state.trace_id,
+            decision=state.decision,
+            usage_estimated=bool(extra.get("usage_estimated")),
+        )
+        self.engine.pm.hook.payg_outcome(outcome=outcome)
+
+
+class ResponseGuard(CustomGuardrail):
+    """Fails an attempt whose answer the validators reject, so the request moves on.
+
+    LiteLLM swallows an exception raised from a plain ``CustomLogger``'s
+    ``async_post_call_success_deployment_hook`` ("a broken callback must not fail a completed
+    request") but re-raises a ``CustomGuardrail``'s, which then counts as a failed attempt. This
+    object does nothing else: it has no guardrail event hooks and delegates to the adapter.
+    """
+
+    def __init__(self, adapter: PaygRouting):
+        super().__init__(guardrail_name=f"litellm-payg-validate-{adapter.binding}", default_on=False)
+        self.adapter = adapter
+
+    async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
+        await self.adapter.check_response(request_data, response)
+        return None
+
+
+def _trace(request_kwargs: Mapping[str, Any]) -> str | None:
+    """LiteLLM's trace id of a request (stable across its retries and fallback hops)."""
+    trace = request_kwargs.get("litellm_trace_id")
+    return None if trace in (None, "") else str(trace)
+
+
+LARGER_CONTEXT_SUFFIX = "::payg-larger-context"
+
+
+def _route_context_errors_back(router: Any, engine: Engine) -> None:
+    """Make ``failover.on.context_window: larger_context`` reachable.
+
+    LiteLLM 1.110 never retries a context-window error inside its group: it only follows
+    ``context_window_fallbacks`` to another group. So each governed group without such a fallback
+    gets one to an alias of itself (``<group>::payg-larger-context``); on that hop the filter sees the
+    failure and picks an untried deployment with a larger ``max_input_tokens``. A group that already
+    has context-window fallbacks keeps them.
+    """
+    failover = engine.policy.failover
+    if failover is None or failover.action_for("context_window") != "larger_context":
+        return
+    existing = litellm_versions.context_window_fallbacks(router)
+    covered = {group for entry in existing for group in entry}
+    aliases = litellm_versions.model_group_aliases(router)
+    added = False
+    for group in engine.routes:
+        if group in covered:
+            continue
+        alias = group + LARGER_CONTEXT_SUFFIX
+        existing.append({group: [alias]})
+        aliases[alias] = group
+        added = True
+    if added:
+        litellm_versions.set_context_window_fallbacks(router, existing, aliases)
+
+
+def _validates(engine: Engine) -> bool:
+    """Whether any validator can run: the policy's ``validate:`` list or a third-party hook."""
+    if engine.policy.validators:
+        return True
+    return any(
+        impl.plugin_name != "litellm_payg.policy.validators" for impl in engine.pm.hook.payg_validate_response.get_hookimpls()
+    )
+
+
+def attach(
+    router: Any,
+    policy: str | Path | Mapping[str, Any] | Policy,
+    *,
+    ledger: Any = None,
+    clock: Callable[[], float] | None = None,
+) -> Engine:
+    """Govern ``router`` by ``policy`` (a YAML path, a dict, or a loaded Policy); returns the Engine.
+
+    ``ledger`` (a URL such as ``memory://``, or a ``Ledger``) replaces the policy's ledger, and
+    ``clock`` the wall clock budgets and breakers read: tests and simulations inject both instead of
+    sleeping in real time or reaching into private attributes.
+
+    Registers a :class:`PaygRouting` callback with LiteLLM, makes the Router's request methods
+    governed doors (:mod:`litellm_payg.adapter.ingress`: bad input and deployment names are refused there,
+    and each request gets the plugin's id), and routes ``router.completion`` (sync) through the
+    async path so it is governed too. ``engine.detach()`` undoes all of it.
+    """
+    loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+    engine = Engine(loaded, ledger=ledger, clock=clock or time.time)
+    adapter = PaygRouting(engine)
+    adapter.install(router)
+    litellm.logging_callback_manager.add_litellm_callback(adapter)
+    if adapter not in litellm.callbacks:
+        # LiteLLM only warns when its callback list is full (MAX_CALLBACKS): the Router would then
+        # run ungoverned, so say so instead
+        adapter.uninstall()
+        raise PaygError(
+            f"litellm-payg: LiteLLM refused to register the policy's callback: its callback list is full "
+            f"({len(litellm.callbacks)} callbacks). Detach the engines and drop the Routers you no longer "
+            "use (before LiteLLM 1.110 every Router also keeps its own callbacks there for good)"
+        )
+
+
+    def completion(*args: Any, **kwargs: Any) -> Any:
+        result = BRIDGE.run(router.acompletion(*args, **kwargs))
+        if kwargs.get("stream"):
+            return BRIDGE.iterate(result)
+        return result
+
+    completion.__doc__ = "Router.completion, governed by litellm-payg (served through acompletion)."
+    router.completion = completion
+
+    router_ref = weakref.ref(router)  # the engine (held by LiteLLM's callback list) must not keep the Router alive
+
+    def detach() -> None:
+        adapter.uninstall()
+        governed = router_ref()
+        if governed is not None:
+            governed.__dict__.pop("completion", None)  # back to the class's own method
+
+    engine.adapter = adapter
+    engine._undo.append(detach)
+    # a Router dropped without detach() must not leave its callback in LiteLLM's process-wide lists
+    weakref.finalize(router, _router_collected, weakref.ref(adapter))
+    return engine
+
+
+def _router_collected(adapter_ref: "weakref.ReferenceType[PaygRouting]") -> None:
+    adapter = adapter_ref()
+    if adapter is not None:
+        adapter.uninstall()

@@ -1,0 +1,335 @@
+"""Policy files: YAML (or a dict) in, validated typed objects out.
+
+Every error names the file, the line and the dotted field, and says what was expected; all errors of
+a file are reported at once. ``litellm-payg check FILE`` prints them and exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pluggy
+import yaml
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from litellm_payg.core.bounds import Seconds, Tokens
+from litellm_payg.core.budgets import Budget
+from litellm_payg.policy.failover import FailoverSettings, ValidatorSpec
+from litellm_payg.policy.validators import build_validators
+
+from litellm_payg.core.errors import PluginError, PolicyError, Problem
+from litellm_payg.core.model_facts import ModelFacts
+from litellm_payg.plugins import make_plugin_manager, rule_types
+from litellm_payg.rules import RuleSpec
+
+Path_ = tuple[str | int, ...]
+
+
+class _Strict(BaseModel):
+    # nan/inf are never a meaningful policy number (see bounds.py)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+
+class Defaults(_Strict):
+    """Assumptions for requests that do not say: used in price estimates and reservations."""
+
+    #: output tokens assumed for *routing* when a request gives no max_tokens
+    expected_output_tokens: Tokens = 256
+    #: output tokens *reserved* against budgets when a request gives no max_tokens (pessimistic)
+    reserve_output_tokens: Tokens = 4096
+
+
+DEFAULT_LEDGER = "sqlite:///payg-ledger.db"
+
+
+class _PolicyDocument(_Strict):
+    version: Literal[1]
+    plugins: list[str] = Field(default_factory=list)
+    defaults: Defaults = Field(default_factory=Defaults)
+    models: dict[str, ModelFacts] = Field(default_factory=dict)
+    routes: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    ledger: str = DEFAULT_LEDGER
+    timezone: str = "UTC"
+    budgets: list[Budget] = Field(default_factory=list)
+    on_ledger_error: Literal["fail_closed", "fail_open"] | None = None
+    direct_deployments: Literal["refuse", "route"] = "refuse"
+    reservation_ttl_s: Seconds = 900
+    alert_webhook: str | None = None
+    failover: FailoverSettings | None = None
+    validate_: list[ValidatorSpec] = Field(default_factory=list, alias="validate")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. UTC, Europe/Paris, America/New_York)") from None
+        return value
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_url(cls, value: str) -> str:
+        from litellm_payg.stores.schemes import parse_store_url
+
+        parse_store_url(value, "ledger")  # StoreURLError is a ValueError: pydantic reports it with the field
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_budget_ids(self) -> "_PolicyDocument":
+        ids = [b.budget_id(i) for i, b in enumerate(self.budgets)]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"budget names must be distinct, repeated: {', '.join(dupes)}")
+        return self
+
+
+@dataclass
+class Policy:
+    """A validated policy. ``routes`` maps a LiteLLM model group to its rules, in order."""
+
+    version: int
+    defaults: Defaults
+    models: dict[str, ModelFacts]
+    routes: dict[str, list[RuleSpec]]
+    plugins: list[str]
+    plugin_manager: pluggy.PluginManager
+    source: str | None = None
+    lines: dict[Path_, int] = field(default_factory=dict, repr=False)
+    ledger: str = DEFAULT_LEDGER
+    timezone: str = "UTC"
+    budgets: list[Budget] = field(default_factory=list)
+    on_ledger_error: str = "fail_open"
+    #: a request whose ``model`` names a deployment (its id or model string) instead of a group:
+    #: ``refuse`` it with a 400 naming the group to use, or ``route`` it as a request to that group
+    direct_deployments: str = "refuse"
+    reservation_ttl_s: float = 900
+    alert_webhook: str | None = None
+    failover: FailoverSettings | None = None
+    #: built response validators (``validate:``), checked on every successful non-stream answer
+    validators: list[Any] = field(default_factory=list)
+
+    def line_of(self, path: Path_) -> int | None:
+        return _nearest_line(self.lines, path)
+
+
+def load_policy(src: str | Path | Mapping[str, Any]) -> Policy:
+    """Load a policy from a YAML file path or an already parsed mapping."""
+    if isinstance(src, Mapping):
+        return parse_policy(src, source=None, lines={}, base_dir=Path.cwd())
+    path = Path(src)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([Problem("", f"cannot read policy file: {exc.strerror or exc}")], str(path)) from None
+    data, lines = _parse_yaml(text, str(path))
+    return parse_policy(data, source=str(path), lines=lines, base_dir=path.resolve().parent)
+
+
+def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_dir: Path) -> Policy:
+    if not isinstance(data, Mapping):
+        raise PolicyError(
+            [Problem("", f"expected a mapping with 'version: 1' and 'routes:', got {type(data).__name__}", 1)],
+            source,
+        )
+    try:
+        doc = _PolicyDocument.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_problems(exc, (), lines), source) from None
+
+    try:
+        pm = make_plugin_manager(doc.plugins, base_dir)
+    except PluginError as exc:
+        raise PolicyError([Problem("plugins", str(exc), _nearest_line(lines, ("plugins",)))], source) from None
+    try:
+        known = rule_types(pm)
+    except PluginError as exc:
+        raise PolicyError([Problem("plugins", str(exc), _nearest_line(lines, ("plugins",)))], source) from None
+
+    problems: list[Problem] = []
+    routes: dict[str, list[RuleSpec]] = {}
+    for group, entries in doc.routes.items():
+        specs: list[RuleSpec] = []
+        for index, entry in enumerate(entries):
+            where: Path_ = ("routes", group, index)
+            if len(entry) != 1:
+                problems.append(Problem(
+                    _dotted(where),
+                    f"each rule is a mapping with exactly one key (the rule type), got keys {sorted(entry)}",
+                    _nearest_line(lines, where),
+                    hint="write '- cost_threshold: {...}' with the options indented under the rule name",
+                ))
+                continue
+            (name, options), = entry.items()
+            rule_path = (*where, name)
+            rule_type = known.get(name)
+            if rule_type is None:
+                problems.append(Problem(
+                    _dotted(rule_path),
+                    f"unknown rule type {name!r}; expected one of {', '.join(sorted(known))}",
+                    _nearest_line(lines, rule_path),
+                    hint="a plugin can add rule types: list its module under 'plugins:'",
+                ))
+                continue
+            try:
+                parsed = rule_type.Options.model_validate(options if options is not None else {})
+            except ValidationError as exc:
+                problems.extend(_problems(exc, rule_path, lines))
+                continue
+            specs.append(RuleSpec(name, parsed, _dotted(rule_path), _nearest_line(lines, rule_path), rule_type))
+        routes[group] = specs
+    if problems:
+        raise PolicyError(problems, source)
+
+    policy = Policy(
+        version=doc.version,
+        defaults=doc.defaults,
+        models=dict(doc.models),
+        routes=routes,
+        plugins=list(doc.plugins),
+        plugin_manager=pm,
+        source=source,
+        lines=lines,
+        ledger=doc.ledger,
+        timezone=doc.timezone,
+        budgets=list(doc.budgets),
+        on_ledger_error=doc.on_ledger_error
+        or ("fail_closed" if any(b.on_exceed == "block" for b in doc.budgets) else "fail_open"),
+        direct_deployments=doc.direct_deployments,
+        reservation_ttl_s=doc.reservation_ttl_s,
+        alert_webhook=doc.alert_webhook,
+        failover=doc.failover,
+    )
+    try:
+        policy.validators = build_validators(doc.validate_, base_dir)
+    except (ValueError, OSError) as exc:
+        raise PolicyError([Problem("validate", str(exc), _nearest_line(lines, ("validate",)))], source) from None
+    _check_prices(policy)
+    return policy
+
+
+def _check_prices(policy: Policy) -> None:
+    """Unknown price is an error at load time when a cost rule names the model."""
+    from litellm_payg.stores.prices import lookup_price  # imports LiteLLM's price map
+
+    problems = []
+    for group, specs in policy.routes.items():
+        for spec in specs:
+            if not spec.rule_type.needs_prices:
+                continue
+            rule = spec.build(group, policy.models)
+            for field_path, ref in rule.model_refs():
+                if lookup_price(ref, policy.models) is None:
+                    problems.append(Problem(
+                        field_path,
+                        f"no known price for model {ref!r}: it is not in LiteLLM's price map and the policy gives none",
+                        policy.line_of(_undotted(field_path)) or spec.line,
+                        hint=f"add 'models: {{{ref}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' to the policy",
+                    ))
+    if problems:
+        from litellm_payg.core.errors import UnknownPriceError
+
+        raise UnknownPriceError(problems, policy.source)
+
+
+# -- YAML with line numbers -------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        what = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([Problem("", f"not valid YAML: {what}", line)], source) from None
+    if node is None:
+        raise PolicyError([Problem("", "the file is empty; expected 'version: 1' and 'routes:'", 1)], source)
+    lines: dict[Path_, int] = {}
+    _index_lines(node, (), lines)
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise PolicyError([Problem("", f"not valid YAML: {exc}")], source) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _index_lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key_node.tag == "tag:yaml.org,2002:bool" and key in ("on", "On", "ON"):
+                key = "on"  # YAML 1.1 reads a bare `on:` key as True; the policy means "on"
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _index_lines(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, (*path, i), out)
+
+
+def _nearest_line(lines: Mapping[Path_, int], path: Path_) -> int | None:
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        path = path[:-1]
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _undotted(dotted: str) -> Path_:
+    parts: list[str | int] = []
+    for chunk in dotted.replace("]", "").split("."):
+        name, *indices = chunk.split("[")
+        if name:
+            parts.append(name)
+        parts.extend(int(i) for i in indices)
+    return tuple(parts)
+
+
+def _problems(exc: ValidationError, prefix: Path_, lines: Mapping[Path_, int]) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        path = (*prefix, *loc)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "this field is required"
+        if (
+            "input" in err
+            and err["type"] not in ("missing",)
+            and not isinstance(err["input"], (dict, list))
+            and "got " not in message  # our own validators already say what they got
+        ):
+            message += f" (got {err['input']!r})"
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        hint = None
+        if err["type"] in ("finite_number", "less_than_equal"):
+            hint = "every policy number is finite and bounded (see 'Bounds' in the README's policy reference)"
+        problems.append(Problem(_dotted(path), message, _nearest_line(lines, path), hint=hint))
+    return problems

@@ -1,0 +1,246 @@
+"""The decision: given a request and the candidate deployments, which to try, in what order, and why.
+
+Two halves: ``Engine.snapshot`` reads what a decision may know (budget usage, breaker and latency
+state, the clock) into a frozen :class:`~litellm_payg.core.snapshot.Snapshot`; ``Engine.decide`` is then a
+pure function of the request, the candidates, that snapshot and the policy, over plain data
+(``decision.py``). It is reused as-is by the adapter, ``litellm-payg explain`` and ``simulate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import logging
+import time
+from typing import Any
+
+from litellm_payg.core.decision import Candidate, Decision, Drop, RouteRequest, Step
+from litellm_payg.core.errors import PluginError, PolicyError, Problem, UnknownPriceError
+from litellm_payg.hook_chain import HookChain
+from litellm_payg.policy.load import Policy, _undotted
+from litellm_payg.rules import Rule, matches
+from litellm_payg.stores.health import HealthError, HealthStore, open_health
+from litellm_payg.core.snapshot import Snapshot
+from litellm_payg.runtime.spend import SpendControl
+
+logger = logging.getLogger("litellm_payg")
+
+
+class Engine:
+    """Applies a policy. Build one per policy; ``decide`` is safe to call concurrently."""
+
+    def __init__(self, policy: Policy, ledger: Any = None, clock: Callable[[], float] = time.time):
+        """``ledger`` overrides the policy's ledger (a URL or a Ledger, e.g. ``memory://`` for a
+        simulation); ``clock`` is the wall clock budgets are computed with (a fake one in tests)."""
+        self.policy = policy
+        self.pm = policy.plugin_manager
+        self.routes: dict[str, list[Rule]] = {
+            group: [spec.build(group, policy.models) for spec in specs]
+            for group, specs in policy.routes.items()
+        }
+        self._filters = HookChain(self.pm, "payg_filter_candidates")
+        self._observe = self.pm.hook.payg_decision
+        #: budgets and the spend ledger (reserve / settle / release)
+        self.spend = SpendControl(policy, ledger=ledger, clock=clock)
+        #: circuit breakers and latency per deployment, in the ledger's backend (``failover:`` only)
+        self.health: HealthStore | None = None
+        if policy.failover is not None:
+            url = ledger if isinstance(ledger, str) else policy.ledger
+            self.health = open_health(
+                url, breaker=policy.failover.circuit_breaker.config(), latency=policy.failover.latency.config(), clock=clock
+            )
+        #: the LiteLLM callback applying this engine, once ``attach`` bound it to a Router
+        self.adapter: object | None = None
+        self._undo: list[Callable[[], None]] = []
+
+    def detach(self) -> None:
+        """Stop governing the Router this engine was attached to (undoes ``attach``)."""
+        while self._undo:
+            self._undo.pop()()
+        self.spend.close()
+        if self.health is not None:
+            self.health.close()
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def snapshot(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Snapshot:
+        """Read what a decision about ``request`` may know: the clock, the ``downgrade`` budgets'
+        usage for each candidate (one ledger read) and the candidates' breaker and latency state
+        (one health store read). All the I/O of a decision is here; a store that cannot be read is
+        logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
+        now = self.spend.clock()  # the engine's clock (``clock=``), which the budget windows use
+        if self.health is None and not self.spend.downgrades:
+            return Snapshot(now, self.policy)  # nothing to read: most policies, on every request
+        budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)
+        health = health_error = None
+        if self.health is not None and candidates:
+            try:
+                health = self.health.snapshot([c.deployment_id for c in candidates], now)
+            except HealthError as e:  # fail open: a health store outage must not stop traffic
+                logger.warning("litellm-payg failover: health store unavailable, breakers ignored: %s", e)
+                health_error = str(e)
+        return Snapshot(now, self.policy, budgets, usage, ledger_error, health, health_error)
+
+    def decide(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot | None = None,
+               *, observe: bool = True) -> Decision:
+        """Order ``candidates`` for ``request``; every candidate left out gets a ``Drop`` with a reason.
+
+        A pure function of the request, the candidates, ``snapshot`` and the policy: the filters
+        read budgets and breakers from ``snapshot``, and nothing here reads a store. Without a
+        snapshot one is taken first (:meth:`snapshot`), which is where the reads happen.
+
+        ``observe=False`` leaves the ``payg_decision`` observers to the caller: the adapter narrows
+        the order further (failover, circuit breakers, budget reservation) and calls
+        :meth:`observe` with the pick it actually made, so observers never report a deployment
+        that did not serve the attempt."""
+        if snapshot is None:
+            snapshot = self.snapshot(request, candidates)
+        rules = self.routes.get(request.group)
+        dropped: list[Drop] = []
+        notes: list[str] = []
+        attrs: dict[str, str] = {}
+        current: Sequence[Candidate] = candidates
+
+        if request.allowed_models is not None:
+            allowed = request.allowed_models
+            kept = [c for c in current if any(matches(ref, c) for ref in allowed)]
+            if len(kept) != len(current):
+                dropped.extend(
+                    Step.drop(c, "not in the models the request allowed (payg_hints.models)", "request")
+                    for c in current
+                    if c not in kept
+                )
+            current = kept
+
+        for step in self._steps(request, current, rules or (), snapshot):
+            current = step.kept
+            dropped.extend(step.dropped)
+            if step.note:
+                notes.append(step.note)
+            if step.attrs:
+                attrs.update(step.attrs)
+
+        decision = Decision(request, list(current), dropped, notes, attrs, governed=rules is not None)
+        if observe:
+            self.observe(decision)
+        return decision
+
+    def observe(self, decision: Decision) -> None:
+        """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""
+        self._observe(request=decision.request, decision=decision)
+
+    def _steps(self, request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule],
+               snapshot: Snapshot) -> Iterable[Step]:
+        """The route's rules, then every ``payg_filter_candidates`` plugin, each applied to what the
+        previous one kept. The filters are a chain (``hook_chain.py``): one pluggy call per
+        implementation, in pluggy's order, so argument subsets, ``tryfirst``/``trylast``, wrappers
+        and tracing behave as for any other hook."""
+        current = candidates
+        for rule in rules:
+            step = rule.apply(request, current)
+            current = step.kept
+            yield step
+        for link in self._filters.links():
+            for step in link.call(request=request, candidates=current, snapshot=snapshot, engine=self):
+                if not isinstance(step, Step):
+                    raise PluginError(
+                        f"plugin {link.name}: payg_filter_candidates returned {step!r}; "
+                        "expected None or a litellm_payg.core.decision.Step"
+                    )
+                current = step.kept
+                yield step
+
+    # -- binding to a router's deployments ------------------------------------------------------
+
+    def check_deployments(self, candidates_by_group: Mapping[str, Sequence[Candidate]]) -> None:
+        """Fail at attach time, not on the first request: every model a rule names must be a
+        deployment of its group, every deployment a cost rule can reach must have a price, and every
+        budget scope that names a model, deployment, provider or group must name one the router has
+        (a budget that can never apply is a cap nobody enforces)."""
+        problems: list[Problem] = self._budget_scope_problems(candidates_by_group)
+        unpriced: list[Problem] = []
+        for group, rules in self.routes.items():
+            candidates = candidates_by_group.get(group)
+            if candidates is None:
+                problems.append(Problem(
+                    f"routes.{group}",
+                    f"the router has no model group {group!r}; it has {', '.join(sorted(candidates_by_group)) or 'none'}",
+                    self.policy.line_of(("routes", group)),
+                ))
+                continue
+            for rule in rules:
+                for field, ref in rule.model_refs():
+                    if not any(matches(ref, c) for c in candidates):
+                        problems.append(Problem(
+                            field,
+                            f"no deployment of group {group!r} is {ref!r}; the group has "
+                            + ", ".join(f"{c.model} (id {c.deployment_id})" for c in candidates),
+                            self.policy.line_of(_undotted(field)),
+                        ))
+                if rule.needs_prices:
+                    for c in candidates:
+                        if not c.priced:
+                            unpriced.append(Problem(
+                                rule.context.field,
+                                f"deployment {c.deployment_id} ({c.model}) of group {group!r} has no known price, "
+                                f"and rule {rule.name!r} compares prices",
+                                self.policy.line_of(("routes", group)),
+                                hint=f"add 'models: {{{c.model}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' "
+                                "to the policy, or input_cost_per_token/output_cost_per_token to its litellm_params",
+                            ))
+        failover = self.policy.failover
+        if failover is not None:
+            for field, group, ref in failover.model_refs():
+                candidates = candidates_by_group.get(group)
+                if candidates is None:
+                    problems.append(Problem(f"failover.chains.{group}", f"the router has no model group {group!r}",
+                                            self.policy.line_of(("failover", "chains", group))))
+                elif not any(matches(ref, c) for c in candidates):
+                    problems.append(Problem(field, f"no deployment of group {group!r} is {ref!r}",
+                                            self.policy.line_of(_undotted(field))))
+        if problems:
+            raise PolicyError(problems, self.policy.source)
+        if unpriced:
+            raise UnknownPriceError(unpriced, self.policy.source)
+
+    def _budget_scope_problems(self, candidates_by_group: Mapping[str, Sequence[Candidate]]) -> list[Problem]:
+        """A ``provider:``/``model:``/``group:``/``deployment:`` scope is matched exactly against the
+        request's deployment (``budgets._values``), so it must be one of the router's values."""
+        import difflib
+
+        from litellm_payg.core.budgets import parse_scope
+
+        everything = [c for candidates in candidates_by_group.values() for c in candidates]
+        have = {
+            "provider": sorted({c.provider for c in everything}),
+            "model": sorted({c.model for c in everything}),
+            "group": sorted(candidates_by_group),
+            "deployment": sorted({c.deployment_id for c in everything}),
+        }
+        problems = []
+        for index, budget in enumerate(self.policy.budgets):
+            kind, value = parse_scope(budget.scope)
+            if kind not in have or value == "*" or value in have[kind]:
+                continue
+            close = [m for m in have[kind] if kind == "model" and m.partition("/")[2] == value]
+            close = close or difflib.get_close_matches(value, have[kind], n=1)
+            hints = [f"did you mean 'scope: {kind}:{close[0]}'?"] if close else []
+            if kind == "model":
+                hints.append("A model scope names the LiteLLM model string exactly, provider prefix included.")
+            elif kind == "deployment":
+                hints.append("A deployment scope names a model_info.id: give the deployment a stable one in the "
+                             "LiteLLM config (a generated id changes whenever its litellm_params do).")
+            else:
+                hints.append(f"Name one of the router's {kind}s, or '{kind}:*' for each one separately.")
+            hint = " ".join(hints)
+            problems.append(Problem(
+                f"budgets[{index}].scope",
+                f"budget {budget.budget_id(index)!r} can never apply: no deployment of the router has {kind} "
+                f"{value!r}; the router has {kind}s {', '.join(map(repr, have[kind])) or 'none'}",
+                self.policy.line_of(("budgets", index, "scope")),
+                hint=hint,
+            ))
+        return problems
+
+    def expected_output_tokens(self, max_tokens: int | None) -> int:
+        return int(max_tokens) if max_tokens else self.policy.defaults.expected_output_tokens

@@ -1,0 +1,159 @@
+"""One attempt of one request, from the candidates to a single pick and back: written once.
+
+The Router adapter (``adapter/routing.py``) runs it for live traffic and ``simulate`` runs it for
+simulated traffic, so what a simulation reports is what the plugin would do, failover and circuit
+breakers included::
+
+    pick:   snapshot (budget usage, breaker states: the reads)
+            -> decide (rules and filters: a pure function of request, candidates, snapshot)
+            -> failover hop (what the last failure of this request calls for, ``failover.on``)
+            -> breaker claim (a half-open deployment's probe slot)
+            -> admit (reserve the estimate; a refused downgrade candidate passes to the next)
+            -> one Pick, given to the observers once (``payg_decision``, the decision log, metrics)
+    finish: the attempt's outcome -> settle or release the reservation, and the deployment's health
+
+Nothing here knows LiteLLM: the adapter turns LiteLLM's exceptions into a :class:`Failure` and
+LiteLLM's cost into a number before calling in, and turns :class:`GiveUp` and the budget refusal
+into what LiteLLM's callers expect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from litellm_payg.core.decision import Candidate, Decision, Drop, RouteRequest, Step
+from litellm_payg.core.errors import NoDeploymentLeft
+from litellm_payg.core.failure import Failure
+from litellm_payg.runtime.next_hop import NextHop, plan_next
+from litellm_payg.runtime.spend import Admission
+
+
+class GiveUp(Exception):
+    """``failover.on`` says the request stops at its last failure (or nothing is left to try): the
+    caller re-raises that failure's own error."""
+
+    def __init__(self, hop: NextHop):
+        super().__init__(hop.reason)
+        self.hop = hop
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The deployment one attempt goes to, the reservation that backs it, and the decision as the
+    observers saw it (the pick first, every other candidate with the reason it was not picked)."""
+
+    candidate: Candidate
+    reservation_id: str
+    decision: Decision
+    admission: Admission
+
+
+class Lifecycle:
+    """The runtime's half of an attempt, over one :class:`~litellm_payg.runtime.engine.Engine`."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def pick(
+        self,
+        request: RouteRequest,
+        candidates: Sequence[Candidate],
+        reservation_id: str,
+        *,
+        attempts: Sequence[str] = (),
+        last_failure: tuple[str, Candidate | None, Failure] | None = None,
+    ) -> Pick:
+        """Choose the deployment for this attempt and reserve its estimate.
+
+        ``attempts``: deployment ids this request already tried (earlier attempts);
+        ``last_failure``: ``(deployment id, its candidate if known, failure)`` of the last attempt,
+        if it failed.
+        Raises ``NoDeploymentLeft`` (the policy dropped everything, or every breaker is shut),
+        :class:`GiveUp`, and what ``SpendControl.admit`` raises (``BudgetRefused``, ``LedgerDown``)."""
+        engine = self.engine
+        snapshot = engine.snapshot(request, candidates)
+        decision = engine.decide(request, candidates, snapshot, observe=False)
+        if not decision.ordered:
+            engine.observe(decision)
+            raise NoDeploymentLeft(request.group, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])
+        untried = self.next_candidates(decision, request, attempts, last_failure)
+        if not decision.governed and len(untried) > 1:
+            untried = random.sample(untried, len(untried))  # no route: spread load as LiteLLM's shuffle would
+        admission = engine.spend.admit(request, untried, reservation_id, decision.attrs)
+        final = as_picked(decision, admission.candidate, untried, admission.skipped, attempts)
+        engine.observe(final)
+        return Pick(admission.candidate, reservation_id, final, admission)
+
+    def next_candidates(
+        self,
+        decision: Decision,
+        request: RouteRequest,
+        attempts: Sequence[str],
+        last_failure: tuple[str, Candidate | None, Failure] | None,
+    ) -> list[Candidate]:
+        """The candidates this pick may use, best first: untried ones, narrowed by what the last
+        failure of this request calls for (``failover.on``) and by the circuit breakers (the first
+        one a breaker allows is claimed: ``allow`` takes a half-open probe slot)."""
+        untried = [c for c in decision.ordered if c.deployment_id not in attempts]
+        failover = self.engine.policy.failover
+        if failover is not None and last_failure is not None:
+            failed_id, failed, failure = last_failure
+            hop = plan_next(failover, failure, failed, decision.ordered, attempts, request.prompt_tokens)
+            decision.notes.append(f"failover after {failed_id}: {hop.reason}")
+            if not hop.candidates:
+                raise GiveUp(hop)
+            untried = hop.candidates
+        if not untried:
+            untried = decision.ordered[:1]  # every candidate was tried: a LiteLLM retry gets the best again
+        health = self.engine.health
+        if health is not None:
+            allowed = next((c for c in untried if health.allow(c.deployment_id)), None)
+            if allowed is None:
+                raise NoDeploymentLeft(
+                    request.group, [(c.deployment_id, c.model, "circuit breaker half-open, no probe slot free") for c in untried]
+                )
+            untried = [allowed] + [c for c in untried if c is not allowed]
+        return untried
+
+    def succeeded(self, pick_or_reservation: Pick | str, deployment_id: str, cost_usd: float,
+                  latency_s: float | None = None, ttft_s: float | None = None,
+                  attrs: Mapping[str, object] | None = None) -> None:
+        """The attempt was answered: charge what it cost and record the deployment's latency."""
+        rid = pick_or_reservation.reservation_id if isinstance(pick_or_reservation, Pick) else pick_or_reservation
+        self.engine.spend.settle(rid, cost_usd, attrs)
+        if self.engine.health is not None:
+            self.engine.health.record(deployment_id, ok=True, latency_s=latency_s, ttft_s=ttft_s)
+
+    def failed(self, pick_or_reservation: Pick | str, deployment_id: str, failure: Failure,
+               charge_usd: float | None = None) -> None:
+        """The attempt failed: release its reservation (or charge ``charge_usd`` when the provider
+        answered before it failed) and feed a failure that is the deployment's to its breaker."""
+        rid = pick_or_reservation.reservation_id if isinstance(pick_or_reservation, Pick) else pick_or_reservation
+        if charge_usd is None:
+            self.engine.spend.release(rid)
+        else:
+            self.engine.spend.settle(rid, charge_usd)
+        if self.engine.health is not None and failure.cls.counts_against_deployment:
+            self.engine.health.record(deployment_id, ok=False)
+
+
+def as_picked(
+    decision: Decision, pick: Candidate, untried: Sequence[Candidate], skipped: Sequence[Drop], tried: Sequence[str]
+) -> Decision:
+    """The decision as this attempt applies it: ``pick`` first, then what the request could still
+    fall back to; every other candidate dropped with its reason (a rule, a budget refusal at
+    reservation, an earlier attempt, the failover step or a circuit breaker). What observers,
+    the decision log, metrics and response headers are given, once per attempt."""
+    refused = {d.deployment_id for d in skipped}
+    ordered = [pick] + [c for c in untried if c is not pick and c.deployment_id not in refused]
+    kept = {c.deployment_id for c in ordered}
+    dropped = list(decision.dropped) + list(skipped)
+    for c in decision.ordered:
+        if c.deployment_id in kept or c.deployment_id in refused:
+            continue
+        why = "already tried for this request" if c.deployment_id in tried else "left out by the failover step or a circuit breaker"
+        dropped.append(Step.drop(c, why, "failover"))
+    return dataclasses.replace(decision, ordered=ordered, dropped=dropped)

@@ -1,0 +1,381 @@
+"""Budgets in force: reserve before a call, settle after it, release when it did not bill.
+
+The engine asks ``SpendControl.admit`` for permission to send a request to a deployment. Admission
+reserves a pessimistic estimate (prompt tokens x input price + max output tokens x output price)
+against every budget bucket the request falls under, in one atomic ledger call, so a burst of
+concurrent requests cannot overshoot a cap. The real cost (LiteLLM's ``response_cost`` of the
+deployment that actually ran) settles the reservation; a failed call that did not bill releases it;
+a reservation nobody settles (a dead process, an abandoned stream) is charged in full when it
+expires. Every answer is recorded in the ledger, budgets or not, so ``report`` can show where the
+money went (without budgets, when it settles: nothing is reserved, so nothing is written before).
+
+``block`` and ``downgrade`` budgets are enforced at reservation; ``alert`` budgets only count.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets
+from litellm_payg.core.scopes import record_attrs, scope_values_key
+from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
+from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError
+from litellm_payg.stores.ledger import open_ledger
+from litellm_payg.core.headroom import budget_label, exhausted, scope_label
+from litellm_payg.stores.ledger.base import Ledger, LedgerError, Usage, to_nanos
+from litellm_payg.core.snapshot import CandidateBudgets
+
+logger = logging.getLogger("litellm_payg")
+
+
+class LedgerDown(PaygError):
+    """The ledger is unreachable and the policy says ``on_ledger_error: fail_closed``."""
+
+    status_code = 503
+    # Final for the request, like a budget block: LiteLLM's Router retries an error whose own
+    # ``num_retries`` is unset (three times, with backoff: ~4.8 s before a 503), and a retry a few
+    # milliseconds later only meets the same down ledger.
+    num_retries = 0
+
+
+@dataclass
+class Admission:
+    """Permission to send a request to ``candidate``, with the reservation that backs it."""
+
+    candidate: Candidate
+    reservation_id: str
+    estimate_usd: float
+    buckets: list[BudgetBucket]
+    attrs: dict[str, Any]
+    reserved: bool  # False when admitted fail-open without a ledger
+    skipped: list[Drop] = field(default_factory=list)  # downgraded away at reservation time
+    created: float = field(default_factory=time.monotonic)
+
+
+class SpendControl:
+    """The budget service of one policy. Thread-safe; the ledger is opened on first use."""
+
+    def __init__(self, policy: Any, ledger: Ledger | str | None = None, clock: Callable[[], float] = time.time):
+        self.policy = policy
+        self.budgets: list[Budget] = list(policy.budgets)
+        self.tz = policy.timezone
+        self.ttl_s = float(policy.reservation_ttl_s)
+        self.clock = clock
+        self._ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None
+        self._ledger_url = ledger if isinstance(ledger, str) else policy.ledger
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Admission] = {}
+        self._unsettled: collections.deque[tuple[Admission, float]] = collections.deque()
+        self.downgrades = any(b.on_exceed == "downgrade" for b in self.budgets)
+        self._alerting = any(b.alert_at or b.on_exceed == "alert" for b in self.budgets)
+        self._bucket_cache: dict[tuple, tuple[float, float, list[BudgetBucket]]] = {}
+
+    # -- the ledger -------------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            with self._lock:
+                if self._ledger is None:
+                    self._ledger = open_ledger(self._ledger_url)
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+    # -- which budgets a request falls under ------------------------------------------------------
+
+    def buckets(self, request: RouteRequest, candidate: Candidate, now: float | None = None) -> list[BudgetBucket]:
+        """The budget buckets a request to ``candidate`` falls under at ``now``.
+
+        Cached per scope values (``scopes.scope_values_key``) for as long as every calendar window involved lasts:
+        the window math (time zones, DST) is the costly part of a decision with budgets."""
+        if not self.budgets:
+            return []
+        t = self.clock() if now is None else now
+        key = scope_values_key(request, candidate)
+        cached = self._bucket_cache.get(key)
+        if cached is not None and cached[0] <= t < cached[1]:
+            return cached[2]
+        found = all_buckets(self.budgets, request, candidate, datetime.fromtimestamp(t, timezone.utc), self.tz)
+        # downgrade budgets refuse at reservation too (then the next candidate is tried)
+        result = [
+            replace(bb, bucket=replace(bb.bucket, enforce=True)) if bb.budget.on_exceed == "downgrade" else bb
+            for bb in found
+        ]
+        starts = [bb.window_start.timestamp() for bb in result if bb.window_start is not None]
+        ends = [bb.resets_at.timestamp() for bb in result if bb.resets_at is not None]
+        valid_from = max(starts) if starts else float("-inf")
+        valid_to = min(ends) if ends else float("inf")
+        if len(self._bucket_cache) > 50_000:
+            self._bucket_cache.clear()
+        self._bucket_cache[key] = (valid_from, valid_to, result)
+        return result
+
+    def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
+        """Pessimistic: every max output token may be used (reasoning models do), by each of the
+        ``n`` answers the request asks for."""
+        out = (request.max_tokens or self.policy.defaults.reserve_output_tokens) * max(1, request.choices)
+        if not candidate.priced:
+            return 0.0
+        return candidate.estimate_usd(request.prompt_tokens, out)
+
+    # -- before the call --------------------------------------------------------------------------
+
+    def downgrade_budgets(
+        self, request: RouteRequest, candidates: Sequence[Candidate], now: float
+    ) -> tuple[dict[str, CandidateBudgets], dict[str, Usage], str | None]:
+        """What a decision needs to know about ``downgrade`` budgets, read in one ledger call:
+        ``(per candidate id: its downgrade buckets and reservation estimate, usage by bucket key,
+        why the ledger could not be read)``. Empty when no downgrade budget applies.
+
+        The I/O half of budget headroom (``Engine.snapshot``); the pure half is
+        ``headroom.headroom``. Reservation is still the authority; headroom makes the decision
+        (and ``explain``) say why."""
+        if not self.downgrades or not candidates:
+            return {}, {}, None
+        per_candidate: dict[str, CandidateBudgets] = {}
+        wanted: dict[str, Any] = {}
+        for c in candidates:
+            mine = tuple(bb for bb in self.buckets(request, c, now) if bb.budget.on_exceed == "downgrade")
+            if mine:
+                per_candidate[c.deployment_id] = CandidateBudgets(mine, self.reserve_estimate(request, c))
+                for bb in mine:
+                    wanted[bb.bucket.key] = bb.bucket
+        if not wanted:
+            return {}, {}, None
+        try:
+            usage = self.ledger.usage(list(wanted.values()), now=now)
+        except LedgerError as exc:
+            logger.warning("litellm-payg: cannot read budget usage (%s); downgrade checks wait for reservation", exc)
+            return {}, {}, str(exc)
+        return per_candidate, usage, None
+
+    def admit(
+        self,
+        request: RouteRequest,
+        ordered: Sequence[Candidate],
+        reservation_id: str,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> Admission:
+        """Reserve for the first candidate whose budgets have room. A ``downgrade`` refusal moves
+        on to the next candidate; a ``block`` refusal raises :class:`~litellm_payg.core.errors.BudgetRefused` (the adapter raises it as LiteLLM's ``BudgetExceededError``).
+
+        A policy without budgets has nothing to enforce, so nothing is written to the ledger on
+        the caller's path: the request is admitted in memory and recorded when it settles (on
+        LiteLLM's logging worker, after the caller has its answer), as an admission without a
+        reservation is under ``fail_open``."""
+        if not self.budgets:
+            candidate = ordered[0]
+            admission = Admission(candidate, reservation_id, self.reserve_estimate(request, candidate), [],
+                                  _attrs(request, candidate, attrs), reserved=False)
+            with self._lock:
+                self._inflight[reservation_id] = admission
+                self._prune()
+            return admission
+        skipped: list[Drop] = []
+        for candidate in ordered:
+            estimate = self.reserve_estimate(request, candidate)
+            found = self.buckets(request, candidate)
+            record = _attrs(request, candidate, attrs)
+            admission = Admission(candidate, reservation_id, estimate, found, record, reserved=True, skipped=skipped)
+            try:
+                result = self.ledger.reserve(
+                    reservation_id, [bb.bucket for bb in found], estimate, self.ttl_s, now=self.clock(), attrs=record
+                )
+            except LedgerError as exc:
+                return self._ledger_failed(exc, admission)
+            if result.ok:
+                self._flush_unsettled()
+                with self._lock:
+                    self._inflight[reservation_id] = admission
+                    self._prune()
+                return admission
+            refused = next(bb for bb in found if bb.bucket.key == result.refused_by)
+            usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
+            if refused.budget.on_exceed == "block":
+                raise _exceeded(refused, usage, estimate)
+            skipped.append(Step.drop(candidate, exhausted(refused, usage, estimate), "budget", budget_label(refused)))
+        reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
+        from litellm_payg.core.errors import NoDeploymentLeft
+
+        raise NoDeploymentLeft(request.group, reasons, skipped)
+
+    def _ledger_failed(self, exc: LedgerError, admission: Admission) -> Admission:
+        if self.policy.on_ledger_error == "fail_closed":
+            logger.error("litellm-payg: ledger %s unavailable, refusing the request (on_ledger_error: fail_closed): %s", self._ledger_url, exc)
+            raise LedgerDown(
+                f"litellm-payg: the budget ledger is unavailable ({exc}); requests are refused because the "
+                "policy says on_ledger_error: fail_closed"
+            ) from exc
+        logger.error("litellm-payg: ledger %s unavailable, admitting without a reservation (fail_open): %s", self._ledger_url, exc)
+        admission.reserved = False
+        with self._lock:
+            self._inflight[admission.reservation_id] = admission
+        return admission
+
+    # -- after the call ---------------------------------------------------------------------------
+
+    def settle(self, reservation_id: str, cost_usd: float, attrs: Mapping[str, Any] | None = None) -> None:
+        """Charge the real cost. Never loses a charge: if the ledger is down it is kept and replayed."""
+        with self._lock:
+            admission = self._inflight.pop(reservation_id, None)
+        if admission is None:
+            return
+        if attrs:
+            admission.attrs.update(attrs)
+        self._charge(admission, cost_usd)
+        if self._alerting:
+            self._check_alerts(admission)
+
+    def reserved_usd(self, reservation_id: str) -> float | None:
+        """The amount reserved for an open reservation (its pessimistic estimate), or None if it is
+        not open here. The last resort for charging an answer whose cost cannot be worked out: it
+        billed, so it must not be recorded at $0."""
+        with self._lock:
+            admission = self._inflight.get(reservation_id)
+        return None if admission is None else admission.estimate_usd
+
+    def release(self, reservation_id: str) -> None:
+        """The call did not bill: free its reservation."""
+        with self._lock:
+            admission = self._inflight.pop(reservation_id, None)
+        if admission is None or not admission.reserved:
+            return
+        try:
+            self.ledger.release(reservation_id)
+        except LedgerError as exc:
+            logger.warning("litellm-payg: could not release reservation %s (%s); it will expire and be charged", reservation_id, exc)
+
+    def _charge(self, admission: Admission, cost_usd: float) -> None:
+        try:
+            to_nanos(cost_usd, "cost_usd")
+        except InvalidAmount as exc:
+            # The call billed, but the ledger cannot store what it was said to cost (nan, negative,
+            # absurd): charge the reservation's estimate, which the ledger accepted at admission,
+            # rather than nothing. Not an outage: nothing is kept for replay.
+            logger.error("litellm-payg: %s; charging reservation %s its estimate $%.9f instead",
+                         exc, admission.reservation_id, admission.estimate_usd)
+            cost_usd = admission.estimate_usd
+        try:
+            if not admission.reserved:
+                # admitted fail-open: book it now as a reservation that settles at once
+                self.ledger.reserve(
+                    admission.reservation_id,
+                    [replace(bb.bucket, enforce=False) for bb in admission.buckets],
+                    cost_usd,
+                    self.ttl_s,
+                    now=self.clock(),
+                    attrs=admission.attrs,
+                )
+            self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs)
+        except LedgerError as exc:
+            logger.error("litellm-payg: ledger unavailable, keeping a charge of $%.9f to replay: %s", cost_usd, exc)
+            with self._lock:
+                self._unsettled.append((admission, cost_usd))
+            return
+        self._flush_unsettled()
+
+    def _flush_unsettled(self) -> None:
+        while True:
+            with self._lock:
+                if not self._unsettled:
+                    return
+                admission, cost = self._unsettled.popleft()
+            try:
+                if not admission.reserved:
+                    self.ledger.reserve(
+                        admission.reservation_id, [replace(bb.bucket, enforce=False) for bb in admission.buckets],
+                        cost, self.ttl_s, now=self.clock(), attrs=admission.attrs,
+                    )
+                self.ledger.settle(admission.reservation_id, cost, now=self.clock(), attrs=admission.attrs)
+            except LedgerError:
+                with self._lock:
+                    self._unsettled.appendleft((admission, cost))
+                return
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests not yet settled or released (still running, or never reported back
+        and not yet expired). Without budgets these are not in the ledger, so "is everything
+        settled?" asks this as well as the ledger's open reservations."""
+        with self._lock:
+            return len(self._inflight)
+
+    @property
+    def unsettled(self) -> int:
+        """Charges waiting for the ledger to come back."""
+        return len(self._unsettled)
+
+    def _prune(self) -> None:
+        # abandoned streams never settle; the ledger charges them on expiry, we just forget them
+        horizon = time.monotonic() - self.ttl_s
+        while self._inflight:
+            rid, oldest = next(iter(self._inflight.items()))
+            if oldest.created > horizon:
+                return
+            del self._inflight[rid]
+
+    # -- alerts -----------------------------------------------------------------------------------
+
+    def _check_alerts(self, admission: Admission) -> None:
+        watched = [bb for bb in admission.buckets if bb.budget.alert_at or bb.budget.on_exceed == "alert"]
+        if not watched:
+            return
+        try:
+            usage = self.ledger.usage([bb.bucket for bb in watched], now=self.clock())
+        except LedgerError:
+            return
+        now = self.clock()
+        for bb in watched:
+            spent = usage[bb.bucket.key].spent_usd
+            thresholds = list(bb.budget.alert_at)
+            if bb.budget.on_exceed == "alert" and 1.0 not in thresholds:
+                thresholds.append(1.0)
+            for threshold in thresholds:
+                if spent < threshold * bb.budget.limit_usd:
+                    continue
+                if bb.resets_at is not None:
+                    ttl = max(1.0, bb.resets_at.timestamp() - now)
+                else:
+                    ttl = float(bb.bucket.rolling_s or 3600)
+                if not self.ledger.claim_once(f"alert|{bb.bucket.key}|{threshold}", ttl, now=now):
+                    continue
+                self.policy.plugin_manager.hook.payg_budget_alert(
+                    budget=bb.budget,
+                    bucket=bb.bucket.key,
+                    scope=scope_label(bb),
+                    threshold=threshold,
+                    spent_usd=spent,
+                    limit_usd=bb.budget.limit_usd,
+                    resets_at=bb.resets_at,
+                    policy=self.policy,
+                )
+
+
+def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float) -> BudgetRefused:
+    return BudgetRefused(
+        budget=budget_label(bb),
+        scope=scope_label(bb),
+        window=bb.budget.window,
+        spent_usd=usage.spent_usd,
+        reserved_usd=usage.reserved_usd,
+        limit_usd=bb.budget.limit_usd,
+        estimate_usd=estimate,
+        resets_at=bb.resets_at,
+    )
+
+
+def _attrs(request: RouteRequest, candidate: Candidate, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = record_attrs(request, candidate)  # every scope's value, under the name reports filter on
+    if extra:
+        out.update(extra)
+    return out

@@ -1,0 +1,244 @@
+"""The budget ledger interface shared by every backend.
+
+The rule every backend implements is *reserve, then settle*:
+
+* ``reserve`` atomically adds a pessimistic estimate to every bucket a request
+  falls under, and refuses (changing nothing) if any enforced bucket would end
+  up with ``spent + reserved + amount > limit``. Refusing only in that case is
+  what keeps a burst from "phantom blocking": a reservation never fails
+  because of money that is not actually committed.
+* ``settle`` replaces the estimate by the real cost; ``release`` drops it when
+  the call did not bill.
+* a reservation that is neither settled nor released before its TTL (its
+  process died, its stream was abandoned) is charged *in full* by the next
+  ``reserve``/``expire`` that sees it. Dropping it silently would let a crash
+  loop spend without ever being counted.
+
+Money is stored as integer nano-dollars so that counters never accumulate
+float error and compare exactly; the amount passed to ``settle`` is also kept
+verbatim (as a float) in the spend records so reports can be reconciled with
+LiteLLM's own cost to well under 1e-9 USD.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from litellm_payg.core.bounds import MAX_USD
+from litellm_payg.core.buckets import Bucket, Usage  # re-exported: the data every backend counts
+from litellm_payg.core.errors import InvalidAmount
+
+NANOS_PER_USD = 1_000_000_000
+
+#: the largest amount (a charge, a reservation or a limit) a ledger stores: 1e18 nano-dollars, so
+#: a counter (a signed 64-bit integer in SQLite and Redis) keeps 9x headroom for counters that
+#: count past their limit (alert budgets, track-only buckets)
+MAX_AMOUNT_USD = MAX_USD
+
+#: Rolling windows are kept as this many time slices. A charge stays counted
+#: for at least the window length and at most one slice longer, i.e. the
+#: approximation always errs on the side of *more* spend, never less.
+ROLLING_SLICES = 60
+
+
+class LedgerError(ValueError):
+    """A ledger was misused or misconfigured (bad URL, bad amount, ...)."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The backend could not be reached; the caller decides fail-open/closed."""
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    ok: bool
+    reservation_id: str
+    refused_by: str | None = None
+    #: usage of every bucket BEFORE this reservation (also when refused)
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpendRecord:
+    """One settled (or expired-and-charged) charge, for reports."""
+
+    ts: float
+    reservation_id: str
+    amount_usd: float
+    buckets: tuple[str, ...]
+    #: deployment, model, provider, group, user, team, key, tags, kind
+    #: ("settled" | "expired")
+    attrs: dict
+
+
+class Ledger(ABC):
+    """Abstract budget ledger; every method is synchronous and thread-safe."""
+
+    url: str
+
+    @abstractmethod
+    def reserve(
+        self,
+        reservation_id: str,
+        buckets: Sequence[Bucket],
+        amount_usd: float,
+        ttl_s: float,
+        now: float | None = None,
+        attrs: Mapping | None = None,
+    ) -> ReserveResult:
+        """Atomically reserve ``amount_usd`` on every bucket, or on none.
+
+        Expired reservations are charged first so that the decision is made
+        against everything that was really committed. Reserving an id that is
+        already open is idempotent (returns ok without reserving twice), which
+        makes a retry after a lost reply safe.
+        """
+
+    @abstractmethod
+    def settle(
+        self,
+        reservation_id: str,
+        actual_usd: float,
+        now: float | None = None,
+        attrs: Mapping | None = None,
+    ) -> bool:
+        """Replace the reservation by the real cost.
+
+        Returns False (and charges nothing) if the reservation is unknown --
+        already settled, released or expired-and-charged -- so a retried
+        settle can never double charge. A reservation past its TTL that no
+        sweep has charged yet is still settled with its real cost.
+        """
+
+    @abstractmethod
+    def release(self, reservation_id: str) -> bool:
+        """Drop a reservation without charging (the call did not bill)."""
+
+    @abstractmethod
+    def usage(self, buckets: Sequence[Bucket], now: float | None = None) -> dict[str, Usage]:
+        """Current spent/reserved of each bucket, read in one round trip."""
+
+    @abstractmethod
+    def expire(self, now: float | None = None) -> int:
+        """Charge every reservation past its TTL in full; return how many."""
+
+    @abstractmethod
+    def records(self, since: float | None = None) -> list[SpendRecord]:
+        """Settled history (settled and expired charges), oldest first."""
+
+    @abstractmethod
+    def claim_once(self, key: str, ttl_s: float, now: float | None = None) -> bool:
+        """True the first time ``key`` is claimed (until ``ttl_s`` passes), False after.
+
+        Shared by every process on the ledger, so "fire this alert once per threshold per window"
+        holds across replicas.
+        """
+
+    @abstractmethod
+    def open_reservations(self) -> int:
+        """Number of reservations neither settled, released nor expired."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections/handles. The ledger is unusable afterwards."""
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+# -- helpers shared by the backends ---------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and ``repr``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def to_nanos(usd: float, what: str = "amount_usd") -> int:
+    """Convert a USD float to integer nano-dollars, rejecting nonsense before any write.
+
+    Negative, non-finite or too large amounts raise :class:`InvalidAmount` (not a
+    ``LedgerError``: the ledger is fine, the amount is not). A negative "cost" would let a buggy
+    caller free budget it never reserved; nan/inf cannot be an integer; above ``MAX_AMOUNT_USD``
+    a counter could overflow SQLite's or Redis's 64-bit integers.
+    """
+    if isinstance(usd, bool) or not isinstance(usd, (int, float)):
+        raise InvalidAmount(f"{what} must be a number, got {usd!r}")
+    if not math.isfinite(usd) or usd < 0:
+        raise InvalidAmount(f"{what} must be a finite number >= 0, got {usd!r}")
+    if usd > MAX_AMOUNT_USD:
+        raise InvalidAmount(f"{what} must be at most {MAX_AMOUNT_USD:g} USD (what a ledger counter can hold), got {usd!r}")
+    return int(round(usd * NANOS_PER_USD))
+
+
+def from_nanos(nanos: int) -> float:
+    return nanos / NANOS_PER_USD
+
+
+def limit_nanos(bucket: Bucket) -> int | None:
+    """The refusal threshold of a bucket, or None if it never refuses."""
+    if not bucket.enforce or bucket.limit_usd is None:
+        return None
+    return to_nanos(bucket.limit_usd, "limit_usd")
+
+
+def slice_width(rolling_s: float) -> float:
+    return rolling_s / ROLLING_SLICES
+
+
+def slice_index(ts: float, rolling_s: float) -> int:
+    """Index of the time slice ``ts`` falls in for a rolling window."""
+    return math.floor(ts / slice_width(rolling_s))
+
+
+def oldest_live_slice(now: float, rolling_s: float) -> int:
+    """Slices with an index >= this are still inside the rolling window.
+
+    Slice k covers [k*w, (k+1)*w); keeping it while ``now - rolling_s`` has not
+    passed its *end* means a charge is never forgotten early.
+    """
+    return math.floor((now - rolling_s) / slice_width(rolling_s))
+
+
+def check_buckets(buckets: Sequence[Bucket]) -> None:
+    keys = [b.key for b in buckets]
+    if len(set(keys)) != len(keys):
+        raise LedgerError(f"duplicate bucket keys in one reservation: {keys}")
+    for b in buckets:
+        if not b.key:
+            raise LedgerError("bucket key must be a non-empty string")
+        if b.rolling_s is not None and not (b.rolling_s > 0 and math.isfinite(b.rolling_s)):
+            raise LedgerError(f"bucket {b.key!r}: rolling_s must be > 0, got {b.rolling_s!r}")
+
+
+def check_ttl(ttl_s: float) -> None:
+    if not (isinstance(ttl_s, (int, float)) and math.isfinite(ttl_s) and ttl_s > 0):
+        raise LedgerError(f"ttl_s must be a finite number > 0, got {ttl_s!r}")
+
+
+def clock(now: float | None) -> float:
+    return time.time() if now is None else float(now)
+
+
+def clean_attrs(attrs: Mapping | None) -> dict[str, Any]:
+    """Attributes as a JSON-friendly dict (tags tuples become lists)."""
+    out: dict[str, Any] = {}
+    for k, v in (attrs or {}).items():
+        out[str(k)] = list(v) if isinstance(v, (tuple, set, frozenset)) else v
+    return out

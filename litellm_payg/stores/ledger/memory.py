@@ -1,0 +1,215 @@
+"""In-process ledger: one lock around plain dicts.
+
+For a single process (tests, a lone proxy, benchmarks' baseline). Nothing
+survives a restart, so caps restart from zero; use sqlite/redis when that
+matters.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from litellm_payg.stores.ledger.base import (
+    Bucket,
+    Ledger,
+    LedgerError,
+    ReserveResult,
+    SpendRecord,
+    Usage,
+    check_buckets,
+    check_ttl,
+    clean_attrs,
+    clock,
+    from_nanos,
+    limit_nanos,
+    oldest_live_slice,
+    slice_index,
+    to_nanos,
+)
+
+
+@dataclass
+class _Counter:
+    rolling_s: float | None
+    expires_at: float | None
+    spent: int = 0
+    reserved: int = 0
+    slices: dict[int, int] = field(default_factory=dict)
+
+    def spent_at(self, now: float) -> int:
+        if self.rolling_s is None:
+            return self.spent
+        floor = oldest_live_slice(now, self.rolling_s)
+        return sum(v for i, v in self.slices.items() if i >= floor)
+
+    def add(self, amount: int, ts: float) -> None:
+        """Charge at ``ts``; rolling buckets also drop slices that aged out."""
+        if self.rolling_s is None:
+            self.spent += amount
+            return
+        floor = oldest_live_slice(ts, self.rolling_s)
+        for idx in [i for i in self.slices if i < floor]:
+            del self.slices[idx]
+        idx = slice_index(ts, self.rolling_s)
+        self.slices[idx] = self.slices.get(idx, 0) + amount
+
+
+@dataclass
+class _Reservation:
+    amount: int
+    expires_at: float
+    buckets: tuple[Bucket, ...]
+    attrs: dict
+
+
+class MemoryLedger(Ledger):
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._counters: dict[str, _Counter] = {}
+        self._res: dict[str, _Reservation] = {}
+        self._expiry: list[tuple[float, str]] = []  # heap; stale entries skipped
+        self._records: list[SpendRecord] = []
+        self._claims: dict[str, float] = {}
+        self._closed = False
+
+    # -- internals (lock held) ------------------------------------------
+
+    def _counter(self, b: Bucket) -> _Counter:
+        c = self._counters.get(b.key)
+        if c is None:
+            c = self._counters[b.key] = _Counter(b.rolling_s, b.expires_at)
+        elif b.expires_at is not None and (c.expires_at is None or b.expires_at > c.expires_at):
+            c.expires_at = b.expires_at
+        return c
+
+    def _charge(self, rid: str, res: _Reservation, amount: int, amount_usd: float, ts: float, kind: str) -> None:
+        for b in res.buckets:
+            c = self._counter(b)
+            c.reserved = max(0, c.reserved - res.amount)
+            c.add(amount, ts)
+        attrs = dict(res.attrs, kind=kind)
+        self._records.append(SpendRecord(ts, rid, amount_usd, tuple(b.key for b in res.buckets), attrs))
+
+    def _expire(self, now: float) -> int:
+        n = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            exp, rid = heapq.heappop(self._expiry)
+            res = self._res.get(rid)
+            if res is None or res.expires_at != exp:
+                continue
+            del self._res[rid]
+            self._charge(rid, res, res.amount, from_nanos(res.amount), res.expires_at, "expired")
+            n += 1
+        return n
+
+    def _usage(self, buckets: Sequence[Bucket], now: float) -> dict[str, Usage]:
+        out = {}
+        for b in buckets:
+            c = self._counters.get(b.key)
+            if c is None:
+                out[b.key] = Usage(0.0, 0.0)
+            else:
+                out[b.key] = Usage(from_nanos(c.spent_at(now)), from_nanos(c.reserved))
+        return out
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError(f"ledger {self.url} is closed")
+
+    # -- interface --------------------------------------------------------
+
+    def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
+        buckets = tuple(buckets)
+        check_buckets(buckets)
+        check_ttl(ttl_s)
+        amount = to_nanos(amount_usd)
+        now = clock(now)
+        with self._lock:
+            self._check_open()
+            self._expire(now)
+            before = self._usage(buckets, now)
+            if reservation_id in self._res:
+                return ReserveResult(True, reservation_id, None, before)
+            for b in buckets:
+                lim = limit_nanos(b)
+                if lim is None:
+                    continue
+                c = self._counters.get(b.key)
+                used = 0 if c is None else c.spent_at(now) + c.reserved
+                if used + amount > lim:
+                    return ReserveResult(False, reservation_id, b.key, before)
+            for b in buckets:
+                self._counter(b).reserved += amount
+            exp = now + ttl_s
+            self._res[reservation_id] = _Reservation(amount, exp, buckets, clean_attrs(attrs))
+            heapq.heappush(self._expiry, (exp, reservation_id))
+            return ReserveResult(True, reservation_id, None, before)
+
+    def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+        actual = to_nanos(actual_usd, "actual_usd")
+        now = clock(now)
+        with self._lock:
+            self._check_open()
+            res = self._res.pop(reservation_id, None)
+            if res is None:
+                return False
+            res.attrs.update(clean_attrs(attrs))
+            self._charge(reservation_id, res, actual, float(actual_usd), now, "settled")
+            return True
+
+    def release(self, reservation_id):
+        with self._lock:
+            self._check_open()
+            res = self._res.pop(reservation_id, None)
+            if res is None:
+                return False
+            for b in res.buckets:
+                c = self._counter(b)
+                c.reserved = max(0, c.reserved - res.amount)
+            return True
+
+    def usage(self, buckets, now=None):
+        now = clock(now)
+        with self._lock:
+            self._check_open()
+            return self._usage(tuple(buckets), now)
+
+    def expire(self, now=None):
+        now = clock(now)
+        with self._lock:
+            self._check_open()
+            n = self._expire(now)
+            # garbage collect finished calendar buckets nobody still reserves on
+            for key in [k for k, c in self._counters.items()
+                        if c.expires_at is not None and c.expires_at <= now and c.reserved == 0]:
+                del self._counters[key]
+            return n
+
+    def records(self, since=None):
+        with self._lock:
+            self._check_open()
+            recs = self._records if since is None else [r for r in self._records if r.ts >= since]
+            return sorted(recs, key=lambda r: r.ts)
+
+    def claim_once(self, key, ttl_s, now=None):
+        check_ttl(ttl_s)
+        now = clock(now)
+        with self._lock:
+            self._check_open()
+            until = self._claims.get(key)
+            if until is not None and until > now:
+                return False
+            self._claims[key] = now + ttl_s
+            return True
+
+    def open_reservations(self):
+        with self._lock:
+            return len(self._res)
+
+    def close(self):
+        with self._lock:
+            self._closed = True

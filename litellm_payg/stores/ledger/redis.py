@@ -1,0 +1,303 @@
+"""Redis ledger: caps shared by several proxy replicas.
+
+Each phase (reserve / settle / release / usage / an expiry sweep) is ONE Lua
+script, i.e. one atomic round trip: Redis runs scripts serially, so replicas
+cannot interleave a read of "room left" with another replica's write, and a
+crash between two commands cannot leave a half-applied reservation.
+
+Layout under the key prefix ``P`` (``?prefix=`` in the URL, default
+``payg:``):
+
+* ``P b:<bucket key>`` hash: ``r`` reserved, ``s`` spent (calendar), and
+  ``w<slice>`` fields for rolling windows; all integer nano-USD.
+* ``P res:<id>`` hash: amount, expiry, bucket specs, attrs of an open
+  reservation. It has no TTL on purpose: an abandoned reservation must be
+  *charged* by a sweep, never vanish.
+* ``P exp`` sorted set of open reservation ids by expiry time.
+* ``P rec`` sorted set of spend records (JSON) by timestamp.
+
+Amounts are written with HINCRBY from decimal strings (exact 64-bit); Lua only
+*compares* them as doubles, exact below 2**53 nano-USD (~9M USD per bucket).
+Expiry sweeps touch bucket keys not declared in KEYS, so this targets a
+single Redis (or a primary with replicas), not Redis Cluster. Times are the
+caller's clock; replicas are assumed NTP-synchronised (a skew only shifts
+when a dead reservation is charged, it never drops it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Sequence
+
+import redis as redis_lib
+
+from litellm_payg.stores.redis_client import connect
+from litellm_payg.stores.ledger.base import (
+    redact_url,
+    Bucket,
+    Ledger,
+    LedgerError,
+    LedgerUnavailable,
+    ReserveResult,
+    SpendRecord,
+    Usage,
+    check_buckets,
+    check_ttl,
+    clean_attrs,
+    clock,
+    from_nanos,
+    limit_nanos,
+    to_nanos,
+)
+
+#: expired reservations charged per reserve() call (bounds script run time;
+#: expire() loops until none are left)
+EXPIRE_BATCH = 100
+
+_PRELUDE = r"""
+local P = ARGV[1]
+local function nn(v) if v == cjson.null then return nil end return v end
+local function fmt(n) return string.format('%d', n) end
+local function spent_of(bkey, rs, now, prune)
+  if rs == nil then return tonumber(redis.call('HGET', bkey, 's') or '0') end
+  local floor = math.floor((now - rs) / (rs / 60))
+  local total = 0
+  local h = redis.call('HGETALL', bkey)
+  for i = 1, #h, 2 do
+    local f = h[i]
+    if string.sub(f, 1, 1) == 'w' then
+      if tonumber(string.sub(f, 2)) >= floor then total = total + tonumber(h[i + 1])
+      elseif prune then redis.call('HDEL', bkey, f) end
+    end
+  end
+  return total
+end
+local function reserved_of(bkey) return tonumber(redis.call('HGET', bkey, 'r') or '0') end
+local function decr_reserved(bkey, amt)
+  if amt ~= '0' then
+    if redis.call('HINCRBY', bkey, 'r', '-' .. amt) < 0 then redis.call('HSET', bkey, 'r', '0') end
+  end
+end
+-- relative TTLs, so a skewed or fake caller clock never deletes live data
+local function keep(bkey, rs, bexp, now, res_exp)
+  local secs
+  if rs ~= nil then secs = math.max(now, res_exp) - now + rs + 2 * rs / 60 + 60
+  elseif bexp ~= nil then secs = math.max(bexp - now, res_exp - now + 60, 60)
+  else return end
+  redis.call('PEXPIRE', bkey, fmt(math.ceil(secs * 1000)))
+end
+local function charge(rid, specs_json, reserved, amount, ts_str, kind, attrs_json, extra_json, amt_repr)
+  local ts = tonumber(ts_str)
+  for _, s in ipairs(cjson.decode(specs_json)) do
+    local bkey = P .. 'b:' .. s[1]
+    local rs = nn(s[2])
+    decr_reserved(bkey, reserved)
+    if rs == nil then
+      redis.call('HINCRBY', bkey, 's', amount)
+    else
+      redis.call('HINCRBY', bkey, 'w' .. fmt(math.floor(ts / (rs / 60))), amount)
+      spent_of(bkey, rs, ts, true)
+    end
+    keep(bkey, rs, nn(s[3]), ts, ts)
+  end
+  local member = '{"rid":' .. cjson.encode(rid) .. ',"kind":"' .. kind .. '","n":"' .. amount ..
+    '","amt":' .. amt_repr .. ',"ts":' .. ts_str .. ',"b":' .. specs_json ..
+    ',"t":' .. attrs_json .. ',"u":' .. extra_json .. '}'
+  redis.call('ZADD', P .. 'rec', ts_str, member)
+end
+local function expire_due(now_str, batch)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now_str, 'LIMIT', 0, batch)
+  for _, rid in ipairs(due) do
+    local rk = P .. 'res:' .. rid
+    local h = redis.call('HMGET', rk, 'a', 'e', 'b', 't')
+    redis.call('ZREM', P .. 'exp', rid)
+    if h[1] then
+      redis.call('DEL', rk)
+      charge(rid, h[3], h[1], h[1], h[2], 'expired', h[4], '{}', 'null')
+    end
+  end
+  return #due
+end
+"""
+
+# KEYS: exp, rec, res, bucket keys...   ARGV: P, now, amount, res_expiry, rid,
+# specs_json, attrs_json, batch, limit per bucket ('' = never refuses)
+_RESERVE = _PRELUDE + r"""
+local now = tonumber(ARGV[2])
+expire_due(ARGV[2], tonumber(ARGV[8]))
+local specs = cjson.decode(ARGV[6])
+local out, used = {}, {}
+for i, s in ipairs(specs) do
+  local sp = spent_of(KEYS[3 + i], nn(s[2]), now, false)
+  local rv = reserved_of(KEYS[3 + i])
+  out[#out + 1] = fmt(sp); out[#out + 1] = fmt(rv)
+  used[i] = sp + rv
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0, out} end
+local amount = tonumber(ARGV[3])
+for i = 1, #specs do
+  local lim = ARGV[8 + i]
+  if lim ~= '' and used[i] + amount > tonumber(lim) then return {0, i, out} end
+end
+local res_exp = tonumber(ARGV[4])
+for i, s in ipairs(specs) do
+  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[3 + i], 'r', ARGV[3]) end
+  keep(KEYS[3 + i], nn(s[2]), nn(s[3]), now, res_exp)
+end
+redis.call('HSET', KEYS[3], 'a', ARGV[3], 'e', ARGV[4], 'b', ARGV[6], 't', ARGV[7])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[5])
+return {1, 0, out}
+"""
+
+# KEYS: exp, rec, res   ARGV: P, now, actual nanos, actual repr, rid, attrs_json
+_SETTLE = _PRELUDE + r"""
+local h = redis.call('HMGET', KEYS[3], 'a', 'e', 'b', 't')
+if not h[1] then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[5])
+charge(ARGV[5], h[3], h[1], ARGV[3], ARGV[2], 'settled', h[4], ARGV[6], ARGV[4])
+return 1
+"""
+
+# KEYS: exp, res   ARGV: P, rid
+_RELEASE = _PRELUDE + r"""
+local h = redis.call('HMGET', KEYS[2], 'a', 'b')
+if not h[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+for _, s in ipairs(cjson.decode(h[2])) do decr_reserved(P .. 'b:' .. s[1], h[1]) end
+return 1
+"""
+
+# KEYS: bucket keys   ARGV: P, now, specs_json
+_USAGE = _PRELUDE + r"""
+local now = tonumber(ARGV[2])
+local out = {}
+for i, s in ipairs(cjson.decode(ARGV[3])) do
+  out[#out + 1] = fmt(spent_of(KEYS[i], nn(s[2]), now, false))
+  out[#out + 1] = fmt(reserved_of(KEYS[i]))
+end
+return out
+"""
+
+# KEYS: exp, rec   ARGV: P, now, batch
+_EXPIRE = _PRELUDE + r"""
+return expire_due(ARGV[2], tonumber(ARGV[3]))
+"""
+
+
+
+class RedisLedger(Ledger):
+    def __init__(self, url: str) -> None:
+        self.url = redact_url(url)
+        try:
+            self._r, self.prefix = connect(url)
+        except ValueError as e:
+            raise LedgerError(f"bad Redis ledger URL {self.url}: {e}") from e
+        self._reserve = self._r.register_script(_RESERVE)
+        self._settle = self._r.register_script(_SETTLE)
+        self._release = self._r.register_script(_RELEASE)
+        self._usage = self._r.register_script(_USAGE)
+        self._expire = self._r.register_script(_EXPIRE)
+        self._lock = threading.Lock()  # only guards close()
+
+    # -- helpers ------------------------------------------------------------
+
+    def _k(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    def _call(self, script, keys, args):
+        try:
+            return script(keys=keys, args=[self.prefix, *args])
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+            raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
+        except redis_lib.RedisError as e:
+            raise LedgerError(f"Redis ledger {self.url} error: {e}") from e
+
+    @staticmethod
+    def _specs(buckets: Sequence[Bucket]) -> str:
+        return json.dumps([[b.key, b.rolling_s, b.expires_at] for b in buckets], ensure_ascii=False)
+
+    @staticmethod
+    def _pairs(buckets: Sequence[Bucket], flat: list) -> dict[str, Usage]:
+        return {b.key: Usage(from_nanos(int(flat[2 * i])), from_nanos(int(flat[2 * i + 1])))
+                for i, b in enumerate(buckets)}
+
+    # -- interface --------------------------------------------------------
+
+    def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
+        buckets = tuple(buckets)
+        check_buckets(buckets)
+        check_ttl(ttl_s)
+        amount = to_nanos(amount_usd)
+        now = clock(now)
+        limits = ["" if (lim := limit_nanos(b)) is None else str(lim) for b in buckets]
+        keys = [self._k("exp"), self._k("rec"), self._k("res:" + reservation_id),
+                *(self._k("b:" + b.key) for b in buckets)]
+        args = [repr(now), str(amount), repr(now + ttl_s), reservation_id, self._specs(buckets),
+                json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False), EXPIRE_BATCH, *limits]
+        ok, refused, flat = self._call(self._reserve, keys, args)
+        before = self._pairs(buckets, flat)
+        return ReserveResult(bool(ok), reservation_id, buckets[refused - 1].key if refused else None, before)
+
+    def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+        actual = to_nanos(actual_usd, "actual_usd")
+        now = clock(now)
+        keys = [self._k("exp"), self._k("rec"), self._k("res:" + reservation_id)]
+        args = [repr(now), str(actual), repr(float(actual_usd)), reservation_id,
+                json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False)]
+        return bool(self._call(self._settle, keys, args))
+
+    def release(self, reservation_id):
+        keys = [self._k("exp"), self._k("res:" + reservation_id)]
+        return bool(self._call(self._release, keys, [reservation_id]))
+
+    def usage(self, buckets, now=None):
+        buckets = tuple(buckets)
+        flat = self._call(self._usage, [self._k("b:" + b.key) for b in buckets],
+                          [repr(clock(now)), self._specs(buckets)])
+        return self._pairs(buckets, flat)
+
+    def expire(self, now=None):
+        now = clock(now)
+        total = 0
+        while True:
+            n = self._call(self._expire, [self._k("exp"), self._k("rec")], [repr(now), 1000])
+            total += n
+            if n < 1000:
+                return total
+
+    def records(self, since=None):
+        try:
+            raw = self._r.zrangebyscore(self._k("rec"), "-inf" if since is None else repr(float(since)), "+inf")
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+            raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
+        out = []
+        for m in raw:
+            d = json.loads(m)
+            attrs = d["t"] if isinstance(d["t"], dict) else {}
+            if isinstance(d["u"], dict):
+                attrs.update(d["u"])
+            attrs["kind"] = d["kind"]
+            amt = d["amt"] if d["amt"] is not None else from_nanos(int(d["n"]))
+            out.append(SpendRecord(float(d["ts"]), d["rid"], float(amt), tuple(s[0] for s in d["b"]), attrs))
+        return out
+
+    def claim_once(self, key, ttl_s, now=None):
+        check_ttl(ttl_s)
+        try:
+            return bool(self._r.set(self._k("claim:" + key), "1", nx=True, px=max(1, int(ttl_s * 1000))))
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+            raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
+
+    def open_reservations(self):
+        try:
+            return int(self._r.zcard(self._k("exp")))
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+            raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
+
+    def close(self):
+        with self._lock:
+            self._r.close()
+            self._r.connection_pool.disconnect()

@@ -1,0 +1,445 @@
+"""SQLite ledger: survives restarts, safe for several processes on one host.
+
+Every phase is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken
+*before* reading the counters, so two processes cannot both read "room left"
+and both reserve it. WAL mode lets readers proceed meanwhile. With
+``synchronous=NORMAL`` (the default here) a committed transaction survives a
+process crash (SIGKILL); only an OS crash/power loss can lose the last
+commits -- pass ``?synchronous=full`` to trade throughput for that too.
+
+Within one process a single connection is shared under a lock; sqlite3
+connections are not meant to be used by several threads at once and one
+connection per thread would mean hundreds of file handles in a burst.
+
+**The file going away.** An open connection keeps writing to its file's inode
+even after the path was removed or replaced, so spend would go to a file
+nobody can see again. Every call first compares ``os.stat(path)`` with the
+(device, inode) the connection opened (one ``stat``, about a microsecond; the
+inode cannot be reused while the connection holds it open). When they differ:
+
+1. the detached file's content is copied, with SQLite's backup API, to
+   ``<path>.detached-<UTC time>-<pid>`` beside it (nothing since the last backup is
+   lost, whether the removal was an accident or a restore over it), its open
+   reservations are kept in memory, and the connection is closed;
+2. that call raises ``LedgerUnavailable`` (logged at ERROR naming the path),
+   and so does every call while the path is missing: the spend layer applies
+   ``on_ledger_error`` (fail_open keeps the charges in memory to replay,
+   fail_closed refuses);
+3. as soon as a file is at the path again (a restored backup, the
+   ``.detached-`` copy moved back, or an empty file the operator created) the
+   next call opens it, carries the kept open reservations into it so their
+   settles still charge, and carries on; replayed charges follow.
+
+A missing file is never silently recreated empty by a running process: that
+would reset every budget to $0 with no one having asked for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Sequence
+
+from litellm_payg.stores.ledger.base import (
+    Bucket,
+    Ledger,
+    LedgerError,
+    LedgerUnavailable,
+    ReserveResult,
+    SpendRecord,
+    Usage,
+    check_buckets,
+    check_ttl,
+    clean_attrs,
+    clock,
+    from_nanos,
+    limit_nanos,
+    oldest_live_slice,
+    slice_index,
+    to_nanos,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    key TEXT PRIMARY KEY,
+    spent INTEGER NOT NULL DEFAULT 0,      -- nano-USD, calendar buckets
+    reserved INTEGER NOT NULL DEFAULT 0,   -- nano-USD
+    rolling_s REAL,
+    expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS slices (        -- rolling buckets' time slices
+    key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    nanos INTEGER NOT NULL,
+    PRIMARY KEY (key, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    amount INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    buckets TEXT NOT NULL,                 -- JSON [[key, rolling_s, expires_at], ...]
+    attrs TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    reservation_id TEXT NOT NULL,
+    amount_usd REAL NOT NULL,
+    buckets TEXT NOT NULL,
+    attrs TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_ts ON records (ts);
+CREATE TABLE IF NOT EXISTS claims (        -- claim_once: alert thresholds fired this window
+    key TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
+"""
+
+_SYNC_MODES = {"off", "normal", "full", "extra"}
+
+logger = logging.getLogger("litellm_payg")
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class SqliteLedger(Ledger):
+    def __init__(self, path: str, url: str | None = None, synchronous: str = "normal",
+                 busy_timeout_s: float = 30.0) -> None:
+        self.url = url or f"sqlite:///{path}"
+        if synchronous.lower() not in _SYNC_MODES:
+            raise LedgerError(f"{self.url}: synchronous must be one of {sorted(_SYNC_MODES)}, got {synchronous!r}")
+        self.path = path
+        self._synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
+        self._lock = threading.Lock()
+        #: (st_dev, st_ino) of the file the connection has open; None while detached (see module doc)
+        self._file: tuple[int, int] | None = None
+        #: open reservations of a detached file, carried into the next file at the path
+        self._carried: list[tuple] = []
+        self._companions: dict[str, tuple[int, int] | None] = {}
+        try:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            self._open()
+        except (sqlite3.Error, OSError) as e:
+            raise LedgerUnavailable(f"cannot open SQLite ledger {self.url}: {e}") from e
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            with SqliteLedger._Tx(db, self.url):
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            st = os.stat(self.path)
+        except BaseException:
+            db.close()
+            raise
+        self._db, self._file = db, (st.st_dev, st.st_ino)
+        self._companions = {suffix: _ident(self.path + suffix) for suffix in ("-wal", "-shm")}
+
+    # -- the file under the connection (module docstring) -----------------
+
+    def _check_file(self) -> None:
+        """Raise LedgerUnavailable unless the connection's file is still the one at ``path``;
+        reopen the path once a file is there again. Called under ``_lock`` by every operation."""
+        try:
+            st = os.stat(self.path)
+            here: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            here = None
+        except OSError as e:
+            raise LedgerUnavailable(f"SQLite ledger {self.url}: cannot stat {self.path}: {e}") from e
+        if here is not None and here == self._file:
+            return
+        if self._file is not None:
+            self._detach(removed=here is None)
+        if here is None:
+            raise LedgerUnavailable(
+                f"SQLite ledger file {os.path.abspath(self.path)} is missing; restore it (or create an empty "
+                "file there to start afresh) and the ledger resumes"
+            )
+        self._reattach()
+
+    def _detach(self, removed: bool) -> None:
+        what = "removed" if removed else "replaced by another file"
+        saved = base = f"{self.path}.detached-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        n = 1
+        while os.path.exists(saved):  # never overwrite an earlier copy (several connections, one file)
+            n += 1
+            saved = f"{base}-{n}"
+        try:
+            self._carried = self._db.execute(
+                "SELECT id, amount, expires_at, buckets, attrs FROM reservations").fetchall()
+            copy = sqlite3.connect(saved)
+            try:
+                self._db.backup(copy)
+            finally:
+                copy.close()
+            kept = f"its content was saved to {os.path.abspath(saved)}"
+        except (sqlite3.Error, OSError) as e:
+            kept = f"its content could NOT be saved ({e}); {len(self._carried)} open reservations are kept in memory"
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+        self._file = None
+        # SQLite keeps the -wal/-shm of an unlinked database file: left there, they would be
+        # "recovered" into whatever file is put at the path next. Remove them only if they are still
+        # the very files this connection used (a restored backup's own -wal is left alone).
+        for suffix, ident in self._companions.items():
+            if ident is not None and _ident(self.path + suffix) == ident:
+                try:
+                    os.remove(self.path + suffix)
+                except OSError:
+                    pass
+        logger.error(
+            "litellm-payg: SQLite ledger file %s was %s while in use; %s. Nothing more is written to the "
+            "old file: calls fail as a ledger outage (on_ledger_error applies) until a file is at the path "
+            "again, then the ledger reopens it and carries %d open reservation(s) into it.",
+            os.path.abspath(self.path), what, kept, len(self._carried),
+        )
+        raise LedgerUnavailable(f"SQLite ledger file {os.path.abspath(self.path)} was {what} while in use; {kept}")
+
+    def _reattach(self) -> None:
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as e:
+            raise LedgerUnavailable(f"SQLite ledger {self.url}: cannot open the file now at {self.path}: {e}") from e
+        carried, self._carried = self._carried, []
+        with self._tx_unchecked() as db:
+            # Skip what the new file already has, open or already charged: another process on the
+            # same file may have reattached first and settled it (one scan of records, once).
+            known: set[str] = set()
+            ids = [row[0] for row in carried]
+            for i in range(0, len(ids), 500):
+                marks = ",".join("?" * len(ids[i:i + 500]))
+                for table, column in (("reservations", "id"), ("records", "reservation_id")):
+                    known.update(r[0] for r in db.execute(
+                        f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", ids[i:i + 500]))
+            for rid, amount, expires_at, bucket_json, attrs in carried:
+                if rid in known:
+                    continue
+                for key, rolling_s, bexp in json.loads(bucket_json):
+                    self._touch(db, key, rolling_s, bexp)
+                    db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?", (amount, key))
+                db.execute("INSERT INTO reservations (id, amount, expires_at, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
+                           (rid, amount, expires_at, bucket_json, attrs))
+        logger.warning("litellm-payg: SQLite ledger reopened %s (carried %d open reservation(s) into it)",
+                       os.path.abspath(self.path), len(carried))
+
+    # -- transaction helper -----------------------------------------------
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection, url: str) -> None:
+            self.db, self.url = db, url
+
+        def __enter__(self) -> sqlite3.Connection:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
+            return self.db
+
+        def __exit__(self, et, ev, tb) -> None:
+            if et is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except sqlite3.Error as e:
+                    self.db.execute("ROLLBACK")
+                    raise LedgerUnavailable(f"SQLite ledger {self.url}: commit failed: {e}") from e
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            if isinstance(ev, sqlite3.Error):
+                raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {ev}") from ev
+
+    def _tx(self) -> "SqliteLedger._Tx":
+        self._check_file()
+        return SqliteLedger._Tx(self._db, self.url)
+
+    def _tx_unchecked(self) -> "SqliteLedger._Tx":
+        return SqliteLedger._Tx(self._db, self.url)
+
+    # -- internals (inside a transaction) ---------------------------------
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, key: str, rolling_s: float | None, expires_at: float | None) -> None:
+        db.execute(
+            "INSERT INTO buckets (key, rolling_s, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET expires_at = CASE "
+            " WHEN excluded.expires_at IS NULL THEN buckets.expires_at "
+            " WHEN buckets.expires_at IS NULL OR excluded.expires_at > buckets.expires_at "
+            "  THEN excluded.expires_at ELSE buckets.expires_at END",
+            (key, rolling_s, expires_at),
+        )
+
+    @staticmethod
+    def _spent(db: sqlite3.Connection, key: str, rolling_s: float | None, spent: int, now: float) -> int:
+        if rolling_s is None:
+            return spent
+        floor = oldest_live_slice(now, rolling_s)
+        row = db.execute("SELECT COALESCE(SUM(nanos), 0) FROM slices WHERE key = ? AND idx >= ?",
+                         (key, floor)).fetchone()
+        return row[0]
+
+    def _read(self, db: sqlite3.Connection, buckets: Sequence[Bucket], now: float) -> dict[str, tuple[int, int]]:
+        out = {}
+        for b in buckets:
+            row = db.execute("SELECT spent, reserved, rolling_s FROM buckets WHERE key = ?", (b.key,)).fetchone()
+            if row is None:
+                out[b.key] = (0, 0)
+            else:
+                out[b.key] = (self._spent(db, b.key, row[2], row[0], now), row[1])
+        return out
+
+    def _charge(self, db, rid: str, amount: int, bucket_json: str, reserved: int,
+                amount_usd: float, ts: float, kind: str, attrs: dict) -> None:
+        specs = json.loads(bucket_json)
+        for key, rolling_s, expires_at in specs:
+            self._touch(db, key, rolling_s, expires_at)
+            if rolling_s is None:
+                db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?), spent = spent + ? WHERE key = ?",
+                           (reserved, amount, key))
+            else:
+                db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?) WHERE key = ?", (reserved, key))
+                db.execute("INSERT INTO slices (key, idx, nanos) VALUES (?, ?, ?) "
+                           "ON CONFLICT(key, idx) DO UPDATE SET nanos = nanos + excluded.nanos",
+                           (key, slice_index(ts, rolling_s), amount))
+                db.execute("DELETE FROM slices WHERE key = ? AND idx < ?",
+                           (key, oldest_live_slice(ts, rolling_s)))
+        attrs = dict(attrs, kind=kind)
+        db.execute("INSERT INTO records (ts, reservation_id, amount_usd, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
+                   (ts, rid, amount_usd, json.dumps([s[0] for s in specs]), json.dumps(attrs, default=str)))
+
+    def _expire(self, db, now: float) -> int:
+        rows = db.execute("SELECT id, amount, expires_at, buckets, attrs FROM reservations WHERE expires_at <= ?",
+                          (now,)).fetchall()
+        for rid, amount, exp, bjson, ajson in rows:
+            db.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+            self._charge(db, rid, amount, bjson, amount, from_nanos(amount), exp, "expired", json.loads(ajson))
+        return len(rows)
+
+    # -- interface --------------------------------------------------------
+
+    def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
+        buckets = tuple(buckets)
+        check_buckets(buckets)
+        check_ttl(ttl_s)
+        amount = to_nanos(amount_usd)
+        now = clock(now)
+        with self._lock, self._tx() as db:
+            self._expire(db, now)
+            cur = self._read(db, buckets, now)
+            before = {k: Usage(from_nanos(s), from_nanos(r)) for k, (s, r) in cur.items()}
+            if db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation_id,)).fetchone():
+                return ReserveResult(True, reservation_id, None, before)
+            for b in buckets:
+                lim = limit_nanos(b)
+                if lim is not None and sum(cur[b.key]) + amount > lim:
+                    return ReserveResult(False, reservation_id, b.key, before)
+            for b in buckets:
+                self._touch(db, b.key, b.rolling_s, b.expires_at)
+                db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?", (amount, b.key))
+            specs = json.dumps([[b.key, b.rolling_s, b.expires_at] for b in buckets])
+            db.execute("INSERT INTO reservations (id, amount, expires_at, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
+                       (reservation_id, amount, now + ttl_s, specs, json.dumps(clean_attrs(attrs), default=str)))
+            return ReserveResult(True, reservation_id, None, before)
+
+    def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+        actual = to_nanos(actual_usd, "actual_usd")
+        now = clock(now)
+        with self._lock, self._tx() as db:
+            row = db.execute("SELECT amount, buckets, attrs FROM reservations WHERE id = ?",
+                             (reservation_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+            merged = dict(json.loads(row[2]), **clean_attrs(attrs))
+            self._charge(db, reservation_id, actual, row[1], row[0], float(actual_usd), now, "settled", merged)
+            return True
+
+    def release(self, reservation_id):
+        with self._lock, self._tx() as db:
+            row = db.execute("SELECT amount, buckets FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+            for key, _rolling, _exp in json.loads(row[1]):
+                db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?) WHERE key = ?", (row[0], key))
+            return True
+
+    def usage(self, buckets, now=None):
+        now = clock(now)
+        buckets = tuple(buckets)
+        with self._lock:
+            self._check_file()
+            try:
+                # one read transaction so all buckets are read from one snapshot
+                self._db.execute("BEGIN")
+                try:
+                    cur = self._read(self._db, buckets, now)
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
+        return {k: Usage(from_nanos(s), from_nanos(r)) for k, (s, r) in cur.items()}
+
+    def expire(self, now=None):
+        now = clock(now)
+        with self._lock, self._tx() as db:
+            n = self._expire(db, now)
+            # garbage collect finished calendar buckets nobody still reserves on
+            db.execute("DELETE FROM buckets WHERE expires_at IS NOT NULL AND expires_at <= ? AND reserved = 0",
+                       (now,))
+            db.execute("DELETE FROM slices WHERE key NOT IN (SELECT key FROM buckets)")
+            return n
+
+    def records(self, since=None):
+        with self._lock:
+            self._check_file()
+            try:
+                rows = self._db.execute(
+                    "SELECT ts, reservation_id, amount_usd, buckets, attrs FROM records "
+                    "WHERE ts >= ? ORDER BY ts, seq", (float("-inf") if since is None else since,)).fetchall()
+            except sqlite3.Error as e:
+                raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
+        return [SpendRecord(ts, rid, amt, tuple(json.loads(b)), json.loads(a)) for ts, rid, amt, b, a in rows]
+
+    def claim_once(self, key, ttl_s, now=None):
+        check_ttl(ttl_s)
+        now = clock(now)
+        with self._lock, self._tx() as db:
+            row = db.execute("SELECT until FROM claims WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            db.execute("INSERT OR REPLACE INTO claims (key, until) VALUES (?, ?)", (key, now + ttl_s))
+            return True
+
+    def open_reservations(self):
+        with self._lock:
+            self._check_file()
+            try:
+                return self._db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
+            except sqlite3.Error as e:
+                raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
+
+    def close(self):
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass

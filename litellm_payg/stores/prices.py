@@ -1,0 +1,165 @@
+"""Prices, from LiteLLM's own price map, overridable per model in the policy.
+
+How a request is priced (the README quotes this):
+
+* **Per-token prices** of a deployment, first match wins: the policy's ``models:`` entry for the
+  deployment id or model (``input_usd_per_1k`` / ``output_usd_per_1k``, divided by 1000); the
+  deployment's own ``litellm_params.input_cost_per_token`` / ``output_cost_per_token``; LiteLLM's
+  price map (``litellm.get_model_info``, i.e. ``litellm.model_cost``). No match is *unknown*, never $0.
+* **Prompt tokens**: ``litellm.token_counter`` on every part of the prompt (``count_request_tokens``:
+  messages and tools, a Responses ``input``/``instructions``, a ``system`` or text ``prompt``).
+* **Output tokens**: the request's ``max_tokens`` / ``max_completion_tokens``, else the policy's
+  ``defaults.expected_output_tokens``.
+* **Estimate** = prompt tokens x input price + output tokens x output price; **price per 1K tokens**
+  = estimate / (prompt + output tokens) x 1000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import litellm
+
+from litellm_payg.core.decision import Candidate
+
+
+def facts_for(refs: tuple[str, ...], models: Mapping[str, Any]) -> Any:
+    """The policy's ``models:`` entry for the first of ``refs`` it names, or None."""
+    for ref in refs:
+        if ref in models:
+            return models[ref]
+    return None
+
+
+def _refs(model: str, deployment_id: str | None = None) -> tuple[str, ...]:
+    bare = model.split("/", 1)[1] if "/" in model else None
+    return tuple(r for r in (deployment_id, model, bare) if r)
+
+
+def model_info(model: str, provider: str | None = None) -> Mapping[str, Any] | None:
+    """``litellm.get_model_info``, or None for a model LiteLLM does not know."""
+    quiet, litellm.suppress_debug_info = litellm.suppress_debug_info, True  # no "Provider List" banner
+    try:
+        return litellm.get_model_info(model=model, custom_llm_provider=provider)
+    except Exception:  # LiteLLM raises a bare Exception for an unmapped model
+        return None
+    finally:
+        litellm.suppress_debug_info = quiet
+
+
+def litellm_price(model: str, provider: str | None = None) -> tuple[float, float] | None:
+    """Per-token input/output price from LiteLLM's price map, or None if LiteLLM does not know it."""
+    info = model_info(model, provider)
+    if info is None:
+        return None
+    # A Router registers every deployment's model in ``litellm.model_cost``; for a model LiteLLM does
+    # not know, that entry has no prices and ``get_model_info`` then reports 0.0. Read the raw entry
+    # so an unknown price stays unknown instead of becoming $0.
+    raw = litellm.model_cost.get(str(info.get("key") or model)) or {}
+    inp, out = raw.get("input_cost_per_token"), raw.get("output_cost_per_token")
+    if inp is None or out is None:
+        return None
+    return float(inp), float(out)
+
+
+def lookup_price(ref: str, models: Mapping[str, Any]) -> tuple[float, float] | None:
+    """Price of a model reference as a policy names it (used by ``check`` before any Router exists)."""
+    facts = facts_for(_refs(ref), models)
+    if facts is not None and facts.input_usd_per_1k is not None:
+        return facts.input_usd_per_1k / 1000, facts.output_usd_per_1k / 1000
+    return litellm_price(ref)
+
+
+def provider_of(model: str, params: Mapping[str, Any] | None = None) -> str:
+    params = params or {}
+    if params.get("custom_llm_provider"):
+        return str(params["custom_llm_provider"])
+    try:
+        return litellm.get_llm_provider(model=model, api_base=params.get("api_base"))[1]
+    except Exception:
+        return model.split("/", 1)[0] if "/" in model else "unknown"
+
+
+def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str, Any]) -> Candidate:
+    """Turn a LiteLLM deployment dict (an entry of ``model_list``) into a priced Candidate."""
+    params = deployment.get("litellm_params") or {}
+    info = deployment.get("model_info") or {}
+    model = str(params.get("model"))
+    deployment_id = str(info.get("id"))
+    provider = provider_of(model, params)
+    facts = facts_for(_refs(model, deployment_id), models)
+
+    price: tuple[float, float] | None = None
+    source: str | None = None
+    if facts is not None and facts.input_usd_per_1k is not None:
+        price, source = (facts.input_usd_per_1k / 1000, facts.output_usd_per_1k / 1000), "policy"
+    elif params.get("input_cost_per_token") is not None and params.get("output_cost_per_token") is not None:
+        price, source = (float(params["input_cost_per_token"]), float(params["output_cost_per_token"])), "deployment"
+    else:
+        price = litellm_price(model, params.get("custom_llm_provider"))
+        source = "litellm" if price else None
+
+    max_input = facts.max_input_tokens if facts is not None and facts.max_input_tokens else None
+    if max_input is None:
+        max_input = (model_info(model, params.get("custom_llm_provider")) or {}).get("max_input_tokens")
+    labels = dict(facts.labels) if facts is not None else {}
+    for key, value in info.items():  # deployment model_info labels (e.g. region: eu) count too
+        if isinstance(value, str) and key not in ("id",):
+            labels.setdefault(key, value)
+    return Candidate(
+        deployment_id=deployment_id,
+        model=model,
+        provider=provider,
+        group=str(deployment.get("model_name")),
+        input_usd_per_token=price[0] if price else None,
+        output_usd_per_token=price[1] if price else None,
+        quality=facts.quality if facts is not None else None,
+        max_input_tokens=max_input,
+        labels=labels,
+        price_source=source,
+    )
+
+
+def count_prompt_tokens(model: str, messages: Any) -> int:
+    """Prompt tokens as LiteLLM counts them for this model."""
+    if not messages:
+        return 0
+    return int(litellm.token_counter(model=model, messages=messages))
+
+
+def count_request_tokens(model: str, request: Mapping[str, Any]) -> int:
+    """The prompt tokens a request sends, whatever its API, as LiteLLM counts them for ``model``:
+    chat ``messages`` with their ``tools``; the ``/v1/responses`` ``input`` and ``instructions``;
+    the Anthropic ``system`` prompt; a text completion's ``prompt``.
+
+    Why all of them: a budget reserves prompt tokens before the call, so a part of the prompt left
+    uncounted (a 100k-token tool schema, a Responses ``input``) would be a way past a cap. A shape
+    the token counter does not take is counted as its JSON text, which errs on the high side.
+    """
+    total = 0
+    messages = request.get("messages")
+    tools = request.get("tools")
+    if messages:
+        try:
+            total += int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
+            tools = None
+        except Exception:  # noqa: BLE001 - a message shape LiteLLM's counter does not know
+            total += _count_text(model, messages)
+    for name in ("input", "instructions", "system", "prompt"):
+        part = request.get(name)
+        if part:
+            total += _count_text(model, part)
+    if tools:
+        total += _count_text(model, tools)
+    return total
+
+
+def _count_text(model: str, value: Any) -> int:
+    """Tokens of a text, or of any other JSON value as its JSON text."""
+    import json
+
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = "\n".join(value)
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return int(litellm.token_counter(model=model, text=text))

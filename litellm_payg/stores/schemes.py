@@ -1,0 +1,64 @@
+"""The one table of store URL schemes: which backends exist and how a URL names one.
+
+The ledger (``open_ledger``), the health store (``open_health``) and the policy schema's ``ledger:``
+check all read a URL through :func:`parse_store_url`, so a new backend or option is one entry here.
+It parses only: opening a connection is the backend's business.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+#: scheme -> backend kind; what an error lists as accepted
+SCHEMES = {"memory": "memory", "sqlite": "sqlite", "redis": "redis", "rediss": "redis"}
+ACCEPTED_SCHEMES = ("memory://", "sqlite:///<path>", "redis://host:port/db", "rediss://host:port/db")
+#: query options each backend kind accepts (others are an error naming them)
+OPTIONS = {"memory": frozenset(), "sqlite": frozenset({"synchronous"}), "redis": None}  # redis: prefix and the client's own
+
+
+class StoreURLError(ValueError):
+    """A store URL that names no backend, or names one wrongly; the message says which part."""
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store URL: the backend ``kind``, the SQLite ``path`` (relative or absolute, as
+    written), and the query ``options``."""
+
+    url: str
+    kind: str
+    path: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def parse_store_url(url: object, what: str = "store", must_exist: bool = False) -> StoreURL:
+    """Read ``url`` as a ``what`` ("ledger", "health") URL, or raise :class:`StoreURLError`.
+
+    ``must_exist`` (SQLite only): the file must already be there — for commands that only read, so
+    a mistyped path is an error instead of a new, empty store."""
+    if not isinstance(url, str) or "://" not in url:
+        raise StoreURLError(f"{what} URL {url!r} has no scheme; accepted: {', '.join(ACCEPTED_SCHEMES)}")
+    scheme, rest = url.split("://", 1)
+    kind = SCHEMES.get(scheme.lower())
+    if kind is None:
+        raise StoreURLError(f"unknown {what} URL scheme {scheme.lower()!r} in {url!r}; accepted: {', '.join(ACCEPTED_SCHEMES)}")
+    if kind == "memory":
+        return StoreURL(url, kind)
+    if kind == "redis":
+        if not urlsplit(url).hostname:
+            raise StoreURLError(f"Redis {what} URL {url!r} needs a host, e.g. redis://127.0.0.1:6379/0")
+        return StoreURL(url, kind, options=dict(parse_qsl(urlsplit(url).query)))
+    # sqlite:///rel.db -> "/rel.db" after the scheme: strip one slash; sqlite:////abs.db keeps its own
+    path_part, _, query = rest.partition("?")
+    if not path_part.startswith("/") or len(path_part) < 2:
+        raise StoreURLError(f"SQLite {what} URL {url!r} must look like sqlite:///relative.db or sqlite:////abs/path.db")
+    options = dict(parse_qsl(query))
+    unknown = set(options) - OPTIONS["sqlite"]
+    if unknown:
+        raise StoreURLError(f"SQLite {what} URL {url!r}: unknown option(s) {sorted(unknown)}; accepted: synchronous")
+    path = path_part[1:]
+    if must_exist and not os.path.isfile(path):
+        raise StoreURLError(f"no {what} at {url!r}: {os.path.abspath(path)} does not exist")
+    return StoreURL(url, kind, path, options)

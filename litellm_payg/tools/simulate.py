@@ -1,0 +1,888 @@
+"""``litellm-payg simulate``: what a month of traffic costs under a policy, before it runs.
+
+Every simulated request goes through the policy's real code: ``Engine.decide`` (the route's rules
+and every ``payg_filter_candidates`` plugin, budget headroom included) and ``SpendControl.admit`` /
+``settle`` against an in-memory ledger driven by a simulated clock, so ``block`` and ``downgrade``
+budgets act exactly as they would live. Each served request is charged with LiteLLM's own cost
+function (``litellm.cost_per_token``) for the deployment that served it; a deployment whose price
+the policy (``models:``) or the LiteLLM config (``litellm_params``) overrides is charged at that
+price, the way ``pricing.py`` resolves it. Costs are cached per (deployment, prompt, completion)
+because traffic classes repeat.
+
+The same traffic is then priced under baselines: each single deployment of a group alone,
+LiteLLM's built-in ``cost-based-routing`` choice (LiteLLM's own ``LowestCostLoggingHandler`` is
+asked), the cheapest deployment meeting the policy's quality bar per request (the *oracle*, a lower
+bound) and a subscription plan (monthly fee + included tokens + overage per 1K tokens).
+
+Traffic is JSONL, one request class (or one request) per line::
+
+    {"group": "support", "prompt_tokens": 150, "completion_tokens": 50, "count": 300000,
+     "name": "faq", "user": "alice", "team": "t1", "tags": ["faq"], "max_tokens": 512,
+     "time": "2025-01-01T00:00:00Z/2025-01-31T00:00:00Z"}
+
+``count`` requests are spread evenly over ``time`` when it is a range (``start/end``), all at
+``time`` when it is an instant, else over the simulated period (``--start``, ``--period`` days).
+A line ``{"scenario": {...}}`` carries a scenario's description, assumptions, period and plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import heapq
+import io
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from litellm_payg.adapter import litellm_versions
+from litellm_payg.core.errors import PaygError
+
+DEFAULT_START = "2025-01-01T00:00:00Z"
+DEFAULT_PERIOD_DAYS = 30.0
+DAYS_PER_MONTH = 30.0  # a subscription's "month" when the simulated period is not exactly one
+SCENARIO_PACKAGE = "litellm_payg.tools.scenarios"
+
+
+class SimulationError(PaygError):
+    """Bad traffic, an unknown scenario, or a request that cannot be priced."""
+
+
+# -- traffic ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrafficClass:
+    """One line of a traffic file: ``count`` identical requests spread over [start, end]."""
+
+    name: str
+    group: str
+    prompt_tokens: int
+    completion_tokens: int
+    count: int
+    start: float | None = None
+    end: float | None = None
+    user: str | None = None
+    team: str | None = None
+    tags: tuple[str, ...] = ()
+    max_tokens: int | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    fee_usd: float
+    included_tokens: int
+    overage_usd_per_1k: float
+
+    def cost(self, tokens: int, months: float) -> float:
+        over = max(0.0, tokens - self.included_tokens * months)
+        return self.fee_usd * months + over / 1000.0 * self.overage_usd_per_1k
+
+
+@dataclass
+class Traffic:
+    classes: list[TrafficClass]
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return sum(c.count for c in self.classes)
+
+
+_KNOWN = {"name", "group", "prompt_tokens", "completion_tokens", "count", "time", "user", "team", "tags", "max_tokens"}
+
+
+def _parse_time(value: Any, where: str) -> float:
+    if not isinstance(value, str):
+        raise SimulationError(f"{where}: time must be an ISO 8601 string, got {value!r}")
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise SimulationError(f"{where}: time {value!r} is not ISO 8601 (e.g. 2025-01-01T00:00:00Z)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _int_field(obj: Mapping[str, Any], key: str, where: str, *, minimum: int, default: int | None = None) -> int:
+    value = obj.get(key, default)
+    if value is None:
+        raise SimulationError(f"{where}: {key!r} is required")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SimulationError(f"{where}: {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def parse_traffic(text: str, source: str) -> Traffic:
+    classes: list[TrafficClass] = []
+    meta: dict[str, Any] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{source}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SimulationError(f"{where}: not valid JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise SimulationError(f"{where}: expected a JSON object per line, got {type(obj).__name__}")
+        if "scenario" in obj:
+            if not isinstance(obj["scenario"], dict):
+                raise SimulationError(f"{where}: 'scenario' must be an object")
+            meta = dict(obj["scenario"])
+            continue
+        unknown = sorted(set(obj) - _KNOWN)
+        if unknown:
+            raise SimulationError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(_KNOWN)}")
+        group = obj.get("group")
+        if not isinstance(group, str) or not group:
+            raise SimulationError(f"{where}: 'group' (the LiteLLM model group) is required")
+        start = end = None
+        if obj.get("time") is not None:
+            value = obj["time"]
+            if isinstance(value, str) and "/" in value:
+                value = value.split("/", 1)
+            if isinstance(value, list):
+                if len(value) != 2:
+                    raise SimulationError(f"{where}: a time range is 'start/end' or [start, end]")
+                start, end = _parse_time(value[0], where), _parse_time(value[1], where)
+                if end <= start:
+                    raise SimulationError(f"{where}: time range ends before it starts")
+            else:
+                start = end = _parse_time(value, where)
+        tags = obj.get("tags") or ()
+        if isinstance(tags, str):
+            tags = (tags,)
+        if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+            raise SimulationError(f"{where}: 'tags' must be a list of strings")
+        max_tokens = obj.get("max_tokens")
+        if max_tokens is not None:
+            max_tokens = _int_field(obj, "max_tokens", where, minimum=1)
+        for key in ("user", "team", "name"):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise SimulationError(f"{where}: {key!r} must be a string")
+        classes.append(TrafficClass(
+            name=obj.get("name") or f"line {number}",
+            group=group,
+            prompt_tokens=_int_field(obj, "prompt_tokens", where, minimum=0),
+            completion_tokens=_int_field(obj, "completion_tokens", where, minimum=0),
+            count=_int_field(obj, "count", where, minimum=1, default=1),
+            start=start,
+            end=end,
+            user=obj.get("user"),
+            team=obj.get("team"),
+            tags=tuple(tags),
+            max_tokens=max_tokens,
+            line=number,
+        ))
+    if not classes:
+        raise SimulationError(f"{source}: no requests in the traffic file")
+    return Traffic(classes, source, meta)
+
+
+def load_traffic(path: str | Path) -> Traffic:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SimulationError(f"{path}: cannot read traffic file: {exc.strerror or exc}") from None
+    return parse_traffic(text, str(path))
+
+
+def scenario_names() -> list[str]:
+    root = resources.files(SCENARIO_PACKAGE)
+    return sorted(p.name[: -len(".jsonl")] for p in root.iterdir() if p.name.endswith(".jsonl"))
+
+
+def load_scenario(name: str) -> Traffic:
+    resource = resources.files(SCENARIO_PACKAGE) / f"{name}.jsonl"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not resource.is_file():
+        raise SimulationError(f"unknown scenario {name!r}; bundled: {', '.join(scenario_names()) or 'none'}")
+    return parse_traffic(resource.read_text(encoding="utf-8"), f"scenario {name}")
+
+
+def _arrivals(classes: Sequence[TrafficClass], start: float, end: float) -> Iterator[tuple[float, int]]:
+    """Every request as (time, class index), in time order: each class spread evenly over its span."""
+
+    def one(i: int, c: TrafficClass) -> Iterator[tuple[float, int]]:
+        s = c.start if c.start is not None else start
+        e = c.end if c.end is not None else end
+        step = (e - s) / c.count
+        for k in range(c.count):
+            yield s + (k + 0.5) * step, i
+
+    return heapq.merge(*(one(i, c) for i, c in enumerate(classes)))
+
+
+# -- prices -------------------------------------------------------------------------------------
+
+
+class Pricer:
+    """LiteLLM's cost function per (deployment, prompt tokens, completion tokens), cached."""
+
+    def __init__(self, candidates: Sequence[Any], policy_models: Mapping[str, Any] | None = None):
+        from litellm_payg.stores import prices as pricing
+
+        self._cache: dict[tuple[str, int, int], float] = {}
+        self.source: dict[str, str] = {}
+        self._custom: dict[str, dict[str, float] | None] = {}
+        #: deployment id -> True when the policy's ``models:`` sets its price (LiteLLM cannot see that)
+        self.policy_overridden: dict[str, bool] = {}
+        for c in candidates:
+            facts = pricing.facts_for(pricing._refs(c.model, c.deployment_id), policy_models or {})
+            self.policy_overridden[c.deployment_id] = facts is not None and facts.input_usd_per_1k is not None
+            mapped = pricing.litellm_price(c.model)
+            if not c.priced:
+                self.source[c.deployment_id] = "unknown"
+                self._custom[c.deployment_id] = None
+            elif mapped is not None and mapped == (c.input_usd_per_token, c.output_usd_per_token):
+                self.source[c.deployment_id] = "LiteLLM price map"
+                self._custom[c.deployment_id] = None
+            else:
+                self.source[c.deployment_id] = (
+                    "policy models: override" if self.policy_overridden[c.deployment_id] else "litellm_params override"
+                )
+                self._custom[c.deployment_id] = {
+                    "input_cost_per_token": c.input_usd_per_token, "output_cost_per_token": c.output_usd_per_token,
+                }
+        self._by_id = {c.deployment_id: c for c in candidates}
+
+    def cost(self, candidate: Any, prompt_tokens: int, completion_tokens: int) -> float:
+        key = (candidate.deployment_id, prompt_tokens, completion_tokens)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        import litellm
+
+        if not candidate.priced:
+            raise SimulationError(
+                f"deployment {candidate.deployment_id} ({candidate.model}) has no known price: add "
+                f"'models: {{{candidate.model}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' to the policy"
+            )
+        custom = self._custom.get(candidate.deployment_id)
+        quiet, litellm.suppress_debug_info = litellm.suppress_debug_info, True
+        try:
+            if custom is not None:
+                p, c = litellm.cost_per_token(
+                    model=candidate.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    custom_cost_per_token=custom,  # type: ignore[arg-type]
+                )
+            else:
+                p, c = litellm.cost_per_token(
+                    model=candidate.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                )
+        finally:
+            litellm.suppress_debug_info = quiet
+        value = float(p) + float(c)
+        self._cache[key] = value
+        return value
+
+
+def litellm_cost_based_choice(group: str, candidates: Sequence[Any], pricer: Pricer) -> Any:
+    """The deployment LiteLLM's ``routing_strategy="cost-based-routing"`` picks for this group.
+
+    LiteLLM's own ``LowestCostLoggingHandler`` is asked, with deployment dicts built from the
+    candidates (``litellm_params`` prices when the price came from the LiteLLM config; LiteLLM does
+    not see the policy's ``models:`` overrides). It ranks by input + output price per token,
+    whatever the request's size; with no tpm/rpm limits its choice does not change over time.
+    """
+    from litellm.caching.caching import DualCache
+    from litellm.router_strategy.lowest_cost import LowestCostLoggingHandler
+
+    deployments = []
+    for c in candidates:
+        params: dict[str, Any] = {"model": c.model}
+        custom = pricer._custom.get(c.deployment_id)
+        if custom is not None and not pricer.policy_overridden[c.deployment_id]:
+            params.update(custom)
+        deployments.append({"model_name": group, "litellm_params": params, "model_info": {"id": c.deployment_id}})
+    handler = LowestCostLoggingHandler(DualCache())
+    picked = asyncio.run(handler.async_get_available_deployments(group, deployments, messages=None))
+    if picked is None:
+        return None
+    return next(c for c in candidates if c.deployment_id == picked["model_info"]["id"])
+
+
+# -- the simulation -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    policy_source: str
+    traffic_source: str
+    litellm_version: str
+    start: float
+    end: float
+    classes: list[TrafficClass]
+    candidates: dict[str, list[Any]]
+    prices: list[dict[str, Any]]
+    #: (deployment id, class index) -> requests served
+    served: dict[tuple[str, int], int]
+    unit_cost: dict[tuple[str, int], float]
+    blocked: dict[str, int]  # budget -> requests refused
+    downgraded: dict[str, int]  # budget -> requests that lost a deployment to it
+    no_deployment: int
+    served_by_class: list[int]
+    dropped_by: dict[str, int]
+    first_block: dict[str, float]
+    baselines: list[dict[str, Any]]
+    plan: Plan | None
+    assumptions: list[str]
+    elapsed_s: float
+    meta: dict[str, Any]
+
+    # -- figures ---------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> int:
+        return sum(c.count for c in self.classes)
+
+    @property
+    def served_requests(self) -> int:
+        return sum(self.served.values())
+
+    def deployment_rows(self) -> list[dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        cand = {c.deployment_id: c for cs in self.candidates.values() for c in cs}
+        parts: dict[str, list[float]] = {}
+        for (dep, ci), n in sorted(self.served.items()):
+            cls = self.classes[ci]
+            row = rows.setdefault(dep, {
+                "deployment": dep, "model": cand[dep].model, "provider": cand[dep].provider, "group": cls.group,
+                "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+            })
+            row["requests"] += n
+            row["prompt_tokens"] += n * cls.prompt_tokens
+            row["completion_tokens"] += n * cls.completion_tokens
+            parts.setdefault(dep, []).append(n * self.unit_cost[(dep, ci)])
+        for dep, row in rows.items():
+            row["cost_usd"] = math.fsum(parts[dep])
+        return sorted(rows.values(), key=lambda r: (-r["cost_usd"], r["deployment"]))
+
+    @property
+    def policy_cost(self) -> float:
+        return math.fsum(n * self.unit_cost[k] for k, n in self.served.items())
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.count * (c.prompt_tokens + c.completion_tokens) for c in self.classes)
+
+    def baseline(self, kind: str) -> dict[str, Any] | None:
+        return next((b for b in self.baselines if b["kind"] == kind), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy_source,
+            "traffic": self.traffic_source,
+            "litellm_version": self.litellm_version,
+            "price_map": litellm_versions.price_map(),
+            "period": {"start": _iso(self.start), "end": _iso(self.end), "days": (self.end - self.start) / 86400},
+            "requests": self.requests,
+            "served": self.served_requests,
+            "tokens": self.tokens,
+            "policy_cost_usd": self.policy_cost,
+            "deployments": self.deployment_rows(),
+            "classes": [
+                {
+                    "name": c.name, "group": c.group, "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens, "count": c.count, "served": self.served_by_class[i],
+                    "served_by": {dep: n for (dep, ci), n in self.served.items() if ci == i},
+                }
+                for i, c in enumerate(self.classes)
+            ],
+            "prices": self.prices,
+            "budget_blocks": dict(self.blocked),
+            "budget_downgrades": dict(self.downgraded),
+            "first_block_at": {k: _iso(v) for k, v in self.first_block.items()},
+            "no_deployment_left": self.no_deployment,
+            "dropped_by": dict(self.dropped_by),
+            "baselines": self.baselines,
+            "assumptions": self.assumptions,
+            "elapsed_s": self.elapsed_s,
+            "scenario": self.meta,
+        }
+
+
+class _Clock:
+    __slots__ = ("now",)
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, stream: Any = None):
+        self.total = max(1, total)
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.started = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, done: int, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not final and now - self.last < 0.2:
+            return
+        self.last = now
+        frac = done / self.total
+        width = 30
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        rate = done / max(now - self.started, 1e-9)
+        self.stream.write(f"\rsimulating [{bar}] {done:,}/{self.total:,} ({rate:,.0f} req/s)")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def simulate(
+    policy: Any,
+    traffic: Traffic,
+    *,
+    candidates_by_group: Mapping[str, Sequence[Any]] | None = None,
+    config: str | None = None,
+    start: float | None = None,
+    period_days: float | None = None,
+    plan: Plan | None = None,
+    progress: bool = False,
+) -> Result:
+    """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy)."""
+    import litellm
+
+    from litellm_payg.adapter.deployments import candidates_from_config, candidates_named_by_policy
+    from litellm_payg.core.decision import RouteRequest
+    from litellm_payg.runtime.engine import Engine
+    from litellm_payg.core.errors import NoDeploymentLeft
+    from litellm_payg.policy.load import Policy, load_policy
+    from litellm_payg.core.errors import BudgetRefused
+
+    loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    meta = traffic.meta
+    if start is None:
+        start = _parse_time(meta.get("start", DEFAULT_START), "start")
+    if period_days is None:
+        period_days = float(meta.get("period_days", DEFAULT_PERIOD_DAYS))
+    if not period_days > 0:
+        raise SimulationError(f"the period must be > 0 days, got {period_days}")
+    end = start + period_days * 86400
+    if plan is None and isinstance(meta.get("plan"), dict):
+        p = meta["plan"]
+        plan = Plan(float(p["fee_usd"]), int(p["included_tokens"]), float(p["overage_usd_per_1k"]))
+
+    clock = _Clock(start)
+    engine = Engine(loaded, ledger="memory://", clock=clock)
+    if candidates_by_group is None:
+        candidates_by_group = candidates_from_config(config, loaded) if config else candidates_named_by_policy(engine)
+    groups = sorted({c.group for c in traffic.classes})
+    missing = [g for g in groups if not candidates_by_group.get(g)]
+    if missing:
+        raise SimulationError(
+            f"{traffic.source}: no deployments for model group(s) {', '.join(map(repr, missing))}; the "
+            f"{'config' if config else 'policy'} has {', '.join(sorted(candidates_by_group)) or 'none'}"
+        )
+    cands = {g: list(candidates_by_group[g]) for g in groups}
+    if config:
+        engine.check_deployments(cands)
+    all_cands = [c for g in groups for c in cands[g]]
+    pricer = Pricer(all_cands, loaded.models)
+
+    classes = traffic.classes
+    requests = [
+        RouteRequest(
+            group=c.group,
+            prompt_tokens=c.prompt_tokens,
+            output_tokens=engine.expected_output_tokens(c.max_tokens),
+            max_tokens=c.max_tokens,
+            user=c.user,
+            team=c.team,
+            tags=c.tags,
+        )
+        for c in classes
+    ]
+    class_cands = [cands[c.group] for c in classes]
+    unit: dict[tuple[str, int], float] = {}
+    served: dict[tuple[str, int], int] = {}
+    served_by_class = [0] * len(classes)
+    blocked: dict[str, int] = {}
+    first_block: dict[str, float] = {}
+    downgraded: dict[str, int] = {}
+    dropped_by: dict[str, int] = {}
+    no_deployment = 0
+    total = traffic.requests
+    bar = _Progress(total, progress)
+
+    decide = engine.decide
+    admit = engine.spend.admit
+    settle = engine.spend.settle
+    cost = pricer.cost
+    began = time.perf_counter()
+    i = 0
+    for when, ci in _arrivals(classes, start, end):
+        i += 1
+        if not i & 0x3FFF:
+            bar.update(i)
+        clock.now = when
+        request = requests[ci]
+        decision = decide(request, class_cands[ci])
+        budget_drops = None
+        if decision.dropped:
+            for d in decision.dropped:
+                dropped_by[d.by] = dropped_by.get(d.by, 0) + 1
+                if d.by == "budget":
+                    budget_drops = budget_drops or []
+                    budget_drops.append(d)
+        if not decision.ordered:
+            no_deployment += 1
+            if budget_drops:
+                _count_downgrades(downgraded, budget_drops)
+            continue
+        rid = f"sim-{i}"
+        try:
+            admission = admit(request, decision.ordered, rid, decision.attrs)
+        except BudgetRefused as exc:
+            blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
+            first_block.setdefault(exc.budget, when)
+            continue
+        except NoDeploymentLeft as exc:
+            no_deployment += 1
+            _count_downgrades(downgraded, exc.drops)
+            continue
+        if admission.skipped:
+            budget_drops = (budget_drops or []) + list(admission.skipped)
+        if budget_drops:
+            _count_downgrades(downgraded, budget_drops)
+        chosen = admission.candidate
+        key = (chosen.deployment_id, ci)
+        charge = unit.get(key)
+        if charge is None:
+            cls = classes[ci]
+            charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
+        settle(rid, charge)
+        served[key] = served.get(key, 0) + 1
+        served_by_class[ci] += 1
+    elapsed = time.perf_counter() - began
+    bar.update(i, final=True)
+    engine.spend.close()
+
+    result = Result(
+        policy_source=loaded.source or "<policy>",
+        traffic_source=traffic.source,
+        litellm_version=_litellm_version(),
+        start=start,
+        end=end,
+        classes=classes,
+        candidates=cands,
+        prices=[
+            {
+                "group": c.group, "deployment": c.deployment_id, "model": c.model, "provider": c.provider,
+                "quality": c.quality,
+                "input_usd_per_1m": None if c.input_usd_per_token is None else c.input_usd_per_token * 1e6,
+                "output_usd_per_1m": None if c.output_usd_per_token is None else c.output_usd_per_token * 1e6,
+                "source": pricer.source[c.deployment_id],
+            }
+            for c in all_cands
+        ],
+        served=served,
+        unit_cost=unit,
+        blocked=blocked,
+        downgraded=downgraded,
+        no_deployment=no_deployment,
+        served_by_class=served_by_class,
+        dropped_by=dropped_by,
+        first_block=first_block,
+        baselines=[],
+        plan=plan,
+        assumptions=[],
+        elapsed_s=elapsed,
+        meta=meta,
+    )
+    result.baselines = _baselines(result, engine, pricer, plan, period_days)
+    result.assumptions = _assumptions(result, loaded, period_days, litellm)
+    return result
+
+
+def _count_downgrades(counter: dict[str, int], drops: Sequence[Any]) -> None:
+    """One downgrade per budget that moved this request, whatever number of deployments it dropped."""
+    names = {d.budget or "budget" for d in drops}
+    for name in names:
+        counter[name] = counter.get(name, 0) + 1
+
+
+def quality_bar(engine: Any, group: str, prompt_tokens: int) -> float | None:
+    """The highest quality bar the group's rules set for a request of this size (None: no bar)."""
+    bars = [rule.bar_for(prompt_tokens) for rule in engine.routes.get(group, []) if hasattr(rule, "bar_for")]
+    return max(bars) if bars else None
+
+
+def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, period_days: float) -> list[dict[str, Any]]:
+    classes = result.classes
+    out: list[dict[str, Any]] = []
+    policy_by_group: dict[str, float] = {}
+    for (dep, ci), n in result.served.items():
+        g = classes[ci].group
+        policy_by_group[g] = policy_by_group.get(g, 0.0) + n * result.unit_cost[(dep, ci)]
+    for g, cands in result.candidates.items():
+        group_classes = [(i, c) for i, c in enumerate(classes) if c.group == g]
+        n_req = sum(c.count for _, c in group_classes)
+        for cand in cands:
+            if not cand.priced:
+                continue
+            total = math.fsum(c.count * pricer.cost(cand, c.prompt_tokens, c.completion_tokens) for _, c in group_classes)
+            meets = [
+                cand.quality is not None and cand.quality >= (quality_bar(engine, g, c.prompt_tokens) or 0)
+                for _, c in group_classes
+            ]
+            out.append({
+                "kind": "single", "group": g, "label": f"only {cand.model} ({cand.deployment_id})" if cand.model != cand.deployment_id else f"only {cand.model}",
+                "deployment": cand.deployment_id, "requests": n_req, "cost_usd": total,
+                "policy_cost_usd": policy_by_group.get(g, 0.0),
+                "meets_quality_bar_for": sum(c.count for (_, c), ok in zip(group_classes, meets) if ok),
+            })
+    # LiteLLM cost-based-routing: one choice per group
+    lc_total, lc_parts, lc_picks = [], {}, {}
+    for g, cands in result.candidates.items():
+        pick = litellm_cost_based_choice(g, [c for c in cands if c.priced], pricer)
+        if pick is None:
+            continue
+        lc_picks[g] = pick.deployment_id
+        part = math.fsum(c.count * pricer.cost(pick, c.prompt_tokens, c.completion_tokens) for c in classes if c.group == g)
+        lc_parts[g] = part
+        lc_total.append(part)
+    out.append({
+        "kind": "litellm-cost-based", "label": "LiteLLM cost-based-routing", "requests": result.requests,
+        "cost_usd": math.fsum(lc_total), "picks": lc_picks,
+    })
+    # oracle: per request the cheapest deployment meeting the policy's bar
+    oracle_all, oracle_served, oracle_picks = [], [], {}
+    for i, c in enumerate(classes):
+        bar = quality_bar(engine, c.group, c.prompt_tokens)
+        eligible = [
+            x for x in result.candidates[c.group]
+            if x.priced and (bar is None or (x.quality is not None and x.quality >= bar))
+        ]
+        if not eligible:
+            continue
+        best = min(eligible, key=lambda x: pricer.cost(x, c.prompt_tokens, c.completion_tokens))
+        unit = pricer.cost(best, c.prompt_tokens, c.completion_tokens)
+        oracle_picks[c.name] = best.deployment_id
+        oracle_all.append(c.count * unit)
+        oracle_served.append(result.served_by_class[i] * unit)
+    out.append({
+        "kind": "oracle", "label": "oracle: cheapest meeting the quality bar, per request", "requests": result.requests,
+        "cost_usd": math.fsum(oracle_all), "served_cost_usd": math.fsum(oracle_served), "picks": oracle_picks,
+    })
+    if plan is not None:
+        months = period_days / DAYS_PER_MONTH
+        out.append({
+            "kind": "plan",
+            "label": f"plan ${plan.fee_usd:g}/month, {plan.included_tokens:,} tokens incl., ${plan.overage_usd_per_1k:g}/1K over",
+            "requests": result.requests, "cost_usd": plan.cost(result.tokens, months), "months": months,
+            "tokens": result.tokens, "overage_tokens": max(0.0, result.tokens - plan.included_tokens * months),
+        })
+    return out
+
+
+def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) -> list[str]:
+    lines = [
+        f"{litellm_versions.describe()}; "
+        "cost of a request = litellm.cost_per_token(model, prompt_tokens, completion_tokens) of the deployment that served it",
+        f"period: {_iso(result.start)} to {_iso(result.end)} ({period_days:g} days); each class's requests evenly spaced over it (or over its own 'time')",
+        f"routing estimates assume {policy.defaults.expected_output_tokens} output tokens (policy defaults.expected_output_tokens) unless a class sets max_tokens; "
+        f"budget reservations assume {policy.defaults.reserve_output_tokens} (defaults.reserve_output_tokens); the charge uses the class's completion_tokens",
+    ]
+    for p in result.prices:
+        if p["input_usd_per_1m"] is None:
+            lines.append(f"price {p['deployment']}: unknown")
+            continue
+        q = "" if p["quality"] is None else f", quality {p['quality']:g}"
+        lines.append(
+            f"price {p['model']}: ${p['input_usd_per_1m']:.4f}/1M input, ${p['output_usd_per_1m']:.4f}/1M output ({p['source']}{q})"
+        )
+    for c in result.classes:
+        lines.append(
+            f"class {c.name}: {c.count:,} x ({c.prompt_tokens} prompt + {c.completion_tokens} completion tokens), group {c.group!r}"
+            + (f", user {c.user}" if c.user else "") + (f", team {c.team}" if c.team else "")
+            + (f", tags {','.join(c.tags)}" if c.tags else "") + (f", max_tokens {c.max_tokens}" if c.max_tokens else "")
+        )
+    lines.append("single-model baselines send every request of the group to that deployment, whatever its quality")
+    lines.append("LiteLLM cost-based-routing: LiteLLM's LowestCostLoggingHandler picks the lowest input+output price per token, "
+                 "regardless of request size (no tpm/rpm limits simulated)")
+    lines.append("oracle: per request, the cheapest deployment (at the real charge) whose quality meets the policy's quality bar; a lower bound")
+    if result.plan is not None:
+        lines.append(
+            f"plan: ${result.plan.fee_usd:g} per {DAYS_PER_MONTH:g}-day month including {result.plan.included_tokens:,} tokens "
+            f"(prompt + completion); tokens above that at ${result.plan.overage_usd_per_1k:g} per 1K"
+        )
+    lines.extend(str(a) for a in result.meta.get("assumptions", []))
+    return lines
+
+
+def _litellm_version() -> str:
+    return litellm_versions.litellm_version()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}"
+
+
+def format_table(result: Result) -> str:
+    out: list[str] = []
+    title = result.meta.get("description") or f"{result.requests:,} requests"
+    out.append(f"litellm-payg simulate: {result.policy_source} on {result.traffic_source} (LiteLLM {result.litellm_version})")
+    out.append(str(title))
+    out.append("")
+    out.append("Assumptions:")
+    out.extend(f"  - {a}" for a in result.assumptions)
+    out.append("")
+    header = f"{'deployment':<32} {'requests':>10} {'prompt tok':>14} {'compl. tok':>14} {'cost':>14}"
+    out += ["Policy routing (real decide + budgets):", header, "-" * len(header)]
+    for r in result.deployment_rows():
+        out.append(f"{r['deployment'][:32]:<32} {r['requests']:>10,} {r['prompt_tokens']:>14,} {r['completion_tokens']:>14,} {_usd(r['cost_usd']):>14}")
+    served_tokens = sum(r["prompt_tokens"] for r in result.deployment_rows()), sum(r["completion_tokens"] for r in result.deployment_rows())
+    out.append("-" * len(header))
+    out.append(f"{'total':<32} {result.served_requests:>10,} {served_tokens[0]:>14,} {served_tokens[1]:>14,} {_usd(result.policy_cost):>14}")
+    out.append("")
+    blocks = sum(result.blocked.values())
+    downs = sum(result.downgraded.values())
+    out.append(f"Budget hits: {blocks:,} request(s) blocked, {downs:,} downgraded, {result.no_deployment:,} with no deployment left")
+    for name, n in sorted(result.blocked.items()):
+        out.append(f"  blocked by {name!r}: {n:,} (first at {_iso(result.first_block[name])})")
+    for name, n in sorted(result.downgraded.items()):
+        out.append(f"  downgraded by {name!r}: {n:,}")
+    out.append("")
+    out.append("Same traffic under baselines:")
+    bh = f"{'baseline':<64} {'requests':>10} {'cost':>14} {'vs policy':>10}"
+    out += [bh, "-" * len(bh)]
+    out.append(f"{'policy (' + Path(result.policy_source).name + ')':<64} {result.served_requests:>10,} {_usd(result.policy_cost):>14} {'1.00x':>10}")
+    for b in result.baselines:
+        ref = b.get("policy_cost_usd", result.policy_cost)
+        ratio = f"{b['cost_usd'] / ref:.2f}x" if ref > 0 else "-"
+        label = b["label"] if b["kind"] != "single" or len(result.candidates) == 1 else f"[{b['group']}] {b['label']}"
+        if b["kind"] == "single" and b["meets_quality_bar_for"] < b["requests"]:
+            label += f" (bar missed: {b['requests'] - b['meets_quality_bar_for']:,})"
+        out.append(f"{label[:64]:<64} {b['requests']:>10,} {_usd(b['cost_usd']):>14} {ratio:>10}")
+        if b["kind"] == "oracle" and result.served_requests < result.requests:
+            out.append(f"{'  oracle over the requests the policy served':<64} {result.served_requests:>10,} {_usd(b['served_cost_usd']):>14}")
+    out.append("")
+    out.append(f"simulated {result.requests:,} requests in {result.elapsed_s:.1f} s ({result.requests / max(result.elapsed_s, 1e-9):,.0f} req/s)")
+    return "\n".join(out)
+
+
+def write_csv(result: Result, path: str) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["section", "name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"])
+    for r in result.deployment_rows():
+        w.writerow(["deployment", r["deployment"], r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}"])
+    w.writerow(["total", "policy", "", result.served_requests, "", "", f"{result.policy_cost:.6f}"])
+    for b in result.baselines:
+        w.writerow(["baseline", b["label"], b.get("deployment", ""), b["requests"], "", "", f"{b['cost_usd']:.6f}"])
+    for name, n in sorted(result.blocked.items()):
+        w.writerow(["blocked", name, "", n, "", "", ""])
+    for name, n in sorted(result.downgraded.items()):
+        w.writerow(["downgraded", name, "", n, "", "", ""])
+    Path(path).write_text(buf.getvalue(), encoding="utf-8")
+
+
+def write_html(result: Result, path: str) -> None:
+    from litellm_payg.tools.report import bar_chart_svg, html_page, html_table
+
+    rows = result.deployment_rows()
+    bars = [("policy", result.policy_cost)] + [(b["label"], b["cost_usd"]) for b in result.baselines]
+    body = [
+        f"<h1>Simulation: {_esc(Path(result.policy_source).name)} on {_esc(result.traffic_source)}</h1>",
+        f"<p>{result.requests:,} requests, LiteLLM {_esc(result.litellm_version)}.</p>",
+        "<h2>Cost under the policy and the baselines</h2>",
+        bar_chart_svg("chart-baselines", bars),
+        "<h2>Per deployment</h2>",
+        html_table(
+            ["deployment", "model", "requests", "prompt tokens", "completion tokens", "cost"],
+            [[r["deployment"], r["model"], f"{r['requests']:,}", f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}", _usd(r["cost_usd"])] for r in rows]
+            + [["total", "", f"{result.served_requests:,}", "", "", _usd(result.policy_cost)]],
+        ),
+        "<h2>Budget hits</h2>",
+        html_table(["budget", "blocked", "downgraded"], [
+            [name, f"{result.blocked.get(name, 0):,}", f"{result.downgraded.get(name, 0):,}"]
+            for name in sorted(set(result.blocked) | set(result.downgraded))
+        ] or [["(none)", "0", "0"]]),
+        "<h2>Assumptions</h2><ul>" + "".join(f"<li>{_esc(a)}</li>" for a in result.assumptions) + "</ul>",
+    ]
+    Path(path).write_text(html_page("litellm-payg simulation", "\n".join(body)), encoding="utf-8")
+
+
+def _esc(s: str) -> str:
+    import html
+
+    return html.escape(str(s))
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("simulate", help="price a traffic mix under a policy (real decisions and budgets) and baselines")
+    p.add_argument("policy", metavar="POLICY")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--traffic", metavar="FILE", help="JSONL: one request class per line")
+    src.add_argument("--scenario", metavar="NAME", help="a bundled traffic scenario (e.g. support-bot)")
+    p.add_argument("--config", help="a LiteLLM config.yaml whose model_list gives the deployments")
+    p.add_argument("--period", type=float, default=None, metavar="DAYS", help=f"days to spread requests over (default {DEFAULT_PERIOD_DAYS:g})")
+    p.add_argument("--start", default=None, help=f"ISO start of the simulated period (default {DEFAULT_START})")
+    p.add_argument("--plan-fee", type=float, help="subscription baseline: monthly fee in USD")
+    p.add_argument("--plan-tokens", type=int, help="subscription baseline: tokens included per month")
+    p.add_argument("--plan-overage-per-1k", type=float, help="subscription baseline: USD per 1K tokens above the included ones")
+    p.add_argument("--csv", metavar="FILE", help="also write the figures as CSV")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    traffic = load_scenario(args.scenario) if args.scenario else load_traffic(args.traffic)
+    plan_args = (args.plan_fee, args.plan_tokens, args.plan_overage_per_1k)
+    plan = None
+    if any(a is not None for a in plan_args):
+        meta_plan = traffic.meta.get("plan") or {}
+        fee = args.plan_fee if args.plan_fee is not None else meta_plan.get("fee_usd")
+        tokens = args.plan_tokens if args.plan_tokens is not None else meta_plan.get("included_tokens")
+        over = args.plan_overage_per_1k if args.plan_overage_per_1k is not None else meta_plan.get("overage_usd_per_1k")
+        if fee is None or tokens is None or over is None:
+            raise SimulationError("a plan baseline needs --plan-fee, --plan-tokens and --plan-overage-per-1k")
+        if fee < 0 or tokens < 0 or over < 0:
+            raise SimulationError("plan figures must be >= 0")
+        plan = Plan(float(fee), int(tokens), float(over))
+    start = _parse_time(args.start, "--start") if args.start else None
+    show = args.progress or sys.stderr.isatty()
+    result = simulate(args.policy, traffic, config=args.config, start=start, period_days=args.period, plan=plan, progress=show)
+    if args.csv:
+        write_csv(result, args.csv)
+    if args.html:
+        write_html(result, args.html)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(format_table(result))
+    return 0
