@@ -57,7 +57,7 @@ from .next_hop import plan_next
 from .engine import Engine
 from .core.errors import InvalidAmount, NoDeploymentLeft, PaygError
 from .failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
-from .core.identity import RequestIdentity, hints_of, identity_of
+from .core.identity import RequestIdentity, hints_of, identity_of, session_of
 from .ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from .policy import Policy, load_policy
 from .pricing import candidate_from_deployment, count_request_tokens
@@ -396,6 +396,7 @@ class PaygRouting(CustomLogger):
             allowed_models=hints.models,
             trace_id=state.trace_id,
             metadata=metadata,
+            session=session_of(request_kwargs, metadata),
         )
 
     # -- per attempt, inline ----------------------------------------------------------------------
