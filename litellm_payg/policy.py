@@ -157,10 +157,10 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         for index, entry in enumerate(entries):
             where: Path_ = ("routes", group, index)
             when = None
-            if "when" in entry:
-                entry = {k: v for k, v in entry.items() if k != "when"}
+            if "when" in entry:  # a condition on the rule entry (rules.When); the rest is the rule
+                raw_when, entry = entry["when"], {k: v for k, v in entry.items() if k != "when"}
                 try:
-                    when = When.parse(doc.routes[group][index]["when"])
+                    when = When.parse(raw_when)
                 except WhenError as exc:
                     at = (*where, "when", *exc.path)
                     problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))

@@ -328,3 +328,24 @@ def test_explain_refuses_a_malformed_metadata_argument(tmp_path, capsys):
     path = _policy_file(tmp_path, AGENT_POLICY)
     assert cli(["explain", path, "--model", "agent", "--prompt-tokens", "100", "--metadata", "step"]) == 2
     assert "--metadata: expected FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_when_cannot_name_a_plugin_rule_type():
+    import litellm_payg
+    from litellm_payg.core.errors import PluginError
+    from litellm_payg.plugins import make_plugin_manager, rule_types
+    from litellm_payg.rules import Rule, RuleOptions
+
+    class Shadow(Rule):
+        name = "when"
+        Options = RuleOptions
+
+    class Plugin:
+        @litellm_payg.hookimpl
+        def payg_register_rules(self, register):
+            register(Shadow)
+
+    pm = make_plugin_manager()
+    pm.register(Plugin())
+    with pytest.raises(PluginError, match="'when' cannot name a rule type"):
+        rule_types(pm)
