@@ -24,12 +24,17 @@ def payg_register_rules(register):
     ``RuleClass(options, context)`` with a :class:`litellm_payg.rules.RuleContext`. Its
     ``apply(request, candidates)`` returns a :class:`litellm_payg.core.decision.Step`. See
     ``litellm_payg/rules.py`` for the full protocol and ``default_plugins/`` for examples.
+
+    Any rule entry may carry a ``when:`` condition; the engine decides whether the rule applies to
+    a request (``Engine.rules_for``), so a rule type implements nothing for it (its own condition
+    is ``context.when``).
     """
 
 
 @hookspec
 def payg_filter_candidates(request, candidates, snapshot, engine):
-    """Narrow or reorder the candidates of *every* request, after the route's rules.
+    """Narrow or reorder the candidates of *every* request, after the route's rules (whichever
+    ``when:`` matched, and also for a request that no rule applied to).
 
     For policy-wide concerns that are not a rule of one route (budget headroom, circuit breakers).
     Return ``None`` to leave the candidates alone, or a :class:`litellm_payg.core.decision.Step` whose

@@ -105,6 +105,8 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type]:
             name = getattr(rule_class, "name", None)
             if not isinstance(name, str) or not hasattr(rule_class, "Options"):
                 raise PluginError(f"plugin {_owner}: {rule_class!r} needs a 'name' and an 'Options' model")
+            if name == "when":
+                raise PluginError(f"plugin {_owner}: 'when' cannot name a rule type: it is a rule entry's condition")
             if name in found and owners[name] != _owner:
                 raise PluginError(
                     f"rule type {name!r} is registered twice: by {owners[name]} and by {_owner}"

@@ -4,16 +4,27 @@ A rule type is a class registered through the ``payg_register_rules`` hook. A po
 in a route (``- cost_threshold: {...}``); its options are validated with the class's ``Options``
 pydantic model, and the engine applies the rules of a route in order, each seeing the candidates the
 previous one kept, in the order it left them.
+
+Any rule entry may carry a condition, ``when:`` (:class:`When`), next to its rule type::
+
+    - when: {metadata.step: plan}
+      quality_floor: {min_quality: 0.9}
+
+The engine, not the rule, decides whether a rule applies to a request (``Engine.rules_for``): the
+conditioned entries whose ``when`` matches, in policy order; when none matches, the unconditioned
+entries. A rule type needs nothing to support it; ``context.when`` tells a rule its own condition.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from litellm_payg.core.bounds import MAX_TOKENS
 from litellm_payg.core.decision import Candidate, RouteRequest, Step
 from litellm_payg.core.model_facts import ModelFacts
 
@@ -32,6 +43,8 @@ class RuleContext:
     group: str
     field: str  # dotted path of the rule in the policy, for error messages: routes.chat[0].cost_threshold
     models: Mapping[str, ModelFacts] = field(default_factory=dict)
+    #: the entry's ``when:`` condition (None: the rule is unconditioned); the engine applies it
+    when: "When | None" = None
 
 
 def matches(ref: str, candidate: Candidate) -> bool:
@@ -75,6 +88,206 @@ class RuleSpec:
     field: str
     line: int | None
     rule_type: type[Rule]
+    when: "When | None" = None
 
     def build(self, group: str, models: Mapping[str, Any]) -> Rule:
-        return self.rule_type(self.options, RuleContext(group=group, field=self.field, models=models))
+        return self.rule_type(self.options, RuleContext(group=group, field=self.field, models=models, when=self.when))
+
+
+# -- conditions: ``when:`` ---------------------------------------------------------------------------
+#
+# A ``when`` is a mapping of keys to values; every key must match (and), and a list of values
+# matches any of them (or). What each key reads, and who can write it:
+#
+# * ``tags``: the request's tags (client-asserted; the key's tags merged with the request's);
+# * ``metadata.<field>``: a scalar field of the request's metadata (client-written in the proxy);
+# * ``user``, ``team``, ``key``: the AUTHENTICATED identity (``RouteRequest.user/team/api_key``, read
+#   from the proxy's key in ``core/identity.py``; in Python, the calling code's metadata), never a
+#   field of the request body;
+# * ``session``: ``RouteRequest.session`` (``identity.session_of``);
+# * ``prompt_tokens: {min: , max: }``: an inclusive range of the request's prompt tokens (read only
+#   when a condition has this key).
+
+#: condition keys that name a RouteRequest field, and that field
+_IDENTITY_KEYS = {"user": "user", "team": "team", "key": "api_key", "session": "session"}
+WHEN_KEYS = ("tags", "metadata.<field>", "user", "team", "key", "session", "prompt_tokens")
+_METADATA_FIELD = re.compile(r"^[A-Za-z0-9_\-]+$")
+#: metadata fields a ``when`` may not read, and what to write instead: in the proxy a client writes
+#: them, so a condition on them would let it pick its routing as if it were another user or team
+_REFUSED_METADATA = {
+    "user": "use 'user:' (the authenticated key's user; in Python, this same metadata field)",
+    "team": "use 'team:' (the authenticated key's team; in Python, this same metadata field)",
+    "api_key": "use 'key:' (the authenticated key's hash; in Python, this same metadata field)",
+    "tags": "use 'tags:'",
+}
+
+
+class WhenError(ValueError):
+    """A ``when:`` the policy cannot use: ``path`` is where, below ``when``."""
+
+    def __init__(self, path: tuple[str, ...], message: str, hint: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+        self.hint = hint
+
+
+def _norm(value: Any) -> str:
+    """A scalar as the string conditions compare: YAML's ``true`` and JSON's ``true`` agree."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _show(values: Sequence[str]) -> str:
+    return values[0] if len(values) == 1 else "one of " + ", ".join(values)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One key of a ``when``: ``key`` as written, and its values (any of them matches)."""
+
+    key: str
+    values: tuple[str, ...] = ()
+    min: int | None = None  # prompt_tokens only
+    max: int | None = None
+
+    def check(self, request: RouteRequest) -> str | None:
+        """Why this condition matches ``request`` (e.g. ``metadata.step=plan``), or None."""
+        key = self.key
+        if key == "prompt_tokens":
+            tokens = request.prompt_tokens  # read only here: counting may be lazy
+            if (self.min is None or tokens >= self.min) and (self.max is None or tokens <= self.max):
+                return f"prompt_tokens={tokens} in {self._range()}"
+            return None
+        if key == "tags":
+            hit = next((t for t in self.values if t in request.tags), None)
+            return None if hit is None else f"tags has {hit}"
+        got = self.value_of(request)
+        return f"{key}={got}" if got is not None and got in self.values else None
+
+    def value_of(self, request: RouteRequest) -> str | None:
+        """The request's value for this key, as compared (None: the request has none)."""
+        if self.key.startswith("metadata."):
+            value = request.metadata.get(self.key.split(".", 1)[1]) if request.metadata else None
+            # only a scalar is compared: a list or mapping is no value of the field
+            return _norm(value) if isinstance(value, (str, int, float, bool)) else None
+        value = getattr(request, _IDENTITY_KEYS[self.key])
+        return None if value is None else str(value)
+
+    def describe(self, request: RouteRequest) -> str:
+        """The request's value for this key, for a decision that no condition matched."""
+        if self.key == "prompt_tokens":
+            return f"prompt_tokens={request.prompt_tokens}"
+        if self.key == "tags":
+            return f"tags=[{', '.join(request.tags)}]"
+        got = self.value_of(request)
+        return f"{self.key}={got}" if got is not None else f"no {self.key}"
+
+    def _range(self) -> str:
+        return f"[{'' if self.min is None else self.min}, {'' if self.max is None else self.max}]"
+
+    def __str__(self) -> str:
+        if self.key == "prompt_tokens":
+            return f"prompt_tokens in {self._range()}"
+        return f"{self.key}={_show(self.values)}"
+
+
+@dataclass(frozen=True)
+class When:
+    """A rule entry's condition: every one of ``conditions`` must match."""
+
+    conditions: tuple[Condition, ...]
+
+    def check(self, request: RouteRequest) -> str | None:
+        """Why ``request`` matches (``metadata.step=plan, team=ops``), or None when it does not."""
+        why = []
+        for condition in self.conditions:
+            reason = condition.check(request)
+            if reason is None:
+                return None
+            why.append(reason)
+        return ", ".join(why)
+
+    def __str__(self) -> str:
+        return ", ".join(str(c) for c in self.conditions)
+
+    @classmethod
+    def parse(cls, raw: Any) -> "When":
+        """Validate a policy's ``when:``; raises :class:`WhenError` naming the key at fault."""
+        if not isinstance(raw, Mapping):
+            raise WhenError((), f"expected a mapping of conditions, e.g. {{metadata.step: plan}}, got {type(raw).__name__}")
+        if not raw:
+            raise WhenError((), "an empty 'when' would match every request",
+                            hint="leave 'when:' out for a rule that applies to every request")
+        conditions = []
+        for key, value in raw.items():
+            key = str(key)
+            if key == "prompt_tokens":
+                conditions.append(_parse_range(key, value))
+                continue
+            if key.startswith("metadata."):
+                name = key.split(".", 1)[1]
+                if not _METADATA_FIELD.match(name):
+                    raise WhenError((key,), "expected metadata.<field>, a field name of letters, digits, '_' or '-'")
+                if name.startswith("payg_") or name.startswith("user_api_key"):
+                    raise WhenError((key,), f"metadata field {name!r} is not a condition: it is litellm-payg's or LiteLLM's own")
+                if name in _REFUSED_METADATA:
+                    raise WhenError((key,), f"metadata.{name} is written by the client in the proxy", hint=_REFUSED_METADATA[name])
+            elif key == "metadata":
+                raise WhenError((key,), "conditions on metadata name one field each",
+                                hint="write 'metadata.step: plan' instead of 'metadata: {step: plan}'")
+            elif key not in _IDENTITY_KEYS and key != "tags":
+                hint = "use 'key:'" if key in ("api_key", "user_api_key") else None
+                raise WhenError((key,), f"unknown condition {key!r}; expected one of {', '.join(WHEN_KEYS)}", hint=hint)
+            conditions.append(Condition(key, _parse_values(key, value)))
+        return cls(tuple(conditions))
+
+
+def _parse_values(key: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise WhenError((key,), "an empty list matches no request; give at least one value")
+    out = []
+    for i, item in enumerate(items):
+        where = (key, i) if isinstance(value, list) else (key,)
+        if item is None or isinstance(item, (Mapping, list)) or not isinstance(item, (str, int, float, bool)):
+            raise WhenError(where, f"expected a value (a string or number) or a list of them, got {_type(item)}")
+        if isinstance(item, float) and item != item:  # nan never equals anything
+            raise WhenError(where, "expected a value (a string or number), got nan")
+        if key != "tags" and not key.startswith("metadata.") and isinstance(item, bool):
+            raise WhenError(where, f"expected a {key} id (a string), got {item!r}")
+        out.append(_norm(item))
+    return tuple(dict.fromkeys(out))
+
+
+def _parse_range(key: str, value: Any) -> Condition:
+    if not isinstance(value, Mapping):
+        raise WhenError((key,), f"expected a range {{min: N, max: M}} (either may be left out), got {_type(value)}")
+    unknown = sorted(str(k) for k in value if k not in ("min", "max"))
+    if unknown:
+        raise WhenError((key, unknown[0]), "unknown field; expected min and/or max")
+    if not value:
+        raise WhenError((key,), "give min, max or both")
+    bounds: dict[str, int] = {}
+    for name in ("min", "max"):
+        if name not in value:
+            continue
+        n = value[name]
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise WhenError((key, name), f"expected a whole number of tokens, got {_type(n)}")
+        if not 0 <= n <= MAX_TOKENS:
+            raise WhenError((key, name), f"expected 0 to {MAX_TOKENS:,} tokens, got {n}")
+        bounds[name] = n
+    lo, hi = bounds.get("min"), bounds.get("max")
+    if lo is not None and hi is not None and lo > hi:
+        raise WhenError((key,), f"min ({lo}) is greater than max ({hi}): no request can match")
+    return Condition(key, min=lo, max=hi)
+
+
+def _type(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, (str, int, float, bool)):
+        return f"{type(value).__name__} {value!r}"
+    return type(value).__name__

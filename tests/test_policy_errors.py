@@ -21,6 +21,9 @@ GOOD_RULE = """\
         otherwise: mistral/mistral-large-latest
 """
 
+# a rule entry limited by a `when:` (line 5), the condition filled in
+_WHEN = "version: 1\nroutes:\n  chat:\n    - quality_floor: {{min_quality: 0.5}}\n      when: {{{}}}\n"
+
 # (name, policy text, expected field, expected line, words the message must contain)
 BROKEN = [
     ("bad yaml", "version: 1\nroutes:\n  chat: [\n    - x\n", "", 4, "not valid YAML"),
@@ -51,6 +54,12 @@ BROKEN = [
     ("bad ledger url", "version: 1\nledger: postgres://x\n", "ledger", 2, "unknown ledger URL scheme 'postgres' in 'postgres://x'; accepted: memory://"),
     ("sqlite url with two slashes", "version: 1\nledger: sqlite://x.db\n", "ledger", 2, "SQLite ledger URL 'sqlite://x.db' must look like sqlite:///relative.db"),
     ("bad failover action", "version: 1\nfailover:\n  on:\n    auth: retry_forever\n", "failover.on.auth", 4, "'next', 'fail' or 'larger_context'"),
+    ("when unknown key", _WHEN.format("teem: ops"), "routes.chat[0].when.teem", 5, "unknown condition 'teem'"),
+    ("when wrong type", _WHEN.format("team: {name: ops}"), "routes.chat[0].when.team", 5, "expected a value"),
+    ("when empty list", _WHEN.format("metadata.step: []"), "routes.chat[0].when.metadata.step", 5, "empty list"),
+    ("when min over max", _WHEN.format("prompt_tokens: {min: 900, max: 100}"), "routes.chat[0].when.prompt_tokens", 5, "min (900) is greater than max (100)"),
+    ("when body team", _WHEN.format("metadata.team: ops"), "routes.chat[0].when.metadata.team", 5, "written by the client"),
+    ("when without a rule", "version: 1\nroutes:\n  chat:\n    - when: {team: ops}\n", "routes.chat[0]", 4, "besides an optional 'when'"),
 ]
 
 

@@ -1,7 +1,7 @@
 """The scope registry (``core/scopes.py``): every budget scope kind is defined once, and everything
 that names scopes — policy validation, bucket keys, spend records, ``replay``/``spend()`` filters —
 reads it. The ``session`` kind was added to the registry alone; these tests show it works end to end
-through a real Router: a ``session:*`` budget caps each run (LiteLLM's trace id) on its own."""
+through a real Router: a ``session:*`` budget caps each run (LiteLLM's session id) on its own."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ MESSAGES = [{"role": "user", "content": "Please tell me what the status of my or
 MOCK_COST = 10 * 2.8e-07 + 20 * 4.2e-07  # LiteLLM's mock usage on deepseek-chat, bundled price
 
 REQUEST = RouteRequest("chat", 10, 20, user="alice", team="support", api_key="hash1", end_user="cust-9",
-                       tags=("prod", "batch"), trace_id="run-1")
+                       tags=("prod", "batch"), session="run-1")
 CANDIDATE = Candidate("ds", DEEPSEEK, "deepseek", "chat", 2.8e-07, 4.2e-07)
 
 
@@ -64,14 +64,14 @@ async def test_a_session_budget_caps_each_run_on_its_own():
         served = 0
         with pytest.raises(BudgetExceeded) as info:
             for _ in range(10):
-                await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, litellm_trace_id="run-1")
+                await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, litellm_session_id="run-1")
                 await settled(engine)
                 served += 1
         refused = info.value
         assert served >= 2 and refused.spent_usd == pytest.approx(served * MOCK_COST, abs=1e-12)
         assert refused.spent_usd + refused.estimate_usd > cap  # refused only when the next one may not fit
         assert info.value.scope == "session:run-1" and "budget 'per-run' (session:run-1, day) exceeded" in str(info.value)
-        await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, litellm_trace_id="run-2")
+        await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, litellm_session_id="run-2")
         await settled(engine)
         records = engine.spend.ledger.records()
         assert spend(records, "session:run-1") == pytest.approx(served * MOCK_COST, abs=1e-12)

@@ -60,7 +60,7 @@ from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import InvalidAmount, PaygError
 from litellm_payg.adapter.failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
-from litellm_payg.core.identity import RequestIdentity, hints_of, identity_of
+from litellm_payg.core.identity import RequestIdentity, hints_of, identity_of, session_of
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
 from litellm_payg.stores.prices import candidate_from_deployment, count_request_tokens
@@ -370,6 +370,7 @@ class PaygRouting(CustomLogger):
             allowed_models=hints.models,
             trace_id=state.trace_id,
             metadata=metadata,
+            session=session_of(request_kwargs, metadata),
         )
 
     # -- per attempt, inline ----------------------------------------------------------------------

@@ -78,6 +78,9 @@ class RouteRequest:
     allowed_models: frozenset[str] | None = None
     trace_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: the session the request belongs to, as the client names it (``identity.session_of``); read
+    #: by ``when: {session: ...}``
+    session: str | None = None
 
     def field_value(self, name: str) -> str | None:
         """A request field by name, for rules configured with e.g. ``sticky_by: user``."""

@@ -95,6 +95,19 @@ def identity_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any]) 
     )
 
 
+def session_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
+    """The session a request says it belongs to: LiteLLM's ``litellm_session_id`` (a request
+    field), else ``metadata["session_id"]``, which LiteLLM reads the same way. Client-asserted, like
+    tags: it labels a request (``when: {session: ...}``), it never authorises anything.
+
+    The one place a request's session is read: a session scope (which session ids a key may use,
+    sessions the plugin mints) is to be built on it, here."""
+    for value in (request_kwargs.get("litellm_session_id"), metadata.get("session_id")):
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+            return str(value)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Hints:
     min_quality: float | None

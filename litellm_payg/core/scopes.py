@@ -45,9 +45,9 @@ SCOPE_REGISTRY: Mapping[str, ScopeKind] = {k.name: k for k in (
               "the end user the client names (the OpenAI `user` field)"),
     ScopeKind("tag", lambda r, c: tuple(dict.fromkeys(t for t in r.tags if t)), "tags", False,
               "each tag the client sends (metadata.tags)"),
-    ScopeKind("session", lambda r, c: _one(r.trace_id), "trace_id", False,
-              "the run the request belongs to: LiteLLM's trace id (`litellm_trace_id`, the proxy's "
-              "`x-litellm-trace-id` header), LiteLLM's own key for a session"),
+    ScopeKind("session", lambda r, c: _one(r.session), "session", False,
+              "the run the request belongs to: LiteLLM's session id (`litellm_session_id`, "
+              "`metadata.session_id`; the proxy maps `x-litellm-trace-id` to it), see identity.session_of"),
 )}
 
 SCOPE_KINDS: tuple[str, ...] = tuple(SCOPE_REGISTRY)

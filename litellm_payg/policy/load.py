@@ -25,7 +25,7 @@ from litellm_payg.policy.validators import build_validators
 from litellm_payg.core.errors import PluginError, PolicyError, Problem
 from litellm_payg.core.model_facts import ModelFacts
 from litellm_payg.plugins import make_plugin_manager, rule_types
-from litellm_payg.rules import RuleSpec
+from litellm_payg.rules import RuleSpec, When, WhenError
 
 Path_ = tuple[str | int, ...]
 
@@ -157,12 +157,22 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         specs: list[RuleSpec] = []
         for index, entry in enumerate(entries):
             where: Path_ = ("routes", group, index)
+            when = None
+            if "when" in entry:  # a condition on the rule entry (rules.When); the rest is the rule
+                raw_when, entry = entry["when"], {k: v for k, v in entry.items() if k != "when"}
+                try:
+                    when = When.parse(raw_when)
+                except WhenError as exc:
+                    at = (*where, "when", *exc.path)
+                    problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))
             if len(entry) != 1:
                 problems.append(Problem(
                     _dotted(where),
-                    f"each rule is a mapping with exactly one key (the rule type), got keys {sorted(entry)}",
+                    f"each rule is a mapping with exactly one key (the rule type) besides an optional 'when', "
+                    f"got keys {sorted(entry)}",
                     _nearest_line(lines, where),
-                    hint="write '- cost_threshold: {...}' with the options indented under the rule name",
+                    hint="write '- cost_threshold: {...}' with the options indented under the rule name"
+                    + (" (a 'when:' limits the rule written next to it)" if when is not None or not entry else ""),
                 ))
                 continue
             (name, options), = entry.items()
@@ -181,7 +191,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
             except ValidationError as exc:
                 problems.extend(_problems(exc, rule_path, lines))
                 continue
-            specs.append(RuleSpec(name, parsed, _dotted(rule_path), _nearest_line(lines, rule_path), rule_type))
+            specs.append(RuleSpec(name, parsed, _dotted(rule_path), _nearest_line(lines, rule_path), rule_type, when))
         routes[group] = specs
     if problems:
         raise PolicyError(problems, source)

@@ -49,6 +49,10 @@ class Engine:
             self.health = open_health(
                 url, breaker=policy.failover.circuit_breaker.config(), latency=policy.failover.latency.config(), clock=clock
             )
+        #: groups whose route has a rule entry with ``when:`` (see :meth:`rules_for`)
+        self._conditioned = {
+            group: any(rule.context.when is not None for rule in rules) for group, rules in self.routes.items()
+        }
         #: the LiteLLM callback applying this engine, once ``attach`` bound it to a Router
         self.adapter: object | None = None
         self._undo: list[Callable[[], None]] = []
@@ -95,9 +99,10 @@ class Engine:
         that did not serve the attempt."""
         if snapshot is None:
             snapshot = self.snapshot(request, candidates)
-        rules = self.routes.get(request.group)
+        route = self.routes.get(request.group)
         dropped: list[Drop] = []
         notes: list[str] = []
+        rules = self.rules_for(request, route, notes) if route and self._conditioned[request.group] else route
         attrs: dict[str, str] = {}
         current: Sequence[Candidate] = candidates
 
@@ -120,10 +125,45 @@ class Engine:
             if step.attrs:
                 attrs.update(step.attrs)
 
-        decision = Decision(request, list(current), dropped, notes, attrs, governed=rules is not None)
+        # a route whose conditions all missed and that has no unconditioned rule governs nothing:
+        # the request is spread as in a group without a route (budgets and breakers still apply)
+        governed = route is not None and (bool(rules) or not self._conditioned.get(request.group))
+        decision = Decision(request, list(current), dropped, notes, attrs, governed=governed)
         if observe:
             self.observe(decision)
         return decision
+
+    def rules_for(self, request: RouteRequest, route: Sequence[Rule], notes: list[str] | None = None) -> list[Rule]:
+        """The rules of ``route`` that apply to ``request``: the conditioned entries whose ``when``
+        matches, in policy order; when none matches, the unconditioned entries, in policy order. A
+        route without any ``when`` applies all its rules. Says which ``when`` matched and why, or
+        what the request had when none did, in ``notes``."""
+        if not any(rule.context.when is not None for rule in route):
+            return list(route)
+        matched: list[Rule] = []
+        for rule in route:
+            when = rule.context.when
+            if when is None:
+                continue
+            why = when.check(request)
+            if why is not None:
+                matched.append(rule)
+                if notes is not None:
+                    notes.append(f"when {why} matched: {rule.context.field}")
+        if matched:
+            return matched
+        rest = [rule for rule in route if rule.context.when is None]
+        if notes is not None:
+            seen: dict[str, str] = {}
+            for rule in route:
+                for condition in rule.context.when.conditions if rule.context.when is not None else ():
+                    seen.setdefault(condition.key, condition.describe(request))
+            applies = (
+                "the unconditioned rules apply: " + ", ".join(rule.context.field for rule in rest) if rest
+                else "no unconditioned rule: no route rule applies"
+            )
+            notes.append(f"when: no condition matched ({'; '.join(seen.values())}); {applies}")
+        return rest
 
     def observe(self, decision: Decision) -> None:
         """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""

@@ -376,6 +376,8 @@ def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float) -> BudgetRefused:
 
 def _attrs(request: RouteRequest, candidate: Candidate, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     out = record_attrs(request, candidate)  # every scope's value, under the name reports filter on
+    if request.trace_id:
+        out["trace_id"] = request.trace_id  # a label for finding one request's charges, not a scope
     if extra:
         out.update(extra)
     return out

@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--user")
     explain.add_argument("--team")
     explain.add_argument("--tag", action="append", default=[], dest="tags")
+    explain.add_argument("--key", help="the key's hash, as the key: budget scope and when: {key: ...} see it")
+    explain.add_argument("--session", help="the session id (LiteLLM's litellm_session_id)")
+    explain.add_argument("--metadata", action="append", default=[], metavar="FIELD=VALUE",
+                         help="a request metadata field, for when: {metadata.FIELD: ...} (repeatable)")
     explain.add_argument("--min-quality", type=float, help="a client hint: raise the quality bar")
     explain.add_argument("--config", help="a LiteLLM config.yaml whose model_list gives the deployments")
     explain.add_argument("--json", action="store_true")
@@ -124,15 +128,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
             [Problem("--model", f"no deployments for model group {args.model!r}; known: {', '.join(sorted(by_group)) or 'none'}")],
             args.policy,
         )
+    metadata: dict[str, str] = {}
+    for item in args.metadata:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise PolicyError([Problem("--metadata", f"expected FIELD=VALUE, got {item!r}")], args.policy)
+        metadata[name.removeprefix("metadata.")] = value
     request = RouteRequest(
         group=args.model,
         prompt_tokens=args.prompt_tokens,
         output_tokens=engine.expected_output_tokens(args.max_tokens),
         user=args.user,
         team=args.team,
+        api_key=args.key,
         tags=tuple(args.tags),
         min_quality=args.min_quality,
         trace_id="explain",
+        metadata=metadata,
+        session=args.session,
     )
     decision = engine.decide(request, candidates)
     if args.json:
@@ -173,7 +186,9 @@ def _explain_table(decision: Any, candidates: Sequence[Any]) -> str:
             )
         else:
             prices = f"{'unknown':>10} {'unknown':>10} {'-':>11} {'-':>10}"
-        if c.deployment_id in rank:
+        if c.deployment_id in rank and not decision.governed:
+            verdict = "kept"
+        elif c.deployment_id in rank:
             verdict = "CHOSEN" if rank[c.deployment_id] == 0 else f"fallback #{rank[c.deployment_id]}"
         elif c.deployment_id in drops:
             verdict = f"dropped by {drops[c.deployment_id].by}: {drops[c.deployment_id].reason}"
@@ -181,7 +196,10 @@ def _explain_table(decision: Any, candidates: Sequence[Any]) -> str:
             verdict = "dropped"
         lines.append(f"{c.deployment_id[:28]:<28} {c.model[:34]:<34} {prices}  {verdict}")
     chosen = decision.chosen
-    lines += ["", f"=> {chosen.model} ({chosen.deployment_id})" if chosen else "=> no deployment left"]
+    if chosen is not None and not decision.governed:
+        lines += ["", "=> no route rule applies: one of the kept deployments, picked at random among those with budget room"]
+    else:
+        lines += ["", f"=> {chosen.model} ({chosen.deployment_id})" if chosen else "=> no deployment left"]
     return "\n".join(lines)
 
 
