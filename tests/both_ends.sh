@@ -3,7 +3,7 @@
 #
 #   1. the whole suite in the current environment, which `pip install -e '.[test,proxy,metrics]'`
 #      gives the newest supported LiteLLM;
-#   2. the integration tests (Router, budgets, failover, proxy, conformance, trust boundary) on the oldest supported
+#   2. the integration tests (Router, budgets and scopes, when:, failover, proxy, conformance, trust boundary) on the oldest supported
 #      LiteLLM, in their own venv (.venv-litellm-oldest, made on first use and in the background while
 #      step 1 runs): that LiteLLM is installed first, then this checkout with pip, and the step fails
 #      if pip replaced the LiteLLM that was there -- which is what a team that already runs an older
@@ -18,7 +18,8 @@ OLDEST_LITELLM="1.100.0"  # the floor of pyproject's range (litellm_payg/adapter
 OLDEST_VENV="${PAYG_OLDEST_VENV:-.venv-litellm-oldest}"
 INTEGRATION=(tests/test_routing.py tests/test_budget_enforcement.py tests/test_failover.py
              tests/test_proxy.py tests/test_conformance_spend.py
-             tests/test_trust_boundary_router.py tests/test_trust_boundary.py)
+             tests/test_trust_boundary_router.py tests/test_trust_boundary.py
+             tests/test_scopes.py tests/test_when.py tests/test_when_proxy.py)
 export LITELLM_LOCAL_MODEL_COST_MAP="${LITELLM_LOCAL_MODEL_COST_MAP:-True}"  # offline
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
