@@ -88,6 +88,18 @@ class _PolicyDocument(_Strict):
             raise ValueError(f"budget names must be distinct, repeated: {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _final_reserve_conditions(self) -> "_PolicyDocument":
+        for i, budget in enumerate(self.budgets):
+            if budget.final_reserve is None:
+                continue
+            try:
+                When.parse(budget.final_reserve.when)
+            except WhenError as exc:
+                at = ".".join(("budgets", str(i), "final_reserve", "when", *exc.path))
+                raise ValueError(f"{at}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
+        return self
+
 
 @dataclass
 class Policy:
