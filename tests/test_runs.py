@@ -283,3 +283,21 @@ def test_run_budget_mistakes_are_policy_errors(budget, words):
     with pytest.raises(PolicyError) as info:
         load_policy({"version": 1, "budgets": [budget]})
     assert words in str(info.value)
+
+
+def test_the_readme_run_budget_example_is_a_valid_policy():
+    """The policy in README "Agent runs" loads as written (a doc example that drifted would not)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from litellm_payg.policy.load import load_policy
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Agent runs", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    policy = load_policy({"version": 1, **yaml.safe_load(block)})
+    [budget] = policy.budgets
+    assert budget.is_run and budget.max_requests == 200 and budget.loop_guard == 5
+    assert [s.at for s in budget.downgrade] == [0.5, 0.8] and budget.final_reserve.share == 0.1
