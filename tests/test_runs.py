@@ -301,3 +301,36 @@ def test_the_readme_run_budget_example_is_a_valid_policy():
     [budget] = policy.budgets
     assert budget.is_run and budget.max_requests == 200 and budget.loop_guard == 5
     assert [s.at for s in budget.downgrade] == [0.5, 0.8] and budget.final_reserve.share == 0.1
+
+
+async def test_the_policy_names_where_the_session_id_is_read_from():
+    policy = _policy({"max_requests": 1})
+    policy["sessions"] = {"id_from": ["metadata.job", "litellm_session_id"]}
+    with attached(_deployments(), policy) as (router, engine):
+        await _ask(router, None, "one", job="job-7")
+        with pytest.raises(BudgetExceeded) as info:
+            await _ask(router, None, "two", job="job-7")
+        assert "run 'job-7'" in str(info.value)
+        # metadata.session_id is not a source any more: these are two requests in no run
+        await _ask(router, "job-8", "three")
+        await _ask(router, "job-8", "four")
+        await router.acompletion(model="chat", messages=_msg("five"), max_tokens=20, litellm_session_id="job-9")
+        with pytest.raises(BudgetExceeded):
+            await router.acompletion(model="chat", messages=_msg("six"), max_tokens=20, litellm_session_id="job-9")
+        await settled(engine)
+
+
+def test_session_sources_are_checked_and_read_in_order():
+    from litellm_payg.core.errors import PolicyError
+    from litellm_payg.core.identity import session_of
+    from litellm_payg.policy.load import load_policy
+
+    assert load_policy({"version": 1}).session_sources == ("litellm_session_id", "metadata.session_id")
+    for bad in ("trace", "header:", "metadata.payg_request", "cookie:x"):
+        with pytest.raises(PolicyError, match="session id source"if bad not in ("metadata.payg_request",) else "own field"):
+            load_policy({"version": 1, "sessions": {"id_from": [bad]}})
+    kwargs = {"litellm_trace_id": "t1", "proxy_server_request": {"headers": {"X-Agent-Run": "h1"}}}
+    assert session_of(kwargs, {"session_id": "m1"}) == "m1"
+    assert session_of(kwargs, {"session_id": "m1"}, ("header:x-agent-run", "metadata.session_id")) == "h1"
+    assert session_of(kwargs, {}, ("header:x-other", "litellm_trace_id")) == "t1"
+    assert session_of({}, {}, ("header:x-agent-run",)) is None

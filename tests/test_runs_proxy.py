@@ -29,6 +29,8 @@ POLICY = {
     "ledger": "sqlite:///payg-ledger.db",
     "models": {CHEAP: {"quality": 0.7}, DEAR: {"quality": 0.95}},
     "routes": {"agent": [{"quality_floor": {"min_quality": 0.9}}]},
+    # a header of the operator's choosing first; LiteLLM's session id (and x-litellm-trace-id) else
+    "sessions": {"id_from": ["header:x-agent-run", "litellm_session_id"]},
     "budgets": [{
         "name": "per-run", "scope": "session:*", "window": "session:30m", "limit_usd": LIMIT,
         "max_requests": 12, "loop_guard": 3,
@@ -68,12 +70,12 @@ def _client(proxy: RunningProxy):
     return openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key=new_key(label="runs"), max_retries=0, timeout=30)
 
 
-def _ask(client, run: str, text: str, *, via_header: bool = False, max_tokens: int = 20, **metadata):
+def _ask(client, run: str, text: str, *, via_header: bool | str = False, max_tokens: int = 20, **metadata):
     """(answering deployment, response headers) of one request of run ``run``."""
     extra_body: dict = {"metadata": metadata} if metadata else {}
     extra_headers = None
     if via_header:
-        extra_headers = {"x-litellm-trace-id": run}
+        extra_headers = {via_header if isinstance(via_header, str) else "x-litellm-trace-id": run}
     else:
         extra_body["litellm_session_id"] = run
     raw = client.chat.completions.with_raw_response.create(
@@ -95,7 +97,8 @@ def _run() -> str:
     return f"run-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.mark.parametrize("via_header", [False, True], ids=["litellm_session_id", "x-litellm-trace-id"])
+@pytest.mark.parametrize("via_header", [False, True, "x-agent-run"],
+                         ids=["litellm_session_id", "x-litellm-trace-id", "sessions.id_from header"])
 def test_the_loop_guard_stops_a_runaway_client_through_the_proxy(proxy, via_header):
     client, run = _client(proxy), _run()
     for _ in range(2):
