@@ -334,3 +334,46 @@ def test_session_sources_are_checked_and_read_in_order():
     assert session_of(kwargs, {"session_id": "m1"}, ("header:x-agent-run", "metadata.session_id")) == "h1"
     assert session_of(kwargs, {}, ("header:x-other", "litellm_trace_id")) == "t1"
     assert session_of({}, {}, ("header:x-agent-run",)) is None
+
+
+@pytest.mark.parametrize("on_exceed", ["alert", "downgrade"])
+async def test_the_counts_refuse_whatever_on_exceed_says_of_the_dollars(on_exceed):
+    with attached(_deployments(), _policy({"on_exceed": on_exceed, "loop_guard": 2, "max_requests": 3})) as (router, engine):
+        await _ask(router, "run-a", "same")
+        with pytest.raises(BudgetExceeded) as info:
+            await _ask(router, "run-a", "same")
+        assert info.value.rule == "loop"
+        await _ask(router, "run-a", "other")
+        await _ask(router, "run-a", "third")
+        with pytest.raises(BudgetExceeded) as info:
+            await _ask(router, "run-a", "fourth")
+        assert info.value.rule == "max_requests"
+        await settled(engine)
+
+
+async def test_budget_status_and_report_show_each_run_and_leave_the_counters_out():
+    from litellm_payg.tools.budget_status import budget_rows
+    from litellm_payg.tools.report import build_report
+
+    from litellm import Router
+
+    clock = Clock()
+    router = Router(model_list=_deployments())
+    engine = litellm_payg.attach(router, _policy({"loop_guard": 3, "max_requests": 9}), clock=clock)
+    try:
+        await _ask(router, "run-a", "one")
+        await _ask(router, "run-a", "two")
+        await _ask(router, "run-b", "one")
+        await settled(engine)
+        rows = {r.scope: r for r in budget_rows(engine.policy, engine.spend.ledger, now=clock.t)}
+        assert set(rows) == {"session:run-a", "session:run-b"}
+        assert rows["session:run-a"].spent_usd == pytest.approx(2 * DEAR_COST, abs=1e-12)
+        report = build_report(engine.spend.ledger, engine.policy, since=0, now=clock.t)
+        assert {(s["scope"], s["window"]) for s in report.by_scope} == {
+            ("session:run-a", "session:30m"), ("session:run-b", "session:30m")}
+        assert report.total_usd == pytest.approx(3 * DEAR_COST, abs=1e-12)
+        # idle past the window: the run's row reads as a fresh run (the records keep the history)
+        rows = {r.scope: r for r in budget_rows(engine.policy, engine.spend.ledger, now=clock.t + 1800)}
+        assert rows["session:run-a"].spent_usd == 0
+    finally:
+        engine.detach()

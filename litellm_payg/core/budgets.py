@@ -292,7 +292,8 @@ def buckets_for(
 
     Usually zero or one; ``tag:*`` gives one per tag of the request. A run budget
     (``window: session:<idle>``) gives its dollar bucket and its request counter (``rule``
-    ``max_requests``; track-only without ``max_requests``, so the run's requests can be read);
+    ``max_requests``; track-only without ``max_requests``, so the run's requests can be read). The
+    counts refuse whatever ``on_exceed`` says: it is about the dollars;
     the loop guard's per-prompt counter depends on the prompt, see :func:`loop_bucket`.
     """
     kind, value = parse_scope(budget.scope)
@@ -308,7 +309,7 @@ def buckets_for(
             key = bucket_key(budget.budget_id(index), kind, v, wkey)
             out.append(BudgetBucket(budget, Bucket(key, budget.limit_usd, enforce, idle_s=rolling_s), v, None, None))
             out.append(BudgetBucket(
-                budget, Bucket(f"{key}|requests", budget.max_requests, enforce and budget.max_requests is not None,
+                budget, Bucket(f"{key}|requests", budget.max_requests, budget.max_requests is not None,
                                idle_s=rolling_s, counts=True), v, None, None, rule="max_requests"))
         return out
     # a calendar window's counter is dropped some time after it ends; a rolling one is read over its span

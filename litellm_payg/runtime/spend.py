@@ -278,7 +278,8 @@ class SpendControl:
                 return admission
             refused = next(bb for bb in found if bb.bucket.key == result.refused_by)
             usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
-            if refused.budget.on_exceed == "block":
+            # a run's request counts refuse the request whatever the deployment: on_exceed is about dollars
+            if refused.budget.on_exceed == "block" or refused.rule in ("max_requests", "loop"):
                 raise _exceeded(refused, usage, estimate, found, result.usage)
             skipped.append(Step.drop(candidate, exhausted(refused, usage, estimate), "budget", budget_label(refused)))
         reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
