@@ -550,3 +550,32 @@ def test_sigkilled_reservation_is_charged_in_full_after_restart(shared_url):
         assert spent(led, CAP) == pytest.approx(0.8, abs=NANO)
         kinds = {r.reservation_id: (r.attrs["kind"], r.amount_usd) for r in led.records()}
         assert kinds["doomed"][0] == "expired" and kinds["doomed"][1] == pytest.approx(0.5, abs=NANO)
+
+
+def test_a_sqlite_file_from_before_session_buckets_is_upgraded_in_place(tmp_path):
+    """A ledger file written before run budgets has no idle_s/last_at columns and 3-part bucket
+    specs in its open reservations: opening it adds the columns, and those reservations settle."""
+    import json
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE buckets (key TEXT PRIMARY KEY, spent INTEGER NOT NULL DEFAULT 0,
+                              reserved INTEGER NOT NULL DEFAULT 0, rolling_s REAL, expires_at REAL);
+        CREATE TABLE reservations (id TEXT PRIMARY KEY, amount INTEGER NOT NULL, expires_at REAL NOT NULL,
+                                   buckets TEXT NOT NULL, attrs TEXT NOT NULL);
+    """)
+    db.execute("INSERT INTO buckets (key, reserved) VALUES (?, ?)", (CAP.key, 300_000_000))
+    db.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?)",
+               ("old", 300_000_000, 10_000.0, json.dumps([[CAP.key, None, None]]), "{}"))
+    db.commit()
+    db.close()
+    led = open_ledger(f"sqlite:///{path}")
+    try:
+        assert led.settle("old", 0.25, now=100)
+        assert spent(led, CAP, now=100) == pytest.approx(0.25, abs=NANO) and reserved(led, CAP, now=100) == 0
+        assert led.reserve("new", [RUN, RUN_REQS], 0.5, 60, now=100).ok
+        assert led.usage([RUN_REQS], now=100)[RUN_REQS.key].reserved_usd == 1
+    finally:
+        led.close()
