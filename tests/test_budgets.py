@@ -45,7 +45,7 @@ ALICE = Identity(user="alice", team="t1", api_key="hash123", tags=("prod", "batc
 def test_bad_window_message_names_the_accepted_forms():
     with pytest.raises(ValidationError) as e:
         Budget(scope="global", window="fortnight", limit_usd=5)
-    assert "window must be hour, day, week, month or rolling:<N>(s|m|h|d), got 'fortnight'" in str(e.value)
+    assert "window must be hour, day, week, month, rolling:<N>(s|m|h|d) or session:<N>(s|m|h|d), got 'fortnight'" in str(e.value)
 
 
 @pytest.mark.parametrize("window", ["rolling:0m", "rolling:5", "rolling:5w", "rolling:-1h", "Month"])

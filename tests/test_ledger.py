@@ -18,7 +18,7 @@ from services import BACKENDS, REDIS_HOST, REDIS_PORT, require_redis
 
 from litellm_payg.core.errors import InvalidAmount, PaygError
 from litellm_payg.stores.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
-from litellm_payg.stores.ledger.base import MAX_AMOUNT_USD
+from litellm_payg.stores.ledger.base import MAX_AMOUNT_USD, Usage
 
 NANO = 1e-9
 
@@ -313,6 +313,120 @@ def test_state_survives_a_restart(shared_url):
         assert [(r.reservation_id, r.attrs["kind"]) for r in led.records()] == [("done", "settled"), ("open", "expired")]
 
 
+# -- session (idle) and request-counting buckets ----------------------------------------------
+
+RUN = Bucket("run|session:s1|session:30m", 1.0, True, idle_s=1800)
+RUN_REQS = Bucket("run|session:s1|session:30m|requests", 3, True, idle_s=1800, counts=True)
+
+
+def test_a_session_bucket_starts_afresh_once_idle_and_not_before(ledger):
+    assert ledger.reserve("a", [RUN], 0.4, 60, now=1000).ok
+    assert ledger.settle("a", 0.4, now=1010)
+    # activity (the settle at 1010) pushes the idle expiry: 1010 + 1800 - 1 is still the same run
+    assert spent(ledger, RUN, now=1010 + 1799) == pytest.approx(0.4, abs=NANO)
+    assert ledger.reserve("b", [RUN], 0.3, 60, now=1010 + 1799).ok
+    assert ledger.settle("b", 0.3, now=1010 + 1799)
+    assert spent(ledger, RUN, now=2809 + 1799) == pytest.approx(0.7, abs=NANO)
+    assert not ledger.reserve("c", [RUN], 0.4, 60, now=2809 + 1799).ok  # 0.7 + 0.4 > 1.0
+    # idle for the full 30 minutes after the last activity: the run reads as empty, and a
+    # reservation starts it afresh (the whole limit is there again)
+    later = 2809 + 1800
+    assert spent(ledger, RUN, now=later) == 0
+    assert ledger.reserve("d", [RUN], 0.9, 60, now=later).ok
+    assert ledger.settle("d", 0.9, now=later + 1)
+    assert spent(ledger, RUN, now=later + 1) == pytest.approx(0.9, abs=NANO)
+    # a refused reservation is no activity: it does not keep an idle run alive
+    assert not ledger.reserve("e", [RUN], 0.5, 60, now=later + 2).ok
+    assert spent(ledger, RUN, now=later + 1 + 1800) == 0
+
+
+def test_an_open_reservation_of_an_idle_run_stays_counted(ledger):
+    assert ledger.reserve("a", [RUN], 0.6, 10_000, now=0).ok
+    assert ledger.settle("a", 0.1, now=1)
+    assert ledger.reserve("b", [RUN], 0.5, 10_000, now=2).ok
+    u = ledger.usage([RUN], now=5000)[RUN.key]
+    assert u.spent_usd == 0 and u.reserved_usd == pytest.approx(0.5, abs=NANO)
+    assert not ledger.reserve("c", [RUN], 0.6, 60, now=5000).ok  # 0.5 still in flight + 0.6 > 1.0
+    assert ledger.settle("b", 0.2, now=5001)
+    assert spent(ledger, RUN, now=5001) == pytest.approx(0.2, abs=NANO)
+
+
+def test_a_counting_bucket_counts_requests_not_dollars(ledger):
+    for i in range(3):
+        r = ledger.reserve(f"r{i}", [RUN, RUN_REQS], 0.01, 60, now=10 + i)
+        assert r.ok
+        assert r.usage[RUN_REQS.key].spent_usd + r.usage[RUN_REQS.key].reserved_usd == i
+    refused = ledger.reserve("r3", [RUN, RUN_REQS], 0.01, 60, now=20)
+    assert not refused.ok and refused.refused_by == RUN_REQS.key
+    assert ledger.usage([RUN_REQS], now=20)[RUN_REQS.key].reserved_usd == 3
+    # settling charges one request whatever the cost; a release gives the slot back
+    assert ledger.settle("r0", 0.005, now=21)
+    assert ledger.settle("r1", 0.0, now=21)
+    assert ledger.release("r2")
+    u = ledger.usage([RUN, RUN_REQS], now=22)
+    assert u[RUN_REQS.key].spent_usd == 2 and u[RUN_REQS.key].reserved_usd == 0
+    assert u[RUN.key].spent_usd == pytest.approx(0.005, abs=NANO)
+    assert ledger.reserve("r4", [RUN, RUN_REQS], 0.01, 60, now=23).ok
+    assert not ledger.reserve("r5", [RUN, RUN_REQS], 0.01, 60, now=24).ok
+    # an expired reservation is charged as one request too
+    assert ledger.expire(now=23 + 61) == 1
+    assert ledger.usage([RUN_REQS], now=90)[RUN_REQS.key].spent_usd == 3
+    # the count is a session counter: idle for its idle_s, it starts afresh
+    assert ledger.reserve("r6", [RUN, RUN_REQS], 0.01, 60, now=84 + 1800).ok
+
+
+def test_expire_collects_idle_session_buckets(ledger):
+    assert ledger.reserve("a", [RUN, RUN_REQS], 0.1, 60, now=0)
+    assert ledger.settle("a", 0.1, now=1)
+    ledger.expire(now=1800)  # not idle yet: kept
+    assert _stored(ledger, RUN.key) in (True, None)
+    if hasattr(ledger, "_r"):  # Redis drops the key on its own, idle_s (+ a minute) after its last activity
+        ttl_ms = ledger._r.pttl(ledger.prefix + "b:" + RUN.key)
+        assert 1800_000 < ttl_ms <= 1860_000
+    ledger.expire(now=1 + 1800)
+    assert _stored(ledger, RUN.key) in (False, None) and _stored(ledger, RUN_REQS.key) in (False, None)
+    assert ledger.usage([RUN, RUN_REQS], now=1 + 1800) == {RUN.key: Usage(0.0, 0.0), RUN_REQS.key: Usage(0.0, 0.0)}
+    assert ledger.reserve("b", [RUN], 0.95, 60, now=1801).ok
+
+
+def _stored(ledger, key: str) -> bool | None:
+    """Whether a backend still stores a counter (None: Redis, whose keys expire on their own TTL)."""
+    if hasattr(ledger, "_counters"):
+        return key in ledger._counters
+    if hasattr(ledger, "_db"):
+        return ledger._db.execute("SELECT 1 FROM buckets WHERE key = ?", (key,)).fetchone() is not None
+    return None
+
+
+def test_50_concurrent_requests_of_one_run_hold_its_cap_and_request_count(url):
+    """One reservation's worth of overshoot at most: the dollars and the request count are
+    reserved in one atomic call, on every backend."""
+    run = Bucket("c|session:x|session:10m", 0.1, True, idle_s=600)
+    reqs = Bucket("c|session:x|session:10m|requests", 30, True, idle_s=600, counts=True)
+    led = open_ledger(url)
+    n, est = 50, 0.004
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        r = led.reserve(f"w{i}", [run, reqs], est, ttl_s=600, now=100.0)
+        results[i] = r.ok
+        if r.ok:
+            led.settle(f"w{i}", est, now=101.0)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    u = led.usage([run, reqs], now=102.0)
+    assert results.count(True) == 25  # 25 x 0.004 = 0.1 exactly; the request count (30) is not reached
+    assert u[run.key].spent_usd == pytest.approx(0.1, abs=NANO)
+    assert u[reqs.key].spent_usd == 25 and u[reqs.key].reserved_usd == 0
+    led.close()
+
+
 # -- concurrency ---------------------------------------------------------------------
 
 
@@ -436,3 +550,32 @@ def test_sigkilled_reservation_is_charged_in_full_after_restart(shared_url):
         assert spent(led, CAP) == pytest.approx(0.8, abs=NANO)
         kinds = {r.reservation_id: (r.attrs["kind"], r.amount_usd) for r in led.records()}
         assert kinds["doomed"][0] == "expired" and kinds["doomed"][1] == pytest.approx(0.5, abs=NANO)
+
+
+def test_a_sqlite_file_from_before_session_buckets_is_upgraded_in_place(tmp_path):
+    """A ledger file written before run budgets has no idle_s/last_at columns and 3-part bucket
+    specs in its open reservations: opening it adds the columns, and those reservations settle."""
+    import json
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE buckets (key TEXT PRIMARY KEY, spent INTEGER NOT NULL DEFAULT 0,
+                              reserved INTEGER NOT NULL DEFAULT 0, rolling_s REAL, expires_at REAL);
+        CREATE TABLE reservations (id TEXT PRIMARY KEY, amount INTEGER NOT NULL, expires_at REAL NOT NULL,
+                                   buckets TEXT NOT NULL, attrs TEXT NOT NULL);
+    """)
+    db.execute("INSERT INTO buckets (key, reserved) VALUES (?, ?)", (CAP.key, 300_000_000))
+    db.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?)",
+               ("old", 300_000_000, 10_000.0, json.dumps([[CAP.key, None, None]]), "{}"))
+    db.commit()
+    db.close()
+    led = open_ledger(f"sqlite:///{path}")
+    try:
+        assert led.settle("old", 0.25, now=100)
+        assert spent(led, CAP, now=100) == pytest.approx(0.25, abs=NANO) and reserved(led, CAP, now=100) == 0
+        assert led.reserve("new", [RUN, RUN_REQS], 0.5, 60, now=100).ok
+        assert led.usage([RUN_REQS], now=100)[RUN_REQS.key].reserved_usd == 1
+    finally:
+        led.close()

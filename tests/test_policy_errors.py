@@ -46,7 +46,7 @@ BROKEN = [
     ("split sticky field", "version: 1\nroutes:\n  chat:\n    - split:\n        sticky_by: shoe_size\n        arms: [{model: gpt-4o-mini, weight: 1}, {model: gpt-4o, weight: 1}]\n", "routes.chat[0].split.sticky_by", 5, "expected user, team, api_key"),
     ("unknown plugin module", "version: 1\nplugins: [no_such_payg_plugin_xyz]\nroutes: {}\n", "plugins", 2, "no_such_payg_plugin_xyz"),
     ("missing plugin file", "version: 1\nplugins: [plugins/nope.py]\nroutes: {}\n", "plugins", 2, "no such file"),
-    ("bad budget window", "version: 1\nbudgets:\n  - {scope: global, window: fortnight, limit_usd: 5}\n", "budgets[0].window", 3, "window must be hour, day, week, month or rolling"),
+    ("bad budget window", "version: 1\nbudgets:\n  - {scope: global, window: fortnight, limit_usd: 5}\n", "budgets[0].window", 3, "window must be hour, day, week, month, rolling"),
     ("bad budget scope", "version: 1\nbudgets:\n  - {scope: 'planet:earth', window: day, limit_usd: 5}\n", "budgets[0].scope", 3, "scope must be 'global'"),
     ("negative budget", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: -5}\n", "budgets[0].limit_usd", 3, "greater than 0"),
     ("bad on_exceed", "version: 1\nbudgets:\n  - {scope: global, window: day, limit_usd: 5, on_exceed: panic}\n", "budgets[0].on_exceed", 3, "'block', 'downgrade' or 'alert'"),

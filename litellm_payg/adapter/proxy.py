@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from litellm_payg.core.identity import identity_from_key
 from litellm_payg.adapter.ingress import InvalidRequest, refuse_bad_input
 from litellm_payg.policy.load import load_policy
 from litellm_payg.core.request_state import metadata_of
+from litellm_payg.stores.ledger.base import LedgerError
 
 logger = logging.getLogger("litellm_payg")
 
@@ -69,6 +71,15 @@ POLICY_FILENAME = "payg-policy.yaml"
 HEADER_CHOSEN = "x-payg-chosen"
 HEADER_CHOSEN_MODEL = "x-payg-chosen-model"
 HEADER_DECISION = "x-payg-decision"
+#: a run budget's state for the request's run (``scope: session:*``), read from the ledger when the
+#: response is sent: settled spend, in-flight reservations (this request's until it settles), what
+#: is left of the limit, and the run's requests
+HEADER_RUN_BUDGET = "x-payg-run-budget"
+HEADER_RUN_SPEND = "x-payg-run-spend-usd"
+HEADER_RUN_IN_FLIGHT = "x-payg-run-in-flight-usd"
+HEADER_RUN_REMAINING = "x-payg-run-remaining-usd"
+HEADER_RUN_LIMIT = "x-payg-run-limit-usd"
+HEADER_RUN_REQUESTS = "x-payg-run-requests"
 
 
 class PolicyUnusable(PaygError):
@@ -294,11 +305,35 @@ class ProxyPaygRouting(PaygRouting):
             "prompt_tokens": decision.get("prompt_tokens"),
             "output_tokens": decision.get("output_tokens"),
         }
-        return {
+        headers = {
             HEADER_CHOSEN: str(decision.get("chosen")),
             HEADER_CHOSEN_MODEL: str(decision.get("chosen_model")),
             # ASCII-only JSON: header values must be latin-1
             HEADER_DECISION: json.dumps(summary, separators=(",", ":"), ensure_ascii=True, default=str),
+        }
+        headers.update(self._run_headers(state))
+        return headers
+
+    def _run_headers(self, state: Any) -> dict[str, str]:
+        """The request's run under the policy's first run budget, from the ledger (never from the
+        request: the session id only says which run, and it is not echoed)."""
+        request = getattr(state, "request", None)
+        session = getattr(request, "session", None)
+        engine = self.engine
+        if not session or engine is None or not engine.spend.runs:
+            return {}
+        try:
+            status = engine.run_status(session)
+        except (LedgerError, ValueError) as exc:
+            logger.warning("litellm-payg: cannot read the run's budget for the response headers: %s", exc)
+            return {}
+        return {
+            HEADER_RUN_BUDGET: re.sub(r"[^\x20-\x7e]", "?", status.budget),  # the operator's name, printable ASCII
+            HEADER_RUN_SPEND: f"{status.spent_usd:.9f}",
+            HEADER_RUN_IN_FLIGHT: f"{status.reserved_usd:.9f}",
+            HEADER_RUN_REMAINING: f"{status.remaining_usd:.9f}",
+            HEADER_RUN_LIMIT: f"{status.limit_usd:.9f}",
+            HEADER_RUN_REQUESTS: str(status.requests),
         }
 
 

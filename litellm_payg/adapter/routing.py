@@ -60,7 +60,8 @@ from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import InvalidAmount, PaygError
 from litellm_payg.adapter.failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
-from litellm_payg.core.identity import RequestIdentity, hints_of, identity_of, session_of
+from litellm_payg.core.identity import DEFAULT_SESSION_SOURCES, RequestIdentity, hints_of, identity_of, session_of
+from litellm_payg.core.runs import prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
 from litellm_payg.stores.prices import candidate_from_deployment, count_request_tokens
@@ -370,7 +371,10 @@ class PaygRouting(CustomLogger):
             allowed_models=hints.models,
             trace_id=state.trace_id,
             metadata=metadata,
-            session=session_of(request_kwargs, metadata),
+            session=session_of(request_kwargs, metadata,
+                               getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES)),
+            prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
+                         if self.engine.spend.loop_guards else None),
         )
 
     # -- per attempt, inline ----------------------------------------------------------------------

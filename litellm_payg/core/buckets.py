@@ -19,6 +19,16 @@ class Bucket:
     buckets (alert/downgrade budgets) are counted but never refuse.
     ``rolling_s`` marks a rolling window of that many seconds. ``expires_at``
     (epoch seconds) lets a backend garbage collect a finished calendar bucket.
+
+    ``idle_s`` makes it a *session* counter (a run's): every reservation or charge on it
+    marks it active, and once ``idle_s`` seconds pass without any, its spend counts as zero (the
+    run starts afresh); amounts of reservations still open stay counted. The backend keeps the
+    time of the last activity, in the caller's clock.
+
+    ``counts`` makes it count requests, not dollars: every reservation on it adds one unit
+    whatever its amount, and a settle (or an expiry charge) charges one unit. A unit is stored as
+    $1, so ``limit_usd`` and its :class:`Usage` read as numbers of requests. Counted in the same
+    atomic ledger call as the money, so a request cap holds under concurrency like a dollar cap.
     """
 
     key: str
@@ -26,6 +36,8 @@ class Bucket:
     enforce: bool
     rolling_s: float | None = None
     expires_at: float | None = None
+    idle_s: float | None = None
+    counts: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,16 @@ proxy.
   the attribute (no user) simply does not fall under that scope.
 * A *window* says over which period: calendar ``hour``/``day``/``week``
   (ISO, Monday)/``month`` in the policy's IANA time zone -- so "daily" resets
-  at local midnight, DST included -- or ``rolling:<N><s|m|h|d>``.
+  at local midnight, DST included -- or ``rolling:<N><s|m|h|d>``, or
+  ``session:<N><s|m|h|d>`` (a run's window: it lasts until the run has been idle that
+  long, see :class:`~litellm_payg.core.buckets.Bucket` ``idle_s``; ``session:`` scopes only).
+
+A ``session`` budget is a *run budget*: besides its dollar cap it may count the run's requests
+(``max_requests``), refuse a prompt repeated ``loop_guard`` times (the loop guard), send the run to
+cheaper deployments past shares of its budget (``downgrade``) and keep the last share of its budget
+for the run's final requests (``final_reserve``). The counts are ledger buckets reserved in the
+same atomic call as the dollars (:func:`buckets_for`); the downgrade steps are decided from the
+snapshot (``runs.py``).
 
 Calendar bucket keys embed the window start (``b0|user:alice|month|2026-11``)
 so a new window is a fresh counter: nothing has to be reset, and a replica
@@ -21,18 +30,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from litellm_payg.core.bounds import MAX_ROLLING_WINDOW_S, Usd
+from litellm_payg.core.bounds import MAX_COUNT, MAX_ROLLING_WINDOW_S, Count, Score, Usd
 from litellm_payg.core.buckets import Bucket
 from litellm_payg.core.decision import Candidate, RouteRequest
 from litellm_payg.core.scopes import SCOPE_KINDS, scope_values  # noqa: F401  (SCOPE_KINDS re-exported)
 
 CALENDAR_WINDOWS = ("hour", "day", "week", "month")
 _ROLLING = re.compile(r"^rolling:(\d+)([smhd])$")
+_SESSION = re.compile(r"^session:(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 #: how long a finished calendar bucket is kept after its window ends, so
@@ -41,9 +51,15 @@ DEFAULT_GC_MARGIN_S = 35 * 86400
 
 
 def parse_window(window: str) -> tuple[str, float | None]:
-    """``('month', None)`` or ``('rolling', seconds)``; ValueError otherwise."""
+    """``('month', None)``, ``('rolling', seconds)`` or ``('session', idle seconds)``; ValueError otherwise."""
     if window in CALENDAR_WINDOWS:
         return window, None
+    m = _SESSION.match(window)
+    if m and int(m.group(1)) > 0:
+        seconds = int(m.group(1)) * _UNIT_S[m.group(2)]
+        if seconds > MAX_ROLLING_WINDOW_S:
+            raise ValueError(f"a session window's idle time is at most 366 days, got {window!r}")
+        return "session", float(seconds)
     m = _ROLLING.match(window)
     if m and int(m.group(1)) > 0:
         seconds = int(m.group(1)) * _UNIT_S[m.group(2)]
@@ -51,7 +67,8 @@ def parse_window(window: str) -> tuple[str, float | None]:
             # bounded like every policy number (bounds.py): slice arithmetic and key TTLs stay finite
             raise ValueError(f"a rolling window is at most 366 days, got {window!r}")
         return "rolling", float(seconds)
-    raise ValueError(f"window must be hour, day, week, month or rolling:<N>(s|m|h|d), got {window!r}")
+    raise ValueError(
+        f"window must be hour, day, week, month, rolling:<N>(s|m|h|d) or session:<N>(s|m|h|d), got {window!r}")
 
 
 def parse_scope(scope: str) -> tuple[str, str | None]:
@@ -71,6 +88,28 @@ def parse_scope(scope: str) -> tuple[str, str | None]:
     return kind, value
 
 
+class DowngradeStep(BaseModel):
+    """Past ``at`` (a share of the run's limit, spent and in flight), the run's requests go to the
+    cheapest deployment of their group whose quality is at least ``min_quality``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    at: float = Field(gt=0, lt=1)
+    min_quality: Score
+
+
+class FinalReserve(BaseModel):
+    """The last ``share`` of a run's limit is kept for its final requests: those ``when`` matches
+    (a ``when:`` as on a rule entry, e.g. ``{metadata.step: final}`` or ``{tags: [final]}``; the
+    policy loader checks it with ``rules.When``). Other requests of the run are refused once they
+    would reach into it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    share: float = Field(gt=0, lt=1)
+    when: dict[str, Any]
+
+
 class Budget(BaseModel):
     """One budget as written in a policy file."""
 
@@ -82,6 +121,32 @@ class Budget(BaseModel):
     on_exceed: Literal["block", "downgrade", "alert"] = "block"
     alert_at: list[float] = Field(default_factory=list)
     name: str | None = None
+    #: run budgets (``window: session:<idle>``) only: requests per run
+    max_requests: Count | None = None
+    #: run budgets only: the same prompt sent this many times in one run is refused (the Nth)
+    loop_guard: Annotated[int, Field(ge=2, le=MAX_COUNT)] | None = None
+    #: run budgets only: progressive downgrade steps, by ascending share
+    downgrade: tuple[DowngradeStep, ...] = ()
+    #: run budgets only: the share of the limit kept for the run's final requests
+    final_reserve: FinalReserve | None = None
+
+    @property
+    def is_run(self) -> bool:
+        """A run budget: its window is ``session:<idle>``."""
+        return self.window.startswith("session:")
+
+    @model_validator(mode="after")
+    def _run_fields(self) -> "Budget":
+        run_only = [f for f in ("max_requests", "loop_guard", "downgrade", "final_reserve") if getattr(self, f)]
+        if self.is_run and not self.scope.startswith("session:"):
+            raise ValueError(f"window {self.window!r} is a run's window: it needs a session scope (scope: session:*)")
+        if run_only and not self.is_run:
+            raise ValueError(f"{', '.join(run_only)} apply to run budgets only: use scope: session:* "
+                             "with window: session:<idle time>, e.g. session:30m")
+        ats = [step.at for step in self.downgrade]
+        if ats != sorted(set(ats)):
+            raise ValueError("downgrade steps must be in ascending, distinct 'at' order")
+        return self
 
     @field_validator("scope")
     @classmethod
@@ -125,8 +190,11 @@ class BudgetBucket:
     budget: Budget
     bucket: Bucket
     scope_value: str | None  # the concrete user/tag/... (None for global)
-    window_start: datetime | None  # None for rolling windows
-    resets_at: datetime | None  # next window start; None for rolling windows
+    window_start: datetime | None  # None for rolling and session windows
+    resets_at: datetime | None  # next window start; None for rolling and session windows
+    #: what the bucket enforces: ``cap`` (the budget's dollars), or for a run budget ``max_requests``
+    #: (its request count) or ``loop`` (one prompt's count); a refusal names it
+    rule: str = "cap"
 
 
 def _values(kind: str, value: str | None, request: RouteRequest, candidate: Candidate | None) -> tuple[str, ...]:
@@ -171,7 +239,7 @@ def window_key(window: str, now: datetime, tz: str | ZoneInfo = "UTC") -> tuple[
     """The window part of a bucket key at ``now``, with the calendar window's start and end
     (``None`` for a rolling window: one counter, read over the trailing span)."""
     wkind, _ = parse_window(window)
-    if wkind == "rolling":
+    if wkind in ("rolling", "session"):
         return window, None, None
     start, end, label = window_bounds(wkind, now, tz)
     return f"{wkind}|{label}", start, end
@@ -222,7 +290,11 @@ def buckets_for(
 ) -> list[BudgetBucket]:
     """The bucket(s) one budget assigns to a request (``[]`` if not covered).
 
-    Usually zero or one; ``tag:*`` gives one per tag of the request.
+    Usually zero or one; ``tag:*`` gives one per tag of the request. A run budget
+    (``window: session:<idle>``) gives its dollar bucket and its request counter (``rule``
+    ``max_requests``; track-only without ``max_requests``, so the run's requests can be read). The
+    counts refuse whatever ``on_exceed`` says: it is about the dollars;
+    the loop guard's per-prompt counter depends on the prompt, see :func:`loop_bucket`.
     """
     kind, value = parse_scope(budget.scope)
     wkind, rolling_s = parse_window(budget.window)
@@ -231,6 +303,15 @@ def buckets_for(
         return []
     enforce = budget.on_exceed == "block"
     wkey, start, end = window_key(budget.window, now, tz)
+    if wkind == "session":
+        out = []
+        for v in values:
+            key = bucket_key(budget.budget_id(index), kind, v, wkey)
+            out.append(BudgetBucket(budget, Bucket(key, budget.limit_usd, enforce, idle_s=rolling_s), v, None, None))
+            out.append(BudgetBucket(
+                budget, Bucket(f"{key}|requests", budget.max_requests, budget.max_requests is not None,
+                               idle_s=rolling_s, counts=True), v, None, None, rule="max_requests"))
+        return out
     # a calendar window's counter is dropped some time after it ends; a rolling one is read over its span
     timing = {"rolling_s": rolling_s} if wkind == "rolling" else {"expires_at": end.timestamp() + gc_margin_s}
     out = []
@@ -238,6 +319,22 @@ def buckets_for(
         bucket = Bucket(bucket_key(budget.budget_id(index), kind, v, wkey), budget.limit_usd, enforce, **timing)
         out.append(BudgetBucket(budget, bucket, None if kind == "global" else v, start, end))
     return out
+
+
+def is_counter_key(key: str) -> bool:
+    """Whether a bucket key is a run budget's request or loop counter (it counts requests, not
+    dollars: reports of spend leave it out)."""
+    tail = key.rsplit("|", 1)[-1]
+    return tail == "requests" or tail.startswith("loop:")
+
+
+def loop_bucket(money: BudgetBucket, prompt_hash: str) -> BudgetBucket:
+    """The loop guard's counter of one prompt in one run: refuses the ``loop_guard``-th send."""
+    budget = money.budget
+    assert budget.loop_guard is not None
+    bucket = Bucket(f"{money.bucket.key}|loop:{prompt_hash}", budget.loop_guard - 1, True,
+                    idle_s=money.bucket.idle_s, counts=True)
+    return BudgetBucket(budget, bucket, money.scope_value, None, None, rule="loop")
 
 
 def all_buckets(

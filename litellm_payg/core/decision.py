@@ -81,6 +81,9 @@ class RouteRequest:
     #: the session the request belongs to, as the client names it (``identity.session_of``); read
     #: by ``when: {session: ...}``
     session: str | None = None
+    #: a fingerprint of the request's messages (``runs.prompt_hash``), for a run budget's loop guard;
+    #: None when no run budget has one (the adapter only hashes then)
+    prompt_hash: str | None = None
 
     def field_value(self, name: str) -> str | None:
         """A request field by name, for rules configured with e.g. ``sticky_by: user``."""

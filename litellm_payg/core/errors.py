@@ -40,7 +40,8 @@ class BudgetRefused(PaygError):
 
     def __init__(self, message: str | None = None, /, *, budget: str = "", scope: str = "", window: str = "",
                  spent_usd: float = 0.0, reserved_usd: float = 0.0, limit_usd: float = 0.0,
-                 estimate_usd: float = 0.0, resets_at: datetime | None = None):
+                 estimate_usd: float = 0.0, resets_at: datetime | None = None, rule: str = "cap",
+                 count: int | None = None, count_limit: int | None = None, reserve_usd: float | None = None):
         if message is not None and not budget:
             # LiteLLM's BudgetExceededError.__init__ ends with ``super().__init__(message)``, which
             # reaches this class in the subclass's MRO: the fields are already set.
@@ -54,13 +55,44 @@ class BudgetRefused(PaygError):
         self.limit_usd = limit_usd
         self.estimate_usd = estimate_usd
         self.resets_at = resets_at
-        resets = f"resets at {resets_at.isoformat()}" if resets_at else f"rolling window {window.split(':', 1)[-1]}"
-        self.message = (
-            f"litellm-payg: budget {budget!r} ({scope}, {window}) exceeded: spent ${spent_usd:.6f} "
-            f"+ in flight ${reserved_usd:.6f} + this request's estimate ${estimate_usd:.6f} "
-            f"> limit ${limit_usd:.6f}; {resets}"
-        )
+        #: which rule refused: ``cap`` (the dollar limit), and for run budgets (``session:`` windows)
+        #: ``max_requests``, ``loop`` (the loop guard) or ``reserve`` (the final reserve)
+        self.rule = rule
+        #: ``max_requests``: the run's requests so far; ``loop``: times this prompt was already sent
+        self.count = count
+        #: ``max_requests``: the cap; ``loop``: ``loop_guard`` (the send it refuses)
+        self.count_limit = count_limit
+        #: ``reserve``: the dollars kept for the run's final requests
+        self.reserve_usd = reserve_usd
+        self.message = self._describe()
         Exception.__init__(self, self.message)
+
+    def _run_spend(self) -> str:
+        return (f"the run spent ${self.spent_usd:.6f} (+ ${self.reserved_usd:.6f} in flight) "
+                f"of ${self.limit_usd:.6f}")
+
+    def _describe(self) -> str:
+        money = (f"spent ${self.spent_usd:.6f} + in flight ${self.reserved_usd:.6f} + this request's estimate "
+                 f"${self.estimate_usd:.6f}")
+        window = self.window
+        if window.startswith("session:"):
+            run = self.scope.partition(":")[2]
+            head = f"litellm-payg: run {run!r} (budget {self.budget!r}, {window})"
+            fresh = f"the run starts afresh after {window.split(':', 1)[1]} idle"
+            if self.rule == "max_requests":
+                return (f"{head} refused by max_requests: {self.count} of {self.count_limit} requests used; "
+                        f"{self._run_spend()}; {fresh}")
+            if self.rule == "loop":
+                return (f"{head} refused by the loop guard: the same prompt was already sent {self.count} times in "
+                        f"this run (loop_guard: {self.count_limit}), a likely loop; {self._run_spend()}; {fresh}")
+            if self.rule == "reserve":
+                return (f"{head} refused by final_reserve: {money} would reach into the final reserve "
+                        f"(${self.reserve_usd or 0:.6f} of the limit ${self.limit_usd:.6f} is kept for the run's final "
+                        f"requests); {fresh}")
+            return f"{head} refused by its cap: {money} > limit ${self.limit_usd:.6f}; {fresh}"
+        resets = f"resets at {self.resets_at.isoformat()}" if self.resets_at else f"rolling window {window.split(':', 1)[-1]}"
+        return (f"litellm-payg: budget {self.budget!r} ({self.scope}, {window}) exceeded: {money} "
+                f"> limit ${self.limit_usd:.6f}; {resets}")
 
     def __str__(self) -> str:
         return self.message
@@ -75,6 +107,10 @@ class BudgetRefused(PaygError):
             "limit_usd": self.limit_usd,
             "estimate_usd": self.estimate_usd,
             "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+            "rule": self.rule,
+            "count": self.count,
+            "count_limit": self.count_limit,
+            "reserve_usd": self.reserve_usd,
         }
 
     @classmethod

@@ -95,14 +95,52 @@ def identity_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any]) 
     )
 
 
-def session_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
-    """The session a request says it belongs to: LiteLLM's ``litellm_session_id`` (a request
-    field), else ``metadata["session_id"]``, which LiteLLM reads the same way. Client-asserted, like
-    tags: it labels a request (``when: {session: ...}``), it never authorises anything.
+#: where the session id is read from when the policy does not say (``sessions: {id_from: [...]}``)
+DEFAULT_SESSION_SOURCES: tuple[str, ...] = ("litellm_session_id", "metadata.session_id")
 
-    The one place a request's session is read: a session scope (which session ids a key may use,
-    sessions the plugin mints) is to be built on it, here."""
-    for value in (request_kwargs.get("litellm_session_id"), metadata.get("session_id")):
+_SESSION_FIELDS = ("litellm_session_id", "litellm_trace_id")
+
+
+def check_session_source(source: str) -> str:
+    """A valid ``sessions.id_from`` entry: ``litellm_session_id``, ``litellm_trace_id`` (request
+    fields), ``metadata.<field>`` or ``header:<name>`` (a request header, at the proxy). ValueError
+    otherwise."""
+    if source in _SESSION_FIELDS:
+        return source
+    kind, sep, name = source.partition(".") if source.startswith("metadata.") else source.partition(":")
+    if sep and name.strip() and kind in ("metadata", "header") and name == name.strip():
+        if kind == "metadata" and (name.startswith("payg_") or name.startswith("user_api_key")):
+            raise ValueError(f"metadata.{name} is litellm-payg's or LiteLLM's own field, not a session id")
+        return source
+    raise ValueError(
+        f"a session id source is litellm_session_id, litellm_trace_id, metadata.<field> or header:<name>, got {source!r}")
+
+
+def _header(request_kwargs: Mapping[str, Any], name: str) -> Any:
+    psr = request_kwargs.get("proxy_server_request")
+    headers = psr.get("headers") if isinstance(psr, Mapping) else None
+    if not isinstance(headers, Mapping):
+        return None
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == wanted), None)
+
+
+def session_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any],
+               sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES) -> str | None:
+    """The session a request says it belongs to: the first of ``sources`` it has (by default
+    LiteLLM's ``litellm_session_id``, a request field, else ``metadata["session_id"]``, which
+    LiteLLM reads the same way; a policy may name others: ``sessions: {id_from: [...]}``, see
+    :func:`check_session_source`). Client-asserted, like tags: it labels a request (``when:
+    {session: ...}``, a run budget), it never authorises anything.
+
+    The one place a request's session is read."""
+    for source in sources:
+        if source in _SESSION_FIELDS:
+            value = request_kwargs.get(source)
+        elif source.startswith("metadata."):
+            value = metadata.get(source.split(".", 1)[1])
+        else:
+            value = _header(request_kwargs, source.split(":", 1)[1])
         if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
             return str(value)
     return None

@@ -47,7 +47,8 @@ SCOPE_REGISTRY: Mapping[str, ScopeKind] = {k.name: k for k in (
               "each tag the client sends (metadata.tags)"),
     ScopeKind("session", lambda r, c: _one(r.session), "session", False,
               "the run the request belongs to: LiteLLM's session id (`litellm_session_id`, "
-              "`metadata.session_id`; the proxy maps `x-litellm-trace-id` to it), see identity.session_of"),
+              "`metadata.session_id`; the proxy maps `x-litellm-trace-id` to it), or where the policy's "
+              "`sessions.id_from` says, see identity.session_of"),
 )}
 
 SCOPE_KINDS: tuple[str, ...] = tuple(SCOPE_REGISTRY)

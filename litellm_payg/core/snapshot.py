@@ -92,6 +92,9 @@ class Snapshot:
     health: Mapping[str, DeploymentHealth] | None
     #: why the health store could not be read (``health`` is then None)
     health_error: str | None
+    #: the request's run, under each run budget with ``downgrade`` steps (``runs.RunUsage``, policy
+    #: order); empty without such a budget, without a session id, or when the ledger could not be read
+    runs: tuple[Any, ...]
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class Snapshot:
         ledger_error: str | None = None,
         health: Mapping[str, DeploymentHealth] | None = None,
         health_error: str | None = None,
+        runs: tuple[Any, ...] = (),
     ) -> None:
         # written out rather than generated: one is built on every decision, and this is half the
         # cost of a generated frozen __init__ with default factories and a __post_init__
@@ -113,6 +117,7 @@ class Snapshot:
             ledger_error=ledger_error,
             health=None if health is None else frozen(health),
             health_error=health_error,
+            runs=tuple(runs),
         )
 
     @property

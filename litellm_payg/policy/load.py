@@ -25,6 +25,7 @@ from litellm_payg.policy.validators import build_validators
 from litellm_payg.core.errors import PluginError, PolicyError, Problem
 from litellm_payg.core.model_facts import ModelFacts
 from litellm_payg.plugins import make_plugin_manager, rule_types
+from litellm_payg.core.identity import DEFAULT_SESSION_SOURCES, check_session_source
 from litellm_payg.rules import RuleSpec, When, WhenError
 
 Path_ = tuple[str | int, ...]
@@ -47,6 +48,19 @@ class Defaults(_Strict):
 DEFAULT_LEDGER = "sqlite:///payg-ledger.db"
 
 
+class SessionSettings(_Strict):
+    """``sessions:``: where a request's session id (its run) is read from, first found wins."""
+
+    id_from: list[str] = Field(default_factory=lambda: list(DEFAULT_SESSION_SOURCES), min_length=1)
+
+    @field_validator("id_from")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        for source in value:
+            check_session_source(source)
+        return value
+
+
 class _PolicyDocument(_Strict):
     version: Literal[1]
     plugins: list[str] = Field(default_factory=list)
@@ -62,6 +76,7 @@ class _PolicyDocument(_Strict):
     alert_webhook: str | None = None
     failover: FailoverSettings | None = None
     validate_: list[ValidatorSpec] = Field(default_factory=list, alias="validate")
+    sessions: SessionSettings = Field(default_factory=lambda: SessionSettings())
 
     @field_validator("timezone")
     @classmethod
@@ -86,6 +101,18 @@ class _PolicyDocument(_Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"budget names must be distinct, repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _final_reserve_conditions(self) -> "_PolicyDocument":
+        for i, budget in enumerate(self.budgets):
+            if budget.final_reserve is None:
+                continue
+            try:
+                When.parse(budget.final_reserve.when)
+            except WhenError as exc:
+                at = ".".join(("budgets", str(i), "final_reserve", "when", *exc.path))
+                raise ValueError(f"{at}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
         return self
 
 
@@ -113,6 +140,8 @@ class Policy:
     failover: FailoverSettings | None = None
     #: built response validators (``validate:``), checked on every successful non-stream answer
     validators: list[Any] = field(default_factory=list)
+    #: where a request's session id is read from (``sessions: {id_from: [...]}``), first found wins
+    session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -214,6 +243,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         reservation_ttl_s=doc.reservation_ttl_s,
         alert_webhook=doc.alert_webhook,
         failover=doc.failover,
+        session_sources=tuple(doc.sessions.id_from),
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)

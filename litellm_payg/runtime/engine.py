@@ -20,6 +20,7 @@ from litellm_payg.hook_chain import HookChain
 from litellm_payg.policy.load import Policy, _undotted
 from litellm_payg.rules import Rule, matches
 from litellm_payg.stores.health import HealthError, HealthStore, open_health
+from litellm_payg.core.runs import RunStatus, downgrade
 from litellm_payg.core.snapshot import Snapshot
 from litellm_payg.runtime.spend import SpendControl
 
@@ -73,9 +74,12 @@ class Engine:
         (one health store read). All the I/O of a decision is here; a store that cannot be read is
         logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
         now = self.spend.clock()  # the engine's clock (``clock=``), which the budget windows use
-        if self.health is None and not self.spend.downgrades:
+        runs_read = self.spend.run_downgrades and request.session
+        if self.health is None and not self.spend.downgrades and not runs_read:
             return Snapshot(now, self.policy)  # nothing to read: most policies, on every request
         budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)
+        runs, run_error = self.spend.run_usage(request, now)
+        ledger_error = ledger_error or run_error
         health = health_error = None
         if self.health is not None and candidates:
             try:
@@ -83,7 +87,7 @@ class Engine:
             except HealthError as e:  # fail open: a health store outage must not stop traffic
                 logger.warning("litellm-payg failover: health store unavailable, breakers ignored: %s", e)
                 health_error = str(e)
-        return Snapshot(now, self.policy, budgets, usage, ledger_error, health, health_error)
+        return Snapshot(now, self.policy, budgets, usage, ledger_error, health, health_error, runs)
 
     def decide(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot | None = None,
                *, observe: bool = True) -> Decision:
@@ -117,6 +121,15 @@ class Engine:
                 )
             current = kept
 
+        # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the route
+        run_step = downgrade(request, current, snapshot.runs) if snapshot.runs else None
+        if run_step is not None:
+            current = run_step.kept
+            dropped.extend(run_step.dropped)
+            notes.append(run_step.note or "")
+            attrs.update(run_step.attrs)
+            rules = []
+
         for step in self._steps(request, current, rules or (), snapshot):
             current = step.kept
             dropped.extend(step.dropped)
@@ -127,7 +140,8 @@ class Engine:
 
         # a route whose conditions all missed and that has no unconditioned rule governs nothing:
         # the request is spread as in a group without a route (budgets and breakers still apply)
-        governed = route is not None and (bool(rules) or not self._conditioned.get(request.group))
+        governed = run_step is not None or (
+            route is not None and (bool(rules) or not self._conditioned.get(request.group)))
         decision = Decision(request, list(current), dropped, notes, attrs, governed=governed)
         if observe:
             self.observe(decision)
@@ -164,6 +178,14 @@ class Engine:
             )
             notes.append(f"when: no condition matched ({'; '.join(seen.values())}); {applies}")
         return rest
+
+    def run_status(self, session: str, budget: str | None = None) -> RunStatus:
+        """What run ``session`` (a session id, as ``identity.session_of`` reads it) has spent and
+        has left: a :class:`~litellm_payg.core.runs.RunStatus` with ``spent_usd``, ``reserved_usd``
+        (in flight), ``limit_usd``, ``remaining_usd``, ``working_remaining_usd`` (the final reserve
+        left out), ``requests`` and ``max_requests``. ``budget`` picks a run budget by name (default:
+        the policy's first run budget). A run idle past its window reads as a fresh one."""
+        return self.spend.run_status(session, budget)
 
     def observe(self, decision: Decision) -> None:
         """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""

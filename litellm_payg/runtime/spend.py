@@ -23,12 +23,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets
+from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, bucket_key, loop_bucket, parse_scope
+from litellm_payg.core.runs import RunStatus, RunUsage
 from litellm_payg.core.scopes import record_attrs, scope_values_key
 from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
 from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError
 from litellm_payg.stores.ledger import open_ledger
-from litellm_payg.core.headroom import budget_label, exhausted, scope_label
+from litellm_payg.core.headroom import budget_label, exhausted, over, scope_label
+from litellm_payg.rules import When
 from litellm_payg.stores.ledger.base import Ledger, LedgerError, Usage, to_nanos
 from litellm_payg.core.snapshot import CandidateBudgets
 
@@ -76,6 +78,15 @@ class SpendControl:
         self.downgrades = any(b.on_exceed == "downgrade" for b in self.budgets)
         self._alerting = any(b.alert_at or b.on_exceed == "alert" for b in self.budgets)
         self._bucket_cache: dict[tuple, tuple[float, float, list[BudgetBucket]]] = {}
+        #: run budgets (``window: session:<idle>``), with their index (their default id is ``b<index>``)
+        self.runs: list[tuple[int, Budget]] = [(i, b) for i, b in enumerate(self.budgets) if b.is_run]
+        #: a run budget's final-reserve condition, by ``id(budget)``
+        self._final: dict[int, When] = {
+            id(b): When.parse(b.final_reserve.when) for _, b in self.runs if b.final_reserve is not None}
+        #: whether requests need a prompt fingerprint (``RouteRequest.prompt_hash``) for a loop guard
+        self.loop_guards = any(b.loop_guard for _, b in self.runs)
+        #: whether a decision reads the run's usage (``downgrade`` steps)
+        self.run_downgrades = any(b.downgrade for _, b in self.runs)
 
     # -- the ledger -------------------------------------------------------------------------------
 
@@ -104,7 +115,7 @@ class SpendControl:
         key = scope_values_key(request, candidate)
         cached = self._bucket_cache.get(key)
         if cached is not None and cached[0] <= t < cached[1]:
-            return cached[2]
+            return self._for_request(request, cached[2])
         found = all_buckets(self.budgets, request, candidate, datetime.fromtimestamp(t, timezone.utc), self.tz)
         # downgrade budgets refuse at reservation too (then the next candidate is tried)
         result = [
@@ -118,7 +129,72 @@ class SpendControl:
         if len(self._bucket_cache) > 50_000:
             self._bucket_cache.clear()
         self._bucket_cache[key] = (valid_from, valid_to, result)
-        return result
+        return self._for_request(request, result)
+
+    def _for_request(self, request: RouteRequest, found: list[BudgetBucket]) -> list[BudgetBucket]:
+        """A run budget's buckets as this request meets them: a request that is not final is held
+        to the limit less the final reserve, and the loop guard counts this request's prompt."""
+        if not self.runs:
+            return found
+        out: list[BudgetBucket] = []
+        for bb in found:
+            budget = bb.budget
+            if not budget.is_run or bb.rule != "cap":
+                out.append(bb)
+                continue
+            if budget.final_reserve is not None and self._final[id(budget)].check(request) is None:
+                working = budget.limit_usd * (1 - budget.final_reserve.share)
+                bb = replace(bb, bucket=replace(bb.bucket, limit_usd=working), rule="reserve")
+            out.append(bb)
+            if budget.loop_guard and request.prompt_hash:
+                out.append(loop_bucket(bb, request.prompt_hash))
+        return out
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    def run_buckets(self, session: str, budget: Budget, index: int) -> tuple[BudgetBucket, BudgetBucket]:
+        """The dollar bucket and the request counter of run ``session`` under run budget ``budget``."""
+        from litellm_payg.core.budgets import buckets_for
+
+        probe = RouteRequest(group="", prompt_tokens=0, output_tokens=0, session=session)
+        money, requests = buckets_for(budget, probe, None, datetime.fromtimestamp(self.clock(), timezone.utc),
+                                      self.tz, index)
+        return money, requests
+
+    def run_usage(self, request: RouteRequest, now: float) -> tuple[tuple[RunUsage, ...], str | None]:
+        """The request's run under each run budget with ``downgrade`` steps, read in one ledger
+        call: what a decision needs for the progressive downgrade (``Engine.snapshot``)."""
+        if not self.run_downgrades or not request.session:
+            return (), None
+        wanted = [self.run_buckets(request.session, b, i)[0] for i, b in self.runs if b.downgrade]
+        try:
+            usage = self.ledger.usage([bb.bucket for bb in wanted], now=now)
+        except LedgerError as exc:
+            logger.warning("litellm-payg: cannot read run usage (%s); no run downgrade for this decision", exc)
+            return (), str(exc)
+        return tuple(RunUsage(bb, usage[bb.bucket.key]) for bb in wanted), None
+
+    def run_status(self, session: str, budget: str | None = None) -> RunStatus:
+        """What run ``session`` has spent and has left under run budget ``budget`` (its name or
+        ``b<index>``; by default the policy's first run budget). Read from the ledger now, so it
+        counts every replica's requests on a shared ledger. Raises ``ValueError`` when the policy
+        has no such run budget."""
+        for index, b in self.runs:
+            if budget is None or b.budget_id(index) == budget:
+                break
+        else:
+            have = ", ".join(b.budget_id(i) for i, b in self.runs) or "none"
+            raise ValueError(f"no run budget {budget!r} in the policy (run budgets: {have})" if budget
+                             else "the policy has no run budget (scope: session:*, window: session:<idle>)")
+        money, requests = self.run_buckets(str(session), b, index)
+        usage = self.ledger.usage([money.bucket, requests.bucket], now=self.clock())
+        spent, count = usage[money.bucket.key], usage[requests.bucket.key]
+        return RunStatus(
+            session=str(session), budget=b.budget_id(index), window=b.window,
+            spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, limit_usd=b.limit_usd,
+            requests=int(round(count.spent_usd + count.reserved_usd)), max_requests=b.max_requests,
+            reserve_usd=b.limit_usd * b.final_reserve.share if b.final_reserve is not None else 0.0,
+        )
 
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
         """Pessimistic: every max output token may be used (reasoning models do), by each of the
@@ -145,7 +221,8 @@ class SpendControl:
         per_candidate: dict[str, CandidateBudgets] = {}
         wanted: dict[str, Any] = {}
         for c in candidates:
-            mine = tuple(bb for bb in self.buckets(request, c, now) if bb.budget.on_exceed == "downgrade")
+            mine = tuple(bb for bb in self.buckets(request, c, now)
+                         if bb.budget.on_exceed == "downgrade" and bb.rule in ("cap", "reserve"))
             if mine:
                 per_candidate[c.deployment_id] = CandidateBudgets(mine, self.reserve_estimate(request, c))
                 for bb in mine:
@@ -201,8 +278,9 @@ class SpendControl:
                 return admission
             refused = next(bb for bb in found if bb.bucket.key == result.refused_by)
             usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
-            if refused.budget.on_exceed == "block":
-                raise _exceeded(refused, usage, estimate)
+            # a run's request counts refuse the request whatever the deployment: on_exceed is about dollars
+            if refused.budget.on_exceed == "block" or refused.rule in ("max_requests", "loop"):
+                raise _exceeded(refused, usage, estimate, found, result.usage)
             skipped.append(Step.drop(candidate, exhausted(refused, usage, estimate), "budget", budget_label(refused)))
         reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
         from litellm_payg.core.errors import NoDeploymentLeft
@@ -327,7 +405,8 @@ class SpendControl:
     # -- alerts -----------------------------------------------------------------------------------
 
     def _check_alerts(self, admission: Admission) -> None:
-        watched = [bb for bb in admission.buckets if bb.budget.alert_at or bb.budget.on_exceed == "alert"]
+        watched = [bb for bb in admission.buckets
+                   if (bb.budget.alert_at or bb.budget.on_exceed == "alert") and bb.rule in ("cap", "reserve")]
         if not watched:
             return
         try:
@@ -361,7 +440,26 @@ class SpendControl:
                 )
 
 
-def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float) -> BudgetRefused:
+def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float, found: Sequence[BudgetBucket] = (),
+              usages: Mapping[str, Usage] | None = None) -> BudgetRefused:
+    budget = bb.budget
+    if budget.is_run and bb.rule != "cap":
+        common = dict(budget=budget_label(bb), scope=scope_label(bb), window=budget.window,
+                      limit_usd=budget.limit_usd, estimate_usd=estimate)
+        if bb.rule == "reserve":
+            # held to the working limit: the full limit would have been exceeded too, or only the reserve
+            rule = "cap" if over(usage, estimate, budget.limit_usd) else "reserve"
+            return BudgetRefused(**common, spent_usd=usage.spent_usd, reserved_usd=usage.reserved_usd, rule=rule,
+                                 reserve_usd=budget.limit_usd * budget.final_reserve.share)  # type: ignore[union-attr]
+        # a count refused: the run's dollars are said too
+        money = next((m for m in found if m.budget is budget and m.rule in ("cap", "reserve")
+                      and m.scope_value == bb.scope_value), None)
+        spent = (usages or {}).get(money.bucket.key, Usage(0.0, 0.0)) if money is not None else Usage(0.0, 0.0)
+        return BudgetRefused(
+            **common, spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, rule=bb.rule,
+            count=int(round(usage.spent_usd + usage.reserved_usd)),
+            count_limit=budget.max_requests if bb.rule == "max_requests" else budget.loop_guard,
+        )
     return BudgetRefused(
         budget=budget_label(bb),
         scope=scope_label(bb),

@@ -46,7 +46,10 @@ def budget_rows(policy: Any, ledger: Ledger, now: float | None = None) -> list[B
     rows: list[BudgetRow] = []
     for index, budget in enumerate(policy.budgets):
         for key, scope_label, resets in _buckets(budget, index, policy.timezone, now, seen_keys):
-            bucket = Bucket(key, budget.limit_usd, budget.on_exceed == "block", rolling_s=parse_window(budget.window)[1])
+            wkind, seconds = parse_window(budget.window)
+            bucket = Bucket(key, budget.limit_usd, budget.on_exceed == "block",
+                            rolling_s=seconds if wkind == "rolling" else None,
+                            idle_s=seconds if wkind == "session" else None)
             usage = ledger.usage([bucket], now=now)[key]
             rows.append(BudgetRow(
                 budget.budget_id(index), scope_label, budget.window, budget.on_exceed,
@@ -60,7 +63,7 @@ def _buckets(budget: Budget, index: int, tz: str, now: float, seen: set[str]):
     kind, value = parse_scope(budget.scope)
     wkind, _ = parse_window(budget.window)
     prefix = budget.budget_id(index).replace("%", "%25").replace("|", "%7C")
-    if wkind == "rolling":
+    if wkind in ("rolling", "session"):
         suffix, resets = f"|{budget.window}", None
     else:
         _, end, label = window_bounds(wkind, datetime.fromtimestamp(now, timezone.utc), tz)

@@ -108,7 +108,7 @@ def build_report(ledger: Any, policy: Any = None, since: float | None = None, no
     """Aggregate a ledger's records (a Ledger or a URL) since ``since``; budgets need ``policy``."""
     from zoneinfo import ZoneInfo
 
-    from litellm_payg.core.budgets import split_bucket_key
+    from litellm_payg.core.budgets import is_counter_key, split_bucket_key
     from litellm_payg.stores.ledger import open_ledger
     from litellm_payg.stores.ledger.base import LedgerError
 
@@ -140,7 +140,7 @@ def build_report(ledger: Any, policy: Any = None, since: float | None = None, no
             providers.setdefault(str(a.get("provider") or "unknown"), []).append(r.amount_usd)
             for key in r.buckets:
                 split = split_bucket_key(key)
-                if split is not None:
+                if split is not None and not is_counter_key(key):  # a run's request counters count no dollars
                     scopes.setdefault(split, []).append(r.amount_usd)
         by_deployment = sorted(
             ({k: v for k, v in row.items() if k != "parts"} | {"cost_usd": math.fsum(row["parts"])} for row in deps.values()),
@@ -179,6 +179,8 @@ def budget_uses(ledger: Any, policy: Any, records: Sequence[Any], now: float) ->
     out: list[BudgetUse] = []
     when = datetime.fromtimestamp(now, timezone.utc)
     for i, budget in enumerate(policy.budgets):
+        if budget.is_run:
+            continue  # one counter per run, gone once the run is idle: nothing to forecast (budget-status lists them)
         kind, value = parse_scope(budget.scope)
         _, rolling_s = parse_window(budget.window)
         suffix, s, e = window_key(budget.window, when, policy.timezone)

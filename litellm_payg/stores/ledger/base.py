@@ -216,6 +216,33 @@ def oldest_live_slice(now: float, rolling_s: float) -> int:
     return math.floor((now - rolling_s) / slice_width(rolling_s))
 
 
+#: what a request adds to a ``counts`` bucket (one request, stored as one unit = $1)
+UNIT_NANOS = NANOS_PER_USD
+
+
+def bucket_amount(bucket: Bucket, amount: int) -> int:
+    """What a reservation or charge of ``amount`` nano-dollars adds to ``bucket``."""
+    return UNIT_NANOS if bucket.counts else amount
+
+
+def idle_over(idle_s: float | None, last: float | None, now: float) -> bool:
+    """Whether a session counter last active at ``last`` has been idle its ``idle_s`` at ``now``."""
+    return idle_s is not None and last is not None and now - last >= idle_s
+
+
+def bucket_spec(b: Bucket) -> list:
+    """How a reservation remembers one of its buckets (JSON): key, rolling_s, expires_at, idle_s, counts."""
+    return [b.key, b.rolling_s, b.expires_at, b.idle_s, bool(b.counts)]
+
+
+def spec_parts(spec: Sequence) -> tuple:
+    """``(key, rolling_s, expires_at, idle_s, counts)`` of a stored spec (older ones have 3 parts)."""
+    key, rolling_s, expires_at = spec[0], spec[1], spec[2]
+    idle_s = spec[3] if len(spec) > 3 else None
+    counts = bool(spec[4]) if len(spec) > 4 else False
+    return key, rolling_s, expires_at, idle_s, counts
+
+
 def check_buckets(buckets: Sequence[Bucket]) -> None:
     keys = [b.key for b in buckets]
     if len(set(keys)) != len(keys):
@@ -225,6 +252,8 @@ def check_buckets(buckets: Sequence[Bucket]) -> None:
             raise LedgerError("bucket key must be a non-empty string")
         if b.rolling_s is not None and not (b.rolling_s > 0 and math.isfinite(b.rolling_s)):
             raise LedgerError(f"bucket {b.key!r}: rolling_s must be > 0, got {b.rolling_s!r}")
+        if b.idle_s is not None and not (b.idle_s > 0 and math.isfinite(b.idle_s) and b.rolling_s is None):
+            raise LedgerError(f"bucket {b.key!r}: idle_s must be > 0 (and not on a rolling bucket), got {b.idle_s!r}")
 
 
 def check_ttl(ttl_s: float) -> None:

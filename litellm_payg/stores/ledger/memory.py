@@ -19,8 +19,10 @@ from litellm_payg.stores.ledger.base import (
     ReserveResult,
     SpendRecord,
     Usage,
+    bucket_amount,
     check_buckets,
     check_ttl,
+    idle_over,
     clean_attrs,
     clock,
     from_nanos,
@@ -38,12 +40,25 @@ class _Counter:
     spent: int = 0
     reserved: int = 0
     slices: dict[int, int] = field(default_factory=dict)
+    idle_s: float | None = None
+    last: float | None = None  # a session counter's last activity
 
     def spent_at(self, now: float) -> int:
+        if idle_over(self.idle_s, self.last, now):
+            return 0
         if self.rolling_s is None:
             return self.spent
         floor = oldest_live_slice(now, self.rolling_s)
         return sum(v for i, v in self.slices.items() if i >= floor)
+
+    def wake(self, now: float) -> None:
+        """A session counter is active at ``now``: idle past its ``idle_s``, it starts afresh."""
+        if self.idle_s is None:
+            return
+        if idle_over(self.idle_s, self.last, now):
+            self.spent = 0
+        if self.last is None or now > self.last:
+            self.last = now
 
     def add(self, amount: int, ts: float) -> None:
         """Charge at ``ts``; rolling buckets also drop slices that aged out."""
@@ -81,16 +96,18 @@ class MemoryLedger(Ledger):
     def _counter(self, b: Bucket) -> _Counter:
         c = self._counters.get(b.key)
         if c is None:
-            c = self._counters[b.key] = _Counter(b.rolling_s, b.expires_at)
+            c = self._counters[b.key] = _Counter(b.rolling_s, b.expires_at, idle_s=b.idle_s)
         elif b.expires_at is not None and (c.expires_at is None or b.expires_at > c.expires_at):
             c.expires_at = b.expires_at
         return c
 
-    def _charge(self, rid: str, res: _Reservation, amount: int, amount_usd: float, ts: float, kind: str) -> None:
+    def _charge(self, rid: str, res: _Reservation, amount: int, amount_usd: float, ts: float, kind: str,
+                now: float) -> None:
         for b in res.buckets:
             c = self._counter(b)
-            c.reserved = max(0, c.reserved - res.amount)
-            c.add(amount, ts)
+            c.wake(now)
+            c.reserved = max(0, c.reserved - bucket_amount(b, res.amount))
+            c.add(bucket_amount(b, amount), ts)
         attrs = dict(res.attrs, kind=kind)
         self._records.append(SpendRecord(ts, rid, amount_usd, tuple(b.key for b in res.buckets), attrs))
 
@@ -102,7 +119,7 @@ class MemoryLedger(Ledger):
             if res is None or res.expires_at != exp:
                 continue
             del self._res[rid]
-            self._charge(rid, res, res.amount, from_nanos(res.amount), res.expires_at, "expired")
+            self._charge(rid, res, res.amount, from_nanos(res.amount), res.expires_at, "expired", now)
             n += 1
         return n
 
@@ -140,10 +157,12 @@ class MemoryLedger(Ledger):
                     continue
                 c = self._counters.get(b.key)
                 used = 0 if c is None else c.spent_at(now) + c.reserved
-                if used + amount > lim:
+                if used + bucket_amount(b, amount) > lim:
                     return ReserveResult(False, reservation_id, b.key, before)
             for b in buckets:
-                self._counter(b).reserved += amount
+                c = self._counter(b)
+                c.wake(now)
+                c.reserved += bucket_amount(b, amount)
             exp = now + ttl_s
             self._res[reservation_id] = _Reservation(amount, exp, buckets, clean_attrs(attrs))
             heapq.heappush(self._expiry, (exp, reservation_id))
@@ -158,7 +177,7 @@ class MemoryLedger(Ledger):
             if res is None:
                 return False
             res.attrs.update(clean_attrs(attrs))
-            self._charge(reservation_id, res, actual, float(actual_usd), now, "settled")
+            self._charge(reservation_id, res, actual, float(actual_usd), now, "settled", now)
             return True
 
     def release(self, reservation_id):
@@ -169,7 +188,7 @@ class MemoryLedger(Ledger):
                 return False
             for b in res.buckets:
                 c = self._counter(b)
-                c.reserved = max(0, c.reserved - res.amount)
+                c.reserved = max(0, c.reserved - bucket_amount(b, res.amount))
             return True
 
     def usage(self, buckets, now=None):
@@ -184,8 +203,10 @@ class MemoryLedger(Ledger):
             self._check_open()
             n = self._expire(now)
             # garbage collect finished calendar buckets nobody still reserves on
+            # and session counters idle past their idle_s (they read as empty already)
             for key in [k for k, c in self._counters.items()
-                        if c.expires_at is not None and c.expires_at <= now and c.reserved == 0]:
+                        if c.reserved == 0 and ((c.expires_at is not None and c.expires_at <= now)
+                                                or idle_over(c.idle_s, c.last, now))]:
                 del self._counters[key]
             return n
 

@@ -9,7 +9,9 @@ Layout under the key prefix ``P`` (``?prefix=`` in the URL, default
 ``payg:``):
 
 * ``P b:<bucket key>`` hash: ``r`` reserved, ``s`` spent (calendar), and
-  ``w<slice>`` fields for rolling windows; all integer nano-USD.
+  ``w<slice>`` fields for rolling windows; all integer nano-USD (a ``counts``
+  bucket counts 1e9 per request). A session bucket also has ``l``, its last
+  activity in the caller's clock: idle past its ``idle_s``, ``s`` reads 0.
 * ``P res:<id>`` hash: amount, expiry, bucket specs, attrs of an open
   reservation. It has no TTL on purpose: an abandoned reservation must be
   *charged* by a sweep, never vanish.
@@ -42,6 +44,7 @@ from litellm_payg.stores.ledger.base import (
     ReserveResult,
     SpendRecord,
     Usage,
+    bucket_spec,
     check_buckets,
     check_ttl,
     clean_attrs,
@@ -59,7 +62,22 @@ _PRELUDE = r"""
 local P = ARGV[1]
 local function nn(v) if v == cjson.null then return nil end return v end
 local function fmt(n) return string.format('%d', n) end
-local function spent_of(bkey, rs, now, prune)
+local UNIT = '1000000000'
+-- a session counter (idle seconds, field 'l' = last activity): idle past them, its spend reads 0
+local function idle_over(bkey, idle, now)
+  if idle == nil then return false end
+  local l = redis.call('HGET', bkey, 'l')
+  return l ~= false and l ~= nil and now - tonumber(l) >= idle
+end
+local function wake(bkey, idle, now)
+  if idle == nil then return end
+  local l = redis.call('HGET', bkey, 'l')
+  if l and now - tonumber(l) >= idle then redis.call('HSET', bkey, 's', '0') end
+  if (not l) or now > tonumber(l) then redis.call('HSET', bkey, 'l', string.format('%.17g', now)) end
+end
+local function amount_on(s, amount) if s[5] == true then return UNIT end return amount end
+local function spent_of(bkey, rs, now, prune, idle)
+  if idle_over(bkey, idle, now) then return 0 end
   if rs == nil then return tonumber(redis.call('HGET', bkey, 's') or '0') end
   local floor = math.floor((now - rs) / (rs / 60))
   local total = 0
@@ -80,26 +98,29 @@ local function decr_reserved(bkey, amt)
   end
 end
 -- relative TTLs, so a skewed or fake caller clock never deletes live data
-local function keep(bkey, rs, bexp, now, res_exp)
+local function keep(bkey, rs, bexp, now, res_exp, idle)
   local secs
-  if rs ~= nil then secs = math.max(now, res_exp) - now + rs + 2 * rs / 60 + 60
+  if idle ~= nil then secs = math.max(res_exp - now, 0) + idle + 60
+  elseif rs ~= nil then secs = math.max(now, res_exp) - now + rs + 2 * rs / 60 + 60
   elseif bexp ~= nil then secs = math.max(bexp - now, res_exp - now + 60, 60)
   else return end
   redis.call('PEXPIRE', bkey, fmt(math.ceil(secs * 1000)))
 end
-local function charge(rid, specs_json, reserved, amount, ts_str, kind, attrs_json, extra_json, amt_repr)
+local function charge(rid, specs_json, reserved, amount, ts_str, kind, attrs_json, extra_json, amt_repr, now)
   local ts = tonumber(ts_str)
   for _, s in ipairs(cjson.decode(specs_json)) do
     local bkey = P .. 'b:' .. s[1]
     local rs = nn(s[2])
-    decr_reserved(bkey, reserved)
+    local idle = nn(s[4])
+    wake(bkey, idle, now)
+    decr_reserved(bkey, amount_on(s, reserved))
     if rs == nil then
-      redis.call('HINCRBY', bkey, 's', amount)
+      redis.call('HINCRBY', bkey, 's', amount_on(s, amount))
     else
-      redis.call('HINCRBY', bkey, 'w' .. fmt(math.floor(ts / (rs / 60))), amount)
-      spent_of(bkey, rs, ts, true)
+      redis.call('HINCRBY', bkey, 'w' .. fmt(math.floor(ts / (rs / 60))), amount_on(s, amount))
+      spent_of(bkey, rs, ts, true, nil)
     end
-    keep(bkey, rs, nn(s[3]), ts, ts)
+    keep(bkey, rs, nn(s[3]), ts, ts, idle)
   end
   local member = '{"rid":' .. cjson.encode(rid) .. ',"kind":"' .. kind .. '","n":"' .. amount ..
     '","amt":' .. amt_repr .. ',"ts":' .. ts_str .. ',"b":' .. specs_json ..
@@ -114,7 +135,7 @@ local function expire_due(now_str, batch)
     redis.call('ZREM', P .. 'exp', rid)
     if h[1] then
       redis.call('DEL', rk)
-      charge(rid, h[3], h[1], h[1], h[2], 'expired', h[4], '{}', 'null')
+      charge(rid, h[3], h[1], h[1], h[2], 'expired', h[4], '{}', 'null', tonumber(now_str))
     end
   end
   return #due
@@ -129,21 +150,23 @@ expire_due(ARGV[2], tonumber(ARGV[8]))
 local specs = cjson.decode(ARGV[6])
 local out, used = {}, {}
 for i, s in ipairs(specs) do
-  local sp = spent_of(KEYS[3 + i], nn(s[2]), now, false)
+  local sp = spent_of(KEYS[3 + i], nn(s[2]), now, false, nn(s[4]))
   local rv = reserved_of(KEYS[3 + i])
   out[#out + 1] = fmt(sp); out[#out + 1] = fmt(rv)
   used[i] = sp + rv
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0, out} end
-local amount = tonumber(ARGV[3])
-for i = 1, #specs do
+for i, s in ipairs(specs) do
   local lim = ARGV[8 + i]
-  if lim ~= '' and used[i] + amount > tonumber(lim) then return {0, i, out} end
+  if lim ~= '' and used[i] + tonumber(amount_on(s, ARGV[3])) > tonumber(lim) then return {0, i, out} end
 end
 local res_exp = tonumber(ARGV[4])
 for i, s in ipairs(specs) do
-  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[3 + i], 'r', ARGV[3]) end
-  keep(KEYS[3 + i], nn(s[2]), nn(s[3]), now, res_exp)
+  local idle = nn(s[4])
+  wake(KEYS[3 + i], idle, now)
+  local mine = amount_on(s, ARGV[3])
+  if mine ~= '0' then redis.call('HINCRBY', KEYS[3 + i], 'r', mine) end
+  keep(KEYS[3 + i], nn(s[2]), nn(s[3]), now, res_exp, idle)
 end
 redis.call('HSET', KEYS[3], 'a', ARGV[3], 'e', ARGV[4], 'b', ARGV[6], 't', ARGV[7])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[5])
@@ -156,7 +179,7 @@ local h = redis.call('HMGET', KEYS[3], 'a', 'e', 'b', 't')
 if not h[1] then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[5])
-charge(ARGV[5], h[3], h[1], ARGV[3], ARGV[2], 'settled', h[4], ARGV[6], ARGV[4])
+charge(ARGV[5], h[3], h[1], ARGV[3], ARGV[2], 'settled', h[4], ARGV[6], ARGV[4], tonumber(ARGV[2]))
 return 1
 """
 
@@ -166,7 +189,7 @@ local h = redis.call('HMGET', KEYS[2], 'a', 'b')
 if not h[1] then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[2])
-for _, s in ipairs(cjson.decode(h[2])) do decr_reserved(P .. 'b:' .. s[1], h[1]) end
+for _, s in ipairs(cjson.decode(h[2])) do decr_reserved(P .. 'b:' .. s[1], amount_on(s, h[1])) end
 return 1
 """
 
@@ -175,7 +198,7 @@ _USAGE = _PRELUDE + r"""
 local now = tonumber(ARGV[2])
 local out = {}
 for i, s in ipairs(cjson.decode(ARGV[3])) do
-  out[#out + 1] = fmt(spent_of(KEYS[i], nn(s[2]), now, false))
+  out[#out + 1] = fmt(spent_of(KEYS[i], nn(s[2]), now, false, nn(s[4])))
   out[#out + 1] = fmt(reserved_of(KEYS[i]))
 end
 return out
@@ -217,7 +240,7 @@ class RedisLedger(Ledger):
 
     @staticmethod
     def _specs(buckets: Sequence[Bucket]) -> str:
-        return json.dumps([[b.key, b.rolling_s, b.expires_at] for b in buckets], ensure_ascii=False)
+        return json.dumps([bucket_spec(b) for b in buckets], ensure_ascii=False)
 
     @staticmethod
     def _pairs(buckets: Sequence[Bucket], flat: list) -> dict[str, Usage]:

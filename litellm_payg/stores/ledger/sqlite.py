@@ -45,6 +45,7 @@ import time
 from typing import Sequence
 
 from litellm_payg.stores.ledger.base import (
+    UNIT_NANOS,
     Bucket,
     Ledger,
     LedgerError,
@@ -52,8 +53,12 @@ from litellm_payg.stores.ledger.base import (
     ReserveResult,
     SpendRecord,
     Usage,
+    bucket_amount,
+    bucket_spec,
     check_buckets,
     check_ttl,
+    idle_over,
+    spec_parts,
     clean_attrs,
     clock,
     from_nanos,
@@ -69,7 +74,9 @@ CREATE TABLE IF NOT EXISTS buckets (
     spent INTEGER NOT NULL DEFAULT 0,      -- nano-USD, calendar buckets
     reserved INTEGER NOT NULL DEFAULT 0,   -- nano-USD
     rolling_s REAL,
-    expires_at REAL
+    expires_at REAL,
+    idle_s REAL,                           -- session counters: spend reads 0 once idle this long
+    last_at REAL                           -- session counters: last reservation or charge
 );
 CREATE TABLE IF NOT EXISTS slices (        -- rolling buckets' time slices
     key TEXT NOT NULL,
@@ -81,7 +88,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
     amount INTEGER NOT NULL,
     expires_at REAL NOT NULL,
-    buckets TEXT NOT NULL,                 -- JSON [[key, rolling_s, expires_at], ...]
+    buckets TEXT NOT NULL,                 -- JSON [[key, rolling_s, expires_at, idle_s, counts], ...]
     attrs TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at);
@@ -144,6 +151,11 @@ class SqliteLedger(Ledger):
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         db.execute(stmt)
+                # a file written before session counters existed gains their columns
+                have = {row[1] for row in db.execute("PRAGMA table_info(buckets)")}
+                for column in ("idle_s", "last_at"):
+                    if column not in have:
+                        db.execute(f"ALTER TABLE buckets ADD COLUMN {column} REAL")
             st = os.stat(self.path)
         except BaseException:
             db.close()
@@ -233,9 +245,11 @@ class SqliteLedger(Ledger):
             for rid, amount, expires_at, bucket_json, attrs in carried:
                 if rid in known:
                     continue
-                for key, rolling_s, bexp in json.loads(bucket_json):
-                    self._touch(db, key, rolling_s, bexp)
-                    db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?", (amount, key))
+                for spec in json.loads(bucket_json):
+                    key, rolling_s, bexp, idle_s, counts = spec_parts(spec)
+                    self._touch(db, key, rolling_s, bexp, idle_s)
+                    db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?",
+                               (UNIT_NANOS if counts else amount, key))
                 db.execute("INSERT INTO reservations (id, amount, expires_at, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
                            (rid, amount, expires_at, bucket_json, attrs))
         logger.warning("litellm-payg: SQLite ledger reopened %s (carried %d open reservation(s) into it)",
@@ -277,14 +291,25 @@ class SqliteLedger(Ledger):
     # -- internals (inside a transaction) ---------------------------------
 
     @staticmethod
-    def _touch(db: sqlite3.Connection, key: str, rolling_s: float | None, expires_at: float | None) -> None:
+    def _touch(db: sqlite3.Connection, key: str, rolling_s: float | None, expires_at: float | None,
+               idle_s: float | None = None) -> None:
         db.execute(
-            "INSERT INTO buckets (key, rolling_s, expires_at) VALUES (?, ?, ?) "
+            "INSERT INTO buckets (key, rolling_s, expires_at, idle_s) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET expires_at = CASE "
             " WHEN excluded.expires_at IS NULL THEN buckets.expires_at "
             " WHEN buckets.expires_at IS NULL OR excluded.expires_at > buckets.expires_at "
             "  THEN excluded.expires_at ELSE buckets.expires_at END",
-            (key, rolling_s, expires_at),
+            (key, rolling_s, expires_at, idle_s),
+        )
+
+    @staticmethod
+    def _wake(db: sqlite3.Connection, key: str, now: float) -> None:
+        """A session counter is active at ``now``: idle past its ``idle_s``, it starts afresh."""
+        db.execute(
+            "UPDATE buckets SET spent = CASE WHEN last_at IS NOT NULL AND ? - last_at >= idle_s THEN 0 ELSE spent END, "
+            "last_at = CASE WHEN last_at IS NULL OR ? > last_at THEN ? ELSE last_at END "
+            "WHERE key = ? AND idle_s IS NOT NULL",
+            (now, now, now, key),
         )
 
     @staticmethod
@@ -299,26 +324,32 @@ class SqliteLedger(Ledger):
     def _read(self, db: sqlite3.Connection, buckets: Sequence[Bucket], now: float) -> dict[str, tuple[int, int]]:
         out = {}
         for b in buckets:
-            row = db.execute("SELECT spent, reserved, rolling_s FROM buckets WHERE key = ?", (b.key,)).fetchone()
+            row = db.execute("SELECT spent, reserved, rolling_s, idle_s, last_at FROM buckets WHERE key = ?",
+                             (b.key,)).fetchone()
             if row is None:
                 out[b.key] = (0, 0)
+            elif idle_over(row[3], row[4], now):
+                out[b.key] = (0, row[1])
             else:
                 out[b.key] = (self._spent(db, b.key, row[2], row[0], now), row[1])
         return out
 
     def _charge(self, db, rid: str, amount: int, bucket_json: str, reserved: int,
-                amount_usd: float, ts: float, kind: str, attrs: dict) -> None:
+                amount_usd: float, ts: float, kind: str, attrs: dict, now: float) -> None:
         specs = json.loads(bucket_json)
-        for key, rolling_s, expires_at in specs:
-            self._touch(db, key, rolling_s, expires_at)
+        for spec in specs:
+            key, rolling_s, expires_at, idle_s, counts = spec_parts(spec)
+            self._touch(db, key, rolling_s, expires_at, idle_s)
+            self._wake(db, key, now)
+            mine, reserved_here = (UNIT_NANOS, UNIT_NANOS) if counts else (amount, reserved)
             if rolling_s is None:
                 db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?), spent = spent + ? WHERE key = ?",
-                           (reserved, amount, key))
+                           (reserved_here, mine, key))
             else:
-                db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?) WHERE key = ?", (reserved, key))
+                db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?) WHERE key = ?", (reserved_here, key))
                 db.execute("INSERT INTO slices (key, idx, nanos) VALUES (?, ?, ?) "
                            "ON CONFLICT(key, idx) DO UPDATE SET nanos = nanos + excluded.nanos",
-                           (key, slice_index(ts, rolling_s), amount))
+                           (key, slice_index(ts, rolling_s), mine))
                 db.execute("DELETE FROM slices WHERE key = ? AND idx < ?",
                            (key, oldest_live_slice(ts, rolling_s)))
         attrs = dict(attrs, kind=kind)
@@ -330,7 +361,7 @@ class SqliteLedger(Ledger):
                           (now,)).fetchall()
         for rid, amount, exp, bjson, ajson in rows:
             db.execute("DELETE FROM reservations WHERE id = ?", (rid,))
-            self._charge(db, rid, amount, bjson, amount, from_nanos(amount), exp, "expired", json.loads(ajson))
+            self._charge(db, rid, amount, bjson, amount, from_nanos(amount), exp, "expired", json.loads(ajson), now)
         return len(rows)
 
     # -- interface --------------------------------------------------------
@@ -349,12 +380,13 @@ class SqliteLedger(Ledger):
                 return ReserveResult(True, reservation_id, None, before)
             for b in buckets:
                 lim = limit_nanos(b)
-                if lim is not None and sum(cur[b.key]) + amount > lim:
+                if lim is not None and sum(cur[b.key]) + bucket_amount(b, amount) > lim:
                     return ReserveResult(False, reservation_id, b.key, before)
             for b in buckets:
-                self._touch(db, b.key, b.rolling_s, b.expires_at)
-                db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?", (amount, b.key))
-            specs = json.dumps([[b.key, b.rolling_s, b.expires_at] for b in buckets])
+                self._touch(db, b.key, b.rolling_s, b.expires_at, b.idle_s)
+                self._wake(db, b.key, now)
+                db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?", (bucket_amount(b, amount), b.key))
+            specs = json.dumps([bucket_spec(b) for b in buckets])
             db.execute("INSERT INTO reservations (id, amount, expires_at, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
                        (reservation_id, amount, now + ttl_s, specs, json.dumps(clean_attrs(attrs), default=str)))
             return ReserveResult(True, reservation_id, None, before)
@@ -369,7 +401,7 @@ class SqliteLedger(Ledger):
                 return False
             db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             merged = dict(json.loads(row[2]), **clean_attrs(attrs))
-            self._charge(db, reservation_id, actual, row[1], row[0], float(actual_usd), now, "settled", merged)
+            self._charge(db, reservation_id, actual, row[1], row[0], float(actual_usd), now, "settled", merged, now)
             return True
 
     def release(self, reservation_id):
@@ -378,8 +410,10 @@ class SqliteLedger(Ledger):
             if row is None:
                 return False
             db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
-            for key, _rolling, _exp in json.loads(row[1]):
-                db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?) WHERE key = ?", (row[0], key))
+            for spec in json.loads(row[1]):
+                key, _rolling, _exp, _idle, counts = spec_parts(spec)
+                db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?) WHERE key = ?",
+                           (UNIT_NANOS if counts else row[0], key))
             return True
 
     def usage(self, buckets, now=None):
@@ -403,8 +437,9 @@ class SqliteLedger(Ledger):
         with self._lock, self._tx() as db:
             n = self._expire(db, now)
             # garbage collect finished calendar buckets nobody still reserves on
-            db.execute("DELETE FROM buckets WHERE expires_at IS NOT NULL AND expires_at <= ? AND reserved = 0",
-                       (now,))
+            # and session counters idle past their idle_s (they read as empty already)
+            db.execute("DELETE FROM buckets WHERE reserved = 0 AND ((expires_at IS NOT NULL AND expires_at <= ?) "
+                       "OR (idle_s IS NOT NULL AND last_at IS NOT NULL AND ? - last_at >= idle_s))", (now, now))
             db.execute("DELETE FROM slices WHERE key NOT IN (SELECT key FROM buckets)")
             return n
 
