@@ -3,8 +3,9 @@
 One proxy for the module; each test uses runs of its own (session ids), named by the request's
 ``litellm_session_id`` or LiteLLM's ``x-litellm-trace-id`` header. Deployments answer with
 ``mock_response`` (10 prompt + 20 completion tokens) at prices set on them, so an answer costs
-3e-4 USD on the dear deployment and 3e-5 on the cheap one. Idle expiry needs a clock the test
-drives: it is tested through a Router (``test_runs.py``).
+3e-4 USD on the dear deployment and 3e-5 on the cheap one. A second proxy has a plain per-run cap
+with a 5-second idle window: the 50-request burst that only the cap stops, and the run that idles
+past its window (a real 5.5 s sleep; through a Router the clock is injected, ``test_runs.py``).
 """
 
 from __future__ import annotations
@@ -177,3 +178,63 @@ def test_50_concurrent_requests_of_one_run_stay_under_its_cap_through_the_proxy(
     assert sum(r.amount_usd for r in mine) <= LIMIT + 1e-12
     print(f"50 concurrent requests of one run through the proxy: {served} served, "
           f"${sum(r.amount_usd for r in mine):.6f} spent of ${LIMIT:.6f}; refused by the cap: {results.count('cap')}")
+
+
+# -- a second proxy: a plain per-run cap with a short idle window ------------------------------------
+
+IDLE_S = 5
+CAP_POLICY = {
+    "version": 1,
+    "ledger": "sqlite:///payg-ledger.db",
+    "models": {DEAR: {"quality": 0.95}},
+    "routes": {"agent": [{"quality_floor": {"min_quality": 0.9}}]},
+    "budgets": [{"name": "per-run", "scope": "session:*", "window": f"session:{IDLE_S}s", "limit_usd": 2.5 * DEAR_COST}],
+}
+CAP_CONFIG = {**CONFIG, "model_list": [_deployment(DEAR, "dear", 1e-5)]}
+
+
+@pytest.fixture(scope="module")
+def cap_proxy(litellm_proxy_factory) -> RunningProxy:  # noqa: F811
+    return litellm_proxy_factory(
+        CAP_CONFIG, name="runs-cap",
+        files={"payg-policy.yaml": yaml.safe_dump(CAP_POLICY, sort_keys=False), f"{AUTH_MODULE_NAME}.py": AUTH_MODULE},
+    ).wait_ready()
+
+
+def test_50_concurrent_requests_of_one_run_are_stopped_by_its_cap_through_the_proxy(cap_proxy):
+    """No request cap, no downgrade: only the dollars stop the burst, and the run's spend never
+    passes its cap (reservations are taken before each call, atomically)."""
+    import openai
+
+    run, client = _run(), _client(cap_proxy)
+
+    def one(i: int) -> str:
+        try:
+            return _ask(client, run, f"parallel {i}")[0]
+        except openai.RateLimitError as exc:
+            assert f"run '{run}'" in str(exc) and "refused by its cap" in str(exc), str(exc)
+            return "cap"
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, range(50)))
+    served = results.count("dear")
+    assert served == 2 and results.count("cap") == 48, results  # 2.5 answers' worth: two fit
+    deadline = time.monotonic() + 15
+    with open_ledger(f"sqlite:///{cap_proxy.workdir}/payg-ledger.db") as ledger:
+        while ledger.open_reservations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        mine = [r for r in ledger.records() if r.attrs.get("session") == run]
+    assert len(mine) == 2 and sum(r.amount_usd for r in mine) == pytest.approx(2 * DEAR_COST, abs=1e-12)
+
+
+def test_a_run_that_idles_past_its_window_starts_fresh_through_the_proxy(cap_proxy):
+    """The proxy's own clock: the run spends its cap, is refused, idles IDLE_S seconds (a real
+    sleep: the proxy is another process), and its next request starts a new window."""
+    client, run = _client(cap_proxy), _run()
+    assert _ask(client, run, "one")[0] == "dear"
+    assert _ask(client, run, "two")[0] == "dear"
+    assert "refused by its cap" in _refusal(client, run, "three")
+    time.sleep(IDLE_S + 0.5)
+    answered, headers = _ask(client, run, "after a pause")
+    assert answered == "dear"
+    assert int(headers["x-payg-run-requests"]) == 1  # a fresh window: this request is its first
