@@ -227,3 +227,29 @@ def test_html_report_renders_in_headless_chromium(traffic_ledger, tmp_path, caps
     assert len(segments) >= 4 + sum(1 for v in served.values() if v) - 1
     assert re.search(r'<rect id="chart-budgets-use-\d+" class="use"', dom)
     assert re.search(r'<rect id="chart-budgets-limit-\d+" class="limit"', dom)
+
+
+async def test_report_lists_the_most_expensive_runs(tmp_path, capsys):
+    """Runs are the records' session ids: a runaway run (12 requests) is listed before two short
+    ones, with its request count and what it cost, as the ledger recorded it."""
+    url = f"sqlite:///{tmp_path}/runs.db"
+    policy = {"version": 1, "ledger": url, "models": {DEEPSEEK: {"quality": 0.7}},
+              "routes": {"chat": [{"quality_floor": {"min_quality": 0.5}}]}}
+    with attached([deployment("chat", DEEPSEEK, "ds")], policy) as (router, engine):
+        for run, n in (("run-short", 2), ("run-away", 12), ("run-mid", 4)):
+            for i in range(n):
+                await router.acompletion(model="chat", messages=SHORT, litellm_session_id=run)
+        await router.acompletion(model="chat", messages=SHORT)  # no run: not listed
+        await settled(engine)
+        records = engine.spend.ledger.records()
+    cost = {run: sum(r.amount_usd for r in records if r.attrs.get("session") == run) for run in ("run-away", "run-mid", "run-short")}
+    assert cost["run-away"] > cost["run-mid"] > cost["run-short"] > 0
+    report = build_report(url)
+    assert [(r["session"], r["requests"]) for r in report.top_runs] == [("run-away", 12), ("run-mid", 4), ("run-short", 2)]
+    assert report.top_runs[0]["cost_usd"] == pytest.approx(cost["run-away"], abs=1e-12)
+    assert report.top_runs[0]["models"] == {DEEPSEEK: 12}
+    code, out, _ = _report_cli(["report", "--ledger", url], capsys)
+    assert code == 0
+    section = out.split("Most expensive runs", 1)[1]
+    assert section.index("run-away") < section.index("run-mid") < section.index("run-short")
+    assert f"${cost['run-away']:>14,.6f}" in section

@@ -94,6 +94,8 @@ class Report:
     by_provider: dict[str, float]
     by_scope: list[dict[str, Any]]
     budgets: list[BudgetUse] = field(default_factory=list)
+    #: the most expensive runs (records with a session id), dearest first: what a runaway looks like
+    top_runs: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,7 +103,12 @@ class Report:
             "records": self.records, "total_usd": self.total_usd,
             "by_day": self.by_day, "by_deployment": self.by_deployment, "by_provider": self.by_provider,
             "by_budget_scope": self.by_scope, "budgets": [b.as_dict() for b in self.budgets],
+            "top_runs": self.top_runs,
         }
+
+
+#: how many of the most expensive runs a report lists
+TOP_RUNS = 10
 
 
 def build_report(ledger: Any, policy: Any = None, since: float | None = None, now: float | None = None) -> Report:
@@ -127,8 +134,17 @@ def build_report(ledger: Any, policy: Any = None, since: float | None = None, no
         deps: dict[str, dict[str, Any]] = {}
         providers: dict[str, list[float]] = {}
         scopes: dict[tuple[str, str, str], list[float]] = {}
+        runs: dict[str, dict[str, Any]] = {}
         for r in records:
             a = r.attrs or {}
+            if a.get("session"):
+                run = runs.setdefault(str(a["session"]), {"session": str(a["session"]), "requests": 0, "parts": [],
+                                                          "first": r.ts, "last": r.ts, "models": {}})
+                run["requests"] += 1
+                run["parts"].append(r.amount_usd)
+                run["first"], run["last"] = min(run["first"], r.ts), max(run["last"], r.ts)
+                m = str(a.get("model") or "unknown")
+                run["models"][m] = run["models"].get(m, 0) + 1
             model = str(a.get("model") or "unknown")
             day = datetime.fromtimestamp(r.ts, zone).date().isoformat()
             by_day.setdefault(day, {})
@@ -161,6 +177,11 @@ def build_report(ledger: Any, policy: Any = None, since: float | None = None, no
                 for (b, s, w), v in sorted(scopes.items())
             ],
         )
+        report.top_runs = sorted(
+            ({"session": run["session"], "requests": run["requests"], "cost_usd": math.fsum(run["parts"]),
+              "first": _iso(run["first"]), "last": _iso(run["last"]), "models": run["models"]} for run in runs.values()),
+            key=lambda x: (-x["cost_usd"], x["session"]),
+        )[:TOP_RUNS]
         if policy is not None:
             report.budgets = budget_uses(led, policy, records, now)
         return report
@@ -298,6 +319,12 @@ def format_report(report: Report) -> str:
         out.append("  (no charge counted against a budget)")
     for s in report.by_scope:
         out.append(f"  {s['budget']:<16} {s['scope']:<28} {s['window']:<24} {s['requests']:>8,} req  ${s['cost_usd']:>14,.6f}")
+    if report.top_runs:
+        out += ["", f"Most expensive runs (session ids; top {TOP_RUNS}):"]
+        for run in report.top_runs:
+            models = ", ".join(f"{m} x{n}" for m, n in sorted(run["models"].items(), key=lambda kv: -kv[1]))
+            out.append(f"  {run['session'][:36]:<36} {run['requests']:>8,} req  ${run['cost_usd']:>14,.6f}  "
+                       f"{run['first']} .. {run['last']}  {models}")
     if report.budgets:
         out += ["", "Budgets (current window):"]
         for b in report.budgets:
@@ -444,6 +471,9 @@ def write_html(report: Report, path: str) -> None:
         "<h2>Per budget scope</h2>",
         html_table(["budget", "scope", "window", "requests", "cost"],
                    [[s["budget"], s["scope"], s["window"], f"{s['requests']:,}", f"${s['cost_usd']:,.6f}"] for s in report.by_scope]),
+        "<h2>Most expensive runs</h2>",
+        html_table(["run (session id)", "requests", "cost", "first", "last"],
+                   [[r["session"], f"{r['requests']:,}", f"${r['cost_usd']:,.6f}", r["first"], r["last"]] for r in report.top_runs]),
     ]
     Path(path).write_text(html_page("litellm-payg spend report", "\n".join(body)), encoding="utf-8")
 
