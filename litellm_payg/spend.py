@@ -360,8 +360,9 @@ class SpendControl:
             cost_usd = admission.estimate()
         try:
             if not admission.reserved:
-                # admitted fail-open: book it now as a reservation that settles at once
-                self.ledger.reserve(
+                # admitted without a reservation (no budgets, or fail-open): book it now as a
+                # reservation that settles at once, in one ledger call
+                self.ledger.record(
                     admission.reservation_id,
                     [replace(bb.bucket, enforce=False) for bb in admission.buckets],
                     cost_usd,
@@ -369,7 +370,8 @@ class SpendControl:
                     now=self.clock(),
                     attrs=admission.attrs,
                 )
-            self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs)
+            else:
+                self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs)
         except LedgerError as exc:
             logger.error("litellm-payg: ledger unavailable, keeping a charge of $%.9f to replay: %s", cost_usd, exc)
             with self._lock:

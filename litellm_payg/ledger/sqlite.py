@@ -372,6 +372,28 @@ class SqliteLedger(Ledger):
             self._charge(db, reservation_id, actual, row[1], row[0], float(actual_usd), now, "settled", merged)
             return True
 
+    def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
+        """``reserve`` then ``settle`` in one transaction (what they would write, without the
+        reservation row in between)."""
+        buckets = tuple(buckets)
+        check_buckets(buckets)
+        check_ttl(ttl_s)
+        amount = to_nanos(amount_usd)
+        now = clock(now)
+        with self._lock, self._tx() as db:
+            self._expire(db, now)
+            row = db.execute("SELECT amount, buckets, attrs FROM reservations WHERE id = ?",
+                             (reservation_id,)).fetchone()
+            if row is not None:  # already open (reserve is idempotent): settle that one
+                db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+                merged = dict(json.loads(row[2]), **clean_attrs(attrs))
+                self._charge(db, reservation_id, amount, row[1], row[0], float(amount_usd), now, "settled", merged)
+                return
+            specs = json.dumps([[b.key, b.rolling_s, b.expires_at] for b in buckets])
+            # reserved and settled in one transaction: the buckets' `reserved` does not move, and
+            # settle's attributes (the same ones) would have replaced the reservation's
+            self._charge(db, reservation_id, amount, specs, 0, float(amount_usd), now, "settled", clean_attrs(attrs))
+
     def release(self, reservation_id):
         with self._lock, self._tx() as db:
             row = db.execute("SELECT amount, buckets FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
