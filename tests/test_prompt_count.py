@@ -96,3 +96,65 @@ async def test_a_budget_reserves_with_the_real_count(counter_calls):
     assert counted == real and len(counter_calls) == 2  # the plugin's one count, and the line above
     assert candidate.deployment_id == "ds"
     assert estimate == pytest.approx(real * candidate.input_usd_per_token + 40 * candidate.output_usd_per_token, rel=1e-12)
+
+
+# -- cost_threshold prices the request only when its size can change the outcome ---------------
+
+COST_THRESHOLD = {"cost_threshold": {"use": DEEPSEEK, "max_usd_per_1k_tokens": 0.0015, "otherwise": MISTRAL}}
+
+
+@pytest.mark.parametrize("raised,counted", [(False, 0), (True, 1)])
+async def test_cost_threshold_counts_only_when_the_size_can_flip_it(raised, counted, counter_calls):
+    """With the bundled price DeepSeek is under the threshold for any request; with the raised
+    price, whether it is depends on the request's mix of prompt and output tokens."""
+    from routing_helpers import chat_deployments
+
+    policy = {"version": 1, "ledger": "memory://", "routes": {"chat": [COST_THRESHOLD]}}
+    with attached(chat_deployments(raised_price=raised), policy) as (router, engine):
+        metadata: dict = {}
+        response = await router.acompletion(model="chat", messages=MESSAGES, metadata=metadata)
+        await settled(engine)
+    assert len(counter_calls) == counted
+    assert metadata[DECISION_KEY]["order"][:1] == [served_by(response)]
+
+
+def _threshold_cases():
+    from litellm_payg.core.decision import Candidate
+
+    def cand(i, model, inp, out):
+        return Candidate(f"d{i}", model, model.split("/")[0], "chat", inp, out)
+
+    cheap, dear, other = (DEEPSEEK, 2.8e-07, 4.2e-07), (DEEPSEEK, 5.5e-07, 2.19e-06), (MISTRAL, 2e-06, 6e-06)
+    lists = {
+        "one price each": [cand(0, *cheap), cand(1, *other), cand(2, GPT_MINI, 1.5e-07, 6e-07), cand(3, *cheap), cand(4, *other)],
+        "use at two prices": [cand(0, *cheap), cand(1, *dear), cand(2, *other)],
+        "otherwise at two prices": [cand(0, *cheap), cand(1, *other), cand(2, MISTRAL, 1e-06, 9e-06)],
+        "use straddles": [cand(0, *dear), cand(1, *other)],
+        "limit at a price": [cand(0, DEEPSEEK, 1.5e-06, 1e-07), cand(1, *other)],
+        "no use": [cand(1, *other), cand(2, GPT_MINI, 1.5e-07, 6e-07)],
+    }
+    return lists
+
+
+@pytest.mark.parametrize("name", sorted(_threshold_cases()))
+@pytest.mark.parametrize("prompt", [0, 1, 88, 5000, 200_000])
+@pytest.mark.parametrize("output", [0, 1, 256, 8000])
+def test_cost_threshold_without_the_count_decides_as_with_it(name, prompt, output, monkeypatch):
+    from litellm_payg.core.decision import RouteRequest
+    from litellm_payg.default_plugins import cost_threshold
+    from litellm_payg.policy import load_policy
+
+    policy = load_policy({"version": 1, "routes": {"chat": [COST_THRESHOLD]}})
+    from litellm_payg.engine import Engine
+
+    rule = Engine(policy, ledger="memory://").routes["chat"][0]
+    candidates = _threshold_cases()[name]
+    reads = []
+    request = RouteRequest("chat", lambda: reads.append(1) or prompt, output)
+    fast = rule.apply(request, candidates)
+    monkeypatch.setattr(cost_threshold, "_size_blind", lambda roles, limit: False)
+    exact = rule.apply(RouteRequest("chat", prompt, output), candidates)
+    assert [c.deployment_id for c in fast.kept] == [c.deployment_id for c in exact.kept]
+    assert list(fast.dropped) == list(exact.dropped) and fast.note == exact.note
+    if name == "one price each":
+        assert reads == []  # decided without counting

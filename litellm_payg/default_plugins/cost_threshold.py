@@ -64,10 +64,18 @@ class CostThreshold(Rule):
     def apply(self, request, candidates):
         opts = self.options
         limit = opts.max_usd_per_1k_tokens
+        roles = [(self._role(c), c) for c in candidates]
+        if _size_blind(roles, limit):
+            # the order and the drops are the same for any prompt size: do not count the prompt
+            kept = [c for rank, c in roles if rank == -1]
+            kept += [c for _, c in sorted((rc for rc in roles if rc[0] is not None and rc[0] >= 0), key=lambda rc: rc[0])]
+            dropped = [Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name) for rank, c in roles if rank is None]
+            note = (f"cost_threshold: {opts.use} under ${limit:g}/1K" if any(rank == -1 for rank, _ in roles)
+                    else f"cost_threshold: {opts.use} not usable, using {', '.join(opts.otherwise)}")
+            return Step(kept, dropped, note)
         p, o = request.prompt_tokens, request.output_tokens
         preferred, fallback, dropped = [], [], []
-        for c in candidates:
-            rank = self._role(c)
+        for rank, c in roles:
             if rank == -1:
                 price = c.usd_per_1k(p, o)
                 if price <= limit:
@@ -88,6 +96,30 @@ class CostThreshold(Rule):
             else f"cost_threshold: {opts.use} not usable, using {', '.join(opts.otherwise)}"
         )
         return Step(kept, dropped, note)
+
+
+def _size_blind(roles: list[tuple[int | None, Candidate]], limit: float) -> bool:
+    """Whether :meth:`CostThreshold.apply` comes out the same whatever the prompt's size, so the
+    prompt need not be counted (LiteLLM's token counter costs more than the whole decision).
+
+    A request's price per 1K tokens on a deployment is a weighted mean of its input and output
+    prices, so it is under the limit for every size when both are (with a margin for rounding).
+    The order only depends on the size between deployments of different prices: every ``use``
+    deployment must have the same prices, and so must those of each ``otherwise`` entry (equal
+    keys keep their order in the sort). Anything else, or an unpriced deployment, is priced exactly.
+    """
+    prices: dict[int, tuple[float | None, float | None]] = {}
+    for rank, c in roles:
+        if rank is None:
+            continue
+        if not c.priced:
+            return False
+        pair = (c.input_usd_per_token, c.output_usd_per_token)
+        if prices.setdefault(rank, pair) != pair:
+            return False
+        if rank == -1 and not max(pair) * 1000 * (1 + 1e-9) < limit:  # type: ignore[type-var]
+            return False
+    return True
 
 
 @hookimpl
