@@ -168,14 +168,18 @@ class PaygRouting(CustomLogger):
     def _candidates_for(self, deployments: Sequence[Mapping[str, Any]]) -> list[Candidate] | None:
         """Our candidates for these deployment dicts, or None if they are another router's."""
         out = []
-        for d in deployments:
-            c = self._candidates.get(str((d.get("model_info") or {}).get("id")))
+        known = self._candidates
+        for d in deployments:  # on every pick, for every deployment of the group: kept lean
+            info = d.get("model_info")
+            key = info.get("id") if info else None
+            c = known.get(key if type(key) is str else str(key))
             if c is None:
                 router = self._router_ref() if self._router_ref else None
                 if router is None or not litellm_versions.has_deployment(router, str(d["model_info"]["id"])):
                     return None
                 self._load(litellm_versions.deployments(router))  # deployments were added at runtime
-                c = self._candidates.get(str(d["model_info"]["id"]))
+                known = self._candidates
+                c = known.get(str(d["model_info"]["id"]))
                 if c is None:
                     return None
             out.append(c)
@@ -317,7 +321,9 @@ class PaygRouting(CustomLogger):
         self.engine.observe(final)
         state.decision = final.as_dict(compact=True)
         metadata[DECISION_KEY] = state.decision
-        return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
+        # candidates[i] is healthy_deployments[i]'s (_candidates_for): no need to read the dicts again
+        picked = pick.deployment_id
+        return [d for d, c in zip(healthy_deployments, candidates) if c.deployment_id == picked]
 
     def _release_unsent(self, state: RequestState) -> None:
         """Free the reservation of a pick that never became an attempt.
