@@ -65,18 +65,16 @@ class CostThreshold(Rule):
         opts = self.options
         limit = opts.max_usd_per_1k_tokens
         roles = [(self._role(c), c) for c in candidates]
-        if _size_blind(roles, limit):
-            # the order and the drops are the same for any prompt size: do not count the prompt
-            kept = [c for rank, c in roles if rank == -1]
-            kept += [c for _, c in sorted((rc for rc in roles if rc[0] is not None and rc[0] >= 0), key=lambda rc: rc[0])]
-            dropped = [Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name) for rank, c in roles if rank is None]
-            note = (f"cost_threshold: {opts.use} under ${limit:g}/1K" if any(rank == -1 for rank, _ in roles)
-                    else f"cost_threshold: {opts.use} not usable, using {', '.join(opts.otherwise)}")
-            return Step(kept, dropped, note)
-        p, o = request.prompt_tokens, request.output_tokens
+        blind = _size_blind(roles, limit)
+        # when the order and the drops are the same for any prompt size, the prompt is not read
+        # (nor counted): equal prices keep their order in the sorts below
+        p, o = (0, 0) if blind else (request.prompt_tokens, request.output_tokens)
         preferred, fallback, dropped = [], [], []
         for rank, c in roles:
             if rank == -1:
+                if blind:
+                    preferred.append((0.0, c))
+                    continue
                 price = c.usd_per_1k(p, o)
                 if price <= limit:
                     preferred.append((price, c))
@@ -87,7 +85,7 @@ class CostThreshold(Rule):
             elif rank is None:
                 dropped.append(Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name))
             else:
-                fallback.append((rank, c.estimate_usd(p, o), c))
+                fallback.append((rank, 0.0 if blind else c.estimate_usd(p, o), c))
         preferred.sort(key=lambda pc: pc[0])
         fallback.sort(key=lambda rc: (rc[0], rc[1]))
         kept = [c for _, c in preferred] + [c for _, _, c in fallback]
