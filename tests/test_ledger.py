@@ -127,6 +127,19 @@ def test_record_books_a_settled_charge_in_one_call(ledger):
     assert [r.reservation_id for r in ledger.records()] == ["r1", "held"]
     with pytest.raises(InvalidAmount):
         ledger.record("bad", [CAP], -1.0, ttl_s=60, now=102)
+    # without buckets (a policy without budgets: the SQLite ledger's one-transaction path)
+    ledger.record("r2", [], 0.5, ttl_s=60, now=103, attrs={"deployment": "ds"})
+    with pytest.raises(InvalidAmount):
+        ledger.record("bad", [], float("nan"), ttl_s=60, now=104)
+    assert ledger.open_reservations() == 0 and spent(ledger, CAP, now=104) == pytest.approx(1.35, abs=NANO)
+    last = ledger.records()[-1]
+    assert (last.reservation_id, last.amount_usd, last.ts, last.buckets) == ("r2", 0.5, 103, ())
+    assert last.attrs == {"deployment": "ds", "kind": "settled"}
+    assert ledger.reserve("held2", [], 0.3, ttl_s=60, now=105, attrs={"user": "bob"}).ok
+    ledger.record("held2", [], 0.2, ttl_s=60, now=106, attrs={"model": "m"})
+    last = ledger.records()[-1]
+    assert ledger.open_reservations() == 0 and (last.reservation_id, last.amount_usd) == ("held2", 0.2)
+    assert last.attrs == {"user": "bob", "model": "m", "kind": "settled"}
 
 
 def test_refuses_only_when_it_would_overshoot(ledger):

@@ -373,26 +373,25 @@ class SqliteLedger(Ledger):
             return True
 
     def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
-        """``reserve`` then ``settle`` in one transaction (what they would write, without the
-        reservation row in between)."""
+        """Without buckets (every request of a policy without budgets): ``reserve`` then ``settle``
+        in one transaction, i.e. what they would write without the reservation row in between.
+        With buckets (a fail-open admission, rare) it is the two calls, so whatever they do to
+        buckets is done once, in one place."""
         buckets = tuple(buckets)
-        check_buckets(buckets)
+        if buckets:
+            super().record(reservation_id, buckets, amount_usd, ttl_s, now=now, attrs=attrs)
+            return
         check_ttl(ttl_s)
         amount = to_nanos(amount_usd)
         now = clock(now)
         with self._lock, self._tx() as db:
             self._expire(db, now)
-            row = db.execute("SELECT amount, buckets, attrs FROM reservations WHERE id = ?",
-                             (reservation_id,)).fetchone()
-            if row is not None:  # already open (reserve is idempotent): settle that one
-                db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
-                merged = dict(json.loads(row[2]), **clean_attrs(attrs))
-                self._charge(db, reservation_id, amount, row[1], row[0], float(amount_usd), now, "settled", merged)
-                return
-            specs = json.dumps([[b.key, b.rolling_s, b.expires_at] for b in buckets])
-            # reserved and settled in one transaction: the buckets' `reserved` does not move, and
-            # settle's attributes (the same ones) would have replaced the reservation's
-            self._charge(db, reservation_id, amount, specs, 0, float(amount_usd), now, "settled", clean_attrs(attrs))
+            open_ = db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            if open_ is None:
+                # settle's attributes (the same ones) would have replaced the reservation's
+                self._charge(db, reservation_id, amount, "[]", 0, float(amount_usd), now, "settled", clean_attrs(attrs))
+        if open_ is not None:  # already open (reserve is idempotent): settle that one, as settle does
+            self.settle(reservation_id, amount_usd, now=now, attrs=attrs)
 
     def release(self, reservation_id):
         with self._lock, self._tx() as db:
