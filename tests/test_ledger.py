@@ -106,6 +106,42 @@ def test_reserve_settle_release_roundtrip(ledger):
     assert rec.attrs == {"user": "alice", "tags": ["prod"], "model": "gpt-4o", "kind": "settled"}
 
 
+def test_record_books_a_settled_charge_in_one_call(ledger):
+    """``record`` (an admission without a reservation: no budgets, or fail-open) leaves what
+    ``reserve`` then ``settle`` would: one settled record, spend on every bucket, nothing reserved,
+    whatever the limits say (the call billed)."""
+    assert ledger.reserve("held", [CAP], 0.3, ttl_s=60, now=99).ok
+    ledger.record("r1", [CAP, TRACK], 1.25, ttl_s=60, now=100, attrs={"user": "alice", "tags": ("prod",)})
+    u = ledger.usage([CAP, TRACK], now=100)
+    assert u[CAP.key].spent_usd == pytest.approx(1.25, abs=NANO) and u[TRACK.key].spent_usd == u[CAP.key].spent_usd
+    assert u[CAP.key].reserved_usd == pytest.approx(0.3, abs=NANO) and u[TRACK.key].reserved_usd == 0
+    assert ledger.open_reservations() == 1
+    [rec] = ledger.records()
+    assert rec.reservation_id == "r1" and rec.amount_usd == 1.25 and rec.ts == 100
+    assert rec.buckets == (CAP.key, TRACK.key)
+    assert rec.attrs == {"user": "alice", "tags": ["prod"], "kind": "settled"}
+    # an id still open is settled with the amount, as settle would
+    ledger.record("held", [CAP], 0.1, ttl_s=60, now=101, attrs={"model": "gpt-4o"})
+    assert ledger.open_reservations() == 0 and reserved(ledger, CAP, now=101) == 0
+    assert spent(ledger, CAP, now=101) == pytest.approx(1.35, abs=NANO)
+    assert [r.reservation_id for r in ledger.records()] == ["r1", "held"]
+    with pytest.raises(InvalidAmount):
+        ledger.record("bad", [CAP], -1.0, ttl_s=60, now=102)
+    # without buckets (a policy without budgets: the SQLite ledger's one-transaction path)
+    ledger.record("r2", [], 0.5, ttl_s=60, now=103, attrs={"deployment": "ds"})
+    with pytest.raises(InvalidAmount):
+        ledger.record("bad", [], float("nan"), ttl_s=60, now=104)
+    assert ledger.open_reservations() == 0 and spent(ledger, CAP, now=104) == pytest.approx(1.35, abs=NANO)
+    last = ledger.records()[-1]
+    assert (last.reservation_id, last.amount_usd, last.ts, last.buckets) == ("r2", 0.5, 103, ())
+    assert last.attrs == {"deployment": "ds", "kind": "settled"}
+    assert ledger.reserve("held2", [], 0.3, ttl_s=60, now=105, attrs={"user": "bob"}).ok
+    ledger.record("held2", [], 0.2, ttl_s=60, now=106, attrs={"model": "m"})
+    last = ledger.records()[-1]
+    assert ledger.open_reservations() == 0 and (last.reservation_id, last.amount_usd) == ("held2", 0.2)
+    assert last.attrs == {"user": "bob", "model": "m", "kind": "settled"}
+
+
 def test_refuses_only_when_it_would_overshoot(ledger):
     assert ledger.reserve("a", [CAP], 0.4, 60, now=0).ok
     assert ledger.reserve("b", [CAP], 0.4, 60, now=0).ok

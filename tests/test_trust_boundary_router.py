@@ -169,7 +169,7 @@ async def test_n_answers_reserve_n_times_the_output():
 
         def admit(request, *args, **kwargs):
             admission = original(request, *args, **kwargs)
-            seen.append((request.choices, admission.estimate_usd))
+            seen.append((request.choices, admission.estimate()))
             return admission
 
         engine.spend.admit = admit

@@ -79,6 +79,9 @@ DECISION_KEY = "payg_decision"
 #: the plugin's own stamps: allowed in a metadata dict that carries one of its request ids
 OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 
+#: the parts of a request's prompt besides its messages (``pricing.count_request_tokens``)
+_PROMPT_PARTS = ("tools", "input", "instructions", "system", "prompt")
+
 #: the live adapters, to tell a request that bypassed this router's routing from one of another
 #: router that governs the same deployment ids (two Routers built from one config)
 _LIVE: "weakref.WeakSet[PaygRouting]" = weakref.WeakSet()
@@ -172,14 +175,18 @@ class PaygRouting(CustomLogger):
     def _candidates_for(self, deployments: Sequence[Mapping[str, Any]]) -> list[Candidate] | None:
         """Our candidates for these deployment dicts, or None if they are another router's."""
         out = []
-        for d in deployments:
-            c = self._candidates.get(str((d.get("model_info") or {}).get("id")))
+        known = self._candidates
+        for d in deployments:  # on every pick, for every deployment of the group: kept lean
+            info = d.get("model_info")
+            key = info.get("id") if info else None
+            c = known.get(key if type(key) is str else str(key))
             if c is None:
                 router = self._router_ref() if self._router_ref else None
                 if router is None or not litellm_versions.has_deployment(router, str(d["model_info"]["id"])):
                     return None
                 self._load(litellm_versions.deployments(router))  # deployments were added at runtime
-                c = self._candidates.get(str(d["model_info"]["id"]))
+                known = self._candidates
+                c = known.get(str(d["model_info"]["id"]))
                 if c is None:
                     return None
             out.append(c)
@@ -316,7 +323,9 @@ class PaygRouting(CustomLogger):
         state.request = request
         state.decision = picked.decision.as_dict(compact=True)
         metadata[DECISION_KEY] = state.decision
-        return [d for d in healthy_deployments if str(d["model_info"]["id"]) == pick.deployment_id]
+        # candidates[i] is healthy_deployments[i]'s (_candidates_for): no need to read the dicts again
+        chosen_id = pick.deployment_id
+        return [d for d, c in zip(healthy_deployments, candidates) if c.deployment_id == chosen_id]
 
     def _release_unsent(self, state: RequestState) -> None:
         """Free the reservation of a pick that never became an attempt.
@@ -348,9 +357,11 @@ class PaygRouting(CustomLogger):
         state: RequestState,
     ) -> RouteRequest:
         """What the policy decides on, from the plugin's own state (identity, the prompt counted
-        once) and the request's already checked fields; never from ``payg_*`` metadata."""
-        if state.prompt_tokens is None:
-            state.prompt_tokens = count_request_tokens(candidates[0].model, {**request_kwargs, "messages": messages or request_kwargs.get("messages")})
+        once) and the request's already checked fields; never from ``payg_*`` metadata.
+
+        The prompt is not counted here: the request carries a counter (:meth:`_counter`) that runs
+        the first time a rule, a budget reservation or a charge reads ``prompt_tokens``, so a
+        policy that never reads the request's size never pays for LiteLLM's token counter."""
         if state.identity is None:
             state.identity = identity_of(request_kwargs, metadata)
         who = state.identity
@@ -358,7 +369,8 @@ class PaygRouting(CustomLogger):
         hints = hints_of(metadata)
         return RouteRequest(
             group=group,
-            prompt_tokens=state.prompt_tokens,
+            prompt_tokens=state.prompt_tokens if state.prompt_tokens is not None else self._counter(
+                state, candidates[0].model, messages, request_kwargs),
             output_tokens=self.engine.expected_output_tokens(max_tokens),
             max_tokens=max_tokens,
             user=who.user,
@@ -376,6 +388,35 @@ class PaygRouting(CustomLogger):
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
                          if self.engine.spend.loop_guards else None),
         )
+
+    @staticmethod
+    def _counter(state: RequestState, model: str, messages: Any, request_kwargs: Mapping[str, Any]) -> Callable[[], int]:
+        """The request's prompt counter: LiteLLM's token counter with ``model`` (the first
+        candidate's, as the first pick saw them) on every part of the prompt, run at most once per
+        request; the count is kept in ``state.prompt_tokens``. The parts are taken now, so a later
+        read counts what was routed."""
+        if state.count_prompt is None:
+            parts = {name: request_kwargs[name] for name in _PROMPT_PARTS if request_kwargs.get(name)}
+            parts["messages"] = messages or request_kwargs.get("messages")
+
+            def count() -> int:
+                if state.prompt_tokens is None:
+                    state.prompt_tokens = count_request_tokens(model, parts)
+                return state.prompt_tokens
+
+            state.count_prompt = count
+        return state.count_prompt
+
+    @staticmethod
+    def _prompt_tokens(state: RequestState) -> int | None:
+        """The request's prompt tokens for a charge, counted now if nothing needed them before;
+        None when the request was never routed here or LiteLLM cannot count its prompt."""
+        if state.prompt_tokens is None and state.count_prompt is not None:
+            try:
+                state.count_prompt()
+            except Exception:  # noqa: BLE001 - a charge must not be lost to a tokenizer failure
+                logger.warning("litellm-payg: LiteLLM could not count the prompt of request %s", state.id, exc_info=True)
+        return state.prompt_tokens
 
     # -- per attempt, inline ----------------------------------------------------------------------
 
@@ -502,7 +543,7 @@ class PaygRouting(CustomLogger):
         """
         candidate = self._candidates.get(deployment_id)
         where = f"{(candidate.model if candidate else None) or model or '?'} (deployment {deployment_id})"
-        prompt_tokens = state.prompt_tokens
+        prompt_tokens = self._prompt_tokens(state)
         completion_tokens: int | None = None
         cost: float | None = None
         if candidate is not None and candidate.priced and prompt_tokens is not None:
@@ -683,8 +724,10 @@ class PaygRouting(CustomLogger):
         completion_tokens: int | None = None
         try:
             prompt_tokens = charges.count_prompt(model, messages, tools) if messages else None
-            if not prompt_tokens and state.prompt_tokens is not None:
-                prompt_tokens = state.prompt_tokens  # counted when the request was routed
+            if not prompt_tokens:
+                routed = self._prompt_tokens(state)  # what the request was routed with
+                if routed is not None:
+                    prompt_tokens = routed
             completion_tokens = charges.count_completion(model, response)
             if prompt_tokens is None:
                 raise ValueError("the request's messages are not available to count")
@@ -790,6 +833,7 @@ class PaygRouting(CustomLogger):
         stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
         state.finished = True
         state.request = None
+        state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
 

@@ -6,9 +6,13 @@ LiteLLM, so the same objects serve the live adapter, ``litellm-payg explain`` an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+#: what ``RouteRequest(prompt_tokens=...)`` accepts: the count, or a zero-argument callable that
+#: returns it (called on first read, at most once)
+PromptCount = int | Callable[[], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,37 @@ class Candidate:
         return self.estimate_usd(prompt_tokens, output_tokens) / total * 1000
 
 
-@dataclass(frozen=True, slots=True)
+class _CountedOnRead:
+    """The ``prompt_tokens`` field of :class:`RouteRequest`: an ``int`` to every reader, given either
+    as the count or as a zero-argument callable that returns it. The callable runs on the first
+    read, once; the count then replaces it.
+
+    Why: counting a prompt (``litellm.token_counter``) costs more than the rest of a decision, and
+    many requests never need the number: a policy without budgets whose rules order candidates by
+    something other than the request's size. The adapter hands the count over unevaluated, so only
+    a reader that needs it (a reservation estimate, a rule that prices this request, a size tier)
+    pays for it. Nothing here knows how a prompt is counted.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            # the class-level read dataclasses makes to find a default: there is none
+            raise AttributeError(self.name)
+        value = obj.__dict__[self.name]
+        if callable(value):
+            value = int(value())
+            obj.__dict__[self.name] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        # only the dataclass's own __init__ gets here (the instance is frozen)
+        obj.__dict__[self.name] = value
+
+
+@dataclass(frozen=True)
 class RouteRequest:
     """What the policy knows about a request before it is sent.
 
@@ -62,10 +96,13 @@ class RouteRequest:
     ``min_quality`` and ``allowed_models`` are client hints, already sanitised so they can only
     tighten the policy. ``choices`` is how many answers the request asks for (``n``): each is
     billed its own output tokens.
+
+    ``prompt_tokens`` may be given as a zero-argument callable: it is then counted when first read
+    (:class:`_CountedOnRead`), and :attr:`prompt_counted` says whether anything has read it yet.
     """
 
     group: str
-    prompt_tokens: int
+    prompt_tokens: int = _CountedOnRead()  # type: ignore[assignment]  # required: no default
     output_tokens: int  # expected output tokens, for routing estimates
     max_tokens: int | None = None  # the request's own cap, for budget reservations
     user: str | None = None
@@ -84,6 +121,11 @@ class RouteRequest:
     #: a fingerprint of the request's messages (``runs.prompt_hash``), for a run budget's loop guard;
     #: None when no run budget has one (the adapter only hashes then)
     prompt_hash: str | None = None
+
+    @property
+    def prompt_counted(self) -> bool:
+        """Whether the prompt's tokens are known without counting them now."""
+        return not callable(self.__dict__["prompt_tokens"])
 
     def field_value(self, name: str) -> str | None:
         """A request field by name, for rules configured with e.g. ``sticky_by: user``."""
@@ -140,7 +182,8 @@ class Decision:
     def as_dict(self, compact: bool = False) -> dict[str, Any]:
         """A JSON-able summary, printed by ``explain``. ``compact`` (what the adapter stamps on every
         request's metadata) leaves out the per-candidate price rows, which LiteLLM would otherwise copy
-        into its logging payload on every request; the order and every drop reason stay."""
+        into its logging payload on every request; the order and every drop reason stay. It does not
+        count the prompt: ``prompt_tokens`` is None when nothing in the decision needed the count."""
         req = self.request
         out = {
             "group": req.group,
@@ -155,7 +198,7 @@ class Decision:
             ],
             "notes": list(self.notes),
             "attrs": dict(self.attrs),
-            "prompt_tokens": req.prompt_tokens,
+            "prompt_tokens": req.prompt_tokens if (req.prompt_counted or not compact) else None,
             "output_tokens": req.output_tokens,
         }
         if compact:

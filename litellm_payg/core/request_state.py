@@ -40,8 +40,11 @@ class RequestState:
     trace_id: str | None
     #: who sent it, from the authenticated key (proxy) or the calling code (SDK); set once
     identity: Any = None
-    #: the prompt's tokens, counted once by the plugin
+    #: the prompt's tokens, counted once by the plugin, when something first needs them
     prompt_tokens: int | None = None
+    #: counts the prompt (a zero-argument callable the adapter sets on the first pick) and keeps
+    #: the count in ``prompt_tokens``; not called until a rule, a budget or a charge reads the size
+    count_prompt: Any = None
     #: deployment ids picked so far, one per attempt
     attempts: list[str] = field(default_factory=list)
     #: open reservation ids per deployment, oldest first (attempts of a request are sequential)

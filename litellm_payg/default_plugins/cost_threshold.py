@@ -64,11 +64,17 @@ class CostThreshold(Rule):
     def apply(self, request, candidates):
         opts = self.options
         limit = opts.max_usd_per_1k_tokens
-        p, o = request.prompt_tokens, request.output_tokens
+        roles = [(self._role(c), c) for c in candidates]
+        blind = _size_blind(roles, limit)
+        # when the order and the drops are the same for any prompt size, the prompt is not read
+        # (nor counted): equal prices keep their order in the sorts below
+        p, o = (0, 0) if blind else (request.prompt_tokens, request.output_tokens)
         preferred, fallback, dropped = [], [], []
-        for c in candidates:
-            rank = self._role(c)
+        for rank, c in roles:
             if rank == -1:
+                if blind:
+                    preferred.append((0.0, c))
+                    continue
                 price = c.usd_per_1k(p, o)
                 if price <= limit:
                     preferred.append((price, c))
@@ -79,7 +85,7 @@ class CostThreshold(Rule):
             elif rank is None:
                 dropped.append(Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name))
             else:
-                fallback.append((rank, c.estimate_usd(p, o), c))
+                fallback.append((rank, 0.0 if blind else c.estimate_usd(p, o), c))
         preferred.sort(key=lambda pc: pc[0])
         fallback.sort(key=lambda rc: (rc[0], rc[1]))
         kept = [c for _, c in preferred] + [c for _, _, c in fallback]
@@ -88,6 +94,30 @@ class CostThreshold(Rule):
             else f"cost_threshold: {opts.use} not usable, using {', '.join(opts.otherwise)}"
         )
         return Step(kept, dropped, note)
+
+
+def _size_blind(roles: list[tuple[int | None, Candidate]], limit: float) -> bool:
+    """Whether :meth:`CostThreshold.apply` comes out the same whatever the prompt's size, so the
+    prompt need not be counted (LiteLLM's token counter costs more than the whole decision).
+
+    A request's price per 1K tokens on a deployment is a weighted mean of its input and output
+    prices, so it is under the limit for every size when both are (with a margin for rounding).
+    The order only depends on the size between deployments of different prices: every ``use``
+    deployment must have the same prices, and so must those of each ``otherwise`` entry (equal
+    keys keep their order in the sort). Anything else, or an unpriced deployment, is priced exactly.
+    """
+    prices: dict[int, tuple[float | None, float | None]] = {}
+    for rank, c in roles:
+        if rank is None:
+            continue
+        if not c.priced:
+            return False
+        pair = (c.input_usd_per_token, c.output_usd_per_token)
+        if prices.setdefault(rank, pair) != pair:
+            return False
+        if rank == -1 and not max(pair) * 1000 * (1 + 1e-9) < limit:  # type: ignore[type-var]
+            return False
+    return True
 
 
 @hookimpl

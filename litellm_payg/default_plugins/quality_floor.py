@@ -56,6 +56,19 @@ class QualityFloor(Rule):
     Options = QualityFloorOptions
     needs_prices = True
 
+    def __init__(self, options, context):
+        super().__init__(options, context)
+        # drop reasons by (quality, bar): the same few strings on every pick, formatted once
+        self._reasons: dict[tuple[float, float], str] = {}
+
+    def _below(self, quality: float, bar: float) -> str:
+        reason = self._reasons.get((quality, bar))
+        if reason is None:
+            if len(self._reasons) > 10_000:
+                self._reasons.clear()
+            reason = self._reasons[(quality, bar)] = f"quality {quality:g} is below the bar {bar:g}"
+        return reason
+
     def bar_for(self, prompt_tokens: int) -> float:
         for tier in self.options.tiers:
             if prompt_tokens <= tier.up_to_prompt_tokens:
@@ -72,7 +85,7 @@ class QualityFloor(Rule):
             if c.quality is None:
                 dropped.append(Step.drop(c, f"no quality score for {c.model} in the policy's models:", self.name))
             elif c.quality < bar:
-                dropped.append(Step.drop(c, f"quality {c.quality:g} is below the bar {bar:g}", self.name))
+                dropped.append(Step.drop(c, self._below(c.quality, bar), self.name))
             else:
                 kept.append((c.estimate_usd(p, o), c))
         kept.sort(key=lambda ec: ec[0])

@@ -101,7 +101,7 @@ class Lifecycle:
         failover = self.engine.policy.failover
         if failover is not None and last_failure is not None:
             failed_id, failed, failure = last_failure
-            hop = plan_next(failover, failure, failed, decision.ordered, attempts, request.prompt_tokens)
+            hop = plan_next(failover, failure, failed, decision.ordered, attempts, lambda: request.prompt_tokens)
             decision.notes.append(f"failover after {failed_id}: {hop.reason}")
             if not hop.candidates:
                 raise GiveUp(hop)

@@ -9,7 +9,7 @@ by name and imported by nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from litellm_payg.core.decision import Candidate
@@ -28,16 +28,19 @@ class NextHop:
 
 
 def plan_next(settings: FailoverSettings, failure: Failure, failed: Candidate | None,
-              ordered: Sequence[Candidate], attempted: Sequence[str], prompt_tokens: int | None = None) -> NextHop:
-    """Given the ordered candidates of the decision, the ids already attempted and the error of the
-    last attempt's failure (on ``failed``), what to try next according to ``failover.on``."""
+              ordered: Sequence[Candidate], attempted: Sequence[str],
+              prompt_tokens: int | Callable[[], int] | None = None) -> NextHop:
+    """Given the ordered candidates of the decision, the ids already attempted and the last
+    attempt's failure (on ``failed``), what to try next according to ``failover.on``.
+    ``prompt_tokens`` may be a callable: the prompt is then counted only if the larger-context step
+    needs its size."""
     action = settings.action_for(failure.cls.value)
     remaining = [c for c in ordered if c.deployment_id not in set(attempted)]
     if action == "fail":
         return NextHop(action, failure, [], f"{failure.cls.value}: failover.on.{failure.cls.value} is 'fail'")
     if action == "larger_context":
         limit = failed.max_input_tokens if failed is not None else None
-        floor = limit if limit is not None else prompt_tokens
+        floor = limit if limit is not None else (prompt_tokens() if callable(prompt_tokens) else prompt_tokens)
         if floor is None:
             return NextHop(action, failure, [], "context window exceeded and neither the failed deployment's "
                                                  "max_input_tokens nor the prompt size is known")

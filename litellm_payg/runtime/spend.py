@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, bucket_key, loop_bucket, parse_scope
+from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, loop_bucket
 from litellm_payg.core.runs import RunStatus, RunUsage
 from litellm_payg.core.scopes import record_attrs, scope_values_key
 from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
@@ -53,12 +53,28 @@ class Admission:
 
     candidate: Candidate
     reservation_id: str
-    estimate_usd: float
+    #: the reservation's amount; None until :meth:`estimate` works it out (an admission without
+    #: budgets reserves nothing, so its estimate is only needed as a last-resort charge)
+    estimate_usd: float | None
     buckets: list[BudgetBucket]
     attrs: dict[str, Any]
     reserved: bool  # False when admitted fail-open without a ledger
     skipped: list[Drop] = field(default_factory=list)  # downgraded away at reservation time
     created: float = field(default_factory=time.monotonic)
+    #: works out ``estimate_usd`` when it is None (it reads the prompt's token count)
+    estimate_later: Callable[[], float] | None = field(default=None, repr=False)
+
+    def estimate(self) -> float:
+        """The reservation's amount (the request's pessimistic estimate on ``candidate``)."""
+        if self.estimate_usd is None:
+            try:
+                self.estimate_usd = self.estimate_later() if self.estimate_later is not None else 0.0
+            except Exception:  # noqa: BLE001 - LiteLLM's token counter failed on the prompt: nothing to estimate from
+                logger.warning("litellm-payg: no estimate for reservation %s: the prompt could not be counted",
+                               self.reservation_id, exc_info=True)
+                self.estimate_usd = 0.0
+            self.estimate_later = None
+        return self.estimate_usd
 
 
 class SpendControl:
@@ -252,8 +268,10 @@ class SpendControl:
         reservation is under ``fail_open``."""
         if not self.budgets:
             candidate = ordered[0]
-            admission = Admission(candidate, reservation_id, self.reserve_estimate(request, candidate), [],
-                                  _attrs(request, candidate, attrs), reserved=False)
+            # its estimate only backs a last-resort charge: worked out if one is needed, so a
+            # request nothing else needed the prompt's size of is never counted for it
+            admission = Admission(candidate, reservation_id, None, [], _attrs(request, candidate, attrs), reserved=False,
+                                  estimate_later=lambda: self.reserve_estimate(request, candidate))
             with self._lock:
                 self._inflight[reservation_id] = admission
                 self._prune()
@@ -320,7 +338,7 @@ class SpendControl:
         billed, so it must not be recorded at $0."""
         with self._lock:
             admission = self._inflight.get(reservation_id)
-        return None if admission is None else admission.estimate_usd
+        return None if admission is None else admission.estimate()
 
     def release(self, reservation_id: str) -> None:
         """The call did not bill: free its reservation."""
@@ -341,12 +359,13 @@ class SpendControl:
             # absurd): charge the reservation's estimate, which the ledger accepted at admission,
             # rather than nothing. Not an outage: nothing is kept for replay.
             logger.error("litellm-payg: %s; charging reservation %s its estimate $%.9f instead",
-                         exc, admission.reservation_id, admission.estimate_usd)
-            cost_usd = admission.estimate_usd
+                         exc, admission.reservation_id, admission.estimate())
+            cost_usd = admission.estimate()
         try:
             if not admission.reserved:
-                # admitted fail-open: book it now as a reservation that settles at once
-                self.ledger.reserve(
+                # admitted without a reservation (no budgets, or fail-open): book it now as a
+                # reservation that settles at once, in one ledger call
+                self.ledger.record(
                     admission.reservation_id,
                     [replace(bb.bucket, enforce=False) for bb in admission.buckets],
                     cost_usd,
@@ -354,7 +373,8 @@ class SpendControl:
                     now=self.clock(),
                     attrs=admission.attrs,
                 )
-            self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs)
+            else:
+                self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs)
         except LedgerError as exc:
             logger.error("litellm-payg: ledger unavailable, keeping a charge of $%.9f to replay: %s", cost_usd, exc)
             with self._lock:

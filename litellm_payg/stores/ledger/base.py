@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from litellm_payg.core.bounds import MAX_USD
@@ -113,6 +113,27 @@ class Ledger(ABC):
         settle can never double charge. A reservation past its TTL that no
         sweep has charged yet is still settled with its real cost.
         """
+
+    def record(
+        self,
+        reservation_id: str,
+        buckets: Sequence[Bucket],
+        amount_usd: float,
+        ttl_s: float,
+        now: float | None = None,
+        attrs: Mapping | None = None,
+    ) -> None:
+        """Book a charge that was admitted without a reservation (a policy without budgets, or
+        ``fail_open`` while the ledger was down): a reservation of ``amount_usd`` that settles at
+        once, whatever the buckets' limits say (the call has billed). An id still open is settled
+        with ``amount_usd``, as :meth:`settle` would.
+
+        This default is :meth:`reserve` then :meth:`settle`; a backend may do both in one step
+        (the SQLite ledger does: one transaction instead of two, on every request of a policy
+        without budgets)."""
+        unenforced = [replace(b, enforce=False) for b in buckets]
+        self.reserve(reservation_id, unenforced, amount_usd, ttl_s, now=now, attrs=attrs)
+        self.settle(reservation_id, amount_usd, now=now, attrs=attrs)
 
     @abstractmethod
     def release(self, reservation_id: str) -> bool:

@@ -404,6 +404,27 @@ class SqliteLedger(Ledger):
             self._charge(db, reservation_id, actual, row[1], row[0], float(actual_usd), now, "settled", merged, now)
             return True
 
+    def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
+        """Without buckets (every request of a policy without budgets): ``reserve`` then ``settle``
+        in one transaction, i.e. what they would write without the reservation row in between.
+        With buckets (a fail-open admission, rare) it is the two calls, so whatever they do to
+        buckets is done once, in one place."""
+        buckets = tuple(buckets)
+        if buckets:
+            super().record(reservation_id, buckets, amount_usd, ttl_s, now=now, attrs=attrs)
+            return
+        check_ttl(ttl_s)
+        amount = to_nanos(amount_usd)
+        now = clock(now)
+        with self._lock, self._tx() as db:
+            self._expire(db, now)
+            open_ = db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            if open_ is None:
+                # settle's attributes (the same ones) would have replaced the reservation's
+                self._charge(db, reservation_id, amount, "[]", 0, float(amount_usd), now, "settled", clean_attrs(attrs), now)
+        if open_ is not None:  # already open (reserve is idempotent): settle that one, as settle does
+            self.settle(reservation_id, amount_usd, now=now, attrs=attrs)
+
     def release(self, reservation_id):
         with self._lock, self._tx() as db:
             row = db.execute("SELECT amount, buckets FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
