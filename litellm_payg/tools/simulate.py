@@ -34,6 +34,7 @@ import heapq
 import io
 import json
 import math
+import random
 import re
 import sys
 import time
@@ -49,6 +50,7 @@ from litellm_payg.core.errors import PaygError
 
 DEFAULT_START = "2025-01-01T00:00:00Z"
 DEFAULT_PERIOD_DAYS = 30.0
+DEFAULT_SEED = 0  # the random generator of a run (faults, the shuffle of a group without a route)
 DAYS_PER_MONTH = 30.0  # a subscription's "month" when the simulated period is not exactly one
 SCENARIO_PACKAGE = "litellm_payg.tools.scenarios"
 
@@ -76,6 +78,26 @@ class TrafficClass:
     tags: tuple[str, ...] = ()
     max_tokens: int | None = None
     line: int = 0
+    #: the faults this class's requests meet, per deployment reference (see :class:`Fault`)
+    faults: tuple["Fault", ...] = ()
+    #: retries after a failed attempt (None: one per other candidate of the group)
+    retries: int | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Attempts of a class's requests to ``deployment`` (a deployment id, a LiteLLM model string or
+    the model without its provider prefix) fail with probability ``rates[failure class]``, during
+    [start, end) when the fault has a ``time``, else all the time."""
+
+    deployment: str
+    rates: tuple[tuple[str, float], ...]
+    start: float | None = None
+    end: float | None = None
+    label: str = "faults"  # where in the line it was given, for error messages
+
+    def active(self, now: float) -> bool:
+        return (self.start is None or now >= self.start) and (self.end is None or now < self.end)
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,77 @@ class Traffic:
         return sum(c.count for c in self.classes)
 
 
-_KNOWN = {"name", "group", "prompt_tokens", "completion_tokens", "count", "time", "user", "team", "tags", "max_tokens"}
+_KNOWN = {"name", "group", "prompt_tokens", "completion_tokens", "count", "time", "user", "team", "tags", "max_tokens",
+          "faults", "retries"}
+
+
+def _failure_classes() -> list[str]:
+    from litellm_payg.core.failure import FailureClass
+
+    return [c.value for c in FailureClass]
+
+
+def _time_span(value: Any, where: str) -> tuple[float, float]:
+    """``start/end`` or ``[start, end]`` as epoch seconds; an instant is a span of zero length."""
+    if isinstance(value, str) and "/" in value:
+        value = value.split("/", 1)
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise SimulationError(f"{where}: a time range is 'start/end' or [start, end]")
+        start, end = _parse_time(value[0], where), _parse_time(value[1], where)
+        if end <= start:
+            raise SimulationError(f"{where}: time range ends before it starts")
+        return start, end
+    t = _parse_time(value, where)
+    return t, t
+
+
+def _fault_rates(spec: Mapping[str, Any], where: str, field: str, skip: tuple[str, ...] = ()) -> tuple[tuple[str, float], ...]:
+    known = _failure_classes()
+    rates = []
+    for key, value in spec.items():
+        if key in skip:
+            continue
+        if key not in known:
+            raise SimulationError(f"{where}: {field}: unknown failure class {key!r}; expected some of {known}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise SimulationError(f"{where}: {field}.{key} must be a probability in [0, 1], got {value!r}")
+        rates.append((key, float(value)))
+    if not rates:
+        raise SimulationError(f"{where}: {field} names no failure class; give some of {known} with a probability")
+    total = math.fsum(r for _, r in rates)
+    if total > 1 + 1e-12:
+        raise SimulationError(f"{where}: {field}: the probabilities add up to {total:g}, more than 1")
+    return tuple(rates)
+
+
+def _parse_faults(value: Any, where: str) -> tuple[Fault, ...]:
+    """``{"<deployment>": {"<failure class>": p, ...}}`` (all the time), or a list of
+    ``{"deployment": "<deployment>", "<failure class>": p, ..., "time": "start/end"}``."""
+    faults: list[Fault] = []
+    if isinstance(value, dict):
+        for ref, spec in value.items():
+            field = f"faults.{ref}"
+            if not isinstance(spec, dict):
+                raise SimulationError(f"{where}: {field} must be an object of failure class -> probability, got {spec!r}")
+            faults.append(Fault(ref, _fault_rates(spec, where, field), label=field))
+        return tuple(faults)
+    if not isinstance(value, list):
+        raise SimulationError(f"{where}: 'faults' must be an object (deployment -> failure class -> probability) or a list")
+    for index, spec in enumerate(value):
+        field = f"faults[{index}]"
+        if not isinstance(spec, dict):
+            raise SimulationError(f"{where}: {field} must be an object, got {spec!r}")
+        ref = spec.get("deployment")
+        if not isinstance(ref, str) or not ref:
+            raise SimulationError(f"{where}: {field}.deployment (a deployment id or LiteLLM model) is required")
+        start = end = None
+        if spec.get("time") is not None:
+            start, end = _time_span(spec["time"], f"{where}: {field}.time")
+            if start == end:
+                raise SimulationError(f"{where}: {field}.time must be a range 'start/end', got an instant")
+        faults.append(Fault(ref, _fault_rates(spec, where, field, skip=("deployment", "time")), start, end, label=field))
+    return tuple(faults)
 
 
 def _parse_time(value: Any, where: str) -> float:
@@ -151,17 +243,7 @@ def parse_traffic(text: str, source: str) -> Traffic:
             raise SimulationError(f"{where}: 'group' (the LiteLLM model group) is required")
         start = end = None
         if obj.get("time") is not None:
-            value = obj["time"]
-            if isinstance(value, str) and "/" in value:
-                value = value.split("/", 1)
-            if isinstance(value, list):
-                if len(value) != 2:
-                    raise SimulationError(f"{where}: a time range is 'start/end' or [start, end]")
-                start, end = _parse_time(value[0], where), _parse_time(value[1], where)
-                if end <= start:
-                    raise SimulationError(f"{where}: time range ends before it starts")
-            else:
-                start = end = _parse_time(value, where)
+            start, end = _time_span(obj["time"], where)
         tags = obj.get("tags") or ()
         if isinstance(tags, str):
             tags = (tags,)
@@ -170,6 +252,8 @@ def parse_traffic(text: str, source: str) -> Traffic:
         max_tokens = obj.get("max_tokens")
         if max_tokens is not None:
             max_tokens = _int_field(obj, "max_tokens", where, minimum=1)
+        faults = _parse_faults(obj["faults"], where) if obj.get("faults") is not None else ()
+        retries = _int_field(obj, "retries", where, minimum=0) if obj.get("retries") is not None else None
         for key in ("user", "team", "name"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise SimulationError(f"{where}: {key!r} must be a string")
@@ -186,6 +270,8 @@ def parse_traffic(text: str, source: str) -> Traffic:
             tags=tuple(tags),
             max_tokens=max_tokens,
             line=number,
+            faults=faults,
+            retries=retries,
         ))
     if not classes:
         raise SimulationError(f"{source}: no requests in the traffic file")
@@ -341,6 +427,19 @@ class Result:
     assumptions: list[str]
     elapsed_s: float
     meta: dict[str, Any]
+    seed: int = DEFAULT_SEED
+    #: (deployment id, failure class) -> attempts that failed with it
+    attempts_failed: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: deployment id -> requests that failed on it and were tried again (failed over)
+    failed_over: dict[str, int] = field(default_factory=dict)
+    #: deployment id -> requests whose final attempt failed on it (failed for good)
+    failed_final: dict[str, int] = field(default_factory=dict)
+    #: (deployment id, class index) -> invalid answers charged (billed, then rejected)
+    failed_charges: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: deployment id -> times its circuit breaker opened / requests it kept away from it
+    breaker_opened: dict[str, int] = field(default_factory=dict)
+    breaker_moved: dict[str, int] = field(default_factory=dict)
+    breakers: bool = False  # the policy has ``failover:`` (circuit breakers)
 
     # -- figures ---------------------------------------------------------------------------------
 
@@ -459,8 +558,12 @@ def simulate(
     period_days: float | None = None,
     plan: Plan | None = None,
     progress: bool = False,
+    seed: int = DEFAULT_SEED,
 ) -> Result:
-    """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy)."""
+    """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy).
+
+    ``seed`` seeds the one random generator of the run: the traffic's faults and the shuffle of a
+    group without a route. The same seed gives the same numbers."""
     import litellm
 
     from litellm_payg.adapter.deployments import candidates_from_config, candidates_named_by_policy
@@ -469,6 +572,8 @@ def simulate(
     from litellm_payg.core.errors import NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.core.errors import BudgetRefused
+    from litellm_payg.core.failure import Failure, FailureClass
+    from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     meta = traffic.meta
@@ -484,6 +589,7 @@ def simulate(
         plan = Plan(float(p["fee_usd"]), int(p["included_tokens"]), float(p["overage_usd_per_1k"]))
 
     clock = _Clock(start)
+    rng = random.Random(seed)
     engine = Engine(loaded, ledger="memory://", clock=clock)
     if candidates_by_group is None:
         candidates_by_group = candidates_from_config(config, loaded) if config else candidates_named_by_policy(engine)
@@ -525,10 +631,20 @@ def simulate(
     total = traffic.requests
     bar = _Progress(total, progress)
 
-    decide = engine.decide
-    admit = engine.spend.admit
-    settle = engine.spend.settle
+    lifecycle = Lifecycle(engine, rng=rng)
+    pick = lifecycle.pick
+    succeeded = lifecycle.succeeded
+    failed = lifecycle.failed
     cost = pricer.cost
+    # faults per class: deployment id -> the class's faults on it; and the retries each class gets
+    class_faults = [_resolve_faults(c, cands[c.group], traffic.source) for c in classes]
+    retry_bound = [c.retries if c.retries is not None else len(cands[c.group]) - 1 for c in classes]
+    attempts_failed: dict[tuple[str, str], int] = {}  # (deployment, failure class) -> failed attempts
+    failed_over: dict[str, int] = {}  # deployment -> requests that failed on it and were tried again
+    failed_final: dict[str, int] = {}  # deployment -> requests whose last, final attempt failed on it
+    failed_charges: dict[tuple[str, int], int] = {}  # (deployment, class) -> invalid answers charged
+    breaker_opened: dict[str, int] = {}
+    breaker_moved: dict[str, int] = {}
     began = time.perf_counter()
     i = 0
     for when, ci in _arrivals(classes, start, end):
@@ -537,46 +653,83 @@ def simulate(
             bar.update(i)
         clock.now = when
         request = requests[ci]
-        decision = decide(request, class_cands[ci])
-        budget_drops = None
-        if decision.dropped:
-            for d in decision.dropped:
-                dropped_by[d.by] = dropped_by.get(d.by, 0) + 1
-                if d.by == "budget":
-                    budget_drops = budget_drops or []
-                    budget_drops.append(d)
-        if not decision.ordered:
-            no_deployment += 1
-            if budget_drops:
-                _count_downgrades(downgraded, budget_drops)
-            continue
+        faults = class_faults[ci]
         rid = f"sim-{i}"
-        try:
-            admission = admit(request, decision.ordered, rid, decision.attrs)
-        except BudgetRefused as exc:
-            blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
-            first_block.setdefault(exc.budget, when)
-            continue
-        except NoDeploymentLeft as exc:
-            no_deployment += 1
-            _count_downgrades(downgraded, exc.drops)
-            continue
-        if admission.skipped:
-            budget_drops = (budget_drops or []) + list(admission.skipped)
+        attempts: list[str] = []
+        last_failure = None
+        budget_drops: list[Any] = []
+        moved: set[str] | None = None
+        while True:
+            try:
+                picked = pick(request, class_cands[ci], rid, attempts=attempts, last_failure=last_failure)
+            except BudgetRefused as exc:
+                _count_drops(dropped_by, exc)
+                blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
+                first_block.setdefault(exc.budget, when)
+                break
+            except NoDeploymentLeft as exc:
+                _count_drops(dropped_by, exc)
+                no_deployment += 1
+                decision = getattr(exc, "decision", None)
+                if decision is not None and not decision.ordered:  # the policy (or the breakers) left none
+                    budget_drops.extend(d for d in decision.dropped if d.by == "budget")
+                else:  # every candidate left was refused by a downgrade budget at reservation
+                    budget_drops.extend(exc.drops)
+                break
+            except GiveUp:  # failover.on says the last failure is final
+                failed_final[attempts[-1]] = failed_final.get(attempts[-1], 0) + 1
+                break
+            decided = picked.decided
+            for d in decided.dropped:
+                by = d.by
+                dropped_by[by] = dropped_by.get(by, 0) + 1
+                if by == "budget":
+                    budget_drops.append(d)
+                elif by == "failover" and d.reason.startswith("circuit breaker"):
+                    moved = moved or set()
+                    moved.add(d.deployment_id)
+            if picked.admission.skipped:
+                budget_drops.extend(picked.admission.skipped)
+            chosen = picked.candidate
+            dep = chosen.deployment_id
+            key = (dep, ci)
+            charge = unit.get(key)
+            if charge is None:
+                cls = classes[ci]
+                charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
+            fault = _draw(faults.get(dep), when, rng) if faults else None
+            if fault is None:
+                succeeded(picked, dep, charge)
+                served[key] = served.get(key, 0) + 1
+                served_by_class[ci] += 1
+                break
+            failure = Failure(fault, "simulated fault", _STATUS.get(fault), None, f"simulated {fault.value} on {dep}")
+            if fault is FailureClass.INVALID_RESPONSE:  # answered and billed, then rejected by the validators
+                failed_charges[key] = failed_charges.get(key, 0) + 1
+                state = failed(picked, dep, failure, charge)
+            else:
+                state = failed(picked, dep, failure)
+            fk = (dep, fault.value)
+            attempts_failed[fk] = attempts_failed.get(fk, 0) + 1
+            if state == "open":  # requests run one at a time: an attempt never goes to an open breaker
+                breaker_opened[dep] = breaker_opened.get(dep, 0) + 1
+            attempts.append(dep)
+            if len(attempts) > retry_bound[ci]:
+                failed_final[dep] = failed_final.get(dep, 0) + 1
+                break
+            failed_over[dep] = failed_over.get(dep, 0) + 1
+            last_failure = (dep, chosen, failure)
+            rid = f"sim-{i}.{len(attempts)}"
         if budget_drops:
             _count_downgrades(downgraded, budget_drops)
-        chosen = admission.candidate
-        key = (chosen.deployment_id, ci)
-        charge = unit.get(key)
-        if charge is None:
-            cls = classes[ci]
-            charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
-        settle(rid, charge)
-        served[key] = served.get(key, 0) + 1
-        served_by_class[ci] += 1
+        if moved:
+            for dep in moved:
+                breaker_moved[dep] = breaker_moved.get(dep, 0) + 1
     elapsed = time.perf_counter() - began
     bar.update(i, final=True)
     engine.spend.close()
+    if engine.health is not None:
+        engine.health.close()
 
     result = Result(
         policy_source=loaded.source or "<policy>",
@@ -609,10 +762,66 @@ def simulate(
         assumptions=[],
         elapsed_s=elapsed,
         meta=meta,
+        seed=seed,
+        attempts_failed=attempts_failed,
+        failed_over=failed_over,
+        failed_final=failed_final,
+        failed_charges=failed_charges,
+        breaker_opened=breaker_opened,
+        breaker_moved=breaker_moved,
+        breakers=engine.health is not None,
     )
     result.baselines = _baselines(result, engine, pricer, plan, period_days)
     result.assumptions = _assumptions(result, loaded, period_days, litellm)
     return result
+
+
+_STATUS = {"rate_limit": 429, "server_error": 500, "context_window": 400, "auth": 401, "bad_request": 400}
+
+
+def _resolve_faults(c: TrafficClass, candidates: Sequence[Any], source: str) -> dict[str, list[Fault]]:
+    """A class's faults by the deployment id they hit; a reference that is no deployment of the
+    class's group is an input error naming the line and field."""
+    from litellm_payg.rules import matches
+
+    out: dict[str, list[Fault]] = {}
+    for fault in c.faults:
+        hit = [x for x in candidates if matches(fault.deployment, x)]
+        if not hit:
+            have = ", ".join(f"{x.model} (id {x.deployment_id})" for x in candidates)
+            raise SimulationError(
+                f"{source}:{c.line}: {fault.label}: {fault.deployment!r} is no deployment of group {c.group!r}; it has {have}"
+            )
+        for x in hit:
+            out.setdefault(x.deployment_id, []).append(fault)
+    return out
+
+
+def _draw(faults: Sequence[Fault] | None, now: float, rng: random.Random) -> Any:
+    """The failure class an attempt meets at ``now``, or None: one draw against the active faults'
+    probabilities laid end to end (overlapping faults add up)."""
+    if not faults:
+        return None
+    active = [f for f in faults if f.active(now)]
+    if not active:
+        return None
+    from litellm_payg.core.failure import FailureClass
+
+    u = rng.random()
+    acc = 0.0
+    for f in active:
+        for cls, p in f.rates:
+            acc += p
+            if u < acc:
+                return FailureClass(cls)
+    return None
+
+
+def _count_drops(counter: dict[str, int], exc: Exception) -> None:
+    """The drops of the decision a refused pick came from, per reason (as for a served one)."""
+    decision = getattr(exc, "decision", None)
+    for d in decision.dropped if decision is not None else ():
+        counter[d.by] = counter.get(d.by, 0) + 1
 
 
 def _count_downgrades(counter: dict[str, int], drops: Sequence[Any]) -> None:
