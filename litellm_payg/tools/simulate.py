@@ -452,26 +452,70 @@ class Result:
         return sum(self.served.values())
 
     def deployment_rows(self) -> list[dict[str, Any]]:
+        """Per deployment that served or failed a request: requests served, their tokens and the
+        cost (invalid answers charged included); with faults or breakers, what failed and moved."""
         rows: dict[str, dict[str, Any]] = {}
         cand = {c.deployment_id: c for cs in self.candidates.values() for c in cs}
         parts: dict[str, list[float]] = {}
+        failing = self.failover_shown
+
+        def row_of(dep: str) -> dict[str, Any]:
+            row = rows.get(dep)
+            if row is None:
+                row = rows[dep] = {
+                    "deployment": dep, "model": cand[dep].model, "provider": cand[dep].provider, "group": cand[dep].group,
+                    "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+                }
+                if failing:
+                    row.update({
+                        "failed_attempts": 0, "failed_attempts_by_class": {}, "failed_over": self.failed_over.get(dep, 0),
+                        "failed_final": self.failed_final.get(dep, 0), "invalid_answers_charged_usd": 0.0,
+                        "breaker_opened": self.breaker_opened.get(dep, 0), "breaker_moved": self.breaker_moved.get(dep, 0),
+                    })
+            return row
+
         for (dep, ci), n in sorted(self.served.items()):
             cls = self.classes[ci]
-            row = rows.setdefault(dep, {
-                "deployment": dep, "model": cand[dep].model, "provider": cand[dep].provider, "group": cls.group,
-                "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
-            })
+            row = row_of(dep)
             row["requests"] += n
             row["prompt_tokens"] += n * cls.prompt_tokens
             row["completion_tokens"] += n * cls.completion_tokens
             parts.setdefault(dep, []).append(n * self.unit_cost[(dep, ci)])
+        if failing:
+            for dep in sorted({d for d, _ in self.attempts_failed} | set(self.breaker_opened) | set(self.breaker_moved)):
+                row_of(dep)
+            for (dep, fc), n in sorted(self.attempts_failed.items()):
+                row = rows[dep]
+                row["failed_attempts"] += n
+                row["failed_attempts_by_class"][fc] = n
+            for (dep, ci), n in sorted(self.failed_charges.items()):
+                charge = n * self.unit_cost[(dep, ci)]
+                rows[dep]["invalid_answers_charged_usd"] += charge
+                parts.setdefault(dep, []).append(charge)
         for dep, row in rows.items():
-            row["cost_usd"] = math.fsum(parts[dep])
+            row["cost_usd"] = math.fsum(parts.get(dep, ()))
         return sorted(rows.values(), key=lambda r: (-r["cost_usd"], r["deployment"]))
 
     @property
+    def failover_shown(self) -> bool:
+        """Whether there is anything to say about failures: an attempt failed, or breakers exist."""
+        return bool(self.attempts_failed) or self.breakers
+
+    @property
+    def failed_requests(self) -> int:
+        """Requests that failed for good (their last attempt failed, with no retry left or allowed)."""
+        return sum(self.failed_final.values())
+
+    def charged(self) -> Iterator[tuple[str, int, int]]:
+        """(deployment, class index, attempts charged): served answers and invalid ones (billed)."""
+        for (dep, ci), n in self.served.items():
+            yield dep, ci, n
+        for (dep, ci), n in self.failed_charges.items():
+            yield dep, ci, n
+
+    @property
     def policy_cost(self) -> float:
-        return math.fsum(n * self.unit_cost[k] for k, n in self.served.items())
+        return math.fsum(n * self.unit_cost[(dep, ci)] for dep, ci, n in self.charged())
 
     @property
     def tokens(self) -> int:
@@ -505,12 +549,29 @@ class Result:
             "budget_downgrades": dict(self.downgraded),
             "first_block_at": {k: _iso(v) for k, v in self.first_block.items()},
             "no_deployment_left": self.no_deployment,
+            "failed_requests": self.failed_requests,
+            "failover": {
+                "seed": self.seed,
+                "breakers": self.breakers,
+                "failed_attempts": _nested(self.attempts_failed),
+                "failed_over": dict(self.failed_over),
+                "failed_for_good": dict(self.failed_final),
+                "breaker_opened": dict(self.breaker_opened),
+                "breaker_moved": dict(self.breaker_moved),
+            },
             "dropped_by": dict(self.dropped_by),
             "baselines": self.baselines,
             "assumptions": self.assumptions,
             "elapsed_s": self.elapsed_s,
             "scenario": self.meta,
         }
+
+
+def _nested(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (a, b), n in sorted(counts.items()):
+        out.setdefault(a, {})[b] = n
+    return out
 
 
 class _Clock:
@@ -685,7 +746,8 @@ def simulate(
                 dropped_by[by] = dropped_by.get(by, 0) + 1
                 if by == "budget":
                     budget_drops.append(d)
-                elif by == "failover" and d.reason.startswith("circuit breaker"):
+                elif by == "failover" and d.reason.startswith("circuit breaker") and d.deployment_id not in attempts:
+                    # kept away by its breaker, not because this request already tried it
                     moved = moved or set()
                     moved.add(d.deployment_id)
             if picked.admission.skipped:
@@ -841,7 +903,7 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
     classes = result.classes
     out: list[dict[str, Any]] = []
     policy_by_group: dict[str, float] = {}
-    for (dep, ci), n in result.served.items():
+    for dep, ci, n in result.charged():
         g = classes[ci].group
         policy_by_group[g] = policy_by_group.get(g, 0.0) + n * result.unit_cost[(dep, ci)]
     for g, cands in result.candidates.items():
@@ -980,6 +1042,9 @@ def format_table(result: Result) -> str:
     for name, n in sorted(result.downgraded.items()):
         out.append(f"  downgraded by {name!r}: {n:,}")
     out.append("")
+    if result.failover_shown:
+        out.extend(format_failover(result))
+        out.append("")
     out.append("Same traffic under baselines:")
     bh = f"{'baseline':<64} {'requests':>10} {'cost':>14} {'vs policy':>10}"
     out += [bh, "-" * len(bh)]
@@ -998,13 +1063,42 @@ def format_table(result: Result) -> str:
     return "\n".join(out)
 
 
+def format_failover(result: Result) -> list[str]:
+    """The failures section of the table: per deployment, failed attempts, requests that failed
+    over from it or failed for good on it, and its circuit breaker."""
+    out = [f"Failures and failover (faults drawn with seed {result.seed}; "
+           + ("circuit breakers from the policy's failover: section" if result.breakers else "no failover: in the policy, no breakers") + "):"]
+    header = (f"{'deployment':<32} {'failed att.':>11} {'failed over':>11} {'failed final':>12} "
+              f"{'breaker opened':>14} {'moved by breaker':>16}")
+    out += [header, "-" * len(header)]
+    rows = sorted(result.deployment_rows(), key=lambda r: r["deployment"])
+    for r in rows:
+        out.append(f"{r['deployment'][:32]:<32} {r['failed_attempts']:>11,} {r['failed_over']:>11,} {r['failed_final']:>12,} "
+                   f"{r['breaker_opened']:>14,} {r['breaker_moved']:>16,}")
+    out.append("-" * len(header))
+    out.append(f"{'total':<32} {sum(r['failed_attempts'] for r in rows):>11,} {sum(r['failed_over'] for r in rows):>11,} "
+               f"{result.failed_requests:>12,} {sum(r['breaker_opened'] for r in rows):>14,} {sum(r['breaker_moved'] for r in rows):>16,}")
+    for r in rows:
+        if r["failed_attempts_by_class"]:
+            by = ", ".join(f"{fc} {n:,}" for fc, n in sorted(r["failed_attempts_by_class"].items()))
+            charged = f"; invalid answers charged {_usd(r['invalid_answers_charged_usd'])}" if r["invalid_answers_charged_usd"] else ""
+            out.append(f"  {r['deployment']}: {by}{charged}")
+    out.append(f"{result.failed_requests:,} request(s) failed for good (their last attempt failed and no retry was left or allowed)")
+    return out
+
+
 def write_csv(result: Result, path: str) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["section", "name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"])
+    failing = result.failover_shown
+    extra = ["failed_attempts", "failed_over", "failed_final", "breaker_opened", "breaker_moved"] if failing else []
+    w.writerow(["section", "name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"] + extra)
     for r in result.deployment_rows():
-        w.writerow(["deployment", r["deployment"], r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}"])
+        w.writerow(["deployment", r["deployment"], r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}"]
+                   + [r[k] for k in extra])
     w.writerow(["total", "policy", "", result.served_requests, "", "", f"{result.policy_cost:.6f}"])
+    if failing:
+        w.writerow(["failed", "for good", "", result.failed_requests, "", "", ""])
     for b in result.baselines:
         w.writerow(["baseline", b["label"], b.get("deployment", ""), b["requests"], "", "", f"{b['cost_usd']:.6f}"])
     for name, n in sorted(result.blocked.items()):
@@ -1030,6 +1124,7 @@ def write_html(result: Result, path: str) -> None:
             [[r["deployment"], r["model"], f"{r['requests']:,}", f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}", _usd(r["cost_usd"])] for r in rows]
             + [["total", "", f"{result.served_requests:,}", "", "", _usd(result.policy_cost)]],
         ),
+        *(_html_failover(result, html_table) if result.failover_shown else []),
         "<h2>Budget hits</h2>",
         html_table(["budget", "blocked", "downgraded"], [
             [name, f"{result.blocked.get(name, 0):,}", f"{result.downgraded.get(name, 0):,}"]
@@ -1038,6 +1133,20 @@ def write_html(result: Result, path: str) -> None:
         "<h2>Assumptions</h2><ul>" + "".join(f"<li>{_esc(a)}</li>" for a in result.assumptions) + "</ul>",
     ]
     Path(path).write_text(html_page("litellm-payg simulation", "\n".join(body)), encoding="utf-8")
+
+
+def _html_failover(result: Result, html_table: Any) -> list[str]:
+    rows = sorted(result.deployment_rows(), key=lambda r: r["deployment"])
+    return [
+        f"<h2>Failures and failover</h2><p>Faults drawn with seed {result.seed}; "
+        f"{result.failed_requests:,} request(s) failed for good.</p>",
+        html_table(
+            ["deployment", "failed attempts", "by class", "failed over", "failed for good", "breaker opened", "moved by breaker"],
+            [[r["deployment"], f"{r['failed_attempts']:,}",
+              ", ".join(f"{fc} {n:,}" for fc, n in sorted(r["failed_attempts_by_class"].items())) or "-",
+              f"{r['failed_over']:,}", f"{r['failed_final']:,}", f"{r['breaker_opened']:,}", f"{r['breaker_moved']:,}"] for r in rows],
+        ),
+    ]
 
 
 def _esc(s: str) -> str:
@@ -1061,6 +1170,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--plan-fee", type=float, help="subscription baseline: monthly fee in USD")
     p.add_argument("--plan-tokens", type=int, help="subscription baseline: tokens included per month")
     p.add_argument("--plan-overage-per-1k", type=float, help="subscription baseline: USD per 1K tokens above the included ones")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of the random generator drawing the traffic's faults (default {DEFAULT_SEED}): same seed, same numbers")
     p.add_argument("--csv", metavar="FILE", help="also write the figures as CSV")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -1085,7 +1196,8 @@ def run(args: argparse.Namespace) -> int:
         plan = Plan(float(fee), int(tokens), float(over))
     start = _parse_time(args.start, "--start") if args.start else None
     show = args.progress or sys.stderr.isatty()
-    result = simulate(args.policy, traffic, config=args.config, start=start, period_days=args.period, plan=plan, progress=show)
+    result = simulate(args.policy, traffic, config=args.config, start=start, period_days=args.period, plan=plan, progress=show,
+                      seed=args.seed)
     if args.csv:
         write_csv(result, args.csv)
     if args.html:
