@@ -740,6 +740,8 @@ def simulate(
             except GiveUp:  # failover.on says the last failure is final
                 failed_final[attempts[-1]] = failed_final.get(attempts[-1], 0) + 1
                 break
+            if attempts:  # the last attempt failed and this request moved on to another one
+                failed_over[attempts[-1]] = failed_over.get(attempts[-1], 0) + 1
             decided = picked.decided
             for d in decided.dropped:
                 by = d.by
@@ -779,7 +781,6 @@ def simulate(
             if len(attempts) > retry_bound[ci]:
                 failed_final[dep] = failed_final.get(dep, 0) + 1
                 break
-            failed_over[dep] = failed_over.get(dep, 0) + 1
             last_failure = (dep, chosen, failure)
             rid = f"sim-{i}.{len(attempts)}"
         if budget_drops:
