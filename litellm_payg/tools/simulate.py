@@ -1,9 +1,12 @@
 """``litellm-payg simulate``: what a month of traffic costs under a policy, before it runs.
 
-Every simulated request goes through the policy's real code: ``Engine.decide`` (the route's rules
-and every ``payg_filter_candidates`` plugin, budget headroom included) and ``SpendControl.admit`` /
-``settle`` against an in-memory ledger driven by a simulated clock, so ``block`` and ``downgrade``
-budgets act exactly as they would live. Each served request is charged with LiteLLM's own cost
+Every simulated request goes through the runtime's lifecycle, as live traffic does
+(``runtime/lifecycle.py``): ``Lifecycle.pick`` (snapshot, ``Engine.decide`` with the route's rules
+and every ``payg_filter_candidates`` plugin, the failover hop, the breaker claim, the reservation),
+then ``succeeded`` or, when the class's faults make the attempt fail, ``failed`` and another
+``pick`` with the request's attempts and last failure, as LiteLLM's Router retries. The ledger and
+the health store are in memory and driven by a simulated clock, so ``block`` and ``downgrade``
+budgets, ``failover.on`` and circuit breakers act exactly as they would live. Each served request is charged with LiteLLM's own cost
 function (``litellm.cost_per_token``) for the deployment that served it; a deployment whose price
 the policy (``models:``) or the LiteLLM config (``litellm_params``) overrides is charged at that
 price, the way ``pricing.py`` resolves it. Costs are cached per (deployment, prompt, completion)
@@ -22,6 +25,10 @@ Traffic is JSONL, one request class (or one request) per line::
 
 ``count`` requests are spread evenly over ``time`` when it is a range (``start/end``), all at
 ``time`` when it is an instant, else over the simulated period (``--start``, ``--period`` days).
+``faults`` (``{"<deployment>": {"<failure class>": probability}}``, or a list of
+``{"deployment": ..., "<failure class>": p, "time": "start/end"}``) makes attempts of the class fail,
+drawn from a generator seeded with ``--seed``; ``retries`` bounds the attempts after a failure
+(default: one per other deployment of the group).
 A line ``{"scenario": {...}}`` carries a scenario's description, assumptions, period and plan.
 """
 
@@ -47,6 +54,7 @@ from typing import Any
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.errors import PaygError
+from litellm_payg.core.failure import FailureClass
 
 DEFAULT_START = "2025-01-01T00:00:00Z"
 DEFAULT_PERIOD_DAYS = 30.0
@@ -127,8 +135,6 @@ _KNOWN = {"name", "group", "prompt_tokens", "completion_tokens", "count", "time"
 
 
 def _failure_classes() -> list[str]:
-    from litellm_payg.core.failure import FailureClass
-
     return [c.value for c in FailureClass]
 
 
@@ -633,7 +639,7 @@ def simulate(
     from litellm_payg.core.errors import NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.core.errors import BudgetRefused
-    from litellm_payg.core.failure import Failure, FailureClass
+    from litellm_payg.core.failure import Failure
     from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
@@ -767,7 +773,7 @@ def simulate(
                 served[key] = served.get(key, 0) + 1
                 served_by_class[ci] += 1
                 break
-            failure = Failure(fault, "simulated fault", _STATUS.get(fault), None, f"simulated {fault.value} on {dep}")
+            failure = Failure(fault, "simulated fault", _STATUS.get(fault.value), None, f"simulated {fault.value} on {dep}")
             if fault is FailureClass.INVALID_RESPONSE:  # answered and billed, then rejected by the validators
                 failed_charges[key] = failed_charges.get(key, 0) + 1
                 state = failed(picked, dep, failure, charge)
@@ -868,8 +874,6 @@ def _draw(faults: Sequence[Fault] | None, now: float, rng: random.Random) -> Any
     active = [f for f in faults if f.active(now)]
     if not active:
         return None
-    from litellm_payg.core.failure import FailureClass
-
     u = rng.random()
     acc = 0.0
     for f in active:
@@ -990,6 +994,14 @@ def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) 
             + (f", user {c.user}" if c.user else "") + (f", team {c.team}" if c.team else "")
             + (f", tags {','.join(c.tags)}" if c.tags else "") + (f", max_tokens {c.max_tokens}" if c.max_tokens else "")
         )
+    for c in result.classes:
+        for f in c.faults:
+            when = f" from {_iso(f.start)} to {_iso(f.end)}" if f.start is not None else ""
+            rates = ", ".join(f"{fc} {p:g}" for fc, p in f.rates)
+            lines.append(f"faults of class {c.name} on {f.deployment}{when}: {rates} per attempt (seed {result.seed})")
+        if c.faults or c.retries is not None:
+            retries = c.retries if c.retries is not None else f"{len(result.candidates[c.group]) - 1} (one per other deployment)"
+            lines.append(f"class {c.name}: up to {retries} retries after a failed attempt, as LiteLLM's Router with num_retries")
     lines.append("single-model baselines send every request of the group to that deployment, whatever its quality")
     lines.append("LiteLLM cost-based-routing: LiteLLM's LowestCostLoggingHandler picks the lowest input+output price per token, "
                  "regardless of request size (no tpm/rpm limits simulated)")
@@ -1028,7 +1040,7 @@ def format_table(result: Result) -> str:
     out.extend(f"  - {a}" for a in result.assumptions)
     out.append("")
     header = f"{'deployment':<32} {'requests':>10} {'prompt tok':>14} {'compl. tok':>14} {'cost':>14}"
-    out += ["Policy routing (real decide + budgets):", header, "-" * len(header)]
+    out += ["Policy routing (the runtime's lifecycle: decide, budgets, failover):", header, "-" * len(header)]
     for r in result.deployment_rows():
         out.append(f"{r['deployment'][:32]:<32} {r['requests']:>10,} {r['prompt_tokens']:>14,} {r['completion_tokens']:>14,} {_usd(r['cost_usd']):>14}")
     served_tokens = sum(r["prompt_tokens"] for r in result.deployment_rows()), sum(r["completion_tokens"] for r in result.deployment_rows())
