@@ -1000,8 +1000,10 @@ def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) 
             rates = ", ".join(f"{fc} {p:g}" for fc, p in f.rates)
             lines.append(f"faults of class {c.name} on {f.deployment}{when}: {rates} per attempt (seed {result.seed})")
         if c.faults or c.retries is not None:
-            retries = c.retries if c.retries is not None else f"{len(result.candidates[c.group]) - 1} (one per other deployment)"
-            lines.append(f"class {c.name}: up to {retries} retries after a failed attempt, as LiteLLM's Router with num_retries")
+            n = c.retries if c.retries is not None else len(result.candidates[c.group]) - 1
+            how = "its 'retries'" if c.retries is not None else "one per other deployment of the group"
+            lines.append(f"class {c.name}: up to {n} retr{'y' if n == 1 else 'ies'} after a failed attempt ({how}), "
+                         "as LiteLLM's Router with num_retries")
     lines.append("single-model baselines send every request of the group to that deployment, whatever its quality")
     lines.append("LiteLLM cost-based-routing: LiteLLM's LowestCostLoggingHandler picks the lowest input+output price per token, "
                  "regardless of request size (no tpm/rpm limits simulated)")
@@ -1094,7 +1096,7 @@ def format_failover(result: Result) -> list[str]:
     for r in rows:
         if r["failed_attempts_by_class"]:
             by = ", ".join(f"{fc} {n:,}" for fc, n in sorted(r["failed_attempts_by_class"].items()))
-            charged = f"; invalid answers charged {_usd(r['invalid_answers_charged_usd'])}" if r["invalid_answers_charged_usd"] else ""
+            charged = f"; invalid answers charged ${r['invalid_answers_charged_usd']:,.4f}" if r["invalid_answers_charged_usd"] else ""
             out.append(f"  {r['deployment']}: {by}{charged}")
     out.append(f"{result.failed_requests:,} request(s) failed for good (their last attempt failed and no retry was left or allowed)")
     return out
