@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from litellm_payg.core.decision import Candidate, Decision, Drop, RouteRequest, Step
 from litellm_payg.core.errors import NoDeploymentLeft
 from litellm_payg.core.failure import Failure
+from litellm_payg.core.snapshot import State
 from litellm_payg.runtime.next_hop import NextHop, plan_next
 from litellm_payg.runtime.spend import Admission
 
@@ -49,13 +50,18 @@ class Pick:
     reservation_id: str
     decision: Decision
     admission: Admission
+    #: the engine's decision before the failover hop, the breaker claim and the reservation
+    #: narrowed it (what ``simulate`` counts drops and downgrades from)
+    decided: Decision | None = None
 
 
 class Lifecycle:
     """The runtime's half of an attempt, over one :class:`~litellm_payg.runtime.engine.Engine`."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, rng: random.Random | None = None) -> None:
+        """``rng``: what a group without a route is shuffled with (``simulate`` passes a seeded one)."""
         self.engine = engine
+        self._sample = rng.sample if rng is not None else random.sample
 
     def pick(
         self,
@@ -72,20 +78,28 @@ class Lifecycle:
         ``last_failure``: ``(deployment id, its candidate if known, failure)`` of the last attempt,
         if it failed.
         Raises ``NoDeploymentLeft`` (the policy dropped everything, or every breaker is shut),
-        :class:`GiveUp`, and what ``SpendControl.admit`` raises (``BudgetRefused``, ``LedgerDown``)."""
+        :class:`GiveUp`, and what ``SpendControl.admit`` raises (``BudgetRefused``, ``LedgerDown``);
+        each carries the engine's decision it came from as ``decision``."""
         engine = self.engine
         snapshot = engine.snapshot(request, candidates)
         decision = engine.decide(request, candidates, snapshot, observe=False)
-        if not decision.ordered:
-            engine.observe(decision)
-            raise NoDeploymentLeft(request.group, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped])
-        untried = self.next_candidates(decision, request, attempts, last_failure)
-        if not decision.governed and len(untried) > 1:
-            untried = random.sample(untried, len(untried))  # no route: spread load as LiteLLM's shuffle would
-        admission = engine.spend.admit(request, untried, reservation_id, decision.attrs)
+        try:
+            if not decision.ordered:
+                engine.observe(decision)
+                raise NoDeploymentLeft(
+                    request.group, [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in decision.dropped],
+                    decision.dropped,
+                )
+            untried = self.next_candidates(decision, request, attempts, last_failure)
+            if not decision.governed and len(untried) > 1:
+                untried = self._sample(untried, len(untried))  # no route: spread load as LiteLLM's shuffle would
+            admission = engine.spend.admit(request, untried, reservation_id, decision.attrs)
+        except Exception as exc:
+            exc.decision = decision  # type: ignore[attr-defined]
+            raise
         final = as_picked(decision, admission.candidate, untried, admission.skipped, attempts)
         engine.observe(final)
-        return Pick(admission.candidate, reservation_id, final, admission)
+        return Pick(admission.candidate, reservation_id, final, admission, decision)
 
     def next_candidates(
         self,
@@ -120,24 +134,29 @@ class Lifecycle:
 
     def succeeded(self, pick_or_reservation: Pick | str, deployment_id: str, cost_usd: float,
                   latency_s: float | None = None, ttft_s: float | None = None,
-                  attrs: Mapping[str, object] | None = None) -> None:
-        """The attempt was answered: charge what it cost and record the deployment's latency."""
+                  attrs: Mapping[str, object] | None = None) -> State | None:
+        """The attempt was answered: charge what it cost and record the deployment's latency.
+        Returns the deployment's breaker state after it (None without ``failover:``)."""
         rid = pick_or_reservation.reservation_id if isinstance(pick_or_reservation, Pick) else pick_or_reservation
         self.engine.spend.settle(rid, cost_usd, attrs)
         if self.engine.health is not None:
-            self.engine.health.record(deployment_id, ok=True, latency_s=latency_s, ttft_s=ttft_s)
+            return self.engine.health.record(deployment_id, ok=True, latency_s=latency_s, ttft_s=ttft_s)
+        return None
 
     def failed(self, pick_or_reservation: Pick | str, deployment_id: str, failure: Failure,
-               charge_usd: float | None = None) -> None:
+               charge_usd: float | None = None) -> State | None:
         """The attempt failed: release its reservation (or charge ``charge_usd`` when the provider
-        answered before it failed) and feed a failure that is the deployment's to its breaker."""
+        answered before it failed) and feed a failure that is the deployment's to its breaker.
+        Returns the breaker state after it (None without ``failover:`` or when the failure is the
+        request's, not the deployment's)."""
         rid = pick_or_reservation.reservation_id if isinstance(pick_or_reservation, Pick) else pick_or_reservation
         if charge_usd is None:
             self.engine.spend.release(rid)
         else:
             self.engine.spend.settle(rid, charge_usd)
         if self.engine.health is not None and failure.cls.counts_against_deployment:
-            self.engine.health.record(deployment_id, ok=False)
+            return self.engine.health.record(deployment_id, ok=False)
+        return None
 
 
 def as_picked(

@@ -1,9 +1,12 @@
 """``litellm-payg simulate``: what a month of traffic costs under a policy, before it runs.
 
-Every simulated request goes through the policy's real code: ``Engine.decide`` (the route's rules
-and every ``payg_filter_candidates`` plugin, budget headroom included) and ``SpendControl.admit`` /
-``settle`` against an in-memory ledger driven by a simulated clock, so ``block`` and ``downgrade``
-budgets act exactly as they would live. Each served request is charged with LiteLLM's own cost
+Every simulated request goes through the runtime's lifecycle, as live traffic does
+(``runtime/lifecycle.py``): ``Lifecycle.pick`` (snapshot, ``Engine.decide`` with the route's rules
+and every ``payg_filter_candidates`` plugin, the failover hop, the breaker claim, the reservation),
+then ``succeeded`` or, when the class's faults make the attempt fail, ``failed`` and another
+``pick`` with the request's attempts and last failure, as LiteLLM's Router retries. The ledger and
+the health store are in memory and driven by a simulated clock, so ``block`` and ``downgrade``
+budgets, ``failover.on`` and circuit breakers act exactly as they would live. Each served request is charged with LiteLLM's own cost
 function (``litellm.cost_per_token``) for the deployment that served it; a deployment whose price
 the policy (``models:``) or the LiteLLM config (``litellm_params``) overrides is charged at that
 price, the way ``pricing.py`` resolves it. Costs are cached per (deployment, prompt, completion)
@@ -22,6 +25,10 @@ Traffic is JSONL, one request class (or one request) per line::
 
 ``count`` requests are spread evenly over ``time`` when it is a range (``start/end``), all at
 ``time`` when it is an instant, else over the simulated period (``--start``, ``--period`` days).
+``faults`` (``{"<deployment>": {"<failure class>": probability}}``, or a list of
+``{"deployment": ..., "<failure class>": p, "time": "start/end"}``) makes attempts of the class fail,
+drawn from a generator seeded with ``--seed``; ``retries`` bounds the attempts after a failure
+(default: one per other deployment of the group).
 A line ``{"scenario": {...}}`` carries a scenario's description, assumptions, period and plan.
 """
 
@@ -34,6 +41,7 @@ import heapq
 import io
 import json
 import math
+import random
 import re
 import sys
 import time
@@ -46,9 +54,11 @@ from typing import Any
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.errors import PaygError
+from litellm_payg.core.failure import FailureClass
 
 DEFAULT_START = "2025-01-01T00:00:00Z"
 DEFAULT_PERIOD_DAYS = 30.0
+DEFAULT_SEED = 0  # the random generator of a run (faults, the shuffle of a group without a route)
 DAYS_PER_MONTH = 30.0  # a subscription's "month" when the simulated period is not exactly one
 SCENARIO_PACKAGE = "litellm_payg.tools.scenarios"
 
@@ -76,6 +86,26 @@ class TrafficClass:
     tags: tuple[str, ...] = ()
     max_tokens: int | None = None
     line: int = 0
+    #: the faults this class's requests meet, per deployment reference (see :class:`Fault`)
+    faults: tuple["Fault", ...] = ()
+    #: retries after a failed attempt (None: one per other candidate of the group)
+    retries: int | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Attempts of a class's requests to ``deployment`` (a deployment id, a LiteLLM model string or
+    the model without its provider prefix) fail with probability ``rates[failure class]``, during
+    [start, end) when the fault has a ``time``, else all the time."""
+
+    deployment: str
+    rates: tuple[tuple[str, float], ...]
+    start: float | None = None
+    end: float | None = None
+    label: str = "faults"  # where in the line it was given, for error messages
+
+    def active(self, now: float) -> bool:
+        return (self.start is None or now >= self.start) and (self.end is None or now < self.end)
 
 
 @dataclass(frozen=True)
@@ -100,7 +130,75 @@ class Traffic:
         return sum(c.count for c in self.classes)
 
 
-_KNOWN = {"name", "group", "prompt_tokens", "completion_tokens", "count", "time", "user", "team", "tags", "max_tokens"}
+_KNOWN = {"name", "group", "prompt_tokens", "completion_tokens", "count", "time", "user", "team", "tags", "max_tokens",
+          "faults", "retries"}
+
+
+def _failure_classes() -> list[str]:
+    return [c.value for c in FailureClass]
+
+
+def _time_span(value: Any, where: str) -> tuple[float, float]:
+    """``start/end`` or ``[start, end]`` as epoch seconds; an instant is a span of zero length."""
+    if isinstance(value, str) and "/" in value:
+        value = value.split("/", 1)
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise SimulationError(f"{where}: a time range is 'start/end' or [start, end]")
+        start, end = _parse_time(value[0], where), _parse_time(value[1], where)
+        if end <= start:
+            raise SimulationError(f"{where}: time range ends before it starts")
+        return start, end
+    t = _parse_time(value, where)
+    return t, t
+
+
+def _fault_rates(spec: Mapping[str, Any], where: str, field: str, skip: tuple[str, ...] = ()) -> tuple[tuple[str, float], ...]:
+    known = _failure_classes()
+    rates = []
+    for key, value in spec.items():
+        if key in skip:
+            continue
+        if key not in known:
+            raise SimulationError(f"{where}: {field}: unknown failure class {key!r}; expected some of {known}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise SimulationError(f"{where}: {field}.{key} must be a probability in [0, 1], got {value!r}")
+        rates.append((key, float(value)))
+    if not rates:
+        raise SimulationError(f"{where}: {field} names no failure class; give some of {known} with a probability")
+    total = math.fsum(r for _, r in rates)
+    if total > 1 + 1e-12:
+        raise SimulationError(f"{where}: {field}: the probabilities add up to {total:g}, more than 1")
+    return tuple(rates)
+
+
+def _parse_faults(value: Any, where: str) -> tuple[Fault, ...]:
+    """``{"<deployment>": {"<failure class>": p, ...}}`` (all the time), or a list of
+    ``{"deployment": "<deployment>", "<failure class>": p, ..., "time": "start/end"}``."""
+    faults: list[Fault] = []
+    if isinstance(value, dict):
+        for ref, spec in value.items():
+            field = f"faults.{ref}"
+            if not isinstance(spec, dict):
+                raise SimulationError(f"{where}: {field} must be an object of failure class -> probability, got {spec!r}")
+            faults.append(Fault(ref, _fault_rates(spec, where, field), label=field))
+        return tuple(faults)
+    if not isinstance(value, list):
+        raise SimulationError(f"{where}: 'faults' must be an object (deployment -> failure class -> probability) or a list")
+    for index, spec in enumerate(value):
+        field = f"faults[{index}]"
+        if not isinstance(spec, dict):
+            raise SimulationError(f"{where}: {field} must be an object, got {spec!r}")
+        ref = spec.get("deployment")
+        if not isinstance(ref, str) or not ref:
+            raise SimulationError(f"{where}: {field}.deployment (a deployment id or LiteLLM model) is required")
+        start = end = None
+        if spec.get("time") is not None:
+            start, end = _time_span(spec["time"], f"{where}: {field}.time")
+            if start == end:
+                raise SimulationError(f"{where}: {field}.time must be a range 'start/end', got an instant")
+        faults.append(Fault(ref, _fault_rates(spec, where, field, skip=("deployment", "time")), start, end, label=field))
+    return tuple(faults)
 
 
 def _parse_time(value: Any, where: str) -> float:
@@ -151,17 +249,7 @@ def parse_traffic(text: str, source: str) -> Traffic:
             raise SimulationError(f"{where}: 'group' (the LiteLLM model group) is required")
         start = end = None
         if obj.get("time") is not None:
-            value = obj["time"]
-            if isinstance(value, str) and "/" in value:
-                value = value.split("/", 1)
-            if isinstance(value, list):
-                if len(value) != 2:
-                    raise SimulationError(f"{where}: a time range is 'start/end' or [start, end]")
-                start, end = _parse_time(value[0], where), _parse_time(value[1], where)
-                if end <= start:
-                    raise SimulationError(f"{where}: time range ends before it starts")
-            else:
-                start = end = _parse_time(value, where)
+            start, end = _time_span(obj["time"], where)
         tags = obj.get("tags") or ()
         if isinstance(tags, str):
             tags = (tags,)
@@ -170,6 +258,8 @@ def parse_traffic(text: str, source: str) -> Traffic:
         max_tokens = obj.get("max_tokens")
         if max_tokens is not None:
             max_tokens = _int_field(obj, "max_tokens", where, minimum=1)
+        faults = _parse_faults(obj["faults"], where) if obj.get("faults") is not None else ()
+        retries = _int_field(obj, "retries", where, minimum=0) if obj.get("retries") is not None else None
         for key in ("user", "team", "name"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise SimulationError(f"{where}: {key!r} must be a string")
@@ -186,6 +276,8 @@ def parse_traffic(text: str, source: str) -> Traffic:
             tags=tuple(tags),
             max_tokens=max_tokens,
             line=number,
+            faults=faults,
+            retries=retries,
         ))
     if not classes:
         raise SimulationError(f"{source}: no requests in the traffic file")
@@ -341,6 +433,19 @@ class Result:
     assumptions: list[str]
     elapsed_s: float
     meta: dict[str, Any]
+    seed: int = DEFAULT_SEED
+    #: (deployment id, failure class) -> attempts that failed with it
+    attempts_failed: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: deployment id -> requests that failed on it and were tried again (failed over)
+    failed_over: dict[str, int] = field(default_factory=dict)
+    #: deployment id -> requests whose final attempt failed on it (failed for good)
+    failed_final: dict[str, int] = field(default_factory=dict)
+    #: (deployment id, class index) -> invalid answers charged (billed, then rejected)
+    failed_charges: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: deployment id -> times its circuit breaker opened / requests it kept away from it
+    breaker_opened: dict[str, int] = field(default_factory=dict)
+    breaker_moved: dict[str, int] = field(default_factory=dict)
+    breakers: bool = False  # the policy has ``failover:`` (circuit breakers)
 
     # -- figures ---------------------------------------------------------------------------------
 
@@ -353,26 +458,70 @@ class Result:
         return sum(self.served.values())
 
     def deployment_rows(self) -> list[dict[str, Any]]:
+        """Per deployment that served or failed a request: requests served, their tokens and the
+        cost (invalid answers charged included); with faults or breakers, what failed and moved."""
         rows: dict[str, dict[str, Any]] = {}
         cand = {c.deployment_id: c for cs in self.candidates.values() for c in cs}
         parts: dict[str, list[float]] = {}
+        failing = self.failover_shown
+
+        def row_of(dep: str) -> dict[str, Any]:
+            row = rows.get(dep)
+            if row is None:
+                row = rows[dep] = {
+                    "deployment": dep, "model": cand[dep].model, "provider": cand[dep].provider, "group": cand[dep].group,
+                    "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+                }
+                if failing:
+                    row.update({
+                        "failed_attempts": 0, "failed_attempts_by_class": {}, "failed_over": self.failed_over.get(dep, 0),
+                        "failed_final": self.failed_final.get(dep, 0), "invalid_answers_charged_usd": 0.0,
+                        "breaker_opened": self.breaker_opened.get(dep, 0), "breaker_moved": self.breaker_moved.get(dep, 0),
+                    })
+            return row
+
         for (dep, ci), n in sorted(self.served.items()):
             cls = self.classes[ci]
-            row = rows.setdefault(dep, {
-                "deployment": dep, "model": cand[dep].model, "provider": cand[dep].provider, "group": cls.group,
-                "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
-            })
+            row = row_of(dep)
             row["requests"] += n
             row["prompt_tokens"] += n * cls.prompt_tokens
             row["completion_tokens"] += n * cls.completion_tokens
             parts.setdefault(dep, []).append(n * self.unit_cost[(dep, ci)])
+        if failing:
+            for dep in sorted({d for d, _ in self.attempts_failed} | set(self.breaker_opened) | set(self.breaker_moved)):
+                row_of(dep)
+            for (dep, fc), n in sorted(self.attempts_failed.items()):
+                row = rows[dep]
+                row["failed_attempts"] += n
+                row["failed_attempts_by_class"][fc] = n
+            for (dep, ci), n in sorted(self.failed_charges.items()):
+                charge = n * self.unit_cost[(dep, ci)]
+                rows[dep]["invalid_answers_charged_usd"] += charge
+                parts.setdefault(dep, []).append(charge)
         for dep, row in rows.items():
-            row["cost_usd"] = math.fsum(parts[dep])
+            row["cost_usd"] = math.fsum(parts.get(dep, ()))
         return sorted(rows.values(), key=lambda r: (-r["cost_usd"], r["deployment"]))
 
     @property
+    def failover_shown(self) -> bool:
+        """Whether there is anything to say about failures: an attempt failed, or breakers exist."""
+        return bool(self.attempts_failed) or self.breakers
+
+    @property
+    def failed_requests(self) -> int:
+        """Requests that failed for good (their last attempt failed, with no retry left or allowed)."""
+        return sum(self.failed_final.values())
+
+    def charged(self) -> Iterator[tuple[str, int, int]]:
+        """(deployment, class index, attempts charged): served answers and invalid ones (billed)."""
+        for (dep, ci), n in self.served.items():
+            yield dep, ci, n
+        for (dep, ci), n in self.failed_charges.items():
+            yield dep, ci, n
+
+    @property
     def policy_cost(self) -> float:
-        return math.fsum(n * self.unit_cost[k] for k, n in self.served.items())
+        return math.fsum(n * self.unit_cost[(dep, ci)] for dep, ci, n in self.charged())
 
     @property
     def tokens(self) -> int:
@@ -406,12 +555,29 @@ class Result:
             "budget_downgrades": dict(self.downgraded),
             "first_block_at": {k: _iso(v) for k, v in self.first_block.items()},
             "no_deployment_left": self.no_deployment,
+            "failed_requests": self.failed_requests,
+            "failover": {
+                "seed": self.seed,
+                "breakers": self.breakers,
+                "failed_attempts": _nested(self.attempts_failed),
+                "failed_over": dict(self.failed_over),
+                "failed_for_good": dict(self.failed_final),
+                "breaker_opened": dict(self.breaker_opened),
+                "breaker_moved": dict(self.breaker_moved),
+            },
             "dropped_by": dict(self.dropped_by),
             "baselines": self.baselines,
             "assumptions": self.assumptions,
             "elapsed_s": self.elapsed_s,
             "scenario": self.meta,
         }
+
+
+def _nested(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (a, b), n in sorted(counts.items()):
+        out.setdefault(a, {})[b] = n
+    return out
 
 
 class _Clock:
@@ -459,8 +625,12 @@ def simulate(
     period_days: float | None = None,
     plan: Plan | None = None,
     progress: bool = False,
+    seed: int = DEFAULT_SEED,
 ) -> Result:
-    """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy)."""
+    """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy).
+
+    ``seed`` seeds the one random generator of the run: the traffic's faults and the shuffle of a
+    group without a route. The same seed gives the same numbers."""
     import litellm
 
     from litellm_payg.adapter.deployments import candidates_from_config, candidates_named_by_policy
@@ -469,6 +639,8 @@ def simulate(
     from litellm_payg.core.errors import NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.core.errors import BudgetRefused
+    from litellm_payg.core.failure import Failure
+    from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     meta = traffic.meta
@@ -484,6 +656,7 @@ def simulate(
         plan = Plan(float(p["fee_usd"]), int(p["included_tokens"]), float(p["overage_usd_per_1k"]))
 
     clock = _Clock(start)
+    rng = random.Random(seed)
     engine = Engine(loaded, ledger="memory://", clock=clock)
     if candidates_by_group is None:
         candidates_by_group = candidates_from_config(config, loaded) if config else candidates_named_by_policy(engine)
@@ -525,10 +698,20 @@ def simulate(
     total = traffic.requests
     bar = _Progress(total, progress)
 
-    decide = engine.decide
-    admit = engine.spend.admit
-    settle = engine.spend.settle
+    lifecycle = Lifecycle(engine, rng=rng)
+    pick = lifecycle.pick
+    succeeded = lifecycle.succeeded
+    failed = lifecycle.failed
     cost = pricer.cost
+    # faults per class: deployment id -> the class's faults on it; and the retries each class gets
+    class_faults = [_resolve_faults(c, cands[c.group], traffic.source) for c in classes]
+    retry_bound = [c.retries if c.retries is not None else len(cands[c.group]) - 1 for c in classes]
+    attempts_failed: dict[tuple[str, str], int] = {}  # (deployment, failure class) -> failed attempts
+    failed_over: dict[str, int] = {}  # deployment -> requests that failed on it and were tried again
+    failed_final: dict[str, int] = {}  # deployment -> requests whose last, final attempt failed on it
+    failed_charges: dict[tuple[str, int], int] = {}  # (deployment, class) -> invalid answers charged
+    breaker_opened: dict[str, int] = {}
+    breaker_moved: dict[str, int] = {}
     began = time.perf_counter()
     i = 0
     for when, ci in _arrivals(classes, start, end):
@@ -537,46 +720,85 @@ def simulate(
             bar.update(i)
         clock.now = when
         request = requests[ci]
-        decision = decide(request, class_cands[ci])
-        budget_drops = None
-        if decision.dropped:
-            for d in decision.dropped:
-                dropped_by[d.by] = dropped_by.get(d.by, 0) + 1
-                if d.by == "budget":
-                    budget_drops = budget_drops or []
-                    budget_drops.append(d)
-        if not decision.ordered:
-            no_deployment += 1
-            if budget_drops:
-                _count_downgrades(downgraded, budget_drops)
-            continue
+        faults = class_faults[ci]
         rid = f"sim-{i}"
-        try:
-            admission = admit(request, decision.ordered, rid, decision.attrs)
-        except BudgetRefused as exc:
-            blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
-            first_block.setdefault(exc.budget, when)
-            continue
-        except NoDeploymentLeft as exc:
-            no_deployment += 1
-            _count_downgrades(downgraded, exc.drops)
-            continue
-        if admission.skipped:
-            budget_drops = (budget_drops or []) + list(admission.skipped)
+        attempts: list[str] = []
+        last_failure = None
+        budget_drops: list[Any] = []
+        moved: set[str] | None = None
+        while True:
+            try:
+                picked = pick(request, class_cands[ci], rid, attempts=attempts, last_failure=last_failure)
+            except BudgetRefused as exc:
+                _count_drops(dropped_by, exc)
+                blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
+                first_block.setdefault(exc.budget, when)
+                break
+            except NoDeploymentLeft as exc:
+                _count_drops(dropped_by, exc)
+                no_deployment += 1
+                decision = getattr(exc, "decision", None)
+                if decision is not None and not decision.ordered:  # the policy (or the breakers) left none
+                    budget_drops.extend(d for d in decision.dropped if d.by == "budget")
+                else:  # every candidate left was refused by a downgrade budget at reservation
+                    budget_drops.extend(exc.drops)
+                break
+            except GiveUp:  # failover.on says the last failure is final
+                failed_final[attempts[-1]] = failed_final.get(attempts[-1], 0) + 1
+                break
+            if attempts:  # the last attempt failed and this request moved on to another one
+                failed_over[attempts[-1]] = failed_over.get(attempts[-1], 0) + 1
+            decided = picked.decided
+            for d in decided.dropped:
+                by = d.by
+                dropped_by[by] = dropped_by.get(by, 0) + 1
+                if by == "budget":
+                    budget_drops.append(d)
+                elif by == "failover" and d.reason.startswith("circuit breaker") and d.deployment_id not in attempts:
+                    # kept away by its breaker, not because this request already tried it
+                    moved = moved or set()
+                    moved.add(d.deployment_id)
+            if picked.admission.skipped:
+                budget_drops.extend(picked.admission.skipped)
+            chosen = picked.candidate
+            dep = chosen.deployment_id
+            key = (dep, ci)
+            charge = unit.get(key)
+            if charge is None:
+                cls = classes[ci]
+                charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
+            fault = _draw(faults.get(dep), when, rng) if faults else None
+            if fault is None:
+                succeeded(picked, dep, charge)
+                served[key] = served.get(key, 0) + 1
+                served_by_class[ci] += 1
+                break
+            failure = Failure(fault, "simulated fault", _STATUS.get(fault.value), None, f"simulated {fault.value} on {dep}")
+            if fault is FailureClass.INVALID_RESPONSE:  # answered and billed, then rejected by the validators
+                failed_charges[key] = failed_charges.get(key, 0) + 1
+                state = failed(picked, dep, failure, charge)
+            else:
+                state = failed(picked, dep, failure)
+            fk = (dep, fault.value)
+            attempts_failed[fk] = attempts_failed.get(fk, 0) + 1
+            if state == "open":  # requests run one at a time: an attempt never goes to an open breaker
+                breaker_opened[dep] = breaker_opened.get(dep, 0) + 1
+            attempts.append(dep)
+            if len(attempts) > retry_bound[ci]:
+                failed_final[dep] = failed_final.get(dep, 0) + 1
+                break
+            last_failure = (dep, chosen, failure)
+            rid = f"sim-{i}.{len(attempts)}"
         if budget_drops:
             _count_downgrades(downgraded, budget_drops)
-        chosen = admission.candidate
-        key = (chosen.deployment_id, ci)
-        charge = unit.get(key)
-        if charge is None:
-            cls = classes[ci]
-            charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
-        settle(rid, charge)
-        served[key] = served.get(key, 0) + 1
-        served_by_class[ci] += 1
+        if moved:
+            for dep in moved:
+                breaker_moved[dep] = breaker_moved.get(dep, 0) + 1
     elapsed = time.perf_counter() - began
     bar.update(i, final=True)
     engine.spend.close()
+    if engine.health is not None:
+        engine.health.close()
 
     result = Result(
         policy_source=loaded.source or "<policy>",
@@ -609,10 +831,64 @@ def simulate(
         assumptions=[],
         elapsed_s=elapsed,
         meta=meta,
+        seed=seed,
+        attempts_failed=attempts_failed,
+        failed_over=failed_over,
+        failed_final=failed_final,
+        failed_charges=failed_charges,
+        breaker_opened=breaker_opened,
+        breaker_moved=breaker_moved,
+        breakers=engine.health is not None,
     )
     result.baselines = _baselines(result, engine, pricer, plan, period_days)
     result.assumptions = _assumptions(result, loaded, period_days, litellm)
     return result
+
+
+_STATUS = {"rate_limit": 429, "server_error": 500, "context_window": 400, "auth": 401, "bad_request": 400}
+
+
+def _resolve_faults(c: TrafficClass, candidates: Sequence[Any], source: str) -> dict[str, list[Fault]]:
+    """A class's faults by the deployment id they hit; a reference that is no deployment of the
+    class's group is an input error naming the line and field."""
+    from litellm_payg.rules import matches
+
+    out: dict[str, list[Fault]] = {}
+    for fault in c.faults:
+        hit = [x for x in candidates if matches(fault.deployment, x)]
+        if not hit:
+            have = ", ".join(f"{x.model} (id {x.deployment_id})" for x in candidates)
+            raise SimulationError(
+                f"{source}:{c.line}: {fault.label}: {fault.deployment!r} is no deployment of group {c.group!r}; it has {have}"
+            )
+        for x in hit:
+            out.setdefault(x.deployment_id, []).append(fault)
+    return out
+
+
+def _draw(faults: Sequence[Fault] | None, now: float, rng: random.Random) -> Any:
+    """The failure class an attempt meets at ``now``, or None: one draw against the active faults'
+    probabilities laid end to end (overlapping faults add up)."""
+    if not faults:
+        return None
+    active = [f for f in faults if f.active(now)]
+    if not active:
+        return None
+    u = rng.random()
+    acc = 0.0
+    for f in active:
+        for cls, p in f.rates:
+            acc += p
+            if u < acc:
+                return FailureClass(cls)
+    return None
+
+
+def _count_drops(counter: dict[str, int], exc: Exception) -> None:
+    """The drops of the decision a refused pick came from, per reason (as for a served one)."""
+    decision = getattr(exc, "decision", None)
+    for d in decision.dropped if decision is not None else ():
+        counter[d.by] = counter.get(d.by, 0) + 1
 
 
 def _count_downgrades(counter: dict[str, int], drops: Sequence[Any]) -> None:
@@ -632,7 +908,7 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
     classes = result.classes
     out: list[dict[str, Any]] = []
     policy_by_group: dict[str, float] = {}
-    for (dep, ci), n in result.served.items():
+    for dep, ci, n in result.charged():
         g = classes[ci].group
         policy_by_group[g] = policy_by_group.get(g, 0.0) + n * result.unit_cost[(dep, ci)]
     for g, cands in result.candidates.items():
@@ -718,6 +994,16 @@ def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) 
             + (f", user {c.user}" if c.user else "") + (f", team {c.team}" if c.team else "")
             + (f", tags {','.join(c.tags)}" if c.tags else "") + (f", max_tokens {c.max_tokens}" if c.max_tokens else "")
         )
+    for c in result.classes:
+        for f in c.faults:
+            when = f" from {_iso(f.start)} to {_iso(f.end)}" if f.start is not None else ""
+            rates = ", ".join(f"{fc} {p:g}" for fc, p in f.rates)
+            lines.append(f"faults of class {c.name} on {f.deployment}{when}: {rates} per attempt (seed {result.seed})")
+        if c.faults or c.retries is not None:
+            n = c.retries if c.retries is not None else len(result.candidates[c.group]) - 1
+            how = "its 'retries'" if c.retries is not None else "one per other deployment of the group"
+            lines.append(f"class {c.name}: up to {n} retr{'y' if n == 1 else 'ies'} after a failed attempt ({how}), "
+                         "as LiteLLM's Router with num_retries")
     lines.append("single-model baselines send every request of the group to that deployment, whatever its quality")
     lines.append("LiteLLM cost-based-routing: LiteLLM's LowestCostLoggingHandler picks the lowest input+output price per token, "
                  "regardless of request size (no tpm/rpm limits simulated)")
@@ -756,7 +1042,7 @@ def format_table(result: Result) -> str:
     out.extend(f"  - {a}" for a in result.assumptions)
     out.append("")
     header = f"{'deployment':<32} {'requests':>10} {'prompt tok':>14} {'compl. tok':>14} {'cost':>14}"
-    out += ["Policy routing (real decide + budgets):", header, "-" * len(header)]
+    out += ["Policy routing (the runtime's lifecycle: decide, budgets, failover):", header, "-" * len(header)]
     for r in result.deployment_rows():
         out.append(f"{r['deployment'][:32]:<32} {r['requests']:>10,} {r['prompt_tokens']:>14,} {r['completion_tokens']:>14,} {_usd(r['cost_usd']):>14}")
     served_tokens = sum(r["prompt_tokens"] for r in result.deployment_rows()), sum(r["completion_tokens"] for r in result.deployment_rows())
@@ -771,6 +1057,9 @@ def format_table(result: Result) -> str:
     for name, n in sorted(result.downgraded.items()):
         out.append(f"  downgraded by {name!r}: {n:,}")
     out.append("")
+    if result.failover_shown:
+        out.extend(format_failover(result))
+        out.append("")
     out.append("Same traffic under baselines:")
     bh = f"{'baseline':<64} {'requests':>10} {'cost':>14} {'vs policy':>10}"
     out += [bh, "-" * len(bh)]
@@ -789,13 +1078,42 @@ def format_table(result: Result) -> str:
     return "\n".join(out)
 
 
+def format_failover(result: Result) -> list[str]:
+    """The failures section of the table: per deployment, failed attempts, requests that failed
+    over from it or failed for good on it, and its circuit breaker."""
+    out = [f"Failures and failover (faults drawn with seed {result.seed}; "
+           + ("circuit breakers from the policy's failover: section" if result.breakers else "no failover: in the policy, no breakers") + "):"]
+    header = (f"{'deployment':<32} {'failed att.':>11} {'failed over':>11} {'failed final':>12} "
+              f"{'breaker opened':>14} {'moved by breaker':>16}")
+    out += [header, "-" * len(header)]
+    rows = sorted(result.deployment_rows(), key=lambda r: r["deployment"])
+    for r in rows:
+        out.append(f"{r['deployment'][:32]:<32} {r['failed_attempts']:>11,} {r['failed_over']:>11,} {r['failed_final']:>12,} "
+                   f"{r['breaker_opened']:>14,} {r['breaker_moved']:>16,}")
+    out.append("-" * len(header))
+    out.append(f"{'total':<32} {sum(r['failed_attempts'] for r in rows):>11,} {sum(r['failed_over'] for r in rows):>11,} "
+               f"{result.failed_requests:>12,} {sum(r['breaker_opened'] for r in rows):>14,} {sum(r['breaker_moved'] for r in rows):>16,}")
+    for r in rows:
+        if r["failed_attempts_by_class"]:
+            by = ", ".join(f"{fc} {n:,}" for fc, n in sorted(r["failed_attempts_by_class"].items()))
+            charged = f"; invalid answers charged ${r['invalid_answers_charged_usd']:,.4f}" if r["invalid_answers_charged_usd"] else ""
+            out.append(f"  {r['deployment']}: {by}{charged}")
+    out.append(f"{result.failed_requests:,} request(s) failed for good (their last attempt failed and no retry was left or allowed)")
+    return out
+
+
 def write_csv(result: Result, path: str) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["section", "name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"])
+    failing = result.failover_shown
+    extra = ["failed_attempts", "failed_over", "failed_final", "breaker_opened", "breaker_moved"] if failing else []
+    w.writerow(["section", "name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"] + extra)
     for r in result.deployment_rows():
-        w.writerow(["deployment", r["deployment"], r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}"])
+        w.writerow(["deployment", r["deployment"], r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}"]
+                   + [r[k] for k in extra])
     w.writerow(["total", "policy", "", result.served_requests, "", "", f"{result.policy_cost:.6f}"])
+    if failing:
+        w.writerow(["failed", "for good", "", result.failed_requests, "", "", ""])
     for b in result.baselines:
         w.writerow(["baseline", b["label"], b.get("deployment", ""), b["requests"], "", "", f"{b['cost_usd']:.6f}"])
     for name, n in sorted(result.blocked.items()):
@@ -821,6 +1139,7 @@ def write_html(result: Result, path: str) -> None:
             [[r["deployment"], r["model"], f"{r['requests']:,}", f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}", _usd(r["cost_usd"])] for r in rows]
             + [["total", "", f"{result.served_requests:,}", "", "", _usd(result.policy_cost)]],
         ),
+        *(_html_failover(result, html_table) if result.failover_shown else []),
         "<h2>Budget hits</h2>",
         html_table(["budget", "blocked", "downgraded"], [
             [name, f"{result.blocked.get(name, 0):,}", f"{result.downgraded.get(name, 0):,}"]
@@ -829,6 +1148,20 @@ def write_html(result: Result, path: str) -> None:
         "<h2>Assumptions</h2><ul>" + "".join(f"<li>{_esc(a)}</li>" for a in result.assumptions) + "</ul>",
     ]
     Path(path).write_text(html_page("litellm-payg simulation", "\n".join(body)), encoding="utf-8")
+
+
+def _html_failover(result: Result, html_table: Any) -> list[str]:
+    rows = sorted(result.deployment_rows(), key=lambda r: r["deployment"])
+    return [
+        f"<h2>Failures and failover</h2><p>Faults drawn with seed {result.seed}; "
+        f"{result.failed_requests:,} request(s) failed for good.</p>",
+        html_table(
+            ["deployment", "failed attempts", "by class", "failed over", "failed for good", "breaker opened", "moved by breaker"],
+            [[r["deployment"], f"{r['failed_attempts']:,}",
+              ", ".join(f"{fc} {n:,}" for fc, n in sorted(r["failed_attempts_by_class"].items())) or "-",
+              f"{r['failed_over']:,}", f"{r['failed_final']:,}", f"{r['breaker_opened']:,}", f"{r['breaker_moved']:,}"] for r in rows],
+        ),
+    ]
 
 
 def _esc(s: str) -> str:
@@ -852,6 +1185,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--plan-fee", type=float, help="subscription baseline: monthly fee in USD")
     p.add_argument("--plan-tokens", type=int, help="subscription baseline: tokens included per month")
     p.add_argument("--plan-overage-per-1k", type=float, help="subscription baseline: USD per 1K tokens above the included ones")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of the random generator drawing the traffic's faults (default {DEFAULT_SEED}): same seed, same numbers")
     p.add_argument("--csv", metavar="FILE", help="also write the figures as CSV")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -876,7 +1211,8 @@ def run(args: argparse.Namespace) -> int:
         plan = Plan(float(fee), int(tokens), float(over))
     start = _parse_time(args.start, "--start") if args.start else None
     show = args.progress or sys.stderr.isatty()
-    result = simulate(args.policy, traffic, config=args.config, start=start, period_days=args.period, plan=plan, progress=show)
+    result = simulate(args.policy, traffic, config=args.config, start=start, period_days=args.period, plan=plan, progress=show,
+                      seed=args.seed)
     if args.csv:
         write_csv(result, args.csv)
     if args.html:
