@@ -444,16 +444,14 @@ class PaygRouting(CustomLogger):
         reservation_id = state.pop_reservation(deployment_id)
         failure = diagnose(exception)
         charge: charges.Charge | None = None
-        if reservation_id is not None and not isinstance(exception, InvalidResponseError):
-            if failure.answered:
+        # an answer our validators rejected was charged and fed to the breaker where it was rejected
+        if not isinstance(exception, InvalidResponseError):
+            if reservation_id is not None and failure.answered:
                 # the provider answered 200 before the attempt failed: it billed, so charge it
                 charge = self._charge_answered_failure(deployment_id, reservation_id, failure, state,
                                                        request_data.get("model"))
-            else:
-                self.engine.spend.release(reservation_id)  # a failed call does not bill
-        health = self.engine.health
-        if health is not None and failure.cls.counts_against_deployment and not isinstance(exception, InvalidResponseError):
-            health.record(deployment_id, ok=False)
+                reservation_id = None  # settled: the lifecycle only tells the breaker
+            self.lifecycle.failed(reservation_id, deployment_id, failure)  # a failed call does not bill
         failover = self.engine.policy.failover
         if failover is not None:
             state.last_failure = (deployment_id, exception)

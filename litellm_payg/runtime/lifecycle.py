@@ -143,14 +143,17 @@ class Lifecycle:
             return self.engine.health.record(deployment_id, ok=True, latency_s=latency_s, ttft_s=ttft_s)
         return None
 
-    def failed(self, pick_or_reservation: Pick | str, deployment_id: str, failure: Failure,
+    def failed(self, pick_or_reservation: Pick | str | None, deployment_id: str, failure: Failure,
                charge_usd: float | None = None) -> State | None:
         """The attempt failed: release its reservation (or charge ``charge_usd`` when the provider
         answered before it failed) and feed a failure that is the deployment's to its breaker.
-        Returns the breaker state after it (None without ``failover:`` or when the failure is the
-        request's, not the deployment's)."""
+        ``None`` as the reservation: the caller already settled it (or there was none), only the
+        breaker is told. Returns the breaker state after it (None without ``failover:`` or when the
+        failure is the request's, not the deployment's)."""
         rid = pick_or_reservation.reservation_id if isinstance(pick_or_reservation, Pick) else pick_or_reservation
-        if charge_usd is None:
+        if rid is None:
+            pass
+        elif charge_usd is None:
             self.engine.spend.release(rid)
         else:
             self.engine.spend.settle(rid, charge_usd)
