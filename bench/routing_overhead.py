@@ -57,7 +57,7 @@ import litellm  # noqa: E402
 from litellm import Router  # noqa: E402
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
-from litellm_payg import litellm_versions  # noqa: E402
+from litellm_payg.adapter import litellm_versions  # noqa: E402
 from litellm_payg.adapter.routing import PaygRouting, attach  # noqa: E402
 from litellm_payg.core.decision import RouteRequest  # noqa: E402
 from litellm_payg.stores.prices import count_prompt_tokens  # noqa: E402

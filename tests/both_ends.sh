@@ -24,7 +24,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP="${LITELLM_LOCAL_MODEL_COST_MAP:-True}"  # o
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 PYTHON="${PYTHON:-python3}"
-newest=$(python -c "from litellm_payg import litellm_versions as v; print(v.litellm_version())") || {
+newest=$(python -c "from litellm_payg.adapter import litellm_versions as v; print(v.litellm_version())") || {
   echo "both_ends: litellm_payg is not installed in this environment: pip install -e '.[test,proxy,metrics]' first"
   exit 1
 }

@@ -61,18 +61,36 @@ async def test_a_policy_without_budgets_whose_rules_ignore_the_size_never_counts
         assert metadata[DECISION_KEY]["prompt_tokens"] is None  # not counted, so not stamped
 
 
-async def test_a_rule_that_prices_the_request_counts_the_prompt_once_per_request(counter_calls):
-    policy = {"version": 1, "ledger": "memory://", "routes": {"chat": [{"quality_floor": {"min_quality": 0.5}}]},
-              "models": {DEEPSEEK: {"quality": 0.8}, GPT_MINI: {"quality": 0.7}, MISTRAL: {"quality": 0.9}}}
-    with attached(_deployments(), policy) as (router, engine):
+QF_POLICY = {"version": 1, "ledger": "memory://", "routes": {"chat": [{"quality_floor": {"min_quality": 0.5}}]},
+             "models": {DEEPSEEK: {"quality": 0.8}, GPT_MINI: {"quality": 0.7}, MISTRAL: {"quality": 0.9}}}
+# DeepSeek ($0.28/$0.42 per M) is cheaper than gpt-4o-mini ($0.15/$0.60) below about 1.4 prompt tokens
+# per expected output token (354 at the default 256): a long prompt may be on either side until it
+# is counted, a short one is below whatever its exact count
+LONG = [{"role": "user", "content": "Please compare these two itineraries for me. " * 60}]
+
+
+async def test_a_rule_that_prices_the_request_does_not_count_a_prompt_too_short_to_change_its_order(counter_calls):
+    """quality_floor orders by this request's estimated cost, which depends on the prompt's size;
+    a short prompt's bound (its bytes plus framing) is below every point where two candidates swap,
+    so the order is known without counting it."""
+    with attached(_deployments(), QF_POLICY) as (router, engine):
+        for _ in range(2):
+            response = await router.acompletion(model="chat", messages=MESSAGES)
+            assert served_by(response) == "ds"  # cheapest at any size up to the bound
+        await settled(engine)
+    assert counter_calls == []
+
+
+async def test_a_rule_that_prices_the_request_counts_a_long_prompt_once_per_request(counter_calls):
+    with attached(_deployments(), QF_POLICY) as (router, engine):
         metadata: dict = {}
         for _ in range(2):
             metadata = {}
-            await router.acompletion(model="chat", messages=MESSAGES, metadata=metadata)
+            await router.acompletion(model="chat", messages=LONG, metadata=metadata)
         await settled(engine)
     assert len(counter_calls) == 2
     # counted with the first candidate's model, as LiteLLM counts it, and stamped on the decision
-    assert metadata[DECISION_KEY]["prompt_tokens"] == prompt_tokens(DEEPSEEK, MESSAGES)
+    assert metadata[DECISION_KEY]["prompt_tokens"] == prompt_tokens(DEEPSEEK, LONG)
 
 
 async def test_a_budget_reserves_with_the_real_count(counter_calls):

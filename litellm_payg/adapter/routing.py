@@ -64,7 +64,7 @@ from litellm_payg.core.identity import DEFAULT_SESSION_SOURCES, RequestIdentity,
 from litellm_payg.core.runs import prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
-from litellm_payg.stores.prices import candidate_from_deployment, count_request_tokens
+from litellm_payg.stores.prices import candidate_from_deployment, count_request_tokens, prompt_tokens_at_most
 from litellm_payg.core.request_checks import choices, output_cap
 from litellm_payg.core.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
@@ -387,6 +387,8 @@ class PaygRouting(CustomLogger):
                                getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES)),
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
                          if self.engine.spend.loop_guards else None),
+            prompt_tokens_at_most=None if state.prompt_tokens is not None else prompt_tokens_at_most(
+                {**{name: request_kwargs.get(name) for name in _PROMPT_PARTS}, "messages": messages or request_kwargs.get("messages")}),
         )
 
     @staticmethod

@@ -121,6 +121,20 @@ class RouteRequest:
     #: a fingerprint of the request's messages (``runs.prompt_hash``), for a run budget's loop guard;
     #: None when no run budget has one (the adapter only hashes then)
     prompt_hash: str | None = None
+    #: an upper bound on ``prompt_tokens`` known without counting (``prices.prompt_tokens_at_most``),
+    #: or None: a rule whose outcome is the same for any size up to it need not count the prompt
+    prompt_tokens_at_most: int | None = None
+
+    def prompt_range(self) -> tuple[int, int] | None:
+        """``(lowest, highest)`` prompt tokens this request may have without counting it: the count
+        twice once known, ``(1, prompt_tokens_at_most)`` before (a request with a message has at
+        least one: LiteLLM counts 7 for one empty message), None when there is no bound."""
+        if self.prompt_counted:
+            n = self.prompt_tokens
+            return n, n
+        if self.prompt_tokens_at_most is None:
+            return None
+        return 1, max(1, self.prompt_tokens_at_most)
 
     @property
     def prompt_counted(self) -> bool:

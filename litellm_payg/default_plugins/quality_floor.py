@@ -69,17 +69,21 @@ class QualityFloor(Rule):
             reason = self._reasons[(quality, bar)] = f"quality {quality:g} is below the bar {bar:g}"
         return reason
 
-    def bar_for(self, prompt_tokens: int) -> float:
-        for tier in self.options.tiers:
+    def tier_of(self, prompt_tokens: int) -> int:
+        """The index of the tier a prompt size falls in (``len(tiers)``: above every tier)."""
+        for i, tier in enumerate(self.options.tiers):
             if prompt_tokens <= tier.up_to_prompt_tokens:
-                return tier.min_quality
-        return self.options.min_quality
+                return i
+        return len(self.options.tiers)
+
+    def bar_for(self, prompt_tokens: int) -> float:
+        i = self.tier_of(prompt_tokens)
+        return self.options.tiers[i].min_quality if i < len(self.options.tiers) else self.options.min_quality
 
     def apply(self, request, candidates):
-        bar = self.bar_for(request.prompt_tokens)
-        if request.min_quality is not None and request.min_quality > bar:
-            bar = request.min_quality
-        p, o = request.prompt_tokens, request.output_tokens
+        p = self._size_for(request, candidates)
+        bar = self._bar(request, p)
+        o = request.output_tokens
         kept, dropped = [], []
         for c in candidates:
             if c.quality is None:
@@ -90,6 +94,37 @@ class QualityFloor(Rule):
                 kept.append((c.estimate_usd(p, o), c))
         kept.sort(key=lambda ec: ec[0])
         return Step([c for _, c in kept], dropped, f"quality_floor: bar {bar:g}, cheapest first")
+
+    def _bar(self, request, prompt_tokens: int) -> float:
+        bar = self.bar_for(prompt_tokens)
+        if request.min_quality is not None and request.min_quality > bar:
+            bar = request.min_quality
+        return bar
+
+    def _size_for(self, request, candidates) -> int:
+        """The prompt size to decide with: the request's count, or, when the bar and the cheapest-first
+        order come out the same for every size the prompt may have (``request.prompt_range()``: up to
+        a bound known without counting), the bound itself, so the prompt is not counted.
+
+        Why that is exact: the sort is stable, so ``a`` comes before ``b`` at size ``p`` when
+        ``a``'s estimate minus ``b``'s is below zero at ``p`` (at most zero if ``a`` came first). That
+        difference is linear in ``p``: if it has that sign at both ends of the range, it has it
+        everywhere between. So when the sorted order is the same at both ends, it is the order at the
+        real size, ties included."""
+        bounds = request.prompt_range()
+        if bounds is None or bounds[0] == bounds[1]:
+            return request.prompt_tokens
+        lo, hi = bounds
+        if self.tier_of(lo) != self.tier_of(hi):  # tiers are intervals: one tier at both ends, one in between
+            return request.prompt_tokens
+        bar = self._bar(request, lo)
+        o = request.output_tokens
+        kept = [c for c in candidates if c.quality is not None and c.quality >= bar]
+        if not all(c.priced for c in kept):
+            return request.prompt_tokens
+        if sorted(kept, key=lambda c: c.estimate_usd(lo, o)) != sorted(kept, key=lambda c: c.estimate_usd(hi, o)):
+            return request.prompt_tokens
+        return hi
 
 
 @hookimpl
