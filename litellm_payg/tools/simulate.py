@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import heapq
 import io
 import json
@@ -90,6 +91,10 @@ class TrafficClass:
     faults: tuple["Fault", ...] = ()
     #: retries after a failed attempt (None: one per other candidate of the group)
     retries: int | None = None
+    #: a step of a ``runs`` line: its name (sent as ``metadata.step``) and the line's name; such a
+    #: class's requests are sent by the planned runs (``sim_runs``), not spread over the period
+    step: str | None = None
+    run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,12 @@ class Traffic:
     classes: list[TrafficClass]
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: ``{"runs": ...}`` lines (``sim_runs.RunSpec``): planned into classes and runs by ``simulate``
+    runs: list[Any] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
+        """The requests of the classes (a ``runs`` line's requests are known once planned)."""
         return sum(c.count for c in self.classes)
 
 
@@ -223,7 +231,10 @@ def _int_field(obj: Mapping[str, Any], key: str, where: str, *, minimum: int, de
 
 
 def parse_traffic(text: str, source: str) -> Traffic:
+    from litellm_payg.tools.sim_runs import parse_runs
+
     classes: list[TrafficClass] = []
+    runs: list[Any] = []
     meta: dict[str, Any] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -240,6 +251,11 @@ def parse_traffic(text: str, source: str) -> Traffic:
             if not isinstance(obj["scenario"], dict):
                 raise SimulationError(f"{where}: 'scenario' must be an object")
             meta = dict(obj["scenario"])
+            continue
+        if "runs" in obj:
+            if len(obj) != 1:
+                raise SimulationError(f"{where}: a runs line is {{\"runs\": {{...}}}} alone; put {sorted(set(obj) - {'runs'})} inside it")
+            runs.append(parse_runs(obj["runs"], where, number))
             continue
         unknown = sorted(set(obj) - _KNOWN)
         if unknown:
@@ -279,9 +295,13 @@ def parse_traffic(text: str, source: str) -> Traffic:
             faults=faults,
             retries=retries,
         ))
-    if not classes:
+    if not classes and not runs:
         raise SimulationError(f"{source}: no requests in the traffic file")
-    return Traffic(classes, source, meta)
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SimulationError(f"{source}: runs lines need distinct names (their runs' session ids start with it): {dup}")
+    return Traffic(classes, source, meta, runs)
 
 
 def load_traffic(path: str | Path) -> Traffic:
@@ -314,7 +334,7 @@ def _arrivals(classes: Sequence[TrafficClass], start: float, end: float) -> Iter
         for k in range(c.count):
             yield s + (k + 0.5) * step, i
 
-    return heapq.merge(*(one(i, c) for i, c in enumerate(classes)))
+    return heapq.merge(*(one(i, c) for i, c in enumerate(classes) if c.run is None))
 
 
 # -- prices -------------------------------------------------------------------------------------
@@ -446,6 +466,12 @@ class Result:
     breaker_opened: dict[str, int] = field(default_factory=dict)
     breaker_moved: dict[str, int] = field(default_factory=dict)
     breakers: bool = False  # the policy has ``failover:`` (circuit breakers)
+    #: the traffic's runs (``sim_runs.Run``) with what became of each
+    runs: list[Any] = field(default_factory=list)
+    #: the three-way comparison of the runs (``sim_runs``), when the policy has a run budget
+    run_comparison: dict[str, Any] | None = None
+    #: requests a run budget's ``downgrade`` step routed (the route's rules set aside)
+    run_downgrades: int = 0
 
     # -- figures ---------------------------------------------------------------------------------
 
@@ -527,6 +553,16 @@ class Result:
     def tokens(self) -> int:
         return sum(c.count * (c.prompt_tokens + c.completion_tokens) for c in self.classes)
 
+    def runs_section(self) -> dict[str, Any]:
+        """The runs' figures: the three-way comparison, or (the policy has no run budget) one row."""
+        if self.run_comparison is not None:
+            return self.run_comparison
+        from litellm_payg.tools.sim_runs import summary
+
+        row = {"key": "as_written", "label": "policy as written", "description": "the policy has no run budget",
+               **summary("policy as written", self.runs)}
+        return {"budget": None, "budget_as_written": None, "rows": [row]}
+
     def baseline(self, kind: str) -> dict[str, Any] | None:
         return next((b for b in self.baselines if b["kind"] == kind), None)
 
@@ -555,6 +591,7 @@ class Result:
             "budget_downgrades": dict(self.downgraded),
             "first_block_at": {k: _iso(v) for k, v in self.first_block.items()},
             "no_deployment_left": self.no_deployment,
+            "run_downgrades": self.run_downgrades,
             "failed_requests": self.failed_requests,
             "failover": {
                 "seed": self.seed,
@@ -566,6 +603,7 @@ class Result:
                 "breaker_moved": dict(self.breaker_moved),
             },
             "dropped_by": dict(self.dropped_by),
+            **({"runs": self.runs_section()} if self.runs else {}),
             "baselines": self.baselines,
             "assumptions": self.assumptions,
             "elapsed_s": self.elapsed_s,
@@ -626,11 +664,16 @@ def simulate(
     plan: Plan | None = None,
     progress: bool = False,
     seed: int = DEFAULT_SEED,
+    compare_runs: bool = True,
 ) -> Result:
     """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy).
 
     ``seed`` seeds the one random generator of the run: the traffic's faults and the shuffle of a
-    group without a route. The same seed gives the same numbers."""
+    group without a route; the traffic's runs are planned with a generator of their own seeded from
+    it. The same seed gives the same numbers. When the traffic has runs and the policy a run budget,
+    the same traffic is also simulated without the run budgets and with them as hard caps
+    (``compare_runs``; ``Result.run_comparison``)."""
+    from litellm_payg.tools import sim_runs
     import litellm
 
     from litellm_payg.adapter.deployments import candidates_from_config, candidates_named_by_policy
@@ -660,7 +703,7 @@ def simulate(
     engine = Engine(loaded, ledger="memory://", clock=clock)
     if candidates_by_group is None:
         candidates_by_group = candidates_from_config(config, loaded) if config else candidates_named_by_policy(engine)
-    groups = sorted({c.group for c in traffic.classes})
+    groups = sorted({c.group for c in traffic.classes} | {r.group for r in traffic.runs})
     missing = [g for g in groups if not candidates_by_group.get(g)]
     if missing:
         raise SimulationError(
@@ -673,7 +716,9 @@ def simulate(
     all_cands = [c for g in groups for c in cands[g]]
     pricer = Pricer(all_cands, loaded.models)
 
-    classes = traffic.classes
+    planned = sim_runs.plan(traffic.runs, seed, start, end, len(traffic.classes))
+    classes = list(traffic.classes) + planned.classes
+    runs = planned.runs
     requests = [
         RouteRequest(
             group=c.group,
@@ -683,6 +728,7 @@ def simulate(
             user=c.user,
             team=c.team,
             tags=c.tags,
+            metadata={"step": c.step} if c.step is not None else {},
         )
         for c in classes
     ]
@@ -695,7 +741,7 @@ def simulate(
     downgraded: dict[str, int] = {}
     dropped_by: dict[str, int] = {}
     no_deployment = 0
-    total = traffic.requests
+    total = sum(c.count for c in classes)
     bar = _Progress(total, progress)
 
     lifecycle = Lifecycle(engine, rng=rng)
@@ -712,14 +758,20 @@ def simulate(
     failed_charges: dict[tuple[str, int], int] = {}  # (deployment, class) -> invalid answers charged
     breaker_opened: dict[str, int] = {}
     breaker_moved: dict[str, int] = {}
+    run_downgrades = 0  # requests a run budget's downgrade step sent to a cheaper deployment
     began = time.perf_counter()
     i = 0
-    for when, ci in _arrivals(classes, start, end):
+    schedule = sim_runs.Schedule(_arrivals(classes, start, end), runs, traffic.runs)
+    for when, ci, ref in schedule:
         i += 1
         if not i & 0x3FFF:
             bar.update(i)
         clock.now = when
         request = requests[ci]
+        outcome, rule, run_cost, run_downgraded = "failed", None, 0.0, False
+        if ref is not None:  # a request of a run: its session and its prompt's fingerprint
+            run = runs[ref[0]]
+            request = dataclasses.replace(request, session=run.session, prompt_hash=run.requests[ref[1]][1])
         faults = class_faults[ci]
         rid = f"sim-{i}"
         attempts: list[str] = []
@@ -733,10 +785,12 @@ def simulate(
                 _count_drops(dropped_by, exc)
                 blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
                 first_block.setdefault(exc.budget, when)
+                outcome, rule = "refused", exc.rule
                 break
             except NoDeploymentLeft as exc:
                 _count_drops(dropped_by, exc)
                 no_deployment += 1
+                outcome, rule = "refused", "no deployment left"
                 decision = getattr(exc, "decision", None)
                 if decision is not None and not decision.ordered:  # the policy (or the breakers) left none
                     budget_drops.extend(d for d in decision.dropped if d.by == "budget")
@@ -749,6 +803,8 @@ def simulate(
             if attempts:  # the last attempt failed and this request moved on to another one
                 failed_over[attempts[-1]] = failed_over.get(attempts[-1], 0) + 1
             decided = picked.decided
+            if "run_downgrade" in decided.attrs:  # a run budget's downgrade step set the route aside
+                run_downgraded = True
             for d in decided.dropped:
                 by = d.by
                 dropped_by[by] = dropped_by.get(by, 0) + 1
@@ -772,10 +828,13 @@ def simulate(
                 succeeded(picked, dep, charge)
                 served[key] = served.get(key, 0) + 1
                 served_by_class[ci] += 1
+                outcome = "served"
+                run_cost += charge
                 break
             failure = Failure(fault, "simulated fault", _STATUS.get(fault.value), None, f"simulated {fault.value} on {dep}")
             if fault is FailureClass.INVALID_RESPONSE:  # answered and billed, then rejected by the validators
                 failed_charges[key] = failed_charges.get(key, 0) + 1
+                run_cost += charge
                 state = failed(picked, dep, failure, charge)
             else:
                 state = failed(picked, dep, failure)
@@ -794,6 +853,10 @@ def simulate(
         if moved:
             for dep in moved:
                 breaker_moved[dep] = breaker_moved.get(dep, 0) + 1
+        if run_downgraded:
+            run_downgrades += 1
+        if ref is not None:
+            schedule.done(ref, when, outcome, run_cost, rule, run_downgraded)
     elapsed = time.perf_counter() - began
     bar.update(i, final=True)
     engine.spend.close()
@@ -839,10 +902,33 @@ def simulate(
         breaker_opened=breaker_opened,
         breaker_moved=breaker_moved,
         breakers=engine.health is not None,
+        runs=runs,
+        run_downgrades=run_downgrades,
     )
+    if compare_runs and runs and any(b.is_run for b in loaded.budgets):
+        result.run_comparison = _compare_runs(
+            result, loaded, traffic, candidates_by_group=candidates_by_group, config=config, start=start,
+            period_days=period_days, plan=plan, progress=progress, seed=seed)
     result.baselines = _baselines(result, engine, pricer, plan, period_days)
     result.assumptions = _assumptions(result, loaded, period_days, litellm)
     return result
+
+
+def _compare_runs(result: Result, policy: Any, traffic: Traffic, **options: Any) -> dict[str, Any]:
+    """The same traffic without the policy's run budgets and with them as hard caps, next to the
+    policy as written (``result``): a row per variant (``sim_runs.summary``)."""
+    from litellm_payg.tools import sim_runs
+
+    budget_index, budget = next((i, b) for i, b in enumerate(policy.budgets) if b.is_run)
+    rows = []
+    for key, description, variant in sim_runs.variant_policies(policy):
+        other = simulate(variant, traffic, compare_runs=False, **options)
+        label = "no run caps" if key == "no_run_caps" else "hard cap"
+        rows.append({"key": key, "label": label, "description": description, **sim_runs.summary(label, other.runs)})
+    rows.append({"key": "as_written", "label": "policy as written",
+                 "description": "the run budget as written (downgrade steps and final reserve included)",
+                 **sim_runs.summary("policy as written", result.runs)})
+    return {"budget": budget.budget_id(budget_index), "budget_as_written": sim_runs.describe_budget(budget), "rows": rows}
 
 
 _STATUS = {"rate_limit": 429, "server_error": 500, "context_window": 400, "auth": 401, "bad_request": 400}
@@ -1051,12 +1137,18 @@ def format_table(result: Result) -> str:
     out.append("")
     blocks = sum(result.blocked.values())
     downs = sum(result.downgraded.values())
-    out.append(f"Budget hits: {blocks:,} request(s) blocked, {downs:,} downgraded, {result.no_deployment:,} with no deployment left")
+    out.append(f"Budget hits: {blocks:,} request(s) blocked, {downs:,} downgraded, {result.no_deployment:,} with no deployment left"
+               + (f"; {result.run_downgrades:,} routed by a run budget's downgrade steps" if result.run_downgrades else ""))
     for name, n in sorted(result.blocked.items()):
         out.append(f"  blocked by {name!r}: {n:,} (first at {_iso(result.first_block[name])})")
     for name, n in sorted(result.downgraded.items()):
         out.append(f"  downgraded by {name!r}: {n:,}")
     out.append("")
+    if result.runs:
+        from litellm_payg.tools.sim_runs import format_comparison
+
+        out.extend(format_comparison(result.runs_section()))
+        out.append("")
     if result.failover_shown:
         out.extend(format_failover(result))
         out.append("")
