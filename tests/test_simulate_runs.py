@@ -227,12 +227,27 @@ def test_two_runs_lines_need_distinct_names():
         parse_traffic(_runs() + "\n" + _runs(), "t")
 
 
-def test_the_bundled_agent_runs_scenario_prints_the_comparison(capsys):
-    """The bundled 1,000-run scenario under policies/agent-runs.yaml, once (three simulations)."""
-    code = cli_main(["simulate", str(REPO / "policies" / "agent-runs.yaml"), "--scenario", "agent-runs", "--json"])
-    out = capsys.readouterr().out
-    assert code == 0
-    runs = json.loads(out)["runs"]
+def test_the_bundled_agent_runs_scenario_prints_the_comparison_the_readme_quotes(capsys, monkeypatch):
+    """The bundled 1,000-run scenario under policies/agent-runs.yaml, simulated once (three
+    simulations), printed as the table and as --json from that one result; the README quotes the
+    table as printed."""
+    import litellm_payg.tools.simulate as module
+
+    real, results = module.simulate, []
+
+    def simulate_once(*args, **kwargs):
+        if kwargs.get("compare_runs") is False:  # the comparison's own variants
+            return real(*args, **kwargs)
+        if not results:
+            results.append(real(*args, **kwargs))
+        return results[0]
+
+    monkeypatch.setattr(module, "simulate", simulate_once)
+    argv = ["simulate", str(REPO / "policies" / "agent-runs.yaml"), "--scenario", "agent-runs"]
+    assert cli_main(argv) == 0
+    table = capsys.readouterr().out
+    assert cli_main(argv + ["--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
     none, hard, written = runs["rows"]
     assert [r["runs"] for r in runs["rows"]] == [1000] * 3 and [r["runaway_runs"] for r in runs["rows"]] == [30] * 3
     assert none["runaway_stopped"] == 0 and none["finished"] == 1000
@@ -241,3 +256,10 @@ def test_the_bundled_agent_runs_scenario_prints_the_comparison(capsys):
     assert written["total_usd"] < hard["total_usd"] < none["total_usd"]
     assert written["cost_per_run_usd"]["max"] <= 0.30 and hard["cost_per_run_usd"]["max"] <= 0.30
     assert none["cost_per_run_usd"]["max"] > 5
+    # the README's excerpt (section "Simulating runs") is this table's runs section, line for line
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Simulating runs", 1)[1]
+    excerpt = section.split("Agent runs: ", 1)[1].split("```", 1)[0].rstrip("\n")
+    assert ("Agent runs: " + excerpt) in table
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    assert parse_traffic(" ".join(example.split()), "readme").runs[0].count == 1000

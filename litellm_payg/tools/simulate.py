@@ -30,6 +30,31 @@ Traffic is JSONL, one request class (or one request) per line::
 drawn from a generator seeded with ``--seed``; ``retries`` bounds the attempts after a failure
 (default: one per other deployment of the group).
 A line ``{"scenario": {...}}`` carries a scenario's description, assumptions, period and plan.
+
+A line ``{"runs": {...}}`` describes ``count`` agent runs of one shape instead of independent
+requests (``sim_runs.py``)::
+
+    {"runs": {"name": "agent", "group": "agent", "count": 1000, "gap_s": 10,
+              "steps": [{"step": "plan", "prompt_tokens": 1500, "completion_tokens": 400, "max_tokens": 800},
+                        {"repeat": [2, 10], "steps": [{"step": "act", "prompt_tokens": 2500, "completion_tokens": 250},
+                                                      {"step": "observe", "prompt_tokens": 3500, "completion_tokens": 150}]},
+                        {"step": "final", "prompt_tokens": 4000, "completion_tokens": 600}],
+              "runaway": {"share": 0.03, "loop": 500, "same_prompt": 0.5}}}
+
+``steps`` are sent in order, one request per step; a step (or a block of ``steps``) with ``repeat``
+(``n`` or ``[min, max]``, drawn per run) goes round that many times; ``{"step": ["act", "observe"],
+...}`` is a block of steps of the same size. The last step is the run's *final* step. ``runaway``:
+``round(share * count)`` runs (drawn) go round the first repeated block ``loop`` more times, and
+``round(same_prompt * runaways)`` of them resend the same prompt each round (what a loop guard
+catches) while the others send a new one each round. Runs start evenly spread over ``time`` (or the
+period); a run's requests are ``gap_s`` seconds apart (default 10), each with the run's session id
+(``<name>-<n>``), ``metadata.step`` and a prompt hash (the same for a loop's resent prompt,
+different for every other request). A budget refusal of a working request sends the run to its
+final step; a refused final request ends it unfinished; a request that failed for good (faults) is
+passed over. ``user``, ``team``, ``tags``, ``time``, ``faults`` and ``retries`` are as on a class.
+Runs are planned with a generator of their own, seeded from ``--seed``. When the policy has a run
+budget, the same traffic is also simulated without run budgets and with them as hard caps (no
+``downgrade`` steps, no ``final_reserve``), and the three are compared per run.
 """
 
 from __future__ import annotations
