@@ -1,7 +1,8 @@
 """Runs in ``litellm-payg simulate``: traffic that describes agent runs, and the three-way comparison.
 
 A traffic line ``{"runs": {...}}`` describes ``count`` runs of one shape (see ``simulate``'s
-docstring and the README's "Simulating runs"). Before the simulation each run is *planned* with a
+docstring and the README's "Simulating runs"; ``simulate`` parses it into a :class:`RunSpec`, this
+module imports nothing of ``simulate``). Before the simulation each run is *planned* with a
 generator of its own (seeded from ``--seed``, apart from the faults' generator, so every variant of
 the comparison sees the same runs): how many times each repeated block goes round, which runs are
 runaways, the prompt fingerprint of every request. During the simulation a run sends one request at
@@ -10,7 +11,7 @@ its prompt hash, through the same lifecycle as every other request; a budget ref
 request sends the run to its final step (an agent told to stop wraps up), a refusal of a final
 request ends the run unfinished.
 
-The comparison (:func:`compare`) runs the same traffic three times: without the policy's run
+The comparison (``simulate._compare_runs``, rows by :func:`summary`) runs the same traffic three times: without the policy's run
 budgets, with them as hard caps only (``limit_usd``, ``max_requests`` and ``loop_guard``, without
 ``downgrade`` steps or ``final_reserve``) and with the policy as written.
 """
@@ -23,14 +24,10 @@ import heapq
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-#: fields of a ``{"runs": {...}}`` object, of one of its steps, and of its ``runaway``
-RUNS_FIELDS = {"name", "group", "count", "steps", "runaway", "gap_s", "time", "user", "team", "tags", "faults", "retries"}
-STEP_FIELDS = {"step", "prompt_tokens", "completion_tokens", "max_tokens", "repeat", "steps"}
-RUNAWAY_FIELDS = {"share", "loop", "same_prompt"}
-DEFAULT_GAP_S = 10.0
+DEFAULT_GAP_S = 10.0  # seconds between a run's requests
 
 
 @dataclass(frozen=True)
@@ -77,129 +74,6 @@ class RunSpec:
     line: int
     faults: tuple[Any, ...] = ()
     retries: int | None = None
-
-
-def _error(where: str, message: str) -> Exception:
-    from litellm_payg.tools.simulate import SimulationError
-
-    return SimulationError(f"{where}: {message}")
-
-
-def _count(obj: Mapping[str, Any], key: str, where: str, label: str, *, minimum: int, required: bool = True) -> int | None:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise _error(where, f"{label}{key} is required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _error(where, f"{label}{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _share(obj: Mapping[str, Any], key: str, where: str, label: str, default: float | None = None) -> float:
-    value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise _error(where, f"{label}{key} must be a share in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _step(obj: Any, where: str, label: str) -> RunStep:
-    if not isinstance(obj, dict):
-        raise _error(where, f"{label} must be an object, got {obj!r}")
-    name = obj.get("step")
-    if not isinstance(name, str) or not name:
-        raise _error(where, f"{label}.step (the step's name, sent as metadata.step) must be a non-empty string, got {name!r}")
-    return RunStep(name, _count(obj, "prompt_tokens", where, label + ".", minimum=0),  # type: ignore[arg-type]
-                   _count(obj, "completion_tokens", where, label + ".", minimum=0),  # type: ignore[arg-type]
-                   _count(obj, "max_tokens", where, label + ".", minimum=1, required=False))
-
-
-def _block(obj: Any, where: str, label: str) -> RunBlock:
-    if not isinstance(obj, dict):
-        raise _error(where, f"{label} must be an object, got {obj!r}")
-    unknown = sorted(set(obj) - STEP_FIELDS)
-    if unknown:
-        raise _error(where, f"{label}: unknown field(s) {unknown}; expected some of {sorted(STEP_FIELDS)}")
-    repeat: tuple[int, int] = (1, 1)
-    if "repeat" in obj:
-        r = obj["repeat"]
-        if isinstance(r, int) and not isinstance(r, bool):
-            r = [r, r]
-        if (not isinstance(r, list) or len(r) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in r)
-                or r[0] < 1 or r[1] < r[0]):
-            raise _error(where, f"{label}.repeat must be a whole number >= 1 or [min, max] with 1 <= min <= max, got {obj['repeat']!r}")
-        repeat = (r[0], r[1])
-    if "steps" in obj:  # a block of several steps, each with its own size
-        extra = sorted(set(obj) - {"steps", "repeat"})
-        if extra:
-            raise _error(where, f"{label}: a block with 'steps' takes only 'repeat' besides; move {extra} into its steps")
-        inner = obj["steps"]
-        if not isinstance(inner, list) or not inner:
-            raise _error(where, f"{label}.steps must be a non-empty list of steps")
-        steps = tuple(_step(s, where, f"{label}.steps[{i}]") for i, s in enumerate(inner))
-        return RunBlock(steps, repeat, "repeat" in obj)
-    names = obj.get("step")
-    if isinstance(names, list):  # shorthand: several steps of the same size
-        if not names or not all(isinstance(n, str) and n for n in names):
-            raise _error(where, f"{label}.step must be a step name or a non-empty list of names, got {names!r}")
-        steps = tuple(_step({**obj, "step": n}, where, label) for n in names)
-    else:
-        steps = (_step(obj, where, label),)
-    return RunBlock(steps, repeat, "repeat" in obj)
-
-
-def parse_runs(obj: Any, where: str, number: int) -> RunSpec:
-    """A ``{"runs": {...}}`` line's object; bad input is a SimulationError naming line and field."""
-    from litellm_payg.tools.simulate import _parse_faults, _time_span
-
-    if not isinstance(obj, dict):
-        raise _error(where, f"'runs' must be an object, got {obj!r}")
-    unknown = sorted(set(obj) - RUNS_FIELDS)
-    if unknown:
-        raise _error(where, f"runs: unknown field(s) {unknown}; expected some of {sorted(RUNS_FIELDS)}")
-    group = obj.get("group")
-    if not isinstance(group, str) or not group:
-        raise _error(where, "runs.group (the LiteLLM model group) is required")
-    for key in ("name", "user", "team"):
-        if obj.get(key) is not None and (not isinstance(obj[key], str) or not obj[key]):
-            raise _error(where, f"runs.{key} must be a non-empty string")
-    count = _count(obj, "count", where, "runs.", minimum=1)
-    steps = obj.get("steps")
-    if not isinstance(steps, list) or not steps:
-        raise _error(where, "runs.steps must be a non-empty list of steps (the last one is the run's final step)")
-    blocks = tuple(_block(s, where, f"runs.steps[{i}]") for i, s in enumerate(steps))
-    if blocks[-1].repeat != (1, 1):
-        raise _error(where, f"runs.steps[{len(blocks) - 1}]: the last step is the run's final step; it cannot repeat")
-    gap = obj.get("gap_s", DEFAULT_GAP_S)
-    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 < gap <= 86400:
-        raise _error(where, f"runs.gap_s (seconds between a run's requests) must be a number in (0, 86400], got {gap!r}")
-    runaway = None
-    if obj.get("runaway") is not None:
-        ra = obj["runaway"]
-        if not isinstance(ra, dict):
-            raise _error(where, f"runs.runaway must be an object {{share, loop, same_prompt}}, got {ra!r}")
-        bad = sorted(set(ra) - RUNAWAY_FIELDS)
-        if bad:
-            raise _error(where, f"runs.runaway: unknown field(s) {bad}; expected some of {sorted(RUNAWAY_FIELDS)}")
-        if "share" not in ra:
-            raise _error(where, "runs.runaway.share (the share of runs that run away) is required")
-        runaway = Runaway(_share(ra, "share", where, "runs.runaway."),
-                          _count(ra, "loop", where, "runs.runaway.", minimum=1),  # type: ignore[arg-type]
-                          _share(ra, "same_prompt", where, "runs.runaway.", 1.0))
-        if not any(b.repeats for b in blocks[:-1]):
-            raise _error(where, "runs.runaway: a runaway run loops on the first step with 'repeat'; no step has one")
-    start = end = None
-    if obj.get("time") is not None:
-        start, end = _time_span(obj["time"], f"{where}: runs.time")
-    tags = obj.get("tags") or ()
-    if isinstance(tags, str):
-        tags = (tags,)
-    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
-        raise _error(where, "runs.tags must be a list of strings")
-    faults = _parse_faults(obj["faults"], f"{where}: runs") if obj.get("faults") is not None else ()
-    retries = _count(obj, "retries", where, "runs.", minimum=0, required=False)
-    return RunSpec(obj.get("name") or f"runs {number}", group, count, blocks, runaway, float(gap), start, end,  # type: ignore[arg-type]
-                   obj.get("user"), obj.get("team"), tuple(tags), number, faults, retries)
 
 
 # -- planning -----------------------------------------------------------------------------------
@@ -417,46 +291,3 @@ def _usd2(x: float) -> str:
 
 def _usd4(x: float) -> str:
     return f"${x:,.4f}"
-
-
-@dataclass
-class RunsTraffic:
-    """What the simulation needs of a traffic's runs: the extra classes and the planned runs."""
-
-    classes: list[Any] = field(default_factory=list)
-    runs: list[Run] = field(default_factory=list)
-
-
-def run_classes(specs: Sequence[RunSpec], first_index: int) -> tuple[list[Any], dict[tuple[int, int, int], int]]:
-    """One traffic class per step of each runs line (counted once the runs are planned), and the
-    map (line, block, step) -> class index."""
-    from litellm_payg.tools.simulate import TrafficClass
-
-    classes: list[Any] = []
-    class_of: dict[tuple[int, int, int], int] = {}
-    for si, spec in enumerate(specs):
-        seen: set[str] = set()
-        for bi, block in enumerate(spec.blocks):
-            for ki, st in enumerate(block.steps):
-                name = f"{spec.name}/{st.step}"
-                if name in seen:
-                    name = f"{name}@{bi}.{ki}"
-                seen.add(name)
-                class_of[(si, bi, ki)] = first_index + len(classes)
-                classes.append(TrafficClass(
-                    name=name, group=spec.group, prompt_tokens=st.prompt_tokens, completion_tokens=st.completion_tokens,
-                    count=0, user=spec.user, team=spec.team, tags=spec.tags, max_tokens=st.max_tokens, line=spec.line,
-                    faults=spec.faults, retries=spec.retries, step=st.step, run=spec.name))
-    return classes, class_of
-
-
-def plan(specs: Sequence[RunSpec], seed: int, start: float, end: float, first_index: int) -> RunsTraffic:
-    """The runs' classes, with ``count`` the requests the planned runs would send uncapped."""
-    classes, class_of = run_classes(specs, first_index)
-    runs = plan_runs(specs, seed, start, end, class_of)
-    counts = [0] * len(classes)
-    for run in runs:
-        for ci, _ in run.requests:
-            counts[ci - first_index] += 1
-    classes = [dataclasses.replace(c, count=n) for c, n in zip(classes, counts)]
-    return RunsTraffic(classes, runs)

@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from litellm_payg.adapter import litellm_versions
+from litellm_payg.tools import sim_runs
 from litellm_payg.core.errors import PaygError
 from litellm_payg.core.failure import FailureClass
 
@@ -256,8 +257,6 @@ def _int_field(obj: Mapping[str, Any], key: str, where: str, *, minimum: int, de
 
 
 def parse_traffic(text: str, source: str) -> Traffic:
-    from litellm_payg.tools.sim_runs import parse_runs
-
     classes: list[TrafficClass] = []
     runs: list[Any] = []
     meta: dict[str, Any] = {}
@@ -327,6 +326,175 @@ def parse_traffic(text: str, source: str) -> Traffic:
     if dup:
         raise SimulationError(f"{source}: runs lines need distinct names (their runs' session ids start with it): {dup}")
     return Traffic(classes, source, meta, runs)
+
+
+# -- runs lines (the runs themselves: ``sim_runs``) ---------------------------------------------
+
+#: fields of a ``{"runs": {...}}`` object, of one of its steps, and of its ``runaway``
+RUNS_FIELDS = {"name", "group", "count", "steps", "runaway", "gap_s", "time", "user", "team", "tags", "faults", "retries"}
+STEP_FIELDS = {"step", "prompt_tokens", "completion_tokens", "max_tokens", "repeat", "steps"}
+RUNAWAY_FIELDS = {"share", "loop", "same_prompt"}
+
+
+def _error(where: str, message: str) -> Exception:
+    return SimulationError(f"{where}: {message}")
+
+
+def _runs_count(obj: Mapping[str, Any], key: str, where: str, label: str, *, minimum: int, required: bool = True) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise _error(where, f"{label}{key} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _error(where, f"{label}{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _runs_share(obj: Mapping[str, Any], key: str, where: str, label: str, default: float | None = None) -> float:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _error(where, f"{label}{key} must be a share in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _run_step(obj: Any, where: str, label: str) -> Any:
+    if not isinstance(obj, dict):
+        raise _error(where, f"{label} must be an object, got {obj!r}")
+    name = obj.get("step")
+    if not isinstance(name, str) or not name:
+        raise _error(where, f"{label}.step (the step's name, sent as metadata.step) must be a non-empty string, got {name!r}")
+    return sim_runs.RunStep(name, _runs_count(obj, "prompt_tokens", where, label + ".", minimum=0),  # type: ignore[arg-type]
+                   _runs_count(obj, "completion_tokens", where, label + ".", minimum=0),  # type: ignore[arg-type]
+                   _runs_count(obj, "max_tokens", where, label + ".", minimum=1, required=False))
+
+
+def _run_block(obj: Any, where: str, label: str) -> Any:
+    if not isinstance(obj, dict):
+        raise _error(where, f"{label} must be an object, got {obj!r}")
+    unknown = sorted(set(obj) - STEP_FIELDS)
+    if unknown:
+        raise _error(where, f"{label}: unknown field(s) {unknown}; expected some of {sorted(STEP_FIELDS)}")
+    repeat: tuple[int, int] = (1, 1)
+    if "repeat" in obj:
+        r = obj["repeat"]
+        if isinstance(r, int) and not isinstance(r, bool):
+            r = [r, r]
+        if (not isinstance(r, list) or len(r) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in r)
+                or r[0] < 1 or r[1] < r[0]):
+            raise _error(where, f"{label}.repeat must be a whole number >= 1 or [min, max] with 1 <= min <= max, got {obj['repeat']!r}")
+        repeat = (r[0], r[1])
+    if "steps" in obj:  # a block of several steps, each with its own size
+        extra = sorted(set(obj) - {"steps", "repeat"})
+        if extra:
+            raise _error(where, f"{label}: a block with 'steps' takes only 'repeat' besides; move {extra} into its steps")
+        inner = obj["steps"]
+        if not isinstance(inner, list) or not inner:
+            raise _error(where, f"{label}.steps must be a non-empty list of steps")
+        steps = tuple(_run_step(s, where, f"{label}.steps[{i}]") for i, s in enumerate(inner))
+        return sim_runs.RunBlock(steps, repeat, "repeat" in obj)
+    names = obj.get("step")
+    if isinstance(names, list):  # shorthand: several steps of the same size
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise _error(where, f"{label}.step must be a step name or a non-empty list of names, got {names!r}")
+        steps = tuple(_run_step({**obj, "step": n}, where, label) for n in names)
+    else:
+        steps = (_run_step(obj, where, label),)
+    return sim_runs.RunBlock(steps, repeat, "repeat" in obj)
+
+
+def parse_runs(obj: Any, where: str, number: int) -> Any:
+    """A ``{"runs": {...}}`` line's object; bad input is a SimulationError naming line and field."""
+    if not isinstance(obj, dict):
+        raise _error(where, f"'runs' must be an object, got {obj!r}")
+    unknown = sorted(set(obj) - RUNS_FIELDS)
+    if unknown:
+        raise _error(where, f"runs: unknown field(s) {unknown}; expected some of {sorted(RUNS_FIELDS)}")
+    group = obj.get("group")
+    if not isinstance(group, str) or not group:
+        raise _error(where, "runs.group (the LiteLLM model group) is required")
+    for key in ("name", "user", "team"):
+        if obj.get(key) is not None and (not isinstance(obj[key], str) or not obj[key]):
+            raise _error(where, f"runs.{key} must be a non-empty string")
+    count = _runs_count(obj, "count", where, "runs.", minimum=1)
+    steps = obj.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise _error(where, "runs.steps must be a non-empty list of steps (the last one is the run's final step)")
+    blocks = tuple(_run_block(s, where, f"runs.steps[{i}]") for i, s in enumerate(steps))
+    if blocks[-1].repeat != (1, 1):
+        raise _error(where, f"runs.steps[{len(blocks) - 1}]: the last step is the run's final step; it cannot repeat")
+    gap = obj.get("gap_s", sim_runs.DEFAULT_GAP_S)
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 < gap <= 86400:
+        raise _error(where, f"runs.gap_s (seconds between a run's requests) must be a number in (0, 86400], got {gap!r}")
+    runaway = None
+    if obj.get("runaway") is not None:
+        ra = obj["runaway"]
+        if not isinstance(ra, dict):
+            raise _error(where, f"runs.runaway must be an object {{share, loop, same_prompt}}, got {ra!r}")
+        bad = sorted(set(ra) - RUNAWAY_FIELDS)
+        if bad:
+            raise _error(where, f"runs.runaway: unknown field(s) {bad}; expected some of {sorted(RUNAWAY_FIELDS)}")
+        if "share" not in ra:
+            raise _error(where, "runs.runaway.share (the share of runs that run away) is required")
+        runaway = sim_runs.Runaway(_runs_share(ra, "share", where, "runs.runaway."),
+                          _runs_count(ra, "loop", where, "runs.runaway.", minimum=1),  # type: ignore[arg-type]
+                          _runs_share(ra, "same_prompt", where, "runs.runaway.", 1.0))
+        if not any(b.repeats for b in blocks[:-1]):
+            raise _error(where, "runs.runaway: a runaway run loops on the first step with 'repeat'; no step has one")
+    start = end = None
+    if obj.get("time") is not None:
+        start, end = _time_span(obj["time"], f"{where}: runs.time")
+    tags = obj.get("tags") or ()
+    if isinstance(tags, str):
+        tags = (tags,)
+    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+        raise _error(where, "runs.tags must be a list of strings")
+    faults = _parse_faults(obj["faults"], f"{where}: runs") if obj.get("faults") is not None else ()
+    retries = _runs_count(obj, "retries", where, "runs.", minimum=0, required=False)
+    return sim_runs.RunSpec(obj.get("name") or f"runs {number}", group, count, blocks, runaway, float(gap), start, end,  # type: ignore[arg-type]
+                   obj.get("user"), obj.get("team"), tuple(tags), number, faults, retries)
+
+
+
+@dataclass
+class _RunsTraffic:
+    """What the simulation needs of a traffic's runs: the extra classes and the planned runs."""
+
+    classes: list[Any] = field(default_factory=list)
+    runs: list[Any] = field(default_factory=list)
+
+
+def _run_classes(specs: Sequence[Any], first_index: int) -> tuple[list[Any], dict[tuple[int, int, int], int]]:
+    """One traffic class per step of each runs line (counted once the runs are planned), and the
+    map (line, block, step) -> class index."""
+    classes: list[Any] = []
+    class_of: dict[tuple[int, int, int], int] = {}
+    for si, spec in enumerate(specs):
+        seen: set[str] = set()
+        for bi, block in enumerate(spec.blocks):
+            for ki, st in enumerate(block.steps):
+                name = f"{spec.name}/{st.step}"
+                if name in seen:
+                    name = f"{name}@{bi}.{ki}"
+                seen.add(name)
+                class_of[(si, bi, ki)] = first_index + len(classes)
+                classes.append(TrafficClass(
+                    name=name, group=spec.group, prompt_tokens=st.prompt_tokens, completion_tokens=st.completion_tokens,
+                    count=0, user=spec.user, team=spec.team, tags=spec.tags, max_tokens=st.max_tokens, line=spec.line,
+                    faults=spec.faults, retries=spec.retries, step=st.step, run=spec.name))
+    return classes, class_of
+
+
+def plan_runs_traffic(specs: Sequence[Any], seed: int, start: float, end: float, first_index: int) -> _RunsTraffic:
+    """The runs' classes, with ``count`` the requests the planned runs would send uncapped."""
+    classes, class_of = _run_classes(specs, first_index)
+    runs = sim_runs.plan_runs(specs, seed, start, end, class_of)
+    counts = [0] * len(classes)
+    for run in runs:
+        for ci, _ in run.requests:
+            counts[ci - first_index] += 1
+    classes = [dataclasses.replace(c, count=n) for c, n in zip(classes, counts)]
+    return _RunsTraffic(classes, runs)
 
 
 def load_traffic(path: str | Path) -> Traffic:
@@ -497,6 +665,8 @@ class Result:
     run_comparison: dict[str, Any] | None = None
     #: requests a run budget's ``downgrade`` step routed (the route's rules set aside)
     run_downgrades: int = 0
+    #: requests sent (a stopped run does not send the rest of its planned requests)
+    sent_requests: int | None = None
 
     # -- figures ---------------------------------------------------------------------------------
 
@@ -582,10 +752,8 @@ class Result:
         """The runs' figures: the three-way comparison, or (the policy has no run budget) one row."""
         if self.run_comparison is not None:
             return self.run_comparison
-        from litellm_payg.tools.sim_runs import summary
-
         row = {"key": "as_written", "label": "policy as written", "description": "the policy has no run budget",
-               **summary("policy as written", self.runs)}
+               **sim_runs.summary("policy as written", self.runs)}
         return {"budget": None, "budget_as_written": None, "rows": [row]}
 
     def baseline(self, kind: str) -> dict[str, Any] | None:
@@ -599,6 +767,7 @@ class Result:
             "price_map": litellm_versions.price_map(),
             "period": {"start": _iso(self.start), "end": _iso(self.end), "days": (self.end - self.start) / 86400},
             "requests": self.requests,
+            "sent": self.sent_requests,
             "served": self.served_requests,
             "tokens": self.tokens,
             "policy_cost_usd": self.policy_cost,
@@ -698,7 +867,6 @@ def simulate(
     it. The same seed gives the same numbers. When the traffic has runs and the policy a run budget,
     the same traffic is also simulated without the run budgets and with them as hard caps
     (``compare_runs``; ``Result.run_comparison``)."""
-    from litellm_payg.tools import sim_runs
     import litellm
 
     from litellm_payg.adapter.deployments import candidates_from_config, candidates_named_by_policy
@@ -741,7 +909,7 @@ def simulate(
     all_cands = [c for g in groups for c in cands[g]]
     pricer = Pricer(all_cands, loaded.models)
 
-    planned = sim_runs.plan(traffic.runs, seed, start, end, len(traffic.classes))
+    planned = plan_runs_traffic(traffic.runs, seed, start, end, len(traffic.classes))
     classes = list(traffic.classes) + planned.classes
     runs = planned.runs
     requests = [
@@ -929,6 +1097,7 @@ def simulate(
         breakers=engine.health is not None,
         runs=runs,
         run_downgrades=run_downgrades,
+        sent_requests=i,
     )
     if compare_runs and runs and any(b.is_run for b in loaded.budgets):
         result.run_comparison = _compare_runs(
@@ -942,7 +1111,6 @@ def simulate(
 def _compare_runs(result: Result, policy: Any, traffic: Traffic, **options: Any) -> dict[str, Any]:
     """The same traffic without the policy's run budgets and with them as hard caps, next to the
     policy as written (``result``): a row per variant (``sim_runs.summary``)."""
-    from litellm_payg.tools import sim_runs
 
     budget_index, budget = next((i, b) for i, b in enumerate(policy.budgets) if b.is_run)
     rows = []
@@ -1170,9 +1338,7 @@ def format_table(result: Result) -> str:
         out.append(f"  downgraded by {name!r}: {n:,}")
     out.append("")
     if result.runs:
-        from litellm_payg.tools.sim_runs import format_comparison
-
-        out.extend(format_comparison(result.runs_section()))
+        out.extend(sim_runs.format_comparison(result.runs_section()))
         out.append("")
     if result.failover_shown:
         out.extend(format_failover(result))
@@ -1191,7 +1357,9 @@ def format_table(result: Result) -> str:
         if b["kind"] == "oracle" and result.served_requests < result.requests:
             out.append(f"{'  oracle over the requests the policy served':<64} {result.served_requests:>10,} {_usd(b['served_cost_usd']):>14}")
     out.append("")
-    out.append(f"simulated {result.requests:,} requests in {result.elapsed_s:.1f} s ({result.requests / max(result.elapsed_s, 1e-9):,.0f} req/s)")
+    sent = result.sent_requests if result.sent_requests is not None else result.requests
+    unsent = f" (of {result.requests:,}: stopped runs did not send the rest)" if sent < result.requests else ""
+    out.append(f"simulated {sent:,} requests{unsent} in {result.elapsed_s:.1f} s ({sent / max(result.elapsed_s, 1e-9):,.0f} req/s)")
     return "\n".join(out)
 
 
