@@ -30,6 +30,31 @@ Traffic is JSONL, one request class (or one request) per line::
 drawn from a generator seeded with ``--seed``; ``retries`` bounds the attempts after a failure
 (default: one per other deployment of the group).
 A line ``{"scenario": {...}}`` carries a scenario's description, assumptions, period and plan.
+
+A line ``{"runs": {...}}`` describes ``count`` agent runs of one shape instead of independent
+requests (``sim_runs.py``)::
+
+    {"runs": {"name": "agent", "group": "agent", "count": 1000, "gap_s": 10,
+              "steps": [{"step": "plan", "prompt_tokens": 1500, "completion_tokens": 400, "max_tokens": 800},
+                        {"repeat": [2, 10], "steps": [{"step": "act", "prompt_tokens": 2500, "completion_tokens": 250},
+                                                      {"step": "observe", "prompt_tokens": 3500, "completion_tokens": 150}]},
+                        {"step": "final", "prompt_tokens": 4000, "completion_tokens": 600}],
+              "runaway": {"share": 0.03, "loop": 500, "same_prompt": 0.5}}}
+
+``steps`` are sent in order, one request per step; a step (or a block of ``steps``) with ``repeat``
+(``n`` or ``[min, max]``, drawn per run) goes round that many times; ``{"step": ["act", "observe"],
+...}`` is a block of steps of the same size. The last step is the run's *final* step. ``runaway``:
+``round(share * count)`` runs (drawn) go round the first repeated block ``loop`` more times, and
+``round(same_prompt * runaways)`` of them resend the same prompt each round (what a loop guard
+catches) while the others send a new one each round. Runs start evenly spread over ``time`` (or the
+period); a run's requests are ``gap_s`` seconds apart (default 10), each with the run's session id
+(``<name>-<n>``), ``metadata.step`` and a prompt hash (the same for a loop's resent prompt,
+different for every other request). A budget refusal of a working request sends the run to its
+final step; a refused final request ends it unfinished; a request that failed for good (faults) is
+passed over. ``user``, ``team``, ``tags``, ``time``, ``faults`` and ``retries`` are as on a class.
+Runs are planned with a generator of their own, seeded from ``--seed``. When the policy has a run
+budget, the same traffic is also simulated without run budgets and with them as hard caps (no
+``downgrade`` steps, no ``final_reserve``), and the three are compared per run.
 """
 
 from __future__ import annotations
@@ -37,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import heapq
 import io
 import json
@@ -53,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from litellm_payg.adapter import litellm_versions
+from litellm_payg.tools import sim_runs
 from litellm_payg.core.errors import PaygError
 from litellm_payg.core.failure import FailureClass
 
@@ -90,6 +117,10 @@ class TrafficClass:
     faults: tuple["Fault", ...] = ()
     #: retries after a failed attempt (None: one per other candidate of the group)
     retries: int | None = None
+    #: a step of a ``runs`` line: its name (sent as ``metadata.step``) and the line's name; such a
+    #: class's requests are sent by the planned runs (``sim_runs``), not spread over the period
+    step: str | None = None
+    run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +155,12 @@ class Traffic:
     classes: list[TrafficClass]
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: ``{"runs": ...}`` lines (``sim_runs.RunSpec``): planned into classes and runs by ``simulate``
+    runs: list[Any] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
+        """The requests of the classes (a ``runs`` line's requests are known once planned)."""
         return sum(c.count for c in self.classes)
 
 
@@ -224,6 +258,7 @@ def _int_field(obj: Mapping[str, Any], key: str, where: str, *, minimum: int, de
 
 def parse_traffic(text: str, source: str) -> Traffic:
     classes: list[TrafficClass] = []
+    runs: list[Any] = []
     meta: dict[str, Any] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -240,6 +275,11 @@ def parse_traffic(text: str, source: str) -> Traffic:
             if not isinstance(obj["scenario"], dict):
                 raise SimulationError(f"{where}: 'scenario' must be an object")
             meta = dict(obj["scenario"])
+            continue
+        if "runs" in obj:
+            if len(obj) != 1:
+                raise SimulationError(f"{where}: a runs line is {{\"runs\": {{...}}}} alone; put {sorted(set(obj) - {'runs'})} inside it")
+            runs.append(parse_runs(obj["runs"], where, number))
             continue
         unknown = sorted(set(obj) - _KNOWN)
         if unknown:
@@ -279,9 +319,182 @@ def parse_traffic(text: str, source: str) -> Traffic:
             faults=faults,
             retries=retries,
         ))
-    if not classes:
+    if not classes and not runs:
         raise SimulationError(f"{source}: no requests in the traffic file")
-    return Traffic(classes, source, meta)
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SimulationError(f"{source}: runs lines need distinct names (their runs' session ids start with it): {dup}")
+    return Traffic(classes, source, meta, runs)
+
+
+# -- runs lines (the runs themselves: ``sim_runs``) ---------------------------------------------
+
+#: fields of a ``{"runs": {...}}`` object, of one of its steps, and of its ``runaway``
+RUNS_FIELDS = {"name", "group", "count", "steps", "runaway", "gap_s", "time", "user", "team", "tags", "faults", "retries"}
+STEP_FIELDS = {"step", "prompt_tokens", "completion_tokens", "max_tokens", "repeat", "steps"}
+RUNAWAY_FIELDS = {"share", "loop", "same_prompt"}
+
+
+def _error(where: str, message: str) -> Exception:
+    return SimulationError(f"{where}: {message}")
+
+
+def _runs_count(obj: Mapping[str, Any], key: str, where: str, label: str, *, minimum: int, required: bool = True) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise _error(where, f"{label}{key} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _error(where, f"{label}{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _runs_share(obj: Mapping[str, Any], key: str, where: str, label: str, default: float | None = None) -> float:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _error(where, f"{label}{key} must be a share in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _run_step(obj: Any, where: str, label: str) -> Any:
+    if not isinstance(obj, dict):
+        raise _error(where, f"{label} must be an object, got {obj!r}")
+    name = obj.get("step")
+    if not isinstance(name, str) or not name:
+        raise _error(where, f"{label}.step (the step's name, sent as metadata.step) must be a non-empty string, got {name!r}")
+    return sim_runs.RunStep(name, _runs_count(obj, "prompt_tokens", where, label + ".", minimum=0),  # type: ignore[arg-type]
+                   _runs_count(obj, "completion_tokens", where, label + ".", minimum=0),  # type: ignore[arg-type]
+                   _runs_count(obj, "max_tokens", where, label + ".", minimum=1, required=False))
+
+
+def _run_block(obj: Any, where: str, label: str) -> Any:
+    if not isinstance(obj, dict):
+        raise _error(where, f"{label} must be an object, got {obj!r}")
+    unknown = sorted(set(obj) - STEP_FIELDS)
+    if unknown:
+        raise _error(where, f"{label}: unknown field(s) {unknown}; expected some of {sorted(STEP_FIELDS)}")
+    repeat: tuple[int, int] = (1, 1)
+    if "repeat" in obj:
+        r = obj["repeat"]
+        if isinstance(r, int) and not isinstance(r, bool):
+            r = [r, r]
+        if (not isinstance(r, list) or len(r) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in r)
+                or r[0] < 1 or r[1] < r[0]):
+            raise _error(where, f"{label}.repeat must be a whole number >= 1 or [min, max] with 1 <= min <= max, got {obj['repeat']!r}")
+        repeat = (r[0], r[1])
+    if "steps" in obj:  # a block of several steps, each with its own size
+        extra = sorted(set(obj) - {"steps", "repeat"})
+        if extra:
+            raise _error(where, f"{label}: a block with 'steps' takes only 'repeat' besides; move {extra} into its steps")
+        inner = obj["steps"]
+        if not isinstance(inner, list) or not inner:
+            raise _error(where, f"{label}.steps must be a non-empty list of steps")
+        steps = tuple(_run_step(s, where, f"{label}.steps[{i}]") for i, s in enumerate(inner))
+        return sim_runs.RunBlock(steps, repeat, "repeat" in obj)
+    names = obj.get("step")
+    if isinstance(names, list):  # shorthand: several steps of the same size
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise _error(where, f"{label}.step must be a step name or a non-empty list of names, got {names!r}")
+        steps = tuple(_run_step({**obj, "step": n}, where, label) for n in names)
+    else:
+        steps = (_run_step(obj, where, label),)
+    return sim_runs.RunBlock(steps, repeat, "repeat" in obj)
+
+
+def parse_runs(obj: Any, where: str, number: int) -> Any:
+    """A ``{"runs": {...}}`` line's object; bad input is a SimulationError naming line and field."""
+    if not isinstance(obj, dict):
+        raise _error(where, f"'runs' must be an object, got {obj!r}")
+    unknown = sorted(set(obj) - RUNS_FIELDS)
+    if unknown:
+        raise _error(where, f"runs: unknown field(s) {unknown}; expected some of {sorted(RUNS_FIELDS)}")
+    group = obj.get("group")
+    if not isinstance(group, str) or not group:
+        raise _error(where, "runs.group (the LiteLLM model group) is required")
+    for key in ("name", "user", "team"):
+        if obj.get(key) is not None and (not isinstance(obj[key], str) or not obj[key]):
+            raise _error(where, f"runs.{key} must be a non-empty string")
+    count = _runs_count(obj, "count", where, "runs.", minimum=1)
+    steps = obj.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise _error(where, "runs.steps must be a non-empty list of steps (the last one is the run's final step)")
+    blocks = tuple(_run_block(s, where, f"runs.steps[{i}]") for i, s in enumerate(steps))
+    if blocks[-1].repeat != (1, 1):
+        raise _error(where, f"runs.steps[{len(blocks) - 1}]: the last step is the run's final step; it cannot repeat")
+    gap = obj.get("gap_s", sim_runs.DEFAULT_GAP_S)
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 < gap <= 86400:
+        raise _error(where, f"runs.gap_s (seconds between a run's requests) must be a number in (0, 86400], got {gap!r}")
+    runaway = None
+    if obj.get("runaway") is not None:
+        ra = obj["runaway"]
+        if not isinstance(ra, dict):
+            raise _error(where, f"runs.runaway must be an object {{share, loop, same_prompt}}, got {ra!r}")
+        bad = sorted(set(ra) - RUNAWAY_FIELDS)
+        if bad:
+            raise _error(where, f"runs.runaway: unknown field(s) {bad}; expected some of {sorted(RUNAWAY_FIELDS)}")
+        if "share" not in ra:
+            raise _error(where, "runs.runaway.share (the share of runs that run away) is required")
+        runaway = sim_runs.Runaway(_runs_share(ra, "share", where, "runs.runaway."),
+                          _runs_count(ra, "loop", where, "runs.runaway.", minimum=1),  # type: ignore[arg-type]
+                          _runs_share(ra, "same_prompt", where, "runs.runaway.", 1.0))
+        if not any(b.repeats for b in blocks[:-1]):
+            raise _error(where, "runs.runaway: a runaway run loops on the first step with 'repeat'; no step has one")
+    start = end = None
+    if obj.get("time") is not None:
+        start, end = _time_span(obj["time"], f"{where}: runs.time")
+    tags = obj.get("tags") or ()
+    if isinstance(tags, str):
+        tags = (tags,)
+    if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
+        raise _error(where, "runs.tags must be a list of strings")
+    faults = _parse_faults(obj["faults"], f"{where}: runs") if obj.get("faults") is not None else ()
+    retries = _runs_count(obj, "retries", where, "runs.", minimum=0, required=False)
+    return sim_runs.RunSpec(obj.get("name") or f"runs {number}", group, count, blocks, runaway, float(gap), start, end,  # type: ignore[arg-type]
+                   obj.get("user"), obj.get("team"), tuple(tags), number, faults, retries)
+
+
+
+@dataclass
+class _RunsTraffic:
+    """What the simulation needs of a traffic's runs: the extra classes and the planned runs."""
+
+    classes: list[Any] = field(default_factory=list)
+    runs: list[Any] = field(default_factory=list)
+
+
+def _run_classes(specs: Sequence[Any], first_index: int) -> tuple[list[Any], dict[tuple[int, int, int], int]]:
+    """One traffic class per step of each runs line (counted once the runs are planned), and the
+    map (line, block, step) -> class index."""
+    classes: list[Any] = []
+    class_of: dict[tuple[int, int, int], int] = {}
+    for si, spec in enumerate(specs):
+        seen: set[str] = set()
+        for bi, block in enumerate(spec.blocks):
+            for ki, st in enumerate(block.steps):
+                name = f"{spec.name}/{st.step}"
+                if name in seen:
+                    name = f"{name}@{bi}.{ki}"
+                seen.add(name)
+                class_of[(si, bi, ki)] = first_index + len(classes)
+                classes.append(TrafficClass(
+                    name=name, group=spec.group, prompt_tokens=st.prompt_tokens, completion_tokens=st.completion_tokens,
+                    count=0, user=spec.user, team=spec.team, tags=spec.tags, max_tokens=st.max_tokens, line=spec.line,
+                    faults=spec.faults, retries=spec.retries, step=st.step, run=spec.name))
+    return classes, class_of
+
+
+def plan_runs_traffic(specs: Sequence[Any], seed: int, start: float, end: float, first_index: int) -> _RunsTraffic:
+    """The runs' classes, with ``count`` the requests the planned runs would send uncapped."""
+    classes, class_of = _run_classes(specs, first_index)
+    runs = sim_runs.plan_runs(specs, seed, start, end, class_of)
+    counts = [0] * len(classes)
+    for run in runs:
+        for ci, _ in run.requests:
+            counts[ci - first_index] += 1
+    classes = [dataclasses.replace(c, count=n) for c, n in zip(classes, counts)]
+    return _RunsTraffic(classes, runs)
 
 
 def load_traffic(path: str | Path) -> Traffic:
@@ -314,7 +527,7 @@ def _arrivals(classes: Sequence[TrafficClass], start: float, end: float) -> Iter
         for k in range(c.count):
             yield s + (k + 0.5) * step, i
 
-    return heapq.merge(*(one(i, c) for i, c in enumerate(classes)))
+    return heapq.merge(*(one(i, c) for i, c in enumerate(classes) if c.run is None))
 
 
 # -- prices -------------------------------------------------------------------------------------
@@ -446,6 +659,14 @@ class Result:
     breaker_opened: dict[str, int] = field(default_factory=dict)
     breaker_moved: dict[str, int] = field(default_factory=dict)
     breakers: bool = False  # the policy has ``failover:`` (circuit breakers)
+    #: the traffic's runs (``sim_runs.Run``) with what became of each
+    runs: list[Any] = field(default_factory=list)
+    #: the three-way comparison of the runs (``sim_runs``), when the policy has a run budget
+    run_comparison: dict[str, Any] | None = None
+    #: requests a run budget's ``downgrade`` step routed (the route's rules set aside)
+    run_downgrades: int = 0
+    #: requests sent (a stopped run does not send the rest of its planned requests)
+    sent_requests: int | None = None
 
     # -- figures ---------------------------------------------------------------------------------
 
@@ -527,6 +748,14 @@ class Result:
     def tokens(self) -> int:
         return sum(c.count * (c.prompt_tokens + c.completion_tokens) for c in self.classes)
 
+    def runs_section(self) -> dict[str, Any]:
+        """The runs' figures: the three-way comparison, or (the policy has no run budget) one row."""
+        if self.run_comparison is not None:
+            return self.run_comparison
+        row = {"key": "as_written", "label": "policy as written", "description": "the policy has no run budget",
+               **sim_runs.summary("policy as written", self.runs)}
+        return {"budget": None, "budget_as_written": None, "rows": [row]}
+
     def baseline(self, kind: str) -> dict[str, Any] | None:
         return next((b for b in self.baselines if b["kind"] == kind), None)
 
@@ -538,6 +767,7 @@ class Result:
             "price_map": litellm_versions.price_map(),
             "period": {"start": _iso(self.start), "end": _iso(self.end), "days": (self.end - self.start) / 86400},
             "requests": self.requests,
+            "sent": self.sent_requests,
             "served": self.served_requests,
             "tokens": self.tokens,
             "policy_cost_usd": self.policy_cost,
@@ -555,6 +785,7 @@ class Result:
             "budget_downgrades": dict(self.downgraded),
             "first_block_at": {k: _iso(v) for k, v in self.first_block.items()},
             "no_deployment_left": self.no_deployment,
+            "run_downgrades": self.run_downgrades,
             "failed_requests": self.failed_requests,
             "failover": {
                 "seed": self.seed,
@@ -566,6 +797,7 @@ class Result:
                 "breaker_moved": dict(self.breaker_moved),
             },
             "dropped_by": dict(self.dropped_by),
+            **({"runs": self.runs_section()} if self.runs else {}),
             "baselines": self.baselines,
             "assumptions": self.assumptions,
             "elapsed_s": self.elapsed_s,
@@ -626,11 +858,15 @@ def simulate(
     plan: Plan | None = None,
     progress: bool = False,
     seed: int = DEFAULT_SEED,
+    compare_runs: bool = True,
 ) -> Result:
     """Run every request of ``traffic`` through ``policy`` (a path or a loaded Policy).
 
     ``seed`` seeds the one random generator of the run: the traffic's faults and the shuffle of a
-    group without a route. The same seed gives the same numbers."""
+    group without a route; the traffic's runs are planned with a generator of their own seeded from
+    it. The same seed gives the same numbers. When the traffic has runs and the policy a run budget,
+    the same traffic is also simulated without the run budgets and with them as hard caps
+    (``compare_runs``; ``Result.run_comparison``)."""
     import litellm
 
     from litellm_payg.adapter.deployments import candidates_from_config, candidates_named_by_policy
@@ -660,7 +896,7 @@ def simulate(
     engine = Engine(loaded, ledger="memory://", clock=clock)
     if candidates_by_group is None:
         candidates_by_group = candidates_from_config(config, loaded) if config else candidates_named_by_policy(engine)
-    groups = sorted({c.group for c in traffic.classes})
+    groups = sorted({c.group for c in traffic.classes} | {r.group for r in traffic.runs})
     missing = [g for g in groups if not candidates_by_group.get(g)]
     if missing:
         raise SimulationError(
@@ -673,7 +909,9 @@ def simulate(
     all_cands = [c for g in groups for c in cands[g]]
     pricer = Pricer(all_cands, loaded.models)
 
-    classes = traffic.classes
+    planned = plan_runs_traffic(traffic.runs, seed, start, end, len(traffic.classes))
+    classes = list(traffic.classes) + planned.classes
+    runs = planned.runs
     requests = [
         RouteRequest(
             group=c.group,
@@ -683,6 +921,7 @@ def simulate(
             user=c.user,
             team=c.team,
             tags=c.tags,
+            metadata={"step": c.step} if c.step is not None else {},
         )
         for c in classes
     ]
@@ -695,7 +934,7 @@ def simulate(
     downgraded: dict[str, int] = {}
     dropped_by: dict[str, int] = {}
     no_deployment = 0
-    total = traffic.requests
+    total = sum(c.count for c in classes)
     bar = _Progress(total, progress)
 
     lifecycle = Lifecycle(engine, rng=rng)
@@ -712,14 +951,20 @@ def simulate(
     failed_charges: dict[tuple[str, int], int] = {}  # (deployment, class) -> invalid answers charged
     breaker_opened: dict[str, int] = {}
     breaker_moved: dict[str, int] = {}
+    run_downgrades = 0  # requests a run budget's downgrade step sent to a cheaper deployment
     began = time.perf_counter()
     i = 0
-    for when, ci in _arrivals(classes, start, end):
+    schedule = sim_runs.Schedule(_arrivals(classes, start, end), runs, traffic.runs)
+    for when, ci, ref in schedule:
         i += 1
         if not i & 0x3FFF:
             bar.update(i)
         clock.now = when
         request = requests[ci]
+        outcome, rule, run_cost, run_downgraded = "failed", None, 0.0, False
+        if ref is not None:  # a request of a run: its session and its prompt's fingerprint
+            run = runs[ref[0]]
+            request = dataclasses.replace(request, session=run.session, prompt_hash=run.requests[ref[1]][1])
         faults = class_faults[ci]
         rid = f"sim-{i}"
         attempts: list[str] = []
@@ -733,10 +978,12 @@ def simulate(
                 _count_drops(dropped_by, exc)
                 blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
                 first_block.setdefault(exc.budget, when)
+                outcome, rule = "refused", exc.rule
                 break
             except NoDeploymentLeft as exc:
                 _count_drops(dropped_by, exc)
                 no_deployment += 1
+                outcome, rule = "refused", "no deployment left"
                 decision = getattr(exc, "decision", None)
                 if decision is not None and not decision.ordered:  # the policy (or the breakers) left none
                     budget_drops.extend(d for d in decision.dropped if d.by == "budget")
@@ -749,6 +996,8 @@ def simulate(
             if attempts:  # the last attempt failed and this request moved on to another one
                 failed_over[attempts[-1]] = failed_over.get(attempts[-1], 0) + 1
             decided = picked.decided
+            if "run_downgrade" in decided.attrs:  # a run budget's downgrade step set the route aside
+                run_downgraded = True
             for d in decided.dropped:
                 by = d.by
                 dropped_by[by] = dropped_by.get(by, 0) + 1
@@ -772,10 +1021,13 @@ def simulate(
                 succeeded(picked, dep, charge)
                 served[key] = served.get(key, 0) + 1
                 served_by_class[ci] += 1
+                outcome = "served"
+                run_cost += charge
                 break
             failure = Failure(fault, "simulated fault", _STATUS.get(fault.value), None, f"simulated {fault.value} on {dep}")
             if fault is FailureClass.INVALID_RESPONSE:  # answered and billed, then rejected by the validators
                 failed_charges[key] = failed_charges.get(key, 0) + 1
+                run_cost += charge
                 state = failed(picked, dep, failure, charge)
             else:
                 state = failed(picked, dep, failure)
@@ -794,6 +1046,10 @@ def simulate(
         if moved:
             for dep in moved:
                 breaker_moved[dep] = breaker_moved.get(dep, 0) + 1
+        if run_downgraded:
+            run_downgrades += 1
+        if ref is not None:
+            schedule.done(ref, when, outcome, run_cost, rule, run_downgraded)
     elapsed = time.perf_counter() - began
     bar.update(i, final=True)
     engine.spend.close()
@@ -839,10 +1095,33 @@ def simulate(
         breaker_opened=breaker_opened,
         breaker_moved=breaker_moved,
         breakers=engine.health is not None,
+        runs=runs,
+        run_downgrades=run_downgrades,
+        sent_requests=i,
     )
+    if compare_runs and runs and any(b.is_run for b in loaded.budgets):
+        result.run_comparison = _compare_runs(
+            result, loaded, traffic, candidates_by_group=candidates_by_group, config=config, start=start,
+            period_days=period_days, plan=plan, progress=progress, seed=seed)
     result.baselines = _baselines(result, engine, pricer, plan, period_days)
     result.assumptions = _assumptions(result, loaded, period_days, litellm)
     return result
+
+
+def _compare_runs(result: Result, policy: Any, traffic: Traffic, **options: Any) -> dict[str, Any]:
+    """The same traffic without the policy's run budgets and with them as hard caps, next to the
+    policy as written (``result``): a row per variant (``sim_runs.summary``)."""
+
+    budget_index, budget = next((i, b) for i, b in enumerate(policy.budgets) if b.is_run)
+    rows = []
+    for key, description, variant in sim_runs.variant_policies(policy):
+        other = simulate(variant, traffic, compare_runs=False, **options)
+        label = "no run caps" if key == "no_run_caps" else "hard cap"
+        rows.append({"key": key, "label": label, "description": description, **sim_runs.summary(label, other.runs)})
+    rows.append({"key": "as_written", "label": "policy as written",
+                 "description": "the run budget as written (downgrade steps and final reserve included)",
+                 **sim_runs.summary("policy as written", result.runs)})
+    return {"budget": budget.budget_id(budget_index), "budget_as_written": sim_runs.describe_budget(budget), "rows": rows}
 
 
 _STATUS = {"rate_limit": 429, "server_error": 500, "context_window": 400, "auth": 401, "bad_request": 400}
@@ -1051,12 +1330,16 @@ def format_table(result: Result) -> str:
     out.append("")
     blocks = sum(result.blocked.values())
     downs = sum(result.downgraded.values())
-    out.append(f"Budget hits: {blocks:,} request(s) blocked, {downs:,} downgraded, {result.no_deployment:,} with no deployment left")
+    out.append(f"Budget hits: {blocks:,} request(s) blocked, {downs:,} downgraded, {result.no_deployment:,} with no deployment left"
+               + (f"; {result.run_downgrades:,} routed by a run budget's downgrade steps" if result.run_downgrades else ""))
     for name, n in sorted(result.blocked.items()):
         out.append(f"  blocked by {name!r}: {n:,} (first at {_iso(result.first_block[name])})")
     for name, n in sorted(result.downgraded.items()):
         out.append(f"  downgraded by {name!r}: {n:,}")
     out.append("")
+    if result.runs:
+        out.extend(sim_runs.format_comparison(result.runs_section()))
+        out.append("")
     if result.failover_shown:
         out.extend(format_failover(result))
         out.append("")
@@ -1074,7 +1357,9 @@ def format_table(result: Result) -> str:
         if b["kind"] == "oracle" and result.served_requests < result.requests:
             out.append(f"{'  oracle over the requests the policy served':<64} {result.served_requests:>10,} {_usd(b['served_cost_usd']):>14}")
     out.append("")
-    out.append(f"simulated {result.requests:,} requests in {result.elapsed_s:.1f} s ({result.requests / max(result.elapsed_s, 1e-9):,.0f} req/s)")
+    sent = result.sent_requests if result.sent_requests is not None else result.requests
+    unsent = f" (of {result.requests:,}: stopped runs did not send the rest)" if sent < result.requests else ""
+    out.append(f"simulated {sent:,} requests{unsent} in {result.elapsed_s:.1f} s ({sent / max(result.elapsed_s, 1e-9):,.0f} req/s)")
     return "\n".join(out)
 
 
