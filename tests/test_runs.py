@@ -377,3 +377,39 @@ async def test_budget_status_and_report_show_each_run_and_leave_the_counters_out
         assert rows["session:run-a"].spent_usd == 0
     finally:
         engine.detach()
+
+
+def test_a_downgrade_step_never_makes_a_request_dearer():
+    """Past a step whose bar the route's own (cheaper) pick does not meet, the route's pick stands:
+    a downgrade that would move a request from a cheap model up to the step's choice is not one."""
+    from litellm_payg.core.buckets import Bucket, Usage
+    from litellm_payg.core.budgets import Budget, BudgetBucket
+    from litellm_payg.core.decision import Candidate, RouteRequest
+    from litellm_payg.core.runs import RunUsage
+    from litellm_payg.core.snapshot import Snapshot
+    from litellm_payg.policy.load import load_policy
+    from litellm_payg.runtime.engine import Engine
+
+    policy = load_policy({"version": 1, "ledger": "memory://",
+                          "models": {"cheap": {"quality": 0.5, "input_usd_per_1k": 1e-4, "output_usd_per_1k": 1e-4},
+                                     "mid": {"quality": 0.85, "input_usd_per_1k": 1e-3, "output_usd_per_1k": 1e-3},
+                                     "dear": {"quality": 0.95, "input_usd_per_1k": 1e-2, "output_usd_per_1k": 1e-2}},
+                          "routes": {"agent": [{"when": {"metadata.step": "act"}, "cost_threshold": {
+                              "use": "cheap", "max_usd_per_1k_tokens": 1, "otherwise": ["mid"]}},
+                              {"quality_floor": {"min_quality": 0.9}}]},
+                          "budgets": [{"name": "per-run", "scope": "session:*", "window": "session:30m", "limit_usd": 1,
+                                       "downgrade": [{"at": 0.5, "min_quality": 0.8}]}]})
+    engine = Engine(policy, ledger="memory://")
+    cands = [Candidate("c", "cheap", "p", "agent", 1e-7, 1e-7, quality=0.5),
+             Candidate("m", "mid", "p", "agent", 1e-6, 1e-6, quality=0.85),
+             Candidate("d", "dear", "p", "agent", 1e-5, 1e-5, quality=0.95)]
+    budget = Budget(scope="session:*", window="session:30m", limit_usd=1, name="per-run",
+                    downgrade=[{"at": 0.5, "min_quality": 0.8}])
+    past = RunUsage(BudgetBucket(budget, Bucket("per-run|session:r|session", 1, True), "r", None, None), Usage(0.6, 0.0))
+    snapshot = Snapshot(0.0, policy, runs=(past,))
+    act = RouteRequest("agent", 100, 100, session="r", metadata={"step": "act"})
+    plan = RouteRequest("agent", 100, 100, session="r", metadata={"step": "plan"})
+    assert engine.decide(act, cands, snapshot).ordered[0].deployment_id == "c"  # the route's cheap pick stands
+    decided = engine.decide(plan, cands, snapshot)
+    assert decided.ordered[0].deployment_id == "m"  # the route's 'dear' moves down to the step's choice
+    assert decided.attrs.get("run_downgrade") == "0.5"

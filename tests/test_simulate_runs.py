@@ -85,8 +85,10 @@ def test_the_three_way_comparison_matches_a_hand_calculation():
       no run caps: p50 $0.02058, p95 = max $0.05658, total 3 x 0.02058 + 0.05658 = $0.11832, 4 finished
       hard cap:    p50 $0.02058, p95 = max $0.02472, total 0.06174 + 0.02472     = $0.08646, 3 finished
       as written:  p50 = p95 = max $0.02058,         total 0.06174 + 0.02031     = $0.08205, 4 finished
-    Downgraded requests as written: acts 20 to 38 of the runaway (spent before act j is
-    0.006 + (j - 1) x 0.00036 >= 0.0125 from j = 20) and its final: 20.
+    Downgraded requests as written: the runaway is past the step from its 20th act (spent before act
+    j is 0.006 + (j - 1) x 0.00036 >= 0.0125 from j = 20), but its acts already go to mini, the
+    step's own choice, so the route's pick stands (a downgrade never raises the cost); only its
+    final moves (Sonnet -> mini): 1.
     """
     policy = _policy(limit_usd=0.025, loop_guard=3, downgrade=[{"at": 0.5, "min_quality": 0.6}],
                      final_reserve={"share": 0.2, "when": {"metadata.step": "final"}})
@@ -116,7 +118,7 @@ def test_the_three_way_comparison_matches_a_hand_calculation():
     assert written["total_usd"] == approx(0.08205) and written["finished"] == 4
     assert written["runaway_stopped_by"] == {"reserve": 1} and written["runaway_finished"] == 1
     assert written["runaway_cost_usd"] == approx(runaway_written)
-    assert written["requests_downgraded"] == 20 and written["runs_downgraded"] == 1
+    assert written["requests_downgraded"] == 1 and written["runs_downgraded"] == 1
     assert result.policy_cost == approx(0.08205)  # the simulation itself is the "as written" row
 
     table = format_table(result)

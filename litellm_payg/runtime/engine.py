@@ -27,6 +27,15 @@ from litellm_payg.runtime.spend import SpendControl
 logger = logging.getLogger("litellm_payg")
 
 
+def _dearer(routed: Sequence[Candidate], stepped: Sequence[Candidate], request: RouteRequest) -> bool:
+    """Whether the route's first choice costs this request more than the downgrade step's: only
+    then does the step apply. Unpriced on either side: the step applies (it prices what it keeps)."""
+    if not routed or not stepped or not (routed[0].priced and stepped[0].priced):
+        return True
+    p, o = request.prompt_tokens, request.output_tokens
+    return routed[0].estimate_usd(p, o) > stepped[0].estimate_usd(p, o)
+
+
 class Engine:
     """Applies a policy. Build one per policy; ``decide`` is safe to call concurrently."""
 
@@ -121,16 +130,21 @@ class Engine:
                 )
             current = kept
 
-        # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the route
+        # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the
+        # route -- unless the route's own pick is already no dearer (a downgrade never raises the cost)
         run_step = downgrade(request, current, snapshot.runs) if snapshot.runs else None
+        before = current
+        routed = list(self._steps(request, current, rules or (), snapshot))
+        if run_step is not None and not _dearer(routed[-1].kept if routed else before, run_step.kept, request):
+            notes.append(f"{run_step.note}; kept the route's pick, which is no dearer")
+            run_step = None
         if run_step is not None:
             current = run_step.kept
             dropped.extend(run_step.dropped)
             notes.append(run_step.note or "")
             attrs.update(run_step.attrs)
-            rules = []
-
-        for step in self._steps(request, current, rules or (), snapshot):
+            routed = list(self._steps(request, current, (), snapshot))  # the filters still apply
+        for step in routed:
             current = step.kept
             dropped.extend(step.dropped)
             if step.note:
