@@ -265,3 +265,16 @@ def test_the_bundled_agent_runs_scenario_prints_the_comparison_the_readme_quotes
     assert ("Agent runs: " + excerpt) in table
     example = section.split("```json\n", 1)[1].split("```", 1)[0]
     assert parse_traffic(" ".join(example.split()), "readme").runs[0].count == 1000
+
+
+def test_the_baselines_hold_each_step_to_the_bar_of_the_rules_that_apply_to_it():
+    """With ``when:``, the oracle and the single-deployment baselines read the bar of the rules the
+    step's requests meet: act (bar 0.6) may go to mini, plan and final (0.9) need Sonnet. Before,
+    every step was held to the route's highest bar, and the oracle put the acts on Sonnet too."""
+    result = simulate(_policy(), parse_traffic(_runs(count=2), "t"))
+    oracle = result.baseline("oracle")
+    assert oracle["picks"] == {"agent/plan": SONNET, "agent/act": MINI, "agent/final": SONNET}
+    # the oracle is then what this policy itself does (it routes each step to the cheapest meeting its bar)
+    assert oracle["cost_usd"] == pytest.approx(result.policy_cost, rel=1e-9)
+    only_mini = next(b for b in result.baselines if b["kind"] == "single" and b["deployment"] == MINI)
+    assert only_mini["meets_quality_bar_for"] == 2 * 3  # the acts (3 per run) meet their bar, plan/final do not

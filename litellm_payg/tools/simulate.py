@@ -1177,9 +1177,18 @@ def _count_downgrades(counter: dict[str, int], drops: Sequence[Any]) -> None:
         counter[name] = counter.get(name, 0) + 1
 
 
-def quality_bar(engine: Any, group: str, prompt_tokens: int) -> float | None:
-    """The highest quality bar the group's rules set for a request of this size (None: no bar)."""
-    bars = [rule.bar_for(prompt_tokens) for rule in engine.routes.get(group, []) if hasattr(rule, "bar_for")]
+def quality_bar(engine: Any, cls: "TrafficClass") -> float | None:
+    """The highest quality bar that the rules applying to a class's requests set (None: no bar).
+
+    Only the rules that apply: a route with ``when:`` conditions applies the entries whose condition
+    the request meets (its ``metadata.step``, tags, user, team, size), as ``Engine.decide`` does, so
+    an agent's cheap ``act`` step is not held to its ``plan`` step's bar."""
+    from litellm_payg.core.decision import RouteRequest
+
+    route = engine.routes.get(cls.group, [])
+    request = RouteRequest(cls.group, cls.prompt_tokens, cls.completion_tokens, user=cls.user, team=cls.team,
+                           tags=cls.tags, metadata={"step": cls.step} if cls.step is not None else {})
+    bars = [rule.bar_for(cls.prompt_tokens) for rule in engine.rules_for(request, route) if hasattr(rule, "bar_for")]
     return max(bars) if bars else None
 
 
@@ -1198,7 +1207,7 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
                 continue
             total = math.fsum(c.count * pricer.cost(cand, c.prompt_tokens, c.completion_tokens) for _, c in group_classes)
             meets = [
-                cand.quality is not None and cand.quality >= (quality_bar(engine, g, c.prompt_tokens) or 0)
+                cand.quality is not None and cand.quality >= (quality_bar(engine, c) or 0)
                 for _, c in group_classes
             ]
             out.append({
@@ -1224,7 +1233,7 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
     # oracle: per request the cheapest deployment meeting the policy's bar
     oracle_all, oracle_served, oracle_picks = [], [], {}
     for i, c in enumerate(classes):
-        bar = quality_bar(engine, c.group, c.prompt_tokens)
+        bar = quality_bar(engine, c)
         eligible = [
             x for x in result.candidates[c.group]
             if x.priced and (bar is None or (x.quality is not None and x.quality >= bar))
