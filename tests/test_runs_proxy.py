@@ -238,3 +238,37 @@ def test_a_run_that_idles_past_its_window_starts_fresh_through_the_proxy(cap_pro
     answered, headers = _ask(client, run, "after a pause")
     assert answered == "dear"
     assert int(headers["x-payg-run-requests"]) == 1  # a fresh window: this request is its first
+
+
+@pytest.mark.parametrize("forged", [
+    "VICTIM|session", "VICTIM%7Csession", "VICTIM|per-run", "session:VICTIM", " VICTIM", "x" * 20_000,
+], ids=["separator", "escaped separator", "budget separator", "scope prefix", "leading space", "20k chars"])
+def test_a_hostile_session_id_cannot_reach_another_runs_cap_through_the_proxy(cap_proxy, forged):
+    """Session ids are the client's: a crafted one is its own run. The victim's run stays exactly as
+    spent (and refused); the crafted run starts with a cap of its own; nothing answers 500."""
+    client, victim = _client(cap_proxy), _run()
+    forged = forged.replace("VICTIM", victim)
+    assert _ask(client, victim, "one")[0] == "dear"
+    assert _ask(client, victim, "two")[0] == "dear"
+    assert "refused by its cap" in _refusal(client, victim, "three")
+    answered, headers = _ask(client, forged, "a crafted run")
+    assert answered == "dear" and int(headers["x-payg-run-requests"]) == 1  # a new run, not the victim's
+    assert "refused by its cap" in _refusal(client, victim, "four")  # the victim's cap did not move
+    with open_ledger(f"sqlite:///{cap_proxy.workdir}/payg-ledger.db") as ledger:
+        paid = sum(r.amount_usd for r in ledger.records() if r.attrs.get("session") == victim)
+    assert paid == pytest.approx(2 * DEAR_COST, abs=1e-12)
+
+
+@pytest.mark.parametrize("value", [{"id": "x"}, ["a", "b"], True, 10**40, 3.5, None],
+                         ids=["object", "list", "bool", "huge int", "float", "null"])
+def test_a_session_id_of_the_wrong_type_is_no_run_and_no_500(cap_proxy, value):
+    """Only a string or a whole number names a run; anything else leaves the request in no run
+    (the run budget does not apply: a client can always leave its run, see the README's trust
+    note) and never makes the proxy fail."""
+    client = _client(cap_proxy)
+    raw = client.chat.completions.with_raw_response.create(
+        model="agent", messages=[{"role": "user", "content": "hello"}], max_tokens=20,
+        extra_body={"litellm_session_id": value, "metadata": {"session_id": value}})
+    assert raw.http_response.status_code == 200
+    if not isinstance(value, int) or isinstance(value, bool):  # a whole number is a run id like any other
+        assert "x-payg-run-requests" not in raw.headers
