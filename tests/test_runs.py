@@ -409,7 +409,18 @@ def test_a_downgrade_step_never_makes_a_request_dearer():
     snapshot = Snapshot(0.0, policy, runs=(past,))
     act = RouteRequest("agent", 100, 100, session="r", metadata={"step": "act"})
     plan = RouteRequest("agent", 100, 100, session="r", metadata={"step": "plan"})
+    from litellm_payg import hookimpl
+
+    class CountingFilter:
+        calls = 0
+
+        @hookimpl
+        def payg_filter_candidates(self, candidates):
+            CountingFilter.calls += 1
+
+    engine.pm.register(CountingFilter())
     assert engine.decide(act, cands, snapshot).ordered[0].deployment_id == "c"  # the route's cheap pick stands
     decided = engine.decide(plan, cands, snapshot)
     assert decided.ordered[0].deployment_id == "m"  # the route's 'dear' moves down to the step's choice
     assert decided.attrs.get("run_downgrade") == "0.5"
+    assert CountingFilter.calls == 2  # the filters run once per decision, whichever way it went

@@ -133,24 +133,16 @@ class Engine:
         # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the
         # route -- unless the route's own pick is already no dearer (a downgrade never raises the cost)
         run_step = downgrade(request, current, snapshot.runs) if snapshot.runs else None
-        before = current
-        routed = list(self._steps(request, current, rules or (), snapshot))
-        if run_step is not None and not _dearer(routed[-1].kept if routed else before, run_step.kept, request):
+        rule_steps = list(self._rule_steps(request, current, rules or ()))
+        if run_step is not None and not _dearer(rule_steps[-1].kept if rule_steps else current, run_step.kept, request):
             notes.append(f"{run_step.note}; kept the route's pick, which is no dearer")
             run_step = None
         if run_step is not None:
-            current = run_step.kept
-            dropped.extend(run_step.dropped)
-            notes.append(run_step.note or "")
-            attrs.update(run_step.attrs)
-            routed = list(self._steps(request, current, (), snapshot))  # the filters still apply
-        for step in routed:
-            current = step.kept
-            dropped.extend(step.dropped)
-            if step.note:
-                notes.append(step.note)
-            if step.attrs:
-                attrs.update(step.attrs)
+            rule_steps = [run_step]  # in place of the route's rules; the filters still apply
+        for step in rule_steps:
+            current = self._take(step, dropped, notes, attrs)
+        for step in self._filter_steps(request, current, snapshot):
+            current = self._take(step, dropped, notes, attrs)
 
         # a route whose conditions all missed and that has no unconditioned rule governs nothing:
         # the request is spread as in a group without a route (budgets and breakers still apply)
@@ -205,17 +197,31 @@ class Engine:
         """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""
         self._observe(request=decision.request, decision=decision)
 
-    def _steps(self, request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule],
-               snapshot: Snapshot) -> Iterable[Step]:
-        """The route's rules, then every ``payg_filter_candidates`` plugin, each applied to what the
-        previous one kept. The filters are a chain (``hook_chain.py``): one pluggy call per
-        implementation, in pluggy's order, so argument subsets, ``tryfirst``/``trylast``, wrappers
-        and tracing behave as for any other hook."""
+    @staticmethod
+    def _take(step: Step, dropped: list[Drop], notes: list[str], attrs: dict[str, str]) -> Sequence[Candidate]:
+        """Record what one step dropped, noted and learnt; what it kept is the next step's input."""
+        dropped.extend(step.dropped)
+        if step.note:
+            notes.append(step.note)
+        if step.attrs:
+            attrs.update(step.attrs)
+        return step.kept
+
+    @staticmethod
+    def _rule_steps(request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule]) -> Iterable[Step]:
+        """The route's rules, each applied to what the previous one kept."""
         current = candidates
         for rule in rules:
             step = rule.apply(request, current)
             current = step.kept
             yield step
+
+    def _filter_steps(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot) -> Iterable[Step]:
+        """Every ``payg_filter_candidates`` plugin, each applied to what the previous one kept, after
+        the route's rules. The filters are a chain (``hook_chain.py``): one pluggy call per
+        implementation, in pluggy's order, so argument subsets, ``tryfirst``/``trylast``, wrappers
+        and tracing behave as for any other hook."""
+        current = candidates
         for link in self._filters.links():
             for step in link.call(request=request, candidates=current, snapshot=snapshot, engine=self):
                 if not isinstance(step, Step):
