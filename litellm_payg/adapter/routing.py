@@ -387,7 +387,8 @@ class PaygRouting(CustomLogger):
                                getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES)),
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
                          if self.engine.spend.loop_guards else None),
-            prompt_tokens_at_most=None if state.prompt_tokens is not None else prompt_tokens_at_most(
+            # worked out only if a rule reads it (quality_floor), like the count itself
+            prompt_tokens_at_most=None if state.prompt_tokens is not None else lambda: prompt_tokens_at_most(
                 {**{name: request_kwargs.get(name) for name in _PROMPT_PARTS}, "messages": messages or request_kwargs.get("messages")}),
         )
 

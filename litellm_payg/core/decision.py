@@ -69,16 +69,24 @@ class _CountedOnRead:
     pays for it. Nothing here knows how a prompt is counted.
     """
 
+    _REQUIRED = object()
+
+    def __init__(self, default: Any = _REQUIRED) -> None:
+        self.default = default
+
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
-            # the class-level read dataclasses makes to find a default: there is none
-            raise AttributeError(self.name)
+            # the class-level read dataclasses makes to find a default
+            if self.default is _CountedOnRead._REQUIRED:
+                raise AttributeError(self.name)
+            return self.default
         value = obj.__dict__[self.name]
         if callable(value):
-            value = int(value())
+            value = value()
+            value = None if value is None else int(value)
             obj.__dict__[self.name] = value
         return value
 
@@ -122,8 +130,9 @@ class RouteRequest:
     #: None when no run budget has one (the adapter only hashes then)
     prompt_hash: str | None = None
     #: an upper bound on ``prompt_tokens`` known without counting (``prices.prompt_tokens_at_most``),
-    #: or None: a rule whose outcome is the same for any size up to it need not count the prompt
-    prompt_tokens_at_most: int | None = None
+    #: or None: a rule whose outcome is the same for any size up to it need not count the prompt.
+    #: Like ``prompt_tokens`` it may be given as a callable, worked out on the first read
+    prompt_tokens_at_most: int | None = _CountedOnRead(default=None)  # type: ignore[assignment]
 
     def prompt_range(self) -> tuple[int, int] | None:
         """``(lowest, highest)`` prompt tokens this request may have without counting it: the count
