@@ -14,8 +14,9 @@ from urllib.parse import parse_qsl, urlsplit
 #: scheme -> backend kind; what an error lists as accepted
 SCHEMES = {"memory": "memory", "sqlite": "sqlite", "redis": "redis", "rediss": "redis"}
 ACCEPTED_SCHEMES = ("memory://", "sqlite:///<path>", "redis://host:port/db", "rediss://host:port/db")
-#: query options each backend kind accepts (others are an error naming them)
-OPTIONS = {"memory": frozenset(), "sqlite": frozenset({"synchronous"}), "redis": None}  # redis: prefix and the client's own
+#: the query options a SQLite URL accepts (others are an error naming them); a Redis URL's options
+#: (``prefix`` and the client's own) are the Redis client's to check
+SQLITE_OPTIONS = frozenset({"synchronous"})
 
 
 class StoreURLError(ValueError):
@@ -55,7 +56,7 @@ def parse_store_url(url: object, what: str = "store", must_exist: bool = False) 
     if not path_part.startswith("/") or len(path_part) < 2:
         raise StoreURLError(f"SQLite {what} URL {url!r} must look like sqlite:///relative.db or sqlite:////abs/path.db")
     options = dict(parse_qsl(query))
-    unknown = set(options) - OPTIONS["sqlite"]
+    unknown = set(options) - SQLITE_OPTIONS
     if unknown:
         raise StoreURLError(f"SQLite {what} URL {url!r}: unknown option(s) {sorted(unknown)}; accepted: synchronous")
     path = path_part[1:]
