@@ -16,7 +16,7 @@ SCHEMES = {"memory": "memory", "sqlite": "sqlite", "redis": "redis", "rediss": "
 ACCEPTED_SCHEMES = ("memory://", "sqlite:///<path>", "redis://host:port/db", "rediss://host:port/db")
 #: the query options a SQLite URL accepts (others are an error naming them); a Redis URL's options
 #: (``prefix`` and the client's own) are the Redis client's to check
-SQLITE_OPTIONS = frozenset({"synchronous"})
+SQLITE_OPTIONS = frozenset({"synchronous", "batch_s"})
 
 
 class StoreURLError(ValueError):
@@ -58,7 +58,16 @@ def parse_store_url(url: object, what: str = "store", must_exist: bool = False) 
     options = dict(parse_qsl(query))
     unknown = set(options) - SQLITE_OPTIONS
     if unknown:
-        raise StoreURLError(f"SQLite {what} URL {url!r}: unknown option(s) {sorted(unknown)}; accepted: synchronous")
+        raise StoreURLError(f"SQLite {what} URL {url!r}: unknown option(s) {sorted(unknown)}; accepted: {', '.join(sorted(SQLITE_OPTIONS))}")
+    if "batch_s" in options:
+        try:
+            batch_s = float(options["batch_s"])
+        except ValueError:
+            batch_s = -1.0
+        if not 0 <= batch_s <= 60:
+            raise StoreURLError(f"SQLite {what} URL {url!r}: batch_s must be a number of seconds from 0 to 60 "
+                                f"(how long a record without a budget may wait to be written with others), "
+                                f"got {options['batch_s']!r}")
     path = path_part[1:]
     if must_exist and not os.path.isfile(path):
         raise StoreURLError(f"no {what} at {url!r}: {os.path.abspath(path)} does not exist")

@@ -53,7 +53,9 @@ def open_ledger(url: str, must_exist: bool = False) -> Ledger:
     if parsed.kind == "sqlite":
         from litellm_payg.stores.ledger.sqlite import SqliteLedger
 
-        return SqliteLedger(parsed.path, url=url, synchronous=parsed.options.get("synchronous", "normal"))
+        batch_s = parsed.options.get("batch_s")  # checked by parse_store_url
+        return SqliteLedger(parsed.path, url=url, synchronous=parsed.options.get("synchronous", "normal"),
+                            batch_s=None if batch_s is None else float(batch_s))
     from litellm_payg.stores.ledger.redis import RedisLedger
 
     return RedisLedger(url)

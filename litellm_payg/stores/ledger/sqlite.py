@@ -32,16 +32,33 @@ inode cannot be reused while the connection holds it open). When they differ:
 
 A missing file is never silently recreated empty by a running process: that
 would reset every budget to $0 with no one having asked for it.
+
+**Records without a budget are written in batches.** A policy without budgets
+books every answer with :meth:`SqliteLedger.record` and no buckets: a row for
+reports, which no admission reads. Written one transaction each, on the event
+loop that serves the requests, they were the largest cost the plugin added to a
+request (``bench/routing_overhead.py``), so they wait in memory and are written
+together, in one transaction, at most ``batch_s`` seconds later (the URL's
+``?batch_s=``, default 0.25; ``0`` writes each at once, and so does
+``?synchronous=full`` unless ``batch_s`` is given too), or as soon as 256 wait.
+Every other call of this ledger writes the waiting rows first, so within the
+process nothing reads around them; another process (``report``, ``budgets``)
+sees them up to ``batch_s`` late. They are written at ``close()`` and at
+interpreter exit; a write that fails keeps them for the next try. What a
+process killed outright (SIGKILL, an OS crash) loses is the last ``batch_s``
+of unbudgeted records; anything a budget reserves or settles is never batched.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Sequence
 
 from litellm_payg.stores.ledger.base import (
@@ -108,6 +125,19 @@ CREATE TABLE IF NOT EXISTS claims (        -- claim_once: alert thresholds fired
 """
 
 _SYNC_MODES = {"off", "normal", "full", "extra"}
+#: how long an unbudgeted record may wait to be written with others (module docstring)
+DEFAULT_BATCH_S = 0.25
+#: this many waiting records are written at once, without waiting for the timer
+BATCH_ROWS = 256
+
+#: the ledgers that may hold waiting records, written at interpreter exit
+_BATCHING: "weakref.WeakSet[SqliteLedger]" = weakref.WeakSet()
+
+
+@atexit.register
+def _write_waiting_records_at_exit() -> None:
+    for ledger in list(_BATCHING):
+        ledger.flush(quiet=True)
 
 logger = logging.getLogger("litellm_payg")
 
@@ -122,10 +152,19 @@ def _ident(path: str) -> tuple[int, int] | None:
 
 class SqliteLedger(Ledger):
     def __init__(self, path: str, url: str | None = None, synchronous: str = "normal",
-                 busy_timeout_s: float = 30.0) -> None:
+                 busy_timeout_s: float = 30.0, batch_s: float | None = None) -> None:
         self.url = url or f"sqlite:///{path}"
         if synchronous.lower() not in _SYNC_MODES:
             raise LedgerError(f"{self.url}: synchronous must be one of {sorted(_SYNC_MODES)}, got {synchronous!r}")
+        if batch_s is None:
+            batch_s = 0.0 if synchronous.lower() in ("full", "extra") else DEFAULT_BATCH_S
+        if not isinstance(batch_s, (int, float)) or isinstance(batch_s, bool) or not 0 <= batch_s <= 60:
+            raise LedgerError(f"{self.url}: batch_s must be a number of seconds from 0 to 60, got {batch_s!r}")
+        #: unbudgeted records waiting to be written together (module docstring), and their timer
+        self._batch_s = float(batch_s)
+        self._waiting: list[tuple] = []
+        self._timer: threading.Timer | None = None
+        self._closed = False
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
@@ -285,6 +324,12 @@ class SqliteLedger(Ledger):
         self._check_file()
         return SqliteLedger._Tx(self._db, self.url)
 
+    def _tx_after_waiting(self) -> "SqliteLedger._Tx":
+        """A transaction for a call, once the waiting records are written (under ``_lock``), so
+        no call of this ledger reads around them."""
+        self._write_waiting()
+        return self._tx()
+
     def _tx_unchecked(self) -> "SqliteLedger._Tx":
         return SqliteLedger._Tx(self._db, self.url)
 
@@ -372,7 +417,7 @@ class SqliteLedger(Ledger):
         check_ttl(ttl_s)
         amount = to_nanos(amount_usd)
         now = clock(now)
-        with self._lock, self._tx() as db:
+        with self._lock, self._tx_after_waiting() as db:
             self._expire(db, now)
             cur = self._read(db, buckets, now)
             before = {k: Usage(from_nanos(s), from_nanos(r)) for k, (s, r) in cur.items()}
@@ -394,15 +439,19 @@ class SqliteLedger(Ledger):
     def settle(self, reservation_id, actual_usd, now=None, attrs=None):
         actual = to_nanos(actual_usd, "actual_usd")
         now = clock(now)
-        with self._lock, self._tx() as db:
-            row = db.execute("SELECT amount, buckets, attrs FROM reservations WHERE id = ?",
-                             (reservation_id,)).fetchone()
-            if row is None:
-                return False
-            db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
-            merged = dict(json.loads(row[2]), **clean_attrs(attrs))
-            self._charge(db, reservation_id, actual, row[1], row[0], float(actual_usd), now, "settled", merged, now)
-            return True
+        with self._lock:
+            self._write_waiting()
+            with self._tx() as db:
+                return self._settle_in(db, reservation_id, actual, float(actual_usd), now, clean_attrs(attrs))
+
+    def _settle_in(self, db, reservation_id: str, actual: int, actual_usd: float, now: float, attrs: dict) -> bool:
+        row = db.execute("SELECT amount, buckets, attrs FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+        if row is None:
+            return False
+        db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+        merged = dict(json.loads(row[2]), **attrs)
+        self._charge(db, reservation_id, actual, row[1], row[0], actual_usd, now, "settled", merged, now)
+        return True
 
     def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         """Without buckets (every request of a policy without budgets): ``reserve`` then ``settle``
@@ -414,19 +463,70 @@ class SqliteLedger(Ledger):
             super().record(reservation_id, buckets, amount_usd, ttl_s, now=now, attrs=attrs)
             return
         check_ttl(ttl_s)
-        amount = to_nanos(amount_usd)
-        now = clock(now)
-        with self._lock, self._tx() as db:
-            self._expire(db, now)
-            open_ = db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
-            if open_ is None:
+        row = (reservation_id, to_nanos(amount_usd), float(amount_usd), clock(now), clean_attrs(attrs))
+        if self._batch_s <= 0:
+            with self._lock:
+                self._write_waiting()
+                with self._tx() as db:
+                    self._write_records(db, [row])
+            return
+        with self._lock:
+            self._waiting.append(row)
+            waiting = len(self._waiting)
+            if waiting == 1 and not self._closed:
+                _BATCHING.add(self)
+                self._timer = threading.Timer(self._batch_s, self._write_on_timer)
+                self._timer.daemon = True
+                self._timer.start()
+        if waiting >= BATCH_ROWS:
+            self.flush(quiet=True)
+
+    def _write_records(self, db: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """Book bucket-less records (inside a transaction): each a reservation that settles at
+        once, or, for an id still open (reserve is idempotent), that reservation settled."""
+        self._expire(db, max(row[3] for row in rows))
+        for rid, amount, amount_usd, now, attrs in rows:
+            if not self._settle_in(db, rid, amount, amount_usd, now, attrs):
                 # settle's attributes (the same ones) would have replaced the reservation's
-                self._charge(db, reservation_id, amount, "[]", 0, float(amount_usd), now, "settled", clean_attrs(attrs), now)
-        if open_ is not None:  # already open (reserve is idempotent): settle that one, as settle does
-            self.settle(reservation_id, amount_usd, now=now, attrs=attrs)
+                self._charge(db, rid, amount, "[]", 0, amount_usd, now, "settled", attrs, now)
+
+    def flush(self, quiet: bool = False) -> None:
+        """Write the records waiting to be batched now. Raises ``LedgerUnavailable`` if they
+        cannot be written (they keep waiting), unless ``quiet``, when it logs that instead."""
+        with self._lock:
+            try:
+                self._write_waiting()
+            except LedgerError as exc:
+                if not quiet:
+                    raise
+                logger.warning("litellm-payg: SQLite ledger %s could not write %d waiting record(s) yet: %s",
+                               self.url, len(self._waiting), exc)
+
+    def _write_waiting(self) -> None:
+        """Under ``_lock``: write the waiting records in one transaction; keep them on failure."""
+        if not self._waiting:
+            return
+        rows, self._waiting = self._waiting, []
+        try:
+            with self._tx() as db:
+                self._write_records(db, rows)
+        except BaseException:
+            self._waiting[:0] = rows
+            raise
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _write_on_timer(self) -> None:
+        self.flush(quiet=True)
+        with self._lock:
+            if self._waiting and not self._closed:  # the write failed: try again a batch later
+                self._timer = threading.Timer(self._batch_s, self._write_on_timer)
+                self._timer.daemon = True
+                self._timer.start()
 
     def release(self, reservation_id):
-        with self._lock, self._tx() as db:
+        with self._lock, self._tx_after_waiting() as db:
             row = db.execute("SELECT amount, buckets FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
             if row is None:
                 return False
@@ -441,6 +541,7 @@ class SqliteLedger(Ledger):
         now = clock(now)
         buckets = tuple(buckets)
         with self._lock:
+            self._write_waiting()
             self._check_file()
             try:
                 # one read transaction so all buckets are read from one snapshot
@@ -455,7 +556,7 @@ class SqliteLedger(Ledger):
 
     def expire(self, now=None):
         now = clock(now)
-        with self._lock, self._tx() as db:
+        with self._lock, self._tx_after_waiting() as db:
             n = self._expire(db, now)
             # garbage collect finished calendar buckets nobody still reserves on
             # and session counters idle past their idle_s (they read as empty already)
@@ -466,6 +567,7 @@ class SqliteLedger(Ledger):
 
     def records(self, since=None):
         with self._lock:
+            self._write_waiting()
             self._check_file()
             try:
                 rows = self._db.execute(
@@ -478,7 +580,7 @@ class SqliteLedger(Ledger):
     def claim_once(self, key, ttl_s, now=None):
         check_ttl(ttl_s)
         now = clock(now)
-        with self._lock, self._tx() as db:
+        with self._lock, self._tx_after_waiting() as db:
             row = db.execute("SELECT until FROM claims WHERE key = ?", (key,)).fetchone()
             if row is not None and row[0] > now:
                 return False
@@ -487,6 +589,7 @@ class SqliteLedger(Ledger):
 
     def open_reservations(self):
         with self._lock:
+            self._write_waiting()
             self._check_file()
             try:
                 return self._db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
@@ -495,6 +598,20 @@ class SqliteLedger(Ledger):
 
     def close(self):
         with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            try:
+                self._write_waiting()
+            except LedgerError as exc:
+                lost = self._waiting
+                logger.error(
+                    "litellm-payg: SQLite ledger %s closed with %d record(s) it could not write (%s); "
+                    "they were: %s", self.url, len(lost), exc,
+                    "; ".join(f"{rid} ${usd:.9f} at {ts}" for rid, _n, usd, ts, _a in lost),
+                )
+            _BATCHING.discard(self)
             try:
                 self._db.close()
             except sqlite3.Error:

@@ -1,0 +1,153 @@
+"""Records without a budget are written to the SQLite ledger in batches (``stores/ledger/sqlite.py``).
+
+A policy without budgets books every answer as a record no admission reads; writing each in its own
+transaction, on the event loop, was the largest cost the plugin added to a request. These tests hold
+the batching to what the module promises: nothing in the process reads around a waiting record,
+another process sees it within ``batch_s``, ``close()`` and interpreter exit write it, a failed write
+keeps it, and ``batch_s=0`` (or ``synchronous=full``) writes each at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from litellm_payg.policy.load import PolicyError, load_policy
+from litellm_payg.stores.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
+from litellm_payg.stores.ledger.sqlite import BATCH_ROWS
+
+CAP = Bucket("b0|global|day|2026-05-05", 10.0, True)
+
+
+def _on_disk(path: Path) -> list[tuple[str, float]]:
+    """What another process reading the file sees."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT reservation_id, amount_usd FROM records ORDER BY seq").fetchall()
+    finally:
+        db.close()
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_record_waits_but_the_ledger_itself_never_reads_around_it(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?batch_s=30")
+    try:
+        ledger.record("r1", [], 0.25, ttl_s=60, now=100, attrs={"model": "m"})
+        assert _on_disk(path) == []  # waiting
+        assert [(r.reservation_id, r.amount_usd) for r in ledger.records()] == [("r1", 0.25)]
+        assert _on_disk(path) == [("r1", 0.25)]  # the read wrote it first
+        ledger.record("r2", [], 0.5, ttl_s=60, now=101)
+        ledger.reserve("held", [CAP], 1.0, ttl_s=60, now=102)  # any other call writes the waiting rows first
+        assert _on_disk(path) == [("r1", 0.25), ("r2", 0.5)]
+    finally:
+        ledger.close()
+
+
+def test_another_process_sees_a_record_within_batch_s(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?batch_s=0.1")
+    try:
+        started = time.monotonic()
+        ledger.record("r1", [], 0.25, ttl_s=60)
+        assert _on_disk(path) == []
+        assert _wait_for(lambda: _on_disk(path) == [("r1", 0.25)])
+        assert time.monotonic() - started < 5
+    finally:
+        ledger.close()
+
+
+def test_a_full_batch_is_written_at_once(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?batch_s=60")
+    try:
+        for i in range(BATCH_ROWS):
+            ledger.record(f"r{i}", [], 0.01, ttl_s=60)
+        assert len(_on_disk(path)) == BATCH_ROWS
+    finally:
+        ledger.close()
+
+
+def test_close_writes_what_waits(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?batch_s=60")
+    ledger.record("r1", [], 0.25, ttl_s=60)
+    ledger.close()
+    assert _on_disk(path) == [("r1", 0.25)]
+
+
+def test_interpreter_exit_writes_what_waits(tmp_path):
+    path = tmp_path / "l.db"
+    script = textwrap.dedent(f"""
+        from litellm_payg.stores.ledger import open_ledger
+        ledger = open_ledger("sqlite:///{path}?batch_s=60")
+        ledger.record("r1", [], 0.25, ttl_s=60)
+        # no close(): the process just ends
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120,
+                   env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    assert _on_disk(path) == [("r1", 0.25)]
+
+
+def test_a_write_that_fails_keeps_the_records_for_the_next(tmp_path, caplog):
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?batch_s=60")
+    try:
+        ledger.record("r1", [], 0.25, ttl_s=60)
+        os.remove(path)  # the file goes away while a record waits
+        with pytest.raises(LedgerUnavailable):
+            ledger.flush()
+        with pytest.raises(LedgerUnavailable):
+            ledger.records()
+        path.touch()  # the operator starts afresh with an empty file
+        assert [(r.reservation_id, r.amount_usd) for r in ledger.records()] == [("r1", 0.25)]
+        assert _on_disk(path) == [("r1", 0.25)]
+    finally:
+        ledger.close()
+
+
+def test_a_record_of_an_open_reservation_settles_it_when_written(tmp_path):
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'l.db'}?batch_s=60")
+    try:
+        ledger.reserve("r1", [CAP], 1.0, ttl_s=60, now=100)
+        ledger.record("r1", [], 0.25, ttl_s=60, now=101)
+        assert ledger.open_reservations() == 0
+        (record,) = ledger.records()
+        assert (record.reservation_id, record.amount_usd, record.buckets) == ("r1", 0.25, (CAP.key,))
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{p}?batch_s=0", "sqlite:///{p}?synchronous=full"])
+def test_batch_s_0_and_synchronous_full_write_each_record_at_once(tmp_path, url):
+    path = tmp_path / "l.db"
+    ledger = open_ledger(url.format(p=path))
+    try:
+        ledger.record("r1", [], 0.25, ttl_s=60)
+        assert _on_disk(path) == [("r1", 0.25)]
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "61", "nan"])
+def test_a_bad_batch_s_is_an_error_naming_it(tmp_path, value):
+    with pytest.raises(LedgerError, match="batch_s must be a number of seconds from 0 to 60"):
+        open_ledger(f"sqlite:///{tmp_path / 'l.db'}?batch_s={value}")
+    with pytest.raises(PolicyError, match="batch_s must be a number of seconds") as caught:
+        load_policy({"version": 1, "ledger": f"sqlite:///{tmp_path / 'l.db'}?batch_s={value}"})
+    assert "ledger" in str(caught.value)
