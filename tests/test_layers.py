@@ -252,7 +252,7 @@ LAYERS = {
 CONTRACT = ("", "hookspecs", "hook_chain", "rules", "plugins")  # "" is the package root's __init__
 #: which layers may import these third-party packages (the pure layers import none of them)
 DRIVERS = {
-    "litellm": ("adapter", "tools", "stores.prices"),
+    "litellm": ("adapter", "tools", "stores.prices", "stores.token_counts"),
     "openai": ("adapter", "tools"),
     "httpx": ("adapter", "tools", "standin"),
     "fastapi": ("adapter", "tools", "standin"),

@@ -3,7 +3,8 @@ per request, and where it is read the count is LiteLLM's real one.
 
 Counting is the costliest part of a pick (more than the decision itself), and many policies never
 need it: one without budgets whose rules do not price the request or look at its size. Through a
-real Router (``mock_response``), every call of ``litellm.token_counter`` is counted.
+real Router (``mock_response``), every count of a chat prompt (``stores/token_counts.py``, which asks
+``litellm.token_counter``) is counted.
 """
 
 from __future__ import annotations
@@ -20,15 +21,22 @@ GPT_MINI = "gpt-4o-mini"
 
 @pytest.fixture
 def counter_calls(monkeypatch):
-    """Every call of ``litellm.token_counter`` made while the fixture is active, as (model, kwargs)."""
+    """Every chat prompt the plugin counts while the fixture is active, as (model, messages).
+
+    Counted where the plugin counts a prompt (``prices.count_request_tokens`` calls
+    ``count_chat_tokens``), not per call of ``litellm.token_counter``: that one is asked once per
+    message not seen before (``stores/token_counts.py``), so its calls say how much was new, not how
+    often the prompt was counted."""
+    from litellm_payg.stores import prices
+
     calls: list[tuple] = []
-    real = litellm.token_counter
+    real = prices.count_chat_tokens
 
-    def counting(*args, **kwargs):
-        calls.append((kwargs.get("model"), kwargs))
-        return real(*args, **kwargs)
+    def counting(model, messages, tools=None):
+        calls.append((model, messages))
+        return real(model, messages, tools)
 
-    monkeypatch.setattr(litellm, "token_counter", counting)
+    monkeypatch.setattr(prices, "count_chat_tokens", counting)
     return calls
 
 
@@ -111,7 +119,7 @@ async def test_a_budget_reserves_with_the_real_count(counter_calls):
         await settled(engine)
     real = litellm.token_counter(model=DEEPSEEK, messages=MESSAGES)
     ((counted, candidate, estimate),) = reserved
-    assert counted == real and len(counter_calls) == 2  # the plugin's one count, and the line above
+    assert counted == real and len(counter_calls) == 1  # the plugin's one count
     assert candidate.deployment_id == "ds"
     assert estimate == pytest.approx(real * candidate.input_usd_per_token + 40 * candidate.output_usd_per_token, rel=1e-12)
 

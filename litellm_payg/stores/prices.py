@@ -7,7 +7,8 @@ How a request is priced (the README quotes this):
   deployment's own ``litellm_params.input_cost_per_token`` / ``output_cost_per_token``; LiteLLM's
   price map (``litellm.get_model_info``, i.e. ``litellm.model_cost``). No match is *unknown*, never $0.
 * **Prompt tokens**: ``litellm.token_counter`` on every part of the prompt (``count_request_tokens``:
-  messages and tools, a Responses ``input``/``instructions``, a ``system`` or text ``prompt``).
+  messages and tools, a Responses ``input``/``instructions``, a ``system`` or text ``prompt``); chat
+  messages one at a time, each counted once (``token_counts.py``: the same total, exactly).
 * **Output tokens**: the request's ``max_tokens`` / ``max_completion_tokens``, else the policy's
   ``defaults.expected_output_tokens``.
 * **Estimate** = prompt tokens x input price + output tokens x output price; **price per 1K tokens**
@@ -22,6 +23,7 @@ from typing import Any
 import litellm
 
 from litellm_payg.core.decision import Candidate
+from litellm_payg.stores.token_counts import count_chat_tokens
 
 
 def facts_for(refs: tuple[str, ...], models: Mapping[str, Any]) -> Any:
@@ -184,7 +186,7 @@ def count_request_tokens(model: str, request: Mapping[str, Any]) -> int:
     tools = request.get("tools")
     if messages:
         try:
-            total += int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
+            total += count_chat_tokens(model, messages, tools)
             tools = None
         except Exception:  # noqa: BLE001 - a message shape LiteLLM's counter does not know
             total += _count_text(model, messages)
