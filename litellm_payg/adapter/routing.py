@@ -174,9 +174,13 @@ class PaygRouting(CustomLogger):
 
     def _candidates_for(self, deployments: Sequence[Mapping[str, Any]]) -> list[Candidate] | None:
         """Our candidates for these deployment dicts, or None if they are another router's."""
-        out = []
         known = self._candidates
-        for d in deployments:  # on every pick, for every deployment of the group: kept lean
+        try:  # on every pick, for every deployment of the group: the common case in one pass
+            return [known[d["model_info"]["id"]] for d in deployments]
+        except (KeyError, TypeError):
+            pass  # an id that is not a str, a deployment added at runtime, or another router's
+        out = []
+        for d in deployments:
             info = d.get("model_info")
             key = info.get("id") if info else None
             c = known.get(key if type(key) is str else str(key))
@@ -325,6 +329,9 @@ class PaygRouting(CustomLogger):
         metadata[DECISION_KEY] = state.decision
         # candidates[i] is healthy_deployments[i]'s (_candidates_for): no need to read the dicts again
         chosen_id = pick.deployment_id
+        for d, c in zip(healthy_deployments, candidates):
+            if c is pick:  # the same object, as a rule passes candidates through
+                return [d]
         return [d for d, c in zip(healthy_deployments, candidates) if c.deployment_id == chosen_id]
 
     def _release_unsent(self, state: RequestState) -> None:
@@ -832,7 +839,7 @@ class PaygRouting(CustomLogger):
     def _finish(self, state: RequestState) -> None:
         """The request was answered: drop what only its next attempt would need. The state itself
         stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
-        state.finished = True
+        self.states.finished(state)
         state.request = None
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None

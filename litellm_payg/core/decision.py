@@ -172,6 +172,9 @@ class Drop:
     budget: str | None = None  # the budget that dropped it, when ``by`` is "budget"
 
 
+_DROPS: dict[tuple[str, str, str, str, str | None], Drop] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """What one rule or filter did: the new ordered candidate list and what it dropped."""
@@ -184,7 +187,15 @@ class Step:
 
     @staticmethod
     def drop(candidate: Candidate, reason: str, by: str, budget: str | None = None) -> Drop:
-        return Drop(candidate.deployment_id, candidate.model, reason, by, budget)
+        # the same few drops come back on every pick (a model a rule never uses, one under the
+        # bar): a Drop is immutable, so one object serves them all (bounded)
+        key = (candidate.deployment_id, candidate.model, reason, by, budget)
+        found = _DROPS.get(key)
+        if found is None:
+            if len(_DROPS) >= 50_000:
+                _DROPS.clear()
+            found = _DROPS[key] = Drop(*key)
+        return found
 
 
 @dataclass(slots=True)

@@ -94,12 +94,15 @@ class RequestState:
 def metadata_of(data: Mapping[str, Any]) -> MutableMapping[str, Any] | None:
     """The request's metadata dict: the one that carries the plugin's id if any does, else the
     first LiteLLM uses for this kind of request (``metadata`` or ``litellm_metadata``)."""
-    found = [data.get(name) for name in METADATA_FIELDS]
-    dicts = [m for m in found if isinstance(m, MutableMapping)]
-    for metadata in dicts:
-        if REQUEST_KEY in metadata:
-            return metadata
-    return dicts[0] if dicts else None
+    first = None
+    for name in METADATA_FIELDS:  # on every hook of every request: plain dicts checked first
+        m = data.get(name)
+        if type(m) is dict or (m is not None and isinstance(m, MutableMapping)):
+            if REQUEST_KEY in m:
+                return m
+            if first is None:
+                first = m
+    return first
 
 
 class RequestStates:
@@ -107,12 +110,17 @@ class RequestStates:
 
     Bounded because a request may never report back (an abandoned stream, a crashed worker): the
     oldest state is dropped past ``limit``; its reservation then expires in the ledger on its own.
+    A finished request's state is kept only for hooks that run late (the proxy's response
+    headers), among the last ``finished_limit`` finished ones: kept for long, 20,000 decisions
+    would sit in the heap and make every full garbage collection of the process slower.
     Thread-safe: the sync bridge and LiteLLM's logging worker call in from other threads.
     """
 
-    def __init__(self, limit: int = 20_000):
+    def __init__(self, limit: int = 20_000, finished_limit: int = 2_000):
         self.limit = limit
+        self.finished_limit = finished_limit
         self._states: collections.OrderedDict[str, RequestState] = collections.OrderedDict()
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -143,6 +151,15 @@ class RequestStates:
         metadata[REQUEST_KEY] = state.id
         return state
 
+    def finished(self, state: RequestState) -> None:
+        """``state``'s request was answered: keep it among the last ``finished_limit`` finished."""
+        state.finished = True
+        with self._lock:
+            self._finished[state.id] = None
+            while len(self._finished) > self.finished_limit:
+                self._states.pop(self._finished.popitem(last=False)[0], None)
+
     def forget(self, state: RequestState) -> None:
         with self._lock:
             self._states.pop(state.id, None)
+            self._finished.pop(state.id, None)

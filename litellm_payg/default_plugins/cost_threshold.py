@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
 from litellm_payg.core.bounds import PositiveUsdPer1k
-from litellm_payg.core.decision import Candidate, Step
+from litellm_payg.core.decision import Candidate, Drop, Step
 from litellm_payg.rules import Rule, RuleOptions, matches
 
 
@@ -45,32 +45,35 @@ class CostThreshold(Rule):
     def __init__(self, options, context):
         super().__init__(options, context)
         # a candidate's role (-1: `use`, i: otherwise[i], None: neither) does not change between
-        # requests; remember it rather than match model names on every pick
-        self._roles: dict[tuple[str, str], int | None] = {}
+        # requests; remember it, and the drop of a candidate named by neither, per candidate object
+        # (checked by identity, so an id reused by another object is never mistaken for it)
+        self._roles: dict[int, tuple[Candidate, int | None, Drop | None]] = {}
 
-    def _role(self, c: Candidate) -> int | None:
-        key = (c.deployment_id, c.model)
-        role = self._roles.get(key, -2)
-        if role == -2:
-            if matches(self.options.use, c):
-                role = -1
-            else:
-                role = next((i for i, ref in enumerate(self.options.otherwise) if matches(ref, c)), None)
-            if len(self._roles) > 10_000:
-                self._roles.clear()
-            self._roles[key] = role
-        return role
+    def _role(self, c: Candidate) -> tuple[Candidate, int | None, Drop | None]:
+        if matches(self.options.use, c):
+            role = -1
+        else:
+            role = next((i for i, ref in enumerate(self.options.otherwise) if matches(ref, c)), None)
+        neither = Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name) if role is None else None
+        if len(self._roles) > 10_000:
+            self._roles.clear()
+        entry = self._roles[id(c)] = (c, role, neither)
+        return entry
 
     def apply(self, request, candidates):
         opts = self.options
         limit = opts.max_usd_per_1k_tokens
-        roles = [(self._role(c), c) for c in candidates]
+        known = self._roles
+        roles = []
+        for c in candidates:  # on every pick, for every deployment of the group: kept lean
+            entry = known.get(id(c))
+            roles.append(entry if entry is not None and entry[0] is c else self._role(c))
         blind = _size_blind(roles, limit)
         # when the order and the drops are the same for any prompt size, the prompt is not read
         # (nor counted): equal prices keep their order in the sorts below
         p, o = (0, 0) if blind else (request.prompt_tokens, request.output_tokens)
         preferred, fallback, dropped = [], [], []
-        for rank, c in roles:
+        for c, rank, neither in roles:
             if rank == -1:
                 if blind:
                     preferred.append((0.0, c))
@@ -83,7 +86,7 @@ class CostThreshold(Rule):
                         c, f"${price:.6f}/1K tokens for this request is over max_usd_per_1k_tokens ${limit:g}", self.name
                     ))
             elif rank is None:
-                dropped.append(Step.drop(c, "named neither in 'use' nor in 'otherwise'", self.name))
+                dropped.append(neither)
             else:
                 fallback.append((rank, 0.0 if blind else c.estimate_usd(p, o), c))
         preferred.sort(key=lambda pc: pc[0])
@@ -96,7 +99,7 @@ class CostThreshold(Rule):
         return Step(kept, dropped, note)
 
 
-def _size_blind(roles: list[tuple[int | None, Candidate]], limit: float) -> bool:
+def _size_blind(roles: list[tuple[Candidate, int | None, Drop | None]], limit: float) -> bool:
     """Whether :meth:`CostThreshold.apply` comes out the same whatever the prompt's size, so the
     prompt need not be counted (LiteLLM's token counter costs more than the whole decision).
 
@@ -107,7 +110,7 @@ def _size_blind(roles: list[tuple[int | None, Candidate]], limit: float) -> bool
     keys keep their order in the sort). Anything else, or an unpriced deployment, is priced exactly.
     """
     prices: dict[int, tuple[float | None, float | None]] = {}
-    for rank, c in roles:
+    for c, rank, _ in roles:
         if rank is None:
             continue
         if not c.priced:

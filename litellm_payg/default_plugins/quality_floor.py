@@ -81,7 +81,7 @@ class QualityFloor(Rule):
         return self.options.tiers[i].min_quality if i < len(self.options.tiers) else self.options.min_quality
 
     def apply(self, request, candidates):
-        p = self._size_for(request, candidates)
+        p, ordered = self._size_for(request, candidates)
         bar = self._bar(request, p)
         o = request.output_tokens
         kept, dropped = [], []
@@ -90,10 +90,12 @@ class QualityFloor(Rule):
                 dropped.append(Step.drop(c, f"no quality score for {c.model} in the policy's models:", self.name))
             elif c.quality < bar:
                 dropped.append(Step.drop(c, self._below(c.quality, bar), self.name))
-            else:
+            elif ordered is None:
                 kept.append((c.estimate_usd(p, o), c))
-        kept.sort(key=lambda ec: ec[0])
-        return Step([c for _, c in kept], dropped, f"quality_floor: bar {bar:g}, cheapest first")
+        if ordered is None:
+            kept.sort(key=lambda ec: ec[0])
+            ordered = [c for _, c in kept]
+        return Step(ordered, dropped, f"quality_floor: bar {bar:g}, cheapest first")
 
     def _bar(self, request, prompt_tokens: int) -> float:
         bar = self.bar_for(prompt_tokens)
@@ -101,10 +103,12 @@ class QualityFloor(Rule):
             bar = request.min_quality
         return bar
 
-    def _size_for(self, request, candidates) -> int:
-        """The prompt size to decide with: the request's count, or, when the bar and the cheapest-first
-        order come out the same for every size the prompt may have (``request.prompt_range()``: up to
-        a bound known without counting), the bound itself, so the prompt is not counted.
+    def _size_for(self, request, candidates) -> tuple[int, list | None]:
+        """The prompt size to decide with, and the kept candidates' order when it is already known:
+        the request's count (order None: sorted by the caller), or, when the bar and the
+        cheapest-first order come out the same for every size the prompt may have
+        (``request.prompt_range()``: up to a bound known without counting), the bound itself and
+        that order, so the prompt is not counted.
 
         Why that is exact: the sort is stable, so ``a`` comes before ``b`` at size ``p`` when
         ``a``'s estimate minus ``b``'s is below zero at ``p`` (at most zero if ``a`` came first). That
@@ -113,18 +117,19 @@ class QualityFloor(Rule):
         real size, ties included."""
         bounds = request.prompt_range()
         if bounds is None or bounds[0] == bounds[1]:
-            return request.prompt_tokens
+            return request.prompt_tokens, None
         lo, hi = bounds
         if self.tier_of(lo) != self.tier_of(hi):  # tiers are intervals: one tier at both ends, one in between
-            return request.prompt_tokens
+            return request.prompt_tokens, None
         bar = self._bar(request, lo)
         o = request.output_tokens
         kept = [c for c in candidates if c.quality is not None and c.quality >= bar]
-        if not all(c.priced for c in kept):
-            return request.prompt_tokens
-        if sorted(kept, key=lambda c: c.estimate_usd(lo, o)) != sorted(kept, key=lambda c: c.estimate_usd(hi, o)):
-            return request.prompt_tokens
-        return hi
+        if not all(c.input_usd_per_token is not None and c.output_usd_per_token is not None for c in kept):
+            return request.prompt_tokens, None
+        at_hi = sorted(kept, key=lambda c: hi * c.input_usd_per_token + o * c.output_usd_per_token)
+        if sorted(kept, key=lambda c: lo * c.input_usd_per_token + o * c.output_usd_per_token) != at_hi:
+            return request.prompt_tokens, None
+        return hi, at_hi
 
 
 @hookimpl
