@@ -32,8 +32,12 @@ with a trivial baseline (``sorted(candidates, key=price)``) so the ratio means s
 machine; plus the adapter's other per-pick work (the whole ``async_filter_deployments`` without
 LiteLLM, ``litellm.token_counter`` and ``Decision.as_dict``).
 
-Targets (from the issue): the plugin adds at most 10% to the median at 20 deployments; the decision
-alone is under 50 us median at 20 deployments. Misses are reported, never a non-zero exit: benchmarks
+Targets (from the issue): the plugin adds at most 10% to the median at 20 deployments and at most
+25% at 200; the decision alone is under 50 us median at 20 deployments. The latency verdicts read the
+*paired* ratio: each round runs every mode back to back, each mode's batch median is divided by
+base's of the same round, and the median of those ratios is compared with the target (its 95%
+bootstrap interval is printed beside it). The pooled medians' ratio is printed too; on a machine
+whose speed drifts during the run it moves with the drift. Misses are reported, never a non-zero exit: benchmarks
 inform, tests assert.
 """
 
@@ -44,6 +48,7 @@ import asyncio
 import gc
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -96,7 +101,8 @@ MESSAGES = [
     },
 ]
 
-TARGET_OVERHEAD = 0.10  # plugin adds at most 10% to the median at 20 deployments
+#: deployments -> most the plugin may add to the Router's median latency (the issue's targets)
+TARGET_OVERHEADS = {20: 0.10, 200: 0.25}
 TARGET_DECIDE_US = 50.0  # decision alone under 50 us median at 20 deployments
 TARGET_SIZE = 20
 
@@ -196,6 +202,8 @@ async def bench_router(n: int, requests: int, batch: int, warmup: int) -> dict[s
         "base": (base, []),
     }
     latencies: dict[str, list[float]] = {m: [] for m in modes}
+    #: each round's batch median per mode: rounds pair the modes in time (paired_ratio)
+    round_medians: dict[str, list[float]] = {m: [] for m in modes}
     per_request_total: dict[str, list[float]] = {m: [] for m in modes}
     chosen: dict[str, set[str]] = {m: set() for m in modes}
 
@@ -224,10 +232,13 @@ async def bench_router(n: int, requests: int, batch: int, warmup: int) -> dict[s
                 set_payg_callbacks(active)
                 await _drain(idle_tasks)
                 t_batch = time.perf_counter()
+                batch_latencies = []
                 for _ in range(batch):
                     dt, resp = await one(router)
-                    latencies[mode].append(dt)
+                    batch_latencies.append(dt)
                     chosen[mode].add(str((resp._hidden_params or {}).get("model_id")))
+                latencies[mode].extend(batch_latencies)
+                round_medians[mode].append(med(batch_latencies))
                 await _drain(idle_tasks)
                 per_request_total[mode].append((time.perf_counter() - t_batch) / batch)
     finally:
@@ -243,8 +254,24 @@ async def bench_router(n: int, requests: int, batch: int, warmup: int) -> dict[s
             "cpu_ms": med(per_request_total[mode]) * 1e3,
             "n": len(latencies[mode]),
             "distinct_deployments": len(chosen[mode]),
+            "round_medians": round_medians[mode],
         }
     return out
+
+
+def paired_ratio(mode: Sequence[float], base: Sequence[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """The median over rounds of (mode's batch median / base's batch median in the same round),
+    with a 95% bootstrap interval.
+
+    Why paired: the machine's speed drifts over a run (neighbours, frequency), by more than the
+    effect measured at 20 deployments; a round runs every mode within a few hundred milliseconds,
+    so a ratio within a round cancels the drift that the pooled medians keep."""
+    ratios = [m / b for m, b in zip(mode, base) if b > 0]
+    if not ratios:
+        return float("nan"), float("nan"), float("nan")
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
 
 
 # -- part 2: the decision alone ----------------------------------------------------------------
@@ -342,7 +369,7 @@ def check_models() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=None, help="timed requests per mode and size (default 400, quick 40)")
+    ap.add_argument("--requests", type=int, default=None, help="timed requests per mode and size (default 600, quick 40)")
     ap.add_argument("--sizes", default="2,20,200", help="comma-separated deployment counts (default 2,20,200)")
     ap.add_argument("--batch", type=int, default=20, help="requests per interleaved batch (default 20)")
     ap.add_argument("--iterations", type=int, default=None, help="decision-alone iterations (default 4000, quick 500)")
@@ -350,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-router", action="store_true", help="only the decision alone")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    requests = args.requests or (40 if args.quick else 400)
+    requests = args.requests or (40 if args.quick else 600)
     iterations = args.iterations or (500 if args.quick else 4000)
     warmup = 5 if args.quick else 30
 
@@ -365,8 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     verdicts: list[str] = []
     if not args.skip_router:
-        print("\n== Router.acompletion (mock_response), ms per request; ratio = mode median / base median ==")
-        head = f"{'N':>4} {'mode':<9} {'median':>8} {'p99':>8} {'cpu/req':>8} {'x base':>7} {'x base+cb':>9} {'x p99':>7}  picks"
+        print("\n== Router.acompletion (mock_response), ms per request; x base = mode median / base median; "
+              "paired = median over rounds of the same round's ratio [95% interval] ==")
+        head = (f"{'N':>4} {'mode':<9} {'median':>8} {'p99':>8} {'cpu/req':>8} {'x base':>7} {'x base+cb':>9} {'x p99':>7}"
+                f"  {'paired x base':<22} picks")
         print(head)
         print("-" * len(head))
         # one event loop for every size: LiteLLM's logging worker is bound to the first loop it sees
@@ -374,19 +403,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in sizes:
             res = loop.run_until_complete(bench_router(n, requests, args.batch, warmup))
             b, bcb = res["base"], res["base+cb"]
+            paired = {mode: paired_ratio(res[mode]["round_medians"], b["round_medians"]) for mode in res}
             for mode in ("base", "base+noop", "base+cb", "qf", "ct"):
                 r = res[mode]
+                pm, lo, hi = paired[mode]
                 print(
                     f"{n:>4} {mode:<9} {r['median_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['cpu_ms']:>8.3f} "
                     f"{r['median_ms'] / b['median_ms']:>7.3f} {r['median_ms'] / bcb['median_ms']:>9.3f} "
-                    f"{r['p99_ms'] / b['p99_ms']:>7.3f}  {r['distinct_deployments']}"
+                    f"{r['p99_ms'] / b['p99_ms']:>7.3f}  {f'{pm:.3f} [{lo:.3f}, {hi:.3f}]':<22} {r['distinct_deployments']}"
                 )
-            if n == TARGET_SIZE:
+            if n in TARGET_OVERHEADS:
+                target = TARGET_OVERHEADS[n]
                 for mode in ("qf", "ct"):
-                    over = res[mode]["median_ms"] / b["median_ms"] - 1
+                    pm, lo, hi = paired[mode]
+                    over = pm - 1
                     verdicts.append(
-                        f"[{'PASS' if over <= TARGET_OVERHEAD else 'MISS'}] plugin ({mode}) adds {over:+.1%} to the median "
-                        f"at {n} deployments vs no callback (target <= {TARGET_OVERHEAD:.0%}); "
+                        f"[{'PASS' if over <= target else 'MISS'}] plugin ({mode}) adds {over:+.1%} to the median at {n} "
+                        f"deployments vs no callback, paired by round (95% interval {lo - 1:+.1%} to {hi - 1:+.1%}; "
+                        f"target <= {target:.0%}); pooled medians {res[mode]['median_ms'] / b['median_ms'] - 1:+.1%}, "
                         f"{res[mode]['median_ms'] / bcb['median_ms'] - 1:+.1%} vs base+cb"
                     )
             print("-" * len(head))
