@@ -59,6 +59,7 @@ def _message(rng: random.Random) -> dict:
 def test_the_sum_of_remembered_counts_is_litellms_count(model):
     rng = random.Random(model)
     pool = [_message(rng) for _ in range(25)]  # conversations share messages, as chat histories do
+    pool.append({"role": "user", "content": "a long pasted document, " * 200})  # past SHORT_TEXT: by digest
     reused = 0
     for _ in range(60):
         messages = [rng.choice(pool) for _ in range(rng.randint(1, 6))]

@@ -17,9 +17,10 @@ whose sum differs (another LiteLLM release's arithmetic) is counted whole from t
 that is not plain JSON data (an SDK object, bytes) is counted whole too, as is a prompt whose
 messages LiteLLM cannot count one by one.
 
-What is remembered is a 16-byte digest of each message's JSON text and its count, for at most
-``MAX_ENTRIES`` messages (least recently used first out): a client cannot make it grow, and
-cannot choose a message whose digest matches another's.
+What is remembered is each message's count, by its role, text and name for a plain text message
+of up to ``SHORT_TEXT`` characters and by a 16-byte digest of its JSON text otherwise, for at most
+``MAX_ENTRIES`` messages (least recently used first out): a client cannot make it grow past
+that, and cannot choose a message whose key matches another's.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ logger = logging.getLogger("litellm_payg")
 #: messages (per model) whose counts are remembered
 MAX_ENTRIES = 8192
 
-_counts: "OrderedDict[tuple[str, bytes], int]" = OrderedDict()
+_counts: "OrderedDict[tuple[str, bytes | tuple], int]" = OrderedDict()
 #: model -> whether its sums matched LiteLLM's whole count (absent: not checked yet)
 _additive: dict[str, bool] = {}
 
@@ -81,10 +82,22 @@ def _whole(model: str, messages: Any, tools: Any) -> int:
     return int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
 
 
-def _digest(message: Any) -> bytes | None:
-    """A digest of the message's JSON text, or None for a message that is not plain JSON data."""
+#: a plain text message up to this many characters is remembered by its text (cheaper than a
+#: digest, and exact); a longer one, or any other shape, by a digest of its JSON
+SHORT_TEXT = 2048
+_PLAIN = frozenset({"role", "content", "name"})
+
+
+def _digest(message: Any) -> bytes | tuple | None:
+    """What the message's count is remembered by: its role, text and name when it is a short plain
+    text message, else a digest of its JSON text; None for a message that is not plain JSON data."""
     if type(message) is not dict:
         return None
+    content = message.get("content")
+    if type(content) is str and len(content) <= SHORT_TEXT and message.keys() <= _PLAIN:
+        role, name = message.get("role"), message.get("name")
+        if type(role) is str and (name is None or type(name) is str):
+            return (role, content, name)
     try:
         text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError):
@@ -92,7 +105,7 @@ def _digest(message: Any) -> bytes | None:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def _remember(key: tuple[str, bytes], count: int) -> None:
+def _remember(key: tuple[str, bytes | tuple], count: int) -> None:
     _counts[key] = count
     while len(_counts) > MAX_ENTRIES:
         try:
