@@ -141,6 +141,13 @@ def _write_waiting_records_at_exit() -> None:
 
 logger = logging.getLogger("litellm_payg")
 
+#: one encoder for every record's attributes: ``json.dumps(..., default=str)`` builds a new one per call
+_ATTRS_ENCODER = json.JSONEncoder(default=str)
+
+
+def _attrs_json(attrs: dict) -> str:
+    return _ATTRS_ENCODER.encode(attrs)
+
 
 def _ident(path: str) -> tuple[int, int] | None:
     try:
@@ -399,7 +406,7 @@ class SqliteLedger(Ledger):
                            (key, oldest_live_slice(ts, rolling_s)))
         attrs = dict(attrs, kind=kind)
         db.execute("INSERT INTO records (ts, reservation_id, amount_usd, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
-                   (ts, rid, amount_usd, json.dumps([s[0] for s in specs]), json.dumps(attrs, default=str)))
+                   (ts, rid, amount_usd, json.dumps([s[0] for s in specs]), _attrs_json(attrs)))
 
     def _expire(self, db, now: float) -> int:
         rows = db.execute("SELECT id, amount, expires_at, buckets, attrs FROM reservations WHERE expires_at <= ?",
@@ -483,12 +490,26 @@ class SqliteLedger(Ledger):
 
     def _write_records(self, db: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """Book bucket-less records (inside a transaction): each a reservation that settles at
-        once, or, for an id still open (reserve is idempotent), that reservation settled."""
+        once, or, for an id still open (reserve is idempotent), that reservation settled.
+
+        A handful of statements for the whole batch, not a few per row: each statement lets go of
+        the GIL and must win it back from the threads serving requests (LiteLLM runs every call's
+        ``completion`` in an executor thread), so a write made of many small statements takes far
+        longer than its CPU time and slows those threads while it lasts."""
         self._expire(db, max(row[3] for row in rows))
+        ids = [row[0] for row in rows]
+        open_: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            open_.update(r[0] for r in db.execute(
+                f"SELECT id FROM reservations WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        booked = []
         for rid, amount, amount_usd, now, attrs in rows:
-            if not self._settle_in(db, rid, amount, amount_usd, now, attrs):
-                # settle's attributes (the same ones) would have replaced the reservation's
-                self._charge(db, rid, amount, "[]", 0, amount_usd, now, "settled", attrs, now)
+            if rid in open_:  # rare: settle that reservation, as settle does
+                self._settle_in(db, rid, amount, amount_usd, now, attrs)
+            else:  # what _charge writes for a reservation without buckets
+                booked.append((now, rid, amount_usd, "[]", _attrs_json(dict(attrs, kind="settled"))))
+        db.executemany("INSERT INTO records (ts, reservation_id, amount_usd, buckets, attrs) VALUES (?, ?, ?, ?, ?)", booked)
 
     def flush(self, quiet: bool = False) -> None:
         """Write the records waiting to be batched now. Raises ``LedgerUnavailable`` if they
