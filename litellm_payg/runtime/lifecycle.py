@@ -169,6 +169,10 @@ def as_picked(
     fall back to; every other candidate dropped with its reason (a rule, a budget refusal at
     reservation, an earlier attempt, the failover step or a circuit breaker). What observers,
     the decision log, metrics and response headers are given, once per attempt."""
+    ranked = decision.ordered
+    if (not skipped and ranked and pick is ranked[0] and len(untried) == len(ranked)
+            and all(a is b for a, b in zip(untried, ranked))):
+        return decision  # the usual first attempt: the engine's order, applied as it is
     refused = {d.deployment_id for d in skipped}
     ordered = [pick] + [c for c in untried if c is not pick and c.deployment_id not in refused]
     kept = {c.deployment_id for c in ordered}
