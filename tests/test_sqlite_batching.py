@@ -151,3 +151,25 @@ def test_a_bad_batch_s_is_an_error_naming_it(tmp_path, value):
     with pytest.raises(PolicyError, match="batch_s must be a number of seconds") as caught:
         load_policy({"version": 1, "ledger": f"sqlite:///{tmp_path / 'l.db'}?batch_s={value}"})
     assert "ledger" in str(caught.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_write_its_parents_waiting_records_again(tmp_path):
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?batch_s=60")
+    try:
+        ledger.record("parent", [], 0.25, ttl_s=60)
+        pid = os.fork()
+        if pid == 0:  # the child: records its own and exits through the normal exit path
+            try:
+                child = open_ledger(f"sqlite:///{path}?batch_s=60")
+                child.record("child", [], 0.5, ttl_s=60)
+                child.close()
+                ledger.close()  # the inherited ledger: nothing of the parent's to write
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        ledger.flush()
+        assert sorted(_on_disk(path)) == [("child", 0.5), ("parent", 0.25)]
+    finally:
+        ledger.close()

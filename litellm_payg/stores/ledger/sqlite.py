@@ -139,6 +139,18 @@ def _write_waiting_records_at_exit() -> None:
     for ledger in list(_BATCHING):
         ledger.flush(quiet=True)
 
+
+def _leave_waiting_records_to_the_parent() -> None:
+    """In a forked child: the records waiting in memory are the parent's, which writes them; the
+    child writing them too would book each twice. Its timer thread did not survive the fork."""
+    for ledger in list(_BATCHING):
+        ledger._lock = threading.Lock()  # it may have been held by another thread of the parent
+        ledger._waiting = []
+        ledger._timer = None
+
+
+os.register_at_fork(after_in_child=_leave_waiting_records_to_the_parent)
+
 logger = logging.getLogger("litellm_payg")
 
 #: one encoder for every record's attributes: ``json.dumps(..., default=str)`` builds a new one per call
