@@ -31,6 +31,7 @@ def connect(url: str) -> tuple[redis_lib.Redis, str]:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     prefix = query.pop("prefix", DEFAULT_PREFIX)
+    query.pop("batch_s", None)  # the ledger's own option (stores/ledger/batching.py), not the client's
     query.setdefault("socket_connect_timeout", "0.5")
     query.setdefault("socket_timeout", "5")
     query.setdefault("max_connections", "50")

@@ -19,6 +19,22 @@ ACCEPTED_SCHEMES = ("memory://", "sqlite:///<path>", "redis://host:port/db", "re
 SQLITE_OPTIONS = frozenset({"synchronous", "batch_s"})
 
 
+#: the largest ``batch_s`` a SQLite URL may ask for (``stores/ledger/batching.py``)
+MAX_BATCH_S = 60.0
+
+
+def check_batch_s(value: object, where: str) -> float:
+    """``batch_s`` as a number of seconds from 0 to ``MAX_BATCH_S``, or ValueError naming ``where``."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not 0 <= seconds <= MAX_BATCH_S:
+        raise ValueError(f"{where}: batch_s must be a number of seconds from 0 to {MAX_BATCH_S:g} "
+                         f"(how long a record without a budget may wait to be written with others), got {value!r}")
+    return seconds
+
+
 class StoreURLError(ValueError):
     """A store URL that names no backend, or names one wrongly; the message says which part."""
 
@@ -50,7 +66,13 @@ def parse_store_url(url: object, what: str = "store", must_exist: bool = False) 
     if kind == "redis":
         if not urlsplit(url).hostname:
             raise StoreURLError(f"Redis {what} URL {url!r} needs a host, e.g. redis://127.0.0.1:6379/0")
-        return StoreURL(url, kind, options=dict(parse_qsl(urlsplit(url).query)))
+        options = dict(parse_qsl(urlsplit(url).query))
+        if "batch_s" in options:
+            try:
+                check_batch_s(options["batch_s"], f"Redis {what} URL {url!r}")
+            except ValueError as e:
+                raise StoreURLError(str(e)) from None
+        return StoreURL(url, kind, options=options)
     # sqlite:///rel.db -> "/rel.db" after the scheme: strip one slash; sqlite:////abs.db keeps its own
     path_part, _, query = rest.partition("?")
     if not path_part.startswith("/") or len(path_part) < 2:
@@ -61,13 +83,9 @@ def parse_store_url(url: object, what: str = "store", must_exist: bool = False) 
         raise StoreURLError(f"SQLite {what} URL {url!r}: unknown option(s) {sorted(unknown)}; accepted: {', '.join(sorted(SQLITE_OPTIONS))}")
     if "batch_s" in options:
         try:
-            batch_s = float(options["batch_s"])
-        except ValueError:
-            batch_s = -1.0
-        if not 0 <= batch_s <= 60:
-            raise StoreURLError(f"SQLite {what} URL {url!r}: batch_s must be a number of seconds from 0 to 60 "
-                                f"(how long a record without a budget may wait to be written with others), "
-                                f"got {options['batch_s']!r}")
+            check_batch_s(options["batch_s"], f"SQLite {what} URL {url!r}")
+        except ValueError as e:
+            raise StoreURLError(str(e)) from None
     path = path_part[1:]
     if must_exist and not os.path.isfile(path):
         raise StoreURLError(f"no {what} at {url!r}: {os.path.abspath(path)} does not exist")

@@ -1,7 +1,10 @@
 """Redis ledger: caps shared by several proxy replicas.
 
-Each phase (reserve / settle / release / usage / an expiry sweep) is ONE Lua
-script, i.e. one atomic round trip: Redis runs scripts serially, so replicas
+Records without a budget are written in batches (``batching.py``; ``?batch_s=``,
+default 0.25 s, ``0`` for each at once): each batch is one MULTI/EXEC round trip
+of the record's reserve and settle scripts, written before any other call of
+the ledger. Every other phase (reserve / settle / release / usage / an expiry
+sweep) is ONE Lua script, i.e. one atomic round trip: Redis runs scripts serially, so replicas
 cannot interleave a read of "room left" with another replica's write, and a
 crash between two commands cannot leave a half-applied reservation.
 
@@ -29,12 +32,16 @@ when a dead reservation is charged, it never drops it).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Sequence
+from urllib.parse import parse_qsl, urlsplit
 
 import redis as redis_lib
 
+from litellm_payg.stores.ledger.batching import DEFAULT_BATCH_S, WaitingRecords
 from litellm_payg.stores.redis_client import connect
+from litellm_payg.stores.schemes import check_batch_s
 from litellm_payg.stores.ledger.base import (
     redact_url,
     Bucket,
@@ -53,6 +60,8 @@ from litellm_payg.stores.ledger.base import (
     limit_nanos,
     to_nanos,
 )
+
+logger = logging.getLogger("litellm_payg")
 
 #: expired reservations charged per reserve() call (bounds script run time;
 #: expire() loops until none are left)
@@ -214,10 +223,18 @@ return expire_due(ARGV[2], tonumber(ARGV[3]))
 class RedisLedger(Ledger):
     def __init__(self, url: str) -> None:
         self.url = redact_url(url)
+        batch_s = dict(parse_qsl(urlsplit(url).query)).get("batch_s")
+        try:
+            batch_s = DEFAULT_BATCH_S if batch_s is None else check_batch_s(batch_s, f"Redis ledger URL {self.url}")
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
         try:
             self._r, self.prefix = connect(url)
         except ValueError as e:
             raise LedgerError(f"bad Redis ledger URL {self.url}: {e}") from e
+        #: records without a budget, written a batch at a time in one round trip (``batching.py``)
+        self._waiting = WaitingRecords(batch_s, lambda: self.flush(quiet=True))
+        self._writing = threading.Lock()  # one batch write at a time, so batches land in order
         self._reserve = self._r.register_script(_RESERVE)
         self._settle = self._r.register_script(_SETTLE)
         self._release = self._r.register_script(_RELEASE)
@@ -247,9 +264,76 @@ class RedisLedger(Ledger):
         return {b.key: Usage(from_nanos(int(flat[2 * i])), from_nanos(int(flat[2 * i + 1])))
                 for i, b in enumerate(buckets)}
 
+    def _record_calls(self, pipe, row: tuple) -> None:
+        """What ``record`` without buckets is, as ``reserve`` then ``settle``, queued on ``pipe``."""
+        rid, amount_usd, ttl_s, now, attrs_json = row
+        amount = str(to_nanos(amount_usd))
+        self._reserve(keys=[self._k("exp"), self._k("rec"), self._k("res:" + rid)],
+                      args=[self.prefix, repr(now), amount, repr(now + ttl_s), rid, "[]", attrs_json, EXPIRE_BATCH],
+                      client=pipe)
+        self._settle(keys=[self._k("exp"), self._k("rec"), self._k("res:" + rid)],
+                     args=[self.prefix, repr(now), amount, repr(float(amount_usd)), rid, attrs_json],
+                     client=pipe)
+
+    def _write_rows(self, rows: Sequence[tuple]) -> None:
+        """Book waiting records in one round trip: a MULTI/EXEC pipeline, so a batch lands whole
+        or not at all."""
+        try:
+            with self._r.pipeline(transaction=True) as pipe:
+                for row in rows:
+                    self._record_calls(pipe, row)
+                pipe.execute()
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+            raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
+        except redis_lib.RedisError as e:
+            raise LedgerError(f"Redis ledger {self.url} error: {e}") from e
+
+    def _write_waiting(self) -> None:
+        """Write the waiting records (before any other call reads or writes); put them back on failure."""
+        if not len(self._waiting):
+            return
+        with self._writing:
+            rows = self._waiting.take()
+            if not rows:
+                return
+            try:
+                self._write_rows(rows)
+            except BaseException:
+                self._waiting.put_back(rows)
+                raise
+
+    def flush(self, quiet: bool = False) -> None:
+        """Write the records waiting to be batched now. Raises ``LedgerUnavailable`` if they
+        cannot be written (they keep waiting), unless ``quiet``, when it logs that instead."""
+        try:
+            self._write_waiting()
+        except LedgerError as exc:
+            if not quiet:
+                raise
+            logger.warning("litellm-payg: Redis ledger %s could not write %d waiting record(s) yet: %s",
+                           self.url, len(self._waiting), exc)
+
     # -- interface --------------------------------------------------------
 
+    def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
+        """Without buckets (every request of a policy without budgets): kept to be written with
+        others, in one round trip (``batching.py``); with buckets, ``reserve`` then ``settle``."""
+        buckets = tuple(buckets)
+        if buckets:
+            super().record(reservation_id, buckets, amount_usd, ttl_s, now=now, attrs=attrs)
+            return
+        check_ttl(ttl_s)
+        to_nanos(amount_usd)  # refused now, not when the batch is written
+        row = (reservation_id, float(amount_usd), ttl_s, clock(now),
+               json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False))
+        if self._waiting.batch_s <= 0:
+            self._write_waiting()
+            self._write_rows([row])
+        elif self._waiting.add(row):  # the batch is full
+            self.flush(quiet=True)
+
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
+        self._write_waiting()
         buckets = tuple(buckets)
         check_buckets(buckets)
         check_ttl(ttl_s)
@@ -265,6 +349,7 @@ class RedisLedger(Ledger):
         return ReserveResult(bool(ok), reservation_id, buckets[refused - 1].key if refused else None, before)
 
     def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+        self._write_waiting()
         actual = to_nanos(actual_usd, "actual_usd")
         now = clock(now)
         keys = [self._k("exp"), self._k("rec"), self._k("res:" + reservation_id)]
@@ -273,16 +358,19 @@ class RedisLedger(Ledger):
         return bool(self._call(self._settle, keys, args))
 
     def release(self, reservation_id):
+        self._write_waiting()
         keys = [self._k("exp"), self._k("res:" + reservation_id)]
         return bool(self._call(self._release, keys, [reservation_id]))
 
     def usage(self, buckets, now=None):
+        self._write_waiting()
         buckets = tuple(buckets)
         flat = self._call(self._usage, [self._k("b:" + b.key) for b in buckets],
                           [repr(clock(now)), self._specs(buckets)])
         return self._pairs(buckets, flat)
 
     def expire(self, now=None):
+        self._write_waiting()
         now = clock(now)
         total = 0
         while True:
@@ -292,6 +380,7 @@ class RedisLedger(Ledger):
                 return total
 
     def records(self, since=None):
+        self._write_waiting()
         try:
             raw = self._r.zrangebyscore(self._k("rec"), "-inf" if since is None else repr(float(since)), "+inf")
         except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
@@ -308,6 +397,7 @@ class RedisLedger(Ledger):
         return out
 
     def claim_once(self, key, ttl_s, now=None):
+        self._write_waiting()
         check_ttl(ttl_s)
         try:
             return bool(self._r.set(self._k("claim:" + key), "1", nx=True, px=max(1, int(ttl_s * 1000))))
@@ -315,12 +405,20 @@ class RedisLedger(Ledger):
             raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
 
     def open_reservations(self):
+        self._write_waiting()
         try:
             return int(self._r.zcard(self._k("exp")))
         except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
             raise LedgerUnavailable(f"Redis ledger {self.url} unavailable: {e}") from e
 
     def close(self):
+        self._waiting.close()
+        try:
+            self._write_waiting()
+        except LedgerError as exc:
+            lost = self._waiting.take()
+            logger.error("litellm-payg: Redis ledger %s closed with %d record(s) it could not write (%s); they were: %s",
+                         self.url, len(lost), exc, "; ".join(f"{row[0]} ${row[1]:.9f} at {row[3]}" for row in lost))
         with self._lock:
             self._r.close()
             self._r.connection_pool.disconnect()

@@ -33,25 +33,16 @@ inode cannot be reused while the connection holds it open). When they differ:
 A missing file is never silently recreated empty by a running process: that
 would reset every budget to $0 with no one having asked for it.
 
-**Records without a budget are written in batches.** A policy without budgets
-books every answer with :meth:`SqliteLedger.record` and no buckets: a row for
-reports, which no admission reads. Written one transaction each, on the event
-loop that serves the requests, they were the largest cost the plugin added to a
-request (``bench/routing_overhead.py``), so they wait in memory and are written
-together, in one transaction, at most ``batch_s`` seconds later (the URL's
-``?batch_s=``, default 0.25; ``0`` writes each at once, and so does
-``?synchronous=full`` unless ``batch_s`` is given too), or as soon as 256 wait.
-Every other call of this ledger writes the waiting rows first, so within the
-process nothing reads around them; another process (``report``, ``budgets``)
-sees them up to ``batch_s`` late. They are written at ``close()`` and at
-interpreter exit; a write that fails keeps them for the next try. What a
-process killed outright (SIGKILL, an OS crash) loses is the last ``batch_s``
-of unbudgeted records; anything a budget reserves or settles is never batched.
+**Records without a budget are written in batches** (``batching.py``): they wait
+in memory and are written together, in one transaction of a few statements, at
+most ``batch_s`` seconds later (the URL's ``?batch_s=``, default 0.25; ``0``
+writes each at once, and so does ``?synchronous=full`` unless ``batch_s`` is
+given too). Every other call of this ledger writes them first; another process
+(``report``, ``budgets``) sees them up to ``batch_s`` late.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -61,6 +52,8 @@ import time
 import weakref
 from typing import Sequence
 
+from litellm_payg.stores.ledger.batching import DEFAULT_BATCH_S, WaitingRecords
+from litellm_payg.stores.schemes import check_batch_s
 from litellm_payg.stores.ledger.base import (
     UNIT_NANOS,
     Bucket,
@@ -125,31 +118,16 @@ CREATE TABLE IF NOT EXISTS claims (        -- claim_once: alert thresholds fired
 """
 
 _SYNC_MODES = {"off", "normal", "full", "extra"}
-#: how long an unbudgeted record may wait to be written with others (module docstring)
-DEFAULT_BATCH_S = 0.25
-#: this many waiting records are written at once, without waiting for the timer
-BATCH_ROWS = 256
-
-#: the ledgers that may hold waiting records, written at interpreter exit
-_BATCHING: "weakref.WeakSet[SqliteLedger]" = weakref.WeakSet()
+#: the open SQLite ledgers: a forked child gets fresh locks (a parent's thread may have held one)
+_OPEN: "weakref.WeakSet[SqliteLedger]" = weakref.WeakSet()
 
 
-@atexit.register
-def _write_waiting_records_at_exit() -> None:
-    for ledger in list(_BATCHING):
-        ledger.flush(quiet=True)
+def _fresh_locks_in_the_child() -> None:
+    for ledger in list(_OPEN):
+        ledger._lock = threading.Lock()
 
 
-def _leave_waiting_records_to_the_parent() -> None:
-    """In a forked child: the records waiting in memory are the parent's, which writes them; the
-    child writing them too would book each twice. Its timer thread did not survive the fork."""
-    for ledger in list(_BATCHING):
-        ledger._lock = threading.Lock()  # it may have been held by another thread of the parent
-        ledger._waiting = []
-        ledger._timer = None
-
-
-os.register_at_fork(after_in_child=_leave_waiting_records_to_the_parent)
+os.register_at_fork(after_in_child=_fresh_locks_in_the_child)
 
 logger = logging.getLogger("litellm_payg")
 
@@ -177,13 +155,12 @@ class SqliteLedger(Ledger):
             raise LedgerError(f"{self.url}: synchronous must be one of {sorted(_SYNC_MODES)}, got {synchronous!r}")
         if batch_s is None:
             batch_s = 0.0 if synchronous.lower() in ("full", "extra") else DEFAULT_BATCH_S
-        if not isinstance(batch_s, (int, float)) or isinstance(batch_s, bool) or not 0 <= batch_s <= 60:
-            raise LedgerError(f"{self.url}: batch_s must be a number of seconds from 0 to 60, got {batch_s!r}")
-        #: unbudgeted records waiting to be written together (module docstring), and their timer
-        self._batch_s = float(batch_s)
-        self._waiting: list[tuple] = []
-        self._timer: threading.Timer | None = None
-        self._closed = False
+        try:
+            batch_s = check_batch_s(batch_s, self.url)
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
+        #: unbudgeted records waiting to be written together (``batching.py``)
+        self._waiting = WaitingRecords(batch_s, lambda: self.flush(quiet=True))
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
@@ -199,6 +176,7 @@ class SqliteLedger(Ledger):
             self._open()
         except (sqlite3.Error, OSError) as e:
             raise LedgerUnavailable(f"cannot open SQLite ledger {self.url}: {e}") from e
+        _OPEN.add(self)
 
     def _open(self) -> None:
         db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
@@ -483,21 +461,13 @@ class SqliteLedger(Ledger):
             return
         check_ttl(ttl_s)
         row = (reservation_id, to_nanos(amount_usd), float(amount_usd), clock(now), clean_attrs(attrs))
-        if self._batch_s <= 0:
+        if self._waiting.batch_s <= 0:
             with self._lock:
                 self._write_waiting()
                 with self._tx() as db:
                     self._write_records(db, [row])
             return
-        with self._lock:
-            self._waiting.append(row)
-            waiting = len(self._waiting)
-            if waiting == 1 and not self._closed:
-                _BATCHING.add(self)
-                self._timer = threading.Timer(self._batch_s, self._write_on_timer)
-                self._timer.daemon = True
-                self._timer.start()
-        if waiting >= BATCH_ROWS:
+        if self._waiting.add(row):  # the batch is full
             self.flush(quiet=True)
 
     def _write_records(self, db: sqlite3.Connection, rows: Sequence[tuple]) -> None:
@@ -536,27 +506,16 @@ class SqliteLedger(Ledger):
                                self.url, len(self._waiting), exc)
 
     def _write_waiting(self) -> None:
-        """Under ``_lock``: write the waiting records in one transaction; keep them on failure."""
-        if not self._waiting:
+        """Under ``_lock``: write the waiting records in one transaction; put them back on failure."""
+        rows = self._waiting.take()
+        if not rows:
             return
-        rows, self._waiting = self._waiting, []
         try:
             with self._tx() as db:
                 self._write_records(db, rows)
         except BaseException:
-            self._waiting[:0] = rows
+            self._waiting.put_back(rows)
             raise
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _write_on_timer(self) -> None:
-        self.flush(quiet=True)
-        with self._lock:
-            if self._waiting and not self._closed:  # the write failed: try again a batch later
-                self._timer = threading.Timer(self._batch_s, self._write_on_timer)
-                self._timer.daemon = True
-                self._timer.start()
 
     def release(self, reservation_id):
         with self._lock, self._tx_after_waiting() as db:
@@ -631,20 +590,17 @@ class SqliteLedger(Ledger):
 
     def close(self):
         with self._lock:
-            self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._waiting.close()
             try:
                 self._write_waiting()
             except LedgerError as exc:
-                lost = self._waiting
+                lost = self._waiting.take()
                 logger.error(
                     "litellm-payg: SQLite ledger %s closed with %d record(s) it could not write (%s); "
                     "they were: %s", self.url, len(lost), exc,
                     "; ".join(f"{rid} ${usd:.9f} at {ts}" for rid, _n, usd, ts, _a in lost),
                 )
-            _BATCHING.discard(self)
+            _OPEN.discard(self)
             try:
                 self._db.close()
             except sqlite3.Error:

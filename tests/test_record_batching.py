@@ -1,10 +1,12 @@
-"""Records without a budget are written to the SQLite ledger in batches (``stores/ledger/sqlite.py``).
+"""Records without a budget are written in batches (``stores/ledger/batching.py``), by the SQLite and
+the Redis ledger.
 
 A policy without budgets books every answer as a record no admission reads; writing each in its own
-transaction, on the event loop, was the largest cost the plugin added to a request. These tests hold
-the batching to what the module promises: nothing in the process reads around a waiting record,
-another process sees it within ``batch_s``, ``close()`` and interpreter exit write it, a failed write
-keeps it, and ``batch_s=0`` (or ``synchronous=full``) writes each at once.
+transaction (SQLite) or two round trips (Redis), on the event loop, was the largest cost the plugin
+added to a request. These tests hold the batching to what the module promises: nothing in the
+process reads around a waiting record, another process sees it within ``batch_s``, ``close()`` and
+interpreter exit write it, a failed write keeps it, a forked child leaves it to its parent, and
+``batch_s=0`` (or ``synchronous=full``) writes each at once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 
 from litellm_payg.policy.load import PolicyError, load_policy
 from litellm_payg.stores.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
-from litellm_payg.stores.ledger.sqlite import BATCH_ROWS
+from litellm_payg.stores.ledger.batching import BATCH_ROWS
 
 CAP = Bucket("b0|global|day|2026-05-05", 10.0, True)
 
@@ -173,3 +175,82 @@ def test_a_forked_child_does_not_write_its_parents_waiting_records_again(tmp_pat
         assert sorted(_on_disk(path)) == [("child", 0.5), ("parent", 0.25)]
     finally:
         ledger.close()
+
+
+# -- the Redis ledger batches the same way (a real Redis; skipped without one unless CI is set) ----
+
+
+@pytest.fixture
+def redis_base():
+    """A Redis URL with a prefix unique to this test (no query yet), its keys deleted afterwards."""
+    import uuid
+
+    from services import REDIS_HOST, REDIS_PORT, require_redis
+
+    require_redis()
+    import redis
+
+    prefix = f"payg-test:{uuid.uuid4().hex}:"
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    keys = list(r.scan_iter(match=prefix + "*"))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+def _seen_by_another_replica(url: str) -> list[tuple[str, float]]:
+    other = open_ledger(url + "&batch_s=0")
+    try:
+        return [(r.reservation_id, r.amount_usd) for r in other.records()]
+    finally:
+        other.close()
+
+
+def test_redis_a_record_waits_then_another_replica_sees_it_within_batch_s(redis_base):
+    ledger = open_ledger(redis_base + "&batch_s=0.1")
+    try:
+        ledger.record("r1", [], 0.25, ttl_s=60, attrs={"model": "m"})
+        assert _seen_by_another_replica(redis_base) == []  # waiting
+        assert _wait_for(lambda: _seen_by_another_replica(redis_base) == [("r1", 0.25)])
+        assert [(r.reservation_id, r.amount_usd, r.attrs["model"]) for r in ledger.records()] == [("r1", 0.25, "m")]
+    finally:
+        ledger.close()
+
+
+def test_redis_the_ledger_itself_never_reads_around_a_waiting_record(redis_base):
+    ledger = open_ledger(redis_base + "&batch_s=60")
+    try:
+        ledger.record("r1", [], 0.25, ttl_s=60, now=100)
+        ledger.reserve("r2", [CAP], 1.0, ttl_s=60, now=101)  # writes the waiting record first
+        assert _seen_by_another_replica(redis_base) == [("r1", 0.25)]
+        ledger.record("r2", [], 0.5, ttl_s=60, now=102)  # an open reservation: settled when written
+        assert ledger.open_reservations() == 0
+        assert sorted((r.reservation_id, r.amount_usd) for r in ledger.records()) == [("r1", 0.25), ("r2", 0.5)]
+    finally:
+        ledger.close()
+
+
+def test_redis_a_full_batch_is_written_at_once_and_close_writes_the_rest(redis_base):
+    ledger = open_ledger(redis_base + "&batch_s=60")
+    for i in range(BATCH_ROWS + 3):
+        ledger.record(f"r{i}", [], 0.01, ttl_s=60)
+    assert len(_seen_by_another_replica(redis_base)) == BATCH_ROWS
+    ledger.close()
+    assert len(_seen_by_another_replica(redis_base)) == BATCH_ROWS + 3
+
+
+def test_redis_batch_s_0_writes_each_record_at_once(redis_base):
+    ledger = open_ledger(redis_base + "&batch_s=0")
+    try:
+        ledger.record("r1", [], 0.25, ttl_s=60)
+        assert _seen_by_another_replica(redis_base) == [("r1", 0.25)]
+    finally:
+        ledger.close()
+
+
+def test_redis_a_bad_batch_s_is_an_error_naming_it():
+    with pytest.raises(LedgerError, match="batch_s must be a number of seconds from 0 to 60"):
+        open_ledger("redis://127.0.0.1:6379/0?batch_s=soon")
+    with pytest.raises(PolicyError, match="batch_s must be a number of seconds"):
+        load_policy({"version": 1, "ledger": "redis://127.0.0.1:6379/0?batch_s=-1"})

@@ -1,0 +1,126 @@
+"""Records without a budget, waiting in memory to be written to a ledger together.
+
+A policy without budgets reserves nothing: each answer is booked with ``Ledger.record`` and no
+buckets, a row for ``report`` and ``replay`` that no admission reads. Written one by one, on the
+event loop that serves the requests, those writes were the largest cost the plugin added to a
+request (``bench/README.md``, "Fourth look"): a SQLite transaction whose every statement gives up the
+GIL and has to win it back from LiteLLM's executor thread, or two Redis round trips. So the SQLite
+and Redis ledgers keep them here and write them in one go:
+
+* at most ``batch_s`` seconds after the first one waits (a timer thread), or at once when
+  ``BATCH_ROWS`` wait;
+* before any other call of the same ledger (the ledger calls :meth:`WaitingRecords.take` first), so
+  nothing in the process reads around them; at ``close()``; at interpreter exit;
+* a write that fails puts them back (:meth:`WaitingRecords.put_back`) for the next try;
+* a forked child forgets its parent's (the parent writes them; the child would book each twice).
+
+What a process killed outright (SIGKILL, an OS crash) loses is the last ``batch_s`` of unbudgeted
+records; reservations and settles of budgeted requests never wait here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+logger = logging.getLogger("litellm_payg")
+
+#: how long an unbudgeted record may wait to be written with others
+DEFAULT_BATCH_S = 0.25
+#: this many waiting records are written at once, without waiting for the timer
+BATCH_ROWS = 256
+
+#: every WaitingRecords that may hold records: written at exit, forgotten in a forked child
+_ALL: "weakref.WeakSet[WaitingRecords]" = weakref.WeakSet()
+
+
+class WaitingRecords:
+    """The waiting records of one ledger, and the timer that writes them.
+
+    ``write_all`` is the ledger's own "write what waits now" (``flush(quiet=True)``): it takes the
+    rows with :meth:`take`, writes them its way, and puts them back on failure. The timer and the
+    exit hook call it; it must not raise."""
+
+    def __init__(self, batch_s: float, write_all: Callable[[], None]):
+        self.batch_s = float(batch_s)
+        self._write_all = write_all
+        self._rows: list[tuple] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, row: tuple) -> bool:
+        """Keep ``row`` to be written later; True when the batch is full and should be written now."""
+        with self._lock:
+            self._rows.append(row)
+            waiting = len(self._rows)
+            if waiting == 1 and not self._closed:
+                _ALL.add(self)
+                self._arm()
+        return waiting >= BATCH_ROWS
+
+    def take(self) -> list[tuple]:
+        """The waiting rows, now the caller's to write (empty when none wait)."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+            if rows and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        return rows
+
+    def put_back(self, rows: list[tuple]) -> None:
+        """Rows whose write failed: first in line for the next write, a batch later at the latest."""
+        if not rows:
+            return
+        with self._lock:
+            self._rows[:0] = rows
+            if self._timer is None and not self._closed:
+                self._arm()
+
+    def close(self) -> None:
+        """No more timers; what still waits is the caller's to write."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        _ALL.discard(self)
+
+    def _arm(self) -> None:  # under _lock
+        self._timer = threading.Timer(self.batch_s, self._on_timer)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+        self._write_all()
+
+    def _forget_after_fork(self) -> None:
+        self._lock = threading.Lock()  # it may have been held by another thread of the parent
+        self._rows = []
+        self._timer = None
+
+
+@atexit.register
+def _write_all_at_exit() -> None:
+    for waiting in list(_ALL):
+        try:
+            waiting._write_all()
+        except Exception:  # noqa: BLE001 - exit must go on; the ledger logged what it could not write
+            logger.exception("litellm-payg: could not write waiting records at exit")
+
+
+def _forget_the_parents_records() -> None:
+    for waiting in list(_ALL):
+        waiting._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_records)
