@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -35,6 +37,23 @@ def redis_url(db: int = 0) -> str:
     """A Redis URL with a key prefix of its own (after :func:`require_redis`)."""
     require_redis(f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}?prefix=payg-test-{uuid.uuid4().hex[:8]}:"
+
+
+@contextmanager
+def fresh_redis_prefix() -> Iterator[str]:
+    """A Redis URL (db 0) with a key prefix unique to the caller, its keys deleted afterwards."""
+    require_redis()
+    import redis
+
+    prefix = f"payg-test:{uuid.uuid4().hex}:"
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    finally:
+        r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+        keys = list(r.scan_iter(match=prefix + "*"))
+        if keys:
+            r.delete(*keys)
+        r.close()
 
 
 def ledger_url(backend: str, tmp_path: Any) -> str:

@@ -11,10 +11,9 @@ import os
 import signal
 import threading
 import time
-import uuid
 
 import pytest
-from services import BACKENDS, REDIS_HOST, REDIS_PORT, require_redis
+from services import BACKENDS, fresh_redis_prefix
 
 from litellm_payg.core.errors import InvalidAmount, PaygError
 from litellm_payg.stores.ledger import Bucket, LedgerError, LedgerUnavailable, open_ledger
@@ -26,16 +25,8 @@ NANO = 1e-9
 @pytest.fixture
 def redis_url():
     """A Redis ledger URL with a prefix unique to this test, deleted afterwards."""
-    require_redis()
-    import redis
-
-    prefix = f"payg-test:{uuid.uuid4().hex}:"
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
-    r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
-    keys = list(r.scan_iter(match=prefix + "*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    with fresh_redis_prefix() as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)

@@ -182,21 +182,11 @@ def test_a_forked_child_does_not_write_its_parents_waiting_records_again(tmp_pat
 
 @pytest.fixture
 def redis_base():
-    """A Redis URL with a prefix unique to this test (no query yet), its keys deleted afterwards."""
-    import uuid
+    """A Redis URL with a prefix unique to this test (no other query yet), its keys deleted afterwards."""
+    from services import fresh_redis_prefix
 
-    from services import REDIS_HOST, REDIS_PORT, require_redis
-
-    require_redis()
-    import redis
-
-    prefix = f"payg-test:{uuid.uuid4().hex}:"
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
-    r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
-    keys = list(r.scan_iter(match=prefix + "*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+    with fresh_redis_prefix() as url:
+        yield url
 
 
 def _seen_by_another_replica(url: str) -> list[tuple[str, float]]:
