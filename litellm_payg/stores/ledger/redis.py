@@ -264,16 +264,25 @@ class RedisLedger(Ledger):
         return {b.key: Usage(from_nanos(int(flat[2 * i])), from_nanos(int(flat[2 * i + 1])))
                 for i, b in enumerate(buckets)}
 
+    def _reserve_call(self, rid: str, buckets: Sequence[Bucket], amount: int, ttl_s: float, now: float,
+                      attrs_json: str) -> tuple[list[str], list]:
+        """The reserve script's keys and arguments (after the prefix)."""
+        limits = ["" if (lim := limit_nanos(b)) is None else str(lim) for b in buckets]
+        keys = [self._k("exp"), self._k("rec"), self._k("res:" + rid), *(self._k("b:" + b.key) for b in buckets)]
+        return keys, [repr(now), str(amount), repr(now + ttl_s), rid, self._specs(buckets), attrs_json, EXPIRE_BATCH, *limits]
+
+    def _settle_call(self, rid: str, actual: int, actual_usd: float, now: float, attrs_json: str) -> tuple[list[str], list]:
+        """The settle script's keys and arguments (after the prefix)."""
+        return ([self._k("exp"), self._k("rec"), self._k("res:" + rid)],
+                [repr(now), str(actual), repr(float(actual_usd)), rid, attrs_json])
+
     def _record_calls(self, pipe, row: tuple) -> None:
-        """What ``record`` without buckets is, as ``reserve`` then ``settle``, queued on ``pipe``."""
+        """What ``record`` without buckets is, ``reserve`` then ``settle``, queued on ``pipe``."""
         rid, amount_usd, ttl_s, now, attrs_json = row
-        amount = str(to_nanos(amount_usd))
-        self._reserve(keys=[self._k("exp"), self._k("rec"), self._k("res:" + rid)],
-                      args=[self.prefix, repr(now), amount, repr(now + ttl_s), rid, "[]", attrs_json, EXPIRE_BATCH],
-                      client=pipe)
-        self._settle(keys=[self._k("exp"), self._k("rec"), self._k("res:" + rid)],
-                     args=[self.prefix, repr(now), amount, repr(float(amount_usd)), rid, attrs_json],
-                     client=pipe)
+        amount = to_nanos(amount_usd)
+        for script, (keys, args) in ((self._reserve, self._reserve_call(rid, (), amount, ttl_s, now, attrs_json)),
+                                     (self._settle, self._settle_call(rid, amount, amount_usd, now, attrs_json))):
+            script(keys=keys, args=[self.prefix, *args], client=pipe)
 
     def _write_rows(self, rows: Sequence[tuple]) -> None:
         """Book waiting records in one round trip: a MULTI/EXEC pipeline, so a batch lands whole
@@ -339,11 +348,8 @@ class RedisLedger(Ledger):
         check_ttl(ttl_s)
         amount = to_nanos(amount_usd)
         now = clock(now)
-        limits = ["" if (lim := limit_nanos(b)) is None else str(lim) for b in buckets]
-        keys = [self._k("exp"), self._k("rec"), self._k("res:" + reservation_id),
-                *(self._k("b:" + b.key) for b in buckets)]
-        args = [repr(now), str(amount), repr(now + ttl_s), reservation_id, self._specs(buckets),
-                json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False), EXPIRE_BATCH, *limits]
+        keys, args = self._reserve_call(reservation_id, buckets, amount, ttl_s, now,
+                                        json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False))
         ok, refused, flat = self._call(self._reserve, keys, args)
         before = self._pairs(buckets, flat)
         return ReserveResult(bool(ok), reservation_id, buckets[refused - 1].key if refused else None, before)
@@ -351,10 +357,8 @@ class RedisLedger(Ledger):
     def settle(self, reservation_id, actual_usd, now=None, attrs=None):
         self._write_waiting()
         actual = to_nanos(actual_usd, "actual_usd")
-        now = clock(now)
-        keys = [self._k("exp"), self._k("rec"), self._k("res:" + reservation_id)]
-        args = [repr(now), str(actual), repr(float(actual_usd)), reservation_id,
-                json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False)]
+        keys, args = self._settle_call(reservation_id, actual, actual_usd, clock(now),
+                                       json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False))
         return bool(self._call(self._settle, keys, args))
 
     def release(self, reservation_id):
