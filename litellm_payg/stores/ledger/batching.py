@@ -75,6 +75,21 @@ class WaitingRecords:
                 self._timer = None
         return rows
 
+    def write_with(self, write_rows: Callable[[list[tuple]], None]) -> None:
+        """Take the waiting rows and write them with ``write_rows`` (the ledger's own batch write);
+        if it raises, the rows wait again and the error goes on. Nothing waiting: nothing is done,
+        not even a lock taken (every call of the ledger comes here first)."""
+        if not self._rows:
+            return
+        rows = self.take()
+        if not rows:
+            return
+        try:
+            write_rows(rows)
+        except BaseException:
+            self.put_back(rows)
+            raise
+
     def put_back(self, rows: list[tuple]) -> None:
         """Rows whose write failed: first in line for the next write, a batch later at the latest."""
         if not rows:

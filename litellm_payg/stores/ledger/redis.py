@@ -298,18 +298,11 @@ class RedisLedger(Ledger):
             raise LedgerError(f"Redis ledger {self.url} error: {e}") from e
 
     def _write_waiting(self) -> None:
-        """Write the waiting records (before any other call reads or writes); put them back on failure."""
+        """Write the waiting records (before any other call reads or writes); they wait again on failure."""
         if not len(self._waiting):
             return
         with self._writing:
-            rows = self._waiting.take()
-            if not rows:
-                return
-            try:
-                self._write_rows(rows)
-            except BaseException:
-                self._waiting.put_back(rows)
-                raise
+            self._waiting.write_with(self._write_rows)
 
     def flush(self, quiet: bool = False) -> None:
         """Write the records waiting to be batched now. Raises ``LedgerUnavailable`` if they

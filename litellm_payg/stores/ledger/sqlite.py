@@ -506,16 +506,12 @@ class SqliteLedger(Ledger):
                                self.url, len(self._waiting), exc)
 
     def _write_waiting(self) -> None:
-        """Under ``_lock``: write the waiting records in one transaction; put them back on failure."""
-        rows = self._waiting.take()
-        if not rows:
-            return
-        try:
-            with self._tx() as db:
-                self._write_records(db, rows)
-        except BaseException:
-            self._waiting.put_back(rows)
-            raise
+        """Under ``_lock``: write the waiting records in one transaction; they wait again on failure."""
+        self._waiting.write_with(self._write_batch)
+
+    def _write_batch(self, rows: Sequence[tuple]) -> None:
+        with self._tx() as db:
+            self._write_records(db, rows)
 
     def release(self, reservation_id):
         with self._lock, self._tx_after_waiting() as db:
