@@ -9,9 +9,9 @@ and Redis ledgers keep them here and write them in one go:
 
 * at most ``batch_s`` seconds after the first one waits (a timer thread), or at once when
   ``BATCH_ROWS`` wait;
-* before any other call of the same ledger (the ledger calls :meth:`WaitingRecords.take` first), so
+* before any other call of the same ledger (the ledger calls :meth:`WaitingRecords.write_with` first), so
   nothing in the process reads around them; at ``close()``; at interpreter exit;
-* a write that fails puts them back (:meth:`WaitingRecords.put_back`) for the next try;
+* a write that fails puts them back (:meth:`WaitingRecords.write_with`) for the next try;
 * a forked child forgets its parent's (the parent writes them; the child would book each twice).
 
 What a process killed outright (SIGKILL, an OS crash) loses is the last ``batch_s`` of unbudgeted
@@ -41,8 +41,8 @@ _ALL: "weakref.WeakSet[WaitingRecords]" = weakref.WeakSet()
 class WaitingRecords:
     """The waiting records of one ledger, and the timer that writes them.
 
-    ``write_all`` is the ledger's own "write what waits now" (``flush(quiet=True)``): it takes the
-    rows with :meth:`take`, writes them its way, and puts them back on failure. The timer and the
+    ``write_all`` is the ledger's own "write what waits now" (``flush(quiet=True)``): it writes the
+    rows its way through :meth:`write_with`, which puts them back on failure. The timer and the
     exit hook call it; it must not raise."""
 
     def __init__(self, batch_s: float, write_all: Callable[[], None]):
