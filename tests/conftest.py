@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from litellm_payg.standin import StandIn  # noqa: E402
+from litellm_payg.tools.cassette_match import STRICT_MATCH_ON  # noqa: E402
+from litellm_payg.tools.cassette_match import register as register_matchers  # noqa: E402
 
 GUARD_DIR = Path(__file__).resolve().parent / "offline_guard"
 NETLOG = pytest.StashKey[Path]()
@@ -164,6 +166,11 @@ def vcr_cassette_dir(request: pytest.FixtureRequest) -> str:
     return str(CASSETTES_DIR / request.module.__name__.split(".")[-1])
 
 
+def pytest_recording_configure(config: pytest.Config, vcr: Any) -> None:
+    """pytest-recording's VCR learns the strict answer-field matchers ``vcr_config`` names."""
+    register_matchers(vcr)
+
+
 @pytest.fixture(scope="module")
 def vcr_config(recording_standin: StandIn | None) -> dict[str, Any]:
     def before_record_request(req: Any) -> Any:
@@ -183,8 +190,10 @@ def vcr_config(recording_standin: StandIn | None) -> dict[str, Any]:
     return {
         "filter_headers": list(SCRUBBED_HEADERS),
         "filter_query_parameters": list(SCRUBBED_QUERY_PARAMS),
-        # The request body differs between LiteLLM versions (param order, defaults): don't match it.
-        "match_on": ("method", "scheme", "host", "path"),
+        # Strict: a recording answers only the request it recorded (model, messages, max_tokens, stream,
+        # answer-changing parameters, read from the parsed JSON body: key order and LiteLLM's other
+        # additions don't count). See litellm_payg.tools.cassette_match.
+        "match_on": STRICT_MATCH_ON,
         "before_record_request": before_record_request,
         "before_record_response": before_record_response,
         "decode_compressed_response": True,

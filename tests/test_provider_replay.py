@@ -155,6 +155,18 @@ async def test_mistral_chat_stream(provider_api_base, vcr):
     assert litellm.completion_cost(r) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.vcr
+@pytest.mark.default_cassette("test_mistral_chat.yaml")
+async def test_another_prompt_is_not_answered_by_this_cassette(provider_api_base):
+    # Strict matching (tests/conftest.py vcr_config): the cassette answers only the request it
+    # recorded; another prompt fails naming the field that differs, instead of getting its answer.
+    with pytest.raises(Exception) as failed:
+        await litellm.acompletion(model="mistral/mistral-large-latest", messages=[{"role": "user", "content": "Bye."}],
+                                  api_key=_api_key("MISTRAL_API_KEY"), api_base=provider_api_base("mistral"))
+    assert "the closest differ in messages" in str(failed.value)
+    assert 'messages[0].content: sent "Bye.", recorded "Say hello in five words."' in str(failed.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Not a vcr test: scans every cassette file in the repo.
 _CREDENTIAL_PATTERNS = [

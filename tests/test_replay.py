@@ -106,3 +106,114 @@ def test_spend_by_end_user_is_the_requests_user_field_not_the_keys_user():
                SimpleNamespace(amount_usd=0.5, attrs={"user": "alice"})]
     assert spend_of(records, "end_user:alice") == 0.25
     assert spend_of(records, "user:alice") == 0.5
+
+
+# -- strict matching: a recording answers only the request it recorded ----------------------------
+
+
+def _cassette_with(tmp_path: Path, index: int, **body_changes) -> Path:
+    """The sample cassette with interaction ``index``'s recorded request body changed."""
+    data = yaml.safe_load((CASSETTES / "support-week-01.yaml").read_text())
+    request = data["interactions"][index]["request"]
+    request["body"] = json.dumps({**json.loads(request["body"]), **body_changes})
+    path = tmp_path / "support-week-01.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_strict_replay_refuses_a_recording_of_another_model_and_names_it(tmp_path):
+    # Request #2 (bob's) was recorded on deepseek-reasoner, not on the deepseek-chat policy v2 picks:
+    # strict (the default) does not answer it with that recording; the row names it and the field.
+    cassette = _cassette_with(tmp_path, 2, model="deepseek-reasoner")
+    report = replay(SAMPLE / "policy_v2.yaml", cassette, config=CONFIG, group="chat")
+    failed = {r.index: r.error for r in report.rows if r.error}
+    assert set(failed) == {2}, report.table()
+    assert "the closest differ in model" in failed[2]
+    assert 'model: sent "deepseek-chat", recorded "deepseek-reasoner" (recording support-week-01.yaml#2)' in failed[2]
+    assert all(r.exact for r in report.rows if not r.error)
+    assert len(report.records) == 3  # the refused request is not charged
+
+    loose = replay(SAMPLE / "policy_v2.yaml", cassette, config=CONFIG, group="chat", match_on="endpoint")
+    assert not loose.errors and [r.exact for r in loose.rows] == [True, False, True, True]
+
+
+def test_strict_replay_sends_the_recorded_parameters_again(tmp_path):
+    # A recorded temperature is part of the request: replay sends it, so strict matching still finds
+    # the request's own recordings (both deployments' copies carry it).
+    data = yaml.safe_load((CASSETTES / "support-week-01.yaml").read_text())
+    for it in data["interactions"]:
+        it["request"]["body"] = json.dumps({**json.loads(it["request"]["body"]), "temperature": 0.2})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    report = replay(SAMPLE / "policy_v1.yaml", tmp_path / "c.yaml", config=CONFIG)
+    assert not report.errors and all(r.exact for r in report.rows) and len(report.rows) == 4
+
+
+def test_cli_match_on(capsys, tmp_path):
+    cassette = _cassette_with(tmp_path, 2, model="deepseek-reasoner")
+    assert cli.main(["replay", str(SAMPLE / "policy_v2.yaml"), str(cassette), "--config", str(CONFIG), "--group", "chat", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == 1
+    assert cli.main(["replay", str(SAMPLE / "policy_v2.yaml"), str(cassette), "--config", str(CONFIG), "--group", "chat", "--json",
+                     "--match-on", "endpoint"]) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == 0
+    assert cli.main(["replay", str(SAMPLE / "policy_v2.yaml"), str(cassette), "--config", str(CONFIG), "--group", "chat",
+                     "--match-on", "metod,host"]) == 2
+    assert "unknown matcher 'metod'" in capsys.readouterr().err
+
+
+class _Req:
+    def __init__(self, body, uri="https://api.deepseek.com/beta/chat/completions"):
+        self.method, self.uri = "POST", uri
+        self.body = body if isinstance(body, (bytes, str)) else json.dumps(body).encode()
+
+
+def _differs(sent, recorded, uri="https://api.deepseek.com/beta/chat/completions") -> dict[str, str]:
+    from litellm_payg.tools.cassette_match import MATCHERS
+
+    out = {}
+    for name, match in MATCHERS.items():
+        try:
+            match(_Req(sent, uri), _Req(recorded, uri))
+        except AssertionError as exc:
+            out[name] = str(exc)
+    return out
+
+
+def test_answer_fields_normalise_what_does_not_change_an_answer():
+    msgs = [{"role": "user", "content": "hi"}]
+    recorded = {"model": "m", "messages": msgs, "max_tokens": 5}
+    # key order, None-valued keys, text parts, max_completion_tokens, user/metadata/stream_options
+    assert _differs('{"max_tokens": 5, "messages": [{"content": "hi", "role": "user"}], "model": "m"}', recorded) == {}
+    assert _differs({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}],
+                                                 "name": None}], "max_completion_tokens": 5, "user": "u",
+                     "metadata": {"a": 1}, "stream_options": None, "temperature": None}, recorded) == {}
+    # what does change an answer
+    assert set(_differs({**recorded, "max_tokens": 6}, recorded)) == {"max_tokens"}
+    assert set(_differs({**recorded, "stream": True}, recorded)) == {"stream"}
+    assert _differs({**recorded, "temperature": 0.5}, recorded) == {
+        "params": "params.temperature: sent 0.5, recorded <absent>"}
+    assert _differs({**recorded, "tools": [{"type": "function", "function": {"name": "f"}}]}, recorded)["params"]\
+        .startswith("params.tools: sent [")
+    assert _differs({**recorded, "messages": msgs * 2}, recorded) == {"messages": "messages (length): sent 2, recorded 1"}
+    # Anthropic system and Gemini contents read into chat form; Gemini's model is in the path
+    anth = "https://api.anthropic.com/v1/messages"
+    assert _differs({"model": "c", "system": [{"type": "text", "text": "be brief"}], "messages": msgs, "max_tokens": 9},
+                    {"model": "c", "system": "be brief", "messages": msgs, "max_tokens": 9}, anth) == {}
+    gem = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"
+    assert _differs({"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 9}},
+                    {"contents": [{"role": "user", "parts": [{"text": "ho"}]}], "generationConfig": {"maxOutputTokens": 9,
+                                                                                     "temperature": 1}}, gem) == {
+        "messages": 'messages[0].content: sent "hi", recorded "ho"', "params": "params.temperature: sent <absent>, recorded 1"}
+    # a body that is not JSON is compared whole
+    assert set(_differs(b"a=1", b"a=2")) == {"params"} and _differs(b"a=1", b"a=1") == {}
+
+
+def test_resolve_match_on():
+    from litellm_payg.tools.cassette_match import ENDPOINT_MATCH_ON, STRICT_MATCH_ON, resolve_match_on
+
+    assert resolve_match_on(None) == resolve_match_on("strict") == STRICT_MATCH_ON
+    assert resolve_match_on("endpoint") == ENDPOINT_MATCH_ON
+    assert resolve_match_on("method, host,path,messages") == ("method", "host", "path", "messages")
+    with pytest.raises(ValueError, match="unknown matcher 'mesages'"):
+        resolve_match_on(["method", "mesages"])
+    with pytest.raises(ReplayError, match="unknown matcher"):
+        replay(SAMPLE / "policy_v2.yaml", CASSETTES, config=CONFIG, match_on="loose")

@@ -24,7 +24,7 @@ def run_sample(extra_env: dict[str, str] | None = None, *args: str) -> subproces
 def test_sample_project_passes():
     result = run_sample()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout, result.stdout
+    assert "4 passed" in result.stdout, result.stdout
 
 
 def test_sample_project_fails_when_the_cheaper_policy_is_not_cheaper(tmp_path):

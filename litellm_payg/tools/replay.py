@@ -1,22 +1,30 @@
 """Offline replay: what would this policy have cost on recorded traffic?
 
-``litellm-payg replay POLICY CASSETTES... [--config litellm-config.yaml] [--group G] [--json]``
+``litellm-payg replay POLICY CASSETTES... --config litellm-config.yaml [--group G] [--match-on MODE] [--json]``
 
 Each chat request recorded in a vcrpy cassette (OpenAI-style ``/chat/completions``, Anthropic
 ``/v1/messages``, Gemini ``:generateContent``) is sent again, with its messages, ``max_tokens``,
-``stream`` and ``user``, through a LiteLLM ``Router`` built from the config's ``model_list`` and
-governed by the policy (with a ``memory://`` ledger: a replay never touches a real ledger). vcrpy
-answers every provider call from the cassettes (``record_mode="none"``, matched on method, host and
-path, never the body), so the deployment the policy picks is answered by a recorded response of that
-provider and LiteLLM prices the recorded usage exactly as it would in production. No network.
+``stream``, ``user`` and (OpenAI-style recordings) its sampling and tool parameters, through a
+LiteLLM ``Router`` built from the config's ``model_list`` and governed by the policy (with a
+``memory://`` ledger: a replay never touches a real ledger). vcrpy answers every provider call from
+the cassettes (``record_mode="none"``), so LiteLLM prices the recorded usage exactly as it would in
+production. No network.
 
-Which recorded answer serves a replayed request: the request's own recorded answer when the policy
-sends it to a provider endpoint and model it was recorded with (the row says ``exact``); otherwise the
-first recorded answer for the chosen provider endpoint (an approximation). To compare deployments
-exactly, record each request against every deployment ("shadow recording", as
-``tests/sample_user_project/record.py`` does): the same messages, max_tokens, stream and user recorded
-several times in one cassette are one request, replayed once, answered by the recording of whichever
-deployment the policy picks. (So two identical requests in one cassette count once.)
+Which recorded answer serves a replayed request (``match_on``, ``--match-on``):
+
+* ``strict`` (the default): only a recording of this request on the model the policy picked -- the
+  same model, messages, max_tokens, stream and answer-changing parameters
+  (:mod:`litellm_payg.tools.cassette_match`). A request the policy sends to a deployment it was not
+  recorded on is a row with an error naming the closest recording and the field that differs
+  (usually ``model``), never an answer to something else.
+* ``endpoint``: the request's own recording when it has one on the chosen provider endpoint and
+  model (the row says ``exact``), otherwise the first recording of that endpoint -- an approximation
+  the user opts into.
+
+To compare deployments exactly, record each request against every deployment ("shadow recording",
+as ``tests/sample_user_project/record.py`` does): the same messages, max_tokens, stream and user
+recorded several times in one cassette are one request, replayed once, answered by the recording of
+whichever deployment the policy picks. (So two identical requests in one cassette count once.)
 
 Which model group a recorded request goes to: ``group=`` (``--group``) for all of them; otherwise the
 group of the config deployment whose model is the recorded model (with or without its provider
@@ -46,6 +54,7 @@ import yaml
 
 from litellm_payg.core.scopes import SCOPE_KINDS, record_attr_of
 from litellm_payg.core.errors import PaygError
+from litellm_payg.tools.cassette_match import ANSWER_PARAMS, STRICT_MATCH_ON, register, resolve_match_on, tag_origin
 
 __all__ = ["ReplayError", "RecordedRequest", "ReplayRow", "ReplayReport", "load_requests", "load_model_list",
            "replay", "areplay", "add_parser", "run"]
@@ -76,6 +85,8 @@ class RecordedRequest:
     max_tokens: int | None = None
     stream: bool = False
     user: str | None = None
+    #: the answer-changing parameters of an OpenAI-style recording (temperature, tools, ...), sent again
+    params: dict[str, Any] = field(default_factory=dict)
     #: interaction indices of this same request recorded against other deployments (shadow
     #: recordings), this one first; each answers when the policy picks its provider endpoint
     recordings: list[int] = field(default_factory=list)
@@ -157,6 +168,15 @@ def _to_openai(uri: str, body: Mapping[str, Any]) -> tuple[str | None, list[dict
     return body.get("model"), list(body.get("messages") or []), body.get("max_completion_tokens") or body.get("max_tokens")
 
 
+def _openai_params(uri: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer-changing parameters of an OpenAI-style chat body, which LiteLLM accepts as they are
+    (Anthropic and Gemini spell them differently: not sent again, so a strict replay names them)."""
+    path = urlsplit(uri).path
+    if path.endswith("/v1/messages") or ":generateContent" in path or ":streamGenerateContent" in path:
+        return {}
+    return {k: body[k] for k in ANSWER_PARAMS if body.get(k) is not None}
+
+
 def load_requests(paths: Iterable[str | os.PathLike[str]]) -> list[RecordedRequest]:
     """Every recorded chat request in these cassette files/directories, in file then recording order."""
     out: list[RecordedRequest] = []
@@ -175,13 +195,15 @@ def load_requests(paths: Iterable[str | os.PathLike[str]]) -> list[RecordedReque
                 raise ReplayError(f"{path}#{i}: recorded chat request has no messages")
             stream = bool(body.get("stream")) or ":streamGenerateContent" in uri
             user = body.get("user") or (body.get("metadata") or {}).get("user_id")
-            key = json.dumps([messages, max_tokens, stream, user], sort_keys=True, default=str)
+            params = _openai_params(uri, body)
+            key = json.dumps([messages, max_tokens, stream, user, params], sort_keys=True, default=str)
             same = seen.get(key)
             if same is not None:  # the same request recorded against another deployment
                 same.recordings.append(i)
                 same.recorded_models.append(model)
                 continue
-            seen[key] = rec = RecordedRequest(path, i, "POST", uri, model, messages, max_tokens, stream, user, [i], [model])
+            seen[key] = rec = RecordedRequest(path, i, "POST", uri, model, messages, max_tokens, stream, user, params,
+                                                 [i], [model])
             out.append(rec)
     if not out:
         raise ReplayError("no recorded chat requests in " + ", ".join(str(p) for p in paths))
@@ -351,8 +373,9 @@ def spend_of(records: Iterable[Any], scope: str | None = None) -> float:
 # -- replaying -----------------------------------------------------------------------------------
 
 
-def _player(first: Sequence[int]) -> Any:
-    """A vcrpy VCR that plays a cassette with the interactions ``first`` tried first, in order."""
+def _player(first: Sequence[int], match_on: Sequence[str] = STRICT_MATCH_ON) -> Any:
+    """A vcrpy VCR that plays a cassette with the interactions ``first`` tried first, in order,
+    matching on ``match_on`` (strict by default: see :mod:`litellm_payg.tools.cassette_match`)."""
     try:
         import vcr
     except ImportError:
@@ -372,17 +395,26 @@ def _player(first: Sequence[int]) -> Any:
                         text = json.dumps(parsed)
                         part["body"] = {"string": text} if kind == "response" else text
                     part.setdefault("body", {"string": ""} if kind == "response" else None)
-            own = [data["interactions"][j] for j in first]
-            data["interactions"] = own + [it for j, it in enumerate(data["interactions"]) if j not in first]
-            return deserialize(yaml.safe_dump(data), yamlserializer)
+            order = [*first, *(j for j in range(len(data["interactions"])) if j not in first)]
+            data["interactions"] = [data["interactions"][j] for j in order]
+            requests, responses = deserialize(yaml.safe_dump(data), yamlserializer)
+            tag_origin(requests, lambda k: f"{Path(cassette_path).name}#{order[k]}")
+            return requests, responses
 
         @staticmethod
         def save_cassette(cassette_path: Any, cassette_dict: Any, serializer: Any) -> None:
             raise ReplayError("replay never records")
 
-    player = vcr.VCR(record_mode="none", match_on=("method", "host", "path"))
+    player = register(vcr.VCR(record_mode="none", match_on=tuple(match_on)))
     player.register_persister(FirstOwn)
     return player
+
+
+def _match_on(match_on: str | Sequence[str] | None) -> tuple[str, ...]:
+    try:
+        return resolve_match_on(match_on)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
 
 
 async def _wait_settled(engine: Any, before: int, succeeded: bool, timeout: float = 10.0) -> list[Any]:
@@ -404,6 +436,7 @@ async def _send(router: Any, req: RecordedRequest, group: str) -> Any:
         kwargs["max_tokens"] = req.max_tokens
     if req.user:
         kwargs["user"] = req.user
+    kwargs.update(req.params)
     if not req.stream:
         return await router.acompletion(**kwargs)
     stream = await router.acompletion(stream=True, stream_options={"include_usage": True}, **kwargs)
@@ -424,15 +457,18 @@ async def areplay(
     *,
     config: Any,
     group: str | None = None,
+    match_on: str | Sequence[str] | None = None,
 ) -> ReplayReport:
     """Replay every recorded chat request in ``cassettes`` through a Router built from ``config``
     (a LiteLLM config.yaml path, a parsed config or a model_list) governed by ``policy`` (a path,
-    dict or Policy; its ledger is replaced by ``memory://``). See the module docstring."""
+    dict or Policy; its ledger is replaced by ``memory://``). ``match_on``: ``"strict"`` (default),
+    ``"endpoint"`` or vcrpy matcher names; see the module docstring."""
     from litellm import Router
 
     from litellm_payg.adapter.routing import attach
 
     paths = [cassettes] if isinstance(cassettes, (str, os.PathLike)) else list(cassettes)
+    matchers = _match_on(match_on)
     requests = load_requests(paths)
     model_list = load_model_list(config)
     routed = [(req, _group_for(req, model_list, group)) for req in requests]  # fail before any call
@@ -446,7 +482,7 @@ async def areplay(
             row = ReplayRow(str(req.cassette), req.index, grp, req.model, user=req.user)
             before = len(engine.spend.ledger.records())
             try:
-                with _player(req.recordings).use_cassette(str(req.cassette), allow_playback_repeats=True) as cas:
+                with _player(req.recordings, matchers).use_cassette(str(req.cassette), allow_playback_repeats=True) as cas:
                     response = await _send(router, req, grp)
                     own = [req.recorded_models[k] for k in range(len(req.recordings)) if cas.play_counts[k]]
                 usage = getattr(response, "usage", None)
@@ -474,17 +510,18 @@ async def areplay(
     return report
 
 
-def replay(policy: Any, cassettes: Any, *, config: Any, group: str | None = None) -> ReplayReport:
+def replay(policy: Any, cassettes: Any, *, config: Any, group: str | None = None,
+           match_on: str | Sequence[str] | None = None) -> ReplayReport:
     """Synchronous :func:`areplay` (runs it on a private event loop thread if one is running here)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(areplay(policy, cassettes, config=config, group=group))
+        return asyncio.run(areplay(policy, cassettes, config=config, group=group, match_on=match_on))
     result: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            result["ok"] = asyncio.run(areplay(policy, cassettes, config=config, group=group))
+            result["ok"] = asyncio.run(areplay(policy, cassettes, config=config, group=group, match_on=match_on))
         except BaseException as exc:  # re-raised in the caller's thread
             result["err"] = exc
 
@@ -506,6 +543,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("cassettes", nargs="+", metavar="CASSETTES", help="cassette files or directories")
     p.add_argument("--config", required=True, help="the LiteLLM config.yaml whose model_list gives the deployments")
     p.add_argument("--group", help="send every recorded request to this model group")
+    p.add_argument("--match-on", default="strict", metavar="MODE",
+                   help="which recording may answer a request: 'strict' (default: the same model, messages, "
+                        "max_tokens, stream and sampling/tool parameters), 'endpoint' (any recording of the "
+                        "chosen provider endpoint: an approximation you opt into) or comma-separated vcrpy "
+                        "matcher names")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -513,7 +555,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: never fetch the price map
-    report = replay(args.policy, args.cassettes, config=args.config, group=args.group)
+    report = replay(args.policy, args.cassettes, config=args.config, group=args.group,
+                    match_on=getattr(args, "match_on", None))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

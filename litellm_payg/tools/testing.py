@@ -6,13 +6,16 @@ the policy's own, and LiteLLM's bundled price map (``LITELLM_LOCAL_MODEL_COST_MA
 
 Fixtures
 --------
-``payg_replay(cassettes, policy=..., config=..., group=None) -> ReplayReport``
+``payg_replay(cassettes, policy=..., config=..., group=None, match_on="strict") -> ReplayReport``
     Replays every recorded chat request in the cassette files/directories through a Router built
     from ``config`` (a LiteLLM config.yaml path, parsed config or model_list) and governed by
     ``policy`` (a path, dict or Policy); vcrpy answers from the cassettes, nothing reaches the
     network. Relative paths are resolved against the test file's directory. ``group=`` sends every
     request to one model group; otherwise a recorded model maps to the group of the config deployment
-    with that model. See :mod:`litellm_payg.tools.replay` for which recorded answer serves which request.
+    with that model. ``match_on="strict"`` (default): only a recording of the same request on the
+    picked model answers it, else the row has an error naming the closest recording and the field
+    that differs; ``match_on="endpoint"`` accepts any recording of the endpoint (an approximation you
+    opt into). See :mod:`litellm_payg.tools.replay`.
     ``ReplayReport`` has ``rows`` (``ReplayRow``: cassette, index, group, deployment, model,
     provider, user, split_arm, prompt/completion tokens, cost_usd, exact, error), ``records`` (the
     ledger's SpendRecords), ``total_usd``, ``by_deployment()``, ``spend(scope=None)``, ``table()``.
@@ -29,9 +32,14 @@ Fixtures
     USD settled so far by ``payg_router``'s requests (waits for LiteLLM's callbacks to settle):
     ``payg_spend()``, ``payg_spend(scope="provider:deepseek")``, ``"model:..."``, ``"deployment:..."``,
     ``"group:..."``, ``"user:..."``, ``"team:..."``, ``"tag:..."``, ``"split_arm:..."``.
-``payg_cassette(path_or_dir)``
-    A context manager playing cassettes (record_mode ``none``, matched on method, host and path) for
-    requests sent through ``payg_router`` yourself.
+``payg_cassette(path_or_dir, match_on="strict")``
+    A context manager playing cassettes (record_mode ``none``) for requests sent through
+    ``payg_router`` yourself. Strict by default: a request is answered only by a recording with the
+    same model, messages, max_tokens, stream and sampling/tool parameters
+    (:mod:`litellm_payg.tools.cassette_match`); anything else fails with vcrpy's
+    ``CannotOverwriteExistingCassetteException`` naming the closest recording (``file.yaml#index``)
+    and the field that differs. ``match_on="endpoint"`` (method, host, path: any recording of the
+    endpoint answers) or a tuple of vcrpy matcher names is your explicit choice of a looser match.
 
 Helpers (import from ``litellm_payg.tools.testing``)
 -----------------------------------------------
@@ -60,9 +68,22 @@ use_bundled_price_map_unless_chosen()
 
 import pytest  # noqa: E402
 
+from litellm_payg.tools.cassette_match import ENDPOINT_MATCH_ON, STRICT_MATCH_ON, register, resolve_match_on, tag_origin  # noqa: E402
 from litellm_payg.tools.replay import ReplayError, ReplayReport, ReplayRow, load_model_list, replay, spend_of  # noqa: E402
 
-__all__ = ["assert_routed_to", "spend", "ReplayReport", "ReplayRow", "ReplayError"]
+__all__ = ["assert_routed_to", "spend", "ReplayReport", "ReplayRow", "ReplayError", "STRICT_MATCH_ON",
+           "ENDPOINT_MATCH_ON", "register_matchers"]
+
+#: register the strict answer-field matchers on your own ``vcr.VCR`` (or pytest-recording's, in
+#: ``pytest_recording_configure``) before using ``match_on=STRICT_MATCH_ON``
+register_matchers = register
+
+
+def _match_on(match_on: Any) -> tuple[str, ...]:
+    try:
+        return resolve_match_on(match_on)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -197,19 +218,24 @@ def payg_cassette(request: pytest.FixtureRequest) -> Any:
             files = sorted(p.glob("*.yaml")) if p.is_dir() else [p]
             if not files or not files[0].is_file():
                 raise ReplayError(f"{p}: no cassette")
-            interactions = [it for f in files for it in yaml.safe_load(f.read_text(encoding="utf-8"))["interactions"]]
-            return deserialize(yaml.safe_dump({"version": 1, "interactions": interactions}), yamlserializer)
+            loaded = [(f, yaml.safe_load(f.read_text(encoding="utf-8"))["interactions"]) for f in files]
+            origins = [f"{f.name}#{i}" for f, its in loaded for i in range(len(its))]
+            interactions = [it for _f, its in loaded for it in its]
+            requests, responses = deserialize(yaml.safe_dump({"version": 1, "interactions": interactions}), yamlserializer)
+            tag_origin(requests, origins.__getitem__)
+            return requests, responses
 
         @staticmethod
         def save_cassette(cassette_path: Any, cassette_dict: Any, serializer: Any) -> None:
             raise ReplayError("payg_cassette never records")
 
-    player = vcr.VCR(record_mode="none", match_on=("method", "host", "path"))
+    player = register(vcr.VCR(record_mode="none"))
     player.register_persister(AllFiles)
 
     @contextlib.contextmanager
-    def _play(path: Any) -> Iterator[Any]:
-        with player.use_cassette(str(_resolve(request, path)), allow_playback_repeats=True) as cassette:
+    def _play(path: Any, match_on: str | tuple[str, ...] | None = None) -> Iterator[Any]:
+        with player.use_cassette(str(_resolve(request, path)), allow_playback_repeats=True,
+                                 match_on=_match_on(match_on)) as cassette:
             yield cassette
 
     return _play
@@ -217,11 +243,13 @@ def payg_cassette(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def payg_replay(request: pytest.FixtureRequest) -> Any:
-    def _replay(cassettes: Any, *, policy: Any, config: Any, group: str | None = None) -> ReplayReport:
+    def _replay(cassettes: Any, *, policy: Any, config: Any, group: str | None = None,
+                match_on: str | tuple[str, ...] | None = None) -> ReplayReport:
         if isinstance(cassettes, (str, os.PathLike)):
             cassettes = [cassettes]
         paths = [_resolve(request, c) for c in cassettes]
-        return replay(_resolve(request, policy), paths, config=_resolve(request, config), group=group)
+        return replay(_resolve(request, policy), paths, config=_resolve(request, config), group=group,
+                      match_on=match_on)
 
     return _replay
 

@@ -30,12 +30,37 @@ def test_v2_costs_less_than_v1_on_recorded_traffic(payg_replay):
     assert v1.spend(scope="model:mistral/mistral-large-latest") == v1.spend()
 
 
+ORDER_1042 = [{"role": "user", "content": "Where is my order 1042? It was due on Monday."}]  # recorded
+
+
 @pytest.mark.payg_policy(HERE / "policy_v2.yaml")
 @pytest.mark.payg_config(CONFIG)
 def test_live_router_under_v2(payg_router, payg_spend, payg_cassette):
     with payg_cassette(CASSETTES):
-        response = payg_router.completion(
-            model="chat", messages=[{"role": "user", "content": "Where is my order 1042?"}], max_tokens=64, user="alice"
-        )
+        response = payg_router.completion(model="chat", messages=ORDER_1042, max_tokens=64, user="alice")
     assert_routed_to(response, "deepseek/deepseek-chat")
+    assert response.choices[0].message.content.startswith("Your order 1042 ships today")  # its own answer
     assert payg_spend(scope="provider:deepseek") == payg_spend() > 0
+
+
+@pytest.mark.payg_policy(HERE / "policy_v2.yaml")
+@pytest.mark.payg_config(CONFIG)
+def test_an_unrecorded_prompt_fails_naming_the_closest_recording(payg_router, payg_cassette):
+    # A prompt nobody recorded is not answered with another prompt's recording: the error names the
+    # closest recording (file#index) and the field that differs.
+    with payg_cassette(CASSETTES), pytest.raises(Exception) as failed:
+        payg_router.completion(model="chat", messages=[{"role": "user", "content": "Where is my order 1042?"}],
+                               max_tokens=64, user="alice")
+    message = str(failed.value)
+    assert "no recorded interaction matches it (the closest differ in messages)" in message
+    assert "messages[0].content: sent \"Where is my order 1042?\"" in message
+    assert "(recording support-week-01.yaml#0)" in message
+
+
+@pytest.mark.payg_policy(HERE / "policy_v2.yaml")
+@pytest.mark.payg_config(CONFIG)
+def test_endpoint_matching_is_an_explicit_choice(payg_router, payg_cassette):
+    # match_on="endpoint": any recording of the provider endpoint answers (here: the first deepseek one).
+    with payg_cassette(CASSETTES, match_on="endpoint"):
+        response = payg_router.completion(model="chat", messages=[{"role": "user", "content": "Hi?"}], max_tokens=5)
+    assert_routed_to(response, "deepseek")
