@@ -199,3 +199,33 @@ def test_no_credentials_in_cassettes():
 ])
 def test_credential_scan_catches(leak):
     assert _credential_findings(leak)
+
+
+def test_a_re_recorded_cassette_replays_strictly(tmp_path):
+    # The README's re-recording command (offline, against the stand-in) in a copy of the project,
+    # then the normal strict replay of what it wrote: a fresh recording matches its own test.
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "tests").mkdir()
+    for name in ("conftest.py", "test_provider_replay.py"):
+        shutil.copy(repo / "tests" / name, tmp_path / "tests" / name)
+    shutil.copytree(repo / "tests" / "offline_guard", tmp_path / "tests" / "offline_guard")
+    shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(repo)}
+    env.pop("PYTEST_ADDOPTS", None)
+    tests = ["tests/test_provider_replay.py", "-q", "-p", "no:cacheprovider", "-k", "chat and not another"]
+
+    def pytest_run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest", *tests, *args], cwd=tmp_path, env={**env, **extra},
+                              capture_output=True, text=True, timeout=300)
+
+    recorded = pytest_run("--record-mode=rewrite", PAYG_RECORD_AGAINST="standin")
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    written = sorted(p.name for p in (tmp_path / "cassettes" / "test_provider_replay").glob("*.yaml"))
+    assert written == ["test_deepseek_chat.yaml", "test_deepseek_chat_stream.yaml", "test_mistral_chat.yaml",
+                       "test_mistral_chat_stream.yaml"]
+    replayed = pytest_run()  # --record-mode=none (pyproject), strict match_on (conftest)
+    assert replayed.returncode == 0 and "4 passed" in replayed.stdout, replayed.stdout + replayed.stderr
