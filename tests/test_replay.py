@@ -128,8 +128,10 @@ def test_strict_replay_refuses_a_recording_of_another_model_and_names_it(tmp_pat
     report = replay(SAMPLE / "policy_v2.yaml", cassette, config=CONFIG, group="chat")
     failed = {r.index: r.error for r in report.rows if r.error}
     assert set(failed) == {2}, report.table()
-    assert "the closest differ in model" in failed[2]
+    assert failed[2].startswith("Can't play back this request: no recorded interaction matches it (the closest "
+                                "differ in model). model differs: model: sent")  # the table's line
     assert 'model: sent "deepseek-chat", recorded "deepseek-reasoner" (recording support-week-01.yaml#2)' in failed[2]
+    assert 'recorded "deepseek-reasoner" (recording support-week-01.yaml#2)' in report.table()
     assert all(r.exact for r in report.rows if not r.error)
     assert len(report.records) == 3  # the refused request is not charged
 

@@ -332,7 +332,7 @@ class ReplayReport:
         for r in self.rows:
             where = f"{Path(r.cassette).name}#{r.index}"
             if r.error:
-                lines.append(f"{where[:34]:<34} {r.group[:12]:<12} ERROR: {r.error.splitlines()[0][:90]}")
+                lines.append(f"{where[:34]:<34} {r.group[:12]:<12} ERROR: {r.error.splitlines()[0][:300]}")
                 continue
             lines.append(
                 f"{where[:34]:<34} {r.group[:12]:<12} {str(r.deployment)[:22]:<22} {str(r.model)[:32]:<32} "
@@ -444,6 +444,19 @@ async def _send(router: Any, req: RecordedRequest, group: str) -> Any:
     return litellm.stream_chunk_builder(chunks, messages=req.messages)
 
 
+def _failure(exc: BaseException) -> str:
+    """The row's error: for a request no recording matches, a first line saying so with the closest
+    recording and the field that differs (vcrpy's message, which LiteLLM wraps, follows in full)."""
+    text = f"{type(exc).__name__}: {exc}"
+    start = text.find("Can't play back this request")
+    if start < 0:
+        return text
+    vcr_message = text[start:]
+    headline = vcr_message.split("\n", 1)[0]
+    differs = [ln.strip() for ln in vcr_message.splitlines() if " differs: " in ln][:1]
+    return f"{headline} {differs[0] if differs else ''}".rstrip() + "\n\n" + text
+
+
 def _policy_of(policy: Any) -> Any:
     from litellm_payg.policy.load import Policy, load_policy
 
@@ -490,7 +503,7 @@ async def areplay(
                 row.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
                 row.deployment = (getattr(response, "_hidden_params", None) or {}).get("model_id")
             except Exception as exc:  # a failed request is reported (and, by the plugin, not charged)
-                row.error = f"{type(exc).__name__}: {exc}"
+                row.error = _failure(exc)
                 own = []
             records = await _wait_settled(engine, before, succeeded=row.error is None)
             for rec in records:
