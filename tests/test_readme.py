@@ -228,15 +228,12 @@ def shell_commands(code: str) -> list[str]:
 
 
 def _smoke_traffic(real: Any) -> Any:
-    from litellm_payg.tools import simulate
-
     def capped(text: str, source: str) -> Any:
         traffic = real(text, source)
         traffic.classes = [dataclasses.replace(c, count=min(c.count, SMOKE_REQUESTS)) for c in traffic.classes]
         traffic.runs = [dataclasses.replace(r, count=min(r.count, SMOKE_RUNS)) for r in traffic.runs]
         return traffic
 
-    assert simulate.parse_traffic is real
     return capped
 
 
@@ -419,7 +416,10 @@ def check_block(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, p
         cwd = _workdir(tmp_path / "cwd")
         for command in shell_commands(block.code):
             argv = shlex.split(command)
-            assert argv[0] == "litellm-payg", (
+            while argv and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", argv[0]):  # NAME=value command
+                name, _, value = argv.pop(0).partition("=")
+                monkeypatch.setenv(name, value)
+            assert argv and argv[0] == "litellm-payg", (
                 f"{block.where}: cannot run `{command}` here (only litellm-payg commands are run): "
                 "mark the block <!-- not-run: REASON --> on the line before its fence")
             code, out = run_cli(argv[1:], cwd, monkeypatch)
@@ -468,6 +468,12 @@ def test_a_renamed_policy_field_fails_naming_the_block(tmp_path, monkeypatch):
                      "```yaml\nbudgets:\n  - {scope: global, window: month, limit_usd: 5, on_exced: block}\n```\n"):
         message = _fails(_one(markdown), tmp_path / str(hash(markdown)), monkeypatch)
         assert message.startswith("DOC.md:1 (yaml block") and "PolicyError" in message, message
+
+
+def test_a_command_with_an_environment_prefix_runs_with_it(tmp_path, monkeypatch):
+    check_block(_one("```bash\nLITELLM_PAYG_DOCS_TEST=1 litellm-payg check policies/cost-threshold.yaml\n```\n"),
+                tmp_path, monkeypatch, _done({}))
+    assert os.environ["LITELLM_PAYG_DOCS_TEST"] == "1"
 
 
 def test_an_unmarked_block_that_cannot_run_fails_telling_the_author_to_mark_it(tmp_path, monkeypatch):
