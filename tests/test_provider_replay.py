@@ -163,7 +163,6 @@ async def test_another_prompt_is_not_answered_by_this_cassette(provider_api_base
     with pytest.raises(Exception) as failed:
         await litellm.acompletion(model="mistral/mistral-large-latest", messages=[{"role": "user", "content": "Bye."}],
                                   api_key=_api_key("MISTRAL_API_KEY"), api_base=provider_api_base("mistral"))
-    assert "the closest differ in messages" in str(failed.value)
     assert 'messages[0].content: sent "Bye.", recorded "Say hello in five words."' in str(failed.value)
 
 

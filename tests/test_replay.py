@@ -128,8 +128,9 @@ def test_strict_replay_refuses_a_recording_of_another_model_and_names_it(tmp_pat
     report = replay(SAMPLE / "policy_v2.yaml", cassette, config=CONFIG, group="chat")
     failed = {r.index: r.error for r in report.rows if r.error}
     assert set(failed) == {2}, report.table()
-    assert failed[2].startswith("Can't play back this request: no recorded interaction matches it (the closest "
-                                "differ in model). model differs: model: sent")  # the table's line
+    assert failed[2].startswith("no recording in the cassette matches this request; the closest differs in "
+                                'model: sent "deepseek-chat", recorded "deepseek-reasoner" (recording '
+                                "support-week-01.yaml#2)\n")  # the table's line
     assert 'model: sent "deepseek-chat", recorded "deepseek-reasoner" (recording support-week-01.yaml#2)' in failed[2]
     assert 'recorded "deepseek-reasoner" (recording support-week-01.yaml#2)' in report.table()
     assert all(r.exact for r in report.rows if not r.error)
@@ -195,7 +196,7 @@ def test_answer_fields_normalise_what_does_not_change_an_answer():
         "params": "params.temperature: sent 0.5, recorded <absent>"}
     assert _differs({**recorded, "tools": [{"type": "function", "function": {"name": "f"}}]}, recorded)["params"]\
         .startswith("params.tools: sent [")
-    assert _differs({**recorded, "messages": msgs * 2}, recorded) == {"messages": "messages (length): sent 2, recorded 1"}
+    assert _differs({**recorded, "messages": msgs * 2}, recorded) == {"messages": "messages.length: sent 2, recorded 1"}
     # Anthropic system and Gemini contents read into chat form; Gemini's model is in the path
     anth = "https://api.anthropic.com/v1/messages"
     assert _differs({"model": "c", "system": [{"type": "text", "text": "be brief"}], "messages": msgs, "max_tokens": 9},

@@ -194,7 +194,7 @@ def _first_difference(sent: Any, recorded: Any, where: str) -> tuple[str, Any, A
             if a != b:
                 return _first_difference(a, b, f"{where}[{i}]")
         if len(sent) != len(recorded):
-            return f"{where} (length)", len(sent), len(recorded)
+            return f"{where}.length", len(sent), len(recorded)
     return where, sent, recorded
 
 

@@ -42,6 +42,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -446,15 +447,18 @@ async def _send(router: Any, req: RecordedRequest, group: str) -> Any:
 
 def _failure(exc: BaseException) -> str:
     """The row's error: for a request no recording matches, a first line saying so with the closest
-    recording and the field that differs (vcrpy's message, which LiteLLM wraps, follows in full)."""
+    recording and the field that differs (vcrpy's message, which LiteLLM wraps, follows in full).
+    The field's line is the strict matcher's own message, whatever vcrpy release frames it."""
     text = f"{type(exc).__name__}: {exc}"
-    start = text.find("Can't play back this request")
-    if start < 0:
+    if "Can't play back this request" not in text and "Can't overwrite existing cassette" not in text:
         return text
-    vcr_message = text[start:]
-    headline = vcr_message.split("\n", 1)[0]
-    differs = [ln.strip() for ln in vcr_message.splitlines() if " differs: " in ln][:1]
-    return f"{headline} {differs[0] if differs else ''}".rstrip() + "\n\n" + text
+    closest = next((m.group(0) for ln in text.splitlines() if (m := _MISMATCH.search(ln))), None)
+    first = "no recording in the cassette matches this request"
+    return (f"{first}; the closest differs in {closest}" if closest else first) + "\n\n" + text
+
+
+#: the strict matchers' message: ``field.path: sent X, recorded Y (recording file.yaml#N)``
+_MISMATCH = re.compile(r"\S+: sent .*, recorded .*$")
 
 
 def _policy_of(policy: Any) -> Any:
