@@ -16,7 +16,9 @@ Docs: ``README.md`` and ``bench/README.md`` (``DOCS``). Each fenced block is han
   (top-level policy keys without ``version``; or a list of rule entries, loaded as a route) is
   loaded inside a minimal policy, a LiteLLM config (``model_list:``) is checked with
   ``litellm-payg check POLICY --config`` against the policy it names (``LITELLM_PAYG_POLICY``, found
-  by name in ``policies/``), the policies beside its ``file:``, or an empty policy. A policy block with
+  by name in ``policies/``), the policies beside its ``file:``, or an empty policy; a part of a config
+  (``litellm_settings:`` ...) has its dotted callbacks imported; a list of budgets (entries with
+  ``scope``) is loaded as ``budgets:``. A policy block with
   ``{...}``/``[...]`` placeholders is a reference: its top-level keys must be policy fields.
 * ``json``: each JSON value (one per line, or wrapped over several) parsed; traffic lines
   (``group``/``runs``) through ``simulate``'s traffic parser.
@@ -296,6 +298,9 @@ def _check_yaml_data(b: Block, data: Any, cwd: Path, home: Path, monkeypatch: py
     if isinstance(data, dict) and "model_list" in data:
         _check_config(b, data, cwd, monkeypatch)
         return
+    if isinstance(data, dict) and data and set(data) <= _CONFIG_KEYS:  # a part of a LiteLLM config
+        _check_callbacks(b, data)
+        return
     fields = _policy_fields()
     if isinstance(data, dict) and "version" in data and _PLACEHOLDER.search(b.code):
         unknown = sorted(set(data) - fields)
@@ -308,6 +313,9 @@ def _check_yaml_data(b: Block, data: Any, cwd: Path, home: Path, monkeypatch: py
         return
     if isinstance(data, dict) and data and set(data) <= fields:
         _load_policy_text(yaml.safe_dump({"version": 1, **data}), home / "block.yaml")
+        return
+    if isinstance(data, list) and data and all(isinstance(e, dict) and "scope" in e for e in data):  # budgets
+        _load_policy_text(yaml.safe_dump({"version": 1, "budgets": data}), home / "block.yaml")
         return
     if isinstance(data, list) and data and all(isinstance(e, dict) for e in data):
         _load_policy_text(yaml.safe_dump({"version": 1, "routes": {"chat": data}}), home / "block.yaml")
@@ -332,13 +340,21 @@ def _config_policies(b: Block, data: dict[str, Any], tmp: Path) -> list[Path]:
     return [empty]
 
 
-def _check_config(b: Block, data: dict[str, Any], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+_CONFIG_KEYS = {"model_list", "litellm_settings", "general_settings", "router_settings", "environment_variables",
+                "callback_settings"}
+
+
+def _check_callbacks(b: Block, data: dict[str, Any]) -> None:
     import importlib
 
     for cb in (data.get("litellm_settings") or {}).get("callbacks") or []:
         if "." in cb:  # a dotted path the proxy imports (a bare name is one of LiteLLM's own loggers)
             module, _, attr = cb.rpartition(".")
             assert hasattr(importlib.import_module(module), attr), f"{b.where}: callback {cb!r} does not exist"
+
+
+def _check_config(b: Block, data: dict[str, Any], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _check_callbacks(b, data)
     config = cwd / "block-config.yaml"
     config.write_text(b.code, encoding="utf-8")
     for policy in _config_policies(b, data, cwd):
@@ -483,6 +499,16 @@ def test_an_unmarked_block_that_cannot_run_fails_telling_the_author_to_mark_it(t
     message = _fails(_one("```ruby\nputs 1\n```\n"), tmp_path / "r", monkeypatch)
     assert "does not know how to run a 'ruby' block" in message
     assert "not-run" in _one("<!-- not-run: needs API keys -->\n```bash\npip install x\n```\n").markers
+
+
+def test_config_parts_and_budget_lists_are_checked(tmp_path, monkeypatch):
+    ok = "```yaml\nlitellm_settings:\n  callbacks: [litellm_payg.adapter.proxy.handler, prometheus]\n```\n"
+    check_block(_one(ok), tmp_path / "a", monkeypatch, _done({}))
+    message = _fails(_one(ok.replace("proxy.handler", "proxy.handlr")), tmp_path / "b", monkeypatch)
+    assert "DOC.md:1 (yaml block" in message
+    check_block(_one("```yaml\n- {scope: global, window: day, limit_usd: 5}\n```\n"), tmp_path / "c", monkeypatch, _done({}))
+    message = _fails(_one("```yaml\n- {scope: global, window: dy, limit_usd: 5}\n```\n"), tmp_path / "d", monkeypatch)
+    assert "budgets[0].window" in message
 
 
 def test_bad_traffic_and_a_drifted_file_copy_fail(tmp_path, monkeypatch):
