@@ -36,9 +36,10 @@ Fixtures
     A context manager playing cassettes (record_mode ``none``) for requests sent through
     ``payg_router`` yourself. Strict by default: a request is answered only by a recording with the
     same model, messages, max_tokens, stream and sampling/tool parameters
-    (:mod:`litellm_payg.tools.cassette_match`); anything else fails with vcrpy's
-    ``CannotOverwriteExistingCassetteException`` naming the closest recording (``file.yaml#index``)
-    and the field that differs. ``match_on="endpoint"`` (method, host, path: any recording of the
+    (:mod:`litellm_payg.tools.cassette_match`); anything else fails: the call raises (LiteLLM wraps
+    vcrpy's ``CannotOverwriteExistingCassetteException``) with a message naming the closest
+    recording (``file.yaml#index``) and the field that differs
+    (``messages[0].content: sent "...", recorded "..."``). ``match_on="endpoint"`` (method, host, path: any recording of the
     endpoint answers) or a tuple of vcrpy matcher names is your explicit choice of a looser match.
 
 Helpers (import from ``litellm_payg.tools.testing``)
