@@ -13,6 +13,7 @@ and it appends the request's key to ``requests.log``. A client that retried woul
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -29,6 +30,26 @@ COUNTING_AUTH = AUTH_MODULE.replace(
     "        log.write(key + \"\\n\")\n",
 )
 assert COUNTING_AUTH != AUTH_MODULE
+
+#: a callback that refuses in the proxy's pre-call hook, before the Router (model "precall" only):
+#: a refusal raised there must reach the client the same way
+PRECALL_MODULE_NAME = "payg_precall_refusal"
+PRECALL_MODULE = '''
+from litellm.integrations.custom_logger import CustomLogger
+from litellm_payg.adapter.litellm_errors import BudgetExceeded
+
+
+class RefuseBeforeRouting(CustomLogger):
+    async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
+        if data.get("model") == "precall":
+            raise BudgetExceeded(budget="precall-daily", scope="global", window="day", limit_usd=1.0, spent_usd=1.0,
+                                 resets_at=__import__("datetime").datetime.now(__import__("datetime").timezone.utc)
+                                 + __import__("datetime").timedelta(hours=1))
+        return data
+
+
+handler = RefuseBeforeRouting()
+'''
 
 POLICY = {
     "version": 1,
@@ -61,7 +82,7 @@ CONFIG = {
                                                     "api_base": "http://127.0.0.1:9/v1"},
          "model_info": {"id": "first-1"}},
     ],
-    "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+    "litellm_settings": {"callbacks": [f"{PRECALL_MODULE_NAME}.handler", "litellm_payg.adapter.proxy.handler"]},
     "router_settings": {"num_retries": 0, "fallbacks": [{"first": ["capped"]}]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }
@@ -71,7 +92,8 @@ CONFIG = {
 def proxy(litellm_proxy_factory) -> RunningProxy:  # noqa: F811
     return litellm_proxy_factory(
         CONFIG, name="refusals",
-        files={"payg-policy.yaml": yaml.safe_dump(POLICY, sort_keys=False), f"{AUTH_MODULE_NAME}.py": COUNTING_AUTH},
+        files={"payg-policy.yaml": yaml.safe_dump(POLICY, sort_keys=False), f"{AUTH_MODULE_NAME}.py": COUNTING_AUTH,
+               f"{PRECALL_MODULE_NAME}.py": PRECALL_MODULE},
     ).wait_ready()
 
 
@@ -82,6 +104,16 @@ def _received(proxy: RunningProxy, key: str) -> int:
     except FileNotFoundError:
         return 0
     return lines.count(key)
+
+
+def _logged_since(proxy: RunningProxy, start: int, text: str, timeout: float = 5.0) -> str:
+    """The proxy's log after offset ``start``, once it holds ``text`` (and a moment more for the
+    lines that follow it)."""
+    deadline = time.monotonic() + timeout
+    while text not in proxy.log()[start:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return proxy.log()[start:]
 
 
 def _sdk(proxy: RunningProxy, key: str):
@@ -112,6 +144,7 @@ def _refused(proxy: RunningProxy, key: str, model: str, **extra_body):
 
 def test_a_daily_cap_refusal_is_sent_once_and_says_when_the_window_resets(proxy):
     key = new_key(label="daily")
+    log_before = len(proxy.log())
     error = _refused(proxy, key, "capped")
     payg = error.body["provider_specific_fields"]["payg"]
     assert payg["code"] == "budget_exceeded"
@@ -120,9 +153,10 @@ def test_a_daily_cap_refusal_is_sent_once_and_says_when_the_window_resets(proxy)
     wait = int(error.response.headers["retry-after"])
     assert 0 < wait <= 86400 and payg["retry_after_s"] == pytest.approx(wait, abs=2)
     assert "budget 'capped-daily' (group:capped, day) exceeded" in error.message
-    # one refusal, one ERROR line from the proxy (the SDK did not come back twice more)
-    log = proxy.wait_for_log(key[-10:], timeout=0.5)
-    assert log.count("budget 'capped-daily'") >= 1
+    # one refusal, one ERROR line in the proxy log, as for a client error: no traceback
+    logged = _logged_since(proxy, log_before, "Exception occured")
+    assert logged.count("Exception occured") == 1, logged
+    assert "Traceback" not in logged, logged
 
 
 def test_a_runs_max_requests_refusal_is_sent_once_with_no_retry_after(proxy):
@@ -152,6 +186,13 @@ def test_a_refusal_on_a_fallback_hop_is_final_too(proxy):
     error = _refused(proxy, key, "first")
     assert error.body["provider_specific_fields"]["payg"]["budget"] == "capped-daily"
     assert "retry-after" in error.response.headers
+
+
+def test_a_refusal_in_the_proxys_pre_call_hook_is_answered_the_same_way(proxy):
+    key = new_key(label="precall")
+    error = _refused(proxy, key, "precall")
+    assert error.body["provider_specific_fields"]["payg"]["budget"] == "precall-daily"
+    assert 3500 <= int(error.response.headers["retry-after"]) <= 3600
 
 
 def test_litellms_own_client_sends_a_refused_request_once(proxy):

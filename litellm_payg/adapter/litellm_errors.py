@@ -38,7 +38,8 @@ class BudgetExceeded(litellm.BudgetExceededError, BudgetRefused):
     spend, limit and reset time."""
 
     type = ERROR_TYPE
-    code = ERROR_TYPE
+    # no ``code``: LiteLLM's proxy reads an exception's ``code`` as its HTTP status to tell a client
+    # error (one ERROR line) from a fault (a traceback in the log)
     param = None
 
     def __init__(self, **fields: Any):
