@@ -219,3 +219,4 @@ def test_the_proxy_logs_the_mistake_at_start_and_answers_with_it(misconfigured_p
                           json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 500
     assert words in response.json()["error"]["message"]
+    assert response.headers.get("x-should-retry") == "false"  # a misconfiguration: retrying does not help

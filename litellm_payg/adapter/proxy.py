@@ -89,6 +89,10 @@ class PolicyUnusable(PaygError):
     """
 
     status_code = 500
+    #: a misconfiguration does not fix itself in a second: clients (the OpenAI SDK retries a 500
+    #: twice) are told not to retry; LiteLLM's proxy copies an exception's ``headers`` into its answer
+    headers = {"x-should-retry": "false"}
+    num_retries = 0
 
     def __init__(self, message: str):
         self.message = message
@@ -251,7 +255,7 @@ class ProxyPaygRouting(PaygRouting):
         try:
             self.ensure_bound()
         except PolicyUnusable as exc:
-            raise HTTPException(status_code=exc.status_code, detail=exc.message) from None
+            raise HTTPException(status_code=exc.status_code, detail=exc.message, headers=dict(exc.headers)) from None
         field = _metadata_field(data, call_type)
         metadata = data.setdefault(field, {})
         try:
