@@ -26,7 +26,8 @@ misconfiguration, not a request to route freely.
 the proxy has no deployment for, or a budget scope naming one), the error is logged at ERROR on the
 ``litellm_payg`` logger -- at startup for the file itself and for the check against the ``model_list``
 of the proxy's config file, on the first request for the check against the Router -- naming the
-file, line and field, and every LLM request then fails with HTTP 500 carrying the same text. The
+file, line and field, and every LLM request then fails with HTTP 500 carrying the same text (and
+``x-should-retry: false``: retrying does not fix a configuration). The
 proxy keeps running (``/health/liveliness`` stays up so the operator can read the error), but it
 never serves a request unrouted: a cost policy that silently stops applying is a budget overrun.
 
