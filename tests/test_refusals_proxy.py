@@ -205,3 +205,16 @@ def test_litellms_own_client_sends_a_refused_request_once(proxy):
                            messages=[{"role": "user", "content": "hello"}], max_tokens=20)
     assert _received(proxy, key) == 1
     assert "budget 'capped-daily'" in str(info.value)
+
+
+def test_a_streamed_request_is_refused_once_too(proxy):
+    import openai
+
+    key = new_key(label="stream")
+    with pytest.raises(openai.RateLimitError) as info:
+        stream = _sdk(proxy, key).chat.completions.create(
+            model="capped", messages=[{"role": "user", "content": "hello"}], max_tokens=20, stream=True)
+        list(stream)
+    assert _received(proxy, key) == 1
+    assert info.value.response.headers.get("x-should-retry") == "false"
+    assert info.value.body["provider_specific_fields"]["payg"]["budget"] == "capped-daily"
