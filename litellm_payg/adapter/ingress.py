@@ -22,7 +22,7 @@ from typing import Any
 
 import litellm
 
-from litellm_payg.core.errors import PaygError
+from litellm_payg.core.errors import BudgetRefused, PaygError
 from litellm_payg.core.request_checks import check_request, forged_state_keys
 
 #: the Router's async request methods: each can reach a deployment, so each is a governed door.
@@ -104,8 +104,18 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str) -> 
             kwargs["model"], args = args[0], args[1:]
         # the caller's own metadata dict, as LiteLLM uses it (it writes per-request keys into it
         # too); a later request reusing it gets a new id, a concurrent one a copy
-        adapter.open_request(kwargs, metadata_field)
-        return await method(*args, **kwargs)
+        state = adapter.open_request(kwargs, metadata_field)
+        try:
+            return await method(*args, **kwargs)
+        except Exception as exc:
+            # A budget refusal on a fallback hop reaches LiteLLM's Router as that hop's error, and
+            # the Router raises the *first* group's error instead (a 500 whose message ends "Fallback
+            # to ... also failed: <refusal>"), which clients retry. The refusal is the request's
+            # answer: raise it, with what happened before as its cause.
+            refusal = getattr(state, "final_error", None)
+            if isinstance(refusal, BudgetRefused) and refusal is not exc:
+                raise refusal from exc
+            raise
 
     governed.__doc__ = f"Router.{method.__name__}, governed by litellm-payg."
     return governed

@@ -26,7 +26,8 @@ misconfiguration, not a request to route freely.
 the proxy has no deployment for, or a budget scope naming one), the error is logged at ERROR on the
 ``litellm_payg`` logger -- at startup for the file itself and for the check against the ``model_list``
 of the proxy's config file, on the first request for the check against the Router -- naming the
-file, line and field, and every LLM request then fails with HTTP 500 carrying the same text. The
+file, line and field, and every LLM request then fails with HTTP 500 carrying the same text (and
+``x-should-retry: false``: retrying does not fix a configuration). The
 proxy keeps running (``/health/liveliness`` stays up so the operator can read the error), but it
 never serves a request unrouted: a cost policy that silently stops applying is a budget overrun.
 
@@ -89,6 +90,10 @@ class PolicyUnusable(PaygError):
     """
 
     status_code = 500
+    #: a misconfiguration does not fix itself in a second: clients (the OpenAI SDK retries a 500
+    #: twice) are told not to retry; LiteLLM's proxy copies an exception's ``headers`` into its answer
+    headers = {"x-should-retry": "false"}
+    num_retries = 0
 
     def __init__(self, message: str):
         self.message = message
@@ -164,7 +169,7 @@ class ProxyPaygRouting(PaygRouting):
         policy_path: Path | None = None
         try:
             policy_path = Path(policy).resolve() if policy is not None else find_policy_path()
-            engine = Engine(load_policy(policy_path))
+            engine = Engine(load_policy(policy_path, check_prices=False))  # checked per deployment when bound
         except PolicyError as exc:
             error = exc
         # PaygRouting only stores the engine here; None means "refuse every request" (see ensure_bound).
@@ -251,7 +256,7 @@ class ProxyPaygRouting(PaygRouting):
         try:
             self.ensure_bound()
         except PolicyUnusable as exc:
-            raise HTTPException(status_code=exc.status_code, detail=exc.message) from None
+            raise HTTPException(status_code=exc.status_code, detail=exc.message, headers=dict(exc.headers)) from None
         field = _metadata_field(data, call_type)
         metadata = data.setdefault(field, {})
         try:

@@ -945,7 +945,7 @@ def attach(
     and each request gets the plugin's id), and routes ``router.completion`` (sync) through the
     async path so it is governed too. ``engine.detach()`` undoes all of it.
     """
-    loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+    loaded = policy if isinstance(policy, Policy) else load_policy(policy, check_prices=False)  # install checks them per deployment
     engine = Engine(loaded, ledger=ledger, clock=clock or time.time)
     adapter = PaygRouting(engine)
     adapter.install(router)

@@ -18,6 +18,7 @@ Input errors carry enough context to be printed without a traceback (the CLI doe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,6 +97,17 @@ class BudgetRefused(PaygError):
 
     def __str__(self) -> str:
         return self.message
+
+    def retry_after_s(self, now: datetime | None = None) -> int | None:
+        """Whole seconds until waiting can help: until the window resets, for a calendar window
+        (``resets_at`` known). None when waiting does not lift the refusal at a known time: a
+        rolling window (spend leaves it gradually), and a run (a ``session:`` window: its
+        ``max_requests``, loop guard, final reserve and cap hold until the run goes idle and a new
+        one starts -- the client should stop, not wait)."""
+        if self.resets_at is None:
+            return None
+        now = now or datetime.now(self.resets_at.tzinfo)
+        return max(1, math.ceil((self.resets_at - now).total_seconds()))
 
     def as_dict(self) -> dict[str, Any]:
         return {

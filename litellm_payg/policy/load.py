@@ -147,20 +147,26 @@ class Policy:
         return _nearest_line(self.lines, path)
 
 
-def load_policy(src: str | Path | Mapping[str, Any]) -> Policy:
-    """Load a policy from a YAML file path or an already parsed mapping."""
+def load_policy(src: str | Path | Mapping[str, Any], *, check_prices: bool = True) -> Policy:
+    """Load a policy from a YAML file path or an already parsed mapping.
+
+    ``check_prices=False`` leaves out the check that every model a cost rule names has a price:
+    for callers that check the policy against deployments next (``Engine.check_deployments``:
+    ``attach``, the proxy, ``check --config``), which first says whether the model is in its group
+    at all ("did you mean"), and then checks the prices of the deployments themselves."""
     if isinstance(src, Mapping):
-        return parse_policy(src, source=None, lines={}, base_dir=Path.cwd())
+        return parse_policy(src, source=None, lines={}, base_dir=Path.cwd(), check_prices=check_prices)
     path = Path(src)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([Problem("", f"cannot read policy file: {exc.strerror or exc}")], str(path)) from None
     data, lines = _parse_yaml(text, str(path))
-    return parse_policy(data, source=str(path), lines=lines, base_dir=path.resolve().parent)
+    return parse_policy(data, source=str(path), lines=lines, base_dir=path.resolve().parent, check_prices=check_prices)
 
 
-def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_dir: Path) -> Policy:
+def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_dir: Path,
+                 check_prices: bool = True) -> Policy:
     if not isinstance(data, Mapping):
         raise PolicyError(
             [Problem("", f"expected a mapping with 'version: 1' and 'routes:', got {type(data).__name__}", 1)],
@@ -249,13 +255,14 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         policy.validators = build_validators(doc.validate_, base_dir)
     except (ValueError, OSError) as exc:
         raise PolicyError([Problem("validate", str(exc), _nearest_line(lines, ("validate",)))], source) from None
-    _check_prices(policy)
+    if check_prices:
+        _check_prices(policy)
     return policy
 
 
 def _check_prices(policy: Policy) -> None:
     """Unknown price is an error at load time when a cost rule names the model."""
-    from litellm_payg.stores.prices import lookup_price  # imports LiteLLM's price map
+    from litellm_payg.stores.prices import close_model_names, lookup_price  # imports LiteLLM's price map
 
     problems = []
     for group, specs in policy.routes.items():
@@ -265,11 +272,15 @@ def _check_prices(policy: Policy) -> None:
             rule = spec.build(group, policy.models)
             for field_path, ref in rule.model_refs():
                 if lookup_price(ref, policy.models) is None:
+                    close = close_model_names(ref, policy.models)
+                    price_hint = f"add 'models: {{{ref}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' to the policy"
                     problems.append(Problem(
                         field_path,
-                        f"no known price for model {ref!r}: it is not in LiteLLM's price map and the policy gives none",
+                        f"no known price for model {ref!r}: it is not in LiteLLM's price map and the policy gives none"
+                        + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""),
                         policy.line_of(_undotted(field_path)) or spec.line,
-                        hint=f"add 'models: {{{ref}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' to the policy",
+                        hint=(f"check the name against the group's deployments (litellm-payg check POLICY --config "
+                              f"config.yaml); if {ref!r} is right, {price_hint}") if close else price_hint,
                     ))
     if problems:
         from litellm_payg.core.errors import UnknownPriceError
@@ -291,7 +302,7 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         what = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([Problem("", f"not valid YAML: {what}", line)], source) from None
+        raise PolicyError([Problem("", f"not valid YAML: {what}", line, hint=_yaml_hint(text, line))], source) from None
     if node is None:
         raise PolicyError([Problem("", "the file is empty; expected 'version: 1' and 'routes:'", 1)], source)
     lines: dict[Path_, int] = {}
@@ -304,6 +315,21 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     finally:
         loader.dispose()
     return data, lines
+
+
+def _yaml_hint(text: str, line: int | None) -> str | None:
+    """What to do about a YAML error on a line holding a URL: a ``:`` followed by a space or the end
+    of the line, as in ``?prefix=payg:``, starts a mapping in plain YAML ("mapping values are not
+    allowed here"), so such a value must be quoted."""
+    if line is None:
+        return None
+    lines = text.splitlines()
+    if not 0 < line <= len(lines) or "://" not in lines[line - 1]:
+        return None
+    key, _, value = lines[line - 1].partition(": ")
+    value = value.split(" #", 1)[0].strip()
+    return (f"quote the URL: a ':' at the end of it (or before a space) starts a YAML mapping, e.g. "
+            f"{key.strip()}: \"{value}\"")
 
 
 def _index_lines(node: yaml.Node, path: Path_, out: dict[Path_, int]) -> None:

@@ -255,7 +255,7 @@ class Engine:
                     if not any(matches(ref, c) for c in candidates):
                         problems.append(Problem(
                             field,
-                            f"no deployment of group {group!r} is {ref!r}; the group has "
+                            f"no deployment of group {group!r} is {ref!r}{_did_you_mean(ref, candidates)}; the group has "
                             + ", ".join(f"{c.model} (id {c.deployment_id})" for c in candidates),
                             self.policy.line_of(_undotted(field)),
                         ))
@@ -278,7 +278,7 @@ class Engine:
                     problems.append(Problem(f"failover.chains.{group}", f"the router has no model group {group!r}",
                                             self.policy.line_of(("failover", "chains", group))))
                 elif not any(matches(ref, c) for c in candidates):
-                    problems.append(Problem(field, f"no deployment of group {group!r} is {ref!r}",
+                    problems.append(Problem(field, f"no deployment of group {group!r} is {ref!r}{_did_you_mean(ref, candidates)}",
                                             self.policy.line_of(_undotted(field))))
         if problems:
             raise PolicyError(problems, self.policy.source)
@@ -326,3 +326,15 @@ class Engine:
 
     def expected_output_tokens(self, max_tokens: int | None) -> int:
         return int(max_tokens) if max_tokens else self.policy.defaults.expected_output_tokens
+
+
+def _did_you_mean(ref: str, candidates: Sequence[Candidate]) -> str:
+    """`` (did you mean 'X'?)`` with the group's model names and deployment ids closest to ``ref``
+    (a misspelled model is a typo to fix, not a model to price), or ``""``."""
+    import difflib
+
+    names: dict[str, None] = {}
+    for c in candidates:  # the model as the reference writes it (with or without its provider), and the id
+        names.update(dict.fromkeys((c.model if "/" in ref else c.model.partition("/")[2] or c.model, c.deployment_id)))
+    close = difflib.get_close_matches(ref, list(names), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""

@@ -73,6 +73,14 @@ def lookup_price(ref: str, models: Mapping[str, Any]) -> tuple[float, float] | N
     return litellm_price(ref)
 
 
+def close_model_names(ref: str, models: Mapping[str, Any]) -> list[str]:
+    """Up to two names close to ``ref`` among the policy's ``models:`` and LiteLLM's price map, for
+    a "did you mean" (a misspelled model is a typo to fix, not a model to price)."""
+    import difflib
+
+    return difflib.get_close_matches(ref, list(dict.fromkeys([*models, *litellm.model_cost])), n=2, cutoff=0.85)
+
+
 def provider_of(model: str, params: Mapping[str, Any] | None = None) -> str:
     params = params or {}
     if params.get("custom_llm_provider"):

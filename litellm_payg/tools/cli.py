@@ -97,7 +97,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from litellm_payg.policy.load import load_policy
 
     for path in args.policies:
-        policy = load_policy(path)
+        # with --config, the deployments' own prices are checked, after the models' names
+        policy = load_policy(path, check_prices=not args.config)
         if args.config:
             Engine(policy).check_deployments(candidates_from_config(args.config, policy))
         rules = sum(len(r) for r in policy.routes.values())

@@ -53,7 +53,7 @@ import weakref
 from typing import Sequence
 
 from litellm_payg.stores.ledger.batching import DEFAULT_BATCH_S, WaitingRecords
-from litellm_payg.stores.schemes import check_batch_s
+from litellm_payg.stores.schemes import SQLITE_SYNCHRONOUS, check_batch_s
 from litellm_payg.stores.ledger.base import (
     UNIT_NANOS,
     Bucket,
@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS claims (        -- claim_once: alert thresholds fired
 );
 """
 
-_SYNC_MODES = {"off", "normal", "full", "extra"}
+_SYNC_MODES = set(SQLITE_SYNCHRONOUS)  # also checked when the URL is read (stores/schemes.py)
 #: the open SQLite ledgers: a forked child gets fresh locks (a parent's thread may have held one)
 _OPEN: "weakref.WeakSet[SqliteLedger]" = weakref.WeakSet()
 
