@@ -144,10 +144,17 @@ OVERLOAD_WORDS = r"overloaded|\bUNAVAILABLE\b|\b50[234] (Bad Gateway|Service Una
 #: e.g. for a Gemini 200 without ``usageMetadata``.
 CONVERTER_WORDS = r"Error converting to valid response block|usageMetadata not found in completion_response"
 #: The provider answered but the body could not be parsed (garbled / truncated JSON, or no usage
-#: block where LiteLLM requires one).
+#: block where LiteLLM requires one). LiteLLM's own wordings (1.110.2): "Empty or invalid response
+#: from LLM endpoint" (its OpenAI client got a body that is not a chat completion, e.g. the SSE
+#: stream a provider sends for ``extra_body: {"stream": true}``: a 500 carrying the whole billed
+#: answer), "Invalid response object" (``convert_to_model_response_object`` refused a 2xx body),
+#: "Unable to parse response" (its stream handler), and the providers' "Failed to parse ...
+#: response" / "Invalid JSON response" / "Error parsing response".
 MALFORMED_WORDS = (
     r"Unable to get json response|Unterminated string"
-    r"|Expecting (value|property name|',' delimiter)|Invalid control character|Extra data: line|"
+    r"|Expecting (value|property name|',' delimiter)|Invalid control character|Extra data: line"
+    r"|Empty or invalid response from LLM endpoint|Invalid response object|Unable to parse response"
+    r"|Failed to parse [\w ]{0,40}response|Invalid JSON response|Error parsing response|"
     + CONVERTER_WORDS
 )
 
