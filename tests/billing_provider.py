@@ -132,6 +132,7 @@ class BillingProvider:
         self._files: dict[str, bytes] = {}
         self._batches: dict[str, dict[str, Any]] = {}
         self._seq = 0
+        self._answer_override: bytes | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -159,6 +160,12 @@ class BillingProvider:
     @property
     def url(self) -> str:
         return self.origin + "/v1"
+
+    def answer_with(self, body: Any) -> None:
+        """Bill every request as usual, but answer HTTP 200 with ``body`` (JSON-encoded unless
+        bytes) instead of a well-formed answer: a provider answer LiteLLM fails to read after the
+        provider billed it. ``None`` restores normal answers."""
+        self._answer_override = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
 
     # -- observation ---------------------------------------------------------------------------------
     @property
@@ -367,6 +374,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise Refused(400, "max_tokens: Field required")
         bill = p.bill(path, model, body, headers, azure=bool(azure))
         p._receive(path, 200, body)
+        if p._answer_override is not None:
+            self._send(200, p._answer_override)
+            return
         if op == "/audio/speech":
             self._send(200, b"ID3" + b"\0" * 64, "audio/mpeg")
         elif op == "/embeddings":
