@@ -138,6 +138,19 @@ ATTACKS: dict[str, tuple[str, Callable[[], dict], str, dict]] = {
 }
 
 
+@pytest.mark.parametrize("path,body,group", [
+    ("/v1/chat/completions", CHAT, "chat"),
+    ("/v1/embeddings", {"model": "embed", "input": WORDS * 200}, "embed"),
+    ("/v1/audio/speech", {"model": "speech", "voice": "alloy", "input": "hello"}, "speech"),
+], ids=["chat", "embeddings", "speech"])
+def test_the_rig_lets_an_ordinary_user_spend_up_to_the_cap_and_no_further(proxy, fake, path, body, group):
+    """The control: the same checks hold for ordinary requests, sent until the cap refuses them, so a
+    failure above is the attack's doing, not the rig's."""
+    sent = run_attack(proxy, path, lambda: body, attempts=40)
+    assert_cap_holds(f"ordinary {group}", sent, ordinary_bill(fake, group, body))
+    assert sent[0].status == 200 and sent[-1].status == 429, [s.status for s in sent]
+
+
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_the_cap_holds_against(proxy, fake, attack):
     path, make, group, ordinary = ATTACKS[attack]
