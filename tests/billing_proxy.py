@@ -17,6 +17,7 @@ Groups (each one deployment on the fake; the price is LiteLLM's price map for th
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,9 @@ class BillingProxy:
         (or ``settle_s`` passed): settling runs on LiteLLM's background worker."""
         mark = self.fake.mark()
         open_before = self.ledger.open()
-        response = self.post(path, key, json=None if raw is not None else body, content=raw, headers=headers)
+        # encoded here, not by httpx: a hostile body may hold NaN or Infinity, which a client can send
+        content = raw if raw is not None else json.dumps(body).encode()
+        response = self.post(path, key, content=content, headers=headers)
         bills = self.fake.bills_since(mark)
         billed = sum(b.usd for b in bills)
         deadline = time.monotonic() + settle_s

@@ -3,8 +3,8 @@
 Hypothesis generates requests from the documented request schemas of five endpoints (chat
 completions, completions, embeddings, responses, Anthropic messages): their fields, alternate
 names, wrong types and big values, ``extra_body`` contents, and LiteLLM's own extra parameters
-(``deployment_id``, ``api_base``, ``mock_response``, ``litellm_session_id``, ``metadata``, ...). Each
-is sent, one at a time and with a fresh key of one of a few users, through a real ``litellm
+(``deployment_id``, ``mock_response``, ``timeout``, ``litellm_session_id``, ``metadata``, ...). Each
+is sent, one at a time, with a fresh key (users take turns, eight requests each), through a real ``litellm
 --config`` proxy whose deployments all point at the billing fake provider (``billing_provider.py``)
 and whose policy caps every user at $0.0002 (``billing_proxy.py``). For every request:
 
@@ -18,8 +18,8 @@ proxy's resident memory (VmRSS) grows by less than ``MEMORY_GROWTH_MIB`` after w
 Every violation is collected (no shrinking: through a proxy it would take minutes) and the test
 fails at the end listing each kind with its smallest example, so one run reports every kind found.
 
-Runs in the normal suite with a fixed seed (``PAYG_FUZZ_SEED``, default 19) and ``PAYG_FUZZ_EXAMPLES`` examples
-(default 120, about a minute); a longer fuzz: ``PAYG_FUZZ_EXAMPLES=2000 python -m pytest
+Runs in the normal suite with a fixed seed (``PAYG_FUZZ_SEED``, default 19) and
+``PAYG_FUZZ_EXAMPLES`` examples (default 120, about a minute); a longer fuzz: ``PAYG_FUZZ_EXAMPLES=2000 python -m pytest
 tests/test_fuzz_proxy.py``; another sequence: ``PAYG_FUZZ_SEED=<int>``.
 """
 
@@ -37,7 +37,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from billing_provider import BillingProvider, prompt_tokens
+from billing_provider import BillingProvider
 from billing_proxy import CAP_USD, GROUPS, BillingProxy, Sent, config, files
 from proxy_fixtures import litellm_proxy_factory  # noqa: F401  (fixture)
 from trust_helpers import new_key
@@ -47,7 +47,7 @@ SEED = int(os.environ.get("PAYG_FUZZ_SEED", "19"))
 PER_USER = 8  # requests of one user in a row: enough to reach its cap, few enough that most find room
 WARMUP = 20
 MEMORY_GROWTH_MIB = 64
-SETTLE_S = 1.0
+SETTLE_S = 2.0  # settling runs on LiteLLM's background worker: give a loaded machine time
 
 # -- values ------------------------------------------------------------------------------------------------
 
