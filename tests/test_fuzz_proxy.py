@@ -9,7 +9,8 @@ is sent, one at a time, with a fresh key (users take turns, eight requests each)
 and whose policy caps every user at $0.0002 (``billing_proxy.py``). For every request:
 
 * no 5xx: whatever the client sends is client input;
-* billed means recorded: the ledger holds at least what the provider billed for it;
+* billed means recorded: the ledger holds at least what the provider billed for it, and exactly
+  that unless the record is marked ``usage: estimated`` (an answer without readable usage);
 * no reservation is left open once it settled;
 
 and over the run: each user's provider bill stays within the cap plus one ordinary request, and the
@@ -262,6 +263,11 @@ def check(sent: Sent, path: str, body: Any, changed: tuple[str, ...]) -> list[Vi
         found.append(Violation("billed but not recorded", path, body, changed,
                                f"HTTP {sent.status}; provider billed ${sent.billed_usd:.6f} ({len(sent.bills)} "
                                f"call(s), {models}), ledger ${sent.ledger_usd:.6f}"))
+    estimated = any(r.attrs.get("usage") == "estimated" for r in sent.records)
+    if not estimated and sent.ledger_usd > sent.billed_usd * (1 + 1e-6) + 1e-12:
+        found.append(Violation("recorded more than billed", path, body, changed,
+                               f"HTTP {sent.status}; provider billed ${sent.billed_usd:.6f}, ledger "
+                               f"${sent.ledger_usd:.6f} from the provider's own usage (not an estimate)"))
     if sent.open_after:
         found.append(Violation("reservation left open", path, body, changed,
                                f"HTTP {sent.status}; {sent.open_after} reservation(s) open {SETTLE_S}s after the answer"))
