@@ -356,3 +356,28 @@ def test_retry_after_sources():
 def test_counts_against_deployment():
     assert {c for c in FailureClass if c.counts_against_deployment} == {
         FailureClass.RATE_LIMIT, FailureClass.SERVER_ERROR, FailureClass.AUTH, FailureClass.INVALID_RESPONSE}
+
+
+@pytest.mark.parametrize("message", [
+    "OpenAIException - Empty or invalid response from LLM endpoint. Received: 'data: {}'. Check the reverse proxy",
+    "Invalid response object Traceback (most recent call last): ...",
+    "Unable to parse response. Original response: data: {",
+    "Failed to parse Clarifai response: Expecting value",
+    "Invalid JSON response: <html>",
+    "Error parsing response: x, status_code=200",
+])
+@pytest.mark.parametrize("make", [
+    lambda m: litellm.InternalServerError(message=m, llm_provider="openai", model="gpt-4o-mini"),
+    lambda m: litellm.APIConnectionError(message=m, llm_provider="openai", model="gpt-4o-mini"),
+], ids=["InternalServerError", "APIConnectionError"])
+def test_litellm_wordings_for_an_answer_it_could_not_read_are_answered(message, make):
+    """LiteLLM's own words for a provider answer it failed to read follow a call the provider billed
+    (e.g. the SSE stream ``extra_body: {"stream": true}`` asks for, read as JSON): answered, so the
+    attempt is charged. Its statuses for them are its own (500)."""
+    failure = diagnose(make(message))
+    assert failure.matcher == "malformed provider response" and failure.answered, failure
+
+
+def test_a_client_error_status_with_parse_words_is_not_an_answer():
+    exc = litellm.BadRequestError(message="Failed to parse request response body", llm_provider="openai", model="m")
+    assert not diagnose(exc).answered

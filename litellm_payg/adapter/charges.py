@@ -10,7 +10,9 @@ them, instead of beside each hook.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -151,6 +153,35 @@ def price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, co
     total = float(prompt_usd) + float(completion_usd)
     # a Router registers every deployment's model with LiteLLM, unpriced ones at $0: unknown, not free
     return total if total > 0 else None
+
+
+_USAGE_KEY = re.compile(r'"usage"\s*:\s*\{')
+_PROMPT_KEYS = ("prompt_tokens", "input_tokens", "promptTokenCount")
+_COMPLETION_KEYS = ("completion_tokens", "output_tokens", "candidatesTokenCount")
+
+
+def usage_in_text(text: str) -> tuple[int, int] | None:
+    """The largest usage block (prompt, completion tokens) found in the text of an answer LiteLLM
+    could not read, which its error message carries (e.g. "Empty or invalid response from LLM
+    endpoint. Received: 'data: {...}'"); None when it has none.
+
+    Why: the provider billed what that block says, so an answered failure is charged the
+    provider's own count when it is there, rather than an estimate."""
+    best: tuple[int, int] | None = None
+    decoder = json.JSONDecoder()
+    for match in _USAGE_KEY.finditer(text):
+        try:
+            block, _ = decoder.raw_decode(text, match.end() - 1)
+        except ValueError:
+            continue
+        counts = [next((block[k] for k in keys if isinstance(block.get(k), int) and not isinstance(block.get(k), bool)), None)
+                  for keys in (_PROMPT_KEYS, _COMPLETION_KEYS)]
+        if counts[0] is None or counts[1] is None or counts[0] < 0 or counts[1] < 0:
+            continue
+        found = (int(counts[0]), int(counts[1]))
+        if best is None or sum(found) > sum(best):
+            best = found
+    return best
 
 
 def usd(amount: float) -> str:

@@ -144,10 +144,22 @@ OVERLOAD_WORDS = r"overloaded|\bUNAVAILABLE\b|\b50[234] (Bad Gateway|Service Una
 #: e.g. for a Gemini 200 without ``usageMetadata``.
 CONVERTER_WORDS = r"Error converting to valid response block|usageMetadata not found in completion_response"
 #: The provider answered but the body could not be parsed (garbled / truncated JSON, or no usage
-#: block where LiteLLM requires one).
+#: block where LiteLLM requires one). LiteLLM's own wordings (1.110.2): "Empty or invalid response
+#: from LLM endpoint" (its OpenAI client got a body that is not a chat completion, e.g. the SSE
+#: stream a provider sends for ``extra_body: {"stream": true}``: a 500 carrying the whole billed
+#: answer), "Invalid response object" (``convert_to_model_response_object`` refused a 2xx body),
+#: "Unable to parse response" (its stream handler), "LiteLLM: provider returned a response with no
+#: 'choices'" / "'choices' that is not a list", and the providers' "Failed to parse ... response" /
+#: "Invalid JSON response" / "Error parsing response"; and an error raised inside a provider
+#: client's ``transform_response`` (whose frames LiteLLM's message names, e.g. Anthropic's
+#: ``TypeError`` on a ``content`` that is not a list), which only ever runs on a 2xx body.
 MALFORMED_WORDS = (
     r"Unable to get json response|Unterminated string"
-    r"|Expecting (value|property name|',' delimiter)|Invalid control character|Extra data: line|"
+    r"|Expecting (value|property name|',' delimiter)|Invalid control character|Extra data: line"
+    r"|Empty or invalid response from LLM endpoint|Invalid response object|Unable to parse response"
+    r"|LiteLLM: provider returned (a response with no|'choices' that is not)"
+    r"|Failed to parse [\w ]{0,40}response|Invalid JSON response|Error parsing response"
+    r"|\bin[ +](transform_(parsed_)?response|convert_to_model_response_object)\b|"
     + CONVERTER_WORDS
 )
 
@@ -212,7 +224,11 @@ _CONVERTER = re.compile(CONVERTER_WORDS, re.IGNORECASE)
 def _unreadable_answer(name: str, status: int | None, msg: str) -> bool:
     """A 200 whose body LiteLLM could not read: the malformed-response matcher fired with a status
     LiteLLM makes up for a parse failure, or with the wording of its converter, which only ever
-    sees a successful body (Gemini's 422 is LiteLLM's own, not Google's)."""
+    sees a successful body (Gemini's 422 is LiteLLM's own, not Google's); or any error that carries
+    HTTP 200 itself (LiteLLM's Responses API client raises ``APIError`` with status 200 and the body
+    when it cannot build a response from it)."""
+    if status == 200:
+        return True
     return name == MALFORMED and (status in _PARSE_FAILURE_STATUSES or _CONVERTER.search(msg) is not None)
 
 

@@ -535,28 +535,43 @@ class PaygRouting(CustomLogger):
     ) -> charges.Charge:
         """Settle an attempt that failed after the provider answered HTTP 200.
 
-        Why: the provider processed, and billed, at least the prompt (and maybe part of an answer),
+        Why: the provider processed, and billed, the request (the prompt, and maybe a whole answer
+        LiteLLM then failed to read: a stream where it expected JSON, a body it could not convert),
         but LiteLLM reports the attempt as failed, so releasing its reservation would leave a billed
-        call without a ledger record, outside every budget. It is charged the request's prompt
-        tokens (counted when the request was routed) at the deployment's input price; for a
-        deployment without a price, the reservation's amount. The record is marked
-        ``usage: estimated`` with ``failed: <matcher>``, and a warning names the deployment, the
-        failure and the amount.
+        call without a ledger record, outside every budget. Billed means recorded:
 
-        A stream that broke after some chunks also has ``partial`` usage: what LiteLLM counted of
-        it (prompt and streamed completion tokens, and LiteLLM's cost for them, which LiteLLM puts on
-        its failure log so "the failure log bills it instead of zero"). When that is more than the
-        prompt alone it is charged instead, priced like a success (the deployment's policy price,
-        else LiteLLM's cost).
+        * when the answer's text, which LiteLLM's error carries, holds the provider's usage block,
+          the attempt is charged that usage at the deployment's price (record ``failed: <matcher>``);
+        * else it is charged its bound, the reservation (the most the request may bill), or what
+          LiteLLM counted of a stream that broke after some chunks (``partial``: prompt and streamed
+          completion tokens, priced like a success) when that is more; the prompt's estimate for a
+          deployment without a reservation. The record is marked ``usage: estimated``.
+
+        A warning names the deployment, the failure and the amount.
         """
         candidate = self._candidates.get(deployment_id)
         where = f"{(candidate.model if candidate else None) or model or '?'} (deployment {deployment_id})"
+        reported = charges.usage_in_text(failure.message) if failure.message else None
+        if reported is not None:
+            cost = charges.price_tokens(candidate, str((candidate.model if candidate else None) or model), *reported)
+            if cost is not None:
+                self.engine.spend.settle(reservation_id, cost, {"failed": failure.matcher})
+                logger.warning(
+                    "litellm-payg: %s failed after the provider answered (%s: %s); charged the usage its answer "
+                    "reported, $%s (%d prompt + %d completion tokens)",
+                    where, failure.cls, failure.matcher, charges.usd(cost), *reported,
+                )
+                return charges.Charge(cost, reported[0], reported[1])
         prompt_tokens = self._prompt_tokens(state)
         completion_tokens: int | None = None
         cost: float | None = None
         if candidate is not None and candidate.priced and prompt_tokens is not None:
             cost = candidate.estimate_usd(int(prompt_tokens), 0)
             how = f"charged the prompt's estimated cost of ${charges.usd(cost)} ({int(prompt_tokens)} prompt tokens)"
+        reserved = self.engine.spend.reserved_usd(reservation_id)
+        if reserved is not None and reserved > (cost or 0.0):
+            cost = reserved
+            how = f"charged its reservation, ${charges.usd(cost)}, the most the request may have billed"
         if partial is not None:
             streamed_prompt, streamed_completion, litellm_cost = partial
             streamed = charges.policy_priced(candidate, streamed_prompt, streamed_completion)
@@ -567,12 +582,11 @@ class PaygRouting(CustomLogger):
                 how = (f"charged LiteLLM's count of what was streamed, ${charges.usd(cost)} "
                        f"({streamed_prompt} prompt + {streamed_completion} completion tokens)")
         if cost is None:
-            cost = self.engine.spend.reserved_usd(reservation_id) or 0.0
-            how = f"the prompt could not be priced; charged the reservation's ${charges.usd(cost)}"
+            cost = 0.0
+            how = "the request could not be priced and had no reservation; charged $0"
         self.engine.spend.settle(reservation_id, cost, {"usage": "estimated", "failed": failure.matcher})
         logger.warning(
-            "litellm-payg: %s failed after the provider answered (%s: %s); %s; the provider may bill "
-            "more for partial output",
+            "litellm-payg: %s failed after the provider answered (%s: %s); %s; no usage was reported",
             where, failure.cls, failure.matcher, how,
         )
         return charges.Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, completion_tokens, estimated=True)
