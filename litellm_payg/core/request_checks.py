@@ -97,14 +97,52 @@ def whole_number(value: Any) -> int | None:
     return None
 
 
-def output_cap(data: Mapping[str, Any]) -> int | None:
-    """The request's own cap on output tokens (the first max-token field set), after
-    :func:`check_request` accepted it."""
-    for name in MAX_TOKEN_FIELDS:
-        value = whole_number(data.get(name))
-        if value is not None:
-            return value
-    return None
+#: the max-token fields LiteLLM sends the provider, per API (a Router method or the proxy's call
+#: type; ``a`` prefix dropped). Chat: LiteLLM maps ``max_tokens`` to ``max_completion_tokens`` for
+#: o-series, Anthropic, Gemini and Mistral models and sends only one of them, so both count and the
+#: larger wins. Responses: LiteLLM drops ``max_tokens``, only ``max_output_tokens`` caps. Anthropic
+#: messages and text completions: ``max_tokens``. An API not listed: every field, the larger wins.
+CAP_FIELDS_BY_API: dict[str, tuple[str, ...]] = {
+    "completion": ("max_tokens", "max_completion_tokens"),
+    "text_completion": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+    "anthropic_messages": ("max_tokens",),
+    "generate_content": (),
+}
+#: Gemini's cap, inside ``generationConfig`` (the wire name) or ``config`` (LiteLLM's SDK name)
+GEMINI_CAP = (("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens"),
+              ("config", "max_output_tokens"), ("config", "maxOutputTokens"))
+
+
+def api_of(call: Any) -> str | None:
+    """The API of a Router method name or a proxy call type (``acompletion`` -> ``completion``)."""
+    if call is None:
+        return None
+    name = str(getattr(call, "value", call))
+    return name[1:] if name.startswith("a") and name[1:] in _APIS else name
+
+
+_APIS = frozenset(("completion", "text_completion", "responses", "anthropic_messages", "generate_content",
+                   "embedding", "image_generation", "transcription", "speech", "rerank", "moderation"))
+
+
+def output_cap(data: Mapping[str, Any], api: str | None = None) -> int | None:
+    """The output cap the provider applies, after :func:`check_request` accepted the request: the
+    largest of the max-token fields LiteLLM sends for ``api`` (:data:`CAP_FIELDS_BY_API`), or
+    None when none is sent (the provider then applies the model's own maximum).
+
+    The largest, not the first: LiteLLM sends only one of ``max_tokens`` and
+    ``max_completion_tokens`` to an o-series model (the latter), so ``max_tokens: 1`` with
+    ``max_completion_tokens: 5000`` is billed up to 5000 output tokens."""
+    names = CAP_FIELDS_BY_API.get(api, MAX_TOKEN_FIELDS) if api is not None else MAX_TOKEN_FIELDS
+    caps = [whole_number(data.get(name)) for name in names]
+    if api in (None, "generate_content"):
+        for outer, inner in GEMINI_CAP:
+            config = data.get(outer)
+            if isinstance(config, Mapping):
+                caps.append(whole_number(config.get(inner)))
+    found = [cap for cap in caps if cap is not None]
+    return max(found) if found else None
 
 
 def choices(data: Mapping[str, Any]) -> int:

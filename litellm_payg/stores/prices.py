@@ -102,9 +102,11 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         price = litellm_price(model, params.get("custom_llm_provider"))
         source = "litellm" if price else None
 
+    known = model_info(model, params.get("custom_llm_provider")) or {}
     max_input = facts.max_input_tokens if facts is not None and facts.max_input_tokens else None
     if max_input is None:
-        max_input = (model_info(model, params.get("custom_llm_provider")) or {}).get("max_input_tokens")
+        max_input = known.get("max_input_tokens")
+    max_output, per_character = output_limit_and_character_price(info, known)
     labels = dict(facts.labels) if facts is not None else {}
     for key, value in info.items():  # deployment model_info labels (e.g. region: eu) count too
         if isinstance(value, str) and key not in ("id",):
@@ -120,7 +122,30 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         max_input_tokens=max_input,
         labels=labels,
         price_source=source,
+        max_output_tokens=max_output,
+        input_usd_per_character=per_character,
     )
+
+
+def output_limit_and_character_price(
+    info: Mapping[str, Any], known: Mapping[str, Any]
+) -> tuple[int | None, float | None]:
+    """A deployment's most output tokens and its price per input character, from its own
+    ``model_info`` first (LiteLLM checks and prices the deployment with it), then LiteLLM's price
+    map (``known``, ``litellm.get_model_info``); None when neither says."""
+    max_output = info.get("max_output_tokens") or known.get("max_output_tokens") or known.get("max_tokens")
+    per_character = info.get("input_cost_per_character")
+    if per_character is None:
+        per_character = known.get("input_cost_per_character")
+    try:
+        max_output = int(max_output) if max_output else None
+    except (TypeError, ValueError):
+        max_output = None
+    try:
+        per_character = float(per_character) if per_character is not None else None
+    except (TypeError, ValueError):
+        per_character = None
+    return max_output, per_character
 
 
 def count_prompt_tokens(model: str, messages: Any) -> int:
@@ -145,7 +170,7 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
     a message's text costs at most its byte length, plus a few tokens of framing per message
     (``TOKENS_PER_MESSAGE_AT_MOST``; ``tests/test_prompt_bound.py`` checks the bound against the real
     counter). A rule whose outcome is the same anywhere between 0 and this bound need not count."""
-    if any(request.get(name) for name in ("tools", "functions", "input", "instructions", "system", "prompt")):
+    if request.get("tools") or any(request.get(name) for name in OTHER_PROMPT_PARTS):
         return None
     messages = request.get("messages")
     if not isinstance(messages, (list, tuple)) or not messages:
@@ -172,10 +197,19 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
     return total
 
 
+#: the parts of a prompt besides chat ``messages`` and their ``tools``, counted as text (or as their
+#: JSON text): legacy ``functions`` (sent to the provider as tools), a Responses ``input`` and
+#: ``instructions``, an Anthropic ``system``, a text ``prompt`` and ``suffix``, Gemini ``contents``
+#: and system instruction, a rerank ``query`` and ``documents``
+OTHER_PROMPT_PARTS = ("functions", "input", "instructions", "system", "prompt", "suffix", "contents",
+                      "systemInstruction", "system_instruction", "query", "documents")
+
+
 def count_request_tokens(model: str, request: Mapping[str, Any]) -> int:
     """The prompt tokens a request sends, whatever its API, as LiteLLM counts them for ``model``:
-    chat ``messages`` with their ``tools``; the ``/v1/responses`` ``input`` and ``instructions``;
-    the Anthropic ``system`` prompt; a text completion's ``prompt``.
+    chat ``messages`` with their ``tools`` (and legacy ``functions``); the ``/v1/responses``
+    ``input`` and ``instructions``; the Anthropic ``system`` prompt; a text completion's
+    ``prompt``; Gemini ``contents`` (:data:`OTHER_PROMPT_PARTS`).
 
     Why all of them: a budget reserves prompt tokens before the call, so a part of the prompt left
     uncounted (a 100k-token tool schema, a Responses ``input``) would be a way past a cap. A shape
@@ -190,7 +224,7 @@ def count_request_tokens(model: str, request: Mapping[str, Any]) -> int:
             tools = None
         except Exception:  # noqa: BLE001 - a message shape LiteLLM's counter does not know
             total += _count_text(model, messages)
-    for name in ("input", "instructions", "system", "prompt"):
+    for name in OTHER_PROMPT_PARTS:
         part = request.get(name)
         if part:
             total += _count_text(model, part)
