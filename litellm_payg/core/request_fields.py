@@ -23,7 +23,8 @@ Each field has one :class:`Effect`, which says how the reservation accounts for 
 * ``reroute``: makes LiteLLM call a deployment, endpoint or key the policy never picked:
   always refused, and cannot be allowed.
 * ``unbounded``: billed in a way the reservation does not bound (a priority service tier, web
-  search per query, predicted outputs, audio output): refused unless the operator allows it, in
+  search per query, predicted outputs, audio output, the stored context of a
+  ``previous_response_id``): refused unless the operator allows it, in
   which case the operator accepts that the bill may exceed the reservation.
 
 ``extra_body`` is an object whose keys go straight into the provider's body: each key is
@@ -68,7 +69,7 @@ def _all(effect: Effect, names: str) -> dict[str, Effect]:
 FIELDS: dict[str, Effect] = {
     # -- the prompt, by API: chat, legacy functions, Responses, Anthropic, text, embeddings, Gemini, rerank
     **_all(P, "messages tools functions input instructions system prompt suffix contents systemInstruction "
-              "system_instruction query documents previous_response_id conversation"),
+              "system_instruction query documents"),
     # -- output caps: chat (both names), Responses, Gemini's config objects (checked inside)
     **_all(O, "max_tokens max_completion_tokens max_output_tokens generationConfig generation_config config"),
     **_all(C, "n best_of"),
@@ -99,7 +100,8 @@ FIELDS: dict[str, Effect] = {
               "output_cost_per_token input_cost_per_second output_cost_per_second use_in_pass_through "
               "fastest_response"),
     # -- billed beyond what the reservation bounds
-    **_all(U, "service_tier web_search_options prediction audio modalities"),
+    **_all(U, "service_tier web_search_options prediction audio modalities include_server_side_tool_invocations "
+              "previous_response_id conversation"),
 }
 
 #: the object whose keys LiteLLM merges into the provider's body
