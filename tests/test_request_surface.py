@@ -294,3 +294,53 @@ async def test_a_request_the_plugin_cannot_bound_is_refused_or_reserved_at_the_p
         with pytest.raises(Exception):  # noqa: B017 - nothing listens there
             await router.aspeech(model="voice", input="hello", voice="alloy")
     assert seen and seen[0][2] == 0.25
+
+
+@pytest.mark.parametrize("model,provider", [
+    ("gpt-4o-mini", "openai"), ("o3-mini", "openai"), ("gpt-5", "openai"), ("o3-mini", "azure"),
+    ("claude-haiku-4-5", "anthropic"), ("gemini-2.5-flash", "gemini"), ("gemini-2.5-flash", "vertex_ai"),
+    ("mistral-small-latest", "mistral"), ("deepseek-chat", "deepseek"), ("openai/gpt-oss-120b", "groq"),
+    ("anthropic.claude-3-5-sonnet-20240620-v1:0", "bedrock"),
+])
+@pytest.mark.parametrize("caps", [
+    {"max_tokens": 1, "max_completion_tokens": 5000}, {"max_tokens": 5000, "max_completion_tokens": 1},
+    {"max_tokens": 7}, {"max_completion_tokens": 7},
+])
+def test_the_output_cap_bounds_what_litellm_maps_for_each_provider(model, provider, caps):
+    """LiteLLM's own mapping of the chat cap fields for the provider (``get_optional_params``, what
+    it sends) never exceeds the cap the reservation reads."""
+    from litellm_payg.core.request_checks import output_cap
+
+    sent = litellm.get_optional_params(model=model, custom_llm_provider=provider, **caps)
+    sent_caps = [v for k, v in sent.items() if k in ("max_tokens", "max_completion_tokens", "max_output_tokens",
+                                                     "maxTokens", "max_new_tokens")]
+    assert sent_caps, sent
+    assert max(sent_caps) <= output_cap(caps, "completion")
+
+
+@pytest.mark.parametrize("tool,named", [
+    ({"type": "web_search_preview"}, "tools.web_search_preview"),
+    ({"type": "code_interpreter", "container": {"type": "auto"}}, "tools.code_interpreter"),
+    ({"type": "web_search_20250305", "name": "web_search"}, "tools.web_search_20250305"),
+    ({"googleSearch": {}}, "tools.googleSearch"),
+])
+async def test_tools_the_provider_bills_per_call_are_refused_unless_allowed(tool, named):
+    with attached([deployment("chat", "openai/gpt-4o-mini", "mini")], _policy(_cap(1))) as (router, engine):
+        with pytest.raises(InvalidRequest) as info:
+            await router.aresponses(model="chat", input="hello", max_output_tokens=5, tools=[tool])
+        assert "'tools[0].type'" in str(info.value) and named in str(info.value), str(info.value)
+    kind = named.split(".", 1)[1]
+    allowed = _policy(_cap(1), requests={"allow_fields": [f"tools.{kind}"]})
+    with attached([deployment("chat", "openai/gpt-4o-mini", "mini")], allowed) as (router, engine):
+        engine.adapter._refuse_unknown_fields({"model": "chat", "tools": [tool]})  # accepted: no raise
+
+
+@pytest.mark.parametrize("body", [
+    {"contents": [], "generationConfig": {"maxOutputTokens": 300, "candidateCount": 4}},  # the wire (proxy)
+    {"contents": [], "config": {"max_output_tokens": 300, "candidate_count": 4}},  # Router.agenerate_content
+])
+def test_gemini_generation_config_caps_and_multiplies_the_output_bound(body):
+    from litellm_payg.core.request_checks import choices, output_cap
+
+    assert (output_cap(body, "generate_content"), choices(body)) == (300, 4)
+    assert output_cap({"contents": []}, "generate_content") is None  # the model's maximum then

@@ -146,10 +146,19 @@ def output_cap(data: Mapping[str, Any], api: str | None = None) -> int | None:
 
 
 def choices(data: Mapping[str, Any]) -> int:
-    """How many answers the request asks for (``n``, or ``best_of`` for text completions): each is
-    billed its own output tokens, so a reservation multiplies by it."""
+    """How many answers the request asks for (``n``, ``best_of`` for text completions, Gemini's
+    ``candidateCount``): each is billed its own output tokens, so a reservation multiplies by it."""
     counts = [whole_number(data.get(name)) for name in ("n", "best_of")]
+    for outer, inner in GEMINI_CANDIDATES:  # Gemini bills each candidate's output too
+        config = data.get(outer)
+        if isinstance(config, Mapping):
+            counts.append(whole_number(config.get(inner)))
     return max([1, *(c for c in counts if c is not None)])
+
+
+#: Gemini's ``n``, inside its generation config (wire and SDK names)
+GEMINI_CANDIDATES = (("generationConfig", "candidateCount"), ("generation_config", "candidate_count"),
+                     ("config", "candidate_count"), ("config", "candidateCount"))
 
 
 def _one_model(data: Mapping[str, Any]) -> BadField | None:

@@ -30,6 +30,9 @@ Each field has one :class:`Effect`, which says how the reservation accounts for 
 ``extra_body`` is an object whose keys go straight into the provider's body: each key is
 refused (named ``extra_body.<key>``) unless allowed as ``extra_body.<key>``, and never allowed
 when it is a known field (its effect would escape the checks made on the top-level field).
+A tool the provider runs and bills per call (a ``tools`` entry whose ``type`` is not
+``function``/``custom``: web search, code interpreter...; Gemini's search grounding) is refused
+unless allowed as ``tools.<type>``.
 
 No LiteLLM here (the core layer): LiteLLM's own lists (``OPENAI_CHAT_COMPLETION_PARAMS``,
 ``all_litellm_params``) were read to write this table; ``tests/test_request_fields.py`` checks
@@ -120,6 +123,8 @@ def allowable(name: str) -> str | None:
             return (f"{inner!r} is a known request field ({FIELDS[inner].value}); in extra_body it would override "
                     "the top-level field the reservation reads: send it at the top level instead")
         return None
+    if name.startswith("tools."):
+        return None if name[len("tools."):] else "expected tools.<type>"
     effect = FIELDS.get(name)
     if effect is Effect.REROUTE:
         return f"{name!r} changes the deployment, endpoint, key or price LiteLLM uses, which the policy did not pick"
@@ -134,6 +139,11 @@ def unknown_field(data: Mapping[str, Any], allowed: Iterable[str] = ()) -> BadFi
     ``allowed`` is the policy's ``requests.allow_fields`` (already checked with :func:`allowable`).
     Cheap: a dict lookup per field, and ``extra_body`` only when the request has one."""
     allowed = allowed if isinstance(allowed, (set, frozenset)) else frozenset(allowed)
+    tools = data.get("tools")
+    if tools and isinstance(tools, list):
+        problem = _billed_tool(tools, allowed)
+        if problem is not None:
+            return problem
     for name in data:
         effect = FIELDS.get(name)
         if effect is None or effect is Effect.UNBOUNDED:
@@ -152,6 +162,33 @@ def unknown_field(data: Mapping[str, Any], allowed: Iterable[str] = ()) -> BadFi
         if effect is Effect.REROUTE and data[name] is not None and not _proxy_api_version(name, data):
             return BadField(name, "changes the deployment, endpoint, key or price LiteLLM uses for the call, "
                             "which the policy did not pick; not accepted on a governed group")
+    return None
+
+
+#: tool types billed only by the tokens they add to the prompt and the answer: a function the
+#: client runs itself (OpenAI chat and Responses ``function``/``custom``; an Anthropic tool has
+#: no ``type``, a Gemini ``functionDeclarations`` entry neither)
+TOKEN_BILLED_TOOLS = frozenset({"function", "custom"})
+#: Gemini tools the provider runs and bills per query (grounding, search), keyed by name
+GEMINI_BILLED_TOOLS = frozenset({"googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval",
+                                 "googleMaps", "google_maps", "enterpriseWebSearch", "enterprise_web_search"})
+
+
+def _billed_tool(tools: list[Any], allowed: frozenset[str] | set[str]) -> BadField | None:
+    """A tool the provider runs and bills per call (web search, code interpreter, file search...):
+    its cost is not in the tokens the reservation bounds, so it is refused unless the policy allows
+    its type (``tools.<type>``)."""
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, Mapping):
+            continue
+        kind = tool.get("type")
+        kinds = [kind] if isinstance(kind, str) and kind not in TOKEN_BILLED_TOOLS else []
+        kinds += [key for key in tool if key in GEMINI_BILLED_TOOLS]
+        for kind in kinds:
+            if f"tools.{kind}" not in allowed:
+                return BadField(f"tools[{index}].type", f"a {kind!r} tool is run and billed by the provider per call, "
+                                "which the budget reservation cannot bound; not accepted on a governed group unless "
+                                f"the policy allows it (requests: {{allow_fields: [tools.{kind}]}})")
     return None
 
 
