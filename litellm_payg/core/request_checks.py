@@ -16,6 +16,9 @@ ledger:
 * **Client-side credentials** (``api_key``, ``api_base``, ``base_url`` in the request): LiteLLM
   would run the call on a clone of the deployment that the policy never picked.
 
+Fields the plugin does not know at all (and ``extra_body``) are the business of
+:mod:`litellm_payg.core.request_fields`, the closed request surface of a governed group.
+
 No LiteLLM here: the adapter maps a :class:`BadField` to the error each caller expects (HTTP 400 in
 the proxy, ``litellm.BadRequestError`` in the SDK).
 """
@@ -114,6 +117,9 @@ GEMINI_CAP = (("generationConfig", "maxOutputTokens"), ("generation_config", "ma
               ("config", "max_output_tokens"), ("config", "maxOutputTokens"))
 
 
+_GEMINI_CONFIGS = frozenset(outer for outer, _ in GEMINI_CAP)
+
+
 def api_of(call: Any) -> str | None:
     """The API of a Router method name or a proxy call type (``acompletion`` -> ``completion``)."""
     if call is None:
@@ -135,8 +141,8 @@ def output_cap(data: Mapping[str, Any], api: str | None = None) -> int | None:
     ``max_completion_tokens`` to an o-series model (the latter), so ``max_tokens: 1`` with
     ``max_completion_tokens: 5000`` is billed up to 5000 output tokens."""
     names = CAP_FIELDS_BY_API.get(api, MAX_TOKEN_FIELDS) if api is not None else MAX_TOKEN_FIELDS
-    caps = [whole_number(data.get(name)) for name in names]
-    if api in (None, "generate_content"):
+    caps = [whole_number(data[name]) for name in names if name in data]
+    if api in (None, "generate_content") and not _GEMINI_CONFIGS.isdisjoint(data.keys()):
         for outer, inner in GEMINI_CAP:
             config = data.get(outer)
             if isinstance(config, Mapping):
@@ -148,11 +154,12 @@ def output_cap(data: Mapping[str, Any], api: str | None = None) -> int | None:
 def choices(data: Mapping[str, Any]) -> int:
     """How many answers the request asks for (``n``, ``best_of`` for text completions, Gemini's
     ``candidateCount``): each is billed its own output tokens, so a reservation multiplies by it."""
-    counts = [whole_number(data.get(name)) for name in ("n", "best_of")]
-    for outer, inner in GEMINI_CANDIDATES:  # Gemini bills each candidate's output too
-        config = data.get(outer)
-        if isinstance(config, Mapping):
-            counts.append(whole_number(config.get(inner)))
+    counts = [whole_number(data[name]) for name in ("n", "best_of") if name in data]
+    if not _GEMINI_CONFIGS.isdisjoint(data.keys()):
+        for outer, inner in GEMINI_CANDIDATES:  # Gemini bills each candidate's output too
+            config = data.get(outer)
+            if isinstance(config, Mapping):
+                counts.append(whole_number(config.get(inner)))
     return max([1, *(c for c in counts if c is not None)])
 
 

@@ -109,6 +109,8 @@ FIELDS: dict[str, Effect] = {
 
 #: the object whose keys LiteLLM merges into the provider's body
 EXTRA_BODY = "extra_body"
+#: fields accepted as they are, whatever their value (no further check here)
+_PLAIN = frozenset(name for name, effect in FIELDS.items() if effect not in (Effect.REROUTE, Effect.UNBOUNDED))
 
 
 def allowable(name: str) -> str | None:
@@ -144,7 +146,8 @@ def unknown_field(data: Mapping[str, Any], allowed: Iterable[str] = ()) -> BadFi
         problem = _billed_tool(tools, allowed)
         if problem is not None:
             return problem
-    for name in data:
+    rest = data.keys() - _PLAIN  # the common request has only plain fields: one set difference
+    for name in rest:
         effect = FIELDS.get(name)
         if effect is None or effect is Effect.UNBOUNDED:
             if name == EXTRA_BODY:

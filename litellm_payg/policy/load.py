@@ -42,7 +42,8 @@ class Defaults(_Strict):
 
     #: output tokens assumed for *routing* when a request gives no max_tokens
     expected_output_tokens: Tokens = 256
-    #: output tokens *reserved* against budgets when a request gives no max_tokens (pessimistic)
+    #: output tokens *reserved* against budgets when neither the request nor the model (its
+    #: ``max_output_tokens``) says how many the provider may produce
     reserve_output_tokens: Tokens = 4096
 
 

@@ -9,8 +9,10 @@ How a request is priced (the README quotes this):
 * **Prompt tokens**: ``litellm.token_counter`` on every part of the prompt (``count_request_tokens``:
   messages and tools, a Responses ``input``/``instructions``, a ``system`` or text ``prompt``); chat
   messages one at a time, each counted once (``token_counts.py``: the same total, exactly).
-* **Output tokens**: the request's ``max_tokens`` / ``max_completion_tokens``, else the policy's
-  ``defaults.expected_output_tokens``.
+* **Output tokens**: the cap the provider applies (``request_checks.output_cap``: the largest of
+  the max-token fields LiteLLM sends for the request's API), else for routing the policy's
+  ``defaults.expected_output_tokens``, and for a reservation the model's ``max_output_tokens``
+  (:func:`output_limit_and_character_price`), else ``defaults.reserve_output_tokens``.
 * **Estimate** = prompt tokens x input price + output tokens x output price; **price per 1K tokens**
   = estimate / (prompt + output tokens) x 1000.
 """

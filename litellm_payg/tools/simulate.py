@@ -1266,7 +1266,8 @@ def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) 
         "cost of a request = litellm.cost_per_token(model, prompt_tokens, completion_tokens) of the deployment that served it",
         f"period: {_iso(result.start)} to {_iso(result.end)} ({period_days:g} days); each class's requests evenly spaced over it (or over its own 'time')",
         f"routing estimates assume {policy.defaults.expected_output_tokens} output tokens (policy defaults.expected_output_tokens) unless a class sets max_tokens; "
-        f"budget reservations assume {policy.defaults.reserve_output_tokens} (defaults.reserve_output_tokens); the charge uses the class's completion_tokens",
+        "budget reservations assume the class's max_tokens, else the model's maximum output (its price map entry), "
+        f"else {policy.defaults.reserve_output_tokens} (defaults.reserve_output_tokens); the charge uses the class's completion_tokens",
     ]
     for p in result.prices:
         if p["input_usd_per_1m"] is None:
