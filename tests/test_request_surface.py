@@ -344,3 +344,36 @@ def test_gemini_generation_config_caps_and_multiplies_the_output_bound(body):
 
     assert (output_cap(body, "generate_content"), choices(body)) == (300, 4)
     assert output_cap({"contents": []}, "generate_content") is None  # the model's maximum then
+
+
+async def test_a_long_prompt_is_reserved_at_its_tier_price():
+    """gemini-2.5-pro bills every token of a prompt above 200k tokens at $2.50/M in and $15/M out
+    (not $1.25/$10): the reservation covers LiteLLM's own cost of that usage."""
+    from litellm_payg.core.decision import RouteRequest
+
+    with attached([deployment("chat", "gemini/gemini-2.5-pro", "pro")], _policy(_cap(100))) as (router, engine):
+        candidate = engine.adapter._candidates["pro"]
+        for prompt in (1_000, 250_000):
+            request = RouteRequest("chat", prompt, 100, max_tokens=100)
+            reserved = engine.spend.reserve_estimate(request, candidate)
+            billed = sum(litellm.cost_per_token(model="gemini/gemini-2.5-pro", prompt_tokens=prompt, completion_tokens=100))
+            assert reserved >= billed * (1 - 1e-9), (prompt, reserved, billed)
+        assert reserved == pytest.approx(250_000 * 2.5e-06 + 100 * 1.5e-05)
+
+
+async def test_a_prompt_marked_for_caching_is_reserved_at_the_cache_write_price():
+    """Anthropic bills a prompt written to its cache at up to 2x the input price (a one-hour cache)."""
+    cached = [{"role": "user", "content": [{"type": "text", "text": "word " * 2000,
+                                            "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]
+    model_list = [deployment("chat", "anthropic/claude-sonnet-4-5", "son")]
+    policy = _policy(_cap(100), models={"anthropic/claude-sonnet-4-5": {"quality": 1}})
+    with attached(model_list, policy) as (router, engine):
+        seen = _estimates(engine)
+        await router.acompletion(model="chat", messages=cached, max_tokens=10)
+        await router.acompletion(model="chat", messages=[{"role": "user", "content": "word " * 2000}], max_tokens=10)
+        await settled(engine)
+    (marked, candidate, reserved), (plain, _, plain_reserved) = seen
+    assert marked.cache_writes and not plain.cache_writes
+    write_price = litellm.model_cost["claude-sonnet-4-5"]["cache_creation_input_token_cost_above_1hr"]
+    assert reserved >= marked.prompt_tokens * write_price + 10 * candidate.output_usd_per_token
+    assert plain_reserved < reserved

@@ -65,7 +65,7 @@ from litellm_payg.core.runs import prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
 from litellm_payg.stores.prices import OTHER_PROMPT_PARTS, candidate_from_deployment, count_request_tokens, prompt_tokens_at_most
-from litellm_payg.core.request_checks import api_of, choices, output_cap
+from litellm_payg.core.request_checks import api_of, asks_cache_write, choices, output_cap
 from litellm_payg.core.request_fields import unknown_field
 from litellm_payg.core.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
@@ -417,6 +417,8 @@ class PaygRouting(CustomLogger):
                 {**{name: request_kwargs.get(name) for name in _PROMPT_PARTS}, "messages": messages or request_kwargs.get("messages")}),
             api=state.api,
             characters=_characters(request_kwargs) if state.api == "speech" else None,
+            cache_writes=bool(self.engine.spend.budgets) and asks_cache_write(messages or request_kwargs.get("messages"),
+                                                                               request_kwargs),
         )
 
     @staticmethod

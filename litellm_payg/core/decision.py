@@ -39,6 +39,11 @@ class Candidate:
     max_output_tokens: int | None = None
     #: USD per character of input, for models billed by the character (text to speech)
     input_usd_per_character: float | None = None
+    #: LiteLLM's long-prompt tiers: ``(prompt tokens, input, output USD per token)``, ascending; a
+    #: prompt at or above a threshold is billed the tier's prices for all its tokens
+    price_tiers: tuple[tuple[int, float, float], ...] = ()
+    #: USD per prompt token written to the provider's cache (the dearest of its cache lifetimes)
+    cache_write_usd_per_token: float | None = None
 
     @property
     def priced(self) -> bool:
@@ -143,6 +148,9 @@ class RouteRequest:
     api: str | None = None
     #: the characters of a speech request's ``input`` (billed per character by some models)
     characters: int | None = None
+    #: the prompt marks parts for the provider's cache (``cache_control``): they may be billed at
+    #: the cache-write price
+    cache_writes: bool = False
 
     def prompt_range(self) -> tuple[int, int] | None:
         """``(lowest, highest)`` prompt tokens this request may have without counting it: the count

@@ -168,6 +168,25 @@ GEMINI_CANDIDATES = (("generationConfig", "candidateCount"), ("generation_config
                      ("config", "candidate_count"), ("config", "candidateCount"))
 
 
+def asks_cache_write(messages: Any, data: Mapping[str, Any]) -> bool:
+    """Whether the prompt marks a part for the provider's cache (Anthropic-style ``cache_control``
+    on a message, a content part, a tool or a ``system`` part): those tokens may be billed at the
+    cache-write price, above the input price."""
+    for part in (messages, data.get("system"), data.get("tools")):
+        if isinstance(part, list) and any(_cache_marked(item) for item in part):
+            return True
+    return False
+
+
+def _cache_marked(item: Any) -> bool:
+    if not isinstance(item, Mapping):
+        return False
+    if "cache_control" in item:
+        return True
+    content = item.get("content")
+    return isinstance(content, list) and any(isinstance(p, Mapping) and "cache_control" in p for p in content)
+
+
 def _one_model(data: Mapping[str, Any]) -> BadField | None:
     """LiteLLM's proxy turns ``model: "a,b"`` into a batch of calls that share one request (one
     metadata dict, one logging object: only one of them is logged), and ``fastest_response`` into

@@ -218,8 +218,9 @@ class SpendControl:
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
         """An upper bound of what ``candidate``'s provider can bill for ``request``: every output
         token the provider may produce (the request's cap as LiteLLM sends it, else the model's
-        maximum, else ``defaults.reserve_output_tokens``), by each of the ``n`` answers asked for;
-        a speech request's characters at the per-character price. A request billed by something
+        maximum, else ``defaults.reserve_output_tokens``), by each of the ``n`` answers asked for,
+        at the prices of the long-prompt tier the prompt reaches (and the cache-write price when it
+        asks for caching); a speech request's characters at the per-character price. A request billed by something
         the deployment has no price for is reserved at ``requests.unbounded_reserve_usd``, or
         refused (:class:`~litellm_payg.core.errors.UnboundedCost`): never reserved at $0."""
         if request.api == "speech":
@@ -232,7 +233,14 @@ class SpendControl:
         if not candidate.priced:
             return self._unbounded(candidate, "the deployment has no per-token price")
         cap = request.max_tokens or candidate.max_output_tokens or self.policy.defaults.reserve_output_tokens
-        return candidate.estimate_usd(request.prompt_tokens, cap * max(1, request.choices))
+        prompt = request.prompt_tokens
+        input_price, output_price = candidate.input_usd_per_token, candidate.output_usd_per_token
+        for threshold, tier_input, tier_output in candidate.price_tiers:  # a long prompt's tier prices
+            if prompt >= threshold:
+                input_price, output_price = max(input_price, tier_input), max(output_price, tier_output)
+        if request.cache_writes and candidate.cache_write_usd_per_token is not None:
+            input_price = max(input_price, candidate.cache_write_usd_per_token)
+        return prompt * input_price + cap * max(1, request.choices) * output_price
 
     def _unbounded(self, candidate: Candidate, why: str) -> float:
         ceiling = getattr(self.policy, "unbounded_reserve_usd", None)

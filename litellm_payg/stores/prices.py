@@ -19,6 +19,7 @@ How a request is priced (the README quotes this):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -109,6 +110,7 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
     if max_input is None:
         max_input = known.get("max_input_tokens")
     max_output, per_character = output_limit_and_character_price(info, known)
+    tiers, cache_write = reservation_tiers(known, model) if source == "litellm" else ((), None)
     labels = dict(facts.labels) if facts is not None else {}
     for key, value in info.items():  # deployment model_info labels (e.g. region: eu) count too
         if isinstance(value, str) and key not in ("id",):
@@ -126,7 +128,34 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         price_source=source,
         max_output_tokens=max_output,
         input_usd_per_character=per_character,
+        price_tiers=tiers,
+        cache_write_usd_per_token=cache_write,
     )
+
+
+_TIER = re.compile(r"^input_cost_per_token_above_(\d+)(k?)_tokens$")
+
+
+def reservation_tiers(known: Mapping[str, Any], model: str) -> tuple[tuple[tuple[int, float, float], ...], float | None]:
+    """What LiteLLM's price map bills beyond a model's base per-token prices, for a reservation's
+    upper bound: its long-prompt tiers (``input_cost_per_token_above_200k_tokens`` and the output
+    price beside it; LiteLLM bills every token of a prompt past the threshold at the tier's price)
+    and its cache-write price (the dearest of ``cache_creation_input_token_cost`` and its longer
+    lifetimes). Priority, flex and batch prices are not here: those tiers are chosen by request
+    fields the request surface refuses."""
+    raw = litellm.model_cost.get(str(known.get("key") or model)) or {}
+    base_out = raw.get("output_cost_per_token")
+    tiers = []
+    for key, value in raw.items():
+        match = _TIER.match(key)
+        if match is None or value is None:
+            continue
+        threshold = int(match.group(1)) * (1000 if match.group(2) else 1)
+        out = raw.get(f"output_cost_per_token_above_{match.group(1)}{match.group(2)}_tokens", base_out)
+        tiers.append((threshold, float(value), float(out if out is not None else 0.0)))
+    writes = [float(v) for k, v in raw.items()
+              if k in ("cache_creation_input_token_cost", "cache_creation_input_token_cost_above_1hr") and v is not None]
+    return tuple(sorted(tiers)), (max(writes) if writes else None)
 
 
 def output_limit_and_character_price(
