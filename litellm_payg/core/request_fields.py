@@ -24,7 +24,7 @@ Each field has one :class:`Effect`, which says how the reservation accounts for 
   always refused, and cannot be allowed.
 * ``unbounded``: billed in a way the reservation does not bound (a priority service tier, web
   search per query, predicted outputs, audio output, the stored context of a
-  ``previous_response_id``): refused unless the operator allows it, in
+  ``previous_response_id``; ``drop_params``, which can drop the output cap itself): refused unless the operator allows it, in
   which case the operator accepts that the bill may exceed the reservation.
 
 ``extra_body`` is an object whose keys go straight into the provider's body: each key is
@@ -104,7 +104,7 @@ FIELDS: dict[str, Effect] = {
               "fastest_response"),
     # -- billed beyond what the reservation bounds
     **_all(U, "service_tier web_search_options prediction audio modalities include_server_side_tool_invocations "
-              "previous_response_id conversation"),
+              "previous_response_id conversation drop_params additional_drop_params allowed_openai_params"),
 }
 
 #: the object whose keys LiteLLM merges into the provider's body
