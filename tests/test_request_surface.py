@@ -377,3 +377,24 @@ async def test_a_prompt_marked_for_caching_is_reserved_at_the_cache_write_price(
     write_price = litellm.model_cost["claude-sonnet-4-5"]["cache_creation_input_token_cost_above_1hr"]
     assert reserved >= marked.prompt_tokens * write_price + 10 * candidate.output_usd_per_token
     assert plain_reserved < reserved
+
+
+def test_the_proxys_copy_of_the_url_api_version_is_not_a_client_field():
+    from litellm_payg.core.request_fields import unknown_field
+
+    url = "http://127.0.0.1:4000/openai/deployments/cheap/chat/completions?api-version=2024-10-21"
+    data = {"model": "cheap", "messages": MESSAGES, "api_version": "2024-10-21", "proxy_server_request": {"url": url}}
+    assert unknown_field(data) is None
+    assert unknown_field({**data, "api_version": "2025-01-01-preview"}).field == "api_version"
+    assert unknown_field({"model": "cheap", "api_version": "2024-10-21"}).field == "api_version"
+
+
+def test_simulate_says_why_a_budget_cannot_reserve_on_an_unpriced_deployment():
+    from litellm_payg.core.decision import Candidate
+    from litellm_payg.tools.simulate import SimulationError, parse_traffic, simulate
+
+    unpriced = Candidate("ft", "my-org/fine-tune", "openai", "chat", None, None)
+    traffic = parse_traffic(json.dumps({"group": "chat", "prompt_tokens": 10, "completion_tokens": 5}), "t")
+    policy = load_policy({**_policy(_cap(1)), "routes": {}})
+    with pytest.raises(SimulationError, match="cannot bound the cost of this request on deployment ft"):
+        simulate(policy, traffic, candidates_by_group={"chat": [unpriced]})

@@ -142,3 +142,17 @@ def test_ordinary_openai_sdk_requests_pass(proxy, standin):
     merged = client.chat.completions.create(model="chat", messages=MESSAGES, extra_body={"max_tokens": 9})
     assert merged.choices
     assert standin.requests("openai", model="gpt-4o-mini")[-1].body.get("max_tokens") == 9
+
+
+def test_an_azure_sdk_path_with_its_api_version_query_passes(proxy, standin):
+    """Every Azure OpenAI SDK sends ``?api-version=``; the proxy copies it into the body as
+    ``api_version``. That copy picks the API version of the deployment the policy chose, so it is
+    accepted; an ``api_version`` the client writes in the body is not (test_request_surface.py)."""
+    before = standin.hits("openai", model="gpt-4o-mini")
+    resp = _post(proxy, "/openai/deployments/chat/chat/completions?api-version=2024-10-21",
+                 {"messages": MESSAGES, "max_tokens": 5})
+    assert resp.status_code == 200, short(resp)
+    assert standin.hits("openai", model="gpt-4o-mini") == before + 1
+    resp = _post(proxy, "/openai/deployments/chat/chat/completions?api-version=2024-10-21",
+                 {"messages": MESSAGES, "max_tokens": 5, "api_version": "2025-01-01-preview"})
+    assert resp.status_code == 400 and "'api_version'" in resp.text, short(resp)

@@ -94,14 +94,14 @@ FIELDS: dict[str, Effect] = {
               "num_retries max_retries timeout request_timeout stream_timeout fallbacks context_window_fallback_dict "
               "disable_fallbacks caching cache ttl no-log priority extra_headers headers mock_response "
               "mock_tool_calls mock_timeout model_info litellm_parent_otel_span organization keepalive_seconds "
-              "client_side_timeout allowed_model_region enable_prompt_caching"),
+              "client_side_timeout allowed_model_region enable_prompt_caching guardrails"),
     # -- another deployment, endpoint or key than the one the policy picked
     **_all(X, "api_key api_base base_url api_version deployment_id custom_llm_provider model_list "
               "azure_ad_token azure_ad_token_provider aws_access_key_id aws_secret_access_key aws_session_token "
               "aws_region_name aws_role_name aws_profile_name vertex_project vertex_location vertex_credentials "
               "region_name litellm_credential_name default_headers base_model input_cost_per_token "
               "output_cost_per_token input_cost_per_second output_cost_per_second use_in_pass_through "
-              "fastest_response"),
+              "fastest_response specific_deployment"),
     # -- billed beyond what the reservation bounds
     **_all(U, "service_tier web_search_options prediction audio modalities include_server_side_tool_invocations "
               "previous_response_id conversation drop_params additional_drop_params allowed_openai_params"),

@@ -874,7 +874,7 @@ def simulate(
     from litellm_payg.runtime.engine import Engine
     from litellm_payg.core.errors import NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy
-    from litellm_payg.core.errors import BudgetRefused
+    from litellm_payg.core.errors import BudgetRefused, UnboundedCost
     from litellm_payg.core.failure import Failure
     from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 
@@ -993,6 +993,8 @@ def simulate(
             except GiveUp:  # failover.on says the last failure is final
                 failed_final[attempts[-1]] = failed_final.get(attempts[-1], 0) + 1
                 break
+            except UnboundedCost as exc:  # a budget cannot reserve on a deployment without a price
+                raise SimulationError(str(exc).removeprefix("litellm-payg: ")) from None
             if attempts:  # the last attempt failed and this request moved on to another one
                 failed_over[attempts[-1]] = failed_over.get(attempts[-1], 0) + 1
             decided = picked.decided
