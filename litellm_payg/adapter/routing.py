@@ -107,6 +107,7 @@ class PaygRouting(CustomLogger):
         self.binding = f"payg-{PaygRouting._count}-{id(self):x}"
         self._candidates: dict[str, Candidate] = {}
         self._groups: frozenset[str] = frozenset()
+        self._cache_write_groups: frozenset[str] = frozenset()
         self._deployment_names: dict[str, set[str]] = {}
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
@@ -167,6 +168,9 @@ class PaygRouting(CustomLogger):
             str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
         }
         self._groups = frozenset(c.group for c in self._candidates.values())
+        #: groups with a deployment that bills cache writes above its input price (Anthropic)
+        self._cache_write_groups = frozenset(c.group for c in self._candidates.values()
+                                             if c.cache_write_usd_per_token is not None)
         #: a deployment's id or model string -> the groups it serves (what a client may name instead)
         self._deployment_names: dict[str, set[str]] = {}
         for c in self._candidates.values():
@@ -227,7 +231,8 @@ class PaygRouting(CustomLogger):
         call: Any = None,
     ) -> RequestState:
         """Start the plugin's state for a request entering through a governed door: refuse forged
-        ``payg_*`` keys and malformed fields, route or refuse a deployment named as the model, and
+        ``payg_*`` keys, malformed fields and fields outside a governed group's request surface
+        (:meth:`_refuse_unknown_fields`), route or refuse a deployment named as the model, and
         mint the request's id into ``data[field]`` (LiteLLM's metadata for this kind of request).
 
         There are two doors, and a proxy request passes both: the proxy's pre-call hook (which
@@ -417,8 +422,9 @@ class PaygRouting(CustomLogger):
                 {**{name: request_kwargs.get(name) for name in _PROMPT_PARTS}, "messages": messages or request_kwargs.get("messages")}),
             api=state.api,
             characters=_characters(request_kwargs) if state.api == "speech" else None,
-            cache_writes=bool(self.engine.spend.budgets) and asks_cache_write(messages or request_kwargs.get("messages"),
-                                                                               request_kwargs),
+            # only looked for where a reservation can use it: budgets, and a deployment that prices it
+            cache_writes=bool(self.engine.spend.budgets) and group in self._cache_write_groups and asks_cache_write(
+                messages or request_kwargs.get("messages"), request_kwargs),
         )
 
     @staticmethod
