@@ -338,6 +338,7 @@ async def test_tools_the_provider_bills_per_call_are_refused_unless_allowed(tool
 @pytest.mark.parametrize("body", [
     {"contents": [], "generationConfig": {"maxOutputTokens": 300, "candidateCount": 4}},  # the wire (proxy)
     {"contents": [], "config": {"max_output_tokens": 300, "candidate_count": 4}},  # Router.agenerate_content
+    {"contents": [], "generationConfig": {"max_output_tokens": 300, "candidate_count": 4}},  # what LiteLLM sends
 ])
 def test_gemini_generation_config_caps_and_multiplies_the_output_bound(body):
     from litellm_payg.core.request_checks import choices, output_cap
@@ -398,3 +399,51 @@ def test_simulate_says_why_a_budget_cannot_reserve_on_an_unpriced_deployment():
     policy = load_policy({**_policy(_cap(1)), "routes": {}})
     with pytest.raises(SimulationError, match="cannot bound the cost of this request on deployment ft"):
         simulate(policy, traffic, candidates_by_group={"chat": [unpriced]})
+
+
+def _sent_cap_and_n(provider: str, body: dict) -> tuple[int | None, int]:
+    """The output cap and the number of answers in a provider body LiteLLM sent."""
+    if provider == "gemini":
+        config = body.get("generationConfig") or {}  # LiteLLM writes Gemini's snake_case spelling
+        return (config.get("maxOutputTokens") or config.get("max_output_tokens"),
+                config.get("candidateCount") or config.get("candidate_count") or 1)
+    caps = [body.get(name) for name in ("max_tokens", "max_completion_tokens") if body.get(name) is not None]
+    return (max(caps) if caps else None), body.get("n") or 1
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "find an order " * 50,
+                                           "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]
+
+
+@pytest.mark.parametrize("provider", ["openai", "deepseek", "anthropic", "gemini"])
+@pytest.mark.parametrize("fields", [
+    {}, {"max_tokens": 40}, {"max_completion_tokens": 40}, {"max_tokens": 1, "max_completion_tokens": 60},
+    {"n": 3, "max_tokens": 20}, {"tools": TOOLS, "max_tokens": 30},
+])
+async def test_the_reservation_bounds_what_litellm_sent(sent, provider, fields):
+    """Differential: for each request, the reservation's inputs are upper bounds of LiteLLM's final
+    provider body (``log_pre_api_call``'s ``complete_input_dict``): its output cap (or the model's
+    maximum when it sent none), its number of answers, and, for OpenAI-style bodies, the prompt
+    tokens of the messages and tools it sent."""
+    from standin_helpers import STANDIN_MODELS, standin_deployment
+
+    if provider == "anthropic" and "n" in fields:
+        pytest.skip("Anthropic has no n")
+    with StandIn() as s:
+        model_list = [standin_deployment(s, provider)]
+        policy = _policy(_cap(10), models={STANDIN_MODELS[provider]: {"quality": 1}})
+        with attached(model_list, policy, **ROUTER) as (router, engine):
+            seen = _estimates(engine)
+            await router.acompletion(model="chat", messages=MESSAGES, **fields)
+            await settled(engine)
+    [(request, candidate, reserved)] = seen
+    body = sent.bodies[-1]
+    sent_cap, sent_n = _sent_cap_and_n(provider, body)
+    bound_cap = request.max_tokens or candidate.max_output_tokens
+    assert sent_cap is None or bound_cap >= sent_cap, (body, request)
+    assert request.choices >= sent_n
+    if provider in ("openai", "deepseek"):
+        sent_prompt = litellm.token_counter(model=candidate.model, messages=body["messages"], tools=body.get("tools"))
+        assert request.prompt_tokens >= sent_prompt
+    out_tokens = (sent_cap or candidate.max_output_tokens) * sent_n
+    assert reserved >= request.prompt_tokens * candidate.input_usd_per_token + out_tokens * candidate.output_usd_per_token

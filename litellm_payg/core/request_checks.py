@@ -113,8 +113,8 @@ CAP_FIELDS_BY_API: dict[str, tuple[str, ...]] = {
     "generate_content": (),
 }
 #: Gemini's cap, inside ``generationConfig`` (the wire name) or ``config`` (LiteLLM's SDK name)
-GEMINI_CAP = (("generationConfig", "maxOutputTokens"), ("generation_config", "max_output_tokens"),
-              ("config", "max_output_tokens"), ("config", "maxOutputTokens"))
+GEMINI_CAP = tuple((outer, inner) for outer in ("generationConfig", "generation_config", "config")
+                   for inner in ("maxOutputTokens", "max_output_tokens"))  # Gemini's JSON takes either spelling
 
 
 _GEMINI_CONFIGS = frozenset(outer for outer, _ in GEMINI_CAP)
@@ -164,8 +164,8 @@ def choices(data: Mapping[str, Any]) -> int:
 
 
 #: Gemini's ``n``, inside its generation config (wire and SDK names)
-GEMINI_CANDIDATES = (("generationConfig", "candidateCount"), ("generation_config", "candidate_count"),
-                     ("config", "candidate_count"), ("config", "candidateCount"))
+GEMINI_CANDIDATES = tuple((outer, inner) for outer in ("generationConfig", "generation_config", "config")
+                          for inner in ("candidateCount", "candidate_count"))
 
 
 def asks_cache_write(messages: Any, data: Mapping[str, Any]) -> bool:
