@@ -24,7 +24,8 @@ Each field has one :class:`Effect`, which says how the reservation accounts for 
   always refused, and cannot be allowed.
 * ``unbounded``: billed in a way the reservation does not bound (a priority service tier, web
   search per query, predicted outputs, audio output, the stored context of a
-  ``previous_response_id``; ``drop_params``, which can drop the output cap itself): refused unless the operator allows it, in
+  ``previous_response_id`` or a Gemini ``cachedContent``, Anthropic's MCP servers and code
+  containers; ``drop_params``, which can drop the output cap itself): refused unless the operator allows it, in
   which case the operator accepts that the bill may exceed the reservation.
 
 ``extra_body`` is an object whose keys go straight into the provider's body: each key is
@@ -83,17 +84,17 @@ FIELDS: dict[str, Effect] = {
               "logprobs top_logprobs echo seed response_format tool_choice function_call parallel_tool_calls "
               "stream stream_options reasoning_effort reasoning thinking verbosity text truncation include "
               "store background prompt_cache_key prompt_cache_retention safety_identifier safetySettings "
-              "safety_settings toolConfig tool_config cachedContent cached_content labels encoding_format "
+              "safety_settings toolConfig tool_config labels encoding_format "
               "dimensions input_type top_n return_documents rank_fields max_chunks_per_doc language "
               "timestamp_granularities file size quality style output_format output_compression moderation "
-              "partial_images background_color container context_management mcp_servers anthropic_version "
+              "partial_images background_color context_management anthropic_version "
               "max_tool_calls parallel_tool_calls"),
     # -- read by LiteLLM (and its proxy), not by the provider's bill
     **_all(L, "metadata litellm_metadata user tags litellm_trace_id litellm_session_id litellm_call_id "
               "litellm_logging_obj proxy_server_request secret_fields shared_session _context_compaction_state "
               "num_retries max_retries timeout request_timeout stream_timeout fallbacks context_window_fallback_dict "
               "disable_fallbacks caching cache ttl no-log priority extra_headers headers mock_response "
-              "mock_tool_calls mock_timeout model_info litellm_parent_otel_span organization keepalive_seconds "
+              "mock_tool_calls mock_timeout litellm_parent_otel_span organization keepalive_seconds "
               "client_side_timeout allowed_model_region enable_prompt_caching guardrails"),
     # -- another deployment, endpoint or key than the one the policy picked
     **_all(X, "api_key api_base base_url api_version deployment_id custom_llm_provider model_list "
@@ -101,10 +102,11 @@ FIELDS: dict[str, Effect] = {
               "aws_region_name aws_role_name aws_profile_name vertex_project vertex_location vertex_credentials "
               "region_name litellm_credential_name default_headers base_model input_cost_per_token "
               "output_cost_per_token input_cost_per_second output_cost_per_second use_in_pass_through "
-              "fastest_response specific_deployment"),
+              "fastest_response specific_deployment model_info"),
     # -- billed beyond what the reservation bounds
     **_all(U, "service_tier web_search_options prediction audio modalities include_server_side_tool_invocations "
-              "previous_response_id conversation drop_params additional_drop_params allowed_openai_params"),
+              "previous_response_id conversation cachedContent cached_content mcp_servers container drop_params "
+              "additional_drop_params allowed_openai_params"),
 }
 
 #: the object whose keys LiteLLM merges into the provider's body
