@@ -81,7 +81,7 @@ DECISION_KEY = "payg_decision"
 OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 
 #: the parts of a request's prompt besides its messages (``pricing.count_request_tokens``)
-_PROMPT_PARTS = ("tools", *OTHER_PROMPT_PARTS)
+_PROMPT_PARTS = frozenset(("tools", *OTHER_PROMPT_PARTS))
 
 #: the live adapters, to tell a request that bypassed this router's routing from one of another
 #: router that governs the same deployment ids (two Routers built from one config)
@@ -419,7 +419,8 @@ class PaygRouting(CustomLogger):
                          if self.engine.spend.loop_guards else None),
             # worked out only if a rule reads it (quality_floor), like the count itself
             prompt_tokens_at_most=None if state.prompt_tokens is not None else lambda: prompt_tokens_at_most(
-                {**{name: request_kwargs.get(name) for name in _PROMPT_PARTS}, "messages": messages or request_kwargs.get("messages")}),
+                {**{name: request_kwargs[name] for name in _PROMPT_PARTS.intersection(request_kwargs)},
+                 "messages": messages or request_kwargs.get("messages")}),
             api=state.api,
             characters=_characters(request_kwargs) if state.api == "speech" else None,
             # only looked for where a reservation can use it: budgets, and a deployment that prices it
@@ -434,7 +435,8 @@ class PaygRouting(CustomLogger):
         request; the count is kept in ``state.prompt_tokens``. The parts are taken now, so a later
         read counts what was routed."""
         if state.count_prompt is None:
-            parts = {name: request_kwargs[name] for name in _PROMPT_PARTS if request_kwargs.get(name)}
+            parts = {name: request_kwargs[name] for name in _PROMPT_PARTS.intersection(request_kwargs)
+                     if request_kwargs[name]}
             parts["messages"] = messages or request_kwargs.get("messages")
 
             def count() -> int:
