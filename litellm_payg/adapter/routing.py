@@ -264,6 +264,8 @@ class PaygRouting(CustomLogger):
         state = self.states.mint(metadata, _trace(data), identity)
         state.entered = router_door
         state.api = api_of(call)
+        if state.api == "speech":  # what a per-character price bills (the Router's filter may not see it)
+            state.characters = _characters(data)
         return state
 
     def _refuse_unknown_fields(self, data: Mapping[str, Any]) -> None:
@@ -422,7 +424,8 @@ class PaygRouting(CustomLogger):
                 {**{name: request_kwargs[name] for name in _PROMPT_PARTS.intersection(request_kwargs)},
                  "messages": messages or request_kwargs.get("messages")}),
             api=state.api,
-            characters=_characters(request_kwargs) if state.api == "speech" else None,
+            characters=(state.characters if state.characters is not None else _characters(request_kwargs))
+            if state.api == "speech" else None,
             # only looked for where a reservation can use it: budgets, and a deployment that prices it
             cache_writes=bool(self.engine.spend.budgets) and group in self._cache_write_groups and asks_cache_write(
                 messages or request_kwargs.get("messages"), request_kwargs),

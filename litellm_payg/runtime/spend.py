@@ -227,7 +227,7 @@ class SpendControl:
             if candidate.input_usd_per_character is not None and request.characters is not None:
                 return request.characters * candidate.input_usd_per_character
             return self._unbounded(candidate, "a speech request is billed per character or per audio token, "
-                                   "and the deployment has no per-character price")
+                                   "and the deployment has no per-character price (or the input's length is unknown)")
         if request.api in NOT_BILLED_BY_TOKENS:
             return self._unbounded(candidate, f"a {request.api} request is billed per image, second or query")
         if not candidate.priced:
