@@ -234,20 +234,26 @@ async def test_without_an_estimate_the_reservation_is_charged(standin, warnings_
 
 
 async def test_an_unpriced_deployment_keeps_its_record_and_says_why(standin, warnings_seen):
-    """A deployment with no price anywhere (LiteLLM's map has no OpenRouter models) reserved $0,
-    so the reservation it falls back to is $0: the record is still written, marked, and the
-    warning says the price is unknown."""
+    """A deployment with no price anywhere (LiteLLM's map has no OpenRouter models) cannot be
+    bounded: under a budget it is refused (never reserved at $0), or reserved at the policy's
+    ``requests.unbounded_reserve_usd``, which an answer without usage is then charged: the record
+    is written, marked, and the warning says the price is unknown."""
     standin.reply("openrouter", text=ANSWER, usage=False)
     dep = standin_deployment(standin, "openrouter")
     for key in OWN_PRICE:
         del dep["litellm_params"][key]
     # no price-comparing route (the policy would refuse an unpriced deployment); a budget makes it governed
-    policy = governed_policy(routes={}, budgets=[{"scope": "global", "window": "day", "limit_usd": 1, "on_exceed": "alert"}])
+    budgets = [{"scope": "global", "window": "day", "limit_usd": 1, "on_exceed": "alert"}]
+    with attached([dep], governed_policy(routes={}, budgets=budgets), **ROUTER) as (router, engine):
+        with pytest.raises(litellm.BadRequestError, match="cannot bound the cost"):
+            await router.acompletion(model="chat", messages=MESSAGES)
+        assert standin.hits("openrouter") == 0
+    policy = governed_policy(routes={}, budgets=budgets, requests={"unbounded_reserve_usd": 0.01})
     with attached([dep], policy, **ROUTER) as (router, engine):
         await router.acompletion(model="chat", messages=MESSAGES)
         await settled(engine)
         [record] = engine.spend.ledger.records()
-    assert record.amount_usd == 0.0 and record.attrs["usage"] == "estimated"
+    assert record.amount_usd == pytest.approx(0.01) and record.attrs["usage"] == "estimated"
     assert any("openrouter/openai/gpt-4o-mini (deployment d1) answered without a usage block" in r.getMessage()
                and "the deployment has no known price" in r.getMessage() for r in warnings_seen.records)
 

@@ -56,7 +56,9 @@ def traffic_ledger(tmp_path_factory):
                 engine.spend.clock = lambda d=day: real_now - d * DAY + 60
                 for k in range(3 + day):
                     messages = LONG if k % 2 else SHORT
-                    resp = await router.acompletion(model="chat", messages=messages, metadata={"user": f"user{k % 2}"})
+                    # max_tokens: without a cap a reservation holds the model's whole output limit
+                    resp = await router.acompletion(model="chat", messages=messages, max_tokens=200,
+                                                    metadata={"user": f"user{k % 2}"})
                     served[resp._hidden_params["model_id"]] += 1
                 await settled(engine)
             return engine.policy

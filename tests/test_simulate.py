@@ -254,9 +254,11 @@ def test_time_ranges_and_instants_place_requests(tmp_path, capsys):
     from litellm_payg.policy.load import load_policy
 
     lines = "\n".join([
-        json.dumps({"group": "chat", "prompt_tokens": 1000, "completion_tokens": 10, "count": 100, "user": "alice",
-                    "time": "2025-01-05T00:00:00Z/2025-01-20T00:00:00Z"}),
-        json.dumps({"group": "chat", "prompt_tokens": 1000, "completion_tokens": 10, "count": 5, "user": "alice", "time": "2025-02-02T12:00:00Z"}),
+        # max_tokens: without it a reservation holds the model's whole output limit, above this cap
+        json.dumps({"group": "chat", "prompt_tokens": 1000, "completion_tokens": 10, "max_tokens": 10, "count": 100,
+                    "user": "alice", "time": "2025-01-05T00:00:00Z/2025-01-20T00:00:00Z"}),
+        json.dumps({"group": "chat", "prompt_tokens": 1000, "completion_tokens": 10, "max_tokens": 10, "count": 5,
+                    "user": "alice", "time": "2025-02-02T12:00:00Z"}),
     ])
     result = simulate(load_policy(policy), parse_traffic(lines, "t"))
     assert result.blocked.get("alice", 0) > 0

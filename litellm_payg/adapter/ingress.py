@@ -84,7 +84,7 @@ def governed_entry_points(router: Any, adapter: Any) -> Callable[[], None]:
         original = getattr(router, name, None)
         if original is None:
             continue
-        setattr(router, name, _governed(original, adapter, metadata_field))
+        setattr(router, name, _governed(original, adapter, metadata_field, name))
         wrapped.append(name)
 
     router_ref = weakref.ref(router)  # unwrap is kept by the engine: it must not keep the Router alive
@@ -97,14 +97,16 @@ def governed_entry_points(router: Any, adapter: Any) -> Callable[[], None]:
     return unwrap
 
 
-def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str) -> Callable[..., Any]:
+def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str, name: str) -> Callable[..., Any]:
+    """``method`` behind the door. ``name`` is the Router attribute it was read from, i.e. the API
+    (the method's own ``__name__`` is a generic wrapper's on some LiteLLM releases)."""
     @functools.wraps(method)
     async def governed(*args: Any, **kwargs: Any) -> Any:
         if args:  # model passed positionally
             kwargs["model"], args = args[0], args[1:]
         # the caller's own metadata dict, as LiteLLM uses it (it writes per-request keys into it
         # too); a later request reusing it gets a new id, a concurrent one a copy
-        state = adapter.open_request(kwargs, metadata_field)
+        state = adapter.open_request(kwargs, metadata_field, call=name)
         try:
             return await method(*args, **kwargs)
         except Exception as exc:

@@ -262,7 +262,8 @@ class ProxyPaygRouting(PaygRouting):
         try:
             if not isinstance(metadata, dict):
                 refuse_bad_input(data)  # names the field
-            self.open_request(data, field, identity_from_key(user_api_key_dict, data, metadata), router_door=False)
+            self.open_request(data, field, identity_from_key(user_api_key_dict, data, metadata), router_door=False,
+                              call=call_type)
         except InvalidRequest as exc:
             raise HTTPException(status_code=400, detail=exc.message) from None
         return data

@@ -58,14 +58,15 @@ from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.decision import Candidate, Outcome, RouteRequest
 from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
-from litellm_payg.core.errors import InvalidAmount, PaygError
+from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.adapter.failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
 from litellm_payg.core.identity import DEFAULT_SESSION_SOURCES, RequestIdentity, hints_of, identity_of, session_of
 from litellm_payg.core.runs import prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
-from litellm_payg.stores.prices import candidate_from_deployment, count_request_tokens, prompt_tokens_at_most
-from litellm_payg.core.request_checks import choices, output_cap
+from litellm_payg.stores.prices import OTHER_PROMPT_PARTS, candidate_from_deployment, count_request_tokens, prompt_tokens_at_most
+from litellm_payg.core.request_checks import api_of, asks_cache_write, choices, output_cap
+from litellm_payg.core.request_fields import unknown_field
 from litellm_payg.core.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
 from litellm_payg.core.errors import BudgetRefused
@@ -80,7 +81,7 @@ DECISION_KEY = "payg_decision"
 OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 
 #: the parts of a request's prompt besides its messages (``pricing.count_request_tokens``)
-_PROMPT_PARTS = ("tools", "input", "instructions", "system", "prompt")
+_PROMPT_PARTS = frozenset(("tools", *OTHER_PROMPT_PARTS))
 
 #: the live adapters, to tell a request that bypassed this router's routing from one of another
 #: router that governs the same deployment ids (two Routers built from one config)
@@ -106,6 +107,7 @@ class PaygRouting(CustomLogger):
         self.binding = f"payg-{PaygRouting._count}-{id(self):x}"
         self._candidates: dict[str, Candidate] = {}
         self._groups: frozenset[str] = frozenset()
+        self._cache_write_groups: frozenset[str] = frozenset()
         self._deployment_names: dict[str, set[str]] = {}
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
@@ -166,6 +168,9 @@ class PaygRouting(CustomLogger):
             str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
         }
         self._groups = frozenset(c.group for c in self._candidates.values())
+        #: groups with a deployment that bills cache writes above its input price (Anthropic)
+        self._cache_write_groups = frozenset(c.group for c in self._candidates.values()
+                                             if c.cache_write_usd_per_token is not None)
         #: a deployment's id or model string -> the groups it serves (what a client may name instead)
         self._deployment_names: dict[str, set[str]] = {}
         for c in self._candidates.values():
@@ -222,10 +227,12 @@ class PaygRouting(CustomLogger):
         )
 
     def open_request(
-        self, data: dict, field: str = "metadata", identity: RequestIdentity | None = None, *, router_door: bool = True
+        self, data: dict, field: str = "metadata", identity: RequestIdentity | None = None, *, router_door: bool = True,
+        call: Any = None,
     ) -> RequestState:
         """Start the plugin's state for a request entering through a governed door: refuse forged
-        ``payg_*`` keys and malformed fields, route or refuse a deployment named as the model, and
+        ``payg_*`` keys, malformed fields and fields outside a governed group's request surface
+        (:meth:`_refuse_unknown_fields`), route or refuse a deployment named as the model, and
         mint the request's id into ``data[field]`` (LiteLLM's metadata for this kind of request).
 
         There are two doors, and a proxy request passes both: the proxy's pre-call hook (which
@@ -250,12 +257,27 @@ class PaygRouting(CustomLogger):
         refuse_bad_input(data, own=OWN_KEYS if existing is not None else ())
         if "model" in data:
             data["model"] = self.resolve_model(data["model"])
+            self._refuse_unknown_fields(data)
         if live:
             metadata = data[field] = dict(metadata)
             identity = identity or existing.identity
         state = self.states.mint(metadata, _trace(data), identity)
         state.entered = router_door
+        state.api = api_of(call)
+        if state.api == "speech":  # what a per-character price bills (the Router's filter may not see it)
+            state.characters = _characters(data)
         return state
+
+    def _refuse_unknown_fields(self, data: Mapping[str, Any]) -> None:
+        """A request to a governed group accepts only the fields of the closed request surface
+        (:mod:`litellm_payg.core.request_fields`) and the policy's ``requests.allow_fields``:
+        anything else could change what the provider bills past the reservation."""
+        model = data.get("model")
+        if model not in self._groups and model not in self._aliases:
+            return
+        problem = unknown_field(data, self.engine.policy.allow_fields)
+        if problem is not None:
+            raise InvalidRequest(str(problem), field=problem.field)
 
     def _state_for(self, request_kwargs: Mapping[str, Any], metadata: dict) -> RequestState | None:
         """This request's state, or None when it is another router's. A request no governed door
@@ -321,6 +343,9 @@ class PaygRouting(CustomLogger):
         except (LedgerDown, InvalidAmount) as exc:  # final too
             state.final_error = exc
             raise
+        except UnboundedCost as exc:  # a 400 that says why: never reserved at $0
+            state.final_error = InvalidRequest(str(exc), field="model")
+            raise state.final_error from None
         pick = picked.candidate
         state.add_reservation(pick.deployment_id, reservation_id)
         state.unsent = (pick.deployment_id, reservation_id)
@@ -372,7 +397,7 @@ class PaygRouting(CustomLogger):
         if state.identity is None:
             state.identity = identity_of(request_kwargs, metadata)
         who = state.identity
-        max_tokens = output_cap(request_kwargs)
+        max_tokens = output_cap(request_kwargs, state.api)
         hints = hints_of(metadata)
         return RouteRequest(
             group=group,
@@ -396,7 +421,14 @@ class PaygRouting(CustomLogger):
                          if self.engine.spend.loop_guards else None),
             # worked out only if a rule reads it (quality_floor), like the count itself
             prompt_tokens_at_most=None if state.prompt_tokens is not None else lambda: prompt_tokens_at_most(
-                {**{name: request_kwargs.get(name) for name in _PROMPT_PARTS}, "messages": messages or request_kwargs.get("messages")}),
+                {**{name: request_kwargs[name] for name in _PROMPT_PARTS.intersection(request_kwargs)},
+                 "messages": messages or request_kwargs.get("messages")}),
+            api=state.api,
+            characters=(state.characters if state.characters is not None else _characters(request_kwargs))
+            if state.api == "speech" else None,
+            # only looked for where a reservation can use it: budgets, and a deployment that prices it
+            cache_writes=bool(self.engine.spend.budgets) and group in self._cache_write_groups and asks_cache_write(
+                messages or request_kwargs.get("messages"), request_kwargs),
         )
 
     @staticmethod
@@ -406,7 +438,8 @@ class PaygRouting(CustomLogger):
         request; the count is kept in ``state.prompt_tokens``. The parts are taken now, so a later
         read counts what was routed."""
         if state.count_prompt is None:
-            parts = {name: request_kwargs[name] for name in _PROMPT_PARTS if request_kwargs.get(name)}
+            parts = {name: request_kwargs[name] for name in _PROMPT_PARTS.intersection(request_kwargs)
+                     if request_kwargs[name]}
             parts["messages"] = messages or request_kwargs.get("messages")
 
             def count() -> int:
@@ -894,6 +927,12 @@ class ResponseGuard(CustomGuardrail):
     async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
         await self.adapter.check_response(request_data, response)
         return None
+
+
+def _characters(request_kwargs: Mapping[str, Any]) -> int | None:
+    """The characters of a speech request's ``input``, what a per-character price bills."""
+    text = request_kwargs.get("input")
+    return len(text) if isinstance(text, str) else None
 
 
 def _trace(request_kwargs: Mapping[str, Any]) -> str | None:

@@ -34,6 +34,16 @@ class Candidate:
     labels: Mapping[str, str] = field(default_factory=dict)
     #: where the price came from: "policy" (``models:``), "deployment" (``litellm_params``), "litellm"
     price_source: str | None = None
+    #: the most output tokens the model produces (the deployment's ``model_info``, else LiteLLM's
+    #: price map): what a request that sends no cap may be billed for
+    max_output_tokens: int | None = None
+    #: USD per character of input, for models billed by the character (text to speech)
+    input_usd_per_character: float | None = None
+    #: LiteLLM's long-prompt tiers: ``(prompt tokens, input, output USD per token)``, ascending; a
+    #: prompt at or above a threshold is billed the tier's prices for all its tokens
+    price_tiers: tuple[tuple[int, float, float], ...] = ()
+    #: USD per prompt token written to the provider's cache (the dearest of its cache lifetimes)
+    cache_write_usd_per_token: float | None = None
 
     @property
     def priced(self) -> bool:
@@ -133,6 +143,14 @@ class RouteRequest:
     #: or None: a rule whose outcome is the same for any size up to it need not count the prompt.
     #: Like ``prompt_tokens`` it may be given as a callable, worked out on the first read
     prompt_tokens_at_most: int | None = _CountedOnRead(default=None)  # type: ignore[assignment]
+    #: the API it came through (``completion``, ``responses``, ``speech``...; ``request_checks.api_of``),
+    #: None when not known: what the provider bills it by
+    api: str | None = None
+    #: the characters of a speech request's ``input`` (billed per character by some models)
+    characters: int | None = None
+    #: the prompt marks parts for the provider's cache (``cache_control``): they may be billed at
+    #: the cache-write price
+    cache_writes: bool = False
 
     def prompt_range(self) -> tuple[int, int] | None:
         """``(lowest, highest)`` prompt tokens this request may have without counting it: the count

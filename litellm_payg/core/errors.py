@@ -167,6 +167,20 @@ class PluginError(PaygError):
     """A plugin named in a policy file or an entry point could not be used."""
 
 
+class UnboundedCost(PaygError):
+    """A request whose cost on a deployment the plugin cannot bound (no price for what it is
+    billed by), under a policy without ``requests.unbounded_reserve_usd``: refused (HTTP 400)
+    rather than reserved at $0."""
+
+    def __init__(self, message: str, deployment_id: str):
+        super().__init__(message)
+        self.message = message
+        self.deployment_id = deployment_id
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class InvalidAmount(PaygError, ValueError):
     """An amount of money (or a TTL) that a ledger refuses to store: negative, nan, infinite, or
     larger than a 64-bit nano-dollar counter can hold (``bounds.MAX_USD``).

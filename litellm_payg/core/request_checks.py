@@ -16,6 +16,9 @@ ledger:
 * **Client-side credentials** (``api_key``, ``api_base``, ``base_url`` in the request): LiteLLM
   would run the call on a clone of the deployment that the policy never picked.
 
+Fields the plugin does not know at all (and ``extra_body``) are the business of
+:mod:`litellm_payg.core.request_fields`, the closed request surface of a governed group.
+
 No LiteLLM here: the adapter maps a :class:`BadField` to the error each caller expects (HTTP 400 in
 the proxy, ``litellm.BadRequestError`` in the SDK).
 """
@@ -97,21 +100,91 @@ def whole_number(value: Any) -> int | None:
     return None
 
 
-def output_cap(data: Mapping[str, Any]) -> int | None:
-    """The request's own cap on output tokens (the first max-token field set), after
-    :func:`check_request` accepted it."""
-    for name in MAX_TOKEN_FIELDS:
-        value = whole_number(data.get(name))
-        if value is not None:
-            return value
-    return None
+#: the max-token fields LiteLLM sends the provider, per API (a Router method or the proxy's call
+#: type; ``a`` prefix dropped). Chat: LiteLLM maps ``max_tokens`` to ``max_completion_tokens`` for
+#: o-series, Anthropic, Gemini and Mistral models and sends only one of them, so both count and the
+#: larger wins. Responses: LiteLLM drops ``max_tokens``, only ``max_output_tokens`` caps. Anthropic
+#: messages and text completions: ``max_tokens``. An API not listed: every field, the larger wins.
+CAP_FIELDS_BY_API: dict[str, tuple[str, ...]] = {
+    "completion": ("max_tokens", "max_completion_tokens"),
+    "text_completion": ("max_tokens",),
+    "responses": ("max_output_tokens",),
+    "anthropic_messages": ("max_tokens",),
+    "generate_content": (),
+}
+#: Gemini's cap, inside ``generationConfig`` (the wire name) or ``config`` (LiteLLM's SDK name)
+GEMINI_CAP = tuple((outer, inner) for outer in ("generationConfig", "generation_config", "config")
+                   for inner in ("maxOutputTokens", "max_output_tokens"))  # Gemini's JSON takes either spelling
+
+
+_GEMINI_CONFIGS = frozenset(outer for outer, _ in GEMINI_CAP)
+
+
+def api_of(call: Any) -> str | None:
+    """The API of a Router method name or a proxy call type (``acompletion`` -> ``completion``)."""
+    if call is None:
+        return None
+    name = str(getattr(call, "value", call))
+    return name[1:] if name.startswith("a") and name[1:] in _APIS else name
+
+
+_APIS = frozenset(("completion", "text_completion", "responses", "anthropic_messages", "generate_content",
+                   "embedding", "image_generation", "transcription", "speech", "rerank", "moderation"))
+
+
+def output_cap(data: Mapping[str, Any], api: str | None = None) -> int | None:
+    """The output cap the provider applies, after :func:`check_request` accepted the request: the
+    largest of the max-token fields LiteLLM sends for ``api`` (:data:`CAP_FIELDS_BY_API`), or
+    None when none is sent (the provider then applies the model's own maximum).
+
+    The largest, not the first: LiteLLM sends only one of ``max_tokens`` and
+    ``max_completion_tokens`` to an o-series model (the latter), so ``max_tokens: 1`` with
+    ``max_completion_tokens: 5000`` is billed up to 5000 output tokens."""
+    names = CAP_FIELDS_BY_API.get(api, MAX_TOKEN_FIELDS) if api is not None else MAX_TOKEN_FIELDS
+    caps = [whole_number(data[name]) for name in names if name in data]
+    if api in (None, "generate_content") and not _GEMINI_CONFIGS.isdisjoint(data.keys()):
+        for outer, inner in GEMINI_CAP:
+            config = data.get(outer)
+            if isinstance(config, Mapping):
+                caps.append(whole_number(config.get(inner)))
+    found = [cap for cap in caps if cap is not None]
+    return max(found) if found else None
 
 
 def choices(data: Mapping[str, Any]) -> int:
-    """How many answers the request asks for (``n``, or ``best_of`` for text completions): each is
-    billed its own output tokens, so a reservation multiplies by it."""
-    counts = [whole_number(data.get(name)) for name in ("n", "best_of")]
+    """How many answers the request asks for (``n``, ``best_of`` for text completions, Gemini's
+    ``candidateCount``): each is billed its own output tokens, so a reservation multiplies by it."""
+    counts = [whole_number(data[name]) for name in ("n", "best_of") if name in data]
+    if not _GEMINI_CONFIGS.isdisjoint(data.keys()):
+        for outer, inner in GEMINI_CANDIDATES:  # Gemini bills each candidate's output too
+            config = data.get(outer)
+            if isinstance(config, Mapping):
+                counts.append(whole_number(config.get(inner)))
     return max([1, *(c for c in counts if c is not None)])
+
+
+#: Gemini's ``n``, inside its generation config (wire and SDK names)
+GEMINI_CANDIDATES = tuple((outer, inner) for outer in ("generationConfig", "generation_config", "config")
+                          for inner in ("candidateCount", "candidate_count"))
+
+
+def asks_cache_write(messages: Any, data: Mapping[str, Any]) -> bool:
+    """Whether the prompt marks a part for the provider's cache (Anthropic-style ``cache_control``
+    on a message, a content part, a tool or a ``system`` part): those tokens may be billed at the
+    cache-write price, above the input price."""
+    for part in (messages, data.get("system"), data.get("tools")):
+        if isinstance(part, list) and any(_cache_marked(item) for item in part):
+            return True
+    return False
+
+
+def _cache_marked(item: Any) -> bool:
+    if not isinstance(item, Mapping):
+        return False
+    if "cache_control" in item:
+        return True
+    content = item.get("content")
+    return isinstance(content, list) and any(isinstance(p, Mapping) and "cache_control" in p for p in content)
 
 
 def _one_model(data: Mapping[str, Any]) -> BadField | None:

@@ -70,6 +70,10 @@ class RequestState:
     entered: bool = False
     #: the request was answered; the state is kept only for late readers (response headers)
     finished: bool = False
+    #: the API it entered through (``request_checks.api_of``), None when no door said
+    api: str | None = None
+    #: a speech request's input characters, read at the door
+    characters: int | None = None
 
     def next_reservation_id(self) -> str:
         """A reservation id no other request can produce, and no other pick of this one: the

@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pluggy
 import yaml
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from litellm_payg.core.bounds import Seconds, Tokens
+from litellm_payg.core.bounds import Seconds, Tokens, Usd
+from litellm_payg.core.request_fields import allowable
 from litellm_payg.core.budgets import Budget
 from litellm_payg.policy.failover import FailoverSettings, ValidatorSpec
 from litellm_payg.policy.validators import build_validators
@@ -41,11 +42,32 @@ class Defaults(_Strict):
 
     #: output tokens assumed for *routing* when a request gives no max_tokens
     expected_output_tokens: Tokens = 256
-    #: output tokens *reserved* against budgets when a request gives no max_tokens (pessimistic)
+    #: output tokens *reserved* against budgets when neither the request nor the model (its
+    #: ``max_output_tokens``) says how many the provider may produce
     reserve_output_tokens: Tokens = 4096
 
 
 DEFAULT_LEDGER = "sqlite:///payg-ledger.db"
+
+
+def _allowable(name: str) -> str:
+    why = allowable(name)
+    if why is not None:
+        raise ValueError(f"{name!r} cannot be allowed: {why}")
+    return name
+
+
+class RequestSettings(_Strict):
+    """``requests:``: the request surface of governed groups (:mod:`litellm_payg.core.request_fields`).
+
+    ``allow_fields`` adds body fields the plugin does not know (or ones it refuses because their
+    cost is not bounded, such as ``service_tier``) and ``extra_body.<field>`` keys; a field that
+    re-routes the call cannot be added. ``unbounded_reserve_usd`` is what a request whose cost the
+    plugin cannot bound (a deployment without a price for what the request is billed by) reserves;
+    without it such a request is refused with a 400 that says why."""
+
+    allow_fields: list[Annotated[str, AfterValidator(_allowable)]] = Field(default_factory=list)
+    unbounded_reserve_usd: Usd | None = None
 
 
 class SessionSettings(_Strict):
@@ -77,6 +99,7 @@ class _PolicyDocument(_Strict):
     failover: FailoverSettings | None = None
     validate_: list[ValidatorSpec] = Field(default_factory=list, alias="validate")
     sessions: SessionSettings = Field(default_factory=lambda: SessionSettings())
+    requests: RequestSettings = Field(default_factory=lambda: RequestSettings())
 
     @field_validator("timezone")
     @classmethod
@@ -142,6 +165,10 @@ class Policy:
     validators: list[Any] = field(default_factory=list)
     #: where a request's session id is read from (``sessions: {id_from: [...]}``), first found wins
     session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
+    #: body fields the operator accepts beyond the known ones (``requests.allow_fields``)
+    allow_fields: frozenset[str] = frozenset()
+    #: the reservation of a request whose cost cannot be bounded; None: refuse it (400)
+    unbounded_reserve_usd: float | None = None
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -250,6 +277,8 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         alert_webhook=doc.alert_webhook,
         failover=doc.failover,
         session_sources=tuple(doc.sessions.id_from),
+        allow_fields=frozenset(doc.requests.allow_fields),
+        unbounded_reserve_usd=doc.requests.unbounded_reserve_usd,
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)

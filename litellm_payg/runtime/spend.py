@@ -27,7 +27,7 @@ from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, loop_bu
 from litellm_payg.core.runs import RunStatus, RunUsage
 from litellm_payg.core.scopes import record_attrs, scope_values_key
 from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
-from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError
+from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.stores.ledger import open_ledger
 from litellm_payg.core.headroom import budget_label, exhausted, over, scope_label
 from litellm_payg.rules import When
@@ -46,6 +46,9 @@ class LedgerDown(PaygError):
     # milliseconds later only meets the same down ledger.
     num_retries = 0
 
+
+#: APIs a provider bills per image, per second of audio or per query: no per-token bound applies
+NOT_BILLED_BY_TOKENS = frozenset({"image_generation", "transcription", "rerank"})
 
 @dataclass
 class Admission:
@@ -213,12 +216,42 @@ class SpendControl:
         )
 
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
-        """Pessimistic: every max output token may be used (reasoning models do), by each of the
-        ``n`` answers the request asks for."""
-        out = (request.max_tokens or self.policy.defaults.reserve_output_tokens) * max(1, request.choices)
+        """An upper bound of what ``candidate``'s provider can bill for ``request``: every output
+        token the provider may produce (the request's cap as LiteLLM sends it, else the model's
+        maximum, else ``defaults.reserve_output_tokens``), by each of the ``n`` answers asked for,
+        at the prices of the long-prompt tier the prompt reaches (and the cache-write price when it
+        asks for caching); a speech request's characters at the per-character price. A request billed by something
+        the deployment has no price for is reserved at ``requests.unbounded_reserve_usd``, or
+        refused (:class:`~litellm_payg.core.errors.UnboundedCost`): never reserved at $0."""
+        if request.api == "speech":
+            if candidate.input_usd_per_character is not None and request.characters is not None:
+                return request.characters * candidate.input_usd_per_character
+            return self._unbounded(candidate, "a speech request is billed per character or per audio token, "
+                                   "and the deployment has no per-character price (or the input's length is unknown)")
+        if request.api in NOT_BILLED_BY_TOKENS:
+            return self._unbounded(candidate, f"a {request.api} request is billed per image, second or query")
         if not candidate.priced:
-            return 0.0
-        return candidate.estimate_usd(request.prompt_tokens, out)
+            return self._unbounded(candidate, "the deployment has no per-token price")
+        cap = request.max_tokens or candidate.max_output_tokens or self.policy.defaults.reserve_output_tokens
+        prompt = request.prompt_tokens
+        input_price, output_price = candidate.input_usd_per_token, candidate.output_usd_per_token
+        for threshold, tier_input, tier_output in candidate.price_tiers:  # a long prompt's tier prices
+            if prompt >= threshold:
+                input_price, output_price = max(input_price, tier_input), max(output_price, tier_output)
+        if request.cache_writes and candidate.cache_write_usd_per_token is not None:
+            input_price = max(input_price, candidate.cache_write_usd_per_token)
+        return prompt * input_price + cap * max(1, request.choices) * output_price
+
+    def _unbounded(self, candidate: Candidate, why: str) -> float:
+        ceiling = getattr(self.policy, "unbounded_reserve_usd", None)
+        if ceiling is not None:
+            return float(ceiling)
+        raise UnboundedCost(
+            f"litellm-payg: cannot bound the cost of this request on deployment {candidate.deployment_id} "
+            f"({candidate.model}): {why}. Give the deployment a price, or set requests.unbounded_reserve_usd "
+            "in the policy to reserve a fixed amount for such requests",
+            candidate.deployment_id,
+        )
 
     # -- before the call --------------------------------------------------------------------------
 
@@ -240,7 +273,11 @@ class SpendControl:
             mine = tuple(bb for bb in self.buckets(request, c, now)
                          if bb.budget.on_exceed == "downgrade" and bb.rule in ("cap", "reserve"))
             if mine:
-                per_candidate[c.deployment_id] = CandidateBudgets(mine, self.reserve_estimate(request, c))
+                try:
+                    estimate = self.reserve_estimate(request, c)
+                except UnboundedCost:
+                    continue  # admission refuses it, saying why
+                per_candidate[c.deployment_id] = CandidateBudgets(mine, estimate)
                 for bb in mine:
                     wanted[bb.bucket.key] = bb.bucket
         if not wanted:

@@ -9,14 +9,17 @@ How a request is priced (the README quotes this):
 * **Prompt tokens**: ``litellm.token_counter`` on every part of the prompt (``count_request_tokens``:
   messages and tools, a Responses ``input``/``instructions``, a ``system`` or text ``prompt``); chat
   messages one at a time, each counted once (``token_counts.py``: the same total, exactly).
-* **Output tokens**: the request's ``max_tokens`` / ``max_completion_tokens``, else the policy's
-  ``defaults.expected_output_tokens``.
+* **Output tokens**: the cap the provider applies (``request_checks.output_cap``: the largest of
+  the max-token fields LiteLLM sends for the request's API), else for routing the policy's
+  ``defaults.expected_output_tokens``, and for a reservation the model's ``max_output_tokens``
+  (:func:`output_limit_and_character_price`), else ``defaults.reserve_output_tokens``.
 * **Estimate** = prompt tokens x input price + output tokens x output price; **price per 1K tokens**
   = estimate / (prompt + output tokens) x 1000.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,9 +113,12 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         price = litellm_price(model, params.get("custom_llm_provider"))
         source = "litellm" if price else None
 
+    known = model_info(model, params.get("custom_llm_provider")) or {}
     max_input = facts.max_input_tokens if facts is not None and facts.max_input_tokens else None
     if max_input is None:
-        max_input = (model_info(model, params.get("custom_llm_provider")) or {}).get("max_input_tokens")
+        max_input = known.get("max_input_tokens")
+    max_output, per_character = output_limit_and_character_price(info, known)
+    tiers, cache_write = reservation_tiers(known, model) if source == "litellm" else ((), None)
     labels = dict(facts.labels) if facts is not None else {}
     for key, value in info.items():  # deployment model_info labels (e.g. region: eu) count too
         if isinstance(value, str) and key not in ("id",):
@@ -128,7 +134,57 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         max_input_tokens=max_input,
         labels=labels,
         price_source=source,
+        max_output_tokens=max_output,
+        input_usd_per_character=per_character,
+        price_tiers=tiers,
+        cache_write_usd_per_token=cache_write,
     )
+
+
+_TIER = re.compile(r"^input_cost_per_token_above_(\d+)(k?)_tokens$")
+
+
+def reservation_tiers(known: Mapping[str, Any], model: str) -> tuple[tuple[tuple[int, float, float], ...], float | None]:
+    """What LiteLLM's price map bills beyond a model's base per-token prices, for a reservation's
+    upper bound: its long-prompt tiers (``input_cost_per_token_above_200k_tokens`` and the output
+    price beside it; LiteLLM bills every token of a prompt past the threshold at the tier's price)
+    and its cache-write price (the dearest of ``cache_creation_input_token_cost`` and its longer
+    lifetimes). Priority, flex and batch prices are not here: those tiers are chosen by request
+    fields the request surface refuses."""
+    raw = litellm.model_cost.get(str(known.get("key") or model)) or {}
+    base_out = raw.get("output_cost_per_token")
+    tiers = []
+    for key, value in raw.items():
+        match = _TIER.match(key)
+        if match is None or value is None:
+            continue
+        threshold = int(match.group(1)) * (1000 if match.group(2) else 1)
+        out = raw.get(f"output_cost_per_token_above_{match.group(1)}{match.group(2)}_tokens", base_out)
+        tiers.append((threshold, float(value), float(out if out is not None else 0.0)))
+    writes = [float(v) for k, v in raw.items()
+              if k in ("cache_creation_input_token_cost", "cache_creation_input_token_cost_above_1hr") and v is not None]
+    return tuple(sorted(tiers)), (max(writes) if writes else None)
+
+
+def output_limit_and_character_price(
+    info: Mapping[str, Any], known: Mapping[str, Any]
+) -> tuple[int | None, float | None]:
+    """A deployment's most output tokens and its price per input character, from its own
+    ``model_info`` first (LiteLLM checks and prices the deployment with it), then LiteLLM's price
+    map (``known``, ``litellm.get_model_info``); None when neither says."""
+    max_output = info.get("max_output_tokens") or known.get("max_output_tokens") or known.get("max_tokens")
+    per_character = info.get("input_cost_per_character")
+    if per_character is None:
+        per_character = known.get("input_cost_per_character")
+    try:
+        max_output = int(max_output) if max_output else None
+    except (TypeError, ValueError):
+        max_output = None
+    try:
+        per_character = float(per_character) if per_character is not None else None
+    except (TypeError, ValueError):
+        per_character = None
+    return max_output, per_character
 
 
 def count_prompt_tokens(model: str, messages: Any) -> int:
@@ -153,7 +209,7 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
     a message's text costs at most its byte length, plus a few tokens of framing per message
     (``TOKENS_PER_MESSAGE_AT_MOST``; ``tests/test_prompt_bound.py`` checks the bound against the real
     counter). A rule whose outcome is the same anywhere between 0 and this bound need not count."""
-    if any(request.get(name) for name in ("tools", "functions", "input", "instructions", "system", "prompt")):
+    if request.get("tools") or any(request.get(name) for name in OTHER_PROMPT_PARTS):
         return None
     messages = request.get("messages")
     if not isinstance(messages, (list, tuple)) or not messages:
@@ -180,10 +236,19 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
     return total
 
 
+#: the parts of a prompt besides chat ``messages`` and their ``tools``, counted as text (or as their
+#: JSON text): legacy ``functions`` (sent to the provider as tools), a Responses ``input`` and
+#: ``instructions``, an Anthropic ``system``, a text ``prompt`` and ``suffix``, Gemini ``contents``
+#: and system instruction, a rerank ``query`` and ``documents``
+OTHER_PROMPT_PARTS = ("functions", "input", "instructions", "system", "prompt", "suffix", "contents",
+                      "systemInstruction", "system_instruction", "query", "documents")
+
+
 def count_request_tokens(model: str, request: Mapping[str, Any]) -> int:
     """The prompt tokens a request sends, whatever its API, as LiteLLM counts them for ``model``:
-    chat ``messages`` with their ``tools``; the ``/v1/responses`` ``input`` and ``instructions``;
-    the Anthropic ``system`` prompt; a text completion's ``prompt``.
+    chat ``messages`` with their ``tools`` (and legacy ``functions``); the ``/v1/responses``
+    ``input`` and ``instructions``; the Anthropic ``system`` prompt; a text completion's
+    ``prompt``; Gemini ``contents`` (:data:`OTHER_PROMPT_PARTS`).
 
     Why all of them: a budget reserves prompt tokens before the call, so a part of the prompt left
     uncounted (a 100k-token tool schema, a Responses ``input``) would be a way past a cap. A shape
@@ -198,7 +263,7 @@ def count_request_tokens(model: str, request: Mapping[str, Any]) -> int:
             tools = None
         except Exception:  # noqa: BLE001 - a message shape LiteLLM's counter does not know
             total += _count_text(model, messages)
-    for name in ("input", "instructions", "system", "prompt"):
+    for name in OTHER_PROMPT_PARTS:
         part = request.get(name)
         if part:
             total += _count_text(model, part)

@@ -874,7 +874,7 @@ def simulate(
     from litellm_payg.runtime.engine import Engine
     from litellm_payg.core.errors import NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy
-    from litellm_payg.core.errors import BudgetRefused
+    from litellm_payg.core.errors import BudgetRefused, UnboundedCost
     from litellm_payg.core.failure import Failure
     from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 
@@ -993,6 +993,8 @@ def simulate(
             except GiveUp:  # failover.on says the last failure is final
                 failed_final[attempts[-1]] = failed_final.get(attempts[-1], 0) + 1
                 break
+            except UnboundedCost as exc:  # a budget cannot reserve on a deployment without a price
+                raise SimulationError(str(exc).removeprefix("litellm-payg: ")) from None
             if attempts:  # the last attempt failed and this request moved on to another one
                 failed_over[attempts[-1]] = failed_over.get(attempts[-1], 0) + 1
             decided = picked.decided
@@ -1266,7 +1268,8 @@ def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) 
         "cost of a request = litellm.cost_per_token(model, prompt_tokens, completion_tokens) of the deployment that served it",
         f"period: {_iso(result.start)} to {_iso(result.end)} ({period_days:g} days); each class's requests evenly spaced over it (or over its own 'time')",
         f"routing estimates assume {policy.defaults.expected_output_tokens} output tokens (policy defaults.expected_output_tokens) unless a class sets max_tokens; "
-        f"budget reservations assume {policy.defaults.reserve_output_tokens} (defaults.reserve_output_tokens); the charge uses the class's completion_tokens",
+        "budget reservations assume the class's max_tokens, else the model's maximum output (its price map entry), "
+        f"else {policy.defaults.reserve_output_tokens} (defaults.reserve_output_tokens); the charge uses the class's completion_tokens",
     ]
     for p in result.prices:
         if p["input_usd_per_1m"] is None:
