@@ -206,20 +206,21 @@ def _bound(provider: str) -> float:
 
 @pytest.mark.parametrize("provider", OPENAI_STYLE)
 async def test_a_stream_sent_where_json_was_expected_is_charged_its_bound(standin, warnings_seen, provider):
-    """``extra_body: {"stream": true}`` makes the provider stream a whole answer (and bill it) to a
-    client LiteLLM set up for JSON: LiteLLM fails to read it ("Empty or invalid response from LLM
+    """A provider that streams a whole answer (and bills it) to a client LiteLLM set up for JSON
+    (what ``extra_body: {"stream": true}`` did before the plugin refused that field): LiteLLM fails to read it ("Empty or invalid response from LLM
     endpoint", a 500 for OpenAI; "Unable to get json response"/"Expecting value" elsewhere). The
     answer carried no usage block, so the attempt is charged its reservation, marked estimated.
     On the base commit OpenAI's 500 was taken for an error before any answer: 0 ledger records."""
     with attached([standin_deployment(standin, provider)], governed_policy(), **ROUTER) as (router, engine):
         recorder = Recorder()
         engine.pm.register(recorder)
+        standin.fail(provider, "stream_for_json")
         with pytest.raises(openai.APIError):
-            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=MAX_TOKENS, extra_body={"stream": True})
+            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=MAX_TOKENS)
         await settled(engine)
         records = engine.spend.ledger.records()
     [hit] = standin.requests(provider)
-    assert hit.stream and hit.outcome == "ok", "the provider streamed (and billed) a whole answer"
+    assert hit.stream and hit.outcome == "stream_for_json", "the provider streamed (and billed) a whole answer"
     [record] = records
     if provider == "openrouter":
         # LiteLLM always asks OpenRouter for usage (usage.include): the stream reports it, so that
@@ -240,10 +241,10 @@ async def test_the_usage_an_unreadable_answer_reports_is_what_is_charged(standin
     provider billed, and LiteLLM's error carries that text, so the attempt is charged exactly that
     usage at the deployment's price (not an estimate)."""
     standin.reply("openai", prompt_tokens=123, completion_tokens=456)
+    standin.fail("openai", "stream_for_json_usage")
     with attached([standin_deployment(standin, "openai")], governed_policy(), **ROUTER) as (router, engine):
         with pytest.raises(openai.APIError):
-            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=MAX_TOKENS,
-                                     extra_body={"stream": True, "stream_options": {"include_usage": True}})
+            await router.acompletion(model="chat", messages=MESSAGES, max_tokens=MAX_TOKENS)
         await settled(engine)
         [record] = engine.spend.ledger.records()
     price = deployment_price("openai")

@@ -30,6 +30,8 @@ FaultKind = Literal[
     "length",  # HTTP 200, finish_reason "length" (Anthropic max_tokens, Gemini MAX_TOKENS)
     "invalid_json",  # HTTP 200 with a truncated JSON body / a garbled stream chunk
     "stream_error",  # HTTP 200 stream that carries an error event after the first chunk
+    "stream_for_json",  # a whole answer streamed (and billed) to a request that asked for JSON
+    "stream_for_json_usage",  # the same, its last chunk reporting the usage
     "status",  # any other HTTP status, JSON error body in the provider's shape
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -479,6 +481,12 @@ class _Handler(BaseHTTPRequestHandler):
             model, stream = body.get("model"), bool(body.get("stream"))
 
         fault = s._take_fault(provider, model)
+        if fault is not None and fault.kind in ("stream_for_json", "stream_for_json_usage"):
+            # what ``extra_body: {"stream": true}`` once made a provider do behind LiteLLM's back (the
+            # plugin now refuses that field): the body LiteLLM reads as JSON is an SSE stream
+            stream = True
+            if fault.kind == "stream_for_json_usage":
+                body = {**body, "stream_options": {"include_usage": True}}
         s._record(Hit(provider=provider, model=model, path=split.path, stream=stream, body=body,
                       headers={k.lower(): v for k, v in self.headers.items()},
                       outcome=fault.kind if fault else "ok"))
@@ -503,7 +511,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_error(self, wire: str, fault: Fault) -> bool:
         """Answer an HTTP-level fault; False when the fault shapes a 200 answer instead."""
-        if fault.kind in ("slow", "slow_first_chunk", "slow_stream", "empty", "length", "invalid_json", "stream_error"):
+        if fault.kind in ("slow", "slow_first_chunk", "slow_stream", "empty", "length", "invalid_json", "stream_error",
+                          "stream_for_json", "stream_for_json_usage"):
             return False
         status = _status_for(wire, fault.kind, fault.status)
         if fault.kind == "bad_gateway":
