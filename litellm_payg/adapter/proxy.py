@@ -57,6 +57,7 @@ from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import PaygError, PolicyError, Problem
 from litellm_payg.core.identity import identity_from_key
 from litellm_payg.adapter.ingress import InvalidRequest, refuse_bad_input
+from litellm_payg.adapter.routes import keep_refusals_4xx_without_prisma, refusal, route_of
 from litellm_payg.policy.load import load_policy
 from litellm_payg.core.request_state import metadata_of
 from litellm_payg.stores.ledger.base import LedgerError
@@ -226,6 +227,7 @@ class ProxyPaygRouting(PaygRouting):
                 raise PolicyUnusable(self.error)
             return
         self._bound_to = key
+        keep_refusals_4xx_without_prisma()  # the route refusals' 403 (adapter/routes.py); idempotent
         try:
             self.install(router)
         except PolicyError as exc:
@@ -244,7 +246,9 @@ class ProxyPaygRouting(PaygRouting):
         metadata, a malformed field, or a deployment named as its model (under
         ``direct_deployments: refuse``) is refused here with HTTP 400 naming the field, before
         anything is reserved; otherwise the plugin mints the request's id and reads its identity
-        from the authenticated key (``user_api_key_dict``), never from the body. An
+        from the authenticated key (``user_api_key_dict``), never from the body. A route that
+        would spend a governed deployment's credentials outside the Router (``/v1/batches``, ...)
+        is refused with HTTP 403 naming it (:mod:`litellm_payg.adapter.routes`). An
         ``HTTPException`` reaches the client as is."""
         from fastapi import HTTPException
 
@@ -252,6 +256,11 @@ class ProxyPaygRouting(PaygRouting):
             self.ensure_bound()
         except PolicyUnusable as exc:
             raise HTTPException(status_code=exc.status_code, detail=exc.message) from None
+        if route_of(call_type).kind != "governed":  # the route table: adapter/routes.py
+            refused = refusal(call_type, data, self.governs)
+            if refused is not None:
+                raise HTTPException(status_code=403, detail=refused)
+            return data  # spends nothing on a governed deployment: no state is kept for it
         field = _metadata_field(data, call_type)
         metadata = data.setdefault(field, {})
         try:
@@ -261,6 +270,13 @@ class ProxyPaygRouting(PaygRouting):
         except InvalidRequest as exc:
             raise HTTPException(status_code=400, detail=exc.message) from None
         return data
+
+    def governs(self, model: str) -> bool:
+        """Whether ``model`` names one of the governed Router's groups, aliases or deployments (by
+        id, or by model string with or without its provider prefix)."""
+        if model in self._groups or model in self._aliases or model in self._deployment_names:
+            return True
+        return any(name.split("/", 1)[-1] == model for name in self._deployment_names)
 
     async def async_filter_deployments(
         self,
