@@ -105,7 +105,11 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str) -> 
         # the caller's own metadata dict, as LiteLLM uses it (it writes per-request keys into it
         # too); a later request reusing it gets a new id, a concurrent one a copy
         adapter.open_request(kwargs, metadata_field)
-        return await method(*args, **kwargs)
+        try:
+            return await method(*args, **kwargs)
+        except BaseException:
+            adapter.release_failed(kwargs)  # a refused or failed request keeps no state
+            raise
 
     governed.__doc__ = f"Router.{method.__name__}, governed by litellm-payg."
     return governed

@@ -55,7 +55,7 @@ from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter.routing import PaygRouting
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import PaygError, PolicyError, Problem
-from litellm_payg.core.identity import identity_from_key
+from litellm_payg.core.identity import LabelError, identity_from_key
 from litellm_payg.adapter.ingress import InvalidRequest, refuse_bad_input
 from litellm_payg.adapter.routes import keep_refusals_4xx_without_prisma, refusal, route_of
 from litellm_payg.policy.load import load_policy
@@ -269,7 +269,18 @@ class ProxyPaygRouting(PaygRouting):
             self.open_request(data, field, identity_from_key(user_api_key_dict, data, metadata), router_door=False)
         except InvalidRequest as exc:
             raise HTTPException(status_code=400, detail=exc.message) from None
+        except LabelError as exc:  # too many tags to keep bounded
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         return data
+
+    async def async_post_call_failure_hook(
+        self, request_data: dict, original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None
+    ) -> None:
+        """The proxy answers this request with an error (a budget refusal, a failed attempt): its
+        state is released now, not kept until 20,000 newer requests push it out
+        (:meth:`PaygRouting.release_failed`)."""
+        self.release_failed(request_data)
+        return None
 
     def governs(self, model: str) -> bool:
         """Whether ``model`` names one of the governed Router's groups, aliases or deployments (by
@@ -334,7 +345,7 @@ class ProxyPaygRouting(PaygRouting):
         """The request's run under the policy's first run budget, from the ledger (never from the
         request: the session id only says which run, and it is not echoed)."""
         request = getattr(state, "request", None)
-        session = getattr(request, "session", None)
+        session = getattr(request, "run", None) or getattr(request, "session", None)  # the key's own run
         engine = self.engine
         if not session or engine is None or not engine.spend.runs:
             return {}

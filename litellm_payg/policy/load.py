@@ -52,6 +52,9 @@ class SessionSettings(_Strict):
     """``sessions:``: where a request's session id (its run) is read from, first found wins."""
 
     id_from: list[str] = Field(default_factory=lambda: list(DEFAULT_SESSION_SOURCES), min_length=1)
+    #: whose a run is: the key that started it (default), its team, or ``shared`` by every key
+    #: that names the same session id (``identity.run_of``)
+    owner: Literal["key", "team", "shared"] = "key"
 
     @field_validator("id_from")
     @classmethod
@@ -142,6 +145,8 @@ class Policy:
     validators: list[Any] = field(default_factory=list)
     #: where a request's session id is read from (``sessions: {id_from: [...]}``), first found wins
     session_sources: tuple[str, ...] = DEFAULT_SESSION_SOURCES
+    #: whose a run is (``sessions: {owner: key | team | shared}``), see ``identity.run_of``
+    run_owner: str = "key"
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -244,6 +249,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         alert_webhook=doc.alert_webhook,
         failover=doc.failover,
         session_sources=tuple(doc.sessions.id_from),
+        run_owner=doc.sessions.owner,
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)
