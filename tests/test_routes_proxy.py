@@ -213,3 +213,17 @@ def test_models_are_read_from_every_place_a_batch_route_reads_them():
     data = {"model": "a,b", "target_model_names": ["c"],
             "proxy_server_request": {"headers": {"X-LiteLLM-Model": "d"}, "url": "http://x/v1/batches?model=e"}}
     assert models_named(data) == ["a", "b", "c", "d", "e"]
+
+
+def test_a_refusal_stays_a_4xx_in_litellms_error_handler_without_a_database():
+    """LiteLLM's handler for the files and batches routes imports ``prisma`` first; without it every
+    error there was a bare 500 (``keep_refusals_4xx_without_prisma``)."""
+    from fastapi import HTTPException
+    from litellm.proxy.utils import handle_exception_on_proxy
+
+    from litellm_payg.adapter.routes import keep_refusals_4xx_without_prisma
+
+    keep_refusals_4xx_without_prisma()
+    keep_refusals_4xx_without_prisma()  # idempotent
+    answer = handle_exception_on_proxy(HTTPException(status_code=403, detail="litellm-payg: refused"))
+    assert str(answer.code) == "403" and "refused" in answer.message
