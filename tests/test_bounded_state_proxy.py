@@ -118,6 +118,7 @@ def test_a_huge_user_or_session_id_makes_a_bounded_ledger_record(proxy, ledger):
     assert wait_until(lambda: ledger.records(key=key), timeout=5)
     (record,) = ledger.records(key=key)
     size = len(json.dumps(record.attrs)) + sum(len(b) for b in record.buckets)
+    print(f"a ledger record for a 1,000,000-character user and a 100,000-character session id: {size} characters")
     assert size < 4 * MAX_LABEL_CHARS + 2048, f"a ledger record of {size} characters"
     end_user = record.attrs["end_user"]
     assert len(end_user) == MAX_LABEL_CHARS and end_user.startswith("uuu") and "...sha256:" in end_user
