@@ -167,6 +167,23 @@ def test_other_routes_outside_the_router_are_refused_for_a_governed_model(proxy,
     assert provider.spent() == []
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "hello"}]}),
+    ("/v1/embeddings", {"model": "chat", "input": "hello"}),
+    ("/v1/images/generations", {"model": "chat", "prompt": "a cat"}),
+    ("/v1/audio/speech", {"model": "chat", "input": "hello", "voice": "alloy"}),
+    ("/v1/moderations", {"model": "chat", "input": "hello"}),
+    ("/v1/rerank", {"model": "chat", "query": "q", "documents": ["a", "b"]}),
+])
+def test_governed_routes_reach_the_policys_budget(proxy, provider, path, body):
+    """The routes the table calls governed go through the Router's filter: the key's cap
+    ($0.0002, below any estimate here) refuses them before the provider is called."""
+    provider.seen.clear()
+    resp = post(proxy.base_url, path, body, new_key(label="governed"))
+    assert resp.status_code == 429 and "litellm-payg: budget 'per-user'" in resp.text, resp.text[:300]
+    assert provider.seen == []
+
+
 def test_a_route_naming_no_governed_deployment_is_left_alone(proxy, provider):
     """A batch naming a model no deployment serves is not the plugin's: LiteLLM answers it as it
     would without the plugin (here: it has no credentials for that model)."""
