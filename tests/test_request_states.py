@@ -85,3 +85,15 @@ async def test_a_request_whose_state_is_gone_is_refused_not_admitted_unreserved(
             await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
         assert getattr(info.value, "status_code", None) == 400, info.value
         assert engine.spend.ledger.records() == [] and engine.spend.ledger.open_reservations() == 0
+
+
+@pytest.mark.asyncio
+async def test_an_answered_request_keeps_no_state_once_it_settled():
+    from routing_helpers import settled
+
+    with attached(chat_deployments(), POLICY, num_retries=0) as (router, engine):
+        for _ in range(3):
+            await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
+        await settled(engine)
+        assert len(_adapter(engine).states) == 0
+        assert len(engine.spend.ledger.records()) == 3

@@ -159,6 +159,8 @@ class ProxyPaygRouting(PaygRouting):
     inherited unchanged.
     """
 
+    late_headers = True  # the response headers read the decision, maybe after the request settled
+
     def __init__(self, policy: str | Path | None = None):
         engine: Engine | None = None
         error: PolicyError | None = None
@@ -319,6 +321,10 @@ class ProxyPaygRouting(PaygRouting):
         own class overrides it.
         """
         state = self.states.find(metadata_of(data))
+        if state is not None:
+            state.headers_sent = True  # the last reader: an answered request's state goes now
+            if state.finished:
+                self.states.forget(state)
         decision = state.decision if state is not None else None
         if decision is None:
             return None

@@ -97,6 +97,9 @@ class PaygRouting(CustomLogger):
     """
 
     _count = 0
+    #: whether a hook may read an answered request's state after it settled (the proxy's response
+    #: headers); without one, an answered request's state is released as soon as it settles
+    late_headers = False
 
     def __init__(self, engine: Engine):
         super().__init__()
@@ -843,13 +846,16 @@ class PaygRouting(CustomLogger):
         self._finish(state)
 
     def _finish(self, state: RequestState) -> None:
-        """The request was answered: drop what only its next attempt would need. The state itself
-        stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
+        """The request was answered: its state is released now, unless the proxy's response headers
+        (:attr:`late_headers`) have not read its decision yet; then only what its next attempt would
+        need is dropped, and the state stays among the last finished (bounded) until they do."""
         self.states.finished(state)
         state.request = None
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
+        if not self.late_headers or state.headers_sent:
+            self.states.forget(state)
 
     def release_failed(self, data: Mapping[str, Any]) -> None:
         """The request ``data`` ended in an error (a refusal, its last attempt failed): forget its

@@ -70,6 +70,8 @@ class RequestState:
     entered: bool = False
     #: the request was answered; the state is kept only for late readers (response headers)
     finished: bool = False
+    #: the proxy has built the request's response headers: once answered too, nothing reads it
+    headers_sent: bool = False
 
     def next_reservation_id(self) -> str:
         """A reservation id no other request can produce, and no other pick of this one: the
