@@ -18,6 +18,10 @@ bucket, and still spends from its key's, user's and team's. Request tags are cli
 hostile client.
 
 Client *hints* (``metadata["payg_hints"]``) are sanitised here: they may only tighten a policy.
+
+Every label read here is bounded (:func:`bounded_label`, :data:`MAX_TAGS`): labels end up in the
+plugin's memory, in ledger bucket keys and in every spend record. A run is the session id of the key
+that started it (:func:`run_of`, ``sessions.owner``).
 """
 
 from __future__ import annotations

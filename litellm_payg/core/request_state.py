@@ -112,9 +112,11 @@ class RequestStates:
 
     Bounded because a request may never report back (an abandoned stream, a crashed worker): the
     oldest state is dropped past ``limit``; its reservation then expires in the ledger on its own.
-    A finished request's state is kept only for hooks that run late (the proxy's response
-    headers), among the last ``finished_limit`` finished ones: kept for long, 20,000 decisions
-    would sit in the heap and make every full garbage collection of the process slower.
+    The adapter forgets a request's state when it ends in an error and once it was answered and
+    settled (at the proxy, also once its response headers read it); :meth:`finished` keeps an
+    answered one that still waits for such a late reader among the last ``finished_limit``: kept
+    for long, 20,000 decisions would sit in the heap and make every full garbage collection of the
+    process slower.
     Thread-safe: the sync bridge and LiteLLM's logging worker call in from other threads.
     """
 
