@@ -47,3 +47,53 @@ def test_finishing_twice_or_forgetting_keeps_the_counts_right():
     states.finished(minted[3])  # the oldest finished (0) goes
     assert [states.find(m) is not None for m in metadata] == [False, False, True, True]
     assert all(state.finished for state in (minted[0], minted[2], minted[3]))
+
+
+# -- issue #19 item 5: a refused request's state goes at once; a request without state is never
+# admitted unreserved ----------------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+from routing_helpers import attached, chat_deployments  # noqa: E402
+
+POLICY = {"version": 1, "ledger": "memory://", "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
+          "models": {"deepseek/deepseek-chat": {"quality": 1}, "mistral/mistral-large-latest": {"quality": 1}}}
+
+
+def _adapter(engine):
+    return engine.adapter
+
+
+@pytest.mark.asyncio
+async def test_a_refused_request_keeps_no_state():
+    policy = {**POLICY, "budgets": [{"scope": "global", "window": "day", "limit_usd": 1e-12}]}
+    with attached(chat_deployments(), policy, num_retries=0) as (router, engine):
+        metadata = {"blob": "x" * 10_000}
+        with pytest.raises(Exception, match="exceeded"):
+            await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}], metadata=metadata)
+        assert len(_adapter(engine).states) == 0
+        assert engine.spend.ledger.open_reservations() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_request_whose_state_is_gone_is_refused_not_admitted_unreserved():
+    """The state map may drop a state (its bound, an end-of-request release): a pick or an attempt
+    for such a request must not go through without a reservation."""
+    with attached(chat_deployments(), POLICY, num_retries=0) as (router, engine):
+        _adapter(engine).states.limit = 0  # every state is dropped as soon as it is minted
+        with pytest.raises(Exception) as info:
+            await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert getattr(info.value, "status_code", None) == 400, info.value
+        assert engine.spend.ledger.records() == [] and engine.spend.ledger.open_reservations() == 0
+
+
+@pytest.mark.asyncio
+async def test_an_answered_request_keeps_no_state_once_it_settled():
+    from routing_helpers import settled
+
+    with attached(chat_deployments(), POLICY, num_retries=0) as (router, engine):
+        for _ in range(3):
+            await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
+        await settled(engine)
+        assert len(_adapter(engine).states) == 0
+        assert len(engine.spend.ledger.records()) == 3

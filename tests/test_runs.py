@@ -424,3 +424,46 @@ def test_a_downgrade_step_never_makes_a_request_dearer():
     assert decided.ordered[0].deployment_id == "m"  # the route's 'dear' moves down to the step's choice
     assert decided.attrs.get("run_downgrade") == "0.5"
     assert CountingFilter.calls == 2  # the filters run once per decision, whichever way it went
+
+
+# -- issue #19 item 6b: a run belongs to the key (or team) that started it ---------------------------
+
+def test_a_run_is_its_sessions_run_of_the_key_that_sent_it():
+    from litellm_payg.core.identity import RequestIdentity, run_of, session_in
+
+    def who(key=None, team=None, user=None):
+        return RequestIdentity(user=user, team=team, api_key=key, tags=(), via_proxy=True)
+
+    a, b = who(key="a" * 64, team="t1"), who(key="b" * 64, team="t1")
+    assert run_of("r1", a) != run_of("r1", b)  # the default owner: the key
+    assert run_of("r1", a) == "r1@key:" + "a" * 16 and session_in(run_of("r1", a)) == "r1"
+    assert run_of("r1", a, "team") == run_of("r1", b, "team") == "r1@team:t1"
+    assert run_of("r1", who(key="c" * 64), "team") == "r1@key:" + "c" * 16  # no team: the key's own
+    assert run_of("r1", a, "shared") == run_of("r1", b, "shared") == "r1"
+    assert run_of(None, a) is None and run_of("r1", who()) == "r1"  # SDK without a key: as sent
+
+
+def test_sessions_owner_is_checked():
+    from litellm_payg.core.errors import PolicyError
+    from litellm_payg.policy.load import load_policy
+
+    assert load_policy({"version": 1}).run_owner == "key"
+    assert load_policy({"version": 1, "sessions": {"owner": "shared"}}).run_owner == "shared"
+    with pytest.raises(PolicyError, match="owner"):
+        load_policy({"version": 1, "sessions": {"owner": "everyone"}})
+
+
+async def test_two_keys_naming_one_session_id_get_runs_of_their_own_through_a_router():
+    """In Python the calling code names the key (``metadata.api_key``): two keys, one session id,
+    two runs, each with its own counter (``max_requests: 2``)."""
+    policy = _policy({"max_requests": 2})
+    with attached(_deployments(), policy) as (router, engine):
+        for key in ("key-a", "key-b"):
+            for i in range(2):
+                await _ask(router, "shared-id", f"{key} {i}", api_key=key)
+        with pytest.raises(BudgetExceeded) as info:
+            await _ask(router, "shared-id", "one more", api_key="key-a")
+        assert info.value.rule == "max_requests" and "run 'shared-id'" in str(info.value)
+        await settled(engine)
+        runs = {r.attrs.get("run") for r in engine.spend.ledger.records()}
+        assert runs == {"shared-id@key:key-a", "shared-id@key:key-b"}, runs

@@ -109,7 +109,8 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str, nam
         state = adapter.open_request(kwargs, metadata_field, call=name)
         try:
             return await method(*args, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:
+            adapter.release_failed(kwargs)  # a refused or failed request keeps no state
             # A budget refusal on a fallback hop reaches LiteLLM's Router as that hop's error, and
             # the Router raises the *first* group's error instead (a 500 whose message ends "Fallback
             # to ... also failed: <refusal>"), which clients retry. The refusal is the request's

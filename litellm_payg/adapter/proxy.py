@@ -56,8 +56,9 @@ from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter.routing import PaygRouting
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import PaygError, PolicyError, Problem
-from litellm_payg.core.identity import identity_from_key
+from litellm_payg.core.identity import LabelError, identity_from_key
 from litellm_payg.adapter.ingress import InvalidRequest, refuse_bad_input
+from litellm_payg.adapter.routes import keep_refusals_4xx_without_prisma, refusal, route_of
 from litellm_payg.policy.load import load_policy
 from litellm_payg.core.request_state import metadata_of
 from litellm_payg.stores.ledger.base import LedgerError
@@ -163,6 +164,8 @@ class ProxyPaygRouting(PaygRouting):
     inherited unchanged.
     """
 
+    late_headers = True  # the response headers read the decision, maybe after the request settled
+
     def __init__(self, policy: str | Path | None = None):
         engine: Engine | None = None
         error: PolicyError | None = None
@@ -231,6 +234,7 @@ class ProxyPaygRouting(PaygRouting):
                 raise PolicyUnusable(self.error)
             return
         self._bound_to = key
+        keep_refusals_4xx_without_prisma()  # the route refusals' 403 (adapter/routes.py); idempotent
         try:
             self.install(router)
         except PolicyError as exc:
@@ -249,7 +253,9 @@ class ProxyPaygRouting(PaygRouting):
         metadata, a malformed field, or a deployment named as its model (under
         ``direct_deployments: refuse``) is refused here with HTTP 400 naming the field, before
         anything is reserved; otherwise the plugin mints the request's id and reads its identity
-        from the authenticated key (``user_api_key_dict``), never from the body. An
+        from the authenticated key (``user_api_key_dict``), never from the body. A route that
+        would spend a governed deployment's credentials outside the Router (``/v1/batches``, ...)
+        is refused with HTTP 403 naming it (:mod:`litellm_payg.adapter.routes`). An
         ``HTTPException`` reaches the client as is."""
         from fastapi import HTTPException
 
@@ -257,6 +263,11 @@ class ProxyPaygRouting(PaygRouting):
             self.ensure_bound()
         except PolicyUnusable as exc:
             raise HTTPException(status_code=exc.status_code, detail=exc.message, headers=dict(exc.headers)) from None
+        if route_of(call_type).kind != "governed":  # the route table: adapter/routes.py
+            refused = refusal(call_type, data, self.governs)
+            if refused is not None:
+                raise HTTPException(status_code=403, detail=refused)
+            return data  # spends nothing on a governed deployment: no state is kept for it
         field = _metadata_field(data, call_type)
         metadata = data.setdefault(field, {})
         try:
@@ -266,7 +277,25 @@ class ProxyPaygRouting(PaygRouting):
                               call=call_type)
         except InvalidRequest as exc:
             raise HTTPException(status_code=400, detail=exc.message) from None
+        except LabelError as exc:  # too many tags to keep bounded
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         return data
+
+    async def async_post_call_failure_hook(
+        self, request_data: dict, original_exception: Exception, user_api_key_dict: Any, traceback_str: str | None = None
+    ) -> None:
+        """The proxy answers this request with an error (a budget refusal, a failed attempt): its
+        state is released now, not kept until 20,000 newer requests push it out
+        (:meth:`PaygRouting.release_failed`)."""
+        self.release_failed(request_data)
+        return None
+
+    def governs(self, model: str) -> bool:
+        """Whether ``model`` names one of the governed Router's groups, aliases or deployments (by
+        id, or by model string with or without its provider prefix)."""
+        if model in self._groups or model in self._aliases or model in self._deployment_names:
+            return True
+        return any(name.split("/", 1)[-1] == model for name in self._deployment_names)
 
     async def async_filter_deployments(
         self,
@@ -298,6 +327,10 @@ class ProxyPaygRouting(PaygRouting):
         own class overrides it.
         """
         state = self.states.find(metadata_of(data))
+        if state is not None:
+            state.headers_sent = True  # the last reader: an answered request's state goes now
+            if state.finished:
+                self.states.forget(state)
         decision = state.decision if state is not None else None
         if decision is None:
             return None
@@ -324,7 +357,7 @@ class ProxyPaygRouting(PaygRouting):
         """The request's run under the policy's first run budget, from the ledger (never from the
         request: the session id only says which run, and it is not echoed)."""
         request = getattr(state, "request", None)
-        session = getattr(request, "session", None)
+        session = getattr(request, "run", None) or getattr(request, "session", None)  # the key's own run
         engine = self.engine
         if not session or engine is None or not engine.spend.runs:
             return {}

@@ -60,7 +60,9 @@ from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.adapter.failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
-from litellm_payg.core.identity import DEFAULT_SESSION_SOURCES, RequestIdentity, hints_of, identity_of, session_of
+from litellm_payg.core.identity import (
+    DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, run_of, session_of,
+)
 from litellm_payg.core.runs import prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
@@ -96,6 +98,9 @@ class PaygRouting(CustomLogger):
     """
 
     _count = 0
+    #: whether a hook may read an answered request's state after it settled (the proxy's response
+    #: headers); without one, an answered request's state is released as soon as it settles
+    late_headers = False
 
     def __init__(self, engine: Engine):
         super().__init__()
@@ -395,7 +400,10 @@ class PaygRouting(CustomLogger):
         the first time a rule, a budget reservation or a charge reads ``prompt_tokens``, so a
         policy that never reads the request's size never pays for LiteLLM's token counter."""
         if state.identity is None:
-            state.identity = identity_of(request_kwargs, metadata)
+            try:
+                state.identity = identity_of(request_kwargs, metadata)
+            except LabelError as exc:
+                raise InvalidRequest(str(exc), field=exc.field) from None
         who = state.identity
         max_tokens = output_cap(request_kwargs, state.api)
         hints = hints_of(metadata)
@@ -415,8 +423,9 @@ class PaygRouting(CustomLogger):
             allowed_models=hints.models,
             trace_id=state.trace_id,
             metadata=metadata,
-            session=session_of(request_kwargs, metadata,
-                               getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES)),
+            session=(session := session_of(request_kwargs, metadata,
+                                           getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES))),
+            run=run_of(session, who, getattr(self.engine.policy, "run_owner", "key")),
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
                          if self.engine.spend.loop_guards else None),
             # worked out only if a rule reads it (quality_floor), like the count itself
@@ -884,13 +893,26 @@ class PaygRouting(CustomLogger):
         self._finish(state)
 
     def _finish(self, state: RequestState) -> None:
-        """The request was answered: drop what only its next attempt would need. The state itself
-        stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
+        """The request was answered: its state is released now, unless the proxy's response headers
+        (:attr:`late_headers`) have not read its decision yet; then only what its next attempt would
+        need is dropped, and the state stays among the last finished (bounded) until they do."""
         self.states.finished(state)
         state.request = None
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
+        if not self.late_headers or state.headers_sent:
+            self.states.forget(state)
+
+    def release_failed(self, data: Mapping[str, Any]) -> None:
+        """The request ``data`` ended in an error (a refusal, its last attempt failed): forget its
+        state now. A refused request's state holds its final error, whose traceback holds the
+        filter's frames and so the whole request (a 1 MiB metadata blob cost about 2 MB of proxy
+        memory per refused request while 20,000 states were kept). A state with a reservation still
+        open is kept: LiteLLM's failure event for that attempt settles it later."""
+        state = self.states.find(metadata_of(data))
+        if state is not None and not state.open_reservations:
+            self.states.forget(state)
 
     def _emit(self, state: RequestState, deployment_id: str, ok: bool, cost: float, **extra: Any) -> None:
         candidate = self._candidates.get(deployment_id)
@@ -938,7 +960,7 @@ def _characters(request_kwargs: Mapping[str, Any]) -> int | None:
 def _trace(request_kwargs: Mapping[str, Any]) -> str | None:
     """LiteLLM's trace id of a request (stable across its retries and fallback hops)."""
     trace = request_kwargs.get("litellm_trace_id")
-    return None if trace in (None, "") else str(trace)
+    return None if trace in (None, "") else bounded_label(str(trace))  # client-set: a label, bounded
 
 
 LARGER_CONTEXT_SUFFIX = "::payg-larger-context"

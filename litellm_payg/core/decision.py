@@ -136,6 +136,10 @@ class RouteRequest:
     #: the session the request belongs to, as the client names it (``identity.session_of``); read
     #: by ``when: {session: ...}``
     session: str | None = None
+    #: the run the request's run budgets count it in: its session qualified by who started the run
+    #: (``identity.run_of``: the key, or the team, under ``sessions.owner``), so another key naming
+    #: the same session id gets a run of its own. None: the session itself
+    run: str | None = None
     #: a fingerprint of the request's messages (``runs.prompt_hash``), for a run budget's loop guard;
     #: None when no run budget has one (the adapter only hashes then)
     prompt_hash: str | None = None

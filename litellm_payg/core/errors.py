@@ -77,7 +77,9 @@ class BudgetRefused(PaygError):
                  f"${self.estimate_usd:.6f}")
         window = self.window
         if window.startswith("session:"):
-            run = self.scope.partition(":")[2]
+            from litellm_payg.core.identity import session_in
+
+            run = session_in(self.scope.partition(":")[2])  # as the client named it, without its owner
             head = f"litellm-payg: run {run!r} (budget {self.budget!r}, {window})"
             fresh = f"the run starts afresh after {window.split(':', 1)[1]} idle"
             if self.rule == "max_requests":

@@ -18,6 +18,10 @@ bucket, and still spends from its key's, user's and team's. Request tags are cli
 hostile client.
 
 Client *hints* (``metadata["payg_hints"]``) are sanitised here: they may only tighten a policy.
+
+Every label read here is bounded (:func:`bounded_label`, :data:`MAX_TAGS`): labels end up in the
+plugin's memory, in ledger bucket keys and in every spend record. A run is the session id of the key
+that started it (:func:`run_of`, ``sessions.owner``).
 """
 
 from __future__ import annotations
@@ -39,22 +43,58 @@ class RequestIdentity:
     end_user: str | None = None
 
 
+#: the longest label (user, team, key, end user, tag, session id, trace id) kept as sent; a longer
+#: one is kept as a prefix and a hash of the whole (:func:`bounded_label`)
+MAX_LABEL_CHARS = 256
+#: the most tags a request may carry (LiteLLM's key tags merged with the request's); more is refused
+MAX_TAGS = 64
+_DIGEST_CHARS = 32  # 128 bits of sha256: two labels that differ stay apart
+_MARK = "...sha256:"
+
+
+class LabelError(ValueError):
+    """A request's labels cannot be kept bounded (too many tags): refused, naming ``field``."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+def bounded_label(text: str) -> str:
+    """``text`` if it is at most :data:`MAX_LABEL_CHARS` long; else its first characters, then
+    ``...sha256:`` and 32 hex digits of the whole text's hash, :data:`MAX_LABEL_CHARS` in all.
+
+    Labels are client-asserted (``user``, session ids, tags) and end up in the plugin's memory, in
+    ledger bucket keys and in every spend record: a 1 MB ``user`` made 782 KB records. The hash
+    keeps two long labels apart (their buckets and runs stay separate) and the prefix keeps the
+    label readable in reports."""
+    if len(text) <= MAX_LABEL_CHARS:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS]
+    return f"{text[:MAX_LABEL_CHARS - len(_MARK) - _DIGEST_CHARS]}{_MARK}{digest}"
+
+
 def _str(value: Any) -> str | None:
-    return None if value in (None, "") else str(value)
+    return None if value in (None, "") else bounded_label(str(value))
 
 
 def _tags(metadata: Mapping[str, Any]) -> tuple[str, ...]:
     value = metadata.get("tags") or ()
-    return tuple(str(t) for t in value) if isinstance(value, (list, tuple)) else ()
+    if not isinstance(value, (list, tuple)):
+        return ()
+    if len(value) > MAX_TAGS:
+        raise LabelError(f"litellm-payg: metadata.tags: at most {MAX_TAGS} tags per request, got {len(value)}",
+                         "metadata.tags")
+    return tuple(bounded_label(str(t)) for t in value)
 
 
 def key_hash(key: Any) -> str | None:
     """The key as it may be stored and reported: LiteLLM's hash (sha256 hex) of a raw ``sk-`` key,
     or the value as given when it is already a hash or an alias."""
-    text = _str(key)
+    text = None if key in (None, "") else str(key)
     if text is not None and text.startswith("sk-"):
         return hashlib.sha256(text.encode()).hexdigest()
-    return text
+    return None if text is None else bounded_label(text)
 
 
 def identity_from_key(user_api_key_dict: Any, data: Mapping[str, Any], metadata: Mapping[str, Any]) -> RequestIdentity:
@@ -142,8 +182,43 @@ def session_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any],
         else:
             value = _header(request_kwargs, source.split(":", 1)[1])
         if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
-            return str(value)
+            return bounded_label(str(value))
     return None
+
+
+#: ``sessions.owner``: whose a run is
+RUN_OWNERS = ("key", "team", "shared")
+
+
+def run_of(session: str | None, who: RequestIdentity | None, owner: str = "key") -> str | None:
+    """The run a request with ``session`` counts in: the session id qualified by the run's owner,
+    ``<session>@key:<16 hex>`` (the key that sent it, by its hash) or ``<session>@team:<team>``.
+
+    A session id is the client's to choose, so without the owner a key that names another key's
+    session id (seen: guessed, or read from a log) would spend from that run, advance its counters
+    and read its spend in the response headers. With ``owner: team`` the keys of one team share
+    their runs (a key without a team owns its runs alone); ``shared`` is the session id as sent,
+    for deployments where one run really spans keys. A request with no key (the SDK, where the
+    calling code is trusted) is the session id as sent."""
+    if not session:
+        return session
+    if owner == "shared" or who is None:
+        return session
+    if owner == "team" and who.team:
+        return f"{session}@team:{who.team}"
+    if who.api_key:
+        return f"{session}@key:{who.api_key[:16]}"
+    if who.team:
+        return f"{session}@team:{who.team}"
+    if who.user:
+        return f"{session}@user:{who.user}"
+    return session
+
+
+def session_in(run: str) -> str:
+    """The session id a run id (:func:`run_of`) was made from: what the client sent, for messages."""
+    head, sep, owner = run.rpartition("@")
+    return head if sep and owner.startswith(("key:", "team:", "user:")) else run
 
 
 @dataclass(frozen=True, slots=True)

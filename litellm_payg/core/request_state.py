@@ -74,6 +74,8 @@ class RequestState:
     api: str | None = None
     #: a speech request's input characters, read at the door
     characters: int | None = None
+    #: the proxy has built the request's response headers: once answered too, nothing reads it
+    headers_sent: bool = False
 
     def next_reservation_id(self) -> str:
         """A reservation id no other request can produce, and no other pick of this one: the
@@ -114,9 +116,11 @@ class RequestStates:
 
     Bounded because a request may never report back (an abandoned stream, a crashed worker): the
     oldest state is dropped past ``limit``; its reservation then expires in the ledger on its own.
-    A finished request's state is kept only for hooks that run late (the proxy's response
-    headers), among the last ``finished_limit`` finished ones: kept for long, 20,000 decisions
-    would sit in the heap and make every full garbage collection of the process slower.
+    The adapter forgets a request's state when it ends in an error and once it was answered and
+    settled (at the proxy, also once its response headers read it); :meth:`finished` keeps an
+    answered one that still waits for such a late reader among the last ``finished_limit``: kept
+    for long, 20,000 decisions would sit in the heap and make every full garbage collection of the
+    process slower.
     Thread-safe: the sync bridge and LiteLLM's logging worker call in from other threads.
     """
 

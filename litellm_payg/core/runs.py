@@ -26,6 +26,7 @@ from typing import Any
 from litellm_payg.core.budgets import Budget, BudgetBucket, DowngradeStep
 from litellm_payg.core.buckets import Usage
 from litellm_payg.core.decision import Candidate, RouteRequest, Step
+from litellm_payg.core.identity import session_in
 
 
 def prompt_hash(messages: Any) -> str | None:
@@ -71,7 +72,7 @@ def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequ
     run, step = found
     budget = run.bucket.budget
     used = run.usage.spent_usd + run.usage.reserved_usd
-    why = (f"run {run.bucket.scope_value!r} has used {run.share:.0%} of budget {budget_label(budget, run)!r} "
+    why = (f"run {session_in(run.bucket.scope_value)!r} has used {run.share:.0%} of budget {budget_label(budget, run)!r} "
            f"(${used:.6f} of ${budget.limit_usd:g}): past its downgrade step at {step.at:g}")
     kept: list[tuple[float, Candidate]] = []
     dropped = []

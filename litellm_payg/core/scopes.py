@@ -45,7 +45,7 @@ SCOPE_REGISTRY: Mapping[str, ScopeKind] = {k.name: k for k in (
               "the end user the client names (the OpenAI `user` field)"),
     ScopeKind("tag", lambda r, c: tuple(dict.fromkeys(t for t in r.tags if t)), "tags", False,
               "each tag the client sends (metadata.tags)"),
-    ScopeKind("session", lambda r, c: _one(r.session), "session", False,
+    ScopeKind("session", lambda r, c: _one(r.run or r.session), "session", False,
               "the run the request belongs to: LiteLLM's session id (`litellm_session_id`, "
               "`metadata.session_id`; the proxy maps `x-litellm-trace-id` to it), or where the policy's "
               "`sessions.id_from` says, see identity.session_of"),

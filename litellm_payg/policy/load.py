@@ -74,6 +74,9 @@ class SessionSettings(_Strict):
     """``sessions:``: where a request's session id (its run) is read from, first found wins."""
 
     id_from: list[str] = Field(default_factory=lambda: list(DEFAULT_SESSION_SOURCES), min_length=1)
+    #: whose a run is: the key that started it (default), its team, or ``shared`` by every key
+    #: that names the same session id (``identity.run_of``)
+    owner: Literal["key", "team", "shared"] = "key"
 
     @field_validator("id_from")
     @classmethod
@@ -169,6 +172,8 @@ class Policy:
     allow_fields: frozenset[str] = frozenset()
     #: the reservation of a request whose cost cannot be bounded; None: refuse it (400)
     unbounded_reserve_usd: float | None = None
+    #: whose a run is (``sessions: {owner: key | team | shared}``), see ``identity.run_of``
+    run_owner: str = "key"
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -279,6 +284,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         session_sources=tuple(doc.sessions.id_from),
         allow_fields=frozenset(doc.requests.allow_fields),
         unbounded_reserve_usd=doc.requests.unbounded_reserve_usd,
+        run_owner=doc.sessions.owner,
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)

@@ -183,9 +183,10 @@ class SpendControl:
     def run_usage(self, request: RouteRequest, now: float) -> tuple[tuple[RunUsage, ...], str | None]:
         """The request's run under each run budget with ``downgrade`` steps, read in one ledger
         call: what a decision needs for the progressive downgrade (``Engine.snapshot``)."""
-        if not self.run_downgrades or not request.session:
+        run = request.run or request.session
+        if not self.run_downgrades or not run:
             return (), None
-        wanted = [self.run_buckets(request.session, b, i)[0] for i, b in self.runs if b.downgrade]
+        wanted = [self.run_buckets(run, b, i)[0] for i, b in self.runs if b.downgrade]
         try:
             usage = self.ledger.usage([bb.bucket for bb in wanted], now=now)
         except LedgerError as exc:
@@ -531,6 +532,10 @@ def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float, found: Sequence[B
 
 def _attrs(request: RouteRequest, candidate: Candidate, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     out = record_attrs(request, candidate)  # every scope's value, under the name reports filter on
+    if request.run and request.run != request.session:
+        # the session as the client sent it (what reports filter on), and the run it counted in:
+        # that session of the key (or team) that sent it (identity.run_of)
+        out["session"], out["run"] = request.session, request.run
     if request.trace_id:
         out["trace_id"] = request.trace_id  # a label for finding one request's charges, not a scope
     if extra:
