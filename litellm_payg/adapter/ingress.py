@@ -104,8 +104,9 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str) -> 
             kwargs["model"], args = args[0], args[1:]
         # the caller's own metadata dict, as LiteLLM uses it (it writes per-request keys into it
         # too); a later request reusing it gets a new id, a concurrent one a copy
-        adapter.open_request(kwargs, metadata_field)
-        return await method(*args, **kwargs)
+        state = adapter.open_request(kwargs, metadata_field)
+        # settle before the caller has the answer, not on LiteLLM's logging worker (``answered``)
+        return adapter.answered(state, await method(*args, **kwargs), kwargs)
 
     governed.__doc__ = f"Router.{method.__name__}, governed by litellm-payg."
     return governed
