@@ -925,9 +925,12 @@ class PaygRouting(CustomLogger):
 
     def _finish(self, state: RequestState) -> None:
         """The request was answered: drop what only its next attempt would need. The state itself
-        stays (bounded) so late hooks, such as the proxy's response headers, still find the decision."""
+        stays (bounded) so late hooks, such as the proxy's response headers, still find the decision
+        and the run the request belongs to (now that an answer is settled before those hooks run,
+        the request itself is dropped for a small record of its session, not for None)."""
         self.states.finished(state)
-        state.request = None
+        if state.request is not None and not isinstance(state.request, AnsweredRequest):
+            state.request = AnsweredRequest(session=getattr(state.request, "session", None))
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
@@ -968,6 +971,14 @@ class ResponseGuard(CustomGuardrail):
         await self.adapter.check_response(request_data, response)  # raises (after charging it) if rejected
         self.adapter.settle_attempt(request_data, response, call_type)  # accepted: settle it now
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class AnsweredRequest:
+    """What a finished request's state keeps of its RouteRequest: the run (``session``) the
+    proxy's response headers report on. The rest (its metadata, the prompt's parts) is dropped."""
+
+    session: Any
 
 
 class _Once:
