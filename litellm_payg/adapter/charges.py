@@ -18,6 +18,7 @@ from typing import Any
 
 import litellm
 
+from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.decision import Candidate
 from litellm_payg.stores.prices import count_request_tokens
 
@@ -213,7 +214,7 @@ def attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Cand
     custom prices), falling back to the deployment's known price times the usage it reported."""
     logging_obj = request_data.get("litellm_logging_obj")
     try:
-        cost = logging_obj.response_cost_calculator(result=response)
+        cost = litellm_versions.attempt_cost(logging_obj, response)
         if cost is not None:
             return float(cost)
     except Exception:
