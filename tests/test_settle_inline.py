@@ -12,6 +12,7 @@ reservation. These tests run a real Router with ``mock_response`` deployments, t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import subprocess
@@ -47,48 +48,31 @@ import asyncio, sys
 import litellm_payg
 from litellm import Router
 
-policy, stream, detach, calls = {policy!r}, {stream!r}, {detach!r}, {calls!r}
-router = Router(model_list={deployments!r})
-engine = litellm_payg.attach(router, policy)
+deployments, calls = {deployments!r}, {calls!r}
 
-async def ask(i):
-    r = await router.acompletion(model="chat", messages=[{{"role": "user", "content": f"question {{i}}"}}], stream=stream)
-    if stream:
-        async for _ in r:
-            pass
+def run(policy, stream, detach):
+    router = Router(model_list=deployments)
+    engine = litellm_payg.attach(router, policy)
 
-async def main():
-    for i in range(calls):
-        await ask(i)
-    await asyncio.gather(*(ask(calls + i) for i in range(calls)))
+    async def ask(i):
+        r = await router.acompletion(model="chat", messages=[{{"role": "user", "content": f"question {{i}}"}}], stream=stream)
+        if stream:
+            async for _ in r:
+                pass
 
-asyncio.run(main())
-if detach:
-    engine.detach()
+    async def main():
+        for i in range(calls):
+            await ask(i)
+        await asyncio.gather(*(ask(calls + i) for i in range(calls)))
+
+    asyncio.run(main())  # the event loop ends with the last answer: LiteLLM's logging worker with it
+    if detach:
+        engine.detach()
+
+for policy, stream, detach in {variants!r}:
+    run(policy, stream, detach)
 # the script ends here: nothing waits for LiteLLM's logging worker
 """
-
-
-def _run_script(ledger: str, budget: bool, stream: bool, detach: bool) -> None:
-    script = SCRIPT.format(policy=_policy(ledger, budget), stream=stream, detach=detach, calls=CALLS,
-                           deployments=_deployments())
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, timeout=180,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def _assert_all_settled(url: str) -> None:
-    ledger = open_ledger(url)
-    try:
-        records = ledger.records()
-        assert ledger.open_reservations() == 0, f"{ledger.open_reservations()} reservation(s) left open"
-        assert len(records) == 2 * CALLS, f"{len(records)} records for {2 * CALLS} answers"
-        assert all(r.amount_usd > 0 and r.attrs.get("kind") == "settled" for r in records), [
-            (r.amount_usd, r.attrs) for r in records]
-    finally:
-        ledger.close()
-
 
 VARIANTS = [  # (budget, stream, detach)
     (False, False, False), (False, False, True), (True, False, False), (True, False, True),
@@ -96,18 +80,47 @@ VARIANTS = [  # (budget, stream, detach)
 ]
 
 
-@pytest.mark.parametrize(("budget", "stream", "detach"), VARIANTS)
-def test_a_script_that_exits_at_once_leaves_every_answer_recorded_and_nothing_open_sqlite(tmp_path, budget, stream, detach):
-    url = f"sqlite:///{tmp_path}/ledger.db"
-    _run_script(url, budget, stream, detach)
-    _assert_all_settled(url)
+def _run_script(urls: list[str]) -> None:
+    """One interpreter for all the variants (each ends its own event loop; the last also ends the
+    interpreter), each variant with a ledger of its own."""
+    variants = [(_policy(url, budget), stream, detach) for url, (budget, stream, detach) in zip(urls, VARIANTS)]
+    script = SCRIPT.format(deployments=_deployments(), calls=CALLS, variants=variants)
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize(("budget", "stream", "detach"), VARIANTS)
-def test_a_script_that_exits_at_once_leaves_every_answer_recorded_and_nothing_open_redis(budget, stream, detach):
-    with fresh_redis_prefix() as url:
-        _run_script(url, budget, stream, detach)
-        _assert_all_settled(url)
+def _settled_or_why(url: str, variant: tuple[bool, bool, bool]) -> str | None:
+    ledger = open_ledger(url)
+    try:
+        records, still_open = ledger.records(), ledger.open_reservations()
+    finally:
+        ledger.close()
+    budget, stream, detach = variant
+    what = f"budget={budget} stream={stream} detach={detach}"
+    if still_open:
+        return f"{what}: {still_open} reservation(s) left open"
+    if len(records) != 2 * CALLS:
+        return f"{what}: {len(records)} records for {2 * CALLS} answers"
+    if not all(r.amount_usd > 0 and r.attrs.get("kind") == "settled" for r in records):
+        return f"{what}: {[(r.amount_usd, r.attrs) for r in records]}"
+    return None
+
+
+def test_a_script_that_exits_at_once_leaves_every_answer_recorded_and_nothing_open_sqlite(tmp_path):
+    urls = [f"sqlite:///{tmp_path}/ledger-{i}.db" for i in range(len(VARIANTS))]
+    _run_script(urls)
+    problems = [p for p in map(_settled_or_why, urls, VARIANTS) if p]
+    assert not problems, problems
+
+
+def test_a_script_that_exits_at_once_leaves_every_answer_recorded_and_nothing_open_redis():
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(fresh_redis_prefix()) for _ in VARIANTS]
+        _run_script(urls)
+        problems = [p for p in map(_settled_or_why, urls, VARIANTS) if p]
+        assert not problems, problems
 
 
 # -- in process: settled before the caller resumes ---------------------------------------------------
