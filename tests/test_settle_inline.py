@@ -264,3 +264,37 @@ async def test_a_cache_hit_is_charged_nothing_and_marked(tmp_path, local_cache, 
         assert hit.amount_usd == 0 and hit.attrs.get("cache_hit") == "true"
         assert engine.spend.ledger.open_reservations() == 0
         del first
+
+
+DROPPED_AT_EXIT = """
+import asyncio
+import litellm_payg
+from litellm import Router
+
+router = Router(model_list={deployments!r})
+engine = litellm_payg.attach(router, {policy!r})
+kept = []
+
+async def main():
+    stream = await router.acompletion(model="chat", messages=[{{"role": "user", "content": "hi"}}], stream=True)
+    async for _ in stream:
+        break  # one chunk read, and the stream kept (unread) until the interpreter ends
+    kept.append(stream)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("budget", [False, True])
+def test_a_stream_still_unread_at_exit_is_recorded_as_dropped(tmp_path, budget):
+    """Its record is written even without a budget (a batched record): the exit hook that settles
+    it writes what waits itself, whichever exit hook of the ledger ran first."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    script = DROPPED_AT_EXIT.format(deployments=_deployments(1), policy=_policy(url, budget))
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], timeout=180, capture_output=True, text=True,
+                          env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open_ledger(url) as ledger:
+        (record,) = ledger.records()
+        assert ledger.open_reservations() == 0
+    assert record.attrs.get("abandoned") == "stream_dropped" and record.amount_usd > 0

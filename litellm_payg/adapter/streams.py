@@ -25,7 +25,9 @@ failure paths (the failure hook and log), which know why it failed.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -87,6 +89,9 @@ class _SettlesWhenRead:
 
 
 _CLASSES: dict[type, type] = {}
+#: streams armed and not settled yet, settled at interpreter exit (see :func:`_settle_dropped_at_exit`)
+_ARMED: set[_Watch] = set()
+_ARMED_LOCK = threading.Lock()
 
 
 def _settling_class(cls: type) -> type:
@@ -108,13 +113,40 @@ def settle_when_read(adapter: Any, state: Any, stream: CustomStreamWrapper, requ
     stream._payg_watch = watch  # type: ignore[attr-defined]
     stream.__class__ = _settling_class(type(stream))
     watch.finalizer = weakref.finalize(stream, _settle, watch, False, None)
+    watch.finalizer.atexit = False  # at exit, _settle_dropped_at_exit settles it and writes the record
+    with _ARMED_LOCK:
+        _ARMED.add(watch)
     return stream
 
 
 def _forget(watch: _Watch) -> None:
     watch.settled = True
+    with _ARMED_LOCK:
+        _ARMED.discard(watch)
     if watch.finalizer is not None:
         watch.finalizer.detach()
+
+
+@atexit.register
+def _settle_dropped_at_exit() -> None:
+    """Settle the streams still unread when the interpreter exits, and write their records now:
+    a ledger's waiting (batched) records are written by its own exit hook, which may already have
+    run (exit hooks run in the reverse order of registration, and weakref's finalizers run in theirs)."""
+    with _ARMED_LOCK:
+        armed = list(_ARMED)
+    ledgers = []
+    for watch in armed:
+        adapter = watch.adapter()
+        _settle(watch, finished=False, stream=None)
+        if adapter is not None:
+            ledgers.append(adapter.engine.spend.ledger)
+    for ledger in {id(ledger): ledger for ledger in ledgers}.values():
+        flush = getattr(ledger, "flush", None)
+        if flush is not None:
+            try:
+                flush(quiet=True)
+            except Exception:  # noqa: BLE001 - exit must go on; the ledger logged what it could not write
+                logger.exception("litellm-payg: could not write a dropped stream's record at exit")
 
 
 def _settle(watch: _Watch, finished: bool, stream: CustomStreamWrapper | None) -> None:
