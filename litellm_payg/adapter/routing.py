@@ -829,7 +829,6 @@ class PaygRouting(CustomLogger):
             return None
         candidate = self._candidates.get(deployment_id)
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
-        state.rejected = True  # the next attempt's answer gets no success log event: charge it inline
         charge = self._charge_inline(request_data, response, state, deployment_id)  # it billed: still paid for
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=False)

@@ -83,7 +83,7 @@ class _SettlesWhenRead:
         except StopAsyncIteration:
             _settle(self._payg_watch, finished=True, stream=self)
             raise
-        except BaseException:
+        except Exception:  # not a cancelled read (no failure LiteLLM reports): that one settles when dropped
             _forget(self._payg_watch)  # a failure: the failure hook or log settles it, knowing why
             raise
 
