@@ -298,3 +298,30 @@ def test_a_stream_still_unread_at_exit_is_recorded_as_dropped(tmp_path, budget):
         (record,) = ledger.records()
         assert ledger.open_reservations() == 0
     assert record.attrs.get("abandoned") == "stream_dropped" and record.amount_usd > 0
+
+
+async def test_each_attempt_of_a_retried_request_is_settled_before_acompletion_returns(standin, tmp_path):
+    """Why per attempt (the deployment hook) and not in the door: the door sees only the final
+    answer. Here DeepSeek's answer is empty (billed, then rejected by the validators) and Mistral
+    answers on the retry; both attempts are settled, each on its deployment, before the caller
+    resumes, and the observers hear of each attempt once."""
+    standin.fail("deepseek", "empty")
+    model_list = [
+        {"model_name": "chat", "litellm_params": {"model": "deepseek/deepseek-chat", "api_key": "sk-test",
+                                                  "api_base": standin.url("deepseek")}, "model_info": {"id": "ds"}},
+        {"model_name": "chat", "litellm_params": {"model": "mistral/mistral-large-latest", "api_key": "sk-test",
+                                                  "api_base": standin.url("mistral")}, "model_info": {"id": "ml"}},
+    ]
+    policy = {**_policy(f"sqlite:///{tmp_path}/ledger.db", True), "validate": ["non_empty"],
+              "routes": {"chat": [{"cost_threshold": {"use": "deepseek/deepseek-chat", "max_usd_per_1k_tokens": 0.0015,
+                                                      "otherwise": "mistral/mistral-large-latest"}}]},
+              "failover": {}}
+    seen = Recorder()
+    with attached(model_list, policy, num_retries=2, retry_after=0, disable_cooldowns=True) as (router, engine):
+        engine.pm.register(seen)
+        response = await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert engine.spend.ledger.open_reservations() == 0 and engine.spend.in_flight == 0
+        charged = {r.attrs["deployment"]: r.amount_usd for r in engine.spend.ledger.records()}
+    assert response._hidden_params["model_id"] == "ml"
+    assert set(charged) == {"ds", "ml"} and charged["ds"] > 0 and charged["ml"] > 0
+    assert [(o.deployment_id, o.ok) for o in seen.outcomes] == [("ds", False), ("ml", True)]
