@@ -20,6 +20,7 @@ from typing import Any
 
 import litellm
 
+from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.decision import Candidate
 from litellm_payg.stores.prices import count_request_tokens
 
@@ -37,16 +38,52 @@ class Charge:
     estimated: bool = False
     #: the client went away mid-stream: the counts are what LiteLLM saw streamed before it did
     abandoned: bool = False
+    #: why the stream was left (the record's ``abandoned`` attribute): the proxy's client hung up,
+    #: or the calling code stopped reading a stream and dropped it
+    abandoned_because: str = "client_disconnected"
+    #: LiteLLM served the answer from its cache: the provider was not called, nothing was billed
+    cache_hit: bool = False
 
     @property
     def attrs(self) -> dict[str, str] | None:
         """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
-        reports from one priced on the provider's own counts; ``abandoned: client_disconnected``
-        says why."""
+        reports from one priced on the provider's own counts; ``abandoned: <why>`` says why;
+        ``cache_hit: true`` marks an answer LiteLLM's cache served (charged $0)."""
         out = {"usage": "estimated"} if self.estimated or self.abandoned else {}
         if self.abandoned:
-            out["abandoned"] = "client_disconnected"
+            out["abandoned"] = self.abandoned_because
+        if self.cache_hit:
+            out["cache_hit"] = "true"
         return out or None
+
+
+def served_from_cache(response: Any) -> bool:
+    """Whether LiteLLM's cache served ``response`` (``_hidden_params["cache_hit"]``, or a stream
+    replayed from the cache, whose provider LiteLLM names ``cached_response``): the provider was not
+    called. LiteLLM 1.100 keeps the original answer's ``response_cost`` on a cache hit's hidden
+    params, so the flag, not the cost, says it."""
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, Mapping) and hidden.get("cache_hit") is True:
+        return True
+    return getattr(response, "custom_llm_provider", None) == "cached_response"
+
+
+def answer_tokens(response: Any) -> tuple[Any, Any]:
+    """The prompt and completion token counts an answer reports in its ``usage`` (chat and text
+    completions, embeddings: ``prompt_tokens``/``completion_tokens``; Responses API and Anthropic
+    messages: ``input_tokens``/``output_tokens``), None where it reports none."""
+    usage = response.get("usage") if isinstance(response, Mapping) else getattr(response, "usage", None)
+    if usage is None:
+        return None, None
+
+    def read(*names: str) -> Any:
+        for name in names:
+            value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+            if value is not None:
+                return value
+        return None
+
+    return read("prompt_tokens", "input_tokens"), read("completion_tokens", "output_tokens")
 
 
 def partial_usage(log_kwargs: Mapping[str, Any]) -> tuple[int, int, float] | None:
@@ -208,7 +245,7 @@ def attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Cand
     custom prices), falling back to the deployment's known price times the usage it reported."""
     logging_obj = request_data.get("litellm_logging_obj")
     try:
-        cost = logging_obj.response_cost_calculator(result=response)
+        cost = litellm_versions.attempt_cost(logging_obj, response)
         if cost is not None:
             return float(cost)
     except Exception:

@@ -108,7 +108,7 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str, nam
         # too); a later request reusing it gets a new id, a concurrent one a copy
         state = adapter.open_request(kwargs, metadata_field, call=name)
         try:
-            return await method(*args, **kwargs)
+            response = await method(*args, **kwargs)
         except BaseException as exc:
             adapter.release_failed(kwargs)  # a refused or failed request keeps no state
             # A budget refusal on a fallback hop reaches LiteLLM's Router as that hop's error, and
@@ -119,6 +119,8 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str, nam
             if isinstance(refusal, BudgetRefused) and refusal is not exc:
                 raise refusal from exc
             raise
+        # settle before the caller has the answer, not on LiteLLM's logging worker (``answered``)
+        return adapter.answered(state, response, kwargs)
 
     governed.__doc__ = f"Router.{method.__name__}, governed by litellm-payg."
     return governed

@@ -262,3 +262,11 @@ def use_bundled_price_map_unless_chosen() -> None:
     LiteLLM's bundled price map, offline, unless the user chose (``LITELLM_LOCAL_MODEL_COST_MAP``
     already set). Only effective before LiteLLM is imported."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def attempt_cost(logging_obj: Any, result: Any) -> Any:
+    """LiteLLM's cost of one attempt's ``result`` by that attempt's logging object, the calculator
+    its success log uses (it knows the deployment's custom prices): ``response_cost_calculator``
+    on 1.110, ``_response_cost_calculator`` on 1.100. Raises AttributeError when neither exists."""
+    calculator = getattr(logging_obj, "response_cost_calculator", None) or getattr(logging_obj, "_response_cost_calculator")
+    return calculator(result=result)

@@ -22,12 +22,20 @@
   returned it) never reaches the hook above; LiteLLM reports it only to the failure log. Such an
   attempt's reservation is released there, or charged the same estimate when the stream had
   begun (LiteLLM recovered partial usage from it).
-* ``async_post_call_success_deployment_hook`` runs the response validators on non-stream answers.
+* ``async_post_call_success_deployment_hook`` runs inline once per answered non-stream attempt: the
+  response validators run, then the attempt is settled there with LiteLLM's real cost
+  (:meth:`PaygRouting.settle_attempt`), before the Router returns the answer. The door settles what
+  that hook never sees (:meth:`PaygRouting.answered`): an answer LiteLLM's cache served ($0, marked
+  ``cache_hit``), and a stream, when its last chunk is read or when it is dropped unread
+  (``streams.py``). An answer that reported no usage at all (LiteLLM then says 0 tokens, $0) is
+  charged an estimate instead, LiteLLM's token counter x the deployment's price, and logged and
+  marked as such (:meth:`PaygRouting._estimate_missing_usage`): it billed, so it must not be
+  recorded at $0. Every path charges through one function (:meth:`PaygRouting.settle_answer`).
 * ``async_log_success_event`` (LiteLLM's background worker, after the answer; for streams, after the
-  last chunk) settles the reservation with LiteLLM's real ``response_cost`` and records latency. An
-  answer that reported no usage at all (LiteLLM then says 0 tokens, $0) is charged an estimate
-  instead, LiteLLM's token counter x the deployment's price, and logged and marked as such
-  (:meth:`PaygRouting._estimate_missing_usage`): it billed, so it must not be recorded at $0.
+  last chunk) settles what is still open then (the proxy's disconnect billing, call types priced
+  per unit) the same way; an attempt settled inline has no reservation left, so it is not charged
+  twice. A script whose event loop ends right after its last call never runs this worker: that is
+  why answers are settled inline.
 * The decision of each attempt (the pick it went to, and why the others were not) goes to the
   ``payg_decision`` observers once per attempt, and is stamped on the request's ``metadata`` dict
   (``payg_decision``) as an output: the plugin never reads it back.
@@ -55,6 +63,7 @@ from litellm_payg.adapter import charges
 from litellm_payg.adapter import litellm_fixes
 
 from litellm_payg.adapter import litellm_versions
+from litellm_payg.adapter import streams
 from litellm_payg.core.decision import Candidate, Outcome, RouteRequest
 from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
@@ -686,13 +695,29 @@ class PaygRouting(CustomLogger):
         return kwargs
 
     async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
-        """A non-stream attempt answered after an earlier attempt of the same request was rejected
-        by the validators: charge it now. LiteLLM logs one success per request, and it already
-        logged the rejected answer's, so no success *log* event will come for this one. Otherwise
-        the log event below settles it with LiteLLM's ``response_cost`` (computed once, by LiteLLM).
+        """Settle a non-stream attempt the moment it is answered (:meth:`settle_attempt`), unless
+        the response guard runs: then the guard settles it once the validators accepted it, so
+        which of the two LiteLLM calls first does not matter."""
+        if self._guard is None:
+            self.settle_attempt(request_data, response, call_type)
+        return None
 
-        A Google ``generateContent`` answer is charged here too: LiteLLM 1.110 may log no success
-        event for it, so waiting for one would leave the reservation to expire."""
+    def settle_attempt(self, request_data: Mapping[str, Any], response: Any, call_type: Any) -> None:
+        """Settle an answered non-stream attempt inline, before LiteLLM returns it to the Router.
+
+        Why here and not only in the door: LiteLLM runs this hook once per *attempt*, inside the
+        attempt, with that attempt's deployment (``model_info``) and logging object (its cost
+        calculator knows the deployment's custom prices), before the Router decides on a retry or
+        a fallback and before the caller gets the answer. The door sees only the request's final
+        response, after all of that. So every answered attempt is charged here, by the function the
+        success log uses (:meth:`settle_answer`), and LiteLLM's later success log finds no
+        reservation and charges nothing. What this hook never sees is settled by the door
+        (:meth:`answered`: cache hits, streams, call types LiteLLM runs no hook for).
+
+        An answer with neither usage nor a LiteLLM cost (images, audio, ... priced per unit) is
+        left to the success log, which prices it: charging it $0 here would lose its cost. A
+        Google ``generateContent`` answer is charged from its own ``usageMetadata``: LiteLLM 1.110
+        may log no success event for it at all."""
         if request_data.get("stream"):
             return None
         ours = self._ours(request_data)
@@ -702,20 +727,57 @@ class PaygRouting(CustomLogger):
         if "generate_content" in str(call_type) and isinstance(response, Mapping):
             self._charge_generate_content(state, deployment_id, response, request_data.get("model"))
             return None
-        if not state.rejected:
+        prompt_tokens, completion_tokens = charges.answer_tokens(response)
+        cost = _Once(lambda: charges.attempt_cost(request_data, response, self._candidates.get(deployment_id)))
+        if not (prompt_tokens or completion_tokens or isinstance(response, litellm.ModelResponse) or cost()):
             return None
-        charge = self._charge_inline(request_data, response, state, deployment_id)
-        if charge is None:
-            return None  # already charged (the guard ran first and rejected it)
         latency = charges.elapsed(request_data)
-        if self.engine.health is not None:
-            self.engine.health.record(deployment_id, ok=True, latency_s=latency)
-        self._emit(
-            state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=request_data.get("model"),
-            prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
-            usage_estimated=charge.estimated,
+        self.settle_answer(
+            state, deployment_id, response, prompt_tokens, completion_tokens, litellm_cost=cost,
+            messages=request_data.get("messages"), tools=charges.tools_of(request_data), model=request_data.get("model"),
+            latency=latency, ttft=latency,  # a whole answer: its first token came with its last (as LiteLLM logs it)
         )
         return None
+
+    def answered(self, state: RequestState, response: Any, request: Mapping[str, Any]) -> Any:
+        """The door's part once the Router returned ``response`` for the request ``state``:
+        settle what no per-attempt hook settled, so nothing of an answered request waits for
+        LiteLLM's logging worker (which an exiting script never runs).
+
+        * A stream is settled when its last chunk is read, or, left unread, when it is dropped
+          (:func:`litellm_payg.adapter.streams.settle_when_read`); it is returned as the same object.
+        * An answer LiteLLM's cache served never reached a deployment hook: it is settled here at
+          $0 and marked ``cache_hit`` (the provider was not called).
+        * Any other answer whose attempt is still open (a call type LiteLLM runs no hook for) is
+          settled with the cost LiteLLM stamped on it (``_hidden_params["response_cost"]``).
+        """
+        if state.finished:
+            return response
+        if not state.open_reservations:  # the per-attempt hook settled it
+            self._finish(state)
+            return response
+        if streams.is_stream(response):
+            return streams.settle_when_read(self, state, response, request)
+        hidden = getattr(response, "_hidden_params", None)
+        deployment_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
+        if deployment_id is None:
+            return response  # not a response the Router stamped: LiteLLM's success log settles it
+        deployment_id = str(deployment_id)
+        prompt_tokens, completion_tokens = charges.answer_tokens(response)
+        cache_hit = charges.served_from_cache(response)
+        stamped = hidden.get("response_cost")
+        if not (cache_hit or prompt_tokens or completion_tokens or stamped):
+            return response  # nothing to price it by yet: LiteLLM's success log will say
+        ms = hidden.get("_response_ms")
+        latency = None if cache_hit or not isinstance(ms, (int, float)) else ms / 1000
+        self.settle_answer(
+            state, deployment_id, response, prompt_tokens, completion_tokens, litellm_cost=lambda: stamped,
+            messages=request.get("messages"), tools=charges.tools_of(request), model=hidden.get("litellm_model_name"),
+            latency=latency, ttft=latency, cache_hit=cache_hit,
+        )
+        if not state.open_reservations:
+            self._finish(state)
+        return response
 
     def _charge_generate_content(self, state: RequestState, deployment_id: str, response: Mapping[str, Any], model: Any) -> None:
         """Charge a Google ``generateContent`` answer from its own ``usageMetadata`` (prompt, and
@@ -736,23 +798,17 @@ class PaygRouting(CustomLogger):
         self._finish(state)
 
     def _charge_inline(self, request_data: Mapping[str, Any], response: Any, state: RequestState, deployment_id: str) -> charges.Charge | None:
-        """Charge a non-stream answer before LiteLLM's logging worker would (see the callers)."""
+        """Settle a non-stream answer the validators rejected (it billed): the charge of
+        :meth:`_charge_answer`, without the success outcome (the caller reports a failure)."""
         reservation_id = state.pop_reservation(deployment_id)
         if reservation_id is None:
             return None
-        candidate = self._candidates.get(deployment_id)
-        usage = getattr(response, "usage", None)
-        prompt_tokens, completion_tokens = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-        if charges.usage_missing(response, prompt_tokens, completion_tokens):
-            charge = self._estimate_missing_usage(
-                deployment_id, reservation_id, request_data.get("messages"), charges.tools_of(request_data), response,
-                state, request_data.get("model"),
-            )
-        else:
-            cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
-            if cost is None:
-                cost = charges.attempt_cost(request_data, response, candidate)
-            charge = charges.Charge(cost, prompt_tokens, completion_tokens)
+        prompt_tokens, completion_tokens = charges.answer_tokens(response)
+        charge = self._charge_answer(
+            deployment_id, reservation_id, response, prompt_tokens, completion_tokens,
+            lambda: charges.attempt_cost(request_data, response, self._candidates.get(deployment_id)),
+            request_data.get("messages"), charges.tools_of(request_data), state, request_data.get("model"),
+        )
         self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
         return charge
 
@@ -829,7 +885,6 @@ class PaygRouting(CustomLogger):
             return None
         candidate = self._candidates.get(deployment_id)
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
-        state.rejected = True  # the next attempt's answer gets no success log event: charge it inline
         charge = self._charge_inline(request_data, response, state, deployment_id)  # it billed: still paid for
         if self.engine.health is not None:
             self.engine.health.record(deployment_id, ok=False)
@@ -843,8 +898,9 @@ class PaygRouting(CustomLogger):
     # -- outcomes, from LiteLLM's logging worker --------------------------------------------------
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        """Answers are charged here with LiteLLM's ``response_cost`` (streams once the last chunk
-        is in), and their latency recorded. An answer without usage is charged an estimate
+        """An answer still unsettled when LiteLLM logs it is charged here with LiteLLM's
+        ``response_cost`` (:meth:`settle_answer`), and its latency recorded; one settled inline
+        (the usual case) is not charged again. An answer without usage is charged an estimate
         (:meth:`_estimate_missing_usage`); a stream without usage is not one: LiteLLM already
         counted its tokens, and its ``response_cost`` prices them."""
         state = self.states.find(metadata_of(kwargs.get("litellm_params") or {}))
@@ -852,52 +908,84 @@ class PaygRouting(CustomLogger):
             return  # another router's request (or another policy's, attached before or after this one)
         slo = kwargs.get("standard_logging_object") or {}
         deployment_id = str(slo.get("model_id") or ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id"))
-        reservation_id = state.pop_reservation(deployment_id)
-        if reservation_id is None:
-            self._finish(state)
-            return  # already charged inline
         model = (kwargs.get("litellm_params") or {}).get("model") or kwargs.get("model")
         prompt_tokens, completion_tokens = charges.reported_tokens(slo, response_obj)
-        if charges.usage_missing(response_obj, prompt_tokens, completion_tokens):
-            charge = self._estimate_missing_usage(
-                deployment_id, reservation_id, kwargs.get("messages"), charges.tools_of(kwargs), response_obj, state, model
-            )
-        else:
-            candidate = self._candidates.get(deployment_id)
-            cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
-            if cost is None:
-                cost = float(kwargs.get("response_cost") or 0.0)
-            if cost == 0.0 and (prompt_tokens or completion_tokens):
-                # LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2): price
-                # them at the deployment's price, the one the reservation used
-                priced = charges.price_tokens(candidate, model or "", int(prompt_tokens or 0), int(completion_tokens or 0))
-                cost = priced if priced is not None else cost
-            charge = charges.Charge(cost, prompt_tokens, completion_tokens)
-        if charges.client_disconnected(kwargs):
+        disconnected = charges.client_disconnected(kwargs)
+        charge = self.settle_answer(
+            state, deployment_id, response_obj, prompt_tokens, completion_tokens,
+            litellm_cost=lambda: kwargs.get("response_cost"),
+            messages=kwargs.get("messages"), tools=charges.tools_of(kwargs), model=model,
+            latency=charges.seconds(slo.get("startTime"), slo.get("endTime")),
+            ttft=charges.seconds(slo.get("startTime"), slo.get("completionStartTime")),
+            cache_hit=kwargs.get("cache_hit") is True, abandoned="client_disconnected" if disconnected else None,
+        )
+        if charge is not None and disconnected:
             # the proxy's disconnect billing: LiteLLM assembled what was streamed before the client
             # went away and counted it; the provider may have generated (and billed) more
-            charge = dataclasses.replace(charge, abandoned=True)
             logger.warning(
                 "litellm-payg: the client of a stream from deployment %s disconnected; charged LiteLLM's count "
                 "of what was streamed, $%s (%s prompt + %s completion tokens), marked as an estimate",
                 deployment_id, charges.usd(charge.cost), charge.prompt_tokens, charge.completion_tokens,
             )
-        latency = charges.seconds(slo.get("startTime"), slo.get("endTime"))
-        ttft = charges.seconds(slo.get("startTime"), slo.get("completionStartTime"))
+        self._finish(state)
+
+    def settle_answer(
+        self, state: RequestState, deployment_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any, *,
+        litellm_cost: Callable[[], Any], messages: Any, tools: Any, model: Any, latency: float | None,
+        ttft: float | None, cache_hit: bool = False, abandoned: str | None = None,
+    ) -> charges.Charge | None:
+        """Settle the open reservation of an answered attempt on ``deployment_id``: charge it
+        (:meth:`_charge_answer`), record its latency, tell the ``payg_outcome`` observers. Returns
+        the charge, or None when the attempt was already settled: whichever of the inline paths
+        (the per-attempt hook, the door, the stream's last chunk) and LiteLLM's later success log
+        comes first settles it, the others find no reservation and charge nothing."""
+        reservation_id = state.pop_reservation(deployment_id)
+        if reservation_id is None:
+            return None
+        charge = self._charge_answer(deployment_id, reservation_id, response, prompt_tokens, completion_tokens,
+                                     litellm_cost, messages, tools, state, model, cache_hit)
+        if abandoned is not None:
+            charge = dataclasses.replace(charge, abandoned=True, abandoned_because=abandoned)
         self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs)
         self._emit(
             state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
             prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
             usage_estimated=charge.estimated,
         )
-        self._finish(state)
+        return charge
+
+    def _charge_answer(
+        self, deployment_id: str, reservation_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any,
+        litellm_cost: Callable[[], Any], messages: Any, tools: Any, state: RequestState, model: Any,
+        cache_hit: bool = False,
+    ) -> charges.Charge:
+        """What an answer is charged, wherever it is settled: nothing for an answer LiteLLM's cache
+        served (the provider was not called; marked ``cache_hit``); an estimate for an answer that
+        reported no usage (:meth:`_estimate_missing_usage`); the policy's own price for a
+        deployment it prices; else LiteLLM's cost (``litellm_cost``: its logging payload's
+        ``response_cost``, or its calculator run on the response inline), and the deployment's
+        price where LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2)."""
+        if cache_hit:
+            return charges.Charge(0.0, prompt_tokens, completion_tokens, cache_hit=True)
+        if charges.usage_missing(response, prompt_tokens, completion_tokens):
+            return self._estimate_missing_usage(deployment_id, reservation_id, messages, tools, response, state, model)
+        candidate = self._candidates.get(deployment_id)
+        cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
+        if cost is None:
+            cost = float(litellm_cost() or 0.0)
+        if cost == 0.0 and (prompt_tokens or completion_tokens):
+            priced = charges.price_tokens(candidate, str(model or ""), int(prompt_tokens or 0), int(completion_tokens or 0))
+            cost = priced if priced is not None else cost
+        return charges.Charge(cost, prompt_tokens, completion_tokens)
 
     def _finish(self, state: RequestState) -> None:
         """The request was answered: its state is released now, unless the proxy's response headers
         (:attr:`late_headers`) have not read its decision yet; then only what its next attempt would
-        need is dropped, and the state stays among the last finished (bounded) until they do."""
+        need is dropped, and the state stays among the last finished (bounded) until they do, keeping
+        of its request only the run it belongs to (:class:`AnsweredRequest`, what the headers report)."""
         self.states.finished(state)
-        state.request = None
+        if state.request is not None and not isinstance(state.request, AnsweredRequest):
+            state.request = AnsweredRequest(session=getattr(state.request, "session", None))
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
@@ -947,7 +1035,8 @@ class ResponseGuard(CustomGuardrail):
         self.adapter = adapter
 
     async def async_post_call_success_deployment_hook(self, request_data, response, call_type):
-        await self.adapter.check_response(request_data, response)
+        await self.adapter.check_response(request_data, response)  # raises (after charging it) if rejected
+        self.adapter.settle_attempt(request_data, response, call_type)  # accepted: settle it now
         return None
 
 
@@ -955,6 +1044,28 @@ def _characters(request_kwargs: Mapping[str, Any]) -> int | None:
     """The characters of a speech request's ``input``, what a per-character price bills."""
     text = request_kwargs.get("input")
     return len(text) if isinstance(text, str) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class AnsweredRequest:
+    """What a finished request's state keeps of its RouteRequest: the run (``session``) the
+    proxy's response headers report on. The rest (its metadata, the prompt's parts) is dropped."""
+
+    session: Any
+
+
+class _Once:
+    """A zero-argument function's value, computed on the first call only (LiteLLM's cost
+    calculator is not free, and a charge may not need it)."""
+
+    def __init__(self, compute: Callable[[], Any]):
+        self._compute: Callable[[], Any] | None = compute
+        self._value: Any = None
+
+    def __call__(self) -> Any:
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value
 
 
 def _trace(request_kwargs: Mapping[str, Any]) -> str | None:

@@ -58,8 +58,6 @@ class RequestState:
     request: Any = None
     #: the last pick's decision as stamped for observers (``payg_decision``)
     decision: dict[str, Any] | None = None
-    #: an answer of this request was rejected by a validator: the next one is charged inline
-    rejected: bool = False
     #: picks made so far (each gets its own reservation id)
     picks: int = 0
     #: LiteLLM call ids of attempts the failure hook already handled
