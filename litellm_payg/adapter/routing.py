@@ -56,6 +56,7 @@ from litellm_payg.adapter import litellm_fixes
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.decision import Candidate, Outcome, RouteRequest
+from litellm_payg.core.feasibility import Needs
 from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import InvalidAmount, PaygError
@@ -107,6 +108,9 @@ class PaygRouting(CustomLogger):
         self._candidates: dict[str, Candidate] = {}
         self._groups: frozenset[str] = frozenset()
         self._deployment_names: dict[str, set[str]] = {}
+        self._vision_varies = False
+        self._tag_routing = False
+        self._region_checks = False
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
         self._router_ref: weakref.ReferenceType[Any] | None = None
@@ -126,6 +130,9 @@ class PaygRouting(CustomLogger):
             self._unwrap = None
         self._router_ref = weakref.ref(router)
         self._load(litellm_versions.deployments(router))
+        self._tag_routing = self._tag_routing or bool(litellm_versions.router_setting(router, "enable_tag_filtering"))
+        #: LiteLLM compares ``allowed_model_region`` to ``region_name`` only with pre-call checks on
+        self._region_checks = bool(litellm_versions.router_setting(router, "enable_pre_call_checks"))
         by_group: dict[str, list[Candidate]] = {}
         for c in self._candidates.values():
             by_group.setdefault(c.group, []).append(c)
@@ -166,6 +173,11 @@ class PaygRouting(CustomLogger):
             str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
         }
         self._groups = frozenset(c.group for c in self._candidates.values())
+        #: whether a request must be looked at for LiteLLM's vision check (some deployment declares none)
+        self._vision_varies = any(c.no_vision for c in self._candidates.values())
+        #: whether LiteLLM's tag routing may apply to every request (the Router's setting or a
+        #: deployment's ``model_info.enable_tag_filtering``); a request may also ask for it
+        self._tag_routing = any((d.get("model_info") or {}).get("enable_tag_filtering") for d in deployments)
         #: a deployment's id or model string -> the groups it serves (what a client may name instead)
         self._deployment_names: dict[str, set[str]] = {}
         for c in self._candidates.values():
@@ -307,7 +319,8 @@ class PaygRouting(CustomLogger):
                 field="model",
             )
             raise state.final_error
-        request = self.route_request(group, candidates, messages, request_kwargs, metadata, state)
+        needs = await self._needs(model, healthy_deployments, messages, request_kwargs)
+        request = self.route_request(group, candidates, messages, request_kwargs, metadata, state, needs)
         last, state.last_failure = state.last_failure, None
         failed = None if last is None else (last[0], self._candidates.get(last[0]), diagnose(last[1]))
         reservation_id = state.next_reservation_id()
@@ -333,6 +346,34 @@ class PaygRouting(CustomLogger):
             if c is pick:  # the same object, as a rule passes candidates through
                 return [d]
         return [d for d, c in zip(healthy_deployments, candidates) if c.deployment_id == chosen_id]
+
+    async def _needs(self, model: str, deployments: list, messages: Any, request_kwargs: Mapping[str, Any]) -> Needs | None:
+        """What LiteLLM's own checks, which run after this filter, ask of a deployment for this
+        request (``core/feasibility.py`` applies them before the rules): image content while some
+        deployment declares no vision, ``allowed_model_region`` under pre-call checks, an order
+        fallback's target order, and the deployments LiteLLM's tag routing keeps (worked out by
+        LiteLLM's own ``get_deployments_for_tag``). None, without reading the request, when none
+        of these can apply."""
+        image = self._vision_varies and litellm_versions.request_has_image(messages, request_kwargs)
+        region = request_kwargs.get("allowed_model_region") if self._region_checks else None
+        order = request_kwargs.get("_target_order")
+        order = order if isinstance(order, int) and not isinstance(order, bool) else None
+        tag_kept: frozenset[str] | None = None
+        reason = ""
+        if self._tag_routing or request_kwargs.get("enable_tag_filtering") is True:
+            router = self._router_ref() if self._router_ref else None
+            try:
+                kept = await litellm_versions.deployments_for_tag(router, model, list(deployments), request_kwargs)
+            except Exception:  # noqa: BLE001 - LiteLLM's own tag check raises it again after this filter
+                kept = None
+            if kept is not None and len(kept) != len(deployments):
+                tag_kept = frozenset(str((d.get("model_info") or {}).get("id")) for d in kept)
+                tags = (metadata_of(request_kwargs) or {}).get("tags")
+                reason = f"the deployment's tags do not match the request's tags {tags!r}"
+        if not image and region is None and order is None and tag_kept is None:
+            return None
+        return Needs(image=image, region=None if region is None else str(region), target_order=order,
+                     tag_kept=tag_kept, tag_reason=reason)
 
     def _release_unsent(self, state: RequestState) -> None:
         """Free the reservation of a pick that never became an attempt.
@@ -362,6 +403,7 @@ class PaygRouting(CustomLogger):
         request_kwargs: Mapping[str, Any],
         metadata: Mapping[str, Any],
         state: RequestState,
+        needs: Needs | None = None,
     ) -> RouteRequest:
         """What the policy decides on, from the plugin's own state (identity, the prompt counted
         once) and the request's already checked fields; never from ``payg_*`` metadata.
@@ -397,6 +439,7 @@ class PaygRouting(CustomLogger):
             # worked out only if a rule reads it (quality_floor), like the count itself
             prompt_tokens_at_most=None if state.prompt_tokens is not None else lambda: prompt_tokens_at_most(
                 {**{name: request_kwargs.get(name) for name in _PROMPT_PARTS}, "messages": messages or request_kwargs.get("messages")}),
+            needs=needs,
         )
 
     @staticmethod
@@ -945,7 +988,7 @@ def attach(
     and each request gets the plugin's id), and routes ``router.completion`` (sync) through the
     async path so it is governed too. ``engine.detach()`` undoes all of it.
     """
-    loaded = policy if isinstance(policy, Policy) else load_policy(policy)
+    loaded = policy if isinstance(policy, Policy) else load_policy(policy, deployments_known=True)  # bind checks prices
     engine = Engine(loaded, ledger=ledger, clock=clock or time.time)
     adapter = PaygRouting(engine)
     adapter.install(router)

@@ -32,8 +32,19 @@ class Candidate:
     quality: float | None = None
     max_input_tokens: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
-    #: where the price came from: "policy" (``models:``), "deployment" (``litellm_params``), "litellm"
+    #: where the price came from: "policy" (``models:``), "deployment" (its ``litellm_params`` or
+    #: ``model_info``), "litellm" (the price map, for the deployment's ``base_model`` or model)
     price_source: str | None = None
+    #: what LiteLLM's own checks read of the deployment (``feasibility.py``), worked out at bind time:
+    #: LiteLLM's context window for it (its ``model_info.max_input_tokens``, else the price map's)
+    litellm_max_input_tokens: int | None = None
+    #: the deployment declares no vision (``model_info.supports_vision: false``, or the price map
+    #: says so): LiteLLM keeps image requests away from it while another deployment takes them
+    no_vision: bool = False
+    #: ``litellm_params.order``: LiteLLM sends a request to the lowest order first
+    order: int | None = None
+    #: ``litellm_params.region_name``, which LiteLLM's pre-call checks match ``allowed_model_region`` to
+    region: str | None = None
 
     @property
     def priced(self) -> bool:
@@ -133,6 +144,9 @@ class RouteRequest:
     #: or None: a rule whose outcome is the same for any size up to it need not count the prompt.
     #: Like ``prompt_tokens`` it may be given as a callable, worked out on the first read
     prompt_tokens_at_most: int | None = _CountedOnRead(default=None)  # type: ignore[assignment]
+    #: what LiteLLM's own checks ask of a deployment for this request (``feasibility.Needs``), or
+    #: None: nothing beyond the prompt's size
+    needs: Any = None
 
     def prompt_range(self) -> tuple[int, int] | None:
         """``(lowest, highest)`` prompt tokens this request may have without counting it: the count

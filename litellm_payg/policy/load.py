@@ -147,20 +147,28 @@ class Policy:
         return _nearest_line(self.lines, path)
 
 
-def load_policy(src: str | Path | Mapping[str, Any]) -> Policy:
-    """Load a policy from a YAML file path or an already parsed mapping."""
+def load_policy(src: str | Path | Mapping[str, Any], *, deployments_known: bool = False) -> Policy:
+    """Load a policy from a YAML file path or an already parsed mapping.
+
+    ``deployments_known``: the caller checks the policy against the deployments it will govern
+    (``Engine.check_deployments``: a Router, or a config's ``model_list``), which prices each one
+    as LiteLLM does, from its own ``model_info`` too. The load then leaves the price check to that:
+    a rule may name a deployment id (``use: instance_A_65k``) that no price map knows. Without
+    deployments, a model a cost rule names must be priced by LiteLLM's map or the policy."""
     if isinstance(src, Mapping):
-        return parse_policy(src, source=None, lines={}, base_dir=Path.cwd())
+        return parse_policy(src, source=None, lines={}, base_dir=Path.cwd(), check_prices=not deployments_known)
     path = Path(src)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([Problem("", f"cannot read policy file: {exc.strerror or exc}")], str(path)) from None
     data, lines = _parse_yaml(text, str(path))
-    return parse_policy(data, source=str(path), lines=lines, base_dir=path.resolve().parent)
+    return parse_policy(data, source=str(path), lines=lines, base_dir=path.resolve().parent,
+                        check_prices=not deployments_known)
 
 
-def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_dir: Path) -> Policy:
+def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_dir: Path,
+                 check_prices: bool = True) -> Policy:
     if not isinstance(data, Mapping):
         raise PolicyError(
             [Problem("", f"expected a mapping with 'version: 1' and 'routes:', got {type(data).__name__}", 1)],
@@ -249,7 +257,8 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         policy.validators = build_validators(doc.validate_, base_dir)
     except (ValueError, OSError) as exc:
         raise PolicyError([Problem("validate", str(exc), _nearest_line(lines, ("validate",)))], source) from None
-    _check_prices(policy)
+    if check_prices:
+        _check_prices(policy)
     return policy
 
 
@@ -269,7 +278,9 @@ def _check_prices(policy: Policy) -> None:
                         field_path,
                         f"no known price for model {ref!r}: it is not in LiteLLM's price map and the policy gives none",
                         policy.line_of(_undotted(field_path)) or spec.line,
-                        hint=f"add 'models: {{{ref}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' to the policy",
+                        hint=f"add 'models: {{{ref}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' to the policy; "
+                        "a deployment priced in its model_info (input_cost_per_token, output_cost_per_token or "
+                        "base_model) is checked with --config config.yaml",
                     ))
     if problems:
         from litellm_payg.core.errors import UnknownPriceError
