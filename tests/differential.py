@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import fnmatch
 import itertools
 import json
 import os
@@ -102,6 +103,29 @@ class Scenario:
     def deployment_ids(self) -> list[str]:
         return [str(d["model_info"]["id"]) for d in self.model_list]
 
+    def groups_reached(self, model: str) -> set[str]:
+        """The groups a request for ``model`` may be served from: the group (through
+        ``model_group_alias`` and wildcard routes) and every fallback group it leads to."""
+        aliases = self.router_kwargs.get("model_group_alias") or {}
+        names = {d["model_name"] for d in self.model_list}
+        start = {aliases.get(model, model)} | {n for n in names if "*" in n and fnmatch.fnmatch(model, n)}
+        reached, todo = set(), list(start)
+        chains = [*(self.router_kwargs.get("fallbacks") or []), *(self.router_kwargs.get("context_window_fallbacks") or [])]
+        while todo:
+            group = todo.pop()
+            if group in reached:
+                continue
+            reached.add(group)
+            for chain in chains:
+                todo.extend(chain.get(group) or [])
+        return reached
+
+    def relevant(self, deployment_id: str, request: "Request") -> bool:
+        """Whether pinning ``deployment_id`` can tell anything about ``request`` (it is in a group the
+        request can reach): the oracle only asks about those, which keeps it fast."""
+        group = next(d["model_name"] for d in self.model_list if str(d["model_info"]["id"]) == deployment_id)
+        return group in self.groups_reached(str(request.kwargs.get("model")))
+
 
 @dataclass
 class Outcome:
@@ -169,7 +193,8 @@ async def _call(router: Router, kwargs: Mapping[str, Any]) -> Outcome:
 
 
 async def _run(scenario: Scenario, *, policy: bool, pin: str | None = None) -> list[Outcome]:
-    """Every request of the scenario through a fresh Router (one per request unless sequential)."""
+    """Every request of the scenario through a fresh Router (one per request unless sequential);
+    with ``pin``, only the requests that deployment may serve (the others are not sent)."""
     outcomes = []
     routers: list[tuple[Router, Any]] = []
 
@@ -186,6 +211,9 @@ async def _run(scenario: Scenario, *, policy: bool, pin: str | None = None) -> l
     try:
         router = fresh() if scenario.sequential else None
         for request in scenario.requests:
+            if pin is not None and not scenario.relevant(pin, request):
+                outcomes.append(Outcome(None, "not asked"))
+                continue
             outcomes.append(await _call(router if router is not None else fresh(), request.kwargs))
     finally:
         _PIN.reset(token)

@@ -39,6 +39,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import time
 import weakref
@@ -109,6 +110,7 @@ class PaygRouting(CustomLogger):
         self._groups: frozenset[str] = frozenset()
         self._deployment_names: dict[str, set[str]] = {}
         self._vision_varies = False
+        self._patterns: tuple[str, ...] = ()
         self._tag_routing = False
         self._region_checks = False
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
@@ -173,6 +175,9 @@ class PaygRouting(CustomLogger):
             str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
         }
         self._groups = frozenset(c.group for c in self._candidates.values())
+        #: the wildcard routes (``openai/*``): LiteLLM sends a model name they match to them, even
+        #: one that is also a deployment's model string
+        self._patterns = tuple(g for g in self._groups if "*" in g)
         #: whether a request must be looked at for LiteLLM's vision check (some deployment declares none)
         self._vision_varies = any(c.no_vision for c in self._candidates.values())
         #: whether LiteLLM's tag routing may apply to every request (the Router's setting or a
@@ -223,6 +228,8 @@ class PaygRouting(CustomLogger):
         named = sorted(self._deployment_names.get(model, ()))
         if not named:
             return model
+        if self._patterns and model not in self._candidates and any(fnmatch.fnmatchcase(model, p) for p in self._patterns):
+            return model  # LiteLLM routes it to the wildcard route, not to the deployment with that model
         if self.engine.policy.direct_deployments == "route" and len(named) == 1:
             return named[0]
         raise InvalidRequest(
@@ -312,7 +319,8 @@ class PaygRouting(CustomLogger):
             raise state.final_error
         self._release_unsent(state)
         group = candidates[0].group
-        if model != group and self._aliases.get(model) != group and not model.endswith(LARGER_CONTEXT_SUFFIX):
+        if (model != group and self._aliases.get(model) != group and not model.endswith(LARGER_CONTEXT_SUFFIX)
+                and not ("*" in group and fnmatch.fnmatchcase(model, group))):
             # a deployment named as the model past the governed doors (resolve_model)
             state.final_error = InvalidRequest(
                 f"litellm-payg: model {model!r} names a deployment of the governed group {group!r}; send model={group!r}",
