@@ -20,7 +20,7 @@ import yaml
 
 from differential import IMAGE, TOOLS, Outcome, Request, Row, Scenario, prompt, record, run_scenario, write_matrix
 from proxy_fixtures import RunningProxy, litellm_proxy_factory  # noqa: F401  (fixture)
-from test_differential import ISSUE_POLICY, _issue_deployments, dep
+from test_differential import ISSUE_POLICY, LITELLM_ROUTES_VISION, _issue_deployments, dep
 
 SMALL, BIG = 2_000, 20_000
 
@@ -92,7 +92,7 @@ REQUESTS = [
     _ask("priced", "text", "model_info prices"),
     _ask("alias", "via alias", "model_group_alias"),
     _ask("vis", "text", "vision"),
-    _ask("vis", "image", "vision", ("vision",), messages=IMAGE),
+    _ask("vis", "image", "vision", ("vision",) if LITELLM_ROUTES_VISION else (), messages=IMAGE),
     _ask("tools", "tools", "tools", tools=TOOLS),
     _ask("ord", "text", "order", ("first",)),
     _ask("tagged", "tag interactive", "tags", ("interactive",), metadata={"tags": ["interactive"]}),
