@@ -19,7 +19,8 @@ OLDEST_VENV="${PAYG_OLDEST_VENV:-.venv-litellm-oldest}"
 INTEGRATION=(tests/test_routing.py tests/test_budget_enforcement.py tests/test_failover.py
              tests/test_proxy.py tests/test_conformance_spend.py
              tests/test_trust_boundary_router.py tests/test_trust_boundary.py
-             tests/test_scopes.py tests/test_when.py tests/test_when_proxy.py tests/test_runs.py tests/test_runs_proxy.py)
+             tests/test_scopes.py tests/test_when.py tests/test_when_proxy.py tests/test_runs.py tests/test_runs_proxy.py
+             tests/test_differential.py tests/test_differential_proxy.py tests/test_feasibility.py)
 export LITELLM_LOCAL_MODEL_COST_MAP="${LITELLM_LOCAL_MODEL_COST_MAP:-True}"  # offline
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
