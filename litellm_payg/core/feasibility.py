@@ -96,7 +96,7 @@ def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | N
 
     smallest = _window_differs(current)
     if smallest is not None:
-        bound = request.prompt_tokens_at_most
+        bound = request.prompt_tokens if request.prompt_counted else request.prompt_tokens_at_most
         if bound is None or bound > smallest:
             tokens = request.prompt_tokens
             apply([c for c in current if c.litellm_max_input_tokens is None or tokens <= c.litellm_max_input_tokens],
@@ -104,8 +104,14 @@ def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | N
                              f"{c.litellm_max_input_tokens} (LiteLLM's pre-call check refuses it)"),
                   f"the prompt ({tokens} tokens) fits no deployment's context window: left to LiteLLM, which refuses it")
 
-    orders = {c.order for c in current}
-    if len(orders) > 1 or (needs is not None and needs.target_order is not None and orders != {needs.target_order}):
+    first = current[0].order if current else None
+    uneven = False
+    for c in current:
+        if c.order != first:
+            uneven = True
+            break
+    if uneven or (needs is not None and needs.target_order is not None and first != needs.target_order):
+        orders = {c.order for c in current}
         target = needs.target_order if needs is not None and needs.target_order is not None else None
         if target is None:
             ranked = [o for o in orders if o is not None]
