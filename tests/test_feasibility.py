@@ -191,3 +191,25 @@ def test_explain_shows_why_the_small_deployment_was_not_picked(issue_files, caps
     out = json.loads(capsys.readouterr().out)
     assert out["chosen"] == "instance_B_256k"
     assert out["dropped"][0]["by"] == "litellm" and "context window" in out["dropped"][0]["reason"]
+
+
+def test_tag_routing_still_applies_after_a_deployment_is_added_at_runtime() -> None:
+    """The plugin re-reads the deployments when one is added (as the proxy's ``/model/new`` does);
+    the Router's ``enable_tag_filtering`` must survive that, or tagged requests go back to failing."""
+    from litellm_payg.adapter import litellm_versions
+
+    def tagged(dep_id: str, model: str, tag: str) -> dict:
+        return {"model_name": "g", "litellm_params": {"model": model, "mock_response": f"from {dep_id}", "tags": [tag]},
+                "model_info": {"id": dep_id}}
+
+    policy = {"version": 1, "ledger": "memory://", "routes": {"g": [
+        {"cost_threshold": {"use": "cheap", "max_usd_per_1k_tokens": 1, "otherwise": "dear"}}]}}
+    with attached([tagged("cheap", "openai/gpt-4o-mini", "batch"), tagged("dear", "openai/gpt-4o", "interactive")],
+                  policy, enable_tag_filtering=True) as (router, _):
+        from litellm.types.router import Deployment
+
+        litellm_versions.add_deployment(router, Deployment(**tagged("later", "openai/gpt-4.1", "other")))
+        asyncio.run(router.acompletion(model="g", messages=[{"role": "user", "content": "hi"}], metadata={"tags": ["batch"]}))
+        response = asyncio.run(router.acompletion(model="g", messages=[{"role": "user", "content": "hi"}],
+                                                  metadata={"tags": ["interactive"]}))
+    assert response._hidden_params["model_id"] == "dear"

@@ -112,6 +112,7 @@ class PaygRouting(CustomLogger):
         self._vision_varies = False
         self._patterns: tuple[str, ...] = ()
         self._tag_routing = False
+        self._tag_routing_setting = False
         self._region_checks = False
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
@@ -132,7 +133,7 @@ class PaygRouting(CustomLogger):
             self._unwrap = None
         self._router_ref = weakref.ref(router)
         self._load(litellm_versions.deployments(router))
-        self._tag_routing = self._tag_routing or bool(litellm_versions.router_setting(router, "enable_tag_filtering"))
+        self._tag_routing_setting = bool(litellm_versions.router_setting(router, "enable_tag_filtering"))
         #: LiteLLM compares ``allowed_model_region`` to ``region_name`` only with pre-call checks on
         self._region_checks = bool(litellm_versions.router_setting(router, "enable_pre_call_checks"))
         by_group: dict[str, list[Candidate]] = {}
@@ -368,7 +369,7 @@ class PaygRouting(CustomLogger):
         order = order if isinstance(order, int) and not isinstance(order, bool) else None
         tag_kept: frozenset[str] | None = None
         reason = ""
-        if self._tag_routing or request_kwargs.get("enable_tag_filtering") is True:
+        if self._tag_routing or self._tag_routing_setting or request_kwargs.get("enable_tag_filtering") is True:
             router = self._router_ref() if self._router_ref else None
             try:
                 kept = await litellm_versions.deployments_for_tag(router, model, list(deployments), request_kwargs)
