@@ -122,6 +122,23 @@ def test_the_lowest_order_goes_first_and_no_order_comes_last() -> None:
     assert [c.deployment_id for c in feasible(request, candidates).kept] == ["one"]
 
 
+def test_usage_based_routing_limits_pass_a_deployment_over() -> None:
+    candidates = [_candidate("rpm-full", None), _candidate("tpm-full", None), _candidate("room", None)]
+    usage = {"rpm-full": (1, 0, 2.0, float("inf")), "tpm-full": (0, 990, float("inf"), 1000.0),
+             "room": (0, 0, 100.0, 1e6)}
+    request = RouteRequest("g", prompt_tokens=20, output_tokens=10, needs=Needs(usage=usage))
+    step = feasible(request, candidates)
+    assert [c.deployment_id for c in step.kept] == ["room"]
+    assert [d.reason.split(":")[0] for d in step.dropped] == ["rpm", "tpm"]
+
+
+def test_a_tpm_with_room_for_the_byte_bound_does_not_count_the_prompt() -> None:
+    usage = {"a": (0, 100, float("inf"), 10_000.0)}
+    request = RouteRequest("g", prompt_tokens=_never_counted, output_tokens=10, prompt_tokens_at_most=500,
+                           needs=Needs(usage=usage))
+    assert feasible(request, [_candidate("a", None), _candidate("b", None)]) is None
+
+
 def test_no_vision_anywhere_keeps_everyone() -> None:
     candidates = [_candidate("a", None, no_vision=True), _candidate("b", None, no_vision=True)]
     request = RouteRequest("g", prompt_tokens=_never_counted, output_tokens=10, needs=Needs(image=True))

@@ -315,3 +315,21 @@ async def deployments_for_tag(router: Any, model: str, healthy: list, request_kw
                                              request_kwargs=kwargs, metadata_variable_name=variable, **extra)
     return await get_deployments_for_tag(llm_router_instance=router, model=model, healthy_deployments=healthy,
                                          request_kwargs=kwargs, metadata_variable_name=variable)
+
+
+def usage_counts(router: Any, deployments: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(requests, tokens) LiteLLM's usage-based routing counted for each deployment this minute, read
+    from the Router's routing-state cache with LiteLLM's own key names (``<id>:<model>:rpm:<HH-MM>``,
+    ``...:tpm:...``; ``health().store`` from 1.109.0, before that the ``cache`` attribute), in
+    process memory only: what this process counted, as LiteLLM's pre-call check reads it first."""
+    from datetime import datetime, timezone
+
+    store = router.health().store if _has_router_api(router) else router.cache
+    minute = datetime.now(timezone.utc).strftime("%H-%M")
+    out = []
+    for d in deployments:
+        prefix = f"{(d.get('model_info') or {}).get('id')}:{(d.get('litellm_params') or {}).get('model')}"
+        requests = store.get_cache(key=f"{prefix}:rpm:{minute}", local_only=True)
+        tokens = store.get_cache(key=f"{prefix}:tpm:{minute}", local_only=True)
+        out.append((int(requests or 0), int(tokens or 0)))
+    return out

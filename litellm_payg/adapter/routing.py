@@ -84,6 +84,25 @@ OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 #: the parts of a request's prompt besides its messages (``pricing.count_request_tokens``)
 _PROMPT_PARTS = ("tools", "input", "instructions", "system", "prompt")
 
+def _limits_of(deployment: Mapping[str, Any]) -> tuple[float, float] | None:
+    """A deployment's (rpm, tpm) as LiteLLM's usage-based routing reads them (the deployment's own
+    key, else ``litellm_params``, else ``model_info``; none is unlimited), or None without either."""
+    found = []
+    for name in ("rpm", "tpm"):
+        value = None
+        for source in (deployment, deployment.get("litellm_params") or {}, deployment.get("model_info") or {}):
+            if source.get(name) is not None:
+                value = source.get(name)
+                break
+        found.append(value)
+    if found == [None, None]:
+        return None
+    try:
+        return tuple(float("inf") if v is None else float(v) for v in found)  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        return None
+
+
 #: the live adapters, to tell a request that bypassed this router's routing from one of another
 #: router that governs the same deployment ids (two Routers built from one config)
 _LIVE: "weakref.WeakSet[PaygRouting]" = weakref.WeakSet()
@@ -114,6 +133,8 @@ class PaygRouting(CustomLogger):
         self._tag_routing = False
         self._tag_routing_setting = False
         self._region_checks = False
+        self._limits: dict[str, tuple[float, float]] = {}
+        self._usage_routing = False
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
         self._router_ref: weakref.ReferenceType[Any] | None = None
@@ -134,6 +155,8 @@ class PaygRouting(CustomLogger):
         self._router_ref = weakref.ref(router)
         self._load(litellm_versions.deployments(router))
         self._tag_routing_setting = bool(litellm_versions.router_setting(router, "enable_tag_filtering"))
+        #: LiteLLM's usage-based selection passes over deployments at their rpm/tpm after this filter
+        self._usage_routing = litellm_versions.router_setting(router, "routing_strategy") == "usage-based-routing-v2"
         #: LiteLLM compares ``allowed_model_region`` to ``region_name`` only with pre-call checks on
         self._region_checks = bool(litellm_versions.router_setting(router, "enable_pre_call_checks"))
         by_group: dict[str, list[Candidate]] = {}
@@ -184,6 +207,8 @@ class PaygRouting(CustomLogger):
         #: whether LiteLLM's tag routing may apply to every request (the Router's setting or a
         #: deployment's ``model_info.enable_tag_filtering``); a request may also ask for it
         self._tag_routing = any((d.get("model_info") or {}).get("enable_tag_filtering") for d in deployments)
+        #: the rpm/tpm limits LiteLLM's usage-based routing reads, by deployment id (``_limits_of``)
+        self._limits = {str(d["model_info"]["id"]): limits for d in deployments if (limits := _limits_of(d)) is not None}
         #: a deployment's id or model string -> the groups it serves (what a client may name instead)
         self._deployment_names: dict[str, set[str]] = {}
         for c in self._candidates.values():
@@ -379,10 +404,20 @@ class PaygRouting(CustomLogger):
                 tag_kept = frozenset(str((d.get("model_info") or {}).get("id")) for d in kept)
                 tags = (metadata_of(request_kwargs) or {}).get("tags")
                 reason = f"the deployment's tags do not match the request's tags {tags!r}"
-        if not image and region is None and order is None and tag_kept is None:
+        usage = None
+        if self._usage_routing and self._limits:
+            limited = [d for d in deployments if str((d.get("model_info") or {}).get("id")) in self._limits]
+            if limited:
+                router = self._router_ref() if self._router_ref else None
+                counts = litellm_versions.usage_counts(router, limited)
+                usage = {}
+                for d, (requests, tokens) in zip(limited, counts):
+                    key = str(d["model_info"]["id"])
+                    usage[key] = (requests, tokens, *self._limits[key])
+        if not image and region is None and order is None and tag_kept is None and not usage:
             return None
         return Needs(image=image, region=None if region is None else str(region), target_order=order,
-                     tag_kept=tag_kept, tag_reason=reason)
+                     tag_kept=tag_kept, tag_reason=reason, usage=usage)
 
     def _release_unsent(self, state: RequestState) -> None:
         """Free the reservation of a pick that never became an attempt.

@@ -20,7 +20,7 @@ no LiteLLM here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
@@ -42,6 +42,9 @@ class Needs:
     tag_kept: frozenset[str] | None = None
     #: why tag routing dropped the others (LiteLLM's setting and the request's tags)
     tag_reason: str = ""
+    #: under ``usage-based-routing-v2``: deployment id -> (requests, tokens) LiteLLM counted for it this
+    #: minute and its (rpm, tpm) limits, for the deployments that have a limit
+    usage: Mapping[str, tuple[int, int, float, float]] | None = None
 
 
 def _window_differs(candidates: Sequence[Candidate]) -> int | None:
@@ -59,6 +62,36 @@ def _window_differs(candidates: Sequence[Candidate]) -> int | None:
             uneven = True
             smallest = min(smallest, w)
     return smallest if uneven else None
+
+
+def _over_limits(request: RouteRequest, usage: Mapping[str, tuple[int, int, float, float]],
+                 current: Sequence[Candidate], apply) -> None:
+    """LiteLLM's ``usage-based-routing-v2`` selection (``_return_potential_deployments``): a
+    deployment is passed over when this minute's requests + 1 reach its rpm, or its tokens plus
+    this prompt's exceed its tpm. The prompt is counted only when its byte bound could tip a tpm."""
+    tokens: int | None = None
+
+    def over(c: Candidate) -> str | None:
+        nonlocal tokens
+        counted = usage.get(c.deployment_id)
+        if counted is None:
+            return None
+        requests, used, rpm, tpm = counted
+        if requests + 1 >= rpm:
+            return f"rpm: {requests} requests this minute, limit {rpm:g} (LiteLLM's usage-based routing passes it over)"
+        if used < tpm:
+            bound = request.prompt_tokens if request.prompt_counted else request.prompt_tokens_at_most
+            if bound is not None and used + bound <= tpm:
+                return None
+            if tokens is None:
+                tokens = request.prompt_tokens
+            if used + tokens <= tpm:
+                return None
+        return f"tpm: {used} tokens this minute + this prompt's exceed its limit {tpm:g} (LiteLLM's usage-based routing passes it over)"
+
+    reasons = {c.deployment_id: over(c) for c in current}
+    apply([c for c in current if reasons[c.deployment_id] is None], lambda c: reasons[c.deployment_id],
+          "every deployment is over its rpm/tpm: left to LiteLLM, which refuses the request")
 
 
 def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | None:
@@ -93,6 +126,9 @@ def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | N
             apply([c for c in current if not c.no_vision],
                   lambda c: "the request has image content and the deployment does not support vision",
                   "no deployment supports vision: left to LiteLLM")
+
+    if needs is not None and needs.usage:
+        _over_limits(request, needs.usage, current, apply)
 
     smallest = _window_differs(current)
     if smallest is not None:
