@@ -266,11 +266,11 @@ def matrix_text(entries: Sequence[tuple[str, str, Row]] = ()) -> str:
         cell[2] += row.plugin.served
         cell[3] += row.same_class
         cell[4] += row.regression
-    lines = [f"{'feature':<28} {'end':<7} {'requests':>8} {'alone':>6} {'plugin':>7} {'same-class':>10} {'regress':>8}"]
+    lines = [f"{'feature':<32} {'end':<7} {'requests':>8} {'alone':>6} {'plugin':>7} {'same-class':>10} {'regress':>8}"]
     for (feature, end), (n, alone, plugin, same, bad) in sorted(table.items()):
-        lines.append(f"{feature:<28} {end:<7} {n:>8} {alone:>6} {plugin:>7} {same:>10} {bad:>8}")
+        lines.append(f"{feature:<32} {end:<7} {n:>8} {alone:>6} {plugin:>7} {same:>10} {bad:>8}")
     totals = [sum(cell[i] for cell in table.values()) for i in range(5)]
-    lines.append(f"{'total':<28} {'':<7} {totals[0]:>8} {totals[1]:>6} {totals[2]:>7} {totals[3]:>10} {totals[4]:>8}")
+    lines.append(f"{'total':<32} {'':<7} {totals[0]:>8} {totals[1]:>6} {totals[2]:>7} {totals[3]:>10} {totals[4]:>8}")
     return "\n".join(lines)
 
 
@@ -283,5 +283,5 @@ def write_matrix() -> None:
     if target == "-":
         print("\n" + text)
     else:
-        with open(target, "a", encoding="utf-8") as out:
+        with open(target, "w", encoding="utf-8") as out:  # the suites so far in this run, all of them
             out.write(text + "\n")
