@@ -84,6 +84,7 @@ OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 #: the parts of a request's prompt besides its messages (``pricing.count_request_tokens``)
 _PROMPT_PARTS = ("tools", "input", "instructions", "system", "prompt")
 
+
 def _limits_of(deployment: Mapping[str, Any]) -> tuple[float, float] | None:
     """A deployment's (rpm, tpm) as LiteLLM's usage-based routing reads them (the deployment's own
     key, else ``litellm_params``, else ``model_info``; none is unlimited), or None without either."""
