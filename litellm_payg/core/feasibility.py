@@ -94,10 +94,25 @@ def _over_limits(request: RouteRequest, usage: Mapping[str, tuple[int, int, floa
           "every deployment is over its rpm/tpm: left to LiteLLM, which refuses the request")
 
 
+def _uniform(candidates: Sequence[Candidate]) -> bool:
+    """Whether every candidate has the same context window and the same ``order``: then only what
+    the request needs can tell them apart (one pass, on every decision)."""
+    if not candidates:
+        return True
+    first = candidates[0]
+    window, order = first.litellm_max_input_tokens, first.order
+    for c in candidates:
+        if c.litellm_max_input_tokens != window or c.order != order:
+            return False
+    return True
+
+
 def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | None:
     """The candidates LiteLLM's checks accept for ``request``, or None when all of them are (the
     usual case, decided without counting the prompt)."""
     needs: Needs | None = request.needs
+    if needs is None and _uniform(candidates):
+        return None
     current = list(candidates)
     dropped: list[Drop] = []
     notes: list[str] = []
