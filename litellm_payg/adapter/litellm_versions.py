@@ -270,3 +270,74 @@ def attempt_cost(logging_obj: Any, result: Any) -> Any:
     on 1.110, ``_response_cost_calculator`` on 1.100. Raises AttributeError when neither exists."""
     calculator = getattr(logging_obj, "response_cost_calculator", None) or getattr(logging_obj, "_response_cost_calculator")
     return calculator(result=result)
+
+
+# -- the checks LiteLLM runs on a pick (core/feasibility.py mirrors them) -------------------------
+
+
+def router_setting(router: Any, name: str, default: Any = None) -> Any:
+    """A Router setting such as ``enable_pre_call_checks``: ``settings().<name>`` from 1.109.0,
+    before that the attribute of the same name."""
+    if _has_router_api(router):
+        return getattr(router.settings(), name, default)
+    return getattr(router, name, default)
+
+
+def request_has_image(messages: Any, request: Mapping[str, Any]) -> bool:
+    """Whether a request carries image content, as LiteLLM's Router reads it for its vision check
+    (``request_contains_image_content`` on the messages, else the request's input)."""
+    try:
+        from litellm.litellm_core_utils.prompt_templates.common_utils import request_contains_image_content
+    except ImportError:  # an older LiteLLM: no vision check in its Router
+        return False
+    try:
+        return bool(request_contains_image_content(messages or request.get("messages") or request.get("input")))
+    except Exception:  # noqa: BLE001 - a shape LiteLLM cannot read is one its own check passes over too
+        return False
+
+
+async def deployments_for_tag(router: Any, model: str, healthy: list, request_kwargs: Mapping[str, Any]) -> list:
+    """LiteLLM's own tag routing (``router_strategy.tag_based_routing.get_deployments_for_tag``)
+    over ``healthy``: from 1.109.0 it takes the Router as its routing context (it reads
+    ``registry()`` and ``settings()``), before that as ``llm_router_instance``. Raises what it
+    raises (a ``ValueError`` when no deployment may serve the request's tags)."""
+    import inspect
+
+    from litellm.litellm_core_utils.core_helpers import get_metadata_variable_name_from_kwargs
+    from litellm.router_strategy.tag_based_routing import get_deployments_for_tag
+
+    kwargs = dict(request_kwargs)
+    variable = get_metadata_variable_name_from_kwargs(kwargs)
+    if isinstance(kwargs.get(variable), Mapping):
+        kwargs[variable] = dict(kwargs[variable])  # it notes its match there: LiteLLM's own run will
+    parameters = inspect.signature(get_deployments_for_tag).parameters
+    if "ctx" in parameters:
+        try:
+            from litellm.router_api import RoutingContext
+
+            router = RoutingContext(router)  # what LiteLLM hands its routing plugins (a Router is deprecated)
+        except ImportError:
+            pass
+        extra = {"request_deployments": healthy} if "request_deployments" in parameters else {}
+        return await get_deployments_for_tag(ctx=router, model=model, healthy_deployments=healthy,
+                                             request_kwargs=kwargs, metadata_variable_name=variable, **extra)
+    return await get_deployments_for_tag(llm_router_instance=router, model=model, healthy_deployments=healthy,
+                                         request_kwargs=kwargs, metadata_variable_name=variable)
+
+
+def usage_counts(router: Any, deployments: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(requests, tokens) LiteLLM's usage-based routing counted for each deployment this minute, read
+    from the Router's routing-state cache with LiteLLM's own key names (``<id>:<model>:rpm:<HH-MM>``,
+    ``...:tpm:...``; ``health().store`` from 1.109.0, before that the ``cache`` attribute), in
+    process memory only: what this process counted, as LiteLLM's pre-call check reads it first."""
+    from datetime import datetime, timezone
+
+    store = router.health().store if _has_router_api(router) else router.cache
+    minute = datetime.now(timezone.utc).strftime("%H-%M")
+    out = []
+    for d in deployments:
+        prefix = f"{(d.get('model_info') or {}).get('id')}:{(d.get('litellm_params') or {}).get('model')}"
+        requests = store.get_cache(key=f"{prefix}:rpm:{minute}", local_only=True)
+        tokens = store.get_cache(key=f"{prefix}:tpm:{minute}", local_only=True)
+        out.append((int(requests or 0), int(tokens or 0)))
+    return out

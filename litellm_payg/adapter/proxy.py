@@ -172,7 +172,7 @@ class ProxyPaygRouting(PaygRouting):
         policy_path: Path | None = None
         try:
             policy_path = Path(policy).resolve() if policy is not None else find_policy_path()
-            engine = Engine(load_policy(policy_path, check_prices=False))  # checked per deployment when bound
+            engine = Engine(load_policy(policy_path, deployments_known=True))  # priced at bind, as LiteLLM prices them
         except PolicyError as exc:
             error = exc
         # PaygRouting only stores the engine here; None means "refuse every request" (see ensure_bound).

@@ -47,6 +47,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import time
 import weakref
@@ -65,6 +66,7 @@ from litellm_payg.adapter import litellm_fixes
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter import streams
 from litellm_payg.core.decision import Candidate, Outcome, RouteRequest
+from litellm_payg.core.feasibility import Needs
 from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
@@ -93,6 +95,26 @@ OWN_KEYS = (REQUEST_KEY, DECISION_KEY)
 
 #: the parts of a request's prompt besides its messages (``pricing.count_request_tokens``)
 _PROMPT_PARTS = frozenset(("tools", *OTHER_PROMPT_PARTS))
+
+
+def _limits_of(deployment: Mapping[str, Any]) -> tuple[float, float] | None:
+    """A deployment's (rpm, tpm) as LiteLLM's usage-based routing reads them (the deployment's own
+    key, else ``litellm_params``, else ``model_info``; none is unlimited), or None without either."""
+    found = []
+    for name in ("rpm", "tpm"):
+        value = None
+        for source in (deployment, deployment.get("litellm_params") or {}, deployment.get("model_info") or {}):
+            if source.get(name) is not None:
+                value = source.get(name)
+                break
+        found.append(value)
+    if found == [None, None]:
+        return None
+    try:
+        return tuple(float("inf") if v is None else float(v) for v in found)  # type: ignore[return-value]
+    except (TypeError, ValueError):
+        return None
+
 
 #: the live adapters, to tell a request that bypassed this router's routing from one of another
 #: router that governs the same deployment ids (two Routers built from one config)
@@ -123,6 +145,13 @@ class PaygRouting(CustomLogger):
         self._groups: frozenset[str] = frozenset()
         self._cache_write_groups: frozenset[str] = frozenset()
         self._deployment_names: dict[str, set[str]] = {}
+        self._vision_varies = False
+        self._patterns: tuple[str, ...] = ()
+        self._tag_routing = False
+        self._tag_routing_setting = False
+        self._region_checks = False
+        self._limits: dict[str, tuple[float, float]] = {}
+        self._usage_routing = False
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
         self._router_ref: weakref.ReferenceType[Any] | None = None
@@ -142,6 +171,11 @@ class PaygRouting(CustomLogger):
             self._unwrap = None
         self._router_ref = weakref.ref(router)
         self._load(litellm_versions.deployments(router))
+        self._tag_routing_setting = bool(litellm_versions.router_setting(router, "enable_tag_filtering"))
+        #: LiteLLM's usage-based selection passes over deployments at their rpm/tpm after this filter
+        self._usage_routing = litellm_versions.router_setting(router, "routing_strategy") == "usage-based-routing-v2"
+        #: LiteLLM compares ``allowed_model_region`` to ``region_name`` only with pre-call checks on
+        self._region_checks = bool(litellm_versions.router_setting(router, "enable_pre_call_checks"))
         by_group: dict[str, list[Candidate]] = {}
         for c in self._candidates.values():
             by_group.setdefault(c.group, []).append(c)
@@ -185,6 +219,16 @@ class PaygRouting(CustomLogger):
         #: groups with a deployment that bills cache writes above its input price (Anthropic)
         self._cache_write_groups = frozenset(c.group for c in self._candidates.values()
                                              if c.cache_write_usd_per_token is not None)
+        #: the wildcard routes (``openai/*``): LiteLLM sends a model name they match to them, even
+        #: one that is also a deployment's model string
+        self._patterns = tuple(g for g in self._groups if "*" in g)
+        #: whether a request must be looked at for LiteLLM's vision check (some deployment declares none)
+        self._vision_varies = any(c.no_vision for c in self._candidates.values())
+        #: whether LiteLLM's tag routing may apply to every request (the Router's setting or a
+        #: deployment's ``model_info.enable_tag_filtering``); a request may also ask for it
+        self._tag_routing = any((d.get("model_info") or {}).get("enable_tag_filtering") for d in deployments)
+        #: the rpm/tpm limits LiteLLM's usage-based routing reads, by deployment id (``_limits_of``)
+        self._limits = {str(d["model_info"]["id"]): limits for d in deployments if (limits := _limits_of(d)) is not None}
         #: a deployment's id or model string -> the groups it serves (what a client may name instead)
         self._deployment_names: dict[str, set[str]] = {}
         for c in self._candidates.values():
@@ -230,6 +274,8 @@ class PaygRouting(CustomLogger):
         named = sorted(self._deployment_names.get(model, ()))
         if not named:
             return model
+        if self._patterns and model not in self._candidates and any(fnmatch.fnmatchcase(model, p) for p in self._patterns):
+            return model  # LiteLLM routes it to the wildcard route, not to the deployment with that model
         if self.engine.policy.direct_deployments == "route" and len(named) == 1:
             return named[0]
         raise InvalidRequest(
@@ -336,14 +382,16 @@ class PaygRouting(CustomLogger):
             raise state.final_error
         self._release_unsent(state)
         group = candidates[0].group
-        if model != group and self._aliases.get(model) != group and not model.endswith(LARGER_CONTEXT_SUFFIX):
+        if (model != group and self._aliases.get(model) != group and not model.endswith(LARGER_CONTEXT_SUFFIX)
+                and not ("*" in group and fnmatch.fnmatchcase(model, group))):
             # a deployment named as the model past the governed doors (resolve_model)
             state.final_error = InvalidRequest(
                 f"litellm-payg: model {model!r} names a deployment of the governed group {group!r}; send model={group!r}",
                 field="model",
             )
             raise state.final_error
-        request = self.route_request(group, candidates, messages, request_kwargs, metadata, state)
+        needs = await self._needs(model, healthy_deployments, messages, request_kwargs)
+        request = self.route_request(group, candidates, messages, request_kwargs, metadata, state, needs)
         last, state.last_failure = state.last_failure, None
         failed = None if last is None else (last[0], self._candidates.get(last[0]), diagnose(last[1]))
         reservation_id = state.next_reservation_id()
@@ -373,6 +421,44 @@ class PaygRouting(CustomLogger):
                 return [d]
         return [d for d, c in zip(healthy_deployments, candidates) if c.deployment_id == chosen_id]
 
+    async def _needs(self, model: str, deployments: list, messages: Any, request_kwargs: Mapping[str, Any]) -> Needs | None:
+        """What LiteLLM's own checks, which run after this filter, ask of a deployment for this
+        request (``core/feasibility.py`` applies them before the rules): image content while some
+        deployment declares no vision, ``allowed_model_region`` under pre-call checks, an order
+        fallback's target order, and the deployments LiteLLM's tag routing keeps (worked out by
+        LiteLLM's own ``get_deployments_for_tag``). None, without reading the request, when none
+        of these can apply."""
+        image = self._vision_varies and litellm_versions.request_has_image(messages, request_kwargs)
+        region = request_kwargs.get("allowed_model_region") if self._region_checks else None
+        order = request_kwargs.get("_target_order")
+        order = order if isinstance(order, int) and not isinstance(order, bool) else None
+        tag_kept: frozenset[str] | None = None
+        reason = ""
+        if self._tag_routing or self._tag_routing_setting or request_kwargs.get("enable_tag_filtering") is True:
+            router = self._router_ref() if self._router_ref else None
+            try:
+                kept = await litellm_versions.deployments_for_tag(router, model, list(deployments), request_kwargs)
+            except Exception:  # noqa: BLE001 - LiteLLM's own tag check raises it again after this filter
+                kept = None
+            if kept is not None and len(kept) != len(deployments):
+                tag_kept = frozenset(str((d.get("model_info") or {}).get("id")) for d in kept)
+                tags = (metadata_of(request_kwargs) or {}).get("tags")
+                reason = f"the deployment's tags do not match the request's tags {tags!r}"
+        usage = None
+        if self._usage_routing and self._limits:
+            limited = [d for d in deployments if str((d.get("model_info") or {}).get("id")) in self._limits]
+            if limited:
+                router = self._router_ref() if self._router_ref else None
+                counts = litellm_versions.usage_counts(router, limited)
+                usage = {}
+                for d, (requests, tokens) in zip(limited, counts):
+                    key = str(d["model_info"]["id"])
+                    usage[key] = (requests, tokens, *self._limits[key])
+        if not image and region is None and order is None and tag_kept is None and not usage:
+            return None
+        return Needs(image=image, region=None if region is None else str(region), target_order=order,
+                     tag_kept=tag_kept, tag_reason=reason, usage=usage)
+
     def _release_unsent(self, state: RequestState) -> None:
         """Free the reservation of a pick that never became an attempt.
 
@@ -401,6 +487,7 @@ class PaygRouting(CustomLogger):
         request_kwargs: Mapping[str, Any],
         metadata: Mapping[str, Any],
         state: RequestState,
+        needs: Needs | None = None,
     ) -> RouteRequest:
         """What the policy decides on, from the plugin's own state (identity, the prompt counted
         once) and the request's already checked fields; never from ``payg_*`` metadata.
@@ -447,6 +534,7 @@ class PaygRouting(CustomLogger):
             # only looked for where a reservation can use it: budgets, and a deployment that prices it
             cache_writes=bool(self.engine.spend.budgets) and group in self._cache_write_groups and asks_cache_write(
                 messages or request_kwargs.get("messages"), request_kwargs),
+            needs=needs,
         )
 
     @staticmethod
@@ -1131,7 +1219,7 @@ def attach(
     and each request gets the plugin's id), and routes ``router.completion`` (sync) through the
     async path so it is governed too. ``engine.detach()`` undoes all of it.
     """
-    loaded = policy if isinstance(policy, Policy) else load_policy(policy, check_prices=False)  # install checks them per deployment
+    loaded = policy if isinstance(policy, Policy) else load_policy(policy, deployments_known=True)  # bind checks prices
     engine = Engine(loaded, ledger=ledger, clock=clock or time.time)
     adapter = PaygRouting(engine)
     adapter.install(router)

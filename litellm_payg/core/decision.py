@@ -32,7 +32,8 @@ class Candidate:
     quality: float | None = None
     max_input_tokens: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
-    #: where the price came from: "policy" (``models:``), "deployment" (``litellm_params``), "litellm"
+    #: where the price came from: "policy" (``models:``), "deployment" (its ``litellm_params`` or
+    #: ``model_info``), "litellm" (the price map, for the deployment's ``base_model`` or model)
     price_source: str | None = None
     #: the most output tokens the model produces (the deployment's ``model_info``, else LiteLLM's
     #: price map): what a request that sends no cap may be billed for
@@ -44,6 +45,16 @@ class Candidate:
     price_tiers: tuple[tuple[int, float, float], ...] = ()
     #: USD per prompt token written to the provider's cache (the dearest of its cache lifetimes)
     cache_write_usd_per_token: float | None = None
+    #: what LiteLLM's own checks read of the deployment (``feasibility.py``), worked out at bind time:
+    #: LiteLLM's context window for it (its ``model_info.max_input_tokens``, else the price map's)
+    litellm_max_input_tokens: int | None = None
+    #: the deployment declares no vision (``model_info.supports_vision: false``, or the price map
+    #: says so): LiteLLM keeps image requests away from it while another deployment takes them
+    no_vision: bool = False
+    #: ``litellm_params.order``: LiteLLM sends a request to the lowest order first
+    order: int | None = None
+    #: ``litellm_params.region_name``, which LiteLLM's pre-call checks match ``allowed_model_region`` to
+    region: str | None = None
 
     @property
     def priced(self) -> bool:
@@ -155,6 +166,9 @@ class RouteRequest:
     #: the prompt marks parts for the provider's cache (``cache_control``): they may be billed at
     #: the cache-write price
     cache_writes: bool = False
+    #: what LiteLLM's own checks ask of a deployment for this request (``feasibility.Needs``), or
+    #: None: nothing beyond the prompt's size
+    needs: Any = None
 
     def prompt_range(self) -> tuple[int, int] | None:
         """``(lowest, highest)`` prompt tokens this request may have without counting it: the count

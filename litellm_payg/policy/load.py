@@ -179,22 +179,25 @@ class Policy:
         return _nearest_line(self.lines, path)
 
 
-def load_policy(src: str | Path | Mapping[str, Any], *, check_prices: bool = True) -> Policy:
+def load_policy(src: str | Path | Mapping[str, Any], *, deployments_known: bool = False) -> Policy:
     """Load a policy from a YAML file path or an already parsed mapping.
 
-    ``check_prices=False`` leaves out the check that every model a cost rule names has a price:
-    for callers that check the policy against deployments next (``Engine.check_deployments``:
-    ``attach``, the proxy, ``check --config``), which first says whether the model is in its group
-    at all ("did you mean"), and then checks the prices of the deployments themselves."""
+    ``deployments_known``: the caller checks the policy against the deployments it will govern
+    (``Engine.check_deployments``: ``attach``, the proxy, ``check --config``), which first says
+    whether a model a rule names is in its group at all ("did you mean"), then prices each
+    deployment as LiteLLM does, from its own ``model_info`` too. The load then leaves the price check
+    to that: a rule may name a deployment id (``use: instance_A_65k``) that no price map knows.
+    Without deployments, a model a cost rule names must be priced by LiteLLM's map or the policy."""
     if isinstance(src, Mapping):
-        return parse_policy(src, source=None, lines={}, base_dir=Path.cwd(), check_prices=check_prices)
+        return parse_policy(src, source=None, lines={}, base_dir=Path.cwd(), check_prices=not deployments_known)
     path = Path(src)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([Problem("", f"cannot read policy file: {exc.strerror or exc}")], str(path)) from None
     data, lines = _parse_yaml(text, str(path))
-    return parse_policy(data, source=str(path), lines=lines, base_dir=path.resolve().parent, check_prices=check_prices)
+    return parse_policy(data, source=str(path), lines=lines, base_dir=path.resolve().parent,
+                        check_prices=not deployments_known)
 
 
 def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_dir: Path,
@@ -315,7 +318,9 @@ def _check_prices(policy: Policy) -> None:
                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""),
                         policy.line_of(_undotted(field_path)) or spec.line,
                         hint=(f"check the name against the group's deployments (litellm-payg check POLICY --config "
-                              f"config.yaml); if {ref!r} is right, {price_hint}") if close else price_hint,
+                              f"config.yaml); if {ref!r} is right, {price_hint}") if close else
+                        price_hint + "; a deployment priced in its model_info (input_cost_per_token, output_cost_per_token "
+                        "or base_model) is checked with --config config.yaml",
                     ))
     if problems:
         from litellm_payg.core.errors import UnknownPriceError

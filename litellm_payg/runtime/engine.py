@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from litellm_payg.core.decision import Candidate, Decision, Drop, RouteRequest, Step
+from litellm_payg.core.feasibility import feasible
 from litellm_payg.core.errors import PluginError, PolicyError, Problem, UnknownPriceError
 from litellm_payg.hook_chain import HookChain
 from litellm_payg.policy.load import Policy, _undotted
@@ -118,6 +119,12 @@ class Engine:
         rules = self.rules_for(request, route, notes) if route and self._conditioned[request.group] else route
         attrs: dict[str, str] = {}
         current: Sequence[Candidate] = candidates
+
+        # first what LiteLLM's own checks refuse (context window, tags, region, vision, order), so
+        # that every rule and filter below chooses among deployments LiteLLM will actually call
+        checked = feasible(request, current)
+        if checked is not None:
+            current = self._take(checked, dropped, notes, attrs)
 
         if request.allowed_models is not None:
             allowed = request.allowed_models
@@ -268,7 +275,8 @@ class Engine:
                                 f"and rule {rule.name!r} compares prices",
                                 self.policy.line_of(("routes", group)),
                                 hint=f"add 'models: {{{c.model}: {{input_usd_per_1k: ..., output_usd_per_1k: ...}}}}' "
-                                "to the policy, or input_cost_per_token/output_cost_per_token to its litellm_params",
+                                "to the policy, or input_cost_per_token/output_cost_per_token (or a priced base_model) "
+                                "to its litellm_params or model_info",
                             ))
         failover = self.policy.failover
         if failover is not None:

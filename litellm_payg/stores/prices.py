@@ -4,8 +4,10 @@ How a request is priced (the README quotes this):
 
 * **Per-token prices** of a deployment, first match wins: the policy's ``models:`` entry for the
   deployment id or model (``input_usd_per_1k`` / ``output_usd_per_1k``, divided by 1000); the
-  deployment's own ``litellm_params.input_cost_per_token`` / ``output_cost_per_token``; LiteLLM's
-  price map (``litellm.get_model_info``, i.e. ``litellm.model_cost``). No match is *unknown*, never $0.
+  deployment's own ``input_cost_per_token`` / ``output_cost_per_token``, in its ``litellm_params``
+  or its ``model_info``; LiteLLM's price map (``litellm.get_model_info``, i.e.
+  ``litellm.model_cost``) for the deployment's ``base_model``, else its model. No match is
+  *unknown*, never $0.
 * **Prompt tokens**: ``litellm.token_counter`` on every part of the prompt (``count_request_tokens``:
   messages and tools, a Responses ``input``/``instructions``, a ``system`` or text ``prompt``); chat
   messages one at a time, each counted once (``token_counts.py``: the same total, exactly).
@@ -94,40 +96,86 @@ def provider_of(model: str, params: Mapping[str, Any] | None = None) -> str:
         return model.split("/", 1)[0] if "/" in model else "unknown"
 
 
+def _cost_pair(source: Mapping[str, Any]) -> tuple[float, float] | None:
+    inp, out = source.get("input_cost_per_token"), source.get("output_cost_per_token")
+    if inp is None or out is None:
+        return None
+    try:
+        return float(inp), float(out)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _declares_no_vision(deployment: Mapping[str, Any], group: str) -> bool:
+    """LiteLLM's own answer (``router_rust.steps.precall.declares_no_vision``, 1.110) where it
+    has one; before, what it reads: ``model_info.supports_vision: false``."""
+    try:
+        from litellm.router_rust.steps.precall import declares_no_vision
+    except ImportError:  # LiteLLM before the Rust router core
+        return (deployment.get("model_info") or {}).get("supports_vision") is False
+    try:
+        return bool(declares_no_vision(deployment, group))
+    except Exception:  # noqa: BLE001 - LiteLLM keeps a deployment it cannot classify, and so do we
+        return False
+
+
 def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str, Any]) -> Candidate:
-    """Turn a LiteLLM deployment dict (an entry of ``model_list``) into a priced Candidate."""
+    """Turn a LiteLLM deployment dict (an entry of ``model_list``) into a priced Candidate.
+
+    The deployment is read as LiteLLM reads it: its price is the policy's ``models:`` override,
+    else its own ``litellm_params`` or ``model_info`` ``input_cost_per_token`` /
+    ``output_cost_per_token``, else the price map's for its ``base_model`` (``model_info`` or
+    ``litellm_params``), else for its model. Its context window is its ``model_info.max_input_tokens``,
+    else the price map's (the policy's ``models: max_input_tokens`` may narrow what the failover
+    step assumes); its vision support, ``order`` and ``region_name`` are what LiteLLM's checks
+    compare (``core/feasibility.py``). Worked out once, when the plugin binds to a Router."""
     params = deployment.get("litellm_params") or {}
     info = deployment.get("model_info") or {}
     model = str(params.get("model"))
     deployment_id = str(info.get("id"))
+    group = str(deployment.get("model_name"))
     provider = provider_of(model, params)
+    custom = params.get("custom_llm_provider")
     facts = facts_for(_refs(model, deployment_id), models)
+    base_model = info.get("base_model") or params.get("base_model")
+    priced_as = str(base_model) if isinstance(base_model, str) and base_model else model
 
     price: tuple[float, float] | None = None
     source: str | None = None
     if facts is not None and facts.input_usd_per_1k is not None:
         price, source = (facts.input_usd_per_1k / 1000, facts.output_usd_per_1k / 1000), "policy"
-    elif params.get("input_cost_per_token") is not None and params.get("output_cost_per_token") is not None:
-        price, source = (float(params["input_cost_per_token"]), float(params["output_cost_per_token"])), "deployment"
+    elif (own := _cost_pair(params) or _cost_pair(info)) is not None:
+        price, source = own, "deployment"
     else:
-        price = litellm_price(model, params.get("custom_llm_provider"))
+        price = litellm_price(priced_as, custom) or (litellm_price(model, custom) if priced_as != model else None)
         source = "litellm" if price else None
 
-    known = model_info(model, params.get("custom_llm_provider")) or {}
+    mapped = model_info(priced_as, custom) or (model_info(model, custom) if priced_as != model else None) or {}
+    litellm_window = _int_or_none(info.get("max_input_tokens")) or _int_or_none(mapped.get("max_input_tokens"))
     max_input = facts.max_input_tokens if facts is not None and facts.max_input_tokens else None
     if max_input is None:
-        max_input = known.get("max_input_tokens")
-    max_output, per_character = output_limit_and_character_price(info, known)
-    tiers, cache_write = reservation_tiers(known, model) if source == "litellm" else ((), None)
+        max_input = litellm_window
+    max_output, per_character = output_limit_and_character_price(info, mapped)
+    tiers, cache_write = reservation_tiers(mapped, priced_as) if source == "litellm" else ((), None)
     labels = dict(facts.labels) if facts is not None else {}
     for key, value in info.items():  # deployment model_info labels (e.g. region: eu) count too
         if isinstance(value, str) and key not in ("id",):
             labels.setdefault(key, value)
+    region = params.get("region_name")
     return Candidate(
         deployment_id=deployment_id,
         model=model,
         provider=provider,
-        group=str(deployment.get("model_name")),
+        group=group,
         input_usd_per_token=price[0] if price else None,
         output_usd_per_token=price[1] if price else None,
         quality=facts.quality if facts is not None else None,
@@ -138,6 +186,10 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         input_usd_per_character=per_character,
         price_tiers=tiers,
         cache_write_usd_per_token=cache_write,
+        litellm_max_input_tokens=litellm_window,
+        no_vision=_declares_no_vision(deployment, group),
+        order=_int_or_none(params.get("order")),
+        region=str(region) if region is not None else None,
     )
 
 

@@ -97,8 +97,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from litellm_payg.policy.load import load_policy
 
     for path in args.policies:
-        # with --config, the deployments' own prices are checked, after the models' names
-        policy = load_policy(path, check_prices=not args.config)
+        policy = load_policy(path, deployments_known=bool(args.config))  # --config: priced per deployment
         if args.config:
             Engine(policy).check_deployments(candidates_from_config(args.config, policy))
         rules = sum(len(r) for r in policy.routes.values())
@@ -117,10 +116,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from litellm_payg.core.errors import PolicyError, Problem
     from litellm_payg.policy.load import load_policy
 
-    policy = load_policy(args.policy)
+    policy = load_policy(args.policy, deployments_known=bool(args.config))
     engine = Engine(policy)
     if args.config:
         by_group = candidates_from_config(args.config, policy)
+        engine.check_deployments(by_group)  # the prices the load left to the deployments
     else:
         by_group = candidates_named_by_policy(engine)
     candidates = by_group.get(args.model)
