@@ -39,11 +39,19 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import litellm
+
+#: the bundled price map as LiteLLM ships it (what ``LITELLM_LOCAL_MODEL_COST_MAP=True`` loads), read
+#: once from its file: a provider's prices are not changed by the Routers a test process builds
+#: (a Router registers its deployments' ``model_info`` prices into ``litellm.model_cost`` under
+#: their model names, so the process-wide map is not a provider's price list after other tests)
+_PRICE_LIST: dict[str, Any] = json.loads(
+    (Path(litellm.__file__).parent / "model_prices_and_context_window_backup.json").read_text(encoding="utf-8"))
 
 #: the text-bearing fields a provider bills as prompt, besides chat ``messages``/``tools``
 PROMPT_FIELDS = ("functions", "prompt", "input", "instructions", "system")
@@ -196,7 +204,7 @@ class BillingProvider:
         if model in self.prices:
             return self.prices[model]
         for name in ((f"azure/{model}", model) if azure else (model,)):
-            info = litellm.model_cost.get(name)
+            info = _PRICE_LIST.get(name)
             if info:
                 return info
         raise Refused(404, f"The model `{model}` does not exist or you do not have access to it.")

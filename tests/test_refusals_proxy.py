@@ -176,7 +176,8 @@ def test_a_runs_max_requests_refusal_is_sent_once_with_no_retry_after(proxy):
     assert "retry-after" not in error.response.headers  # waiting does not lift a run's max_requests
     payg = error.body["provider_specific_fields"]["payg"]
     assert payg["rule"] == "max_requests" and payg["count"] == 1 and payg["count_limit"] == 1
-    assert payg["budget"] == "per-run" and payg["scope"] == f"session:{run}" and payg["retry_after_s"] is None
+    # the run is the key's own (sessions.owner: key): its scope names the session id qualified by the key
+    assert payg["budget"] == "per-run" and payg["scope"].startswith(f"session:{run}@key:") and payg["retry_after_s"] is None
 
 
 def test_a_refusal_on_a_fallback_hop_is_final_too(proxy):

@@ -88,6 +88,9 @@ POLICY = {
     "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]},
     "models": {"openai/gpt-4o-mini": {"quality": 1}},
     "budgets": [{"name": "per-user", "scope": "key:*", "window": "day", "limit_usd": 0.0002}],
+    # images, speech on a chat model and rerank are billed by what a token reservation cannot bound:
+    # reserved at this ceiling (without it they are refused with a 400 before the budget is asked)
+    "requests": {"unbounded_reserve_usd": 0.01},
 }
 
 

@@ -1073,7 +1073,8 @@ class PaygRouting(CustomLogger):
         of its request only the run it belongs to (:class:`AnsweredRequest`, what the headers report)."""
         self.states.finished(state)
         if state.request is not None and not isinstance(state.request, AnsweredRequest):
-            state.request = AnsweredRequest(session=getattr(state.request, "session", None))
+            state.request = AnsweredRequest(session=getattr(state.request, "session", None),
+                                            run=getattr(state.request, "run", None))
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
@@ -1136,10 +1137,12 @@ def _characters(request_kwargs: Mapping[str, Any]) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class AnsweredRequest:
-    """What a finished request's state keeps of its RouteRequest: the run (``session``) the
-    proxy's response headers report on. The rest (its metadata, the prompt's parts) is dropped."""
+    """What a finished request's state keeps of its RouteRequest: the run the proxy's response
+    headers report on (``run``: the session id qualified by its owner, ``sessions.owner``; and the
+    ``session`` as the client sent it). The rest (its metadata, the prompt's parts) is dropped."""
 
     session: Any
+    run: Any = None
 
 
 class _Once:

@@ -95,7 +95,8 @@ FIELDS: dict[str, Effect] = {
               "num_retries max_retries timeout request_timeout stream_timeout fallbacks context_window_fallback_dict "
               "disable_fallbacks caching cache ttl no-log priority extra_headers headers mock_response "
               "mock_tool_calls mock_timeout litellm_parent_otel_span organization keepalive_seconds "
-              "client_side_timeout allowed_model_region enable_prompt_caching guardrails"),
+              "client_side_timeout allowed_model_region enable_prompt_caching guardrails "
+              "_litellm_stream_usage_injected _litellm_strip_stream_usage"),  # the proxy sets them when it asks a stream for usage
     # -- another deployment, endpoint or key than the one the policy picked
     **_all(X, "api_key api_base base_url api_version deployment_id custom_llm_provider model_list "
               "azure_ad_token azure_ad_token_provider aws_access_key_id aws_secret_access_key aws_session_token "
