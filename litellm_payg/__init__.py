@@ -59,6 +59,9 @@ _LAZY = {
     "attach": ("litellm_payg.adapter.routing", "attach"),
     "Engine": ("litellm_payg.runtime.engine", "Engine"),
     "load_policy": ("litellm_payg.policy.load", "load_policy"),
+    # the LiteLLM proxy's one line, ``callbacks: ["litellm_payg.proxy_handler"]``: a permanent name,
+    # whatever module the handler lives in (it is made on first access, not at import)
+    "proxy_handler": ("litellm_payg.adapter.proxy", "handler"),
 }
 
 

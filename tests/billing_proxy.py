@@ -62,7 +62,7 @@ def config(fake: BillingProvider, **litellm_settings: Any) -> dict[str, Any]:
     return {
         "model_list": [_deployment(fake, g, m) for g, m in GROUPS.items()],
         "router_settings": {"num_retries": 2},
-        "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"], **litellm_settings},
+        "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"], **litellm_settings},
         "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
     }
 

@@ -44,7 +44,7 @@ CONFIG = {
                            "mock_response": "ok", "input_cost_per_token": PRICE, "output_cost_per_token": PRICE},
         "model_info": {"id": "d1"},
     }],
-    "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+    "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }
 

@@ -119,7 +119,7 @@ def scope_proxy(litellm_proxy_factory) -> RunningProxy:  # noqa: F811
             "model_list": [
                 {"model_name": "chat", "litellm_params": {"model": DEEPSEEK, "api_key": "not-used", "mock_response": "served"}},
             ],
-            "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+            "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
         },
         name="scope",
         files={"payg-policy.yaml": _policy("model:deepseek-chat", on_exceed="block")},

@@ -187,7 +187,7 @@ from proxy_fixtures import litellm_proxy_factory  # noqa: E402,F401  (fixture)
 
 PROXY_CONFIG = {
     "model_list": yaml.safe_load(CONFIG)["model_list"],
-    "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+    "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
 }
 for _d in PROXY_CONFIG["model_list"]:
     _d["litellm_params"].update(api_key="not-used", mock_response="hi")

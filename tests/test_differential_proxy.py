@@ -111,7 +111,7 @@ def proxies(litellm_proxy_factory) -> tuple[RunningProxy, RunningProxy]:  # noqa
     base = {"model_list": MODEL_LIST, "router_settings": ROUTER_SETTINGS}
     alone = litellm_proxy_factory(copy.deepcopy(base), name="alone")
     governed = litellm_proxy_factory(
-        {**copy.deepcopy(base), "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]}},
+        {**copy.deepcopy(base), "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]}},
         name="with-plugin", files={"payg-policy.yaml": yaml.safe_dump(POLICY, sort_keys=False)},
     )
     return alone.wait_ready(), governed.wait_ready()

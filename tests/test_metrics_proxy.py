@@ -38,9 +38,9 @@ def _config(callbacks: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def proxies(litellm_proxy_factory) -> tuple[RunningProxy, RunningProxy]:  # noqa: F811
     files = {"payg-policy.yaml": yaml.safe_dump(POLICY, sort_keys=False)}
-    with_prom = litellm_proxy_factory(_config(["litellm_payg.adapter.proxy.handler", "prometheus"]),
+    with_prom = litellm_proxy_factory(_config(["litellm_payg.proxy_handler", "prometheus"]),
                                       name="with-prometheus", files=files)
-    without = litellm_proxy_factory(_config(["litellm_payg.adapter.proxy.handler"]), name="without-prometheus", files=files)
+    without = litellm_proxy_factory(_config(["litellm_payg.proxy_handler"]), name="without-prometheus", files=files)
     return with_prom.wait_ready(), without.wait_ready()
 
 

@@ -95,13 +95,13 @@ def proxies(litellm_proxy_factory) -> dict[str, RunningProxy]:  # noqa: F811
     good = litellm_proxy_factory(
         {
             "model_list": _model_list(),
-            "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+            "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
             "environment_variables": {"LITELLM_PAYG_POLICY": str(SEED_POLICY)},
         },
         name="good",
     )
     broken = litellm_proxy_factory(
-        {"model_list": _model_list(), "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]}},
+        {"model_list": _model_list(), "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]}},
         name="broken",
         files={"payg-policy.yaml": broken_policy},
     )
@@ -111,7 +111,7 @@ def proxies(litellm_proxy_factory) -> dict[str, RunningProxy]:  # noqa: F811
                 "model_name": "premium",
                 "litellm_params": {"model": MISTRAL, "api_key": "not-used-mock-response", "mock_response": FROM_MISTRAL},
             }],
-            "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+            "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
             "router_settings": {"fallbacks": [{"chat": ["premium"]}]},
         },
         name="budget",

@@ -82,7 +82,7 @@ CONFIG = {
                                                     "api_base": "http://127.0.0.1:9/v1"},
          "model_info": {"id": "first-1"}},
     ],
-    "litellm_settings": {"callbacks": [f"{PRECALL_MODULE_NAME}.handler", "litellm_payg.adapter.proxy.handler"]},
+    "litellm_settings": {"callbacks": [f"{PRECALL_MODULE_NAME}.handler", "litellm_payg.proxy_handler"]},
     "router_settings": {"num_retries": 0, "fallbacks": [{"first": ["capped"]}]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }

@@ -46,7 +46,7 @@ def _config(s: StandIn) -> dict:
             dep("voice", "tts", "openai/tts-1", api_base="http://127.0.0.1:9/v1"),
         ],
         "router_settings": {"num_retries": 0},
-        "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+        "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
     }
 
 

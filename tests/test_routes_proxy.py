@@ -110,7 +110,7 @@ def proxy(litellm_proxy_factory, provider) -> RunningProxy:  # noqa: F811
                                "api_base": provider.base},
             "model_info": {"id": "d1"},
         }],
-        "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+        "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
         "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
     }
     return litellm_proxy_factory(

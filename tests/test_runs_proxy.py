@@ -52,7 +52,7 @@ def _deployment(model: str, dep_id: str, price: float) -> dict:
 
 CONFIG = {
     "model_list": [_deployment(CHEAP, "cheap", 1e-6), _deployment(DEAR, "dear", 1e-5)],
-    "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+    "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }
 

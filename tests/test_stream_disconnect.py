@@ -30,7 +30,7 @@ def proxy(litellm_proxy_factory, _standin_server):  # noqa: F811
         "model_list": [{"model_name": "chat", "litellm_params": {
             "model": MODEL, "api_key": "sk-test", "api_base": _standin_server.url("openai"),
             "input_cost_per_token": IN_PRICE, "output_cost_per_token": OUT_PRICE}, "model_info": {"id": "slow"}}],
-        "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+        "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
         "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
     }
     running = litellm_proxy_factory(config, name="disconnect", files={

@@ -130,7 +130,7 @@ def _config() -> dict:
     return {
         "model_list": [_deployment("chat-ds", DEEPSEEK), _deployment("chat-ml", MISTRAL)],
         "router_settings": {"model_group_alias": {ALIAS: GROUP}},
-        "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+        "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
         "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
     }
 

@@ -59,7 +59,7 @@ CONFIG = {
         _deployment("desk", GPT4O, "desk-big"),
         _deployment("desk", MINI, "desk-mini"),
     ],
-    "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
+    "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }
 

@@ -1,7 +1,7 @@
 """litellm-payg in the LiteLLM **proxy**, with one line of ``config.yaml``::
 
     litellm_settings:
-      callbacks: ["litellm_payg.adapter.proxy.handler"]
+      callbacks: ["litellm_payg.proxy_handler"]
 
 The proxy imports ``handler`` (a :class:`ProxyPaygRouting`, i.e. the SDK's :class:`PaygRouting`
 plus what only the proxy needs) while it reads its config, before it builds its Router.
@@ -389,7 +389,7 @@ def _metadata_field(data: dict, call_type: Any) -> str:
 
 
 def __getattr__(name: str) -> Any:
-    """``handler``, the instance ``litellm_settings.callbacks: ["litellm_payg.adapter.proxy.handler"]``
+    """``handler``, the instance ``litellm_settings.callbacks: ["litellm_payg.proxy_handler"]``
     loads, is created on first access (the proxy's ``getattr(module, "handler")``), not at import:
     importing this module elsewhere (tests, tools) must not look for a policy or log errors."""
     if name == "handler":
