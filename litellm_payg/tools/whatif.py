@@ -150,6 +150,24 @@ class HistoryPricer(Pricer):
 # -- the replay ---------------------------------------------------------------------------------
 
 
+class _ReplayLedger:
+    """A memory ledger that keeps budgets, not the history of charges: a replay reads its budgets'
+    usage and never its records, and a million kept ``SpendRecord`` s would make memory grow with the
+    history. Built on first use (``stores`` is imported lazily, as the rest of the runtime)."""
+
+    @staticmethod
+    def make() -> Any:
+        from litellm_payg.stores.ledger.memory import MemoryLedger
+
+        class _Forget(list):
+            def append(self, item: Any) -> None:  # noqa: D102 - a charge's record is not kept
+                return None
+
+        ledger = MemoryLedger("memory://")
+        ledger._records = _Forget()
+        return ledger
+
+
 class _Identity:
     """What the lifecycle shuffles a group without a route with: nothing. The history already holds
     the Router's shuffle: the deployment that served the request, put first (``_candidates``)."""
@@ -267,7 +285,7 @@ def replay(
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     clock = _Clock(0.0)
-    engine = Engine(loaded, ledger="memory://", clock=clock)
+    engine = Engine(loaded, ledger=_ReplayLedger.make(), clock=clock)
     from_config = candidates_by_group is not None
     cands: dict[str, list[Any]] = {g: list(cs) for g, cs in (candidates_by_group or {}).items()}
     if not from_config:
@@ -301,6 +319,7 @@ def replay(
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
     bar_cache: dict[tuple, float | None] = {}
+    day_names: dict[int, str] = {}
     bar_progress = _Progress(progress)
     began = time.perf_counter()
     n = 0
@@ -375,7 +394,7 @@ def replay(
                     downgraded_by.add(d.budget or "budget")
             for d in picked.admission.skipped:
                 downgraded_by.add(d.budget or "budget")
-        whose = _whose(row)
+        whose = _whose(row) if blocked_by is not None or downgraded_by else ""
         if blocked_by is not None:
             totals.blocked += 1
             k = (blocked_by, whose)
@@ -392,7 +411,10 @@ def replay(
             mk = (row.model, picked_model)
             result.moved[mk] = result.moved.get(mk, 0) + 1
         oracle_cost = oracle if oracle is not None else policy_cost
-        day = iso(row.ts)[:10]
+        day_n = int(row.ts // 86400)
+        day = day_names.get(day_n)
+        if day is None:
+            day = day_names[day_n] = iso(day_n * 86400.0)[:10]
         for dim, value in (("day", day), ("team", row.team or "-"), ("key", row.key or "-"), ("group", group),
                            ("model", row.model)):
             t = by[dim].get(value)
@@ -409,14 +431,14 @@ def replay(
         totals.policy += policy_cost
         totals.oracle += oracle_cost
         diff = policy_cost - row.spend_usd
-        if top:
-            item = (abs(diff), n, {"request_id": row.request_id, "time": iso(row.ts), "group": group, "whose": whose,
-                                   "paid_model": row.model, "paid_usd": row.spend_usd,
+        if top and (len(biggest) < top or abs(diff) > biggest[0][0]):
+            item = (abs(diff), n, {"request_id": row.request_id, "time": iso(row.ts), "group": group,
+                                   "whose": whose or _whose(row), "paid_model": row.model, "paid_usd": row.spend_usd,
                                    "policy_model": picked_model or f"blocked ({blocked_by})",
                                    "policy_usd": policy_cost, "difference_usd": diff})
             if len(biggest) < top:
                 heapq.heappush(biggest, item)
-            elif item[0] > biggest[0][0]:
+            else:
                 heapq.heapreplace(biggest, item)
     for dim, v in by.items():
         for t in v.values():  # per-row sums in float: round off the 1e-17s of a long sum of small numbers
