@@ -303,20 +303,40 @@ def _assert_input_error(r: subprocess.CompletedProcess, *fragments: str) -> None
 
 
 def test_cli_input_errors_are_messages_not_tracebacks(tmp_path):
+    """As a user meets them: a separate process, exit 2, a message naming the cause, no traceback."""
     require_postgres()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"start_time": "2025-01-01T00:00:00Z", "model_group": "support", "prompt_tokens": 1,
                                "completion_tokens": 1}) + "\n{not json\n")
     _assert_input_error(_cli("--from", str(bad)), f"{bad}:2", "not JSON")
-    wrong = tmp_path / "wrong.jsonl"
-    wrong.write_text(json.dumps({"start_time": "yesterday", "model_group": "support"}) + "\n")
-    _assert_input_error(_cli("--from", str(wrong)), f"{wrong}:1", "start_time")
-    _assert_input_error(_cli("--from", str(tmp_path / "missing.jsonl")), "no such file")
-    _assert_input_error(_cli("--from", "mysql://u@h/db"), "unknown scheme 'mysql'")
-    _assert_input_error(_cli("--from", "postgresql://postgres:secret@127.0.0.1:1/nope"), "cannot connect to",
-                        "postgres:***@127.0.0.1:1")
     r = _cli("--from", "postgresql://postgres:secret@127.0.0.1:1/nope")
+    _assert_input_error(r, "cannot connect to", "postgres:***@127.0.0.1:1")
     assert "secret" not in r.stderr
     with throwaway_database(create_table=False) as url:
         _assert_input_error(_cli("--from", url), 'no table "LiteLLM_SpendLogs"')
-    _assert_input_error(_cli("--from", str(bad), "--since", "last week"), "--since")
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda d: ["--from", _write(d / "w.jsonl", {"start_time": "yesterday", "model_group": "support"})],
+     ["w.jsonl:1", "start_time"]),
+    (lambda d: ["--from", _write(d / "u.jsonl", {"start_time": 1, "model_group": "support", "tokens": 3})],
+     ["u.jsonl:1", "unknown field(s) tokens"]),
+    (lambda d: ["--from", _write(d / "o.jsonl", {"start_time": 5, "model_group": "s"}, {"start_time": 1, "model_group": "s"})],
+     ["o.jsonl:2", "time order"]),
+    (lambda d: ["--from", str(d / "missing.jsonl")], ["no such file"]),
+    (lambda d: ["--from", "mysql://u@h/db"], ["unknown scheme 'mysql'"]),
+    (lambda d: ["--from", "postgresql://"], ["not a Postgres URL"]),
+    (lambda d: ["--from", f"sqlite:///{d}/nothing.db"], ["cannot read the ledger"]),
+    (lambda d: ["--from", _write(d / "ok.jsonl"), "--since", "last week"], ["--since"]),
+])
+def test_more_input_errors(make, fragments, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["what-if", SUPPORT, *make(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    for f in fragments:
+        assert f in err, err
+
+
+def _write(path: Path, *objs: dict) -> str:
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    return str(path)
