@@ -18,7 +18,8 @@ were; the biggest single differences.
 
 Memory: the history is streamed; what is kept grows with the number of distinct days, teams, keys,
 groups and models, the ledger's live budget buckets (one per scope value and window, idle session
-buckets expire), the price cache (bounded) and ``--top``/``LISTED`` examples, not with the rows.
+buckets expire), the price cache (at most ``_PRICE_CACHE`` entries) and the ``--top`` and ``LISTED``
+examples, not with the rows. The ledger keeps no record per charge (``_ReplayLedger``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from litellm_payg.tools.whatif_history import (
 LISTED = 100  # examples kept per list (unpriced, blocked, downgraded)
 DEFAULT_TOP = 10
 _LINEAR_UP_TO = 100_000  # prompt tokens below every tiered price's threshold (128k, 200k): rates are linear
-_PRICE_CACHE = 100_000
+_PRICE_CACHE = 20_000  # exact (non-linear) prices kept, at most
 
 
 # -- prices -------------------------------------------------------------------------------------
@@ -318,7 +319,6 @@ def replay(
     totals = result.totals
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
-    bar_cache: dict[tuple, float | None] = {}
     day_names: dict[int, str] = {}
     bar_progress = _Progress(progress)
     began = time.perf_counter()
@@ -361,7 +361,7 @@ def replay(
                                user=row.user, team=row.team, api_key=row.key, tags=row.tags, end_user=row.end_user,
                                session=row.session, trace_id=row.request_id)
         # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar
-        bar = _quality_bar(engine, request, bar_cache)
+        bar = _quality_bar(engine, request)
         oracle = None
         for c in group_cands:
             if bar is None or (c.quality is not None and c.quality >= bar):
@@ -461,20 +461,14 @@ def replay(
     return result
 
 
-def _quality_bar(engine: Any, request: Any, cache: dict[tuple, float | None]) -> float | None:
-    """The highest quality bar the rules applying to this request set (``simulate.quality_bar``)."""
+def _quality_bar(engine: Any, request: Any) -> float | None:
+    """The highest quality bar the rules applying to this request set (``simulate.quality_bar``).
+    Not cached: it depends on the request's size and fields, which rarely repeat in real traffic."""
     route = engine.routes.get(request.group)
     if not route:
         return None
-    key = (request.group, request.team, request.user, request.tags, request.prompt_tokens)
-    if key in cache:
-        return cache[key]
     bars = [rule.bar_for(request.prompt_tokens) for rule in engine.rules_for(request, route) if hasattr(rule, "bar_for")]
-    value = max(bars) if bars else None
-    if len(cache) >= _PRICE_CACHE:
-        cache.clear()
-    cache[key] = value
-    return value
+    return max(bars) if bars else None
 
 
 # -- sources ------------------------------------------------------------------------------------
