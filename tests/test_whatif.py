@@ -340,3 +340,15 @@ def test_more_input_errors(make, fragments, tmp_path, capsys):
 def _write(path: Path, *objs: dict) -> str:
     path.write_text("".join(json.dumps(o) + "\n" for o in objs))
     return str(path)
+
+
+def test_the_readme_jsonl_line_is_the_format_the_reader_takes():
+    """The JSONL line documented in the README's what-if section reads as a row, field for field."""
+    from litellm_payg.tools.whatif_history import row_from_json
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## What-if on your own history", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    row = row_from_json(json.loads(block), "README")
+    assert row.as_json() == {**json.loads(block), "start_time": "2025-03-01T09:00:00Z"}
+    assert row.has_usage and row.tags == ("faq",)
