@@ -221,6 +221,9 @@ def test_a_daily_team_budget_blocks_on_the_timeline_and_says_whose(tmp_path):
         # a request is refused once what was spent plus its reservation would pass the limit
         assert limit - reservation - per_request < served_a * per_request <= limit
         assert d.policy == pytest.approx((served_a + 5) * per_request, rel=1e-9)
+    # a blocked request costs the policy nothing: the oracle is also given over the served ones
+    t = result.totals
+    assert t.oracle_served < t.oracle and t.oracle_served <= t.policy + 1e-12
 
 
 # -- the plugin's own ledger ---------------------------------------------------------------------

@@ -184,13 +184,15 @@ class Totals:
     actual: float = 0.0
     policy: float = 0.0
     oracle: float = 0.0
+    #: the oracle over the requests the policy served (a blocked request costs the policy nothing)
+    oracle_served: float = 0.0
     blocked: int = 0
     downgraded: int = 0
     unpriced: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "actual_usd": self.actual, "policy_usd": self.policy,
-                "oracle_usd": self.oracle, "blocked": self.blocked, "downgraded": self.downgraded,
+                "oracle_usd": self.oracle, "oracle_served_usd": self.oracle_served, "blocked": self.blocked, "downgraded": self.downgraded,
                 "unpriced": self.unpriced}
 
 
@@ -424,12 +426,16 @@ def replay(
             t.actual += row.spend_usd
             t.policy += policy_cost
             t.oracle += oracle_cost
+            if blocked_by is None:
+                t.oracle_served += oracle_cost
             t.blocked += blocked_by is not None
             t.downgraded += bool(downgraded_by)
         totals.requests += 1
         totals.actual += row.spend_usd
         totals.policy += policy_cost
         totals.oracle += oracle_cost
+        if blocked_by is None:
+            totals.oracle_served += oracle_cost
         diff = policy_cost - row.spend_usd
         if top and (len(biggest) < top or abs(diff) > biggest[0][0]):
             item = (abs(diff), n, {"request_id": row.request_id, "time": iso(row.ts), "group": group,
@@ -442,8 +448,10 @@ def replay(
                 heapq.heapreplace(biggest, item)
     for dim, v in by.items():
         for t in v.values():  # per-row sums in float: round off the 1e-17s of a long sum of small numbers
-            t.actual, t.policy, t.oracle = (round(x, 12) for x in (t.actual, t.policy, t.oracle))
-    totals.actual, totals.policy, totals.oracle = (round(x, 12) for x in (totals.actual, totals.policy, totals.oracle))
+            t.actual, t.policy, t.oracle, t.oracle_served = (
+                round(x, 12) for x in (t.actual, t.policy, t.oracle, t.oracle_served))
+    totals.actual, totals.policy, totals.oracle, totals.oracle_served = (
+        round(x, 12) for x in (totals.actual, totals.policy, totals.oracle, totals.oracle_served))
     result.unpriced.update({"failed in history (not replayed)": result.skipped_failed} if result.skipped_failed else {})
     result.biggest = [d for _, _, d in sorted(biggest, key=lambda x: (-x[0], x[1]))]
     result.elapsed_s = time.perf_counter() - began
@@ -533,7 +541,11 @@ def format_table(result: WhatIfResult, top: int = DEFAULT_TOP) -> str:
            + (f", {result.skipped_failed:,} failed in history and passed over" if result.skipped_failed else "") + ")", ""]
     header = f"{'':<28} {'requests':>10} {'paid':>16} {'policy':>16} {'change':>9} {'oracle':>16}"
     out += [header, "-" * len(header),
-            f"{'total':<28} {t.requests:>10,} {usd(t.actual):>16} {usd(t.policy):>16} {_ratio(t.policy, t.actual):>9} {usd(t.oracle):>16}", ""]
+            f"{'total':<28} {t.requests:>10,} {usd(t.actual):>16} {usd(t.policy):>16} {_ratio(t.policy, t.actual):>9} {usd(t.oracle):>16}"]
+    if t.blocked:
+        out.append(f"{'  served by the policy':<28} {t.requests - t.blocked:>10,} {'':>16} {usd(t.policy):>16} {'':>9} "
+                   f"{usd(t.oracle_served):>16}  (the oracle over the requests the policy did not block)")
+    out.append("")
     for dim in DIMENSIONS:
         values = result.by.get(dim) or {}
         out.append(f"per {dim}:")
