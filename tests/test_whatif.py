@@ -355,3 +355,23 @@ def test_the_readme_jsonl_line_is_the_format_the_reader_takes():
     row = row_from_json(json.loads(block), "README")
     assert row.as_json() == {**json.loads(block), "start_time": "2025-03-01T09:00:00Z"}
     assert row.has_usage and row.tags == ("faq",)
+
+
+def test_the_biggest_differences_are_the_largest_per_request_changes():
+    # cost-threshold.yaml sends each of these chat requests (small, under its threshold) to DeepSeek
+    rows = [HistoryRow(f"r{i}", MONTH_START + i, "chat", "mistral/mistral-large-latest", None, 100 + 37 * i, 20 + i,
+                       spend_usd=0.0001 * ((i * 7) % 13), team="t") for i in range(40)]
+    result = replay(THRESHOLD, rows, top=5)
+    diffs = sorted(((_hand_cost("deepseek/deepseek-chat", r.prompt_tokens, r.completion_tokens, 0) - r.spend_usd, r.request_id)
+                    for r in rows), key=lambda d: -abs(d[0]))[:5]
+    assert [d["request_id"] for d in result.biggest] == [rid for _, rid in diffs]
+    assert [d["difference_usd"] for d in result.biggest] == pytest.approx([d for d, _ in diffs], rel=1e-9)
+
+
+def test_the_replay_ledger_keeps_budgets_not_a_record_per_charge():
+    from litellm_payg.tools.whatif import _ReplayLedger
+
+    ledger = _ReplayLedger.make()
+    for i in range(1000):
+        ledger.record(f"r{i}", [], 0.01, 60, now=MONTH_START + i)
+    assert ledger.records() == []
