@@ -13,6 +13,7 @@ and the policy loaded), printed with both figures. The database is dropped after
 
     python bench/whatif.py              # one million rows (~minutes on a busy 2-core machine)
     python bench/whatif.py --rows 100000
+    python bench/whatif.py --quick      # 20,000 rows, a smoke run
 """
 
 from __future__ import annotations
@@ -68,12 +69,16 @@ def child(mode: str, url: str, policy: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 20,000 rows")
     p.add_argument("--child", nargs=3, metavar=("MODE", "URL", "POLICY"))
     args = p.parse_args()
     if args.child:
         child(*args.child)
         return
     import whatif_helpers as h
+
+    if args.quick:
+        args.rows = 20_000
 
     support = str(REPO / "policies" / "support-bot.yaml")
     budgeted = Path(tempfile.mkdtemp()) / "support-budget.yaml"
@@ -85,15 +90,20 @@ def main() -> None:
         h.copy_rows(url, h.generate_month(args.rows))
         print(f"generated and COPYed {args.rows:,} rows in {time.perf_counter() - t:.1f} s")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        seconds = {}
         for mode, policy in (("read", support), ("replay", support), ("replay", str(budgeted))):
             out = subprocess.run([sys.executable, __file__, "--child", mode, url, policy], capture_output=True, text=True,
                                  env=env, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
+            seconds[(mode, policy)] = r["seconds"]
             label = f"{mode} ({Path(policy).name})" if mode == "replay" else "read only (Postgres -> HistoryRow)"
             money = f"; paid ${r['paid']:,.2f}, policy ${r['policy']:,.2f}, oracle ${r['oracle']:,.2f}, blocked {r['blocked']:,}" \
                 if mode == "replay" else ""
             print(f"{label:<46} {r['rows']:>10,} rows {r['seconds']:>7.1f} s {r['rows_per_s']:>9,.0f} rows/s  "
                   f"RSS {r['base_rss_mb']:.0f} MB before, peak {r['peak_rss_mb']:.0f} MB (+{r['growth_mb']:.0f} MB){money}")
+        per_million = seconds[("replay", support)] / args.rows * 1e6
+        print(f"target: a million rows replayed in < 60 s; measured {per_million:.0f} s per million "
+              f"({'pass' if per_million < 60 else 'miss'})")
 
 
 if __name__ == "__main__":

@@ -158,13 +158,13 @@ class _ReplayLedger:
 
     @staticmethod
     def make() -> Any:
-        from litellm_payg.stores.ledger.memory import MemoryLedger
+        from litellm_payg.stores.ledger import open_ledger
 
         class _Forget(list):
             def append(self, item: Any) -> None:  # noqa: D102 - a charge's record is not kept
                 return None
 
-        ledger = MemoryLedger("memory://")
+        ledger = open_ledger("memory://")  # the memory backend keeps its records in ``_records``
         ledger._records = _Forget()
         return ledger
 
