@@ -375,3 +375,20 @@ def test_the_replay_ledger_keeps_budgets_not_a_record_per_charge():
     for i in range(1000):
         ledger.record(f"r{i}", [], 0.01, 60, now=MONTH_START + i)
     assert ledger.records() == []
+
+
+def test_the_plugins_redis_ledger_as_a_source(capsys):
+    from services import fresh_redis_prefix
+
+    from litellm_payg.stores.ledger import open_ledger
+
+    with fresh_redis_prefix() as url:
+        with open_ledger(url) as ledger:
+            ledger.record("a", [], 0.002, 60, now=MONTH_START,
+                          attrs={"group": "support", "model": "gpt-4o-mini", "team": "t3", "prompt_tokens": 400,
+                                 "completion_tokens": 120})
+            ledger.record("b", [], 0.003, 60, now=MONTH_START + 1, attrs={"group": "support", "model": "gpt-4o-mini"})
+        out = run_cli(["what-if", SUPPORT, "--from", url, "--json"], capsys)
+    t = out["totals"]
+    assert t["requests"] == 1 and t["unpriced"] == 1 and t["actual_usd"] == pytest.approx(0.002)
+    assert t["policy_usd"] == pytest.approx(_hand_cost(_expected_support_pick(400), 400, 120, 0), rel=1e-9)
