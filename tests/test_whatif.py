@@ -14,7 +14,7 @@ import pytest
 
 from litellm_payg.tools import cli
 from litellm_payg.tools.whatif import HistoryPricer, replay, usd
-from litellm_payg.tools.whatif_history import HistoryRow, read_jsonl
+from litellm_payg.tools.whatif_history import HistoryRow
 from litellm_payg.tools.whatif_postgres import COLUMNS
 from whatif_helpers import (
     MONTH_START,
@@ -392,3 +392,45 @@ def test_the_plugins_redis_ledger_as_a_source(capsys):
     t = out["totals"]
     assert t["requests"] == 1 and t["unpriced"] == 1 and t["actual_usd"] == pytest.approx(0.002)
     assert t["policy_usd"] == pytest.approx(_hand_cost(_expected_support_pick(400), 400, 120, 0), rel=1e-9)
+
+
+def test_reasoning_tokens_priced_apart_where_litellm_prices_them_apart():
+    from litellm_payg.stores.prices import candidate_from_deployment
+
+    model = "dashscope/qwen-turbo"
+    c = candidate_from_deployment({"model_name": "g", "litellm_params": {"model": model}, "model_info": {"id": "q"}}, {})
+    pricer = HistoryPricer([c])
+    row = HistoryRow("x", 0.0, "g", model, None, 1000, 800, reasoning_tokens=600)
+    usage = litellm.Usage(prompt_tokens=1000, completion_tokens=800, total_tokens=1800,
+                          completion_tokens_details={"reasoning_tokens": 600})
+    a, b = litellm.cost_per_token(model=model, prompt_tokens=1000, completion_tokens=800, usage_object=usage)
+    plain = sum(litellm.cost_per_token(model=model, prompt_tokens=1000, completion_tokens=800))
+    assert a + b != pytest.approx(plain)  # the map prices this model's reasoning apart
+    assert pricer.charge(c, row) == pytest.approx(a + b, rel=1e-9)
+
+
+def test_a_litellm_config_gives_the_deployments(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - {model_name: chat, litellm_params: {model: deepseek/deepseek-chat}, model_info: {id: ds-1}}\n"
+        "  - {model_name: chat, litellm_params: {model: mistral/mistral-large-latest}, model_info: {id: ml-1}}\n"
+        "  - {model_name: other, litellm_params: {model: my-own/finetune-7b}, model_info: {id: ft-1}}\n")
+    history = _write(
+        tmp_path / "h.jsonl",
+        {"request_id": "a", "start_time": 1000, "model_group": "chat", "model": "mistral/mistral-large-latest",
+         "deployment": "ml-1", "prompt_tokens": 500, "completion_tokens": 100, "spend_usd": 0.002},
+        {"request_id": "b", "start_time": 1001, "model_group": "other", "model": "my-own/finetune-7b",
+         "deployment": "ft-1", "prompt_tokens": 500, "completion_tokens": 100, "spend_usd": 0.001},
+        {"request_id": "c", "start_time": 1002, "model_group": "gone", "model": "gpt-4o", "prompt_tokens": 5,
+         "completion_tokens": 5, "spend_usd": 0.0001},
+    )
+    out = run_cli(["what-if", THRESHOLD, "--from", history, "--config", str(config), "--json"], capsys)
+    assert out["deployments"] == {"chat": ["deepseek/deepseek-chat (ds-1)", "mistral/mistral-large-latest (ml-1)"],
+                                  "other": ["my-own/finetune-7b (ft-1)"]}
+    t = out["totals"]
+    assert t["requests"] == 1 and t["unpriced"] == 2
+    assert t["policy_usd"] == pytest.approx(_hand_cost("deepseek/deepseek-chat", 500, 100, 0), rel=1e-9)
+    reasons = {e["request_id"]: e["reason"] for e in out["unpriced"]["listed"]}
+    assert reasons == {"b": "the policy picked my-own/finetune-7b, which has no price",
+                       "c": "no deployment for model group 'gone' in the config"}

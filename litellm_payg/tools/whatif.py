@@ -46,7 +46,6 @@ from litellm_payg.tools.whatif_history import (
     parse_time,
     read_jsonl,
     read_ledger,
-    write_jsonl,
 )
 
 LISTED = 100  # examples kept per list (unpriced, blocked, downgraded)
@@ -703,8 +702,7 @@ def _tee(rows: Iterator[HistoryRow], out: Any) -> Iterator[HistoryRow]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from litellm_payg.adapter.deployments import candidates_from_config
-    from litellm_payg.policy.load import load_policy
+    import litellm
 
     filters = Filters(
         since=parse_time(args.since, "--since") if args.since else None,
@@ -713,6 +711,19 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.top < 0:
         raise WhatIfInputError("--top must be >= 0")
+    # LiteLLM prints its provider list to stdout for a model it cannot place (a deployment of your own):
+    # that would break --json, and the row says what it could not price anyway
+    quiet, litellm.suppress_debug_info = litellm.suppress_debug_info, True
+    try:
+        return _run(args, filters)
+    finally:
+        litellm.suppress_debug_info = quiet
+
+
+def _run(args: argparse.Namespace, filters: Filters) -> int:
+    from litellm_payg.adapter.deployments import candidates_from_config
+    from litellm_payg.policy.load import load_policy
+
     policy = load_policy(args.policy)
     by_group = candidates_from_config(args.config, policy) if args.config else None
     source = open_source(args.source, filters, with_deployments=by_group is None)
@@ -737,4 +748,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["HistoryPricer", "WhatIfResult", "open_source", "replay", "usd", "write_jsonl", "add_parser", "run"]
+__all__ = ["HistoryPricer", "WhatIfResult", "open_source", "replay", "usd", "add_parser", "run"]

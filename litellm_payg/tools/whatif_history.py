@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from litellm_payg.core.errors import PaygError
 
@@ -200,14 +200,6 @@ def read_jsonl(path: str, filters: Filters = Filters()) -> Iterator[HistoryRow]:
             last = row.ts
             if filters.accepts(row):
                 yield row
-
-
-def write_jsonl(rows: Sequence[HistoryRow] | Iterator[HistoryRow], out: TextIO) -> int:
-    n = 0
-    for row in rows:
-        out.write(json.dumps(row.as_json(), separators=(",", ":")) + "\n")
-        n += 1
-    return n
 
 
 # -- the plugin's own ledger --------------------------------------------------------------------
