@@ -434,3 +434,15 @@ def test_a_litellm_config_gives_the_deployments(tmp_path, capsys):
     reasons = {e["request_id"]: e["reason"] for e in out["unpriced"]["listed"]}
     assert reasons == {"b": "the policy picked my-own/finetune-7b, which has no price",
                        "c": "no deployment for model group 'gone' in the config"}
+
+
+def test_progress_goes_to_stderr_only_when_asked_or_on_a_terminal(tmp_path, capsys):
+    history = _write(tmp_path / "h.jsonl", {"start_time": 1, "model_group": "chat", "model": "deepseek/deepseek-chat",
+                                            "prompt_tokens": 10, "completion_tokens": 5})
+    capsys.readouterr()
+    assert cli.main(["what-if", THRESHOLD, "--from", history, "--json"]) == 0  # stderr is no terminal here
+    out, err = capsys.readouterr()
+    assert "replaying" not in err and json.loads(out)["totals"]["requests"] == 1
+    assert cli.main(["what-if", THRESHOLD, "--from", history, "--json", "--progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "replaying 1 requests" in err and "replaying" not in out
