@@ -77,7 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 
     from litellm_payg.tools import simulate
 
+    from litellm_payg.tools import whatif
+
     simulate.add_parser(sub)
+    whatif.add_parser(sub)
     report.add_parser(sub)
     replay.add_parser(sub)
 

@@ -1,0 +1,178 @@
+"""LiteLLM's spend logs (``LiteLLM_SpendLogs`` in the proxy's Postgres) as what-if history.
+
+Read with psycopg 3 (the ``whatif`` extra) through a server-side cursor: rows come ``ITERSIZE`` at
+a time, in ``startTime`` order, so memory does not grow with the table. The filters
+(``--since/--until``, team, key, model group, tag) are a ``WHERE`` clause, run by Postgres.
+
+What a row is priced from: ``prompt_tokens``, ``completion_tokens`` and, in ``metadata.usage_object``
+(LiteLLM's ``Usage`` as logged), the cache reads (``cache_read_input_tokens`` or
+``prompt_tokens_details.cached_tokens``), cache writes (``cache_creation_input_tokens``) and
+reasoning tokens (``completion_tokens_details.reasoning_tokens``). A row whose status is not
+``success`` is passed over (failover does not apply to answers that succeeded; a failure was not
+an answer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from litellm_payg.tools.whatif_history import Filters, HistoryRow, WhatIfInputError
+
+TABLE = "LiteLLM_SpendLogs"
+#: the columns of LiteLLM's ``schema.prisma`` this reader selects (a test checks them against it)
+COLUMNS = ("request_id", "startTime", "model", "model_id", "model_group", "custom_llm_provider", "prompt_tokens",
+           "completion_tokens", "spend", "user", "team_id", "api_key", "organization_id", "end_user", "session_id",
+           "request_tags", "metadata", "status")
+ITERSIZE = 10_000
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
+
+
+def is_postgres_url(source: str) -> bool:
+    return source.split("://", 1)[0] in ("postgresql", "postgres")
+
+
+def connect(url: str) -> Any:
+    """A psycopg connection, or a :class:`WhatIfInputError` saying why there is none."""
+    try:
+        import psycopg
+    except ImportError:
+        raise WhatIfInputError(
+            "reading LiteLLM's spend logs needs psycopg 3: pip install 'litellm-payg[whatif]' (or 'psycopg[binary]')"
+        ) from None
+    parts = urlsplit(url)
+    if not parts.hostname and not parts.path.strip("/"):
+        raise WhatIfInputError(f"{redact(url)}: not a Postgres URL (expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE)")
+    try:
+        return psycopg.connect(url, connect_timeout=5, autocommit=False)
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WhatIfInputError(f"cannot connect to {redact(url)}: {reason}") from None
+    except ValueError as exc:  # psycopg's own URL parsing
+        raise WhatIfInputError(f"{redact(url)}: not a Postgres URL ({exc})") from None
+
+
+def check_table(conn: Any, url: str) -> None:
+    """The spend-logs table exists and has every column this reader selects."""
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND table_schema = current_schema()",
+        (TABLE,)).fetchall()
+    if not rows:
+        raise WhatIfInputError(f"{redact(url)}: no table \"{TABLE}\" (is this the LiteLLM proxy's DATABASE_URL, "
+                               "with spend logs enabled?)")
+    have = {r[0] for r in rows}
+    missing = [c for c in COLUMNS if c not in have]
+    if missing:
+        raise WhatIfInputError(f"{redact(url)}: table \"{TABLE}\" has no column(s) {', '.join(missing)}; "
+                               "a LiteLLM release with a different spend-log schema?")
+
+
+def _where(filters: Filters) -> tuple[str, list[Any]]:
+    clauses, params = ["(status IS NULL OR status = 'success')"], []
+    if filters.since is not None:
+        clauses.append('"startTime" >= to_timestamp(%s)')
+        params.append(filters.since)
+    if filters.until is not None:
+        clauses.append('"startTime" < to_timestamp(%s)')
+        params.append(filters.until)
+    for column, value in (("team_id", filters.team), ("api_key", filters.key), ("model_group", filters.group)):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if filters.tag is not None:
+        clauses.append("request_tags @> %s::jsonb")
+        params.append(json.dumps([filters.tag]))
+    return " AND ".join(clauses), params
+
+
+_USAGE_INT = ("CASE WHEN jsonb_typeof(metadata -> 'usage_object') = 'object' THEN "
+              "(substring(metadata -> 'usage_object' {0} from '^[0-9]+'))::bigint END")
+
+
+def _select(filters: Filters) -> tuple[str, list[Any]]:
+    where, params = _where(filters)
+    sql = (
+        'SELECT request_id, extract(epoch FROM "startTime")::float8, model, model_id, model_group, custom_llm_provider, '
+        'prompt_tokens, completion_tokens, spend, "user", team_id, api_key, organization_id, end_user, session_id, '
+        "request_tags::text, "
+        # the cache and reasoning splits, pulled out of the logged usage object by Postgres (no JSON
+        # parsing per row here); the leading digits: a count logged as 12.0 reads as 12
+        + _USAGE_INT.format("->> 'cache_read_input_tokens'") + ", "
+        + _USAGE_INT.format("-> 'prompt_tokens_details' ->> 'cached_tokens'") + ", "
+        + _USAGE_INT.format("->> 'cache_creation_input_tokens'") + ", "
+        + _USAGE_INT.format("-> 'completion_tokens_details' ->> 'reasoning_tokens'") + " "
+        f'FROM "{TABLE}" WHERE {where} ORDER BY "startTime", request_id'
+    )
+    return sql, params
+
+
+def read_spend_logs(url: str, filters: Filters = Filters(), itersize: int = ITERSIZE) -> Iterator[HistoryRow]:
+    """Every successful request of the spend logs that the filters keep, in time order, streamed."""
+    import psycopg
+
+    conn = connect(url)
+    try:
+        check_table(conn, url)
+        sql, params = _select(filters)
+        with conn.cursor(name="litellm_payg_whatif") as cur:
+            cur.itersize = itersize
+            try:
+                cur.execute(sql, params)
+            except psycopg.Error as exc:
+                raise WhatIfInputError(f"{redact(url)}: cannot read \"{TABLE}\": {str(exc).strip().splitlines()[0]}") from None
+            for r in cur:
+                yield row_from_spend_log(r)
+    finally:
+        conn.close()
+
+
+def deployments_in(url: str, filters: Filters = Filters()) -> list[tuple[str, str, str | None]]:
+    """(model group, model, deployment id) of every deployment the filtered history used."""
+    conn = connect(url)
+    try:
+        check_table(conn, url)
+        where, params = _where(filters)
+        rows = conn.execute(
+            f'SELECT DISTINCT model_group, model, custom_llm_provider, model_id FROM "{TABLE}" WHERE {where}', params
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(g or m, model_string(m, p), d or None) for g, m, p, d in rows]
+
+
+def model_string(model: str | None, provider: str | None) -> str:
+    """The LiteLLM model string a spend log's ``model`` and ``custom_llm_provider`` name."""
+    model = model or ""
+    if not provider or model.startswith(provider + "/") or provider == "openai":
+        return model
+    return f"{provider}/{model}"
+
+
+def row_from_spend_log(r: tuple) -> HistoryRow:
+    (request_id, ts, model, model_id, group, provider, prompt, completion, spend, user, team, key, org, end_user,
+     session, tags_text, read, cached, write, reasoning) = r
+    if not tags_text or tags_text == "[]":
+        tags = []
+    else:
+        try:
+            tags = json.loads(tags_text)
+        except ValueError:
+            tags = []
+    name = model_string(model, provider)
+    return HistoryRow(
+        request_id=request_id, ts=ts, group=group or name, model=name, deployment=model_id or None,
+        prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=read or cached or 0,
+        cache_write_tokens=write or 0, reasoning_tokens=reasoning or 0, spend_usd=float(spend or 0.0), user=user or None, team=team or None,
+        key=key or None, org=org or None, end_user=end_user or None, session=session or None,
+        tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+    )

@@ -1,0 +1,448 @@
+"""``litellm-payg what-if``: real history (LiteLLM's spend logs in a real Postgres, a JSONL export, the
+plugin's own SQLite ledger) replayed through a policy's lifecycle, against hand calculations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import litellm
+import pytest
+
+from litellm_payg.tools import cli
+from litellm_payg.tools.whatif import HistoryPricer, replay, usd
+from litellm_payg.tools.whatif_history import HistoryRow
+from litellm_payg.tools.whatif_postgres import COLUMNS
+from whatif_helpers import (
+    MONTH_START,
+    copy_rows,
+    generate_month,
+    prisma_columns,
+    require_postgres,
+    spend_row,
+    throwaway_database,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SUPPORT = str(REPO / "policies" / "support-bot.yaml")
+THRESHOLD = str(REPO / "policies" / "cost-threshold.yaml")
+MONTH_ROWS = 3000
+DAY = 86400.0
+
+
+def price(ref: str) -> dict:
+    """The model's entry in LiteLLM's price map (keyed with or without the provider prefix)."""
+    return litellm.model_cost.get(ref) or litellm.model_cost[ref.split("/", 1)[1]]
+
+
+def run_cli(argv: list[str], capsys) -> dict:
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# -- the reader against LiteLLM's own schema -----------------------------------------------------
+
+
+def test_every_column_the_reader_selects_is_in_litellms_schema_with_its_type():
+    cols = {name: (type_, nullable) for name, type_, nullable, _ in prisma_columns()}
+    missing = [c for c in COLUMNS if c not in cols]
+    assert not missing, f"LiteLLM's schema.prisma has no {missing}: the spend-logs reader needs updating"
+    expected = {"request_id": "String", "startTime": "DateTime", "prompt_tokens": "Int", "completion_tokens": "Int",
+                "spend": "Float", "metadata": "Json", "request_tags": "Json", "model": "String", "model_group": "String"}
+    assert {c: cols[c][0] for c in expected} == expected
+
+
+# -- a month in Postgres -------------------------------------------------------------------------
+
+SLICE_TEAM = "slice-team"
+SLICE_T0 = MONTH_START + 3 * DAY + 17.0
+
+
+def slice_rows() -> list[dict]:
+    """Three requests of one team, hand-priced in the test below; each paid LiteLLM's price."""
+    return [
+        spend_row("slice-a", SLICE_T0, "support", "gpt-4o-mini", 400, 120, _hand_cost("gpt-4o-mini", 400, 120, 0),
+                  provider="openai", team=SLICE_TEAM, key="k-slice"),
+        spend_row("slice-b", SLICE_T0 + 1, "support", "claude-sonnet-4-5", 3000, 200,
+                  _hand_cost("anthropic/claude-sonnet-4-5", 3000, 200, 1000), provider="anthropic",
+                  team=SLICE_TEAM, key="k-slice", cache_read=1000),
+        # a request LiteLLM logged without usage (e.g. an answer without a usage block): listed, never priced
+        spend_row("slice-no-usage", SLICE_T0 + 2, "support", "gpt-4o-mini", None, None, 0.0007, provider="openai",
+                  team=SLICE_TEAM, key="k-slice"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def month_db():
+    require_postgres()
+    with throwaway_database() as url:
+        copy_rows(url, generate_month(MONTH_ROWS))
+        copy_rows(url, slice_rows())
+        yield url
+
+
+def _expected_support_pick(prompt: int) -> str:
+    """support-bot.yaml by hand: <= 500 prompt tokens need quality 0.6, more need 0.85; the cheapest
+    meeting the bar at the request's size with 300 expected output tokens (defaults) goes first."""
+    quality = {"deepseek/deepseek-chat": 0.70, "gpt-4o-mini": 0.65, "mistral/mistral-large-latest": 0.86,
+               "anthropic/claude-sonnet-4-5": 0.95}
+    bar = 0.6 if prompt <= 500 else 0.85
+
+    def estimate(m: str) -> float:
+        return prompt * price(m)["input_cost_per_token"] + 300 * price(m)["output_cost_per_token"]
+
+    return min((m for m, q in quality.items() if q >= bar), key=estimate)
+
+
+def _hand_cost(model: str, prompt: int, completion: int, cache_read: int) -> float:
+    p = price(model)
+    return ((prompt - cache_read) * p["input_cost_per_token"]
+            + cache_read * p.get("cache_read_input_token_cost", p["input_cost_per_token"])
+            + completion * p["output_cost_per_token"])
+
+
+def test_a_slice_of_the_month_matches_the_hand_calculation(month_db, capsys):
+    out = run_cli(["what-if", SUPPORT, "--from", month_db, "--team", SLICE_TEAM, "--json"], capsys)
+    a_model, b_model = _expected_support_pick(400), _expected_support_pick(3000)
+    assert b_model == "mistral/mistral-large-latest"  # quality 0.86 >= 0.85 and cheaper than Sonnet
+    policy = _hand_cost(a_model, 400, 120, 0) + _hand_cost(b_model, 3000, 200, 1000)
+    oracle_a = min(_hand_cost(m, 400, 120, 0) for m in ("deepseek/deepseek-chat", "gpt-4o-mini",
+                                                        "mistral/mistral-large-latest", "anthropic/claude-sonnet-4-5"))
+    oracle_b = min(_hand_cost(m, 3000, 200, 1000) for m in ("mistral/mistral-large-latest", "anthropic/claude-sonnet-4-5"))
+    t = out["totals"]
+    assert t["requests"] == 2 and t["unpriced"] == 1
+    paid = _hand_cost("gpt-4o-mini", 400, 120, 0) + _hand_cost("anthropic/claude-sonnet-4-5", 3000, 200, 1000)
+    assert t["actual_usd"] == pytest.approx(paid, rel=1e-9)  # the no-usage row's spend is not compared
+    assert t["policy_usd"] == pytest.approx(policy, rel=1e-9)
+    assert t["oracle_usd"] == pytest.approx(oracle_a + oracle_b, rel=1e-9)
+    listed = out["unpriced"]["listed"]
+    assert [e["request_id"] for e in listed] == ["slice-no-usage"]
+    assert "no usage" in listed[0]["reason"]
+    moved = {(m["paid_for"], m["policy_picked"]): m["requests"] for m in out["moved"]}
+    assert moved.get(("claude-sonnet-4-5", b_model)) == 1 or moved.get(("anthropic/claude-sonnet-4-5", b_model)) == 1
+
+
+def test_the_month_through_two_policies(month_db, capsys):
+    support = run_cli(["what-if", SUPPORT, "--from", month_db, "--json"], capsys)
+    threshold = run_cli(["what-if", THRESHOLD, "--from", month_db, "--json"], capsys)
+    expected_paid = sum(r["spend"] for r in generate_month(MONTH_ROWS)) + sum(r["spend"] for r in slice_rows()[:2])
+    for out in (support, threshold):
+        t = out["totals"]
+        assert t["requests"] + t["unpriced"] == MONTH_ROWS + 3
+        assert t["actual_usd"] == pytest.approx(expected_paid, rel=1e-9)
+        assert len(out["by_day"]) == 30
+        assert sum(d["policy_usd"] for d in out["by_day"].values()) == pytest.approx(t["policy_usd"], rel=1e-9)
+        assert sum(d["requests"] for d in out["by_team"].values()) == t["requests"]
+        assert t["oracle_usd"] <= t["policy_usd"] + 1e-12
+    # each policy governs only its own group: the other group keeps the deployment that served it
+    assert support["by_group"]["chat"]["policy_usd"] == pytest.approx(support["by_group"]["chat"]["actual_usd"], rel=1e-9)
+    assert threshold["by_group"]["support"]["policy_usd"] == pytest.approx(
+        threshold["by_group"]["support"]["actual_usd"], rel=1e-9)
+    # cost-threshold sends every chat request under its threshold to DeepSeek: cheaper than what was paid
+    assert threshold["by_group"]["chat"]["policy_usd"] < threshold["by_group"]["chat"]["actual_usd"]
+    # the team filter is a WHERE clause: its totals are the team's row of the whole
+    team = run_cli(["what-if", SUPPORT, "--from", month_db, "--team", "t-sales", "--json"], capsys)
+    assert team["totals"]["policy_usd"] == pytest.approx(support["by_team"]["t-sales"]["policy_usd"], rel=1e-9)
+    # --since/--until: one day of the month
+    day = run_cli(["what-if", SUPPORT, "--from", month_db, "--since", "2025-03-05T00:00:00Z",
+                   "--until", "2025-03-06T00:00:00Z", "--json"], capsys)
+    assert list(day["by_day"]) == ["2025-03-05"]
+    assert day["by_day"]["2025-03-05"]["requests"] == support["by_day"]["2025-03-05"]["requests"]
+
+
+def test_jsonl_export_read_back_gives_the_same_answer(month_db, tmp_path, capsys):
+    export = tmp_path / "history.jsonl"
+    from_pg = run_cli(["what-if", SUPPORT, "--from", month_db, "--export-jsonl", str(export), "--json"], capsys)
+    assert sum(1 for _ in export.open()) == MONTH_ROWS + 3
+    from_jsonl = run_cli(["what-if", SUPPORT, "--from", str(export), "--json"], capsys)
+    for out in (from_pg, from_jsonl):
+        out.pop("history")
+        out.pop("elapsed_s")
+    assert from_jsonl == from_pg
+
+
+def test_outputs_csv_html_and_small_amounts(month_db, tmp_path, capsys):
+    html, csv_path = tmp_path / "r.html", tmp_path / "r.csv"
+    capsys.readouterr()
+    assert cli.main(["what-if", SUPPORT, "--from", month_db, "--html", str(html), "--csv", str(csv_path)]) == 0
+    table = capsys.readouterr().out
+    assert "per day:" in table and "Biggest single differences" in table and "$0.00 " not in table
+    page = html.read_text()
+    assert 'id="chart-daily"' in page and "series-paid" in page and "series-policy" in page
+    assert "<script" not in page and "http" not in page.split("<svg", 1)[1].replace("http://www.w3.org/2000/svg", "")
+    rows = csv_path.read_text().splitlines()
+    assert rows[0].startswith("section,name,requests,paid_usd,policy_usd") and sum(r.startswith("day,") for r in rows) == 30
+    assert usd(0.0005) == "$0.0005000" and usd(0.0) == "$0" and usd(1234.5) == "$1,234.50" and usd(-0.00012345) == "-$0.0001234"
+
+
+# -- budgets and runs on the recorded timeline ---------------------------------------------------
+
+
+def _rows(n: int, *, group: str, model: str, team: str = "t", session: str | None = None, gap: float = 1.0,
+          prompt: int = 100, completion: int = 10, t0: float = MONTH_START) -> list[HistoryRow]:
+    return [HistoryRow(f"r{i}", t0 + i * gap, group, model, None, prompt, completion, spend_usd=0.001, team=team,
+                       session=session) for i in range(n)]
+
+
+def test_a_run_budget_counts_the_recorded_session(tmp_path):
+    # agent-runs.yaml: max_requests 100 per session; 105 requests of one run, 3 of another
+    rows = _rows(105, group="agent", model="gpt-4o", session="run-1") + _rows(
+        3, group="agent", model="gpt-4o", session="run-2", t0=MONTH_START + 200)
+    rows.sort(key=lambda r: r.ts)
+    result = replay(str(REPO / "policies" / "agent-runs.yaml"), rows)
+    assert result.totals.blocked == 5
+    assert sum(n for (budget, _), n in result.blocked.items() if budget == "per-run") == 5
+    assert [e["request_id"] for e in result.blocked_examples] == ["r100", "r101", "r102", "r103", "r104"]
+
+
+def test_a_daily_team_budget_blocks_on_the_timeline_and_says_whose(tmp_path):
+    limit = 0.1
+    policy = tmp_path / "p.yaml"
+    policy.write_text(Path(SUPPORT).read_text() + "\nbudgets:\n  - {name: team-day, scope: 'team:*', window: day, "
+                      f"limit_usd: {limit}, on_exceed: block}}\n")
+    # 200 requests a day over two days for team a, 5 a day for team b
+    rows = _rows(400, group="support", model="gpt-4o-mini", team="a", gap=DAY / 200, prompt=2000, completion=200)
+    rows += _rows(10, group="support", model="gpt-4o-mini", team="b", gap=DAY / 5, prompt=2000, completion=200, t0=MONTH_START + 7)
+    rows.sort(key=lambda r: r.ts)
+    result = replay(str(policy), rows)
+    blocked = {whose: n for (budget, whose), n in result.blocked.items() if budget == "team-day"}
+    assert set(blocked) == {"team a"} and 0 < blocked["team a"] < 400
+    model = _expected_support_pick(2000)
+    per_request = _hand_cost(model, 2000, 200, 0)
+    # the reservation: the prompt plus defaults.reserve_output_tokens (4096) at the picked model's price
+    reservation = 2000 * price(model)["input_cost_per_token"] + 4096 * price(model)["output_cost_per_token"]
+    for day in ("2025-03-01", "2025-03-02"):  # each day starts afresh (the window)
+        d = result.by["day"][day]
+        served_a = d.requests - d.blocked - 5
+        # a request is refused once what was spent plus its reservation would pass the limit
+        assert limit - reservation - per_request < served_a * per_request <= limit
+        assert d.policy == pytest.approx((served_a + 5) * per_request, rel=1e-9)
+    # a blocked request costs the policy nothing: the oracle is also given over the served ones
+    t = result.totals
+    assert t.oracle_served < t.oracle and t.oracle_served <= t.policy + 1e-12
+
+
+# -- the plugin's own ledger ---------------------------------------------------------------------
+
+
+def test_the_plugins_sqlite_ledger_as_a_source(tmp_path, capsys):
+    from litellm_payg.core.decision import RouteRequest
+    from litellm_payg.policy.load import load_policy
+    from litellm_payg.runtime.engine import Engine
+    from litellm_payg.runtime.lifecycle import Lifecycle
+    from litellm_payg.stores.ledger import open_ledger
+    from litellm_payg.adapter.deployments import candidates_named_by_policy
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    policy = load_policy(SUPPORT)
+    clock = [MONTH_START]
+    engine = Engine(policy, ledger=url, clock=lambda: clock[0])
+    life = Lifecycle(engine)
+    cands = candidates_named_by_policy(engine)["support"]
+    paid = 0.0
+    for i in range(6):  # governed requests as the plugin books them (no token counts in the record)
+        clock[0] = MONTH_START + i * 60
+        picked = life.pick(RouteRequest("support", prompt_tokens=300, output_tokens=300, team="t1", trace_id=f"g{i}"),
+                           cands, f"res-{i}")
+        life.succeeded(picked, picked.candidate.deployment_id, 0.0002 * (i + 1))
+        paid += 0.0002 * (i + 1)
+    engine.spend.close()
+    with open_ledger(url) as ledger:  # two records that carry their tokens
+        for i, (p, c) in enumerate(((400, 120), (3000, 200))):
+            ledger.record(f"tok-{i}", [], 0.001, 60, now=MONTH_START + 1000 + i,
+                          attrs={"group": "support", "model": "gpt-4o-mini", "team": "t2", "prompt_tokens": p,
+                                 "completion_tokens": c})
+    out = run_cli(["what-if", SUPPORT, "--from", url, "--json"], capsys)
+    t = out["totals"]
+    assert t["requests"] == 2 and t["unpriced"] == 6
+    assert out["unpriced"]["by_reason"] == {"no usage recorded (prompt and completion tokens unknown)": 6}
+    assert sum(e["spend_usd"] for e in out["unpriced"]["listed"]) == pytest.approx(paid)
+    hand = _hand_cost(_expected_support_pick(400), 400, 120, 0) + _hand_cost(_expected_support_pick(3000), 3000, 200, 0)
+    assert t["policy_usd"] == pytest.approx(hand, rel=1e-9) and t["actual_usd"] == pytest.approx(0.002)
+    assert list(out["by_team"]) == ["t2"]
+
+
+# -- prices --------------------------------------------------------------------------------------
+
+
+def test_the_per_token_rates_give_litellms_own_cost():
+    from litellm_payg.stores.prices import candidate_from_deployment
+
+    pricer = None
+    import random
+
+    rng = random.Random(3)
+    for model in ("gpt-4o", "anthropic/claude-sonnet-4-5", "deepseek/deepseek-chat", "gemini/gemini-2.5-pro",
+                  "mistral/mistral-large-latest"):
+        c = candidate_from_deployment({"model_name": "g", "litellm_params": {"model": model}, "model_info": {"id": model}}, {})
+        pricer = HistoryPricer([c])
+        for _ in range(20):
+            p = rng.choice((rng.randint(1, 5000), rng.randint(150_000, 400_000)))
+            read, write, comp = rng.randint(0, p // 2), rng.choice((0, rng.randint(0, p // 4))), rng.randint(0, 3000)
+            row = HistoryRow("x", 0.0, "g", model, None, p, comp, cache_read_tokens=read, cache_write_tokens=write)
+            a, b = litellm.cost_per_token(model=model, prompt_tokens=p, completion_tokens=comp,
+                                          cache_read_input_tokens=read, cache_creation_input_tokens=write)
+            assert pricer.charge(c, row) == pytest.approx(a + b, rel=1e-9, abs=1e-15), (model, p, comp, read, write)
+
+
+# -- input errors --------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "litellm_payg.tools.cli", "what-if", SUPPORT, *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def _assert_input_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    for f in fragments:
+        assert f in r.stderr, r.stderr
+
+
+def test_cli_input_errors_are_messages_not_tracebacks(tmp_path):
+    """As a user meets them: a separate process, exit 2, a message naming the cause, no traceback."""
+    require_postgres()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"start_time": "2025-01-01T00:00:00Z", "model_group": "support", "prompt_tokens": 1,
+                               "completion_tokens": 1}) + "\n{not json\n")
+    _assert_input_error(_cli("--from", str(bad)), f"{bad}:2", "not JSON")
+    r = _cli("--from", "postgresql://postgres:secret@127.0.0.1:1/nope")
+    _assert_input_error(r, "cannot connect to", "postgres:***@127.0.0.1:1")
+    assert "secret" not in r.stderr
+    with throwaway_database(create_table=False) as url:
+        _assert_input_error(_cli("--from", url), 'no table "LiteLLM_SpendLogs"')
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda d: ["--from", _write(d / "w.jsonl", {"start_time": "yesterday", "model_group": "support"})],
+     ["w.jsonl:1", "start_time"]),
+    (lambda d: ["--from", _write(d / "u.jsonl", {"start_time": 1, "model_group": "support", "tokens": 3})],
+     ["u.jsonl:1", "unknown field(s) tokens"]),
+    (lambda d: ["--from", _write(d / "o.jsonl", {"start_time": 5, "model_group": "s"}, {"start_time": 1, "model_group": "s"})],
+     ["o.jsonl:2", "time order"]),
+    (lambda d: ["--from", str(d / "missing.jsonl")], ["no such file"]),
+    (lambda d: ["--from", "mysql://u@h/db"], ["unknown scheme 'mysql'"]),
+    (lambda d: ["--from", "postgresql://"], ["not a Postgres URL"]),
+    (lambda d: ["--from", f"sqlite:///{d}/nothing.db"], ["cannot read the ledger"]),
+    (lambda d: ["--from", _write(d / "ok.jsonl"), "--since", "last week"], ["--since"]),
+])
+def test_more_input_errors(make, fragments, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["what-if", SUPPORT, *make(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    for f in fragments:
+        assert f in err, err
+
+
+def _write(path: Path, *objs: dict) -> str:
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    return str(path)
+
+
+def test_the_readme_jsonl_line_is_the_format_the_reader_takes():
+    """The JSONL line documented in the README's what-if section reads as a row, field for field."""
+    from litellm_payg.tools.whatif_history import row_from_json
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## What-if on your own history", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    row = row_from_json(json.loads(block), "README")
+    assert row.as_json() == {**json.loads(block), "start_time": "2025-03-01T09:00:00Z"}
+    assert row.has_usage and row.tags == ("faq",)
+
+
+def test_the_biggest_differences_are_the_largest_per_request_changes():
+    # cost-threshold.yaml sends each of these chat requests (small, under its threshold) to DeepSeek
+    rows = [HistoryRow(f"r{i}", MONTH_START + i, "chat", "mistral/mistral-large-latest", None, 100 + 37 * i, 20 + i,
+                       spend_usd=0.0001 * ((i * 7) % 13), team="t") for i in range(40)]
+    result = replay(THRESHOLD, rows, top=5)
+    diffs = sorted(((_hand_cost("deepseek/deepseek-chat", r.prompt_tokens, r.completion_tokens, 0) - r.spend_usd, r.request_id)
+                    for r in rows), key=lambda d: -abs(d[0]))[:5]
+    assert [d["request_id"] for d in result.biggest] == [rid for _, rid in diffs]
+    assert [d["difference_usd"] for d in result.biggest] == pytest.approx([d for d, _ in diffs], rel=1e-9)
+
+
+def test_the_replay_ledger_keeps_budgets_not_a_record_per_charge():
+    from litellm_payg.tools.whatif import _ReplayLedger
+
+    ledger = _ReplayLedger.make()
+    for i in range(1000):
+        ledger.record(f"r{i}", [], 0.01, 60, now=MONTH_START + i)
+    assert ledger.records() == []
+
+
+def test_the_plugins_redis_ledger_as_a_source(capsys):
+    from services import fresh_redis_prefix
+
+    from litellm_payg.stores.ledger import open_ledger
+
+    with fresh_redis_prefix() as url:
+        with open_ledger(url) as ledger:
+            ledger.record("a", [], 0.002, 60, now=MONTH_START,
+                          attrs={"group": "support", "model": "gpt-4o-mini", "team": "t3", "prompt_tokens": 400,
+                                 "completion_tokens": 120})
+            ledger.record("b", [], 0.003, 60, now=MONTH_START + 1, attrs={"group": "support", "model": "gpt-4o-mini"})
+        out = run_cli(["what-if", SUPPORT, "--from", url, "--json"], capsys)
+    t = out["totals"]
+    assert t["requests"] == 1 and t["unpriced"] == 1 and t["actual_usd"] == pytest.approx(0.002)
+    assert t["policy_usd"] == pytest.approx(_hand_cost(_expected_support_pick(400), 400, 120, 0), rel=1e-9)
+
+
+def test_reasoning_tokens_priced_apart_where_litellm_prices_them_apart():
+    from litellm_payg.stores.prices import candidate_from_deployment
+
+    model = "dashscope/qwen-turbo"
+    c = candidate_from_deployment({"model_name": "g", "litellm_params": {"model": model}, "model_info": {"id": "q"}}, {})
+    pricer = HistoryPricer([c])
+    row = HistoryRow("x", 0.0, "g", model, None, 1000, 800, reasoning_tokens=600)
+    usage = litellm.Usage(prompt_tokens=1000, completion_tokens=800, total_tokens=1800,
+                          completion_tokens_details={"reasoning_tokens": 600})
+    a, b = litellm.cost_per_token(model=model, prompt_tokens=1000, completion_tokens=800, usage_object=usage)
+    plain = sum(litellm.cost_per_token(model=model, prompt_tokens=1000, completion_tokens=800))
+    assert a + b != pytest.approx(plain)  # the map prices this model's reasoning apart
+    assert pricer.charge(c, row) == pytest.approx(a + b, rel=1e-9)
+
+
+def test_a_litellm_config_gives_the_deployments(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - {model_name: chat, litellm_params: {model: deepseek/deepseek-chat}, model_info: {id: ds-1}}\n"
+        "  - {model_name: chat, litellm_params: {model: mistral/mistral-large-latest}, model_info: {id: ml-1}}\n"
+        "  - {model_name: other, litellm_params: {model: my-own/finetune-7b}, model_info: {id: ft-1}}\n")
+    history = _write(
+        tmp_path / "h.jsonl",
+        {"request_id": "a", "start_time": 1000, "model_group": "chat", "model": "mistral/mistral-large-latest",
+         "deployment": "ml-1", "prompt_tokens": 500, "completion_tokens": 100, "spend_usd": 0.002},
+        {"request_id": "b", "start_time": 1001, "model_group": "other", "model": "my-own/finetune-7b",
+         "deployment": "ft-1", "prompt_tokens": 500, "completion_tokens": 100, "spend_usd": 0.001},
+        {"request_id": "c", "start_time": 1002, "model_group": "gone", "model": "gpt-4o", "prompt_tokens": 5,
+         "completion_tokens": 5, "spend_usd": 0.0001},
+    )
+    out = run_cli(["what-if", THRESHOLD, "--from", history, "--config", str(config), "--json"], capsys)
+    assert out["deployments"] == {"chat": ["deepseek/deepseek-chat (ds-1)", "mistral/mistral-large-latest (ml-1)"],
+                                  "other": ["my-own/finetune-7b (ft-1)"]}
+    t = out["totals"]
+    assert t["requests"] == 1 and t["unpriced"] == 2
+    assert t["policy_usd"] == pytest.approx(_hand_cost("deepseek/deepseek-chat", 500, 100, 0), rel=1e-9)
+    reasons = {e["request_id"]: e["reason"] for e in out["unpriced"]["listed"]}
+    assert reasons == {"b": "the policy picked my-own/finetune-7b, which has no price",
+                       "c": "no deployment for model group 'gone' in the config"}
+
+
+def test_progress_goes_to_stderr_only_when_asked_or_on_a_terminal(tmp_path, capsys):
+    history = _write(tmp_path / "h.jsonl", {"start_time": 1, "model_group": "chat", "model": "deepseek/deepseek-chat",
+                                            "prompt_tokens": 10, "completion_tokens": 5})
+    capsys.readouterr()
+    assert cli.main(["what-if", THRESHOLD, "--from", history, "--json"]) == 0  # stderr is no terminal here
+    out, err = capsys.readouterr()
+    assert "replaying" not in err and json.loads(out)["totals"]["requests"] == 1
+    assert cli.main(["what-if", THRESHOLD, "--from", history, "--json", "--progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "replaying 1 requests" in err and "replaying" not in out
