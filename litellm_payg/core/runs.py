@@ -8,7 +8,12 @@ time, plus counters (requests, one prompt's repeats) reserved with it in one ato
 * :func:`downgrade_step` / :func:`downgrade`: past a share of the run's limit (spent and in flight,
   read into the snapshot), the run's requests go to the cheapest deployment whose quality is at
   least the step's ``min_quality``; the route's own rules are set aside for it;
-* :func:`prompt_hash`: what the loop guard counts;
+* :func:`prompt_hash`: what the loop guard counts of a whole prompt;
+* :func:`loop_marks`: what it counts of an agent's loop (``loop_counts``): the tool calls, the
+  (tool call, tool result) pairs and the assistant output of the *newest* turn only, so a
+  conversation that grows each turn is still seen repeating itself, and each request hashes a
+  few messages, never the whole conversation;
+* :func:`missing_run`: the refusal of a request without a run id when ``sessions.required``;
 * :class:`RunStatus`: what a run has spent and has left (``Engine.run_status``, response headers).
 
 Session ids are written by the client: a run cap bounds an honest runaway client, never a hostile
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,126 @@ def prompt_hash(messages: Any) -> str | None:
         return None
     text = json.dumps(messages, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+#: what a loop guard may count (``loop_counts``): the whole prompt, the newest turn's tool calls
+#: (name and arguments), its (tool call, tool result) pairs, its assistant output
+LOOP_KINDS = ("prompt", "tool_call", "tool_result", "output")
+
+_DIGEST = 8  # hex digits of a digest shown in a refusal: enough to tell two calls apart by eye
+_MAX_TOOL_NAME = 64  # a tool name in a refusal (the client wrote it): bounded
+
+
+@dataclass(frozen=True)
+class LoopMark:
+    """One thing a request repeats that a loop guard counts in its run: ``kind`` (one of
+    :data:`LOOP_KINDS` but ``prompt``), ``key`` (a digest: the ledger counter's name) and ``what``
+    (how a refusal names it: the tool's name and a short digest of its arguments)."""
+
+    kind: str
+    key: str
+    what: str
+
+
+def _digest(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"),
+                                                          default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def _arguments(raw: Any) -> Any:
+    """A tool call's arguments, so that ``{"a":1,"b":2}`` and ``{"b": 2, "a": 1}`` are the same call:
+    a JSON string is parsed (keys sorted when hashed); anything else is hashed as it is."""
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _newest_turn(messages: Sequence[Any]) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
+    """The newest assistant message of a chat request and the tool results sent after it: the
+    answer the run got to its previous request, and what its tools returned. Walks back from the
+    end only as far as that message."""
+    results: list[Mapping[str, Any]] = []
+    for message in reversed(messages):
+        if not isinstance(message, Mapping):
+            continue
+        role = message.get("role")
+        if role == "assistant":
+            return message, results
+        if role in ("tool", "function"):
+            results.append(message)
+    return None, results
+
+
+def _text(content: Any) -> Any:
+    """An assistant message's content for a digest: a string, or the text parts of a list."""
+    if isinstance(content, list):
+        return [part.get("text") if isinstance(part, Mapping) else part for part in content]
+    return content
+
+
+def loop_marks(messages: Any, kinds: frozenset[str]) -> tuple[LoopMark, ...]:
+    """What a run's loop guard counts of this request (``kinds``: of :data:`LOOP_KINDS`), read from
+    its newest assistant turn (OpenAI chat messages): each tool call (name and arguments), each
+    (tool call, tool result) pair whose result follows it, and the assistant's output (its text, when
+    it has no tool calls). An agent stuck in a loop makes the same call again and again, and gets
+    the same result: each time it is the newest turn of a request whose conversation has grown by
+    it, so counting the newest turn counts the repeats whatever else the conversation holds.
+    Identical marks of one request count once."""
+    if not kinds or not isinstance(messages, (list, tuple)) or not messages:
+        return ()
+    assistant, results = _newest_turn(messages)
+    if assistant is None:
+        return ()
+    out: dict[str, LoopMark] = {}
+    calls: dict[str, tuple[str, str, str]] = {}  # tool_call_id -> (name, args digest, label)
+    tool_calls = assistant.get("tool_calls")
+    if isinstance(tool_calls, list):
+        for call in tool_calls:
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if not isinstance(function, Mapping):
+                continue
+            name = str(function.get("name") or "?")[:_MAX_TOOL_NAME]
+            args = _digest([name, _arguments(function.get("arguments"))])
+            label = f"tool call {name}(args sha256:{args[:_DIGEST]})"
+            if "tool_call" in kinds:
+                out[f"tool_call:{args}"] = LoopMark("tool_call", f"call:{args}", f"the same {label}")
+            if call.get("id") is not None:
+                calls[str(call.get("id"))] = (name, args, label)
+    if "tool_result" in kinds:
+        for result in results:
+            call = calls.get(str(result.get("tool_call_id")))
+            if call is None:
+                continue
+            name, args, label = call
+            pair = _digest([args, _text(result.get("content"))])
+            out[f"tool_result:{pair}"] = LoopMark(
+                "tool_result", f"result:{pair}", f"the same {label} with the same result (sha256:{pair[:_DIGEST]})")
+    if "output" in kinds and not tool_calls:
+        content = _text(assistant.get("content"))
+        if content:
+            text = _digest(content)
+            out[f"output:{text}"] = LoopMark("output", f"output:{text}",
+                                             f"the same assistant output (sha256:{text[:_DIGEST]})")
+    return tuple(out.values())
+
+
+def missing_run(sources: Sequence[str]) -> str:
+    """The refusal of a governed request that names no run under ``sessions.required``: where the
+    run id is read from (``sessions.id_from``), in the order tried."""
+    where = []
+    for source in sources:
+        if source.startswith("header:"):
+            where.append(f"the {source.split(':', 1)[1]} header")
+        elif source.startswith("metadata."):
+            where.append(f"metadata.{source.split('.', 1)[1]}")
+        else:
+            where.append(f"the {source} field")
+    return (f"litellm-payg: this request names no run, and the policy requires one (sessions.required): "
+            f"send a run id (a string) in {' or '.join(where)}")
 
 
 @dataclass(frozen=True)
@@ -129,4 +254,5 @@ class RunStatus:
         }
 
 
-__all__ = ["RunStatus", "RunUsage", "downgrade", "downgrade_step", "prompt_hash"]
+__all__ = ["LOOP_KINDS", "LoopMark", "RunStatus", "RunUsage", "downgrade", "downgrade_step", "loop_marks", "missing_run",
+           "prompt_hash"]
