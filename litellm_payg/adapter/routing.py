@@ -1078,7 +1078,9 @@ class PaygRouting(CustomLogger):
         of its request only the run it belongs to (:class:`AnsweredRequest`, what the headers report)."""
         self.states.finished(state)
         if state.request is not None and not isinstance(state.request, AnsweredRequest):
-            state.request = AnsweredRequest(session=getattr(state.request, "session", None))
+            request = state.request
+            state.request = AnsweredRequest(session=getattr(request, "session", None), run=getattr(request, "run", None),
+                                            run_budgets=self.engine.spend.run_budgets_of(request) if self.late_headers else ())
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
@@ -1141,10 +1143,13 @@ def _characters(request_kwargs: Mapping[str, Any]) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class AnsweredRequest:
-    """What a finished request's state keeps of its RouteRequest: the run (``session``) the
-    proxy's response headers report on. The rest (its metadata, the prompt's parts) is dropped."""
+    """What a finished request's state keeps of its RouteRequest: the run (``session``, ``run``) the
+    proxy's response headers report on, and the run budgets that applied to it (their index,
+    ``SpendControl.run_budgets_of``). The rest (its metadata, the prompt's parts) is dropped."""
 
     session: Any
+    run: Any = None
+    run_budgets: tuple[int, ...] = ()
 
 
 class _Once:

@@ -230,15 +230,44 @@ class SpendControl:
             have = ", ".join(b.budget_id(i) for i, b in self.runs) or "none"
             raise ValueError(f"no run budget {budget!r} in the policy (run budgets: {have})" if budget
                              else "the policy has no run budget (scope: session:*, window: session:<idle>)")
-        money, requests = self.run_buckets(str(session), b, index)
-        usage = self.ledger.usage([money.bucket, requests.bucket], now=self.clock())
-        spent, count = usage[money.bucket.key], usage[requests.bucket.key]
-        return RunStatus(
-            session=str(session), budget=b.budget_id(index), window=b.window,
-            spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, limit_usd=b.limit_usd,
-            requests=int(round(count.spent_usd + count.reserved_usd)), max_requests=b.max_requests,
-            reserve_usd=b.limit_usd * b.final_reserve.share if b.final_reserve is not None else 0.0,
-        )
+        return self.run_statuses(str(session), [(index, b)])[0]
+
+    def run_statuses(self, session: str, budgets: Sequence[tuple[int, Budget]]) -> list[RunStatus]:
+        """What run ``session`` has spent and has left under each of ``budgets`` (``(index,
+        budget)`` of :attr:`runs`), read in one ledger call."""
+        pairs = [(index, b, *self.run_buckets(session, b, index)) for index, b in budgets]
+        usage = self.ledger.usage([bb.bucket for *_, money, requests in pairs for bb in (money, requests)],
+                                  now=self.clock())
+        out = []
+        for index, b, money, requests in pairs:
+            spent, count = usage[money.bucket.key], usage[requests.bucket.key]
+            out.append(RunStatus(
+                session=session, budget=b.budget_id(index), window=b.window,
+                spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, limit_usd=b.limit_usd,
+                requests=int(round(count.spent_usd + count.reserved_usd)), max_requests=b.max_requests,
+                reserve_usd=b.limit_usd * b.final_reserve.share if b.final_reserve is not None else 0.0,
+            ))
+        return out
+
+    def run_budgets_of(self, request: Any) -> tuple[int, ...]:
+        """The indexes (in :attr:`runs`) of the run budgets that apply to ``request`` (a
+        ``RouteRequest``; an already answered request keeps them, as ``run_budgets``)."""
+        if not isinstance(request, RouteRequest):
+            return tuple(getattr(request, "run_budgets", ()) or ())
+        if not self.runs or not (request.run or request.session):
+            return ()
+        return tuple(n for n, (_, b) in enumerate(self.runs) if self.applies(b, request))
+
+    def request_runs(self, request: Any) -> list[RunStatus]:
+        """The request's run under every run budget that applies to it (their ``when:``), tightest
+        first (the least left to spend), read in one ledger call: what the response headers say.
+        ``request``: a ``RouteRequest``, or what an answered request keeps of it (``session``,
+        ``run``, ``run_budgets``)."""
+        run = getattr(request, "run", None) or getattr(request, "session", None)
+        mine = [self.runs[n] for n in self.run_budgets_of(request)]
+        if not run or not mine:
+            return []
+        return sorted(self.run_statuses(str(run), mine), key=lambda s: s.remaining_usd)
 
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
         """An upper bound of what ``candidate``'s provider can bill for ``request``: every output
