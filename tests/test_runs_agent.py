@@ -265,3 +265,47 @@ async def test_two_keys_with_different_run_limits_in_one_policy():
         for i in range(7):
             await _send(router, [{"role": "user", "content": f"other {i}"}], run="r", metadata={"api_key": "other"})
         await settled(engine)
+
+
+# -- a downgrade step never takes a step below the floor it keeps, nor below the client's hint ------
+
+CHEAP = "deepseek/deepseek-chat"
+
+
+def _steps_policy() -> dict:
+    return {
+        "version": 1, "ledger": "memory://",
+        "models": {CHEAP: {"quality": 0.7}, DEAR: {"quality": 0.95}},
+        "routes": {"agent": [
+            {"when": {"metadata.step": "plan"}, "quality_floor": {"min_quality": 0.9, "keep_past_downgrade": True}},
+            {"quality_floor": {"min_quality": 0.9}},
+        ]},
+        "budgets": [{"name": "per-run", "scope": "session:*", "window": "session:30m", "limit_usd": 10 * COST,
+                     "downgrade": [{"at": 0.5, "min_quality": 0.6}]}],
+    }
+
+
+async def test_a_plan_step_keeps_its_floor_past_a_downgrade_step_and_a_hint_is_kept_too():
+    from routing_helpers import served_by
+
+    model_list = [deployment("agent", CHEAP, "cheap", input_cost_per_token=1e-6, output_cost_per_token=1e-6),
+                  deployment("agent", DEAR, "dear", **PRICE)]
+    with attached(model_list, _steps_policy()) as (router, engine):
+        async def step(name: str, i: int, **meta) -> str:
+            response = await _send(router, [{"role": "user", "content": f"{name} {i}"}],
+                                   metadata={"step": name, **meta})
+            await settled(engine)
+            return served_by(response)
+
+        assert [await step("act", i) for i in range(5)] == ["dear"] * 5  # half the run's budget: past the step
+        assert await step("act", 5) == "cheap"  # the downgrade step (0.6) for a step that does not keep its floor
+        assert await step("plan", 6) == "dear"  # plan keeps its 0.9 past the downgrade step
+        assert await step("act", 7, payg_hints={"min_quality": 0.9}) == "dear"  # the client's hint only tightens
+        assert await step("act", 8) == "cheap"
+
+
+def test_keep_past_downgrade_is_a_checked_option():
+    policy = _steps_policy()
+    policy["routes"]["agent"][0]["quality_floor"]["keep_past_downgrade"] = "sometimes"
+    with pytest.raises(PolicyError, match="keep_past_downgrade"):
+        load_policy(policy)

@@ -23,7 +23,11 @@ SCOUT, WRITER = new_key(label="scout"), new_key(label="writer")
 POLICY = {
     "version": 1,
     "ledger": "sqlite:///payg-ledger.db",
-    "routes": {"agent": []},
+    "models": {"deepseek/deepseek-chat": {"quality": 0.7}, DEAR: {"quality": 0.95}},
+    "routes": {"agent": [], "steps": [
+        {"when": {"metadata.step": "plan"}, "quality_floor": {"min_quality": 0.9, "keep_past_downgrade": True}},
+        {"quality_floor": {"min_quality": 0.9}},
+    ]},
     "sessions": {"id_from": ["header:x-agent-run", "litellm_session_id"], "required": True},
     "budgets": [
         # every run: a loop guard that sees repeated tool calls, and a generous cap
@@ -34,6 +38,9 @@ POLICY = {
          "when": {"key": key_hash(SCOUT)}},
         {"name": "writer-run", "scope": "session:*", "window": "session:30m", "limit_usd": 5.5 * COST,
          "when": {"key": key_hash(WRITER)}},
+        # the "steps" agent: past half its run's budget, a downgrade step
+        {"name": "steps-run", "scope": "session:*", "window": "session:30m", "limit_usd": 10 * COST,
+         "downgrade": [{"at": 0.5, "min_quality": 0.6}], "when": {"tags": ["steps"]}},
     ],
 }
 CONFIG = {
@@ -42,7 +49,12 @@ CONFIG = {
         "litellm_params": {"model": DEAR, "api_key": "not-used-mock-response", "mock_response": "answered",
                            "input_cost_per_token": 1e-5, "output_cost_per_token": 1e-5},
         "model_info": {"id": "dear"},
-    }],
+    }] + [{
+        "model_name": "steps",
+        "litellm_params": {"model": model, "api_key": "not-used-mock-response", "mock_response": f"answered by {dep}",
+                           "input_cost_per_token": price, "output_cost_per_token": price},
+        "model_info": {"id": dep},
+    } for model, dep, price in (("deepseek/deepseek-chat", "steps-cheap", 1e-6), (DEAR, "steps-dear", 1e-5))],
     "litellm_settings": {"callbacks": ["litellm_payg.adapter.proxy.handler"]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }
@@ -132,3 +144,17 @@ def test_two_agents_with_different_run_limits_in_one_policy(proxy):
     n, headers = served(new_key(label="other"), "any-run")
     assert n == 10 and headers[-1]["x-payg-run-budget"] == "any-run"
     assert headers[-1]["x-payg-run-budgets"].startswith("any-run=")
+
+
+def test_a_plan_step_keeps_its_floor_past_a_downgrade_step(proxy):
+    client, run = _client(proxy), _run()
+
+    def step(name: str, i: int) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="steps", messages=[{"role": "user", "content": f"{name} {i}"}], max_tokens=20,
+            extra_headers={"x-agent-run": run}, extra_body={"metadata": {"step": name, "tags": ["steps"]}})
+        return raw.headers["x-payg-chosen"]
+
+    assert [step("act", i) for i in range(5)] == ["steps-dear"] * 5  # half the run's budget
+    assert step("act", 5) == "steps-cheap"  # the downgrade step
+    assert step("plan", 6) == "steps-dear"  # plan keeps its 0.9 floor past it

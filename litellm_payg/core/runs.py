@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,14 +187,23 @@ def downgrade_step(runs: Sequence[RunUsage]) -> tuple[RunUsage, DowngradeStep] |
     return None
 
 
-def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequence[RunUsage]) -> Step | None:
+def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequence[RunUsage],
+              floor: Callable[[], float | None] | None = None) -> Step | None:
     """The run's progressive downgrade as a decision step, or None when no step is in force: the
     candidates whose quality is at least the step's ``min_quality``, cheapest first for this
-    request; the others (and those without a quality score or a price) dropped with the reason."""
+    request; the others (and those without a quality score or a price) dropped with the reason.
+
+    A step never goes below the bar the request keeps: ``floor`` (called only when a step is in
+    force) is the bar of the route's rules that apply to it and say so (``quality_floor`` with
+    ``keep_past_downgrade: true``: a ``plan`` step's 0.9 stays 0.9 past a step of 0.6), and the
+    client's ``min_quality`` hint (hints only tighten) raises it too."""
     found = downgrade_step(runs)
     if found is None:
         return None
     run, step = found
+    own = max((b for b in ((floor() if floor is not None else None), request.min_quality) if b is not None), default=None)
+    if own is not None and own > step.min_quality:
+        step = DowngradeStep(at=step.at, min_quality=own)
     budget = run.bucket.budget
     used = run.usage.spent_usd + run.usage.reserved_usd
     why = (f"run {session_in(run.bucket.scope_value)!r} has used {run.share:.0%} of budget {budget_label(budget, run)!r} "
