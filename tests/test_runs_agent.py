@@ -309,3 +309,20 @@ def test_keep_past_downgrade_is_a_checked_option():
     policy["routes"]["agent"][0]["quality_floor"]["keep_past_downgrade"] = "sometimes"
     with pytest.raises(PolicyError, match="keep_past_downgrade"):
         load_policy(policy)
+
+
+def test_loop_marks_read_anthropic_messages_and_responses_input_alike():
+    kinds = frozenset({"tool_call", "tool_result"})
+    anthropic = [{"role": "user", "content": "find it"},
+                 {"role": "assistant", "content": [{"type": "text", "text": "searching"},
+                                                   {"type": "tool_use", "id": "tu1", "name": "web_search",
+                                                    "input": {"q": "x"}}]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "tu1", "content": "none"}]}]
+    responses = [{"role": "user", "content": "find it"},
+                 {"type": "function_call", "call_id": "c1", "name": "web_search", "arguments": '{"q": "x"}'},
+                 {"type": "function_call_output", "call_id": "c1", "output": "none"}]
+    chat = [{"role": "user", "content": "find it"},
+            {"role": "assistant", "tool_calls": [{"id": "k", "function": {"name": "web_search", "arguments": '{"q":"x"}'}}]},
+            {"role": "tool", "tool_call_id": "k", "content": "none"}]
+    marks = [tuple(m.key for m in loop_marks(m, kinds)) for m in (anthropic, responses, chat)]
+    assert len(marks[0]) == 2 and marks[0] == marks[1] == marks[2]  # the same call and result, whatever the format

@@ -527,7 +527,8 @@ class PaygRouting(CustomLogger):
             run=run_of(session, who, getattr(self.engine.policy, "run_owner", "key")),
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
                          if self.engine.spend.loop_guards else None),
-            loop_marks=loop_marks(messages or request_kwargs.get("messages"), self.engine.spend.loop_kinds)
+            loop_marks=loop_marks(messages or request_kwargs.get("messages") or request_kwargs.get("input"),
+                                  self.engine.spend.loop_kinds)
             if self.engine.spend.loop_kinds else (),
             # worked out only if a rule reads it (quality_floor), like the count itself
             prompt_tokens_at_most=None if state.prompt_tokens is not None else lambda: prompt_tokens_at_most(

@@ -79,20 +79,58 @@ def _arguments(raw: Any) -> Any:
     return raw
 
 
-def _newest_turn(messages: Sequence[Any]) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
-    """The newest assistant message of a chat request and the tool results sent after it: the
-    answer the run got to its previous request, and what its tools returned. Walks back from the
-    end only as far as that message."""
-    results: list[Mapping[str, Any]] = []
-    for message in reversed(messages):
-        if not isinstance(message, Mapping):
+@dataclass
+class _Turn:
+    """The newest assistant turn of a request, in any of the wire formats LiteLLM takes: its tool
+    calls ``(id, name, arguments)``, the tool results sent after it ``(call id, content)`` and its
+    text (None when it called a tool)."""
+
+    calls: list[tuple[str | None, str, Any]]
+    results: list[tuple[str | None, Any]]
+    text: Any = None
+
+
+def _newest_turn(messages: Sequence[Any]) -> _Turn | None:
+    """The answer the run got to its previous request, and what its tools returned: the newest
+    assistant message (OpenAI chat: ``tool_calls``; Anthropic messages: ``tool_use`` blocks, their
+    ``tool_result`` blocks in the user message after it) or the newest ``function_call`` items of a
+    Responses ``input`` (with their ``function_call_output``). Walks back from the end only as far
+    as that turn. None: the request has no assistant turn."""
+    results: list[tuple[str | None, Any]] = []
+    calls: list[tuple[str | None, str, Any]] = []
+    for item in reversed(messages):
+        if not isinstance(item, Mapping):
             continue
-        role = message.get("role")
-        if role == "assistant":
-            return message, results
-        if role in ("tool", "function"):
-            results.append(message)
-    return None, results
+        kind, role = item.get("type"), item.get("role")
+        if kind == "function_call_output":  # Responses input
+            results.append((_id(item.get("call_id")), item.get("output")))
+            continue
+        if kind == "function_call":
+            calls.append((_id(item.get("call_id")), str(item.get("name") or "?"), item.get("arguments")))
+            continue
+        if calls:  # the Responses turn's calls end here
+            return _Turn(calls, results)
+        content = item.get("content")
+        if role in ("tool", "function"):  # OpenAI chat
+            results.append((_id(item.get("tool_call_id")), content))
+        elif role == "user" and isinstance(content, list) and content and all(
+                isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content):  # Anthropic
+            results.extend((_id(b.get("tool_use_id")), b.get("content")) for b in content)
+        elif role == "assistant":
+            for call in item.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(function, Mapping):
+                    calls.append((_id(call.get("id")), str(function.get("name") or "?"), function.get("arguments")))
+            if isinstance(content, list):
+                calls.extend((_id(b.get("id")), str(b.get("name") or "?"), b.get("input")) for b in content
+                             if isinstance(b, Mapping) and b.get("type") == "tool_use")
+            return _Turn(calls, results, None if calls else _text(content))
+        # anything else (the user's own words, a system message) is passed over
+    return _Turn(calls, results) if calls else None
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _text(content: Any) -> Any:
@@ -104,47 +142,39 @@ def _text(content: Any) -> Any:
 
 def loop_marks(messages: Any, kinds: frozenset[str]) -> tuple[LoopMark, ...]:
     """What a run's loop guard counts of this request (``kinds``: of :data:`LOOP_KINDS`), read from
-    its newest assistant turn (OpenAI chat messages): each tool call (name and arguments), each
-    (tool call, tool result) pair whose result follows it, and the assistant's output (its text, when
-    it has no tool calls). An agent stuck in a loop makes the same call again and again, and gets
-    the same result: each time it is the newest turn of a request whose conversation has grown by
-    it, so counting the newest turn counts the repeats whatever else the conversation holds.
-    Identical marks of one request count once."""
+    its newest assistant turn (:func:`_newest_turn`: OpenAI chat, Anthropic messages, Responses
+    input): each tool call (name and arguments), each (tool call, tool result) pair whose result
+    follows it, and the assistant's output (its text, when it called no tool). An agent stuck in a
+    loop makes the same call again and again, and gets the same result: each time it is the newest
+    turn of a request whose conversation has grown by it, so counting the newest turn counts the
+    repeats whatever else the conversation holds. Identical marks of one request count once."""
     if not kinds or not isinstance(messages, (list, tuple)) or not messages:
         return ()
-    assistant, results = _newest_turn(messages)
-    if assistant is None:
+    turn = _newest_turn(messages)
+    if turn is None:
         return ()
     out: dict[str, LoopMark] = {}
-    calls: dict[str, tuple[str, str, str]] = {}  # tool_call_id -> (name, args digest, label)
-    tool_calls = assistant.get("tool_calls")
-    if isinstance(tool_calls, list):
-        for call in tool_calls:
-            function = call.get("function") if isinstance(call, Mapping) else None
-            if not isinstance(function, Mapping):
-                continue
-            name = str(function.get("name") or "?")[:_MAX_TOOL_NAME]
-            args = _digest([name, _arguments(function.get("arguments"))])
-            label = f"tool call {name}(args sha256:{args[:_DIGEST]})"
-            if "tool_call" in kinds:
-                out[f"tool_call:{args}"] = LoopMark("tool_call", f"call:{args}", f"the same {label}")
-            if call.get("id") is not None:
-                calls[str(call.get("id"))] = (name, args, label)
+    by_id: dict[str, tuple[str, str]] = {}  # call id -> (args digest, label)
+    for call_id, name, arguments in turn.calls:
+        name = name[:_MAX_TOOL_NAME]
+        args = _digest([name, _arguments(arguments)])
+        label = f"tool call {name}(args sha256:{args[:_DIGEST]})"
+        if "tool_call" in kinds:
+            out[f"call:{args}"] = LoopMark("tool_call", f"call:{args}", f"the same {label}")
+        if call_id is not None:
+            by_id[call_id] = (args, label)
     if "tool_result" in kinds:
-        for result in results:
-            call = calls.get(str(result.get("tool_call_id")))
+        for call_id, content in turn.results:
+            call = by_id.get(call_id) if call_id is not None else None
             if call is None:
                 continue
-            name, args, label = call
-            pair = _digest([args, _text(result.get("content"))])
-            out[f"tool_result:{pair}"] = LoopMark(
+            args, label = call
+            pair = _digest([args, _text(content)])
+            out[f"result:{pair}"] = LoopMark(
                 "tool_result", f"result:{pair}", f"the same {label} with the same result (sha256:{pair[:_DIGEST]})")
-    if "output" in kinds and not tool_calls:
-        content = _text(assistant.get("content"))
-        if content:
-            text = _digest(content)
-            out[f"output:{text}"] = LoopMark("output", f"output:{text}",
-                                             f"the same assistant output (sha256:{text[:_DIGEST]})")
+    if "output" in kinds and turn.text:
+        text = _digest(turn.text)
+        out[f"output:{text}"] = LoopMark("output", f"output:{text}", f"the same assistant output (sha256:{text[:_DIGEST]})")
     return tuple(out.values())
 
 
