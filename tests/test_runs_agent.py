@@ -200,6 +200,12 @@ def test_loop_counts_mistakes_are_policy_errors(budget, words):
     assert words in str(info.value)
 
 
+def test_when_and_loop_counts_are_for_run_budgets_only():
+    budget = {"scope": "user:*", "window": "day", "limit_usd": 1, "when": {"tags": ["x"]}}
+    with pytest.raises(PolicyError, match="when apply to run budgets only"):
+        load_policy(_policy(budgets=[budget]))
+
+
 # -- `when:` mistakes at their own line -----------------------------------------------------------
 
 BAD_WHENS = """\

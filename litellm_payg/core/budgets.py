@@ -14,9 +14,10 @@ proxy.
   long, see :class:`~litellm_payg.core.buckets.Bucket` ``idle_s``; ``session:`` scopes only).
 
 A ``session`` budget is a *run budget*: besides its dollar cap it may count the run's requests
-(``max_requests``), refuse a prompt repeated ``loop_guard`` times (the loop guard), send the run to
+(``max_requests``), refuse a prompt -- or, with ``loop_counts``, a tool call, a (tool call, tool
+result) pair or an assistant output -- repeated ``loop_guard`` times (the loop guard), send the run to
 cheaper deployments past shares of its budget (``downgrade``) and keep the last share of its budget
-for the run's final requests (``final_reserve``). The counts are ledger buckets reserved in the
+for the run's final requests (``final_reserve``), and apply to some requests only (``when``). The counts are ledger buckets reserved in the
 same atomic call as the dollars (:func:`buckets_for`); the downgrade steps are decided from the
 snapshot (``runs.py``).
 
