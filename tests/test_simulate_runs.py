@@ -145,6 +145,27 @@ def test_the_loop_guard_stops_a_runaway_that_resends_one_prompt():
     assert result.blocked == {"per-run": 1}
 
 
+def test_a_runaway_repeating_one_tool_call_in_a_growing_conversation_is_caught_by_loop_counts():
+    # each loop round is a new prompt (the conversation grows), with the same tool call and result
+    traffic = _runs(runaway={"share": 0.25, "loop": 50, "same_tool_call": 1})
+    prompt_only = simulate(_policy(limit_usd=1.0, loop_guard=3), parse_traffic(traffic, "t"), compare_runs=False)
+    runaway = next(r for r in prompt_only.runs if r.runaway)
+    assert runaway.tool_loop and not runaway.same_prompt
+    assert runaway.stopped_by is None and runaway.served == 1 + 3 + 50 + 1  # the prompt guard never sees it
+    counted = simulate(_policy(limit_usd=1.0, loop_guard=3, loop_counts=["prompt", "tool_call"]),
+                       parse_traffic(traffic, "t"), compare_runs=False)
+    runaway = next(r for r in counted.runs if r.runaway)
+    # the call is the newest turn of every loop round: served twice, refused the third time
+    assert runaway.stopped_by == "tool_loop" and runaway.finished
+    assert runaway.served == 1 + 3 + 2 + 1
+    assert all(r.finished and r.stopped_by is None for r in counted.runs if not r.runaway)
+
+
+def test_runaway_shares_of_prompt_and_tool_loops_add_up_to_at_most_one():
+    with pytest.raises(SimulationError, match="same_prompt \\+ same_tool_call"):
+        parse_traffic(_runs(runaway={"share": 0.25, "loop": 5, "same_prompt": 0.7, "same_tool_call": 0.5}), "t")
+
+
 def test_max_requests_stops_a_runaway_and_counts_the_final_request_too():
     # max_requests 10, no loop guard: the runaway's plan and 9 acts use the 10 requests; its 10th act
     # is refused, and so is its final (max_requests counts every request of the run): unfinished
@@ -254,6 +275,8 @@ def test_the_bundled_agent_runs_scenario_prints_the_comparison_the_readme_quotes
     assert [r["runs"] for r in runs["rows"]] == [1000] * 3 and [r["runaway_runs"] for r in runs["rows"]] == [30] * 3
     assert none["runaway_stopped"] == 0 and none["finished"] == 1000
     assert hard["runaway_stopped"] == 30 and written["runaway_stopped"] == 30
+    # the runaways that repeat one tool call in a growing conversation are caught by the loop guard
+    assert hard["runaway_stopped_by"]["tool_loop"] == 10 and written["runaway_stopped_by"]["tool_loop"] == 10
     assert written["finished"] == 1000 > hard["finished"]  # the final reserve lets stopped runaways answer
     assert written["total_usd"] < hard["total_usd"] < none["total_usd"]
     assert written["cost_per_run_usd"]["max"] <= 0.30 and hard["cost_per_run_usd"]["max"] <= 0.30

@@ -82,6 +82,8 @@ HEADER_RUN_IN_FLIGHT = "x-payg-run-in-flight-usd"
 HEADER_RUN_REMAINING = "x-payg-run-remaining-usd"
 HEADER_RUN_LIMIT = "x-payg-run-limit-usd"
 HEADER_RUN_REQUESTS = "x-payg-run-requests"
+#: every run budget that applies to the request, tightest first: ``<name>=<remaining>/<limit>,...``
+HEADER_RUN_BUDGETS = "x-payg-run-budgets"
 
 
 class PolicyUnusable(PaygError):
@@ -354,25 +356,34 @@ class ProxyPaygRouting(PaygRouting):
         return headers
 
     def _run_headers(self, state: Any) -> dict[str, str]:
-        """The request's run under the policy's first run budget, from the ledger (never from the
-        request: the session id only says which run, and it is not echoed)."""
+        """The request's run under the run budgets that apply to it (their ``when:``), from the
+        ledger (never from the request: the session id only says which run, and it is not echoed):
+        the tightest one (least left) in the ``x-payg-run-*`` headers, and every one, tightest
+        first, in ``x-payg-run-budgets``."""
         request = getattr(state, "request", None)
-        session = getattr(request, "run", None) or getattr(request, "session", None)  # the key's own run
         engine = self.engine
-        if not session or engine is None or not engine.spend.runs:
+        if request is None or engine is None or not engine.spend.runs:
             return {}
         try:
-            status = engine.run_status(session)
+            statuses = engine.spend.request_runs(request)
         except (LedgerError, ValueError) as exc:
             logger.warning("litellm-payg: cannot read the run's budget for the response headers: %s", exc)
             return {}
+        if not statuses:
+            return {}
+        status = statuses[0]
+
+        def name(s: Any) -> str:
+            return re.sub(r"[^\x20-\x7e]", "?", s.budget).replace(",", "?").replace("=", "?")  # the operator's name, printable ASCII
+
         return {
-            HEADER_RUN_BUDGET: re.sub(r"[^\x20-\x7e]", "?", status.budget),  # the operator's name, printable ASCII
+            HEADER_RUN_BUDGET: name(status),
             HEADER_RUN_SPEND: f"{status.spent_usd:.9f}",
             HEADER_RUN_IN_FLIGHT: f"{status.reserved_usd:.9f}",
             HEADER_RUN_REMAINING: f"{status.remaining_usd:.9f}",
             HEADER_RUN_LIMIT: f"{status.limit_usd:.9f}",
             HEADER_RUN_REQUESTS: str(status.requests),
+            HEADER_RUN_BUDGETS: ",".join(f"{name(s)}={s.remaining_usd:.9f}/{s.limit_usd:.9f}" for s in statuses),
         }
 
 

@@ -74,7 +74,7 @@ from litellm_payg.adapter.failures import MID_STREAM, Failure, FailureClass, Inv
 from litellm_payg.core.identity import (
     DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, run_of, session_of,
 )
-from litellm_payg.core.runs import prompt_hash
+from litellm_payg.core.runs import loop_marks, prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
 from litellm_payg.stores.prices import OTHER_PROMPT_PARTS, candidate_from_deployment, count_request_tokens, prompt_tokens_at_most
@@ -392,6 +392,9 @@ class PaygRouting(CustomLogger):
             raise state.final_error
         needs = await self._needs(model, healthy_deployments, messages, request_kwargs)
         request = self.route_request(group, candidates, messages, request_kwargs, metadata, state, needs)
+        if (missing := self.engine.spend.missing_run(request)) is not None:  # sessions.required: final, a 400
+            state.final_error = InvalidRequest(missing, field=self.engine.policy.session_sources[0])
+            raise state.final_error
         last, state.last_failure = state.last_failure, None
         failed = None if last is None else (last[0], self._candidates.get(last[0]), diagnose(last[1]))
         reservation_id = state.next_reservation_id()
@@ -524,6 +527,9 @@ class PaygRouting(CustomLogger):
             run=run_of(session, who, getattr(self.engine.policy, "run_owner", "key")),
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
                          if self.engine.spend.loop_guards else None),
+            loop_marks=loop_marks(messages or request_kwargs.get("messages") or request_kwargs.get("input"),
+                                  self.engine.spend.loop_kinds)
+            if self.engine.spend.loop_kinds else (),
             # worked out only if a rule reads it (quality_floor), like the count itself
             prompt_tokens_at_most=None if state.prompt_tokens is not None else lambda: prompt_tokens_at_most(
                 {**{name: request_kwargs[name] for name in _PROMPT_PARTS.intersection(request_kwargs)},
@@ -1073,8 +1079,9 @@ class PaygRouting(CustomLogger):
         of its request only the run it belongs to (:class:`AnsweredRequest`, what the headers report)."""
         self.states.finished(state)
         if state.request is not None and not isinstance(state.request, AnsweredRequest):
-            state.request = AnsweredRequest(session=getattr(state.request, "session", None),
-                                            run=getattr(state.request, "run", None))
+            request = state.request
+            state.request = AnsweredRequest(session=getattr(request, "session", None), run=getattr(request, "run", None),
+                                            run_budgets=self.engine.spend.run_budgets_of(request) if self.late_headers else ())
         state.count_prompt = None  # holds the prompt's parts
         state.last_failure = None
         state.final_error = None
@@ -1137,12 +1144,13 @@ def _characters(request_kwargs: Mapping[str, Any]) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class AnsweredRequest:
-    """What a finished request's state keeps of its RouteRequest: the run the proxy's response
-    headers report on (``run``: the session id qualified by its owner, ``sessions.owner``; and the
-    ``session`` as the client sent it). The rest (its metadata, the prompt's parts) is dropped."""
+    """What a finished request's state keeps of its RouteRequest: the run (``session``, ``run``) the
+    proxy's response headers report on, and the run budgets that applied to it (their index,
+    ``SpendControl.run_budgets_of``). The rest (its metadata, the prompt's parts) is dropped."""
 
     session: Any
     run: Any = None
+    run_budgets: tuple[int, ...] = ()
 
 
 class _Once:

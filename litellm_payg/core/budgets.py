@@ -14,9 +14,10 @@ proxy.
   long, see :class:`~litellm_payg.core.buckets.Bucket` ``idle_s``; ``session:`` scopes only).
 
 A ``session`` budget is a *run budget*: besides its dollar cap it may count the run's requests
-(``max_requests``), refuse a prompt repeated ``loop_guard`` times (the loop guard), send the run to
+(``max_requests``), refuse a prompt -- or, with ``loop_counts``, a tool call, a (tool call, tool
+result) pair or an assistant output -- repeated ``loop_guard`` times (the loop guard), send the run to
 cheaper deployments past shares of its budget (``downgrade``) and keep the last share of its budget
-for the run's final requests (``final_reserve``). The counts are ledger buckets reserved in the
+for the run's final requests (``final_reserve``), and apply to some requests only (``when``). The counts are ledger buckets reserved in the
 same atomic call as the dollars (:func:`buckets_for`); the downgrade steps are decided from the
 snapshot (``runs.py``).
 
@@ -125,10 +126,18 @@ class Budget(BaseModel):
     max_requests: Count | None = None
     #: run budgets only: the same prompt sent this many times in one run is refused (the Nth)
     loop_guard: Annotated[int, Field(ge=2, le=MAX_COUNT)] | None = None
+    #: run budgets only: what the loop guard counts (``runs.LOOP_KINDS``): the whole prompt (the
+    #: default), the newest turn's tool calls, its (tool call, tool result) pairs, its assistant
+    #: output; each counted on its own, each refused at its ``loop_guard``-th time in the run
+    loop_counts: tuple[Literal["prompt", "tool_call", "tool_result", "output"], ...] = Field(
+        default=("prompt",), min_length=1)
     #: run budgets only: progressive downgrade steps, by ascending share
     downgrade: tuple[DowngradeStep, ...] = ()
     #: run budgets only: the share of the limit kept for the run's final requests
     final_reserve: FinalReserve | None = None
+    #: run budgets only: the requests this budget applies to (a ``when:`` as on a rule entry, checked
+    #: by the policy loader with ``rules.When``); without it, every request of a run
+    when: dict[str, Any] | None = None
 
     @property
     def is_run(self) -> bool:
@@ -138,11 +147,16 @@ class Budget(BaseModel):
     @model_validator(mode="after")
     def _run_fields(self) -> "Budget":
         run_only = [f for f in ("max_requests", "loop_guard", "downgrade", "final_reserve") if getattr(self, f)]
+        run_only += [f for f in ("loop_counts", "when") if f in self.model_fields_set]
         if self.is_run and not self.scope.startswith("session:"):
             raise ValueError(f"window {self.window!r} is a run's window: it needs a session scope (scope: session:*)")
         if run_only and not self.is_run:
             raise ValueError(f"{', '.join(run_only)} apply to run budgets only: use scope: session:* "
                              "with window: session:<idle time>, e.g. session:30m")
+        if "loop_counts" in self.model_fields_set and self.loop_guard is None:
+            raise ValueError("loop_counts says what the loop guard counts: set loop_guard (the count it refuses at) too")
+        if len(set(self.loop_counts)) != len(self.loop_counts):
+            raise ValueError(f"loop_counts must not repeat an entry, got {list(self.loop_counts)}")
         ats = [step.at for step in self.downgrade]
         if ats != sorted(set(ats)):
             raise ValueError("downgrade steps must be in ascending, distinct 'at' order")
@@ -195,6 +209,9 @@ class BudgetBucket:
     #: what the bucket enforces: ``cap`` (the budget's dollars), or for a run budget ``max_requests``
     #: (its request count) or ``loop`` (one prompt's count); a refusal names it
     rule: str = "cap"
+    #: a loop counter's subject, as a refusal names it (``the same tool call search(args sha256:...)``);
+    #: None for the whole prompt and for the other buckets
+    what: str | None = None
 
 
 def _values(kind: str, value: str | None, request: RouteRequest, candidate: Candidate | None) -> tuple[str, ...]:
@@ -328,13 +345,14 @@ def is_counter_key(key: str) -> bool:
     return tail == "requests" or tail.startswith("loop:")
 
 
-def loop_bucket(money: BudgetBucket, prompt_hash: str) -> BudgetBucket:
-    """The loop guard's counter of one prompt in one run: refuses the ``loop_guard``-th send."""
+def loop_bucket(money: BudgetBucket, prompt_hash: str, what: str | None = None) -> BudgetBucket:
+    """The loop guard's counter of one prompt (or one tool call, tool result or output: ``what``
+    names it, the key is its ``runs.LoopMark.key``) in one run: refuses the ``loop_guard``-th send."""
     budget = money.budget
     assert budget.loop_guard is not None
     bucket = Bucket(f"{money.bucket.key}|loop:{prompt_hash}", budget.loop_guard - 1, True,
                     idle_s=money.bucket.idle_s, counts=True)
-    return BudgetBucket(budget, bucket, money.scope_value, None, None, rule="loop")
+    return BudgetBucket(budget, bucket, money.scope_value, None, None, rule="loop", what=what)
 
 
 def all_buckets(

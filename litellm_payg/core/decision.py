@@ -154,6 +154,9 @@ class RouteRequest:
     #: a fingerprint of the request's messages (``runs.prompt_hash``), for a run budget's loop guard;
     #: None when no run budget has one (the adapter only hashes then)
     prompt_hash: str | None = None
+    #: what a loop guard counts of the request's newest turn (``runs.loop_marks``: its tool calls,
+    #: tool results, output); empty when no run budget counts them
+    loop_marks: tuple[Any, ...] = ()
     #: an upper bound on ``prompt_tokens`` known without counting (``prices.prompt_tokens_at_most``),
     #: or None: a rule whose outcome is the same for any size up to it need not count the prompt.
     #: Like ``prompt_tokens`` it may be given as a callable, worked out on the first read

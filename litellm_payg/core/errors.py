@@ -42,7 +42,8 @@ class BudgetRefused(PaygError):
     def __init__(self, message: str | None = None, /, *, budget: str = "", scope: str = "", window: str = "",
                  spent_usd: float = 0.0, reserved_usd: float = 0.0, limit_usd: float = 0.0,
                  estimate_usd: float = 0.0, resets_at: datetime | None = None, rule: str = "cap",
-                 count: int | None = None, count_limit: int | None = None, reserve_usd: float | None = None):
+                 count: int | None = None, count_limit: int | None = None, reserve_usd: float | None = None,
+                 repeated: str | None = None):
         if message is not None and not budget:
             # LiteLLM's BudgetExceededError.__init__ ends with ``super().__init__(message)``, which
             # reaches this class in the subclass's MRO: the fields are already set.
@@ -65,6 +66,8 @@ class BudgetRefused(PaygError):
         self.count_limit = count_limit
         #: ``reserve``: the dollars kept for the run's final requests
         self.reserve_usd = reserve_usd
+        #: ``loop``: what repeated, when not the whole prompt (``the same tool call search(args sha256:...)``)
+        self.repeated = repeated
         self.message = self._describe()
         Exception.__init__(self, self.message)
 
@@ -85,6 +88,9 @@ class BudgetRefused(PaygError):
             if self.rule == "max_requests":
                 return (f"{head} refused by max_requests: {self.count} of {self.count_limit} requests used; "
                         f"{self._run_spend()}; {fresh}")
+            if self.rule == "loop" and self.repeated:
+                return (f"{head} refused by the loop guard: {self.repeated} was already seen {self.count} times in "
+                        f"this run (loop_guard: {self.count_limit}), a likely loop; {self._run_spend()}; {fresh}")
             if self.rule == "loop":
                 return (f"{head} refused by the loop guard: the same prompt was already sent {self.count} times in "
                         f"this run (loop_guard: {self.count_limit}), a likely loop; {self._run_spend()}; {fresh}")
@@ -125,6 +131,7 @@ class BudgetRefused(PaygError):
             "count": self.count,
             "count_limit": self.count_limit,
             "reserve_usd": self.reserve_usd,
+            "repeated": self.repeated,
         }
 
     @classmethod

@@ -8,7 +8,12 @@ time, plus counters (requests, one prompt's repeats) reserved with it in one ato
 * :func:`downgrade_step` / :func:`downgrade`: past a share of the run's limit (spent and in flight,
   read into the snapshot), the run's requests go to the cheapest deployment whose quality is at
   least the step's ``min_quality``; the route's own rules are set aside for it;
-* :func:`prompt_hash`: what the loop guard counts;
+* :func:`prompt_hash`: what the loop guard counts of a whole prompt;
+* :func:`loop_marks`: what it counts of an agent's loop (``loop_counts``): the tool calls, the
+  (tool call, tool result) pairs and the assistant output of the *newest* turn only, so a
+  conversation that grows each turn is still seen repeating itself, and each request hashes a
+  few messages, never the whole conversation;
+* :func:`missing_run`: the refusal of a request without a run id when ``sessions.required``;
 * :class:`RunStatus`: what a run has spent and has left (``Engine.run_status``, response headers).
 
 Session ids are written by the client: a run cap bounds an honest runaway client, never a hostile
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,156 @@ def prompt_hash(messages: Any) -> str | None:
         return None
     text = json.dumps(messages, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+#: what a loop guard may count (``loop_counts``): the whole prompt, the newest turn's tool calls
+#: (name and arguments), its (tool call, tool result) pairs, its assistant output
+LOOP_KINDS = ("prompt", "tool_call", "tool_result", "output")
+
+_DIGEST = 8  # hex digits of a digest shown in a refusal: enough to tell two calls apart by eye
+_MAX_TOOL_NAME = 64  # a tool name in a refusal (the client wrote it): bounded
+
+
+@dataclass(frozen=True)
+class LoopMark:
+    """One thing a request repeats that a loop guard counts in its run: ``kind`` (one of
+    :data:`LOOP_KINDS` but ``prompt``), ``key`` (a digest: the ledger counter's name) and ``what``
+    (how a refusal names it: the tool's name and a short digest of its arguments)."""
+
+    kind: str
+    key: str
+    what: str
+
+
+def _digest(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"),
+                                                          default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def _arguments(raw: Any) -> Any:
+    """A tool call's arguments, so that ``{"a":1,"b":2}`` and ``{"b": 2, "a": 1}`` are the same call:
+    a JSON string is parsed (keys sorted when hashed); anything else is hashed as it is."""
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+@dataclass
+class _Turn:
+    """The newest assistant turn of a request, in any of the wire formats LiteLLM takes: its tool
+    calls ``(id, name, arguments)``, the tool results sent after it ``(call id, content)`` and its
+    text (None when it called a tool)."""
+
+    calls: list[tuple[str | None, str, Any]]
+    results: list[tuple[str | None, Any]]
+    text: Any = None
+
+
+def _newest_turn(messages: Sequence[Any]) -> _Turn | None:
+    """The answer the run got to its previous request, and what its tools returned: the newest
+    assistant message (OpenAI chat: ``tool_calls``; Anthropic messages: ``tool_use`` blocks, their
+    ``tool_result`` blocks in the user message after it) or the newest ``function_call`` items of a
+    Responses ``input`` (with their ``function_call_output``). Walks back from the end only as far
+    as that turn. None: the request has no assistant turn."""
+    results: list[tuple[str | None, Any]] = []
+    calls: list[tuple[str | None, str, Any]] = []
+    for item in reversed(messages):
+        if not isinstance(item, Mapping):
+            continue
+        kind, role = item.get("type"), item.get("role")
+        if kind == "function_call_output":  # Responses input
+            results.append((_id(item.get("call_id")), item.get("output")))
+            continue
+        if kind == "function_call":
+            calls.append((_id(item.get("call_id")), str(item.get("name") or "?"), item.get("arguments")))
+            continue
+        if calls:  # the Responses turn's calls end here
+            return _Turn(calls, results)
+        content = item.get("content")
+        if role in ("tool", "function"):  # OpenAI chat
+            results.append((_id(item.get("tool_call_id")), content))
+        elif role == "user" and isinstance(content, list) and content and all(
+                isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content):  # Anthropic
+            results.extend((_id(b.get("tool_use_id")), b.get("content")) for b in content)
+        elif role == "assistant":
+            for call in item.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(function, Mapping):
+                    calls.append((_id(call.get("id")), str(function.get("name") or "?"), function.get("arguments")))
+            if isinstance(content, list):
+                calls.extend((_id(b.get("id")), str(b.get("name") or "?"), b.get("input")) for b in content
+                             if isinstance(b, Mapping) and b.get("type") == "tool_use")
+            return _Turn(calls, results, None if calls else _text(content))
+        # anything else (the user's own words, a system message) is passed over
+    return _Turn(calls, results) if calls else None
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _text(content: Any) -> Any:
+    """An assistant message's content for a digest: a string, or the text parts of a list."""
+    if isinstance(content, list):
+        return [part.get("text") if isinstance(part, Mapping) else part for part in content]
+    return content
+
+
+def loop_marks(messages: Any, kinds: frozenset[str]) -> tuple[LoopMark, ...]:
+    """What a run's loop guard counts of this request (``kinds``: of :data:`LOOP_KINDS`), read from
+    its newest assistant turn (:func:`_newest_turn`: OpenAI chat, Anthropic messages, Responses
+    input): each tool call (name and arguments), each (tool call, tool result) pair whose result
+    follows it, and the assistant's output (its text, when it called no tool). An agent stuck in a
+    loop makes the same call again and again, and gets the same result: each time it is the newest
+    turn of a request whose conversation has grown by it, so counting the newest turn counts the
+    repeats whatever else the conversation holds. Identical marks of one request count once."""
+    if not kinds or not isinstance(messages, (list, tuple)) or not messages:
+        return ()
+    turn = _newest_turn(messages)
+    if turn is None:
+        return ()
+    out: dict[str, LoopMark] = {}
+    by_id: dict[str, tuple[str, str]] = {}  # call id -> (args digest, label)
+    for call_id, name, arguments in turn.calls:
+        name = name[:_MAX_TOOL_NAME]
+        args = _digest([name, _arguments(arguments)])
+        label = f"tool call {name}(args sha256:{args[:_DIGEST]})"
+        if "tool_call" in kinds:
+            out[f"call:{args}"] = LoopMark("tool_call", f"call:{args}", f"the same {label}")
+        if call_id is not None:
+            by_id[call_id] = (args, label)
+    if "tool_result" in kinds:
+        for call_id, content in turn.results:
+            call = by_id.get(call_id) if call_id is not None else None
+            if call is None:
+                continue
+            args, label = call
+            pair = _digest([args, _text(content)])
+            out[f"result:{pair}"] = LoopMark(
+                "tool_result", f"result:{pair}", f"the same {label} with the same result (sha256:{pair[:_DIGEST]})")
+    if "output" in kinds and turn.text:
+        text = _digest(turn.text)
+        out[f"output:{text}"] = LoopMark("output", f"output:{text}", f"the same assistant output (sha256:{text[:_DIGEST]})")
+    return tuple(out.values())
+
+
+def missing_run(sources: Sequence[str]) -> str:
+    """The refusal of a governed request that names no run under ``sessions.required``: where the
+    run id is read from (``sessions.id_from``), in the order tried."""
+    where = []
+    for source in sources:
+        if source.startswith("header:"):
+            where.append(f"the {source.split(':', 1)[1]} header")
+        elif source.startswith("metadata."):
+            where.append(f"metadata.{source.split('.', 1)[1]}")
+        else:
+            where.append(f"the {source} field")
+    return (f"litellm-payg: this request names no run, and the policy requires one (sessions.required): "
+            f"send a run id (a string) in {' or '.join(where)}")
 
 
 @dataclass(frozen=True)
@@ -62,14 +217,23 @@ def downgrade_step(runs: Sequence[RunUsage]) -> tuple[RunUsage, DowngradeStep] |
     return None
 
 
-def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequence[RunUsage]) -> Step | None:
+def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequence[RunUsage],
+              floor: Callable[[], float | None] | None = None) -> Step | None:
     """The run's progressive downgrade as a decision step, or None when no step is in force: the
     candidates whose quality is at least the step's ``min_quality``, cheapest first for this
-    request; the others (and those without a quality score or a price) dropped with the reason."""
+    request; the others (and those without a quality score or a price) dropped with the reason.
+
+    A step never goes below the bar the request keeps: ``floor`` (called only when a step is in
+    force) is the bar of the route's rules that apply to it and say so (``quality_floor`` with
+    ``keep_past_downgrade: true``: a ``plan`` step's 0.9 stays 0.9 past a step of 0.6), and the
+    client's ``min_quality`` hint (hints only tighten) raises it too."""
     found = downgrade_step(runs)
     if found is None:
         return None
     run, step = found
+    own = max((b for b in ((floor() if floor is not None else None), request.min_quality) if b is not None), default=None)
+    if own is not None and own > step.min_quality:
+        step = DowngradeStep(at=step.at, min_quality=own)
     budget = run.bucket.budget
     used = run.usage.spent_usd + run.usage.reserved_usd
     why = (f"run {session_in(run.bucket.scope_value)!r} has used {run.share:.0%} of budget {budget_label(budget, run)!r} "
@@ -129,4 +293,5 @@ class RunStatus:
         }
 
 
-__all__ = ["RunStatus", "RunUsage", "downgrade", "downgrade_step", "prompt_hash"]
+__all__ = ["LOOP_KINDS", "LoopMark", "RunStatus", "RunUsage", "downgrade", "downgrade_step", "loop_marks", "missing_run",
+           "prompt_hash"]

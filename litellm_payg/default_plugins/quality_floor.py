@@ -20,7 +20,8 @@ model while long ones need a capable one)::
 
 Quality scores come from the policy's ``models:`` section. A request may *raise* the bar through its
 metadata (``metadata={"payg_hints": {"min_quality": 0.9}}``), never lower it. Kept candidates are
-ordered cheapest first for this request, so the next-cheapest is the fallback.
+ordered cheapest first for this request, so the next-cheapest is the fallback. ``keep_past_downgrade:
+true`` keeps the bar when a run budget's downgrade step is in force (see ``core/runs.downgrade``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Tier(RuleOptions):
 class QualityFloorOptions(RuleOptions):
     min_quality: Score
     tiers: list[Tier] = Field(default_factory=list)
+    #: a run budget's ``downgrade`` step sets the route's rules aside; with this, it never takes the
+    #: requests this rule applies to below this rule's bar (a ``plan`` step that must stay capable)
+    keep_past_downgrade: bool = False
 
     @field_validator("tiers")
     @classmethod

@@ -77,6 +77,9 @@ class SessionSettings(_Strict):
     #: whose a run is: the key that started it (default), its team, or ``shared`` by every key
     #: that names the same session id (``identity.run_of``)
     owner: Literal["key", "team", "shared"] = "key"
+    #: whether a governed request must name a run: ``true`` (every one), ``false`` (the default), or a
+    #: ``when:`` (those it matches, e.g. ``{key: ...}`` or ``{tags: [agent]}``); one without is a 400
+    required: bool | dict[str, Any] = False
 
     @field_validator("id_from")
     @classmethod
@@ -129,19 +132,6 @@ class _PolicyDocument(_Strict):
             raise ValueError(f"budget names must be distinct, repeated: {', '.join(dupes)}")
         return self
 
-    @model_validator(mode="after")
-    def _final_reserve_conditions(self) -> "_PolicyDocument":
-        for i, budget in enumerate(self.budgets):
-            if budget.final_reserve is None:
-                continue
-            try:
-                When.parse(budget.final_reserve.when)
-            except WhenError as exc:
-                at = ".".join(("budgets", str(i), "final_reserve", "when", *exc.path))
-                raise ValueError(f"{at}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
-        return self
-
-
 @dataclass
 class Policy:
     """A validated policy. ``routes`` maps a LiteLLM model group to its rules, in order."""
@@ -174,6 +164,9 @@ class Policy:
     unbounded_reserve_usd: float | None = None
     #: whose a run is (``sessions: {owner: key | team | shared}``), see ``identity.run_of``
     run_owner: str = "key"
+    #: ``sessions.required``: None (a run id is optional), or the ``When`` of the requests that must
+    #: name one (an empty ``When`` matches every request)
+    session_required: When | None = None
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -263,6 +256,18 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
                 continue
             specs.append(RuleSpec(name, parsed, _dotted(rule_path), _nearest_line(lines, rule_path), rule_type, when))
         routes[group] = specs
+    conditions: dict[Path_, When] = {}  # the `when:`s outside routes, checked with their own file:line
+    wanted: list[tuple[Path_, Any]] = [(("budgets", i, "final_reserve", "when"), b.final_reserve.when)
+                                       for i, b in enumerate(doc.budgets) if b.final_reserve is not None]
+    wanted += [(("budgets", i, "when"), b.when) for i, b in enumerate(doc.budgets) if b.when is not None]
+    if isinstance(doc.sessions.required, dict):
+        wanted.append((("sessions", "required"), doc.sessions.required))
+    for where, raw in wanted:
+        try:
+            conditions[where] = When.parse(raw)
+        except WhenError as exc:
+            at = (*where, *exc.path)
+            problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))
     if problems:
         raise PolicyError(problems, source)
 
@@ -288,6 +293,8 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         allow_fields=frozenset(doc.requests.allow_fields),
         unbounded_reserve_usd=doc.requests.unbounded_reserve_usd,
         run_owner=doc.sessions.owner,
+        session_required=conditions.get(("sessions", "required"))
+        or (When(()) if doc.sessions.required is True else None),
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)

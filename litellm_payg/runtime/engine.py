@@ -139,7 +139,7 @@ class Engine:
 
         # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the
         # route -- unless the route's own pick is already no dearer (a downgrade never raises the cost)
-        run_step = downgrade(request, current, snapshot.runs) if snapshot.runs else None
+        run_step = downgrade(request, current, snapshot.runs, lambda: _own_bar(request, rules)) if snapshot.runs else None
         rule_steps = list(self._rule_steps(request, current, rules or ()))
         if run_step is not None and not _dearer(rule_steps[-1].kept if rule_steps else current, run_step.kept, request):
             notes.append(f"{run_step.note}; kept the route's pick, which is no dearer")
@@ -346,3 +346,11 @@ def _did_you_mean(ref: str, candidates: Sequence[Candidate]) -> str:
         names.update(dict.fromkeys((c.model if "/" in ref else c.model.partition("/")[2] or c.model, c.deployment_id)))
     close = difflib.get_close_matches(ref, list(names), n=2, cutoff=0.6)
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
+def _own_bar(request: RouteRequest, rules: Sequence[Any] | None) -> float | None:
+    """The quality bar the route's rules that apply to ``request`` keep past a run's downgrade step
+    (``quality_floor`` with ``keep_past_downgrade: true``, its ``bar_for``), or None."""
+    bars = [rule.bar_for(request.prompt_tokens) for rule in rules or ()
+            if hasattr(rule, "bar_for") and getattr(rule.options, "keep_past_downgrade", False)]
+    return max(bars) if bars else None

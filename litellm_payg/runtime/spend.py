@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, loop_bucket
-from litellm_payg.core.runs import RunStatus, RunUsage
+from litellm_payg.core.runs import RunStatus, RunUsage, missing_run
 from litellm_payg.core.scopes import record_attrs, scope_values_key
 from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
 from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError, UnboundedCost
@@ -102,8 +102,12 @@ class SpendControl:
         #: a run budget's final-reserve condition, by ``id(budget)``
         self._final: dict[int, When] = {
             id(b): When.parse(b.final_reserve.when) for _, b in self.runs if b.final_reserve is not None}
+        #: a run budget's own condition (``when:``): the requests it applies to, by ``id(budget)``
+        self._applies: dict[int, When] = {id(b): When.parse(b.when) for _, b in self.runs if b.when is not None}
         #: whether requests need a prompt fingerprint (``RouteRequest.prompt_hash``) for a loop guard
-        self.loop_guards = any(b.loop_guard for _, b in self.runs)
+        self.loop_guards = any(b.loop_guard and "prompt" in b.loop_counts for _, b in self.runs)
+        #: what of a request's newest turn a loop guard counts (``RouteRequest.loop_marks``, ``runs.loop_marks``)
+        self.loop_kinds = frozenset(k for _, b in self.runs if b.loop_guard for k in b.loop_counts if k != "prompt")
         #: whether a decision reads the run's usage (``downgrade`` steps)
         self.run_downgrades = any(b.downgrade for _, b in self.runs)
 
@@ -158,6 +162,8 @@ class SpendControl:
         out: list[BudgetBucket] = []
         for bb in found:
             budget = bb.budget
+            if self._applies and id(budget) in self._applies and not self.applies(budget, request):
+                continue  # a run budget whose `when:` this request does not match: not counted in it
             if not budget.is_run or bb.rule != "cap":
                 out.append(bb)
                 continue
@@ -165,11 +171,27 @@ class SpendControl:
                 working = budget.limit_usd * (1 - budget.final_reserve.share)
                 bb = replace(bb, bucket=replace(bb.bucket, limit_usd=working), rule="reserve")
             out.append(bb)
-            if budget.loop_guard and request.prompt_hash:
-                out.append(loop_bucket(bb, request.prompt_hash))
+            if budget.loop_guard:
+                if request.prompt_hash and "prompt" in budget.loop_counts:
+                    out.append(loop_bucket(bb, request.prompt_hash))
+                out.extend(loop_bucket(bb, mark.key, mark.what) for mark in request.loop_marks
+                           if mark.kind in budget.loop_counts)
         return out
 
     # -- runs -------------------------------------------------------------------------------------
+
+    def applies(self, budget: Budget, request: RouteRequest) -> bool:
+        """Whether run budget ``budget`` counts ``request``: always, unless its ``when:`` does not match."""
+        when = self._applies.get(id(budget))
+        return when is None or when.check(request) is not None
+
+    def missing_run(self, request: RouteRequest) -> str | None:
+        """The refusal of a request that names no run when the policy requires one
+        (``sessions.required``, ``runs.missing_run``), or None."""
+        required = getattr(self.policy, "session_required", None)
+        if required is None or request.session or required.check(request) is None:
+            return None
+        return missing_run(self.policy.session_sources)
 
     def run_buckets(self, session: str, budget: Budget, index: int) -> tuple[BudgetBucket, BudgetBucket]:
         """The dollar bucket and the request counter of run ``session`` under run budget ``budget``."""
@@ -186,7 +208,9 @@ class SpendControl:
         run = request.run or request.session
         if not self.run_downgrades or not run:
             return (), None
-        wanted = [self.run_buckets(run, b, i)[0] for i, b in self.runs if b.downgrade]
+        wanted = [self.run_buckets(run, b, i)[0] for i, b in self.runs if b.downgrade and self.applies(b, request)]
+        if not wanted:
+            return (), None
         try:
             usage = self.ledger.usage([bb.bucket for bb in wanted], now=now)
         except LedgerError as exc:
@@ -206,15 +230,44 @@ class SpendControl:
             have = ", ".join(b.budget_id(i) for i, b in self.runs) or "none"
             raise ValueError(f"no run budget {budget!r} in the policy (run budgets: {have})" if budget
                              else "the policy has no run budget (scope: session:*, window: session:<idle>)")
-        money, requests = self.run_buckets(str(session), b, index)
-        usage = self.ledger.usage([money.bucket, requests.bucket], now=self.clock())
-        spent, count = usage[money.bucket.key], usage[requests.bucket.key]
-        return RunStatus(
-            session=str(session), budget=b.budget_id(index), window=b.window,
-            spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, limit_usd=b.limit_usd,
-            requests=int(round(count.spent_usd + count.reserved_usd)), max_requests=b.max_requests,
-            reserve_usd=b.limit_usd * b.final_reserve.share if b.final_reserve is not None else 0.0,
-        )
+        return self.run_statuses(str(session), [(index, b)])[0]
+
+    def run_statuses(self, session: str, budgets: Sequence[tuple[int, Budget]]) -> list[RunStatus]:
+        """What run ``session`` has spent and has left under each of ``budgets`` (``(index,
+        budget)`` of :attr:`runs`), read in one ledger call."""
+        pairs = [(index, b, *self.run_buckets(session, b, index)) for index, b in budgets]
+        usage = self.ledger.usage([bb.bucket for *_, money, requests in pairs for bb in (money, requests)],
+                                  now=self.clock())
+        out = []
+        for index, b, money, requests in pairs:
+            spent, count = usage[money.bucket.key], usage[requests.bucket.key]
+            out.append(RunStatus(
+                session=session, budget=b.budget_id(index), window=b.window,
+                spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, limit_usd=b.limit_usd,
+                requests=int(round(count.spent_usd + count.reserved_usd)), max_requests=b.max_requests,
+                reserve_usd=b.limit_usd * b.final_reserve.share if b.final_reserve is not None else 0.0,
+            ))
+        return out
+
+    def run_budgets_of(self, request: Any) -> tuple[int, ...]:
+        """The indexes (in :attr:`runs`) of the run budgets that apply to ``request`` (a
+        ``RouteRequest``; an already answered request keeps them, as ``run_budgets``)."""
+        if not isinstance(request, RouteRequest):
+            return tuple(getattr(request, "run_budgets", ()) or ())
+        if not self.runs or not (request.run or request.session):
+            return ()
+        return tuple(n for n, (_, b) in enumerate(self.runs) if self.applies(b, request))
+
+    def request_runs(self, request: Any) -> list[RunStatus]:
+        """The request's run under every run budget that applies to it (their ``when:``), tightest
+        first (the least left to spend), read in one ledger call: what the response headers say.
+        ``request``: a ``RouteRequest``, or what an answered request keeps of it (``session``,
+        ``run``, ``run_budgets``)."""
+        run = getattr(request, "run", None) or getattr(request, "session", None)
+        mine = [self.runs[n] for n in self.run_budgets_of(request)]
+        if not run or not mine:
+            return []
+        return sorted(self.run_statuses(str(run), mine), key=lambda s: s.remaining_usd)
 
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
         """An upper bound of what ``candidate``'s provider can bill for ``request``: every output
@@ -517,6 +570,7 @@ def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float, found: Sequence[B
             **common, spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, rule=bb.rule,
             count=int(round(usage.spent_usd + usage.reserved_usd)),
             count_limit=budget.max_requests if bb.rule == "max_requests" else budget.loop_guard,
+            repeated=bb.what if bb.rule == "loop" else None,
         )
     return BudgetRefused(
         budget=budget_label(bb),

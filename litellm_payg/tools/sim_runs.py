@@ -54,6 +54,9 @@ class Runaway:
     share: float  # of the runs, rounded to a whole number of runs
     loop: int  # extra rounds of the looping block
     same_prompt: float = 1.0  # of the runaway runs, those whose loop resends the same prompt
+    #: of the runaway runs (after those), those whose loop repeats one tool call and gets the same
+    #: result each round, in a conversation that grows (a new prompt each round)
+    same_tool_call: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,11 @@ class Run:
     final_at: int  # index of the run's first final request
     runaway: bool = False
     same_prompt: bool = False
+    #: a runaway repeating one tool call: the requests (indexes) whose newest turn is that call and
+    #: its result, and what a loop guard counts of them (``runs.LoopMark``)
+    tool_loop: bool = False
+    marked: frozenset[int] = frozenset()
+    marks: tuple[Any, ...] = ()
     # -- outcome
     cost_usd: float = 0.0
     served: int = 0
@@ -120,13 +128,16 @@ def plan_runs(specs: Sequence[RunSpec], seed: int, start: float, end: float,
             k = round(spec.runaway.share * spec.count)
             runaway_ids = rng.sample(range(spec.count), k)
         same = set(runaway_ids[: round(spec.runaway.same_prompt * len(runaway_ids))]) if spec.runaway else set()
+        tool = set(runaway_ids[len(same): len(same) + round(spec.runaway.same_tool_call * len(runaway_ids))]
+                   ) if spec.runaway else set()
         runaway_set = set(runaway_ids)
         loop_block = next((bi for bi, b in enumerate(spec.blocks) if b.repeats), None)
         width = len(str(spec.count))
         for r in range(spec.count):
             session = f"{spec.name}-{r + 1:0{width}d}"
             run = Run(session, si, s + (r + 0.5) * (e - s) / spec.count, [], 0,
-                      runaway=r in runaway_set, same_prompt=r in same)
+                      runaway=r in runaway_set, same_prompt=r in same, tool_loop=r in tool)
+            marked: set[int] = set()
             for bi, block in enumerate(spec.blocks):
                 if bi == len(spec.blocks) - 1:
                     run.final_at = len(run.requests)
@@ -136,11 +147,26 @@ def plan_runs(specs: Sequence[RunSpec], seed: int, start: float, end: float,
                         run.requests.append((class_of[(si, bi, ki)], _hash(f"{session}:{len(run.requests)}")))
                 if run.runaway and bi == loop_block:
                     for _ in range(spec.runaway.loop):  # type: ignore[union-attr]
+                        if run.tool_loop:  # each round's first request answers the same tool call
+                            marked.add(len(run.requests))
                         for ki in range(len(block.steps)):
                             text = f"{session}:loop:{ki}" if run.same_prompt else f"{session}:{len(run.requests)}"
                             run.requests.append((class_of[(si, bi, ki)], _hash(text)))
+            if marked:
+                run.marked, run.marks = frozenset(marked), _tool_marks(session)
             runs.append(run)
     return runs
+
+
+def _tool_marks(session: str) -> tuple[Any, ...]:
+    """What a loop guard counts of a tool-looping run's request (``runs.loop_marks`` of its newest
+    turn): the same call ``search`` with the same arguments, and the same result, every round."""
+    from litellm_payg.core.runs import LoopMark
+
+    call, result = _hash(f"{session}:call"), _hash(f"{session}:result")
+    what = f"the same tool call search(args sha256:{call[:8]})"
+    return (LoopMark("tool_call", f"call:{call}", what),
+            LoopMark("tool_result", f"result:{result}", f"{what} with the same result (sha256:{result[:8]})"))
 
 
 class Schedule:
@@ -248,7 +274,8 @@ def describe_budget(budget: Any) -> str:
     if budget.max_requests:
         parts.append(f"max_requests {budget.max_requests}")
     if budget.loop_guard:
-        parts.append(f"loop_guard {budget.loop_guard}")
+        counts = [k for k in budget.loop_counts if k != "prompt"]
+        parts.append(f"loop_guard {budget.loop_guard}" + (f" (prompts, {', '.join(counts)})" if counts else ""))
     if budget.downgrade:
         parts.append("downgrade at " + "/".join(f"{s.at:g}" for s in budget.downgrade))
     if budget.final_reserve is not None:

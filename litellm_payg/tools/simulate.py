@@ -46,7 +46,10 @@ requests (``sim_runs.py``)::
 ...}`` is a block of steps of the same size. The last step is the run's *final* step. ``runaway``:
 ``round(share * count)`` runs (drawn) go round the first repeated block ``loop`` more times, and
 ``round(same_prompt * runaways)`` of them resend the same prompt each round (what a loop guard
-catches) while the others send a new one each round. Runs start evenly spread over ``time`` (or the
+catches), ``round(same_tool_call * runaways)`` others make the same tool call and get the same
+result each round in a conversation that grows (a new prompt each round: a loop guard with
+``loop_counts: [tool_call]`` catches them, one on the prompt alone does not), and the rest send a new
+prompt each round. Runs start evenly spread over ``time`` (or the
 period); a run's requests are ``gap_s`` seconds apart (default 10), each with the run's session id
 (``<name>-<n>``), ``metadata.step`` and a prompt hash (the same for a loop's resent prompt,
 different for every other request). A budget refusal of a working request sends the run to its
@@ -333,7 +336,7 @@ def parse_traffic(text: str, source: str) -> Traffic:
 #: fields of a ``{"runs": {...}}`` object, of one of its steps, and of its ``runaway``
 RUNS_FIELDS = {"name", "group", "count", "steps", "runaway", "gap_s", "time", "user", "team", "tags", "faults", "retries"}
 STEP_FIELDS = {"step", "prompt_tokens", "completion_tokens", "max_tokens", "repeat", "steps"}
-RUNAWAY_FIELDS = {"share", "loop", "same_prompt"}
+RUNAWAY_FIELDS = {"share", "loop", "same_prompt", "same_tool_call"}
 
 
 def _error(where: str, message: str) -> Exception:
@@ -438,7 +441,13 @@ def parse_runs(obj: Any, where: str, number: int) -> Any:
             raise _error(where, "runs.runaway.share (the share of runs that run away) is required")
         runaway = sim_runs.Runaway(_runs_share(ra, "share", where, "runs.runaway."),
                           _runs_count(ra, "loop", where, "runs.runaway.", minimum=1),  # type: ignore[arg-type]
-                          _runs_share(ra, "same_prompt", where, "runs.runaway.", 1.0))
+                          # without same_prompt, the runaways that do not repeat a tool call resend a prompt
+                          _runs_share(ra, "same_prompt", where, "runs.runaway.",
+                                      1.0 - _runs_share(ra, "same_tool_call", where, "runs.runaway.", 0.0)),
+                          _runs_share(ra, "same_tool_call", where, "runs.runaway.", 0.0))
+        if runaway.same_prompt + runaway.same_tool_call > 1:
+            raise _error(where, "runs.runaway.same_prompt + same_tool_call are shares of the runaway runs: "
+                                f"at most 1 together, got {runaway.same_prompt:g} + {runaway.same_tool_call:g}")
         if not any(b.repeats for b in blocks[:-1]):
             raise _error(where, "runs.runaway: a runaway run loops on the first step with 'repeat'; no step has one")
     start = end = None
@@ -964,7 +973,8 @@ def simulate(
         outcome, rule, run_cost, run_downgraded = "failed", None, 0.0, False
         if ref is not None:  # a request of a run: its session and its prompt's fingerprint
             run = runs[ref[0]]
-            request = dataclasses.replace(request, session=run.session, prompt_hash=run.requests[ref[1]][1])
+            request = dataclasses.replace(request, session=run.session, prompt_hash=run.requests[ref[1]][1],
+                                          loop_marks=run.marks if ref[1] in run.marked else ())
         faults = class_faults[ci]
         rid = f"sim-{i}"
         attempts: list[str] = []
@@ -978,7 +988,8 @@ def simulate(
                 _count_drops(dropped_by, exc)
                 blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
                 first_block.setdefault(exc.budget, when)
-                outcome, rule = "refused", exc.rule
+                # a loop of one tool call (the guard's loop_counts) is told apart from a resent prompt
+                outcome, rule = "refused", "tool_loop" if exc.rule == "loop" and getattr(exc, "repeated", None) else exc.rule
                 break
             except NoDeploymentLeft as exc:
                 _count_drops(dropped_by, exc)
