@@ -504,7 +504,7 @@ def test_an_unmarked_block_that_cannot_run_fails_telling_the_author_to_mark_it(t
 def test_config_parts_and_budget_lists_are_checked(tmp_path, monkeypatch):
     ok = "```yaml\nlitellm_settings:\n  callbacks: [litellm_payg.proxy_handler, prometheus]\n```\n"
     check_block(_one(ok), tmp_path / "a", monkeypatch, _done({}))
-    message = _fails(_one(ok.replace("proxy.handler", "proxy.handlr")), tmp_path / "b", monkeypatch)
+    message = _fails(_one(ok.replace("proxy_handler", "proxy_handlr")), tmp_path / "b", monkeypatch)
     assert "DOC.md:1 (yaml block" in message
     check_block(_one("```yaml\n- {scope: global, window: day, limit_usd: 5}\n```\n"), tmp_path / "c", monkeypatch, _done({}))
     message = _fails(_one("```yaml\n- {scope: global, window: dy, limit_usd: 5}\n```\n"), tmp_path / "d", monkeypatch)
