@@ -158,6 +158,8 @@ class PaygRouting(CustomLogger):
         #: per-request state, keyed by an id this adapter mints (never read from client input)
         self.states = RequestStates()
         self._guard: ResponseGuard | None = None
+        #: prices plain-token answers of flat-priced deployments without LiteLLM's calculator
+        self._token_prices = charges.TokenPrices()
         #: undoes the governed doors on the bound Router's request methods (``ingress``)
         self._unwrap: Callable[[], None] | None = None
 
@@ -216,6 +218,9 @@ class PaygRouting(CustomLogger):
             str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
         }
         self._groups = frozenset(c.group for c in self._candidates.values())
+        self._token_prices.flat = frozenset(
+            str(d["model_info"]["id"]) for d in deployments
+            if charges.flat_priced(self._candidates.get(str(d["model_info"]["id"])), d))
         #: groups with a deployment that bills cache writes above its input price (Anthropic)
         self._cache_write_groups = frozenset(c.group for c in self._candidates.values()
                                              if c.cache_write_usd_per_token is not None)
@@ -816,7 +821,7 @@ class PaygRouting(CustomLogger):
             self._charge_generate_content(state, deployment_id, response, request_data.get("model"))
             return None
         prompt_tokens, completion_tokens = charges.answer_tokens(response)
-        cost = _Once(lambda: charges.attempt_cost(request_data, response, self._candidates.get(deployment_id)))
+        cost = _Once(lambda: self._attempt_cost(request_data, response, deployment_id))
         if not (prompt_tokens or completion_tokens or isinstance(response, litellm.ModelResponse) or cost()):
             return None
         latency = charges.elapsed(request_data)
@@ -885,6 +890,13 @@ class PaygRouting(CustomLogger):
                    completion_tokens=completion, usage_estimated=charge.estimated)
         self._finish(state)
 
+    def _attempt_cost(self, request_data: Mapping[str, Any], response: Any, deployment_id: str) -> float:
+        """LiteLLM's cost of an answered attempt (``charges.attempt_cost``), or the same number from
+        the deployment's per-token price where that is known to be it (``charges.TokenPrices``)."""
+        candidate = self._candidates.get(deployment_id)
+        return self._token_prices.cost(request_data, response, candidate,
+                                       lambda: charges.attempt_cost(request_data, response, candidate))
+
     def _charge_inline(self, request_data: Mapping[str, Any], response: Any, state: RequestState, deployment_id: str) -> charges.Charge | None:
         """Settle a non-stream answer the validators rejected (it billed): the charge of
         :meth:`_charge_answer`, without the success outcome (the caller reports a failure)."""
@@ -894,7 +906,7 @@ class PaygRouting(CustomLogger):
         prompt_tokens, completion_tokens = charges.answer_tokens(response)
         charge = self._charge_answer(
             deployment_id, reservation_id, response, prompt_tokens, completion_tokens,
-            lambda: charges.attempt_cost(request_data, response, self._candidates.get(deployment_id)),
+            lambda: self._attempt_cost(request_data, response, deployment_id),
             request_data.get("messages"), charges.tools_of(request_data), state, request_data.get("model"),
         )
         self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
