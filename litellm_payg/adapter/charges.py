@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import litellm
+import pydantic
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.decision import Candidate
@@ -68,11 +69,22 @@ def served_from_cache(response: Any) -> bool:
     return getattr(response, "custom_llm_provider", None) == "cached_response"
 
 
+def attribute(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, cheaper on a pydantic model such as LiteLLM's responses: an
+    extra field (a response's ``usage``), a private attribute (``_hidden_params``) or a missing one
+    goes through pydantic's ``__getattr__`` (2-10 us a read); here it is read where pydantic keeps it."""
+    if isinstance(obj, pydantic.BaseModel):
+        for store in (obj.__dict__, obj.__pydantic_extra__, obj.__pydantic_private__):
+            if store and name in store:
+                return store[name]
+    return getattr(obj, name, None)
+
+
 def answer_tokens(response: Any) -> tuple[Any, Any]:
     """The prompt and completion token counts an answer reports in its ``usage`` (chat and text
     completions, embeddings: ``prompt_tokens``/``completion_tokens``; Responses API and Anthropic
     messages: ``input_tokens``/``output_tokens``), None where it reports none."""
-    usage = response.get("usage") if isinstance(response, Mapping) else getattr(response, "usage", None)
+    usage = response.get("usage") if isinstance(response, Mapping) else attribute(response, "usage")
     if usage is None:
         return None, None
 
@@ -271,7 +283,7 @@ def plain_tokens(response: Any) -> tuple[int, int] | None:
     prices it."""
     if not isinstance(response, litellm.ModelResponse):
         return None
-    usage = getattr(response, "usage", None)
+    usage = attribute(response, "usage")
     fields = getattr(usage, "__dict__", None)
     if not isinstance(fields, dict):
         return None
@@ -376,9 +388,9 @@ class TokenPrices:
             tokens = plain_tokens(response)
         if tokens is None:
             return calculator()
-        hidden = getattr(response, "_hidden_params", None)
+        hidden = attribute(response, "_hidden_params")
         hidden = hidden if isinstance(hidden, Mapping) else {}
-        key = (candidate.deployment_id, getattr(response, "model", None), getattr(response, "service_tier", None),
+        key = (candidate.deployment_id, attribute(response, "model"), attribute(response, "service_tier"),
                hidden.get("provider_response_model"), hidden.get("region_name"))
         agreed = self._agreed.get(key)
         fast = candidate.estimate_usd(*tokens)
