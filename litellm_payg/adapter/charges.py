@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import litellm
+import pydantic
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.core.decision import Candidate
@@ -68,11 +69,22 @@ def served_from_cache(response: Any) -> bool:
     return getattr(response, "custom_llm_provider", None) == "cached_response"
 
 
+def attribute(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, cheaper on a pydantic model such as LiteLLM's responses: an
+    extra field (a response's ``usage``), a private attribute (``_hidden_params``) or a missing one
+    goes through pydantic's ``__getattr__`` (2-10 us a read); here it is read where pydantic keeps it."""
+    if isinstance(obj, pydantic.BaseModel):
+        for store in (obj.__dict__, obj.__pydantic_extra__, obj.__pydantic_private__):
+            if store and name in store:
+                return store[name]
+    return getattr(obj, name, None)
+
+
 def answer_tokens(response: Any) -> tuple[Any, Any]:
     """The prompt and completion token counts an answer reports in its ``usage`` (chat and text
     completions, embeddings: ``prompt_tokens``/``completion_tokens``; Responses API and Anthropic
     messages: ``input_tokens``/``output_tokens``), None where it reports none."""
-    usage = response.get("usage") if isinstance(response, Mapping) else getattr(response, "usage", None)
+    usage = response.get("usage") if isinstance(response, Mapping) else attribute(response, "usage")
     if usage is None:
         return None, None
 
@@ -257,3 +269,138 @@ def attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Cand
         if candidate is None or not candidate.priced or usage is None:
             return 0.0
         return candidate.estimate_usd(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+
+
+def plain_tokens(response: Any) -> tuple[int, int] | None:
+    """The (prompt, completion) tokens of a chat answer whose usage is nothing but plain text
+    tokens, else None.
+
+    Why: such an answer costs its tokens at the model's two per-token prices, the number LiteLLM's
+    calculator works out too, so it can be charged without running the calculator (about 0.4 ms per
+    answer, run again later by LiteLLM's own logging). Anything else in the usage (cached or cache-
+    write tokens, reasoning, audio or image tokens, a provider's own cost, tool use billed per
+    call, a field this code does not know) may be priced differently: None, and the calculator
+    prices it."""
+    if not isinstance(response, litellm.ModelResponse):
+        return None
+    usage = attribute(response, "usage")
+    fields = getattr(usage, "__dict__", None)
+    if not isinstance(fields, dict):
+        return None
+    prompt, completion = fields.get("prompt_tokens"), fields.get("completion_tokens")
+    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+        return None
+    for key, value in fields.items():
+        if key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            continue
+        if key == "prompt_tokens_details":
+            if not _plain_details(value, prompt):
+                return None
+        elif key == "completion_tokens_details":
+            if not _plain_details(value, completion):
+                return None
+        elif not _nothing(value):
+            return None
+    if not _all_nothing(getattr(usage, "__pydantic_extra__", None)) or not _all_nothing(
+            getattr(usage, "__pydantic_private__", None)):  # e.g. Anthropic's cache read/write counts
+        return None
+    return prompt, completion
+
+
+def _nothing(value: Any) -> bool:
+    return value is None or ((type(value) is int or type(value) is float or type(value) is bool) and value == 0)
+
+
+def _all_nothing(values: Any) -> bool:
+    if not values:
+        return True
+    return isinstance(values, Mapping) and all(_nothing(v) for v in values.values())
+
+
+def _plain_details(details: Any, total: int) -> bool:
+    """A usage details block that says only "all of them are text tokens" (or nothing)."""
+    if details is None:
+        return True
+    fields = details if isinstance(details, Mapping) else getattr(details, "__dict__", None)
+    if not isinstance(fields, Mapping):
+        return False
+    for key, value in fields.items():
+        if key == "text_tokens" and (value is None or value == total):
+            continue
+        if not _nothing(value):
+            return False
+    return _all_nothing(getattr(details, "__pydantic_extra__", None))
+
+
+def flat_priced(candidate: Candidate | None, deployment: Mapping[str, Any]) -> bool:
+    """Whether ``candidate`` is billed at one input and one output price per token whatever the
+    request's size (no long-prompt tier in its own prices or in LiteLLM's price map entries for it),
+    so its plain-token answers cost :meth:`Candidate.estimate_usd`. Worked out once, at bind time."""
+    if candidate is None or not candidate.priced or candidate.price_source not in ("litellm", "deployment"):
+        return False
+    if candidate.price_tiers:
+        return False
+    params = deployment.get("litellm_params") or {}
+    info = deployment.get("model_info") or {}
+    model = candidate.model
+    base = info.get("base_model") or params.get("base_model")
+    refs = [candidate.deployment_id, model, model.split("/", 1)[1] if "/" in model else None, base]
+    sources = [params, info, *(litellm.model_cost.get(r) for r in refs if isinstance(r, str) and r)]
+    return not any(isinstance(source, Mapping) and any(_tiered(str(k)) and v is not None and v != [] and v != {}
+                                                       for k, v in source.items())
+                   for source in sources)  # a Router registers models with every price key, most of them None
+
+
+def _tiered(key: str) -> bool:
+    """A price key that bills a plain token by the request's size (a cache lifetime's or an audio
+    token's tier does not price plain tokens)."""
+    return key == "tiered_pricing" or (key.startswith(("input_cost_per_token", "output_cost_per_token")) and "above_" in key)
+
+
+class TokenPrices:
+    """Charges plain-token chat answers at the deployment's own per-token price instead of LiteLLM's
+    calculator, where that gives the same number.
+
+    The price is the one the plugin already resolved for the deployment (its ``litellm_params``
+    price or LiteLLM's price map, :class:`Candidate`); it is used only for a flat-priced
+    deployment (:func:`flat_priced`), an answer whose usage is plain text tokens
+    (:func:`plain_tokens`) and a chat call that asked for no service tier or web search. And only
+    once LiteLLM's calculator agreed: the first such answer for each deployment, model LiteLLM
+    says served it, served service tier and region is priced by both, and if they differ that
+    combination is priced by the calculator from then on. So a price LiteLLM works out some other
+    way (a provider's served-model price, a region's, a tier's) is never replaced."""
+
+    #: a request field that can change LiteLLM's price for the same tokens
+    _PRICED_FIELDS = ("service_tier", "web_search_options")
+
+    def __init__(self) -> None:
+        self.flat: frozenset[str] = frozenset()
+        #: (deployment id, served model, served tier, provider's model, region) -> the calculator agreed
+        self._agreed: dict[tuple[Any, ...], bool] = {}
+
+    def cost(self, request_data: Mapping[str, Any], response: Any, candidate: Candidate | None,
+             calculator: Any) -> float:
+        """What the answer costs: the deployment's price for its plain tokens where LiteLLM's
+        calculator agrees (see the class), else ``calculator()``."""
+        tokens = None
+        if candidate is not None and candidate.deployment_id in self.flat and not any(
+                request_data.get(f) for f in self._PRICED_FIELDS):
+            tokens = plain_tokens(response)
+        if tokens is None:
+            return calculator()
+        hidden = attribute(response, "_hidden_params")
+        hidden = hidden if isinstance(hidden, Mapping) else {}
+        key = (candidate.deployment_id, attribute(response, "model"), attribute(response, "service_tier"),
+               hidden.get("provider_response_model"), hidden.get("region_name"))
+        agreed = self._agreed.get(key)
+        fast = candidate.estimate_usd(*tokens)
+        if agreed is None:
+            priced = calculator()
+            agreed = self._agreed[key] = priced == fast
+            if len(self._agreed) > 10_000:  # bounded: served models and tiers come from the provider
+                self._agreed.clear()
+            if not agreed:
+                logger.debug("litellm-payg: LiteLLM prices %s at %r, the deployment's price says %r: "
+                             "its calculator prices these answers", key, priced, fast)
+            return priced
+        return fast if agreed else calculator()
