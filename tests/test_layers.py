@@ -248,6 +248,7 @@ LAYERS = {
     "adapter": ("core", "contract", "stores", "policy", "runtime"),
     "tools": ("core", "contract", "stores", "policy", "runtime", "adapter", "standin"),
     "standin": (),
+    "proxy": ("adapter",),  # the old proxy line, litellm_payg.proxy.handler: a deprecated shim over adapter.proxy
 }
 CONTRACT = ("", "hookspecs", "hook_chain", "rules", "plugins")  # "" is the package root's __init__
 #: which layers may import these third-party packages (the pure layers import none of them)
