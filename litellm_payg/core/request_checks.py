@@ -333,13 +333,13 @@ LITELLM_PARAM_TYPES: dict[str, str] = {
 #: the most retries a request may ask for (each retry is another attempt, reserved and maybe billed)
 MAX_RETRIES = 100
 _JSON_VALUES = (str, bool, int, float, list, tuple, Mapping)
+_PARAM_NAMES = frozenset(LITELLM_PARAM_TYPES)
 
 
 def _litellm_params(data: Mapping[str, Any]) -> BadField | None:
-    if data.keys().isdisjoint(LITELLM_PARAM_TYPES):
-        return None
-    for name, kind in LITELLM_PARAM_TYPES.items():
-        value = data.get(name)
+    present = data.keys() & _PARAM_NAMES  # usually none, or a few ids the proxy adds
+    for name in sorted(present) if len(present) > 1 else present:
+        value, kind = data[name], LITELLM_PARAM_TYPES[name]
         if value is None:
             continue
         if kind == "retries":
