@@ -269,8 +269,9 @@ def test_a_request_litellm_rejects_after_the_pick_leaves_no_reservation_open(pro
     ("/v1/messages", {"model": "claude", "messages": None, "max_tokens": 5}, "messages"),
     ("/v1/chat/completions", {**CHAT, "num_retries": "3"}, "num_retries"),
     ("/v1/chat/completions", {**CHAT, "timeout": 0.001}, "timeout"),
+    ("/v1/chat/completions", {**CHAT, "model": "azure-chat", "response_format": [63, 63]}, "response_format"),
 ], ids=["embeddings-stream", "trace-id-bool", "prompt-null", "completions-messages", "messages-null",
-        "num-retries-text", "tiny-timeout"])
+        "num-retries-text", "tiny-timeout", "azure-response-format-list"])
 def test_client_input_litellm_fails_on_is_a_400_before_the_provider(proxy, path, body, field):
     sent = proxy.send(path, body, new_key(user=f"i{uuid.uuid4().hex[:8]}", label="input"))
     assert sent.status == 400 and field in sent.text, (sent.status, sent.text)

@@ -41,10 +41,12 @@ async def _refused(call, engine, field: str) -> None:
     ("tags", {"a": 1}), ("tags", "support"), ("tags", [1, 2]),
     ("timeout", [1]), ("timeout", "5"), ("timeout", float("nan")), ("stream_timeout", 0),
     ("user", 5), ("caching", "yes"), ("fallbacks", "chat"),
+    ("response_format", [63, 63]), ("response_format", "json_object"),
 ])
 async def test_litellm_params_of_the_wrong_type_are_a_400_naming_the_field(field, value):
     """LiteLLM fails these after the pick (``litellm_trace_id: true`` fails its
-    ``GenericLiteLLMParams`` as an ``APIConnectionError`` 500, ``num_retries: "3"`` its retry loop)."""
+    ``GenericLiteLLMParams`` as an ``APIConnectionError`` 500, ``num_retries: "3"`` its retry loop,
+    a ``response_format`` list its Azure client)."""
     with attached([deployment("chat", CHAT, "c1")], _policy()) as (router, engine):
         await _refused(lambda: router.acompletion(model="chat", messages=MESSAGES, **{field: value}), engine, field)
 

@@ -85,7 +85,7 @@ def check_request(data: Mapping[str, Any], api: str | None = None) -> BadField |
     ``api`` (:func:`api_of` a Router method or proxy call type) adds the checks of that API's own
     fields (:func:`_api_fields`)."""
     for check in (_one_model, _credentials, _messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata,
-                  _litellm_params):
+                  _response_format, _litellm_params):
         problem = check(data)
         if problem is not None:
             return problem
@@ -315,6 +315,15 @@ def _metadata(data: Mapping[str, Any]) -> BadField | None:
         if value is not None and not isinstance(value, Mapping):
             return BadField(name, f"expected an object, got {_shown(value)}")
     return None
+
+
+def _response_format(data: Mapping[str, Any]) -> BadField | None:
+    """An object in JSON (a pydantic model class in Python is LiteLLM's to convert): LiteLLM's Azure
+    client raises "Unsupported response_format type" for a list, a 500 after the reservation."""
+    value = data.get("response_format")
+    if value is None or not isinstance(value, _JSON_VALUES) or isinstance(value, Mapping):
+        return None
+    return BadField("response_format", f"expected an object such as {{\"type\": \"json_object\"}}, got {_shown(value)}")
 
 
 #: LiteLLM's own request parameters and the type each must have. LiteLLM reads them itself (its
