@@ -98,7 +98,7 @@ _CHECKED_APIS = frozenset(("text_completion", "embedding", "completion", "anthro
 def _api_fields(data: Mapping[str, Any], api: str | None) -> BadField | None:
     """Fields one API's LiteLLM call fails on with a 500 after the reservation: a text completion
     with ``messages`` (LiteLLM builds its own from ``prompt``: "multiple values for keyword argument
-    'messages'") or a ``prompt`` that is not text or token ids ("Unmapped prompt format"); an
+    'messages'") or a ``prompt`` that is not text (:func:`_text_prompt`); an
     embedding with ``stream: true`` (LiteLLM answers an embedding, which the proxy then tries to
     stream, after the provider billed it); a chat or Anthropic messages request whose ``messages``
     is null (LiteLLM's Anthropic client iterates it, and the Router retries the ``TypeError``)."""
@@ -106,24 +106,22 @@ def _api_fields(data: Mapping[str, Any], api: str | None) -> BadField | None:
         if "messages" in data and data["messages"] is None:
             return BadField("messages", "expected a non-empty list of messages, got null")
     elif api == "text_completion":
-        if data.get("messages") is not None:
+        if "messages" in data:  # even null: LiteLLM passes it on next to the messages it builds
             return BadField("messages", "not a field of text completions: send the text as 'prompt', or the "
                             "messages to /v1/chat/completions")
         if "prompt" in data and not _text_prompt(data["prompt"]):
-            return BadField("prompt", f"expected a string, a list of strings or a list of token ids, got "
-                            f"{_shown(data['prompt'])}")
+            return BadField("prompt", f"expected a string or a non-empty list of strings (token ids are not "
+                            f"accepted on a governed group), got {_shown(data['prompt'])}")
     elif api == "embedding" and data.get("stream") is True:
         return BadField("stream", "embeddings are not streamed: send stream false or leave it out")
     return None
 
 
 def _text_prompt(prompt: Any) -> bool:
-    if isinstance(prompt, str):
-        return True
-    if not isinstance(prompt, list):
-        return False
-    return (all(isinstance(p, str) for p in prompt) or all(whole_number(p) is not None for p in prompt)
-            or all(isinstance(p, list) and all(whole_number(t) is not None for t in p) for p in prompt))
+    """Text, or a non-empty list of texts: the prompts LiteLLM maps for every provider. Token ids it
+    maps for OpenAI and Azure only, and then fails on them for a chat model ("'int' object has no
+    attribute 'get'"); an empty list is its "Unmapped prompt format"."""
+    return isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and all(isinstance(p, str) for p in prompt))
 
 
 def whole_number(value: Any) -> int | None:
