@@ -245,3 +245,42 @@ def test_extra_body_that_is_not_an_object_is_a_400(proxy):
     assert sent.status == 400, (sent.status, sent.text)
     assert "extra_body" in sent.text
     assert sent.bills == []
+
+
+# -- what the fuzzer found (tests/test_fuzz_proxy.py); Router-level regressions: tests/test_client_input.py --
+
+
+def test_a_request_litellm_rejects_after_the_pick_leaves_no_reservation_open(proxy):
+    """LiteLLM's proxy answers ``tools: [5, 6]`` on /v1/responses with its own 400 after the plugin's
+    pick reserved, and no failure event comes for it: the door releases the reservation at once
+    (before, it stayed open until it expired and was then charged in full)."""
+    body = {"model": "chat", "input": "hi there", "tools": [5, 6], "max_output_tokens": 16}  # fits the cap
+    sent = proxy.send("/v1/responses", body, new_key(user=f"t{uuid.uuid4().hex[:8]}", label="tools"))
+    assert 400 <= sent.status < 500, (sent.status, sent.text)
+    assert sent.open_after == 0, f"{sent.open_after} reservation(s) left open after HTTP {sent.status}"
+    assert sent.ledger_usd >= sent.billed_usd * (1 - 1e-9) - 1e-12
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/embeddings", {"model": "embed", "input": "hi", "stream": True}, "stream"),
+    ("/v1/embeddings", {"model": "embed", "input": "hi", "litellm_trace_id": True}, "litellm_trace_id"),
+    ("/v1/completions", {"model": "chat", "prompt": None, "max_tokens": 5}, "prompt"),
+    ("/v1/completions", {"model": "chat", "prompt": "hi", "messages": MESSAGES}, "messages"),
+    ("/v1/messages", {"model": "claude", "messages": None, "max_tokens": 5}, "messages"),
+    ("/v1/chat/completions", {**CHAT, "num_retries": "3"}, "num_retries"),
+    ("/v1/chat/completions", {**CHAT, "timeout": 0.001}, "timeout"),
+    ("/v1/chat/completions", {**CHAT, "model": "azure-chat", "response_format": [63, 63]}, "response_format"),
+], ids=["embeddings-stream", "trace-id-bool", "prompt-null", "completions-messages", "messages-null",
+        "num-retries-text", "tiny-timeout", "azure-response-format-list"])
+def test_client_input_litellm_fails_on_is_a_400_before_the_provider(proxy, path, body, field):
+    sent = proxy.send(path, body, new_key(user=f"i{uuid.uuid4().hex[:8]}", label="input"))
+    assert sent.status == 400 and field in sent.text, (sent.status, sent.text)
+    assert sent.bills == [] and sent.open_after == 0
+
+
+def test_a_tiny_timeout_in_litellms_header_is_a_400(proxy):
+    """LiteLLM's proxy copies ``x-litellm-timeout`` into the request's ``timeout``: the same floor."""
+    sent = proxy.send("/v1/chat/completions", CHAT, new_key(user=f"h{uuid.uuid4().hex[:8]}", label="hdr"),
+                      headers={"x-litellm-timeout": "0.001"})
+    assert sent.status == 400 and "timeout" in sent.text, (sent.status, sent.text)
+    assert sent.bills == [] and sent.open_after == 0

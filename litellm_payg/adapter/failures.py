@@ -57,6 +57,7 @@ __all__ = [
     "diagnose",
     "diagnose_broken_stream",
     "retry_after",
+    "timed_out_after_sending",
 ]
 
 
@@ -278,6 +279,24 @@ def diagnose_broken_stream(exc: BaseException) -> Failure:
     from the chunks)."""
     inner = _wrapped(exc)
     return _diagnose_stream(exc, inner if inner is not None else exc, True)
+
+
+def timed_out_after_sending(exc: BaseException) -> bool:
+    """Whether ``exc`` is a read timeout: the request had been sent whole and the provider was
+    working on it (and may bill it) when the client stopped waiting. LiteLLM keeps httpx's own
+    error in the chain under its ``Timeout`` (``Timeout <- OpenAIError <- APITimeoutError <-
+    httpx.ReadTimeout``, 1.110.2); a connect, pool or write timeout never delivered the request and
+    is not one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        if isinstance(current, httpx.ReadTimeout):
+            return True
+        if isinstance(current, (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout)):
+            return False
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def classify(exc: BaseException) -> FailureClass:

@@ -59,10 +59,10 @@ class InvalidRequest(PaygError, litellm.BadRequestError):
         return self.message
 
 
-def refuse_bad_input(data: dict, own: tuple[str, ...] = ()) -> None:
+def refuse_bad_input(data: dict, own: tuple[str, ...] = (), api: str | None = None) -> None:
     """Raise :class:`InvalidRequest` naming the first forged ``payg_*`` key (other than ``own``,
     the plugin's own stamps in a dict it minted an id into), client-side credential or malformed
-    field."""
+    field (of ``api``'s own fields too, when it is known)."""
     forged = [key for key in forged_state_keys(data) if key.split(".", 1)[1] not in own]
     if forged:
         raise InvalidRequest(
@@ -70,7 +70,7 @@ def refuse_bad_input(data: dict, own: tuple[str, ...] = ()) -> None:
             "state and may not be sent by a client (only 'payg_hints' may)",
             field=forged[0],
         )
-    problem = check_request(data)
+    problem = check_request(data, api)
     if problem is not None:
         raise InvalidRequest(str(problem), field=problem.field)
 

@@ -70,7 +70,9 @@ from litellm_payg.core.feasibility import Needs
 from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
-from litellm_payg.adapter.failures import MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream
+from litellm_payg.adapter.failures import (
+    MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream, timed_out_after_sending,
+)
 from litellm_payg.core.identity import (
     DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, run_of, session_of,
 )
@@ -326,7 +328,7 @@ class PaygRouting(CustomLogger):
                 data["model"] = self.resolve_model(data["model"])
             return existing
         # the plugin's own stamps in a dict it has seen (a sibling call, or a dict the caller reuses)
-        refuse_bad_input(data, own=OWN_KEYS if existing is not None else ())
+        refuse_bad_input(data, own=OWN_KEYS if existing is not None else (), api=api_of(call))
         if "model" in data:
             data["model"] = self.resolve_model(data["model"])
             self._refuse_unknown_fields(data)
@@ -613,8 +615,11 @@ class PaygRouting(CustomLogger):
         charge: charges.Charge | None = None
         # an answer our validators rejected was charged and fed to the breaker where it was rejected
         if not isinstance(exception, InvalidResponseError):
-            if reservation_id is not None and failure.answered:
-                # the provider answered 200 before the attempt failed: it billed, so charge it
+            if reservation_id is not None and (failure.answered or (
+                    not request_data.get("stream") and timed_out_after_sending(exception))):
+                # the provider answered 200 before the attempt failed, or had the whole request when
+                # LiteLLM stopped waiting for its answer (a read timeout): it billed, or may bill, so
+                # charge it (a stream's first-token timeout is released by the failure log: README)
                 charge = self._charge_answered_failure(deployment_id, reservation_id, failure, state,
                                                        request_data.get("model"))
                 reservation_id = None  # settled: the lifecycle only tells the breaker
@@ -1111,10 +1116,17 @@ class PaygRouting(CustomLogger):
         """The request ``data`` ended in an error (a refusal, its last attempt failed): forget its
         state now. A refused request's state holds its final error, whose traceback holds the
         filter's frames and so the whole request (a 1 MiB metadata blob cost about 2 MB of proxy
-        memory per refused request while 20,000 states were kept). A state with a reservation still
+        memory per refused request while 20,000 states were kept). A pick that never became an
+        attempt is released (:meth:`_release_unsent`). A state with an attempt's reservation still
         open is kept: LiteLLM's failure event for that attempt settles it later."""
         state = self.states.find(metadata_of(data))
-        if state is not None and not state.open_reservations:
+        if state is None:
+            return
+        # a pick LiteLLM rejected the request after, before any attempt began (its own checks of a
+        # field: a Responses ``tools`` entry that is not an object...): the provider was not called
+        # and no failure event will come for it, so its reservation is released now
+        self._release_unsent(state)
+        if not state.open_reservations:
             self.states.forget(state)
 
     def _outcome_heard(self) -> bool:

@@ -11,8 +11,9 @@ ledger:
   silently dropped, so a client that relied on one finds out. ``payg_hints`` is the one key a
   client may send: hints can only tighten a route (:func:`litellm_payg.core.identity.hints_of`).
 * **Malformed fields the plugin reads** (``messages``, the max-token fields, ``n``, ``stream``,
-  ``stream_options``, ``tools``): a request LiteLLM would fail on later must not be counted,
-  reserved or answered with a 5xx first.
+  ``stream_options``, ``tools``) and LiteLLM's own parameters of the wrong type
+  (:data:`LITELLM_PARAM_TYPES`: retries, timeouts, ids, tags): a request LiteLLM would fail on later
+  must not be counted, reserved or answered with a 5xx first.
 * **Client-side credentials** (``api_key``, ``api_base``, ``base_url`` in the request): LiteLLM
   would run the call on a clone of the deployment that the policy never picked.
 
@@ -79,13 +80,48 @@ def forged_state_keys(data: Mapping[str, Any]) -> list[str]:
 CLIENT_CREDENTIAL_FIELDS = ("api_key", "api_base", "base_url")
 
 
-def check_request(data: Mapping[str, Any]) -> BadField | None:
-    """The first field of ``data`` (a request's kwargs or body) the plugin cannot use, or None."""
-    for check in (_one_model, _credentials, _messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata):
+def check_request(data: Mapping[str, Any], api: str | None = None) -> BadField | None:
+    """The first field of ``data`` (a request's kwargs or body) the plugin cannot use, or None.
+    ``api`` (:func:`api_of` a Router method or proxy call type) adds the checks of that API's own
+    fields (:func:`_api_fields`)."""
+    for check in (_one_model, _credentials, _messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata,
+                  _response_format, _litellm_params):
         problem = check(data)
         if problem is not None:
             return problem
+    return _api_fields(data, api) if api in _CHECKED_APIS else None
+
+
+_CHECKED_APIS = frozenset(("text_completion", "embedding", "completion", "anthropic_messages"))
+
+
+def _api_fields(data: Mapping[str, Any], api: str | None) -> BadField | None:
+    """Fields one API's LiteLLM call fails on with a 500 after the reservation: a text completion
+    with ``messages`` (LiteLLM builds its own from ``prompt``: "multiple values for keyword argument
+    'messages'") or a ``prompt`` that is not text (:func:`_text_prompt`); an
+    embedding with ``stream: true`` (LiteLLM answers an embedding, which the proxy then tries to
+    stream, after the provider billed it); a chat or Anthropic messages request whose ``messages``
+    is null (LiteLLM's Anthropic client iterates it, and the Router retries the ``TypeError``)."""
+    if api in ("completion", "anthropic_messages"):
+        if "messages" in data and data["messages"] is None:
+            return BadField("messages", "expected a non-empty list of messages, got null")
+    elif api == "text_completion":
+        if "messages" in data:  # even null: LiteLLM passes it on next to the messages it builds
+            return BadField("messages", "not a field of text completions: send the text as 'prompt', or the "
+                            "messages to /v1/chat/completions")
+        if "prompt" in data and not _text_prompt(data["prompt"]):
+            return BadField("prompt", f"expected a string or a non-empty list of strings (token ids are not "
+                            f"accepted on a governed group), got {_shown(data['prompt'])}")
+    elif api == "embedding" and data.get("stream") is True:
+        return BadField("stream", "embeddings are not streamed: send stream false or leave it out")
     return None
+
+
+def _text_prompt(prompt: Any) -> bool:
+    """Text, or a non-empty list of texts: the prompts LiteLLM maps for every provider. Token ids it
+    maps for OpenAI and Azure only, and then fails on them for a chat model ("'int' object has no
+    attribute 'get'"); an empty list is its "Unmapped prompt format"."""
+    return isinstance(prompt, str) or (isinstance(prompt, list) and bool(prompt) and all(isinstance(p, str) for p in prompt))
 
 
 def whole_number(value: Any) -> int | None:
@@ -276,6 +312,63 @@ def _metadata(data: Mapping[str, Any]) -> BadField | None:
         value = data.get(name)
         if value is not None and not isinstance(value, Mapping):
             return BadField(name, f"expected an object, got {_shown(value)}")
+    return None
+
+
+def _response_format(data: Mapping[str, Any]) -> BadField | None:
+    """An object in JSON (a pydantic model class in Python is LiteLLM's to convert): LiteLLM's Azure
+    client raises "Unsupported response_format type" for a list, a 500 after the reservation."""
+    value = data.get("response_format")
+    if value is None or not isinstance(value, _JSON_VALUES) or isinstance(value, Mapping):
+        return None
+    return BadField("response_format", f"expected an object such as {{\"type\": \"json_object\"}}, got {_shown(value)}")
+
+
+#: LiteLLM's own request parameters and the type each must have. LiteLLM reads them itself (its
+#: retries, timeouts, logging ids, tags): a wrong type fails inside LiteLLM, after the reservation,
+#: as a 500 (``num_retries: "3"``, ``litellm_trace_id: true`` fails LiteLLM's ``GenericLiteLLMParams``,
+#: ``tags: {}``, ``timeout: [1]``). Refused here instead, naming the field. A ``timeout`` may also be
+#: an ``httpx.Timeout`` object in Python (any object that is not a JSON value is left to LiteLLM).
+LITELLM_PARAM_TYPES: dict[str, str] = {
+    **dict.fromkeys(("num_retries", "max_retries"), "retries"),
+    **dict.fromkeys(("timeout", "request_timeout", "stream_timeout"), "seconds"),
+    **dict.fromkeys(("litellm_trace_id", "litellm_session_id", "litellm_call_id", "user"), "text"),
+    "tags": "texts",
+    **dict.fromkeys(("caching", "disable_fallbacks"), "flag"),
+    "fallbacks": "list",
+}
+#: the most retries a request may ask for (each retry is another attempt, reserved and maybe billed)
+MAX_RETRIES = 100
+_JSON_VALUES = (str, bool, int, float, list, tuple, Mapping)
+_PARAM_NAMES = frozenset(LITELLM_PARAM_TYPES)
+
+
+def _litellm_params(data: Mapping[str, Any]) -> BadField | None:
+    present = data.keys() & _PARAM_NAMES  # usually none, or a few ids the proxy adds
+    for name in sorted(present) if len(present) > 1 else present:
+        value, kind = data[name], LITELLM_PARAM_TYPES[name]
+        if value is None:
+            continue
+        if kind == "retries":
+            number = whole_number(value)
+            if number is None or not 0 <= number <= MAX_RETRIES:
+                return BadField(name, f"expected a whole number from 0 to {MAX_RETRIES}, got {_shown(value)}")
+        elif kind == "seconds":
+            if isinstance(value, _JSON_VALUES) and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                return BadField(name, f"expected a number of seconds above 0, got {_shown(value)}")
+        elif kind == "text":
+            if not isinstance(value, str):
+                return BadField(name, f"expected a string, got {_shown(value)}")
+        elif kind == "texts":
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                return BadField(name, f"expected a list of strings, got {_shown(value)}")
+        elif kind == "flag":
+            if not isinstance(value, bool):
+                return BadField(name, f"expected true or false, got {_shown(value)}")
+        elif not isinstance(value, list):
+            return BadField(name, f"expected a list, got {_shown(value)}")
     return None
 
 

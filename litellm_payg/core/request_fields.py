@@ -138,12 +138,27 @@ def allowable(name: str) -> str | None:
     return None
 
 
+#: the shortest timeout, in seconds, a client may set on a governed group (``timeout`` and
+#: ``stream_timeout`` in the body, or LiteLLM's ``x-litellm-timeout`` headers, which its proxy copies
+#: there). A request that times out after it was sent may still be billed by the provider, so it is
+#: charged its bound (README, "Budgets"): a client timeout shorter than any provider's answer would
+#: buy nothing but that charge, and fail over to every deployment of the group in turn
+MIN_CLIENT_TIMEOUT_S = 1.0
+CLIENT_TIMEOUTS = ("timeout", "stream_timeout")
+
+
 def unknown_field(data: Mapping[str, Any], allowed: Iterable[str] = ()) -> BadField | None:
-    """The first body field of ``data`` a governed group does not accept, or None.
+    """The first body field of ``data`` a governed group does not accept, or None; a client
+    timeout below :data:`MIN_CLIENT_TIMEOUT_S` too.
 
     ``allowed`` is the policy's ``requests.allow_fields`` (already checked with :func:`allowable`).
     Cheap: a dict lookup per field, and ``extra_body`` only when the request has one."""
     allowed = allowed if isinstance(allowed, (set, frozenset)) else frozenset(allowed)
+    for name in CLIENT_TIMEOUTS:
+        value = data.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < MIN_CLIENT_TIMEOUT_S:
+            return BadField(name, f"a timeout below {MIN_CLIENT_TIMEOUT_S:g} s is not accepted on a governed group, "
+                            f"got {_shown(value)}: a request the provider received is charged even when it times out")
     tools = data.get("tools")
     if tools and isinstance(tools, list):
         problem = _billed_tool(tools, allowed)
