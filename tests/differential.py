@@ -192,10 +192,29 @@ async def _call(router: Router, kwargs: Mapping[str, Any]) -> Outcome:
     return Outcome(base_id(response._hidden_params.get("model_id")))
 
 
+#: LiteLLM's process-wide callback lists. A Router registers its routing strategy's handler there
+#: (usage-based-routing-v2's checks every Router's picks against its rpm/tpm), and nothing removes
+#: it: left in place, one scenario's Router would enforce its strategy on every later scenario's.
+_CALLBACK_LISTS = ("callbacks", "success_callback", "_async_success_callback", "failure_callback",
+                   "_async_failure_callback", "input_callback", "service_callback")
+
+
+def _callback_lists() -> dict[str, list]:
+    return {name: list(getattr(litellm, name)) for name in _CALLBACK_LISTS if isinstance(getattr(litellm, name, None), list)}
+
+
+def _restore_callback_lists(saved: dict[str, list]) -> None:
+    for name, entries in saved.items():
+        getattr(litellm, name)[:] = entries
+
+
 async def _run(scenario: Scenario, *, policy: bool, pin: str | None = None) -> list[Outcome]:
     """Every request of the scenario through a fresh Router (one per request unless sequential);
-    with ``pin``, only the requests that deployment may serve (the others are not sent)."""
+    with ``pin``, only the requests that deployment may serve (the others are not sent). What the
+    Routers registered in LiteLLM's global callback lists is removed afterwards, as a process
+    running one config (a proxy) has only its own Router's."""
     outcomes = []
+    saved_callbacks = _callback_lists()
     routers: list[tuple[Router, Any]] = []
 
     def fresh() -> Router:
@@ -220,6 +239,7 @@ async def _run(scenario: Scenario, *, policy: bool, pin: str | None = None) -> l
         for _, engine in routers:
             if engine is not None:
                 engine.detach()
+        _restore_callback_lists(saved_callbacks)
     return outcomes
 
 

@@ -6,21 +6,33 @@ serve each request (``differential.py``: each deployment pinned in turn).
 One config holds every feature's group, so two proxies serve the whole suite (about 10 s to boot,
 in parallel). The invariant, per request: what the proxy alone answers 200, the proxy with the
 plugin answers 200 too, from a deployment LiteLLM accepts (``x-litellm-model-id``).
+
+Features whose verdict depends on what came before (rate limits, failures, cooldowns) are sent in
+sequence, and their oracle is a sequential Router (``Scenario.sequential``). The ones that need a
+routing strategy or retry settings of their own run on a second pair of proxies (``STATEFUL_*``),
+booted together with the first; failures come from the stand-in provider (``litellm_payg.standin``),
+its faults scheduled for each proxy's run in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import json
 
 import httpx
 import pytest
 import yaml
+from litellm import Router
 
 from differential import IMAGE, TOOLS, Outcome, Request, Row, Scenario, prompt, record, run_scenario, write_matrix
 from proxy_fixtures import RunningProxy, litellm_proxy_factory  # noqa: F401  (fixture)
-from test_differential import ISSUE_POLICY, LITELLM_ROUTES_VISION, _issue_deployments, dep
+from standin_helpers import STANDIN_MODELS
+from test_differential import ISSUE_POLICY, LITELLM_ROUTES_VISION, MOCK, _issue_deployments, dep
+
+from litellm_payg.adapter import litellm_versions
+from litellm_payg.standin import StandIn
 
 SMALL, BIG = 2_000, 20_000
 
@@ -45,6 +57,8 @@ MODEL_LIST = [
     dep("broken", "broken-1", mock_response="litellm.InternalServerError"),
     dep("backup", "backup-1", "openai/gpt-4o"),
     dep("openai/*", "wild", "openai/*"),
+    dep("rpm-shuffle", "shuffle-cheap", rpm=2),
+    dep("rpm-shuffle", "shuffle-dear", "openai/gpt-4o", rpm=100),
 ]
 ROUTER_SETTINGS = {
     "enable_pre_call_checks": True,
@@ -74,6 +88,7 @@ POLICY = {
         "tagged": _rule("batch", "interactive"),
         "region": _rule("us-cheap", "eu-dear"),
         "broken": _rule("broken-1", "broken-1"),
+        "rpm-shuffle": _rule("shuffle-cheap", "shuffle-dear"),
     },
     "failover": ISSUE_POLICY["failover"],
 }
@@ -106,15 +121,118 @@ REQUESTS = [
 ORACLE = Scenario("proxy config", MODEL_LIST, POLICY, [r for _, r in REQUESTS], router_kwargs=ROUTER_SETTINGS)
 
 
+def _group(group: str, *, ids: tuple[str, ...]) -> list[dict]:
+    return [d for d in MODEL_LIST if d["model_name"] == group and d["model_info"]["id"] in ids]
+
+
+def _texts(group: str, n: int) -> list[Request]:
+    return [Request(f"req{i}", {"model": group, "messages": [{"role": "user", "content": "hello there"}]})
+            for i in range(n)]
+
+
+#: sent in sequence to the first pair, after REQUESTS: the cheap deployment's rpm runs out under
+#: simple-shuffle (the default strategy), with the Router oracle run in the same sequence
+SHUFFLE_RPM = Scenario("rpm/tpm, simple-shuffle", _group("rpm-shuffle", ids=("shuffle-cheap", "shuffle-dear")),
+                       {"version": 1, "routes": {"rpm-shuffle": POLICY["routes"]["rpm-shuffle"]}},
+                       _texts("rpm-shuffle", 4), router_kwargs=ROUTER_SETTINGS, sequential=True)
+
+# -- the second pair: usage-based-routing-v2, retries, allowed_fails (cooldown after 2 failures) --
+
+STATEFUL_SETTINGS = {"routing_strategy": "usage-based-routing-v2", "num_retries": 2, "retry_after": 0,
+                     "allowed_fails": 1, "cooldown_time": 60}
+FLAKY = "flaky-cheap"  # answered by the stand-in, which fails it on demand
+
+
+def flaky_deployment(standin: StandIn | None) -> dict:
+    """The flaky group's cheap deployment: on the stand-in in the proxies; in the Router oracle (no
+    stand-in) LiteLLM's own mock error, i.e. a deployment that fails every call, as the proxies'
+    does while its faults are scheduled."""
+    d = dep("flaky", FLAKY)
+    if standin is None:
+        d["litellm_params"][MOCK] = "litellm.InternalServerError"
+    else:
+        del d["litellm_params"][MOCK]
+        d["litellm_params"].update(model=STANDIN_MODELS["openai"], api_base=standin.url("openai"))
+    return d
+
+
+def stateful_model_list(standin: StandIn | None) -> list[dict]:
+    return [
+        dep("rpm-ubr", "ubr-rpm-cheap", rpm=1), dep("rpm-ubr", "ubr-rpm-dear", "openai/gpt-4o", rpm=100),
+        dep("tpm-ubr", "ubr-tpm-cheap", tpm=15), dep("tpm-ubr", "ubr-tpm-dear", "openai/gpt-4o", tpm=1_000_000),
+        flaky_deployment(standin), dep("flaky", "flaky-dear", "openai/gpt-4o"),
+    ]
+
+
+STATEFUL_POLICY = {"version": 1, "ledger": "memory://", "routes": {
+    "rpm-ubr": _rule("ubr-rpm-cheap", "ubr-rpm-dear"),
+    "tpm-ubr": _rule("ubr-tpm-cheap", "ubr-tpm-dear"),
+    "flaky": _rule(FLAKY, "flaky-dear"),
+}}
+
+
+def _only(model_list: list[dict], group: str) -> list[dict]:
+    return [d for d in model_list if d["model_name"] == group]
+
+
+def _routes(group: str) -> dict:
+    """The stateful policy for one group (the oracle's Router has only that group)."""
+    return {"version": 1, "routes": {group: STATEFUL_POLICY["routes"][group]}}
+
+
+def _cool_down_flaky(router) -> None:
+    """The oracle's Router with the flaky deployment in cooldown, where the proxies' failures put it."""
+    flaky = next(d for d in litellm_versions.deployments(router) if str(d["model_info"]["id"]).startswith(FLAKY))
+    cooldowns = router.health().cooldowns if callable(getattr(router, "health", None)) else router.cooldown_cache
+    cooldowns.add_deployment_to_cooldown(flaky["model_info"]["id"], Exception("down"), 500, 60)
+
+
+_ORACLE_LIST = stateful_model_list(None)
+#: in the order they are sent; each proxy runs them all, the flaky ones with the stand-in failing
+#: the cheap deployment ("failures + retries"), then healthy again but cooled down ("cooldown")
+STATEFUL = [
+    Scenario("rpm/tpm, usage-based-routing-v2", _only(_ORACLE_LIST, "rpm-ubr"), _routes("rpm-ubr"), _texts("rpm-ubr", 3),
+             router_kwargs=STATEFUL_SETTINGS, sequential=True),
+    Scenario("tpm, usage-based-routing-v2", _only(_ORACLE_LIST, "tpm-ubr"), _routes("tpm-ubr"), _texts("tpm-ubr", 3),
+             router_kwargs=STATEFUL_SETTINGS, sequential=True),
+    Scenario("failures + retries", _only(_ORACLE_LIST, "flaky"), _routes("flaky"), _texts("flaky", 3),
+             router_kwargs=STATEFUL_SETTINGS, sequential=True),
+    Scenario("cooldown", [dep("flaky", FLAKY), *_only(_ORACLE_LIST, "flaky")[1:]],
+             _routes("flaky"), [Request("after failures", _texts("flaky", 1)[0].kwargs)],
+             router_kwargs=STATEFUL_SETTINGS, prepare=_cool_down_flaky),
+]
+
+
 @pytest.fixture(scope="module")
-def proxies(litellm_proxy_factory) -> tuple[RunningProxy, RunningProxy]:  # noqa: F811
-    base = {"model_list": MODEL_LIST, "router_settings": ROUTER_SETTINGS}
-    alone = litellm_proxy_factory(copy.deepcopy(base), name="alone")
-    governed = litellm_proxy_factory(
+def standin():
+    with StandIn() as s:
+        yield s
+
+
+def _pair(factory, base: dict, policy: dict, name: str) -> tuple[RunningProxy, RunningProxy]:
+    """Start (not wait for) one proxy alone and one with the plugin, from the same config."""
+    alone = factory(copy.deepcopy(base), name=f"{name}-alone")
+    governed = factory(
         {**copy.deepcopy(base), "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]}},
-        name="with-plugin", files={"payg-policy.yaml": yaml.safe_dump(POLICY, sort_keys=False)},
+        name=f"{name}-with-plugin", files={"payg-policy.yaml": yaml.safe_dump(policy, sort_keys=False)},
     )
-    return alone.wait_ready(), governed.wait_ready()
+    return alone, governed
+
+
+@pytest.fixture(scope="module")
+def _booted(litellm_proxy_factory, standin) -> dict[str, tuple[RunningProxy, RunningProxy]]:  # noqa: F811
+    """Both pairs, booted at once (the boot is most of this file's time)."""
+    pairs = {
+        "features": _pair(litellm_proxy_factory, {"model_list": MODEL_LIST, "router_settings": ROUTER_SETTINGS}, POLICY, "features"),
+        "stateful": _pair(litellm_proxy_factory, {"model_list": stateful_model_list(standin),
+                                                  "router_settings": STATEFUL_SETTINGS}, STATEFUL_POLICY, "stateful"),
+    }
+    return {name: (alone.wait_ready(), governed.wait_ready()) for name, (alone, governed) in pairs.items()}
+
+
+@pytest.fixture(scope="module")
+def proxies(_booted) -> tuple[RunningProxy, RunningProxy]:
+    return _booted["features"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,6 +258,26 @@ async def _both(alone: RunningProxy, governed: RunningProxy) -> list[tuple[Outco
         return [(await _send(client, alone, r.kwargs), await _send(client, governed, r.kwargs)) for _, r in REQUESTS]
 
 
+async def _in_sequence(proxy: RunningProxy, requests: list[Request]) -> list[Outcome]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        return [await _send(client, proxy, r.kwargs) for r in requests]
+
+
+def _judge(scenario: Scenario, alone: list[Outcome], plugin: list[Outcome]) -> list[Row]:
+    """The scenario's rows: the proxies' outcomes, the sequential Router oracle's accepted sets."""
+    oracle = asyncio.run(run_scenario(scenario))
+    rows = [Row(scenario.feature, r.label, a, p, o.accepted, alone_class=r.alone_class)
+            for r, o, a, p in zip(scenario.requests, oracle, alone, plugin)]
+    record("proxy", rows)
+    return rows
+
+
+def _assert_no_regression(rows: list[Row]) -> None:
+    bad = [row.describe() for row in rows if row.regression]
+    assert not bad, "the proxy alone serves these, the proxy with the plugin does not:\n" + "\n".join(bad)
+    assert any(row.alone.served for row in rows), f"the case proves nothing: the proxy alone served none of {rows}"
+
+
 def test_proxy_with_plugin_serves_what_the_proxy_alone_serves(proxies) -> None:
     oracle_rows = asyncio.run(run_scenario(ORACLE))  # the Router's verdicts; its own matrix rows are not recorded
     outcomes = asyncio.run(_both(*proxies))
@@ -156,3 +294,58 @@ def test_proxy_with_plugin_serves_what_the_proxy_alone_serves(proxies) -> None:
                       "300k-tokens": None}
     too_big = next(row for row in rows if row.request == "300k-tokens")
     assert too_big.plugin.error.startswith("HTTP 400") and "context window" in too_big.plugin.error.lower()
+
+
+#: before 1.109 LiteLLM's pre-call checks (``enable_pre_call_checks``) drop, after the filter
+#: callbacks, a deployment whose ``rpm`` this process already counted this minute (the model group's
+#: ``<group>:rpm:<HH-MM>`` cache); 1.110 has no such check. The plugin does not mirror it yet, so
+#: there its pick of the exhausted deployment leaves LiteLLM nothing ("No deployments available",
+#: 429) where LiteLLM alone serves from the other one.
+LITELLM_PRECALL_RPM_CHECK = ":rpm:" in inspect.getsource(Router._pre_call_checks)
+
+
+@pytest.mark.xfail(LITELLM_PRECALL_RPM_CHECK, strict=True, reason=(
+    "LiteLLM < 1.109 drops deployments at their rpm in enable_pre_call_checks, after the plugin's filter; "
+    "the plugin does not mirror that check yet (known regression, 429 where LiteLLM alone serves)"))
+def test_proxy_rate_limits_under_simple_shuffle(proxies) -> None:
+    """The cheap deployment's rpm (2) is reached mid-sequence: the plugin serves what LiteLLM does
+    (simple-shuffle weighs by rpm but, in 1.110, still sends past it; the oracle says so too)."""
+    alone, governed = proxies
+    rows = _judge(SHUFFLE_RPM, asyncio.run(_in_sequence(alone, SHUFFLE_RPM.requests)),
+                  asyncio.run(_in_sequence(governed, SHUFFLE_RPM.requests)))
+    _assert_no_regression(rows)
+    assert [row.plugin.served_by for row in rows[:2]] == ["shuffle-cheap"] * 2  # the rule's pick while its rpm lasts
+
+
+def _stateful_run(proxy: RunningProxy, standin: StandIn) -> tuple[list[list[Outcome]], int]:
+    """Every STATEFUL scenario's requests through ``proxy``, in order: the flaky deployment fails
+    every call during "failures + retries" and answers again for "cooldown". Returns the outcomes
+    per scenario and how many calls the flaky deployment got while failing."""
+    outcomes, failing_calls = [], 0
+    for scenario in STATEFUL:
+        if scenario.feature == "failures + retries":
+            standin.fail("openai", "server_error", times=None)
+            before = standin.hits("openai")
+        try:
+            outcomes.append(asyncio.run(_in_sequence(proxy, scenario.requests)))
+        finally:
+            if scenario.feature == "failures + retries":
+                failing_calls = standin.hits("openai") - before
+                standin.clear("openai")
+    return outcomes, failing_calls
+
+
+def test_proxy_rate_limits_failures_and_cooldowns(_booted, standin) -> None:
+    """usage-based-routing-v2 rpm and tpm limits, a deployment that fails (retries move the request
+    on) and, once LiteLLM has cooled it down after ``allowed_fails``, is skipped even though it
+    answers again: each proxy alone and with the plugin, in the same sequence."""
+    alone, governed = _booted["stateful"]
+    alone_runs, _ = _stateful_run(alone, standin)
+    plugin_runs, plugin_failing = _stateful_run(governed, standin)
+    rows = {s.feature: _judge(s, a, p) for s, a, p in zip(STATEFUL, alone_runs, plugin_runs)}
+    for feature_rows in rows.values():
+        _assert_no_regression(feature_rows)
+    # the plugin's rule picks the flaky deployment first: it fails past allowed_fails, so LiteLLM cools it down
+    assert plugin_failing > STATEFUL_SETTINGS["allowed_fails"], plugin_failing
+    cooled = rows["cooldown"][0]
+    assert cooled.plugin.served_by == "flaky-dear", cooled.describe()  # it answers again, but LiteLLM still cools it
