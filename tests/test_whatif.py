@@ -200,7 +200,7 @@ def test_a_run_budget_counts_the_recorded_session(tmp_path):
 
 
 def test_a_daily_team_budget_blocks_on_the_timeline_and_says_whose(tmp_path):
-    limit = 0.1
+    limit = 0.5
     policy = tmp_path / "p.yaml"
     policy.write_text(Path(SUPPORT).read_text() + "\nbudgets:\n  - {name: team-day, scope: 'team:*', window: day, "
                       f"limit_usd: {limit}, on_exceed: block}}\n")
@@ -213,8 +213,11 @@ def test_a_daily_team_budget_blocks_on_the_timeline_and_says_whose(tmp_path):
     assert set(blocked) == {"team a"} and 0 < blocked["team a"] < 400
     model = _expected_support_pick(2000)
     per_request = _hand_cost(model, 2000, 200, 0)
-    # the reservation: the prompt plus defaults.reserve_output_tokens (4096) at the picked model's price
-    reservation = 2000 * price(model)["input_cost_per_token"] + 4096 * price(model)["output_cost_per_token"]
+    # the reservation, as live: the prompt plus the most the model may answer (its max_output_tokens,
+    # since the history does not say whether the request capped its output) at the picked model's price
+    reservation = (2000 * price(model)["input_cost_per_token"]
+                   + price(model)["max_output_tokens"] * price(model)["output_cost_per_token"])
+    assert reservation < limit
     for day in ("2025-03-01", "2025-03-02"):  # each day starts afresh (the window)
         d = result.by["day"][day]
         served_a = d.requests - d.blocked - 5
