@@ -264,13 +264,22 @@ def test_a_hostile_session_id_cannot_reach_another_runs_cap_through_the_proxy(ca
 @pytest.mark.parametrize("value", [{"id": "x"}, ["a", "b"], True, 10**40, 3.5, None],
                          ids=["object", "list", "bool", "huge int", "float", "null"])
 def test_a_session_id_of_the_wrong_type_is_no_run_and_no_500(cap_proxy, value):
-    """Only a string or a whole number names a run; anything else leaves the request in no run
+    """``litellm_session_id`` is LiteLLM's own parameter and a string: any other type is a 400 naming
+    it (``core/request_checks.LITELLM_PARAM_TYPES``), before anything is reserved; null is no run
     (the run budget does not apply: a client can always leave its run, see the README's trust
-    note) and never makes the proxy fail."""
+    note). Never a 500."""
+    import openai
+
     client = _client(cap_proxy)
-    raw = client.chat.completions.with_raw_response.create(
-        model="agent", messages=[{"role": "user", "content": "hello"}], max_tokens=20,
-        extra_body={"litellm_session_id": value, "metadata": {"session_id": value}})
-    assert raw.http_response.status_code == 200
-    if not isinstance(value, int) or isinstance(value, bool):  # a whole number is a run id like any other
+    body = {"litellm_session_id": value, "metadata": {"session_id": value}}
+    if value is None:
+        raw = client.chat.completions.with_raw_response.create(
+            model="agent", messages=[{"role": "user", "content": "hello"}], max_tokens=20, extra_body=body)
+        assert raw.http_response.status_code == 200
         assert "x-payg-run-requests" not in raw.headers
+        return
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="agent", messages=[{"role": "user", "content": "hello"}],
+                                       max_tokens=20, extra_body=body)
+    assert refused.value.status_code == 400
+    assert "invalid request field 'litellm_session_id': expected a string" in str(refused.value)
