@@ -131,3 +131,26 @@ def test_bills_since_a_mark_are_the_requests_after_it(provider):
     mark = provider.mark()
     litellm.completion(model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=4, api_base=provider.url, **KEY)
     assert [b.completion_tokens for b in provider.bills_since(mark)] == [4]
+
+
+async def test_a_governed_speech_answer_is_recorded_at_what_the_provider_billed(provider):
+    """Billed means recorded for speech: the provider bills every character of ``input``, while
+    LiteLLM's own speech cost leaves whitespace out; the ledger holds the bill (not 80% of it)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from routing_helpers import attached, settled
+
+    text = "word " * 40  # 200 characters, 40 of them spaces
+    deployment = {"model_name": "speech", "litellm_params": {"model": "openai/tts-1", "api_base": provider.url, **KEY},
+                  "model_info": {"id": "tts"}}
+    policy = {"version": 1, "ledger": "memory://",  # no route: the budget governs the group
+              "budgets": [{"name": "all", "scope": "global", "window": "day", "limit_usd": 10}]}
+    with attached([deployment], policy) as (router, engine):
+        await router.aspeech(model="speech", input=text, voice="alloy")
+        await settled(engine)
+        [record] = engine.spend.ledger.records()
+    [bill] = provider.bills
+    assert bill.usd == pytest.approx(len(text) * litellm.model_cost["tts-1"]["input_cost_per_character"], rel=1e-12)
+    assert record.amount_usd == pytest.approx(bill.usd, rel=1e-9), (record.amount_usd, bill.usd)

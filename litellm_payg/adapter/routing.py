@@ -1094,6 +1094,12 @@ class PaygRouting(CustomLogger):
         if cost == 0.0 and (prompt_tokens or completion_tokens):
             priced = charges.price_tokens(candidate, str(model or ""), int(prompt_tokens or 0), int(completion_tokens or 0))
             cost = priced if priced is not None else cost
+        per_character = candidate.input_usd_per_character if candidate is not None else None
+        if per_character and state.characters:
+            # a speech model bills every character of its input; LiteLLM's cost leaves out the
+            # whitespace ("hello world" is priced as 10 characters), so the ledger would fall below
+            # the bill: charge the characters the provider was sent, as the reservation counted them
+            cost = max(cost, state.characters * per_character)
         return charges.Charge(cost, prompt_tokens, completion_tokens)
 
     def _finish(self, state: RequestState) -> None:
