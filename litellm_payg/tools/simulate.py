@@ -832,10 +832,14 @@ class _Clock:
 
 
 class _Progress:
-    def __init__(self, total: int, enabled: bool, stream: Any = None):
-        self.total = max(1, total)
+    """The progress line on stderr, at most five updates a second: a bar when the total is known
+    (``simulate``), a running count when it is not (``what-if`` streams its history)."""
+
+    def __init__(self, total: int | None, enabled: bool, stream: Any = None, verb: str = "simulating"):
+        self.total = None if total is None else max(1, total)
         self.enabled = enabled
         self.stream = stream or sys.stderr
+        self.verb = verb
         self.started = time.perf_counter()
         self.last = 0.0
 
@@ -846,11 +850,14 @@ class _Progress:
         if not final and now - self.last < 0.2:
             return
         self.last = now
-        frac = done / self.total
-        width = 30
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         rate = done / max(now - self.started, 1e-9)
-        self.stream.write(f"\rsimulating [{bar}] {done:,}/{self.total:,} ({rate:,.0f} req/s)")
+        if self.total is None:
+            self.stream.write(f"\r{self.verb} {done:,} requests ({rate:,.0f}/s)")
+        else:
+            frac = done / self.total
+            width = 30
+            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+            self.stream.write(f"\r{self.verb} [{bar}] {done:,}/{self.total:,} ({rate:,.0f} req/s)")
         if final:
             self.stream.write("\n")
         self.stream.flush()

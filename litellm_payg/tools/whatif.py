@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litellm_payg.tools.simulate import Pricer, _Clock
+from litellm_payg.tools.simulate import Pricer, _Clock, _Progress
 from litellm_payg.tools.whatif_history import (
     Filters,
     HistoryRow,
@@ -246,22 +246,6 @@ def _whose(row: HistoryRow) -> str:
     return ", ".join(p for p in parts if p) or "(no team, key or user)"
 
 
-class _Progress:
-    def __init__(self, enabled: bool):
-        self.enabled, self.started, self.last = enabled, time.perf_counter(), 0.0
-
-    def update(self, done: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not final and now - self.last < 0.25:
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\rreplaying {done:,} requests ({rate:,.0f}/s)" + ("\n" if final else ""))
-        sys.stderr.flush()
-
-
 def replay(
     policy: Any,
     rows: Iterable[HistoryRow],
@@ -321,7 +305,7 @@ def replay(
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
     day_names: dict[int, str] = {}
-    bar_progress = _Progress(progress)
+    bar_progress = _Progress(None, progress, verb="replaying")
     began = time.perf_counter()
     n = 0
 
