@@ -297,16 +297,13 @@ def test_proxy_with_plugin_serves_what_the_proxy_alone_serves(proxies) -> None:
 
 
 #: before 1.109 LiteLLM's pre-call checks (``enable_pre_call_checks``) drop, after the filter
-#: callbacks, a deployment whose ``rpm`` this process already counted this minute (the model group's
-#: ``<group>:rpm:<HH-MM>`` cache); 1.110 has no such check. The plugin does not mirror it yet, so
-#: there its pick of the exhausted deployment leaves LiteLLM nothing ("No deployments available",
-#: 429) where LiteLLM alone serves from the other one.
+#: callbacks, a deployment whose ``rpm`` this process already counted this minute; 1.110 has no such
+#: check. The plugin mirrors it there (``feasibility``: ``precall_requests``), else its pick of the
+#: exhausted deployment would leave LiteLLM nothing ("No deployments available", 429) where LiteLLM
+#: alone serves from the other one.
 LITELLM_PRECALL_RPM_CHECK = ":rpm:" in inspect.getsource(Router._pre_call_checks)
 
 
-@pytest.mark.xfail(LITELLM_PRECALL_RPM_CHECK, strict=True, reason=(
-    "LiteLLM < 1.109 drops deployments at their rpm in enable_pre_call_checks, after the plugin's filter; "
-    "the plugin does not mirror that check yet (known regression, 429 where LiteLLM alone serves)"))
 def test_proxy_rate_limits_under_simple_shuffle(proxies) -> None:
     """The cheap deployment's rpm (2) is reached mid-sequence: the plugin serves what LiteLLM does
     (simple-shuffle weighs by rpm but, in 1.110, still sends past it; the oracle says so too)."""
@@ -315,6 +312,8 @@ def test_proxy_rate_limits_under_simple_shuffle(proxies) -> None:
                   asyncio.run(_in_sequence(governed, SHUFFLE_RPM.requests)))
     _assert_no_regression(rows)
     assert [row.plugin.served_by for row in rows[:2]] == ["shuffle-cheap"] * 2  # the rule's pick while its rpm lasts
+    if LITELLM_PRECALL_RPM_CHECK:  # then LiteLLM passes it over, and so does the plugin's pick
+        assert [row.plugin.served_by for row in rows[2:]] == ["shuffle-dear"] * 2
 
 
 def _stateful_run(proxy: RunningProxy, standin: StandIn) -> tuple[list[list[Outcome]], int]:

@@ -341,3 +341,46 @@ def usage_counts(router: Any, deployments: Sequence[Mapping[str, Any]]) -> list[
         tokens = store.get_cache(key=f"{prefix}:tpm:{minute}", local_only=True)
         out.append((int(requests or 0), int(tokens or 0)))
     return out
+
+
+_PRECALL_RPM: bool | None = None
+
+
+def precall_checks_rpm() -> bool:
+    """Whether this LiteLLM's ``enable_pre_call_checks`` passes over a deployment at its rpm (LiteLLM
+    before 1.109: ``Router._pre_call_checks`` reads the per-deployment request count and the
+    ``<group>:rpm:<HH-MM>`` usage of the routing strategies). From 1.109 the Rust core leaves rpm to
+    the routing strategy. Read from LiteLLM's own source once, so a backport is seen too."""
+    global _PRECALL_RPM
+    if _PRECALL_RPM is None:
+        import inspect
+
+        from litellm import Router
+
+        try:
+            _PRECALL_RPM = ":rpm:" in inspect.getsource(Router._pre_call_checks)
+        except (OSError, TypeError, AttributeError):
+            _PRECALL_RPM = False
+    return _PRECALL_RPM
+
+
+def precall_request_counts(router: Any, group: str, deployment_ids: Sequence[str]) -> list[int]:
+    """The request count LiteLLM < 1.109's pre-call check compares to a deployment's rpm: the larger
+    of the Router's in-memory count for the deployment (``_update_usage``, keyed by its id) and the
+    usage-based strategies' ``<group>:rpm:<HH-MM>`` entry for it, both read from process memory
+    only, as LiteLLM reads them."""
+    from datetime import datetime, timezone
+
+    store = router.health().store if _has_router_api(router) else router.cache
+    minute = datetime.now(timezone.utc).strftime("%H-%M")
+    by_group = store.get_cache(key=f"{group}:rpm:{minute}", local_only=True) or {}
+    out = []
+    for deployment_id in deployment_ids:
+        local = store.get_cache(key=deployment_id, local_only=True) or 0
+        grouped = by_group.get(deployment_id, 0) if isinstance(by_group, dict) else 0
+        try:
+            out.append(max(int(local), int(grouped)))
+        except (TypeError, ValueError):
+            out.append(0)
+    return out
+

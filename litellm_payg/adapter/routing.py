@@ -161,6 +161,8 @@ class PaygRouting(CustomLogger):
         self._region_checks = False
         self._limits: dict[str, tuple[float, float]] = {}
         self._usage_routing = False
+        self._precall_rpm = False
+        self._rpm_limits: dict[str, int] = {}
         #: LiteLLM's aliases (``model_group_alias``) of this router: alias -> group
         self._aliases: dict[str, str] = {}
         self._router_ref: weakref.ReferenceType[Any] | None = None
@@ -187,6 +189,9 @@ class PaygRouting(CustomLogger):
         self._usage_routing = litellm_versions.router_setting(router, "routing_strategy") == "usage-based-routing-v2"
         #: LiteLLM compares ``allowed_model_region`` to ``region_name`` only with pre-call checks on
         self._region_checks = bool(litellm_versions.router_setting(router, "enable_pre_call_checks"))
+        #: LiteLLM < 1.109's pre-call check passes over a deployment at its rpm after this filter
+        self._precall_rpm = (self._region_checks and not self._usage_routing and bool(self._rpm_limits)
+                             and litellm_versions.precall_checks_rpm())
         by_group: dict[str, list[Candidate]] = {}
         for c in self._candidates.values():
             by_group.setdefault(c.group, []).append(c)
@@ -243,6 +248,9 @@ class PaygRouting(CustomLogger):
         self._tag_routing = any((d.get("model_info") or {}).get("enable_tag_filtering") for d in deployments)
         #: the rpm/tpm limits LiteLLM's usage-based routing reads, by deployment id (``_limits_of``)
         self._limits = {str(d["model_info"]["id"]): limits for d in deployments if (limits := _limits_of(d)) is not None}
+        #: the rpm LiteLLM < 1.109's pre-call check reads: ``litellm_params.rpm`` when it is an int
+        self._rpm_limits = {str(d["model_info"]["id"]): rpm for d in deployments
+                            if isinstance(rpm := (d.get("litellm_params") or {}).get("rpm"), int) and not isinstance(rpm, bool)}
         #: a deployment's id or model string -> the groups it serves (what a client may name instead)
         self._deployment_names: dict[str, set[str]] = {}
         for c in self._candidates.values():
@@ -471,10 +479,17 @@ class PaygRouting(CustomLogger):
                 for d, (requests, tokens) in zip(limited, counts):
                     key = str(d["model_info"]["id"])
                     usage[key] = (requests, tokens, *self._limits[key])
-        if not image and region is None and order is None and tag_kept is None and not usage:
+        precall = None
+        if self._precall_rpm:
+            limited_ids = [i for d in deployments if (i := str((d.get("model_info") or {}).get("id"))) in self._rpm_limits]
+            if limited_ids:
+                router = self._router_ref() if self._router_ref else None
+                counts = litellm_versions.precall_request_counts(router, model, limited_ids)
+                precall = {i: (n, self._rpm_limits[i]) for i, n in zip(limited_ids, counts)}
+        if not image and region is None and order is None and tag_kept is None and not usage and not precall:
             return None
         return Needs(image=image, region=None if region is None else str(region), target_order=order,
-                     tag_kept=tag_kept, tag_reason=reason, usage=usage)
+                     tag_kept=tag_kept, tag_reason=reason, usage=usage, precall_requests=precall)
 
     def _release_unsent(self, state: RequestState) -> None:
         """Free the reservation of a pick that never became an attempt.

@@ -45,6 +45,9 @@ class Needs:
     #: under ``usage-based-routing-v2``: deployment id -> (requests, tokens) LiteLLM counted for it this
     #: minute and its (rpm, tpm) limits, for the deployments that have a limit
     usage: Mapping[str, tuple[int, int, float, float]] | None = None
+    #: LiteLLM < 1.109 with ``enable_pre_call_checks`` (not usage-based-routing-v2): deployment id ->
+    #: (requests LiteLLM counted for it, its ``litellm_params.rpm``), for the deployments with an rpm
+    precall_requests: Mapping[str, tuple[int, int]] | None = None
 
 
 def _window_differs(candidates: Sequence[Candidate]) -> int | None:
@@ -144,6 +147,17 @@ def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | N
 
     if needs is not None and needs.usage:
         _over_limits(request, needs.usage, current, apply)
+    if needs is not None and needs.precall_requests:
+        counted = needs.precall_requests
+
+        def at_rpm(c: Candidate) -> bool:
+            found = counted.get(c.deployment_id)
+            return found is not None and found[1] <= found[0]
+
+        apply([c for c in current if not at_rpm(c)],
+              lambda c: (f"rpm: {counted[c.deployment_id][0]} requests counted, limit {counted[c.deployment_id][1]} "
+                         "(LiteLLM's pre-call check passes it over)"),
+              "every deployment is at its rpm: left to LiteLLM, which refuses the request")
 
     smallest = _window_differs(current)
     if smallest is not None:
