@@ -29,7 +29,6 @@ import csv
 import heapq
 import io
 import json
-import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from litellm_payg.tools.money import usd
 from litellm_payg.tools.simulate import Pricer, _Clock, _Progress
 from litellm_payg.tools.whatif_history import (
     Filters,
@@ -499,17 +499,6 @@ def open_source(source: str, filters: Filters, with_deployments: bool = True) ->
 
 
 # -- output -------------------------------------------------------------------------------------
-
-
-def usd(x: float) -> str:
-    """An amount with at least 4 significant digits below $1 (never "$0.00" for $0.0005)."""
-    if x == 0:
-        return "$0"
-    a = abs(x)
-    if a >= 1:
-        return f"{'-' if x < 0 else ''}${a:,.2f}"
-    decimals = min(12, max(2, 3 - math.floor(math.log10(a))))
-    return f"{'-' if x < 0 else ''}${a:.{decimals}f}"
 
 
 def _ratio(a: float, b: float) -> str:
