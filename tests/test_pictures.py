@@ -28,13 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "litellm_payg" / "tools" / "scenarios"
 CHROMIUM = "/usr/bin/chromium"
 #: what the page shows, read in the browser: the body's rendered text, and per chart its SVG text lines
-#: and per bar its label (the bar's <title>), class and the fill Chromium paints it with
+#: and per bar its label (the bar's <title>), class and the fill Chromium paints it with, per point its <title>
 _READ = """(() => {
   const charts = {};
   for (const svg of document.querySelectorAll('svg[id]')) {
     charts[svg.id] = {text: [...svg.querySelectorAll('text')].map(t => t.textContent).join('\\n'), bars: [...svg.querySelectorAll('rect.bar')].map(r => ({
       title: r.querySelector('title').textContent, cls: r.getAttribute('class'),
-      fill: getComputedStyle(r).fill, width: r.getBoundingClientRect().width}))};
+      fill: getComputedStyle(r).fill, width: r.getBoundingClientRect().width})),
+      points: [...svg.querySelectorAll('circle.point')].map(c => ({title: c.querySelector('title').textContent,
+                                                                   width: c.getBoundingClientRect().width}))};
   }
   return JSON.stringify({text: document.body.innerText, charts});
 })()"""
@@ -276,8 +278,12 @@ def test_whatif_page_keeps_the_digits_of_small_amounts(browser, tmp_path, capsys
     _self_contained(page)
     shown = browser.read(page)
     text = shown["text"]
-    paid = re.search(r"^total\s+3\s+(\$\S+)\s+(\$\S+)", table, re.M)
+    paid = re.search(r"^total\s+3\s+(\$\S+)\s+(\$\S+)\s+\S+\s+(\$\S+)", table, re.M)  # paid, policy, change, oracle
     assert paid.group(1) == "$0.0015"
     assert f"Paid {paid.group(1)}; the policy would have paid {paid.group(2)}" in text
     assert re.search(r"q0\t\S+\t.*\t\$0\.0005\tmistral/mistral-large-latest\t", text), text
+    # one day of history is three dots on the daily chart (a one-point line draws nothing), with the amounts
+    points = shown["charts"]["chart-daily"]["points"]
+    assert [p["title"] for p in points if p["width"] > 0] == [
+        f"2025-01-01 paid: {paid.group(1)}", f"2025-01-01 policy: {paid.group(2)}", f"2025-01-01 oracle: {paid.group(3)}"]
     assert not _LOST_DIGITS.search(text) and not _LOST_DIGITS.search(table)
