@@ -58,6 +58,8 @@ passed over. ``user``, ``team``, ``tags``, ``time``, ``faults`` and ``retries`` 
 Runs are planned with a generator of their own, seeded from ``--seed``. When the policy has a run
 budget, the same traffic is also simulated without run budgets and with them as hard caps (no
 ``downgrade`` steps, no ``final_reserve``), and the three are compared per run.
+
+What is printed and written (the table, ``--csv``, ``--html``) is ``sim_output.py``'s job.
 """
 
 from __future__ import annotations
