@@ -14,6 +14,7 @@ from typing import Any
 
 from litellm_payg.core.budgets import Budget, parse_scope, parse_window, window_bounds
 from litellm_payg.stores.ledger.base import Bucket, Ledger
+from litellm_payg.tools.money import usd
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,13 @@ def _buckets(budget: Budget, index: int, tz: str, now: float, seen: set[str]):
 
 
 def render(rows: list[BudgetRow]) -> str:
-    header = f"{'budget':<16} {'scope':<28} {'window':<12} {'action':<9} {'spent $':>12} {'in flight $':>12} {'limit $':>10} {'used':>7}  resets"
+    header = f"{'budget':<16} {'scope':<28} {'window':<12} {'action':<9} {'spent':>12} {'in flight':>12} {'limit':>10} {'used':>7}  resets"
     lines = [header, "-" * len(header)]
     for r in rows:
         resets = r.resets_at.isoformat(timespec="minutes") if r.resets_at else "rolling"
         lines.append(
-            f"{r.budget[:16]:<16} {r.scope[:28]:<28} {r.window:<12} {r.on_exceed:<9} {r.spent_usd:>12.6f} "
-            f"{r.reserved_usd:>12.6f} {r.limit_usd:>10.4f} {r.used:>6.1%}  {resets}"
+            f"{r.budget[:16]:<16} {r.scope[:28]:<28} {r.window:<12} {r.on_exceed:<9} {usd(r.spent_usd):>12} "
+            f"{usd(r.reserved_usd):>12} {usd(r.limit_usd):>10} {r.used:>6.1%}  {resets}"
         )
     if not rows:
         lines.append("(the policy has no budgets)")
