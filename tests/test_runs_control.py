@@ -235,3 +235,39 @@ def test_a_key_reaches_only_its_own_runs_and_an_operator_every_run():
     with pytest.raises(NotYourRun):
         run_for(alices_run, bob, "key", operator=False)
     assert run_for(alices_run, bob, "key", operator=True) == alices_run
+
+
+def test_the_budgets_command_lists_runs_with_their_requests_tokens_idle_expiry_and_the_operators_doing(tmp_path):
+    from litellm_payg.policy.load import load_policy
+    from litellm_payg.stores.ledger import open_ledger
+    from litellm_payg.tools.budget_status import budget_rows, render
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    clock = Clock()
+    router = Router(model_list=_deployments())
+    engine = litellm_payg.attach(router, _policy({"max_requests": 10}, url), clock=clock)
+    try:
+        async def go():
+            for i in range(3):
+                await _ask(router, "listed", f"step {i}")
+            await _ask(router, "other", "one")
+            await settled(engine)
+        asyncio.run(go())
+        engine.close_run("listed")
+        engine.grant_run("listed", usd=0.5)
+    finally:
+        engine.detach()
+    with open_ledger(url) as ledger:
+        rows = {r.scope: r for r in budget_rows(load_policy(_policy({"max_requests": 10}, url)), ledger, now=clock.t + 60)}
+    listed = rows["session:listed"]
+    assert listed.requests == 3 and listed.tokens == 90 and listed.limit_usd == pytest.approx(1.5)
+    assert not listed.closed and listed.granted_usd == pytest.approx(0.5)  # the grant opened it again
+    assert listed.expires_at.timestamp() == pytest.approx(clock.t + 30 * 60)
+    assert rows["session:other"].requests == 1
+    text = render(list(rows.values()))
+    assert "3 req, 90 tok, idle out" in text and "+$0.5 granted" in text
+    with open_ledger(url) as ledger:  # 31 minutes later the runs have idled out
+        rows = {r.scope: r for r in budget_rows(load_policy(_policy({"max_requests": 10}, url)), ledger,
+                                                now=clock.t + 31 * 60)}
+    assert rows["session:listed"].expires_at is None and rows["session:listed"].requests == 0
+    assert "idle (over)" in render(list(rows.values()))
