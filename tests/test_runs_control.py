@@ -271,3 +271,37 @@ def test_the_budgets_command_lists_runs_with_their_requests_tokens_idle_expiry_a
                                                 now=clock.t + 31 * 60)}
     assert rows["session:listed"].expires_at is None and rows["session:listed"].requests == 0
     assert "idle (over)" in render(list(rows.values()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_ledger_adjusts_only_live_session_counters_and_forgets_it_when_the_run_starts_afresh(backend, tmp_path):
+    from litellm_payg.stores.ledger import Bucket, open_ledger
+
+    t = 1_800_000_000.0
+    live = Bucket(f"adj-{backend}|session:s|session:60s", 1.0, True, idle_s=60.0)
+    ghost = Bucket(f"adj-{backend}|session:ghost|session:60s", 1.0, True, idle_s=60.0)
+    with open_ledger(ledger_url(backend, tmp_path)) as ledger:
+        assert ledger.reserve("r1", [live], 0.9, 600, now=t).ok
+        ledger.settle("r1", 0.9, now=t)
+        assert not ledger.reserve("r2", [live], 0.2, 600, now=t + 1).ok
+        # a forged or unknown counter: nothing is written, whatever else is named with it
+        assert not ledger.adjust([ghost], grant={ghost.key: 5.0}, now=t + 2)
+        assert not ledger.adjust([live, ghost], grant={live.key: 5.0}, close=True, now=t + 2)
+        assert not ledger.state([ghost], now=t + 2)[ghost.key].live
+        assert ledger.state([live], now=t + 2)[live.key].usage.granted_usd == 0 and not ledger.state([live], now=t + 2)[live.key].closed
+        # a live one: the grant is read inside the next reservation
+        assert ledger.adjust([live], grant={live.key: 0.5}, note="why", now=t + 2)
+        result = ledger.reserve("r3", [live], 0.2, 600, now=t + 3)
+        assert result.ok and result.usage[live.key].granted_usd == pytest.approx(0.5)
+        ledger.release("r3")
+        assert ledger.adjust([live], close=True, now=t + 4)
+        refused = ledger.reserve("r4", [live], 0.01, 600, now=t + 5)
+        assert not refused.ok and refused.refused_rule == "closed"
+        state = ledger.state([live], now=t + 5)[live.key]
+        assert state.closed and state.note == "why" and state.first_at == pytest.approx(t) and state.last_at == pytest.approx(t + 3)
+        # idle past its time: the run starts afresh, without the grant or the close
+        assert not ledger.adjust([live], grant={live.key: 1.0}, now=t + 3 + 61)
+        fresh = ledger.reserve("r5", [live], 0.5, 600, now=t + 3 + 61)
+        assert fresh.ok and fresh.usage[live.key].granted_usd == 0
+        after = ledger.state([live], now=t + 3 + 62)[live.key]
+        assert not after.closed and after.note is None and after.first_at == pytest.approx(t + 64)
