@@ -42,15 +42,18 @@ POLICY = {
     "ledger": "sqlite:///payg-ledger.db",
     "sessions": {"operators": {"team": ["ops"]}},
     "budgets": [{"name": "per-run", "scope": "session:*", "window": "session:30m", "limit_usd": 3.5 * COST,
-                 "max_total_tokens": 10_000, "max_duration": "1h"}],
+                 "max_total_tokens": 10_000, "max_duration": "1h"},
+                # the agent group's short steps: 60 tokens and 3 seconds a run
+                {"name": "short", "scope": "session:*", "window": "session:30m", "limit_usd": 1.0,
+                 "max_total_tokens": 60, "max_duration": "3s", "when": {"group": "agent", "metadata.step": "short"}}],
 }
 CONFIG = {
     "model_list": [{
-        "model_name": "agent",
+        "model_name": group,
         "litellm_params": {"model": DEAR, "api_key": "not-used-mock-response", "mock_response": "answered",
                            "input_cost_per_token": 1e-5, "output_cost_per_token": 1e-5},
-        "model_info": {"id": "dear"},
-    }],
+        "model_info": {"id": f"dear-{group}"},
+    } for group in ("agent", "chat")],
     "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }
@@ -68,11 +71,12 @@ def _http(proxy: RunningProxy) -> httpx.Client:
     return httpx.Client(base_url=proxy.base_url, timeout=30, trust_env=False)
 
 
-def _ask(proxy: RunningProxy, key: str, run: str, text: str = "go on") -> httpx.Response:
+def _ask(proxy: RunningProxy, key: str, run: str, text: str = "go on", *, max_tokens: int = 20,
+         group: str = "agent", **metadata) -> httpx.Response:
     with _http(proxy) as client:
         return client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json={
-            "model": "agent", "messages": [{"role": "user", "content": text}], "max_tokens": 20,
-            "litellm_session_id": run})
+            "model": group, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+            "litellm_session_id": run, "metadata": metadata})
 
 
 def _control(proxy: RunningProxy, key: str, action: str, **body) -> httpx.Response:
@@ -172,3 +176,37 @@ def test_a_forged_or_unknown_run_id_is_a_404_and_changes_nothing(proxy):
     # the real run was not touched
     read = _settled(proxy, owner, session, 1)
     assert not read["closed"] and read["budgets"][0]["granted"]["usd"] == 0
+
+
+def _payg(response: httpx.Response) -> dict:
+    assert response.status_code == 429 and response.headers["x-should-retry"] == "false", response.text
+    assert "retry-after" not in response.headers
+    error = response.json()["error"]
+    assert error["type"] == "budget_exceeded"
+    return {**error["provider_specific_fields"]["payg"], "message": error["message"]}
+
+
+def test_token_and_wall_clock_caps_refuse_with_the_refusal_shape_and_when_group_picks_the_budget(proxy):
+    agent, session = new_key(label="short"), f"run-{uuid.uuid4().hex[:8]}"
+    run_id = f"{session}@key:{key_hash(agent)[:16]}"
+    started = time.monotonic()
+    assert _ask(proxy, agent, session, "one", step="short").status_code == 200  # 30 tokens used
+    # bound: the prompt and 40 output tokens: 30 + ~48 > 60
+    refused = _payg(_ask(proxy, agent, session, "two", max_tokens=40, step="short"))
+    assert refused["rule"] == "tokens" and refused["budget"] == "short" and refused["count_limit"] == 60
+    assert refused["count"] == 30 and refused["tokens_asked"] > 40
+    assert "refused by max_total_tokens" in refused["message"]
+    # the same run in the chat group: the short budget does not apply (when: group), 40 output tokens are fine
+    assert _ask(proxy, agent, session, "two", max_tokens=40, group="chat", step="short").status_code == 200
+    assert _ask(proxy, agent, session, "three", max_tokens=20, step="short").status_code == 200
+    read = _settled(proxy, agent, session, 3)
+    short = next(b for b in read["budgets"] if b["budget"] == "short")
+    assert short["tokens"] == 60 and short["requests"] == 2 and short["max_duration_s"] == 3
+    time.sleep(max(0.0, 3.2 - (time.monotonic() - started)))
+    late = _payg(_ask(proxy, agent, session, "four", step="short"))
+    assert late["rule"] == "duration" and "refused by max_duration" in late["message"]
+    granted = _control(proxy, MASTER_KEY, "grant", run=run_id, budget="short", seconds=600, tokens=100)
+    assert granted.status_code == 200, granted.text
+    assert next(b for b in granted.json()["budgets"] if b["budget"] == "short")["max_total_tokens"] == 160
+    assert _control(proxy, MASTER_KEY, "grant", run=run_id, usd=COST).status_code == 200  # per-run: room for one more
+    assert _ask(proxy, agent, session, "four", max_tokens=20, step="short").status_code == 200
