@@ -210,3 +210,35 @@ def test_token_and_wall_clock_caps_refuse_with_the_refusal_shape_and_when_group_
     assert next(b for b in granted.json()["budgets"] if b["budget"] == "short")["max_total_tokens"] == 160
     assert _control(proxy, MASTER_KEY, "grant", run=run_id, usd=COST).status_code == 200  # per-run: room for one more
     assert _ask(proxy, agent, session, "four", max_tokens=20, step="short").status_code == 200
+
+
+# -- two proxy replicas sharing one Redis ledger --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicas(litellm_proxy_factory) -> tuple[RunningProxy, RunningProxy]:  # noqa: F811
+    from services import redis_url
+
+    policy = {**POLICY, "ledger": redis_url()}
+    files = {"payg-policy.yaml": yaml.safe_dump(policy, sort_keys=False), f"{AUTH_MODULE_NAME}.py": AUTH_MODULE}
+    started = [litellm_proxy_factory(CONFIG, name=f"replica-{n}", files=files) for n in ("a", "b")]
+    return started[0].wait_ready(), started[1].wait_ready()
+
+
+def test_two_replicas_on_redis_see_a_close_and_a_grant_at_once(replicas):
+    a, b = replicas
+    agent, session = new_key(label="replicated"), f"run-{uuid.uuid4().hex[:8]}"
+    run_id = f"{session}@key:{key_hash(agent)[:16]}"
+    assert _ask(a, agent, session, "one").status_code == 200
+    assert _ask(b, agent, session, "two").status_code == 200
+    read = _settled(b, agent, session, 2)  # replica b counts both requests of the run
+    assert read["budgets"][0]["spent_usd"] == pytest.approx(2 * COST)
+    assert _control(a, MASTER_KEY, "close", run=run_id).status_code == 200
+    refused = _ask(b, agent, session, "three")  # closed on a: refused on b at once
+    assert refused.status_code == 429 and refused.json()["error"]["provider_specific_fields"]["payg"]["rule"] == "closed"
+    assert _control(b, MASTER_KEY, "grant", run=run_id, usd=2 * COST).status_code == 200
+    for i, replica in enumerate((a, b, a)):  # 3.5 + 2 answers' limit: three more, on either replica
+        assert _ask(replica, agent, session, f"step {i + 3}").status_code == 200
+        _settled(replica, agent, session, 3 + i)
+    capped = _ask(b, agent, session, "step 6")
+    assert capped.status_code == 429 and capped.json()["error"]["provider_specific_fields"]["payg"]["rule"] == "cap"
