@@ -305,3 +305,45 @@ def test_the_ledger_adjusts_only_live_session_counters_and_forgets_it_when_the_r
         assert fresh.ok and fresh.usage[live.key].granted_usd == 0
         after = ledger.state([live], now=t + 3 + 62)[live.key]
         assert not after.closed and after.note is None and after.first_at == pytest.approx(t + 64)
+
+
+@pytest.mark.parametrize("budget, field, message", [
+    ({"max_duration": "2x"}, "budgets[0].max_duration", "a duration is <N>(s|m|h|d)"),
+    ({"max_duration": "0s"}, "budgets[0].max_duration", "N > 0"),
+    ({"max_total_tokens": 0}, "budgets[0].max_total_tokens", "greater than 0"),
+    ({"window": "day", "max_total_tokens": 100}, "budgets[0]", "max_total_tokens apply to run budgets only"),
+])
+def test_a_bad_token_or_duration_cap_is_a_policy_error_naming_the_field(budget, field, message):
+    from litellm_payg.policy.load import load_policy
+
+    with pytest.raises(litellm_payg.PolicyError) as info:
+        load_policy(_policy(budget))
+    assert f"{field}" in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_sessions_operators_is_checked_and_kept():
+    from litellm_payg.policy.load import load_policy
+
+    policy = load_policy(_policy({}, sessions={"operators": {"team": ["ops"], "key": ["ab" * 32]}}))
+    assert policy.run_operators == {"team": frozenset({"ops"}), "key": frozenset({"ab" * 32}), "user": frozenset()}
+    with pytest.raises(litellm_payg.PolicyError, match="sessions.operators.teams: unknown field"):
+        load_policy(_policy({}, sessions={"operators": {"teams": ["ops"]}}))
+
+
+def test_who_is_an_operator_at_the_proxy():
+    from types import SimpleNamespace
+
+    from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+
+    from litellm_payg.adapter.run_control import is_operator
+    from litellm_payg.policy.load import load_policy
+
+    raw = "sk-payg.agent..k1"
+    policy = load_policy(_policy({}, sessions={"operators": {"team": ["ops"], "user": ["olga"], "key": [raw]}}))
+    assert is_operator(UserAPIKeyAuth(api_key="sk-anything", user_role=LitellmUserRoles.PROXY_ADMIN), policy)
+    assert is_operator(UserAPIKeyAuth(api_key="sk-x.1", team_id="ops"), policy)
+    assert is_operator(UserAPIKeyAuth(api_key="sk-x.2", user_id="olga"), policy)
+    assert is_operator(UserAPIKeyAuth(api_key=raw), policy)  # named by the key (kept as its hash)
+    assert not is_operator(UserAPIKeyAuth(api_key="sk-x.3", team_id="dev", user_id="mallory"), policy)
+    assert not is_operator(UserAPIKeyAuth(api_key="sk-x.4", user_role=LitellmUserRoles.INTERNAL_USER), policy)
+    assert not is_operator(SimpleNamespace(), policy)
