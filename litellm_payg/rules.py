@@ -105,12 +105,14 @@ class RuleSpec:
 #   from the proxy's key in ``core/identity.py``; in Python, the calling code's metadata), never a
 #   field of the request body;
 # * ``session``: ``RouteRequest.session`` (``identity.session_of``);
+# * ``group``: the model group the request is routed in (``RouteRequest.group``; a fallback hop's
+#   own group), for conditions outside a route (run budgets, ``sessions.required``);
 # * ``prompt_tokens: {min: , max: }``: an inclusive range of the request's prompt tokens (read only
 #   when a condition has this key).
 
 #: condition keys that name a RouteRequest field, and that field
-_IDENTITY_KEYS = {"user": "user", "team": "team", "key": "api_key", "session": "session"}
-WHEN_KEYS = ("tags", "metadata.<field>", "user", "team", "key", "session", "prompt_tokens")
+_IDENTITY_KEYS = {"user": "user", "team": "team", "key": "api_key", "session": "session", "group": "group"}
+WHEN_KEYS = ("tags", "metadata.<field>", "user", "team", "key", "session", "group", "prompt_tokens")
 _METADATA_FIELD = re.compile(r"^[A-Za-z0-9_\-]+$")
 #: metadata fields a ``when`` may not read, and what to write instead: in the proxy a client writes
 #: them, so a condition on them would let it pick its routing as if it were another user or team

@@ -1039,7 +1039,7 @@ def simulate(
                 charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
             fault = _draw(faults.get(dep), when, rng) if faults else None
             if fault is None:
-                succeeded(picked, dep, charge)
+                succeeded(picked, dep, charge, tokens=classes[ci].prompt_tokens + classes[ci].completion_tokens)
                 served[key] = served.get(key, 0) + 1
                 served_by_class[ci] += 1
                 outcome = "served"
