@@ -1014,9 +1014,11 @@ class PaygRouting(CustomLogger):
         request = state.request
         results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
         problems = [p for found in results if found for p in found]
+        candidate = self._candidates.get(deployment_id)
+        if candidate is not None:
+            self.engine.pm.hook.payg_answer_checked(request=request, candidate=candidate, problems=problems, engine=self.engine)
         if not problems:
             return None
-        candidate = self._candidates.get(deployment_id)
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
         charge = self._charge_inline(request_data, response, state, deployment_id)  # it billed: still paid for
         if self.engine.health is not None:

@@ -21,6 +21,7 @@ from litellm_payg.core.bounds import Seconds, Tokens, Usd
 from litellm_payg.core.request_fields import allowable
 from litellm_payg.core.budgets import Budget
 from litellm_payg.policy.failover import FailoverSettings, ValidatorSpec
+from litellm_payg.policy.quality import QualitySettings
 from litellm_payg.policy.validators import build_validators
 
 from litellm_payg.core.errors import PluginError, PolicyError, Problem
@@ -106,6 +107,7 @@ class _PolicyDocument(_Strict):
     validate_: list[ValidatorSpec] = Field(default_factory=list, alias="validate")
     sessions: SessionSettings = Field(default_factory=lambda: SessionSettings())
     requests: RequestSettings = Field(default_factory=lambda: RequestSettings())
+    quality: QualitySettings = Field(default_factory=lambda: QualitySettings())
 
     @field_validator("timezone")
     @classmethod
@@ -167,6 +169,8 @@ class Policy:
     #: ``sessions.required``: None (a run id is optional), or the ``When`` of the requests that must
     #: name one (an empty ``When`` matches every request)
     session_required: When | None = None
+    #: ``quality:``: how answers' evidence is kept and judged (``policy/quality.py``)
+    quality: QualitySettings = field(default_factory=QualitySettings)
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -295,6 +299,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         run_owner=doc.sessions.owner,
         session_required=conditions.get(("sessions", "required"))
         or (When(()) if doc.sessions.required is True else None),
+        quality=doc.quality,
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)
