@@ -90,6 +90,14 @@ class Estimate:
     n: int
     weight: float
     prior: float | None
+    sd: float = 0.0
+
+    def chance_above(self, bar: float) -> float:
+        """How likely the true quality is at least ``bar`` (normal approximation of the posterior):
+        what an unsure candidate's share of the exploration budget is weighted by."""
+        if self.sd <= 0:
+            return 1.0 if self.mean >= bar else 0.0
+        return 1.0 - NormalDist(self.mean, self.sd).cdf(bar)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {"mean": round(self.mean, 6), "lo": round(self.lo, 6), "hi": round(self.hi, 6), "n": self.n,
@@ -104,16 +112,21 @@ def z_for(confidence: float) -> float:
 
 
 def pass_rate(tally: Tally, prior: float | None, prior_weight: float, z: float) -> Estimate:
-    """The Beta posterior of a pass rate: ``Beta(1 + q·k + s, 1 + (1-q)·k + w - s)`` with the declared
-    quality ``q`` as ``k = prior_weight`` pseudo-observations (``Beta(1, 1)`` without one)."""
-    a = UNIFORM + tally.s
-    b = UNIFORM + max(0.0, tally.w - tally.s)
-    if prior is not None:
-        a += prior * prior_weight
-        b += (1 - prior) * prior_weight
+    """The Beta posterior of a pass rate: ``Beta(q·k + s, (1-q)·k + w - s)`` with the declared quality
+    ``q`` as ``k = prior_weight`` pseudo-observations (half an observation more on each side when
+    either would be under half), ``Beta(1 + s, 1 + w - s)`` without one. Without evidence the mean is
+    the declared quality itself, so the declared order stands until evidence moves it."""
+    if prior is not None and prior_weight > 0:
+        a0, b0 = prior * prior_weight, (1 - prior) * prior_weight
+        if min(a0, b0) < 0.5:  # a prior of 1.0 (or 0) alone would be certain: keep it a belief
+            a0, b0 = a0 + 0.5, b0 + 0.5
+    else:
+        a0 = b0 = UNIFORM
+    a = a0 + tally.s
+    b = b0 + max(0.0, tally.w - tally.s)
     mean = a / (a + b)
     sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    return Estimate(mean, max(0.0, mean - z * sd), min(1.0, mean + z * sd), tally.n, tally.w, prior)
+    return Estimate(mean, max(0.0, mean - z * sd), min(1.0, mean + z * sd), tally.n, tally.w, prior, sd)
 
 
 def score(tally: Tally, prior: float | None, prior_weight: float, z: float) -> Estimate:
@@ -123,12 +136,12 @@ def score(tally: Tally, prior: float | None, prior_weight: float, z: float) -> E
     q = prior if prior is not None else 0.5
     w = tally.w + k
     if w <= 0:
-        return Estimate(0.5, 0.0, 1.0, tally.n, 0.0, prior)
+        return Estimate(0.5, 0.0, 1.0, tally.n, 0.0, prior, 0.5)
     mean = (tally.s + k * q) / w
     second = (tally.ss + k * (q * q + 0.25)) / w
     var = max(second - mean * mean, 1e-9)
     sd = math.sqrt(var / max(w, 1.0))
-    return Estimate(mean, max(0.0, mean - z * sd), min(1.0, mean + z * sd), tally.n, tally.w, prior)
+    return Estimate(mean, max(0.0, mean - z * sd), min(1.0, mean + z * sd), tally.n, tally.w, prior, sd)
 
 
 def estimate(tally: Tally, kind: str, prior: float | None, prior_weight: float, z: float) -> Estimate:

@@ -32,11 +32,13 @@ section keeps (validators, feedback), per deployment and class, instead of the d
 
 A candidate whose *lower* confidence bound clears the bar qualifies; one whose upper bound is below
 it is dropped; one whose interval still straddles the bar is *unsure*. Qualified candidates go
-cheapest first; while none qualifies (thin evidence), the unsure ones whose declared quality meets
-the bar are kept in the declared way, cheapest first. **Exploration**: when an unsure candidate is
-cheaper than the pick and the route's ``explore_usd`` for the current ``explore_window_s`` is not
-spent, the cheapest such candidate is tried first (``attrs.quality_explore``; its estimated cost is
-charged to the window by the built-in ``payg_decision`` observer). Exploration stops by itself for
+cheapest first; after them (and alone while none qualifies: thin evidence), the unsure ones whose
+declared quality and estimate both meet the bar, cheapest first, as the declared mode would.
+**Exploration**: an unsure candidate cheaper than the pick is tried first (``attrs.quality_explore``;
+its estimated cost is charged to the route's window by the built-in ``payg_decision`` observer)
+while the window's exploration spend stays within ``explore_usd`` times the candidate's chance of
+clearing the bar (so a promising newcomer gets most of the budget, a model already measured near
+the bottom a sliver); the most promising such candidate is tried. Exploration stops by itself for
 a candidate once its interval no longer straddles the bar. A model added to the group without a
 declared quality starts unsure, so it earns its way in (or out) on evidence alone. Forgetting
 (``quality.half_life_s``) widens an unused candidate's interval again over time.
@@ -153,20 +155,25 @@ class QualityFloor(Rule):
             elif judged == "meets":
                 meets.append((c.estimate_usd(p, o), c))
             else:
-                unsure.append((c.estimate_usd(p, o), c))
+                unsure.append((c.estimate_usd(p, o), c, est))
         meets.sort(key=lambda ec: ec[0])
         unsure.sort(key=lambda ec: ec[0])
-        declared = [(e, c) for e, c in unsure if c.quality is not None and c.quality >= bar]
+        declared = [(e, c) for e, c, est in unsure if est.mean >= bar and c.quality is not None and c.quality >= bar]
         ordered = [c for _, c in meets] + [c for _, c in declared]
         attrs = {}
         head = meets[0][0] if meets else (declared[0][0] if declared else math.inf)
-        left = opts.explore_usd - view.explore_spent_usd
-        explored = next((c for e, c in unsure if e < head and e <= left), None)
+        # an unsure candidate cheaper than the pick may be tried while the window's spend stays within
+        # its share of the budget: the budget times its chance of clearing the bar, so a promising
+        # newcomer gets most of it and a model already shown near-hopeless only a sliver
+        spent = view.explore_spent_usd
+        eligible = [(est.chance_above(bar), -e, c) for e, c, est in unsure
+                    if e < head and spent + e <= opts.explore_usd * est.chance_above(bar)]
+        explored = max(eligible, key=lambda t: (t[0], t[1]))[2] if eligible else None
         if explored is not None:
             ordered = [explored] + [c for c in ordered if c is not explored]
             attrs["quality_explore"] = explored.deployment_id
         kept = set(id(c) for c in ordered)
-        for _, c in unsure:
+        for _, c, _ in unsure:
             if id(c) not in kept:
                 dropped.append(Step.drop(c, f"measured {opts.metric} not yet shown to clear the bar {bar:g} "
                                             "(its interval straddles it; no exploration budget or not cheaper)", self.name))

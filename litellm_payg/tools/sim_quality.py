@@ -167,8 +167,10 @@ def _bar(policy: Any, group: str) -> float:
     raise QualityScenarioError(f"the policy has no quality_floor rule on route {group!r}")
 
 
-def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7) -> QualityResult:
-    """Run ``scenario`` under ``policy`` (a path or a loaded Policy) declared, measured and oracle."""
+def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7,
+                     ways: Sequence[str] = ("declared", "measured")) -> QualityResult:
+    """Run ``scenario`` under ``policy`` (a path or a loaded Policy) declared, measured and oracle
+    (``ways`` may leave out ``declared``). The same seed gives the same numbers."""
     from litellm_payg.core.decision import RouteRequest
     from litellm_payg.core.snapshot import Snapshot
     from litellm_payg.policy.load import Policy, load_policy
@@ -193,7 +195,7 @@ def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7) -> Q
         w.n += 1
         w.oracle_usd += min(cost[m.name] for m in ok) if ok else max(cost[m.name] for m in live)
 
-    for way in ("declared", "measured"):
+    for way in ways:
         now = [scenario.start]
         engine = Engine(loaded, ledger="memory://", clock=lambda: now[0])
         by = loaded.quality.class_by or ""
