@@ -253,3 +253,31 @@ async def test_validator_verdicts_become_evidence(standin):
         tallies = engine.quality.store.tallies("chat")
     assert tallies[cell_key("ds", "", "valid")].s == 0.0 and tallies[cell_key("ds", "", "valid")].n == 1
     assert tallies[cell_key("ml", "", "valid")].s == 1.0
+
+
+# -- feedback, in Python -------------------------------------------------------------------------------
+
+
+async def test_feedback_by_response_counts_for_the_deployment_that_answered(standin):
+    from litellm_payg.runtime.quality import FeedbackRefused
+
+    model_list = [{"model_name": "chat", "litellm_params": {"model": DEEPSEEK, "api_key": "sk-test",
+                                                            "api_base": standin.url("deepseek")}, "model_info": {"id": "ds"}}]
+    policy = {"version": 1, "ledger": "memory://", "quality": {"feedback": True, "metrics": {"helpful": "score"}},
+              "routes": {"chat": [{"quality_floor": {"min_quality": 0.5}}]}, "models": {DEEPSEEK: {"quality": 0.9}}}
+    with attached(model_list, policy) as (router, engine):
+        response = await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
+        await settled(engine)
+        tally = engine.feedback(response, "helpful", 0.75)
+        assert tally.n == 1 and tally.s == 0.75
+        assert engine.feedback(response.id, "valid", False).n == 1
+        before = engine.quality.store.tallies("chat")
+        for bad, status in [(("nope", "valid", True), 404), ((response, "valid", True), 409),
+                            ((response, "helpful", 2), 422), ((response, "unknown", 1), 422)]:
+            with pytest.raises(FeedbackRefused) as info:
+                engine.feedback(*bad)
+            assert info.value.status == status
+        with pytest.raises(FeedbackRefused):
+            engine.feedback(response, "helpful", 0.5, api_key="another-key")
+        assert engine.quality.store.tallies("chat") == before  # nothing changed
+    assert set(before) == {cell_key("ds", "", "helpful"), cell_key("ds", "", "valid")}

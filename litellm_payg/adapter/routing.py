@@ -1082,12 +1082,32 @@ class PaygRouting(CustomLogger):
         if abandoned is not None:
             charge = dataclasses.replace(charge, abandoned=True, abandoned_because=abandoned)
         self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs)
+        if self.engine.policy.quality.feedback:
+            self._remember_answer(state, deployment_id, response, charge.cost)
         self._emit(
             state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
             prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
             usage_estimated=charge.estimated,
         )
         return charge
+
+    def _remember_answer(self, state: RequestState, deployment_id: str, response: Any, cost: float) -> None:
+        """Keep the plugin's record of an answer by the id its caller got (``quality.feedback``):
+        what feedback on it counts for is read from here, never from the caller."""
+        response_id = response.get("id") if isinstance(response, Mapping) else getattr(response, "id", None)
+        candidate = self._candidates.get(deployment_id)
+        request = state.request
+        if not isinstance(response_id, str) or not response_id or candidate is None or request is None:
+            return
+        decision = state.decision or {}
+        try:
+            self.engine.quality.remember_answer(response_id, {
+                "group": candidate.group, "deployment_id": deployment_id, "model": candidate.model,
+                "api_key": getattr(request, "api_key", None), "cls": self.engine.quality.class_of(request),
+                "cost_usd": cost, "arm": (decision.get("attrs") or {}).get("split_arm"),
+            })
+        except Exception as exc:  # noqa: BLE001 - a lost record only loses the chance to rate it
+            logger.warning("litellm-payg quality: could not remember answer %s: %s", response_id, exc)
 
     def _charge_answer(
         self, deployment_id: str, reservation_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any,

@@ -9,6 +9,7 @@
       confidence: 0.95          # one-sided: routing judges a candidate on this lower bound
       class_by: metadata.step   # cells per value of this request field (or 'tags'); none: one cell
       refresh_s: 1              # how stale a replica's copy of the estimates may be
+      feedback: true            # remember each answer by its response id, so it can be rated
       feedback_ttl_s: 604800    # how long a response id can still be rated
 
 The response validators (``validate:``) record the metric ``valid`` on every answer they check;
@@ -36,6 +37,9 @@ class QualitySettings(BaseModel):
     confidence: float = Field(0.95, ge=0.5, lt=1)
     class_by: str | None = None
     refresh_s: float = Field(1.0, ge=0, le=3600)
+    #: keep the plugin's record of every answer (route, deployment, key, cost) by its response id,
+    #: so feedback can name it (``engine.feedback``, the proxy's ``POST /payg/feedback``)
+    feedback: bool = False
     feedback_ttl_s: Seconds = 7 * 86400
 
     @field_validator("metrics")

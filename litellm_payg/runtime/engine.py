@@ -202,6 +202,17 @@ class Engine:
             notes.append(f"when: no condition matched ({'; '.join(seen.values())}); {applies}")
         return rest
 
+    def feedback(self, response: Any, metric: str, value: Any, *, api_key: str | None = None) -> Any:
+        """Rate one answer: ``response`` is the LiteLLM response (or its ``id``), ``metric`` one of
+        the policy's ``quality.metrics`` (``valid`` and any the policy adds), ``value`` true/false for
+        a pass metric or a number in [0, 1] for a score. Needs ``quality: {feedback: true}`` (the
+        plugin then remembers each answer by its id). Returns the cell's tally after the rating;
+        raises :class:`~litellm_payg.runtime.quality.FeedbackRefused` (a ``ValueError``) and changes
+        nothing for an unknown id, a bad metric or value, or a second rating of the same metric."""
+        response_id = response if isinstance(response, str) else (
+            response.get("id") if isinstance(response, Mapping) else getattr(response, "id", None))
+        return self.quality.feedback(response_id, metric, value, api_key=api_key)
+
     def run_status(self, session: str, budget: str | None = None) -> RunStatus:
         """What run ``session`` (a session id, as ``identity.session_of`` reads it) has spent and
         has left: a :class:`~litellm_payg.core.runs.RunStatus` with ``spent_usd``, ``reserved_usd``

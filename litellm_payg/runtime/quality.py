@@ -21,6 +21,16 @@ from litellm_payg.stores.evidence import EvidenceError, EvidenceStore, cell_key,
 logger = logging.getLogger("litellm_payg")
 
 
+class FeedbackRefused(ValueError):
+    """Feedback that changes nothing: ``status`` is the HTTP status the proxy answers with (404 for
+    an id this key did not get, 422 for a metric or value the policy does not take, 409 for a second
+    rating of the same answer on the same metric)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class QualityControl:
     def __init__(self, policy: Any, url: str | EvidenceStore, clock: Callable[[], float],
                  explore_windows: Mapping[str, float] | None = None) -> None:
@@ -82,6 +92,38 @@ class QualityControl:
                 self._views[group] = (at, _with_spent(view, view.explore_spent_usd + usd))
         return self.store.spend(key, usd, max(left, 1.0))
 
+    # -- feedback ---------------------------------------------------------------------------------
+
+    def remember_answer(self, response_id: str, attrs: Mapping[str, Any]) -> None:
+        """Keep the plugin's own record of an answer (route, deployment, model, the authenticated
+        key, class, cost, split arm) under the response id its caller got."""
+        self.store.remember(_answer_key(response_id), attrs, self.settings.feedback_ttl_s, now=self.clock())
+
+    def feedback(self, response_id: str, metric: str, value: Any, api_key: str | None = None) -> Tally:
+        """Record a rating of one answer. Which route and deployment it counts for comes from the
+        plugin's record of the answer, never from the caller. ``api_key`` (the proxy's
+        authenticated key): only the key that made the request may rate it. Raises
+        :class:`FeedbackRefused` and changes nothing when the id is unknown (or another key's), the
+        metric or value is not one the policy takes, or the answer was already rated on it."""
+        if not isinstance(response_id, str) or not response_id or len(response_id) > 500:
+            raise FeedbackRefused("response_id must be the id of a response this key received", 404)
+        try:
+            kind = self.settings.kind(metric) if isinstance(metric, str) else self.settings.kind(str(metric))
+            number = check_value(kind, value)
+        except ValueError as e:
+            raise FeedbackRefused(str(e), 422) from None
+        record = self.store.recall(_answer_key(response_id), now=self.clock())
+        if record is None or (api_key is not None and record.get("api_key") != api_key):
+            raise FeedbackRefused(f"no answer with response id {response_id!r} for this key (or it is older than "
+                                  f"quality.feedback_ttl_s)", 404)
+        rated = _answer_key(response_id) + chr(31) + metric
+        if self.store.recall(rated, now=self.clock()) is not None:
+            raise FeedbackRefused(f"response {response_id!r} was already rated on {metric!r}", 409)
+        self.store.remember(rated, {"value": number}, self.settings.feedback_ttl_s, now=self.clock())
+        return self.record(record["group"], record["deployment_id"], metric, number, cls=record.get("cls", ""),
+                           model=record.get("model"), source="feedback", request_id=response_id,
+                           cost_usd=record.get("cost_usd"), arm=record.get("arm"))
+
     # -- reading --------------------------------------------------------------------------------
 
     def view(self, group: str, now: float) -> QualityView | None:
@@ -114,3 +156,7 @@ def _with_spent(view: QualityView, spent: float) -> QualityView:
     from dataclasses import replace
 
     return replace(view, explore_spent_usd=spent)
+
+
+def _answer_key(response_id: str) -> str:
+    return "answer" + chr(31) + response_id
