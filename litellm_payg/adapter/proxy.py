@@ -189,6 +189,11 @@ class ProxyPaygRouting(PaygRouting):
             logger.info("litellm-payg: policy %s loaded (groups: %s)", policy_path,
                         ", ".join(sorted(engine.routes)) or "none")
             self._check_config_model_list(engine)
+        server = _proxy_server_module()
+        if server is not None:
+            from litellm_payg.adapter import feedback_route
+
+            feedback_route.install(server, self)  # POST /payg/feedback
 
     def _check_config_model_list(self, engine: Engine) -> None:
         """At start, check the policy against the ``model_list`` of the proxy's config file, as
