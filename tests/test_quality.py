@@ -281,3 +281,19 @@ async def test_feedback_by_response_counts_for_the_deployment_that_answered(stan
             engine.feedback(response, "helpful", 0.5, api_key="another-key")
         assert engine.quality.store.tallies("chat") == before  # nothing changed
     assert set(before) == {cell_key("ds", "", "helpful"), cell_key("ds", "", "valid")}
+
+
+async def test_without_a_quality_section_the_validators_write_no_evidence(standin):
+    model_list = [{"model_name": "chat", "litellm_params": {"model": DEEPSEEK, "api_key": "sk-test",
+                                                            "api_base": standin.url("deepseek")}, "model_info": {"id": "ds"}}]
+    policy = {"version": 1, "ledger": "memory://", "validate": ["non_empty"],
+              "routes": {"chat": [{"quality_floor": {"min_quality": 0.5}}]}, "models": {DEEPSEEK: {"quality": 0.9}}}
+    with attached(model_list, policy) as (router, engine):
+        await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
+        await settled(engine)
+        assert engine.quality._store is None  # never opened
+    policy["quality"] = {"half_life_s": 3600}
+    with attached(model_list, policy) as (router, engine):
+        await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
+        await settled(engine)
+        assert engine.quality.store.tallies("chat")[cell_key("ds", "", "valid")].s == 1.0

@@ -4,7 +4,7 @@ Two built-in sources, through the same hooks a third-party plugin would use:
 
 * every answer the response validators checked (``payg_answer_checked``) is an observation of the
   metric ``valid`` (1 when it passed every check, 0 when not) for its route, deployment and class,
-  when the policy has a ``validate:`` list;
+  when the policy has a ``validate:`` list and a ``quality:`` section or a measured ``quality_floor``;
 * a pick that ``quality_floor`` made to explore (``decision.attrs["quality_explore"]``) charges its
   estimated cost to the route's exploration window (``payg_decision``).
 
@@ -23,7 +23,7 @@ logger = logging.getLogger("litellm_payg")
 
 @hookimpl
 def payg_answer_checked(request, candidate, problems, engine):
-    if not getattr(engine.policy, "validators", None):
+    if not getattr(engine.policy, "validators", None) or not engine.quality.collecting:
         return
     quality = engine.quality
     try:

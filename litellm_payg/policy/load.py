@@ -171,6 +171,9 @@ class Policy:
     session_required: When | None = None
     #: ``quality:``: how answers' evidence is kept and judged (``policy/quality.py``)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    #: whether the policy has a ``quality:`` section (then the validators' verdicts are kept as
+    #: evidence even before a rule judges on them)
+    quality_configured: bool = False
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -300,6 +303,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         session_required=conditions.get(("sessions", "required"))
         or (When(()) if doc.sessions.required is True else None),
         quality=doc.quality,
+        quality_configured="quality" in doc.model_fields_set,
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)

@@ -35,6 +35,7 @@ class QualityControl:
     def __init__(self, policy: Any, url: str | EvidenceStore, clock: Callable[[], float],
                  explore_windows: Mapping[str, float] | None = None) -> None:
         self.settings = policy.quality
+        self._policy = policy
         self.clock = clock
         self._url = url
         self._store: EvidenceStore | None = url if isinstance(url, EvidenceStore) else None
@@ -51,6 +52,12 @@ class QualityControl:
                 if self._store is None:
                     self._store = open_evidence(str(self._url), self.clock)
         return self._store
+
+    @property
+    def collecting(self) -> bool:
+        """Whether answers' verdicts are kept as evidence: the policy has a ``quality:`` section or a
+        rule that judges on evidence (otherwise a policy with ``validate:`` pays no store write)."""
+        return bool(self.explore_windows) or bool(getattr(self._policy, "quality_configured", False))
 
     def measured(self, group: str) -> bool:
         """Whether a decision for ``group`` reads evidence (a ``quality_floor`` with ``measured``)."""
