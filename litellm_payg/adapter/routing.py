@@ -60,6 +60,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_payg.adapter import charges
+from litellm_payg.adapter.judge import JudgedSample
 
 from litellm_payg.adapter import litellm_fixes
 
@@ -146,6 +147,8 @@ class PaygRouting(CustomLogger):
         super().__init__()
         self.engine = engine
         self.lifecycle = Lifecycle(engine)
+        #: ``quality.judge``: a share of answers also sent to an unsure candidate and judged (judge.py)
+        self.judge = JudgedSample(self)
         # LiteLLM de-duplicates callbacks by class name plus their public str/int/bool attributes, so
         # two PaygRouting instances (two governed Routers) would collapse into one without this.
         PaygRouting._count += 1
@@ -1084,6 +1087,8 @@ class PaygRouting(CustomLogger):
         self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs)
         if self.engine.policy.quality.feedback:
             self._remember_answer(state, deployment_id, response, charge.cost)
+        if self.engine.policy.quality.judge is not None and not abandoned:
+            self.judge.maybe_sample(state, deployment_id, messages, response)
         self._emit(
             state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
             prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,

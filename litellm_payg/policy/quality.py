@@ -11,6 +11,10 @@
       refresh_s: 1              # how stale a replica's copy of the estimates may be
       feedback: true            # remember each answer by its response id, so it can be rated
       feedback_ttl_s: 604800    # how long a response id can still be rated
+      judge:                    # a judged sample (adapter/judge.py)
+        model: openai/gpt-4o-mini
+        share: 0.02             # of answered requests on a measured route
+        max_usd: 1.0            # per window_s, candidate and judge calls together, in the ledger
 
 The response validators (``validate:``) record the metric ``valid`` on every answer they check;
 feedback and other sources name their metric.
@@ -18,14 +22,35 @@ feedback and other sources name their metric.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from litellm_payg.core.bounds import MAX_SCORE, Seconds
+from litellm_payg.core.bounds import MAX_SCORE, MAX_USD, Seconds
 
 #: the metric the response validators record (pass: the answer passed every validator)
 VALIDATOR_METRIC = "valid"
+
+
+class JudgeSettings(BaseModel):
+    """``quality.judge``: a share of answered requests on a measured route is also sent, off the
+    caller's path, to the cheapest candidate still unsure of the bar, and a judge model says whether
+    the candidate's answer is as good as the one served (``adapter/judge.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: any LiteLLM model string; ``litellm_params`` adds its api_base, api_key...
+    model: str = Field(min_length=1)
+    litellm_params: dict[str, Any] = Field(default_factory=dict)
+    share: float = Field(gt=0, le=1)
+    #: dollars per window the samples (candidate and judge calls together) may spend, in the ledger
+    max_usd: float = Field(gt=0, le=MAX_USD)
+    window_s: Seconds = 3600
+    #: what one sample reserves against ``max_usd`` before it is sent (settled at its real cost)
+    reserve_usd: float = Field(0.01, gt=0, le=MAX_USD)
+    #: the output cap of the candidate's and the judge's calls (keeps a sample within its reservation)
+    max_tokens: int = Field(512, gt=0, le=100_000)
+    metric: str = "judged"
 
 
 class QualitySettings(BaseModel):
@@ -41,11 +66,18 @@ class QualitySettings(BaseModel):
     #: so feedback can name it (``engine.feedback``, the proxy's ``POST /payg/feedback``)
     feedback: bool = False
     feedback_ttl_s: Seconds = 7 * 86400
+    judge: JudgeSettings | None = None
 
     @field_validator("metrics")
     @classmethod
     def _with_valid(cls, metrics: dict[str, str]) -> dict[str, str]:
         return {VALIDATOR_METRIC: "pass", **metrics}
+
+    @model_validator(mode="after")
+    def _judge_metric(self) -> "QualitySettings":
+        if self.judge is not None and self.judge.metric not in self.metrics:
+            object.__setattr__(self, "metrics", {**self.metrics, self.judge.metric: "pass"})
+        return self
 
     @field_validator("class_by")
     @classmethod
