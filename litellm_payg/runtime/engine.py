@@ -67,6 +67,8 @@ class Engine:
         }
         #: measured quality: evidence per (route, deployment, class, metric), on the ledger's backend
         url = ledger if isinstance(ledger, str) else getattr(ledger, "url", None) or policy.ledger
+        if "***" in url:  # a Ledger object's URL has its password redacted: the policy's has it
+            url = policy.ledger
         self.quality = QualityControl(policy, url, clock, explore_windows={
             group: rule.options.measured.explore_window_s
             for group, rules in self.routes.items() for rule in rules
