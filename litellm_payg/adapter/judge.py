@@ -145,11 +145,14 @@ class JudgedSample:
         billed = False
         try:
             router = self.adapter._router_ref() if self.adapter._router_ref else None
-            deployment = router.get_deployment(model_id=candidate.deployment_id) if router is not None else None
-            if deployment is None:
+            from litellm_payg.adapter.litellm_versions import deployments
+
+            found = [d for d in (deployments(router) if router is not None else ())
+                     if str((d.get("model_info") or {}).get("id")) == candidate.deployment_id]
+            if not found:
                 ledger.release(rid)
                 return
-            params = deployment.litellm_params.model_dump(exclude_none=True)
+            params = {k: v for k, v in dict(found[0].get("litellm_params") or {}).items() if v is not None}
             theirs = await litellm.acompletion(messages=messages, max_tokens=settings.max_tokens, **params)
             billed = True
             cost += _cost(theirs)
