@@ -25,13 +25,21 @@ POLICY = {
     "version": 1,
     "ledger": "sqlite:///payg-ledger.db",
     "models": {CHEAP: {"quality": 0.9}},
-    "quality": {"feedback": True, "metrics": {"helpful": "score"}},
+    "quality": {"feedback": True, "metrics": {"helpful": "score"},
+                # every answer also judged against the newcomer, within $0.002 an hour (a sample
+                # reserves $0.001 and costs about $0.00003: all 200 would cost about $0.005)
+                "judge": {"model": "openai/gpt-4o-mini", "share": 1.0, "max_usd": 0.002, "reserve_usd": 0.001,
+                          "max_tokens": 50, "litellm_params": {"mock_response": "PASS", "api_key": "not-used"}}},
     "routes": {"chat": [{"quality_floor": {"min_quality": 0.5, "measured": {}}}]},
 }
 CONFIG = {
     "model_list": [{"model_name": "chat", "litellm_params": {
         "model": CHEAP, "api_key": "not-used-mock-response", "mock_response": "hello",
-        "input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}, "model_info": {"id": "cheap"}}],
+        "input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}, "model_info": {"id": "cheap"}},
+        # no declared quality: unsure of the bar, never served (no exploration budget), only judged
+        {"model_name": "chat", "litellm_params": {
+            "model": "mistral/mistral-small-latest", "api_key": "not-used-mock-response", "mock_response": "hi there",
+            "input_cost_per_token": 1e-7, "output_cost_per_token": 1e-7}, "model_info": {"id": "new"}}],
     "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
     "general_settings": {"custom_auth": f"{AUTH_MODULE_NAME}.user_api_key_auth"},
 }
@@ -57,9 +65,10 @@ def _rate(proxy: RunningProxy, key: str, body: object) -> tuple[int, dict]:
 
 
 def _tallies(proxy: RunningProxy) -> dict:
+    """The evidence about the deployment that answers (the judged sample adds its own on ``new``)."""
     store = open_evidence(f"sqlite:///{proxy.workdir}/payg-ledger.db")
     try:
-        return store.tallies("chat")
+        return {k: t for k, t in store.tallies("chat").items() if k.startswith("cheap")}
     finally:
         store.close()
 
@@ -93,3 +102,47 @@ def test_feedback_by_response_id_moves_the_estimate_and_nothing_else_does(proxy)
     assert _rate(proxy, key, {"response_id": answer.id, "metric": "helpful", "value": 0.1})[0] == 409  # once
     assert _rate(proxy, "sk-not-a-key", {"response_id": answer.id, "metric": "helpful", "value": 1})[0] in (401, 403)
     assert _tallies(proxy)[cell_key("cheap", "", "helpful")].n == 1
+
+
+def test_the_judged_sample_stays_inside_its_dollar_cap_at_200_concurrent_requests(proxy):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from litellm_payg.stores.ledger import open_ledger
+
+    client = openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key=new_key(label="load"), max_retries=0, timeout=60)
+
+    def ask(i: int) -> str:
+        raw = client.chat.completions.with_raw_response.create(model="chat", messages=[{"role": "user", "content": f"q{i}"}])
+        return raw.headers["x-payg-chosen"]
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        chosen = list(pool.map(ask, range(200)))
+    assert set(chosen) == {"cheap"}
+
+    def judged() -> list:
+        ledger = open_ledger(f"sqlite:///{proxy.workdir}/payg-ledger.db")
+        try:
+            return [r for r in ledger.records() if r.attrs.get("purpose") == "judge"]
+        finally:
+            ledger.close()
+
+    seen, deadline = None, time.monotonic() + 30
+    while time.monotonic() < deadline:  # the samples run off the callers' path: wait until they settle
+        now = judged()
+        if now and seen is not None and len(now) == len(seen):
+            break
+        seen = now
+        time.sleep(1.0)
+    records = judged()
+    spent = sum(r.amount_usd for r in records)
+    assert 1 <= len(records) < 200 and 0 < spent <= 0.002
+    assert 200 * min(r.amount_usd for r in records) > 0.002  # without the cap, the 200 would be over it
+    store = open_evidence(f"sqlite:///{proxy.workdir}/payg-ledger.db")
+    try:
+        tally = store.tallies("chat")[cell_key("new", "", "judged")]
+    finally:
+        store.close()
+    assert tally.n == len(records)
