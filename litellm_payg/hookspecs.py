@@ -59,7 +59,7 @@ def payg_filter_candidates(request, candidates, snapshot, engine):
 
 
 @hookspec
-def payg_decision(request, decision):
+def payg_decision(request, decision, engine):
     """Observe a routing decision once it is made (log it, count it, export it).
 
     Called once per attempt, including retries and fallback hops, with the pick the attempt was
@@ -67,6 +67,9 @@ def payg_decision(request, decision):
     the budget reservation narrowed the rules' order, and ``decision.dropped`` says why each other
     candidate was not chosen (a rule, a budget, an earlier attempt). ``explain`` and ``simulate``
     call it once per decision. Must not raise and must not block: it runs on the request path.
+    ``engine`` is the deciding :class:`litellm_payg.runtime.engine.Engine` (the built-in
+    ``quality_evidence`` plugin charges an exploring pick to its route's exploration budget through
+    ``engine.quality``).
     """
 
 
@@ -108,4 +111,16 @@ def payg_validate_response(response, request, engine):
     still charged (it billed), the failure counts against the deployment's circuit breaker, and the
     request moves on as ``failover.on.invalid_response`` says. Runs on the request path: must not
     block. The built-in implementation runs the policy's ``validate:`` list.
+    """
+
+
+@hookspec
+def payg_answer_checked(request, candidate, problems, engine):
+    """A successful non-stream answer went through every ``payg_validate_response`` check.
+
+    ``candidate`` is the :class:`litellm_payg.core.decision.Candidate` that answered, ``problems``
+    the list the checks found (empty: the answer passed). Called whether or not it passed, after
+    the checks and before a rejected answer fails its attempt. The built-in ``quality_evidence``
+    plugin records it as evidence (metric ``valid``) in ``engine.quality`` when the policy has
+    validators. Runs on the request path: must not block; must not raise.
     """

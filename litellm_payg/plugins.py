@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "litellm_payg.default_plugins.budget_alerts",
     "litellm_payg.default_plugins.failover",
     "litellm_payg.policy.validators",
+    "litellm_payg.default_plugins.quality_evidence",
 )
 
 

@@ -66,6 +66,10 @@ class Rule:
     Options: ClassVar[type[RuleOptions]]
     #: True when the rule compares prices: every deployment it can reach must have a known price.
     needs_prices: ClassVar[bool] = False
+    #: True when ``apply`` takes the decision's :class:`~litellm_payg.core.snapshot.Snapshot` as a
+    #: third argument, ``apply(request, candidates, snapshot)`` (what ``quality_floor``'s measured mode
+    #: judges: ``snapshot.quality``); the snapshot may be None (a caller without one)
+    reads_snapshot: ClassVar[bool] = False
 
     def __init__(self, options: RuleOptions, context: RuleContext):
         self.options = options

@@ -190,6 +190,11 @@ class ProxyPaygRouting(PaygRouting):
                         ", ".join(sorted(engine.routes)) or "none")
             self._check_config_model_list(engine)
         self._install_run_control()
+        server = _proxy_server_module()
+        if server is not None:
+            from litellm_payg.adapter import feedback_route
+
+            feedback_route.install(server, self)  # POST /payg/feedback
 
     def _install_run_control(self) -> None:
         """Add the run-control routes (``adapter/run_control.py``) to the proxy's FastAPI app, when

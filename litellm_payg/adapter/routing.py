@@ -60,6 +60,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.integrations.custom_logger import CustomLogger
 
 from litellm_payg.adapter import charges
+from litellm_payg.adapter.judge import JudgedSample
 
 from litellm_payg.adapter import litellm_fixes
 
@@ -146,6 +147,8 @@ class PaygRouting(CustomLogger):
         super().__init__()
         self.engine = engine
         self.lifecycle = Lifecycle(engine)
+        #: ``quality.judge``: a share of answers also sent to an unsure candidate and judged (judge.py)
+        self.judge = JudgedSample(self)
         # LiteLLM de-duplicates callbacks by class name plus their public str/int/bool attributes, so
         # two PaygRouting instances (two governed Routers) would collapse into one without this.
         PaygRouting._count += 1
@@ -1014,9 +1017,11 @@ class PaygRouting(CustomLogger):
         request = state.request
         results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
         problems = [p for found in results if found for p in found]
+        candidate = self._candidates.get(deployment_id)
+        if candidate is not None:
+            self.engine.pm.hook.payg_answer_checked(request=request, candidate=candidate, problems=problems, engine=self.engine)
         if not problems:
             return None
-        candidate = self._candidates.get(deployment_id)
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
         charge = self._charge_inline(request_data, response, state, deployment_id)  # it billed: still paid for
         if self.engine.health is not None:
@@ -1081,12 +1086,34 @@ class PaygRouting(CustomLogger):
             charge = dataclasses.replace(charge, abandoned=True, abandoned_because=abandoned)
         self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs,
                                  tokens=charges.used_tokens(charge))
+        if self.engine.policy.quality.feedback:
+            self._remember_answer(state, deployment_id, response, charge.cost)
+        if self.engine.policy.quality.judge is not None and not abandoned:
+            self.judge.maybe_sample(state, deployment_id, messages, response)
         self._emit(
             state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
             prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
             usage_estimated=charge.estimated,
         )
         return charge
+
+    def _remember_answer(self, state: RequestState, deployment_id: str, response: Any, cost: float) -> None:
+        """Keep the plugin's record of an answer by the id its caller got (``quality.feedback``):
+        what feedback on it counts for is read from here, never from the caller."""
+        response_id = response.get("id") if isinstance(response, Mapping) else getattr(response, "id", None)
+        candidate = self._candidates.get(deployment_id)
+        request = state.request
+        if not isinstance(response_id, str) or not response_id or candidate is None or request is None:
+            return
+        decision = state.decision or {}
+        try:
+            self.engine.quality.remember_answer(response_id, {
+                "group": candidate.group, "deployment_id": deployment_id, "model": candidate.model,
+                "api_key": getattr(request, "api_key", None), "cls": self.engine.quality.class_of(request),
+                "cost_usd": cost, "arm": (decision.get("attrs") or {}).get("split_arm"),
+            })
+        except Exception as exc:  # noqa: BLE001 - a lost record only loses the chance to rate it
+            logger.warning("litellm-payg quality: could not remember answer %s: %s", response_id, exc)
 
     def _charge_answer(
         self, deployment_id: str, reservation_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any,

@@ -95,6 +95,9 @@ class Snapshot:
     #: the request's run, under each run budget with ``downgrade`` steps (``runs.RunUsage``, policy
     #: order); empty without such a budget, without a session id, or when the ledger could not be read
     runs: tuple[Any, ...]
+    #: the route's measured quality (``core.quality.QualityView``) when one of its rules judges on
+    #: evidence, else None (also when the evidence store could not be read)
+    quality: Any
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class Snapshot:
         health: Mapping[str, DeploymentHealth] | None = None,
         health_error: str | None = None,
         runs: tuple[Any, ...] = (),
+        quality: Any = None,
     ) -> None:
         # written out rather than generated: one is built on every decision, and this is half the
         # cost of a generated frozen __init__ with default factories and a __post_init__
@@ -118,6 +122,7 @@ class Snapshot:
             health=None if health is None else frozen(health),
             health_error=health_error,
             runs=tuple(runs),
+            quality=quality,
         )
 
     @property

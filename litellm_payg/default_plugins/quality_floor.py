@@ -22,15 +22,38 @@ Quality scores come from the policy's ``models:`` section. A request may *raise*
 metadata (``metadata={"payg_hints": {"min_quality": 0.9}}``), never lower it. Kept candidates are
 ordered cheapest first for this request, so the next-cheapest is the fallback. ``keep_past_downgrade:
 true`` keeps the bar when a run budget's downgrade step is in force (see ``core/runs.downgrade``).
+
+**Measured quality** (``measured:``): the bar is judged on the evidence the policy's ``quality:``
+section keeps (validators, feedback), per deployment and class, instead of the declared number::
+
+        - quality_floor:
+            min_quality: 0.85
+            measured: {metric: valid, explore_usd: 0.05, explore_window_s: 3600}
+
+A candidate whose *lower* confidence bound clears the bar qualifies; one whose upper bound is below
+it is dropped; one whose interval still straddles the bar is *unsure*. Qualified candidates go
+cheapest first; after them (and alone while none qualifies: thin evidence), the unsure ones whose
+declared quality and estimate both meet the bar, cheapest first, as the declared mode would.
+**Exploration**: an unsure candidate cheaper than the pick is tried first (``attrs.quality_explore``;
+its estimated cost is charged to the route's window by the built-in ``payg_decision`` observer)
+while the window's exploration spend stays within ``explore_usd`` times the candidate's chance of
+clearing the bar (so a promising newcomer gets most of the budget, a model already measured near
+the bottom a sliver); the most promising such candidate is tried. Exploration stops by itself for
+a candidate once its interval no longer straddles the bar. A model added to the group without a
+declared quality starts unsure, so it earns its way in (or out) on evidence alone. Forgetting
+(``quality.half_life_s``) widens an unused candidate's interval again over time.
 """
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
-from litellm_payg.core.bounds import Score, Tokens
+from litellm_payg.core.bounds import MAX_USD, Score, Seconds, Tokens
 from litellm_payg.core.decision import Step
+from litellm_payg.core.quality import class_of, verdict
 from litellm_payg.rules import Rule, RuleOptions
 
 
@@ -39,8 +62,18 @@ class Tier(RuleOptions):
     min_quality: Score
 
 
+class MeasuredOptions(RuleOptions):
+    #: the metric judged (one of ``quality.metrics``; default the validators' ``valid``)
+    metric: str = "valid"
+    #: dollars per route per window that exploration may spend on unsure candidates (0: none)
+    explore_usd: float = Field(0.0, ge=0, le=MAX_USD)
+    explore_window_s: Seconds = 3600
+
+
 class QualityFloorOptions(RuleOptions):
     min_quality: Score
+    #: judge the bar on measured quality (see the module's docstring); None: the declared scores
+    measured: MeasuredOptions | None = None
     tiers: list[Tier] = Field(default_factory=list)
     #: a run budget's ``downgrade`` step sets the route's rules aside; with this, it never takes the
     #: requests this rule applies to below this rule's bar (a ``plan`` step that must stay capable)
@@ -59,6 +92,7 @@ class QualityFloor(Rule):
     name = "quality_floor"
     Options = QualityFloorOptions
     needs_prices = True
+    reads_snapshot = True
 
     def __init__(self, options, context):
         super().__init__(options, context)
@@ -84,7 +118,10 @@ class QualityFloor(Rule):
         i = self.tier_of(prompt_tokens)
         return self.options.tiers[i].min_quality if i < len(self.options.tiers) else self.options.min_quality
 
-    def apply(self, request, candidates):
+    def apply(self, request, candidates, snapshot=None):
+        view = getattr(snapshot, "quality", None)
+        if self.options.measured is not None and view is not None:
+            return self._measured(request, candidates, view)
         p, ordered = self._size_for(request, candidates)
         bar = self._bar(request, p)
         o = request.output_tokens
@@ -100,6 +137,50 @@ class QualityFloor(Rule):
             kept.sort(key=lambda ec: ec[0])
             ordered = [c for _, c in kept]
         return Step(ordered, dropped, f"quality_floor: bar {bar:g}, cheapest first")
+
+    def _measured(self, request, candidates, view):
+        """The bar judged on each candidate's lower confidence bound (see the module docstring)."""
+        opts = self.options.measured
+        p, o = request.prompt_tokens, request.output_tokens
+        bar = self._bar(request, p)
+        cls = class_of(request, view.class_by)
+        meets, unsure, dropped, seen = [], [], [], []
+        for c in candidates:
+            est = view.estimate(c.deployment_id, c.quality, cls, opts.metric)
+            judged = verdict(est, bar)
+            seen.append(f"{c.deployment_id} {est.mean:.3f} [{est.lo:.3f}, {est.hi:.3f}] n={est.n} {judged}")
+            if judged == "below":
+                dropped.append(Step.drop(c, f"measured {opts.metric} {est.mean:.3f}, upper bound {est.hi:.3f} "
+                                            f"(n={est.n}) is below the bar {bar:g}", self.name))
+            elif judged == "meets":
+                meets.append((c.estimate_usd(p, o), c))
+            else:
+                unsure.append((c.estimate_usd(p, o), c, est))
+        meets.sort(key=lambda ec: ec[0])
+        unsure.sort(key=lambda ec: ec[0])
+        declared = [(e, c) for e, c, est in unsure if est.mean >= bar and c.quality is not None and c.quality >= bar]
+        ordered = [c for _, c in meets] + [c for _, c in declared]
+        attrs = {}
+        head = meets[0][0] if meets else (declared[0][0] if declared else math.inf)
+        # an unsure candidate cheaper than the pick may be tried while the window's spend stays within
+        # its share of the budget: the budget times its chance of clearing the bar, so a promising
+        # newcomer gets most of it and a model already shown near-hopeless only a sliver
+        spent = view.explore_spent_usd
+        eligible = [(est.chance_above(bar), -e, c) for e, c, est in unsure
+                    if e < head and spent + e <= opts.explore_usd * est.chance_above(bar)]
+        explored = max(eligible, key=lambda t: (t[0], t[1]))[2] if eligible else None
+        if explored is not None:
+            ordered = [explored] + [c for c in ordered if c is not explored]
+            attrs["quality_explore"] = explored.deployment_id
+        kept = set(id(c) for c in ordered)
+        for _, c, _ in unsure:
+            if id(c) not in kept:
+                dropped.append(Step.drop(c, f"measured {opts.metric} not yet shown to clear the bar {bar:g} "
+                                            "(its interval straddles it; no exploration budget or not cheaper)", self.name))
+        how = "lower bounds" if meets else "declared quality (evidence still thin)"
+        note = (f"quality_floor: bar {bar:g} on measured {opts.metric}{' class ' + cls if cls else ''}, judged on {how}"
+                + (f"; exploring {explored.deployment_id}" if explored is not None else "") + "; " + "; ".join(seen))
+        return Step(ordered, dropped, note, attrs)
 
     def _bar(self, request, prompt_tokens: int) -> float:
         bar = self.bar_for(prompt_tokens)

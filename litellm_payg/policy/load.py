@@ -21,6 +21,7 @@ from litellm_payg.core.bounds import Seconds, Tokens, Usd
 from litellm_payg.core.request_fields import allowable
 from litellm_payg.core.budgets import Budget
 from litellm_payg.policy.failover import FailoverSettings, ValidatorSpec
+from litellm_payg.policy.quality import QualitySettings
 from litellm_payg.policy.validators import build_validators
 
 from litellm_payg.core.errors import PluginError, PolicyError, Problem
@@ -118,6 +119,7 @@ class _PolicyDocument(_Strict):
     validate_: list[ValidatorSpec] = Field(default_factory=list, alias="validate")
     sessions: SessionSettings = Field(default_factory=lambda: SessionSettings())
     requests: RequestSettings = Field(default_factory=lambda: RequestSettings())
+    quality: QualitySettings = Field(default_factory=lambda: QualitySettings())
 
     @field_validator("timezone")
     @classmethod
@@ -181,6 +183,11 @@ class Policy:
     session_required: When | None = None
     #: ``sessions.operators``: keys (hashes), teams and users that control every run, by kind
     run_operators: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: ``quality:``: how answers' evidence is kept and judged (``policy/quality.py``)
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    #: whether the policy has a ``quality:`` section (then the validators' verdicts are kept as
+    #: evidence even before a rule judges on them)
+    quality_configured: bool = False
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -310,6 +317,8 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         session_required=conditions.get(("sessions", "required"))
         or (When(()) if doc.sessions.required is True else None),
         run_operators={kind: frozenset(getattr(doc.sessions.operators, kind)) for kind in ("key", "team", "user")},
+        quality=doc.quality,
+        quality_configured="quality" in doc.model_fields_set,
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)

@@ -23,6 +23,7 @@ from litellm_payg.rules import Rule, matches
 from litellm_payg.stores.health import HealthError, HealthStore, open_health
 from litellm_payg.core.runs import RunStatus, downgrade
 from litellm_payg.core.snapshot import Snapshot
+from litellm_payg.runtime.quality import QualityControl
 from litellm_payg.runtime.spend import SpendControl
 
 logger = logging.getLogger("litellm_payg")
@@ -64,6 +65,15 @@ class Engine:
         self._conditioned = {
             group: any(rule.context.when is not None for rule in rules) for group, rules in self.routes.items()
         }
+        #: measured quality: evidence per (route, deployment, class, metric), on the ledger's backend
+        url = ledger if isinstance(ledger, str) else getattr(ledger, "url", None) or policy.ledger
+        if "***" in url:  # a Ledger object's URL has its password redacted: the policy's has it
+            url = policy.ledger
+        self.quality = QualityControl(policy, url, clock, explore_windows={
+            group: rule.options.measured.explore_window_s
+            for group, rules in self.routes.items() for rule in rules
+            if getattr(getattr(rule, "options", None), "measured", None) is not None
+        })
         #: the LiteLLM callback applying this engine, once ``attach`` bound it to a Router
         self.adapter: object | None = None
         self._undo: list[Callable[[], None]] = []
@@ -75,6 +85,7 @@ class Engine:
         self.spend.close()
         if self.health is not None:
             self.health.close()
+        self.quality.close()
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -85,8 +96,9 @@ class Engine:
         logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
         now = self.spend.clock()  # the engine's clock (``clock=``), which the budget windows use
         runs_read = self.spend.run_downgrades and request.session
+        quality = self.quality.view(request.group, now) if self.quality.measured(request.group) else None
         if self.health is None and not self.spend.downgrades and not runs_read:
-            return Snapshot(now, self.policy)  # nothing to read: most policies, on every request
+            return Snapshot(now, self.policy, quality=quality)  # nothing else to read: most policies
         budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)
         runs, run_error = self.spend.run_usage(request, now)
         ledger_error = ledger_error or run_error
@@ -97,7 +109,7 @@ class Engine:
             except HealthError as e:  # fail open: a health store outage must not stop traffic
                 logger.warning("litellm-payg failover: health store unavailable, breakers ignored: %s", e)
                 health_error = str(e)
-        return Snapshot(now, self.policy, budgets, usage, ledger_error, health, health_error, runs)
+        return Snapshot(now, self.policy, budgets, usage, ledger_error, health, health_error, runs, quality)
 
     def decide(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot | None = None,
                *, observe: bool = True) -> Decision:
@@ -140,7 +152,7 @@ class Engine:
         # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the
         # route -- unless the route's own pick is already no dearer (a downgrade never raises the cost)
         run_step = downgrade(request, current, snapshot.runs, lambda: _own_bar(request, rules)) if snapshot.runs else None
-        rule_steps = list(self._rule_steps(request, current, rules or ()))
+        rule_steps = list(self._rule_steps(request, current, rules or (), snapshot))
         if run_step is not None and not _dearer(rule_steps[-1].kept if rule_steps else current, run_step.kept, request):
             notes.append(f"{run_step.note}; kept the route's pick, which is no dearer")
             run_step = None
@@ -192,6 +204,17 @@ class Engine:
             notes.append(f"when: no condition matched ({'; '.join(seen.values())}); {applies}")
         return rest
 
+    def feedback(self, response: Any, metric: str, value: Any, *, api_key: str | None = None) -> Any:
+        """Rate one answer: ``response`` is the LiteLLM response (or its ``id``), ``metric`` one of
+        the policy's ``quality.metrics`` (``valid`` and any the policy adds), ``value`` true/false for
+        a pass metric or a number in [0, 1] for a score. Needs ``quality: {feedback: true}`` (the
+        plugin then remembers each answer by its id). Returns the cell's tally after the rating;
+        raises :class:`~litellm_payg.runtime.quality.FeedbackRefused` (a ``ValueError``) and changes
+        nothing for an unknown id, a bad metric or value, or a second rating of the same metric."""
+        response_id = response if isinstance(response, str) else (
+            response.get("id") if isinstance(response, Mapping) else getattr(response, "id", None))
+        return self.quality.feedback(response_id, metric, value, api_key=api_key)
+
     def run_status(self, session: str, budget: str | None = None) -> RunStatus:
         """What run ``session`` (a session id, as ``identity.session_of`` reads it) has spent and
         has left: a :class:`~litellm_payg.core.runs.RunStatus` with ``spent_usd``, ``reserved_usd``
@@ -227,7 +250,7 @@ class Engine:
 
     def observe(self, decision: Decision) -> None:
         """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""
-        self._observe(request=decision.request, decision=decision)
+        self._observe(request=decision.request, decision=decision, engine=self)
 
     @staticmethod
     def _take(step: Step, dropped: list[Drop], notes: list[str], attrs: dict[str, str]) -> Sequence[Candidate]:
@@ -240,11 +263,13 @@ class Engine:
         return step.kept
 
     @staticmethod
-    def _rule_steps(request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule]) -> Iterable[Step]:
-        """The route's rules, each applied to what the previous one kept."""
+    def _rule_steps(request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule],
+                    snapshot: Snapshot | None = None) -> Iterable[Step]:
+        """The route's rules, each applied to what the previous one kept (a rule with
+        ``reads_snapshot`` also gets the decision's snapshot: measured quality is in it)."""
         current = candidates
         for rule in rules:
-            step = rule.apply(request, current)
+            step = rule.apply(request, current, snapshot) if rule.reads_snapshot else rule.apply(request, current)
             current = step.kept
             yield step
 

@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
 
     from litellm_payg.tools import whatif
 
+    from litellm_payg.tools import quality_report
+
     simulate.add_parser(sub)
+    quality_report.add_parser(sub)
     whatif.add_parser(sub)
     report.add_parser(sub)
     replay.add_parser(sub)

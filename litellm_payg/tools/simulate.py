@@ -1365,6 +1365,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litellm_payg.tools import sim_quality
+
+    if args.scenario and sim_quality.is_quality_scenario(args.scenario):
+        return sim_quality.run(args)  # hidden true qualities: its own simulation (sim_quality.py)
     traffic = load_scenario(args.scenario) if args.scenario else load_traffic(args.traffic)
     plan_args = (args.plan_fee, args.plan_tokens, args.plan_overage_per_1k)
     plan = None
