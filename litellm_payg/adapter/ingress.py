@@ -120,7 +120,7 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str, nam
                 raise refusal from exc
             raise
         # settle before the caller has the answer, not on LiteLLM's logging worker (``answered``)
-        return adapter.answered(state, response, kwargs)
+        return adapter.answered(state, response, kwargs, api=name)
 
     governed.__doc__ = f"Router.{method.__name__}, governed by litellm-payg."
     return governed

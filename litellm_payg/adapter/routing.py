@@ -865,13 +865,15 @@ class PaygRouting(CustomLogger):
         )
         return None
 
-    def answered(self, state: RequestState, response: Any, request: Mapping[str, Any]) -> Any:
+    def answered(self, state: RequestState, response: Any, request: Mapping[str, Any], api: str | None = None) -> Any:
         """The door's part once the Router returned ``response`` for the request ``state``:
         settle what no per-attempt hook settled, so nothing of an answered request waits for
         LiteLLM's logging worker (which an exiting script never runs).
 
-        * A stream is settled when its last chunk is read, or, left unread, when it is dropped
-          (:func:`litellm_payg.adapter.streams.settle_when_read`); it is returned as the same object.
+        * A stream (chat, text completion, Responses API, Anthropic messages; ``api`` is the Router
+          method that answered) is settled when its last event is read, or, left unread, when it
+          is dropped (:func:`litellm_payg.adapter.streams.settle_when_read`); it is returned as the
+          same object.
         * An answer LiteLLM's cache served never reached a deployment hook: it is settled here at
           $0 and marked ``cache_hit`` (the provider was not called).
         * Any other answer whose attempt is still open (a call type LiteLLM runs no hook for) is
@@ -882,8 +884,8 @@ class PaygRouting(CustomLogger):
         if not state.open_reservations:  # the per-attempt hook settled it
             self._finish(state)
             return response
-        if streams.is_stream(response):
-            return streams.settle_when_read(self, state, response, request)
+        if streams.is_stream(response, api):
+            return streams.settle_when_read(self, state, response, request, api)
         hidden = getattr(response, "_hidden_params", None)
         deployment_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
         if deployment_id is None:
