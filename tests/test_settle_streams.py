@@ -30,6 +30,7 @@ from routing_helpers import attached
 from services import fresh_redis_prefix
 
 from billing_provider import BillingProvider
+from proxy_fixtures import litellm_proxy_factory  # noqa: F401  (fixture)
 from litellm_payg.stores.ledger import open_ledger
 
 RESPONSES_MODEL = "openai/gpt-4o-mini"
@@ -286,3 +287,59 @@ async def _until(condition, timeout: float = 10.0) -> bool:
     while not condition() and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     return condition()
+
+
+# -- through a real proxy -------------------------------------------------------------------------------
+
+
+PROXY_POLICY = {"version": 1, "ledger": "sqlite:///payg-ledger.db",
+                "budgets": [{"scope": "global", "window": "day", "limit_usd": 10}]}
+
+
+@pytest.fixture(scope="module")
+def billing_proxy(litellm_proxy_factory):  # noqa: F811
+    import yaml
+    from trust_helpers import LedgerView
+
+    with BillingProvider(default_output_tokens=MAX_TOKENS, stream_deltas=4) as fake:
+        config = {"model_list": _model_list(fake), "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]}}
+        running = litellm_proxy_factory(config, name="streams", files={"payg-policy.yaml": yaml.safe_dump(PROXY_POLICY)})
+        running.wait_ready()
+        view = LedgerView(running.workdir)
+        try:
+            yield running, fake, view
+        finally:
+            view.close()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_proxy_stream_is_recorded_once_at_its_exact_cost(billing_proxy, family):
+    """``/v1/responses`` and ``/v1/messages`` streams through LiteLLM's proxy: one record each, at
+    LiteLLM's cost of the usage the provider sent, on the books when the client has the last event,
+    and LiteLLM's later success log charges nothing more (the proxy keeps running: its logging
+    worker runs)."""
+    import httpx
+
+    running, fake, ledger = billing_proxy
+    mark, before = fake.mark(), len(ledger.records())
+    if family == "responses":
+        path, body = "/v1/responses", {"model": "responses", "input": "tell me", "max_output_tokens": MAX_TOKENS,
+                                       "stream": True}
+    else:
+        path, body = "/v1/messages", {"model": "messages", "max_tokens": MAX_TOKENS, "stream": True,
+                                      "messages": [{"role": "user", "content": "tell me"}]}
+    with httpx.Client(base_url=running.base_url, timeout=60, trust_env=False) as client:
+        with client.stream("POST", path, json=body, headers={"Authorization": f"Bearer {running.master_key}"}) as resp:
+            assert resp.status_code == 200, resp.read()
+            text = "".join(resp.iter_text())
+    assert ("response.completed" if family == "responses" else "message_stop") in text
+    (bill,) = fake.bills_since(mark)
+    # settled as the proxy read the last event, before it sent it on: on the books when the client has it
+    assert len(ledger.records()) == before + 1 and ledger.open() == 0, (len(ledger.records()) - before, ledger.open())
+    time.sleep(2.0)  # LiteLLM's success log for the stream has run on the proxy's logging worker by now
+    records = ledger.records()[before:]
+    assert len(records) == 1, [(r.amount_usd, r.attrs) for r in records]
+    assert records[0].amount_usd == pytest.approx(_litellm_cost(bill), rel=1e-9) and records[0].amount_usd > 0
+    assert "usage" not in records[0].attrs and "abandoned" not in records[0].attrs
+    assert ledger.left_open_since(0, timeout=3) == 0
+

@@ -33,6 +33,7 @@ ENTRY_POINTS: dict[str, str] = {
     "atext_completion": "metadata",
     "aresponses": "litellm_metadata",
     "aanthropic_messages": "litellm_metadata",
+    "anthropic_messages": "litellm_metadata",  # the same, async too: the one LiteLLM's proxy calls for /v1/messages
     "aembedding": "metadata",
     "aimage_generation": "metadata",
     "atranscription": "metadata",

@@ -49,15 +49,16 @@ import litellm
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
 from litellm_payg.adapter import charges, litellm_versions
+from litellm_payg.core.request_checks import api_of
 
 logger = logging.getLogger("litellm_payg")
 
 #: the record's ``abandoned`` attribute for a stream the calling code stopped reading and dropped
 DROPPED = "stream_dropped"
 
-#: the Router method whose streams are Anthropic ``/v1/messages`` SSE (told apart by the door that
-#: returned them: a ``generateContent`` stream also yields bytes, in another format)
-ANTHROPIC_MESSAGES = "aanthropic_messages"
+#: the API whose streams are Anthropic ``/v1/messages`` SSE (told apart by the door that returned
+#: them: a ``generateContent`` stream also yields bytes, in another format)
+ANTHROPIC_MESSAGES = "anthropic_messages"
 
 
 class _Reader:
@@ -246,7 +247,7 @@ def _reader_class(response: Any, api: str | None) -> type[_Reader] | None:
         return _ChatReader
     if _RESPONSES_STREAM is not None and isinstance(response, _RESPONSES_STREAM):
         return _ResponsesReader
-    if api == ANTHROPIC_MESSAGES and hasattr(type(response), "__anext__"):
+    if api_of(api) == ANTHROPIC_MESSAGES and hasattr(type(response), "__anext__"):
         return _AnthropicReader
     return None
 
