@@ -840,8 +840,8 @@ class PaygRouting(CustomLogger):
         reservation and charges nothing. What this hook never sees is settled by the door
         (:meth:`answered`: cache hits, streams, call types LiteLLM runs no hook for).
 
-        An answer with neither usage nor a LiteLLM cost (images, audio, ... priced per unit) is
-        left to the success log, which prices it: charging it $0 here would lose its cost. A
+        An answer with neither usage nor a LiteLLM cost (a moderation, an image LiteLLM cannot
+        price) is left to the door (:meth:`answered`), which settles it before the caller has it. A
         Google ``generateContent`` answer is charged from its own ``usageMetadata``: LiteLLM 1.110
         may log no success event for it at all."""
         if request_data.get("stream"):
@@ -876,8 +876,11 @@ class PaygRouting(CustomLogger):
           same object.
         * An answer LiteLLM's cache served never reached a deployment hook: it is settled here at
           $0 and marked ``cache_hit`` (the provider was not called).
-        * Any other answer whose attempt is still open (a call type LiteLLM runs no hook for) is
-          settled with the cost LiteLLM stamped on it (``_hidden_params["response_cost"]``).
+        * Any other answer whose attempt is still open (a call type LiteLLM runs no hook for, or an
+          answer priced per unit that the hook left) is settled with the cost LiteLLM stamped on it
+          (``_hidden_params["response_cost"]``; a moderation's $0 included); one LiteLLM priced
+          nowhere (an image answer, on 1.110.2) is charged its reservation, marked ``usage:
+          estimated``, rather than the $0 LiteLLM's success log would record for it.
         """
         if state.finished:
             return response
@@ -894,14 +897,23 @@ class PaygRouting(CustomLogger):
         prompt_tokens, completion_tokens = charges.answer_tokens(response)
         cache_hit = charges.served_from_cache(response)
         stamped = hidden.get("response_cost")
-        if not (cache_hit or prompt_tokens or completion_tokens or stamped):
-            return response  # nothing to price it by yet: LiteLLM's success log will say
+        unpriced = not (cache_hit or prompt_tokens or completion_tokens or stamped is not None)
+        litellm_cost: Callable[[], Any] = lambda: stamped  # noqa: E731
+        if unpriced:
+            # LiteLLM priced it nowhere (an image answer of 1.110.2: its calculator says 0 inline and
+            # its success log None, recorded as $0): the bound it was reserved at, marked an estimate
+            open_ = state.reservations.get(deployment_id)
+            reserved = self.engine.spend.reserved_usd(open_[0]) if open_ else None
+            litellm_cost = lambda: reserved  # noqa: E731
+            logger.warning("litellm-payg: LiteLLM could not price an answer of deployment %s (%s); charged its "
+                           "reservation, $%s, marked as an estimate", deployment_id, type(response).__name__,
+                           charges.usd(reserved or 0.0))
         ms = hidden.get("_response_ms")
         latency = None if cache_hit or not isinstance(ms, (int, float)) else ms / 1000
         self.settle_answer(
-            state, deployment_id, response, prompt_tokens, completion_tokens, litellm_cost=lambda: stamped,
+            state, deployment_id, response, prompt_tokens, completion_tokens, litellm_cost=litellm_cost,
             messages=request.get("messages"), tools=charges.tools_of(request), model=hidden.get("litellm_model_name"),
-            latency=latency, ttft=latency, cache_hit=cache_hit,
+            latency=latency, ttft=latency, cache_hit=cache_hit, estimated=unpriced,
         )
         if not state.open_reservations:
             self._finish(state)
@@ -1067,7 +1079,7 @@ class PaygRouting(CustomLogger):
     def settle_answer(
         self, state: RequestState, deployment_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any, *,
         litellm_cost: Callable[[], Any], messages: Any, tools: Any, model: Any, latency: float | None,
-        ttft: float | None, cache_hit: bool = False, abandoned: str | None = None,
+        ttft: float | None, cache_hit: bool = False, abandoned: str | None = None, estimated: bool = False,
     ) -> charges.Charge | None:
         """Settle the open reservation of an answered attempt on ``deployment_id``: charge it
         (:meth:`_charge_answer`), record its latency, tell the ``payg_outcome`` observers. Returns
@@ -1081,6 +1093,8 @@ class PaygRouting(CustomLogger):
                                      litellm_cost, messages, tools, state, model, cache_hit)
         if abandoned is not None:
             charge = dataclasses.replace(charge, abandoned=True, abandoned_because=abandoned)
+        elif estimated:
+            charge = dataclasses.replace(charge, estimated=True)
         self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs)
         self._emit(
             state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
