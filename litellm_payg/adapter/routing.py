@@ -889,6 +889,8 @@ class PaygRouting(CustomLogger):
             return response
         if streams.is_stream(response, api):
             return streams.settle_when_read(self, state, response, request, api)
+        if request.get("stream") or hasattr(type(response), "__anext__"):
+            return response  # a stream not read here (generateContent's): LiteLLM's success log settles it
         hidden = getattr(response, "_hidden_params", None)
         deployment_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
         if deployment_id is None:
