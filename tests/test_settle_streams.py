@@ -47,6 +47,10 @@ def _model_list(fake: BillingProvider) -> list[dict]:
                                                        "api_base": fake.url}, "model_info": {"id": "resp-dep"}},
         {"model_name": "messages", "litellm_params": {"model": MESSAGES_MODEL, "api_key": "sk-test",
                                                       "api_base": fake.origin}, "model_info": {"id": "msg-dep"}},
+        # /v1/messages to an OpenAI model: LiteLLM bridges it to OpenAI's Responses API and streams
+        # Anthropic events back, the input tokens in message_delta (message_start says 0)
+        {"model_name": "messages-bridged", "litellm_params": {"model": RESPONSES_MODEL, "api_key": "sk-test",
+                                                              "api_base": fake.url}, "model_info": {"id": "bridge-dep"}},
     ]
 
 
@@ -186,7 +190,7 @@ def success_logs():
 async def _open_stream(router, family: str, max_tokens: int = MAX_TOKENS):
     if family == "responses":
         return await router.aresponses(model="responses", input="tell me", max_output_tokens=max_tokens, stream=True)
-    return await router.aanthropic_messages(model="messages", max_tokens=max_tokens, stream=True,
+    return await router.aanthropic_messages(model=family, max_tokens=max_tokens, stream=True,
                                             messages=[{"role": "user", "content": "tell me"}])
 
 
@@ -196,7 +200,7 @@ def _is_last(family: str, event) -> bool:
     return b"message_stop" in event
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ("messages-bridged",))
 async def test_a_stream_is_settled_as_its_last_event_is_read_and_the_late_success_log_charges_nothing(
         tmp_path, success_logs, family):
     with BillingProvider(default_output_tokens=MAX_TOKENS, stream_deltas=4) as fake:

@@ -219,10 +219,16 @@ class _AnthropicReader(_Reader):
         return kind == "message_stop"
 
     def answer(self, watch: "_Watch", stream: Any) -> Any:
-        answer = litellm_versions.anthropic_stream_usage(self.raw, str(watch.model or ""))
-        if answer is None and self.usage:  # a LiteLLM without that reader: the usage as Anthropic sent it
-            answer = {"usage": dict(self.usage)}
-        return answer
+        if not self.usage:
+            return None
+        # the usage as sent, ``message_delta`` (cumulative) over ``message_start``: LiteLLM's reader
+        # takes the input counts from ``message_start`` only, and LiteLLM's own bridge from another
+        # provider's API sends them in ``message_delta`` (``message_start`` says 0)
+        merged = json.dumps(self.usage)
+        events = [f'event: message_start\ndata: {{"type": "message_start", "message": {{"usage": {merged}}}}}\n\n',
+                  f'event: message_delta\ndata: {{"type": "message_delta", "delta": {{}}, "usage": {merged}}}\n\n']
+        answer = litellm_versions.anthropic_stream_usage([e.encode() for e in events], str(watch.model or ""))
+        return answer if answer is not None else {"usage": dict(self.usage)}  # a LiteLLM without that reader
 
     def cost(self, watch: "_Watch", answer: Any, candidate: Any) -> float | None:
         if isinstance(answer, Mapping):
