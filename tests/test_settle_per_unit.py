@@ -78,3 +78,14 @@ async def test_a_per_unit_answer_is_settled_before_the_call_returns(tmp_path, pr
     else:
         assert record.amount_usd == pytest.approx(_expected(call, billing), rel=1e-9), record.attrs
         assert "usage" not in record.attrs
+
+
+@pytest.mark.parametrize("response_format", ["verbose_json", "text", "srt"])
+async def test_a_transcription_names_its_response_format(tmp_path, providers, response_format):
+    """Transcription (like speech and images) names its output format (``"verbose_json"``): the chat
+    check that wants an object there refused it with a 400 naming ``response_format``."""
+    per_unit, billing = providers
+    policy = {"version": 1, "ledger": "memory://", "requests": {"unbounded_reserve_usd": RESERVE}}
+    with attached(_model_list(per_unit, billing), policy) as (router, engine):
+        await router.atranscription(model="stt", file=("a.wav", b"RIFF" + b"\0" * 100), response_format=response_format)
+        assert engine.spend.ledger.open_reservations() == 0 and len(engine.spend.ledger.records()) == 1
