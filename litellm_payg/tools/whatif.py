@@ -51,7 +51,8 @@ from litellm_payg.tools.whatif_history import (
 LISTED = 100  # examples kept per list (unpriced, blocked, downgraded)
 DEFAULT_TOP = 10
 _LINEAR_UP_TO = 100_000  # prompt tokens below every tiered price's threshold (128k, 200k): rates are linear
-_PRICE_CACHE = 20_000  # exact (non-linear) prices kept, at most
+_PRICE_CACHE = 20_000  # exact (non-linear) prices kept, at most (and quality bars by prompt size)
+_NO_BAR = object()
 
 
 # -- prices -------------------------------------------------------------------------------------
@@ -151,21 +152,15 @@ class HistoryPricer(Pricer):
 
 
 class _ReplayLedger:
-    """A memory ledger that keeps budgets, not the history of charges: a replay reads its budgets'
-    usage and never its records, and a million kept ``SpendRecord`` s would make memory grow with the
-    history. Built on first use (``stores`` is imported lazily, as the rest of the runtime)."""
+    """The ledger a replay runs on (``whatif_ledger.ReplayLedger``): the memory ledger's budgets,
+    without a record per charge (a million kept ``SpendRecord`` s would make memory grow with the
+    history), a request answered at once reserved and settled in one pass."""
 
     @staticmethod
     def make() -> Any:
-        from litellm_payg.stores.ledger import open_ledger
+        from litellm_payg.tools.whatif_ledger import ReplayLedger
 
-        class _Forget(list):
-            def append(self, item: Any) -> None:  # noqa: D102 - a charge's record is not kept
-                return None
-
-        ledger = open_ledger("memory://")  # the memory backend keeps its records in ``_records``
-        ledger._records = _Forget()
-        return ledger
+        return ReplayLedger()
 
 
 class _Identity:
@@ -304,6 +299,10 @@ def replay(
     totals = result.totals
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
+    #: quality bars by (group, prompt tokens), for routes without ``when:`` (the bar is the prompt size's)
+    conditioned = {g: any(rule.context.when is not None for rule in rules) for g, rules in engine.routes.items()}
+    bars: dict[tuple[str, int | None], float | None] = {}
+    eligible_cache: dict[tuple[str, int, float | None], list[Any]] = {}
     day_names: dict[int, str] = {}
     bar_progress = _Progress(None, progress, verb="replaying")
     began = time.perf_counter()
@@ -345,14 +344,28 @@ def replay(
         request = RouteRequest(group=group, prompt_tokens=row.prompt_tokens, output_tokens=expected_out,
                                user=row.user, team=row.team, api_key=row.key, tags=row.tags, end_user=row.end_user,
                                session=row.session, trace_id=row.request_id)
-        # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar
-        bar = _quality_bar(engine, request)
+        # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar;
+        # a route without ``when:`` sets a bar from the prompt's size alone, so it is kept per size
+        if conditioned.get(group, False):
+            bar = _quality_bar(engine, request)
+        else:
+            bar_key = (group, row.prompt_tokens)
+            bar = bars.get(bar_key, _NO_BAR)
+            if bar is _NO_BAR:
+                if len(bars) >= _PRICE_CACHE:
+                    bars.clear()
+                bar = bars[bar_key] = _quality_bar(engine, request)
+        eligible_key = (group, len(group_cands), bar)
+        eligible = eligible_cache.get(eligible_key)
+        if eligible is None:
+            eligible = eligible_cache[eligible_key] = [
+                c for c in group_cands if bar is None or (c.quality is not None and c.quality >= bar)]
         oracle = None
-        for c in group_cands:
-            if bar is None or (c.quality is not None and c.quality >= bar):
-                v = pricer.charge(c, row)
-                if v is not None and (oracle is None or v < oracle):
-                    oracle = v
+        priced: dict[str, float | None] = {}
+        for c in eligible:
+            v = priced[c.deployment_id] = pricer.charge(c, row)
+            if v is not None and (oracle is None or v < oracle):
+                oracle = v
         rid = f"whatif-{n}"
         policy_cost = 0.0
         blocked_by = None
@@ -366,7 +379,7 @@ def replay(
             blocked_by = "no deployment left"
         else:
             chosen = picked.candidate
-            charge = pricer.charge(chosen, row)
+            charge = priced[chosen.deployment_id] if chosen.deployment_id in priced else pricer.charge(chosen, row)
             if charge is None:
                 engine.spend.release(rid)
                 unpriced(row, f"the policy picked {chosen.model}, which has no price")
