@@ -250,12 +250,15 @@ def replay(
     seen_deployments: Iterable[tuple[str, str, str | None]] = (),
     top: int = DEFAULT_TOP,
     progress: bool = False,
+    ledger: Any = None,
 ) -> WhatIfResult:
     """Replay ``rows`` (in time order) through ``policy`` (a path or a loaded Policy).
 
     ``candidates_by_group``: the deployments (a LiteLLM config's model list); without it, each
     group's deployments are the models the policy's route names plus ``seen_deployments``
-    ((group, model, deployment id) the history used) and any model a row names that neither had."""
+    ((group, model, deployment id) the history used) and any model a row names that neither had.
+    ``ledger``: what the budgets are counted on (default: a fresh ``whatif_ledger.ReplayLedger``;
+    the tests pass the plain memory ledger to show both give the same answer)."""
     from litellm_payg.adapter.deployments import candidates_named_by_policy
     from litellm_payg.core.decision import RouteRequest
     from litellm_payg.core.errors import BudgetRefused, NoDeploymentLeft
@@ -266,7 +269,7 @@ def replay(
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     clock = _Clock(0.0)
-    engine = Engine(loaded, ledger=_ReplayLedger.make(), clock=clock)
+    engine = Engine(loaded, ledger=ledger if ledger is not None else _ReplayLedger.make(), clock=clock)
     from_config = candidates_by_group is not None
     cands: dict[str, list[Any]] = {g: list(cs) for g, cs in (candidates_by_group or {}).items()}
     if not from_config:
