@@ -172,7 +172,7 @@ class _Identity:
         return list(seq)[:k]
 
 
-@dataclass
+@dataclass(slots=True)
 class Totals:
     requests: int = 0
     actual: float = 0.0
@@ -299,6 +299,7 @@ def replay(
     expected_out = engine.expected_output_tokens(None)
     result = WhatIfResult(policy_source=loaded.source or "<policy>", history_source=history_source)
     by = result.by = {d: {} for d in DIMENSIONS}
+    by_day, by_team, by_key, by_group, by_model_name = (by[d] for d in DIMENSIONS)
     totals = result.totals
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
@@ -416,19 +417,22 @@ def replay(
         day = day_names.get(day_n)
         if day is None:
             day = day_names[day_n] = iso(day_n * 86400.0)[:10]
-        for dim, value in (("day", day), ("team", row.team or "-"), ("key", row.key or "-"), ("group", group),
-                           ("model", row.model)):
-            t = by[dim].get(value)
+        spend, served, was_blocked, was_downgraded = row.spend_usd, blocked_by is None, blocked_by is not None, bool(downgraded_by)
+        for values, value in ((by_day, day), (by_team, row.team or "-"), (by_key, row.key or "-"), (by_group, group),
+                              (by_model_name, row.model)):
+            t = values.get(value)
             if t is None:
-                t = by[dim][value] = Totals()
+                t = values[value] = Totals()
             t.requests += 1
-            t.actual += row.spend_usd
+            t.actual += spend
             t.policy += policy_cost
             t.oracle += oracle_cost
-            if blocked_by is None:
+            if served:
                 t.oracle_served += oracle_cost
-            t.blocked += blocked_by is not None
-            t.downgraded += bool(downgraded_by)
+            if was_blocked:
+                t.blocked += 1
+            if was_downgraded:
+                t.downgraded += 1
         totals.requests += 1
         totals.actual += row.spend_usd
         totals.policy += policy_cost

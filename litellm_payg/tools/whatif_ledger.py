@@ -146,8 +146,7 @@ class ReplayLedger(MemoryLedger):
         buckets = tuple(buckets)
         check_buckets(buckets)
         check_ttl(ttl_s)
-        to_nanos(amount_usd)
-        actual = to_nanos(amount_usd, "actual_usd")
+        actual = to_nanos(amount_usd)
         now = clock(now)
         with self._lock:
             self._check_open()
