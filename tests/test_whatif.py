@@ -500,8 +500,7 @@ def test_the_replay_ledger_holds_one_reservation_aside_and_applies_it_when_anoth
     """Reservations that overlap (never in a replay, but the ledger is a ledger) behave as on the
     memory ledger: the held one is applied before anything else reads or changes the counters."""
     from litellm_payg.core.buckets import Bucket
-    from litellm_payg.stores.ledger.memory import MemoryLedger
-    from litellm_payg.tools.whatif_ledger import ReplayLedger
+    from litellm_payg.stores.ledger.memory import MemoryLedger, ReplayLedger
 
     cap = Bucket("cap", 1.0, True)
     idle = Bucket("run", None, False, idle_s=60)

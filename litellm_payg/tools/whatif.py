@@ -18,8 +18,9 @@ were; the biggest single differences.
 
 Memory: the history is streamed; what is kept grows with the number of distinct days, teams, keys,
 groups and models, the ledger's live budget buckets (one per scope value and window, idle session
-buckets expire), the price cache (at most ``_PRICE_CACHE`` entries) and the ``--top`` and ``LISTED``
-examples, not with the rows. The ledger keeps no record per charge (``_ReplayLedger``).
+buckets expire), the price and quality-bar caches (at most ``_PRICE_CACHE`` entries each) and the
+``--top`` and ``LISTED`` examples, not with the rows. The ledger keeps no record per charge and books
+an answered request in one pass (``stores.ledger.memory.ReplayLedger``, the memory ledger's budgets).
 """
 
 from __future__ import annotations
@@ -152,15 +153,15 @@ class HistoryPricer(Pricer):
 
 
 class _ReplayLedger:
-    """The ledger a replay runs on (``whatif_ledger.ReplayLedger``): the memory ledger's budgets,
+    """The ledger a replay runs on (``stores.ledger.memory.ReplayLedger``): the memory ledger's budgets,
     without a record per charge (a million kept ``SpendRecord`` s would make memory grow with the
     history), a request answered at once reserved and settled in one pass."""
 
     @staticmethod
     def make() -> Any:
-        from litellm_payg.tools.whatif_ledger import ReplayLedger
+        from litellm_payg.stores.ledger import open_replay_ledger
 
-        return ReplayLedger()
+        return open_replay_ledger()
 
 
 class _Identity:
@@ -257,7 +258,7 @@ def replay(
     ``candidates_by_group``: the deployments (a LiteLLM config's model list); without it, each
     group's deployments are the models the policy's route names plus ``seen_deployments``
     ((group, model, deployment id) the history used) and any model a row names that neither had.
-    ``ledger``: what the budgets are counted on (default: a fresh ``whatif_ledger.ReplayLedger``;
+    ``ledger``: what the budgets are counted on (default: a fresh ``stores.ledger.memory.ReplayLedger``;
     the tests pass the plain memory ledger to show both give the same answer)."""
     from litellm_payg.adapter.deployments import candidates_named_by_policy
     from litellm_payg.core.decision import RouteRequest
