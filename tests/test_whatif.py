@@ -569,3 +569,37 @@ def test_the_plugins_ledger_records_the_token_counts_what_if_reprices(tmp_path, 
     assert t["requests"] == 1 and t["unpriced"] == 0 and t["actual_usd"] == pytest.approx(paid)
     # replayed at the 3,000 prompt tokens the answer reported: the long-request tier's pick
     assert t["policy_usd"] == pytest.approx(_hand_cost(_expected_support_pick(3000), 3000, 200, 1000), rel=1e-9)
+
+
+def test_rows_read_ahead_on_a_thread_keep_their_order_errors_and_bound():
+    """The Postgres rows are read on a thread (``prefetched``): the same rows in the same order, the
+    reader's error raised where the rows are read, never more than ``ahead`` batches waiting, and a
+    reader that stops early stops (and closes) the source."""
+    import threading
+
+    from litellm_payg.tools.whatif_history import WhatIfInputError
+    from litellm_payg.tools.whatif_postgres import prefetched
+
+    produced, closed = [0], threading.Event()
+
+    def source(n: int, fail_at: int | None = None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise WhatIfInputError("the spend logs went away")
+                produced[0] += 1
+                yield i
+        finally:
+            closed.set()
+
+    assert list(prefetched(source(25_003), batch=1000, ahead=2)) == list(range(25_003))
+    with pytest.raises(WhatIfInputError, match="went away"):
+        list(prefetched(source(5000, fail_at=4321), batch=1000, ahead=2))
+    produced[0] = 0
+    closed.clear()
+    rows = prefetched(source(100_000), batch=1000, ahead=2)
+    assert next(rows) == 0
+    threading.Event().wait(0.3)  # the reader fills what it may ahead, then waits
+    assert produced[0] <= 4 * 1000  # the batch read, two waiting, the one being made
+    rows.close()
+    assert closed.wait(5) and produced[0] < 100_000
