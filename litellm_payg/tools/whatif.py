@@ -334,7 +334,7 @@ def replay(
             unpriced(row, "no usage recorded (prompt and completion tokens unknown)")
             continue
         group = row.group
-        if not from_config:
+        if not from_config and row.model not in by_model.get(group, ()):
             add_seen(group, row.model, row.deployment)
         group_cands = cands.get(group)
         if not group_cands:

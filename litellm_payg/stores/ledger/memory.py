@@ -373,6 +373,8 @@ class ReplayLedger(MemoryLedger):
         now = clock(now)
         with self._lock:
             self._check_open()
+            if not buckets and not self._expiry:
+                return None  # no budget counts it and nothing is open to expire: nothing to change
             self._expire(now)
             for b in buckets:
                 c = self._counter(b)
