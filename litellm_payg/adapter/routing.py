@@ -1161,7 +1161,7 @@ class PaygRouting(CustomLogger):
             # whitespace ("hello world" is priced as 10 characters), so the ledger would fall below
             # the bill: charge the characters the provider was sent, as the reservation counted them
             cost = max(cost, state.characters * per_character)
-        return charges.Charge(cost, prompt_tokens, completion_tokens)
+        return charges.Charge(cost, prompt_tokens, completion_tokens, **charges.token_details(response))
 
     def _finish(self, state: RequestState) -> None:
         """The request was answered: its state is released now, unless the proxy's response headers

@@ -61,10 +61,15 @@ def scope_values(kind: str, request: RouteRequest, candidate: Candidate | None) 
     return SCOPE_REGISTRY[kind].read(request, candidate)
 
 
-def scope_values_key(request: RouteRequest, candidate: Candidate | None) -> tuple[tuple[str, ...], ...]:
-    """Every scope's values, as one hashable key: two requests with the same key fall under the
-    same budget buckets (``SpendControl`` caches the buckets by it)."""
-    return tuple(kind.read(request, candidate) for kind in SCOPE_REGISTRY.values())
+def scope_values_key(request: RouteRequest, candidate: Candidate | None,
+                     kinds: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], ...]:
+    """The values of every scope kind in ``kinds`` (default: all of them), as one hashable key: two
+    requests with the same key fall under the same buckets of budgets written only for those kinds
+    (``SpendControl`` caches the buckets by it, with the kinds its budgets use: a budget's buckets
+    depend on the request through its own kind's values and nothing else, ``budgets.buckets_for``)."""
+    if kinds is None:
+        return tuple(kind.read(request, candidate) for kind in SCOPE_REGISTRY.values())
+    return tuple(SCOPE_REGISTRY[k].read(request, candidate) for k in kinds)
 
 
 def record_attrs(request: RouteRequest, candidate: Candidate) -> dict[str, Any]:
