@@ -375,21 +375,17 @@ class ReplayLedger(MemoryLedger):
             self._expire(now)
             if reservation_id in self._res:
                 return ReserveResult(True, reservation_id, None, self._usage(buckets, now))
-            for b in buckets:
-                lim = limit_nanos(b)
-                if lim is None:
-                    continue
-                c = self._counters.get(b.key)
-                used = 0 if c is None else c.spent_at(now) + c.reserved
-                if used + bucket_amount(b, amount) > lim:
-                    return ReserveResult(False, reservation_id, b.key, self._usage(buckets, now))
+            refused = self._refusal(buckets, amount, now)  # the memory ledger's: closed, age, limit + grant
+            if refused is not None:
+                return ReserveResult(False, reservation_id, refused[0], self._usage(buckets, now), refused[1])
             self._held = _Held(reservation_id, amount, buckets, now, ttl_s)
             # ``usage`` (before the reservation) is left empty on success: admission reads it only
             # when refused, and computing it is a dict of Usage per bucket per row
             return ReserveResult(True, reservation_id, None, {})
 
-    def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+    def settle(self, reservation_id, actual_usd, now=None, attrs=None, units=None):
         actual = to_nanos(actual_usd, "actual_usd")
+        check_units(units)
         now = clock(now)
         with self._lock:
             h = self._held
@@ -407,9 +403,9 @@ class ReplayLedger(MemoryLedger):
                     c = self._counter(b)
                     c.wake(h.now)
                     c.wake(now)
-                    c.add(bucket_amount(b, actual), now)
+                    c.add(spec_amount(b.counts, b.units, actual, units), now)
                 return True
-        return super().settle(reservation_id, actual_usd, now=now, attrs=attrs)
+        return super().settle(reservation_id, actual_usd, now=now, attrs=attrs, units=units)
 
     def release(self, reservation_id):
         with self._lock:
@@ -466,13 +462,13 @@ class ReplayLedger(MemoryLedger):
             self._apply_held()
         return super().open_reservations()
 
-    def _charge(self, rid, res, amount, amount_usd, ts, kind, now):
+    def _charge(self, rid, res, amount, amount_usd, ts, kind, now, units=None):
         # the memory ledger's charge, without the SpendRecord (a replay never reads its records)
         for b in res.buckets:
             c = self._counter(b)
             c.wake(now)
             c.reserved = max(0, c.reserved - bucket_amount(b, res.amount))
-            c.add(bucket_amount(b, amount), ts)
+            c.add(spec_amount(b.counts, b.units, amount, units), ts)
 
     def records(self, since=None):
         return []
