@@ -17,11 +17,13 @@ import pluggy
 
 from litellm_payg import hookspecs
 from litellm_payg.core.errors import PluginError
+from litellm_payg.core.scopes import ScopeKind, ScopeRegistry
 from litellm_payg.hook_chain import HookChain
 
 ENTRY_POINT_GROUP = "litellm_payg"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "litellm_payg.default_plugins.scopes",
     "litellm_payg.default_plugins.cost_threshold",
     "litellm_payg.default_plugins.quality_floor",
     "litellm_payg.default_plugins.split",
@@ -116,6 +118,45 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type]:
 
         link.call(register=register)
     return found
+
+
+def scope_registry(pm: pluggy.PluginManager) -> ScopeRegistry:
+    """Every scope kind the registered plugins declare (``payg_register_scopes``), as the
+    registry a policy reads them from. Called as a chain, like :func:`rule_types`, so a clash
+    names both plugins."""
+    registry = ScopeRegistry()
+    owners: dict[str, str] = {}
+    for link in HookChain(pm, "payg_register_scopes").links():
+
+        def register(kind: ScopeKind, _owner: str = link.name) -> None:
+            if not isinstance(kind, ScopeKind):
+                raise PluginError(f"plugin {_owner}: payg_register_scopes registers a "
+                                  f"litellm_payg.core.scopes.ScopeKind, got {kind!r}")
+            if kind.name in owners and registry[kind.name] is not kind:
+                raise PluginError(f"scope kind {kind.name!r} is registered twice: by {owners[kind.name]} and by {_owner}")
+            try:
+                registry.add(kind)
+            except ValueError as exc:
+                raise PluginError(f"plugin {_owner}: {exc}") from None
+            owners.setdefault(kind.name, _owner)
+
+        link.call(register=register)
+    return registry
+
+
+_BUILTIN_SCOPES: list[ScopeRegistry] = []
+
+
+def builtin_scopes() -> ScopeRegistry:
+    """The scope kinds the built-in plugins register (no policy's plugins): what a tool that runs
+    before any policy is loaded lists (``explain``'s flags, ``simulate``'s traffic fields)."""
+    if not _BUILTIN_SCOPES:
+        pm = pluggy.PluginManager("litellm_payg")
+        pm.add_hookspecs(hookspecs)
+        for name in DEFAULT_PLUGINS:
+            pm.register(importlib.import_module(name), name=name)
+        _BUILTIN_SCOPES.append(scope_registry(pm))
+    return _BUILTIN_SCOPES[0]
 
 
 def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[dict[str, object]]:
