@@ -1,5 +1,7 @@
 """The door for declared request attributes: where LiteLLM keeps what a scope kind reads.
 
+A client-asserted one (``metadata_field``) is read from the request's metadata field it names.
+
 A scope kind declared with ``key_field`` (``core/scopes.py``: ``request_attribute("org",
 key_field="org_id", ...)``) is a field of the authenticated key. LiteLLM's wire format for it is
 known here and nowhere below the adapter:
@@ -26,18 +28,22 @@ from litellm_payg.core.scopes import ScopeRegistry
 _PROXY_MARKS = ("user_api_key_hash", "user_api_key")
 
 
-def key_attributes(scopes: ScopeRegistry, metadata: Mapping[str, Any], key: Any = None) -> tuple[tuple[str, str], ...]:
-    """The key-sourced attributes of a request, as kept (bounded labels), for ``RequestIdentity.attrs``:
-    from ``key`` (the proxy's ``UserAPIKeyAuth``) when given, else from the proxy's metadata fields,
-    else (the SDK) from the calling code's metadata."""
-    kinds = scopes.key_sourced()
+def door_attributes(scopes: ScopeRegistry, metadata: Mapping[str, Any], key: Any = None) -> tuple[tuple[str, str], ...]:
+    """The declared request attributes of a request, as kept (bounded labels), for
+    ``RequestIdentity.attrs``. A key-sourced one from ``key`` (the proxy's ``UserAPIKeyAuth``) when
+    given, else from the proxy's metadata fields, else (the SDK) from the calling code's metadata;
+    a client-asserted one from its metadata field."""
+    kinds = scopes.door_filled()
     if not kinds:
         return ()
     via_proxy = key is not None or any(metadata.get(mark) for mark in _PROXY_MARKS)
     raw: dict[str, Any] = {}
     for kind in kinds:
-        if key is not None:
-            raw[kind.name] = getattr(key, kind.key_field, None)  # type: ignore[arg-type]
+        if kind.key_field is None:
+            value = metadata.get(kind.metadata_field)  # type: ignore[arg-type]
+            raw[kind.name] = value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        elif key is not None:
+            raw[kind.name] = getattr(key, kind.key_field, None)
         elif via_proxy:
             raw[kind.name] = metadata.get(f"user_api_key_{kind.key_field}")
         else:

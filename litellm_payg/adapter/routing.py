@@ -73,7 +73,7 @@ from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.adapter.failures import (
     MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream, timed_out_after_sending,
 )
-from litellm_payg.adapter.attributes import key_attributes
+from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import (
     DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, run_of, session_of,
 )
@@ -531,7 +531,7 @@ class PaygRouting(CustomLogger):
         if state.identity is None:
             try:
                 state.identity = identity_of(request_kwargs, metadata)
-                attrs = key_attributes(self.engine.spend.scopes, metadata)
+                attrs = door_attributes(self.engine.spend.scopes, metadata)
                 if attrs:
                     state.identity = dataclasses.replace(state.identity, attrs=attrs)
             except LabelError as exc:

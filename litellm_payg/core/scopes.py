@@ -50,6 +50,8 @@ class ScopeKind:
     #: for ``source: key``: the authenticated key's field the value is read from (the adapter maps it
     #: to LiteLLM's key object and to the fields its proxy writes into the request's metadata)
     key_field: str | None = None
+    #: for a client-asserted attribute of the request: the request metadata's field it is read from
+    metadata_field: str | None = None
     #: the RouteRequest field the value is kept in; None: ``RouteRequest.attrs[name]``
     field: str | None = None
     #: its key in a ``when:`` condition; None: not a condition
@@ -85,13 +87,19 @@ def one(value: Any) -> tuple[str, ...]:
     return () if value in (None, "") else (str(value),)
 
 
-def request_attribute(name: str, *, doc: str, trusted: bool, key_field: str | None = None,
+def request_attribute(name: str, *, doc: str, key_field: str | None = None, metadata_field: str | None = None,
                       when: bool = True, record: str | None = None) -> ScopeKind:
     """A kind whose value is a request attribute kept in ``RouteRequest.attrs[name]``: the one
-    declaration of that attribute. ``key_field``: read from the authenticated key's field of that
-    name (trusted); without it the client asserts it."""
-    return ScopeKind(name, lambda r, c: one(r.attrs.get(name)), record or name, trusted, doc,
-                     source="key" if key_field else "client", key_field=key_field,
+    declaration of that attribute. Exactly one of ``key_field`` (read from the authenticated key's
+    field of that name: trusted) and ``metadata_field`` (read from the request's metadata: the
+    client asserts it)."""
+    if (key_field is None) == (metadata_field is None):
+        raise ValueError(f"request attribute {name!r}: give key_field (the authenticated key's) or "
+                         "metadata_field (the client's), one of them")
+    if metadata_field is not None and (metadata_field.startswith(("payg_", "user_api_key")) or not metadata_field):
+        raise ValueError(f"request attribute {name!r}: metadata.{metadata_field} is litellm-payg's or LiteLLM's own")
+    return ScopeKind(name, lambda r, c: one(r.attrs.get(name)), record or name, key_field is not None, doc,
+                     source="key" if key_field else "client", key_field=key_field, metadata_field=metadata_field,
                      when=name if when else None)
 
 
@@ -127,9 +135,10 @@ class ScopeRegistry(Mapping[str, ScopeKind]):
         """The kinds that are attributes of the request, not of the deployment it is sent to."""
         return [k for k in self._kinds.values() if k.source in ("key", "client")]
 
-    def key_sourced(self) -> list[ScopeKind]:
-        """The kinds the adapter fills from the authenticated key into ``RouteRequest.attrs``."""
-        return [k for k in self._kinds.values() if k.key_field is not None and k.field is None]
+    def door_filled(self) -> list[ScopeKind]:
+        """The kinds the adapter fills into ``RouteRequest.attrs`` at the door (from the
+        authenticated key, or the client's metadata)."""
+        return [k for k in self._kinds.values() if k.field is None and (k.key_field or k.metadata_field)]
 
     def by_when(self, key: str) -> ScopeKind | None:
         return next((k for k in self._kinds.values() if k.when == key), None)

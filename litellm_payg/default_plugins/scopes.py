@@ -14,8 +14,7 @@ from litellm_payg.core.scopes import BUILTIN_KINDS, request_attribute
 
 #: the authenticated key's organisation (LiteLLM's ``org_id`` of the key): trusted, read from the key
 #: and never from a field the client writes; ``org:*`` caps every key of one organisation together
-ORG = request_attribute("org", key_field="org_id", trusted=True,
-                        doc="the authenticated key's organisation")
+ORG = request_attribute("org", key_field="org_id", doc="the authenticated key's organisation")
 
 
 @hookimpl
