@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 import yaml
+from proxy_fixtures import litellm_proxy_factory  # noqa: F401  (fixture)
 from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, served_by, settled
 
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
@@ -184,3 +185,47 @@ def test_a_kind_registered_twice_names_both_plugins(tmp_path):
     path.write_text(yaml.safe_dump({"version": 1, "plugins": ["twice.py"]}))
     with pytest.raises(PolicyError, match="scope kind 'org' is registered twice: by twice.py and by litellm_payg.default_plugins.scopes"):
         load_policy(path)
+
+
+ORG_AUTH_MODULE = "payg_org_auth"
+ORG_AUTH = '''\
+"""custom_auth for the org test: ``sk-org.<org>.<nonce>``, a key of organisation <org>."""
+from fastapi import HTTPException
+from litellm.proxy._types import UserAPIKeyAuth
+
+
+async def user_api_key_auth(request, api_key: str) -> UserAPIKeyAuth:
+    key = (api_key or "").removeprefix("Bearer ").strip()
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != "sk-org":
+        raise HTTPException(status_code=401, detail="unknown key")
+    return UserAPIKeyAuth(api_key=key, org_id=parts[1] or None)
+'''
+
+
+def test_two_keys_of_one_org_through_a_real_proxy(litellm_proxy_factory):  # noqa: F811
+    """LiteLLM's proxy without a database: ``custom_auth`` says which organisation each key is
+    of, as LiteLLM's own key table would. Two keys of ``acme`` share its cap; a third key, of
+    ``globex``, has its own; a client's ``metadata.org`` changes nothing."""
+    from trust_helpers import LedgerView, post
+
+    config = {"model_list": [deployment("chat", DEEPSEEK, "ds")],
+              "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},
+              "general_settings": {"custom_auth": f"{ORG_AUTH_MODULE}.user_api_key_auth"}}
+    policy = _policy(ledger="sqlite:///payg-ledger.db")
+    running = litellm_proxy_factory(config, name="org", files={
+        "payg-policy.yaml": yaml.safe_dump(policy), f"{ORG_AUTH_MODULE}.py": ORG_AUTH}).wait_ready()
+    ledger = LedgerView(running.workdir)
+    keys = {name: f"sk-org.{org}.{name}-{uuid.uuid4().hex[:8]}" for name, org in
+            (("a", "acme"), ("b", "acme"), ("g", "globex"))}
+    body = {"model": "chat", "messages": MESSAGES, "max_tokens": 20}
+    try:
+        codes = [post(running.base_url, "/v1/chat/completions", {**body, "metadata": {"org": "globex"}}, keys[k]).status_code
+                 for k in ("a", "b", "a", "b")]
+        assert codes == [200, 200, 200, 429], codes
+        assert post(running.base_url, "/v1/chat/completions", body, keys["g"]).status_code == 200
+        records = ledger.ledger.records()
+        assert sorted(r.attrs.get("org") for r in records) == ["acme", "acme", "acme", "globex"]
+        assert spend(records, "org:acme") == pytest.approx(3 * MOCK_COST, rel=1e-9)
+    finally:
+        ledger.close()
