@@ -108,3 +108,46 @@ def test_simulate_serves_and_refuses_what_a_live_router_does(tmp_path, kind):
     assert blocked == {"cap": len(WHO) - 3 * values}
     assert sim_spent == pytest.approx(live_spent, rel=1e-12, abs=0)
     assert live_spent == pytest.approx(3 * values * (prompt_usd + completion_usd), rel=1e-12)
+
+
+def test_a_runs_line_names_its_key_and_org_too(tmp_path):
+    """A runs line takes the same attribute fields as a request class: its runs' requests count in
+    the organisation's cap."""
+    prompt_usd, completion_usd = litellm.cost_per_token(model=MODEL, prompt_tokens=PROMPT, completion_tokens=COMPLETION)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(_policy("org", 3.5 * (prompt_usd + completion_usd))))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model_list": MODEL_LIST}))
+    runs = {"runs": {"name": "agent", "group": "chat", "count": 2, "key": "sk-a", "org": "o1", "time": "2025-01-01T10:00:00Z",
+                     "steps": [{"step": "act", "prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "max_tokens": MAX_TOKENS,
+                                "repeat": 2},
+                               {"step": "final", "prompt_tokens": PROMPT, "completion_tokens": COMPLETION,
+                                "max_tokens": MAX_TOKENS}]}}
+    result = simulate(str(policy), parse_traffic(json.dumps(runs), "runs.jsonl"), config=str(config),
+                      start=1735689600.0, period_days=1)
+    assert sum(result.served_by_class) == 3 and result.blocked == {"cap": 3}
+
+
+def test_what_if_caps_an_org_from_its_history_rows(tmp_path):
+    """``what-if``'s history rows carry the key's organisation (LiteLLM's spend logs keep it): an
+    ``org:*`` budget refuses the same requests there."""
+    from litellm_payg.adapter.deployments import candidates_from_config
+    from litellm_payg.policy.load import load_policy
+    from litellm_payg.tools.whatif import replay
+    from litellm_payg.tools.whatif_history import HistoryRow
+
+    prompt_usd, completion_usd = litellm.cost_per_token(model=MODEL, prompt_tokens=PROMPT, completion_tokens=COMPLETION)
+    policy = tmp_path / "policy.yaml"
+    # a history row has no max_tokens: a request reserves the model's whole output, and is served
+    # while the org's spend is at most 2.5 requests' (three of them)
+    most = litellm.get_model_info(MODEL)["max_output_tokens"]
+    reserve = sum(litellm.cost_per_token(model=MODEL, prompt_tokens=PROMPT, completion_tokens=most))
+    policy.write_text(yaml.safe_dump(_policy("org", reserve + 2.5 * (prompt_usd + completion_usd))))
+    rows = [HistoryRow(request_id=f"r{i}", ts=1735725600.0 + i, group="chat", model=MODEL, deployment="ds",
+                       prompt_tokens=PROMPT, completion_tokens=COMPLETION, key=_hash(f"sk-{who}"), org=ORG_OF[who])
+            for i, who in enumerate(WHO)]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model_list": MODEL_LIST}))
+    loaded = load_policy(policy)
+    result = replay(loaded, rows, candidates_by_group=candidates_from_config(str(config), loaded))
+    assert sum(n for (by, _), n in result.blocked.items() if by == "cap") == len(WHO) - 6

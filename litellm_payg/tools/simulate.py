@@ -436,13 +436,14 @@ def parse_runs(obj: Any, where: str, number: int) -> Any:
     """A ``{"runs": {...}}`` line's object; bad input is a SimulationError naming line and field."""
     if not isinstance(obj, dict):
         raise _error(where, f"'runs' must be an object, got {obj!r}")
-    unknown = sorted(set(obj) - RUNS_FIELDS)
+    known = RUNS_FIELDS | set(attribute_fields())  # and every request attribute a scope kind declares
+    unknown = sorted(set(obj) - known)
     if unknown:
-        raise _error(where, f"runs: unknown field(s) {unknown}; expected some of {sorted(RUNS_FIELDS)}")
+        raise _error(where, f"runs: unknown field(s) {unknown}; expected some of {sorted(known)}")
     group = obj.get("group")
     if not isinstance(group, str) or not group:
         raise _error(where, "runs.group (the LiteLLM model group) is required")
-    for key in ("name", "user", "team"):
+    for key in ("name", "user", "team", *attribute_fields()):
         if obj.get(key) is not None and (not isinstance(obj[key], str) or not obj[key]):
             raise _error(where, f"runs.{key} must be a non-empty string")
     count = _runs_count(obj, "count", where, "runs.", minimum=1)
@@ -487,7 +488,8 @@ def parse_runs(obj: Any, where: str, number: int) -> Any:
     faults = _parse_faults(obj["faults"], f"{where}: runs") if obj.get("faults") is not None else ()
     retries = _runs_count(obj, "retries", where, "runs.", minimum=0, required=False)
     return sim_runs.RunSpec(obj.get("name") or f"runs {number}", group, count, blocks, runaway, float(gap), start, end,  # type: ignore[arg-type]
-                   obj.get("user"), obj.get("team"), tuple(tags), number, faults, retries)
+                   obj.get("user"), obj.get("team"), tuple(tags), number, faults, retries,
+                   tuple((key, obj[key]) for key in attribute_fields() if obj.get(key) is not None))
 
 
 
@@ -516,7 +518,7 @@ def _run_classes(specs: Sequence[Any], first_index: int) -> tuple[list[Any], dic
                 classes.append(TrafficClass(
                     name=name, group=spec.group, prompt_tokens=st.prompt_tokens, completion_tokens=st.completion_tokens,
                     count=0, user=spec.user, team=spec.team, tags=spec.tags, max_tokens=st.max_tokens, line=spec.line,
-                    faults=spec.faults, retries=spec.retries, step=st.step, run=spec.name))
+                    faults=spec.faults, retries=spec.retries, step=st.step, run=spec.name, attrs=spec.attrs))
     return classes, class_of
 
 
