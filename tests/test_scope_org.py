@@ -229,3 +229,22 @@ def test_two_keys_of_one_org_through_a_real_proxy(litellm_proxy_factory):  # noq
         assert spend(records, "org:acme") == pytest.approx(3 * MOCK_COST, rel=1e-9)
     finally:
         ledger.close()
+
+
+async def test_the_budget_gauges_show_each_org():
+    """The metrics' budget gauges remember who routed by every declared attribute: an ``org:*``
+    budget has a gauge per organisation seen."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    import re
+
+    group = "org-metrics-chat"  # a group no other test uses: the registry is process-wide
+    policy = {**_policy(), "plugins": ["litellm_payg.adapter.metrics"]}
+    policy["budgets"] = [{"name": "org-metrics", "scope": "org:*", "window": "day", "limit_usd": CAP}]
+    with attached([deployment(group, DEEPSEEK, "om-ds")], policy) as (router, engine):
+        for key, org in (("sk-a", "acme"), ("sk-b", "acme"), ("sk-c", "globex")):
+            await router.acompletion(model=group, messages=MESSAGES, max_tokens=20, metadata=_proxy_metadata(key, org))
+        await settled(engine)
+        text = prometheus_client.generate_latest().decode()
+    spent = {scope: float(value) for scope, value in re.findall(
+        r'litellm_payg_budget_spend_usd\{budget="org-metrics",on_exceed="block",scope="([^"]+)",window="day"\} (\S+)', text)}
+    assert spent == pytest.approx({"org:acme": 2 * MOCK_COST, "org:globex": MOCK_COST}, rel=1e-9), spent
