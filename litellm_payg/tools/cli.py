@@ -157,17 +157,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         group=args.model,
         prompt_tokens=args.prompt_tokens,
         output_tokens=engine.expected_output_tokens(args.max_tokens),
-        user=args.user,
-        team=args.team,
-        api_key=args.key,
-        tags=tuple(args.tags),
         min_quality=args.min_quality,
         trace_id="explain",
         metadata=metadata,
-        session=args.session,
-        **engine.spend.scopes.request_fields({
-            kind.name: getattr(args, f"attr_{kind.name}") for kind in _attribute_flags()
-            if kind.name in engine.spend.scopes and getattr(args, f"attr_{kind.name}") is not None}),
+        # every request attribute through the one door (``ScopeRegistry.request_fields``), as kept live
+        **engine.spend.scopes.request_fields({name: value for name, value in {
+            "user": args.user, "team": args.team, "key": args.key, "tag": tuple(args.tags), "session": args.session,
+            **{kind.name: getattr(args, f"attr_{kind.name}") for kind in _attribute_flags()},
+        }.items() if name in engine.spend.scopes and value not in (None, ())}),
     )
     decision = engine.decide(request, candidates)
     if args.json:

@@ -24,7 +24,8 @@ Traffic is JSONL, one request class (or one request) per line::
      "time": "2025-01-01T00:00:00Z/2025-01-31T00:00:00Z"}
 
 Besides ``user``, ``team`` and ``tags``, a class may give every other request attribute a scope kind
-declares (:func:`attribute_fields`: ``key``, ``end_user``, ``org``, a plugin's), so that ``key:``,
+declares (:func:`attribute_fields`: ``key``, ``end_user``, ``org``; the built-in plugins' kinds, as the
+traffic is read before the policy), so that ``key:``,
 ``end_user:`` and ``org:`` budgets cap simulated traffic as they cap live traffic.
 
 ``count`` requests are spread evenly over ``time`` when it is a range (``start/end``), all at
