@@ -160,8 +160,10 @@ def builtin_scopes() -> ScopeRegistry:
 
 
 def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[dict[str, object]]:
-    """For ``litellm-payg plugins``: each plugin, its hooks and the rule types it registers."""
+    """For ``litellm-payg plugins``: each plugin, its hooks, the rule types and the scope kinds it
+    registers."""
     registers = HookChain(pm, "payg_register_rules").links()
+    scope_registers = HookChain(pm, "payg_register_scopes").links()
     rows = []
     for name, plugin in pm.list_name_plugin():
         builtin = name in DEFAULT_PLUGINS
@@ -172,5 +174,9 @@ def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[di
         for link in registers:
             if link.impl.plugin is plugin:
                 link.call(register=lambda cls: rules.append(cls.name))
-        rows.append({"name": name, "builtin": builtin, "hooks": hooks, "rules": rules})
+        scopes: list[str] = []
+        for link in scope_registers:
+            if link.impl.plugin is plugin:
+                link.call(register=lambda kind: scopes.append(kind.name))
+        rows.append({"name": name, "builtin": builtin, "hooks": hooks, "rules": rules, "scopes": scopes})
     return rows

@@ -145,7 +145,7 @@ def payg_register_scopes(register):
 '''
 
 
-async def test_a_plugin_registers_a_kind_of_its_own(tmp_path):
+async def test_a_plugin_registers_a_kind_of_its_own(tmp_path, capsys):
     """A third party's kind, registered like the built-ins: a client-asserted ``region`` read from
     the request's metadata, capped per value by ``region:*``."""
     (tmp_path / "region_plugin.py").write_text(PLUGIN)
@@ -165,6 +165,9 @@ async def test_a_plugin_registers_a_kind_of_its_own(tmp_path):
                 served.append(False)
         assert served == [True, True, True, False]
         await router.acompletion(model="chat", messages=MESSAGES, max_tokens=20, metadata={"region": "us"})
+    assert cli(["plugins", "--policy", str(path)]) == 0  # what the plugin registers
+    assert json.loads(capsys.readouterr().out) == [
+        {"name": "region_plugin.py", "builtin": False, "hooks": ["payg_register_scopes"], "rules": [], "scopes": ["region"]}]
     # another policy, without the plugin, does not know the kind
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({"version": 1, "budgets": [{"scope": "region:*", "window": "day", "limit_usd": 1}]}))

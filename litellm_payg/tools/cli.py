@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_parser(sub)
     replay.add_parser(sub)
 
-    plugins = sub.add_parser("plugins", help="list installed plugins and the rule types they add")
+    plugins = sub.add_parser("plugins", help="list installed plugins and the rule types and scope kinds they add")
     plugins.add_argument("--all", action="store_true", help="include the built-in plugins")
     plugins.add_argument("--policy", help="also load the plugin modules this policy names")
     plugins.set_defaults(func=cmd_plugins)
