@@ -108,6 +108,7 @@ class ScopeRegistry(Mapping[str, ScopeKind]):
 
     def __init__(self, kinds: Iterable[ScopeKind] = ()):
         self._kinds: dict[str, ScopeKind] = {}
+        self._door: list[ScopeKind] | None = None  # door_filled(), worked out once: read on every request
         for kind in kinds:
             self.add(kind)
 
@@ -117,6 +118,7 @@ class ScopeRegistry(Mapping[str, ScopeKind]):
         if kind.source not in SOURCES:
             raise ValueError(f"scope kind {kind.name!r}: source must be one of {', '.join(SOURCES)}, got {kind.source!r}")
         self._kinds[kind.name] = kind
+        self._door = None
 
     def __getitem__(self, name: str) -> ScopeKind:
         return self._kinds[name]
@@ -138,7 +140,9 @@ class ScopeRegistry(Mapping[str, ScopeKind]):
     def door_filled(self) -> list[ScopeKind]:
         """The kinds the adapter fills into ``RouteRequest.attrs`` at the door (from the
         authenticated key, or the client's metadata)."""
-        return [k for k in self._kinds.values() if k.field is None and (k.key_field or k.metadata_field)]
+        if self._door is None:
+            self._door = [k for k in self._kinds.values() if k.field is None and (k.key_field or k.metadata_field)]
+        return self._door
 
     def by_when(self, key: str) -> ScopeKind | None:
         return next((k for k in self._kinds.values() if k.when == key), None)
