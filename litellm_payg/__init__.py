@@ -36,6 +36,8 @@ __all__ = [
     "PolicyError",
     "RouteRequest",
     "Rule",
+    "RunNotFound",
+    "RunStatus",
     "RuleOptions",
     "Snapshot",
     "Step",
@@ -52,6 +54,9 @@ _LAZY = {
     "Step": ("litellm_payg.core.decision", "Step"),
     "Snapshot": ("litellm_payg.core.snapshot", "Snapshot"),
     "Rule": ("litellm_payg.rules", "Rule"),
+    # a run's status and run control (``Engine.run_report`` / ``close_run`` / ``grant_run``)
+    "RunStatus": ("litellm_payg.core.runs", "RunStatus"),
+    "RunNotFound": ("litellm_payg.core.runs", "RunNotFound"),
     "RuleOptions": ("litellm_payg.rules", "RuleOptions"),
     # the runtime and LiteLLM
     "BudgetExceeded": ("litellm_payg.adapter.litellm_errors", "BudgetExceeded"),

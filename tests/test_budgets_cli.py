@@ -7,6 +7,7 @@ import json
 import yaml
 
 from litellm_payg.tools.cli import main as cli
+from litellm_payg.tools.money import usd
 
 from routing_helpers import DEEPSEEK, attached, deployment, settled
 
@@ -21,6 +22,7 @@ async def test_budgets_lists_each_budget_and_each_user(tmp_path, capsys):
             {"name": "monthly", "scope": "global", "window": "month", "limit_usd": 1.0},
             {"name": "per-user", "scope": "user:*", "window": "day", "limit_usd": 0.5, "on_exceed": "block"},
             {"scope": "provider:deepseek", "window": "rolling:30m", "limit_usd": 0.2, "on_exceed": "downgrade"},
+            {"name": "tiny", "scope": "global", "window": "day", "limit_usd": 0.00025, "on_exceed": "alert"},
         ],
     }
     path = tmp_path / "policy.yaml"
@@ -43,6 +45,9 @@ async def test_budgets_lists_each_budget_and_each_user(tmp_path, capsys):
     assert cli(["budgets", str(path)]) == 0
     table = capsys.readouterr().out
     assert "user:alice" in table and "monthly" in table and "rolling" in table
+    # amounts keep their digits (money.usd): $0.0000336 spent of a $0.00025 limit, not 0.000034 of 0.0003
+    tiny = next(line for line in table.splitlines() if line.startswith("tiny "))
+    assert tiny.split()[4:7] == [usd(3 * one), "$0", "$0.00025"], tiny
 
 
 def test_budgets_reports_an_unreachable_ledger_without_a_traceback(tmp_path, capsys):

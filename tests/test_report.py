@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from litellm_payg.tools.cli import main as cli_main
+from litellm_payg.tools.money import usd
 from litellm_payg.tools.report import build_report
 
 from routing_helpers import DEEPSEEK, MISTRAL, attached, deployment, settled
@@ -254,4 +255,4 @@ async def test_report_lists_the_most_expensive_runs(tmp_path, capsys):
     assert code == 0
     section = out.split("Most expensive runs", 1)[1]
     assert section.index("run-away") < section.index("run-mid") < section.index("run-short")
-    assert f"${cost['run-away']:>14,.6f}" in section
+    assert f"{usd(cost['run-away']):>14}" in section  # four significant digits (money.usd), not $0.000134

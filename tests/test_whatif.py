@@ -176,7 +176,7 @@ def test_outputs_csv_html_and_small_amounts(month_db, tmp_path, capsys):
     assert "<script" not in page and "http" not in page.split("<svg", 1)[1].replace("http://www.w3.org/2000/svg", "")
     rows = csv_path.read_text().splitlines()
     assert rows[0].startswith("section,name,requests,paid_usd,policy_usd") and sum(r.startswith("day,") for r in rows) == 30
-    assert usd(0.0005) == "$0.0005000" and usd(0.0) == "$0" and usd(1234.5) == "$1,234.50" and usd(-0.00012345) == "-$0.0001234"
+    assert usd(0.0005) == "$0.0005" and usd(0.0) == "$0" and usd(1234.5) == "$1,234.50" and usd(-0.00012345) == "-$0.0001234"
 
 
 # -- budgets and runs on the recorded timeline ---------------------------------------------------

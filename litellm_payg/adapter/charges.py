@@ -58,6 +58,14 @@ class Charge:
         return out or None
 
 
+def used_tokens(charge: Charge) -> int | None:
+    """The tokens an answer used (prompt and output) as its charge counted them, for a run's token
+    counter; None when neither count is known (the counter keeps the request's bound)."""
+    if charge.prompt_tokens is None and charge.completion_tokens is None:
+        return None
+    return int(charge.prompt_tokens or 0) + int(charge.completion_tokens or 0)
+
+
 def served_from_cache(response: Any) -> bool:
     """Whether LiteLLM's cache served ``response`` (``_hidden_params["cache_hit"]``, or a stream
     replayed from the cache, whose provider LiteLLM names ``cached_response``): the provider was not

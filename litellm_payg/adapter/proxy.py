@@ -191,6 +191,21 @@ class ProxyPaygRouting(PaygRouting):
             logger.info("litellm-payg: policy %s loaded (groups: %s)", policy_path,
                         ", ".join(sorted(engine.routes)) or "none")
             self._check_config_model_list(engine)
+        self._install_run_control()
+
+    def _install_run_control(self) -> None:
+        """Add the run-control routes (``adapter/run_control.py``) to the proxy's FastAPI app, when
+        this handler is the running proxy's (its ``app`` exists; never imported from here)."""
+        server = _proxy_server_module()
+        app = getattr(server, "app", None) if server is not None else None
+        if app is None:
+            return
+        from litellm_payg.adapter import run_control
+
+        try:
+            run_control.install(app, self)
+        except Exception:  # noqa: BLE001 - the proxy keeps serving requests without the endpoint
+            logger.exception("litellm-payg: could not add the run-control routes to the proxy")
 
     def _check_config_model_list(self, engine: Engine) -> None:
         """At start, check the policy against the ``model_list`` of the proxy's config file, as

@@ -923,7 +923,7 @@ class PaygRouting(CustomLogger):
         cost = charges.price_tokens(candidate, str(model or ""), prompt, completion) if (prompt or completion) else None
         charge = charges.Charge(cost, prompt, completion) if cost is not None else charges.Charge(
             self.engine.spend.reserved_usd(reservation_id) or 0.0, prompt, completion, estimated=True)
-        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
+        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs, tokens=charges.used_tokens(charge))
         self._emit(state, deployment_id, ok=True, cost=charge.cost, model=model, prompt_tokens=prompt,
                    completion_tokens=completion, usage_estimated=charge.estimated)
         self._finish(state)
@@ -947,7 +947,7 @@ class PaygRouting(CustomLogger):
             lambda: self._attempt_cost(request_data, response, deployment_id),
             request_data.get("messages"), charges.tools_of(request_data), state, request_data.get("model"),
         )
-        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs)
+        self.engine.spend.settle(reservation_id, charge.cost, charge.attrs, tokens=charges.used_tokens(charge))
         return charge
 
     def _estimate_missing_usage(
@@ -1084,7 +1084,8 @@ class PaygRouting(CustomLogger):
                                      litellm_cost, messages, tools, state, model, cache_hit)
         if abandoned is not None:
             charge = dataclasses.replace(charge, abandoned=True, abandoned_because=abandoned)
-        self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs)
+        self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs,
+                                 tokens=charges.used_tokens(charge))
         self._emit(
             state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
             prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,

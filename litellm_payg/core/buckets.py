@@ -29,6 +29,18 @@ class Bucket:
     whatever its amount, and a settle (or an expiry charge) charges one unit. A unit is stored as
     $1, so ``limit_usd`` and its :class:`Usage` read as numbers of requests. Counted in the same
     atomic ledger call as the money, so a request cap holds under concurrency like a dollar cap.
+
+    ``units`` (a ``counts`` bucket only) makes one reservation count that many units instead of one
+    (a run's token counter: the request's bound of tokens), and its settle count the units the
+    caller says were used (the answer's tokens), or the reserved units when it says none.
+
+    ``max_age_s`` (a session counter only) refuses a reservation once that many seconds have passed
+    since the counter's first activity in the run (a run's wall-clock cap); the backend keeps that
+    time with the last activity.
+
+    The ledger also keeps, per bucket, what an operator changed (``Ledger.adjust``): a grant that
+    raises its limit (and its ``max_age_s``), and a *closed* mark that refuses every reservation
+    on it; both are read inside the reservation and forgotten when a session counter starts afresh.
     """
 
     key: str
@@ -38,9 +50,29 @@ class Bucket:
     expires_at: float | None = None
     idle_s: float | None = None
     counts: bool = False
+    units: int | None = None
+    max_age_s: float | None = None
 
 
 @dataclass(frozen=True)
 class Usage:
     spent_usd: float
     reserved_usd: float
+    #: what an operator granted on top of the bucket's limit (``Ledger.adjust``), in its units
+    granted_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """All a ledger keeps of one bucket (``Ledger.state``): its usage, the operator's grants and
+    closed mark, a session counter's first and last activity (epoch seconds, the caller's clock)
+    and the last note written on it (``Ledger.adjust``: a run's last refusal)."""
+
+    usage: Usage
+    granted_s: float = 0.0
+    closed: bool = False
+    first_at: float | None = None
+    last_at: float | None = None
+    note: str | None = None
+    #: whether the ledger has the bucket at all (a session counter idle past its time has none)
+    live: bool = False

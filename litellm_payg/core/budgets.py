@@ -72,6 +72,20 @@ def parse_window(window: str) -> tuple[str, float | None]:
         f"window must be hour, day, week, month, rolling:<N>(s|m|h|d) or session:<N>(s|m|h|d), got {window!r}")
 
 
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a ``<N>(s|m|h|d)`` duration (``max_duration``), N > 0, at most 366 days; ValueError otherwise."""
+    m = _DURATION.match(str(text))
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError(f"a duration is <N>(s|m|h|d) with N > 0, e.g. 2h, got {text!r}")
+    seconds = int(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds > MAX_ROLLING_WINDOW_S:
+        raise ValueError(f"a duration is at most 366 days, got {text!r}")
+    return float(seconds)
+
+
 def parse_scope(scope: str, scopes: ScopeRegistry | None = None) -> tuple[str, str | None]:
     """``('global', None)`` or ``(kind, value)``; value ``'*'`` = each one separately.
 
@@ -140,6 +154,13 @@ class Budget(BaseModel):
     #: run budgets only: the requests this budget applies to (a ``when:`` as on a rule entry, checked
     #: by the policy loader with ``rules.When``); without it, every request of a run
     when: dict[str, Any] | None = None
+    #: run budgets only: the run's tokens (prompt and output, settled, plus each request in flight's
+    #: bound: its prompt and every output token it may produce) at most this many
+    max_total_tokens: Annotated[int, Field(gt=0, le=MAX_COUNT * 1000)] | None = None
+    #: run budgets only: no request of the run is admitted this long after its first one
+    #: (``<N>(s|m|h|d)``, wall clock)
+    max_duration: str | None = None
+
     #: the scope's kind, resolved at validation from the policy's kinds (the validation context's
     #: ``scopes``, a :class:`~litellm_payg.core.scopes.ScopeRegistry`; without one, the built-in kinds)
     _kind: ScopeKind | None = PrivateAttr(default=None)
@@ -150,13 +171,19 @@ class Budget(BaseModel):
         return self._kind
 
     @property
+    def max_duration_s(self) -> float | None:
+        """``max_duration`` in seconds (None without one)."""
+        return None if self.max_duration is None else parse_duration(self.max_duration)
+
+    @property
     def is_run(self) -> bool:
         """A run budget: its window is ``session:<idle>``."""
         return self.window.startswith("session:")
 
     @model_validator(mode="after")
     def _run_fields(self) -> "Budget":
-        run_only = [f for f in ("max_requests", "loop_guard", "downgrade", "final_reserve") if getattr(self, f)]
+        run_only = [f for f in ("max_requests", "loop_guard", "downgrade", "final_reserve", "max_total_tokens",
+                                "max_duration") if getattr(self, f)]
         run_only += [f for f in ("loop_counts", "when") if f in self.model_fields_set]
         if self.is_run and not self.scope.startswith("session:"):
             raise ValueError(f"window {self.window!r} is a run's window: it needs a session scope (scope: session:*)")
@@ -171,6 +198,13 @@ class Budget(BaseModel):
         if ats != sorted(set(ats)):
             raise ValueError("downgrade steps must be in ascending, distinct 'at' order")
         return self
+
+    @field_validator("max_duration")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
 
     @field_validator("scope")
     @classmethod
@@ -351,7 +385,8 @@ def buckets_for(
             out.append(BudgetBucket(budget, Bucket(key, budget.limit_usd, enforce, idle_s=rolling_s), v, None, None))
             out.append(BudgetBucket(
                 budget, Bucket(f"{key}|requests", budget.max_requests, budget.max_requests is not None,
-                               idle_s=rolling_s, counts=True), v, None, None, rule="max_requests"))
+                               idle_s=rolling_s, counts=True, max_age_s=budget.max_duration_s), v, None, None,
+                rule="max_requests"))
         return out
     # a calendar window's counter is dropped some time after it ends; a rolling one is read over its span
     timing = {"rolling_s": rolling_s} if wkind == "rolling" else {"expires_at": end.timestamp() + gc_margin_s}
@@ -363,10 +398,21 @@ def buckets_for(
 
 
 def is_counter_key(key: str) -> bool:
-    """Whether a bucket key is a run budget's request or loop counter (it counts requests, not
-    dollars: reports of spend leave it out)."""
+    """Whether a bucket key is a run budget's request, token or loop counter (it counts requests
+    or tokens, not dollars: reports of spend leave it out)."""
     tail = key.rsplit("|", 1)[-1]
-    return tail == "requests" or tail.startswith("loop:")
+    return tail in ("requests", "tokens") or tail.startswith("loop:")
+
+
+def token_bucket(money: BudgetBucket, bound: int) -> BudgetBucket:
+    """A run's token counter, as a request of ``bound`` tokens at most (its prompt and every
+    output token it may produce) meets it: reserves the bound, settles what the answer used;
+    refuses once the run's tokens would pass ``max_total_tokens``. Track-only without one."""
+    budget = money.budget
+    limit = budget.max_total_tokens
+    bucket = Bucket(f"{money.bucket.key}|tokens", limit, limit is not None, idle_s=money.bucket.idle_s,
+                    counts=True, units=max(0, min(int(bound), 10**9)))
+    return BudgetBucket(budget, bucket, money.scope_value, None, None, rule="tokens")
 
 
 def loop_bucket(money: BudgetBucket, prompt_hash: str, what: str | None = None) -> BudgetBucket:

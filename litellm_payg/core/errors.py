@@ -43,7 +43,7 @@ class BudgetRefused(PaygError):
                  spent_usd: float = 0.0, reserved_usd: float = 0.0, limit_usd: float = 0.0,
                  estimate_usd: float = 0.0, resets_at: datetime | None = None, rule: str = "cap",
                  count: int | None = None, count_limit: int | None = None, reserve_usd: float | None = None,
-                 repeated: str | None = None):
+                 repeated: str | None = None, tokens_asked: int | None = None):
         if message is not None and not budget:
             # LiteLLM's BudgetExceededError.__init__ ends with ``super().__init__(message)``, which
             # reaches this class in the subclass's MRO: the fields are already set.
@@ -58,7 +58,8 @@ class BudgetRefused(PaygError):
         self.estimate_usd = estimate_usd
         self.resets_at = resets_at
         #: which rule refused: ``cap`` (the dollar limit), and for run budgets (``session:`` windows)
-        #: ``max_requests``, ``loop`` (the loop guard) or ``reserve`` (the final reserve)
+        #: ``max_requests``, ``loop`` (the loop guard), ``reserve`` (the final reserve), ``tokens``
+        #: (``max_total_tokens``), ``duration`` (``max_duration``) or ``closed`` (an operator closed the run)
         self.rule = rule
         #: ``max_requests``: the run's requests so far; ``loop``: times this prompt was already sent
         self.count = count
@@ -68,6 +69,10 @@ class BudgetRefused(PaygError):
         self.reserve_usd = reserve_usd
         #: ``loop``: what repeated, when not the whole prompt (``the same tool call search(args sha256:...)``)
         self.repeated = repeated
+        #: ``tokens``: this request's bound of tokens (its prompt and every output token it may produce);
+        #: ``count`` is then the run's tokens so far (settled and in flight) and ``count_limit`` the cap
+        #: (grants included); for ``duration``, ``count_limit`` is ``max_duration`` in seconds
+        self.tokens_asked = tokens_asked
         self.message = self._describe()
         Exception.__init__(self, self.message)
 
@@ -85,6 +90,15 @@ class BudgetRefused(PaygError):
             run = session_in(self.scope.partition(":")[2])  # as the client named it, without its owner
             head = f"litellm-payg: run {run!r} (budget {self.budget!r}, {window})"
             fresh = f"the run starts afresh after {window.split(':', 1)[1]} idle"
+            if self.rule == "closed":
+                return (f"{head} was closed by the operator: no request of it is served until the operator grants it "
+                        f"more; {self._run_spend()}; {fresh}")
+            if self.rule == "tokens":
+                return (f"{head} refused by max_total_tokens: the run's {self.count} tokens (settled and in flight) + "
+                        f"this request's bound {self.tokens_asked} > {self.count_limit}; {self._run_spend()}; {fresh}")
+            if self.rule == "duration":
+                return (f"{head} refused by max_duration: its first request was more than {self.count_limit}s (plus any "
+                        f"seconds granted) ago; {self._run_spend()}; {fresh}")
             if self.rule == "max_requests":
                 return (f"{head} refused by max_requests: {self.count} of {self.count_limit} requests used; "
                         f"{self._run_spend()}; {fresh}")
@@ -132,6 +146,7 @@ class BudgetRefused(PaygError):
             "count_limit": self.count_limit,
             "reserve_usd": self.reserve_usd,
             "repeated": self.repeated,
+            "tokens_asked": self.tokens_asked,
         }
 
     @classmethod

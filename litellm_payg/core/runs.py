@@ -203,7 +203,7 @@ class RunUsage:
     @property
     def share(self) -> float:
         """Spent and in flight, as a share of the run's limit."""
-        limit = self.bucket.budget.limit_usd
+        limit = self.bucket.budget.limit_usd + self.usage.granted_usd  # an operator's grant raises it
         return (self.usage.spent_usd + self.usage.reserved_usd) / limit if limit else 1.0
 
 
@@ -237,7 +237,7 @@ def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequ
     budget = run.bucket.budget
     used = run.usage.spent_usd + run.usage.reserved_usd
     why = (f"run {session_in(run.bucket.scope_value)!r} has used {run.share:.0%} of budget {budget_label(budget, run)!r} "
-           f"(${used:.6f} of ${budget.limit_usd:g}): past its downgrade step at {step.at:g}")
+           f"(${used:.6f} of ${budget.limit_usd + run.usage.granted_usd:g}): past its downgrade step at {step.at:g}")
     kept: list[tuple[float, Candidate]] = []
     dropped = []
     for c in candidates:
@@ -261,18 +261,38 @@ def budget_label(budget: Budget, run: RunUsage) -> str:
 
 @dataclass(frozen=True)
 class RunStatus:
-    """What one run has spent and has left under one run budget (``Engine.run_status``)."""
+    """What one run has spent and has left under one run budget (``Engine.run_status``), with
+    what an operator changed (grants, a close) and the run's last refusal (``Engine.run_control``)."""
 
     session: str
     budget: str
     window: str
     spent_usd: float  #: settled charges of this run
     reserved_usd: float  #: reservations of requests still in flight
-    limit_usd: float
+    limit_usd: float  #: the budget's limit plus what an operator granted
     requests: int  #: requests answered or in flight in this run
-    max_requests: int | None
+    max_requests: int | None  #: ``max_requests`` plus what an operator granted
     #: dollars kept for the run's final requests (``final_reserve``), 0 without one
     reserve_usd: float
+    #: the run's tokens: settled answers' prompt and output, and the bound of each request in flight
+    tokens: int = 0
+    max_total_tokens: int | None = None  #: plus what an operator granted
+    #: the run's first request and last activity (epoch seconds); None for a run the ledger has not
+    started_at: float | None = None
+    last_at: float | None = None
+    idle_s: float | None = None  #: the window's idle time: the run starts afresh at ``last_at + idle_s``
+    #: ``max_duration`` in seconds plus what an operator granted (None without one)
+    max_duration_s: float | None = None
+    closed: bool = False  #: an operator closed it (``Engine.run_control``)
+    granted_usd: float = 0.0
+    granted_requests: int = 0
+    granted_tokens: int = 0
+    granted_s: float = 0.0
+    #: the downgrade step in force (its ``at``), None when none is
+    downgrade_at: float | None = None
+    #: the run's last refusal (``rule``, ``message``, ``at``), None when it had none
+    last_refusal: Mapping[str, Any] | None = None
+    live: bool = True  #: the ledger has the run (False: unknown, or idle past its window)
 
     @property
     def remaining_usd(self) -> float:
@@ -284,14 +304,62 @@ class RunStatus:
         """What the run's requests that are not final may still spend (the reserve left out)."""
         return max(0.0, self.limit_usd - self.reserve_usd - self.spent_usd - self.reserved_usd)
 
+    @property
+    def expires_at(self) -> float | None:
+        """When the run, idle from now on, starts afresh (epoch seconds)."""
+        return None if self.last_at is None or self.idle_s is None else self.last_at + self.idle_s
+
+    @property
+    def ends_at(self) -> float | None:
+        """When ``max_duration`` (grants included) stops the run's requests (epoch seconds)."""
+        return None if self.started_at is None or self.max_duration_s is None else self.started_at + self.max_duration_s
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "session": self.session, "budget": self.budget, "window": self.window,
             "spent_usd": self.spent_usd, "reserved_usd": self.reserved_usd, "limit_usd": self.limit_usd,
             "remaining_usd": self.remaining_usd, "working_remaining_usd": self.working_remaining_usd,
             "requests": self.requests, "max_requests": self.max_requests, "reserve_usd": self.reserve_usd,
+            "tokens": self.tokens, "max_total_tokens": self.max_total_tokens,
+            "started_at": self.started_at, "last_at": self.last_at, "expires_at": self.expires_at,
+            "max_duration_s": self.max_duration_s, "ends_at": self.ends_at, "closed": self.closed,
+            "granted": {"usd": self.granted_usd, "requests": self.granted_requests, "tokens": self.granted_tokens,
+                        "seconds": self.granted_s},
+            "downgrade_at": self.downgrade_at, "last_refusal": dict(self.last_refusal) if self.last_refusal else None,
+            "live": self.live,
         }
 
 
-__all__ = ["LOOP_KINDS", "LoopMark", "RunStatus", "RunUsage", "downgrade", "downgrade_step", "loop_marks", "missing_run",
-           "prompt_hash"]
+class RunNotFound(LookupError):
+    """No live run has this id under the policy's run budgets (a typo, a forged id, or a run idle
+    past its window): nothing was changed."""
+
+
+class NotYourRun(PermissionError):
+    """A caller that is not an operator named a run another key (or team) owns."""
+
+
+def run_for(asked: str, who: Any, owner: str, operator: bool) -> str:
+    """The run a run-control call means, given what the caller wrote (``asked``) and who it is
+    (``identity.RequestIdentity``; None in Python, where the calling code is the operator's).
+
+    An operator names a run exactly as the ledger keys it (``<session>@key:<16 hex>``, as
+    ``litellm-payg budgets`` and the spend records' ``run`` show it), or a session of its own. Any
+    other caller names a session id of its own (or its own run id): the run is that session of
+    the caller's key (or team, under ``sessions.owner``), so it can only reach runs it owns; a run
+    id qualified with another owner raises :class:`NotYourRun`."""
+    from litellm_payg.core.identity import run_of
+
+    asked = str(asked)
+    session = session_in(asked)
+    if operator:
+        return asked
+    mine = run_of(session, who, owner)
+    if session != asked and mine != asked:
+        raise NotYourRun(f"litellm-payg: run {asked!r} is not this key's: a key reads, closes or is granted only "
+                         "its own runs; the operator's key reaches every run")
+    return mine or asked
+
+
+__all__ = ["LOOP_KINDS", "LoopMark", "NotYourRun", "RunNotFound", "RunStatus", "RunUsage", "downgrade", "downgrade_step",
+           "loop_marks", "missing_run", "prompt_hash", "run_for"]

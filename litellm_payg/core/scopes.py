@@ -220,7 +220,7 @@ BUILTIN_KINDS: tuple[ScopeKind, ...] = (
               source="deployment", router_values=lambda by: sorted({c.model for cs in by.values() for c in cs}),
               hint="A model scope names the LiteLLM model string exactly, provider prefix included."),
     ScopeKind("group", lambda r, c: one(r.group), "group", True, "the model group the client asked for",
-              source="request", router_values=lambda by: sorted(by),
+              source="request", field="group", when="group", router_values=lambda by: sorted(by),
               hint="Name one of the router's groups, or 'group:*' for each one separately."),
     ScopeKind("deployment", lambda r, c: one(c and c.deployment_id), "deployment", True, "the deployment id",
               source="deployment", router_values=lambda by: sorted({c.deployment_id for cs in by.values() for c in cs}),

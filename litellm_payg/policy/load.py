@@ -71,6 +71,16 @@ class RequestSettings(_Strict):
     unbounded_reserve_usd: Usd | None = None
 
 
+class RunOperators(_Strict):
+    """``sessions.operators``: who may read every run and close or grant any run at the proxy's
+    run-control endpoint besides the proxy's admins (its master key, LiteLLM's ``proxy_admin``
+    role): keys by hash, teams, users, as the authenticated key has them."""
+
+    key: list[str] = Field(default_factory=list)
+    team: list[str] = Field(default_factory=list)
+    user: list[str] = Field(default_factory=list)
+
+
 class SessionSettings(_Strict):
     """``sessions:``: where a request's session id (its run) is read from, first found wins."""
 
@@ -81,6 +91,8 @@ class SessionSettings(_Strict):
     #: whether a governed request must name a run: ``true`` (every one), ``false`` (the default), or a
     #: ``when:`` (those it matches, e.g. ``{key: ...}`` or ``{tags: [agent]}``); one without is a 400
     required: bool | dict[str, Any] = False
+    #: who besides the proxy's admins controls runs (``adapter/run_control.py``)
+    operators: RunOperators = Field(default_factory=lambda: RunOperators())
 
     @field_validator("id_from")
     @classmethod
@@ -170,6 +182,8 @@ class Policy:
     #: ``sessions.required``: None (a run id is optional), or the ``When`` of the requests that must
     #: name one (an empty ``When`` matches every request)
     session_required: When | None = None
+    #: ``sessions.operators``: keys (hashes), teams and users that control every run, by kind
+    run_operators: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def line_of(self, path: Path_) -> int | None:
         return _nearest_line(self.lines, path)
@@ -309,6 +323,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         run_owner=doc.sessions.owner,
         session_required=conditions.get(("sessions", "required"))
         or (When(()) if doc.sessions.required is True else None),
+        run_operators={kind: frozenset(getattr(doc.sessions.operators, kind)) for kind in ("key", "team", "user")},
     )
     try:
         policy.validators = build_validators(doc.validate_, base_dir)

@@ -200,6 +200,31 @@ class Engine:
         the policy's first run budget). A run idle past its window reads as a fresh one."""
         return self.spend.run_status(session, budget)
 
+    # -- run control: the operator's view of a run, and its levers ----------------------------------
+
+    def run_report(self, run: str) -> list[RunStatus]:
+        """Run ``run`` (a run id: the session id qualified by its owner, ``<session>@key:<16 hex>``,
+        as ``litellm-payg budgets`` and the spend records' ``run`` name it; a session id alone in
+        Python without a key) under every run budget it is in: spend, in flight, requests, tokens,
+        first request and idle expiry, the downgrade step in force, grants, whether it is closed and
+        its last refusal. Raises ``RunNotFound`` for a run the ledger has not (or no longer)."""
+        return self.spend.run_report(run)
+
+    def close_run(self, run: str) -> list[RunStatus]:
+        """Close run ``run``: its next request, on any replica sharing the ledger, is refused at once
+        (``BudgetExceeded``, ``rule: closed``) until :meth:`grant_run` opens it again or it idles
+        out. Raises ``RunNotFound`` (nothing changed) for an unknown run."""
+        return self.spend.close_run(run)
+
+    def grant_run(self, run: str, *, usd: float = 0.0, requests: int = 0, tokens: int = 0, seconds: float = 0.0,
+                  budget: str | None = None) -> list[RunStatus]:
+        """Raise run ``run``'s limits under run budget ``budget`` (default: the first it is in) by
+        ``usd``, ``requests`` (``max_requests``), ``tokens`` (``max_total_tokens``) and ``seconds``
+        (``max_duration``), and open it again if it was closed. For this run only, until it idles
+        out; held in the ledger and read inside each reservation. Raises ``RunNotFound`` (nothing
+        changed) for an unknown run, ``ValueError`` naming the field for a bad amount."""
+        return self.spend.grant_run(run, usd=usd, requests=requests, tokens=tokens, seconds=seconds, budget=budget)
+
     def observe(self, decision: Decision) -> None:
         """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""
         self._observe(request=decision.request, decision=decision)
@@ -302,6 +327,18 @@ class Engine:
         from litellm_payg.core.budgets import parse_scope
 
         problems = []
+        for index, budget in enumerate(self.policy.budgets):  # a run budget's `when: {group: ...}`
+            wanted = (budget.when or {}).get("group")
+            for group in ([] if wanted is None else wanted if isinstance(wanted, list) else [wanted]):
+                if str(group) not in candidates_by_group:
+                    close = difflib.get_close_matches(str(group), list(candidates_by_group), n=1)
+                    problems.append(Problem(
+                        f"budgets[{index}].when.group",
+                        f"budget {budget.budget_id(index)!r} names model group {group!r}, which the router does not "
+                        f"have; it has {', '.join(map(repr, sorted(candidates_by_group))) or 'none'}",
+                        self.policy.line_of(("budgets", index, "when", "group")),
+                        hint=f"did you mean {close[0]!r}?" if close else None,
+                    ))
         for index, budget in enumerate(self.policy.budgets):
             kind, value = parse_scope(budget.scope)
             declared = budget.scope_kind

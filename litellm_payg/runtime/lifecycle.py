@@ -134,11 +134,12 @@ class Lifecycle:
 
     def succeeded(self, pick_or_reservation: Pick | str, deployment_id: str, cost_usd: float,
                   latency_s: float | None = None, ttft_s: float | None = None,
-                  attrs: Mapping[str, object] | None = None) -> State | None:
-        """The attempt was answered: charge what it cost and record the deployment's latency.
+                  attrs: Mapping[str, object] | None = None, tokens: int | None = None) -> State | None:
+        """The attempt was answered: charge what it cost (and the ``tokens`` it used, prompt and
+        output, to its run's token counter) and record the deployment's latency.
         Returns the deployment's breaker state after it (None without ``failover:``)."""
         rid = pick_or_reservation.reservation_id if isinstance(pick_or_reservation, Pick) else pick_or_reservation
-        self.engine.spend.settle(rid, cost_usd, attrs)
+        self.engine.spend.settle(rid, cost_usd, attrs, tokens=tokens)
         if self.engine.health is not None:
             return self.engine.health.record(deployment_id, ok=True, latency_s=latency_s, ttft_s=ttft_s)
         return None

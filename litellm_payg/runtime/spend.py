@@ -15,7 +15,9 @@ money went (without budgets, when it settles: nothing is reserved, so nothing is
 from __future__ import annotations
 
 import collections
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, loop_bucket
-from litellm_payg.core.runs import RunStatus, RunUsage, missing_run
+from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, loop_bucket, token_bucket
+from litellm_payg.core.runs import RunNotFound, RunStatus, RunUsage, downgrade_step, missing_run
 from litellm_payg.core.scopes import BUILTIN, ScopeRegistry
 from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
 from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError, UnboundedCost
@@ -66,6 +68,8 @@ class Admission:
     created: float = field(default_factory=time.monotonic)
     #: works out ``estimate_usd`` when it is None (it reads the prompt's token count)
     estimate_later: Callable[[], float] | None = field(default=None, repr=False)
+    #: the tokens the answer used (prompt and output), for a run's token counter; None: unknown
+    tokens: int | None = None
 
     def estimate(self) -> float:
         """The reservation's amount (the request's pessimistic estimate on ``candidate``)."""
@@ -140,7 +144,7 @@ class SpendControl:
         key = self.scopes.values_key(request, candidate)
         cached = self._bucket_cache.get(key)
         if cached is not None and cached[0] <= t < cached[1]:
-            return self._for_request(request, cached[2])
+            return self._for_request(request, cached[2], candidate)
         found = all_buckets(self.budgets, request, candidate, datetime.fromtimestamp(t, timezone.utc), self.tz)
         # downgrade budgets refuse at reservation too (then the next candidate is tried)
         result = [
@@ -154,11 +158,13 @@ class SpendControl:
         if len(self._bucket_cache) > 50_000:
             self._bucket_cache.clear()
         self._bucket_cache[key] = (valid_from, valid_to, result)
-        return self._for_request(request, result)
+        return self._for_request(request, result, candidate)
 
-    def _for_request(self, request: RouteRequest, found: list[BudgetBucket]) -> list[BudgetBucket]:
+    def _for_request(self, request: RouteRequest, found: list[BudgetBucket],
+                     candidate: Candidate | None = None) -> list[BudgetBucket]:
         """A run budget's buckets as this request meets them: a request that is not final is held
-        to the limit less the final reserve, and the loop guard counts this request's prompt."""
+        to the limit less the final reserve, the run's token counter reserves this request's bound
+        of tokens on ``candidate``, and the loop guard counts this request's prompt."""
         if not self.runs:
             return found
         out: list[BudgetBucket] = []
@@ -173,6 +179,7 @@ class SpendControl:
                 working = budget.limit_usd * (1 - budget.final_reserve.share)
                 bb = replace(bb, bucket=replace(bb.bucket, limit_usd=working), rule="reserve")
             out.append(bb)
+            out.append(token_bucket(bb, self.token_bound(request, candidate)))
             if budget.loop_guard:
                 if request.prompt_hash and "prompt" in budget.loop_counts:
                     out.append(loop_bucket(bb, request.prompt_hash))
@@ -236,20 +243,84 @@ class SpendControl:
 
     def run_statuses(self, session: str, budgets: Sequence[tuple[int, Budget]]) -> list[RunStatus]:
         """What run ``session`` has spent and has left under each of ``budgets`` (``(index,
-        budget)`` of :attr:`runs`), read in one ledger call."""
-        pairs = [(index, b, *self.run_buckets(session, b, index)) for index, b in budgets]
-        usage = self.ledger.usage([bb.bucket for *_, money, requests in pairs for bb in (money, requests)],
+        budget)`` of :attr:`runs`), with what an operator changed and its last refusal, read in one
+        ledger call."""
+        found = [(index, b, *self._run_trio(session, b, index)) for index, b in budgets]
+        state = self.ledger.state([bb.bucket for *_, money, requests, tokens in found for bb in (money, requests, tokens)],
                                   now=self.clock())
-        out = []
-        for index, b, money, requests in pairs:
-            spent, count = usage[money.bucket.key], usage[requests.bucket.key]
-            out.append(RunStatus(
-                session=session, budget=b.budget_id(index), window=b.window,
-                spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, limit_usd=b.limit_usd,
-                requests=int(round(count.spent_usd + count.reserved_usd)), max_requests=b.max_requests,
-                reserve_usd=b.limit_usd * b.final_reserve.share if b.final_reserve is not None else 0.0,
-            ))
-        return out
+        return [_status(session, index, b, money, state[money.bucket.key], state[requests.bucket.key],
+                        state[tokens.bucket.key]) for index, b, money, requests, tokens in found]
+
+    def _run_trio(self, session: str, budget: Budget, index: int) -> tuple[BudgetBucket, BudgetBucket, BudgetBucket]:
+        """A run's dollar bucket, request counter (which also keeps its first request's time, for
+        ``max_duration``, and an operator's close) and token counter under one run budget."""
+        money, requests = self.run_buckets(session, budget, index)
+        return money, requests, token_bucket(money, 0)
+
+    # -- run control: read, close, grant (an operator's; ``Engine.run_control``) -------------------
+
+    def run_report(self, run: str) -> list[RunStatus]:
+        """Run ``run`` (a run id, ``identity.run_of``) under every run budget the ledger has it in,
+        in policy order. Raises :class:`~litellm_payg.core.runs.RunNotFound` when it has none (an
+        unknown id, or a run idle past its window)."""
+        live = [s for s in self.run_statuses(str(run), self.runs) if s.live]
+        if not live:
+            raise RunNotFound(f"litellm-payg: no active run {str(run)!r} (unknown, or idle past its window)")
+        return live
+
+    def close_run(self, run: str) -> list[RunStatus]:
+        """Close run ``run`` under every run budget it is in: its next request (every replica's)
+        is refused at once with ``rule: closed``, until an operator grants it more (or it idles
+        out). One atomic ledger call; raises ``RunNotFound`` (nothing changed) for an unknown run."""
+        live = self._live_trios(run)
+        if not self.ledger.adjust([requests.bucket for _, _, _, requests, _ in live], close=True, now=self.clock()):
+            raise RunNotFound(f"litellm-payg: no active run {str(run)!r} (unknown, or idle past its window)")
+        return self.run_report(run)
+
+    def grant_run(self, run: str, *, usd: float = 0.0, requests: int = 0, tokens: int = 0, seconds: float = 0.0,
+                  budget: str | None = None) -> list[RunStatus]:
+        """Grant run ``run`` more under run budget ``budget`` (its name; by default the first the
+        run is in): ``usd`` on its limit, ``requests`` on ``max_requests``, ``tokens`` on
+        ``max_total_tokens``, ``seconds`` on ``max_duration``; and open it again if it was closed
+        (under every run budget). Kept in the ledger and read inside every later reservation, so
+        every replica sees it at once and a burst cannot overspend it. One atomic ledger call;
+        raises ``RunNotFound`` (nothing changed) for an unknown run, ``ValueError`` naming the
+        field for a bad amount or an unknown budget."""
+        amounts = _grant_amounts(usd=usd, requests=requests, tokens=tokens, seconds=seconds)
+        live = self._live_trios(run)
+        target = next((t for t in live if budget is None or t[1].budget_id(t[0]) == budget), None)
+        if target is None:
+            have = ", ".join(b.budget_id(i) for i, b in self.runs) or "none"
+            if budget is not None and budget not in {b.budget_id(i) for i, b in self.runs}:
+                raise ValueError(f"budget: no run budget {budget!r} in the policy (run budgets: {have})")
+            raise RunNotFound(f"litellm-payg: run {str(run)!r} is not active under run budget {budget!r}")
+        _, _, money, req, tok = target
+        grant = {money.bucket.key: amounts["usd"], req.bucket.key: float(amounts["requests"]),
+                 tok.bucket.key: float(amounts["tokens"])}
+        buckets = [req.bucket for _, _, _, req, _ in live] + [money.bucket, tok.bucket]
+        if not self.ledger.adjust(buckets, grant=grant, grant_s={req.bucket.key: amounts["seconds"]}, close=False,
+                                  now=self.clock()):
+            raise RunNotFound(f"litellm-payg: no active run {str(run)!r} (unknown, or idle past its window)")
+        return self.run_report(run)
+
+    def _live_trios(self, run: str) -> list[tuple[int, Budget, BudgetBucket, BudgetBucket, BudgetBucket]]:
+        live = {s.budget for s in self.run_report(run)}
+        return [(index, b, *self._run_trio(str(run), b, index)) for index, b in self.runs if b.budget_id(index) in live]
+
+    def _note_refusal(self, refused: BudgetBucket, found: Sequence[BudgetBucket], error: BudgetRefused) -> None:
+        """Keep a run's refusal on its request counter (``Ledger.adjust`` note), so a run's status
+        says why it last stopped, on every replica. Best effort: a refusal is never held up by it."""
+        if not refused.budget.is_run:
+            return
+        counter = next((bb for bb in found if bb.budget is refused.budget and bb.rule == "max_requests"
+                        and bb.scope_value == refused.scope_value), None)
+        if counter is None:
+            return
+        note = json.dumps({"rule": error.rule, "at": self.clock(), "message": error.message[:1000]})
+        try:
+            self.ledger.adjust([counter.bucket], note=note, now=self.clock())
+        except LedgerError as exc:
+            logger.warning("litellm-payg: could not keep the run's last refusal: %s", exc)
 
     def run_budgets_of(self, request: Any) -> tuple[int, ...]:
         """The indexes (in :attr:`runs`) of the run budgets that apply to ``request`` (a
@@ -270,6 +341,13 @@ class SpendControl:
         if not run or not mine:
             return []
         return sorted(self.run_statuses(str(run), mine), key=lambda s: s.remaining_usd)
+
+    def token_bound(self, request: RouteRequest, candidate: Candidate | None) -> int:
+        """The most tokens ``request`` can use on ``candidate``: its prompt and every output token
+        the provider may produce (the cap :meth:`reserve_estimate` reserves for)."""
+        cap = request.max_tokens or (candidate.max_output_tokens if candidate is not None else None) \
+            or self.policy.defaults.reserve_output_tokens
+        return int(request.prompt_tokens or 0) + int(cap) * max(1, request.choices)
 
     def reserve_estimate(self, request: RouteRequest, candidate: Candidate) -> float:
         """An upper bound of what ``candidate``'s provider can bill for ``request``: every output
@@ -389,9 +467,13 @@ class SpendControl:
                 return admission
             refused = next(bb for bb in found if bb.bucket.key == result.refused_by)
             usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
-            # a run's request counts refuse the request whatever the deployment: on_exceed is about dollars
-            if refused.budget.on_exceed == "block" or refused.rule in ("max_requests", "loop"):
-                raise _exceeded(refused, usage, estimate, found, result.usage)
+            # a run's request counts, tokens, age and an operator's close refuse the request whatever
+            # the deployment: on_exceed is about dollars
+            if (refused.budget.on_exceed == "block" or refused.rule in ("max_requests", "loop", "tokens")
+                    or result.refused_rule in ("closed", "age")):
+                error = _exceeded(refused, usage, estimate, found, result.usage, result.refused_rule)
+                self._note_refusal(refused, found, error)
+                raise error
             skipped.append(Step.drop(candidate, exhausted(refused, usage, estimate), "budget", budget_label(refused)))
         reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]
         from litellm_payg.core.errors import NoDeploymentLeft
@@ -413,14 +495,18 @@ class SpendControl:
 
     # -- after the call ---------------------------------------------------------------------------
 
-    def settle(self, reservation_id: str, cost_usd: float, attrs: Mapping[str, Any] | None = None) -> None:
-        """Charge the real cost. Never loses a charge: if the ledger is down it is kept and replayed."""
+    def settle(self, reservation_id: str, cost_usd: float, attrs: Mapping[str, Any] | None = None,
+               tokens: int | None = None) -> None:
+        """Charge the real cost (and, for a run's token counter, the ``tokens`` the answer used; None:
+        its bound stays charged). Never loses a charge: if the ledger is down it is kept and replayed."""
         with self._lock:
             admission = self._inflight.pop(reservation_id, None)
         if admission is None:
             return
         if attrs:
             admission.attrs.update(attrs)
+        if tokens is not None:
+            admission.tokens = max(0, min(int(tokens), 10**9))
         self._charge(admission, cost_usd)
         if self._alerting:
             self._check_alerts(admission)
@@ -467,7 +553,8 @@ class SpendControl:
                     attrs=admission.attrs,
                 )
             else:
-                self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs)
+                self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs,
+                                   units=admission.tokens)
         except LedgerError as exc:
             logger.error("litellm-payg: ledger unavailable, keeping a charge of $%.9f to replay: %s", cost_usd, exc)
             with self._lock:
@@ -487,7 +574,8 @@ class SpendControl:
                         admission.reservation_id, [replace(bb.bucket, enforce=False) for bb in admission.buckets],
                         cost, self.ttl_s, now=self.clock(), attrs=admission.attrs,
                     )
-                self.ledger.settle(admission.reservation_id, cost, now=self.clock(), attrs=admission.attrs)
+                self.ledger.settle(admission.reservation_id, cost, now=self.clock(), attrs=admission.attrs,
+                                   units=admission.tokens)
             except LedgerError:
                 with self._lock:
                     self._unsettled.appendleft((admission, cost))
@@ -554,24 +642,37 @@ class SpendControl:
 
 
 def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float, found: Sequence[BudgetBucket] = (),
-              usages: Mapping[str, Usage] | None = None) -> BudgetRefused:
+              usages: Mapping[str, Usage] | None = None, why: str | None = None) -> BudgetRefused:
     budget = bb.budget
-    if budget.is_run and bb.rule != "cap":
+    if budget.is_run and (bb.rule != "cap" or why in ("closed", "age")):
+        money = next((m for m in found if m.budget is budget and m.rule in ("cap", "reserve")
+                      and m.scope_value == bb.scope_value), None)
+        spent = (usages or {}).get(money.bucket.key, Usage(0.0, 0.0)) if money is not None else usage
         common = dict(budget=budget_label(bb), scope=scope_label(bb), window=budget.window,
-                      limit_usd=budget.limit_usd, estimate_usd=estimate)
+                      limit_usd=budget.limit_usd + spent.granted_usd, estimate_usd=estimate)
+        if why == "closed":
+            return BudgetRefused(**common, spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, rule="closed")
+        if why == "age":
+            return BudgetRefused(**common, spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, rule="duration",
+                                 count_limit=int(budget.max_duration_s or 0))
+        if bb.rule == "tokens":
+            return BudgetRefused(**common, spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, rule="tokens",
+                                 count=int(round(usage.spent_usd + usage.reserved_usd)),
+                                 count_limit=int(round((budget.max_total_tokens or 0) + usage.granted_usd)),
+                                 tokens_asked=bb.bucket.units)
         if bb.rule == "reserve":
             # held to the working limit: the full limit would have been exceeded too, or only the reserve
-            rule = "cap" if over(usage, estimate, budget.limit_usd) else "reserve"
+            rule = "cap" if over(usage, estimate, budget.limit_usd + usage.granted_usd) else "reserve"
             return BudgetRefused(**common, spent_usd=usage.spent_usd, reserved_usd=usage.reserved_usd, rule=rule,
                                  reserve_usd=budget.limit_usd * budget.final_reserve.share)  # type: ignore[union-attr]
         # a count refused: the run's dollars are said too
-        money = next((m for m in found if m.budget is budget and m.rule in ("cap", "reserve")
-                      and m.scope_value == bb.scope_value), None)
-        spent = (usages or {}).get(money.bucket.key, Usage(0.0, 0.0)) if money is not None else Usage(0.0, 0.0)
+        if money is None:
+            spent = Usage(0.0, 0.0)
         return BudgetRefused(
             **common, spent_usd=spent.spent_usd, reserved_usd=spent.reserved_usd, rule=bb.rule,
             count=int(round(usage.spent_usd + usage.reserved_usd)),
-            count_limit=budget.max_requests if bb.rule == "max_requests" else budget.loop_guard,
+            count_limit=(int(round((budget.max_requests or 0) + usage.granted_usd)) if bb.rule == "max_requests"
+                         else budget.loop_guard),
             repeated=bb.what if bb.rule == "loop" else None,
         )
     return BudgetRefused(
@@ -580,10 +681,56 @@ def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float, found: Sequence[B
         window=bb.budget.window,
         spent_usd=usage.spent_usd,
         reserved_usd=usage.reserved_usd,
-        limit_usd=bb.budget.limit_usd,
+        limit_usd=bb.budget.limit_usd + usage.granted_usd,
         estimate_usd=estimate,
         resets_at=bb.resets_at,
     )
+
+
+def _status(session: str, index: int, budget: Budget, money: BudgetBucket, m: Any, r: Any, t: Any) -> RunStatus:
+    """A run's :class:`RunStatus` under one run budget from the ledger's state of its dollar
+    bucket (``m``), request counter (``r``) and token counter (``t``)."""
+    limit = budget.limit_usd + m.usage.granted_usd
+    share = (m.usage.spent_usd + m.usage.reserved_usd) / limit if limit else 1.0
+    steps = [step.at for step in budget.downgrade if share >= step.at]
+    granted_requests, granted_tokens = int(round(r.usage.granted_usd)), int(round(t.usage.granted_usd))
+    try:
+        last = json.loads(r.note) if r.note else None
+    except ValueError:
+        last = None
+    return RunStatus(
+        session=session, budget=budget.budget_id(index), window=budget.window,
+        spent_usd=m.usage.spent_usd, reserved_usd=m.usage.reserved_usd, limit_usd=limit,
+        requests=int(round(r.usage.spent_usd + r.usage.reserved_usd)),
+        max_requests=None if budget.max_requests is None else budget.max_requests + granted_requests,
+        reserve_usd=budget.limit_usd * budget.final_reserve.share if budget.final_reserve is not None else 0.0,
+        tokens=int(round(t.usage.spent_usd + t.usage.reserved_usd)),
+        max_total_tokens=None if budget.max_total_tokens is None else budget.max_total_tokens + granted_tokens,
+        started_at=r.first_at, last_at=r.last_at, idle_s=money.bucket.idle_s,
+        max_duration_s=None if budget.max_duration_s is None else budget.max_duration_s + r.granted_s,
+        closed=r.closed, granted_usd=m.usage.granted_usd, granted_requests=granted_requests,
+        granted_tokens=granted_tokens, granted_s=r.granted_s, downgrade_at=steps[-1] if steps else None,
+        last_refusal=last if isinstance(last, dict) else None, live=r.live or m.live,
+    )
+
+
+def _grant_amounts(**amounts: Any) -> dict[str, Any]:
+    """A grant's amounts, checked: numbers >= 0 (whole for requests and tokens), bounded, at least
+    one above 0; a ValueError names the field."""
+    out: dict[str, Any] = {}
+    limits = {"usd": 1e9, "requests": 1_000_000, "tokens": 1_000_000_000, "seconds": 366 * 86400}
+    for name, value in amounts.items():
+        whole = name in ("requests", "tokens")
+        if value is None:
+            value = 0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not float(value).is_integer()):
+            raise ValueError(f"{name}: expected {'a whole number' if whole else 'a number'} >= 0, got {value!r}")
+        if not math.isfinite(value) or value < 0 or value > limits[name]:
+            raise ValueError(f"{name}: expected a number from 0 to {limits[name]:g}, got {value!r}")
+        out[name] = int(value) if whole else float(value)
+    if not any(out.values()):
+        raise ValueError("a grant needs at least one of usd, requests, tokens, seconds above 0")
+    return out
 
 
 def _attrs(scopes: ScopeRegistry, request: RouteRequest, candidate: Candidate,

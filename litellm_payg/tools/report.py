@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from litellm_payg.core.errors import PaygError
+from litellm_payg.tools.money import usd
 
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 
@@ -247,7 +248,7 @@ def _forecast(budget: Any, label: str, scope: str, spent: float, reserved: float
                 hit_at = eta
                 forecast = f"at this rate the limit is hit at {_iso(eta)}, before the window resets at {_iso(resets)}"
             else:
-                forecast = f"at this rate ${projected:,.2f} by the reset at {_iso(resets)} ({projected / limit:.0%} of the limit)"
+                forecast = f"at this rate {usd(projected)} by the reset at {_iso(resets)} ({projected / limit:.0%} of the limit)"
     else:
         # rolling window: the rate of the last quarter window decides where the rolling total heads
         recent_span = rolling_s / 4
@@ -263,10 +264,10 @@ def _forecast(budget: Any, label: str, scope: str, spent: float, reserved: float
             older_rate = max(0.0, (spent - recent) / max(rolling_s - recent_span, 1.0))
             climb = rate - older_rate
             hit_at = now + (limit - used) / climb if climb > 0 else None
-            forecast = (f"at the last {_span(recent_span)}'s rate the rolling total heads to ${projected:,.2f} "
+            forecast = (f"at the last {_span(recent_span)}'s rate the rolling total heads to {usd(projected)} "
                         f"(over the limit)" + (f"; hit around {_iso(hit_at)}" if hit_at else ""))
         else:
-            forecast = f"at the last {_span(recent_span)}'s rate the rolling total heads to ${projected:,.2f} ({projected / limit:.0%})"
+            forecast = f"at the last {_span(recent_span)}'s rate the rolling total heads to {usd(projected)} ({projected / limit:.0%})"
     return BudgetUse(
         budget=label, scope=scope, window=budget.window, on_exceed=budget.on_exceed, limit_usd=limit,
         spent_usd=spent, reserved_usd=reserved, window_start=start if rolling_s is None else None,
@@ -301,36 +302,36 @@ def _iso(ts: float | None) -> str | None:
 
 def format_report(report: Report) -> str:
     out = [
-        f"litellm-payg report: {report.ledger}, since {_iso(report.since)} ({report.records:,} charges, total ${report.total_usd:,.6f})",
+        f"litellm-payg report: {report.ledger}, since {_iso(report.since)} ({report.records:,} charges, total {usd(report.total_usd)})",
         "",
         "Spend per day (" + report.tz + "):",
     ]
     for day, models in report.by_day.items():
-        detail = ", ".join(f"{m} ${v:,.6f}" for m, v in sorted(models.items(), key=lambda kv: -kv[1]))
-        out.append(f"  {day}  ${math.fsum(models.values()):>14,.6f}   {detail}")
+        detail = ", ".join(f"{m} {usd(v)}" for m, v in sorted(models.items(), key=lambda kv: -kv[1]))
+        out.append(f"  {day}  {usd(math.fsum(models.values())):>14}   {detail}")
     out += ["", "Spend per deployment:"]
     for r in report.by_deployment:
-        out.append(f"  {r['deployment'][:36]:<36} {str(r['model'])[:34]:<34} {r['requests']:>8,} req  ${r['cost_usd']:>14,.6f}")
+        out.append(f"  {r['deployment'][:36]:<36} {str(r['model'])[:34]:<34} {r['requests']:>8,} req  {usd(r['cost_usd']):>14}")
     out += ["", "Spend per provider:"]
     for p, v in report.by_provider.items():
-        out.append(f"  {p:<36} ${v:>14,.6f}")
+        out.append(f"  {p:<36} {usd(v):>14}")
     out += ["", "Spend per budget scope (ledger buckets):"]
     if not report.by_scope:
         out.append("  (no charge counted against a budget)")
     for s in report.by_scope:
-        out.append(f"  {s['budget']:<16} {s['scope']:<28} {s['window']:<24} {s['requests']:>8,} req  ${s['cost_usd']:>14,.6f}")
+        out.append(f"  {s['budget']:<16} {s['scope']:<28} {s['window']:<24} {s['requests']:>8,} req  {usd(s['cost_usd']):>14}")
     if report.top_runs:
         out += ["", f"Most expensive runs (session ids; top {TOP_RUNS}):"]
         for run in report.top_runs:
             models = ", ".join(f"{m} x{n}" for m, n in sorted(run["models"].items(), key=lambda kv: -kv[1]))
-            out.append(f"  {run['session'][:36]:<36} {run['requests']:>8,} req  ${run['cost_usd']:>14,.6f}  "
+            out.append(f"  {run['session'][:36]:<36} {run['requests']:>8,} req  {usd(run['cost_usd']):>14}  "
                        f"{run['first']} .. {run['last']}  {models}")
     if report.budgets:
         out += ["", "Budgets (current window):"]
         for b in report.budgets:
             out.append(
-                f"  {b.budget:<16} {b.scope:<24} {b.window:<12} ${b.spent_usd + b.reserved_usd:,.6f} of ${b.limit_usd:,.2f} "
-                f"({b.used:.1%}, {b.on_exceed}); burn ${b.rate_usd_per_day:,.6f}/day; {b.forecast}"
+                f"  {b.budget:<16} {b.scope:<24} {b.window:<12} {usd(b.spent_usd + b.reserved_usd)} of {usd(b.limit_usd)} "
+                f"({b.used:.1%}, {b.on_exceed}); burn {usd(b.rate_usd_per_day)}/day; {b.forecast}"
             )
     return "\n".join(out)
 
@@ -371,19 +372,39 @@ def _ticks(vmax: float) -> list[float]:
     return [step * i for i in range(int(vmax / step) + 2) if step * i <= vmax * 1.0001 + step]
 
 
-def bar_chart_svg(chart_id: str, bars: Sequence[tuple[str, float]], width: int = 900) -> str:
-    """Horizontal bars, one per (label, USD)."""
-    row_h, left, right = 26, 330, 110
-    h = row_h * len(bars) + 30
+def bar_chart_svg(chart_id: str, bars: Sequence[tuple[str, float]], plot_width: int = 460,
+                  marks: Mapping[int, str] | None = None) -> str:
+    """Horizontal bars, one per (label, USD). ``marks`` (bar index -> words) flags bars that are not
+    like for like, e.g. a baseline that misses the policy's quality bar: such a bar is drawn hatched
+    in grey and its words are written after its amount, so a cheap bar cannot pass for a better policy."""
+    marks = marks or {}
+    row_h = 26
+    right = 90 + 7 * max((len(m) + 3 for m in marks.values()), default=0)  # the amount, then the words
+    left = min(520, 16 + 7 * max((len(label) for label, _ in bars), default=10))
+    width, h = left + plot_width + right, row_h * len(bars) + 30 + (22 if marks else 0)
     vmax = max([v for _, v in bars] + [1e-12])
-    scale = (width - left - right) / vmax
+    scale = plot_width / vmax
     parts = [f'<svg id="{_e(chart_id)}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" role="img">']
+    if marks:
+        parts.append(f'<defs><pattern id="{_e(chart_id)}-hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+                     'patternTransform="rotate(45)"><rect width="6" height="6" fill="#d9d9d9"/>'
+                     '<line x1="0" y1="0" x2="0" y2="6" stroke="#777" stroke-width="3"/></pattern></defs>')
     for i, (label, value) in enumerate(bars):
         y = 10 + i * row_h
         w = max(1.0, value * scale)
-        parts.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end" font-size="12">{_e(label[:52])}</text>')
-        parts.append(f'<rect id="{_e(chart_id)}-bar-{i}" class="bar" x="{left}" y="{y}" width="{w:.1f}" height="{row_h - 6}" fill="{PALETTE[i % len(PALETTE)]}"><title>{_e(label)}: ${value:,.2f}</title></rect>')
-        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 16}" font-size="12">${value:,.2f}</text>')
+        mark = marks.get(i)
+        fill = f"url(#{_e(chart_id)}-hatch)" if mark else PALETTE[i % len(PALETTE)]
+        cls = "bar missed" if mark else "bar"
+        note = f" ({mark})" if mark else ""
+        parts.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end" font-size="12">{_e(label[:72])}</text>')
+        parts.append(f'<rect id="{_e(chart_id)}-bar-{i}" class="{cls}" x="{left}" y="{y}" width="{w:.1f}" height="{row_h - 6}" '
+                     f'fill="{fill}"><title>{_e(label)}: {_e(usd(value))}{_e(note)}</title></rect>')
+        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 16}" font-size="12">{_e(usd(value))}'
+                     + (f'<tspan class="mark" fill="#b00" font-weight="bold">{_e(note)}</tspan>' if mark else "") + "</text>")
+    if marks:
+        y = 10 + len(bars) * row_h + 4
+        parts.append(f'<rect x="{left}" y="{y}" width="14" height="14" fill="url(#{_e(chart_id)}-hatch)"/>'
+                     f'<text x="{left + 20}" y="{y + 12}" font-size="12">hatched: not like for like (see the words after the amount)</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -405,7 +426,7 @@ def stacked_bars_svg(chart_id: str, by_day: Mapping[str, Mapping[str, float]], w
     for t in ticks:
         y = top + plot_h - t / vmax * plot_h
         parts.append(f'<line x1="{left}" x2="{width - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">${t:,.4g}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{usd(t)}</text>')
     parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#444"/>')
     for i, d in enumerate(days):
         x = left + i * slot + (slot - bar_w) / 2
@@ -416,7 +437,7 @@ def stacked_bars_svg(chart_id: str, by_day: Mapping[str, Mapping[str, float]], w
                 continue
             h = v / vmax * plot_h
             y -= h
-            parts.append(f'<rect id="{_e(chart_id)}-{_e(d)}-{j}" class="seg" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{max(h, 0.5):.1f}" fill="{color[m]}"><title>{_e(d)} {_e(m)}: ${v:,.6f}</title></rect>')
+            parts.append(f'<rect id="{_e(chart_id)}-{_e(d)}-{j}" class="seg" x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{max(h, 0.5):.1f}" fill="{color[m]}"><title>{_e(d)} {_e(m)}: {usd(v)}</title></rect>')
         if len(days) <= 31 or i % max(1, len(days) // 15) == 0:
             parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10">{_e(d[5:])}</text>')
     ly = height - 22
@@ -443,9 +464,9 @@ def budget_chart_svg(chart_id: str, uses: Sequence[BudgetUse], width: int = 1100
         color = "#59a14f" if u.used < 0.8 else ("#edc948" if u.used < 1 else "#e15759")
         parts.append(f'<text x="{left - 8}" y="{y + 17}" text-anchor="end" font-size="12">{_e(u.budget)} {_e(u.scope)} ({_e(u.window)})</text>')
         parts.append(f'<rect id="{_e(chart_id)}-limit-{i}" class="limit" x="{left}" y="{y}" width="{track}" height="22" fill="#e6e6e6"/>')
-        parts.append(f'<rect id="{_e(chart_id)}-use-{i}" class="use" x="{left}" y="{y}" width="{max(1.0, min(frac, 1.0) * track):.1f}" height="22" fill="{color}"><title>${u.spent_usd + u.reserved_usd:,.6f} of ${u.limit_usd:,.2f}</title></rect>')
+        parts.append(f'<rect id="{_e(chart_id)}-use-{i}" class="use" x="{left}" y="{y}" width="{max(1.0, min(frac, 1.0) * track):.1f}" height="22" fill="{color}"><title>{usd(u.spent_usd + u.reserved_usd)} of {usd(u.limit_usd)}</title></rect>')
         parts.append(f'<line x1="{left + track}" x2="{left + track}" y1="{y - 3}" y2="{y + 25}" stroke="#222" stroke-width="2"/>')
-        parts.append(f'<text x="{left + track + 8}" y="{y + 17}" font-size="12">{u.used:.0%} of ${u.limit_usd:,.2f}</text>')
+        parts.append(f'<text x="{left + track + 8}" y="{y + 17}" font-size="12">{u.used:.0%} of {usd(u.limit_usd)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -453,27 +474,27 @@ def budget_chart_svg(chart_id: str, uses: Sequence[BudgetUse], width: int = 1100
 def write_html(report: Report, path: str) -> None:
     body = [
         "<h1>litellm-payg spend report</h1>",
-        f"<p>Ledger {_e(report.ledger)}, since {_e(_iso(report.since))}: {report.records:,} charges, total ${report.total_usd:,.6f}.</p>",
+        f"<p>Ledger {_e(report.ledger)}, since {_e(_iso(report.since))}: {report.records:,} charges, total {usd(report.total_usd)}.</p>",
         "<h2>Spend over time, by model</h2>",
         stacked_bars_svg("chart-spend-by-model", report.by_day),
         "<h2>Budget use against limits</h2>",
         budget_chart_svg("chart-budgets", report.budgets),
         html_table(
             ["budget", "scope", "window", "spent", "in flight", "limit", "use", "burn $/day", "forecast"],
-            [[b.budget, b.scope, b.window, f"${b.spent_usd:,.6f}", f"${b.reserved_usd:,.6f}", f"${b.limit_usd:,.2f}", f"{b.used:.1%}",
-              f"${b.rate_usd_per_day:,.6f}", b.forecast] for b in report.budgets],
+            [[b.budget, b.scope, b.window, usd(b.spent_usd), usd(b.reserved_usd), usd(b.limit_usd), f"{b.used:.1%}",
+              usd(b.rate_usd_per_day), b.forecast] for b in report.budgets],
         ),
         "<h2>Per deployment</h2>",
         html_table(["deployment", "model", "provider", "requests", "cost"],
-                   [[r["deployment"], r["model"], r["provider"], f"{r['requests']:,}", f"${r['cost_usd']:,.6f}"] for r in report.by_deployment]),
+                   [[r["deployment"], r["model"], r["provider"], f"{r['requests']:,}", usd(r['cost_usd'])] for r in report.by_deployment]),
         "<h2>Per provider</h2>",
-        html_table(["provider", "cost"], [[p, f"${v:,.6f}"] for p, v in report.by_provider.items()]),
+        html_table(["provider", "cost"], [[p, usd(v)] for p, v in report.by_provider.items()]),
         "<h2>Per budget scope</h2>",
         html_table(["budget", "scope", "window", "requests", "cost"],
-                   [[s["budget"], s["scope"], s["window"], f"{s['requests']:,}", f"${s['cost_usd']:,.6f}"] for s in report.by_scope]),
+                   [[s["budget"], s["scope"], s["window"], f"{s['requests']:,}", usd(s['cost_usd'])] for s in report.by_scope]),
         "<h2>Most expensive runs</h2>",
         html_table(["run (session id)", "requests", "cost", "first", "last"],
-                   [[r["session"], f"{r['requests']:,}", f"${r['cost_usd']:,.6f}", r["first"], r["last"]] for r in report.top_runs]),
+                   [[r["session"], f"{r['requests']:,}", usd(r['cost_usd']), r["first"], r["last"]] for r in report.top_runs]),
     ]
     Path(path).write_text(html_page("litellm-payg spend report", "\n".join(body)), encoding="utf-8")
 

@@ -27,6 +27,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from litellm_payg.tools.money import usd
+
 DEFAULT_GAP_S = 10.0  # seconds between a run's requests
 
 
@@ -285,38 +287,52 @@ def describe_budget(budget: Any) -> str:
     return ", ".join(parts)
 
 
-def format_comparison(comparison: Mapping[str, Any]) -> list[str]:
-    rows = comparison["rows"]
-    first = rows[0]
+def comparison_title(comparison: Mapping[str, Any]) -> str:
+    """The comparison's heading line (the table and the HTML page print the same words)."""
+    first = comparison["rows"][0]
     if comparison["budget"] is None:
-        out = [f"Agent runs: {first['runs']:,} runs, {first['runaway_runs']:,} of them runaway (the policy has no run budget "
-               "to compare: scope: session:*, window: session:<idle>):"]
-    else:
-        out = [f"Agent runs: {first['runs']:,} runs, {first['runaway_runs']:,} of them runaway; the same runs three ways "
-               f"(run budget {comparison['budget']!r}: {comparison['budget_as_written']}):"]
-    header = (f"{'variant':<22} {'p50/run':>9} {'p95/run':>9} {'max/run':>9} {'total':>10} {'finished':>9} "
-              f"{'honest cut':>10} {'runaway stopped':>15} {'runaway cost':>12} {'per runaway':>11}")
-    out += [header, "-" * len(header)]
-    for row in rows:
-        c = row["cost_per_run_usd"]
-        out.append(
-            f"{row['label']:<22} {_usd4(c['p50']):>9} {_usd4(c['p95']):>9} {_usd4(c['max']):>9} {_usd2(row['total_usd']):>10} "
-            f"{row['finished']:>9,} {row['honest_cut_short']:>10,} {row['runaway_stopped']:>7,} of {row['runaway_runs']:<4,} "
-            f"{_usd2(row['runaway_cost_usd']):>12} {_usd4(row['runaway_cost_per_run_usd']):>11}")
-    for row in rows:
+        return (f"Agent runs: {first['runs']:,} runs, {first['runaway_runs']:,} of them runaway (the policy has no run budget "
+                "to compare: scope: session:*, window: session:<idle>):")
+    return (f"Agent runs: {first['runs']:,} runs, {first['runaway_runs']:,} of them runaway; the same runs three ways "
+            f"(run budget {comparison['budget']!r}: {comparison['budget_as_written']}):")
+
+
+#: the comparison's columns, as the table and the HTML page head them
+COLUMNS = ("variant", "p50/run", "p95/run", "max/run", "total", "finished", "honest cut", "runaway stopped",
+           "runaway cost", "per runaway")
+
+
+def comparison_cells(row: Mapping[str, Any]) -> list[str]:
+    """One variant's cells under :data:`COLUMNS` (amounts by ``money.usd``: a $0.02 run is not "$0.02" for $0.0247)."""
+    c = row["cost_per_run_usd"]
+    return [row["label"], usd(c["p50"]), usd(c["p95"]), usd(c["max"]), usd(row["total_usd"]), f"{row['finished']:,}",
+            f"{row['honest_cut_short']:,}", f"{row['runaway_stopped']:,} of {row['runaway_runs']:,}",
+            usd(row["runaway_cost_usd"]), usd(row["runaway_cost_per_run_usd"])]
+
+
+def comparison_notes(comparison: Mapping[str, Any]) -> list[str]:
+    """Per variant what it is and what it served, downgraded and stopped; then what the columns mean."""
+    out = []
+    for row in comparison["rows"]:
         by = ", ".join(f"{rule} {n:,}" for rule, n in row["runaway_stopped_by"].items())
         down = (f"; {row['requests_downgraded']:,} requests of {row['runs_downgraded']:,} runs routed by the downgrade steps"
                 if row["requests_downgraded"] else "")
-        out.append(f"  {row['label']}: {row['description']}; {row['requests_served']:,} requests served{down}"
+        out.append(f"{row['label']}: {row['description']}; {row['requests_served']:,} requests served{down}"
                    + (f"; runaways stopped by {by}" if by else ""))
-    out.append("  finished: the run's final step was served; honest cut: runs that were not runaways but had a working "
+    out.append("finished: the run's final step was served; honest cut: runs that were not runaways but had a working "
                "request refused; runaway stopped: refused before its loop ended (the run then sends its final step)")
     return out
 
 
-def _usd2(x: float) -> str:
-    return f"${x:,.2f}"
+def format_comparison(comparison: Mapping[str, Any]) -> list[str]:
+    """The comparison as the text table prints it."""
+    widths = (-22, 9, 9, 9, 10, 9, 10, 15, 12, 11)
 
+    def line(cells: Sequence[str]) -> str:
+        return " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, widths))
 
-def _usd4(x: float) -> str:
-    return f"${x:,.4f}"
+    header = line(COLUMNS)
+    out = [comparison_title(comparison), header, "-" * len(header)]
+    out += [line(comparison_cells(row)) for row in comparison["rows"]]
+    out += [f"  {note}" for note in comparison_notes(comparison)]
+    return out

@@ -63,16 +63,16 @@ passed over. ``user``, ``team``, ``tags``, ``time``, ``faults`` and ``retries`` 
 Runs are planned with a generator of their own, seeded from ``--seed``. When the policy has a run
 budget, the same traffic is also simulated without run budgets and with them as hard caps (no
 ``downgrade`` steps, no ``final_reserve``), and the three are compared per run.
+
+What is printed and written (the table, ``--csv``, ``--html``) is ``sim_output.py``'s job.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import dataclasses
 import heapq
-import io
 import json
 import math
 import random
@@ -88,6 +88,7 @@ from typing import Any
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.tools import sim_runs
+from litellm_payg.tools.sim_output import format_failover, format_table, write_csv, write_html  # noqa: F401 - the output, by its old names
 from litellm_payg.core.errors import PaygError
 from litellm_payg.core.failure import FailureClass
 
@@ -1065,7 +1066,7 @@ def simulate(
                 charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
             fault = _draw(faults.get(dep), when, rng) if faults else None
             if fault is None:
-                succeeded(picked, dep, charge)
+                succeeded(picked, dep, charge, tokens=classes[ci].prompt_tokens + classes[ci].completion_tokens)
                 served[key] = served.get(key, 0) + 1
                 served_by_class[ci] += 1
                 outcome = "served"
@@ -1240,6 +1241,11 @@ def quality_bar(engine: Any, cls: "TrafficClass") -> float | None:
     return max(bars) if bars else None
 
 
+def _meets_bar(candidate: Any, bar: float | None) -> bool:
+    """Whether a deployment may serve a request held to ``bar`` (None: the rules set no bar)."""
+    return bar is None or (candidate.quality is not None and candidate.quality >= bar)
+
+
 def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, period_days: float) -> list[dict[str, Any]]:
     classes = result.classes
     out: list[dict[str, Any]] = []
@@ -1254,10 +1260,7 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
             if not cand.priced:
                 continue
             total = math.fsum(c.count * pricer.cost(cand, c.prompt_tokens, c.completion_tokens) for _, c in group_classes)
-            meets = [
-                cand.quality is not None and cand.quality >= (quality_bar(engine, c) or 0)
-                for _, c in group_classes
-            ]
+            meets = [_meets_bar(cand, quality_bar(engine, c)) for _, c in group_classes]
             out.append({
                 "kind": "single", "group": g, "label": f"only {cand.model} ({cand.deployment_id})" if cand.model != cand.deployment_id else f"only {cand.model}",
                 "deployment": cand.deployment_id, "requests": n_req, "cost_usd": total,
@@ -1265,7 +1268,7 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
                 "meets_quality_bar_for": sum(c.count for (_, c), ok in zip(group_classes, meets) if ok),
             })
     # LiteLLM cost-based-routing: one choice per group
-    lc_total, lc_parts, lc_picks = [], {}, {}
+    lc_total, lc_parts, lc_picks, lc_meets = [], {}, {}, 0
     for g, cands in result.candidates.items():
         pick = litellm_cost_based_choice(g, [c for c in cands if c.priced], pricer)
         if pick is None:
@@ -1274,9 +1277,11 @@ def _baselines(result: Result, engine: Any, pricer: Pricer, plan: Plan | None, p
         part = math.fsum(c.count * pricer.cost(pick, c.prompt_tokens, c.completion_tokens) for c in classes if c.group == g)
         lc_parts[g] = part
         lc_total.append(part)
+        # LiteLLM's choice ignores quality: count the requests it sends to a model under their bar
+        lc_meets += sum(c.count for c in classes if c.group == g and _meets_bar(pick, quality_bar(engine, c)))
     out.append({
         "kind": "litellm-cost-based", "label": "LiteLLM cost-based-routing", "requests": result.requests,
-        "cost_usd": math.fsum(lc_total), "picks": lc_picks,
+        "cost_usd": math.fsum(lc_total), "picks": lc_picks, "meets_quality_bar_for": lc_meets,
     })
     # oracle: per request the cheapest deployment meeting the policy's bar
     oracle_all, oracle_served, oracle_picks = [], [], {}
@@ -1361,157 +1366,6 @@ def _litellm_version() -> str:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-# -- output -------------------------------------------------------------------------------------
-
-
-def _usd(x: float) -> str:
-    return f"${x:,.2f}"
-
-
-def format_table(result: Result) -> str:
-    out: list[str] = []
-    title = result.meta.get("description") or f"{result.requests:,} requests"
-    out.append(f"litellm-payg simulate: {result.policy_source} on {result.traffic_source} (LiteLLM {result.litellm_version})")
-    out.append(str(title))
-    out.append("")
-    out.append("Assumptions:")
-    out.extend(f"  - {a}" for a in result.assumptions)
-    out.append("")
-    header = f"{'deployment':<32} {'requests':>10} {'prompt tok':>14} {'compl. tok':>14} {'cost':>14}"
-    out += ["Policy routing (the runtime's lifecycle: decide, budgets, failover):", header, "-" * len(header)]
-    for r in result.deployment_rows():
-        out.append(f"{r['deployment'][:32]:<32} {r['requests']:>10,} {r['prompt_tokens']:>14,} {r['completion_tokens']:>14,} {_usd(r['cost_usd']):>14}")
-    served_tokens = sum(r["prompt_tokens"] for r in result.deployment_rows()), sum(r["completion_tokens"] for r in result.deployment_rows())
-    out.append("-" * len(header))
-    out.append(f"{'total':<32} {result.served_requests:>10,} {served_tokens[0]:>14,} {served_tokens[1]:>14,} {_usd(result.policy_cost):>14}")
-    out.append("")
-    blocks = sum(result.blocked.values())
-    downs = sum(result.downgraded.values())
-    out.append(f"Budget hits: {blocks:,} request(s) blocked, {downs:,} downgraded, {result.no_deployment:,} with no deployment left"
-               + (f"; {result.run_downgrades:,} routed by a run budget's downgrade steps" if result.run_downgrades else ""))
-    for name, n in sorted(result.blocked.items()):
-        out.append(f"  blocked by {name!r}: {n:,} (first at {_iso(result.first_block[name])})")
-    for name, n in sorted(result.downgraded.items()):
-        out.append(f"  downgraded by {name!r}: {n:,}")
-    out.append("")
-    if result.runs:
-        out.extend(sim_runs.format_comparison(result.runs_section()))
-        out.append("")
-    if result.failover_shown:
-        out.extend(format_failover(result))
-        out.append("")
-    out.append("Same traffic under baselines:")
-    bh = f"{'baseline':<64} {'requests':>10} {'cost':>14} {'vs policy':>10}"
-    out += [bh, "-" * len(bh)]
-    out.append(f"{'policy (' + Path(result.policy_source).name + ')':<64} {result.served_requests:>10,} {_usd(result.policy_cost):>14} {'1.00x':>10}")
-    for b in result.baselines:
-        ref = b.get("policy_cost_usd", result.policy_cost)
-        ratio = f"{b['cost_usd'] / ref:.2f}x" if ref > 0 else "-"
-        label = b["label"] if b["kind"] != "single" or len(result.candidates) == 1 else f"[{b['group']}] {b['label']}"
-        if b["kind"] == "single" and b["meets_quality_bar_for"] < b["requests"]:
-            label += f" (bar missed: {b['requests'] - b['meets_quality_bar_for']:,})"
-        out.append(f"{label[:64]:<64} {b['requests']:>10,} {_usd(b['cost_usd']):>14} {ratio:>10}")
-        if b["kind"] == "oracle" and result.served_requests < result.requests:
-            out.append(f"{'  oracle over the requests the policy served':<64} {result.served_requests:>10,} {_usd(b['served_cost_usd']):>14}")
-    out.append("")
-    sent = result.sent_requests if result.sent_requests is not None else result.requests
-    unsent = f" (of {result.requests:,}: stopped runs did not send the rest)" if sent < result.requests else ""
-    out.append(f"simulated {sent:,} requests{unsent} in {result.elapsed_s:.1f} s ({sent / max(result.elapsed_s, 1e-9):,.0f} req/s)")
-    return "\n".join(out)
-
-
-def format_failover(result: Result) -> list[str]:
-    """The failures section of the table: per deployment, failed attempts, requests that failed
-    over from it or failed for good on it, and its circuit breaker."""
-    out = [f"Failures and failover (faults drawn with seed {result.seed}; "
-           + ("circuit breakers from the policy's failover: section" if result.breakers else "no failover: in the policy, no breakers") + "):"]
-    header = (f"{'deployment':<32} {'failed att.':>11} {'failed over':>11} {'failed final':>12} "
-              f"{'breaker opened':>14} {'moved by breaker':>16}")
-    out += [header, "-" * len(header)]
-    rows = sorted(result.deployment_rows(), key=lambda r: r["deployment"])
-    for r in rows:
-        out.append(f"{r['deployment'][:32]:<32} {r['failed_attempts']:>11,} {r['failed_over']:>11,} {r['failed_final']:>12,} "
-                   f"{r['breaker_opened']:>14,} {r['breaker_moved']:>16,}")
-    out.append("-" * len(header))
-    out.append(f"{'total':<32} {sum(r['failed_attempts'] for r in rows):>11,} {sum(r['failed_over'] for r in rows):>11,} "
-               f"{result.failed_requests:>12,} {sum(r['breaker_opened'] for r in rows):>14,} {sum(r['breaker_moved'] for r in rows):>16,}")
-    for r in rows:
-        if r["failed_attempts_by_class"]:
-            by = ", ".join(f"{fc} {n:,}" for fc, n in sorted(r["failed_attempts_by_class"].items()))
-            charged = f"; invalid answers charged ${r['invalid_answers_charged_usd']:,.4f}" if r["invalid_answers_charged_usd"] else ""
-            out.append(f"  {r['deployment']}: {by}{charged}")
-    out.append(f"{result.failed_requests:,} request(s) failed for good (their last attempt failed and no retry was left or allowed)")
-    return out
-
-
-def write_csv(result: Result, path: str) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    failing = result.failover_shown
-    extra = ["failed_attempts", "failed_over", "failed_final", "breaker_opened", "breaker_moved"] if failing else []
-    w.writerow(["section", "name", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd"] + extra)
-    for r in result.deployment_rows():
-        w.writerow(["deployment", r["deployment"], r["model"], r["requests"], r["prompt_tokens"], r["completion_tokens"], f"{r['cost_usd']:.6f}"]
-                   + [r[k] for k in extra])
-    w.writerow(["total", "policy", "", result.served_requests, "", "", f"{result.policy_cost:.6f}"])
-    if failing:
-        w.writerow(["failed", "for good", "", result.failed_requests, "", "", ""])
-    for b in result.baselines:
-        w.writerow(["baseline", b["label"], b.get("deployment", ""), b["requests"], "", "", f"{b['cost_usd']:.6f}"])
-    for name, n in sorted(result.blocked.items()):
-        w.writerow(["blocked", name, "", n, "", "", ""])
-    for name, n in sorted(result.downgraded.items()):
-        w.writerow(["downgraded", name, "", n, "", "", ""])
-    Path(path).write_text(buf.getvalue(), encoding="utf-8")
-
-
-def write_html(result: Result, path: str) -> None:
-    from litellm_payg.tools.report import bar_chart_svg, html_page, html_table
-
-    rows = result.deployment_rows()
-    bars = [("policy", result.policy_cost)] + [(b["label"], b["cost_usd"]) for b in result.baselines]
-    body = [
-        f"<h1>Simulation: {_esc(Path(result.policy_source).name)} on {_esc(result.traffic_source)}</h1>",
-        f"<p>{result.requests:,} requests, LiteLLM {_esc(result.litellm_version)}.</p>",
-        "<h2>Cost under the policy and the baselines</h2>",
-        bar_chart_svg("chart-baselines", bars),
-        "<h2>Per deployment</h2>",
-        html_table(
-            ["deployment", "model", "requests", "prompt tokens", "completion tokens", "cost"],
-            [[r["deployment"], r["model"], f"{r['requests']:,}", f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}", _usd(r["cost_usd"])] for r in rows]
-            + [["total", "", f"{result.served_requests:,}", "", "", _usd(result.policy_cost)]],
-        ),
-        *(_html_failover(result, html_table) if result.failover_shown else []),
-        "<h2>Budget hits</h2>",
-        html_table(["budget", "blocked", "downgraded"], [
-            [name, f"{result.blocked.get(name, 0):,}", f"{result.downgraded.get(name, 0):,}"]
-            for name in sorted(set(result.blocked) | set(result.downgraded))
-        ] or [["(none)", "0", "0"]]),
-        "<h2>Assumptions</h2><ul>" + "".join(f"<li>{_esc(a)}</li>" for a in result.assumptions) + "</ul>",
-    ]
-    Path(path).write_text(html_page("litellm-payg simulation", "\n".join(body)), encoding="utf-8")
-
-
-def _html_failover(result: Result, html_table: Any) -> list[str]:
-    rows = sorted(result.deployment_rows(), key=lambda r: r["deployment"])
-    return [
-        f"<h2>Failures and failover</h2><p>Faults drawn with seed {result.seed}; "
-        f"{result.failed_requests:,} request(s) failed for good.</p>",
-        html_table(
-            ["deployment", "failed attempts", "by class", "failed over", "failed for good", "breaker opened", "moved by breaker"],
-            [[r["deployment"], f"{r['failed_attempts']:,}",
-              ", ".join(f"{fc} {n:,}" for fc, n in sorted(r["failed_attempts_by_class"].items())) or "-",
-              f"{r['failed_over']:,}", f"{r['failed_final']:,}", f"{r['breaker_opened']:,}", f"{r['breaker_moved']:,}"] for r in rows],
-        ),
-    ]
-
-
-def _esc(s: str) -> str:
-    import html
-
-    return html.escape(str(s))
 
 
 # -- CLI ----------------------------------------------------------------------------------------

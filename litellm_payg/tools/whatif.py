@@ -29,7 +29,6 @@ import csv
 import heapq
 import io
 import json
-import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from litellm_payg.tools.money import usd
 from litellm_payg.tools.simulate import Pricer, _Clock, _Progress
 from litellm_payg.tools.whatif_history import (
     Filters,
@@ -505,17 +505,6 @@ def open_source(source: str, filters: Filters, with_deployments: bool = True) ->
 # -- output -------------------------------------------------------------------------------------
 
 
-def usd(x: float) -> str:
-    """An amount with at least 4 significant digits below $1 (never "$0.00" for $0.0005)."""
-    if x == 0:
-        return "$0"
-    a = abs(x)
-    if a >= 1:
-        return f"{'-' if x < 0 else ''}${a:,.2f}"
-    decimals = min(12, max(2, 3 - math.floor(math.log10(a))))
-    return f"{'-' if x < 0 else ''}${a:.{decimals}f}"
-
-
 def _ratio(a: float, b: float) -> str:
     return f"{(a - b) / b * 100:+.1f}%" if b > 0 else "-"
 
@@ -588,7 +577,8 @@ def write_csv(result: WhatIfResult, path: str) -> None:
 
 
 def daily_chart_svg(days: Mapping[str, Totals], width: int = 1000, height: int = 320) -> str:
-    """Daily cost, paid vs policy (vs oracle): one line each, inline SVG, no script."""
+    """Daily cost, paid vs policy (vs oracle): one line each, with a dot per day (a single day is
+    three dots, not three invisible one-point lines), inline SVG, no script."""
     from html import escape
 
     names = sorted(days)
@@ -596,9 +586,10 @@ def daily_chart_svg(days: Mapping[str, Totals], width: int = 1000, height: int =
     pw, ph = width - left - right, height - top - bottom
     vmax = max([max(d.actual, d.policy, d.oracle) for d in days.values()] + [1e-12])
     step = pw / max(1, len(names) - 1)
+    x0 = left + (pw / 2 if len(names) == 1 else 0)
 
     def xy(i: int, v: float) -> str:
-        return f"{left + i * step:.1f},{top + ph - v / vmax * ph:.1f}"
+        return f"{x0 + i * step:.1f},{top + ph - v / vmax * ph:.1f}"
 
     parts = [f'<svg id="chart-daily" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
              f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#888"/>',
@@ -611,9 +602,13 @@ def daily_chart_svg(days: Mapping[str, Totals], width: int = 1000, height: int =
     for label, attr, colour in series:
         pts = " ".join(xy(i, getattr(days[d], attr)) for i, d in enumerate(names))
         parts.append(f'<polyline class="series-{label}" fill="none" stroke="{colour}" stroke-width="2" points="{pts}"/>')
+        for i, d in enumerate(names):
+            x, y = xy(i, getattr(days[d], attr)).split(",")
+            parts.append(f'<circle class="point point-{label}" cx="{x}" cy="{y}" r="3" fill="{colour}">'
+                         f'<title>{escape(d)} {label}: {escape(usd(getattr(days[d], attr)))}</title></circle>')
     for i, d in enumerate(names):
         if len(names) <= 16 or i % max(1, len(names) // 10) == 0:
-            parts.append(f'<text x="{left + i * step:.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="10">{escape(d[5:])}</text>')
+            parts.append(f'<text x="{x0 + i * step:.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="10">{escape(d[5:])}</text>')
     for j, (label, _, colour) in enumerate(series):
         parts.append(f'<rect x="{left + j * 110}" y="{height - 22}" width="12" height="12" fill="{colour}"/>'
                      f'<text x="{left + j * 110 + 16}" y="{height - 12}" font-size="12">{label}</text>')

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from litellm_payg.core.bounds import MAX_USD
-from litellm_payg.core.buckets import Bucket, Usage  # re-exported: the data every backend counts
+from litellm_payg.core.buckets import Bucket, BucketState, Usage  # re-exported: the data every backend counts
 from litellm_payg.core.errors import InvalidAmount
 
 NANOS_PER_USD = 1_000_000_000
@@ -60,6 +60,9 @@ class ReserveResult:
     refused_by: str | None = None
     #: usage of every bucket BEFORE this reservation (also when refused)
     usage: dict[str, Usage] = field(default_factory=dict)
+    #: why ``refused_by`` refused: ``limit`` (its limit, grants included), ``closed`` (an operator
+    #: closed it, ``Ledger.adjust``) or ``age`` (its ``max_age_s``, grants included, has passed)
+    refused_rule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Ledger(ABC):
         actual_usd: float,
         now: float | None = None,
         attrs: Mapping | None = None,
+        units: int | None = None,
     ) -> bool:
         """Replace the reservation by the real cost.
 
@@ -112,7 +116,35 @@ class Ledger(ABC):
         already settled, released or expired-and-charged -- so a retried
         settle can never double charge. A reservation past its TTL that no
         sweep has charged yet is still settled with its real cost.
+
+        ``units``: what the call used of a bucket reserved with ``units`` (a run's tokens); None
+        charges such a bucket the units it reserved (their bound).
         """
+
+    @abstractmethod
+    def state(self, buckets: Sequence[Bucket], now: float | None = None) -> dict[str, BucketState]:
+        """Everything the ledger keeps of each bucket (usage, grants, closed mark, first and last
+        activity, note), read in one round trip: what a run's status is made of."""
+
+    @abstractmethod
+    def adjust(
+        self,
+        buckets: Sequence[Bucket],
+        *,
+        grant: Mapping[str, float] | None = None,
+        grant_s: Mapping[str, float] | None = None,
+        close: bool | None = None,
+        note: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """An operator's change to live session counters, in one atomic step: ``grant`` adds to a
+        bucket's limit (by key, in its units: USD, requests, tokens), ``grant_s`` to its
+        ``max_age_s``, ``close`` marks every bucket closed (True) or open again (False), ``note``
+        is kept on every bucket (a run's last refusal). Changes nothing and returns False unless
+        every bucket is live (a counter of a run that is active: one the ledger has, not idle past
+        its ``idle_s``), so a mistyped or forged run id cannot create state. What it changed is read by every
+        later reservation inside its own atomic step (all replicas alike) and forgotten when the
+        counter starts afresh."""
 
     def record(
         self,
@@ -242,8 +274,26 @@ UNIT_NANOS = NANOS_PER_USD
 
 
 def bucket_amount(bucket: Bucket, amount: int) -> int:
-    """What a reservation or charge of ``amount`` nano-dollars adds to ``bucket``."""
-    return UNIT_NANOS if bucket.counts else amount
+    """What a reservation of ``amount`` nano-dollars adds to ``bucket``."""
+    if bucket.counts:
+        return UNIT_NANOS * bucket.units if bucket.units is not None else UNIT_NANOS
+    return amount
+
+
+def spec_amount(counts: bool, units: int | None, amount: int, used: int | None = None) -> int:
+    """What a charge of ``amount`` nano-dollars adds to a bucket stored as ``(counts, units)``:
+    ``used`` units (the call's own count) when the bucket was reserved with units and the caller
+    says, else what it reserved."""
+    if not counts:
+        return amount
+    if units is None:
+        return UNIT_NANOS
+    return UNIT_NANOS * (units if used is None else max(0, int(used)))
+
+
+def check_units(units: int | None) -> None:
+    if units is not None and (isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= 10**9):
+        raise InvalidAmount(f"units must be a whole number from 0 to 1e9, got {units!r}")
 
 
 def idle_over(idle_s: float | None, last: float | None, now: float) -> bool:
@@ -252,16 +302,22 @@ def idle_over(idle_s: float | None, last: float | None, now: float) -> bool:
 
 
 def bucket_spec(b: Bucket) -> list:
-    """How a reservation remembers one of its buckets (JSON): key, rolling_s, expires_at, idle_s, counts."""
-    return [b.key, b.rolling_s, b.expires_at, b.idle_s, bool(b.counts)]
+    """How a reservation remembers one of its buckets (JSON): key, rolling_s, expires_at, idle_s,
+    counts, and the units it reserved (a ``units`` bucket; else none)."""
+    spec = [b.key, b.rolling_s, b.expires_at, b.idle_s, bool(b.counts)]
+    if b.counts and b.units is not None:
+        spec.append(int(b.units))
+    return spec
 
 
 def spec_parts(spec: Sequence) -> tuple:
-    """``(key, rolling_s, expires_at, idle_s, counts)`` of a stored spec (older ones have 3 parts)."""
+    """``(key, rolling_s, expires_at, idle_s, counts, units)`` of a stored spec (older ones have
+    3 or 5 parts)."""
     key, rolling_s, expires_at = spec[0], spec[1], spec[2]
     idle_s = spec[3] if len(spec) > 3 else None
     counts = bool(spec[4]) if len(spec) > 4 else False
-    return key, rolling_s, expires_at, idle_s, counts
+    units = int(spec[5]) if len(spec) > 5 and spec[5] is not None else None
+    return key, rolling_s, expires_at, idle_s, counts, units
 
 
 def check_buckets(buckets: Sequence[Bucket]) -> None:
@@ -275,6 +331,18 @@ def check_buckets(buckets: Sequence[Bucket]) -> None:
             raise LedgerError(f"bucket {b.key!r}: rolling_s must be > 0, got {b.rolling_s!r}")
         if b.idle_s is not None and not (b.idle_s > 0 and math.isfinite(b.idle_s) and b.rolling_s is None):
             raise LedgerError(f"bucket {b.key!r}: idle_s must be > 0 (and not on a rolling bucket), got {b.idle_s!r}")
+        if b.max_age_s is not None and not (b.idle_s is not None and b.max_age_s > 0 and math.isfinite(b.max_age_s)):
+            raise LedgerError(f"bucket {b.key!r}: max_age_s must be > 0, on a session counter, got {b.max_age_s!r}")
+        if b.units is not None:
+            if not b.counts:
+                raise LedgerError(f"bucket {b.key!r}: units are for a counts bucket")
+            check_units(b.units)
+
+
+def age_over(max_age_s: float | None, granted_s: float, first: float | None, now: float) -> bool:
+    """Whether a session counter first active at ``first`` is past its ``max_age_s`` (plus what
+    was granted) at ``now``; a counter not yet active starts now."""
+    return max_age_s is not None and first is not None and now - first >= max_age_s + granted_s
 
 
 def check_ttl(ttl_s: float) -> None:

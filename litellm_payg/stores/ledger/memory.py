@@ -14,13 +14,17 @@ from typing import Sequence
 
 from litellm_payg.stores.ledger.base import (
     Bucket,
+    BucketState,
     Ledger,
     LedgerError,
     ReserveResult,
     SpendRecord,
     Usage,
+    age_over,
     bucket_amount,
     check_buckets,
+    check_units,
+    spec_amount,
     check_ttl,
     idle_over,
     clean_attrs,
@@ -42,6 +46,15 @@ class _Counter:
     slices: dict[int, int] = field(default_factory=dict)
     idle_s: float | None = None
     last: float | None = None  # a session counter's last activity
+    first: float | None = None  # ... and its first, since it last started afresh
+    granted: int = 0  # an operator's grant on top of the limit (Ledger.adjust)
+    granted_s: float = 0.0  # ... on top of a max_age_s
+    closed: bool = False
+    note: str | None = None
+
+    def live(self, now: float) -> bool:
+        """A session counter not idle past its time (any other counter is live while it exists)."""
+        return not idle_over(self.idle_s, self.last, now)
 
     def spent_at(self, now: float) -> int:
         if idle_over(self.idle_s, self.last, now):
@@ -55,8 +68,9 @@ class _Counter:
         """A session counter is active at ``now``: idle past its ``idle_s``, it starts afresh."""
         if self.idle_s is None:
             return
-        if idle_over(self.idle_s, self.last, now):
-            self.spent = 0
+        if self.last is None or idle_over(self.idle_s, self.last, now):
+            self.spent, self.granted, self.granted_s, self.closed, self.note = 0, 0, 0.0, False, None
+            self.first = now
         if self.last is None or now > self.last:
             self.last = now
 
@@ -102,12 +116,12 @@ class MemoryLedger(Ledger):
         return c
 
     def _charge(self, rid: str, res: _Reservation, amount: int, amount_usd: float, ts: float, kind: str,
-                now: float) -> None:
+                now: float, units: int | None = None) -> None:
         for b in res.buckets:
             c = self._counter(b)
             c.wake(now)
             c.reserved = max(0, c.reserved - bucket_amount(b, res.amount))
-            c.add(bucket_amount(b, amount), ts)
+            c.add(spec_amount(b.counts, b.units, amount, units), ts)
         attrs = dict(res.attrs, kind=kind)
         self._records.append(SpendRecord(ts, rid, amount_usd, tuple(b.key for b in res.buckets), attrs))
 
@@ -130,8 +144,31 @@ class MemoryLedger(Ledger):
             if c is None:
                 out[b.key] = Usage(0.0, 0.0)
             else:
-                out[b.key] = Usage(from_nanos(c.spent_at(now)), from_nanos(c.reserved))
+                out[b.key] = Usage(from_nanos(c.spent_at(now)), from_nanos(c.reserved),
+                                   from_nanos(c.granted) if c.live(now) else 0.0)
         return out
+
+    def _refusal(self, buckets: Sequence[Bucket], amount: int, now: float) -> tuple[str, str] | None:
+        """``(bucket key, rule)`` of the first bucket that refuses a reservation of ``amount``:
+        one closed first, then one past its age, then one over its limit (grants included)."""
+        live = {b.key: c for b in buckets if (c := self._counters.get(b.key)) is not None and c.live(now)}
+        for b in buckets:
+            if b.key in live and live[b.key].closed:
+                return b.key, "closed"
+        for b in buckets:
+            c = live.get(b.key)
+            if c is not None and age_over(b.max_age_s, c.granted_s, c.first, now):
+                return b.key, "age"
+        for b in buckets:
+            lim = limit_nanos(b)
+            if lim is None:
+                continue
+            c = self._counters.get(b.key)
+            used = 0 if c is None else c.spent_at(now) + c.reserved
+            granted = live[b.key].granted if b.key in live else 0
+            if used + bucket_amount(b, amount) > lim + granted:
+                return b.key, "limit"
+        return None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -151,14 +188,9 @@ class MemoryLedger(Ledger):
             before = self._usage(buckets, now)
             if reservation_id in self._res:
                 return ReserveResult(True, reservation_id, None, before)
-            for b in buckets:
-                lim = limit_nanos(b)
-                if lim is None:
-                    continue
-                c = self._counters.get(b.key)
-                used = 0 if c is None else c.spent_at(now) + c.reserved
-                if used + bucket_amount(b, amount) > lim:
-                    return ReserveResult(False, reservation_id, b.key, before)
+            refused = self._refusal(buckets, amount, now)
+            if refused is not None:
+                return ReserveResult(False, reservation_id, refused[0], before, refused[1])
             for b in buckets:
                 c = self._counter(b)
                 c.wake(now)
@@ -168,8 +200,9 @@ class MemoryLedger(Ledger):
             heapq.heappush(self._expiry, (exp, reservation_id))
             return ReserveResult(True, reservation_id, None, before)
 
-    def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+    def settle(self, reservation_id, actual_usd, now=None, attrs=None, units=None):
         actual = to_nanos(actual_usd, "actual_usd")
+        check_units(units)
         now = clock(now)
         with self._lock:
             self._check_open()
@@ -177,7 +210,41 @@ class MemoryLedger(Ledger):
             if res is None:
                 return False
             res.attrs.update(clean_attrs(attrs))
-            self._charge(reservation_id, res, actual, float(actual_usd), now, "settled", now)
+            self._charge(reservation_id, res, actual, float(actual_usd), now, "settled", now, units)
+            return True
+
+    def state(self, buckets, now=None):
+        now = clock(now)
+        buckets = tuple(buckets)
+        with self._lock:
+            self._check_open()
+            usage = self._usage(buckets, now)
+            out = {}
+            for b in buckets:
+                c = self._counters.get(b.key)
+                if c is None or not c.live(now):
+                    out[b.key] = BucketState(usage[b.key])
+                else:
+                    out[b.key] = BucketState(usage[b.key], c.granted_s, c.closed, c.first, c.last, c.note, live=True)
+            return out
+
+    def adjust(self, buckets, *, grant=None, grant_s=None, close=None, note=None, now=None):
+        now = clock(now)
+        buckets = tuple(buckets)
+        adds = {k: to_nanos(v, "grant") for k, v in (grant or {}).items()}
+        adds_s = {k: float(to_nanos(v, "grant_s")) / 1e9 for k, v in (grant_s or {}).items()}
+        with self._lock:
+            self._check_open()
+            found = [self._counters.get(b.key) for b in buckets]
+            if not found or any(c is None or c.idle_s is None or not c.live(now) for c in found):
+                return False
+            for b, c in zip(buckets, found):
+                c.granted += adds.get(b.key, 0)
+                c.granted_s += adds_s.get(b.key, 0.0)
+                if close is not None:
+                    c.closed = bool(close)
+                if note is not None:
+                    c.note = note
             return True
 
     def release(self, reservation_id):

@@ -45,6 +45,7 @@ from litellm_payg.stores.schemes import check_batch_s
 from litellm_payg.stores.ledger.base import (
     redact_url,
     Bucket,
+    BucketState,
     Ledger,
     LedgerError,
     LedgerUnavailable,
@@ -53,6 +54,7 @@ from litellm_payg.stores.ledger.base import (
     Usage,
     bucket_spec,
     check_buckets,
+    check_units,
     check_ttl,
     clean_attrs,
     clock,
@@ -78,13 +80,36 @@ local function idle_over(bkey, idle, now)
   local l = redis.call('HGET', bkey, 'l')
   return l ~= false and l ~= nil and now - tonumber(l) >= idle
 end
+-- a session counter that starts (afresh): no spend, no operator grant or close, first activity now
 local function wake(bkey, idle, now)
   if idle == nil then return end
   local l = redis.call('HGET', bkey, 'l')
-  if l and now - tonumber(l) >= idle then redis.call('HSET', bkey, 's', '0') end
+  if (not l) or now - tonumber(l) >= idle then
+    redis.call('HSET', bkey, 's', '0', 'f', string.format('%.17g', now))
+    redis.call('HDEL', bkey, 'g', 'ga', 'x', 'n')
+  end
   if (not l) or now > tonumber(l) then redis.call('HSET', bkey, 'l', string.format('%.17g', now)) end
 end
-local function amount_on(s, amount) if s[5] == true then return UNIT end return amount end
+local function live(bkey, idle, now)
+  if idle == nil then return redis.call('EXISTS', bkey) == 1 end
+  local l = redis.call('HGET', bkey, 'l')
+  return l ~= false and l ~= nil and now - tonumber(l) < idle
+end
+local function units_of(n) if n == nil or n == cjson.null then return nil end n = fmt(n) if n == '0' then return '0' end return n .. '000000000' end
+-- what a reservation of `amount` adds to spec s: a request (UNIT), its units (a token bound) or the amount
+local function amount_on(s, amount)
+  if s[5] == true then return units_of(s[6]) or UNIT end
+  return amount
+end
+-- what a charge adds: a units bucket counts what the call used (`used`, '' = its reserved units)
+local function used_on(s, amount, used)
+  if s[5] == true and s[6] ~= nil and s[6] ~= cjson.null and used ~= nil and used ~= '' then return units_of(tonumber(used)) end
+  return amount_on(s, amount)
+end
+local function granted_of(bkey, idle, now)
+  if not live(bkey, idle, now) then return 0 end
+  return tonumber(redis.call('HGET', bkey, 'g') or '0')
+end
 local function spent_of(bkey, rs, now, prune, idle)
   if idle_over(bkey, idle, now) then return 0 end
   if rs == nil then return tonumber(redis.call('HGET', bkey, 's') or '0') end
@@ -115,7 +140,7 @@ local function keep(bkey, rs, bexp, now, res_exp, idle)
   else return end
   redis.call('PEXPIRE', bkey, fmt(math.ceil(secs * 1000)))
 end
-local function charge(rid, specs_json, reserved, amount, ts_str, kind, attrs_json, extra_json, amt_repr, now)
+local function charge(rid, specs_json, reserved, amount, ts_str, kind, attrs_json, extra_json, amt_repr, now, used)
   local ts = tonumber(ts_str)
   for _, s in ipairs(cjson.decode(specs_json)) do
     local bkey = P .. 'b:' .. s[1]
@@ -124,9 +149,9 @@ local function charge(rid, specs_json, reserved, amount, ts_str, kind, attrs_jso
     wake(bkey, idle, now)
     decr_reserved(bkey, amount_on(s, reserved))
     if rs == nil then
-      redis.call('HINCRBY', bkey, 's', amount_on(s, amount))
+      redis.call('HINCRBY', bkey, 's', used_on(s, amount, used))
     else
-      redis.call('HINCRBY', bkey, 'w' .. fmt(math.floor(ts / (rs / 60))), amount_on(s, amount))
+      redis.call('HINCRBY', bkey, 'w' .. fmt(math.floor(ts / (rs / 60))), used_on(s, amount, used))
       spent_of(bkey, rs, ts, true, nil)
     end
     keep(bkey, rs, nn(s[3]), ts, ts, idle)
@@ -152,22 +177,37 @@ end
 """
 
 # KEYS: exp, rec, res, bucket keys...   ARGV: P, now, amount, res_expiry, rid,
-# specs_json, attrs_json, batch, limit per bucket ('' = never refuses)
+# specs_json, attrs_json, batch, limit per bucket ('' = never refuses), then max age per bucket ('' = none)
 _RESERVE = _PRELUDE + r"""
 local now = tonumber(ARGV[2])
 expire_due(ARGV[2], tonumber(ARGV[8]))
 local specs = cjson.decode(ARGV[6])
-local out, used = {}, {}
+local n = #specs
+local out, used, granted, alive = {}, {}, {}, {}
 for i, s in ipairs(specs) do
-  local sp = spent_of(KEYS[3 + i], nn(s[2]), now, false, nn(s[4]))
+  local idle = nn(s[4])
+  local sp = spent_of(KEYS[3 + i], nn(s[2]), now, false, idle)
   local rv = reserved_of(KEYS[3 + i])
-  out[#out + 1] = fmt(sp); out[#out + 1] = fmt(rv)
+  alive[i] = idle ~= nil and live(KEYS[3 + i], idle, now)
+  granted[i] = alive[i] and tonumber(redis.call('HGET', KEYS[3 + i], 'g') or '0') or 0
+  out[#out + 1] = fmt(sp); out[#out + 1] = fmt(rv); out[#out + 1] = fmt(granted[i])
   used[i] = sp + rv
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0, out} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0, out, ''} end
+for i, s in ipairs(specs) do
+  if alive[i] and redis.call('HGET', KEYS[3 + i], 'x') == '1' then return {0, i, out, 'closed'} end
+end
+for i, s in ipairs(specs) do
+  local age = ARGV[8 + n + i]
+  if alive[i] and age ~= '' then
+    local f = redis.call('HGET', KEYS[3 + i], 'f')
+    local extra = tonumber(redis.call('HGET', KEYS[3 + i], 'ga') or '0')
+    if f and now - tonumber(f) >= tonumber(age) + extra then return {0, i, out, 'age'} end
+  end
+end
 for i, s in ipairs(specs) do
   local lim = ARGV[8 + i]
-  if lim ~= '' and used[i] + tonumber(amount_on(s, ARGV[3])) > tonumber(lim) then return {0, i, out} end
+  if lim ~= '' and used[i] + tonumber(amount_on(s, ARGV[3])) > tonumber(lim) + granted[i] then return {0, i, out, 'limit'} end
 end
 local res_exp = tonumber(ARGV[4])
 for i, s in ipairs(specs) do
@@ -179,16 +219,16 @@ for i, s in ipairs(specs) do
 end
 redis.call('HSET', KEYS[3], 'a', ARGV[3], 'e', ARGV[4], 'b', ARGV[6], 't', ARGV[7])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[5])
-return {1, 0, out}
+return {1, 0, out, ''}
 """
 
-# KEYS: exp, rec, res   ARGV: P, now, actual nanos, actual repr, rid, attrs_json
+# KEYS: exp, rec, res   ARGV: P, now, actual nanos, actual repr, rid, attrs_json, units used ('' = not said)
 _SETTLE = _PRELUDE + r"""
 local h = redis.call('HMGET', KEYS[3], 'a', 'e', 'b', 't')
 if not h[1] then return 0 end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[5])
-charge(ARGV[5], h[3], h[1], ARGV[3], ARGV[2], 'settled', h[4], ARGV[6], ARGV[4], tonumber(ARGV[2]))
+charge(ARGV[5], h[3], h[1], ARGV[3], ARGV[2], 'settled', h[4], ARGV[6], ARGV[4], tonumber(ARGV[2]), ARGV[7])
 return 1
 """
 
@@ -207,10 +247,53 @@ _USAGE = _PRELUDE + r"""
 local now = tonumber(ARGV[2])
 local out = {}
 for i, s in ipairs(cjson.decode(ARGV[3])) do
-  out[#out + 1] = fmt(spent_of(KEYS[i], nn(s[2]), now, false, nn(s[4])))
+  local idle = nn(s[4])
+  out[#out + 1] = fmt(spent_of(KEYS[i], nn(s[2]), now, false, idle))
   out[#out + 1] = fmt(reserved_of(KEYS[i]))
+  out[#out + 1] = fmt(idle ~= nil and granted_of(KEYS[i], idle, now) or 0)
 end
 return out
+"""
+
+# KEYS: bucket keys   ARGV: P, now, specs_json
+# per bucket: spent, reserved, granted, granted seconds, closed, first, last, note, live ('' = none)
+_STATE = _PRELUDE + r"""
+local now = tonumber(ARGV[2])
+local out = {}
+for i, s in ipairs(cjson.decode(ARGV[3])) do
+  local idle = nn(s[4])
+  out[#out + 1] = fmt(spent_of(KEYS[i], nn(s[2]), now, false, idle))
+  out[#out + 1] = fmt(reserved_of(KEYS[i]))
+  if idle ~= nil and live(KEYS[i], idle, now) then
+    local h = redis.call('HMGET', KEYS[i], 'g', 'ga', 'x', 'f', 'l', 'n')
+    for j = 1, 6 do out[#out + 1] = h[j] or '' end
+    out[#out + 1] = '1'
+  else
+    for j = 1, 6 do out[#out + 1] = '' end
+    out[#out + 1] = ''
+  end
+end
+return out
+"""
+
+# KEYS: bucket keys   ARGV: P, now, specs_json, close ('' | '0' | '1'), note ('' = none, else '=' .. note),
+# then per bucket: grant nanos, grant seconds
+_ADJUST = _PRELUDE + r"""
+local now = tonumber(ARGV[2])
+local specs = cjson.decode(ARGV[3])
+if #specs == 0 then return 0 end
+for i, s in ipairs(specs) do
+  local idle = nn(s[4])
+  if idle == nil or not live(KEYS[i], idle, now) then return 0 end
+end
+local n = #specs
+for i, s in ipairs(specs) do
+  if ARGV[5 + i] ~= '0' then redis.call('HINCRBY', KEYS[i], 'g', ARGV[5 + i]) end
+  if ARGV[5 + n + i] ~= '0' then redis.call('HINCRBYFLOAT', KEYS[i], 'ga', ARGV[5 + n + i]) end
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[i], 'x', ARGV[4]) end
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[i], 'n', string.sub(ARGV[5], 2)) end
+end
+return 1
 """
 
 # KEYS: exp, rec   ARGV: P, now, batch
@@ -239,6 +322,8 @@ class RedisLedger(Ledger):
         self._settle = self._r.register_script(_SETTLE)
         self._release = self._r.register_script(_RELEASE)
         self._usage = self._r.register_script(_USAGE)
+        self._state = self._r.register_script(_STATE)
+        self._adjust = self._r.register_script(_ADJUST)
         self._expire = self._r.register_script(_EXPIRE)
         self._lock = threading.Lock()  # only guards close()
 
@@ -261,20 +346,24 @@ class RedisLedger(Ledger):
 
     @staticmethod
     def _pairs(buckets: Sequence[Bucket], flat: list) -> dict[str, Usage]:
-        return {b.key: Usage(from_nanos(int(flat[2 * i])), from_nanos(int(flat[2 * i + 1])))
+        """Usage from the scripts' ``spent, reserved, granted`` per bucket."""
+        return {b.key: Usage(from_nanos(int(flat[3 * i])), from_nanos(int(flat[3 * i + 1])), from_nanos(int(flat[3 * i + 2])))
                 for i, b in enumerate(buckets)}
 
     def _reserve_call(self, rid: str, buckets: Sequence[Bucket], amount: int, ttl_s: float, now: float,
                       attrs_json: str) -> tuple[list[str], list]:
         """The reserve script's keys and arguments (after the prefix)."""
         limits = ["" if (lim := limit_nanos(b)) is None else str(lim) for b in buckets]
+        ages = ["" if b.max_age_s is None else repr(float(b.max_age_s)) for b in buckets]
         keys = [self._k("exp"), self._k("rec"), self._k("res:" + rid), *(self._k("b:" + b.key) for b in buckets)]
-        return keys, [repr(now), str(amount), repr(now + ttl_s), rid, self._specs(buckets), attrs_json, EXPIRE_BATCH, *limits]
+        return keys, [repr(now), str(amount), repr(now + ttl_s), rid, self._specs(buckets), attrs_json, EXPIRE_BATCH,
+                      *limits, *ages]
 
-    def _settle_call(self, rid: str, actual: int, actual_usd: float, now: float, attrs_json: str) -> tuple[list[str], list]:
+    def _settle_call(self, rid: str, actual: int, actual_usd: float, now: float, attrs_json: str,
+                     units: int | None = None) -> tuple[list[str], list]:
         """The settle script's keys and arguments (after the prefix)."""
         return ([self._k("exp"), self._k("rec"), self._k("res:" + rid)],
-                [repr(now), str(actual), repr(float(actual_usd)), rid, attrs_json])
+                [repr(now), str(actual), repr(float(actual_usd)), rid, attrs_json, "" if units is None else str(int(units))])
 
     def _record_calls(self, pipe, row: tuple) -> None:
         """What ``record`` without buckets is, ``reserve`` then ``settle``, queued on ``pipe``."""
@@ -343,16 +432,43 @@ class RedisLedger(Ledger):
         now = clock(now)
         keys, args = self._reserve_call(reservation_id, buckets, amount, ttl_s, now,
                                         json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False))
-        ok, refused, flat = self._call(self._reserve, keys, args)
+        ok, refused, flat, rule = self._call(self._reserve, keys, args)
         before = self._pairs(buckets, flat)
-        return ReserveResult(bool(ok), reservation_id, buckets[refused - 1].key if refused else None, before)
+        rule = rule.decode() if isinstance(rule, bytes) else rule
+        return ReserveResult(bool(ok), reservation_id, buckets[refused - 1].key if refused else None, before,
+                             rule or None)
 
-    def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+    def settle(self, reservation_id, actual_usd, now=None, attrs=None, units=None):
         self._write_waiting()
         actual = to_nanos(actual_usd, "actual_usd")
+        check_units(units)
         keys, args = self._settle_call(reservation_id, actual, actual_usd, clock(now),
-                                       json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False))
+                                       json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False), units)
         return bool(self._call(self._settle, keys, args))
+
+    def state(self, buckets, now=None):
+        self._write_waiting()
+        buckets = tuple(buckets)
+        flat = self._call(self._state, [self._k("b:" + b.key) for b in buckets], [repr(clock(now)), self._specs(buckets)])
+        flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in flat]
+        out = {}
+        for i, b in enumerate(buckets):
+            spent, reserved, g, ga, x, f, last, note, alive = flat[9 * i:9 * i + 9]
+            out[b.key] = BucketState(
+                Usage(from_nanos(int(spent)), from_nanos(int(reserved)), from_nanos(int(g)) if g else 0.0),
+                float(ga) if ga else 0.0, x == "1", float(f) if f else None, float(last) if last else None,
+                note or None, live=alive == "1")
+        return out
+
+    def adjust(self, buckets, *, grant=None, grant_s=None, close=None, note=None, now=None):
+        self._write_waiting()
+        buckets = tuple(buckets)
+        adds = [str(to_nanos((grant or {}).get(b.key, 0.0), "grant")) for b in buckets]
+        adds_s = [repr(to_nanos((grant_s or {}).get(b.key, 0.0), "grant_s") / 1e9) for b in buckets]
+        adds_s = ["0" if a == "0.0" else a for a in adds_s]
+        args = [repr(clock(now)), self._specs(buckets), "" if close is None else ("1" if close else "0"),
+                "" if note is None else "=" + note, *adds, *adds_s]
+        return bool(self._call(self._adjust, [self._k("b:" + b.key) for b in buckets], args))
 
     def release(self, reservation_id):
         self._write_waiting()

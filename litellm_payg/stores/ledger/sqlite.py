@@ -55,17 +55,20 @@ from typing import Sequence
 from litellm_payg.stores.ledger.batching import DEFAULT_BATCH_S, WaitingRecords
 from litellm_payg.stores.schemes import SQLITE_SYNCHRONOUS, check_batch_s
 from litellm_payg.stores.ledger.base import (
-    UNIT_NANOS,
     Bucket,
+    BucketState,
     Ledger,
     LedgerError,
     LedgerUnavailable,
     ReserveResult,
     SpendRecord,
     Usage,
+    age_over,
     bucket_amount,
     bucket_spec,
     check_buckets,
+    check_units,
+    spec_amount,
     check_ttl,
     idle_over,
     spec_parts,
@@ -86,7 +89,12 @@ CREATE TABLE IF NOT EXISTS buckets (
     rolling_s REAL,
     expires_at REAL,
     idle_s REAL,                           -- session counters: spend reads 0 once idle this long
-    last_at REAL                           -- session counters: last reservation or charge
+    last_at REAL,                          -- session counters: last reservation or charge
+    first_at REAL,                         -- ... and the first since it last started afresh
+    granted INTEGER NOT NULL DEFAULT 0,    -- an operator's grant on top of the limit (adjust)
+    granted_s REAL NOT NULL DEFAULT 0,     -- ... on top of a max_age_s
+    closed INTEGER NOT NULL DEFAULT 0,     -- an operator closed it (adjust)
+    note TEXT                              -- the last note written on it (a run's last refusal)
 );
 CREATE TABLE IF NOT EXISTS slices (        -- rolling buckets' time slices
     key TEXT NOT NULL,
@@ -147,6 +155,25 @@ def _ident(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _refusal(buckets: Sequence[Bucket], rows: dict[str, tuple], amount: int, now: float) -> tuple[str, str] | None:
+    """``(bucket key, rule)`` of the first bucket that refuses a reservation of ``amount``, given
+    their :meth:`SqliteLedger._rows`: one closed first, then one past its age, then one over its
+    limit (grants included)."""
+    for b in buckets:
+        if rows[b.key][4]:
+            return b.key, "closed"
+    for b in buckets:
+        row = rows[b.key]
+        if row[8] and age_over(b.max_age_s, float(row[3] or 0.0), row[5], now):
+            return b.key, "age"
+    for b in buckets:
+        lim = limit_nanos(b)
+        row = rows[b.key]
+        if lim is not None and row[0] + row[1] + bucket_amount(b, amount) > lim + row[2]:
+            return b.key, "limit"
+    return None
+
+
 class SqliteLedger(Ledger):
     def __init__(self, path: str, url: str | None = None, synchronous: str = "normal",
                  busy_timeout_s: float = 30.0, batch_s: float | None = None) -> None:
@@ -189,9 +216,11 @@ class SqliteLedger(Ledger):
                         db.execute(stmt)
                 # a file written before session counters existed gains their columns
                 have = {row[1] for row in db.execute("PRAGMA table_info(buckets)")}
-                for column in ("idle_s", "last_at"):
+                for column, kind in (("idle_s", "REAL"), ("last_at", "REAL"), ("first_at", "REAL"),
+                                     ("granted", "INTEGER NOT NULL DEFAULT 0"), ("granted_s", "REAL NOT NULL DEFAULT 0"),
+                                     ("closed", "INTEGER NOT NULL DEFAULT 0"), ("note", "TEXT")):
                     if column not in have:
-                        db.execute(f"ALTER TABLE buckets ADD COLUMN {column} REAL")
+                        db.execute(f"ALTER TABLE buckets ADD COLUMN {column} {kind}")
             st = os.stat(self.path)
         except BaseException:
             db.close()
@@ -282,10 +311,10 @@ class SqliteLedger(Ledger):
                 if rid in known:
                     continue
                 for spec in json.loads(bucket_json):
-                    key, rolling_s, bexp, idle_s, counts = spec_parts(spec)
+                    key, rolling_s, bexp, idle_s, counts, units = spec_parts(spec)
                     self._touch(db, key, rolling_s, bexp, idle_s)
                     db.execute("UPDATE buckets SET reserved = reserved + ? WHERE key = ?",
-                               (UNIT_NANOS if counts else amount, key))
+                               (spec_amount(counts, units, amount), key))
                 db.execute("INSERT INTO reservations (id, amount, expires_at, buckets, attrs) VALUES (?, ?, ?, ?, ?)",
                            (rid, amount, expires_at, bucket_json, attrs))
         logger.warning("litellm-payg: SQLite ledger reopened %s (carried %d open reservation(s) into it)",
@@ -347,11 +376,17 @@ class SqliteLedger(Ledger):
     @staticmethod
     def _wake(db: sqlite3.Connection, key: str, now: float) -> None:
         """A session counter is active at ``now``: idle past its ``idle_s``, it starts afresh."""
+        fresh = "(last_at IS NULL OR :now - last_at >= idle_s)"
         db.execute(
-            "UPDATE buckets SET spent = CASE WHEN last_at IS NOT NULL AND ? - last_at >= idle_s THEN 0 ELSE spent END, "
-            "last_at = CASE WHEN last_at IS NULL OR ? > last_at THEN ? ELSE last_at END "
-            "WHERE key = ? AND idle_s IS NOT NULL",
-            (now, now, now, key),
+            f"UPDATE buckets SET spent = CASE WHEN {fresh} THEN 0 ELSE spent END, "
+            f"granted = CASE WHEN {fresh} THEN 0 ELSE granted END, "
+            f"granted_s = CASE WHEN {fresh} THEN 0 ELSE granted_s END, "
+            f"closed = CASE WHEN {fresh} THEN 0 ELSE closed END, "
+            f"note = CASE WHEN {fresh} THEN NULL ELSE note END, "
+            f"first_at = CASE WHEN {fresh} THEN :now ELSE first_at END, "
+            "last_at = CASE WHEN last_at IS NULL OR :now > last_at THEN :now ELSE last_at END "
+            "WHERE key = :key AND idle_s IS NOT NULL",
+            {"now": now, "key": key},
         )
 
     @staticmethod
@@ -364,26 +399,33 @@ class SqliteLedger(Ledger):
         return row[0]
 
     def _read(self, db: sqlite3.Connection, buckets: Sequence[Bucket], now: float) -> dict[str, tuple[int, int]]:
+        return {key: (row[0], row[1]) for key, row in self._rows(db, buckets, now).items()}
+
+    def _rows(self, db: sqlite3.Connection, buckets: Sequence[Bucket], now: float) -> dict[str, tuple]:
+        """Per bucket: ``(spent, reserved, granted, granted_s, closed, first_at, last_at, note, live)``,
+        what an idle session counter has of them reading as a fresh one's."""
         out = {}
         for b in buckets:
-            row = db.execute("SELECT spent, reserved, rolling_s, idle_s, last_at FROM buckets WHERE key = ?",
-                             (b.key,)).fetchone()
+            row = db.execute("SELECT spent, reserved, rolling_s, idle_s, last_at, granted, granted_s, closed, "
+                             "first_at, note FROM buckets WHERE key = ?", (b.key,)).fetchone()
             if row is None:
-                out[b.key] = (0, 0)
+                out[b.key] = (0, 0, 0, 0.0, False, None, None, None, False)
             elif idle_over(row[3], row[4], now):
-                out[b.key] = (0, row[1])
+                out[b.key] = (0, row[1], 0, 0.0, False, None, None, None, False)
             else:
-                out[b.key] = (self._spent(db, b.key, row[2], row[0], now), row[1])
+                out[b.key] = (self._spent(db, b.key, row[2], row[0], now), row[1], row[5], row[6], bool(row[7]),
+                              row[8], row[4], row[9], True)
         return out
 
     def _charge(self, db, rid: str, amount: int, bucket_json: str, reserved: int,
-                amount_usd: float, ts: float, kind: str, attrs: dict, now: float) -> None:
+                amount_usd: float, ts: float, kind: str, attrs: dict, now: float, units: int | None = None) -> None:
         specs = json.loads(bucket_json)
         for spec in specs:
-            key, rolling_s, expires_at, idle_s, counts = spec_parts(spec)
+            key, rolling_s, expires_at, idle_s, counts, reserved_units = spec_parts(spec)
             self._touch(db, key, rolling_s, expires_at, idle_s)
             self._wake(db, key, now)
-            mine, reserved_here = (UNIT_NANOS, UNIT_NANOS) if counts else (amount, reserved)
+            mine = spec_amount(counts, reserved_units, amount, units)
+            reserved_here = spec_amount(counts, reserved_units, reserved)
             if rolling_s is None:
                 db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?), spent = spent + ? WHERE key = ?",
                            (reserved_here, mine, key))
@@ -416,14 +458,13 @@ class SqliteLedger(Ledger):
         now = clock(now)
         with self._lock, self._tx_after_waiting() as db:
             self._expire(db, now)
-            cur = self._read(db, buckets, now)
-            before = {k: Usage(from_nanos(s), from_nanos(r)) for k, (s, r) in cur.items()}
+            cur = self._rows(db, buckets, now)
+            before = {k: Usage(from_nanos(row[0]), from_nanos(row[1]), from_nanos(row[2])) for k, row in cur.items()}
             if db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation_id,)).fetchone():
                 return ReserveResult(True, reservation_id, None, before)
-            for b in buckets:
-                lim = limit_nanos(b)
-                if lim is not None and sum(cur[b.key]) + bucket_amount(b, amount) > lim:
-                    return ReserveResult(False, reservation_id, b.key, before)
+            refused = _refusal(buckets, cur, amount, now)
+            if refused is not None:
+                return ReserveResult(False, reservation_id, refused[0], before, refused[1])
             for b in buckets:
                 self._touch(db, b.key, b.rolling_s, b.expires_at, b.idle_s)
                 self._wake(db, b.key, now)
@@ -433,22 +474,57 @@ class SqliteLedger(Ledger):
                        (reservation_id, amount, now + ttl_s, specs, json.dumps(clean_attrs(attrs), default=str)))
             return ReserveResult(True, reservation_id, None, before)
 
-    def settle(self, reservation_id, actual_usd, now=None, attrs=None):
+    def settle(self, reservation_id, actual_usd, now=None, attrs=None, units=None):
         actual = to_nanos(actual_usd, "actual_usd")
+        check_units(units)
         now = clock(now)
         with self._lock:
             self._write_waiting()
             with self._tx() as db:
-                return self._settle_in(db, reservation_id, actual, float(actual_usd), now, clean_attrs(attrs))
+                return self._settle_in(db, reservation_id, actual, float(actual_usd), now, clean_attrs(attrs), units)
 
-    def _settle_in(self, db, reservation_id: str, actual: int, actual_usd: float, now: float, attrs: dict) -> bool:
+    def _settle_in(self, db, reservation_id: str, actual: int, actual_usd: float, now: float, attrs: dict,
+                   units: int | None = None) -> bool:
         row = db.execute("SELECT amount, buckets, attrs FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
         if row is None:
             return False
         db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
         merged = dict(json.loads(row[2]), **attrs)
-        self._charge(db, reservation_id, actual, row[1], row[0], actual_usd, now, "settled", merged, now)
+        self._charge(db, reservation_id, actual, row[1], row[0], actual_usd, now, "settled", merged, now, units)
         return True
+
+    def state(self, buckets, now=None):
+        now = clock(now)
+        buckets = tuple(buckets)
+        with self._lock:
+            self._write_waiting()
+            self._check_file()
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    rows = self._rows(self._db, buckets, now)
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
+        return {k: BucketState(Usage(from_nanos(r[0]), from_nanos(r[1]), from_nanos(r[2])), float(r[3] or 0.0), r[4],
+                               r[5], r[6], r[7], live=r[8]) for k, r in rows.items()}
+
+    def adjust(self, buckets, *, grant=None, grant_s=None, close=None, note=None, now=None):
+        now = clock(now)
+        buckets = tuple(buckets)
+        adds = {k: to_nanos(v, "grant") for k, v in (grant or {}).items()}
+        adds_s = {k: to_nanos(v, "grant_s") / 1e9 for k, v in (grant_s or {}).items()}
+        with self._lock, self._tx_after_waiting() as db:
+            rows = [db.execute("SELECT idle_s, last_at FROM buckets WHERE key = ?", (b.key,)).fetchone() for b in buckets]
+            if not rows or any(r is None or r[0] is None or r[1] is None or idle_over(r[0], r[1], now) for r in rows):
+                return False
+            for b in buckets:
+                db.execute("UPDATE buckets SET granted = granted + ?, granted_s = granted_s + ?, "
+                           "closed = COALESCE(?, closed), note = COALESCE(?, note) WHERE key = ?",
+                           (adds.get(b.key, 0), adds_s.get(b.key, 0.0), None if close is None else int(bool(close)),
+                            note, b.key))
+            return True
 
     def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         """Without buckets (every request of a policy without budgets): ``reserve`` then ``settle``
@@ -520,9 +596,9 @@ class SqliteLedger(Ledger):
                 return False
             db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
             for spec in json.loads(row[1]):
-                key, _rolling, _exp, _idle, counts = spec_parts(spec)
+                key, _rolling, _exp, _idle, counts, units = spec_parts(spec)
                 db.execute("UPDATE buckets SET reserved = MAX(0, reserved - ?) WHERE key = ?",
-                           (UNIT_NANOS if counts else row[0], key))
+                           (spec_amount(counts, units, row[0]), key))
             return True
 
     def usage(self, buckets, now=None):
@@ -535,12 +611,12 @@ class SqliteLedger(Ledger):
                 # one read transaction so all buckets are read from one snapshot
                 self._db.execute("BEGIN")
                 try:
-                    cur = self._read(self._db, buckets, now)
+                    cur = self._rows(self._db, buckets, now)
                 finally:
                     self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
-        return {k: Usage(from_nanos(s), from_nanos(r)) for k, (s, r) in cur.items()}
+        return {k: Usage(from_nanos(r[0]), from_nanos(r[1]), from_nanos(r[2])) for k, r in cur.items()}
 
     def expire(self, now=None):
         now = clock(now)
