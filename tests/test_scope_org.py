@@ -115,7 +115,7 @@ def test_an_org_condition_and_sticky_by_are_checked_at_load(tmp_path):
     with pytest.raises(PolicyError) as info:
         load_policy(path)
     message = str(info.value)
-    assert "unknown condition 'orgg'; expected one of user, team, key, tags, session, org" in message, message
+    assert "unknown condition 'orgg'; expected one of group, user, team, key, tags, session, org" in message, message
     assert "expected user, team, api_key, end_user, trace_id, org, or metadata.<field>" in message, message
 
 
