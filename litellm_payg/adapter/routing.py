@@ -74,6 +74,7 @@ from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.adapter.failures import (
     MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream, timed_out_after_sending,
 )
+from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import (
     DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, run_of, session_of,
 )
@@ -533,6 +534,9 @@ class PaygRouting(CustomLogger):
         if state.identity is None:
             try:
                 state.identity = identity_of(request_kwargs, metadata)
+                attrs = door_attributes(self.engine.spend.scopes, metadata)
+                if attrs:
+                    state.identity = dataclasses.replace(state.identity, attrs=attrs)
             except LabelError as exc:
                 raise InvalidRequest(str(exc), field=exc.field) from None
         who = state.identity
@@ -573,6 +577,7 @@ class PaygRouting(CustomLogger):
             cache_writes=bool(self.engine.spend.budgets) and group in self._cache_write_groups and asks_cache_write(
                 messages or request_kwargs.get("messages"), request_kwargs),
             needs=needs,
+            attrs=dict(who.attrs),
         )
 
     @staticmethod

@@ -279,6 +279,8 @@ def replay(
     by_id: dict[str, dict[str, Any]] = {g: {c.deployment_id: c for c in cs} for g, cs in cands.items()}
     by_model: dict[str, dict[str, Any]] = {g: {c.model: c for c in cs} for g, cs in cands.items()}
     pricer = HistoryPricer([c for cs in cands.values() for c in cs], loaded.models)
+    scopes = engine.spend.scopes  # a history row's declared request attributes (org...) reach RouteRequest.attrs
+    door_filled = scopes.door_filled()
 
     def add_seen(group: str, model: str, dep: str | None) -> Any:
         known = by_model.setdefault(group, {}).get(model)
@@ -348,7 +350,9 @@ def replay(
         clock.now = row.ts
         request = RouteRequest(group=group, prompt_tokens=row.prompt_tokens, output_tokens=expected_out,
                                user=row.user, team=row.team, api_key=row.key, tags=row.tags, end_user=row.end_user,
-                               session=row.session, trace_id=row.request_id)
+                               session=row.session, trace_id=row.request_id,
+                               attrs=scopes.request_fields({kind.name: getattr(row, kind.name) for kind in door_filled
+                                                            if getattr(row, kind.name, None) is not None}).get("attrs", {}))
         # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar;
         # a route without ``when:`` sets a bar from the prompt's size alone, so it is kept per size
         if conditioned.get(group, False):
