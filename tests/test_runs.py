@@ -35,7 +35,8 @@ def _policy(run: dict, ledger: str = "memory://", route=None) -> dict:
         "version": 1, "ledger": ledger, "budgets": [budget],
         "models": {CHEAP: {"quality": 0.7}, DEAR: {"quality": 0.95}},
         # without a run budget in the way, every request goes to the capable (dear) deployment
-        "routes": {"chat": route or [{"quality_floor": {"min_quality": 0.9}}]},
+        # (a floor the policy lets a run's downgrade take lower: floors hold by default)
+        "routes": {"chat": route or [{"quality_floor": {"min_quality": 0.9, "keep_past_downgrade": False}}]},
     }
 
 
@@ -396,7 +397,7 @@ def test_a_downgrade_step_never_makes_a_request_dearer():
                                      "dear": {"quality": 0.95, "input_usd_per_1k": 1e-2, "output_usd_per_1k": 1e-2}},
                           "routes": {"agent": [{"when": {"metadata.step": "act"}, "cost_threshold": {
                               "use": "cheap", "max_usd_per_1k_tokens": 1, "otherwise": ["mid"]}},
-                              {"quality_floor": {"min_quality": 0.9}}]},
+                              {"quality_floor": {"min_quality": 0.9, "keep_past_downgrade": False}}]},
                           "budgets": [{"name": "per-run", "scope": "session:*", "window": "session:30m", "limit_usd": 1,
                                        "downgrade": [{"at": 0.5, "min_quality": 0.8}]}]})
     engine = Engine(policy, ledger="memory://")

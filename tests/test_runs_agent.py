@@ -283,8 +283,8 @@ def _steps_policy() -> dict:
         "version": 1, "ledger": "memory://",
         "models": {CHEAP: {"quality": 0.7}, DEAR: {"quality": 0.95}},
         "routes": {"agent": [
-            {"when": {"metadata.step": "plan"}, "quality_floor": {"min_quality": 0.9, "keep_past_downgrade": True}},
-            {"quality_floor": {"min_quality": 0.9}},
+            {"when": {"metadata.step": "plan"}, "quality_floor": {"min_quality": 0.9}},  # holds by default
+            {"quality_floor": {"min_quality": 0.9, "keep_past_downgrade": False}},  # the policy lets it go lower
         ]},
         "budgets": [{"name": "per-run", "scope": "session:*", "window": "session:30m", "limit_usd": 10 * COST,
                      "downgrade": [{"at": 0.5, "min_quality": 0.6}]}],
@@ -304,7 +304,7 @@ async def test_a_plan_step_keeps_its_floor_past_a_downgrade_step_and_a_hint_is_k
             return served_by(response)
 
         assert [await step("act", i) for i in range(5)] == ["dear"] * 5  # half the run's budget: past the step
-        assert await step("act", 5) == "cheap"  # the downgrade step (0.6) for a step that does not keep its floor
+        assert await step("act", 5) == "cheap"  # the downgrade step (0.6) for a step the policy lets go below its floor
         assert await step("plan", 6) == "dear"  # plan keeps its 0.9 past the downgrade step
         assert await step("act", 7, payg_hints={"min_quality": 0.9}) == "dear"  # the client's hint only tightens
         assert await step("act", 8) == "cheap"

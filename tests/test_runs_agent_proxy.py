@@ -25,8 +25,8 @@ POLICY = {
     "ledger": "sqlite:///payg-ledger.db",
     "models": {"deepseek/deepseek-chat": {"quality": 0.7}, DEAR: {"quality": 0.95}},
     "routes": {"agent": [], "steps": [
-        {"when": {"metadata.step": "plan"}, "quality_floor": {"min_quality": 0.9, "keep_past_downgrade": True}},
-        {"quality_floor": {"min_quality": 0.9}},
+        {"when": {"metadata.step": "plan"}, "quality_floor": {"min_quality": 0.9}},  # holds past a downgrade step
+        {"quality_floor": {"min_quality": 0.9, "keep_past_downgrade": False}},  # may go below it
     ]},
     "sessions": {"id_from": ["header:x-agent-run", "litellm_session_id"], "required": True},
     "budgets": [

@@ -29,8 +29,9 @@ def _policy(**run_budget):
         "version": 1, "ledger": "memory://",
         "models": {SONNET: {"quality": 0.95}, MINI: {"quality": 0.65}},
         "routes": {"agent": [
-            {"when": {"metadata.step": ["plan", "final"]}, "quality_floor": {"min_quality": 0.9}},
-            {"when": {"metadata.step": "act"}, "quality_floor": {"min_quality": 0.6}},
+            # every step may be downgraded past its floor (floors hold by default)
+            {"when": {"metadata.step": ["plan", "final"]}, "quality_floor": {"min_quality": 0.9, "keep_past_downgrade": False}},
+            {"when": {"metadata.step": "act"}, "quality_floor": {"min_quality": 0.6, "keep_past_downgrade": False}},
         ]},
         "budgets": budgets,
     })

@@ -224,8 +224,8 @@ def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequ
     request; the others (and those without a quality score or a price) dropped with the reason.
 
     A step never goes below the bar the request keeps: ``floor`` (called only when a step is in
-    force) is the bar of the route's rules that apply to it and say so (``quality_floor`` with
-    ``keep_past_downgrade: true``: a ``plan`` step's 0.9 stays 0.9 past a step of 0.6), and the
+    force) is the bar of the route's rules that apply to it (``quality_floor``, unless the entry says
+    ``keep_past_downgrade: false``: a ``plan`` step's 0.9 stays 0.9 past a step of 0.6), and the
     client's ``min_quality`` hint (hints only tighten) raises it too."""
     found = downgrade_step(runs)
     if found is None:

@@ -20,8 +20,9 @@ model while long ones need a capable one)::
 
 Quality scores come from the policy's ``models:`` section. A request may *raise* the bar through its
 metadata (``metadata={"payg_hints": {"min_quality": 0.9}}``), never lower it. Kept candidates are
-ordered cheapest first for this request, so the next-cheapest is the fallback. ``keep_past_downgrade:
-true`` keeps the bar when a run budget's downgrade step is in force (see ``core/runs.downgrade``).
+ordered cheapest first for this request, so the next-cheapest is the fallback. The bar holds when a
+run budget's downgrade step is in force too (see ``core/runs.downgrade``), unless the entry says
+``keep_past_downgrade: false``: a step the policy lets a run's downgrade take below its bar.
 
 **Measured quality** (``measured:``): the bar is judged on the evidence the policy's ``quality:``
 section keeps (validators, feedback), per deployment and class, instead of the declared number::
@@ -75,9 +76,10 @@ class QualityFloorOptions(RuleOptions):
     #: judge the bar on measured quality (see the module's docstring); None: the declared scores
     measured: MeasuredOptions | None = None
     tiers: list[Tier] = Field(default_factory=list)
-    #: a run budget's ``downgrade`` step sets the route's rules aside; with this, it never takes the
-    #: requests this rule applies to below this rule's bar (a ``plan`` step that must stay capable)
-    keep_past_downgrade: bool = False
+    #: a run budget's ``downgrade`` step sets the route's rules aside but never takes the requests
+    #: this rule applies to below this rule's bar (a ``plan`` step that must stay capable), unless
+    #: the policy says so for this step: ``false``
+    keep_past_downgrade: bool = True
 
     @field_validator("tiers")
     @classmethod

@@ -405,7 +405,7 @@ def _did_you_mean(ref: str, candidates: Sequence[Candidate]) -> str:
 
 def _own_bar(request: RouteRequest, rules: Sequence[Any] | None) -> float | None:
     """The quality bar the route's rules that apply to ``request`` keep past a run's downgrade step
-    (``quality_floor`` with ``keep_past_downgrade: true``, its ``bar_for``), or None."""
+    (``quality_floor``, its ``bar_for``, unless the entry says ``keep_past_downgrade: false``), or None."""
     bars = [rule.bar_for(request.prompt_tokens) for rule in rules or ()
-            if hasattr(rule, "bar_for") and getattr(rule.options, "keep_past_downgrade", False)]
+            if hasattr(rule, "bar_for") and getattr(rule.options, "keep_past_downgrade", True)]
     return max(bars) if bars else None
