@@ -104,6 +104,9 @@ def test_every_backend_keeps_the_same_tallies_log_requests_and_counters(store_ur
         store.remember("resp-1", {"deployment_id": "dep-a", "key": "k1"}, ttl_s=60, now=1000.0)
         assert store.recall("resp-1", now=1001.0)["key"] == "k1"
         assert store.recall("nope") is None
+        assert store.claim("rated-1", {"value": 1.0}, ttl_s=60, now=1000.0) is True
+        assert store.claim("rated-1", {"value": 0.0}, ttl_s=60, now=1000.0) is False  # the first stays
+        assert store.recall("rated-1", now=1000.0) == {"value": 1.0}
         assert store.spend("explore-x", 0.25, ttl_s=60) == pytest.approx(0.25)
         assert store.spend("explore-x", 0.5, ttl_s=60) == pytest.approx(0.75)
         assert store.spent("explore-x") == pytest.approx(0.75) and store.spent("explore-y") == 0.0
@@ -297,3 +300,59 @@ async def test_without_a_quality_section_the_validators_write_no_evidence(standi
         await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
         await settled(engine)
         assert engine.quality.store.tallies("chat")[cell_key("ds", "", "valid")].s == 1.0
+
+
+# -- a rating lands once, even when two arrive at once -----------------------------------------------
+
+
+def _slowed(store):
+    """The same store, whose reads answer 50 ms after reading: the window in which a read-then-write
+    rating check would let two ratings of one answer both through (the claim must not depend on
+    timing)."""
+    import time as _time
+
+    base = type(store)
+
+    def recall(self, request_id, now=None):
+        found = base.recall(self, request_id, now)
+        _time.sleep(0.05)
+        return found
+
+    store.__class__ = type("Slowed" + base.__name__, (base,), {"recall": recall})
+    return store
+
+
+def test_concurrent_ratings_of_one_answer_land_exactly_once(store_url):
+    """Eight ratings of one answer on one metric at once, from two handles on one store (two engines'
+    stores on one Redis or one SQLite file; one memory store): one counts, seven are 409s."""
+    import threading
+
+    from litellm_payg.runtime.quality import FeedbackRefused, QualityControl
+
+    policy = load_policy({"version": 1, "ledger": "memory://", "quality": {"feedback": True}, "routes": {}})
+    stores = [_slowed(open_evidence(store_url))]
+    stores.append(stores[0] if store_url.startswith("memory") else _slowed(open_evidence(store_url)))
+    controls = [QualityControl(policy, s, clock=lambda: 1000.0) for s in stores]
+    try:
+        controls[0].remember_answer("resp-1", {"group": "chat", "deployment_id": "ds", "api_key": "k", "cls": ""})
+        barrier = threading.Barrier(8)
+        results: list[object] = []
+
+        def rate(i: int) -> None:
+            barrier.wait()
+            try:
+                results.append(controls[i % 2].feedback("resp-1", "valid", True, api_key="k").n)
+            except FeedbackRefused as e:
+                results.append(e.status)
+
+        threads = [threading.Thread(target=rate, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results, key=str) == [1] + [409] * 7, results
+        assert stores[1].tallies("chat")[cell_key("ds", "", "valid")].n == 1
+        assert [r["source"] for r in stores[0].log("chat")] == ["feedback"]
+    finally:
+        for s in set(map(id, stores)):
+            next(x for x in stores if id(x) == s).close()
