@@ -356,3 +356,44 @@ def test_concurrent_ratings_of_one_answer_land_exactly_once(store_url):
     finally:
         for s in set(map(id, stores)):
             next(x for x in stores if id(x) == s).close()
+
+
+# -- explain shows the bound each candidate was judged on ------------------------------------------------
+
+
+def test_explain_shows_the_bound_each_candidate_was_judged_on(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from litellm_payg.tools.cli import main
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    models = {"deepseek/deepseek-chat": (0.8, 5, 25), "gpt-4o-mini": (0.9, 3, 0), "mistral/mistral-large-latest": (0.9, 200, 2)}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "ledger": url, "quality": {"half_life_s": None},
+                                      "models": {m: {"quality": q} for m, (q, _, _) in models.items()},
+                                      "routes": {"chat": [{"quality_floor": {"min_quality": 0.85, "measured": {}}}]}}))
+    store = open_evidence(url)
+    for model, (_, passes, fails) in models.items():  # without a config the deployment id is the model
+        for i in range(passes + fails):
+            store.add("chat", cell_key(model, "", "valid"), 1.0 if i < passes else 0.0, None, now=1000.0)
+    store.close()
+    capsys.readouterr()
+    assert main(["explain", str(policy), "--model", "chat", "--prompt-tokens", "100"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.split() and line.split()[0] in models}
+    # mistral: Beta(9 + 200, 1 + 2); deepseek: Beta(8 + 5, 2 + 25); gpt-4o-mini: Beta(9 + 3, 1 + 0)
+    z = z_for(0.95)
+    ml = pass_rate(Tally(0.0, 202.0, 200.0, 200.0, 202), 0.9, 10, z)
+    ds = pass_rate(Tally(0.0, 30.0, 5.0, 5.0, 30), 0.8, 10, z)
+    mini = pass_rate(Tally(0.0, 3.0, 3.0, 3.0, 3), 0.9, 10, z)
+    assert ml.lo >= 0.85 and ds.hi < 0.85 and mini.lo < 0.85 <= mini.hi
+    assert f"CHOSEN; judged on: lower bound {ml.lo:.3f} clears the bar 0.85 (measured valid {ml.mean:.3f}, n=202)" in lines["mistral/mistral-large-latest"]
+    assert f"judged on: upper bound {ds.hi:.3f} is below the bar 0.85 (measured valid {ds.mean:.3f}, n=30)" in lines["deepseek/deepseek-chat"]
+    assert (f"judged on: interval [{mini.lo:.3f}, {mini.hi:.3f}] straddles the bar 0.85 (measured valid {mini.mean:.3f}, n=3)"
+            in lines["gpt-4o-mini"])
+    assert main(["explain", str(policy), "--model", "chat", "--prompt-tokens", "100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["judged"]["gpt-4o-mini"].startswith(f"interval [{mini.lo:.3f}, ")
+    assert out["candidates"][0]["judged"].startswith(f"lower bound {ml.lo:.3f} clears")
+    assert {d["deployment_id"]: d["judged"] for d in out["dropped"]}["deepseek/deepseek-chat"].startswith("upper bound")

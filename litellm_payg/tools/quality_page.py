@@ -1,7 +1,7 @@
 """``litellm-payg quality --html FILE``: the quality report as one self-contained page.
 
 The same data as the table (``quality_report.build``), in the same words (the sentences come from
-``quality_report``'s helpers, amounts from ``money.usd``), plus per route a chart of each cell's
+``quality_words``, amounts from ``money.usd``), plus per route a chart of each cell's
 interval on [0, 1] against the route's bar: a line from the lower to the upper bound, a dot at the
 estimate, coloured by the verdict, so "meets", "unsure" and "below" read at a glance. Inline SVG
 and CSS only: no script, nothing fetched.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litellm_payg.tools.quality_report import arm_costs, cheapest_sentence, cost, difference, interval, saving_sentence
+from litellm_payg.tools.quality_words import arm_costs, cheapest_sentence, cost, difference, interval, saving_sentence
 from litellm_payg.tools.report import _e, html_page, html_table
 
 #: a verdict's colour on the chart (none: the route has no bar)
