@@ -397,3 +397,30 @@ def test_explain_shows_the_bound_each_candidate_was_judged_on(tmp_path, capsys):
     assert out["judged"]["gpt-4o-mini"].startswith(f"interval [{mini.lo:.3f}, ")
     assert out["candidates"][0]["judged"].startswith(f"lower bound {ml.lo:.3f} clears")
     assert {d["deployment_id"]: d["judged"] for d in out["dropped"]}["deepseek/deepseek-chat"].startswith("upper bound")
+
+
+def test_a_rating_whose_write_failed_can_be_sent_again(store_url):
+    """The claim is released when the observation cannot be written, so a retry is not a 409."""
+    from litellm_payg.runtime.quality import QualityControl
+    from litellm_payg.stores.evidence import EvidenceError
+
+    policy = load_policy({"version": 1, "ledger": "memory://", "quality": {"feedback": True}, "routes": {}})
+    store = open_evidence(store_url)
+    base = type(store)
+    failures = [1]
+
+    def add(self, *args, **kwargs):
+        if failures:
+            failures.pop()
+            raise EvidenceError("the store went away for a moment")
+        return base.add(self, *args, **kwargs)
+
+    store.__class__ = type("Flaky" + base.__name__, (base,), {"add": add})
+    quality = QualityControl(policy, store, clock=lambda: 1000.0)
+    try:
+        quality.remember_answer("resp-1", {"group": "chat", "deployment_id": "ds", "api_key": "k", "cls": ""})
+        with pytest.raises(EvidenceError):
+            quality.feedback("resp-1", "valid", True, api_key="k")
+        assert quality.feedback("resp-1", "valid", True, api_key="k").n == 1
+    finally:
+        store.close()

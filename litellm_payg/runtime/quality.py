@@ -128,9 +128,13 @@ class QualityControl:
         # replicas on one Redis) cannot both see "not rated yet"
         if not self.store.claim(rated, {"value": number}, self.settings.feedback_ttl_s, now=self.clock()):
             raise FeedbackRefused(f"response {response_id!r} was already rated on {metric!r}", 409)
-        return self.record(record["group"], record["deployment_id"], metric, number, cls=record.get("cls", ""),
-                           model=record.get("model"), source="feedback", request_id=response_id,
-                           cost_usd=record.get("cost_usd"), arm=record.get("arm"))
+        try:
+            return self.record(record["group"], record["deployment_id"], metric, number, cls=record.get("cls", ""),
+                               model=record.get("model"), source="feedback", request_id=response_id,
+                               cost_usd=record.get("cost_usd"), arm=record.get("arm"))
+        except BaseException:
+            self.store.release(rated)  # not recorded: the same rating may be sent again
+            raise
 
     # -- reading --------------------------------------------------------------------------------
 

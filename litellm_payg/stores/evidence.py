@@ -89,6 +89,10 @@ class EvidenceStore(ABC):
         rating of the same answer and metric a refusal rather than a race."""
 
     @abstractmethod
+    def release(self, key: str) -> None:
+        """Drop a claim (the write it guarded failed: the rating may be sent again)."""
+
+    @abstractmethod
     def spend(self, key: str, usd: float, ttl_s: float) -> float:
         """Add ``usd`` to a window's counter (created to expire after ``ttl_s``); returns the total."""
 
@@ -152,6 +156,10 @@ class MemoryEvidence(EvidenceStore):
                 return False
             self._requests[key] = (now + ttl_s, dict(attrs))
             return True
+
+    def release(self, key):
+        with self._lock:
+            self._requests.pop(key, None)
 
     def spend(self, key, usd, ttl_s):
         now = self.clock()
@@ -270,6 +278,9 @@ class SqliteEvidence(EvidenceStore):
 
         return self._tx(tx)
 
+    def release(self, key):
+        self._tx(lambda db: db.execute("DELETE FROM quality_requests WHERE id = ?", (key,)))
+
     def spend(self, key, usd, ttl_s):
         now = self.clock()
 
@@ -380,6 +391,9 @@ class RedisEvidence(EvidenceStore):
     def claim(self, key, attrs, ttl_s, now=None):
         return bool(self._call(lambda: self._r.set(f"{self.prefix}qr:{key}", json.dumps(dict(attrs)),
                                                    px=max(1, int(ttl_s * 1000)), nx=True)))
+
+    def release(self, key):
+        self._call(lambda: self._r.delete(f"{self.prefix}qr:{key}"))
 
     def spend(self, key, usd, ttl_s):
         def tx() -> float:
