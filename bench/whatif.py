@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TARGET_S = 40  # a million rows, read and replayed (issue #22: "well under a minute")
 sys.path.insert(0, str(REPO / "tests"))
 
 
@@ -51,7 +52,7 @@ def child(mode: str, url: str, policy: str) -> None:
     import litellm  # noqa: F401 - loaded before the baseline RSS, as in the command
 
     base_rss = rss_mb()
-    began = time.perf_counter()
+    began, cpu0 = time.perf_counter(), time.process_time()
     source = open_source(url, Filters())
     if mode == "read":
         n = sum(1 for _ in source.rows)
@@ -62,7 +63,8 @@ def child(mode: str, url: str, policy: str) -> None:
         t = result.totals
         extra = {"paid": t.actual, "policy": t.policy, "oracle": t.oracle, "blocked": t.blocked}
     elapsed = time.perf_counter() - began
-    print(json.dumps({"mode": mode, "rows": n, "seconds": elapsed, "rows_per_s": n / elapsed, "base_rss_mb": base_rss,
+    cpu = time.process_time() - cpu0
+    print(json.dumps({"mode": mode, "rows": n, "seconds": elapsed, "cpu_s": cpu, "rows_per_s": n / elapsed, "base_rss_mb": base_rss,
                       "peak_rss_mb": peak_mb(), "growth_mb": peak_mb() - base_rss, **extra}))
 
 
@@ -99,11 +101,12 @@ def main() -> None:
             label = f"{mode} ({Path(policy).name})" if mode == "replay" else "read only (Postgres -> HistoryRow)"
             money = f"; paid ${r['paid']:,.2f}, policy ${r['policy']:,.2f}, oracle ${r['oracle']:,.2f}, blocked {r['blocked']:,}" \
                 if mode == "replay" else ""
-            print(f"{label:<46} {r['rows']:>10,} rows {r['seconds']:>7.1f} s {r['rows_per_s']:>9,.0f} rows/s  "
+            print(f"{label:<46} {r['rows']:>10,} rows {r['seconds']:>7.1f} s ({r['cpu_s']:.1f} s CPU) {r['rows_per_s']:>9,.0f} rows/s  "
                   f"RSS {r['base_rss_mb']:.0f} MB before, peak {r['peak_rss_mb']:.0f} MB (+{r['growth_mb']:.0f} MB){money}")
-        per_million = seconds[("replay", support)] / args.rows * 1e6
-        print(f"target: a million rows replayed in < 60 s; measured {per_million:.0f} s per million "
-              f"({'pass' if per_million < 60 else 'miss'})")
+        for policy in (support, str(budgeted)):
+            per_million = seconds[("replay", policy)] / args.rows * 1e6
+            print(f"target: a million rows replayed through {Path(policy).name} in < {TARGET_S} s; measured "
+                  f"{per_million:.0f} s per million ({'pass' if per_million < TARGET_S else 'miss'})")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,28 @@ def payg_register_rules(register):
 
 
 @hookspec
+def payg_register_scopes(register):
+    """Register scope kinds: the request (or deployment) attributes a budget can be written for
+    (``scope: <kind>:<value>``), and the one declaration of each.
+
+    Call ``register(kind)`` once per kind, with a :class:`litellm_payg.core.scopes.ScopeKind`; for
+    an attribute of the request, :func:`litellm_payg.core.scopes.request_attribute` makes one, e.g.
+    ``request_attribute("org", key_field="org_id", doc=...)``: the authenticated key's ``org_id``,
+    which the adapter reads at the door (in the proxy from the key LiteLLM authenticated or the
+    ``user_api_key_org_id`` field its auth writes; in the SDK, from the calling code's
+    ``metadata["org"]``) into ``RouteRequest.attrs``. A kind given ``key_field`` is trusted; one
+    given ``metadata_field`` instead (``request_attribute("region", metadata_field="region", ...)``)
+    is what the client asserts in its request's metadata: it caps honest traffic, never a hostile
+    client. Once registered, a kind is everywhere a kind is named: budget
+    ``scope:``, ``when:`` conditions (unless ``when=False``), ``sticky_by``, the spend records and
+    ``report``/``replay`` filters, the metrics' budget gauges, ``explain --<kind>`` and
+    ``simulate``'s traffic fields. The built-in kinds are registered by
+    ``litellm_payg/default_plugins/scopes.py``. A name registered twice is an error naming both
+    plugins.
+    """
+
+
+@hookspec
 def payg_filter_candidates(request, candidates, snapshot, engine):
     """Narrow or reorder the candidates of *every* request, after the route's rules (whichever
     ``when:`` matched, and also for a request that no rule applied to).

@@ -17,11 +17,13 @@ import pluggy
 
 from litellm_payg import hookspecs
 from litellm_payg.core.errors import PluginError
+from litellm_payg.core.scopes import ScopeKind, ScopeRegistry
 from litellm_payg.hook_chain import HookChain
 
 ENTRY_POINT_GROUP = "litellm_payg"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "litellm_payg.default_plugins.scopes",
     "litellm_payg.default_plugins.cost_threshold",
     "litellm_payg.default_plugins.quality_floor",
     "litellm_payg.default_plugins.split",
@@ -119,9 +121,50 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type]:
     return found
 
 
+def scope_registry(pm: pluggy.PluginManager) -> ScopeRegistry:
+    """Every scope kind the registered plugins declare (``payg_register_scopes``), as the
+    registry a policy reads them from. Called as a chain, like :func:`rule_types`, so a clash
+    names both plugins."""
+    registry = ScopeRegistry()
+    owners: dict[str, str] = {}
+    for link in HookChain(pm, "payg_register_scopes").links():
+
+        def register(kind: ScopeKind, _owner: str = link.name) -> None:
+            if not isinstance(kind, ScopeKind):
+                raise PluginError(f"plugin {_owner}: payg_register_scopes registers a "
+                                  f"litellm_payg.core.scopes.ScopeKind, got {kind!r}")
+            if kind.name in owners and registry[kind.name] is not kind:
+                raise PluginError(f"scope kind {kind.name!r} is registered twice: by {owners[kind.name]} and by {_owner}")
+            try:
+                registry.add(kind)
+            except ValueError as exc:
+                raise PluginError(f"plugin {_owner}: {exc}") from None
+            owners.setdefault(kind.name, _owner)
+
+        link.call(register=register)
+    return registry
+
+
+_BUILTIN_SCOPES: list[ScopeRegistry] = []
+
+
+def builtin_scopes() -> ScopeRegistry:
+    """The scope kinds the built-in plugins register (no policy's plugins): what a tool that runs
+    before any policy is loaded lists (``explain``'s flags, ``simulate``'s traffic fields)."""
+    if not _BUILTIN_SCOPES:
+        pm = pluggy.PluginManager("litellm_payg")
+        pm.add_hookspecs(hookspecs)
+        for name in DEFAULT_PLUGINS:
+            pm.register(importlib.import_module(name), name=name)
+        _BUILTIN_SCOPES.append(scope_registry(pm))
+    return _BUILTIN_SCOPES[0]
+
+
 def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[dict[str, object]]:
-    """For ``litellm-payg plugins``: each plugin, its hooks and the rule types it registers."""
+    """For ``litellm-payg plugins``: each plugin, its hooks, the rule types and the scope kinds it
+    registers."""
     registers = HookChain(pm, "payg_register_rules").links()
+    scope_registers = HookChain(pm, "payg_register_scopes").links()
     rows = []
     for name, plugin in pm.list_name_plugin():
         builtin = name in DEFAULT_PLUGINS
@@ -132,5 +175,9 @@ def describe_plugins(pm: pluggy.PluginManager, include_builtin: bool) -> list[di
         for link in registers:
             if link.impl.plugin is plugin:
                 link.call(register=lambda cls: rules.append(cls.name))
-        rows.append({"name": name, "builtin": builtin, "hooks": hooks, "rules": rules})
+        scopes: list[str] = []
+        for link in scope_registers:
+            if link.impl.plugin is plugin:
+                link.call(register=lambda kind: scopes.append(kind.name))
+        rows.append({"name": name, "builtin": builtin, "hooks": hooks, "rules": rules, "scopes": scopes})
     return rows

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from litellm_payg.core.bounds import MAX_TOKENS
 from litellm_payg.core.decision import Candidate, RouteRequest, Step
 from litellm_payg.core.model_facts import ModelFacts
+from litellm_payg.core.scopes import BUILTIN, ScopeKind, ScopeRegistry
 
 
 class RuleOptions(BaseModel):
@@ -103,20 +104,19 @@ class RuleSpec:
 # A ``when`` is a mapping of keys to values; every key must match (and), and a list of values
 # matches any of them (or). What each key reads, and who can write it:
 #
-# * ``tags``: the request's tags (client-asserted; the key's tags merged with the request's);
 # * ``metadata.<field>``: a scalar field of the request's metadata (client-written in the proxy);
-# * ``user``, ``team``, ``key``: the AUTHENTICATED identity (``RouteRequest.user/team/api_key``, read
-#   from the proxy's key in ``core/identity.py``; in Python, the calling code's metadata), never a
-#   field of the request body;
-# * ``session``: ``RouteRequest.session`` (``identity.session_of``);
-# * ``group``: the model group the request is routed in (``RouteRequest.group``; a fallback hop's
-#   own group), for conditions outside a route (run budgets, ``sessions.required``);
 # * ``prompt_tokens: {min: , max: }``: an inclusive range of the request's prompt tokens (read only
-#   when a condition has this key).
+#   when a condition has this key);
+# * every scope kind's ``when`` key (``core/scopes.py``, registered through ``payg_register_scopes``):
+#   ``user``, ``team``, ``key`` and ``org`` are the AUTHENTICATED identity (read from the proxy's key;
+#   in Python, the calling code's metadata), never a field of the request body; ``tags`` the request's
+#   tags (client-asserted; the key's tags merged with the request's; any of them matches);
+#   ``session`` its session id (``identity.session_of``); ``group`` the model group the request is
+#   routed in (``RouteRequest.group``; a fallback hop's own group), for conditions outside a route
+#   (run budgets, ``sessions.required``).
 
-#: condition keys that name a RouteRequest field, and that field
-_IDENTITY_KEYS = {"user": "user", "team": "team", "key": "api_key", "session": "session", "group": "group"}
-WHEN_KEYS = ("tags", "metadata.<field>", "user", "team", "key", "session", "group", "prompt_tokens")
+#: the keys a ``when`` knows besides the scope kinds'
+_OWN_KEYS = ("metadata.<field>", "prompt_tokens")
 _METADATA_FIELD = re.compile(r"^[A-Za-z0-9_\-]+$")
 #: metadata fields a ``when`` may not read, and what to write instead: in the proxy a client writes
 #: them, so a condition on them would let it pick its routing as if it were another user or team
@@ -157,6 +157,8 @@ class Condition:
     values: tuple[str, ...] = ()
     min: int | None = None  # prompt_tokens only
     max: int | None = None
+    #: the scope kind a key names (``user``, ``tags``, ``org``...), None for metadata and prompt_tokens
+    kind: ScopeKind | None = field(default=None, compare=False)
 
     def check(self, request: RouteRequest) -> str | None:
         """Why this condition matches ``request`` (e.g. ``metadata.step=plan``), or None."""
@@ -166,9 +168,10 @@ class Condition:
             if (self.min is None or tokens >= self.min) and (self.max is None or tokens <= self.max):
                 return f"prompt_tokens={tokens} in {self._range()}"
             return None
-        if key == "tags":
-            hit = next((t for t in self.values if t in request.tags), None)
-            return None if hit is None else f"tags has {hit}"
+        if self.kind is not None and self.kind.many:
+            have = self.kind.read(request, None)
+            hit = next((t for t in self.values if t in have), None)
+            return None if hit is None else f"{key} has {hit}"
         got = self.value_of(request)
         return f"{key}={got}" if got is not None and got in self.values else None
 
@@ -178,15 +181,14 @@ class Condition:
             value = request.metadata.get(self.key.split(".", 1)[1]) if request.metadata else None
             # only a scalar is compared: a list or mapping is no value of the field
             return _norm(value) if isinstance(value, (str, int, float, bool)) else None
-        value = getattr(request, _IDENTITY_KEYS[self.key])
-        return None if value is None else str(value)
+        return None if self.kind is None else self.kind.request_value(request)
 
     def describe(self, request: RouteRequest) -> str:
         """The request's value for this key, for a decision that no condition matched."""
         if self.key == "prompt_tokens":
             return f"prompt_tokens={request.prompt_tokens}"
-        if self.key == "tags":
-            return f"tags=[{', '.join(request.tags)}]"
+        if self.kind is not None and self.kind.many:
+            return f"{self.key}=[{', '.join(self.kind.read(request, None))}]"
         got = self.value_of(request)
         return f"{self.key}={got}" if got is not None else f"no {self.key}"
 
@@ -219,8 +221,11 @@ class When:
         return ", ".join(str(c) for c in self.conditions)
 
     @classmethod
-    def parse(cls, raw: Any) -> "When":
-        """Validate a policy's ``when:``; raises :class:`WhenError` naming the key at fault."""
+    def parse(cls, raw: Any, scopes: ScopeRegistry | None = None) -> "When":
+        """Validate a policy's ``when:``; raises :class:`WhenError` naming the key at fault.
+        ``scopes``: the policy's scope kinds, whose ``when`` keys are conditions (default: the
+        built-in kinds)."""
+        scopes = BUILTIN if scopes is None else scopes
         if not isinstance(raw, Mapping):
             raise WhenError((), f"expected a mapping of conditions, e.g. {{metadata.step: plan}}, got {type(raw).__name__}")
         if not raw:
@@ -243,14 +248,16 @@ class When:
             elif key == "metadata":
                 raise WhenError((key,), "conditions on metadata name one field each",
                                 hint="write 'metadata.step: plan' instead of 'metadata: {step: plan}'")
-            elif key not in _IDENTITY_KEYS and key != "tags":
+            elif scopes.by_when(key) is None:
                 hint = "use 'key:'" if key in ("api_key", "user_api_key") else None
-                raise WhenError((key,), f"unknown condition {key!r}; expected one of {', '.join(WHEN_KEYS)}", hint=hint)
-            conditions.append(Condition(key, _parse_values(key, value)))
+                known = (*scopes.when_keys(), *_OWN_KEYS)
+                raise WhenError((key,), f"unknown condition {key!r}; expected one of {', '.join(known)}", hint=hint)
+            kind = None if key.startswith("metadata.") else scopes.by_when(key)
+            conditions.append(Condition(key, _parse_values(key, value, kind), kind=kind))
         return cls(tuple(conditions))
 
 
-def _parse_values(key: str, value: Any) -> tuple[str, ...]:
+def _parse_values(key: str, value: Any, kind: ScopeKind | None = None) -> tuple[str, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise WhenError((key,), "an empty list matches no request; give at least one value")
@@ -261,7 +268,7 @@ def _parse_values(key: str, value: Any) -> tuple[str, ...]:
             raise WhenError(where, f"expected a value (a string or number) or a list of them, got {_type(item)}")
         if isinstance(item, float) and item != item:  # nan never equals anything
             raise WhenError(where, "expected a value (a string or number), got nan")
-        if key != "tags" and not key.startswith("metadata.") and isinstance(item, bool):
+        if kind is not None and not kind.many and isinstance(item, bool):
             raise WhenError(where, f"expected a {key} id (a string), got {item!r}")
         out.append(_norm(item))
     return tuple(dict.fromkeys(out))

@@ -130,7 +130,11 @@ class BillingProvider:
     LiteLLM (``.../v1``; Azure deployments use ``origin``; Anthropic ones ``origin`` too)."""
 
     def __init__(self, *, prices: dict[str, dict[str, float]] | None = None, default_output_tokens: int = 16,
-                 output_share: float = 1.0) -> None:
+                 output_share: float = 1.0, stream_deltas: int = 1, stream_pause_s: float = 0.0) -> None:
+        #: a Responses or Anthropic stream sends its text in this many delta events, each written
+        #: (and flushed) ``stream_pause_s`` after the one before: a reader can stop part-way
+        self.stream_deltas = max(1, stream_deltas)
+        self.stream_pause_s = stream_pause_s
         self.prices = dict(prices or {})
         self.default_output_tokens = default_output_tokens
         self.output_share = output_share
@@ -274,6 +278,13 @@ def _text(tokens: int) -> str:
     return WORD.strip() + WORD * (tokens - 1) if tokens > 0 else ""
 
 
+def _pieces(text: str, n: int) -> list[str]:
+    """``text`` cut into ``n`` consecutive pieces (fewer if it is shorter), at word starts."""
+    words = text.split(" ")
+    size = max(1, -(-len(words) // n))
+    return [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)]
+
+
 def _usage(bill: Bill) -> dict[str, Any]:
     return {"prompt_tokens": bill.prompt_tokens, "completion_tokens": bill.completion_tokens,
             "total_tokens": bill.prompt_tokens + bill.completion_tokens,
@@ -315,7 +326,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         try:
-            for frame in frames:
+            for i, frame in enumerate(frames):
+                if i and self.provider.stream_pause_s:
+                    self.wfile.flush()
+                    time.sleep(self.provider.stream_pause_s)
                 self.wfile.write(frame.encode())
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -442,8 +456,9 @@ class _Handler(BaseHTTPRequestHandler):
             events = [("message_start", start),
                       ("content_block_start", {"type": "content_block_start", "index": 0,
                                                "content_block": {"type": "text", "text": ""}}),
-                      ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": text}}),
+                      *(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                 "delta": {"type": "text_delta", "text": piece}})
+                        for piece in _pieces(text, self.provider.stream_deltas)),
                       ("content_block_stop", {"type": "content_block_stop", "index": 0}),
                       ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens",
                                          "stop_sequence": None}, "usage": {"output_tokens": bill.completion_tokens}}),
@@ -472,8 +487,8 @@ class _Handler(BaseHTTPRequestHandler):
         if bill.stream:
             events = [{"type": "response.created", "response": {**response, "status": "in_progress", "output": [],
                                                                 "usage": None}},
-                      {"type": "response.output_text.delta", "item_id": message["id"], "output_index": 0,
-                       "content_index": 0, "delta": text},
+                      *({"type": "response.output_text.delta", "item_id": message["id"], "output_index": 0,
+                         "content_index": 0, "delta": piece} for piece in _pieces(text, self.provider.stream_deltas)),
                       {"type": "response.completed", "response": response}]
             self._sse([f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events])
             return

@@ -1,6 +1,6 @@
-"""The scope registry (``core/scopes.py``): every budget scope kind is defined once, and everything
-that names scopes — policy validation, bucket keys, spend records, ``replay``/``spend()`` filters —
-reads it. The ``session`` kind was added to the registry alone; these tests show it works end to end
+"""The scope registry (``core/scopes.py``, filled through ``payg_register_scopes``): every budget
+scope kind is declared once, and everything that names scopes — policy validation, bucket keys,
+spend records, ``replay``/``spend()`` filters — reads it. The ``session`` kind was added to the registry alone; these tests show it works end to end
 through a real Router: a ``session:*`` budget caps each run (LiteLLM's session id) on its own."""
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from routing_helpers import DEEPSEEK, attached, deployment, settled
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
 from litellm_payg.core.budgets import Budget, all_buckets, split_bucket_key
 from litellm_payg.core.decision import Candidate, RouteRequest
-from litellm_payg.core.scopes import SCOPE_KINDS, SCOPE_REGISTRY, record_attr_of, record_attrs, scope_values
+from litellm_payg.core.errors import PolicyError
+from litellm_payg.core.scopes import SCOPE_KINDS
+from litellm_payg.plugins import builtin_scopes
+from litellm_payg.policy.load import load_policy
 from litellm_payg.tools.replay import ReplayError, spend_of
 from litellm_payg.tools.testing import spend
 
@@ -20,37 +23,44 @@ MESSAGES = [{"role": "user", "content": "Please tell me what the status of my or
 MOCK_COST = 10 * 2.8e-07 + 20 * 4.2e-07  # LiteLLM's mock usage on deepseek-chat, bundled price
 
 REQUEST = RouteRequest("chat", 10, 20, user="alice", team="support", api_key="hash1", end_user="cust-9",
-                       tags=("prod", "batch"), session="run-1")
+                       tags=("prod", "batch"), session="run-1", attrs={"org": "acme"})
+SCOPES = builtin_scopes()  # every kind the built-in plugins register
 CANDIDATE = Candidate("ds", DEEPSEEK, "deepseek", "chat", 2.8e-07, 4.2e-07)
 
 
-@pytest.mark.parametrize("kind", SCOPE_KINDS)
+@pytest.mark.parametrize("kind", SCOPES.names)
 def test_every_registered_kind_is_a_budget_scope_with_a_bucket_and_a_record(kind):
-    """One entry in the registry is enough: the policy accepts ``<kind>:*``, the request's value
+    """One registration is enough: the policy accepts ``<kind>:*``, the request's value
     gets its own bucket, and the spend record keeps it where reports and ``spend()`` look."""
-    budget = Budget(scope=f"{kind}:*", window="day", limit_usd=1)
-    values = scope_values(kind, REQUEST, CANDIDATE)
+    budget = Budget.model_validate({"scope": f"{kind}:*", "window": "day", "limit_usd": 1}, context={"scopes": SCOPES})
+    values = SCOPES.values_of(kind, REQUEST, CANDIDATE)
     assert values, f"the sample request has no {kind} value: extend REQUEST"
     from datetime import datetime, timezone
 
     buckets = all_buckets([budget], REQUEST, CANDIDATE, datetime(2026, 11, 30, tzinfo=timezone.utc))
     assert [split_bucket_key(bb.bucket.key)[1] for bb in buckets] == [f"{kind}:{v}" for v in values]
-    attrs = record_attrs(REQUEST, CANDIDATE)
-    recorded = attrs[record_attr_of(kind)]
+    attrs = SCOPES.record_attrs(REQUEST, CANDIDATE)
+    recorded = attrs[SCOPES.record_attr_of(kind)]
     assert (recorded if isinstance(recorded, list) else [recorded]) == list(values)
 
 
 def test_the_registry_says_who_writes_each_value():
-    client_written = {k for k, v in SCOPE_REGISTRY.items() if not v.trusted}
+    client_written = {k for k, v in SCOPES.items() if not v.trusted}
     assert client_written == {"end_user", "tag", "session"}
+    assert SCOPES["org"].trusted and SCOPES["org"].source == "key"
 
 
-def test_an_unknown_kind_is_refused_naming_every_registered_one():
-    with pytest.raises(ValidationError) as info:
-        Budget(scope="org:acme", window="day", limit_usd=1)
+def test_an_unknown_kind_is_refused_naming_every_registered_one(tmp_path):
+    with pytest.raises(ValidationError) as info:  # a Budget made without a policy knows the core's kinds
+        Budget(scope="region:eu", window="day", limit_usd=1)
     assert "kind one of " + ", ".join(SCOPE_KINDS) in str(info.value)
-    with pytest.raises(ReplayError, match="unknown kind 'org'"):
-        spend_of([], "org:acme")
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nbudgets:\n  - {scope: 'region:eu', window: day, limit_usd: 1}\n")
+    with pytest.raises(PolicyError) as info:  # a policy knows every kind its plugins register
+        load_policy(path)
+    assert "kind one of " + ", ".join(SCOPES.names) in str(info.value) and ", org " in str(info.value)
+    with pytest.raises(ReplayError, match="unknown kind 'region'"):
+        spend_of([], "region:eu")
 
 
 async def test_a_session_budget_caps_each_run_on_its_own():

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timezone
 from pathlib import Path
 
 import litellm
@@ -449,3 +450,156 @@ def test_progress_goes_to_stderr_only_when_asked_or_on_a_terminal(tmp_path, caps
     assert cli.main(["what-if", THRESHOLD, "--from", history, "--json", "--progress"]) == 0
     out, err = capsys.readouterr()
     assert "replaying 1 requests" in err and "replaying" not in out
+
+
+# -- the fast path gives the same answer ------------------------------------------------------------
+
+
+def _month_rows(n: int, days: int = 30) -> list[HistoryRow]:
+    """``generate_month``'s spend-log rows as the Postgres reader makes them (no database needed)."""
+    from litellm_payg.tools.whatif_postgres import model_string
+
+    out = []
+    for r in generate_month(n, days=days):
+        usage = json.loads(r["metadata"]).get("usage_object") or {}
+        out.append(HistoryRow(
+            r["request_id"], r["startTime"].replace(tzinfo=timezone.utc).timestamp(), r["model_group"],
+            model_string(r["model"], r["custom_llm_provider"]), r["model_id"], r["prompt_tokens"], r["completion_tokens"],
+            cache_read_tokens=usage.get("cache_read_input_tokens") or 0, spend_usd=r["spend"], user=r["user"],
+            team=r["team_id"], key=r["api_key"], session=r["session_id"], tags=tuple(json.loads(r["request_tags"]))))
+    return out
+
+
+BUDGETED = """
+budgets:
+  - {name: team-day, scope: 'team:*', window: day, limit_usd: 0.1, on_exceed: block}
+  - {name: key-hour, scope: 'key:*', window: 'rolling:1h', limit_usd: 0.012, on_exceed: downgrade}
+  - {name: faq-month, scope: 'tag:faq', window: month, limit_usd: 0.1, on_exceed: alert, alert_at: [0.5]}
+  - {name: support-day, scope: 'group:support', window: day, limit_usd: 0.15, on_exceed: downgrade}
+"""
+
+
+def test_the_one_pass_replay_ledger_gives_the_memory_ledgers_answer(tmp_path):
+    """The replay's ledger reserves and settles an answered request in one pass; the memory ledger
+    does it in two. A budgeted month (blocks, downgrades, rolling and calendar windows, an alert)
+    replayed on each gives the same figures, to the last request."""
+    from litellm_payg.stores.ledger.memory import MemoryLedger
+
+    policy = tmp_path / "budgeted.yaml"
+    policy.write_text(Path(SUPPORT).read_text() + BUDGETED)
+    rows = _month_rows(6000, days=3)  # 2,000 requests a day: what was spent decides, not one reservation
+    fast = replay(str(policy), rows, top=20)
+    slow = replay(str(policy), rows, top=20, ledger=MemoryLedger())
+    assert fast.totals.blocked > 100 and fast.totals.downgraded > 100  # the budgets bit
+    a, b = fast.as_dict(), slow.as_dict()
+    a.pop("elapsed_s"), b.pop("elapsed_s")
+    assert a == b
+
+
+def test_the_replay_ledger_holds_one_reservation_aside_and_applies_it_when_another_comes():
+    """Reservations that overlap (never in a replay, but the ledger is a ledger) behave as on the
+    memory ledger: the held one is applied before anything else reads or changes the counters."""
+    from litellm_payg.core.buckets import Bucket
+    from litellm_payg.stores.ledger.memory import MemoryLedger, ReplayLedger
+
+    cap = Bucket("cap", 1.0, True)
+    idle = Bucket("run", None, False, idle_s=60)
+    states = []
+    for ledger in (ReplayLedger(), MemoryLedger()):
+        steps = [
+            ledger.reserve("a", [cap, idle], 0.6, 30, now=0).ok,
+            ledger.reserve("b", [cap], 0.5, 30, now=1).ok,  # refused: a's 0.6 is held
+            ledger.usage([cap, idle], now=1),
+            ledger.reserve("c", [cap], 0.3, 30, now=2).ok,
+            ledger.settle("a", 0.2, now=3),
+            ledger.open_reservations(),
+            ledger.settle("c", 0.1, now=4),
+            ledger.reserve("d", [cap, idle], 0.1, 30, now=100).ok,  # the session idled out: starts afresh
+            ledger.release("d"),
+            ledger.reserve("e", [cap], 0.1, 5, now=200).ok,
+            ledger.expire(now=300),  # e was never settled: charged in full
+            ledger.usage([cap, idle], now=300),
+        ]
+        states.append(steps)
+    assert states[0] == states[1]
+    assert states[0][1] is False and states[0][-2] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # a ModelResponse as LiteLLM's mock_response
+def test_the_plugins_ledger_records_the_token_counts_what_if_reprices(tmp_path, capsys):
+    """An answer the plugin settles through a real Router keeps its token counts (with the cache
+    reads and reasoning tokens) on its ledger record, so ``what-if --from`` the ledger prices it on
+    the deployment the policy picks instead of listing it as unpriced."""
+    import asyncio
+
+    from litellm import Router
+
+    import litellm_payg
+    from litellm_payg.stores.ledger import open_ledger
+    from routing_helpers import deployment
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+
+    def answer() -> litellm.ModelResponse:
+        usage = litellm.Usage(prompt_tokens=3000, completion_tokens=200, total_tokens=3200,
+                              prompt_tokens_details={"cached_tokens": 1000},
+                              completion_tokens_details={"reasoning_tokens": 50})
+        return litellm.ModelResponse(choices=[{"message": {"role": "assistant", "content": "ok"}}], usage=usage)
+
+    models = ("deepseek/deepseek-chat", "gpt-4o-mini", "mistral/mistral-large-latest", "anthropic/claude-sonnet-4-5")
+    router = Router(model_list=[deployment("support", m, m.rsplit("/", 1)[-1], answer()) for m in models])
+    engine = litellm_payg.attach(router, SUPPORT, ledger=url)
+
+    async def ask() -> None:
+        await router.acompletion(model="support", messages=[{"role": "user", "content": "where is my order?"}])
+
+    try:
+        asyncio.run(ask())
+    finally:
+        engine.detach()
+    with open_ledger(url) as ledger:
+        (record,) = ledger.records()
+    paid = record.amount_usd
+    assert record.attrs["model"] == _expected_support_pick(5)  # a short question: the FAQ tier's pick
+    assert {k: record.attrs.get(k) for k in ("prompt_tokens", "completion_tokens", "cache_read_tokens",
+                                             "reasoning_tokens")} == {"prompt_tokens": 3000, "completion_tokens": 200,
+                                                                      "cache_read_tokens": 1000, "reasoning_tokens": 50}
+    out = run_cli(["what-if", SUPPORT, "--from", url, "--json"], capsys)
+    t = out["totals"]
+    assert t["requests"] == 1 and t["unpriced"] == 0 and t["actual_usd"] == pytest.approx(paid)
+    # replayed at the 3,000 prompt tokens the answer reported: the long-request tier's pick
+    assert t["policy_usd"] == pytest.approx(_hand_cost(_expected_support_pick(3000), 3000, 200, 1000), rel=1e-9)
+
+
+def test_rows_read_ahead_on_a_thread_keep_their_order_errors_and_bound():
+    """The Postgres rows are read on a thread (``prefetched``): the same rows in the same order, the
+    reader's error raised where the rows are read, never more than ``ahead`` batches waiting, and a
+    reader that stops early stops (and closes) the source."""
+    import threading
+
+    from litellm_payg.tools.whatif_history import WhatIfInputError
+    from litellm_payg.tools.whatif_postgres import prefetched
+
+    produced, closed = [0], threading.Event()
+
+    def source(n: int, fail_at: int | None = None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise WhatIfInputError("the spend logs went away")
+                produced[0] += 1
+                yield i
+        finally:
+            closed.set()
+
+    assert list(prefetched(source(25_003), batch=1000, ahead=2)) == list(range(25_003))
+    with pytest.raises(WhatIfInputError, match="went away"):
+        list(prefetched(source(5000, fail_at=4321), batch=1000, ahead=2))
+    produced[0] = 0
+    closed.clear()
+    rows = prefetched(source(100_000), batch=1000, ahead=2)
+    assert next(rows) == 0
+    threading.Event().wait(0.3)  # the reader fills what it may ahead, then waits
+    assert produced[0] <= 4 * 1000  # the batch read, two waiting, the one being made
+    rows.close()
+    assert closed.wait(5) and produced[0] < 100_000

@@ -44,17 +44,35 @@ class Charge:
     abandoned_because: str = "client_disconnected"
     #: LiteLLM served the answer from its cache: the provider was not called, nothing was billed
     cache_hit: bool = False
+    #: of the prompt, the tokens read from and written to the provider's cache, and of the
+    #: completion the reasoning tokens, as the answer's usage reports them (``token_details``)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
-    def attrs(self) -> dict[str, str] | None:
+    def attrs(self) -> dict[str, Any] | None:
         """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
         reports from one priced on the provider's own counts; ``abandoned: <why>`` says why;
-        ``cache_hit: true`` marks an answer LiteLLM's cache served (charged $0)."""
-        out = {"usage": "estimated"} if self.estimated or self.abandoned else {}
+        ``cache_hit: true`` marks an answer LiteLLM's cache served (charged $0). And the token
+        counts the charge is based on (``prompt_tokens``, ``completion_tokens``, and the cache
+        reads and writes and reasoning tokens when there are any), so ``what-if --from`` the
+        plugin's own ledger can price the request on another deployment; none for a cache hit,
+        which billed no tokens."""
+        out: dict[str, Any] = {"usage": "estimated"} if self.estimated or self.abandoned else {}
         if self.abandoned:
             out["abandoned"] = self.abandoned_because
         if self.cache_hit:
             out["cache_hit"] = "true"
+            return out
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = _count(getattr(self, name))
+            if value is not None:
+                out[name] = value
+        for name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+            value = _count(getattr(self, name))
+            if value:
+                out[name] = value
         return out or None
 
 
@@ -64,6 +82,43 @@ def used_tokens(charge: Charge) -> int | None:
     if charge.prompt_tokens is None and charge.completion_tokens is None:
         return None
     return int(charge.prompt_tokens or 0) + int(charge.completion_tokens or 0)
+
+
+def _count(value: Any) -> int | None:
+    """A token count as a whole number >= 0, or None (a count a provider reported oddly is left out)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if n >= 0 and n == value else None
+
+
+def token_details(response: Any) -> dict[str, int]:
+    """The cache reads and writes and the reasoning tokens an answer's ``usage`` reports, by
+    :class:`Charge` field: LiteLLM maps every provider's cache reads to
+    ``prompt_tokens_details.cached_tokens`` (OpenAI's own field; Anthropic's
+    ``cache_read_input_tokens``, DeepSeek's ``prompt_cache_hit_tokens``), its writes to
+    ``prompt_tokens_details.cache_write_tokens`` (Anthropic's ``cache_creation_input_tokens``), and
+    reasoning to ``completion_tokens_details.reasoning_tokens``. Empty when none is reported."""
+    usage = response.get("usage") if isinstance(response, Mapping) else attribute(response, "usage")
+    if usage is None:
+        return {}
+
+    def read(obj: Any, name: str) -> Any:
+        if obj is None:
+            return None
+        return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+    prompt = read(usage, "prompt_tokens_details")
+    completion = read(usage, "completion_tokens_details")
+    found = {
+        "cache_read_tokens": read(prompt, "cached_tokens") or read(usage, "cache_read_input_tokens"),
+        "cache_write_tokens": read(prompt, "cache_write_tokens") or read(usage, "cache_creation_input_tokens"),
+        "reasoning_tokens": read(completion, "reasoning_tokens"),
+    }
+    return {k: n for k, v in found.items() if (n := _count(v))}
 
 
 def served_from_cache(response: Any) -> bool:

@@ -33,6 +33,7 @@ ENTRY_POINTS: dict[str, str] = {
     "atext_completion": "metadata",
     "aresponses": "litellm_metadata",
     "aanthropic_messages": "litellm_metadata",
+    "anthropic_messages": "litellm_metadata",  # the same, async too: the one LiteLLM's proxy calls for /v1/messages
     "aembedding": "metadata",
     "aimage_generation": "metadata",
     "atranscription": "metadata",
@@ -120,7 +121,7 @@ def _governed(method: Callable[..., Any], adapter: Any, metadata_field: str, nam
                 raise refusal from exc
             raise
         # settle before the caller has the answer, not on LiteLLM's logging worker (``answered``)
-        return adapter.answered(state, response, kwargs)
+        return adapter.answered(state, response, kwargs, api=name)
 
     governed.__doc__ = f"Router.{method.__name__}, governed by litellm-payg."
     return governed

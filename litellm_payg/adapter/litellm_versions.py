@@ -272,6 +272,40 @@ def attempt_cost(logging_obj: Any, result: Any) -> Any:
     return calculator(result=result)
 
 
+def completion_cost(response: Any, model: str, deployment_id: str | None) -> float:
+    """``litellm.completion_cost`` of ``response`` for ``model``, with the prices a Router
+    registered for the deployment (``router_model_id``, as LiteLLM's own handlers pass it) where
+    this release takes them."""
+    import litellm
+
+    try:
+        return float(litellm.completion_cost(completion_response=response, model=model, router_model_id=deployment_id))
+    except TypeError:  # a release without router_model_id
+        return float(litellm.completion_cost(completion_response=response, model=model))
+
+
+def anthropic_stream_usage(raw: Sequence[bytes], model: str) -> Any:
+    """The usage of an Anthropic ``/v1/messages`` SSE stream (``message_start`` and
+    ``message_delta``), as the ``ModelResponse`` LiteLLM's own reader builds from it for its cost
+    (``build_usage_only_response_from_chunks``: cache reads and writes, server tool use, ...), or
+    None where this release has no such reader or the stream carried no usage."""
+    try:
+        from litellm.llms.anthropic.messages.stream_assembly import build_usage_only_response_from_chunks
+    except ImportError:
+        try:
+            from litellm.proxy.pass_through_endpoints.llm_provider_handlers.anthropic_passthrough_logging_handler import (
+                AnthropicPassthroughLoggingHandler,
+            )
+            build_usage_only_response_from_chunks = AnthropicPassthroughLoggingHandler._build_usage_only_response_from_chunks
+        except (ImportError, AttributeError):
+            return None
+    try:
+        return build_usage_only_response_from_chunks(all_chunks=[b"".join(raw)], model=model)
+    except Exception:  # noqa: BLE001 - an unreadable stream is priced from the plugin's own reading of it
+        logger.debug("litellm-payg: LiteLLM could not read an Anthropic stream's usage", exc_info=True)
+        return None
+
+
 # -- the checks LiteLLM runs on a pick (core/feasibility.py mirrors them) -------------------------
 
 

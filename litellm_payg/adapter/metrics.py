@@ -57,7 +57,7 @@ MAX_QUALITY_CLASSES = 20
 #: the class label of the merged series, and of evidence kept without a class
 OTHER_CLASS, NO_CLASS = "other", "*"
 
-#: at most this many distinct (user, team, key, tags, group) identities are remembered per policy for
+#: at most this many distinct identities (group and every declared request attribute) are remembered per policy for
 #: budget gauges; beyond it, new ones are not added (the counters are unaffected)
 MAX_IDENTITIES = 10_000
 
@@ -79,7 +79,7 @@ class _Seen:
     """What one engine has routed for: identities and each group's candidates."""
 
     def __init__(self) -> None:
-        self.identities: dict[tuple[Any, ...], None] = {}
+        self.identities: dict[tuple[Any, ...], Any] = {}  # identity key -> a bare RouteRequest
         self.candidates: dict[str, tuple[Any, ...]] = {}
 
 
@@ -101,11 +101,20 @@ def payg_filter_candidates(request, candidates, engine):
             seen = _ENGINES.setdefault(engine, _Seen())
     if request.group not in seen.candidates:
         seen.candidates[request.group] = tuple(candidates)
-    # no trace id (session:): one gauge per run would grow without bound
-    key = (request.user, request.team, request.api_key, request.end_user, request.tags, request.group)
+    # who the request is, by every request attribute the policy's scope kinds declare (no run: one
+    # gauge per run would grow without bound); kept as a bare request the collector reads buckets for
+    key = engine.spend.scopes.identity_key(request)
     if key not in seen.identities and len(seen.identities) < MAX_IDENTITIES:
-        seen.identities[key] = None
+        seen.identities[key] = _bare(request)
     return None
+
+
+def _bare(request):
+    """``request`` with only what says who it is: no prompt (never counted here), no run, no metadata."""
+    import dataclasses
+
+    return dataclasses.replace(request, prompt_tokens=0, output_tokens=0, prompt_tokens_at_most=None, metadata={},
+                               session=None, run=None, trace_id=None, prompt_hash=None, loop_marks=(), needs=None)
 
 
 @hookimpl
@@ -153,9 +162,9 @@ class BudgetCollector:
             if spend.budgets:
                 found: dict[str, Any] = {}
                 seen_requests = [(RouteRequest("", 0, 0), None)] + [
-                    (RouteRequest(g, 0, 0, user=u, team=t, api_key=k, end_user=e, tags=tags), c)
-                    for (u, t, k, e, tags, g) in list(seen.identities)
-                    for c in seen.candidates.get(g, ())
+                    (request, c)
+                    for request in list(seen.identities.values())
+                    for c in seen.candidates.get(request.group, ())
                 ]
                 for request, candidate in seen_requests:
                     try:

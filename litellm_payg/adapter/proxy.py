@@ -44,6 +44,7 @@ configured; level from ``LITELLM_PAYG_LOG_LEVEL``, default ``INFO``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter.routing import PaygRouting
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import PaygError, PolicyError, Problem
+from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import LabelError, identity_from_key
 from litellm_payg.adapter.ingress import InvalidRequest, refuse_bad_input
 from litellm_payg.adapter.routes import keep_refusals_4xx_without_prisma, refusal, route_of
@@ -295,8 +297,11 @@ class ProxyPaygRouting(PaygRouting):
         try:
             if not isinstance(metadata, dict):
                 refuse_bad_input(data)  # names the field
-            self.open_request(data, field, identity_from_key(user_api_key_dict, data, metadata), router_door=False,
-                              call=call_type)
+            identity = identity_from_key(user_api_key_dict, data, metadata)
+            attrs = door_attributes(self.engine.spend.scopes, metadata, key=user_api_key_dict)
+            if attrs:
+                identity = dataclasses.replace(identity, attrs=attrs)
+            self.open_request(data, field, identity, router_door=False, call=call_type)
         except InvalidRequest as exc:
             raise HTTPException(status_code=400, detail=exc.message) from None
         except LabelError as exc:  # too many tags to keep bounded

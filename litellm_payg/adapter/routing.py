@@ -74,6 +74,7 @@ from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.adapter.failures import (
     MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream, timed_out_after_sending,
 )
+from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import (
     DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, run_of, session_of,
 )
@@ -533,6 +534,9 @@ class PaygRouting(CustomLogger):
         if state.identity is None:
             try:
                 state.identity = identity_of(request_kwargs, metadata)
+                attrs = door_attributes(self.engine.spend.scopes, metadata)
+                if attrs:
+                    state.identity = dataclasses.replace(state.identity, attrs=attrs)
             except LabelError as exc:
                 raise InvalidRequest(str(exc), field=exc.field) from None
         who = state.identity
@@ -573,6 +577,7 @@ class PaygRouting(CustomLogger):
             cache_writes=bool(self.engine.spend.budgets) and group in self._cache_write_groups and asks_cache_write(
                 messages or request_kwargs.get("messages"), request_kwargs),
             needs=needs,
+            attrs=dict(who.attrs),
         )
 
     @staticmethod
@@ -843,8 +848,8 @@ class PaygRouting(CustomLogger):
         reservation and charges nothing. What this hook never sees is settled by the door
         (:meth:`answered`: cache hits, streams, call types LiteLLM runs no hook for).
 
-        An answer with neither usage nor a LiteLLM cost (images, audio, ... priced per unit) is
-        left to the success log, which prices it: charging it $0 here would lose its cost. A
+        An answer with neither usage nor a LiteLLM cost (a moderation, an image LiteLLM cannot
+        price) is left to the door (:meth:`answered`), which settles it before the caller has it. A
         Google ``generateContent`` answer is charged from its own ``usageMetadata``: LiteLLM 1.110
         may log no success event for it at all."""
         if request_data.get("stream"):
@@ -868,25 +873,32 @@ class PaygRouting(CustomLogger):
         )
         return None
 
-    def answered(self, state: RequestState, response: Any, request: Mapping[str, Any]) -> Any:
+    def answered(self, state: RequestState, response: Any, request: Mapping[str, Any], api: str | None = None) -> Any:
         """The door's part once the Router returned ``response`` for the request ``state``:
         settle what no per-attempt hook settled, so nothing of an answered request waits for
         LiteLLM's logging worker (which an exiting script never runs).
 
-        * A stream is settled when its last chunk is read, or, left unread, when it is dropped
-          (:func:`litellm_payg.adapter.streams.settle_when_read`); it is returned as the same object.
+        * A stream (chat, text completion, Responses API, Anthropic messages; ``api`` is the Router
+          method that answered) is settled when its last event is read, or, left unread, when it
+          is dropped (:func:`litellm_payg.adapter.streams.settle_when_read`); it is returned as the
+          same object.
         * An answer LiteLLM's cache served never reached a deployment hook: it is settled here at
           $0 and marked ``cache_hit`` (the provider was not called).
-        * Any other answer whose attempt is still open (a call type LiteLLM runs no hook for) is
-          settled with the cost LiteLLM stamped on it (``_hidden_params["response_cost"]``).
+        * Any other answer whose attempt is still open (a call type LiteLLM runs no hook for, or an
+          answer priced per unit that the hook left) is settled with the cost LiteLLM stamped on it
+          (``_hidden_params["response_cost"]``; a moderation's $0 included); one LiteLLM priced
+          nowhere (an image answer, on 1.110.2) is charged its reservation, marked ``usage:
+          estimated``, rather than the $0 LiteLLM's success log would record for it.
         """
         if state.finished:
             return response
         if not state.open_reservations:  # the per-attempt hook settled it
             self._finish(state)
             return response
-        if streams.is_stream(response):
-            return streams.settle_when_read(self, state, response, request)
+        if streams.is_stream(response, api):
+            return streams.settle_when_read(self, state, response, request, api)
+        if request.get("stream") or hasattr(type(response), "__anext__"):
+            return response  # a stream not read here (generateContent's): LiteLLM's success log settles it
         hidden = getattr(response, "_hidden_params", None)
         deployment_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
         if deployment_id is None:
@@ -895,14 +907,23 @@ class PaygRouting(CustomLogger):
         prompt_tokens, completion_tokens = charges.answer_tokens(response)
         cache_hit = charges.served_from_cache(response)
         stamped = hidden.get("response_cost")
-        if not (cache_hit or prompt_tokens or completion_tokens or stamped):
-            return response  # nothing to price it by yet: LiteLLM's success log will say
+        unpriced = not (cache_hit or prompt_tokens or completion_tokens or stamped is not None)
+        litellm_cost: Callable[[], Any] = lambda: stamped  # noqa: E731
+        if unpriced:
+            # LiteLLM priced it nowhere (an image answer of 1.110.2: its calculator says 0 inline and
+            # its success log None, recorded as $0): the bound it was reserved at, marked an estimate
+            open_ = state.reservations.get(deployment_id)
+            reserved = self.engine.spend.reserved_usd(open_[0]) if open_ else None
+            litellm_cost = lambda: reserved  # noqa: E731
+            logger.warning("litellm-payg: LiteLLM could not price an answer of deployment %s (%s); charged its "
+                           "reservation, $%s, marked as an estimate", deployment_id, type(response).__name__,
+                           charges.usd(reserved or 0.0))
         ms = hidden.get("_response_ms")
         latency = None if cache_hit or not isinstance(ms, (int, float)) else ms / 1000
         self.settle_answer(
-            state, deployment_id, response, prompt_tokens, completion_tokens, litellm_cost=lambda: stamped,
+            state, deployment_id, response, prompt_tokens, completion_tokens, litellm_cost=litellm_cost,
             messages=request.get("messages"), tools=charges.tools_of(request), model=hidden.get("litellm_model_name"),
-            latency=latency, ttft=latency, cache_hit=cache_hit,
+            latency=latency, ttft=latency, cache_hit=cache_hit, estimated=unpriced,
         )
         if not state.open_reservations:
             self._finish(state)
@@ -1070,7 +1091,7 @@ class PaygRouting(CustomLogger):
     def settle_answer(
         self, state: RequestState, deployment_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any, *,
         litellm_cost: Callable[[], Any], messages: Any, tools: Any, model: Any, latency: float | None,
-        ttft: float | None, cache_hit: bool = False, abandoned: str | None = None,
+        ttft: float | None, cache_hit: bool = False, abandoned: str | None = None, estimated: bool = False,
     ) -> charges.Charge | None:
         """Settle the open reservation of an answered attempt on ``deployment_id``: charge it
         (:meth:`_charge_answer`), record its latency, tell the ``payg_outcome`` observers. Returns
@@ -1084,6 +1105,8 @@ class PaygRouting(CustomLogger):
                                      litellm_cost, messages, tools, state, model, cache_hit)
         if abandoned is not None:
             charge = dataclasses.replace(charge, abandoned=True, abandoned_because=abandoned)
+        elif estimated:
+            charge = dataclasses.replace(charge, estimated=True)
         self.lifecycle.succeeded(reservation_id, deployment_id, charge.cost, latency, ttft, charge.attrs,
                                  tokens=charges.used_tokens(charge))
         if self.engine.policy.quality.feedback:
@@ -1143,7 +1166,7 @@ class PaygRouting(CustomLogger):
             # whitespace ("hello world" is priced as 10 characters), so the ledger would fall below
             # the bill: charge the characters the provider was sent, as the reservation counted them
             cost = max(cost, state.characters * per_character)
-        return charges.Charge(cost, prompt_tokens, completion_tokens)
+        return charges.Charge(cost, prompt_tokens, completion_tokens, **charges.token_details(response))
 
     def _finish(self, state: RequestState) -> None:
         """The request was answered: its state is released now, unless the proxy's response headers

@@ -34,12 +34,12 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from litellm_payg.core.bounds import MAX_COUNT, MAX_ROLLING_WINDOW_S, Count, Score, Usd
 from litellm_payg.core.buckets import Bucket
 from litellm_payg.core.decision import Candidate, RouteRequest
-from litellm_payg.core.scopes import SCOPE_KINDS, scope_values  # noqa: F401  (SCOPE_KINDS re-exported)
+from litellm_payg.core.scopes import BUILTIN, SCOPE_KINDS, ScopeKind, ScopeRegistry  # noqa: F401  (SCOPE_KINDS re-exported)
 
 CALENDAR_WINDOWS = ("hour", "day", "week", "month")
 _ROLLING = re.compile(r"^rolling:(\d+)([smhd])$")
@@ -86,18 +86,20 @@ def parse_duration(text: str) -> float:
     return float(seconds)
 
 
-def parse_scope(scope: str) -> tuple[str, str | None]:
+def parse_scope(scope: str, scopes: ScopeRegistry | None = None) -> tuple[str, str | None]:
     """``('global', None)`` or ``(kind, value)``; value ``'*'`` = each one separately.
 
     Only the first ``:`` separates kind and value, because LiteLLM model
-    strings may contain colons (``bedrock/...:0``).
+    strings may contain colons (``bedrock/...:0``). ``scopes``: the kinds the policy knows (the
+    kind is checked against them); without it, a budget already validated is being read.
     """
     if scope == "global":
         return "global", None
     kind, sep, value = scope.partition(":")
-    if not sep or kind not in SCOPE_KINDS or not value.strip():
+    if not sep or (scopes is not None and kind not in scopes) or not kind or not value.strip():
+        names = (scopes or BUILTIN).names
         raise ValueError(
-            f"scope must be 'global' or <kind>:<value> with kind one of {', '.join(SCOPE_KINDS)} "
+            f"scope must be 'global' or <kind>:<value> with kind one of {', '.join(names)} "
             f"(value '*' = each separately), got {scope!r}"
         )
     return kind, value
@@ -159,6 +161,15 @@ class Budget(BaseModel):
     #: (``<N>(s|m|h|d)``, wall clock)
     max_duration: str | None = None
 
+    #: the scope's kind, resolved at validation from the policy's kinds (the validation context's
+    #: ``scopes``, a :class:`~litellm_payg.core.scopes.ScopeRegistry`; without one, the built-in kinds)
+    _kind: ScopeKind | None = PrivateAttr(default=None)
+
+    @property
+    def scope_kind(self) -> ScopeKind | None:
+        """The kind the scope names (None: ``global``)."""
+        return self._kind
+
     @property
     def max_duration_s(self) -> float | None:
         """``max_duration`` in seconds (None without one)."""
@@ -197,9 +208,15 @@ class Budget(BaseModel):
 
     @field_validator("scope")
     @classmethod
-    def _scope(cls, v: str) -> str:
-        parse_scope(v)
+    def _scope(cls, v: str, info: ValidationInfo) -> str:
+        parse_scope(v, _scopes(info))
         return v
+
+    @model_validator(mode="after")
+    def _resolve_kind(self, info: ValidationInfo) -> "Budget":
+        kind, _ = parse_scope(self.scope)
+        self._kind = None if kind == "global" else _scopes(info)[kind]
+        return self
 
     @field_validator("window")
     @classmethod
@@ -230,6 +247,11 @@ class Budget(BaseModel):
         return self.name if self.name is not None else f"b{index}"
 
 
+def _scopes(info: ValidationInfo) -> ScopeRegistry:
+    context = info.context if isinstance(info.context, dict) else {}
+    return context.get("scopes") or BUILTIN
+
+
 @dataclass(frozen=True)
 class BudgetBucket:
     """A ledger bucket together with the budget and window it came from."""
@@ -247,10 +269,13 @@ class BudgetBucket:
     what: str | None = None
 
 
-def _values(kind: str, value: str | None, request: RouteRequest, candidate: Candidate | None) -> tuple[str, ...]:
+def _values(budget: Budget, kind: str, value: str | None, request: RouteRequest,
+            candidate: Candidate | None) -> tuple[str, ...]:
     """The scope values of the request this scope selects (empty: not covered)."""
-    have = scope_values(kind, request, candidate)
-    if kind == "global" or value == "*":
+    if kind == "global":
+        return ("global",)
+    have = budget.scope_kind.read(request, candidate)  # type: ignore[union-attr]
+    if value == "*":
         return have
     return (value,) if value in have else ()
 
@@ -348,7 +373,7 @@ def buckets_for(
     """
     kind, value = parse_scope(budget.scope)
     wkind, rolling_s = parse_window(budget.window)
-    values = _values(kind, value, request, candidate)
+    values = _values(budget, kind, value, request, candidate)
     if not values:
         return []
     enforce = budget.on_exceed == "block"

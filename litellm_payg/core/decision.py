@@ -172,6 +172,9 @@ class RouteRequest:
     #: what LiteLLM's own checks ask of a deployment for this request (``feasibility.Needs``), or
     #: None: nothing beyond the prompt's size
     needs: Any = None
+    #: request attributes declared by a scope kind that has no field above (``scopes.request_attribute``,
+    #: e.g. ``org``), by the kind's name: filled at the door from where the declaration says
+    attrs: Mapping[str, str] = field(default_factory=dict)
 
     def prompt_range(self) -> tuple[int, int] | None:
         """``(lowest, highest)`` prompt tokens this request may have without counting it: the count
@@ -190,13 +193,16 @@ class RouteRequest:
         return not callable(self.__dict__["prompt_tokens"])
 
     def field_value(self, name: str) -> str | None:
-        """A request field by name, for rules configured with e.g. ``sticky_by: user``."""
+        """A request field by name, for rules configured with e.g. ``sticky_by: user`` (or ``org``: a
+        request attribute a scope kind declares, read from ``attrs``)."""
         if name in ("user", "team", "api_key", "end_user", "trace_id", "group"):
             value = getattr(self, name)
             return None if value is None else str(value)
         if name.startswith("metadata."):
             value = self.metadata.get(name.split(".", 1)[1])
             return None if value is None else str(value)
+        if name.isidentifier():  # a declared request attribute (``attrs``); the policy checked the name
+            return self.attrs.get(name)
         raise ValueError(f"unknown request field {name!r}")
 
 

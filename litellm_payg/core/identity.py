@@ -41,6 +41,9 @@ class RequestIdentity:
     via_proxy: bool
     #: the end user the client names (the OpenAI ``user`` field): client-asserted
     end_user: str | None = None
+    #: the declared request attributes read from the key (``core/scopes.py``: ``request_attribute``
+    #: with a ``key_field``, e.g. ``org``), by kind name; the adapter reads them (``adapter/attributes.py``)
+    attrs: tuple[tuple[str, str], ...] = ()
 
 
 #: the longest label (user, team, key, end user, tag, session id, trace id) kept as sent; a longer

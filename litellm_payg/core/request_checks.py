@@ -86,11 +86,16 @@ def check_request(data: Mapping[str, Any], api: str | None = None) -> BadField |
     fields (:func:`_api_fields`)."""
     for check in (_one_model, _credentials, _messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata,
                   _response_format, _litellm_params):
+        if check is _response_format and api in _FORMAT_NAMED_APIS:
+            continue  # their response_format is a name ("verbose_json", "mp3", "b64_json")
         problem = check(data)
         if problem is not None:
             return problem
     return _api_fields(data, api) if api in _CHECKED_APIS else None
 
+
+#: APIs whose ``response_format`` is a format's name, not a chat answer's shape
+_FORMAT_NAMED_APIS = frozenset(("transcription", "speech", "image_generation"))
 
 _CHECKED_APIS = frozenset(("text_completion", "embedding", "completion", "anthropic_messages"))
 

@@ -3,7 +3,8 @@
 ::
 
     - split:
-        sticky_by: user          # user | team | api_key | end_user | trace_id | metadata.<field>
+        sticky_by: user          # user | team | api_key | end_user | trace_id | metadata.<field> | a declared
+                                 # request attribute (a scope kind's, e.g. org)
         arms:
           - {model: mistral/mistral-large-latest, weight: 95}
           - {model: deepseek/deepseek-chat, weight: 5, name: new-model}
@@ -22,11 +23,12 @@ import hashlib
 import re
 from bisect import bisect_right
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from litellm_payg import hookimpl
 from litellm_payg.core.bounds import Weight
 from litellm_payg.core.decision import Step
+from litellm_payg.core.scopes import BUILTIN
 from litellm_payg.rules import Rule, RuleOptions, matches
 
 _FIELD = re.compile(r"^(user|team|api_key|end_user|trace_id|metadata\.[A-Za-z0-9_\-]+)$")
@@ -46,9 +48,13 @@ class SplitOptions(RuleOptions):
 
     @field_validator("sticky_by")
     @classmethod
-    def _known_field(cls, value: str) -> str:
-        if not _FIELD.match(value):
-            raise ValueError("expected user, team, api_key, end_user, trace_id or metadata.<field>")
+    def _known_field(cls, value: str, info: ValidationInfo) -> str:
+        # besides the request's own fields, every request attribute a scope kind declares (``org``)
+        scopes = (info.context or {}).get("scopes") if isinstance(info.context, dict) else None
+        declared = [k.name for k in (scopes or BUILTIN).attributes() if k.field is None]
+        if not _FIELD.match(value) and value not in declared:
+            raise ValueError(f"expected user, team, api_key, end_user, trace_id, {''.join(n + ', ' for n in declared)}"
+                             "or metadata.<field>")
         return value
 
 

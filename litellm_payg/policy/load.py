@@ -26,7 +26,8 @@ from litellm_payg.policy.validators import build_validators
 
 from litellm_payg.core.errors import PluginError, PolicyError, Problem
 from litellm_payg.core.model_facts import ModelFacts
-from litellm_payg.plugins import make_plugin_manager, rule_types
+from litellm_payg.plugins import builtin_scopes, make_plugin_manager, rule_types, scope_registry
+from litellm_payg.core.scopes import ScopeRegistry
 from litellm_payg.core.identity import DEFAULT_SESSION_SOURCES, check_session_source
 from litellm_payg.rules import RuleSpec, When, WhenError
 
@@ -156,6 +157,8 @@ class Policy:
     routes: dict[str, list[RuleSpec]]
     plugins: list[str]
     plugin_manager: pluggy.PluginManager
+    #: the scope kinds the policy's plugins register (``payg_register_scopes``)
+    scopes: ScopeRegistry = field(default_factory=lambda: builtin_scopes())
     source: str | None = None
     lines: dict[Path_, int] = field(default_factory=dict, repr=False)
     ledger: str = DEFAULT_LEDGER
@@ -221,15 +224,25 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
             [Problem("", f"expected a mapping with 'version: 1' and 'routes:', got {type(data).__name__}", 1)],
             source,
         )
+    # the plugins first: the scope kinds the budgets, conditions and rules may name are theirs
+    raw_plugins = data.get("plugins", [])
+    pm: pluggy.PluginManager | None = None
+    plugin_error: PolicyError | None = None
+    if isinstance(raw_plugins, list) and all(isinstance(ref, str) for ref in raw_plugins):
+        try:
+            pm = make_plugin_manager(raw_plugins, base_dir)
+            scopes = scope_registry(pm)
+        except PluginError as exc:
+            plugin_error = PolicyError([Problem("plugins", str(exc), _nearest_line(lines, ("plugins",)))], source)
+    if pm is None or plugin_error is not None:
+        scopes = builtin_scopes()
     try:
-        doc = _PolicyDocument.model_validate(data)
+        doc = _PolicyDocument.model_validate(data, context={"scopes": scopes})
     except ValidationError as exc:
         raise PolicyError(_problems(exc, (), lines), source) from None
-
-    try:
-        pm = make_plugin_manager(doc.plugins, base_dir)
-    except PluginError as exc:
-        raise PolicyError([Problem("plugins", str(exc), _nearest_line(lines, ("plugins",)))], source) from None
+    if plugin_error is not None:
+        raise plugin_error
+    assert pm is not None  # the document's plugins are a list of strings once it validated
     try:
         known = rule_types(pm)
     except PluginError as exc:
@@ -245,7 +258,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
             if "when" in entry:  # a condition on the rule entry (rules.When); the rest is the rule
                 raw_when, entry = entry["when"], {k: v for k, v in entry.items() if k != "when"}
                 try:
-                    when = When.parse(raw_when)
+                    when = When.parse(raw_when, scopes)
                 except WhenError as exc:
                     at = (*where, "when", *exc.path)
                     problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))
@@ -271,7 +284,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
                 ))
                 continue
             try:
-                parsed = rule_type.Options.model_validate(options if options is not None else {})
+                parsed = rule_type.Options.model_validate(options if options is not None else {}, context={"scopes": scopes})
             except ValidationError as exc:
                 problems.extend(_problems(exc, rule_path, lines))
                 continue
@@ -285,7 +298,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         wanted.append((("sessions", "required"), doc.sessions.required))
     for where, raw in wanted:
         try:
-            conditions[where] = When.parse(raw)
+            conditions[where] = When.parse(raw, scopes)
         except WhenError as exc:
             at = (*where, *exc.path)
             problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))
@@ -299,6 +312,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         routes=routes,
         plugins=list(doc.plugins),
         plugin_manager=pm,
+        scopes=scopes,
         source=source,
         lines=lines,
         ledger=doc.ledger,

@@ -348,19 +348,13 @@ class Engine:
             raise UnknownPriceError(unpriced, self.policy.source)
 
     def _budget_scope_problems(self, candidates_by_group: Mapping[str, Sequence[Candidate]]) -> list[Problem]:
-        """A ``provider:``/``model:``/``group:``/``deployment:`` scope is matched exactly against the
-        request's deployment (``budgets._values``), so it must be one of the router's values."""
+        """A scope of a kind the router's deployments have (``provider:``, ``model:``, ``group:``,
+        ``deployment:``: each kind that declares ``router_values``) is matched exactly against the
+        request's deployment, so it must be one of the router's values."""
         import difflib
 
         from litellm_payg.core.budgets import parse_scope
 
-        everything = [c for candidates in candidates_by_group.values() for c in candidates]
-        have = {
-            "provider": sorted({c.provider for c in everything}),
-            "model": sorted({c.model for c in everything}),
-            "group": sorted(candidates_by_group),
-            "deployment": sorted({c.deployment_id for c in everything}),
-        }
         problems = []
         for index, budget in enumerate(self.policy.budgets):  # a run budget's `when: {group: ...}`
             wanted = (budget.when or {}).get("group")
@@ -376,23 +370,22 @@ class Engine:
                     ))
         for index, budget in enumerate(self.policy.budgets):
             kind, value = parse_scope(budget.scope)
-            if kind not in have or value == "*" or value in have[kind]:
+            declared = budget.scope_kind
+            if declared is None or declared.router_values is None or value == "*":
                 continue
-            close = [m for m in have[kind] if kind == "model" and m.partition("/")[2] == value]
-            close = close or difflib.get_close_matches(value, have[kind], n=1)
+            have = list(declared.router_values(candidates_by_group))
+            if value in have:
+                continue
+            close = [m for m in have if kind == "model" and m.partition("/")[2] == value]
+            close = close or difflib.get_close_matches(value, have, n=1)
             hints = [f"did you mean 'scope: {kind}:{close[0]}'?"] if close else []
-            if kind == "model":
-                hints.append("A model scope names the LiteLLM model string exactly, provider prefix included.")
-            elif kind == "deployment":
-                hints.append("A deployment scope names a model_info.id: give the deployment a stable one in the "
-                             "LiteLLM config (a generated id changes whenever its litellm_params do).")
-            else:
-                hints.append(f"Name one of the router's {kind}s, or '{kind}:*' for each one separately.")
+            if declared.hint:
+                hints.append(declared.hint)
             hint = " ".join(hints)
             problems.append(Problem(
                 f"budgets[{index}].scope",
                 f"budget {budget.budget_id(index)!r} can never apply: no deployment of the router has {kind} "
-                f"{value!r}; the router has {kind}s {', '.join(map(repr, have[kind])) or 'none'}",
+                f"{value!r}; the router has {kind}s {', '.join(map(repr, have)) or 'none'}",
                 self.policy.line_of(("budgets", index, "scope")),
                 hint=hint,
             ))

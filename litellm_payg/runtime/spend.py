@@ -25,9 +25,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, loop_bucket, token_bucket
+from litellm_payg.core.budgets import Budget, BudgetBucket, all_buckets, loop_bucket, parse_scope, token_bucket
 from litellm_payg.core.runs import RunNotFound, RunStatus, RunUsage, downgrade_step, missing_run
-from litellm_payg.core.scopes import record_attrs, scope_values_key
+from litellm_payg.core.scopes import BUILTIN, ScopeRegistry
 from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
 from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.stores.ledger import open_ledger
@@ -89,6 +89,8 @@ class SpendControl:
 
     def __init__(self, policy: Any, ledger: Ledger | str | None = None, clock: Callable[[], float] = time.time):
         self.policy = policy
+        #: the policy's scope kinds (``payg_register_scopes``): what a spend record says of a request
+        self.scopes: ScopeRegistry = getattr(policy, "scopes", None) or BUILTIN
         self.budgets: list[Budget] = list(policy.budgets)
         self.tz = policy.timezone
         self.ttl_s = float(policy.reservation_ttl_s)
@@ -101,13 +103,15 @@ class SpendControl:
         self.downgrades = any(b.on_exceed == "downgrade" for b in self.budgets)
         self._alerting = any(b.alert_at or b.on_exceed == "alert" for b in self.budgets)
         self._bucket_cache: dict[tuple, tuple[float, float, list[BudgetBucket]]] = {}
+        #: the scope kinds the budgets are written for: the buckets' cache key (``buckets``)
+        self._scope_kinds: tuple[str, ...] = tuple(sorted({parse_scope(b.scope)[0] for b in self.budgets} - {"global"}))
         #: run budgets (``window: session:<idle>``), with their index (their default id is ``b<index>``)
         self.runs: list[tuple[int, Budget]] = [(i, b) for i, b in enumerate(self.budgets) if b.is_run]
         #: a run budget's final-reserve condition, by ``id(budget)``
         self._final: dict[int, When] = {
-            id(b): When.parse(b.final_reserve.when) for _, b in self.runs if b.final_reserve is not None}
+            id(b): When.parse(b.final_reserve.when, self.scopes) for _, b in self.runs if b.final_reserve is not None}
         #: a run budget's own condition (``when:``): the requests it applies to, by ``id(budget)``
-        self._applies: dict[int, When] = {id(b): When.parse(b.when) for _, b in self.runs if b.when is not None}
+        self._applies: dict[int, When] = {id(b): When.parse(b.when, self.scopes) for _, b in self.runs if b.when is not None}
         #: whether requests need a prompt fingerprint (``RouteRequest.prompt_hash``) for a loop guard
         self.loop_guards = any(b.loop_guard and "prompt" in b.loop_counts for _, b in self.runs)
         #: what of a request's newest turn a loop guard counts (``RouteRequest.loop_marks``, ``runs.loop_marks``)
@@ -134,12 +138,14 @@ class SpendControl:
     def buckets(self, request: RouteRequest, candidate: Candidate, now: float | None = None) -> list[BudgetBucket]:
         """The budget buckets a request to ``candidate`` falls under at ``now``.
 
-        Cached per scope values (``scopes.scope_values_key``) for as long as every calendar window involved lasts:
-        the window math (time zones, DST) is the costly part of a decision with budgets."""
+        Cached per scope values (``scopes.scope_values_key``, of the kinds the budgets are written
+        for: a team budget's buckets are the same for every user, session and deployment of the
+        team) for as long as every calendar window involved lasts: the window math (time zones,
+        DST) is the costly part of a decision with budgets."""
         if not self.budgets:
             return []
         t = self.clock() if now is None else now
-        key = scope_values_key(request, candidate)
+        key = self.scopes.values_key(request, candidate, self._scope_kinds)
         cached = self._bucket_cache.get(key)
         if cached is not None and cached[0] <= t < cached[1]:
             return self._for_request(request, cached[2], candidate)
@@ -439,7 +445,7 @@ class SpendControl:
             candidate = ordered[0]
             # its estimate only backs a last-resort charge: worked out if one is needed, so a
             # request nothing else needed the prompt's size of is never counted for it
-            admission = Admission(candidate, reservation_id, None, [], _attrs(request, candidate, attrs), reserved=False,
+            admission = Admission(candidate, reservation_id, None, [], self._record(request, candidate, attrs), reserved=False,
                                   estimate_later=lambda: self.reserve_estimate(request, candidate))
             with self._lock:
                 self._inflight[reservation_id] = admission
@@ -449,7 +455,7 @@ class SpendControl:
         for candidate in ordered:
             estimate = self.reserve_estimate(request, candidate)
             found = self.buckets(request, candidate)
-            record = _attrs(request, candidate, attrs)
+            record = self._record(request, candidate, attrs)
             admission = Admission(candidate, reservation_id, estimate, found, record, reserved=True, skipped=skipped)
             try:
                 result = self.ledger.reserve(
@@ -477,6 +483,13 @@ class SpendControl:
         from litellm_payg.core.errors import NoDeploymentLeft
 
         raise NoDeploymentLeft(request.group, reasons, skipped)
+
+    def _record(self, request: RouteRequest, candidate: Candidate, attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The spend record's attributes for an admission; none for a ledger that keeps no records
+        (``Ledger.keeps_records``: a what-if replay's), which would only throw them away."""
+        if self._ledger is not None and not self._ledger.keeps_records:
+            return {}
+        return _attrs(self.scopes, request, candidate, attrs)
 
     def _ledger_failed(self, exc: LedgerError, admission: Admission) -> Admission:
         if self.policy.on_ledger_error == "fail_closed":
@@ -731,8 +744,9 @@ def _grant_amounts(**amounts: Any) -> dict[str, Any]:
     return out
 
 
-def _attrs(request: RouteRequest, candidate: Candidate, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    out = record_attrs(request, candidate)  # every scope's value, under the name reports filter on
+def _attrs(scopes: ScopeRegistry, request: RouteRequest, candidate: Candidate,
+           extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = scopes.record_attrs(request, candidate)  # every scope's value, under the name reports filter on
     if request.run and request.run != request.session:
         # the session as the client sent it (what reports filter on), and the run it counted in:
         # that session of the key (or team) that sent it (identity.run_of)

@@ -39,6 +39,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+#: request attributes ``explain`` has a flag of its own for (``--key`` takes the key's hash as is)
+_OWN_FLAGS = ("user", "team", "key", "tag", "session")
+
+
+def _attribute_flags() -> list:
+    """The request attributes the registered scope kinds declare beyond :data:`_OWN_FLAGS`."""
+    from litellm_payg.plugins import builtin_scopes
+
+    return [kind for kind in builtin_scopes().attributes() if kind.name not in _OWN_FLAGS]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="litellm-payg", description="Pay-as-you-go cost control for LiteLLM.")
     sub = parser.add_subparsers(metavar="COMMAND")
@@ -60,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--session", help="the session id (LiteLLM's litellm_session_id)")
     explain.add_argument("--metadata", action="append", default=[], metavar="FIELD=VALUE",
                          help="a request metadata field, for when: {metadata.FIELD: ...} (repeatable)")
+    for kind in _attribute_flags():  # every other request attribute a scope kind declares: --end-user, --org
+        explain.add_argument(f"--{kind.name.replace('_', '-')}", dest=f"attr_{kind.name}", metavar="VALUE",
+                             help=f"{kind.doc}, as the {kind.name}: budget scope"
+                             + (f" and when: {{{kind.when}: ...}}" if kind.when else "") + " see it")
     explain.add_argument("--min-quality", type=float, help="a client hint: raise the quality bar")
     explain.add_argument("--config", help="a LiteLLM config.yaml whose model_list gives the deployments")
     explain.add_argument("--json", action="store_true")
@@ -87,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_parser(sub)
     replay.add_parser(sub)
 
-    plugins = sub.add_parser("plugins", help="list installed plugins and the rule types they add")
+    plugins = sub.add_parser("plugins", help="list installed plugins and the rule types and scope kinds they add")
     plugins.add_argument("--all", action="store_true", help="include the built-in plugins")
     plugins.add_argument("--policy", help="also load the plugin modules this policy names")
     plugins.set_defaults(func=cmd_plugins)
@@ -145,14 +160,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         group=args.model,
         prompt_tokens=args.prompt_tokens,
         output_tokens=engine.expected_output_tokens(args.max_tokens),
-        user=args.user,
-        team=args.team,
-        api_key=args.key,
-        tags=tuple(args.tags),
         min_quality=args.min_quality,
         trace_id="explain",
         metadata=metadata,
-        session=args.session,
+        # every request attribute through the one door (``ScopeRegistry.request_fields``), as kept live
+        **engine.spend.scopes.request_fields({name: value for name, value in {
+            "user": args.user, "team": args.team, "key": args.key, "tag": tuple(args.tags), "session": args.session,
+            **{kind.name: getattr(args, f"attr_{kind.name}") for kind in _attribute_flags()},
+        }.items() if name in engine.spend.scopes and value not in (None, ())}),
     )
     decision = engine.decide(request, candidates)
     if args.json:

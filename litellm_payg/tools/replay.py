@@ -53,7 +53,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from litellm_payg.core.scopes import SCOPE_KINDS, record_attr_of
 from litellm_payg.core.errors import PaygError
 from litellm_payg.tools.cassette_match import ANSWER_PARAMS, STRICT_MATCH_ON, register, resolve_match_on, tag_origin
 
@@ -358,11 +357,14 @@ def spend_of(records: Iterable[Any], scope: str | None = None) -> float:
     kind, sep, value = scope.partition(":")
     if not sep:
         raise ReplayError(f"scope {scope!r}: expected kind:value, e.g. provider:deepseek or model:gpt-4o")
-    try:  # a budget scope kind (``core.scopes``), or the split arm a decision recorded
-        attr = "split_arm" if kind == "split_arm" else record_attr_of(kind)
+    from litellm_payg.plugins import builtin_scopes
+
+    scopes = builtin_scopes()  # the registered scope kinds (``payg_register_scopes``)
+    try:  # a budget scope kind, or the split arm a decision recorded
+        attr = "split_arm" if kind == "split_arm" else scopes.record_attr_of(kind)
     except ValueError:
         raise ReplayError(f"scope {scope!r}: unknown kind {kind!r}; expected one of "
-                          f"{', '.join(SCOPE_KINDS)}, api_key or split_arm") from None
+                          f"{', '.join(scopes.names)}, api_key or split_arm") from None
     total = 0.0
     for r in records:
         got = r.attrs.get(attr)

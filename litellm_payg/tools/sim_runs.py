@@ -79,6 +79,8 @@ class RunSpec:
     line: int
     faults: tuple[Any, ...] = ()
     retries: int | None = None
+    #: the runs' other request attributes (``key``, ``end_user``, ``org``...: ``simulate.attribute_fields``)
+    attrs: tuple[tuple[str, str], ...] = ()
 
 
 # -- planning -----------------------------------------------------------------------------------

@@ -23,6 +23,11 @@ Traffic is JSONL, one request class (or one request) per line::
      "name": "faq", "user": "alice", "team": "t1", "tags": ["faq"], "max_tokens": 512,
      "time": "2025-01-01T00:00:00Z/2025-01-31T00:00:00Z"}
 
+Besides ``user``, ``team`` and ``tags``, a class may give every other request attribute a scope kind
+declares (:func:`attribute_fields`: ``key``, ``end_user``, ``org``; the built-in plugins' kinds, as the
+traffic is read before the policy), so that ``key:``,
+``end_user:`` and ``org:`` budgets cap simulated traffic as they cap live traffic.
+
 ``count`` requests are spread evenly over ``time`` when it is a range (``start/end``), all at
 ``time`` when it is an instant, else over the simulated period (``--start``, ``--period`` days).
 ``faults`` (``{"<deployment>": {"<failure class>": probability}}``, or a list of
@@ -125,6 +130,26 @@ class TrafficClass:
     #: class's requests are sent by the planned runs (``sim_runs``), not spread over the period
     step: str | None = None
     run: str | None = None
+    #: the class's other request attributes, as a scope kind declares them (``key``, ``end_user``,
+    #: ``org``...: :func:`attribute_fields`), by kind name, as the line gives them
+    attrs: tuple[tuple[str, str], ...] = ()
+
+
+def attribute_fields() -> dict[str, Any]:
+    """The traffic fields of the request attributes the registered scope kinds declare, beyond
+    ``user``, ``team`` and ``tags`` (a class's own fields) and ``session`` (a runs line's): the
+    field is the kind's name (``key``: the key as the proxy's auth sees it, a raw ``sk-`` key is
+    hashed as LiteLLM hashes it; ``end_user``; ``org``), a string."""
+    from litellm_payg.plugins import builtin_scopes
+
+    return {k.name: k for k in builtin_scopes().attributes() if k.name not in ("user", "team", "tag", "session")}
+
+
+def class_request_fields(scopes: Any, c: TrafficClass) -> dict[str, Any]:
+    """A class's request attributes as RouteRequest fields, through the same door as the live
+    adapter's (``ScopeRegistry.request_fields``): each kept as its declaration says."""
+    raw: dict[str, Any] = {"user": c.user, "team": c.team, "tag": c.tags, **dict(c.attrs)}
+    return scopes.request_fields({name: value for name, value in raw.items() if name in scopes})
 
 
 @dataclass(frozen=True)
@@ -285,9 +310,10 @@ def parse_traffic(text: str, source: str) -> Traffic:
                 raise SimulationError(f"{where}: a runs line is {{\"runs\": {{...}}}} alone; put {sorted(set(obj) - {'runs'})} inside it")
             runs.append(parse_runs(obj["runs"], where, number))
             continue
-        unknown = sorted(set(obj) - _KNOWN)
+        known = _KNOWN | set(attribute_fields())
+        unknown = sorted(set(obj) - known)
         if unknown:
-            raise SimulationError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(_KNOWN)}")
+            raise SimulationError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(known)}")
         group = obj.get("group")
         if not isinstance(group, str) or not group:
             raise SimulationError(f"{where}: 'group' (the LiteLLM model group) is required")
@@ -304,7 +330,7 @@ def parse_traffic(text: str, source: str) -> Traffic:
             max_tokens = _int_field(obj, "max_tokens", where, minimum=1)
         faults = _parse_faults(obj["faults"], where) if obj.get("faults") is not None else ()
         retries = _int_field(obj, "retries", where, minimum=0) if obj.get("retries") is not None else None
-        for key in ("user", "team", "name"):
+        for key in ("user", "team", "name", *attribute_fields()):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise SimulationError(f"{where}: {key!r} must be a string")
         classes.append(TrafficClass(
@@ -322,6 +348,7 @@ def parse_traffic(text: str, source: str) -> Traffic:
             line=number,
             faults=faults,
             retries=retries,
+            attrs=tuple((key, obj[key]) for key in attribute_fields() if obj.get(key) is not None),
         ))
     if not classes and not runs:
         raise SimulationError(f"{source}: no requests in the traffic file")
@@ -411,13 +438,14 @@ def parse_runs(obj: Any, where: str, number: int) -> Any:
     """A ``{"runs": {...}}`` line's object; bad input is a SimulationError naming line and field."""
     if not isinstance(obj, dict):
         raise _error(where, f"'runs' must be an object, got {obj!r}")
-    unknown = sorted(set(obj) - RUNS_FIELDS)
+    known = RUNS_FIELDS | set(attribute_fields())  # and every request attribute a scope kind declares
+    unknown = sorted(set(obj) - known)
     if unknown:
-        raise _error(where, f"runs: unknown field(s) {unknown}; expected some of {sorted(RUNS_FIELDS)}")
+        raise _error(where, f"runs: unknown field(s) {unknown}; expected some of {sorted(known)}")
     group = obj.get("group")
     if not isinstance(group, str) or not group:
         raise _error(where, "runs.group (the LiteLLM model group) is required")
-    for key in ("name", "user", "team"):
+    for key in ("name", "user", "team", *attribute_fields()):
         if obj.get(key) is not None and (not isinstance(obj[key], str) or not obj[key]):
             raise _error(where, f"runs.{key} must be a non-empty string")
     count = _runs_count(obj, "count", where, "runs.", minimum=1)
@@ -462,7 +490,8 @@ def parse_runs(obj: Any, where: str, number: int) -> Any:
     faults = _parse_faults(obj["faults"], f"{where}: runs") if obj.get("faults") is not None else ()
     retries = _runs_count(obj, "retries", where, "runs.", minimum=0, required=False)
     return sim_runs.RunSpec(obj.get("name") or f"runs {number}", group, count, blocks, runaway, float(gap), start, end,  # type: ignore[arg-type]
-                   obj.get("user"), obj.get("team"), tuple(tags), number, faults, retries)
+                   obj.get("user"), obj.get("team"), tuple(tags), number, faults, retries,
+                   tuple((key, obj[key]) for key in attribute_fields() if obj.get(key) is not None))
 
 
 
@@ -491,7 +520,7 @@ def _run_classes(specs: Sequence[Any], first_index: int) -> tuple[list[Any], dic
                 classes.append(TrafficClass(
                     name=name, group=spec.group, prompt_tokens=st.prompt_tokens, completion_tokens=st.completion_tokens,
                     count=0, user=spec.user, team=spec.team, tags=spec.tags, max_tokens=st.max_tokens, line=spec.line,
-                    faults=spec.faults, retries=spec.retries, step=st.step, run=spec.name))
+                    faults=spec.faults, retries=spec.retries, step=st.step, run=spec.name, attrs=spec.attrs))
     return classes, class_of
 
 
@@ -935,10 +964,8 @@ def simulate(
             prompt_tokens=c.prompt_tokens,
             output_tokens=engine.expected_output_tokens(c.max_tokens),
             max_tokens=c.max_tokens,
-            user=c.user,
-            team=c.team,
-            tags=c.tags,
             metadata={"step": c.step} if c.step is not None else {},
+            **class_request_fields(engine.spend.scopes, c),
         )
         for c in classes
     ]
@@ -1207,8 +1234,9 @@ def quality_bar(engine: Any, cls: "TrafficClass") -> float | None:
     from litellm_payg.core.decision import RouteRequest
 
     route = engine.routes.get(cls.group, [])
-    request = RouteRequest(cls.group, cls.prompt_tokens, cls.completion_tokens, user=cls.user, team=cls.team,
-                           tags=cls.tags, metadata={"step": cls.step} if cls.step is not None else {})
+    request = RouteRequest(cls.group, cls.prompt_tokens, cls.completion_tokens,
+                           metadata={"step": cls.step} if cls.step is not None else {},
+                           **class_request_fields(engine.spend.scopes, cls))
     bars = [rule.bar_for(cls.prompt_tokens) for rule in engine.rules_for(request, route) if hasattr(rule, "bar_for")]
     return max(bars) if bars else None
 
@@ -1306,6 +1334,7 @@ def _assumptions(result: Result, policy: Any, period_days: float, litellm: Any) 
         lines.append(
             f"class {c.name}: {c.count:,} x ({c.prompt_tokens} prompt + {c.completion_tokens} completion tokens), group {c.group!r}"
             + (f", user {c.user}" if c.user else "") + (f", team {c.team}" if c.team else "")
+            + "".join(f", {name} {value}" for name, value in c.attrs)
             + (f", tags {','.join(c.tags)}" if c.tags else "") + (f", max_tokens {c.max_tokens}" if c.max_tokens else "")
         )
     for c in result.classes:

@@ -18,8 +18,9 @@ were; the biggest single differences.
 
 Memory: the history is streamed; what is kept grows with the number of distinct days, teams, keys,
 groups and models, the ledger's live budget buckets (one per scope value and window, idle session
-buckets expire), the price cache (at most ``_PRICE_CACHE`` entries) and the ``--top`` and ``LISTED``
-examples, not with the rows. The ledger keeps no record per charge (``_ReplayLedger``).
+buckets expire), the price and quality-bar caches (at most ``_PRICE_CACHE`` entries each) and the
+``--top`` and ``LISTED`` examples, not with the rows. The ledger keeps no record per charge and books
+an answered request in one pass (``stores.ledger.memory.ReplayLedger``, the memory ledger's budgets).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from litellm_payg.tools.whatif_history import (
 LISTED = 100  # examples kept per list (unpriced, blocked, downgraded)
 DEFAULT_TOP = 10
 _LINEAR_UP_TO = 100_000  # prompt tokens below every tiered price's threshold (128k, 200k): rates are linear
-_PRICE_CACHE = 20_000  # exact (non-linear) prices kept, at most
+_PRICE_CACHE = 20_000  # exact (non-linear) prices kept, at most (and quality bars by prompt size)
+_NO_BAR = object()
 
 
 # -- prices -------------------------------------------------------------------------------------
@@ -151,21 +153,15 @@ class HistoryPricer(Pricer):
 
 
 class _ReplayLedger:
-    """A memory ledger that keeps budgets, not the history of charges: a replay reads its budgets'
-    usage and never its records, and a million kept ``SpendRecord`` s would make memory grow with the
-    history. Built on first use (``stores`` is imported lazily, as the rest of the runtime)."""
+    """The ledger a replay runs on (``stores.ledger.memory.ReplayLedger``): the memory ledger's budgets,
+    without a record per charge (a million kept ``SpendRecord`` s would make memory grow with the
+    history), a request answered at once reserved and settled in one pass."""
 
     @staticmethod
     def make() -> Any:
-        from litellm_payg.stores.ledger import open_ledger
+        from litellm_payg.stores.ledger import open_replay_ledger
 
-        class _Forget(list):
-            def append(self, item: Any) -> None:  # noqa: D102 - a charge's record is not kept
-                return None
-
-        ledger = open_ledger("memory://")  # the memory backend keeps its records in ``_records``
-        ledger._records = _Forget()
-        return ledger
+        return open_replay_ledger()
 
 
 class _Identity:
@@ -177,7 +173,7 @@ class _Identity:
         return list(seq)[:k]
 
 
-@dataclass
+@dataclass(slots=True)
 class Totals:
     requests: int = 0
     actual: float = 0.0
@@ -255,12 +251,15 @@ def replay(
     seen_deployments: Iterable[tuple[str, str, str | None]] = (),
     top: int = DEFAULT_TOP,
     progress: bool = False,
+    ledger: Any = None,
 ) -> WhatIfResult:
     """Replay ``rows`` (in time order) through ``policy`` (a path or a loaded Policy).
 
     ``candidates_by_group``: the deployments (a LiteLLM config's model list); without it, each
     group's deployments are the models the policy's route names plus ``seen_deployments``
-    ((group, model, deployment id) the history used) and any model a row names that neither had."""
+    ((group, model, deployment id) the history used) and any model a row names that neither had.
+    ``ledger``: what the budgets are counted on (default: a fresh ``stores.ledger.memory.ReplayLedger``;
+    the tests pass the plain memory ledger to show both give the same answer)."""
     from litellm_payg.adapter.deployments import candidates_named_by_policy
     from litellm_payg.core.decision import RouteRequest
     from litellm_payg.core.errors import BudgetRefused, NoDeploymentLeft
@@ -271,7 +270,7 @@ def replay(
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     clock = _Clock(0.0)
-    engine = Engine(loaded, ledger=_ReplayLedger.make(), clock=clock)
+    engine = Engine(loaded, ledger=ledger if ledger is not None else _ReplayLedger.make(), clock=clock)
     from_config = candidates_by_group is not None
     cands: dict[str, list[Any]] = {g: list(cs) for g, cs in (candidates_by_group or {}).items()}
     if not from_config:
@@ -280,6 +279,8 @@ def replay(
     by_id: dict[str, dict[str, Any]] = {g: {c.deployment_id: c for c in cs} for g, cs in cands.items()}
     by_model: dict[str, dict[str, Any]] = {g: {c.model: c for c in cs} for g, cs in cands.items()}
     pricer = HistoryPricer([c for cs in cands.values() for c in cs], loaded.models)
+    scopes = engine.spend.scopes  # a history row's declared request attributes (org...) reach RouteRequest.attrs
+    door_filled = scopes.door_filled()
 
     def add_seen(group: str, model: str, dep: str | None) -> Any:
         known = by_model.setdefault(group, {}).get(model)
@@ -301,9 +302,14 @@ def replay(
     expected_out = engine.expected_output_tokens(None)
     result = WhatIfResult(policy_source=loaded.source or "<policy>", history_source=history_source)
     by = result.by = {d: {} for d in DIMENSIONS}
+    by_day, by_team, by_key, by_group, by_model_name = (by[d] for d in DIMENSIONS)
     totals = result.totals
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
+    #: quality bars by (group, prompt tokens), for routes without ``when:`` (the bar is the prompt size's)
+    conditioned = {g: any(rule.context.when is not None for rule in rules) for g, rules in engine.routes.items()}
+    bars: dict[tuple[str, int | None], float | None] = {}
+    eligible_cache: dict[tuple[str, int, float | None], list[Any]] = {}
     day_names: dict[int, str] = {}
     bar_progress = _Progress(None, progress, verb="replaying")
     began = time.perf_counter()
@@ -330,7 +336,7 @@ def replay(
             unpriced(row, "no usage recorded (prompt and completion tokens unknown)")
             continue
         group = row.group
-        if not from_config:
+        if not from_config and row.model not in by_model.get(group, ()):
             add_seen(group, row.model, row.deployment)
         group_cands = cands.get(group)
         if not group_cands:
@@ -344,15 +350,31 @@ def replay(
         clock.now = row.ts
         request = RouteRequest(group=group, prompt_tokens=row.prompt_tokens, output_tokens=expected_out,
                                user=row.user, team=row.team, api_key=row.key, tags=row.tags, end_user=row.end_user,
-                               session=row.session, trace_id=row.request_id)
-        # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar
-        bar = _quality_bar(engine, request)
+                               session=row.session, trace_id=row.request_id,
+                               attrs=scopes.request_fields({kind.name: getattr(row, kind.name) for kind in door_filled
+                                                            if getattr(row, kind.name, None) is not None}).get("attrs", {}))
+        # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar;
+        # a route without ``when:`` sets a bar from the prompt's size alone, so it is kept per size
+        if conditioned.get(group, False):
+            bar = _quality_bar(engine, request)
+        else:
+            bar_key = (group, row.prompt_tokens)
+            bar = bars.get(bar_key, _NO_BAR)
+            if bar is _NO_BAR:
+                if len(bars) >= _PRICE_CACHE:
+                    bars.clear()
+                bar = bars[bar_key] = _quality_bar(engine, request)
+        eligible_key = (group, len(group_cands), bar)
+        eligible = eligible_cache.get(eligible_key)
+        if eligible is None:
+            eligible = eligible_cache[eligible_key] = [
+                c for c in group_cands if bar is None or (c.quality is not None and c.quality >= bar)]
         oracle = None
-        for c in group_cands:
-            if bar is None or (c.quality is not None and c.quality >= bar):
-                v = pricer.charge(c, row)
-                if v is not None and (oracle is None or v < oracle):
-                    oracle = v
+        priced: dict[str, float | None] = {}
+        for c in eligible:
+            v = priced[c.deployment_id] = pricer.charge(c, row)
+            if v is not None and (oracle is None or v < oracle):
+                oracle = v
         rid = f"whatif-{n}"
         policy_cost = 0.0
         blocked_by = None
@@ -366,7 +388,7 @@ def replay(
             blocked_by = "no deployment left"
         else:
             chosen = picked.candidate
-            charge = pricer.charge(chosen, row)
+            charge = priced[chosen.deployment_id] if chosen.deployment_id in priced else pricer.charge(chosen, row)
             if charge is None:
                 engine.spend.release(rid)
                 unpriced(row, f"the policy picked {chosen.model}, which has no price")
@@ -400,19 +422,22 @@ def replay(
         day = day_names.get(day_n)
         if day is None:
             day = day_names[day_n] = iso(day_n * 86400.0)[:10]
-        for dim, value in (("day", day), ("team", row.team or "-"), ("key", row.key or "-"), ("group", group),
-                           ("model", row.model)):
-            t = by[dim].get(value)
+        spend, served, was_blocked, was_downgraded = row.spend_usd, blocked_by is None, blocked_by is not None, bool(downgraded_by)
+        for values, value in ((by_day, day), (by_team, row.team or "-"), (by_key, row.key or "-"), (by_group, group),
+                              (by_model_name, row.model)):
+            t = values.get(value)
             if t is None:
-                t = by[dim][value] = Totals()
+                t = values[value] = Totals()
             t.requests += 1
-            t.actual += row.spend_usd
+            t.actual += spend
             t.policy += policy_cost
             t.oracle += oracle_cost
-            if blocked_by is None:
+            if served:
                 t.oracle_served += oracle_cost
-            t.blocked += blocked_by is not None
-            t.downgraded += bool(downgraded_by)
+            if was_blocked:
+                t.blocked += 1
+            if was_downgraded:
+                t.downgraded += 1
         totals.requests += 1
         totals.actual += row.spend_usd
         totals.policy += policy_cost

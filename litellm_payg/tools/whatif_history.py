@@ -209,8 +209,11 @@ def read_ledger(url: str, filters: Filters = Filters()) -> Iterator[HistoryRow]:
     """The settled charges of the plugin's own ledger (``stores.ledger``: SQLite, Redis), in time order.
 
     A ledger record carries the charge and every scope (deployment, model, group, user, team, key,
-    tags, session), not always the token counts: a record without ``prompt_tokens`` and
-    ``completion_tokens`` attributes has no usage to reprice and is listed, not priced. The ledger
+    tags, session) and, for an answer the adapter settled, the token counts it was charged for
+    (``adapter/charges.Charge.attrs``: ``prompt_tokens``, ``completion_tokens``, and the cache reads
+    and writes and reasoning tokens when there were any). A record without ``prompt_tokens`` and
+    ``completion_tokens`` (an older one, a cache hit, a failed attempt) has no usage to reprice and
+    is listed, not priced. The ledger
     classes return a source's records as one list (they have no cursor), so this source is held in
     memory, unlike Postgres and JSONL."""
     from litellm_payg.stores.ledger import LedgerError, open_ledger

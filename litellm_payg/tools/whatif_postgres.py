@@ -27,6 +27,8 @@ COLUMNS = ("request_id", "startTime", "model", "model_id", "model_group", "custo
            "completion_tokens", "spend", "user", "team_id", "api_key", "organization_id", "end_user", "session_id",
            "request_tags", "metadata", "status")
 ITERSIZE = 10_000
+#: batches of ``ITERSIZE`` rows read ahead of the replay, on a thread (``prefetched``)
+AHEAD = 2
 
 
 def redact(url: str) -> str:
@@ -116,8 +118,19 @@ def _select(filters: Filters) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def read_spend_logs(url: str, filters: Filters = Filters(), itersize: int = ITERSIZE) -> Iterator[HistoryRow]:
-    """Every successful request of the spend logs that the filters keep, in time order, streamed."""
+def read_spend_logs(url: str, filters: Filters = Filters(), itersize: int = ITERSIZE,
+                    ahead: int = AHEAD) -> Iterator[HistoryRow]:
+    """Every successful request of the spend logs that the filters keep, in time order, streamed.
+
+    The rows are read on a thread of their own, at most ``ahead`` batches of ``itersize`` ahead of
+    the caller (``prefetched``): most of a read is waiting for Postgres (the sort, the usage object's
+    fields, the transfer), which the replay's own work then overlaps. ``ahead=0``: read on the
+    caller's thread."""
+    rows = _read_spend_logs(url, filters, itersize)
+    return prefetched(rows, itersize, ahead) if ahead > 0 else rows
+
+
+def _read_spend_logs(url: str, filters: Filters, itersize: int) -> Iterator[HistoryRow]:
     import psycopg
 
     conn = connect(url)
@@ -134,6 +147,63 @@ def read_spend_logs(url: str, filters: Filters = Filters(), itersize: int = ITER
                 yield row_from_spend_log(r)
     finally:
         conn.close()
+
+
+def prefetched(rows: Iterator[HistoryRow], batch: int, ahead: int) -> Iterator[HistoryRow]:
+    """``rows``, produced on a daemon thread in batches of ``batch``, at most ``ahead`` batches
+    ahead (so memory holds at most ``(ahead + 2) * batch`` rows whatever the table's size). An error
+    of the producer is raised here, where the rows are read; stopping early (closing this
+    generator) stops the producer and closes its connection."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            chunk: list[HistoryRow] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) >= batch:
+                    if not _put(q, chunk, stop):
+                        return
+                    chunk = []
+            if chunk and not _put(q, chunk, stop):
+                return
+            _put(q, done, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
+            _put(q, exc, stop)
+        finally:
+            rows.close()  # type: ignore[attr-defined]
+
+    worker = threading.Thread(target=produce, name="litellm-payg-whatif-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def _put(q: Any, item: Any, stop: Any) -> bool:
+    """Put ``item`` on ``q``, waiting while it is full; False when the reader stopped."""
+    import queue
+
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def deployments_in(url: str, filters: Filters = Filters()) -> list[tuple[str, str, str | None]]:

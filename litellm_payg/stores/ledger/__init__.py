@@ -34,6 +34,7 @@ __all__ = [
     "SpendRecord",
     "Usage",
     "open_ledger",
+    "open_replay_ledger",
 ]
 
 
@@ -59,3 +60,11 @@ def open_ledger(url: str, must_exist: bool = False) -> Ledger:
     from litellm_payg.stores.ledger.redis import RedisLedger
 
     return RedisLedger(url)
+
+
+def open_replay_ledger() -> Ledger:
+    """The ledger a what-if replay counts budgets on (``memory.ReplayLedger``): the memory ledger's
+    budgets, without a record per charge, an answered request reserved and settled in one pass."""
+    from litellm_payg.stores.ledger.memory import ReplayLedger
+
+    return ReplayLedger()

@@ -82,6 +82,9 @@ class Ledger(ABC):
     """Abstract budget ledger; every method is synchronous and thread-safe."""
 
     url: str
+    #: whether ``records`` gives back what was settled (every backend's does). A ledger that keeps
+    #: none (a what-if replay's) says so, and callers may leave the records' attributes out.
+    keeps_records: bool = True
 
     @abstractmethod
     def reserve(
