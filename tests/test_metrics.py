@@ -72,3 +72,55 @@ async def test_metrics_from_real_router_traffic():
     assert _value(text, "litellm_payg_budget_remaining_usd", budget="metrics-global", scope="global") == pytest.approx(1.0 - spent, abs=1e-9)
     assert _value(text, "litellm_payg_budget_limit_usd", budget="metrics-user", scope="user:carol") == 0.5
     assert _value(text, "litellm_payg_budget_spend_usd", budget="metrics-user", scope="user:carol") == pytest.approx(spent, abs=1e-9)
+
+
+def test_quality_gauges_per_route_deployment_and_class_with_bounded_class_labels():
+    """The estimate, lower bound and answers per route x deployment x class, as the engine judges
+    them; a client cannot grow the series: past MAX_QUALITY_CLASSES classes the rest are one "other"."""
+    from litellm_payg.adapter import metrics
+    from litellm_payg.core.decision import Candidate, RouteRequest
+    from litellm_payg.core.quality import merge
+    from litellm_payg.policy.load import load_policy
+    from litellm_payg.runtime.engine import Engine
+
+    group = "metrics-quality"  # a group name no other test uses: the registry is process-wide
+    policy = load_policy({
+        "version": 1, "ledger": "memory://", "plugins": ["litellm_payg.adapter.metrics"],
+        "models": {DEEPSEEK: {"quality": 0.9}},
+        "quality": {"class_by": "metadata.step", "half_life_s": None, "refresh_s": 0},
+        "routes": {group: [{"quality_floor": {"min_quality": 0.85, "measured": {}}}]},
+    })
+    engine = Engine(policy)
+    cand = Candidate("mq-ds", DEEPSEEK, "deepseek", group, 1e-6, 1e-6, quality=0.9)
+    engine.decide(RouteRequest(group=group, prompt_tokens=10, output_tokens=10), [cand])  # the engine is now known
+    for i in range(40):
+        engine.quality.record(group, "mq-ds", "valid", i % 4 != 0, cls="plan")  # 30 of 40 pass
+    long_class = "x" * 5000
+    for i in range(30):
+        engine.quality.record(group, "mq-ds", "valid", True, cls=long_class)
+    extra = [f"step-{k:02d}" for k in range(metrics.MAX_QUALITY_CLASSES + 5)]  # 2..26 answers each
+    for k, cls in enumerate(extra):
+        for _ in range(k + 2):
+            engine.quality.record(group, "mq-ds", "valid", True, cls=cls)
+
+    text = prometheus_client.generate_latest().decode()
+    view = engine.quality.view(group, time.time())
+    plan = view.estimate("mq-ds", 0.9, "plan", "valid")  # what quality_floor judges a "plan" request on
+    assert plan.n == 40
+    assert _value(text, "litellm_payg_quality_answers", group=group, deployment="mq-ds", **{"class": "plan"}) == 40
+    assert _value(text, "litellm_payg_quality_estimate", group=group, **{"class": "plan"}) == pytest.approx(plan.mean)
+    assert _value(text, "litellm_payg_quality_lower_bound", group=group, **{"class": "plan"}) == pytest.approx(plan.lo)
+    assert plan.mean == pytest.approx((9 + 30) / (10 + 40))  # Beta(0.9 x 10 + 30, 0.1 x 10 + 10)
+
+    classes = {dict(re.findall(r'(\w+)="([^"]*)"', line))["class"]
+               for line in text.splitlines() if line.startswith("litellm_payg_quality_answers{") and f'group="{group}"' in line}
+    assert len(classes) == metrics.MAX_QUALITY_CLASSES + 1 and "other" in classes
+    assert max(len(c) for c in classes) <= 256 and any(c.startswith("xxx") and "sha256:" in c for c in classes)
+    # kept: the busiest 20 (plan 40, the long one 30, step-24..step-07 with 26..9); merged: step-00..step-06
+    merged = [f"step-{k:02d}" for k in range(7)]
+    assert not classes & set(merged)
+    assert _value(text, "litellm_payg_quality_answers", group=group, **{"class": "other"}) == sum(k + 2 for k in range(7))
+    other = merge([view.tallies[("mq-ds", c, "valid")] for c in merged], view.now, None)
+    from litellm_payg.core.quality import pass_rate
+    assert _value(text, "litellm_payg_quality_lower_bound", group=group, **{"class": "other"}) == pytest.approx(
+        pass_rate(other, 0.9, 10, view.z).lo)

@@ -287,3 +287,69 @@ def test_whatif_page_keeps_the_digits_of_small_amounts(browser, tmp_path, capsys
     assert [p["title"] for p in points if p["width"] > 0] == [
         f"2025-01-01 paid: {paid.group(1)}", f"2025-01-01 policy: {paid.group(2)}", f"2025-01-01 oracle: {paid.group(3)}"]
     assert not _LOST_DIGITS.search(text) and not _LOST_DIGITS.search(table)
+
+
+# -- quality -------------------------------------------------------------------------------------
+
+
+def test_quality_page_says_what_the_table_says(browser, tmp_path, capsys):
+    """Per route x deployment: n, estimate, interval (drawn: a dot per estimate, titled with the same
+    words), $/request; the cheapest deployment meeting the bar, the saving, and a split's verdict."""
+    from litellm_payg.stores.evidence import cell_key, open_evidence
+    from litellm_payg.stores.ledger import open_ledger
+    from litellm_payg.stores.ledger.base import Bucket
+
+    a, b = "mistral/mistral-large-latest", "deepseek/deepseek-chat"
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url) as ledger:
+        for i, (dep, model, cost) in enumerate([("ml", a, 0.01)] * 6 + [("ds", b, 0.0002)] * 4):
+            ledger.reserve(f"r{i}", [Bucket("none", 1.0, False)], cost, 60, now=1000.0)
+            ledger.settle(f"r{i}", cost, now=1000.0, attrs={"group": "support", "deployment": dep, "model": model})
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({
+        "version": 1, "ledger": url, "models": {a: {"quality": 0.9}, b: {"quality": 0.8}}, "quality": {"half_life_s": None},
+        "routes": {"support": [{"quality_floor": {"min_quality": 0.85, "measured": {}}}],
+                   "chat": [{"split": {"arms": [{"model": a, "weight": 95, "name": "incumbent"},
+                                                {"model": b, "weight": 5, "name": "new-model"}]}}]}}))
+    store = open_evidence(url)
+    for dep, model, passes, fails in (("ds", b, 190, 10), ("ml", a, 60, 2), ("cheap", b, 5, 15)):
+        for i in range(passes + fails):
+            store.add("support", cell_key(dep, "", "valid"), 1.0 if i < passes else 0.0, None, now=1000.0,
+                      record={"deployment_id": dep, "model": model, "cls": "", "metric": "valid", "source": "validator"})
+    for arm, dep, model, rate, cost in (("incumbent", "ml", a, 0.85, 0.01), ("new-model", "ds", b, 0.95, 0.004)):
+        for i in range(1000):
+            store.add("chat", cell_key(dep, "", "valid"), 1.0 if i % 20 < rate * 20 else 0.0, None, now=1000.0,
+                      record={"deployment_id": dep, "model": model, "cls": "", "metric": "valid", "arm": arm,
+                              "cost_usd": cost, "source": "feedback"})
+    store.close()
+    page = tmp_path / "quality.html"
+    table = _cli(["quality", str(policy), "--html", str(page)], capsys)
+    _self_contained(page)
+    shown = browser.read(page)
+    text = shown["text"]
+
+    support = _section(table, "route support:")
+    rows = [line.split() for line in support[2:] if re.match(r"  \w+ +\* ", line)]
+    assert [r[0] for r in rows] == ["cheap", "ds", "ml"]
+    points = {p["title"].split(":")[0]: p for p in shown["charts"]["chart-quality-1"]["points"]}
+    for dep, cls, n, est, lo, hi, cost, verdict in rows:
+        # the table's row, cell for cell, in the page's table (with the model), and on the chart
+        assert re.search(rf"^{dep}\t[^\t]+\t\*\t{n}\t{est}\t{re.escape(lo + ' ' + hi)}\t{re.escape(cost)}\t{verdict}$", text, re.M), dep
+        assert points[dep]["title"] == f"{dep}: {est} {lo} {hi} n = {n}, {verdict}" and points[dep]["width"] > 0
+    assert {r[0]: r[-1] for r in rows} == {"cheap": "below", "ds": "meets", "ml": "meets"}
+    assert "bar 0.85" in shown["charts"]["chart-quality-1"]["text"]
+    for line in support:
+        if line.startswith("  cheapest") or line.startswith("  routing on the estimates"):
+            assert line.strip() in text, line
+    assert "10 requests at $0.00608 each as served; at $0.0002 each on ds" in text  # (6 x 0.01 + 4 x 0.0002) / 10
+    assert "$0.0588 saved" in text  # 10 x (0.00608 - 0.0002)
+
+    split = _section(table, "route chat:")
+    sentence = split[-1].strip()
+    assert sentence.endswith(": promote") and sentence in text
+    assert _words(split[-2]) in _words(text)  # the difference and its anytime-valid interval
+    for arm in ("incumbent", "new-model"):
+        line = next(x for x in split if x.strip().startswith(arm))
+        per_request = re.search(r"\$/request (\$\S+ \[\S+, \S+\])", line).group(1)
+        assert re.search(rf"^{arm}\t1,000\t\S+\t{re.escape(per_request)}\t", text, re.M), (arm, per_request)
+    assert not _LOST_DIGITS.search(text) and not _LOST_DIGITS.search(table)

@@ -104,6 +104,9 @@ def test_every_backend_keeps_the_same_tallies_log_requests_and_counters(store_ur
         store.remember("resp-1", {"deployment_id": "dep-a", "key": "k1"}, ttl_s=60, now=1000.0)
         assert store.recall("resp-1", now=1001.0)["key"] == "k1"
         assert store.recall("nope") is None
+        assert store.claim("rated-1", {"value": 1.0}, ttl_s=60, now=1000.0) is True
+        assert store.claim("rated-1", {"value": 0.0}, ttl_s=60, now=1000.0) is False  # the first stays
+        assert store.recall("rated-1", now=1000.0) == {"value": 1.0}
         assert store.spend("explore-x", 0.25, ttl_s=60) == pytest.approx(0.25)
         assert store.spend("explore-x", 0.5, ttl_s=60) == pytest.approx(0.75)
         assert store.spent("explore-x") == pytest.approx(0.75) and store.spent("explore-y") == 0.0
@@ -297,3 +300,127 @@ async def test_without_a_quality_section_the_validators_write_no_evidence(standi
         await router.acompletion(model="chat", messages=[{"role": "user", "content": "hi"}])
         await settled(engine)
         assert engine.quality.store.tallies("chat")[cell_key("ds", "", "valid")].s == 1.0
+
+
+# -- a rating lands once, even when two arrive at once -----------------------------------------------
+
+
+def _slowed(store):
+    """The same store, whose reads answer 50 ms after reading: the window in which a read-then-write
+    rating check would let two ratings of one answer both through (the claim must not depend on
+    timing)."""
+    import time as _time
+
+    base = type(store)
+
+    def recall(self, request_id, now=None):
+        found = base.recall(self, request_id, now)
+        _time.sleep(0.05)
+        return found
+
+    store.__class__ = type("Slowed" + base.__name__, (base,), {"recall": recall})
+    return store
+
+
+def test_concurrent_ratings_of_one_answer_land_exactly_once(store_url):
+    """Eight ratings of one answer on one metric at once, from two handles on one store (two engines'
+    stores on one Redis or one SQLite file; one memory store): one counts, seven are 409s."""
+    import threading
+
+    from litellm_payg.runtime.quality import FeedbackRefused, QualityControl
+
+    policy = load_policy({"version": 1, "ledger": "memory://", "quality": {"feedback": True}, "routes": {}})
+    stores = [_slowed(open_evidence(store_url))]
+    stores.append(stores[0] if store_url.startswith("memory") else _slowed(open_evidence(store_url)))
+    controls = [QualityControl(policy, s, clock=lambda: 1000.0) for s in stores]
+    try:
+        controls[0].remember_answer("resp-1", {"group": "chat", "deployment_id": "ds", "api_key": "k", "cls": ""})
+        barrier = threading.Barrier(8)
+        results: list[object] = []
+
+        def rate(i: int) -> None:
+            barrier.wait()
+            try:
+                results.append(controls[i % 2].feedback("resp-1", "valid", True, api_key="k").n)
+            except FeedbackRefused as e:
+                results.append(e.status)
+
+        threads = [threading.Thread(target=rate, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results, key=str) == [1] + [409] * 7, results
+        assert stores[1].tallies("chat")[cell_key("ds", "", "valid")].n == 1
+        assert [r["source"] for r in stores[0].log("chat")] == ["feedback"]
+    finally:
+        for s in set(map(id, stores)):
+            next(x for x in stores if id(x) == s).close()
+
+
+# -- explain shows the bound each candidate was judged on ------------------------------------------------
+
+
+def test_explain_shows_the_bound_each_candidate_was_judged_on(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from litellm_payg.tools.cli import main
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    models = {"deepseek/deepseek-chat": (0.8, 5, 25), "gpt-4o-mini": (0.9, 3, 0), "mistral/mistral-large-latest": (0.9, 200, 2)}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "ledger": url, "quality": {"half_life_s": None},
+                                      "models": {m: {"quality": q} for m, (q, _, _) in models.items()},
+                                      "routes": {"chat": [{"quality_floor": {"min_quality": 0.85, "measured": {}}}]}}))
+    store = open_evidence(url)
+    for model, (_, passes, fails) in models.items():  # without a config the deployment id is the model
+        for i in range(passes + fails):
+            store.add("chat", cell_key(model, "", "valid"), 1.0 if i < passes else 0.0, None, now=1000.0)
+    store.close()
+    capsys.readouterr()
+    assert main(["explain", str(policy), "--model", "chat", "--prompt-tokens", "100"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.split() and line.split()[0] in models}
+    # mistral: Beta(9 + 200, 1 + 2); deepseek: Beta(8 + 5, 2 + 25); gpt-4o-mini: Beta(9 + 3, 1 + 0)
+    z = z_for(0.95)
+    ml = pass_rate(Tally(0.0, 202.0, 200.0, 200.0, 202), 0.9, 10, z)
+    ds = pass_rate(Tally(0.0, 30.0, 5.0, 5.0, 30), 0.8, 10, z)
+    mini = pass_rate(Tally(0.0, 3.0, 3.0, 3.0, 3), 0.9, 10, z)
+    assert ml.lo >= 0.85 and ds.hi < 0.85 and mini.lo < 0.85 <= mini.hi
+    assert f"CHOSEN; judged on: lower bound {ml.lo:.3f} clears the bar 0.85 (measured valid {ml.mean:.3f}, n=202)" in lines["mistral/mistral-large-latest"]
+    assert f"judged on: upper bound {ds.hi:.3f} is below the bar 0.85 (measured valid {ds.mean:.3f}, n=30)" in lines["deepseek/deepseek-chat"]
+    assert (f"judged on: interval [{mini.lo:.3f}, {mini.hi:.3f}] straddles the bar 0.85 (measured valid {mini.mean:.3f}, n=3)"
+            in lines["gpt-4o-mini"])
+    assert main(["explain", str(policy), "--model", "chat", "--prompt-tokens", "100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["judged"]["gpt-4o-mini"].startswith(f"interval [{mini.lo:.3f}, ")
+    assert out["candidates"][0]["judged"].startswith(f"lower bound {ml.lo:.3f} clears")
+    assert {d["deployment_id"]: d["judged"] for d in out["dropped"]}["deepseek/deepseek-chat"].startswith("upper bound")
+
+
+def test_a_rating_whose_write_failed_can_be_sent_again(store_url):
+    """The claim is released when the observation cannot be written, so a retry is not a 409."""
+    from litellm_payg.runtime.quality import QualityControl
+    from litellm_payg.stores.evidence import EvidenceError
+
+    policy = load_policy({"version": 1, "ledger": "memory://", "quality": {"feedback": True}, "routes": {}})
+    store = open_evidence(store_url)
+    base = type(store)
+    failures = [1]
+
+    def add(self, *args, **kwargs):
+        if failures:
+            failures.pop()
+            raise EvidenceError("the store went away for a moment")
+        return base.add(self, *args, **kwargs)
+
+    store.__class__ = type("Flaky" + base.__name__, (base,), {"add": add})
+    quality = QualityControl(policy, store, clock=lambda: 1000.0)
+    try:
+        quality.remember_answer("resp-1", {"group": "chat", "deployment_id": "ds", "api_key": "k", "cls": ""})
+        with pytest.raises(EvidenceError):
+            quality.feedback("resp-1", "valid", True, api_key="k")
+        assert quality.feedback("resp-1", "valid", True, api_key="k").n == 1
+    finally:
+        store.close()

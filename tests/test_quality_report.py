@@ -89,3 +89,55 @@ def test_an_unknown_metric_is_an_error_naming_it(tmp_path, capsys):
     path = _setup(tmp_path, [(1.0, 0.01)], [(0.0, 0.01)])
     assert main(["quality", str(path), "--metric", "nope"]) != 0
     assert "unknown quality metric 'nope'" in capsys.readouterr().err
+
+
+def _routed(tmp_path, served):
+    """A route with a measured bar of 0.85 and a SQLite ledger: ``served`` is (deployment, model,
+    dollars) per settled request; ds has 200 passing answers (it meets the bar), ml 100."""
+    from litellm_payg.stores.ledger.base import Bucket
+
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    with open_ledger(url) as ledger:
+        for i, (dep, model, cost) in enumerate(served):
+            ledger.reserve(f"r{i}", [Bucket("none", 1.0, False)], cost, 60, now=1000.0)
+            ledger.settle(f"r{i}", cost, now=1000.0, attrs={"group": "chat", "deployment": dep, "model": model})
+    policy = {"version": 1, "ledger": url, "models": {A: {"quality": 0.9}, B: {"quality": 0.8}},
+              "quality": {"half_life_s": None},
+              "routes": {"chat": [{"quality_floor": {"min_quality": 0.85, "measured": {}}}]}}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    store = open_evidence(url)
+    for dep, model, passes in (("ds", B, 200), ("ml", A, 100)):
+        for i in range(passes):
+            store.add("chat", cell_key(dep, "", "valid"), 1.0, None, now=1000.0,
+                      record={"deployment_id": dep, "model": model, "cls": "", "metric": "valid", "source": "validator"})
+    store.close()
+    return path
+
+
+def test_what_routing_on_the_estimates_would_save_matches_the_hand_calculation(tmp_path, capsys):
+    # 6 requests served by ml at $0.01 and 4 by ds at $0.002; both meet the bar, ds is cheaper
+    served = [("ml", A, 0.01)] * 6 + [("ds", B, 0.002)] * 4
+    path = _routed(tmp_path, served)
+    route = json.loads(_run(capsys, str(path), "--json"))["routes"][0]
+    s = route["saving"]
+    # by hand: served (6 x 0.01 + 4 x 0.002) / 10 = 0.0068 a request; ds 0.002; 10 x (0.0068 - 0.002) = 0.048
+    assert s["requests"] == 10 and s["cheapest"] == "ds"
+    assert s["served_cost_per_request"] == pytest.approx(0.0068)
+    assert s["cheapest_cost_per_request"] == pytest.approx(0.002)
+    assert s["usd"] == pytest.approx(0.048)
+    text = _run(capsys, str(path))
+    assert ("routing on the estimates: 10 requests at $0.0068 each as served; at $0.002 each on ds "
+            f"(lower bound {s['cheapest_lo']:.3f} clears the bar 0.85): $0.048 saved") in text
+    assert "cheapest deployment meeting the bar: ds" in text
+
+
+def test_no_saving_is_claimed_when_no_deployment_meets_the_bar(tmp_path, capsys):
+    path = _routed(tmp_path, [("ml", A, 0.01)] * 3)
+    policy = yaml.safe_load(path.read_text())
+    policy["routes"]["chat"][0]["quality_floor"]["min_quality"] = 0.999
+    path.write_text(yaml.safe_dump(policy))
+    route = json.loads(_run(capsys, str(path), "--json"))["routes"][0]
+    assert route["saving"] is None
+    assert "routing on the estimates" not in _run(capsys, str(path))

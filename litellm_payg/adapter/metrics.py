@@ -20,7 +20,15 @@ These metrics are registered in that default registry, so the same scrape return
   time (one ``usage`` call per policy) for every scope value the process has routed for, and the
   global ones always;
 * ``litellm_payg_breaker_state{deployment,state}`` (1 for the current state) when the policy has a
-  health store (``engine.health``).
+  health store (``engine.health``);
+* ``litellm_payg_quality_estimate``, ``..._quality_lower_bound``, ``..._quality_answers``
+  ``{group,deployment,class,metric}``: measured quality per route x deployment x class (the estimate,
+  the lower bound routing judges on, the answers observed), read from the evidence store at scrape
+  time (the engine's cached view, ``quality.refresh_s``) for every route the process has routed
+  for, when the policy keeps evidence. A class is what a request says (``quality.class_by``), so
+  its label is bounded: at most :data:`MAX_QUALITY_CLASSES` classes per route keep their own series
+  (those with the most answers), the rest are merged into ``class="other"``, and each value is cut
+  to 256 characters with a hash (``identity.bounded_label``); no class is ``class="*"``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from litellm_payg import hookimpl
 
 logger = logging.getLogger("litellm_payg")
+
+#: per route, at most this many classes get their own quality series; the rest are merged into "other"
+MAX_QUALITY_CLASSES = 20
+#: the class label of the merged series, and of evidence kept without a class
+OTHER_CLASS, NO_CLASS = "other", "*"
 
 #: at most this many distinct identities (group and every declared request attribute) are remembered per policy for
 #: budget gauges; beyond it, new ones are not added (the counters are unaffected)
@@ -195,6 +208,70 @@ class BudgetCollector:
         yield breaker
 
 
+def _quality_cells(view: Any) -> dict[tuple[str, str, str], Any]:
+    """The view's tallies by (deployment, class label, metric), with classes past the route's
+    :data:`MAX_QUALITY_CLASSES` busiest merged into ``other`` (a client chooses its class: the
+    number of series must not be the client's to grow)."""
+    from litellm_payg.core.identity import bounded_label
+    from litellm_payg.core.quality import merge
+
+    answers: dict[str, int] = {}
+    for (_, cls, _), t in view.tallies.items():
+        if cls:
+            answers[cls] = answers.get(cls, 0) + t.n
+    kept = set(sorted(answers, key=lambda c: (-answers[c], c))[:MAX_QUALITY_CLASSES])
+    grouped: dict[tuple[str, str, str], list[Any]] = {}
+    for (dep, cls, metric), t in view.tallies.items():
+        label = NO_CLASS if not cls else (bounded_label(cls) if cls in kept else OTHER_CLASS)
+        grouped.setdefault((dep, label, metric), []).append(t)
+    return {key: ts[0] if len(ts) == 1 else merge(ts, view.now, None) for key, ts in grouped.items()}
+
+
+class QualityCollector:
+    """Reads every known policy's measured quality at scrape time (see the module docstring)."""
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        from litellm_payg.core.quality import estimate
+
+        labels = ["group", "deployment", "class", "metric"]
+        fams = {
+            "estimate": GaugeMetricFamily("litellm_payg_quality_estimate", "Measured quality estimate (declared quality as prior)", labels=labels),
+            "lower_bound": GaugeMetricFamily("litellm_payg_quality_lower_bound", "Lower confidence bound of measured quality: what routing judges the bar on", labels=labels),
+            "answers": GaugeMetricFamily("litellm_payg_quality_answers", "Answers observed (raw count, before forgetting)", labels=labels),
+        }
+        now = time.time()
+        with _LOCK:
+            engines = list(_ENGINES.items())
+        for engine, seen in engines:
+            quality = getattr(engine, "quality", None)
+            if quality is None or not quality.collecting:
+                continue
+            for group, candidates in sorted(seen.candidates.items()):
+                try:
+                    view = quality.view(group, now)
+                except Exception as exc:  # a scrape must not fail because the store is down
+                    logger.warning("litellm-payg metrics: cannot read measured quality: %s", exc)
+                    view = None
+                if view is None:
+                    continue
+                declared = {c.deployment_id: c.quality for c in candidates}
+                for (dep, cls, metric), tally in sorted(_quality_cells(view).items()):
+                    prior = declared.get(dep)
+                    prior = prior if prior is not None and 0.0 <= prior <= 1.0 else None
+                    est = estimate(tally, view.kinds.get(metric, "pass"), prior, view.prior_weight, view.z)
+                    values = [group, dep, cls, metric]
+                    fams["estimate"].add_metric(values, est.mean)
+                    fams["lower_bound"].add_metric(values, est.lo)
+                    fams["answers"].add_metric(values, est.n)
+        yield from fams.values()
+
+
 COLLECTOR = BudgetCollector()
 if not any(isinstance(c, BudgetCollector) for c in list(REGISTRY._collector_to_names)):
     REGISTRY.register(COLLECTOR)
+QUALITY_COLLECTOR = QualityCollector()
+if not any(isinstance(c, QualityCollector) for c in list(REGISTRY._collector_to_names)):
+    REGISTRY.register(QUALITY_COLLECTOR)

@@ -229,6 +229,9 @@ class Step:
     note: str | None = None
     #: facts about the decision worth reporting on later, e.g. ``{"split_arm": "new-model"}``
     attrs: Mapping[str, str] = field(default_factory=dict)
+    #: what each candidate was judged on, by deployment id, in words (a measured ``quality_floor``:
+    #: the bound and the bar), for ``explain``; not stamped on the request's metadata
+    judged: Mapping[str, str] = field(default_factory=dict)
 
     @staticmethod
     def drop(candidate: Candidate, reason: str, by: str, budget: str | None = None) -> Drop:
@@ -253,6 +256,8 @@ class Decision:
     notes: list[str]
     attrs: dict[str, str] = field(default_factory=dict)
     governed: bool = True  # False when no route matched: LiteLLM's own selection applies
+    #: what each candidate was judged on, by deployment id (``Step.judged`` of every step)
+    judged: dict[str, str] = field(default_factory=dict)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -282,6 +287,14 @@ class Decision:
         }
         if compact:
             del out["candidates"]
+        else:
+            out["judged"] = dict(self.judged)
+            for row in out["candidates"]:
+                if row["deployment_id"] in self.judged:
+                    row["judged"] = self.judged[row["deployment_id"]]
+            for row in out["dropped"]:
+                if row["deployment_id"] in self.judged:
+                    row["judged"] = self.judged[row["deployment_id"]]
         return out
 
 

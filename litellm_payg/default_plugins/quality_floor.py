@@ -146,11 +146,12 @@ class QualityFloor(Rule):
         p, o = request.prompt_tokens, request.output_tokens
         bar = self._bar(request, p)
         cls = class_of(request, view.class_by)
-        meets, unsure, dropped, seen = [], [], [], []
+        meets, unsure, dropped, seen, bounds = [], [], [], [], {}
         for c in candidates:
             est = view.estimate(c.deployment_id, c.quality, cls, opts.metric)
             judged = verdict(est, bar)
             seen.append(f"{c.deployment_id} {est.mean:.3f} [{est.lo:.3f}, {est.hi:.3f}] n={est.n} {judged}")
+            bounds[c.deployment_id] = _judged_on(judged, est, bar, opts.metric)
             if judged == "below":
                 dropped.append(Step.drop(c, f"measured {opts.metric} {est.mean:.3f}, upper bound {est.hi:.3f} "
                                             f"(n={est.n}) is below the bar {bar:g}", self.name))
@@ -182,7 +183,7 @@ class QualityFloor(Rule):
         how = "lower bounds" if meets else "declared quality (evidence still thin)"
         note = (f"quality_floor: bar {bar:g} on measured {opts.metric}{' class ' + cls if cls else ''}, judged on {how}"
                 + (f"; exploring {explored.deployment_id}" if explored is not None else "") + "; " + "; ".join(seen))
-        return Step(ordered, dropped, note, attrs)
+        return Step(ordered, dropped, note, attrs, bounds)
 
     def _bar(self, request, prompt_tokens: int) -> float:
         bar = self.bar_for(prompt_tokens)
@@ -217,6 +218,16 @@ class QualityFloor(Rule):
         if sorted(kept, key=lambda c: lo * c.input_usd_per_token + o * c.output_usd_per_token) != at_hi:
             return request.prompt_tokens, None
         return hi, at_hi
+
+
+def _judged_on(judged: str, est, bar: float, metric: str) -> str:
+    """The bound a candidate was judged on, in words (``explain`` prints it beside its verdict)."""
+    measured = f"(measured {metric} {est.mean:.3f}, n={est.n})"
+    if judged == "meets":
+        return f"lower bound {est.lo:.3f} clears the bar {bar:g} {measured}"
+    if judged == "below":
+        return f"upper bound {est.hi:.3f} is below the bar {bar:g} {measured}"
+    return f"interval [{est.lo:.3f}, {est.hi:.3f}] straddles the bar {bar:g} {measured}"
 
 
 @hookimpl

@@ -130,13 +130,14 @@ class Engine:
         notes: list[str] = []
         rules = self.rules_for(request, route, notes) if route and self._conditioned[request.group] else route
         attrs: dict[str, str] = {}
+        judged: dict[str, str] = {}
         current: Sequence[Candidate] = candidates
 
         # first what LiteLLM's own checks refuse (context window, tags, region, vision, order), so
         # that every rule and filter below chooses among deployments LiteLLM will actually call
         checked = feasible(request, current)
         if checked is not None:
-            current = self._take(checked, dropped, notes, attrs)
+            current = self._take(checked, dropped, notes, attrs, judged)
 
         if request.allowed_models is not None:
             allowed = request.allowed_models
@@ -159,15 +160,15 @@ class Engine:
         if run_step is not None:
             rule_steps = [run_step]  # in place of the route's rules; the filters still apply
         for step in rule_steps:
-            current = self._take(step, dropped, notes, attrs)
+            current = self._take(step, dropped, notes, attrs, judged)
         for step in self._filter_steps(request, current, snapshot):
-            current = self._take(step, dropped, notes, attrs)
+            current = self._take(step, dropped, notes, attrs, judged)
 
         # a route whose conditions all missed and that has no unconditioned rule governs nothing:
         # the request is spread as in a group without a route (budgets and breakers still apply)
         governed = run_step is not None or (
             route is not None and (bool(rules) or not self._conditioned.get(request.group)))
-        decision = Decision(request, list(current), dropped, notes, attrs, governed=governed)
+        decision = Decision(request, list(current), dropped, notes, attrs, governed=governed, judged=judged)
         if observe:
             self.observe(decision)
         return decision
@@ -253,13 +254,16 @@ class Engine:
         self._observe(request=decision.request, decision=decision, engine=self)
 
     @staticmethod
-    def _take(step: Step, dropped: list[Drop], notes: list[str], attrs: dict[str, str]) -> Sequence[Candidate]:
+    def _take(step: Step, dropped: list[Drop], notes: list[str], attrs: dict[str, str],
+              judged: dict[str, str]) -> Sequence[Candidate]:
         """Record what one step dropped, noted and learnt; what it kept is the next step's input."""
         dropped.extend(step.dropped)
         if step.note:
             notes.append(step.note)
         if step.attrs:
             attrs.update(step.attrs)
+        if step.judged:
+            judged.update(step.judged)
         return step.kept
 
     @staticmethod

@@ -124,12 +124,17 @@ class QualityControl:
             raise FeedbackRefused(f"no answer with response id {response_id!r} for this key (or it is older than "
                                   f"quality.feedback_ttl_s)", 404)
         rated = _answer_key(response_id) + chr(31) + metric
-        if self.store.recall(rated, now=self.clock()) is not None:
+        # one atomic claim, not a read then a write: two ratings arriving at once (two threads, two
+        # replicas on one Redis) cannot both see "not rated yet"
+        if not self.store.claim(rated, {"value": number}, self.settings.feedback_ttl_s, now=self.clock()):
             raise FeedbackRefused(f"response {response_id!r} was already rated on {metric!r}", 409)
-        self.store.remember(rated, {"value": number}, self.settings.feedback_ttl_s, now=self.clock())
-        return self.record(record["group"], record["deployment_id"], metric, number, cls=record.get("cls", ""),
-                           model=record.get("model"), source="feedback", request_id=response_id,
-                           cost_usd=record.get("cost_usd"), arm=record.get("arm"))
+        try:
+            return self.record(record["group"], record["deployment_id"], metric, number, cls=record.get("cls", ""),
+                               model=record.get("model"), source="feedback", request_id=response_id,
+                               cost_usd=record.get("cost_usd"), arm=record.get("arm"))
+        except BaseException:
+            self.store.release(rated)  # not recorded: the same rating may be sent again
+            raise
 
     # -- reading --------------------------------------------------------------------------------
 

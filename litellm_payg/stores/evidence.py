@@ -10,6 +10,9 @@ What is kept, on the policy's ledger backend (the same URL works: own tables / k
 * **requests**: the plugin's own record of a request it routed (route, deployment, model, key,
   class, cost), by the response id the client got, so feedback names a request without saying
   which model served it (``remember``/``recall``, kept ``ttl_s``);
+* **claims**: a key kept only by the first writer (``claim``: an insert the primary key refuses in
+  SQLite, ``SET NX`` in Redis, under a lock in memory), so an answer is rated once per metric even
+  when two replicas receive the same rating at once;
 * **counters**: dollars spent in a window (exploration budgets), expiring with their window.
 
 Backends: ``memory://`` (one process), ``sqlite:///path.db``, ``redis://host:port/db`` (``?prefix=``).
@@ -80,6 +83,16 @@ class EvidenceStore(ABC):
         """The record :meth:`remember` kept, or None (unknown or expired)."""
 
     @abstractmethod
+    def claim(self, key: str, attrs: Mapping[str, Any], ttl_s: float, now: float | None = None) -> bool:
+        """Keep ``attrs`` under ``key`` for ``ttl_s`` only if nothing unexpired is kept there yet, in
+        one atomic step (two replicas claiming at once: exactly one gets True). What makes a second
+        rating of the same answer and metric a refusal rather than a race."""
+
+    @abstractmethod
+    def release(self, key: str) -> None:
+        """Drop a claim (the write it guarded failed: the rating may be sent again)."""
+
+    @abstractmethod
     def spend(self, key: str, usd: float, ttl_s: float) -> float:
         """Add ``usd`` to a window's counter (created to expire after ``ttl_s``); returns the total."""
 
@@ -134,6 +147,19 @@ class MemoryEvidence(EvidenceStore):
         with self._lock:
             found = self._requests.get(request_id)
             return dict(found[1]) if found is not None and found[0] > now else None
+
+    def claim(self, key, attrs, ttl_s, now=None):
+        now = self._now(now)
+        with self._lock:
+            found = self._requests.get(key)
+            if found is not None and found[0] > now:
+                return False
+            self._requests[key] = (now + ttl_s, dict(attrs))
+            return True
+
+    def release(self, key):
+        with self._lock:
+            self._requests.pop(key, None)
 
     def spend(self, key, usd, ttl_s):
         now = self.clock()
@@ -238,6 +264,22 @@ class SqliteEvidence(EvidenceStore):
         row = self._tx(lambda db: db.execute("SELECT expires, body FROM quality_requests WHERE id = ?",
                                              (request_id,)).fetchone(), write=False)
         return json.loads(row[1]) if row is not None and row[0] > now else None
+
+    def claim(self, key, attrs, ttl_s, now=None):
+        now = self._now(now)
+
+        def tx(db: sqlite3.Connection) -> bool:
+            # one statement in a write transaction: the primary key makes a second claim a no-op
+            # unless the first has expired (another handle on the file waits on the write lock)
+            cur = db.execute("INSERT INTO quality_requests VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                             "expires = excluded.expires, body = excluded.body WHERE quality_requests.expires <= ?",
+                             (key, now + ttl_s, json.dumps(dict(attrs)), now))
+            return cur.rowcount == 1
+
+        return self._tx(tx)
+
+    def release(self, key):
+        self._tx(lambda db: db.execute("DELETE FROM quality_requests WHERE id = ?", (key,)))
 
     def spend(self, key, usd, ttl_s):
         now = self.clock()
@@ -345,6 +387,13 @@ class RedisEvidence(EvidenceStore):
     def recall(self, request_id, now=None):
         raw = self._call(lambda: self._r.get(f"{self.prefix}qr:{request_id}"))
         return None if raw is None else json.loads(raw)
+
+    def claim(self, key, attrs, ttl_s, now=None):
+        return bool(self._call(lambda: self._r.set(f"{self.prefix}qr:{key}", json.dumps(dict(attrs)),
+                                                   px=max(1, int(ttl_s * 1000)), nx=True)))
+
+    def release(self, key):
+        self._call(lambda: self._r.delete(f"{self.prefix}qr:{key}"))
 
     def spend(self, key, usd, ttl_s):
         def tx() -> float:

@@ -216,6 +216,9 @@ def _explain_table(decision: Any, candidates: Sequence[Any]) -> str:
             verdict = f"dropped by {drops[c.deployment_id].by}: {drops[c.deployment_id].reason}"
         else:
             verdict = "dropped"
+        judged = decision.judged.get(c.deployment_id)
+        if judged:  # a measured quality_floor: the bound it was judged on
+            verdict = f"{verdict}; judged on: {judged}"
         lines.append(f"{c.deployment_id[:28]:<28} {c.model[:34]:<34} {prices}  {verdict}")
     chosen = decision.chosen
     if chosen is not None and not decision.governed:

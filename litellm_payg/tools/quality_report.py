@@ -11,6 +11,11 @@ the plugin's record of the answer) give a verdict per arm against the first arm
 (``core/ab_verdict.py``): cost per request and per passing request with intervals, the quality
 difference with an anytime-valid interval, and "promote" / "drop" / "not yet: about N more
 requests per arm".
+
+Per route, what routing on the estimates would have saved (``_saving``): the requests the ledger
+saw times the difference between the cost per request of what was served and that of the cheapest
+deployment whose lower bound clears the bar. ``--html`` writes the same as a page
+(``quality_page.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from litellm_payg.core.ab_verdict import arm_stats, verdict
 from litellm_payg.core.errors import PaygError
 from litellm_payg.core.quality import verdict as judge
+from litellm_payg.tools.quality_words import arm_costs, cheapest_sentence, cost, difference, interval, saving_sentence
 
 
 class QualityReportError(PaygError):
@@ -98,10 +104,42 @@ def build(policy: Any, url: str, metric: str | None = None, margin: float = 0.02
                     best = min(ok, key=lambda r: r["cost_per_request"])
                     cheapest[cls] = best["deployment"]
             routes.append({"route": group, "metric": metric, "bar": bar, "cells": rows, "cheapest_meeting_bar": cheapest,
+                           "saving": _saving(policy, view, group, bar, metric, costs, models),
                            "splits": _splits(policy, group, log, metric, margin)})
         return {"confidence": settings.confidence, "half_life_s": settings.half_life_s, "routes": routes}
     finally:
         store.close()
+
+
+def _saving(policy: Any, view: Any, group: str, bar: float | None, metric: str,
+            costs: dict[tuple[str, str], tuple[int, float]], models: dict[Any, Any]) -> dict[str, Any] | None:
+    """What routing on the estimates would have saved on a route, over the requests the ledger saw:
+
+        requests x (cost per request served - cost per request of the cheapest deployment that meets the bar)
+
+    ``cost per request served``: the route's dollars / its requests in the ledger's spend records;
+    the cheapest deployment that meets the bar: the lowest dollars / requests among the route's
+    deployments with spend records whose lower bound, on every class's evidence together, clears
+    the route's bar. None when the route has no bar, no spend records, or no deployment that meets
+    it. Negative when what was served was cheaper (some of it did not meet the bar)."""
+    if bar is None:
+        return None
+    spent = {dep: nu for (g, dep), nu in costs.items() if g == group}
+    requests = sum(n for n, _ in spent.values())
+    if not requests:
+        return None
+    served = sum(usd for _, usd in spent.values()) / requests
+    meeting = []
+    for dep, (n, usd) in spent.items():
+        facts = policy.models.get(models.get(dep) or "")
+        est = view.estimate(dep, facts.quality if facts else None, "", metric)
+        if n and est.n and judge(est, bar) == "meets":
+            meeting.append((usd / n, dep, est.lo))
+    if not meeting:
+        return None
+    best_cost, best, lo = min(meeting)
+    return {"requests": requests, "served_cost_per_request": served, "cheapest": best, "cheapest_lo": lo,
+            "cheapest_cost_per_request": best_cost, "usd": requests * (served - best_cost)}
 
 
 def _splits(policy: Any, group: str, log: list[dict[str, Any]], metric: str, margin: float) -> list[dict[str, Any]]:
@@ -118,10 +156,6 @@ def _splits(policy: Any, group: str, log: list[dict[str, Any]], metric: str, mar
     return [verdict(control, arm_stats(name, arms[name]), metric, margin=margin).as_dict(z) for name in names[1:]]
 
 
-def _num(x: Any, fmt: str = "{:.3f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
 def format_report(report: dict[str, Any]) -> str:
     h = report["half_life_s"]
     lines = [f"measured quality (confidence {report['confidence']:g}, half-life {'none' if h is None else f'{h:g}s'})"]
@@ -135,19 +169,18 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  {'deployment':<24} {'class':<10} {'n':>6} {'estimate':>8} {'interval':>15} {'$/request':>11}  verdict")
             for r in route["cells"]:
                 lines.append(f"  {r['deployment']:<24} {r['class'] or '*':<10} {r['n']:>6} {r['estimate']:>8.3f} "
-                             f"[{r['lo']:.3f}, {r['hi']:.3f}] {_num(r['cost_per_request'], '{:>11.6f}'):>11}  {r['verdict'] or '-'}")
+                             f"{interval(r)} {cost(r['cost_per_request']):>11}  {r['verdict'] or '-'}")
         for cls, dep in route["cheapest_meeting_bar"].items():
-            lines.append(f"  cheapest deployment meeting the bar{' for ' + cls if cls else ''}: {dep}")
+            lines.append(f"  {cheapest_sentence(cls, dep)}")
+        if saving_sentence(route):
+            lines.append(f"  {saving_sentence(route)}")
         for v in route["splits"]:
             a, b = v["a"], v["b"]
             lines.append(f"  split {b['name']} vs {a['name']}:")
             for arm in (a, b):
-                lo, hi = arm["cost_per_request_interval"]
-                plo, phi = arm["cost_per_pass_interval"]
-                lines.append(f"    {arm['name']:<20} n={arm['n']:<6} pass {arm['pass_rate']:.3f}  $/request {arm['cost_per_request']:.6f} "
-                             f"[{lo:.6f}, {hi:.6f}]  $/passing request {arm['cost_per_pass']:.6f} [{plo:.6f}, {phi:.6f}]")
-            dlo, dhi = v["difference_interval"]
-            lines.append(f"    difference {v['difference']:+.3f} (anytime-valid [{dlo:+.3f}, {dhi:+.3f}])")
+                lines.append(f"    {arm['name']:<20} n={arm['n']:<6} pass {arm['pass_rate']:.3f}  $/request {arm_costs(arm)[0]}  "
+                             f"$/passing request {arm_costs(arm)[1]}")
+            lines.append(f"    {difference(v)}")
             lines.append(f"    {v['sentence']}")
     return "\n".join(lines)
 
@@ -159,6 +192,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--metric", help="the metric to show (default: valid)")
     p.add_argument("--margin", type=float, default=0.02, help="how much worse a split's new arm may be (default 0.02)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page (intervals drawn)")
     p.set_defaults(func=run)
     return p
 
@@ -171,4 +205,8 @@ def run(args: argparse.Namespace) -> int:
         raise QualityReportError("--margin must be in [0, 1)")
     report = build(policy, args.ledger or policy.ledger, args.metric, args.margin)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.html:
+        from litellm_payg.tools.quality_page import write_html
+
+        write_html(report, args.html)
     return 0
