@@ -253,7 +253,7 @@ LAYERS = {
 CONTRACT = ("", "hookspecs", "hook_chain", "rules", "plugins")  # "" is the package root's __init__
 #: which layers may import these third-party packages (the pure layers import none of them)
 DRIVERS = {
-    "litellm": ("adapter", "tools", "stores.prices", "stores.token_counts"),
+    "litellm": ("adapter", "tools", "standin"),
     "openai": ("adapter", "tools"),
     "httpx": ("adapter", "tools", "standin"),
     "fastapi": ("adapter", "tools", "standin"),
@@ -287,8 +287,7 @@ def test_every_module_imports_only_its_own_layer_and_those_below():
 
 
 def test_third_party_drivers_are_imported_only_where_their_layer_allows():
-    """LiteLLM is spoken by ``adapter`` and ``tools`` (and read for its price map and token counter
-    by ``stores.prices``); Redis and SQLite only by ``stores``."""
+    """LiteLLM is spoken by ``adapter`` and ``tools``; Redis and SQLite only by ``stores``."""
     problems = []
     for module, path in sorted(module_files().items()):
         rel = module[len(PACKAGE) + 1:]
@@ -296,6 +295,31 @@ def test_third_party_drivers_are_imported_only_where_their_layer_allows():
             if not any(rel == where or rel.startswith(where + ".") for where in DRIVERS[driver]):
                 problems.append(f"{module} imports {driver}")
     assert not problems, "\n".join(problems)
+
+
+#: the layers below the adapter, which reach LiteLLM's price map and token counter only through the
+#: price source port (``core/price_source.py``), never by importing it
+BELOW_ADAPTER = ("core", "contract", "default_plugins", "stores", "policy", "runtime")
+
+
+def test_nothing_below_the_adapter_imports_litellm():
+    """Each module of ``core``, the plugin contract (``hookspecs``, ``hook_chain``, ``rules``,
+    ``plugins``), ``default_plugins``, ``stores``, ``policy`` and ``runtime`` imports no ``litellm``
+    module, anywhere in its source (a deferred import inside a function counts). Prices and token
+    counts come through ``core.price_source``, which ``adapter.litellm_prices`` implements."""
+    checked, problems = [], []
+    for module, path in sorted(module_files().items()):
+        if layer_of(module) not in BELOW_ADAPTER:
+            continue
+        checked.append(module)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            problems += [f"{path.relative_to(ROOT.parent)}:{node.lineno} imports {name}"
+                         for name in names if name.split(".")[0] == "litellm"]
+    assert {layer_of(m) for m in checked} == set(BELOW_ADAPTER), checked  # every layer is found
+    assert not problems, "LiteLLM imported below adapter/ (use core.price_source):\n" + "\n".join(problems)
 
 
 # -- the graph reader itself, on a throw-away package ---------------------------------------------------
