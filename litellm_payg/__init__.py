@@ -6,6 +6,11 @@ global. Which price map LiteLLM loads (fetched, or the copy bundled in its wheel
 ``LITELLM_LOCAL_MODEL_COST_MAP=True``) is the application's choice; the ``litellm-payg`` CLI, the
 pytest plugin and the benchmarks choose the bundled one unless told otherwise. The repairs in
 :mod:`litellm_payg.adapter.litellm_fixes` are applied by ``attach`` and the proxy handler, not on import.
+
+Prices and token counts reach the layers below the adapter through a port
+(:mod:`litellm_payg.core.price_source`); this module names LiteLLM's implementation as its default,
+loaded on first use, so ``from litellm_payg.policy.load import load_policy`` prices with LiteLLM's map
+as before without anything here importing LiteLLM.
 """
 
 from __future__ import annotations
@@ -21,7 +26,22 @@ from litellm_payg.core.errors import (
     UnknownPriceError,
 )
 
+from litellm_payg.core import price_source as _price_source
+
 __version__ = "0.1.0"
+
+
+def _litellm_prices():
+    """LiteLLM's price map and token counter (``adapter/litellm_prices.py``), imported the first
+    time something below the adapter asks for a price or a token count, not on import."""
+    import importlib
+
+    return importlib.import_module("litellm_payg.adapter.litellm_prices").LiteLLMPrices()
+
+
+# the default price source: the layers below the adapter read prices through this port
+# (``core/price_source.py``) and never import LiteLLM themselves
+_price_source.set_default(_litellm_prices)
 
 __all__ = [
     "BudgetExceeded",

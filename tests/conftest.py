@@ -9,7 +9,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 #
 # Re-record live:      pytest tests/test_provider_replay.py --record-mode=rewrite   (real API keys in env)
 # Re-record offline:   PAYG_RECORD_AGAINST=standin pytest tests/test_provider_replay.py --record-mode=rewrite
-#   LiteLLM then talks to the local stand-in (litellm_payg.standin) and `before_record_request`
+#   LiteLLM then talks to the local stand-in (standin) and `before_record_request`
 #   rewrites each recorded URI back to the provider's real URL, so the cassette replays against
 #   LiteLLM's default api_base exactly like a live recording.
 from pathlib import Path  # noqa: E402
@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from litellm_payg.standin import StandIn  # noqa: E402
+from standin import StandIn  # noqa: E402
 from litellm_payg.tools.cassette_match import STRICT_MATCH_ON  # noqa: E402
 from litellm_payg.tools.cassette_match import register as register_matchers  # noqa: E402
 
@@ -121,7 +121,7 @@ def _standin_server() -> Iterator[StandIn]:
 
 @pytest.fixture
 def standin(_standin_server: StandIn) -> Iterator[StandIn]:
-    """The local fault-injecting provider (``litellm_payg.standin``): one server per test module,
+    """The local fault-injecting provider (``standin``): one server per test module,
     with no reply, fault or hit left over from the previous test."""
     _standin_server.reset()
     yield _standin_server

@@ -1,5 +1,5 @@
 """Shared helpers for the tests that govern a Router whose deployments are the local stand-in
-provider (``litellm_payg.standin``): one model per provider, the deployment and policy they use, the
+provider (``standin``): one model per provider, the deployment and policy they use, the
 price each deployment is charged at. (The ledger backends a spend test runs on: ``services.py``.)"""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import litellm
 
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 #: the deployment under test per stand-in provider
 STANDIN_MODELS = {

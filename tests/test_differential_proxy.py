@@ -10,7 +10,7 @@ plugin answers 200 too, from a deployment LiteLLM accepts (``x-litellm-model-id`
 Features whose verdict depends on what came before (rate limits, failures, cooldowns) are sent in
 sequence, and their oracle is a sequential Router (``Scenario.sequential``). The ones that need a
 routing strategy or retry settings of their own run on a second pair of proxies (``STATEFUL_*``),
-booted together with the first; failures come from the stand-in provider (``litellm_payg.standin``),
+booted together with the first; failures come from the stand-in provider (``standin``),
 its faults scheduled for each proxy's run in turn.
 """
 
@@ -32,7 +32,7 @@ from standin_helpers import STANDIN_MODELS
 from test_differential import ISSUE_POLICY, LITELLM_ROUTES_VISION, MOCK, _issue_deployments, dep
 
 from litellm_payg.adapter import litellm_versions
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 SMALL, BIG = 2_000, 20_000
 

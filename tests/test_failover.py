@@ -15,7 +15,7 @@ import pytest
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter.failures import InvalidResponseError
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 from routing_helpers import DEEPSEEK, MISTRAL, attached, served_by, settled
 

@@ -46,7 +46,7 @@ from litellm_payg.adapter.failures import (
     diagnose_broken_stream,
     retry_after,
 )
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 NO_RETRIES: dict[str, Any] = {"num_retries": 0, "max_retries": 0}

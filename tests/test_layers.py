@@ -246,17 +246,16 @@ LAYERS = {
     "runtime": ("core", "contract", "stores", "policy"),
     "default_plugins": ("core", "contract", "stores", "policy", "runtime"),
     "adapter": ("core", "contract", "stores", "policy", "runtime"),
-    "tools": ("core", "contract", "stores", "policy", "runtime", "adapter", "standin"),
-    "standin": (),
+    "tools": ("core", "contract", "stores", "policy", "runtime", "adapter"),
     "proxy": ("adapter",),  # the old proxy line, litellm_payg.proxy.handler: a deprecated shim over adapter.proxy
 }
 CONTRACT = ("", "hookspecs", "hook_chain", "rules", "plugins")  # "" is the package root's __init__
 #: which layers may import these third-party packages (the pure layers import none of them)
 DRIVERS = {
-    "litellm": ("adapter", "tools", "stores.prices", "stores.token_counts"),
+    "litellm": ("adapter", "tools"),
     "openai": ("adapter", "tools"),
-    "httpx": ("adapter", "tools", "standin"),
-    "fastapi": ("adapter", "tools", "standin"),
+    "httpx": ("adapter", "tools"),
+    "fastapi": ("adapter", "tools"),
     "prometheus_client": ("adapter",),
     "redis": ("stores",),
     "sqlite3": ("stores",),
@@ -287,8 +286,7 @@ def test_every_module_imports_only_its_own_layer_and_those_below():
 
 
 def test_third_party_drivers_are_imported_only_where_their_layer_allows():
-    """LiteLLM is spoken by ``adapter`` and ``tools`` (and read for its price map and token counter
-    by ``stores.prices``); Redis and SQLite only by ``stores``."""
+    """LiteLLM is spoken by ``adapter`` and ``tools``; Redis and SQLite only by ``stores``."""
     problems = []
     for module, path in sorted(module_files().items()):
         rel = module[len(PACKAGE) + 1:]
@@ -296,6 +294,80 @@ def test_third_party_drivers_are_imported_only_where_their_layer_allows():
             if not any(rel == where or rel.startswith(where + ".") for where in DRIVERS[driver]):
                 problems.append(f"{module} imports {driver}")
     assert not problems, "\n".join(problems)
+
+
+#: the layers below the adapter, which reach LiteLLM's price map and token counter only through the
+#: price source port (``core/price_source.py``), never by importing it
+BELOW_ADAPTER = ("core", "contract", "default_plugins", "stores", "policy", "runtime")
+
+
+def test_nothing_below_the_adapter_imports_litellm():
+    """Each module of ``core``, the plugin contract (``hookspecs``, ``hook_chain``, ``rules``,
+    ``plugins``), ``default_plugins``, ``stores``, ``policy`` and ``runtime`` imports no ``litellm``
+    module, anywhere in its source (a deferred import inside a function counts). Prices and token
+    counts come through ``core.price_source``, which ``adapter.litellm_prices`` implements."""
+    checked, problems = [], []
+    for module, path in sorted(module_files().items()):
+        if layer_of(module) not in BELOW_ADAPTER:
+            continue
+        checked.append(module)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            problems += [f"{path.relative_to(ROOT.parent)}:{node.lineno} imports {name}"
+                         for name in names if name.split(".")[0] == "litellm"]
+    assert {layer_of(m) for m in checked} == set(BELOW_ADAPTER), checked  # every layer is found
+    assert not problems, "LiteLLM imported below adapter/ (use core.price_source):\n" + "\n".join(problems)
+
+
+#: what makes a module a test server: the stdlib's HTTP server (the stand-in provider is one)
+SERVER_MODULES = ("http.server", "socketserver", "wsgiref.simple_server")
+
+
+def shipped_modules() -> dict[str, Path]:
+    """The modules the wheel holds: the packages pyproject's ``[tool.setuptools.packages.find]``
+    discovers (setuptools' own ``find_packages``, with the same include and exclude), each with its
+    ``.py`` files."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    repo = ROOT.parent
+    find = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(where=str(repo / find.get("where", ["."])[0]), include=find.get("include", ["*"]),
+                             exclude=find.get("exclude", ()))
+    found = {}
+    for package in packages:
+        folder = repo.joinpath(*package.split("."))
+        for path in sorted(folder.glob("*.py")):
+            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return found
+
+
+def test_the_wheel_holds_no_test_server():
+    """The stand-in provider the tests run against (``tests/standin``) is a test server, not part of
+    what users install: no shipped package is named for it and no shipped module starts an HTTP server
+    of the stdlib. Fails naming the module."""
+    shipped = shipped_modules()
+    assert PACKAGE in shipped and f"{PACKAGE}.adapter.routing" in shipped, sorted(shipped)  # discovery works
+    problems = [f"{name} ({path.relative_to(ROOT.parent)}) is a test server"
+                for name, path in sorted(shipped.items())
+                if "standin" in name.split(".")
+                or any(imported == server or imported.startswith(server + ".") for imported in _imported_names(path)
+                       for server in SERVER_MODULES)]
+    assert not problems, "\n".join(problems)
+
+
+def _imported_names(path: Path) -> set[str]:
+    """The full dotted names a file imports (``from http.server import X`` -> ``http.server``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
 
 
 # -- the graph reader itself, on a throw-away package ---------------------------------------------------

@@ -33,7 +33,7 @@ from standin_helpers import (
 
 from litellm_payg.adapter import charges
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 MESSAGES = [{"role": "user", "content": "Which of our plans includes priority support, and what does it cost per month?"}]
 ANSWER = "The Business plan includes priority support; it costs 49 dollars per month, billed yearly."

@@ -20,7 +20,7 @@ from typing import Any
 import litellm
 import pytest
 
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 CASSETTES = Path(__file__).resolve().parents[1] / "cassettes"
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
@@ -212,6 +212,7 @@ def test_a_re_recorded_cassette_replays_strictly(tmp_path):
     for name in ("conftest.py", "test_provider_replay.py"):
         shutil.copy(repo / "tests" / name, tmp_path / "tests" / name)
     shutil.copytree(repo / "tests" / "offline_guard", tmp_path / "tests" / "offline_guard")
+    shutil.copytree(repo / "tests" / "standin", tmp_path / "tests" / "standin")  # the stand-in lives in tests/
     shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(repo)}
     env.pop("PYTEST_ADDOPTS", None)

@@ -24,7 +24,7 @@ from litellm_payg.adapter.litellm_errors import BudgetExceeded
 from litellm_payg.core.errors import PolicyError
 from litellm_payg.core.request_fields import FIELDS, Effect
 from litellm_payg.policy.load import load_policy
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 MESSAGES = [{"role": "user", "content": "Please tell me what the status of my order number 12345 is today."}]
 

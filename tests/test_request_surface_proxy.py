@@ -17,7 +17,7 @@ import yaml
 
 from proxy_fixtures import MASTER_KEY, litellm_proxy_factory  # noqa: F401  (fixture)
 
-from litellm_payg.standin import StandIn
+from standin import StandIn
 from trust_helpers import LedgerView, short
 
 MESSAGES = [{"role": "user", "content": "Please tell me what the status of my order number 12345 is today."}]

@@ -11,7 +11,7 @@ import pytest
 
 from litellm.exceptions import MidStreamFallbackError
 
-from litellm_payg.standin import FAULT_KINDS, PROVIDERS, StandIn
+from standin import FAULT_KINDS, PROVIDERS, StandIn
 
 MODELS = {
     "openai": "openai/gpt-4o-mini",

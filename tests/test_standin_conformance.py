@@ -16,7 +16,7 @@ import httpx
 import pytest
 from shared_recordings import RECORDINGS, body_text, load
 
-from litellm_payg.standin import StandIn
+from standin import StandIn
 
 if not RECORDINGS.is_dir():
     if os.environ.get("CI"):

@@ -345,7 +345,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
 
 def _check_prices(policy: Policy) -> None:
     """Unknown price is an error at load time when a cost rule names the model."""
-    from litellm_payg.stores.prices import close_model_names, lookup_price  # imports LiteLLM's price map
+    from litellm_payg.stores.prices import close_model_names, lookup_price  # the price source port (LiteLLM's map by default)
 
     problems = []
     for group, specs in policy.routes.items():

@@ -1,5 +1,9 @@
 """Prices, from LiteLLM's own price map, overridable per model in the policy.
 
+LiteLLM is read through the price source port (``core/price_source.py``: the adapter's
+``litellm_prices`` by default), so this store imports no LiteLLM; what follows names LiteLLM's
+functions because that is what the default source calls.
+
 How a request is priced (the README quotes this):
 
 * **Per-token prices** of a deployment, first match wins: the policy's ``models:`` entry for the
@@ -25,9 +29,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import litellm
-
 from litellm_payg.core.decision import Candidate
+from litellm_payg.core.price_source import price_source, token_counter
 from litellm_payg.stores.token_counts import count_chat_tokens
 
 
@@ -46,13 +49,7 @@ def _refs(model: str, deployment_id: str | None = None) -> tuple[str, ...]:
 
 def model_info(model: str, provider: str | None = None) -> Mapping[str, Any] | None:
     """``litellm.get_model_info``, or None for a model LiteLLM does not know."""
-    quiet, litellm.suppress_debug_info = litellm.suppress_debug_info, True  # no "Provider List" banner
-    try:
-        return litellm.get_model_info(model=model, custom_llm_provider=provider)
-    except Exception:  # LiteLLM raises a bare Exception for an unmapped model
-        return None
-    finally:
-        litellm.suppress_debug_info = quiet
+    return price_source().model_info(model, provider)
 
 
 def litellm_price(model: str, provider: str | None = None) -> tuple[float, float] | None:
@@ -63,7 +60,7 @@ def litellm_price(model: str, provider: str | None = None) -> tuple[float, float
     # A Router registers every deployment's model in ``litellm.model_cost``; for a model LiteLLM does
     # not know, that entry has no prices and ``get_model_info`` then reports 0.0. Read the raw entry
     # so an unknown price stays unknown instead of becoming $0.
-    raw = litellm.model_cost.get(str(info.get("key") or model)) or {}
+    raw = price_source().price_entry(str(info.get("key") or model)) or {}
     inp, out = raw.get("input_cost_per_token"), raw.get("output_cost_per_token")
     if inp is None or out is None:
         return None
@@ -83,7 +80,7 @@ def close_model_names(ref: str, models: Mapping[str, Any]) -> list[str]:
     a "did you mean" (a misspelled model is a typo to fix, not a model to price)."""
     import difflib
 
-    return difflib.get_close_matches(ref, list(dict.fromkeys([*models, *litellm.model_cost])), n=2, cutoff=0.85)
+    return difflib.get_close_matches(ref, list(dict.fromkeys([*models, *price_source().model_names()])), n=2, cutoff=0.85)
 
 
 def provider_of(model: str, params: Mapping[str, Any] | None = None) -> str:
@@ -91,7 +88,7 @@ def provider_of(model: str, params: Mapping[str, Any] | None = None) -> str:
     if params.get("custom_llm_provider"):
         return str(params["custom_llm_provider"])
     try:
-        return litellm.get_llm_provider(model=model, api_base=params.get("api_base"))[1]
+        return price_source().provider_of(model, params.get("api_base"))
     except Exception:
         return model.split("/", 1)[0] if "/" in model else "unknown"
 
@@ -113,19 +110,6 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def _declares_no_vision(deployment: Mapping[str, Any], group: str) -> bool:
-    """LiteLLM's own answer (``router_rust.steps.precall.declares_no_vision``, 1.110) where it
-    has one; before, what it reads: ``model_info.supports_vision: false``."""
-    try:
-        from litellm.router_rust.steps.precall import declares_no_vision
-    except ImportError:  # LiteLLM before the Rust router core
-        return (deployment.get("model_info") or {}).get("supports_vision") is False
-    try:
-        return bool(declares_no_vision(deployment, group))
-    except Exception:  # noqa: BLE001 - LiteLLM keeps a deployment it cannot classify, and so do we
-        return False
 
 
 def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str, Any]) -> Candidate:
@@ -187,7 +171,7 @@ def candidate_from_deployment(deployment: Mapping[str, Any], models: Mapping[str
         price_tiers=tiers,
         cache_write_usd_per_token=cache_write,
         litellm_max_input_tokens=litellm_window,
-        no_vision=_declares_no_vision(deployment, group),
+        no_vision=price_source().declares_no_vision(deployment, group),
         order=_int_or_none(params.get("order")),
         region=str(region) if region is not None else None,
     )
@@ -203,7 +187,7 @@ def reservation_tiers(known: Mapping[str, Any], model: str) -> tuple[tuple[tuple
     and its cache-write price (the dearest of ``cache_creation_input_token_cost`` and its longer
     lifetimes). Priority, flex and batch prices are not here: those tiers are chosen by request
     fields the request surface refuses."""
-    raw = litellm.model_cost.get(str(known.get("key") or model)) or {}
+    raw = price_source().price_entry(str(known.get("key") or model)) or {}
     base_out = raw.get("output_cost_per_token")
     tiers = []
     for key, value in raw.items():
@@ -243,7 +227,7 @@ def count_prompt_tokens(model: str, messages: Any) -> int:
     """Prompt tokens as LiteLLM counts them for this model."""
     if not messages:
         return 0
-    return int(litellm.token_counter(model=model, messages=messages))
+    return token_counter().count_tokens(model, messages=messages)
 
 
 #: what LiteLLM's counter adds per chat message beyond its text (role, separators; measured: at most
@@ -331,4 +315,4 @@ def _count_text(model: str, value: Any) -> int:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         value = "\n".join(value)
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    return int(litellm.token_counter(model=model, text=text))
+    return token_counter().count_tokens(model, text=text)

@@ -1,5 +1,8 @@
 """Prompt tokens as LiteLLM counts them, one chat message at a time, each message counted once.
 
+LiteLLM's ``token_counter`` is reached through the token counter port (``core/price_source.py``),
+so this store imports no LiteLLM.
+
 Why: the tokenizer is the dearest part of a routing decision (130-400 us for a short prompt, more
 for a long one), and chat clients and agents send the same messages again and again: the system
 prompt on every request, the whole history on every turn, the same tool schemas each step.
@@ -32,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import litellm
+from litellm_payg.core.price_source import token_counter
 
 logger = logging.getLogger("litellm_payg")
 
@@ -59,7 +62,7 @@ def count_chat_tokens(model: str, messages: Sequence[Any], tools: Any = None) ->
             key = (model, digest)
             count = _counts.get(key)
             if count is None:
-                count = int(litellm.token_counter(model=model, messages=[message], count_response_tokens=True))
+                count = token_counter().count_tokens(model, messages=[message], count_response_tokens=True)
                 _remember(key, count)
             else:
                 _counts.move_to_end(key)
@@ -79,7 +82,7 @@ def count_chat_tokens(model: str, messages: Sequence[Any], tools: Any = None) ->
 
 
 def _whole(model: str, messages: Any, tools: Any) -> int:
-    return int(litellm.token_counter(model=model, messages=messages, tools=tools or None))
+    return token_counter().count_tokens(model, messages=messages, tools=tools or None)
 
 
 #: a plain text message up to this many characters is remembered by its text (cheaper than a
@@ -138,8 +141,9 @@ def _extra(model: str, tools: Any, system: bool) -> int:
     extra = _extras.get(key)
     if extra is None:
         probe = [_PROBE] if system else [dict(_PROBE, role="user")]
-        extra = int(litellm.token_counter(model=model, messages=probe, tools=tools)) - int(
-            litellm.token_counter(model=model, messages=probe, count_response_tokens=True))
+        counter = token_counter()
+        extra = counter.count_tokens(model, messages=probe, tools=tools) - counter.count_tokens(
+            model, messages=probe, count_response_tokens=True)
         if len(_extras) >= MAX_ENTRIES:
             _extras.clear()
         _extras[key] = extra

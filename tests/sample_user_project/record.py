@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# the stand-in provider is a test server, not part of the package: it lives in tests/standin
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import litellm  # noqa: E402
 import vcr  # noqa: E402
 import yaml  # noqa: E402
 
-from litellm_payg.standin import StandIn  # noqa: E402
+from standin import StandIn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CASSETTE = HERE / "cassettes" / "support-week-01.yaml"

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
-from litellm_payg.standin import _wire
-from litellm_payg.standin._wire import Answer, Usage
+from standin import _wire
+from standin._wire import Answer, Usage
 
 FaultKind = Literal[
     "server_error",  # 500 in the provider's error shape

@@ -1,6 +1,6 @@
 """Provider wire formats: success bodies, stream frames and error bodies.
 
-Each function here turns plain numbers (a :class:`~litellm_payg.standin.Reply` resolved into
+Each function here turns plain numbers (a :class:`~standin.Reply` resolved into
 token counts) into the exact JSON a provider sends. The shapes are copied from real recordings
 (``../shared/provider-recordings``, checked by ``tests/test_standin_conformance.py``), not from
 documentation, because LiteLLM's clients parse what providers send, not what they document.
