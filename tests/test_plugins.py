@@ -13,6 +13,8 @@ import pytest
 
 import litellm_payg
 from litellm_payg import hookspecs
+
+import user_docs
 from litellm_payg.tools.cli import main as cli
 from litellm_payg.core.errors import PolicyError
 from litellm_payg.plugins import DEFAULT_PLUGINS, make_plugin_manager, rule_types
@@ -131,14 +133,14 @@ def test_every_hook_is_documented_where_declared_with_a_payg_prefix():
 
 def test_readme_hook_reference_matches_the_code():
     """The README lists each hook with its exact signature, and no hook that does not exist."""
-    readme = (ROOT / "README.md").read_text()
+    readme = user_docs.text()
     declared = {
         name: f"{name}({', '.join(inspect.signature(fn).parameters)})"
         for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
     }
     for name, signature in declared.items():
         assert f"`{signature}`" in readme, f"README.md must document {signature}"
-    reference = readme.split("## Hook reference", 1)[1].split("\n## ", 1)[0]
+    reference = user_docs.section("Hook reference")
     mentioned = set(re.findall(r"`(payg_[a-z_]+)\(", reference))
     assert mentioned <= set(declared), f"README.md documents hooks that do not exist: {mentioned - set(declared)}"
 

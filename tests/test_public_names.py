@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import user_docs
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
@@ -54,7 +56,7 @@ def test_the_proxy_line_and_its_old_spelling_load_one_handler(tmp_path):
 
 
 def test_the_readme_writes_the_permanent_proxy_line():
-    text = README.read_text(encoding="utf-8")
+    text = user_docs.text()
     lines = re.findall(r'callbacks:\s*\[([^\]]*)\]', text)
     named = {name.strip().strip("'\"") for line in lines for name in line.split(",")}
     payg = {name for name in named if name.startswith("litellm_payg")}
@@ -94,7 +96,7 @@ def _resolve(dotted: str) -> object:
 
 
 def test_every_dotted_name_in_the_readmes_code_blocks_resolves():
-    names = _dotted_names(README.read_text(encoding="utf-8"))
+    names = _dotted_names(user_docs.text())
     assert "litellm_payg.proxy_handler" in names and len(names) >= 3, names
     missing = []
     for name in sorted(names - {"litellm_payg.proxy_handler"}):  # the handler: loaded in a subprocess above

@@ -1,6 +1,6 @@
 """Every code block of the user docs runs, or says why it does not.
 
-Docs: ``README.md`` and ``bench/README.md`` (``DOCS``). Each fenced block is handled by its language:
+Docs: ``README.md``, the pages under ``docs/`` and ``bench/README.md`` (``DOCS``, from ``user_docs``). Each fenced block is handled by its language:
 
 * ``python``: run as a script (``__main__``, a fresh namespace, its own temporary working
   directory beside the repo's files), all blocks in one worker process so LiteLLM is imported once;
@@ -51,8 +51,10 @@ from typing import Any
 import pytest
 import yaml
 
+import user_docs
+
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "bench/README.md")
+DOCS = tuple(user_docs.names())
 PYTHON = {"python", "py", "python3"}
 SHELL = {"bash", "sh", "shell"}
 TEXT = {"", "text", "txt", "plain", "output"}

@@ -295,8 +295,9 @@ def test_the_readme_run_budget_example_is_a_valid_policy():
 
     from litellm_payg.policy.load import load_policy
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Agent runs", 1)[1]
+    import user_docs
+
+    section = user_docs.section("Agent runs")
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     policy = load_policy({"version": 1, **yaml.safe_load(block)})
     [budget] = policy.budgets

@@ -284,8 +284,9 @@ def test_the_bundled_agent_runs_scenario_prints_the_comparison_the_readme_quotes
     assert written["cost_per_run_usd"]["max"] <= 0.30 and hard["cost_per_run_usd"]["max"] <= 0.30
     assert none["cost_per_run_usd"]["max"] > 5
     # the README's excerpt (section "Simulating runs") is this table's runs section, line for line
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Simulating runs", 1)[1]
+    import user_docs
+
+    section = user_docs.section("Simulating runs")
     excerpt = section.split("Agent runs: ", 1)[1].split("```", 1)[0].rstrip("\n")
     assert ("Agent runs: " + excerpt) in table
     example = section.split("```json\n", 1)[1].split("```", 1)[0]

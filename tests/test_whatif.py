@@ -353,8 +353,9 @@ def test_the_readme_jsonl_line_is_the_format_the_reader_takes():
     """The JSONL line documented in the README's what-if section reads as a row, field for field."""
     from litellm_payg.tools.whatif_history import row_from_json
 
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("## What-if on your own history", 1)[1].split("\n## ", 1)[0]
+    import user_docs
+
+    section = user_docs.section("What-if on your own history")
     block = section.split("```json\n", 1)[1].split("```", 1)[0]
     row = row_from_json(json.loads(block), "README")
     assert row.as_json() == {**json.loads(block), "start_time": "2025-03-01T09:00:00Z"}
