@@ -29,7 +29,7 @@ POLICY = {
     "version": 1,
     "ledger": "sqlite:///payg-ledger.db",
     "models": {CHEAP: {"quality": 0.7}, DEAR: {"quality": 0.95}},
-    "routes": {"agent": [{"quality_floor": {"min_quality": 0.9}}]},
+    "routes": {"agent": [{"quality_floor": {"min_quality": 0.9, "keep_past_downgrade": False}}]},  # may be downgraded
     # a header of the operator's choosing first; LiteLLM's session id (and x-litellm-trace-id) else
     "sessions": {"id_from": ["header:x-agent-run", "litellm_session_id"]},
     "budgets": [{
@@ -189,7 +189,7 @@ CAP_POLICY = {
     "version": 1,
     "ledger": "sqlite:///payg-ledger.db",
     "models": {DEAR: {"quality": 0.95}},
-    "routes": {"agent": [{"quality_floor": {"min_quality": 0.9}}]},
+    "routes": {"agent": [{"quality_floor": {"min_quality": 0.9, "keep_past_downgrade": False}}]},  # may be downgraded
     "budgets": [{"name": "per-run", "scope": "session:*", "window": f"session:{IDLE_S}s", "limit_usd": 2.5 * DEAR_COST}],
 }
 CAP_CONFIG = {**CONFIG, "model_list": [_deployment(DEAR, "dear", 1e-5)]}
