@@ -572,6 +572,8 @@ class SpendControl:
         self._flush_unsettled()
 
     def _flush_unsettled(self) -> None:
+        if not self._unsettled:  # the usual case, after every charge: nothing kept (checked again under the lock)
+            return
         while True:
             with self._lock:
                 if not self._unsettled:

@@ -76,6 +76,8 @@ class HistoryPricer(Pricer):
         self._rates: dict[str, tuple[float, float, float, float] | None] = {}
         self._reasoning_apart: dict[str, bool] = {}
         self._exact: dict[tuple, float] = {}
+        #: per deployment: (its rates or None, priced by a custom price, reasoning tokens priced apart)
+        self._fast: dict[str, tuple[tuple[float, float, float, float] | None, bool, bool]] = {}
 
     def add(self, candidate: Any) -> None:
         """A deployment seen after construction (history-built model lists grow as rows arrive)."""
@@ -130,13 +132,17 @@ class HistoryPricer(Pricer):
 
     def charge(self, candidate: Any, row: HistoryRow) -> float | None:
         """The row's recorded tokens at this deployment's price; None when it has no price."""
-        r = self.rates(candidate)
+        dep = candidate.deployment_id
+        fast = self._fast.get(dep)
+        if fast is None:  # the deployment's rates and how they apply, looked up once (called per row and deployment)
+            r = self.rates(candidate)
+            fast = self._fast[dep] = (r, self._custom.get(dep) is not None, bool(self._reasoning_apart.get(dep)))
+        r, custom, apart = fast
         if r is None:
             return None
         p, c = row.prompt_tokens or 0, row.completion_tokens or 0
         read, write = row.cache_read_tokens, row.cache_write_tokens
-        dep = candidate.deployment_id
-        if p > _LINEAR_UP_TO or (row.reasoning_tokens and self._reasoning_apart.get(dep)):
+        if p > _LINEAR_UP_TO or (apart and row.reasoning_tokens):
             key = (dep, p, c, read, write, row.reasoning_tokens)
             v = self._exact.get(key)
             if v is None:
@@ -144,7 +150,7 @@ class HistoryPricer(Pricer):
                     self._exact.clear()
                 v = self._exact[key] = self._call(candidate, p, c, read, write, row.reasoning_tokens)
             return v
-        if self._custom.get(dep) is not None:
+        if custom:
             return p * r[0] + c * r[1]
         return max(0, p - read - write) * r[0] + c * r[1] + read * r[2] + write * r[3]
 

@@ -326,6 +326,8 @@ def spec_parts(spec: Sequence) -> tuple:
 
 
 def check_buckets(buckets: Sequence[Bucket]) -> None:
+    if not buckets:
+        return
     keys = [b.key for b in buckets]
     if len(set(keys)) != len(keys):
         raise LedgerError(f"duplicate bucket keys in one reservation: {keys}")
