@@ -47,6 +47,7 @@ declared quality starts unsure, so it earns its way in (or out) on evidence alon
 from __future__ import annotations
 
 import math
+import operator
 
 from pydantic import Field, field_validator
 
@@ -98,6 +99,8 @@ class QualityFloor(Rule):
         super().__init__(options, context)
         # drop reasons by (quality, bar): the same few strings on every pick, formatted once
         self._reasons: dict[tuple[float, float], str] = {}
+        #: the decision's note by bar, formatted once too
+        self._notes: dict[float, str] = {}
 
     def _below(self, quality: float, bar: float) -> str:
         reason = self._reasons.get((quality, bar))
@@ -134,9 +137,14 @@ class QualityFloor(Rule):
             elif ordered is None:
                 kept.append((c.estimate_usd(p, o), c))
         if ordered is None:
-            kept.sort(key=lambda ec: ec[0])
+            kept.sort(key=_first)
             ordered = [c for _, c in kept]
-        return Step(ordered, dropped, f"quality_floor: bar {bar:g}, cheapest first")
+        note = self._notes.get(bar)
+        if note is None:
+            if len(self._notes) > 10_000:
+                self._notes.clear()
+            note = self._notes[bar] = f"quality_floor: bar {bar:g}, cheapest first"
+        return Step(ordered, dropped, note)
 
     def _measured(self, request, candidates, view):
         """The bar judged on each candidate's lower confidence bound (see the module docstring)."""
@@ -215,6 +223,9 @@ class QualityFloor(Rule):
         if sorted(kept, key=lambda c: lo * c.input_usd_per_token + o * c.output_usd_per_token) != at_hi:
             return request.prompt_tokens, None
         return hi, at_hi
+
+
+_first = operator.itemgetter(0)
 
 
 @hookimpl
