@@ -306,7 +306,7 @@ def replay(
     expected_out = engine.expected_output_tokens(None)
     result = WhatIfResult(policy_source=loaded.source or "<policy>", history_source=history_source)
     by = result.by = {d: {} for d in DIMENSIONS}
-    by_day, by_team, by_key, by_group, by_model_name = (by[d] for d in DIMENSIONS)
+    dims = tuple(by[d] for d in DIMENSIONS)  # in the order of DIMENSIONS: day, team, key, group, model
     totals = result.totals
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
@@ -347,10 +347,11 @@ def replay(
             unpriced(row, f"no deployment for model group {group!r} in the config")
             continue
         actual = by_id[group].get(row.deployment or "") or by_model[group].get(row.model)
-        ordered = order_cache.get((group, actual.deployment_id if actual else ""))
+        order_key = (group, actual.deployment_id if actual else "")
+        ordered = order_cache.get(order_key)
         if ordered is None:  # the deployment that served it first: what the Router's shuffle gave
             ordered = [actual] + [c for c in group_cands if c is not actual] if actual else list(group_cands)
-            order_cache[(group, actual.deployment_id if actual else "")] = ordered
+            order_cache[order_key] = ordered
         clock.now = row.ts
         request = RouteRequest(group=group, prompt_tokens=row.prompt_tokens, output_tokens=expected_out,
                                user=row.user, team=row.team, api_key=row.key, tags=row.tags, end_user=row.end_user,
@@ -425,8 +426,7 @@ def replay(
         if day is None:
             day = day_names[day_n] = iso(day_n * 86400.0)[:10]
         spend, served, was_blocked, was_downgraded = row.spend_usd, blocked_by is None, blocked_by is not None, bool(downgraded_by)
-        for values, value in ((by_day, day), (by_team, row.team or "-"), (by_key, row.key or "-"), (by_group, group),
-                              (by_model_name, row.model)):
+        for values, value in zip(dims, (day, row.team or "-", row.key or "-", group, row.model)):
             t = values.get(value)
             if t is None:
                 t = values[value] = Totals()

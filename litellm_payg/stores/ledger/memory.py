@@ -427,27 +427,26 @@ class ReplayLedger(MemoryLedger):
     def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         """A charge admitted without a reservation (a policy without budgets): reserve (unenforced)
         and settle at once, as ``Ledger.record`` does, in one pass."""
-        with self._lock:
-            held = self._held is not None or reservation_id in self._res
-        if held:  # an open id is settled, as the memory ledger's record would
-            with self._lock:
-                self._apply_held()
-            return super().record(reservation_id, buckets, amount_usd, ttl_s, now=now, attrs=attrs)
-        buckets = tuple(buckets)
+        # checked before the lock, held or not: a held reservation is applied by whatever reads next,
+        # so an invalid call leaves the same state either way (one lock per charge, every row)
+        given_now, buckets = now, tuple(buckets)
         check_buckets(buckets)
         check_ttl(ttl_s)
         actual = to_nanos(amount_usd)
         now = clock(now)
         with self._lock:
-            self._check_open()
-            if not buckets and not self._expiry:
-                return None  # no budget counts it and nothing is open to expire: nothing to change
-            self._expire(now)
-            for b in buckets:
-                c = self._counter(b)
-                c.wake(now)
-                c.add(bucket_amount(b, actual), now)
-        return None
+            if self._held is None and reservation_id not in self._res:
+                self._check_open()
+                if not buckets and not self._expiry:
+                    return None  # no budget counts it and nothing is open to expire: nothing to change
+                self._expire(now)
+                for b in buckets:
+                    c = self._counter(b)
+                    c.wake(now)
+                    c.add(bucket_amount(b, actual), now)
+                return None
+            self._apply_held()  # an open id is settled, as the memory ledger's record would
+        return super().record(reservation_id, buckets, amount_usd, ttl_s, now=given_now, attrs=attrs)
 
     # -- everything else sees the held reservation as an ordinary one -----------------------------
 
