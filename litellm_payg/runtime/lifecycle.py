@@ -117,7 +117,7 @@ class Lifecycle:
         """The candidates this pick may use, best first: untried ones, narrowed by what the last
         failure of this request calls for (``failover.on``) and by the circuit breakers (the first
         one a breaker allows is claimed: ``allow`` takes a half-open probe slot)."""
-        untried = [c for c in decision.ordered if c.deployment_id not in attempts]
+        untried = [c for c in decision.ordered if c.deployment_id not in attempts] if attempts else list(decision.ordered)
         failover = self.engine.policy.failover
         if failover is not None and last_failure is not None:
             failed_id, failed, failure = last_failure

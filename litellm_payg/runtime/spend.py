@@ -555,7 +555,7 @@ class SpendControl:
                 # reservation that settles at once, in one ledger call
                 self.ledger.record(
                     admission.reservation_id,
-                    [replace(bb.bucket, enforce=False) for bb in admission.buckets],
+                    [replace(bb.bucket, enforce=False) for bb in admission.buckets] if admission.buckets else [],
                     cost_usd,
                     self.ttl_s,
                     now=self.clock(),

@@ -156,12 +156,15 @@ class MemoryLedger(Ledger):
         # by position, not by key: a reservation's keys are distinct (``check_buckets``); run on every reservation
         counters = [self._counters.get(b.key) for b in buckets]
         live = [c if c is not None and c.live(now) else None for c in counters]
+        aged = None  # the first bucket past its age: refuses only when none is closed
         for b, c in zip(buckets, live):
-            if c is not None and c.closed:
-                return b.key, "closed"
-        for b, c in zip(buckets, live):
-            if c is not None and age_over(b.max_age_s, c.granted_s, c.first, now):
-                return b.key, "age"
+            if c is not None:
+                if c.closed:
+                    return b.key, "closed"
+                if aged is None and age_over(b.max_age_s, c.granted_s, c.first, now):
+                    aged = b.key
+        if aged is not None:
+            return aged, "age"
         for b, c, lc in zip(buckets, counters, live):
             lim = limit_nanos(b)
             if lim is None:
