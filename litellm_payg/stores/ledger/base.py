@@ -53,6 +53,9 @@ class LedgerUnavailable(LedgerError):
     """The backend could not be reached; the caller decides fail-open/closed."""
 
 
+_FRESH: Any = object()  # ``ReserveResult(usage=...)`` not given: a dict of its own
+
+
 @dataclass(frozen=True)
 class ReserveResult:
     ok: bool
@@ -63,6 +66,12 @@ class ReserveResult:
     #: why ``refused_by`` refused: ``limit`` (its limit, grants included), ``closed`` (an operator
     #: closed it, ``Ledger.adjust``) or ``age`` (its ``max_age_s``, grants included, has passed)
     refused_rule: str | None = None
+
+    def __init__(self, ok: bool, reservation_id: str, refused_by: str | None = None,
+                 usage: dict[str, Usage] = _FRESH, refused_rule: str | None = None) -> None:  # type: ignore[assignment]
+        # written out: one is built on every reservation, and a generated frozen __init__ costs twice this
+        vars(self).update(ok=ok, reservation_id=reservation_id, refused_by=refused_by,
+                          usage={} if usage is _FRESH else usage, refused_rule=refused_rule)
 
 
 @dataclass(frozen=True)
