@@ -347,8 +347,6 @@ class ReplayLedger(MemoryLedger):
     def __init__(self, url: str = "memory://replay") -> None:
         super().__init__(url)
         self._held: _Held | None = None
-        #: the buckets the last reservation passed ``check_buckets`` with (equal buckets pass alike)
-        self._checked: tuple[Bucket, ...] | None = None
 
     # -- the held reservation (lock held) ---------------------------------------------------------
 
@@ -370,9 +368,7 @@ class ReplayLedger(MemoryLedger):
 
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         buckets = tuple(buckets)
-        if buckets != self._checked:  # the same buckets as the last reservation (every row of a scope): checked then
-            check_buckets(buckets)
-            self._checked = buckets
+        check_buckets(buckets)
         check_ttl(ttl_s)
         amount = to_nanos(amount_usd)
         now = clock(now)
