@@ -116,6 +116,9 @@ class _CountedOnRead:
         obj.__dict__[self.name] = value
 
 
+_FRESH: Any = object()  # ``RouteRequest(metadata=...)`` not given: a dict of its own
+
+
 @dataclass(frozen=True)
 class RouteRequest:
     """What the policy knows about a request before it is sent.
@@ -175,6 +178,44 @@ class RouteRequest:
     #: request attributes declared by a scope kind that has no field above (``scopes.request_attribute``,
     #: e.g. ``org``), by the kind's name: filled at the door from where the declaration says
     attrs: Mapping[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        group: str,
+        prompt_tokens: PromptCount,
+        output_tokens: int,
+        max_tokens: int | None = None,
+        user: str | None = None,
+        team: str | None = None,
+        api_key: str | None = None,
+        tags: tuple[str, ...] = (),
+        end_user: str | None = None,
+        choices: int = 1,
+        min_quality: float | None = None,
+        allowed_models: frozenset[str] | None = None,
+        trace_id: str | None = None,
+        metadata: Mapping[str, Any] = _FRESH,  # type: ignore[assignment]
+        session: str | None = None,
+        run: str | None = None,
+        prompt_hash: str | None = None,
+        loop_marks: tuple[Any, ...] = (),
+        prompt_tokens_at_most: int | Callable[[], int] | None = None,
+        api: str | None = None,
+        characters: int | None = None,
+        cache_writes: bool = False,
+        needs: Any = None,
+    ) -> None:
+        # written out rather than generated: one is built on every pick (and every what-if row), and
+        # a generated frozen __init__ sets each of these fields with ``object.__setattr__``, which
+        # cost twice this. The two counted-on-read fields are stored as their descriptor would.
+        vars(self).update(
+            group=group, prompt_tokens=prompt_tokens, output_tokens=output_tokens, max_tokens=max_tokens, user=user,
+            team=team, api_key=api_key, tags=tags, end_user=end_user, choices=choices, min_quality=min_quality,
+            allowed_models=allowed_models, trace_id=trace_id, metadata={} if metadata is _FRESH else metadata,
+            session=session, run=run, prompt_hash=prompt_hash, loop_marks=loop_marks,
+            prompt_tokens_at_most=prompt_tokens_at_most, api=api, characters=characters, cache_writes=cache_writes,
+            needs=needs,
+        )
 
     def prompt_range(self) -> tuple[int, int] | None:
         """``(lowest, highest)`` prompt tokens this request may have without counting it: the count

@@ -110,12 +110,32 @@ def _uniform(candidates: Sequence[Candidate]) -> bool:
     return True
 
 
+def _fits_all(request: RouteRequest, candidates: Sequence[Candidate]) -> bool:
+    """Whether a request needing nothing but room for its prompt is kept by every check below
+    without any drop: one ``order`` among the candidates, and a prompt (or its bound, read as the
+    window check reads it) within the smallest context window. A group of models with different
+    windows takes this path on every decision."""
+    if not candidates:
+        return False
+    first = candidates[0].order
+    for c in candidates:
+        if c.order != first:
+            return False
+    smallest = _window_differs(candidates)
+    if smallest is None:
+        return True
+    bound = request.prompt_tokens if request.prompt_counted else request.prompt_tokens_at_most
+    return bound is not None and bound <= smallest
+
+
 def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | None:
     """The candidates LiteLLM's checks accept for ``request``, or None when all of them are (the
     usual case, decided without counting the prompt)."""
     needs: Needs | None = request.needs
     if needs is None and _uniform(candidates):
         return None
+    if needs is None and _fits_all(request, candidates):
+        return None  # windows differ, but this prompt fits the smallest: what the checks below conclude
     current = list(candidates)
     dropped: list[Drop] = []
     notes: list[str] = []

@@ -48,6 +48,7 @@ declared quality starts unsure, so it earns its way in (or out) on evidence alon
 from __future__ import annotations
 
 import math
+import operator
 
 from pydantic import Field, field_validator
 
@@ -100,6 +101,8 @@ class QualityFloor(Rule):
         super().__init__(options, context)
         # drop reasons by (quality, bar): the same few strings on every pick, formatted once
         self._reasons: dict[tuple[float, float], str] = {}
+        #: the decision's note by bar, formatted once too
+        self._notes: dict[float, str] = {}
 
     def _below(self, quality: float, bar: float) -> str:
         reason = self._reasons.get((quality, bar))
@@ -136,9 +139,14 @@ class QualityFloor(Rule):
             elif ordered is None:
                 kept.append((c.estimate_usd(p, o), c))
         if ordered is None:
-            kept.sort(key=lambda ec: ec[0])
+            kept.sort(key=_first)
             ordered = [c for _, c in kept]
-        return Step(ordered, dropped, f"quality_floor: bar {bar:g}, cheapest first")
+        note = self._notes.get(bar)
+        if note is None:
+            if len(self._notes) > 10_000:
+                self._notes.clear()
+            note = self._notes[bar] = f"quality_floor: bar {bar:g}, cheapest first"
+        return Step(ordered, dropped, note)
 
     def _measured(self, request, candidates, view):
         """The bar judged on each candidate's lower confidence bound (see the module docstring)."""
@@ -228,6 +236,9 @@ def _judged_on(judged: str, est, bar: float, metric: str) -> str:
     if judged == "below":
         return f"upper bound {est.hi:.3f} is below the bar {bar:g} {measured}"
     return f"interval [{est.lo:.3f}, {est.hi:.3f}] straddles the bar {bar:g} {measured}"
+
+
+_first = operator.itemgetter(0)
 
 
 @hookimpl

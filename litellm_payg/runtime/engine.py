@@ -153,7 +153,7 @@ class Engine:
         # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the
         # route -- unless the route's own pick is already no dearer (a downgrade never raises the cost)
         run_step = downgrade(request, current, snapshot.runs, lambda: _own_bar(request, rules)) if snapshot.runs else None
-        rule_steps = list(self._rule_steps(request, current, rules or (), snapshot))
+        rule_steps = list(self._rule_steps(request, current, rules, snapshot)) if rules else []
         if run_step is not None and not _dearer(rule_steps[-1].kept if rule_steps else current, run_step.kept, request):
             notes.append(f"{run_step.note}; kept the route's pick, which is no dearer")
             run_step = None
@@ -161,8 +161,7 @@ class Engine:
             rule_steps = [run_step]  # in place of the route's rules; the filters still apply
         for step in rule_steps:
             current = self._take(step, dropped, notes, attrs, judged)
-        for step in self._filter_steps(request, current, snapshot):
-            current = self._take(step, dropped, notes, attrs, judged)
+        current = self._apply_filters(request, current, snapshot, dropped, notes, attrs, judged)
 
         # a route whose conditions all missed and that has no unconditioned rule governs nothing:
         # the request is spread as in a group without a route (budgets and breakers still apply)
@@ -277,11 +276,15 @@ class Engine:
             current = step.kept
             yield step
 
-    def _filter_steps(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot) -> Iterable[Step]:
+    def _apply_filters(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot,
+                       dropped: list[Drop], notes: list[str], attrs: dict[str, str],
+                       judged: dict[str, str]) -> Sequence[Candidate]:
         """Every ``payg_filter_candidates`` plugin, each applied to what the previous one kept, after
-        the route's rules. The filters are a chain (``hook_chain.py``): one pluggy call per
+        the route's rules; what each step dropped, noted and learnt is recorded (``_take``), and what
+        the last kept is returned. The filters are a chain (``hook_chain.py``): one pluggy call per
         implementation, in pluggy's order, so argument subsets, ``tryfirst``/``trylast``, wrappers
-        and tracing behave as for any other hook."""
+        and tracing behave as for any other hook. A plain loop, not a generator: it runs on every
+        decision, and most links answer nothing."""
         current = candidates
         for link in self._filters.links():
             for step in link.call(request=request, candidates=current, snapshot=snapshot, engine=self):
@@ -290,8 +293,8 @@ class Engine:
                         f"plugin {link.name}: payg_filter_candidates returned {step!r}; "
                         "expected None or a litellm_payg.core.decision.Step"
                     )
-                current = step.kept
-                yield step
+                current = self._take(step, dropped, notes, attrs, judged)
+        return current
 
     # -- binding to a router's deployments ------------------------------------------------------
 

@@ -54,6 +54,12 @@ class Pick:
     #: narrowed it (what ``simulate`` counts drops and downgrades from)
     decided: Decision | None = None
 
+    def __init__(self, candidate: Candidate, reservation_id: str, decision: Decision, admission: Admission,
+                 decided: Decision | None = None) -> None:
+        # written out: one is built on every pick, and a generated frozen __init__ costs twice this
+        vars(self).update(candidate=candidate, reservation_id=reservation_id, decision=decision, admission=admission,
+                          decided=decided)
+
 
 class Lifecycle:
     """The runtime's half of an attempt, over one :class:`~litellm_payg.runtime.engine.Engine`."""
@@ -111,7 +117,7 @@ class Lifecycle:
         """The candidates this pick may use, best first: untried ones, narrowed by what the last
         failure of this request calls for (``failover.on``) and by the circuit breakers (the first
         one a breaker allows is claimed: ``allow`` takes a half-open probe slot)."""
-        untried = [c for c in decision.ordered if c.deployment_id not in attempts]
+        untried = [c for c in decision.ordered if c.deployment_id not in attempts] if attempts else list(decision.ordered)
         failover = self.engine.policy.failover
         if failover is not None and last_failure is not None:
             failed_id, failed, failure = last_failure
@@ -171,9 +177,12 @@ def as_picked(
     reservation, an earlier attempt, the failover step or a circuit breaker). What observers,
     the decision log, metrics and response headers are given, once per attempt."""
     ranked = decision.ordered
-    if (not skipped and ranked and pick is ranked[0] and len(untried) == len(ranked)
-            and all(a is b for a, b in zip(untried, ranked))):
-        return decision  # the usual first attempt: the engine's order, applied as it is
+    if not skipped and ranked and pick is ranked[0] and len(untried) == len(ranked):
+        for a, b in zip(untried, ranked):  # a loop, not all(genexpr): this runs on every pick
+            if a is not b:
+                break
+        else:
+            return decision  # the usual first attempt: the engine's order, applied as it is
     refused = {d.deployment_id for d in skipped}
     ordered = [pick] + [c for c in untried if c is not pick and c.deployment_id not in refused]
     kept = {c.deployment_id for c in ordered}

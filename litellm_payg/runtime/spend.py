@@ -557,7 +557,7 @@ class SpendControl:
                 # reservation that settles at once, in one ledger call
                 self.ledger.record(
                     admission.reservation_id,
-                    [replace(bb.bucket, enforce=False) for bb in admission.buckets],
+                    [replace(bb.bucket, enforce=False) for bb in admission.buckets] if admission.buckets else [],
                     cost_usd,
                     self.ttl_s,
                     now=self.clock(),
@@ -574,6 +574,8 @@ class SpendControl:
         self._flush_unsettled()
 
     def _flush_unsettled(self) -> None:
+        if not self._unsettled:  # the usual case, after every charge: nothing kept (checked again under the lock)
+            return
         while True:
             with self._lock:
                 if not self._unsettled:

@@ -76,6 +76,8 @@ class HistoryPricer(Pricer):
         self._rates: dict[str, tuple[float, float, float, float] | None] = {}
         self._reasoning_apart: dict[str, bool] = {}
         self._exact: dict[tuple, float] = {}
+        #: per deployment: (its rates or None, priced by a custom price, reasoning tokens priced apart)
+        self._fast: dict[str, tuple[tuple[float, float, float, float] | None, bool, bool]] = {}
 
     def add(self, candidate: Any) -> None:
         """A deployment seen after construction (history-built model lists grow as rows arrive)."""
@@ -130,13 +132,17 @@ class HistoryPricer(Pricer):
 
     def charge(self, candidate: Any, row: HistoryRow) -> float | None:
         """The row's recorded tokens at this deployment's price; None when it has no price."""
-        r = self.rates(candidate)
+        dep = candidate.deployment_id
+        fast = self._fast.get(dep)
+        if fast is None:  # the deployment's rates and how they apply, looked up once (called per row and deployment)
+            r = self.rates(candidate)
+            fast = self._fast[dep] = (r, self._custom.get(dep) is not None, bool(self._reasoning_apart.get(dep)))
+        r, custom, apart = fast
         if r is None:
             return None
         p, c = row.prompt_tokens or 0, row.completion_tokens or 0
         read, write = row.cache_read_tokens, row.cache_write_tokens
-        dep = candidate.deployment_id
-        if p > _LINEAR_UP_TO or (row.reasoning_tokens and self._reasoning_apart.get(dep)):
+        if p > _LINEAR_UP_TO or (apart and row.reasoning_tokens):
             key = (dep, p, c, read, write, row.reasoning_tokens)
             v = self._exact.get(key)
             if v is None:
@@ -144,7 +150,7 @@ class HistoryPricer(Pricer):
                     self._exact.clear()
                 v = self._exact[key] = self._call(candidate, p, c, read, write, row.reasoning_tokens)
             return v
-        if self._custom.get(dep) is not None:
+        if custom:
             return p * r[0] + c * r[1]
         return max(0, p - read - write) * r[0] + c * r[1] + read * r[2] + write * r[3]
 
@@ -302,7 +308,7 @@ def replay(
     expected_out = engine.expected_output_tokens(None)
     result = WhatIfResult(policy_source=loaded.source or "<policy>", history_source=history_source)
     by = result.by = {d: {} for d in DIMENSIONS}
-    by_day, by_team, by_key, by_group, by_model_name = (by[d] for d in DIMENSIONS)
+    dims = tuple(by[d] for d in DIMENSIONS)  # in the order of DIMENSIONS: day, team, key, group, model
     totals = result.totals
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
@@ -343,10 +349,11 @@ def replay(
             unpriced(row, f"no deployment for model group {group!r} in the config")
             continue
         actual = by_id[group].get(row.deployment or "") or by_model[group].get(row.model)
-        ordered = order_cache.get((group, actual.deployment_id if actual else ""))
+        order_key = (group, actual.deployment_id if actual else "")
+        ordered = order_cache.get(order_key)
         if ordered is None:  # the deployment that served it first: what the Router's shuffle gave
             ordered = [actual] + [c for c in group_cands if c is not actual] if actual else list(group_cands)
-            order_cache[(group, actual.deployment_id if actual else "")] = ordered
+            order_cache[order_key] = ordered
         clock.now = row.ts
         request = RouteRequest(group=group, prompt_tokens=row.prompt_tokens, output_tokens=expected_out,
                                user=row.user, team=row.team, api_key=row.key, tags=row.tags, end_user=row.end_user,
@@ -423,8 +430,7 @@ def replay(
         if day is None:
             day = day_names[day_n] = iso(day_n * 86400.0)[:10]
         spend, served, was_blocked, was_downgraded = row.spend_usd, blocked_by is None, blocked_by is not None, bool(downgraded_by)
-        for values, value in ((by_day, day), (by_team, row.team or "-"), (by_key, row.key or "-"), (by_group, group),
-                              (by_model_name, row.model)):
+        for values, value in zip(dims, (day, row.team or "-", row.key or "-", group, row.model)):
             t = values.get(value)
             if t is None:
                 t = values[value] = Totals()

@@ -53,6 +53,9 @@ class LedgerUnavailable(LedgerError):
     """The backend could not be reached; the caller decides fail-open/closed."""
 
 
+_FRESH: Any = object()  # ``ReserveResult(usage=...)`` not given: a dict of its own
+
+
 @dataclass(frozen=True)
 class ReserveResult:
     ok: bool
@@ -63,6 +66,12 @@ class ReserveResult:
     #: why ``refused_by`` refused: ``limit`` (its limit, grants included), ``closed`` (an operator
     #: closed it, ``Ledger.adjust``) or ``age`` (its ``max_age_s``, grants included, has passed)
     refused_rule: str | None = None
+
+    def __init__(self, ok: bool, reservation_id: str, refused_by: str | None = None,
+                 usage: dict[str, Usage] = _FRESH, refused_rule: str | None = None) -> None:  # type: ignore[assignment]
+        # written out: one is built on every reservation, and a generated frozen __init__ costs twice this
+        vars(self).update(ok=ok, reservation_id=reservation_id, refused_by=refused_by,
+                          usage={} if usage is _FRESH else usage, refused_rule=refused_rule)
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,8 @@ def to_nanos(usd: float, what: str = "amount_usd") -> int:
     caller free budget it never reserved; nan/inf cannot be an integer; above ``MAX_AMOUNT_USD``
     a counter could overflow SQLite's or Redis's 64-bit integers.
     """
+    if type(usd) is float and 0.0 <= usd <= MAX_AMOUNT_USD:  # the usual case, in one test (nan and inf fail it)
+        return int(round(usd * NANOS_PER_USD))
     if isinstance(usd, bool) or not isinstance(usd, (int, float)):
         raise InvalidAmount(f"{what} must be a number, got {usd!r}")
     if not math.isfinite(usd) or usd < 0:
@@ -324,6 +335,8 @@ def spec_parts(spec: Sequence) -> tuple:
 
 
 def check_buckets(buckets: Sequence[Bucket]) -> None:
+    if not buckets:
+        return
     keys = [b.key for b in buckets]
     if len(set(keys)) != len(keys):
         raise LedgerError(f"duplicate bucket keys in one reservation: {keys}")

@@ -153,21 +153,24 @@ class MemoryLedger(Ledger):
     def _refusal(self, buckets: Sequence[Bucket], amount: int, now: float) -> tuple[str, str] | None:
         """``(bucket key, rule)`` of the first bucket that refuses a reservation of ``amount``:
         one closed first, then one past its age, then one over its limit (grants included)."""
-        live = {b.key: c for b in buckets if (c := self._counters.get(b.key)) is not None and c.live(now)}
-        for b in buckets:
-            if b.key in live and live[b.key].closed:
-                return b.key, "closed"
-        for b in buckets:
-            c = live.get(b.key)
-            if c is not None and age_over(b.max_age_s, c.granted_s, c.first, now):
-                return b.key, "age"
-        for b in buckets:
+        # by position, not by key: a reservation's keys are distinct (``check_buckets``); run on every reservation
+        counters = [self._counters.get(b.key) for b in buckets]
+        live = [c if c is not None and c.live(now) else None for c in counters]
+        aged = None  # the first bucket past its age: refuses only when none is closed
+        for b, c in zip(buckets, live):
+            if c is not None:
+                if c.closed:
+                    return b.key, "closed"
+                if aged is None and age_over(b.max_age_s, c.granted_s, c.first, now):
+                    aged = b.key
+        if aged is not None:
+            return aged, "age"
+        for b, c, lc in zip(buckets, counters, live):
             lim = limit_nanos(b)
             if lim is None:
                 continue
-            c = self._counters.get(b.key)
             used = 0 if c is None else c.spent_at(now) + c.reserved
-            granted = live[b.key].granted if b.key in live else 0
+            granted = lc.granted if lc is not None else 0
             if used + bucket_amount(b, amount) > lim + granted:
                 return b.key, "limit"
         return None
@@ -423,27 +426,26 @@ class ReplayLedger(MemoryLedger):
     def record(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         """A charge admitted without a reservation (a policy without budgets): reserve (unenforced)
         and settle at once, as ``Ledger.record`` does, in one pass."""
-        with self._lock:
-            held = self._held is not None or reservation_id in self._res
-        if held:  # an open id is settled, as the memory ledger's record would
-            with self._lock:
-                self._apply_held()
-            return super().record(reservation_id, buckets, amount_usd, ttl_s, now=now, attrs=attrs)
-        buckets = tuple(buckets)
+        # checked before the lock, held or not: a held reservation is applied by whatever reads next,
+        # so an invalid call leaves the same state either way (one lock per charge, every row)
+        given_now, buckets = now, tuple(buckets)
         check_buckets(buckets)
         check_ttl(ttl_s)
         actual = to_nanos(amount_usd)
         now = clock(now)
         with self._lock:
-            self._check_open()
-            if not buckets and not self._expiry:
-                return None  # no budget counts it and nothing is open to expire: nothing to change
-            self._expire(now)
-            for b in buckets:
-                c = self._counter(b)
-                c.wake(now)
-                c.add(bucket_amount(b, actual), now)
-        return None
+            if self._held is None and reservation_id not in self._res:
+                self._check_open()
+                if not buckets and not self._expiry:
+                    return None  # no budget counts it and nothing is open to expire: nothing to change
+                self._expire(now)
+                for b in buckets:
+                    c = self._counter(b)
+                    c.wake(now)
+                    c.add(bucket_amount(b, actual), now)
+                return None
+            self._apply_held()  # an open id is settled, as the memory ledger's record would
+        return super().record(reservation_id, buckets, amount_usd, ttl_s, now=given_now, attrs=attrs)
 
     # -- everything else sees the held reservation as an ordinary one -----------------------------
 
