@@ -204,6 +204,7 @@ class RouteRequest:
         characters: int | None = None,
         cache_writes: bool = False,
         needs: Any = None,
+        attrs: Mapping[str, str] = _FRESH,  # type: ignore[assignment]
     ) -> None:
         # written out rather than generated: one is built on every pick (and every what-if row), and
         # a generated frozen __init__ sets each of these fields with ``object.__setattr__``, which
@@ -214,7 +215,7 @@ class RouteRequest:
             allowed_models=allowed_models, trace_id=trace_id, metadata={} if metadata is _FRESH else metadata,
             session=session, run=run, prompt_hash=prompt_hash, loop_marks=loop_marks,
             prompt_tokens_at_most=prompt_tokens_at_most, api=api, characters=characters, cache_writes=cache_writes,
-            needs=needs,
+            needs=needs, attrs={} if attrs is _FRESH else attrs,
         )
 
     def prompt_range(self) -> tuple[int, int] | None:
