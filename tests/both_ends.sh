@@ -19,7 +19,7 @@ OLDEST_VENV="${PAYG_OLDEST_VENV:-.venv-litellm-oldest}"
 INTEGRATION=(tests/test_routing.py tests/test_budget_enforcement.py tests/test_failover.py
              tests/test_proxy.py tests/test_conformance_spend.py
              tests/test_trust_boundary_router.py tests/test_trust_boundary.py
-             tests/test_scopes.py tests/test_when.py tests/test_when_proxy.py tests/test_runs.py tests/test_runs_proxy.py
+             tests/test_scopes.py tests/test_when.py tests/test_when_proxy.py tests/test_runs.py tests/test_runs_proxy.py tests/test_runs_mint_proxy.py
              tests/test_runs_control.py tests/test_runs_control_proxy.py
              tests/test_refusals.py tests/test_refusals_proxy.py
              tests/test_routes_proxy.py tests/test_bounded_state_proxy.py

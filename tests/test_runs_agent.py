@@ -332,3 +332,22 @@ def test_loop_marks_read_anthropic_messages_and_responses_input_alike():
             {"role": "tool", "tool_call_id": "k", "content": "none"}]
     marks = [tuple(m.key for m in loop_marks(m, kinds)) for m in (anthropic, responses, chat)]
     assert len(marks[0]) == 2 and marks[0] == marks[1] == marks[2]  # the same call and result, whatever the format
+
+
+async def test_mint_gives_no_run_to_a_request_without_a_key():
+    """``sessions.mint`` mints from the authenticated key only: a request without one (the SDK's, unless
+    its code sets a key) still has to name its run when one is required."""
+    import dataclasses
+
+    from litellm_payg.core.identity import RequestIdentity, minted_session
+
+    nobody = RequestIdentity(user=None, team=None, api_key=None, tags=(), via_proxy=False)
+    assert minted_session(None) is None and minted_session(nobody) is None
+    assert minted_session(dataclasses.replace(nobody, api_key="ab" * 32)) == "key-run-" + "ab" * 8
+    policy = {"version": 1, "ledger": "memory://", "routes": {"agent": []},
+              "sessions": {"required": True, "mint": True},
+              "budgets": [{"scope": "session:*", "window": "session:30m", "limit_usd": 1}]}
+    with attached([deployment("agent", DEAR, "dear", **PRICE)], policy) as (router, engine):
+        with pytest.raises(litellm.BadRequestError, match="sessions.required"):
+            await router.acompletion(model="agent", messages=[{"role": "user", "content": "hi"}],
+                                     mock_response="x")

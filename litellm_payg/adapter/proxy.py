@@ -86,6 +86,9 @@ HEADER_RUN_LIMIT = "x-payg-run-limit-usd"
 HEADER_RUN_REQUESTS = "x-payg-run-requests"
 #: every run budget that applies to the request, tightest first: ``<name>=<remaining>/<limit>,...``
 HEADER_RUN_BUDGETS = "x-payg-run-budgets"
+#: ``sessions.mint``: the run id the plugin gave a request that named none (its key's run); the
+#: client may send it back as its session id, which names the same run
+HEADER_RUN_MINTED = "x-payg-run-minted"
 
 
 class PolicyUnusable(PaygError):
@@ -378,6 +381,8 @@ class ProxyPaygRouting(PaygRouting):
             HEADER_DECISION: json.dumps(summary, separators=(",", ":"), ensure_ascii=True, default=str),
         }
         headers.update(self._run_headers(state))
+        if getattr(state, "minted_run", None):
+            headers[HEADER_RUN_MINTED] = state.minted_run
         return headers
 
     def _run_headers(self, state: Any) -> dict[str, str]:

@@ -76,7 +76,8 @@ from litellm_payg.adapter.failures import (
 )
 from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import (
-    DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, run_of, session_of,
+    DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, minted_session, run_of,
+    session_of,
 )
 from litellm_payg.core.runs import loop_marks, prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
@@ -495,6 +496,14 @@ class PaygRouting(CustomLogger):
         return Needs(image=image, region=None if region is None else str(region), target_order=order,
                      tag_kept=tag_kept, tag_reason=reason, usage=usage, precall_requests=precall)
 
+    def _minted(self, state: RequestState, who: Any) -> str | None:
+        """``sessions.mint``: the key's own run for a request that names none (noted on the state for
+        the ``x-payg-run-minted`` header), else None."""
+        if not getattr(self.engine.policy, "session_mint", False):
+            return None
+        state.minted_run = minted_session(who)
+        return state.minted_run
+
     def _release_unsent(self, state: RequestState) -> None:
         """Free the reservation of a pick that never became an attempt.
 
@@ -559,7 +568,8 @@ class PaygRouting(CustomLogger):
             trace_id=state.trace_id,
             metadata=metadata,
             session=(session := session_of(request_kwargs, metadata,
-                                           getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES))),
+                                           getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES))
+                     or self._minted(state, who)),
             run=run_of(session, who, getattr(self.engine.policy, "run_owner", "key")),
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
                          if self.engine.spend.loop_guards else None),

@@ -189,6 +189,20 @@ def session_of(request_kwargs: Mapping[str, Any], metadata: Mapping[str, Any],
     return None
 
 
+#: the prefix of a run id the plugin minted for a key (``sessions.mint``)
+MINTED_PREFIX = "key-run-"
+
+
+def minted_session(who: RequestIdentity | None) -> str | None:
+    """The run id ``sessions.mint`` gives a request that names none: one per authenticated key
+    (``key-run-<16 hex of its hash>``), so a client that cannot send a run id still has its requests
+    counted in one run, which ends when it idles out like any run. None without a key (the SDK:
+    the calling code sends its own ids). Read from the authenticated key only, never the request."""
+    if who is None or not who.api_key:
+        return None
+    return f"{MINTED_PREFIX}{who.api_key[:16]}"
+
+
 #: ``sessions.owner``: whose a run is
 RUN_OWNERS = ("key", "team", "shared")
 

@@ -72,6 +72,8 @@ class RequestState:
     api: str | None = None
     #: a speech request's input characters, read at the door
     characters: int | None = None
+    #: the run id ``sessions.mint`` gave this request (it named none), for the response header
+    minted_run: str | None = None
     #: the proxy has built the request's response headers: once answered too, nothing reads it
     headers_sent: bool = False
 

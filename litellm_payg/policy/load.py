@@ -94,6 +94,9 @@ class SessionSettings(_Strict):
     required: bool | dict[str, Any] = False
     #: who besides the proxy's admins controls runs (``adapter/run_control.py``)
     operators: RunOperators = Field(default_factory=lambda: RunOperators())
+    #: for clients that cannot send a run id: a request from a key that names none counts in the
+    #: key's own minted run (``identity.minted_session``), said in the ``x-payg-run-minted`` header
+    mint: bool = False
 
     @field_validator("id_from")
     @classmethod
@@ -184,6 +187,8 @@ class Policy:
     #: ``sessions.required``: None (a run id is optional), or the ``When`` of the requests that must
     #: name one (an empty ``When`` matches every request)
     session_required: When | None = None
+    #: ``sessions.mint``: a keyed request that names no run counts in its key's minted run
+    session_mint: bool = False
     #: ``sessions.operators``: keys (hashes), teams and users that control every run, by kind
     run_operators: dict[str, frozenset[str]] = field(default_factory=dict)
     #: ``quality:``: how answers' evidence is kept and judged (``policy/quality.py``)
@@ -324,6 +329,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         reservation_ttl_s=doc.reservation_ttl_s,
         alert_webhook=doc.alert_webhook,
         failover=doc.failover,
+        session_mint=doc.sessions.mint,
         session_sources=tuple(doc.sessions.id_from),
         allow_fields=frozenset(doc.requests.allow_fields),
         unbounded_reserve_usd=doc.requests.unbounded_reserve_usd,
