@@ -351,3 +351,35 @@ async def test_mint_gives_no_run_to_a_request_without_a_key():
         with pytest.raises(litellm.BadRequestError, match="sessions.required"):
             await router.acompletion(model="agent", messages=[{"role": "user", "content": "hi"}],
                                      mock_response="x")
+
+
+async def test_explain_shows_the_runs_downgrade_step_and_the_floor_that_held(tmp_path, capsys):
+    """``litellm-payg explain --session`` reads the run from the policy's ledger: past the downgrade step
+    it says so, and for the ``plan`` step it names the floor that held (the route's, then a hint's)."""
+    import yaml
+
+    from litellm_payg.tools import cli
+
+    model_list = [deployment("agent", CHEAP, "cheap", input_cost_per_token=1e-6, output_cost_per_token=1e-6),
+                  deployment("agent", DEAR, "dear", **PRICE)]
+    policy = {**_steps_policy(), "ledger": f"sqlite:///{tmp_path}/ledger.db"}
+    with attached(model_list, policy) as (router, engine):
+        for i in range(5):  # half the run's budget: past its step
+            await _send(router, [{"role": "user", "content": f"act {i}"}], metadata={"step": "act"})
+            await settled(engine)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+
+    def explain(*extra: str) -> str:
+        capsys.readouterr()
+        assert cli.main(["explain", str(path), "--model", "agent", "--prompt-tokens", "10", "--max-tokens", "20",
+                         "--session", "run-1", *extra]) == 0
+        return capsys.readouterr().out
+
+    plan = explain("--metadata", "step=plan")
+    assert "past its downgrade step at 0.5" in plan
+    assert "the step's bar 0.6 is raised to 0.9: the floor this request keeps (the route's quality_floor) holds" in plan
+    act = explain("--metadata", "step=act")
+    assert "past its downgrade step at 0.5" in act and "raised" not in act
+    hinted = explain("--metadata", "step=act", "--min-quality", "0.9")
+    assert "raised to 0.9: the floor this request keeps (the client's min_quality hint) holds" in hinted

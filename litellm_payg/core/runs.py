@@ -231,8 +231,12 @@ def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequ
     if found is None:
         return None
     run, step = found
-    own = max((b for b in ((floor() if floor is not None else None), request.min_quality) if b is not None), default=None)
+    rule_bar = floor() if floor is not None else None
+    own = max((b for b in (rule_bar, request.min_quality) if b is not None), default=None)
+    held = ""
     if own is not None and own > step.min_quality:
+        whose = "the client's min_quality hint" if own == request.min_quality and own != rule_bar else "the route's quality_floor"
+        held = f"; the step's bar {step.min_quality:g} is raised to {own:g}: the floor this request keeps ({whose}) holds"
         step = DowngradeStep(at=step.at, min_quality=own)
     budget = run.bucket.budget
     used = run.usage.spent_usd + run.usage.reserved_usd
@@ -251,7 +255,7 @@ def downgrade(request: RouteRequest, candidates: Sequence[Candidate], runs: Sequ
             kept.append((c.estimate_usd(request.prompt_tokens, request.output_tokens), c))
     kept.sort(key=lambda ec: ec[0])
     return Step([c for _, c in kept], dropped,
-                f"{why}; cheapest deployment with quality >= {step.min_quality:g} (the route's rules are set aside)",
+                f"{why}; cheapest deployment with quality >= {step.min_quality:g} (the route's rules are set aside){held}",
                 {"run_downgrade": f"{step.at:g}"})
 
 
