@@ -494,19 +494,7 @@ class SqliteLedger(Ledger):
         return True
 
     def state(self, buckets, now=None):
-        now = clock(now)
-        buckets = tuple(buckets)
-        with self._lock:
-            self._write_waiting()
-            self._check_file()
-            try:
-                self._db.execute("BEGIN")
-                try:
-                    rows = self._rows(self._db, buckets, now)
-                finally:
-                    self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
+        rows = self._read(tuple(buckets), clock(now))
         return {k: BucketState(Usage(from_nanos(r[0]), from_nanos(r[1]), from_nanos(r[2])), float(r[3] or 0.0), r[4],
                                r[5], r[6], r[7], live=r[8]) for k, r in rows.items()}
 
@@ -602,21 +590,23 @@ class SqliteLedger(Ledger):
             return True
 
     def usage(self, buckets, now=None):
-        now = clock(now)
-        buckets = tuple(buckets)
+        rows = self._read(tuple(buckets), clock(now))
+        return {k: Usage(from_nanos(r[0]), from_nanos(r[1]), from_nanos(r[2])) for k, r in rows.items()}
+
+    def _read(self, buckets: tuple[Bucket, ...], now: float) -> dict:
+        """Every bucket's row (``_rows``) as of ``now``, after what waits to be written, in one read
+        transaction so all of them come from one snapshot (``usage`` and ``state`` read it)."""
         with self._lock:
             self._write_waiting()
             self._check_file()
             try:
-                # one read transaction so all buckets are read from one snapshot
                 self._db.execute("BEGIN")
                 try:
-                    cur = self._rows(self._db, buckets, now)
+                    return self._rows(self._db, buckets, now)
                 finally:
                     self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 raise LedgerUnavailable(f"SQLite ledger {self.url} unavailable: {e}") from e
-        return {k: Usage(from_nanos(r[0]), from_nanos(r[1]), from_nanos(r[2])) for k, r in cur.items()}
 
     def expire(self, now=None):
         now = clock(now)
