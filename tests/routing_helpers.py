@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import litellm
+import litellm.integrations.custom_logger
+import pytest
 from litellm import Router
 
 import litellm_payg
@@ -89,3 +91,33 @@ async def settled(engine: Any, timeout: float = 15.0) -> None:
     open_now = engine.spend.ledger.open_reservations()
     assert open_now == 0, f"{open_now} reservation(s) still open"
     assert engine.spend.in_flight == 0, f"{engine.spend.in_flight} admitted request(s) never settled"
+
+
+class SuccessLogs(litellm.integrations.custom_logger.CustomLogger):
+    """Counts LiteLLM's success log events, to wait until the late one has run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.seen += 1
+
+
+@pytest.fixture
+def success_logs():
+    """A :class:`SuccessLogs` in LiteLLM's callbacks for the test, removed after it."""
+    logs = SuccessLogs()
+    litellm.callbacks.append(logs)
+    try:
+        yield logs
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(logs)
+
+
+async def until(condition, timeout: float = 10.0) -> bool:
+    """Wait (polling every 20 ms, at most ``timeout`` seconds) until ``condition()`` holds; its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return condition()

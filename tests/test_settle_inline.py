@@ -18,12 +18,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import litellm
 import pytest
-from litellm.integrations.custom_logger import CustomLogger
-from routing_helpers import Recorder, attached, deployment
+from routing_helpers import Recorder, attached, deployment, success_logs, until as _until  # noqa: F401  (fixture)
 from services import fresh_redis_prefix
 
 import litellm_payg
@@ -124,34 +122,6 @@ def test_a_script_that_exits_at_once_leaves_every_answer_recorded_and_nothing_op
 
 
 # -- in process: settled before the caller resumes ---------------------------------------------------
-
-
-class _SuccessLogs(CustomLogger):
-    """Counts LiteLLM's success log events, to wait until the late one has run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = 0
-
-    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        self.seen += 1
-
-
-@pytest.fixture
-def success_logs():
-    logs = _SuccessLogs()
-    litellm.callbacks.append(logs)
-    try:
-        yield logs
-    finally:
-        litellm.logging_callback_manager.remove_callback_from_all_lists(logs)
-
-
-async def _until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return condition()
 
 
 def _attached(tmp_path, budget: bool = True, **router_kwargs):

@@ -25,8 +25,7 @@ import time
 
 import litellm
 import pytest
-from litellm.integrations.custom_logger import CustomLogger
-from routing_helpers import attached
+from routing_helpers import attached, success_logs, until as _until  # noqa: F401  (fixture)
 from services import fresh_redis_prefix
 
 from billing_provider import BillingProvider
@@ -166,27 +165,6 @@ def test_streams_read_to_the_end_then_exit_leave_every_record_and_nothing_open_r
 # -- in process ------------------------------------------------------------------------------------------
 
 
-class _SuccessLogs(CustomLogger):
-    """Counts LiteLLM's success log events, to wait until the late one has run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = 0
-
-    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        self.seen += 1
-
-
-@pytest.fixture
-def success_logs():
-    logs = _SuccessLogs()
-    litellm.callbacks.append(logs)
-    try:
-        yield logs
-    finally:
-        litellm.logging_callback_manager.remove_callback_from_all_lists(logs)
-
-
 async def _open_stream(router, family: str, max_tokens: int = MAX_TOKENS):
     if family == "responses":
         return await router.aresponses(model="responses", input="tell me", max_output_tokens=max_tokens, stream=True)
@@ -288,13 +266,6 @@ def test_a_stream_still_unread_at_exit_is_recorded_as_dropped(tmp_path, family):
         (record,) = ledger.records()
         assert ledger.open_reservations() == 0
     assert record.attrs.get("abandoned") == "stream_dropped" and record.amount_usd > 0
-
-
-async def _until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return condition()
 
 
 # -- through a real proxy -------------------------------------------------------------------------------
