@@ -244,3 +244,40 @@ def test_redis_a_bad_batch_s_is_an_error_naming_it():
         open_ledger("redis://127.0.0.1:6379/0?batch_s=soon")
     with pytest.raises(PolicyError, match="batch_s must be a number of seconds"):
         load_policy({"version": 1, "ledger": "redis://127.0.0.1:6379/0?batch_s=-1"})
+
+
+# -- a batch the timer thread is writing when the process ends or the ledger closes --------------------
+
+_SLOW_WRITE = """
+import sys, threading, time
+from litellm_payg.stores.ledger import open_ledger
+ledger = open_ledger(sys.argv[1] + {sep!r} + "batch_s=0.05")
+writer = "_write_rows" if hasattr(ledger, "_write_rows") else "_write_batch"
+write, started = getattr(ledger, writer), threading.Event()
+def slow(rows):  # a loaded machine: the timer thread took the batch and is still writing it
+    started.set()
+    time.sleep(0.5)
+    write(rows)
+setattr(ledger, writer, slow)
+ledger.record("r1", [], 0.25, ttl_s=60)
+assert started.wait(10)
+{end}
+"""
+
+
+@pytest.mark.parametrize("end", ["", "ledger.close()"], ids=["exit", "close"])
+def test_a_batch_being_written_by_the_timer_at_exit_or_close_is_not_lost_sqlite(tmp_path, end):
+    path = tmp_path / "l.db"
+    subprocess.run([sys.executable, "-c", _SLOW_WRITE.format(sep="?", end=end), f"sqlite:///{path}"],
+                   check=True, timeout=120, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    assert _on_disk(path) == [("r1", 0.25)]
+
+
+@pytest.mark.parametrize("end", ["", "ledger.close()"], ids=["exit", "close"])
+def test_a_batch_being_written_by_the_timer_at_exit_or_close_is_not_lost_redis(redis_base, end):
+    """The Redis ledger's exit hook and close() used to see nothing waiting (the timer thread had taken
+    the batch), return, and let the interpreter end or the pool close under the write: 0 records for 4
+    billed streams in tests/test_settle_streams.py on a loaded machine."""
+    subprocess.run([sys.executable, "-c", _SLOW_WRITE.format(sep="&", end=end), redis_base],
+                   check=True, timeout=120, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    assert _seen_by_another_replica(redis_base) == [("r1", 0.25)]

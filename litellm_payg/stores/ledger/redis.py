@@ -386,9 +386,14 @@ class RedisLedger(Ledger):
         except redis_lib.RedisError as e:
             raise LedgerError(f"Redis ledger {self.url} error: {e}") from e
 
-    def _write_waiting(self) -> None:
-        """Write the waiting records (before any other call reads or writes); they wait again on failure."""
-        if not len(self._waiting):
+    def _write_waiting(self, *, wait_for_writes: bool = False) -> None:
+        """Write the waiting records (before any other call reads or writes); they wait again on failure.
+
+        ``wait_for_writes`` (``flush``, ``close`` and so the exit hook): also wait for a batch another
+        thread is writing. The timer thread takes its batch before it writes it, so "nothing waits"
+        can mean "a write is under way"; returning then let the interpreter end, or ``close`` shut
+        the pool, under that write, and its records were lost."""
+        if not wait_for_writes and not len(self._waiting):
             return
         with self._writing:
             self._waiting.write_with(self._write_rows)
@@ -397,7 +402,7 @@ class RedisLedger(Ledger):
         """Write the records waiting to be batched now. Raises ``LedgerUnavailable`` if they
         cannot be written (they keep waiting), unless ``quiet``, when it logs that instead."""
         try:
-            self._write_waiting()
+            self._write_waiting(wait_for_writes=True)
         except LedgerError as exc:
             if not quiet:
                 raise
@@ -527,7 +532,7 @@ class RedisLedger(Ledger):
     def close(self):
         self._waiting.close()
         try:
-            self._write_waiting()
+            self._write_waiting(wait_for_writes=True)
         except LedgerError as exc:
             lost = self._waiting.take()
             logger.error("litellm-payg: Redis ledger %s closed with %d record(s) it could not write (%s); they were: %s",
