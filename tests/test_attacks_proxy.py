@@ -188,14 +188,16 @@ def test_the_cap_holds_against_files_and_batches(proxy, fake):
 
 def test_a_flood_of_1_mib_metadata_blobs_keeps_the_proxy_memory_flat(proxy, fake):
     """60 requests, each carrying a 1 MiB metadata blob: the proxy keeps no per-request copy (its
-    resident memory grows by less than a third of what was sent) and the cap holds."""
+    resident memory grows by less than half of what was sent; a kept copy, parsed, is more than all
+    of it) and the cap holds. The warm-up is long enough for the allocator's arenas to settle: with
+    5 warm-up requests a loaded machine measured 24 MiB of growth that was not kept."""
     blob = "x" * (1 << 20)
-    warm = run_attack(proxy, "/v1/chat/completions", lambda: {**CHAT, "metadata": {"blob": blob}}, attempts=5)
+    warm = run_attack(proxy, "/v1/chat/completions", lambda: {**CHAT, "metadata": {"blob": blob}}, attempts=15)
     before = proxy.rss_kib
     sent = warm + run_attack(proxy, "/v1/chat/completions", lambda: {**CHAT, "metadata": {"blob": blob}}, attempts=60)
     grown_mib = (proxy.rss_kib - before) / 1024
     assert not [s for s in sent if s.status >= 500], [s.text for s in sent if s.status >= 500][:2]
-    assert grown_mib < 20, f"the proxy's VmRSS grew {grown_mib:.0f} MiB over 60 MiB of metadata blobs"
+    assert grown_mib < 30, f"the proxy's VmRSS grew {grown_mib:.0f} MiB over 60 MiB of metadata blobs"
     assert all(s.ledger_usd >= s.billed_usd * (1 - 1e-9) - 1e-12 for s in sent)
 
 
