@@ -88,6 +88,23 @@ def test_at_the_estimate_it_stays_quiet_over_20000_answers():
         assert watch.alarms == 0 and tally.n == 20_000
 
 
+def test_a_score_goes_through_the_same_test():
+    # scores in [0, 1] averaging 0.95, then 0.70: quiet over 20,000, an alarm within tens after the drop
+    rng = random.Random(5)
+    test = DropTest((BAR,), threshold_for(RATE), *prior_counts("score", 0.92, 10))
+    tally, watch, now = Tally(0.0), Watch(), 0.0
+    for _ in range(20_000):
+        now += GAP
+        tally, watch, alarm = observe(tally, watch, rng.betavariate(19, 1), now, H, test)
+        assert not alarm
+    for answers in range(1, 500):
+        now += GAP
+        tally, watch, alarm = observe(tally, watch, rng.betavariate(7, 3), now, H, test)
+        if alarm:
+            break
+    assert alarm and answers <= 100 and watch.alarms == 1
+
+
 def test_a_cell_at_or_below_every_bar_is_not_tested():
     test = _test(prior=0.6)  # declared 0.6: the estimate is under the bar
     tally, watch = Tally(0.0), Watch()
@@ -124,6 +141,9 @@ def test_the_setting_sets_the_threshold_and_null_turns_detection_off():
     assert control.drop_test("plain", "valid", "pass", "sim/a") is None  # judged on declared scores only
     assert control.drop_test("chat", "helpful", "pass", "sim/a") is None  # not the metric judged
     assert control.drop_test("chat", "valid", "pass", "sim/unknown").a0 == 1.0  # no declared quality: uniform
+    # found as a candidate's is: by deployment id, model string or bare model name
+    assert control.drop_test("chat", "valid", "pass", "other/a", deployment_id="sim/a").a0 == pytest.approx(9.2)
+    assert control.drop_test("chat", "valid", "pass", "openai/sim/a").a0 == pytest.approx(9.2)
     assert QualityControl(_policy(drop_false_alarm_rate=1e-3), "memory://", clock=lambda: 0.0).drop_test(
         "chat", "valid", "pass", "sim/a").threshold == pytest.approx(math.log(1e3))
     assert QualityControl(_policy(drop_false_alarm_rate=None), "memory://", clock=lambda: 0.0).drop_test(

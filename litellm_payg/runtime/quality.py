@@ -89,7 +89,7 @@ class QualityControl:
         number = check_value(kind, value)
         record = dict(attrs, deployment_id=deployment_id, cls=cls, metric=metric)
         key, now = cell_key(deployment_id, cls, metric), self.clock() if now is None else now
-        test = self.drop_test(group, metric, kind, attrs.get("model"))
+        test = self.drop_test(group, metric, kind, attrs.get("model"), deployment_id)
         if test is None:  # nothing judges this metric on a bar here (or detection is off): the tally alone
             tally = self.store.add(group, key, number, self.settings.half_life_s, now=now, record=record)
         else:
@@ -103,16 +103,16 @@ class QualityControl:
                            f" class {cls!r}" if cls else "", out.tally.n, out.watch.alarms)
         return tally
 
-    def drop_test(self, group: str, metric: str, kind: str, model: Any = None) -> DropTest | None:
+    def drop_test(self, group: str, metric: str, kind: str, model: Any = None,
+                  deployment_id: str | None = None) -> DropTest | None:
         """How an observation of ``metric`` on ``group`` moves its cell's drop detector: against
-        the route's bars, with the declared quality of ``model`` (the ``models:`` section) as the
-        estimate's prior, as a decision computes it; None when nothing judges it on a bar or the
-        policy turned detection off."""
+        the route's bars, with the declared quality of the deployment (its ``models:`` entry, found
+        by deployment id, model or bare model name, as its candidate's) as the estimate's prior, as
+        a decision computes it; None when nothing judges it on a bar or detection is off."""
         bars = self.bars.get((group, metric))
         if self._threshold is None or not bars:
             return None
-        facts = self._policy.models.get(model) if isinstance(model, str) else None
-        declared = getattr(facts, "quality", None)
+        declared = getattr(_facts(self._policy.models, model, deployment_id), "quality", None)
         prior = declared if declared is not None and 0.0 <= declared <= 1.0 else None
         a0, b0 = prior_counts(kind, prior, self.settings.prior_weight)
         return DropTest(bars, self._threshold, a0, b0)
@@ -196,6 +196,15 @@ class QualityControl:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def _facts(models: Mapping[str, Any], model: Any, deployment_id: str | None) -> Any:
+    """The ``models:`` entry a deployment's candidate takes its declared quality from: the first of
+    its deployment id, model string and bare model name the policy names (``stores.prices.facts_for``)."""
+    refs = [deployment_id] if deployment_id else []
+    if isinstance(model, str) and model:
+        refs += [model] + ([model.split("/", 1)[1]] if "/" in model else [])
+    return next((models[r] for r in refs if r in models), None)
 
 
 def _measured_bars(policy: Any) -> dict[tuple[str, str], tuple[float, ...]]:
