@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from litellm_payg.core.drop_detector import DropTest, prior_counts, threshold_for
+from litellm_payg.core.drop_detector import DropTest, Observed, Watch, prior_counts, threshold_for
 from litellm_payg.core.quality import QualityView, Tally, check_value, z_for
 from litellm_payg.stores.evidence import EvidenceError, EvidenceStore, cell_key, open_evidence, split_key
 
@@ -91,17 +91,16 @@ class QualityControl:
         key, now = cell_key(deployment_id, cls, metric), self.clock() if now is None else now
         test = self.drop_test(group, metric, kind, attrs.get("model"), deployment_id)
         if test is None:  # nothing judges this metric on a bar here (or detection is off): the tally alone
-            tally = self.store.add(group, key, number, self.settings.half_life_s, now=now, record=record)
+            out = Observed(self.store.add(group, key, number, self.settings.half_life_s, now=now, record=record), Watch())
         else:
             out = self.store.observe(group, key, number, self.settings.half_life_s, now=now, record=record, test=test)
-            tally = out.tally
         with self._lock:
             self._views.pop(group, None)  # this replica sees its own evidence at once
-        if test is not None and out.alarm:
+        if out.alarm:
             logger.warning("litellm-payg quality: %s's %s on route %r%s dropped toward the bar: its evidence from "
                            "before the change is forgotten (%d answers kept, alarm %d)", deployment_id, metric, group,
                            f" class {cls!r}" if cls else "", out.tally.n, out.watch.alarms)
-        return tally
+        return out.tally
 
     def drop_test(self, group: str, metric: str, kind: str, model: Any = None,
                   deployment_id: str | None = None) -> DropTest | None:

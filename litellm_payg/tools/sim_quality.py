@@ -189,6 +189,7 @@ def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7,
     from litellm_payg.core.snapshot import Snapshot
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.runtime.engine import Engine
+    from litellm_payg.stores.evidence import split_key
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     bar = _bar(loaded, scenario.group)
@@ -238,8 +239,6 @@ def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7,
                 engine.quality.record(scenario.group, chosen.deployment_id, "valid", u < q, cls=engine.quality.class_of(request),
                                       now=now[0], model=chosen.model, source="simulated")
         if way == "measured":
-            from litellm_payg.stores.evidence import split_key
-
             for key, watch in sorted(engine.quality.store.watches(scenario.group).items()):
                 if watch.alarms and watch.alarm_t is not None:
                     dep, cls, _ = split_key(key)
