@@ -3,8 +3,9 @@
 ``litellm-payg simulate policies/measured-quality.yaml --scenario quality-convergence`` compares the
 declared scores, measured quality with exploration and the oracle per 1,000 requests. Within the
 first 20,000 requests the measured policy must settle at most 3% over the oracle's cost with at
-most 1% of requests served below the bar, adopt the model that joins and drop the one that
-degrades; without exploration or without forgetting it must not.
+most 1% of requests served below the bar (and be within both over all 20,000 requests), adopt the
+model that joins and drop the one that degrades; without exploration it must not adopt, without
+forgetting and drop detection it must not drop; the drop detector alone drops it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def test_measured_quality_settles_near_the_oracle_adopts_the_newcomer_and_drops_
     windows = result["windows"]
     assert sum(w["requests"] for w in windows) == 20_000 and len(windows) == 20
     assert result["settled_at"] is not None and result["settled_at"] <= 17_000  # at least 3 settled windows
+    # and over all 20,000 requests, not only the settled windows: the drop detector notices mid's
+    # degradation in tens of its answers, where forgetting alone took ~1,700 requests
+    totals = result["totals"]["measured"]
+    assert totals["over_oracle"] <= MAX_OVER and totals["below_bar"] <= MAX_BELOW and result["goal"]["overall_met"]
+    assert [(a["deployment"], a["class"]) for a in result["alarms"]] == [("sim/mid", "extract")]
+    assert windows[12]["measured_below"] <= 0.10 and windows[13]["measured_below"] <= MAX_BELOW
     for w in windows:
         if w["from"] >= result["settled_at"]:
             assert w["measured_over"] <= MAX_OVER and w["measured_below"] <= MAX_BELOW
@@ -61,10 +68,24 @@ def test_without_exploration_the_newcomer_is_never_adopted():
     assert stuck.adopted is None and stuck.settled_at is None
 
 
-def test_without_forgetting_the_degraded_model_is_not_dropped_within_20000_requests():
+def test_without_forgetting_or_drop_detection_the_degraded_model_is_not_dropped_within_20000_requests():
+    result = simulate_quality(_policy(half_life_s=None, drop_false_alarm_rate=None),
+                              load_quality_scenario("quality-convergence"), seed=7, ways=("measured",))
+    assert result.dropped is None and result.settled_at is None and result.alarms == []
+
+
+def test_the_drop_detector_alone_drops_the_degraded_model_within_tens_of_its_answers():
+    # no forgetting at all: only the detector's alarm can make mid's 6,000 good extract answers go
     result = simulate_quality(_policy(half_life_s=None), load_quality_scenario("quality-convergence"), seed=7,
                               ways=("measured",))
-    assert result.dropped is None and result.settled_at is None
+    assert result.dropped == "sim/mid"
+    [alarm] = result.alarms
+    assert (alarm["deployment"], alarm["class"], alarm["alarms"]) == ("sim/mid", "extract", 1)
+    # about half the requests are extract ones, all served by mid until the alarm
+    assert 12_500 < alarm["last_at_request"] <= 12_500 + 2 * 100
+    window = result.windows[12]  # 12,000-13,000: mid degraded halfway through it
+    assert window.below_share("measured") <= 0.10
+    assert result.totals["measured"]["below_bar"] <= MAX_BELOW
 
 
 def test_the_table():
@@ -72,3 +93,5 @@ def test_the_table():
     text = format_quality(simulate_quality(str(POLICY), scenario, seed=7))
     assert "oracle $/1k  declared  below  measured  below explored" in text
     assert "  3000-4000 " in text and "declared: $" in text and "measured: adopted the model that joined" in text
+    assert "measured, all 4,000 requests: " in text and "(goal: at most 3% over)" in text
+    assert "measured: drop detector alarms: none" in text  # mid degrades at 12,500

@@ -42,7 +42,9 @@ clearing the bar (so a promising newcomer gets most of the budget, a model alrea
 the bottom a sliver); the most promising such candidate is tried. Exploration stops by itself for
 a candidate once its interval no longer straddles the bar. A model added to the group without a
 declared quality starts unsure, so it earns its way in (or out) on evidence alone. Forgetting
-(``quality.half_life_s``) widens an unused candidate's interval again over time.
+(``quality.half_life_s``) widens an unused candidate's interval again over time; a drop detector per
+cell (``quality.drop_false_alarm_rate``, ``core/drop_detector.py``) makes a candidate whose rate
+fell to the bar forget its evidence from before the drop within tens of answers.
 """
 
 from __future__ import annotations

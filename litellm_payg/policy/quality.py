@@ -5,6 +5,7 @@
     quality:
       metrics: {valid: pass, helpful: score}   # a metric's kind: pass (true/false) or score (0..1)
       half_life_s: 86400        # evidence this old counts half (forgetting); null: never forget
+      drop_false_alarm_rate: 1.0e-6   # a drop detector per cell (below); null: forgetting only
       prior_weight: 10          # the declared models: quality counts as this many observations
       confidence: 0.95          # one-sided: routing judges a candidate on this lower bound
       class_by: metadata.step   # cells per value of this request field (or 'tags'); none: one cell
@@ -18,6 +19,16 @@
 
 The response validators (``validate:``) record the metric ``valid`` on every answer they check;
 feedback and other sources name their metric.
+
+``drop_false_alarm_rate``: every answer of a cell on a route with a measured ``quality_floor`` on
+that metric also moves a one-sided CUSUM (Page's test, ``core/drop_detector.py``) of "the rate fell
+from the cell's estimate to the route's bar"; it alarms at ``ln(1/rate)``, so at the estimate a
+false alarm comes at most once per ``1/rate`` answers on average, and a drop from 0.95 to 0.70
+against a bar of 0.85 is noticed in about 55 answers at the default. An alarm makes the cell forget
+the evidence from before the change, so its bound falls below the bar and routing moves away (then
+exploration decides whether it comes back). Forgetting by half-life alone notices such a drop only
+as the old answers fade: hundreds or thousands of answers later. The statistic is kept with the
+tally in the evidence store, moved in the same atomic step, so replicas share it.
 """
 
 from __future__ import annotations
@@ -58,6 +69,8 @@ class QualitySettings(BaseModel):
 
     metrics: dict[str, Literal["pass", "score"]] = Field(default_factory=lambda: {VALIDATOR_METRIC: "pass"})
     half_life_s: Seconds | None = 7 * 86400
+    #: the drop detector's false alarm rate per answer (its threshold is ln(1/rate)); None: no detector
+    drop_false_alarm_rate: float | None = Field(1e-6, gt=0, le=0.5)
     prior_weight: float = Field(10.0, ge=0, le=MAX_SCORE)
     confidence: float = Field(0.95, ge=0.5, lt=1)
     class_by: str | None = None

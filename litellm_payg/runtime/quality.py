@@ -5,6 +5,11 @@ so replicas share it), writes every observation to it (from the validators, feed
 hands the engine a :class:`~litellm_payg.core.quality.QualityView` per route for its ``Snapshot``,
 cached for ``quality.refresh_s`` of the engine's clock (a decision never waits on more than one
 read per route per refresh). Exploration spend is counted here too: per route, per window.
+
+Each observation on a route with a measured ``quality_floor`` on its metric is also a step of the
+cell's drop detector (``core/drop_detector.py``), tested against that route's bars with the
+observed deployment's declared quality as the estimate's prior; the store moves it in the same
+atomic step as the tally, and an alarm is logged.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from litellm_payg.core.drop_detector import DropTest, Observed, Watch, prior_counts, threshold_for
 from litellm_payg.core.quality import QualityView, Tally, check_value, z_for
 from litellm_payg.stores.evidence import EvidenceError, EvidenceStore, cell_key, open_evidence, split_key
 
@@ -44,6 +50,11 @@ class QualityControl:
         self.explore_windows: dict[str, float] = dict(explore_windows or {})
         self._views: dict[str, tuple[float, QualityView]] = {}
         self._lock = threading.Lock()
+        rate = getattr(self.settings, "drop_false_alarm_rate", None)
+        #: the drop detectors' threshold (None: no detection)
+        self._threshold = None if rate is None else threshold_for(rate)
+        #: the bars a drop is tested against, per (route, metric): its measured quality_floors'
+        self.bars: dict[tuple[str, str], tuple[float, ...]] = _measured_bars(policy)
 
     @property
     def store(self) -> EvidenceStore:
@@ -77,11 +88,33 @@ class QualityControl:
         kind = self.settings.kind(metric)
         number = check_value(kind, value)
         record = dict(attrs, deployment_id=deployment_id, cls=cls, metric=metric)
-        tally = self.store.add(group, cell_key(deployment_id, cls, metric), number, self.settings.half_life_s,
-                               now=self.clock() if now is None else now, record=record)
+        key, now = cell_key(deployment_id, cls, metric), self.clock() if now is None else now
+        test = self.drop_test(group, metric, kind, attrs.get("model"), deployment_id)
+        if test is None:  # nothing judges this metric on a bar here (or detection is off): the tally alone
+            out = Observed(self.store.add(group, key, number, self.settings.half_life_s, now=now, record=record), Watch())
+        else:
+            out = self.store.observe(group, key, number, self.settings.half_life_s, now=now, record=record, test=test)
         with self._lock:
             self._views.pop(group, None)  # this replica sees its own evidence at once
-        return tally
+        if out.alarm:
+            logger.warning("litellm-payg quality: %s's %s on route %r%s dropped toward the bar: its evidence from "
+                           "before the change is forgotten (%d answers kept, alarm %d)", deployment_id, metric, group,
+                           f" class {cls!r}" if cls else "", out.tally.n, out.watch.alarms)
+        return out.tally
+
+    def drop_test(self, group: str, metric: str, kind: str, model: Any = None,
+                  deployment_id: str | None = None) -> DropTest | None:
+        """How an observation of ``metric`` on ``group`` moves its cell's drop detector: against
+        the route's bars, with the declared quality of the deployment (its ``models:`` entry, found
+        by deployment id, model or bare model name, as its candidate's) as the estimate's prior, as
+        a decision computes it; None when nothing judges it on a bar or detection is off."""
+        bars = self.bars.get((group, metric))
+        if self._threshold is None or not bars:
+            return None
+        declared = getattr(_facts(self._policy.models, model, deployment_id), "quality", None)
+        prior = declared if declared is not None and 0.0 <= declared <= 1.0 else None
+        a0, b0 = prior_counts(kind, prior, self.settings.prior_weight)
+        return DropTest(bars, self._threshold, a0, b0)
 
     def explore_key(self, group: str, now: float) -> tuple[str, float]:
         """The counter of ``group``'s current exploration window, and the seconds left in it."""
@@ -162,6 +195,30 @@ class QualityControl:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def _facts(models: Mapping[str, Any], model: Any, deployment_id: str | None) -> Any:
+    """The ``models:`` entry a deployment's candidate takes its declared quality from: the first of
+    its deployment id, model string and bare model name the policy names (``stores.prices.facts_for``)."""
+    refs = [deployment_id] if deployment_id else []
+    if isinstance(model, str) and model:
+        refs += [model] + ([model.split("/", 1)[1]] if "/" in model else [])
+    return next((models[r] for r in refs if r in models), None)
+
+
+def _measured_bars(policy: Any) -> dict[tuple[str, str], tuple[float, ...]]:
+    """Every bar a measured ``quality_floor`` judges on, per (route, metric): its ``min_quality``
+    and its tiers', ascending."""
+    bars: dict[tuple[str, str], set[float]] = {}
+    for group, specs in (getattr(policy, "routes", None) or {}).items():
+        for spec in specs:
+            measured = getattr(spec.options, "measured", None) if spec.name == "quality_floor" else None
+            if measured is None:
+                continue
+            found = bars.setdefault((group, measured.metric), set())
+            found.add(float(spec.options.min_quality))
+            found.update(float(t.min_quality) for t in spec.options.tiers)
+    return {key: tuple(sorted(b)) for key, b in bars.items()}
 
 
 def _with_spent(view: QualityView, spent: float) -> QualityView:

@@ -5,6 +5,9 @@ What is kept, on the policy's ledger backend (the same URL works: own tables / k
 * **tallies**: one :class:`~litellm_payg.core.quality.Tally` per cell (route, deployment, class,
   metric), updated in place with the half-life the caller passes (one atomic step per observation:
   a ``BEGIN IMMEDIATE`` transaction in SQLite, a Lua script in Redis);
+* **drop detectors**: one :class:`~litellm_payg.core.drop_detector.Watch` per cell a caller tests
+  (``test=``), moved in the same atomic step as the tally, which an alarm cuts back to the evidence
+  since the change (``core/drop_detector.py``): replicas share one statistic per cell;
 * **the evidence log**: every observation with its request id, model, class, source, split arm and
   the request's cost (what an A/B verdict is computed from), newest kept up to ``log_max``;
 * **requests**: the plugin's own record of a request it routed (route, deployment, model, key,
@@ -30,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from litellm_payg.core.drop_detector import MAX_BASELINE, DropTest, Observed, Watch, observe
 from litellm_payg.core.quality import Tally
 from litellm_payg.stores.ledger.base import redact_url
 from litellm_payg.stores.schemes import StoreURLError, parse_store_url
@@ -61,14 +65,24 @@ class EvidenceStore(ABC):
     def _now(self, now: float | None) -> float:
         return self.clock() if now is None else float(now)
 
-    @abstractmethod
     def add(self, group: str, key: str, value: float, half_life_s: float | None, now: float | None = None,
-            record: Mapping[str, Any] | None = None) -> Tally:
+            record: Mapping[str, Any] | None = None, test: DropTest | None = None) -> Tally:
         """Add one observation to a cell (and ``record`` to the log); returns the cell's tally after."""
+        return self.observe(group, key, value, half_life_s, now, record, test).tally
+
+    @abstractmethod
+    def observe(self, group: str, key: str, value: float, half_life_s: float | None, now: float | None = None,
+                record: Mapping[str, Any] | None = None, test: DropTest | None = None) -> Observed:
+        """Add one observation to a cell and, with ``test``, move its drop detector in the same atomic
+        step (an alarm cuts the tally back to the evidence since the change); returns both after."""
 
     @abstractmethod
     def tallies(self, group: str) -> dict[str, Tally]:
         """Every cell of a route, as last written (age them with ``Tally.at``)."""
+
+    @abstractmethod
+    def watches(self, group: str) -> dict[str, Watch]:
+        """The drop detector of every cell of a route that has one."""
 
     @abstractmethod
     def log(self, group: str | None = None) -> list[dict[str, Any]]:
@@ -113,22 +127,31 @@ class MemoryEvidence(EvidenceStore):
         self.url = url
         self._lock = threading.Lock()
         self._cells: dict[str, dict[str, Tally]] = {}
+        self._watches: dict[str, dict[str, Watch]] = {}
         self._log: deque[dict[str, Any]] = deque(maxlen=log_max)
         self._requests: dict[str, tuple[float, dict[str, Any]]] = {}
         self._counters: dict[str, tuple[float, float]] = {}
 
-    def add(self, group, key, value, half_life_s, now=None, record=None):
+    def observe(self, group, key, value, half_life_s, now=None, record=None, test=None):
         now = self._now(now)
         with self._lock:
             cells = self._cells.setdefault(group, {})
-            tally = cells[key] = cells.get(key, Tally(now)).add(value, now, half_life_s)
+            watches = self._watches.setdefault(group, {})
+            out = observe(cells.get(key, Tally(now)), watches.get(key, Watch()), value, now, half_life_s, test)
+            cells[key] = out.tally
+            if test is not None:
+                watches[key] = out.watch
             if record is not None:
                 self._log.append(dict(record, ts=now, group=group, value=value))
-            return tally
+            return out
 
     def tallies(self, group):
         with self._lock:
             return dict(self._cells.get(group, {}))
+
+    def watches(self, group):
+        with self._lock:
+            return dict(self._watches.get(group, {}))
 
     def log(self, group=None):
         with self._lock:
@@ -182,6 +205,7 @@ CREATE TABLE IF NOT EXISTS quality_cells (
     t REAL NOT NULL, w REAL NOT NULL, s REAL NOT NULL, ss REAL NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (grp, cell)
 );
+CREATE TABLE IF NOT EXISTS quality_watches (grp TEXT NOT NULL, cell TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (grp, cell));
 CREATE TABLE IF NOT EXISTS quality_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quality_requests (id TEXT PRIMARY KEY, expires REAL NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quality_counters (key TEXT PRIMARY KEY, expires REAL NOT NULL, usd REAL NOT NULL)
@@ -221,19 +245,27 @@ class SqliteEvidence(EvidenceStore):
             except sqlite3.Error as e:
                 raise EvidenceError(f"SQLite evidence store {self.url}: {e}") from e
 
-    def add(self, group, key, value, half_life_s, now=None, record=None):
+    def observe(self, group, key, value, half_life_s, now=None, record=None, test=None):
         now = self._now(now)
 
-        def tx(db: sqlite3.Connection) -> Tally:
+        def tx(db: sqlite3.Connection) -> Observed:
             row = db.execute("SELECT t, w, s, ss, n FROM quality_cells WHERE grp = ? AND cell = ?", (group, key)).fetchone()
-            tally = (Tally(*row) if row else Tally(now)).add(value, now, half_life_s)
+            watch = Watch()
+            if test is not None:
+                found = db.execute("SELECT body FROM quality_watches WHERE grp = ? AND cell = ?", (group, key)).fetchone()
+                watch = Watch.from_list(json.loads(found[0])) if found else watch
+            out = observe(Tally(*row) if row else Tally(now), watch, value, now, half_life_s, test)
+            tally = out.tally
             db.execute("INSERT OR REPLACE INTO quality_cells VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (group, key, tally.t, tally.w, tally.s, tally.ss, tally.n))
+            if test is not None:
+                db.execute("INSERT OR REPLACE INTO quality_watches VALUES (?, ?, ?)",
+                           (group, key, json.dumps(out.watch.as_list())))
             if record is not None:
                 db.execute("INSERT INTO quality_log (grp, body) VALUES (?, ?)",
                            (group, json.dumps(dict(record, ts=now, group=group, value=value))))
                 db.execute("DELETE FROM quality_log WHERE seq <= (SELECT MAX(seq) FROM quality_log) - ?", (self.log_max,))
-            return tally
+            return out
 
         return self._tx(tx)
 
@@ -241,6 +273,11 @@ class SqliteEvidence(EvidenceStore):
         rows = self._tx(lambda db: db.execute("SELECT cell, t, w, s, ss, n FROM quality_cells WHERE grp = ?",
                                               (group,)).fetchall(), write=False)
         return {cell: Tally(t, w, s, ss, n) for cell, t, w, s, ss, n in rows}
+
+    def watches(self, group):
+        rows = self._tx(lambda db: db.execute("SELECT cell, body FROM quality_watches WHERE grp = ?",
+                                              (group,)).fetchall(), write=False)
+        return {cell: Watch.from_list(json.loads(body)) for cell, body in rows}
 
     def log(self, group=None):
         if group is None:
@@ -303,31 +340,71 @@ class SqliteEvidence(EvidenceStore):
             self._db.close()
 
 
-# KEYS[1] the route's hash of cells; ARGV: cell, value, now, half-life ("" for none). The same
-# arithmetic as Tally.add, in one step so two replicas never lose an observation.
+# KEYS[1] the route's hash of cells, KEYS[2] its hash of drop detectors; ARGV: cell, value, now,
+# half-life ("" for none), then the drop test ("" for none: the detector is left alone): threshold,
+# the prior's a0 and b0, the route's bars. The same arithmetic as core.drop_detector.observe (and
+# Tally.add in it), in one step so two replicas never lose an observation or a move of the statistic.
 _REDIS_ADD = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local value, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 local h = tonumber(ARGV[4])
-local t, w, s, ss, n = now, 0, 0, 0, 0
-if raw then
-  local v = cjson.decode(raw)
-  t, w, s, ss, n = v[1], v[2], v[3], v[4], v[5]
-end
-local k = 1
-if now >= t then
-  if h and now > t then
-    local f = 0.5 ^ ((now - t) / h)
-    w, s, ss = w * f, s * f, ss * f
+local function add(c, x)
+  local t, w, s, ss, n = c[1], c[2], c[3], c[4], c[5]
+  local k = 1
+  if now >= t then
+    if h and now > t then
+      local f = 0.5 ^ ((now - t) / h)
+      w, s, ss = w * f, s * f, ss * f
+    end
+    t = now
+  elseif h then
+    k = 0.5 ^ ((t - now) / h)
   end
-  t = now
-elseif h then
-  k = 0.5 ^ ((t - now) / h)
+  return {t, w + k, s + k * x, ss + k * x * x, n + 1}
 end
-w, s, ss, n = w + k, s + k * value, ss + k * value * value, n + 1
-local out = cjson.encode({t, w, s, ss, n})
-redis.call('HSET', KEYS[1], ARGV[1], out)
-return out
+local cell = {now, 0, 0, 0, 0}
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw then cell = cjson.decode(raw) end
+local after = add(cell, value)
+local watch = cjson.null
+local alarm = 0
+if ARGV[5] ~= '' then
+  local threshold, a0, b0 = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  watch = {0, {0, 0, 0, 0, 0}, 0, cjson.null, 0}
+  local wraw = redis.call('HGET', KEYS[2], ARGV[1])
+  if wraw then watch = cjson.decode(wraw) end
+  local bw, bs = cell[2], cell[3]
+  if h and now > cell[1] then
+    local f = 0.5 ^ ((now - cell[1]) / h)
+    bw, bs = bw * f, bs * f
+  end
+  local p0, p1 = nil, nil
+  if a0 + b0 + bw > 0 then
+    p0 = math.min(""" + repr(MAX_BASELINE) + """, math.max(0, (a0 + bs) / (a0 + b0 + bw)))
+    for i = 8, #ARGV do
+      local b = tonumber(ARGV[i])
+      if b > 0 and b < p0 and (p1 == nil or b > p1) then p1 = b end
+    end
+  end
+  local stat = 0
+  if p1 then
+    stat = math.max(0, watch[1] + value * math.log(p1 / p0) + (1 - value) * math.log((1 - p1) / (1 - p0)))
+  end
+  if stat <= 0 then
+    watch = {0, {now, 0, 0, 0, 0}, watch[3], watch[4], watch[5]}
+  else
+    local since = add(watch[2], value)
+    if stat < threshold then
+      watch = {stat, since, watch[3], watch[4], watch[5]}
+    else
+      watch = {0, {now, 0, 0, 0, 0}, watch[3] + 1, now, watch[5] + after[5] - since[5]}
+      after = since
+      alarm = 1
+    end
+  end
+  redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(watch))
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(after))
+return cjson.encode({after, watch, alarm})
 """
 
 
@@ -352,10 +429,14 @@ class RedisEvidence(EvidenceStore):
         except self._errors.RedisError as e:
             raise EvidenceError(f"Redis evidence store {self.url}: {e}") from e
 
-    def add(self, group, key, value, half_life_s, now=None, record=None):
+    def observe(self, group, key, value, half_life_s, now=None, record=None, test=None):
         now = self._now(now)
-        raw = self._call(lambda: self._add(keys=[f"{self.prefix}qc:{group}"],
-                                           args=[key, repr(float(value)), repr(now), "" if half_life_s is None else repr(half_life_s)]))
+        args = [key, repr(float(value)), repr(now), "" if half_life_s is None else repr(half_life_s)]
+        if test is not None:
+            args += [repr(test.threshold), repr(test.a0), repr(test.b0), *(repr(float(b)) for b in test.bars)]
+        else:
+            args.append("")
+        raw = self._call(lambda: self._add(keys=[f"{self.prefix}qc:{group}", f"{self.prefix}qw:{group}"], args=args))
         if record is not None:
             body = json.dumps(dict(record, ts=now, group=group, value=value))
 
@@ -366,8 +447,9 @@ class RedisEvidence(EvidenceStore):
                 pipe.execute()
 
             self._call(push)
-        t, w, s, ss, n = json.loads(raw)
-        return Tally(float(t), float(w), float(s), float(ss), int(n))
+        (t, w, s, ss, n), watch, alarm = json.loads(raw)
+        return Observed(Tally(float(t), float(w), float(s), float(ss), int(n)),
+                        Watch() if watch is None else Watch.from_list(watch), bool(alarm))
 
     def tallies(self, group):
         raw = self._call(lambda: self._r.hgetall(f"{self.prefix}qc:{group}"))
@@ -376,6 +458,11 @@ class RedisEvidence(EvidenceStore):
             t, w, s, ss, n = json.loads(body)
             out[cell.decode() if isinstance(cell, bytes) else cell] = Tally(float(t), float(w), float(s), float(ss), int(n))
         return out
+
+    def watches(self, group):
+        raw = self._call(lambda: self._r.hgetall(f"{self.prefix}qw:{group}"))
+        return {(cell.decode() if isinstance(cell, bytes) else cell): Watch.from_list(json.loads(body))
+                for cell, body in raw.items()}
 
     def log(self, group=None):
         rows = [json.loads(b) for b in self._call(lambda: self._r.lrange(f"{self.prefix}ql", 0, -1))]

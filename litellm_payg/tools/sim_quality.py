@@ -16,7 +16,9 @@ Reported per window: the oracle's cost per 1,000 requests, and for declared and 
 over the oracle and the share of requests served by a model whose true quality was below the bar;
 then when the measured policy *settled* (the first window from which every window is at most
 ``max_over`` over the oracle's cost with at most ``max_below`` served below the bar), whether it
-adopted the model that joined and dropped the one that degraded.
+adopted the model that joined and dropped the one that degraded, whether all the requests together
+meet the same two goals, and which cells' drop detectors alarmed (``quality.drop_false_alarm_rate``)
+and at which request.
 """
 
 from __future__ import annotations
@@ -132,11 +134,23 @@ class QualityResult:
     adopted: str | None
     dropped: str | None
     totals: dict[str, dict[str, float]]
+    #: the measured run's drop detector alarms: per cell that raised one, how many and the request
+    #: index of the last
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def overall_met(self) -> bool:
+        """Whether all the requests together are at most ``MAX_OVER`` over the oracle's cost with at
+        most ``MAX_BELOW`` of them served below the bar (measured)."""
+        t = self.totals["measured"]
+        return t["over_oracle"] <= MAX_OVER and t["below_bar"] <= MAX_BELOW
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario.description, "bar": self.bar, "settled_at": self.settled_at,
             "adopted": self.adopted, "dropped": self.dropped, "totals": self.totals,
+            "goal": {"max_over": MAX_OVER, "max_below": MAX_BELOW, "overall_met": self.overall_met},
+            "alarms": self.alarms,
             "windows": [{"from": w.start, "requests": w.n, "oracle_usd_per_1k": round(w.oracle_usd / w.n * 1000, 6),
                          "declared_over": round(w.over("declared"), 6), "declared_below": round(w.below_share("declared"), 6),
                          "measured_over": round(w.over("measured"), 6), "measured_below": round(w.below_share("measured"), 6),
@@ -175,6 +189,7 @@ def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7,
     from litellm_payg.core.snapshot import Snapshot
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.runtime.engine import Engine
+    from litellm_payg.stores.evidence import split_key
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     bar = _bar(loaded, scenario.group)
@@ -195,6 +210,7 @@ def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7,
         w.n += 1
         w.oracle_usd += min(cost[m.name] for m in ok) if ok else max(cost[m.name] for m in live)
 
+    alarms: list[dict[str, Any]] = []
     for way in ways:
         now = [scenario.start]
         engine = Engine(loaded, ledger="memory://", clock=lambda: now[0])
@@ -222,6 +238,12 @@ def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7,
                 w.explored += decision.attrs.get("quality_explore") is not None
                 engine.quality.record(scenario.group, chosen.deployment_id, "valid", u < q, cls=engine.quality.class_of(request),
                                       now=now[0], model=chosen.model, source="simulated")
+        if way == "measured":
+            for key, watch in sorted(engine.quality.store.watches(scenario.group).items()):
+                if watch.alarms and watch.alarm_t is not None:
+                    dep, cls, _ = split_key(key)
+                    alarms.append({"deployment": dep, "class": cls, "alarms": watch.alarms,
+                                   "last_at_request": round((watch.alarm_t - scenario.start) / gap)})
         engine.detach()
 
     settled = None
@@ -244,7 +266,7 @@ def simulate_quality(policy: Any, scenario: QualityScenario, seed: int = 7,
                     "below_bar": round(sum(w.below.get(way, 0) for w in windows) / scenario.requests, 6)}
               for way in ("declared", "measured")}
     totals["oracle"] = {"usd": round(total_oracle, 6), "over_oracle": 0.0, "below_bar": 0.0}
-    return QualityResult(scenario, bar, windows, settled, adopted, dropped, totals)
+    return QualityResult(scenario, bar, windows, settled, adopted, dropped, totals, alarms)
 
 
 def _picks(windows: Sequence[Window], way: str) -> dict[str, int]:
@@ -276,6 +298,10 @@ def format_quality(result: QualityResult) -> str:
         t = result.totals[way]
         lines.append(f"{way:>9}: ${t['usd']:.4f} in all, {_pct(t['over_oracle'])} over the oracle, "
                      f"{t['below_bar'] * 100:.2f}% of requests served below the bar")
+    t = result.totals["measured"]
+    lines.append(f"measured, all {s.requests:,} requests: {_pct(t['over_oracle'])} vs the oracle's cost (goal: at most "
+                 f"{MAX_OVER:.0%} over), {t['below_bar'] * 100:.2f}% below the bar (goal: at most {MAX_BELOW:.0%}): "
+                 + ("met" if result.overall_met else "not met"))
     lines.append("")
     if result.settled_at is None:
         lines.append(f"measured: never settled within {MAX_OVER:.0%} of the oracle's cost with at most {MAX_BELOW:.0%} below the bar")
@@ -284,6 +310,9 @@ def format_quality(result: QualityResult) -> str:
                      f"of the oracle's cost with at most {MAX_BELOW:.0%} of requests below the bar")
     lines.append(f"measured: adopted the model that joined: {result.adopted or 'no'}; "
                  f"dropped the model that degraded: {result.dropped or 'no'}")
+    alarms = ", ".join(f"{a['deployment']}{' ' + a['class'] if a['class'] else ''} at request {a['last_at_request']:,}"
+                       + (f" ({a['alarms']} alarms, the last)" if a["alarms"] > 1 else "") for a in result.alarms)
+    lines.append(f"measured: drop detector alarms: {alarms or 'none'}")
     return "\n".join(lines)
 
 
