@@ -27,6 +27,7 @@ from litellm_payg.tools.sim_baselines import DAYS_PER_MONTH, Plan, quality_bar  
 from litellm_payg.tools.sim_driver import (  # noqa: F401 - re-exported
     DEFAULT_PERIOD_DAYS,
     DEFAULT_START,
+    _arrivals,
     _Clock,
     _compare_runs,
     _Progress,
