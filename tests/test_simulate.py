@@ -281,6 +281,10 @@ def test_time_ranges_and_instants_place_requests(tmp_path, capsys):
     ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "time": "2025-01-02T00:00:00Z/2025-01-01T00:00:00Z"}',
      "bad.jsonl:1: time: time range ends before it starts"),
     ('[1, 2]', "bad.jsonl:1: expected a JSON object per line, got list"),
+    # the scenario line is checked too: its plan and period are figures the baselines use
+    ('{"scenario": {"plan": {"fee_usd": 1, "overage_usd_per_1k": 0}}}', "bad.jsonl:1: scenario.plan.included_tokens: this field is required"),
+    ('{"scenario": {"period_days": "30"}}', "bad.jsonl:1: scenario.period_days: Input should be a valid number"),
+    ('{"scenario": {"start": "soon"}}', "bad.jsonl:1: scenario.start: time 'soon' is not ISO 8601"),
     ('not json', "not valid JSON"),
     ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "time": "yesterday"}',
      "bad.jsonl:1: time: time 'yesterday' is not ISO 8601"),

@@ -72,6 +72,7 @@ from litellm_payg.tools.sim_traffic_schema import (
     HIDDEN_LOC,
     ClassLine,
     RunsLine,
+    ScenarioEntry,
     class_line_model,
     parse_time,
     runs_line_model,
@@ -131,6 +132,8 @@ class TrafficClass:
 
 @dataclass
 class Traffic:
+    """A whole traffic file: its request classes, its runs lines and its scenario description."""
+
     classes: list[TrafficClass]
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
@@ -257,7 +260,8 @@ def parse_traffic(text: str, source: str) -> Traffic:
         if "scenario" in obj:
             if not isinstance(obj["scenario"], dict):
                 raise SimulationError(f"{where}: 'scenario' must be an object")
-            meta = dict(obj["scenario"])
+            _validate(ScenarioEntry, obj, source, number)
+            meta = dict(obj["scenario"])  # as written: ``--json`` shows it
         elif "runs" in obj:
             if len(obj) != 1:
                 raise SimulationError(f"{where}: a runs line is {{\"runs\": {{...}}}} alone; put {sorted(set(obj) - {'runs'})} inside it")

@@ -7,7 +7,7 @@ at once. A line is validated strictly (``1.0`` is no count, ``true`` no probabil
 unknown field is an error, never ignored.
 
 Three kinds of line: a request class (:func:`class_line_model`), a ``{"runs": {...}}`` line
-(:func:`runs_line_model`) and a ``{"scenario": {...}}`` line (free-form, read by the driver). A
+(:func:`runs_line_model`) and a ``{"scenario": {...}}`` line (:class:`ScenarioEntry`). A
 class or a runs line may also give every request attribute a scope kind declares (``key``,
 ``end_user``, ``org``: ``sim_traffic.attribute_fields``); those fields are added to the models
 per set of attribute names, since the kinds are the plugins'.
@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from litellm_payg.core.failure import FailureClass
+from litellm_payg.tools.sim_runs import DEFAULT_GAP_S
 
 #: loc parts pydantic adds that name no field of the line (union tags, our regrouping of rates)
 HIDDEN_LOC = frozenset({"by_deployment", "windows", "block", "single", "rates", "function-after", "[key]"})
@@ -255,7 +256,7 @@ class RunsLine(_Requests):
     count: Count1
     steps: Annotated[list[Block], Field(min_length=1)]
     runaway: RunawayLine | None = None
-    gap_s: Annotated[float, Field(gt=0, le=86400)] = 10.0
+    gap_s: Annotated[float, Field(gt=0, le=86400)] = DEFAULT_GAP_S  # seconds between a run's requests
 
     @model_validator(mode="after")
     def _shape(self) -> "RunsLine":
@@ -265,6 +266,35 @@ class RunsLine(_Requests):
         if self.runaway is not None and not any(b.repeat is not None for b in self.steps[:-1]):
             raise ValueError("runaway: a runaway run loops on the first step with 'repeat'; no step has one")
         return self
+
+
+def _instant(value: str) -> str:
+    parse_time(value)
+    return value
+
+
+class PlanLine(_Line):
+    """A subscription plan the traffic is compared with (``sim_baselines.Plan``)."""
+
+    fee_usd: Annotated[float, Field(ge=0)]
+    included_tokens: Count0
+    overage_usd_per_1k: Annotated[float, Field(ge=0)]
+
+
+class ScenarioLine(_Line):
+    """What a scenario says about itself: a description, its period, its plan, its assumptions."""
+
+    description: str | None = None
+    start: Annotated[str, AfterValidator(_instant)] | None = None
+    period_days: Annotated[float, Field(gt=0)] | None = None
+    plan: PlanLine | None = None
+    assumptions: list[str] = []
+
+
+class ScenarioEntry(_Line):
+    """``{"scenario": {...}}``, nothing else on the line."""
+
+    scenario: ScenarioLine
 
 
 @functools.cache
