@@ -15,7 +15,7 @@ import pytest
 
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.tools.cli import main as cli_main
-from litellm_payg.tools.simulate import add_parser, parse_traffic, simulate
+from litellm_payg.tools.simulate import SimulationError, add_parser, parse_traffic, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPORT_BOT = str(REPO / "policies" / "support-bot.yaml")
@@ -268,12 +268,26 @@ def test_time_ranges_and_instants_place_requests(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text,needle", [
-    ('{"group": "chat", "prompt_tokens": -1, "completion_tokens": 1}', "prompt_tokens"),
-    ('{"group": "chat", "prompt_tokens": 1}', "'completion_tokens' is required"),
-    ('{"prompt_tokens": 1, "completion_tokens": 1}', "'group'"),
-    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "colour": 1}', "unknown field"),
+    ('{"group": "chat", "prompt_tokens": -1, "completion_tokens": 1}',
+     "bad.jsonl:1: prompt_tokens: Input should be greater than or equal to 0 (got -1)"),
+    ('{"group": "chat", "prompt_tokens": 1}', "bad.jsonl:1: completion_tokens: this field is required"),
+    ('{"prompt_tokens": 1, "completion_tokens": 1}', "bad.jsonl:1: group: this field is required"),
+    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "colour": 1}', "bad.jsonl:1: colour: unknown field"),
+    # strict: a count is a whole number, not a float or a boolean
+    ('{"group": "chat", "prompt_tokens": 1.0, "completion_tokens": 1}', "bad.jsonl:1: prompt_tokens: Input should be a valid integer"),
+    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": true}', "bad.jsonl:1: completion_tokens: Input should be a valid integer"),
+    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "tags": [1]}', "bad.jsonl:1: tags[0]: Input should be a valid string"),
+    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "org": 7}', "bad.jsonl:1: org: Input should be a valid string"),
+    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "time": "2025-01-02T00:00:00Z/2025-01-01T00:00:00Z"}',
+     "bad.jsonl:1: time: time range ends before it starts"),
+    ('[1, 2]', "bad.jsonl:1: expected a JSON object per line, got list"),
+    # the scenario line is checked too: its plan and period are figures the baselines use
+    ('{"scenario": {"plan": {"fee_usd": 1, "overage_usd_per_1k": 0}}}', "bad.jsonl:1: scenario.plan.included_tokens: this field is required"),
+    ('{"scenario": {"period_days": "30"}}', "bad.jsonl:1: scenario.period_days: Input should be a valid number"),
+    ('{"scenario": {"start": "soon"}}', "bad.jsonl:1: scenario.start: time 'soon' is not ISO 8601"),
     ('not json', "not valid JSON"),
-    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "time": "yesterday"}', "ISO 8601"),
+    ('{"group": "chat", "prompt_tokens": 1, "completion_tokens": 1, "time": "yesterday"}',
+     "bad.jsonl:1: time: time 'yesterday' is not ISO 8601"),
     ('', "no requests"),
 ])
 def test_bad_traffic_is_an_input_error(text, needle, tmp_path, capsys):
@@ -281,6 +295,18 @@ def test_bad_traffic_is_an_input_error(text, needle, tmp_path, capsys):
     traffic.write_text(text)
     code, _, err = _cli(["simulate", SUPPORT_BOT, "--traffic", str(traffic)], capsys)
     assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_every_bad_field_of_a_line_is_reported_at_once():
+    # as a policy's errors are: each with its line and dotted field
+    with pytest.raises(SimulationError) as caught:
+        parse_traffic('\n{"group": "", "prompt_tokens": "many", "completion_tokens": 1, "count": 0}', "t.jsonl")
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        "t.jsonl:2: group: must be a non-empty string (got '')",
+        "t.jsonl:2: prompt_tokens: Input should be a valid integer (got 'many')",
+        "t.jsonl:2: count: Input should be greater than or equal to 1 (got 0)",
+    ]
 
 
 def test_unknown_scenario_group_and_incomplete_plan_are_input_errors(tmp_path, capsys):

@@ -171,16 +171,16 @@ def test_traffic_without_faults_shows_no_failures_section():
 
 
 @pytest.mark.parametrize("faults,needle", [
-    ({DS: {"server_error": 1.5}}, "t.jsonl:2: faults.deepseek/deepseek-chat.server_error must be a probability in [0, 1], got 1.5"),
-    ({DS: {"timeout": 0.1}}, "t.jsonl:2: faults.deepseek/deepseek-chat: unknown failure class 'timeout'"),
+    ({DS: {"server_error": 1.5}}, "t.jsonl:2: faults.deepseek/deepseek-chat.server_error: Input should be less than or equal to 1 (got 1.5)"),
+    ({DS: {"timeout": 0.1}}, "t.jsonl:2: faults.deepseek/deepseek-chat.timeout: Input should be 'rate_limit', 'server_error'"),
     ({DS: {"server_error": 0.7, "rate_limit": 0.6}}, "probabilities add up to 1.3, more than 1"),
-    ({DS: 0.5}, "faults.deepseek/deepseek-chat must be an object"),
+    ({DS: 0.5}, "t.jsonl:2: faults.deepseek/deepseek-chat: Input should be a valid dictionary (got 0.5)"),
     ({DS: {}}, "names no failure class"),
-    ("ds", "t.jsonl:2: 'faults' must be an object"),
-    ([{"server_error": 0.1}], "t.jsonl:2: faults[0].deployment (a deployment id or LiteLLM model) is required"),
+    ("ds", "t.jsonl:2: faults: must be an object (deployment -> failure class -> probability) or a list (got 'ds')"),
+    ([{"server_error": 0.1}], "t.jsonl:2: faults[0].deployment: this field is required"),
     ([{"deployment": DS, "server_error": 0.1, "time": f"{_at(50)}/{_at(10)}"}], "t.jsonl:2: faults[0].time: time range ends before it starts"),
     ([{"deployment": DS, "server_error": 0.1, "time": "soon"}], "faults[0].time: time 'soon' is not ISO 8601"),
-    ([{"deployment": DS, "server_error": 0.1, "time": T0}], "faults[0].time must be a range"),
+    ([{"deployment": DS, "server_error": 0.1, "time": T0}], "t.jsonl:2: faults[0].time: must be a range 'start/end', got an instant"),
     ({"claude-3": {"server_error": 0.1}}, "t.jsonl:2: faults.claude-3: 'claude-3' is no deployment of group 'chat'"),
 ])
 def test_bad_fault_input_is_an_input_error(faults, needle, tmp_path, capsys):
@@ -195,5 +195,5 @@ def test_bad_fault_input_is_an_input_error(faults, needle, tmp_path, capsys):
 
 
 def test_bad_retries_is_an_input_error():
-    with pytest.raises(SimulationError, match="'retries' must be an integer >= 0"):
+    with pytest.raises(SimulationError, match=r"t:1: retries: Input should be greater than or equal to 0 \(got -1\)"):
         parse_traffic(_line(retries=-1), "t")

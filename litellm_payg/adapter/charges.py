@@ -2,10 +2,11 @@
 LiteLLM has none (or prices billed tokens at $0), and an estimate, marked as such, where the
 provider did not say (no usage block, a failure after HTTP 200, a stream the client left).
 
-The adapter's hooks decide *when* an attempt is charged; these functions decide *how much*, from
-what LiteLLM hands them (its logging payload, the response, its partial stream counts). They need
-LiteLLM's token counter and price map, so they live in the adapter layer, one module for all of
-them, instead of beside each hook.
+The adapter's hooks decide *when* an attempt is charged; these functions read what LiteLLM hands
+them (its logging payload, the response, its partial stream counts, its cost calculator, token
+counter and price map) and pass it to ``core/charge.py``'s :func:`charge`, the one definition of
+how usage becomes a charge (the simulator's too). They need LiteLLM, so they live in the adapter
+layer, one module for all of them, instead of beside each hook.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,77 +22,12 @@ import litellm
 import pydantic
 
 from litellm_payg.adapter import litellm_versions
+from litellm_payg.core.charge import Charge, Provenance, Tariff, Usage, charge, used_tokens  # noqa: F401 - the adapter's names for them
+from litellm_payg.core.charge import count as _count
 from litellm_payg.core.decision import Candidate
 from litellm_payg.stores.prices import count_request_tokens
 
 logger = logging.getLogger("litellm_payg")
-
-
-@dataclass(frozen=True)
-class Charge:
-    """What one answer is charged, and the token counts the charge is based on."""
-
-    cost: float
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    #: the answer reported no usage: counts and cost are the plugin's estimate
-    estimated: bool = False
-    #: the client went away mid-stream: the counts are what LiteLLM saw streamed before it did
-    abandoned: bool = False
-    #: why the stream was left (the record's ``abandoned`` attribute): the proxy's client hung up,
-    #: or the calling code stopped reading a stream and dropped it
-    abandoned_because: str = "client_disconnected"
-    #: LiteLLM served the answer from its cache: the provider was not called, nothing was billed
-    cache_hit: bool = False
-    #: of the prompt, the tokens read from and written to the provider's cache, and of the
-    #: completion the reasoning tokens, as the answer's usage reports them (``token_details``)
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def attrs(self) -> dict[str, Any] | None:
-        """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
-        reports from one priced on the provider's own counts; ``abandoned: <why>`` says why;
-        ``cache_hit: true`` marks an answer LiteLLM's cache served (charged $0). And the token
-        counts the charge is based on (``prompt_tokens``, ``completion_tokens``, and the cache
-        reads and writes and reasoning tokens when there are any), so ``what-if --from`` the
-        plugin's own ledger can price the request on another deployment; none for a cache hit,
-        which billed no tokens."""
-        out: dict[str, Any] = {"usage": "estimated"} if self.estimated or self.abandoned else {}
-        if self.abandoned:
-            out["abandoned"] = self.abandoned_because
-        if self.cache_hit:
-            out["cache_hit"] = "true"
-            return out
-        for name in ("prompt_tokens", "completion_tokens"):
-            value = _count(getattr(self, name))
-            if value is not None:
-                out[name] = value
-        for name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
-            value = _count(getattr(self, name))
-            if value:
-                out[name] = value
-        return out or None
-
-
-def used_tokens(charge: Charge) -> int | None:
-    """The tokens an answer used (prompt and output) as its charge counted them, for a run's token
-    counter; None when neither count is known (the counter keeps the request's bound)."""
-    if charge.prompt_tokens is None and charge.completion_tokens is None:
-        return None
-    return int(charge.prompt_tokens or 0) + int(charge.completion_tokens or 0)
-
-
-def _count(value: Any) -> int | None:
-    """A token count as a whole number >= 0, or None (a count a provider reported oddly is left out)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return n if n >= 0 and n == value else None
 
 
 def token_details(response: Any) -> dict[str, int]:
@@ -202,7 +137,7 @@ def policy_priced(candidate: Candidate | None, prompt_tokens: Any, completion_to
     at that price for the usage it reported; LiteLLM's ``response_cost`` would not know it."""
     if candidate is None or candidate.price_source != "policy" or prompt_tokens is None or completion_tokens is None:
         return None
-    return candidate.estimate_usd(int(prompt_tokens), int(completion_tokens))
+    return charge(Usage(int(prompt_tokens), int(completion_tokens)), Tariff.of(candidate)).cost
 
 
 def reported_tokens(slo: Mapping[str, Any], response: Any) -> tuple[Any, Any]:
@@ -251,11 +186,9 @@ def count_completion(model: str, response: Any) -> int:
     return tokens
 
 
-def price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """These tokens at the deployment's price (what its reservation used), else LiteLLM's price
-    for the model; None when neither is known."""
-    if candidate is not None and candidate.priced:
-        return candidate.estimate_usd(prompt_tokens, completion_tokens)
+def litellm_price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """LiteLLM's price map's cost of these tokens on ``model``; None when it has none (a Router
+    registers every deployment's model with LiteLLM, unpriced ones at $0: unknown, not free)."""
     try:
         prompt_usd, completion_usd = litellm.cost_per_token(
             model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
@@ -263,8 +196,29 @@ def price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, co
     except Exception:  # noqa: BLE001 - LiteLLM raises a bare Exception for an unmapped model
         return None
     total = float(prompt_usd) + float(completion_usd)
-    # a Router registers every deployment's model with LiteLLM, unpriced ones at $0: unknown, not free
     return total if total > 0 else None
+
+
+def price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """These tokens at the deployment's price (what its reservation used), else LiteLLM's price
+    for the model; None when neither is known. The charge of an estimated usage
+    (:func:`~litellm_payg.core.charge.charge`), without the reservation to fall back on."""
+    tariff = Tariff.of(candidate)
+    known = None if tariff.priced else litellm_price(model, prompt_tokens, completion_tokens)
+    priced = charge(Usage(prompt_tokens, completion_tokens, Provenance.ESTIMATED, litellm_cost=known), tariff)
+    return priced.cost if priced.priced else None
+
+
+def streamed_cost(candidate: Candidate | None, model: str, prompt_tokens: int | None, completion_tokens: int | None,
+                  reserved_usd: float | None) -> float:
+    """What was streamed of a stream left before its end (its prompt, None when not known, and the
+    completion tokens read), priced as :func:`price_tokens` prices it, else its reservation: the
+    charge of an abandoned usage (:func:`~litellm_payg.core.charge.charge`)."""
+    tariff = Tariff.of(candidate, reserved_usd)
+    known = (None if tariff.priced or prompt_tokens is None
+             else litellm_price(model, int(prompt_tokens), int(completion_tokens or 0)))
+    streamed = Usage(prompt_tokens, int(completion_tokens or 0), Provenance.ABANDONED, litellm_cost=known)
+    return charge(streamed, tariff).cost
 
 
 _USAGE_KEY = re.compile(r'"usage"\s*:\s*\{')
@@ -329,9 +283,11 @@ def attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Cand
         return float(litellm.completion_cost(completion_response=response, model=candidate.model if candidate else None))
     except Exception:
         usage = getattr(response, "usage", None)
-        if candidate is None or not candidate.priced or usage is None:
+        if usage is None:
             return 0.0
-        return candidate.estimate_usd(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+        # LiteLLM could not price it: the reported usage at the deployment's price, else $0
+        reported = Usage(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+        return charge(reported, Tariff.of(candidate)).cost
 
 
 def plain_tokens(response: Any) -> tuple[int, int] | None:

@@ -442,11 +442,8 @@ def _charge(adapter: Any, watch: _Watch, finished: bool, stream: Any) -> None:
         prompt_tokens = streamed_prompt if streamed_prompt is not None else adapter._prompt_tokens(state)
 
         def litellm_cost() -> float | None:
-            # the prompt was sent, and billed, and what was read of the answer
-            if prompt_tokens is None:
-                return reserved
-            priced = charges.price_tokens(candidate, model, int(prompt_tokens), int(completion_tokens or 0))
-            return priced if priced else reserved
+            # the prompt was sent, and billed, and what was read of the answer; else the reservation
+            return charges.streamed_cost(candidate, model, prompt_tokens, completion_tokens, reserved)
 
     started = watch.started
     charge = adapter.settle_answer(

@@ -6,8 +6,8 @@ runs comparison (``sim_runs.comparison_*``), so a chart cannot say less than the
 baseline that misses the policy's quality bar is hatched and says so; the run budget's downgrades
 are counted where the page says "downgraded"). Every amount goes through ``money.usd``.
 
-The result is read by duck typing (``simulate.Result``): this module does not import ``simulate``,
-which imports it.
+The result is read by duck typing (``sim_result.Result``): this module does not import the
+simulation, which imports it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Runs in ``litellm-payg simulate``: traffic that describes agent runs, and the three-way comparison.
 
-A traffic line ``{"runs": {...}}`` describes ``count`` runs of one shape (see ``simulate``'s
-docstring and the README's "Simulating runs"; ``simulate`` parses it into a :class:`RunSpec`, this
-module imports nothing of ``simulate``). Before the simulation each run is *planned* with a
+A traffic line ``{"runs": {...}}`` describes ``count`` runs of one shape (see ``sim_traffic``'s
+docstring and the README's "Simulating runs"; ``sim_traffic`` parses it into a :class:`RunSpec`, this
+module imports nothing of the simulation). Before the simulation each run is *planned* with a
 generator of its own (seeded from ``--seed``, apart from the faults' generator, so every variant of
 the comparison sees the same runs): how many times each repeated block goes round, which runs are
 runaways, the prompt fingerprint of every request. During the simulation a run sends one request at
@@ -11,7 +11,7 @@ its prompt hash, through the same lifecycle as every other request; a budget ref
 request sends the run to its final step (an agent told to stop wraps up), a refusal of a final
 request ends the run unfinished.
 
-The comparison (``simulate._compare_runs``, rows by :func:`summary`) runs the same traffic three times: without the policy's run
+The comparison (``sim_driver._compare_runs``, rows by :func:`summary`) runs the same traffic three times: without the policy's run
 budgets, with them as hard caps only (``limit_usd``, ``max_requests`` and ``loop_guard``, without
 ``downgrade`` steps or ``final_reserve``) and with the policy as written.
 """
@@ -79,7 +79,7 @@ class RunSpec:
     line: int
     faults: tuple[Any, ...] = ()
     retries: int | None = None
-    #: the runs' other request attributes (``key``, ``end_user``, ``org``...: ``simulate.attribute_fields``)
+    #: the runs' other request attributes (``key``, ``end_user``, ``org``...: ``sim_traffic.attribute_fields``)
     attrs: tuple[tuple[str, str], ...] = ()
 
 
