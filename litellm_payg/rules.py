@@ -111,7 +111,7 @@ class RuleSpec:
 #   ``user``, ``team``, ``key`` and ``org`` are the AUTHENTICATED identity (read from the proxy's key;
 #   in Python, the calling code's metadata), never a field of the request body; ``tags`` the request's
 #   tags (client-asserted; the key's tags merged with the request's; any of them matches);
-#   ``session`` its session id (``identity.session_of``); ``group`` the model group the request is
+#   ``session`` its session id (``wire.identity.session_of``); ``group`` the model group the request is
 #   routed in (``RouteRequest.group``; a fallback hop's own group), for conditions outside a route
 #   (run budgets, ``sessions.required``).
 

@@ -3,7 +3,7 @@
 * The governed doors (``ingress.py``): the Router's request methods, wrapped by ``install``, and in
   the proxy the pre-call hook (``proxy.py``), check each request (forged ``payg_*`` state,
   malformed fields, a deployment named as the model) and mint the plugin's id for it; the state
-  every hook below reads lives in :class:`~litellm_payg.core.request_state.RequestStates`, keyed by that
+  every hook below reads lives in :class:`~litellm_payg.wire.request_state.RequestStates`, keyed by that
   id, never in anything a client can write.
 * ``async_pre_call_deployment_hook``, once per attempt: refuses an attempt on a governed deployment
   that no pick chose (the backstop of the doors), and sets ``first_token_timeout_ms``.
@@ -75,17 +75,15 @@ from litellm_payg.adapter.failures import (
     MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream, timed_out_after_sending,
 )
 from litellm_payg.adapter.attributes import door_attributes
-from litellm_payg.core.identity import (
-    DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, minted_session, run_of,
-    session_of,
-)
+from litellm_payg.core.identity import LabelError, RequestIdentity, bounded_label, hints_of, minted_session, run_of
+from litellm_payg.wire.identity import DEFAULT_SESSION_SOURCES, identity_of, session_of
 from litellm_payg.core.runs import loop_marks, prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
 from litellm_payg.stores.prices import OTHER_PROMPT_PARTS, candidate_from_deployment, count_request_tokens, prompt_tokens_at_most
-from litellm_payg.core.request_checks import api_of, asks_cache_write, choices, output_cap
-from litellm_payg.core.request_fields import unknown_field
-from litellm_payg.core.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
+from litellm_payg.wire.request_checks import api_of, asks_cache_write, choices, output_cap
+from litellm_payg.wire.request_fields import unknown_field
+from litellm_payg.wire.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
 from litellm_payg.core.errors import BudgetRefused
 from litellm_payg.runtime.spend import LedgerDown
@@ -357,7 +355,7 @@ class PaygRouting(CustomLogger):
 
     def _refuse_unknown_fields(self, data: Mapping[str, Any]) -> None:
         """A request to a governed group accepts only the fields of the closed request surface
-        (:mod:`litellm_payg.core.request_fields`) and the policy's ``requests.allow_fields``:
+        (:mod:`litellm_payg.wire.request_fields`) and the policy's ``requests.allow_fields``:
         anything else could change what the provider bills past the reservation."""
         model = data.get("model")
         if model not in self._groups and model not in self._aliases:

@@ -216,7 +216,7 @@ class Engine:
         return self.quality.feedback(response_id, metric, value, api_key=api_key)
 
     def run_status(self, session: str, budget: str | None = None) -> RunStatus:
-        """What run ``session`` (a session id, as ``identity.session_of`` reads it) has spent and
+        """What run ``session`` (a session id, as ``wire.identity.session_of`` reads it) has spent and
         has left: a :class:`~litellm_payg.core.runs.RunStatus` with ``spent_usd``, ``reserved_usd``
         (in flight), ``limit_usd``, ``remaining_usd``, ``working_remaining_usd`` (the final reserve
         left out), ``requests`` and ``max_requests``. ``budget`` picks a run budget by name (default:
