@@ -29,7 +29,8 @@ from litellm_payg.core.model_facts import ModelFacts
 from litellm_payg.plugins import builtin_scopes, make_plugin_manager, rule_types, scope_registry
 from litellm_payg.core.scopes import ScopeRegistry
 from litellm_payg.wire.identity import DEFAULT_SESSION_SOURCES, LITELLM_METADATA_PREFIX, check_session_source
-from litellm_payg.rules import RuleSpec, When, WhenError
+from litellm_payg.core.conditions import When, WhenError
+from litellm_payg.rules import RuleSpec
 
 Path_ = tuple[str | int, ...]
 
@@ -270,10 +271,10 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         for index, entry in enumerate(entries):
             where: Path_ = ("routes", group, index)
             when = None
-            if "when" in entry:  # a condition on the rule entry (rules.When); the rest is the rule
+            if "when" in entry:  # a condition on the rule entry (core.conditions.When); the rest is the rule
                 raw_when, entry = entry["when"], {k: v for k, v in entry.items() if k != "when"}
                 try:
-                    when = When.parse(raw_when, scopes)
+                    when = When.parse(raw_when, scopes, reserved_metadata=(LITELLM_METADATA_PREFIX,))
                 except WhenError as exc:
                     at = (*where, "when", *exc.path)
                     problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))
@@ -313,7 +314,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         wanted.append((("sessions", "required"), doc.sessions.required))
     for where, raw in wanted:
         try:
-            conditions[where] = When.parse(raw, scopes)
+            conditions[where] = When.parse(raw, scopes, reserved_metadata=(LITELLM_METADATA_PREFIX,))
         except WhenError as exc:
             at = (*where, *exc.path)
             problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))
