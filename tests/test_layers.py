@@ -416,6 +416,23 @@ def test_the_wire_name_check_finds_literals_and_names_but_not_docstrings(toy):
         "8 names 'litellm_trace_id'"], hits
 
 
+def test_the_runtime_holds_no_reference_to_the_adapter():
+    """The engine is the runtime's, shared with ``simulate`` and ``explain``: what ``attach``
+    installs on a Router is kept by the handle it returns (``adapter/attachment.py``), not on the
+    engine. No runtime module names an ``adapter`` (an attribute, a variable or an argument), nor
+    keeps undo closures for it (``_undo``). Fails naming the file and line."""
+    problems = []
+    for module, path in sorted(module_files().items()):
+        if layer_of(module) != "runtime":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = (node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name)
+                    else node.arg if isinstance(node, ast.arg) else None)
+            if name in ("adapter", "_undo"):
+                problems.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} names {name!r}")
+    assert not problems, "the runtime refers to the adapter:\n" + "\n".join(problems)
+
+
 #: what makes a module a test server: the stdlib's HTTP server (the stand-in provider is one)
 SERVER_MODULES = ("http.server", "socketserver", "wsgiref.simple_server")
 

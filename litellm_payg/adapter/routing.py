@@ -74,6 +74,7 @@ from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.adapter.failures import (
     MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream, timed_out_after_sending,
 )
+from litellm_payg.adapter.attachment import Attached
 from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import LabelError, RequestIdentity, bounded_label, hints_of, minted_session, run_of
 from litellm_payg.wire.identity import DEFAULT_SESSION_SOURCES, identity_of, session_of
@@ -1343,8 +1344,10 @@ def attach(
     *,
     ledger: Any = None,
     clock: Callable[[], float] | None = None,
-) -> Engine:
-    """Govern ``router`` by ``policy`` (a YAML path, a dict, or a loaded Policy); returns the Engine.
+) -> Attached:
+    """Govern ``router`` by ``policy`` (a YAML path, a dict, or a loaded Policy); returns the handle
+    (:class:`~litellm_payg.adapter.attachment.Attached`: ``.engine`` is the Engine, whose attributes
+    the handle reads through).
 
     ``ledger`` (a URL such as ``memory://``, or a ``Ledger``) replaces the policy's ledger, and
     ``clock`` the wall clock budgets and breakers read: tests and simulations inject both instead of
@@ -1353,7 +1356,7 @@ def attach(
     Registers a :class:`PaygRouting` callback with LiteLLM, makes the Router's request methods
     governed doors (:mod:`litellm_payg.adapter.ingress`: bad input and deployment names are refused there,
     and each request gets the plugin's id), and routes ``router.completion`` (sync) through the
-    async path so it is governed too. ``engine.detach()`` undoes all of it.
+    async path so it is governed too. ``.detach()`` on the handle undoes all of it.
     """
     loaded = policy if isinstance(policy, Policy) else load_policy(policy, deployments_known=True)  # bind checks prices
     engine = Engine(loaded, ledger=ledger, clock=clock or time.time)
@@ -1380,19 +1383,10 @@ def attach(
     completion.__doc__ = "Router.completion, governed by litellm-payg (served through acompletion)."
     router.completion = completion
 
-    router_ref = weakref.ref(router)  # the engine (held by LiteLLM's callback list) must not keep the Router alive
-
-    def detach() -> None:
-        adapter.uninstall()
-        governed = router_ref()
-        if governed is not None:
-            governed.__dict__.pop("completion", None)  # back to the class's own method
-
-    engine.adapter = adapter
-    engine._undo.append(detach)
+    attached = Attached(engine, adapter, router)
     # a Router dropped without detach() must not leave its callback in LiteLLM's process-wide lists
     weakref.finalize(router, _router_collected, weakref.ref(adapter))
-    return engine
+    return attached
 
 
 def _router_collected(adapter_ref: "weakref.ReferenceType[PaygRouting]") -> None:

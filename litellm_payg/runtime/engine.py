@@ -74,14 +74,11 @@ class Engine:
             for group, rules in self.routes.items() for rule in rules
             if getattr(getattr(rule, "options", None), "measured", None) is not None
         })
-        #: the LiteLLM callback applying this engine, once ``attach`` bound it to a Router
-        self.adapter: object | None = None
-        self._undo: list[Callable[[], None]] = []
 
     def detach(self) -> None:
-        """Stop governing the Router this engine was attached to (undoes ``attach``)."""
-        while self._undo:
-            self._undo.pop()()
+        """Close the engine's stores (ledger, health, quality evidence). The engine knows nothing
+        of a Router it governs: ``attach`` returns the handle that undoes that, and whose
+        ``detach()`` calls this one (``adapter/attachment.py``)."""
         self.spend.close()
         if self.health is not None:
             self.health.close()
