@@ -172,7 +172,7 @@ def test_day_and_month_windows_roll_over_at_local_midnight():
 
 
 def test_identity_in_the_proxy_comes_from_the_key_not_the_client():
-    from litellm_payg.core.identity import identity_of
+    from litellm_payg.wire.identity import identity_of
 
     proxy_md = {"user_api_key_hash": "hash-1", "user_api_key_user_id": "alice", "user_api_key_team_id": "t1", "user": "mallory"}
     who = identity_of({"user": "mallory"}, proxy_md)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from litellm_payg.core.identity import (
-    MAX_LABEL_CHARS, MAX_TAGS, LabelError, bounded_label, identity_from_key, identity_of, key_hash, session_of,
-)
+from litellm_payg.core.identity import MAX_LABEL_CHARS, MAX_TAGS, LabelError, bounded_label, key_hash
+from litellm_payg.wire.identity import identity_from_key, identity_of, session_of
 
 
 class Key:

@@ -15,6 +15,7 @@ plugin registry's ``DEFAULT_PLUGINS``, the package root's lazy names) are data, 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -193,10 +194,11 @@ def test_ledger_backends_are_reached_only_through_open_ledger():
     assert importers == {f"{PACKAGE}.stores.ledger": backends}
 
 
-#: the pure modules: everything in the ``core/`` layer (data, decisions and checks), and the plugin
-#: contract a rule or filter is written against
-PURE = tuple(sorted(name[len(PACKAGE) + 1:] for name in module_files() if name.startswith(f"{PACKAGE}.core."))) + (
-    "hook_chain", "hookspecs", "rules")
+#: the pure modules: everything in the ``core/`` layer (data, decisions and checks), LiteLLM's wire
+#: format as the ``wire/`` layer reads it (without LiteLLM), and the plugin contract a rule or filter
+#: is written against
+PURE = tuple(sorted(name[len(PACKAGE) + 1:] for name in module_files()
+                    if name.startswith((f"{PACKAGE}.core.", f"{PACKAGE}.wire.")))) + ("hook_chain", "hookspecs", "rules")
 #: what a pure module must not reach, directly or through another module of the package
 HEAVY = ("litellm", "openai", "httpx", "redis", "sqlite3", "fastapi", "prometheus_client")
 
@@ -240,13 +242,14 @@ def test_the_pure_modules_reach_no_litellm_and_no_io():
 #: belongs to the first layer whose prefix names it; ``contract`` is the plugin contract at the root.
 LAYERS = {
     "core": (),
+    "wire": ("core",),  # LiteLLM's request wire format, read without LiteLLM (the core names none of it)
     "contract": ("core",),
     "stores": ("core",),
-    "policy": ("core", "contract", "stores"),
+    "policy": ("core", "wire", "contract", "stores"),
     "runtime": ("core", "contract", "stores", "policy"),
     "default_plugins": ("core", "contract", "stores", "policy", "runtime"),
-    "adapter": ("core", "contract", "stores", "policy", "runtime"),
-    "tools": ("core", "contract", "stores", "policy", "runtime", "adapter"),
+    "adapter": ("core", "wire", "contract", "stores", "policy", "runtime"),
+    "tools": ("core", "wire", "contract", "stores", "policy", "runtime", "adapter"),
     "proxy": ("adapter",),  # the old proxy line, litellm_payg.proxy.handler: a deprecated shim over adapter.proxy
 }
 CONTRACT = ("", "hookspecs", "hook_chain", "rules", "plugins")  # "" is the package root's __init__
@@ -298,7 +301,7 @@ def test_third_party_drivers_are_imported_only_where_their_layer_allows():
 
 #: the layers below the adapter, which reach LiteLLM's price map and token counter only through the
 #: price source port (``core/price_source.py``), never by importing it
-BELOW_ADAPTER = ("core", "contract", "default_plugins", "stores", "policy", "runtime")
+BELOW_ADAPTER = ("core", "wire", "contract", "default_plugins", "stores", "policy", "runtime")
 
 
 def test_nothing_below_the_adapter_imports_litellm():
@@ -319,6 +322,115 @@ def test_nothing_below_the_adapter_imports_litellm():
                          for name in names if name.split(".")[0] == "litellm"]
     assert {layer_of(m) for m in checked} == set(BELOW_ADAPTER), checked  # every layer is found
     assert not problems, "LiteLLM imported below adapter/ (use core.price_source):\n" + "\n".join(problems)
+
+
+#: LiteLLM's wire format: the request fields, metadata keys and headers LiteLLM (or its proxy) reads or
+#: writes that the plugin reads. A core module names none of them; it works on the plugin's own data
+#: (``RouteRequest``, ``RequestIdentity``), which ``wire/`` and ``adapter/`` fill from the request. A
+#: name matches as written or as the start of a longer one (``user_api_key`` matches
+#: ``user_api_key_hash``), and not inside another word (``max_litellm_params_x`` does not match).
+#: Not listed, on purpose: ``metadata``, ``user`` and ``tags`` (OpenAI's field names too, and
+#: ``RouteRequest``'s own attributes), and ``model_info`` (the price source port's method mirrors
+#: LiteLLM's price-map entry, and a scope hint tells the user where the deployment id is set).
+LITELLM_WIRE_NAMES = (
+    "user_api_key",            # the key LiteLLM's proxy authenticated: UserAPIKeyAuth, metadata.user_api_key_*
+    "proxy_server_request",    # the proxy's copy of the HTTP request (its headers)
+    "litellm_metadata",        # the metadata field of the Responses and Anthropic routes
+    "litellm_call_id",         # LiteLLM's per-call id
+    "litellm_session_id",      # LiteLLM's session id field
+    "litellm_trace_id",        # LiteLLM's trace id field
+    "litellm_params",          # a deployment's (and a call's) LiteLLM parameters
+    "litellm_logging_obj",     # LiteLLM's logging object in a call's kwargs
+    "secret_fields",           # the proxy's raw headers, kept beside a request
+    "x-litellm",               # LiteLLM's request headers (x-litellm-trace-id, x-litellm-timeout...)
+)
+_WIRE_NAME = re.compile(r"(?<![A-Za-z0-9_-])(?:" + "|".join(re.escape(n) for n in LITELLM_WIRE_NAMES) + ")",
+                        re.IGNORECASE)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The ids of the docstring nodes of a module, its classes and functions (documentation may say
+    which LiteLLM field the adapter reads; code and messages may not)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                found.add(id(first.value))
+    return found
+
+
+def wire_names_in(path: Path) -> list[str]:
+    """Where a module's source names a LiteLLM wire field: in a string literal (an f-string's parts
+    too, but not a docstring) or as a name (a variable, attribute, argument, keyword, function, class
+    or imported name). Comments are not read."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            texts = [] if id(node) in docstrings else [node.value]
+        elif isinstance(node, ast.Name):
+            texts = [node.id]
+        elif isinstance(node, ast.Attribute):
+            texts = [node.attr]
+        elif isinstance(node, (ast.arg, ast.keyword)):
+            texts = [node.arg or ""]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            texts = [node.name]
+        elif isinstance(node, ast.alias):
+            texts = [node.name, node.asname or ""]
+        else:
+            continue
+        found += [f"{path.parent.name}/{path.name}:{getattr(node, 'lineno', '?')} names {m.group(0)!r}"
+                  for text in texts for m in [_WIRE_NAME.search(text)] if m]
+    return found
+
+
+def test_no_core_module_names_a_litellm_wire_field():
+    """The core works on the plugin's own request attributes: LiteLLM's field names, metadata keys
+    and headers (:data:`LITELLM_WIRE_NAMES`) are read in ``wire/`` and ``adapter/``. Fails naming the
+    file, line and name."""
+    core = [path for name, path in module_files().items() if layer_of(name) == "core"]
+    assert len(core) >= 13, core  # the core layer is found
+    problems = [hit for path in core for hit in wire_names_in(path)]
+    assert not problems, "LiteLLM's wire format in core/ (read it in wire/ or adapter/):\n" + "\n".join(problems)
+
+
+def test_the_wire_name_check_finds_literals_and_names_but_not_docstrings(toy):
+    pkg = toy({
+        "mod.py": (
+            '"""Reads ``litellm_session_id`` (a docstring: allowed)."""\n'
+            "def f(data, user_api_key_dict):\n"
+            '    """Also a docstring: proxy_server_request."""\n'
+            '    a = data.get("litellm_metadata")\n'
+            "    b = data.litellm_call_id\n"
+            '    c = f"{data}X-LiteLLM-Timeout"\n'
+            "    d = data.litellm_max_input_tokens  # litellm_params in a comment: not read\n"
+            "    return g(litellm_trace_id=1)\n"
+        ),
+    })
+    hits = wire_names_in(pkg / "mod.py")
+    assert sorted(h.split(":", 1)[1] for h in hits) == [
+        "2 names 'user_api_key'", "4 names 'litellm_metadata'", "5 names 'litellm_call_id'", "6 names 'X-LiteLLM'",
+        "8 names 'litellm_trace_id'"], hits
+
+
+def test_the_runtime_holds_no_reference_to_the_adapter():
+    """The engine is the runtime's, shared with ``simulate`` and ``explain``: what ``attach``
+    installs on a Router is kept by the handle it returns (``adapter/attachment.py``), not on the
+    engine. No runtime module names an ``adapter`` (an attribute, a variable or an argument), nor
+    keeps undo closures for it (``_undo``). Fails naming the file and line."""
+    problems = []
+    for module, path in sorted(module_files().items()):
+        if layer_of(module) != "runtime":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = (node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name)
+                    else node.arg if isinstance(node, ast.arg) else None)
+            if name in ("adapter", "_undo"):
+                problems.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} names {name!r}")
+    assert not problems, "the runtime refers to the adapter:\n" + "\n".join(problems)
 
 
 #: what makes a module a test server: the stdlib's HTTP server (the stand-in provider is one)

@@ -22,7 +22,7 @@ from standin_helpers import ROUTER
 from litellm_payg.adapter.ingress import InvalidRequest
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
 from litellm_payg.core.errors import PolicyError
-from litellm_payg.core.request_fields import FIELDS, Effect
+from litellm_payg.wire.request_fields import FIELDS, Effect
 from litellm_payg.policy.load import load_policy
 from standin import StandIn
 
@@ -184,7 +184,7 @@ def test_the_table_knows_every_openai_chat_parameter_litellm_lists():
     from litellm.constants import OPENAI_CHAT_COMPLETION_PARAMS
 
     missing = sorted(set(OPENAI_CHAT_COMPLETION_PARAMS) - set(FIELDS))
-    assert missing == [], f"add these to litellm_payg/core/request_fields.py FIELDS with their effect: {missing}"
+    assert missing == [], f"add these to litellm_payg/wire/request_fields.py FIELDS with their effect: {missing}"
     assert FIELDS["deployment_id"] is Effect.REROUTE and FIELDS["functions"] is Effect.PROMPT
 
 
@@ -309,7 +309,7 @@ async def test_a_request_the_plugin_cannot_bound_is_refused_or_reserved_at_the_p
 def test_the_output_cap_bounds_what_litellm_maps_for_each_provider(model, provider, caps):
     """LiteLLM's own mapping of the chat cap fields for the provider (``get_optional_params``, what
     it sends) never exceeds the cap the reservation reads."""
-    from litellm_payg.core.request_checks import output_cap
+    from litellm_payg.wire.request_checks import output_cap
 
     sent = litellm.get_optional_params(model=model, custom_llm_provider=provider, **caps)
     sent_caps = [v for k, v in sent.items() if k in ("max_tokens", "max_completion_tokens", "max_output_tokens",
@@ -341,7 +341,7 @@ async def test_tools_the_provider_bills_per_call_are_refused_unless_allowed(tool
     {"contents": [], "generationConfig": {"max_output_tokens": 300, "candidate_count": 4}},  # what LiteLLM sends
 ])
 def test_gemini_generation_config_caps_and_multiplies_the_output_bound(body):
-    from litellm_payg.core.request_checks import choices, output_cap
+    from litellm_payg.wire.request_checks import choices, output_cap
 
     assert (output_cap(body, "generate_content"), choices(body)) == (300, 4)
     assert output_cap({"contents": []}, "generate_content") is None  # the model's maximum then
@@ -381,7 +381,7 @@ async def test_a_prompt_marked_for_caching_is_reserved_at_the_cache_write_price(
 
 
 def test_the_proxys_copy_of_the_url_api_version_is_not_a_client_field():
-    from litellm_payg.core.request_fields import unknown_field
+    from litellm_payg.wire.request_fields import unknown_field
 
     url = "http://127.0.0.1:4000/openai/deployments/cheap/chat/completions?api-version=2024-10-21"
     data = {"model": "cheap", "messages": MESSAGES, "api_version": "2024-10-21", "proxy_server_request": {"url": url}}

@@ -219,6 +219,35 @@ def test_attach_checks_the_policy_against_the_router():
     assert "the router has no model group 'chatt'" in str(info.value)
 
 
+def test_attach_returns_a_handle_that_detaches_and_the_engine_holds_no_adapter():
+    """The Engine is the runtime's: ``attach`` keeps what it installed on the Router in the handle
+    it returns, whose ``detach()`` takes the callback, the doors and the sync ``completion`` back
+    off the Router and closes the engine's stores; the handle reads the engine's attributes through."""
+    import gc
+
+    import litellm
+    from litellm import Router
+
+    from litellm_payg.adapter.attachment import Attached
+    from litellm_payg.runtime.engine import Engine
+
+    router = Router(model_list=[deployment("chat", MISTRAL, "ml")])
+    policy = {"version": 1, "ledger": "memory://", "models": {MISTRAL: {"quality": 1}},
+              "routes": {"chat": [{"quality_floor": {"min_quality": 0}}]}}
+    handle = litellm_payg.attach(router, policy)
+    engine = handle.engine
+    assert isinstance(handle, Attached) and isinstance(engine, Engine)
+    assert handle.spend is engine.spend and handle.routes is engine.routes  # read through
+    assert not hasattr(engine, "adapter")
+    assert not [r for r in gc.get_referents(engine.__dict__) if isinstance(r, (Attached, type(handle.adapter)))]
+    assert handle.adapter in litellm.callbacks and "completion" in vars(router) and "acompletion" in vars(router)
+
+    handle.detach()
+    assert handle.adapter not in litellm.callbacks
+    assert "completion" not in vars(router) and "acompletion" not in vars(router)  # LiteLLM's own methods again
+    handle.detach()  # idempotent
+
+
 def test_importing_the_package_does_not_import_litellm():
     import subprocess
     import sys

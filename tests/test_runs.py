@@ -324,7 +324,7 @@ async def test_the_policy_names_where_the_session_id_is_read_from():
 
 def test_session_sources_are_checked_and_read_in_order():
     from litellm_payg.core.errors import PolicyError
-    from litellm_payg.core.identity import session_of
+    from litellm_payg.wire.identity import session_of
     from litellm_payg.policy.load import load_policy
 
     assert load_policy({"version": 1}).session_sources == ("litellm_session_id", "metadata.session_id")

@@ -265,7 +265,7 @@ def test_a_hostile_session_id_cannot_reach_another_runs_cap_through_the_proxy(ca
                          ids=["object", "list", "bool", "huge int", "float", "null"])
 def test_a_session_id_of_the_wrong_type_is_no_run_and_no_500(cap_proxy, value):
     """``litellm_session_id`` is LiteLLM's own parameter and a string: any other type is a 400 naming
-    it (``core/request_checks.LITELLM_PARAM_TYPES``), before anything is reserved; null is no run
+    it (``wire/request_checks.LITELLM_PARAM_TYPES``), before anything is reserved; null is no run
     (the run budget does not apply: a client can always leave its run, see the README's trust
     note). Never a 500."""
     import openai

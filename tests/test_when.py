@@ -16,7 +16,7 @@ from litellm_payg.core.decision import RouteRequest
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.policy.load import load_policy
 from litellm_payg.stores.prices import candidate_from_deployment
-from litellm_payg.rules import When, WhenError
+from litellm_payg.core.conditions import When, WhenError
 
 from routing_helpers import Recorder, attached, deployment, served_by
 
@@ -152,6 +152,20 @@ def test_a_bad_when_names_the_key(raw, path, words):
     with pytest.raises(WhenError) as info:
         When.parse(raw)
     assert info.value.path == path and words in info.value.message, (info.value.path, info.value.message)
+
+
+def test_a_policy_when_may_not_read_the_fields_litellms_proxy_auth_writes():
+    """The condition language (core) names no LiteLLM field; the policy loader passes LiteLLM's
+    reserved metadata prefix (``wire.identity``), so ``metadata.user_api_key_team_id`` is refused
+    in a policy file as before, while the bare language only reserves the plugin's own fields."""
+    from litellm_payg.core.errors import PolicyError
+
+    with pytest.raises(PolicyError) as info:
+        load_policy(_policy({"metadata.user_api_key_team_id": "ops"}))
+    assert "not a condition" in str(info.value) and "user_api_key_team_id" in str(info.value), str(info.value)
+    assert When.parse({"metadata.user_api_key_team_id": "ops"}).conditions[0].values == ("ops",)
+    with pytest.raises(WhenError):
+        When.parse({"metadata.user_api_key_team_id": "ops"}, reserved_metadata=("user_api_key",))
 
 
 # -- which rules apply --------------------------------------------------------------------------------

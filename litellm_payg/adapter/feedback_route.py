@@ -16,7 +16,7 @@ a bad value is a 4xx (``runtime.quality.FeedbackRefused``) and changes nothing.
 import logging
 from typing import Any
 
-from litellm_payg.core.identity import identity_from_key
+from litellm_payg.wire.identity import identity_from_key
 from litellm_payg.runtime.quality import FeedbackRefused
 from litellm_payg.stores.evidence import EvidenceError
 

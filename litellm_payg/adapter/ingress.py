@@ -5,11 +5,11 @@ Router's request methods that ``attach`` wraps (:func:`governed_entry_points`). 
 three things before anything is reserved (``PaygRouting.open_request``):
 
 1. refuse a request that carries forged plugin state or a malformed field the plugin reads
-   (:mod:`litellm_payg.core.request_checks`), with an error that names the field;
+   (:mod:`litellm_payg.wire.request_checks`), with an error that names the field;
 2. route or refuse a request whose ``model`` names a deployment instead of a group (LiteLLM would
    send it straight to that deployment, past every routing hook), per the policy's
    ``direct_deployments``;
-3. mint the plugin's id for the request (:mod:`litellm_payg.core.request_state`), which is also how a
+3. mint the plugin's id for the request (:mod:`litellm_payg.wire.request_state`), which is also how a
    Router's callback knows the request is its own and not another Router's.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import litellm
 
 from litellm_payg.core.errors import BudgetRefused, PaygError
-from litellm_payg.core.request_checks import check_request, forged_state_keys
+from litellm_payg.wire.request_checks import check_request, forged_state_keys
 
 #: the Router's async request methods: each can reach a deployment, so each is a governed door.
 #: Responses and Anthropic messages keep LiteLLM's metadata in ``litellm_metadata`` (their own

@@ -58,11 +58,12 @@ from litellm_payg.adapter.routing import PaygRouting
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import PaygError, PolicyError, Problem
 from litellm_payg.adapter.attributes import door_attributes
-from litellm_payg.core.identity import LabelError, identity_from_key
+from litellm_payg.core.identity import LabelError
+from litellm_payg.wire.identity import identity_from_key
 from litellm_payg.adapter.ingress import InvalidRequest, refuse_bad_input
 from litellm_payg.adapter.routes import keep_refusals_4xx_without_prisma, refusal, route_of
 from litellm_payg.policy.load import load_policy
-from litellm_payg.core.request_state import metadata_of
+from litellm_payg.wire.request_state import metadata_of
 from litellm_payg.stores.ledger.base import LedgerError
 
 logger = logging.getLogger("litellm_payg")

@@ -3,7 +3,7 @@
 * The governed doors (``ingress.py``): the Router's request methods, wrapped by ``install``, and in
   the proxy the pre-call hook (``proxy.py``), check each request (forged ``payg_*`` state,
   malformed fields, a deployment named as the model) and mint the plugin's id for it; the state
-  every hook below reads lives in :class:`~litellm_payg.core.request_state.RequestStates`, keyed by that
+  every hook below reads lives in :class:`~litellm_payg.wire.request_state.RequestStates`, keyed by that
   id, never in anything a client can write.
 * ``async_pre_call_deployment_hook``, once per attempt: refuses an attempt on a governed deployment
   that no pick chose (the backstop of the doors), and sets ``first_token_timeout_ms``.
@@ -74,18 +74,17 @@ from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.adapter.failures import (
     MID_STREAM, Failure, FailureClass, InvalidResponseError, diagnose, diagnose_broken_stream, timed_out_after_sending,
 )
+from litellm_payg.adapter.attachment import Attached
 from litellm_payg.adapter.attributes import door_attributes
-from litellm_payg.core.identity import (
-    DEFAULT_SESSION_SOURCES, LabelError, RequestIdentity, bounded_label, hints_of, identity_of, minted_session, run_of,
-    session_of,
-)
+from litellm_payg.core.identity import LabelError, RequestIdentity, bounded_label, hints_of, minted_session, run_of
+from litellm_payg.wire.identity import DEFAULT_SESSION_SOURCES, identity_of, session_of
 from litellm_payg.core.runs import loop_marks, prompt_hash
 from litellm_payg.adapter.ingress import InvalidRequest, governed_entry_points, refuse_bad_input
 from litellm_payg.policy.load import Policy, load_policy
 from litellm_payg.stores.prices import OTHER_PROMPT_PARTS, candidate_from_deployment, count_request_tokens, prompt_tokens_at_most
-from litellm_payg.core.request_checks import api_of, asks_cache_write, choices, output_cap
-from litellm_payg.core.request_fields import unknown_field
-from litellm_payg.core.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
+from litellm_payg.wire.request_checks import api_of, asks_cache_write, choices, output_cap
+from litellm_payg.wire.request_fields import unknown_field
+from litellm_payg.wire.request_state import REQUEST_KEY, RequestState, RequestStates, metadata_of
 from litellm_payg.adapter.litellm_errors import BudgetExceeded
 from litellm_payg.core.errors import BudgetRefused
 from litellm_payg.runtime.spend import LedgerDown
@@ -357,7 +356,7 @@ class PaygRouting(CustomLogger):
 
     def _refuse_unknown_fields(self, data: Mapping[str, Any]) -> None:
         """A request to a governed group accepts only the fields of the closed request surface
-        (:mod:`litellm_payg.core.request_fields`) and the policy's ``requests.allow_fields``:
+        (:mod:`litellm_payg.wire.request_fields`) and the policy's ``requests.allow_fields``:
         anything else could change what the provider bills past the reservation."""
         model = data.get("model")
         if model not in self._groups and model not in self._aliases:
@@ -1345,8 +1344,10 @@ def attach(
     *,
     ledger: Any = None,
     clock: Callable[[], float] | None = None,
-) -> Engine:
-    """Govern ``router`` by ``policy`` (a YAML path, a dict, or a loaded Policy); returns the Engine.
+) -> Attached:
+    """Govern ``router`` by ``policy`` (a YAML path, a dict, or a loaded Policy); returns the handle
+    (:class:`~litellm_payg.adapter.attachment.Attached`: ``.engine`` is the Engine, whose attributes
+    the handle reads through).
 
     ``ledger`` (a URL such as ``memory://``, or a ``Ledger``) replaces the policy's ledger, and
     ``clock`` the wall clock budgets and breakers read: tests and simulations inject both instead of
@@ -1355,7 +1356,7 @@ def attach(
     Registers a :class:`PaygRouting` callback with LiteLLM, makes the Router's request methods
     governed doors (:mod:`litellm_payg.adapter.ingress`: bad input and deployment names are refused there,
     and each request gets the plugin's id), and routes ``router.completion`` (sync) through the
-    async path so it is governed too. ``engine.detach()`` undoes all of it.
+    async path so it is governed too. ``.detach()`` on the handle undoes all of it.
     """
     loaded = policy if isinstance(policy, Policy) else load_policy(policy, deployments_known=True)  # bind checks prices
     engine = Engine(loaded, ledger=ledger, clock=clock or time.time)
@@ -1382,19 +1383,10 @@ def attach(
     completion.__doc__ = "Router.completion, governed by litellm-payg (served through acompletion)."
     router.completion = completion
 
-    router_ref = weakref.ref(router)  # the engine (held by LiteLLM's callback list) must not keep the Router alive
-
-    def detach() -> None:
-        adapter.uninstall()
-        governed = router_ref()
-        if governed is not None:
-            governed.__dict__.pop("completion", None)  # back to the class's own method
-
-    engine.adapter = adapter
-    engine._undo.append(detach)
+    attached = Attached(engine, adapter, router)
     # a Router dropped without detach() must not leave its callback in LiteLLM's process-wide lists
     weakref.finalize(router, _router_collected, weakref.ref(adapter))
-    return engine
+    return attached
 
 
 def _router_collected(adapter_ref: "weakref.ReferenceType[PaygRouting]") -> None:

@@ -29,7 +29,8 @@ import asyncio
 import logging
 from typing import Any
 
-from litellm_payg.core.identity import identity_from_key, key_hash
+from litellm_payg.core.identity import key_hash
+from litellm_payg.wire.identity import identity_from_key
 from litellm_payg.core.runs import NotYourRun, RunNotFound, run_for
 from litellm_payg.stores.ledger.base import LedgerError
 

@@ -49,7 +49,7 @@ import litellm
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
 from litellm_payg.adapter import charges, litellm_versions
-from litellm_payg.core.request_checks import api_of
+from litellm_payg.wire.request_checks import api_of
 
 logger = logging.getLogger("litellm_payg")
 

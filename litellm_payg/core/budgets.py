@@ -118,7 +118,7 @@ class DowngradeStep(BaseModel):
 class FinalReserve(BaseModel):
     """The last ``share`` of a run's limit is kept for its final requests: those ``when`` matches
     (a ``when:`` as on a rule entry, e.g. ``{metadata.step: final}`` or ``{tags: [final]}``; the
-    policy loader checks it with ``rules.When``). Other requests of the run are refused once they
+    policy loader checks it with ``core.conditions.When``). Other requests of the run are refused once they
     would reach into it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -152,7 +152,7 @@ class Budget(BaseModel):
     #: run budgets only: the share of the limit kept for the run's final requests
     final_reserve: FinalReserve | None = None
     #: run budgets only: the requests this budget applies to (a ``when:`` as on a rule entry, checked
-    #: by the policy loader with ``rules.When``); without it, every request of a run
+    #: by the policy loader with ``core.conditions.When``); without it, every request of a run
     when: dict[str, Any] | None = None
     #: run budgets only: the run's tokens (prompt and output, settled, plus each request in flight's
     #: bound: its prompt and every output token it may produce) at most this many

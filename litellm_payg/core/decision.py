@@ -147,7 +147,7 @@ class RouteRequest:
     allowed_models: frozenset[str] | None = None
     trace_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    #: the session the request belongs to, as the client names it (``identity.session_of``); read
+    #: the session the request belongs to, as the client names it (``wire.identity.session_of``); read
     #: by ``when: {session: ...}``
     session: str | None = None
     #: the run the request's run budgets count it in: its session qualified by who started the run

@@ -1,6 +1,6 @@
 """Run budgets (``scope: session:*``, ``window: session:<idle>``): the pure half.
 
-A run is what a client names with a session id (``identity.session_of``): an agent's conversation,
+A run is what a client names with a session id (``wire.identity.session_of``): an agent's conversation,
 a batch job. Its budget is a ledger bucket that lives until the run has been idle for the window's
 time, plus counters (requests, one prompt's repeats) reserved with it in one atomic call
 (``budgets.buckets_for``, ``budgets.loop_bucket``). What is decided rather than reserved lives here:

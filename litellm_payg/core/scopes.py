@@ -96,8 +96,8 @@ def request_attribute(name: str, *, doc: str, key_field: str | None = None, meta
     if (key_field is None) == (metadata_field is None):
         raise ValueError(f"request attribute {name!r}: give key_field (the authenticated key's) or "
                          "metadata_field (the client's), one of them")
-    if metadata_field is not None and (metadata_field.startswith(("payg_", "user_api_key")) or not metadata_field):
-        raise ValueError(f"request attribute {name!r}: metadata.{metadata_field} is litellm-payg's or LiteLLM's own")
+    if metadata_field is not None and (metadata_field.startswith("payg_") or not metadata_field):
+        raise ValueError(f"request attribute {name!r}: metadata.{metadata_field} is litellm-payg's own")
     return ScopeKind(name, lambda r, c: one(r.attrs.get(name)), record or name, key_field is not None, doc,
                      source="key" if key_field else "client", key_field=key_field, metadata_field=metadata_field,
                      when=name if when else None)
@@ -230,7 +230,7 @@ BUILTIN_KINDS: tuple[ScopeKind, ...] = (
     ScopeKind("deployment", lambda r, c: one(c and c.deployment_id), "deployment", True, "the deployment id",
               source="deployment", router_values=lambda by: sorted({c.deployment_id for cs in by.values() for c in cs}),
               hint="A deployment scope names a model_info.id: give the deployment a stable one in the LiteLLM config "
-                   "(a generated id changes whenever its litellm_params do)."),
+                   "(a generated id changes whenever its parameters do)."),
     ScopeKind("user", lambda r, c: one(r.user), "user", True, "the authenticated key's user",
               source="key", key_field="user_id", field="user", when="user"),
     ScopeKind("team", lambda r, c: one(r.team), "team", True, "the authenticated key's team",
@@ -242,9 +242,8 @@ BUILTIN_KINDS: tuple[ScopeKind, ...] = (
     ScopeKind("tag", lambda r, c: tuple(dict.fromkeys(t for t in r.tags if t)), "tags", False,
               "each tag the client sends (metadata.tags)", source="client", field="tags", when="tags", many=True),
     ScopeKind("session", _run_of, "session", False,
-              "the run the request belongs to: LiteLLM's session id (`litellm_session_id`, "
-              "`metadata.session_id`; the proxy maps `x-litellm-trace-id` to it), or where the policy's "
-              "`sessions.id_from` says, see identity.session_of",
+              "the run the request belongs to: the session id the request names (LiteLLM's, or where the "
+              "policy's `sessions.id_from` says, see wire.identity.session_of)",
               source="client", field="session", when="session", value=lambda r: r.session),
 )
 

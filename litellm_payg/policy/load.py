@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from litellm_payg.core.bounds import Seconds, Tokens, Usd
-from litellm_payg.core.request_fields import allowable
+from litellm_payg.wire.request_fields import allowable
 from litellm_payg.core.budgets import Budget
 from litellm_payg.policy.failover import FailoverSettings, ValidatorSpec
 from litellm_payg.policy.quality import QualitySettings
@@ -28,8 +28,9 @@ from litellm_payg.core.errors import PluginError, PolicyError, Problem
 from litellm_payg.core.model_facts import ModelFacts
 from litellm_payg.plugins import builtin_scopes, make_plugin_manager, rule_types, scope_registry
 from litellm_payg.core.scopes import ScopeRegistry
-from litellm_payg.core.identity import DEFAULT_SESSION_SOURCES, check_session_source
-from litellm_payg.rules import RuleSpec, When, WhenError
+from litellm_payg.wire.identity import DEFAULT_SESSION_SOURCES, LITELLM_METADATA_PREFIX, check_session_source
+from litellm_payg.core.conditions import When, WhenError
+from litellm_payg.rules import RuleSpec
 
 Path_ = tuple[str | int, ...]
 
@@ -60,7 +61,7 @@ def _allowable(name: str) -> str:
 
 
 class RequestSettings(_Strict):
-    """``requests:``: the request surface of governed groups (:mod:`litellm_payg.core.request_fields`).
+    """``requests:``: the request surface of governed groups (:mod:`litellm_payg.wire.request_fields`).
 
     ``allow_fields`` adds body fields the plugin does not know (or ones it refuses because their
     cost is not bounded, such as ``service_tier``) and ``extra_body.<field>`` keys; a field that
@@ -222,6 +223,15 @@ def load_policy(src: str | Path | Mapping[str, Any], *, deployments_known: bool 
                         check_prices=not deployments_known)
 
 
+def _refuse_litellm_metadata_fields(scopes: ScopeRegistry) -> None:
+    """A plugin's client-asserted request attribute may not read a metadata field LiteLLM's proxy
+    auth writes (``user_api_key_*``): that is the key's, declared with ``key_field``."""
+    for kind in scopes.door_filled():
+        if kind.metadata_field is not None and kind.metadata_field.startswith(LITELLM_METADATA_PREFIX):
+            raise PluginError(f"request attribute {kind.name!r}: metadata.{kind.metadata_field} is LiteLLM's own "
+                              f"(declare it with key_field={kind.metadata_field[len(LITELLM_METADATA_PREFIX) + 1:]!r})")
+
+
 def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_dir: Path,
                  check_prices: bool = True) -> Policy:
     if not isinstance(data, Mapping):
@@ -237,6 +247,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         try:
             pm = make_plugin_manager(raw_plugins, base_dir)
             scopes = scope_registry(pm)
+            _refuse_litellm_metadata_fields(scopes)
         except PluginError as exc:
             plugin_error = PolicyError([Problem("plugins", str(exc), _nearest_line(lines, ("plugins",)))], source)
     if pm is None or plugin_error is not None:
@@ -260,10 +271,10 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         for index, entry in enumerate(entries):
             where: Path_ = ("routes", group, index)
             when = None
-            if "when" in entry:  # a condition on the rule entry (rules.When); the rest is the rule
+            if "when" in entry:  # a condition on the rule entry (core.conditions.When); the rest is the rule
                 raw_when, entry = entry["when"], {k: v for k, v in entry.items() if k != "when"}
                 try:
-                    when = When.parse(raw_when, scopes)
+                    when = When.parse(raw_when, scopes, reserved_metadata=(LITELLM_METADATA_PREFIX,))
                 except WhenError as exc:
                     at = (*where, "when", *exc.path)
                     problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))
@@ -303,7 +314,7 @@ def parse_policy(data: Any, source: str | None, lines: dict[Path_, int], base_di
         wanted.append((("sessions", "required"), doc.sessions.required))
     for where, raw in wanted:
         try:
-            conditions[where] = When.parse(raw, scopes)
+            conditions[where] = When.parse(raw, scopes, reserved_metadata=(LITELLM_METADATA_PREFIX,))
         except WhenError as exc:
             at = (*where, *exc.path)
             problems.append(Problem(_dotted(at), exc.message, _nearest_line(lines, at), hint=exc.hint))

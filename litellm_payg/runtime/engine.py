@@ -74,14 +74,11 @@ class Engine:
             for group, rules in self.routes.items() for rule in rules
             if getattr(getattr(rule, "options", None), "measured", None) is not None
         })
-        #: the LiteLLM callback applying this engine, once ``attach`` bound it to a Router
-        self.adapter: object | None = None
-        self._undo: list[Callable[[], None]] = []
 
     def detach(self) -> None:
-        """Stop governing the Router this engine was attached to (undoes ``attach``)."""
-        while self._undo:
-            self._undo.pop()()
+        """Close the engine's stores (ledger, health, quality evidence). The engine knows nothing
+        of a Router it governs: ``attach`` returns the handle that undoes that, and whose
+        ``detach()`` calls this one (``adapter/attachment.py``)."""
         self.spend.close()
         if self.health is not None:
             self.health.close()
@@ -216,7 +213,7 @@ class Engine:
         return self.quality.feedback(response_id, metric, value, api_key=api_key)
 
     def run_status(self, session: str, budget: str | None = None) -> RunStatus:
-        """What run ``session`` (a session id, as ``identity.session_of`` reads it) has spent and
+        """What run ``session`` (a session id, as ``wire.identity.session_of`` reads it) has spent and
         has left: a :class:`~litellm_payg.core.runs.RunStatus` with ``spent_usd``, ``reserved_usd``
         (in flight), ``limit_usd``, ``remaining_usd``, ``working_remaining_usd`` (the final reserve
         left out), ``requests`` and ``max_requests``. ``budget`` picks a run budget by name (default:

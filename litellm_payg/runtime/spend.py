@@ -32,7 +32,7 @@ from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
 from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError, UnboundedCost
 from litellm_payg.stores.ledger import open_ledger
 from litellm_payg.core.headroom import budget_label, exhausted, over, scope_label
-from litellm_payg.rules import When
+from litellm_payg.core.conditions import When
 from litellm_payg.stores.ledger.base import Ledger, LedgerError, Usage, to_nanos
 from litellm_payg.core.snapshot import CandidateBudgets
 

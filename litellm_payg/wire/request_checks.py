@@ -6,7 +6,7 @@ each with an error that names the field, so a client learns what to fix and noth
 ledger:
 
 * **Forged plugin state.** ``payg_*`` metadata keys are the plugin's namespace. The plugin keeps
-  its per-request state itself (:mod:`litellm_payg.core.request_state`) and never reads it back from
+  its per-request state itself (:mod:`litellm_payg.wire.request_state`) and never reads it back from
   metadata, so a client-sent key could not move a charge anyway; it is refused rather than
   silently dropped, so a client that relied on one finds out. ``payg_hints`` is the one key a
   client may send: hints can only tighten a route (:func:`litellm_payg.core.identity.hints_of`).
@@ -18,7 +18,7 @@ ledger:
   would run the call on a clone of the deployment that the policy never picked.
 
 Fields the plugin does not know at all (and ``extra_body``) are the business of
-:mod:`litellm_payg.core.request_fields`, the closed request surface of a governed group.
+:mod:`litellm_payg.wire.request_fields`, the closed request surface of a governed group.
 
 No LiteLLM here: the adapter maps a :class:`BadField` to the error each caller expects (HTTP 400 in
 the proxy, ``litellm.BadRequestError`` in the SDK).

@@ -10,7 +10,7 @@ it: a shared ``litellm_trace_id`` made hundreds of requests share one reservatio
 Now the plugin mints an id on first sight of a request (``secrets``: unguessable, never sent to the
 client) and keeps the state in a map keyed by it. The only thing written into metadata is that id,
 under :data:`REQUEST_KEY`, so later calls can find the state again. A client cannot forge the key
-(the proxy refuses client ``payg_*`` keys, :mod:`litellm_payg.core.request_checks`), and an id the map
+(the proxy refuses client ``payg_*`` keys, :mod:`litellm_payg.wire.request_checks`), and an id the map
 does not know, or one minted for another request (checked against LiteLLM's trace id), starts a
 new state instead of joining one.
 """
@@ -24,7 +24,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from litellm_payg.core.request_checks import METADATA_FIELDS
+from litellm_payg.wire.request_checks import METADATA_FIELDS
 
 #: the metadata key holding the plugin's request id (the only state-bearing key it writes)
 REQUEST_KEY = "payg_request"

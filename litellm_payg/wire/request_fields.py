@@ -35,7 +35,7 @@ A tool the provider runs and bills per call (a ``tools`` entry whose ``type`` is
 ``function``/``custom``: web search, code interpreter...; Gemini's search grounding) is refused
 unless allowed as ``tools.<type>``.
 
-No LiteLLM here (the core layer): LiteLLM's own lists (``OPENAI_CHAT_COMPLETION_PARAMS``,
+No LiteLLM import here (the wire layer): LiteLLM's own lists (``OPENAI_CHAT_COMPLETION_PARAMS``,
 ``all_litellm_params``) were read to write this table; ``tests/test_request_fields.py`` checks
 the OpenAI chat list against it, so a LiteLLM release that adds a field shows up as a failing test.
 """
@@ -47,7 +47,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from litellm_payg.core.request_checks import BadField, _shown
+from litellm_payg.wire.request_checks import BadField, _shown
 
 
 class Effect(str, Enum):
