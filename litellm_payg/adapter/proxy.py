@@ -56,6 +56,7 @@ from typing import Any
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter.routing import PaygRouting
 from litellm_payg.runtime.engine import Engine
+from litellm_payg.runtime import store_access
 from litellm_payg.core.errors import PaygError, PolicyError, Problem
 from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import LabelError, identity_from_key
@@ -301,7 +302,7 @@ class ProxyPaygRouting(PaygRouting):
             if not isinstance(metadata, dict):
                 refuse_bad_input(data)  # names the field
             identity = identity_from_key(user_api_key_dict, data, metadata)
-            attrs = door_attributes(self.engine.spend.scopes, metadata, key=user_api_key_dict)
+            attrs = door_attributes(store_access.scopes(self.engine), metadata, key=user_api_key_dict)
             if attrs:
                 identity = dataclasses.replace(identity, attrs=attrs)
             self.open_request(data, field, identity, router_door=False, call=call_type)
@@ -392,10 +393,10 @@ class ProxyPaygRouting(PaygRouting):
         first, in ``x-payg-run-budgets``."""
         request = getattr(state, "request", None)
         engine = self.engine
-        if request is None or engine is None or not engine.spend.runs:
+        if request is None or engine is None or not store_access.has_run_budgets(engine):
             return {}
         try:
-            statuses = engine.spend.request_runs(request)
+            statuses = store_access.request_runs(engine, request)
         except (LedgerError, ValueError) as exc:
             logger.warning("litellm-payg: cannot read the run's budget for the response headers: %s", exc)
             return {}

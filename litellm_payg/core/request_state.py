@@ -49,8 +49,9 @@ class RequestState:
     attempts: list[str] = field(default_factory=list)
     #: open reservation ids per deployment, oldest first (attempts of a request are sequential)
     reservations: dict[str, list[str]] = field(default_factory=dict)
-    #: (deployment id, exception) of the last failed attempt, for the next pick's failover step
-    last_failure: tuple[str, BaseException] | None = None
+    #: (deployment id, exception, its diagnosed ``Failure``) of the last failed attempt, for the
+    #: next pick's failover step (``runtime.attempt.Attempt``)
+    last_failure: tuple[str, BaseException, Any] | None = None
     #: an error that ends the request (a budget block, a ``fail`` failover, a down ledger): raised
     #: again on every later hop so LiteLLM's retries and fallbacks cannot route around it
     final_error: BaseException | None = None
