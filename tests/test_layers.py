@@ -198,7 +198,8 @@ def test_ledger_backends_are_reached_only_through_open_ledger():
 STORES = ("spend", "health")
 #: modules outside ``runtime/`` that still call them, each with why; the lead's merge empties it
 STORE_CALLS_PENDING = {
-    f"{PACKAGE}.tools.simulate": "being split by another change (#20); it closes its engine's stores itself",
+    f"{PACKAGE}.tools.simulate": "being split by another change (#20): its engine.spend.close() and "
+                                 "engine.health.close() become runtime.store_access.close(engine)",
 }
 
 

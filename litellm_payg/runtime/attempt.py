@@ -149,7 +149,7 @@ class Attempt:
             picked = self._of.lifecycle.pick(request, candidates, reservation_id, attempts=state.attempts,
                                              last_failure=failed)
         except GiveUp as stop:
-            stop.error = last[1]  # type: ignore[attr-defined,index]
+            stop.error = last[1]  # type: ignore[index]
             raise
         deployment_id = picked.candidate.deployment_id
         state.add_reservation(deployment_id, reservation_id)

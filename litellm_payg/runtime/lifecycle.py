@@ -39,6 +39,8 @@ class GiveUp(Exception):
     def __init__(self, hop: NextHop):
         super().__init__(hop.reason)
         self.hop = hop
+        #: the last attempt's own error, set by ``runtime.attempt.Attempt.pick`` for the adapter to re-raise
+        self.error: BaseException | None = None
 
 
 @dataclass(frozen=True)
