@@ -141,7 +141,7 @@ class AnswerPath:
         cost = charges.price_tokens(candidate, str(model or ""), prompt, completion) if (prompt or completion) else None
         charge = charges.Charge(cost, prompt, completion) if cost is not None else charges.Charge(
             attempt.reserved_usd(reservation_id) or 0.0, prompt, completion, estimated=True)
-        # LiteLLM logs no latency for it: the deployment's health is not told (as before the attempt object)
+        # no latency is known for it here, and the deployment's health store is not told of it
         attempt.answered(deployment_id, reservation_id, charge, tokens=charges.used_tokens(charge), model=model,
                          health=False)
         self._finish(state)
