@@ -51,6 +51,7 @@ def setup():
         states = RequestStates()
         attempts = Attempts(engine, by_id.get, states)
         state = states.mint({}, "trace-1")
+        make.states = states
         return engine, cands, attempts.of(state), recorder
     return make
 
@@ -134,6 +135,6 @@ def test_a_finished_request_keeps_only_its_run_for_late_readers(setup):
     attempt.answered(DS, attempt.take(DS), _Charge(0.001), tokens=None)
     attempt.finish(late_headers=True)
     assert isinstance(attempt.state.request, AnsweredRequest) and attempt.state.finished
-    assert attempt._of.states.find({"payg_request": attempt.state.id}) is attempt.state  # kept for the headers
+    assert setup.states.find({"payg_request": attempt.state.id}) is attempt.state  # kept for the headers
     attempt.finish(late_headers=False)
-    assert attempt._of.states.find({"payg_request": attempt.state.id}) is None
+    assert setup.states.find({"payg_request": attempt.state.id}) is None
