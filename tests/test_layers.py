@@ -194,6 +194,72 @@ def test_ledger_backends_are_reached_only_through_open_ledger():
     assert importers == {f"{PACKAGE}.stores.ledger": backends}
 
 
+#: the engine's spend guard (``Engine.spend``: reserve, settle, release, the ledger behind it) and
+#: health store (``Engine.health``: breakers, latency)
+STORES = ("spend", "health")
+
+
+def _through_store(node: ast.AST | None) -> bool:
+    """Whether an expression reaches its value through a ``.spend``/``.health`` attribute."""
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        if isinstance(node, ast.Attribute) and node.attr in STORES:
+            return True
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return False
+
+
+def store_calls(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every call on the spend guard or the health store in ``tree``, read statically: a call whose
+    receiver is reached through a ``.spend``/``.health`` attribute (``engine.spend.settle(...)``,
+    ``x.health.record(...)``, ``engine.spend.ledger.records()``); ``getattr(x, "spend" or
+    "health")``, and a store or a part of it bound to a name (``ledger = engine.spend.ledger``):
+    the same calls by another spelling. ``report.spend(...)``, a method of that name, is not one
+    (only the receiver's chain counts), nor is reading a setting (``bool(engine.spend.budgets)``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and _through_store(node.value):
+            found.append((node.lineno, ast.unparse(node)))
+            continue
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (isinstance(func, ast.Name) and func.id == "getattr" and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant) and node.args[1].value in STORES):
+            found.append((node.lineno, ast.unparse(node)))
+            continue
+        if isinstance(func, ast.Attribute) and _through_store(func.value):
+            found.append((node.lineno, ast.unparse(func)))
+    return found
+
+
+def test_only_the_runtime_calls_the_spend_guard_and_the_health_store():
+    """How a request's reservation ends and what feeds a breaker is decided in ``runtime/`` (a
+    request's ``runtime.attempt.Attempt``; ``runtime.store_access`` for the reads and the judged
+    sample); the adapter, the tools and the plugins ask through it, never call the stores."""
+    outside = {}
+    for module, path in module_files().items():
+        if module.startswith(f"{PACKAGE}.runtime."):
+            continue
+        calls = store_calls(ast.parse(path.read_text(), str(path)))
+        if calls:
+            outside[module] = calls
+    assert outside == {}, "calls on Engine.spend / Engine.health outside runtime/ (go through runtime.attempt or runtime.store_access)"
+
+
+def test_the_store_call_check_sees_every_spelling(tmp_path):
+    """The check above can fail: each spelling of a store call is found, a same-named method is not."""
+    source = """
+engine.spend.settle("r", 1.0)
+self.engine.health.record("d", ok=False)
+adapter.engine.spend.ledger.records()
+getattr(engine, "health", None)
+ledger = engine.spend.ledger
+report.spend("provider:x")
+bool(engine.spend.budgets)
+"""
+    assert sorted(line for line, _ in store_calls(ast.parse(source))) == [2, 3, 4, 5, 6]
+
+
 #: the pure modules: everything in the ``core/`` layer (data, decisions and checks), LiteLLM's wire
 #: format as the ``wire/`` layer reads it (without LiteLLM), and the plugin contract a rule or filter
 #: is written against

@@ -17,7 +17,7 @@ def _policy(tmp_path) -> dict:
 
 async def test_an_observer_registered_after_unheard_outcomes_hears_the_next_ones(tmp_path):
     with attached([deployment("chat", "openai/gpt-4o-mini", "d1")], _policy(tmp_path)) as (router, engine):
-        assert not engine.adapter._outcome_heard()
+        assert not engine.adapter.attempts.outcome_heard()
         await router.acompletion(model="chat", messages=MESSAGES)
         recorder = Recorder()
         engine.pm.register(recorder)

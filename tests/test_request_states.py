@@ -1,4 +1,4 @@
-"""The plugin's per-request state map (``wire/request_state.py``) stays bounded, and a finished
+"""The plugin's per-request state map (``runtime/request_state.py``) stays bounded, and a finished
 request's state is kept only briefly, for the hooks that run after the answer.
 
 Why it matters: every state holds its decision (a dict per dropped deployment). Kept for the last
@@ -8,7 +8,7 @@ collection of the process slower; now only the last ``finished_limit`` finished 
 
 from __future__ import annotations
 
-from litellm_payg.wire.request_state import REQUEST_KEY, RequestStates
+from litellm_payg.runtime.request_state import REQUEST_KEY, RequestStates
 
 
 def test_finished_states_are_kept_only_among_the_last_finished_limit():

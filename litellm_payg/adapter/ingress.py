@@ -9,7 +9,7 @@ three things before anything is reserved (``PaygRouting.open_request``):
 2. route or refuse a request whose ``model`` names a deployment instead of a group (LiteLLM would
    send it straight to that deployment, past every routing hook), per the policy's
    ``direct_deployments``;
-3. mint the plugin's id for the request (:mod:`litellm_payg.wire.request_state`), which is also how a
+3. mint the plugin's id for the request (:mod:`litellm_payg.runtime.request_state`), which is also how a
    Router's callback knows the request is its own and not another Router's.
 """
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from litellm_payg.core.buckets import Bucket
 from litellm_payg.core.quality import class_of, verdict
+from litellm_payg.runtime import store_access
 
 logger = logging.getLogger("litellm_payg")
 
@@ -81,7 +82,7 @@ class JudgedSample:
         rule = self._rule(group)
         if rule is None:
             return None
-        view = engine.quality.view(group, engine.spend.clock())
+        view = engine.quality.view(group, store_access.now(engine))
         if view is None:
             return None
         bar = float(rule.options.min_quality)
@@ -116,7 +117,7 @@ class JudgedSample:
         if candidate is None:
             return
         engine = self.adapter.engine
-        now = engine.spend.clock()
+        now = store_access.now(engine)
         index = math.floor(now / settings.window_s)
         bucket = Bucket(key=f"judge:{group}:{int(settings.window_s)}:{index}", limit_usd=settings.max_usd, enforce=True,
                         expires_at=(index + 1) * settings.window_s)
@@ -124,11 +125,11 @@ class JudgedSample:
         attrs = {"purpose": "judge", "group": group, "deployment": candidate.deployment_id, "model": candidate.model,
                  "judge": settings.model, "trace_id": state.trace_id}
         try:
-            result = engine.spend.ledger.reserve(rid, [bucket], settings.reserve_usd, ttl_s=600, now=now, attrs=attrs)
+            reserved = store_access.reserve_judged(engine, rid, bucket, settings.reserve_usd, attrs, now)
         except Exception as exc:  # noqa: BLE001 - a sample is never worth an error
             logger.warning("litellm-payg judge: could not reserve a sample: %s", exc)
             return
-        if not result.ok:
+        if not reserved:
             return  # the window's judging budget is spent
         cls = class_of(request, engine.quality.settings.class_by)
         task = loop.create_task(self._run(rid, candidate, group, cls, list(messages), answer))
@@ -140,7 +141,6 @@ class JudgedSample:
 
         settings = self.settings
         engine = self.adapter.engine
-        ledger = engine.spend.ledger
         cost = 0.0
         billed = False
         try:
@@ -150,7 +150,7 @@ class JudgedSample:
             found = [d for d in (deployments(router) if router is not None else ())
                      if str((d.get("model_info") or {}).get("id")) == candidate.deployment_id]
             if not found:
-                ledger.release(rid)
+                store_access.release_judged(engine, rid)
                 return
             params = {k: v for k, v in dict(found[0].get("litellm_params") or {}).items() if v is not None}
             theirs = await litellm.acompletion(messages=messages, max_tokens=settings.max_tokens, **params)
@@ -175,9 +175,9 @@ class JudgedSample:
                 if cost > settings.reserve_usd:
                     logger.warning("litellm-payg judge: a sample cost $%.6f, above its reservation of $%s: raise "
                                    "judge.reserve_usd or lower judge.max_tokens", cost, settings.reserve_usd)
-                ledger.settle(rid, cost)
+                store_access.settle_judged(engine, rid, cost)
             else:
-                ledger.release(rid)
+                store_access.release_judged(engine, rid)
         except Exception as exc:  # noqa: BLE001
             logger.warning("litellm-payg judge: could not settle sample %s: %s", rid, exc)
 

@@ -49,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from litellm_payg import hookimpl
+from litellm_payg.runtime import store_access
 
 logger = logging.getLogger("litellm_payg")
 
@@ -103,7 +104,7 @@ def payg_filter_candidates(request, candidates, engine):
         seen.candidates[request.group] = tuple(candidates)
     # who the request is, by every request attribute the policy's scope kinds declare (no run: one
     # gauge per run would grow without bound); kept as a bare request the collector reads buckets for
-    key = engine.spend.scopes.identity_key(request)
+    key = store_access.scopes(engine).identity_key(request)
     if key not in seen.identities and len(seen.identities) < MAX_IDENTITIES:
         seen.identities[key] = _bare(request)
     return None
@@ -140,7 +141,6 @@ class BudgetCollector:
         return []  # nothing is collected at registration time
 
     def collect(self):
-        from litellm_payg.core.budgets import all_buckets
         from litellm_payg.core.decision import RouteRequest
 
         fams = {
@@ -158,29 +158,19 @@ class BudgetCollector:
         with _LOCK:
             engines = list(_ENGINES.items())
         for engine, seen in engines:
-            spend = engine.spend
-            if spend.budgets:
-                found: dict[str, Any] = {}
+            if store_access.has_budgets(engine):
                 seen_requests = [(RouteRequest("", 0, 0), None)] + [
                     (request, c)
                     for request in list(seen.identities.values())
                     for c in seen.candidates.get(request.group, ())
                 ]
-                for request, candidate in seen_requests:
-                    try:
-                        for bb in all_buckets(spend.budgets, request, candidate, when, spend.tz):
-                            found.setdefault(bb.bucket.key, bb)
-                    except ValueError:
-                        continue
                 try:
-                    usage = spend.ledger.usage([bb.bucket for bb in found.values()], now=now)
+                    usage = store_access.budget_usage(engine, seen_requests, now, when)
                 except Exception as exc:  # a scrape must not fail because the ledger is down
                     logger.warning("litellm-payg metrics: cannot read budget usage: %s", exc)
-                    usage = {}
-                for key, bb in found.items():
-                    u = usage.get(key)
-                    if u is None:
-                        continue
+                    usage = []
+                for bb, u in usage:
+                    key = bb.bucket.key
                     kind = bb.budget.scope.split(":", 1)[0]
                     labels = [
                         bb.budget.name or key.split("|", 1)[0],
@@ -193,17 +183,15 @@ class BudgetCollector:
                     fams["reserved_usd"].add_metric(labels, u.reserved_usd)
                     fams["limit_usd"].add_metric(labels, limit)
                     fams["remaining_usd"].add_metric(labels, max(0.0, limit - u.spent_usd - u.reserved_usd))
-            health = getattr(engine, "health", None)
-            if health is not None:
-                ids = sorted({c.deployment_id for cs in seen.candidates.values() for c in cs})
-                try:
-                    snap = health.snapshot(ids, now) if ids else {}
-                except Exception as exc:
-                    logger.warning("litellm-payg metrics: cannot read breaker state: %s", exc)
-                    snap = {}
-                for dep, h in sorted(snap.items()):
-                    for state in ("closed", "open", "half_open"):
-                        breaker.add_metric([dep, state], 1.0 if h.state == state else 0.0)
+            ids = sorted({c.deployment_id for cs in seen.candidates.values() for c in cs})
+            try:
+                snap = store_access.breaker_states(engine, ids, now)
+            except Exception as exc:
+                logger.warning("litellm-payg metrics: cannot read breaker state: %s", exc)
+                snap = {}
+            for dep, h in sorted((snap or {}).items()):
+                for state in ("closed", "open", "half_open"):
+                    breaker.add_metric([dep, state], 1.0 if h.state == state else 0.0)
         yield from fams.values()
         yield breaker
 

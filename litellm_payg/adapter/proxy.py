@@ -56,6 +56,7 @@ from typing import Any
 from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter.routing import PaygRouting
 from litellm_payg.runtime.engine import Engine
+from litellm_payg.runtime import store_access
 from litellm_payg.core.errors import PaygError, PolicyError, Problem
 from litellm_payg.adapter.attributes import door_attributes
 from litellm_payg.core.identity import LabelError
@@ -63,7 +64,7 @@ from litellm_payg.wire.identity import identity_from_key
 from litellm_payg.adapter.ingress import InvalidRequest, refuse_bad_input
 from litellm_payg.adapter.routes import keep_refusals_4xx_without_prisma, refusal, route_of
 from litellm_payg.policy.load import load_policy
-from litellm_payg.wire.request_state import metadata_of
+from litellm_payg.adapter.request_metadata import metadata_of
 from litellm_payg.stores.ledger.base import LedgerError
 
 logger = logging.getLogger("litellm_payg")
@@ -302,7 +303,7 @@ class ProxyPaygRouting(PaygRouting):
             if not isinstance(metadata, dict):
                 refuse_bad_input(data)  # names the field
             identity = identity_from_key(user_api_key_dict, data, metadata)
-            attrs = door_attributes(self.engine.spend.scopes, metadata, key=user_api_key_dict)
+            attrs = door_attributes(store_access.scopes(self.engine), metadata, key=user_api_key_dict)
             if attrs:
                 identity = dataclasses.replace(identity, attrs=attrs)
             self.open_request(data, field, identity, router_door=False, call=call_type)
@@ -393,10 +394,10 @@ class ProxyPaygRouting(PaygRouting):
         first, in ``x-payg-run-budgets``."""
         request = getattr(state, "request", None)
         engine = self.engine
-        if request is None or engine is None or not engine.spend.runs:
+        if request is None or engine is None or not store_access.has_run_budgets(engine):
             return {}
         try:
-            statuses = engine.spend.request_runs(request)
+            statuses = store_access.request_runs(engine, request)
         except (LedgerError, ValueError) as exc:
             logger.warning("litellm-payg: cannot read the run's budget for the response headers: %s", exc)
             return {}

@@ -33,6 +33,7 @@ from litellm_payg.core.identity import key_hash
 from litellm_payg.wire.identity import identity_from_key
 from litellm_payg.core.runs import NotYourRun, RunNotFound, run_for
 from litellm_payg.stores.ledger.base import LedgerError
+from litellm_payg.runtime import store_access
 
 logger = logging.getLogger("litellm_payg")
 
@@ -117,7 +118,7 @@ async def _answer(action: str, body: Any, key: Any) -> Any:
         unknown = sorted(set(body) - set(_GRANT_FIELDS))
         if unknown:
             return _error(400, f"litellm-payg: {unknown[0]}: unknown field; expected {', '.join(_GRANT_FIELDS)}")
-    if not engine.spend.runs:
+    if not store_access.has_run_budgets(engine):
         return _error(404, "litellm-payg: the policy has no run budget (scope: session:*, window: session:<idle>)")
     operator = is_operator(key, engine.policy)
     if action != "read" and not operator:

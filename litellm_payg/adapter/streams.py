@@ -50,6 +50,7 @@ from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
 from litellm_payg.adapter import charges, litellm_versions
 from litellm_payg.wire.request_checks import api_of
+from litellm_payg.runtime import store_access
 
 logger = logging.getLogger("litellm_payg")
 
@@ -385,19 +386,17 @@ def _settle_dropped_at_exit() -> None:
     run (exit hooks run in the reverse order of registration, and weakref's finalizers run in theirs)."""
     with _ARMED_LOCK:
         armed = list(_ARMED)
-    ledgers = []
+    engines = {}
     for watch in armed:
         adapter = watch.adapter()
         _settle(watch, finished=False, stream=None)
         if adapter is not None:
-            ledgers.append(adapter.engine.spend.ledger)
-    for ledger in {id(ledger): ledger for ledger in ledgers}.values():
-        flush = getattr(ledger, "flush", None)
-        if flush is not None:
-            try:
-                flush(quiet=True)
-            except Exception:  # noqa: BLE001 - exit must go on; the ledger logged what it could not write
-                logger.exception("litellm-payg: could not write a dropped stream's record at exit")
+            engines.setdefault(store_access.ledger_identity(adapter.engine), adapter.engine)  # one flush per ledger
+    for engine in engines.values():
+        try:
+            store_access.flush(engine)
+        except Exception:  # noqa: BLE001 - exit must go on; the ledger logged what it could not write
+            logger.exception("litellm-payg: could not write a dropped stream's record at exit")
 
 
 def _settle(watch: _Watch, finished: bool, stream: Any) -> None:
@@ -422,10 +421,9 @@ def _charge(adapter: Any, watch: _Watch, finished: bool, stream: Any) -> None:
     if stream is not None:  # a fallback may have moved the stream to another deployment
         hidden = getattr(stream, "_hidden_params", None) or {}
         deployment_id = str(hidden.get("model_id") or deployment_id)
-    open_ = state.reservations.get(deployment_id)
-    if not open_:
+    if not state.reservations.get(deployment_id):
         return  # settled already (LiteLLM's success log came first)
-    reserved = adapter.engine.spend.reserved_usd(open_[0])
+    reserved = adapter.attempts.of(state).open_usd(deployment_id)
     candidate = adapter._candidates.get(deployment_id)
     model = str((candidate.model if candidate else None) or watch.model or "")
     reader = watch.reader

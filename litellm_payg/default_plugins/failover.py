@@ -9,12 +9,14 @@ health store by ``Engine.snapshot``; this plugin never reads a store):
    ``order: cheapest_first``, or left in the order the route's rules gave (``order: policy``);
 2. circuit breakers — a deployment whose breaker is open is dropped (the reason says since when,
    until when, and why it opened); a half-open one is kept only while a probe slot is free (the
-   adapter claims the slot with ``health.allow`` when it actually picks it);
+   runtime's lifecycle claims the slot with ``health.allow`` when it actually picks it);
 3. latency — a deployment whose p95 latency is over ``max_latency_ms`` (or whose p95
    time-to-first-token is over ``first_token_timeout_ms``) is moved behind the others.
 
-The other half, what to do after a failed attempt, is ``litellm_payg.runtime.next_hop.plan_next``: the
-adapter calls it directly, so it lives outside this plugin (a plugin is registered, never imported).
+The other half, what to do after a failed attempt, is ``litellm_payg.runtime.next_hop.plan_next``: a
+request's ``runtime.attempt.Attempt`` keeps its last failure and its next pick runs the hop
+(``Lifecycle.next_candidates``), so it lives outside this plugin (a plugin is registered, never
+imported); the adapter only pulls LiteLLM's retry lever (``adapter/failure_path.py``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One attempt of one request, from the candidates to a single pick and back: written once.
 
-The Router adapter (``adapter/routing.py``) runs it for live traffic and ``simulate`` runs it for
-simulated traffic, so what a simulation reports is what the plugin would do, failover and circuit
-breakers included::
+The Router adapter runs it for live traffic (through one request's
+:class:`~litellm_payg.runtime.attempt.Attempt`) and ``simulate`` runs it for simulated traffic, so
+what a simulation reports is what the plugin would do, failover and circuit breakers included::
 
     pick:   snapshot (budget usage, breaker states: the reads)
             -> decide (rules and filters: a pure function of request, candidates, snapshot)
@@ -39,6 +39,8 @@ class GiveUp(Exception):
     def __init__(self, hop: NextHop):
         super().__init__(hop.reason)
         self.hop = hop
+        #: the last attempt's own error, set by ``runtime.attempt.Attempt.pick`` for the adapter to re-raise
+        self.error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,10 @@ class Lifecycle:
         return None
 
     def failed(self, pick_or_reservation: Pick | str | None, deployment_id: str, failure: Failure,
-               charge_usd: float | None = None) -> State | None:
-        """The attempt failed: release its reservation (or charge ``charge_usd`` when the provider
-        answered before it failed) and feed a failure that is the deployment's to its breaker.
+               charge_usd: float | None = None, attrs: Mapping[str, object] | None = None) -> State | None:
+        """The attempt failed: release its reservation (or charge ``charge_usd``, with the record
+        attributes ``attrs``, when the provider answered before it failed) and feed a failure that
+        is the deployment's to its breaker.
         ``None`` as the reservation: the caller already settled it (or there was none), only the
         breaker is told. Returns the breaker state after it (None without ``failover:`` or when the
         failure is the request's, not the deployment's)."""
@@ -163,10 +166,16 @@ class Lifecycle:
         elif charge_usd is None:
             self.engine.spend.release(rid)
         else:
-            self.engine.spend.settle(rid, charge_usd)
+            self.engine.spend.settle(rid, charge_usd, attrs)
         if self.engine.health is not None and failure.cls.counts_against_deployment:
             return self.engine.health.record(deployment_id, ok=False)
         return None
+
+    def released(self, pick_or_reservation: Pick | str) -> None:
+        """The pick was never sent (or its answer is not wanted): free its reservation; the
+        deployment's health is not told, nothing happened to it."""
+        rid = pick_or_reservation.reservation_id if isinstance(pick_or_reservation, Pick) else pick_or_reservation
+        self.engine.spend.release(rid)
 
 
 def as_picked(

@@ -132,6 +132,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from litellm_payg.core.decision import RouteRequest
+    from litellm_payg.runtime import store_access
     from litellm_payg.adapter.deployments import candidates_from_config, candidates_named_by_policy
     from litellm_payg.runtime.engine import Engine
     from litellm_payg.core.errors import PolicyError, Problem
@@ -164,10 +165,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         trace_id="explain",
         metadata=metadata,
         # every request attribute through the one door (``ScopeRegistry.request_fields``), as kept live
-        **engine.spend.scopes.request_fields({name: value for name, value in {
+        **store_access.scopes(engine).request_fields({name: value for name, value in {
             "user": args.user, "team": args.team, "key": args.key, "tag": tuple(args.tags), "session": args.session,
             **{kind.name: getattr(args, f"attr_{kind.name}") for kind in _attribute_flags()},
-        }.items() if name in engine.spend.scopes and value not in (None, ())}),
+        }.items() if name in store_access.scopes(engine) and value not in (None, ())}),
     )
     decision = engine.decide(request, candidates)
     if args.json:

@@ -422,13 +422,15 @@ def _match_on(match_on: str | Sequence[str] | None) -> tuple[str, ...]:
 
 async def _wait_settled(engine: Any, before: int, succeeded: bool, timeout: float = 10.0) -> list[Any]:
     """LiteLLM runs the success/failure callbacks (which settle) on its background worker."""
+    from litellm_payg.runtime import store_access
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        records = engine.spend.ledger.records()[before:]
-        if engine.spend.ledger.open_reservations() == 0 and not engine.spend.in_flight and (records or not succeeded):
+        records = store_access.records(engine)[before:]
+        if store_access.all_settled(engine) and (records or not succeeded):
             return records
         await asyncio.sleep(0.01)
-    return engine.spend.ledger.records()[before:]
+    return store_access.records(engine)[before:]
 
 
 async def _send(router: Any, req: RecordedRequest, group: str) -> Any:
@@ -485,6 +487,7 @@ async def areplay(
     from litellm import Router
 
     from litellm_payg.adapter.routing import attach
+    from litellm_payg.runtime import store_access
 
     paths = [cassettes] if isinstance(cassettes, (str, os.PathLike)) else list(cassettes)
     matchers = _match_on(match_on)
@@ -499,7 +502,7 @@ async def areplay(
     try:
         for req, grp in routed:
             row = ReplayRow(str(req.cassette), req.index, grp, req.model, user=req.user)
-            before = len(engine.spend.ledger.records())
+            before = len(store_access.records(engine))
             try:
                 with _player(req.recordings, matchers).use_cassette(str(req.cassette), allow_playback_repeats=True) as cas:
                     response = await _send(router, req, grp)
@@ -523,7 +526,7 @@ async def areplay(
                 bare = (row.model or "").split("/", 1)[-1]
                 row.exact = any(m in (row.model, bare) for m in own)
             report.rows.append(row)
-        report.records = engine.spend.ledger.records()
+        report.records = store_access.records(engine)
     finally:
         engine.detach()
     return report

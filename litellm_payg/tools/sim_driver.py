@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from litellm_payg.core.failure import FailureClass
+from litellm_payg.runtime import store_access
 from litellm_payg.tools import sim_runs
 from litellm_payg.tools.sim_baselines import Plan, baselines
 from litellm_payg.tools.sim_pricing import Pricer
@@ -347,9 +348,7 @@ def simulate(
             schedule.done(ref, when, outcome, run_cost, rule, run_downgraded)
     elapsed = time.perf_counter() - began
     bar.update(i, final=True)
-    engine.spend.close()
-    if engine.health is not None:
-        engine.health.close()
+    store_access.close(engine)
 
     result = Result(
         policy_source=loaded.source or "<policy>",

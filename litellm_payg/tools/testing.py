@@ -192,13 +192,15 @@ def payg_router(payg_policy: Any, payg_config: list[dict[str, Any]]) -> Iterator
 
 @pytest.fixture
 def payg_spend(payg_router: Any) -> Any:
+    from litellm_payg.runtime import store_access
+
     engine = payg_router.payg_engine
 
     def _spend(scope: str | None = None, timeout: float = 10.0) -> float:
         deadline = time.monotonic() + timeout
-        while (engine.spend.ledger.open_reservations() or engine.spend.in_flight) and time.monotonic() < deadline:
+        while not store_access.all_settled(engine) and time.monotonic() < deadline:
             time.sleep(0.01)  # LiteLLM's callbacks settle on its background worker thread/loop
-        return spend_of(engine.spend.ledger.records(), scope)
+        return spend_of(store_access.records(engine), scope)
 
     return _spend
 

@@ -271,6 +271,7 @@ def replay(
     from litellm_payg.core.errors import BudgetRefused, NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.runtime.engine import Engine
+    from litellm_payg.runtime import store_access
     from litellm_payg.runtime.lifecycle import Lifecycle
     from litellm_payg.stores.prices import candidate_from_deployment
 
@@ -285,7 +286,7 @@ def replay(
     by_id: dict[str, dict[str, Any]] = {g: {c.deployment_id: c for c in cs} for g, cs in cands.items()}
     by_model: dict[str, dict[str, Any]] = {g: {c.model: c for c in cs} for g, cs in cands.items()}
     pricer = HistoryPricer([c for cs in cands.values() for c in cs], loaded.models)
-    scopes = engine.spend.scopes  # a history row's declared request attributes (org...) reach RouteRequest.attrs
+    scopes = store_access.scopes(engine)  # a history row's declared request attributes (org...) reach RouteRequest.attrs
     door_filled = scopes.door_filled()
 
     def add_seen(group: str, model: str, dep: str | None) -> Any:
@@ -397,7 +398,7 @@ def replay(
             chosen = picked.candidate
             charge = priced[chosen.deployment_id] if chosen.deployment_id in priced else pricer.charge(chosen, row)
             if charge is None:
-                engine.spend.release(rid)
+                lifecycle.released(rid)
                 unpriced(row, f"the policy picked {chosen.model}, which has no price")
                 continue
             lifecycle.succeeded(picked, chosen.deployment_id, charge)
@@ -479,7 +480,7 @@ def replay(
          "source": pricer.source.get(c.deployment_id)}
         for g, cs in sorted(cands.items()) for c in cs
     ]
-    engine.spend.close()
+    store_access.close_spend(engine)
     return result
 
 

@@ -6,7 +6,7 @@ each with an error that names the field, so a client learns what to fix and noth
 ledger:
 
 * **Forged plugin state.** ``payg_*`` metadata keys are the plugin's namespace. The plugin keeps
-  its per-request state itself (:mod:`litellm_payg.wire.request_state`) and never reads it back from
+  its per-request state itself (:mod:`litellm_payg.runtime.request_state`) and never reads it back from
   metadata, so a client-sent key could not move a charge anyway; it is refused rather than
   silently dropped, so a client that relied on one finds out. ``payg_hints`` is the one key a
   client may send: hints can only tighten a route (:func:`litellm_payg.core.identity.hints_of`).

@@ -13,6 +13,9 @@ under :data:`REQUEST_KEY`, so later calls can find the state again. A client can
 (the proxy refuses client ``payg_*`` keys, :mod:`litellm_payg.wire.request_checks`), and an id the map
 does not know, or one minted for another request (checked against LiteLLM's trace id), starts a
 new state instead of joining one.
+
+Which of LiteLLM's metadata dicts carries the id is the adapter's to read
+(:func:`litellm_payg.adapter.request_metadata.metadata_of`): this module knows only the key.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from litellm_payg.wire.request_checks import METADATA_FIELDS
 
 #: the metadata key holding the plugin's request id (the only state-bearing key it writes)
 REQUEST_KEY = "payg_request"
@@ -49,8 +51,9 @@ class RequestState:
     attempts: list[str] = field(default_factory=list)
     #: open reservation ids per deployment, oldest first (attempts of a request are sequential)
     reservations: dict[str, list[str]] = field(default_factory=dict)
-    #: (deployment id, exception) of the last failed attempt, for the next pick's failover step
-    last_failure: tuple[str, BaseException] | None = None
+    #: (deployment id, exception, its diagnosed ``Failure``) of the last failed attempt, for the
+    #: next pick's failover step (``runtime.attempt.Attempt``)
+    last_failure: tuple[str, BaseException, Any] | None = None
     #: an error that ends the request (a budget block, a ``fail`` failover, a down ledger): raised
     #: again on every later hop so LiteLLM's retries and fallbacks cannot route around it
     final_error: BaseException | None = None
@@ -95,20 +98,6 @@ class RequestState:
     @property
     def open_reservations(self) -> int:
         return sum(len(ids) for ids in self.reservations.values())
-
-
-def metadata_of(data: Mapping[str, Any]) -> MutableMapping[str, Any] | None:
-    """The request's metadata dict: the one that carries the plugin's id if any does, else the
-    first LiteLLM uses for this kind of request (``metadata`` or ``litellm_metadata``)."""
-    first = None
-    for name in METADATA_FIELDS:  # on every hook of every request: plain dicts checked first
-        m = data.get(name)
-        if type(m) is dict or (m is not None and isinstance(m, MutableMapping)):
-            if REQUEST_KEY in m:
-                return m
-            if first is None:
-                first = m
-    return first
 
 
 class RequestStates:

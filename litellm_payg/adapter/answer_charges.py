@@ -1,0 +1,122 @@
+"""What an answered attempt is charged: LiteLLM's cost, the policy's price, or an estimate.
+
+Why its own module: *when* an answer is settled is the answer path's business (``answer_path.py``)
+and the settling is the request's :class:`~litellm_payg.runtime.attempt.Attempt`'s; *how much* is
+worked out here, from LiteLLM's usage and calculators and the deployment's price
+(``charges.py``), so an answer without usage is charged an estimate rather than LiteLLM's $0.
+Nothing here settles anything: the reservation's amount, the last resort, is read through the
+attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from litellm_payg.adapter import charges
+from litellm_payg.runtime.request_state import RequestState
+
+logger = logging.getLogger("litellm_payg")
+
+
+class AnswerCharges:
+    """The part of :class:`~litellm_payg.adapter.routing.PaygRouting` that prices answers (a mixin)."""
+
+    def _attempt_cost(self, request_data: Mapping[str, Any], response: Any, deployment_id: str) -> float:
+        """LiteLLM's cost of an answered attempt (``charges.attempt_cost``), or the same number from
+        the deployment's per-token price where that is known to be it (``charges.TokenPrices``)."""
+        candidate = self._candidates.get(deployment_id)
+        return self._token_prices.cost(request_data, response, candidate,
+                                       lambda: charges.attempt_cost(request_data, response, candidate))
+
+
+    def _estimate_missing_usage(
+        self,
+        deployment_id: str,
+        reservation_id: str,
+        messages: Any,
+        tools: Any,
+        response: Any,
+        state: RequestState,
+        model: str | None = None,
+    ) -> charges.Charge:
+        """The charge for an answer that reported no usage.
+
+        Why: a provider (or an OpenAI-compatible gateway, or a self-hosted server) that answers
+        without a ``usage`` block still billed, but LiteLLM then reports 0 tokens and a
+        ``response_cost`` of 0.0, so settling what LiteLLM says would record the call at $0 and let
+        it escape every budget. Instead the answer is counted with LiteLLM's own token counter
+        (prompt: the request's messages and tools; completion: the answer's text, tool calls and
+        reasoning, as LiteLLM counts a stream that reported no usage) for the deployment's model,
+        and priced at the deployment's price (the one the reservation used; for a deployment
+        without one, ``litellm.cost_per_token``). If that cannot be computed, the reservation's
+        amount is charged. Never $0 for a priced deployment, never a lost record: the record is
+        marked ``usage: estimated`` and a warning names the deployment and the cause. (A deployment
+        with no price anywhere is charged the reservation, which is $0 for it, as every answer of
+        it is.)
+        """
+        candidate = self._candidates.get(deployment_id)
+        model = (candidate.model if candidate else None) or model or ""
+        where = f"{model} (deployment {deployment_id})"
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        try:
+            prompt_tokens = charges.count_prompt(model, messages, tools) if messages else None
+            if not prompt_tokens:
+                routed = self._prompt_tokens(state)  # what the request was routed with
+                if routed is not None:
+                    prompt_tokens = routed
+            completion_tokens = charges.count_completion(model, response)
+            if prompt_tokens is None:
+                raise ValueError("the request's messages are not available to count")
+            cost = charges.price_tokens(candidate, model, prompt_tokens, completion_tokens)
+            problem = None if cost is not None else "the deployment has no known price"
+        except Exception as exc:  # noqa: BLE001 - a tokenizer or price lookup failure must not lose the charge
+            cost, problem = None, f"LiteLLM could not count or price it: {exc}"
+        if cost is not None:
+            logger.warning(
+                "litellm-payg: %s answered without a usage block; charged an estimate of $%s "
+                "(%d prompt + %d completion tokens by LiteLLM's token counter)",
+                where, charges.usd(cost), prompt_tokens, completion_tokens,
+            )
+            return charges.Charge(cost, prompt_tokens, completion_tokens, estimated=True)
+        reserved = self.attempts.of(state).reserved_usd(reservation_id) or 0.0
+        logger.warning(
+            "litellm-payg: %s answered without a usage block and no estimate could be made (%s); "
+            "charged the reservation's $%s",
+            where, problem, charges.usd(reserved),
+        )
+        return charges.Charge(reserved, prompt_tokens, completion_tokens, estimated=True)
+
+
+    def _charge_answer(
+        self, deployment_id: str, reservation_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any,
+        litellm_cost: Callable[[], Any], messages: Any, tools: Any, state: RequestState, model: Any,
+        cache_hit: bool = False,
+    ) -> charges.Charge:
+        """What an answer is charged, wherever it is settled: nothing for an answer LiteLLM's cache
+        served (the provider was not called; marked ``cache_hit``); an estimate for an answer that
+        reported no usage (:meth:`_estimate_missing_usage`); the policy's own price for a
+        deployment it prices; else LiteLLM's cost (``litellm_cost``: its logging payload's
+        ``response_cost``, or its calculator run on the response inline), and the deployment's
+        price where LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2)."""
+        if cache_hit:
+            return charges.Charge(0.0, prompt_tokens, completion_tokens, cache_hit=True)
+        if charges.usage_missing(response, prompt_tokens, completion_tokens):
+            return self._estimate_missing_usage(deployment_id, reservation_id, messages, tools, response, state, model)
+        candidate = self._candidates.get(deployment_id)
+        cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
+        if cost is None:
+            cost = float(litellm_cost() or 0.0)
+        if cost == 0.0 and (prompt_tokens or completion_tokens):
+            priced = charges.price_tokens(candidate, str(model or ""), int(prompt_tokens or 0), int(completion_tokens or 0))
+            cost = priced if priced is not None else cost
+        per_character = candidate.input_usd_per_character if candidate is not None else None
+        if per_character and state.characters:
+            # a speech model bills every character of its input; LiteLLM's cost leaves out the
+            # whitespace ("hello world" is priced as 10 characters), so the ledger would fall below
+            # the bill: charge the characters the provider was sent, as the reservation counted them
+            cost = max(cost, state.characters * per_character)
+        return charges.Charge(cost, prompt_tokens, completion_tokens, **charges.token_details(response))
+
