@@ -68,6 +68,7 @@ from litellm_payg.adapter import litellm_versions
 from litellm_payg.adapter import streams
 from litellm_payg.core.decision import Candidate, Outcome, RouteRequest
 from litellm_payg.core.feasibility import Needs
+from litellm_payg.runtime.answers import check_answer
 from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.core.errors import InvalidAmount, PaygError, UnboundedCost
@@ -1045,11 +1046,8 @@ class PaygRouting(CustomLogger):
             return None
         state, deployment_id = ours
         request = state.request
-        results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
-        problems = [p for found in results if found for p in found]
         candidate = self._candidates.get(deployment_id)
-        if candidate is not None:
-            self.engine.pm.hook.payg_answer_checked(request=request, candidate=candidate, problems=problems, engine=self.engine)
+        problems = check_answer(self.engine, response, request, candidate)
         if not problems:
             return None
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)
