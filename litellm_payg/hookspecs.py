@@ -84,7 +84,8 @@ def payg_filter_candidates(request, candidates, snapshot, engine):
 
     ``engine`` (deprecated, kept so filters written for it keep working) is the
     :class:`litellm_payg.runtime.engine.Engine` deciding. Reading a store through it (``engine.spend``,
-    ``engine.health``) makes the decision depend on more than its snapshot; no built-in does.
+    ``engine.health``) makes the decision depend on more than its snapshot; no built-in does (the
+    opt-in ``litellm_payg.adapter.metrics`` only keys its scrape-time gauges by it).
     """
 
 
