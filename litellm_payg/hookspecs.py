@@ -4,6 +4,14 @@ Each hook is documented here, where it is declared. Call sites always pass keywo
 implementation may accept any subset of the arguments listed, and new arguments can be added later
 without breaking existing plugins. The built-in rules in ``litellm_payg.default_plugins`` use these
 same hooks: nothing a built-in does is closed to a third-party plugin.
+
+A hook gets values (the request, the candidates, the decision, a read-only ``snapshot``, the
+``policy``) and answers with values (a ``Step``, a list of problems, ``Evidence``); what is written
+to a store (spend, health, evidence, exploration) is written by the runtime, never by an
+implementation. The ``engine`` argument some hooks still take is deprecated, kept so that plugins
+written for it keep loading (pluggy refuses an implementation naming an argument its spec lacks):
+no built-in plugin (``plugins.DEFAULT_PLUGINS``) takes it, and ``tests/test_layers.py`` fails if one
+does.
 """
 
 from __future__ import annotations
@@ -76,7 +84,8 @@ def payg_filter_candidates(request, candidates, snapshot, engine):
 
     ``engine`` (deprecated, kept so filters written for it keep working) is the
     :class:`litellm_payg.runtime.engine.Engine` deciding. Reading a store through it (``engine.spend``,
-    ``engine.health``) makes the decision depend on more than its snapshot; no built-in does.
+    ``engine.health``) makes the decision depend on more than its snapshot; no built-in does (the
+    opt-in ``litellm_payg.adapter.metrics`` only keys its scrape-time gauges by it).
     """
 
 
@@ -89,9 +98,14 @@ def payg_decision(request, decision, engine):
     the budget reservation narrowed the rules' order, and ``decision.dropped`` says why each other
     candidate was not chosen (a rule, a budget, an earlier attempt). ``explain`` and ``simulate``
     call it once per decision. Must not raise and must not block: it runs on the request path.
-    ``engine`` is the deciding :class:`litellm_payg.runtime.engine.Engine` (the built-in
-    ``quality_evidence`` plugin charges an exploring pick to its route's exploration budget through
-    ``engine.quality``).
+
+    A pick ``quality_floor`` made to explore (``decision.attrs["quality_explore"]``) is already
+    charged to its route's exploration budget when observers hear of it: the engine does that
+    itself (``Engine.observe``), not an observer.
+
+    ``engine`` (deprecated, kept so observers written for it keep loading) is the deciding
+    :class:`litellm_payg.runtime.engine.Engine`; no built-in takes it, and an observer must not
+    write through it.
     """
 
 
@@ -122,27 +136,37 @@ def payg_budget_alert(budget, bucket, scope, threshold, spent_usd, limit_usd, re
 
 
 @hookspec
-def payg_validate_response(response, request, engine):
+def payg_validate_response(response, request, policy, engine):
     """Check a successful answer before it counts as a success.
 
     ``response`` is the LiteLLM ``ModelResponse`` of a non-streaming call; ``request`` the
-    :class:`litellm_payg.core.decision.RouteRequest`. Return ``None`` when satisfied, or a list of
-    problems (plain sentences naming what is wrong). All implementations run; the problems are
-    concatenated. Any problem makes the attempt fail with
+    :class:`litellm_payg.core.decision.RouteRequest`; ``policy`` the loaded
+    :class:`litellm_payg.policy.load.Policy` (read it, do not change it). Return ``None`` when
+    satisfied, or a list of problems (plain sentences naming what is wrong). All implementations
+    run; the problems are concatenated. Any problem makes the attempt fail with
     :class:`litellm_payg.adapter.failures.InvalidResponseError` (class ``invalid_response``): the answer is
     still charged (it billed), the failure counts against the deployment's circuit breaker, and the
     request moves on as ``failover.on.invalid_response`` says. Runs on the request path: must not
-    block. The built-in implementation runs the policy's ``validate:`` list.
+    block. The built-in implementation runs the policy's ``validate:`` list (``policy.validators``).
+    ``engine`` is deprecated (see the module docstring): no built-in takes it.
     """
 
 
 @hookspec
-def payg_answer_checked(request, candidate, problems, engine):
+def payg_answer_checked(request, candidate, problems, policy, engine):
     """A successful non-stream answer went through every ``payg_validate_response`` check.
 
     ``candidate`` is the :class:`litellm_payg.core.decision.Candidate` that answered, ``problems``
-    the list the checks found (empty: the answer passed). Called whether or not it passed, after
-    the checks and before a rejected answer fails its attempt. The built-in ``quality_evidence``
-    plugin records it as evidence (metric ``valid``) in ``engine.quality`` when the policy has
-    validators. Runs on the request path: must not block; must not raise.
+    the list the checks found (empty: the answer passed), ``policy`` the loaded policy. Called
+    whether or not it passed, after the checks and before a rejected answer fails its attempt.
+
+    Return ``None``, or measured-quality evidence about the answer: a
+    :class:`litellm_payg.core.quality.Evidence` (``metric``, ``value``, ``source``) or a list of
+    them. The runtime records each for ``candidate``'s route and deployment, in the request's class
+    (``quality.class_by``), when the policy collects evidence (a ``quality:`` section or a measured
+    ``quality_floor``); evidence it cannot record (a metric the policy does not take, a value of the
+    wrong kind, a store down) is logged and dropped. The built-in ``quality_evidence`` plugin returns
+    the verdict as metric ``valid`` when the policy has validators. Runs on the request path: must
+    not block; must not raise. ``engine`` is deprecated (see the module docstring): no built-in
+    takes it, and an implementation must not write through it.
     """

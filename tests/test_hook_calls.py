@@ -211,3 +211,98 @@ def test_the_written_out_initialisers_take_every_field():
         assert not missing, f"{cls.__name__}.__init__ does not take {sorted(missing)}"
     request = dataclasses.replace(RouteRequest("g", 1, 1), attrs={"org": "acme"})
     assert request.attrs == {"org": "acme"} and RouteRequest("g", 1, 1).attrs == {}
+
+
+# -- hooks get values; the runtime writes ----------------------------------------------------------------
+
+
+def _quality_engine(**quality):
+    """An engine whose policy collects evidence (a ``quality:`` section) on a memory store."""
+    return Engine(load_policy({"version": 1, "ledger": "memory://", "quality": {"half_life_s": None, **quality}}))
+
+
+def test_evidence_an_answer_checked_plugin_returns_is_recorded_by_the_runtime(caplog):
+    """A plugin says what an answer is evidence of by returning it; the runtime records each for the
+    deployment that answered and logs (never raises) what it cannot record."""
+    from litellm_payg.core.quality import Evidence
+    from litellm_payg.runtime.answers import check_answer
+    from litellm_payg.stores.evidence import cell_key
+
+    heard: list[tuple[str, list[str]]] = []
+
+    class Scorer:
+        @litellm_payg.hookimpl
+        def payg_answer_checked(self, candidate, problems):
+            heard.append((candidate.deployment_id, problems))
+            return [Evidence("helpful", 0.25, source="scorer"), "not evidence", Evidence("unknown", 1.0)]
+
+    class Single:
+        @litellm_payg.hookimpl
+        def payg_answer_checked(self, request, candidate):
+            return Evidence("helpful", 0.75, source="single")
+
+    engine = _quality_engine(metrics={"helpful": "score"})
+    try:
+        engine.pm.register(Scorer(), name="scorer")
+        engine.pm.register(Single(), name="single")
+        with caplog.at_level("WARNING", logger="litellm_payg"):
+            assert check_answer(engine, object(), REQUEST, CANDIDATES[1]) == []
+        tallies = engine.quality.store.tallies("chat")
+    finally:
+        engine.detach()
+    assert heard == [("b", [])]
+    assert set(tallies) == {cell_key("b", "", "helpful")}  # no validators: the built-in says nothing
+    assert tallies[cell_key("b", "", "helpful")].n == 2 and tallies[cell_key("b", "", "helpful")].s == 1.0
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("could not record plugin evidence" in m and "'not evidence'" in m for m in logged), logged
+    assert any("could not record plugin evidence" in m and "unknown" in m for m in logged), logged
+
+
+def test_without_a_quality_section_returned_evidence_is_not_recorded():
+    from litellm_payg.core.quality import Evidence
+    from litellm_payg.runtime.answers import check_answer
+
+    class Scorer:
+        @litellm_payg.hookimpl
+        def payg_answer_checked(self):
+            return Evidence("valid", True)
+
+    engine = Engine(load_policy({"version": 1, "ledger": "memory://"}))
+    try:
+        engine.pm.register(Scorer(), name="scorer")
+        check_answer(engine, object(), REQUEST, CANDIDATES[0])
+        assert engine.quality.store.tallies("chat") == {}
+    finally:
+        engine.detach()
+
+
+def test_a_plugin_written_for_the_deprecated_engine_argument_still_loads_and_gets_it(engine, register):
+    """``engine`` is kept in the four hooks that had it, for third-party plugins; no built-in takes
+    it (``tests/test_layers.py``)."""
+    from litellm_payg.runtime.answers import check_answer
+
+    got: dict[str, object] = {}
+
+    class Old:
+        @litellm_payg.hookimpl
+        def payg_filter_candidates(self, request, candidates, engine):
+            got["payg_filter_candidates"] = engine
+
+        @litellm_payg.hookimpl
+        def payg_decision(self, request, decision, engine):
+            got["payg_decision"] = engine
+
+        @litellm_payg.hookimpl
+        def payg_validate_response(self, response, request, engine):
+            got["payg_validate_response"] = engine
+            return ["too short"]
+
+        @litellm_payg.hookimpl
+        def payg_answer_checked(self, request, candidate, problems, engine):
+            got["payg_answer_checked"] = (engine, problems)
+
+    register(Old(), "old")
+    engine.decide(REQUEST, CANDIDATES)
+    assert check_answer(engine, object(), REQUEST, CANDIDATES[0]) == ["too short"]
+    assert got == {"payg_filter_candidates": engine, "payg_decision": engine, "payg_validate_response": engine,
+                   "payg_answer_checked": (engine, ["too short"])}

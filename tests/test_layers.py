@@ -185,6 +185,71 @@ def test_default_plugins_are_registered_by_name_and_imported_by_no_other_module(
     assert importers_of(f"{PACKAGE}.default_plugins", import_graph()) == {}
 
 
+def default_plugin_modules(root: Path = ROOT) -> list[Path]:
+    """The built-in plugins: every module ``plugins.DEFAULT_PLUGINS`` registers (read from its
+    source, not imported) and every module under ``default_plugins/``."""
+    tree = ast.parse((root / "plugins.py").read_text())
+    names = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "DEFAULT_PLUGINS")
+    modules = module_files(root)
+    found = {modules[name] for name in names}
+    found.update(path for name, path in modules.items() if name.startswith(f"{PACKAGE}.default_plugins."))
+    return sorted(found)
+
+
+def _is_hookimpl(decorator: ast.expr) -> bool:
+    """``@hookimpl``, ``@litellm_payg.hookimpl``, and either called (``@hookimpl(trylast=True)``)."""
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return (target.id if isinstance(target, ast.Name) else target.attr if isinstance(target, ast.Attribute)
+            else None) == "hookimpl"
+
+
+def engine_parameters(path: Path) -> list[str]:
+    """Every hook implementation in ``path`` (a function or method decorated ``hookimpl``) that
+    names ``engine`` among its parameters, as ``file:line hook``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(map(_is_hookimpl, node.decorator_list)):
+            a = node.args
+            params = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x is not None]
+            if "engine" in params:
+                found.append(f"{path.parent.name}/{path.name}:{node.lineno} {node.name}")
+    return found
+
+
+def test_no_builtin_plugin_takes_the_engine():
+    """Hooks get a read-only snapshot and plain values; what is written to a store is written by
+    the runtime. The ``engine`` argument some hooks keep is deprecated, for third-party plugins
+    written for it: a built-in plugin naming it in a hook implementation fails here, with file,
+    line and hook."""
+    plugins = default_plugin_modules()
+    assert len(plugins) >= 10 and ROOT / "policy" / "validators.py" in plugins, plugins  # the built-ins are found
+    problems = [hit for path in plugins for hit in engine_parameters(path)]
+    assert not problems, "a built-in plugin takes the (deprecated) engine:\n" + "\n".join(problems)
+
+
+def test_the_engine_check_finds_every_hookimpl_form_and_only_hookimpls(toy):
+    pkg = toy({
+        "plugins.py": 'DEFAULT_PLUGINS: tuple[str, ...] = ("litellm_payg.extra",)\n',
+        "extra.py": "@hookimpl\ndef payg_outcome(outcome):\n    return engine(outcome)  # a body: not a parameter\n",
+        "default_plugins/__init__.py": "",
+        "default_plugins/p.py": (
+            "import litellm_payg\n"
+            "@hookimpl\ndef payg_decision(request, decision, engine):\n    pass\n"
+            "@hookimpl(trylast=True)\ndef payg_filter_candidates(candidates, *, engine=None):\n    pass\n"
+            "def helper(engine):  # not a hook implementation\n    pass\n"
+            "class Plugin:\n"
+            "    @litellm_payg.hookimpl\n    async def payg_answer_checked(self, problems, engine):\n        pass\n"
+            "    @litellm_payg.hookimpl(tryfirst=True)\n    def payg_validate_response(self, response, policy):\n"
+            "        pass\n"
+        ),
+    })
+    assert [p.name for p in default_plugin_modules(pkg)] == ["p.py", "extra.py"]
+    hits = [hit for path in default_plugin_modules(pkg) for hit in engine_parameters(path)]
+    assert hits == ["default_plugins/p.py:3 payg_decision", "default_plugins/p.py:6 payg_filter_candidates",
+                    "default_plugins/p.py:12 payg_answer_checked"], hits
+
+
 def test_ledger_backends_are_reached_only_through_open_ledger():
     """``ledger/__init__.open_ledger`` picks a backend from the URL; nothing else imports one (the
     health store's Redis client comes from ``redis_client``, not from the ledger's backend)."""

@@ -90,22 +90,21 @@ def test_check_raises_an_invalid_response_error():
     assert str(caught.value).startswith("invalid response from deepseek/deepseek-chat: non_empty: empty completion")
 
 
-class _Engine:  # what validators_for reads of litellm_payg.runtime.engine.Engine
-    def __init__(self, policy):
-        self.policy = policy
-
-
 def test_hookimpl_uses_the_policy_validate_list(schema_dir):
     policy = SimpleNamespace(validate=["non_empty"], source=str(schema_dir / "policy.yaml"))
-    engine = _Engine(policy)
-    assert payg_validate_response(response=_resp(""), request=None, engine=engine) == [
+    assert payg_validate_response(response=_resp(""), policy=policy) == [
         "non_empty: empty completion: no text and no tool calls"]
-    assert payg_validate_response(response=_resp("x"), request=None, engine=engine) is None
+    assert payg_validate_response(response=_resp("x"), policy=policy) is None
     # relative schema paths resolve against the policy file's folder
-    engine2 = _Engine(SimpleNamespace(validate=[{"json_schema": "schemas/answer.json"}],
-                                      source=str(schema_dir / "policy.yaml")))
-    assert len(validators_for(engine2)) == 1
-    assert validators_for(_Engine(SimpleNamespace())) == []
+    policy2 = SimpleNamespace(validate=[{"json_schema": "schemas/answer.json"}], source=str(schema_dir / "policy.yaml"))
+    assert len(validators_for(policy2)) == 1
+    assert validators_for(SimpleNamespace()) == []
+
+    class Hand:  # a hand-made policy object that can be weakly referenced: built once, kept while it lives
+        validate = ["non_empty"]
+
+    hand = Hand()
+    assert validators_for(hand) is validators_for(hand) and len(validators_for(hand)) == 1
 
 
 # -- real responses, parsed by LiteLLM's provider clients from the stand-in -----------------------------

@@ -18,6 +18,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 
 from litellm_payg.adapter import charges
 from litellm_payg.adapter.failures import InvalidResponseError
+from litellm_payg.runtime.answers import check_answer
 
 
 class ResponseGuard(CustomGuardrail):
@@ -52,7 +53,7 @@ class ValidatedAnswers:
     """The part of :class:`~litellm_payg.adapter.routing.PaygRouting` the guard calls (a mixin)."""
 
     async def check_response(self, request_data: Mapping[str, Any], response: Any) -> None:
-        """Run the ``payg_validate_response`` hooks on a non-stream answer; raise
+        """Run the ``payg_validate_response`` hooks on a non-stream answer (``runtime/answers.py``); raise
         :class:`InvalidResponseError` (after charging it) if any finds a problem. Called by
         :class:`ResponseGuard`, because LiteLLM lets only a guardrail's raise fail an attempt."""
         ours = self._ours(request_data)
@@ -60,11 +61,8 @@ class ValidatedAnswers:
             return None
         state, deployment_id = ours
         request = state.request
-        results = self.engine.pm.hook.payg_validate_response(response=response, request=request, engine=self.engine)
-        problems = [p for found in results if found for p in found]
         candidate = self._candidates.get(deployment_id)
-        if candidate is not None:
-            self.engine.pm.hook.payg_answer_checked(request=request, candidate=candidate, problems=problems, engine=self.engine)
+        problems = check_answer(self.engine, response, request, candidate)
         if not problems:
             return None
         error = InvalidResponseError(problems, model=candidate.model if candidate else None, deployment_id=deployment_id)

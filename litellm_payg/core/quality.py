@@ -190,6 +190,19 @@ def class_of(request: object, class_by: str | None) -> str:
     return str(value)[:200] if isinstance(value, (str, int, float)) else ""
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One observation a ``payg_answer_checked`` implementation returns about the answer it saw:
+    ``value`` of ``metric`` (true/false for a pass metric, a number in [0, 1] for a score), and
+    where it came from (``source``, kept in the evidence log). The hook only says it; the runtime
+    records it for the answering deployment, in the request's class, when the policy collects
+    evidence (``runtime/answers.py``): a plugin never writes the evidence store itself."""
+
+    metric: str
+    value: object
+    source: str = "plugin"
+
+
 #: a cell's key: (deployment id, class, metric)
 CellKey = tuple[str, str, str]
 
@@ -220,4 +233,4 @@ class QualityView:
         return estimate(tally, self.kinds.get(metric, "pass"), prior, self.prior_weight, self.z)
 
 
-__all__ = ["CellKey", "Estimate", "QualityView", "Tally", "class_of", "check_value", "decay", "estimate", "merge", "pass_rate", "score", "verdict", "z_for"]
+__all__ = ["CellKey", "Estimate", "Evidence", "QualityView", "Tally", "class_of", "check_value", "decay", "estimate", "merge", "pass_rate", "score", "verdict", "z_for"]

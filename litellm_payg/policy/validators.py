@@ -187,19 +187,19 @@ def check(response: Any, validators: Sequence[Validator], model: str | None = No
 
 # -- as a plugin ----------------------------------------------------------------------------------------
 
-_BUILT: "weakref.WeakKeyDictionary[Any, list[Validator]]" = weakref.WeakKeyDictionary()
+#: validators built from a hand-made policy's ``validate:`` list, by ``id(policy)`` (dropped with it)
+_BUILT: dict[int, list[Validator]] = {}
 
 
-def validators_for(engine: Any) -> list[Validator]:
-    """The validators of an engine's policy: ``policy.validators`` when the loader built them
-    (preferred: a bad schema then fails the load with file and line), else built once per engine
-    from ``policy.validate``, relative paths resolved against ``policy.base_dir`` or the policy
-    file's folder."""
-    policy = engine.policy
+def validators_for(policy: Any) -> list[Validator]:
+    """The validators of a policy: ``policy.validators`` when the loader built them (preferred: a
+    bad schema then fails the load with file and line), else built from ``policy.validate``,
+    relative paths resolved against ``policy.base_dir`` or the policy file's folder, once per
+    policy that can be weakly referenced (a ``SimpleNamespace`` cannot: built on each call)."""
     ready = getattr(policy, "validators", None)
     if ready is not None:
         return list(ready)
-    built = _BUILT.get(engine)
+    built = _BUILT.get(id(policy))
     if built is None:
         specs = getattr(policy, "validate", None) or []
         base_dir = getattr(policy, "base_dir", None)
@@ -207,11 +207,15 @@ def validators_for(engine: Any) -> list[Validator]:
         if base_dir is None and isinstance(source, str) and source and not source.startswith("<"):
             base_dir = Path(source).resolve().parent
         built = build_validators(specs, base_dir)
-        _BUILT[engine] = built
+        try:
+            weakref.finalize(policy, _BUILT.pop, id(policy), None)
+        except TypeError:  # not weakly referenceable: no way to know when its id is reused
+            return built
+        _BUILT[id(policy)] = built
     return built
 
 
 # Registered as a built-in plugin (``plugins.DEFAULT_PLUGINS``) once hookspecs.py declares the hook.
 @hookimpl
-def payg_validate_response(response, request, engine):
-    return problems_of(response, validators_for(engine)) or None
+def payg_validate_response(response, policy):
+    return problems_of(response, validators_for(policy)) or None

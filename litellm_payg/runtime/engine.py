@@ -246,7 +246,11 @@ class Engine:
         return self.spend.grant_run(run, usd=usd, requests=requests, tokens=tokens, seconds=seconds, budget=budget)
 
     def observe(self, decision: Decision) -> None:
-        """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision."""
+        """Tell the ``payg_decision`` observers (decision log, metrics, plugins) about a decision,
+        after charging a pick made to explore to its route's exploration window: the engine's own
+        bookkeeping, not an observer's (observers get values and write no store). ``engine=`` is
+        still passed for observers written for it (deprecated)."""
+        self.quality.charge_explored(decision)
         self._observe(request=decision.request, decision=decision, engine=self)
 
     @staticmethod

@@ -1,10 +1,14 @@
 """The runtime's half of measured quality: record evidence, read it into a decision's view.
 
 :class:`QualityControl` owns the evidence store (``stores/evidence.py``, on the policy's ledger URL,
-so replicas share it), writes every observation to it (from the validators, feedback, a judge) and
+so replicas share it), writes every observation to it (what ``payg_answer_checked`` plugins say of
+an answer, feedback, a judge) and
 hands the engine a :class:`~litellm_payg.core.quality.QualityView` per route for its ``Snapshot``,
 cached for ``quality.refresh_s`` of the engine's clock (a decision never waits on more than one
-read per route per refresh). Exploration spend is counted here too: per route, per window.
+read per route per refresh). Exploration spend is counted here too: per route, per window, charged
+for each pick ``quality_floor`` made to explore when the engine hands that pick to its observers.
+The plugins' hooks get values (the decision, the answer's verdict) and return evidence; only this
+runtime writes the store.
 
 Each observation on a route with a measured ``quality_floor`` on its metric is also a step of the
 cell's drop detector (``core/drop_detector.py``), tested against that route's bars with the
@@ -17,11 +21,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from litellm_payg.core.drop_detector import DropTest, Observed, Watch, prior_counts, threshold_for
-from litellm_payg.core.quality import QualityView, Tally, check_value, z_for
+from litellm_payg.core.quality import Evidence, QualityView, Tally, check_value, z_for
 from litellm_payg.stores.evidence import EvidenceError, EvidenceStore, cell_key, open_evidence, split_key
 
 logger = logging.getLogger("litellm_payg")
@@ -101,6 +105,41 @@ class QualityControl:
                            "before the change is forgotten (%d answers kept, alarm %d)", deployment_id, metric, group,
                            f" class {cls!r}" if cls else "", out.tally.n, out.watch.alarms)
         return out.tally
+
+    def record_answer(self, request: Any, candidate: Any, evidence: Iterable[Evidence]) -> None:
+        """Record what the ``payg_answer_checked`` plugins said of one answer, for the deployment
+        (``candidate``) that gave it, in ``request``'s class, when the policy collects evidence
+        (:attr:`collecting`). Something that cannot be recorded (not an :class:`Evidence`, a metric
+        the policy does not take, a store that cannot be written) is logged, never raised: evidence
+        is worth less than the request."""
+        if not self.collecting:
+            return
+        cls: str | None = None
+        for item in evidence:
+            source = getattr(item, "source", None) or "plugin"
+            try:
+                if not isinstance(item, Evidence):
+                    raise TypeError(f"payg_answer_checked returned {item!r}; expected litellm_payg.core.quality.Evidence")
+                cls = self.class_of(request) if cls is None else cls
+                self.record(candidate.group, candidate.deployment_id, item.metric, item.value, cls=cls,
+                            model=candidate.model, source=source, trace_id=request.trace_id)
+            except Exception as exc:  # noqa: BLE001 - evidence must never fail a request
+                logger.warning("litellm-payg quality: could not record %s evidence: %s", source, exc)
+
+    def charge_explored(self, decision: Any) -> None:
+        """Charge a pick ``quality_floor`` made to explore (``decision.attrs["quality_explore"]`` is
+        the deployment it chose to try) with its estimated cost to its route's exploration window.
+        Called by the engine with every pick it gives its observers (``Engine.observe``); logged,
+        never raised: it runs on the request path."""
+        explored = decision.attrs.get("quality_explore") if decision.attrs else None
+        chosen = decision.chosen
+        if explored is None or chosen is None or chosen.deployment_id != explored or not chosen.priced:
+            return
+        request = decision.request
+        try:
+            self.charge_exploration(chosen.group, chosen.estimate_usd(request.prompt_tokens, request.output_tokens))
+        except Exception as exc:  # noqa: BLE001 - must not raise on the request path
+            logger.warning("litellm-payg quality: could not charge exploration: %s", exc)
 
     def drop_test(self, group: str, metric: str, kind: str, model: Any = None,
                   deployment_id: str | None = None) -> DropTest | None:
