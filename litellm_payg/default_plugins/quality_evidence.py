@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from litellm_payg import hookimpl
+from litellm_payg.hook_chain import silent_when
 from litellm_payg.policy.quality import VALIDATOR_METRIC
 
 logger = logging.getLogger("litellm_payg")
@@ -34,9 +35,14 @@ def payg_answer_checked(request, candidate, problems, engine):
         logger.warning("litellm-payg quality: could not record validator evidence: %s", exc)
 
 
+def _explored(decision) -> str | None:
+    return decision.attrs.get("quality_explore") if decision.attrs else None
+
+
 @hookimpl
+@silent_when(lambda kwargs: _explored(kwargs["decision"]) is None)
 def payg_decision(request, decision, engine):
-    explored = decision.attrs.get("quality_explore") if decision.attrs else None
+    explored = _explored(decision)
     chosen = decision.chosen
     if explored is None or engine is None or chosen is None or chosen.deployment_id != explored or not chosen.priced:
         return
