@@ -149,14 +149,16 @@ class Broadcast:
         self._silent: tuple[Callable[[dict[str, Any]], bool], ...] | None = ()
 
     def __call__(self, **kwargs: Any) -> list[Any] | None:
-        impls = self._hook.get_hookimpls()
+        impls = getattr(self._hook, "_hookimpls", None)  # pluggy's own list (get_hookimpls copies it on every call)
+        if impls is None:
+            impls = self._hook.get_hookimpls()
         if impls != self._built_for:  # HookImpl has no __eq__: compares identities
             preds = tuple(getattr(impl.function, SILENT, None) for impl in impls)
             wrapped = any(_is_wrapper(impl) for impl in impls)
             self._silent = None if wrapped or None in preds else preds
-            self._built_for = impls
+            self._built_for = list(impls)
         silent = self._silent
-        if silent is not None and unwatched(self.pm):
+        if silent is not None and _PLUGGY_MULTICALL is not None and getattr(self.pm, "_inner_hookexec", None) is _PLUGGY_MULTICALL:
             for predicate in silent:
                 if not predicate(kwargs):
                     break
