@@ -408,8 +408,12 @@ def replay(
             picked = lifecycle.pick(request, ordered, rid)
         except BudgetRefused as exc:
             blocked_by = exc.budget or "budget"
-        except NoDeploymentLeft:
+            # its traceback holds the frames that raised it, and they hold it: a cycle per blocked row
+            # for the garbage collector, unless broken here (nothing reads the traceback)
+            exc.__traceback__ = None
+        except NoDeploymentLeft as exc:
             blocked_by = "no deployment left"
+            exc.__traceback__ = None
         else:
             chosen = picked.candidate
             charge = priced[chosen.deployment_id] if chosen.deployment_id in priced else pricer.charge(chosen, row)
