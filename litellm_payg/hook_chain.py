@@ -158,7 +158,7 @@ class Broadcast:
             self._silent = None if wrapped or None in preds else preds
             self._built_for = list(impls)
         silent = self._silent
-        if silent is not None and _PLUGGY_MULTICALL is not None and getattr(self.pm, "_inner_hookexec", None) is _PLUGGY_MULTICALL:
+        if silent is not None and unwatched(self.pm):
             for predicate in silent:
                 if not predicate(kwargs):
                     break

@@ -27,7 +27,12 @@ CANDIDATES = [Candidate(dep, f"openai/{dep}", "openai", "chat", price, price * 2
 def engine():
     engine = Engine(load_policy({"version": 1, "ledger": "memory://"}))
     added: list[object] = []
-    engine.register = lambda plugin, name: (engine.pm.register(plugin, name=name), added.append(plugin))  # type: ignore[attr-defined]
+
+    def register(plugin: object, name: str) -> None:
+        engine.pm.register(plugin, name=name)
+        added.append(plugin)
+
+    engine.register = register  # type: ignore[attr-defined]
     try:
         yield engine
     finally:
