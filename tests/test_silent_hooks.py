@@ -75,7 +75,8 @@ def test_the_builtins_are_silent_for_a_quiet_decision_and_their_calls_are_skippe
     monkeypatch.setattr(with_logging, "isEnabledFor", lambda level: True)
     engine.decide(REQUEST, CANDIDATES)
     # the log is heard: the broadcast is made, to every observer (pluggy's call); the filters stay skipped
-    assert sorted(ran) == ["litellm_payg.default_plugins.decision_log", "litellm_payg.default_plugins.quality_evidence"]
+    observers = sorted(impl.plugin_name for impl in engine.pm.hook.payg_decision.get_hookimpls())
+    assert "litellm_payg.default_plugins.decision_log" in observers and sorted(ran) == observers
 
 
 def test_a_plugin_registered_later_hears_every_decision(engine):
