@@ -35,6 +35,15 @@ their spec names, and ``HookChain`` refuses ``firstresult`` and historic hooks.
 
 Links are built once per set of registered implementations and rebuilt when a plugin is
 registered or unregistered (compared on every call: a short list of identities).
+
+**Calls nobody hears.** An implementation may say when it does nothing: :func:`silent_when` gives it
+a predicate of the call's keyword arguments, true when the call would return None and change
+nothing (the decision log below INFO, the failover filter of a policy without ``failover:``). A
+link whose implementation is silent for a call is skipped (``Link.silent``), and a broadcast whose
+every implementation is (:class:`Broadcast`) is not made: each saves a pluggy call on every pick and
+every what-if row. Never while anything watches the calls (``add_hookcall_monitoring``, tracing: the
+plugin manager then runs another executor than pluggy's own), never for a link with a wrapper, and
+only for implementations that carry a predicate: a plugin registered later is called as before.
 """
 
 from __future__ import annotations
@@ -44,6 +53,31 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pluggy
+
+try:  # pluggy's own executor: a plugin manager with monitoring or tracing on runs another one
+    from pluggy._callers import _multicall as _PLUGGY_MULTICALL
+except ImportError:  # another pluggy layout: every call is made
+    _PLUGGY_MULTICALL = None
+
+#: the attribute :func:`silent_when` sets on a hook implementation
+SILENT = "payg_silent_when"
+
+
+def silent_when(predicate: Callable[[dict[str, Any]], bool]) -> Callable[[Any], Any]:
+    """Mark a hook implementation as doing nothing (returning None, changing nothing) for a call
+    whose keyword arguments ``predicate`` is true of. Cheap, and exact: a call it says is silent
+    may be skipped (see the module docstring)."""
+
+    def mark(function: Any) -> Any:
+        setattr(function, SILENT, predicate)
+        return function
+
+    return mark
+
+
+def unwatched(pm: pluggy.PluginManager) -> bool:
+    """No monitoring or tracing replaced pluggy's executor: a skipped call would be seen by nobody."""
+    return _PLUGGY_MULTICALL is not None and getattr(pm, "_inner_hookexec", None) is _PLUGGY_MULTICALL
 
 
 @dataclass(frozen=True)
@@ -55,6 +89,8 @@ class Link:
     methods: tuple[pluggy.HookImpl, ...]
     hook_name: str
     execute: Callable[..., Any]
+    #: the implementation's :func:`silent_when` predicate when the link has no wrapper, else None
+    silent: Callable[[dict[str, Any]], bool] | None = None
 
     @property
     def name(self) -> str:
@@ -75,6 +111,7 @@ class HookChain:
 
     def __init__(self, pm: pluggy.PluginManager, hook_name: str):
         self.hook_name = hook_name
+        self.pm = pm
         self._hook: pluggy.HookCaller = getattr(pm.hook, hook_name)
         spec = self._hook.spec
         if spec is not None and (spec.opts.get("firstresult") or spec.opts.get("historic")):
@@ -95,10 +132,39 @@ class HookChain:
         wrappers = tuple(impl for impl in impls if _is_wrapper(impl))
         execute = self._hook._hookexec
         return [
-            Link(impl, (impl, *wrappers), self.hook_name, execute)
+            Link(impl, (impl, *wrappers), self.hook_name, execute, None if wrappers else getattr(impl.function, SILENT, None))
             for impl in reversed(impls)
             if not _is_wrapper(impl)
         ]
 
 
-__all__ = ["HookChain", "Link"]
+class Broadcast:
+    """A broadcast hook call (``pm.hook.<name>(**kwargs)``) that is not made when every
+    implementation is silent for it (:func:`silent_when`) and nothing watches the calls."""
+
+    def __init__(self, pm: pluggy.PluginManager, hook_name: str):
+        self.pm = pm
+        self._hook: pluggy.HookCaller = getattr(pm.hook, hook_name)
+        self._built_for: list[pluggy.HookImpl] = []
+        self._silent: tuple[Callable[[dict[str, Any]], bool], ...] | None = ()
+
+    def __call__(self, **kwargs: Any) -> list[Any] | None:
+        impls = getattr(self._hook, "_hookimpls", None)  # pluggy's own list (get_hookimpls copies it on every call)
+        if impls is None:
+            impls = self._hook.get_hookimpls()
+        if impls != self._built_for:  # HookImpl has no __eq__: compares identities
+            preds = tuple(getattr(impl.function, SILENT, None) for impl in impls)
+            wrapped = any(_is_wrapper(impl) for impl in impls)
+            self._silent = None if wrapped or None in preds else preds
+            self._built_for = list(impls)
+        silent = self._silent
+        if silent is not None and unwatched(self.pm):
+            for predicate in silent:
+                if not predicate(kwargs):
+                    break
+            else:
+                return []  # what pluggy returns when every implementation returned None
+        return self._hook(**kwargs)
+
+
+__all__ = ["Broadcast", "HookChain", "Link", "silent_when", "unwatched"]

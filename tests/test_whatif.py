@@ -293,6 +293,30 @@ def test_the_per_token_rates_give_litellms_own_cost():
             assert pricer.charge(c, row) == pytest.approx(a + b, rel=1e-9, abs=1e-15), (model, p, comp, read, write)
 
 
+def test_pricing_every_deployment_at_once_gives_each_ones_own_charge_exactly():
+    """``charge_all`` (the oracle's, on every row) is ``charge`` of each deployment, to the bit: the
+    linear rates, a custom price, reasoning tokens priced apart, a long prompt, no price."""
+    import random
+
+    from litellm_payg.stores.prices import candidate_from_deployment
+
+    deployments = [({"model": m}, m) for m in ("gpt-4o", "deepseek/deepseek-chat", "dashscope/qwen-turbo",
+                                               "anthropic/claude-sonnet-4-5")]
+    deployments += [({"model": "openai/my-own", "input_cost_per_token": 1e-6, "output_cost_per_token": 3e-6}, "custom"),
+                    ({"model": "openai/nobody-prices-this"}, "unpriced")]
+    cands = [candidate_from_deployment({"model_name": "g", "litellm_params": params, "model_info": {"id": dep}}, {})
+             for params, dep in deployments]
+    pricer = HistoryPricer(cands)
+    rng = random.Random(5)
+    for i in range(300):
+        p = rng.choice((0, rng.randint(1, 5000), rng.randint(150_000, 300_000)))
+        row = HistoryRow("x", 0.0, "g", "gpt-4o", None, p, rng.randint(0, 3000), cache_read_tokens=rng.randint(0, p // 2),
+                         cache_write_tokens=rng.choice((0, rng.randint(0, p // 4))), reasoning_tokens=rng.choice((0, 0, 600)))
+        order = cands if i % 2 else cands[::-1]  # before and after each deployment's rates are known
+        assert pricer.charge_all(order, row) == {c.deployment_id: pricer.charge(c, row) for c in order}, row
+    assert pricer.charge_all(cands, row)["unpriced"] is None and pricer.charge_all(cands, row)["custom"] is not None
+
+
 # -- input errors --------------------------------------------------------------------------------
 
 

@@ -7,9 +7,11 @@ what makes the decision, the logs and ``explain`` say why."""
 from __future__ import annotations
 
 from litellm_payg import hookimpl
+from litellm_payg.hook_chain import silent_when
 from litellm_payg.core.headroom import headroom
 
 
 @hookimpl(trylast=True)
+@silent_when(lambda kwargs: not kwargs["snapshot"].usage or not kwargs["candidates"])  # what ``headroom`` returns None for first
 def payg_filter_candidates(request, candidates, snapshot):
     return headroom(request, candidates, snapshot)

@@ -6,11 +6,17 @@ from __future__ import annotations
 import logging
 
 from litellm_payg import hookimpl
+from litellm_payg.hook_chain import silent_when
 
 logger = logging.getLogger("litellm_payg")
 
 
+def _below_info(kwargs) -> bool:
+    return not logger.isEnabledFor(logging.INFO)
+
+
 @hookimpl(trylast=True)
+@silent_when(_below_info)
 def payg_decision(request, decision):
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -28,6 +34,7 @@ def payg_decision(request, decision):
 
 
 @hookimpl(trylast=True)
+@silent_when(_below_info)
 def payg_outcome(outcome):
     if not logger.isEnabledFor(logging.INFO):
         return

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from litellm_payg import hookimpl
+from litellm_payg.hook_chain import silent_when
 from litellm_payg.core.decision import Candidate, RouteRequest, Step
 from litellm_payg.policy.failover import FailoverSettings
 from litellm_payg.rules import matches
@@ -113,6 +114,7 @@ def apply_failover(request: RouteRequest, candidates: Sequence[Candidate], setti
 
 
 @hookimpl(trylast=True)
+@silent_when(lambda kwargs: kwargs["snapshot"].failover is None)
 def payg_filter_candidates(request, candidates, snapshot):
     settings = snapshot.failover
     if settings is None:

@@ -17,7 +17,7 @@ from typing import Any
 from litellm_payg.core.decision import Candidate, Decision, Drop, RouteRequest, Step
 from litellm_payg.core.feasibility import feasible
 from litellm_payg.core.errors import PluginError, PolicyError, Problem, UnknownPriceError
-from litellm_payg.hook_chain import HookChain
+from litellm_payg.hook_chain import Broadcast, HookChain, unwatched
 from litellm_payg.policy.load import Policy, _undotted
 from litellm_payg.rules import Rule, matches
 from litellm_payg.stores.health import HealthError, HealthStore, open_health
@@ -51,7 +51,7 @@ class Engine:
             for group, specs in policy.routes.items()
         }
         self._filters = HookChain(self.pm, "payg_filter_candidates")
-        self._observe = self.pm.hook.payg_decision
+        self._observe = Broadcast(self.pm, "payg_decision")  # not made when every observer is silent for it
         #: budgets and the spend ledger (reserve / settle / release)
         self.spend = SpendControl(policy, ledger=ledger, clock=clock)
         #: circuit breakers and latency per deployment, in the ledger's backend (``failover:`` only)
@@ -287,8 +287,12 @@ class Engine:
         and tracing behave as for any other hook. A plain loop, not a generator: it runs on every
         decision, and most links answer nothing."""
         current = candidates
+        quiet = unwatched(self.pm)
         for link in self._filters.links():
-            for step in link.call(request=request, candidates=current, snapshot=snapshot, engine=self):
+            kwargs = {"request": request, "candidates": current, "snapshot": snapshot, "engine": self}
+            if quiet and link.silent is not None and link.silent(kwargs):
+                continue  # the built-in failover filter without ``failover:``, budget headroom without usage
+            for step in link.call(**kwargs):
                 if not isinstance(step, Step):
                     raise PluginError(
                         f"plugin {link.name}: payg_filter_candidates returned {step!r}; "

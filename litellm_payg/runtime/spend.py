@@ -456,14 +456,16 @@ class SpendControl:
             estimate = self.reserve_estimate(request, candidate)
             found = self.buckets(request, candidate)
             record = self._record(request, candidate, attrs)
-            admission = Admission(candidate, reservation_id, estimate, found, record, reserved=True, skipped=skipped)
             try:
                 result = self.ledger.reserve(
                     reservation_id, [bb.bucket for bb in found], estimate, self.ttl_s, now=self.clock(), attrs=record
                 )
             except LedgerError as exc:
-                return self._ledger_failed(exc, admission)
+                return self._ledger_failed(exc, Admission(candidate, reservation_id, estimate, found, record, reserved=True,
+                                                          skipped=skipped))
             if result.ok:
+                # built only once admitted: a refused candidate (every blocked request) needs none
+                admission = Admission(candidate, reservation_id, estimate, found, record, reserved=True, skipped=skipped)
                 self._flush_unsettled()
                 with self._lock:
                     self._inflight[reservation_id] = admission

@@ -154,6 +154,25 @@ class HistoryPricer(Pricer):
             return p * r[0] + c * r[1]
         return max(0, p - read - write) * r[0] + c * r[1] + read * r[2] + write * r[3]
 
+    def charge_all(self, candidates: Sequence[Any], row: HistoryRow) -> dict[str, float | None]:
+        """:meth:`charge` of each candidate, by deployment id: the row's tokens read once, and the
+        linear case (most rows) priced here, with the same arithmetic (the oracle prices every
+        deployment meeting the bar, on every row)."""
+        p, c = row.prompt_tokens or 0, row.completion_tokens or 0
+        read, write, reasoning = row.cache_read_tokens, row.cache_write_tokens, row.reasoning_tokens
+        linear = p <= _LINEAR_UP_TO
+        uncached = max(0, p - read - write)
+        out: dict[str, float | None] = {}
+        fast_of = self._fast
+        for cand in candidates:
+            fast = fast_of.get(cand.deployment_id)
+            if fast is None or not linear or (fast[2] and reasoning) or fast[0] is None:
+                out[cand.deployment_id] = self.charge(cand, row)
+                continue
+            r = fast[0]
+            out[cand.deployment_id] = p * r[0] + c * r[1] if fast[1] else uncached * r[0] + c * r[1] + read * r[2] + write * r[3]
+        return out
+
 
 # -- the replay ---------------------------------------------------------------------------------
 
@@ -356,11 +375,10 @@ def replay(
             ordered = [actual] + [c for c in group_cands if c is not actual] if actual else list(group_cands)
             order_cache[order_key] = ordered
         clock.now = row.ts
-        request = RouteRequest(group=group, prompt_tokens=row.prompt_tokens, output_tokens=expected_out,
-                               user=row.user, team=row.team, api_key=row.key, tags=row.tags, end_user=row.end_user,
-                               session=row.session, trace_id=row.request_id,
-                               attrs=scopes.request_fields({kind.name: getattr(row, kind.name) for kind in door_filled
-                                                            if getattr(row, kind.name, None) is not None}).get("attrs", {}))
+        raw = {kind.name: v for kind in door_filled if (v := getattr(row, kind.name, None)) is not None}
+        request = RouteRequest(group, row.prompt_tokens, expected_out, user=row.user, team=row.team, api_key=row.key,
+                               tags=row.tags, end_user=row.end_user, session=row.session, trace_id=row.request_id,
+                               attrs=scopes.request_fields(raw).get("attrs", {}) if raw else {})
         # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar;
         # a route without ``when:`` sets a bar from the prompt's size alone, so it is kept per size
         if conditioned.get(group, False):
@@ -378,9 +396,8 @@ def replay(
             eligible = eligible_cache[eligible_key] = [
                 c for c in group_cands if bar is None or (c.quality is not None and c.quality >= bar)]
         oracle = None
-        priced: dict[str, float | None] = {}
-        for c in eligible:
-            v = priced[c.deployment_id] = pricer.charge(c, row)
+        priced = pricer.charge_all(eligible, row)
+        for v in priced.values():
             if v is not None and (oracle is None or v < oracle):
                 oracle = v
         rid = f"whatif-{n}"
@@ -392,8 +409,12 @@ def replay(
             picked = lifecycle.pick(request, ordered, rid)
         except BudgetRefused as exc:
             blocked_by = exc.budget or "budget"
-        except NoDeploymentLeft:
+            # its traceback holds the frames that raised it, and they hold it: a cycle per blocked row
+            # for the garbage collector, unless broken here (nothing reads the traceback)
+            exc.__traceback__ = None
+        except NoDeploymentLeft as exc:
             blocked_by = "no deployment left"
+            exc.__traceback__ = None
         else:
             chosen = picked.candidate
             charge = priced[chosen.deployment_id] if chosen.deployment_id in priced else pricer.charge(chosen, row)

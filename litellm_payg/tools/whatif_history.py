@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,21 @@ class HistoryRow:
     tags: tuple[str, ...] = ()
     status: str = "success"
 
+    def __init__(self, request_id: str, ts: float, group: str, model: str, deployment: str | None,
+                 prompt_tokens: int | None, completion_tokens: int | None, cache_read_tokens: int = 0,
+                 cache_write_tokens: int = 0, reasoning_tokens: int = 0, spend_usd: float = 0.0, user: str | None = None,
+                 team: str | None = None, key: str | None = None, org: str | None = None, end_user: str | None = None,
+                 session: str | None = None, tags: tuple[str, ...] = (), status: str = "success") -> None:
+        # written out with each slot's own setter: one row is built per request read (a million for a
+        # busy month), and the generated frozen __init__ (``object.__setattr__`` per field) costs twice this
+        s = _SET
+        s[0](self, request_id); s[1](self, ts); s[2](self, group); s[3](self, model)  # noqa: E702
+        s[4](self, deployment); s[5](self, prompt_tokens); s[6](self, completion_tokens)  # noqa: E702
+        s[7](self, cache_read_tokens); s[8](self, cache_write_tokens); s[9](self, reasoning_tokens)  # noqa: E702
+        s[10](self, spend_usd); s[11](self, user); s[12](self, team); s[13](self, key)  # noqa: E702
+        s[14](self, org); s[15](self, end_user); s[16](self, session); s[17](self, tags)  # noqa: E702
+        s[18](self, status)
+
     @property
     def has_usage(self) -> bool:
         return self.prompt_tokens is not None and self.completion_tokens is not None and (
@@ -74,6 +89,10 @@ class HistoryRow:
             "key": self.key, "org": self.org, "end_user": self.end_user, "session": self.session,
             "tags": list(self.tags), "status": self.status,
         }
+
+
+#: each field's slot setter, in field order (``HistoryRow.__init__``)
+_SET = tuple(getattr(HistoryRow, f.name).__set__ for f in fields(HistoryRow))
 
 
 @dataclass(frozen=True)

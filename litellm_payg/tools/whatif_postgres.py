@@ -1,7 +1,9 @@
 """LiteLLM's spend logs (``LiteLLM_SpendLogs`` in the proxy's Postgres) as what-if history.
 
 Read with psycopg 3 (the ``whatif`` extra) through a server-side cursor: rows come ``ITERSIZE`` at
-a time, in ``startTime`` order, so memory does not grow with the table. The filters
+a time, in ``startTime`` order, so memory does not grow with the table. In binary: the same values
+(text, integers, float8 bit for bit), without Postgres formatting each one as text and psycopg
+parsing it back. The filters
 (``--since/--until``, team, key, model group, tag) are a ``WHERE`` clause, run by Postgres.
 
 What a row is priced from: ``prompt_tokens``, ``completion_tokens`` and, in ``metadata.usage_object``
@@ -137,7 +139,7 @@ def _read_spend_logs(url: str, filters: Filters, itersize: int) -> Iterator[Hist
     try:
         check_table(conn, url)
         sql, params = _select(filters)
-        with conn.cursor(name="litellm_payg_whatif") as cur:
+        with conn.cursor(name="litellm_payg_whatif", binary=True) as cur:
             cur.itersize = itersize
             try:
                 cur.execute(sql, params)
@@ -231,18 +233,34 @@ def model_string(model: str | None, provider: str | None) -> str:
 def row_from_spend_log(r: tuple) -> HistoryRow:
     (request_id, ts, model, model_id, group, provider, prompt, completion, spend, user, team, key, org, end_user,
      session, tags_text, read, cached, write, reasoning) = r
-    if not tags_text or tags_text == "[]":
+    tags = _TAGS.get(tags_text)
+    if tags is None:
+        tags = _tags(tags_text)
+    name = _MODELS.get((model, provider))
+    if name is None:
+        if len(_MODELS) >= _REMEMBERED:
+            _MODELS.clear()
+        name = _MODELS[(model, provider)] = model_string(model, provider)
+    return HistoryRow(request_id, ts, group or name, name, model_id or None, prompt, completion, read or cached or 0,
+                      write or 0, reasoning or 0, float(spend or 0.0), user or None, team or None, key or None, org or None,
+                      end_user or None, session or None, tags)
+
+
+#: what a spend log's ``request_tags`` text and ``(model, custom_llm_provider)`` read as, remembered
+#: (a million rows repeat a few of each); at most ``_REMEMBERED`` of each, then forgotten
+_REMEMBERED = 10_000
+_TAGS: dict[str | None, tuple[str, ...]] = {None: (), "": (), "[]": ()}
+_MODELS: dict[tuple[str | None, str | None], str] = {}
+
+
+def _tags(tags_text: str) -> tuple[str, ...]:
+    try:
+        tags = json.loads(tags_text)
+    except ValueError:
         tags = []
-    else:
-        try:
-            tags = json.loads(tags_text)
-        except ValueError:
-            tags = []
-    name = model_string(model, provider)
-    return HistoryRow(
-        request_id=request_id, ts=ts, group=group or name, model=name, deployment=model_id or None,
-        prompt_tokens=prompt, completion_tokens=completion, cache_read_tokens=read or cached or 0,
-        cache_write_tokens=write or 0, reasoning_tokens=reasoning or 0, spend_usd=float(spend or 0.0), user=user or None, team=team or None,
-        key=key or None, org=org or None, end_user=end_user or None, session=session or None,
-        tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
-    )
+    out = tuple(str(t) for t in tags) if isinstance(tags, list) else ()
+    if len(_TAGS) >= _REMEMBERED:
+        _TAGS.clear()
+        _TAGS.update({None: (), "": (), "[]": ()})
+    _TAGS[tags_text] = out
+    return out

@@ -374,8 +374,10 @@ class ReplayLedger(MemoryLedger):
         now = clock(now)
         with self._lock:
             self._check_open()
-            self._apply_held()
-            self._expire(now)
+            if self._held is not None:
+                self._apply_held()
+            if self._expiry and self._expiry[0][0] <= now:  # what ``_expire`` looks at first (on every row)
+                self._expire(now)
             if reservation_id in self._res:
                 return ReserveResult(True, reservation_id, None, self._usage(buckets, now))
             refused = self._refusal(buckets, amount, now)  # the memory ledger's: closed, age, limit + grant
