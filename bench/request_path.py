@@ -237,6 +237,54 @@ async def run_router() -> list[Step]:
         attached.detach()
 
 
+#: a master key the proxy accepts (it refuses well-known ones such as sk-1234); no database is configured
+MASTER_KEY = "sk-payg-request-path-5e1d"
+#: environment that would point the in-process proxy at a database, key or policy not chosen here
+_PROXY_ENV = ("DATABASE_URL", "DIRECT_URL", "LITELLM_MASTER_KEY", "WORKER_CONFIG", "STORE_MODEL_IN_DB", "REDIS_HOST", "REDIS_URL")
+
+
+async def run_proxy() -> list[Step]:
+    import httpx
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="payg-request-path-") as tmp:
+        policy_path = Path(tmp) / "payg-policy.yaml"
+        policy_path.write_text(yaml.safe_dump(policy_dict(), sort_keys=False), encoding="utf-8")
+        config_path = Path(tmp) / "config.yaml"
+        config = {
+            "model_list": model_list(),
+            "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]},  # the plugin's proxy line
+            "general_settings": {"master_key": MASTER_KEY},
+        }
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        for name in _PROXY_ENV:
+            os.environ.pop(name, None)
+        os.environ["CONFIG_FILE_PATH"] = str(config_path)
+        os.environ["LITELLM_PAYG_POLICY"] = str(policy_path)
+
+        from litellm.proxy.proxy_server import app
+
+        async with app.router.lifespan_context(app):  # the proxy's startup: reads the config, loads the plugin
+            from litellm_payg.adapter.proxy import handler
+
+            if handler.engine is None:
+                raise SystemExit(f"request_path: the proxy refused its policy: {handler.error}")
+            outcomes = Outcomes()
+            handler.engine.pm.register(outcomes)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://proxy.invalid") as client:
+                async def send() -> None:
+                    response = await client.post(
+                        "/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+                        json={"model": "chat", "messages": MESSAGES},
+                    )
+                    if response.status_code != 200:
+                        raise SystemExit(f"request_path: the proxy answered {response.status_code}: {response.text[:500]}")
+
+                return await traced(send, outcomes, lambda: handler.engine)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
