@@ -55,6 +55,7 @@ import litellm  # noqa: E402
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 
 import litellm_payg  # noqa: E402
+
 POLICY = REPO / "policies" / "cost-threshold.yaml"
 DEEPSEEK = "deepseek/deepseek-chat"
 MISTRAL = "mistral/mistral-large-latest"
