@@ -233,7 +233,7 @@ class Attempt:
 
     def failed(self, deployment_id: str, failure: Failure, error: BaseException, *,
                reservation_id: str | None = None, billed: Charge | None = None,
-               billed_attrs: Mapping[str, Any] | None = None, reported: bool = False, model: Any = None) -> None:
+               billed_attrs: Mapping[str, Any] | None = None, reported: bool = False, model: Any = None) -> Any:
         """The attempt on ``deployment_id`` failed with ``error`` (diagnosed as ``failure``).
 
         Its reservation is released, or charged ``billed`` (with ``billed_attrs``) when the
@@ -241,10 +241,13 @@ class Attempt:
         breaker. ``reported``: a validator already rejected the answer (:meth:`rejected` charged it
         and told the breaker and the observers), so only the failover step is left. Then the next
         pick's failover hop is planned from it: the failure is kept for that pick, and a ``fail``
-        makes the error final for the request (no retry or fallback may route around it)."""
+        makes the error final for the request (no retry or fallback may route around it). Returns
+        the deployment's breaker state after it, when its breaker was told (``simulate`` counts
+        the openings)."""
+        health = None
         if not reported:
-            self._of.lifecycle.failed(reservation_id, deployment_id, failure,
-                                      None if billed is None else billed.cost, billed_attrs)
+            health = self._of.lifecycle.failed(reservation_id, deployment_id, failure,
+                                               None if billed is None else billed.cost, billed_attrs)
         action = self.failover_action(failure)
         if action is not None:
             self.state.last_failure = (deployment_id, error, failure)
@@ -252,6 +255,7 @@ class Attempt:
                 self.state.final_error = error
         if not reported:
             self._emit_failure(deployment_id, error, billed, model)
+        return health
 
     def broke(self, deployment_id: str, reservation_id: str, error: BaseException | None, *,
               billed: Charge | None = None, billed_attrs: Mapping[str, Any] | None = None, model: Any = None) -> None:
