@@ -155,7 +155,7 @@ class Attempt:
         state.add_reservation(deployment_id, reservation_id)
         state.unsent = (deployment_id, reservation_id)
         state.request = request
-        state.decision = picked.decision.as_dict(compact=True)
+        state.decided = picked.decision  # stamped (as_dict) when first read: RequestState.decision
         return picked
 
     def sent(self, deployment_id: str) -> bool:
@@ -308,6 +308,10 @@ class Attempt:
                 session=getattr(request, "session", None), run=getattr(request, "run", None),
                 run_budgets=self._of.engine.spend.run_budgets_of(request) if late_headers else ())
         state.count_prompt = None  # holds the prompt's parts
+        if late_headers:
+            state.decision = state.decision  # stamped now: the Decision it is made from holds the request
+        else:
+            state.decided = None
         state.last_failure = None
         state.final_error = None
         if not late_headers or state.headers_sent:
