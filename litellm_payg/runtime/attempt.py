@@ -99,9 +99,11 @@ class Attempts:
             return True
         return getattr(pm, "_inner_hookexec", None) is not _PLUGGY_MULTICALL or _PLUGGY_MULTICALL is None
 
-    def emit(self, state: RequestState, deployment_id: str, ok: bool, cost: float, **extra: Any) -> None:
-        """Tell the ``payg_outcome`` observers how one attempt ended."""
-        if not self.outcome_heard():
+    def emit(self, state: RequestState, deployment_id: str, ok: bool, cost: float, heard: bool = False,
+             **extra: Any) -> None:
+        """Tell the ``payg_outcome`` observers how one attempt ended (``heard``: the caller already
+        checked :meth:`outcome_heard`)."""
+        if not heard and not self.outcome_heard():
             return
         candidate = self.candidate_of(deployment_id)
         outcome = Outcome(
@@ -220,11 +222,12 @@ class Attempt:
             self._of.engine.spend.settle(reservation_id, charge.cost, charge.attrs, tokens=tokens)
         if before_outcome is not None:
             before_outcome()
-        self._of.emit(
-            self.state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
-            prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
-            usage_estimated=charge.estimated,
-        )
+        if self._of.outcome_heard():  # checked first: the arguments are not built for nothing
+            self._of.emit(
+                self.state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
+                prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
+                usage_estimated=charge.estimated, heard=True,
+            )
 
     def failover_action(self, failure: Failure) -> str | None:
         """What ``failover.on`` says to do after ``failure`` (None without ``failover:``)."""

@@ -315,7 +315,7 @@ def simulate(
             billed = unit_charge.get(key)
             if billed is None:
                 cls = classes[ci]
-                billed = unit_charge[key] = answer_charge(chosen, cls.prompt_tokens, cls.completion_tokens)
+                billed = unit_charge[key] = _Answer(answer_charge(chosen, cls.prompt_tokens, cls.completion_tokens))
                 unit[key] = billed.cost
             charge = billed.cost
             fault = _draw(faults.get(dep), when, rng) if faults else None
@@ -421,6 +421,18 @@ def _compare_runs(result: Result, policy: Any, traffic: Traffic, **options: Any)
                  "description": "the run budget as written (downgrade steps and final reserve included)",
                  **sim_runs.summary("policy as written", result.runs)})
     return {"budget": budget.budget_id(budget_index), "budget_as_written": sim_runs.describe_budget(budget), "rows": rows}
+
+
+class _Answer:
+    """A simulated answer's charge (``core.charge``'s, of its exact usage) as its attempt settles
+    it: without the record attributes a live charge stamps on its ledger record (its token counts,
+    for ``what-if --from``); the simulated ledger is thrown away, and they cost a dict per answer."""
+
+    __slots__ = ("cost", "prompt_tokens", "completion_tokens", "estimated", "attrs")
+
+    def __init__(self, charge: Any) -> None:
+        self.cost, self.prompt_tokens, self.completion_tokens = charge.cost, charge.prompt_tokens, charge.completion_tokens
+        self.estimated, self.attrs = charge.estimated, None
 
 
 class SimulatedFault(Exception):
