@@ -43,6 +43,14 @@ def test_exact_billed_tokens_litellm_priced_at_zero_are_charged_the_deployments_
         assert c.cost == pytest.approx(100 * IN + 50 * OUT) and c.basis == "price" and not c.estimated
 
 
+def test_exact_completion_without_a_prompt_count_litellm_priced_at_zero_is_charged_the_completion():
+    """A usage block with completion tokens and no prompt count, LiteLLM's cost $0, on a priced
+    deployment: the completion at the deployment's price (what the adapter charged before the
+    charge function; the merge of that function first charged $0 here)."""
+    c = charge(Usage(None, 50, litellm_cost=0.0), PRICED)
+    assert c.cost == pytest.approx(50 * OUT) and c.basis == "price"
+
+
 def test_exact_zero_from_litellm_with_no_price_of_its_own_stays_zero():
     c = charge(Usage(100, 50, litellm_cost=0.0), UNPRICED)
     assert (c.cost, c.basis, c.estimated) == (0.0, "litellm", False)
@@ -130,6 +138,56 @@ def test_the_adapters_compositions_are_the_charge():
     assert charges.streamed_cost(candidate(priced=False), "no-such/model", 100, 5, 0.7) == 0.7
     assert charges.streamed_cost(candidate(), "openai/gpt-4o-mini", None, 5, 0.7) == 0.7
     assert charges.streamed_cost(candidate(), "openai/gpt-4o-mini", 100, 5, 0.7) == pytest.approx(100 * IN + 5 * OUT)
+
+
+def test_an_answer_with_its_usage_is_charged_by_the_charge_function():
+    from litellm_payg.adapter import charges
+
+    def never():
+        raise AssertionError("LiteLLM's cost is not asked for a deployment the policy prices")
+
+    policy = charges.answer_charge(candidate("policy"), "openai/gpt-4o-mini", 100, 50, never)
+    assert (policy.cost, policy.basis) == (pytest.approx(100 * IN + 50 * OUT), "price")
+    assert charges.answer_charge(candidate(), "m", 100, 50, lambda: 0.25).cost == 0.25
+    # LiteLLM's $0 for billed tokens: the deployment's price
+    assert charges.answer_charge(candidate(), "m", 100, 50, lambda: 0.0).cost == pytest.approx(100 * IN + 50 * OUT)
+    # LiteLLM's $0 and no price of the deployment's: LiteLLM's price map, else $0 (not the reservation)
+    mapped = charges.answer_charge(candidate(priced=False), "openai/gpt-4o-mini", 100, 50, lambda: None)
+    assert mapped.cost == pytest.approx(charges.litellm_price("openai/gpt-4o-mini", 100, 50)) and mapped.cost > 0
+    unknown = charges.answer_charge(candidate(priced=False), "no-such/model", 100, 50, lambda: None)
+    assert (unknown.cost, unknown.estimated) == (0.0, False)
+    cached = charges.answer_charge(candidate(), "m", 100, 50, never, cache_hit=True)
+    assert (cached.cost, cached.cache_hit) == (0.0, True)
+    speech = Candidate("d1", "openai/tts-1", "openai", "speech", None, None, price_source="litellm",
+                       input_usd_per_character=1e-5)
+    assert charges.answer_charge(speech, "openai/tts-1", None, None, lambda: 0.0001, characters=100).cost == pytest.approx(1e-3)
+
+
+def test_an_estimate_falls_back_to_the_reservation():
+    from litellm_payg.adapter import charges
+
+    assert charges.estimated_charge(candidate(), "m", 100, 50, 0.5).cost == pytest.approx(100 * IN + 50 * OUT)
+    assert charges.estimated_charge(candidate(), "m", 100, 50, 0.5, countable=False).cost == 0.5
+    unpriced = charges.estimated_charge(candidate(priced=False), "no-such/model", 100, 50, 0.5)
+    assert (unpriced.cost, unpriced.basis, unpriced.estimated) == (0.5, "reservation", True)
+    assert charges.reported_charge(candidate(), "m", 0, 0, 0.5).cost == 0.5  # nothing reported: the reservation
+    assert charges.reported_charge(candidate(), "m", 100, 50, 0.5).cost == pytest.approx(100 * IN + 50 * OUT)
+
+
+def test_an_answered_failure_is_charged_the_highest_of_prompt_reservation_and_streamed():
+    from litellm_payg.adapter import charges
+
+    prompt = 100 * IN
+    billed, what = charges.failed_answer_charge(candidate(), 100, None, None)
+    assert (billed.cost, what, billed.prompt_tokens, billed.completion_tokens) == (pytest.approx(prompt), "prompt", 100, None)
+    billed, what = charges.failed_answer_charge(candidate(), 100, 0.5, None)
+    assert (billed.cost, what, billed.estimated) == (0.5, "reservation", True)
+    billed, what = charges.failed_answer_charge(candidate(), 100, 0.5, (100, 40, 0.9))
+    assert (billed.cost, what, billed.completion_tokens) == (0.9, "streamed", 40)
+    # the policy's price, not LiteLLM's cost, prices what a policy-priced deployment streamed
+    billed, what = charges.failed_answer_charge(candidate("policy"), 100, None, (100, 40, 0.9))
+    assert (billed.cost, what) == (pytest.approx(100 * IN + 40 * OUT), "streamed")
+    assert charges.failed_answer_charge(candidate(priced=False), None, None, None)[0].cost == 0.0
 
 
 def test_the_simulator_charges_through_the_same_function(monkeypatch):

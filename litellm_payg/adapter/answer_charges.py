@@ -61,6 +61,7 @@ class AnswerCharges:
         where = f"{model} (deployment {deployment_id})"
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
+        problem = None
         try:
             prompt_tokens = charges.count_prompt(model, messages, tools) if messages else None
             if not prompt_tokens:
@@ -70,24 +71,28 @@ class AnswerCharges:
             completion_tokens = charges.count_completion(model, response)
             if prompt_tokens is None:
                 raise ValueError("the request's messages are not available to count")
-            cost = charges.price_tokens(candidate, model, prompt_tokens, completion_tokens)
-            problem = None if cost is not None else "the deployment has no known price"
         except Exception as exc:  # noqa: BLE001 - a tokenizer or price lookup failure must not lose the charge
-            cost, problem = None, f"LiteLLM could not count or price it: {exc}"
-        if cost is not None:
+            problem = f"LiteLLM could not count or price it: {exc}"
+        reserved = self.attempts.of(state).reserved_usd(reservation_id)
+        try:
+            charge = charges.estimated_charge(candidate, model, prompt_tokens, completion_tokens, reserved,
+                                              countable=problem is None)
+        except Exception as exc:  # noqa: BLE001 - a price lookup failure must not lose the charge
+            problem = f"LiteLLM could not count or price it: {exc}"
+            charge = charges.estimated_charge(candidate, model, prompt_tokens, completion_tokens, reserved, countable=False)
+        if charge.priced:
             logger.warning(
                 "litellm-payg: %s answered without a usage block; charged an estimate of $%s "
                 "(%d prompt + %d completion tokens by LiteLLM's token counter)",
-                where, charges.usd(cost), prompt_tokens, completion_tokens,
+                where, charges.usd(charge.cost), prompt_tokens, completion_tokens,
             )
-            return charges.Charge(cost, prompt_tokens, completion_tokens, estimated=True)
-        reserved = self.attempts.of(state).reserved_usd(reservation_id) or 0.0
+            return charge
         logger.warning(
             "litellm-payg: %s answered without a usage block and no estimate could be made (%s); "
             "charged the reservation's $%s",
-            where, problem, charges.usd(reserved),
+            where, problem or "the deployment has no known price", charges.usd(charge.cost),
         )
-        return charges.Charge(reserved, prompt_tokens, completion_tokens, estimated=True)
+        return charge
 
 
     def _charge_answer(
@@ -101,22 +106,10 @@ class AnswerCharges:
         deployment it prices; else LiteLLM's cost (``litellm_cost``: its logging payload's
         ``response_cost``, or its calculator run on the response inline), and the deployment's
         price where LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2)."""
-        if cache_hit:
-            return charges.Charge(0.0, prompt_tokens, completion_tokens, cache_hit=True)
-        if charges.usage_missing(response, prompt_tokens, completion_tokens):
+        if charges.usage_missing(response, prompt_tokens, completion_tokens) and not cache_hit:
             return self._estimate_missing_usage(deployment_id, reservation_id, messages, tools, response, state, model)
-        candidate = self._candidates.get(deployment_id)
-        cost = charges.policy_priced(candidate, prompt_tokens, completion_tokens)
-        if cost is None:
-            cost = float(litellm_cost() or 0.0)
-        if cost == 0.0 and (prompt_tokens or completion_tokens):
-            priced = charges.price_tokens(candidate, str(model or ""), int(prompt_tokens or 0), int(completion_tokens or 0))
-            cost = priced if priced is not None else cost
-        per_character = candidate.input_usd_per_character if candidate is not None else None
-        if per_character and state.characters:
-            # a speech model bills every character of its input; LiteLLM's cost leaves out the
-            # whitespace ("hello world" is priced as 10 characters), so the ledger would fall below
-            # the bill: charge the characters the provider was sent, as the reservation counted them
-            cost = max(cost, state.characters * per_character)
-        return charges.Charge(cost, prompt_tokens, completion_tokens, **charges.token_details(response))
-
+        # a speech model bills every character of its input; LiteLLM's cost leaves out the whitespace
+        # ("hello world" is priced as 10 characters): the characters the reservation counted are charged
+        return charges.answer_charge(self._candidates.get(deployment_id), model, prompt_tokens, completion_tokens,
+                                     litellm_cost, characters=state.characters, cache_hit=cache_hit,
+                                     details=None if cache_hit else charges.token_details(response))

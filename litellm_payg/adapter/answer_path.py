@@ -138,10 +138,8 @@ class AnswerPath:
         usage = response.get("usageMetadata") or {}
         prompt = int(usage.get("promptTokenCount") or 0)
         completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
-        candidate = self._candidates.get(deployment_id)
-        cost = charges.price_tokens(candidate, str(model or ""), prompt, completion) if (prompt or completion) else None
-        charge = charges.Charge(cost, prompt, completion) if cost is not None else charges.Charge(
-            attempt.reserved_usd(reservation_id) or 0.0, prompt, completion, estimated=True)
+        charge = charges.reported_charge(self._candidates.get(deployment_id), str(model or ""), prompt, completion,
+                                         attempt.reserved_usd(reservation_id))
         # no latency is known for it here, and the deployment's health store is not told of it
         attempt.answered(deployment_id, reservation_id, charge, tokens=charges.used_tokens(charge), model=model,
                          health=False)

@@ -11,10 +11,11 @@ layer, one module for all of them, instead of beside each hook.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -207,6 +208,83 @@ def price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, co
     known = None if tariff.priced else litellm_price(model, prompt_tokens, completion_tokens)
     priced = charge(Usage(prompt_tokens, completion_tokens, Provenance.ESTIMATED, litellm_cost=known), tariff)
     return priced.cost if priced.priced else None
+
+
+def answer_charge(candidate: Candidate | None, model: Any, prompt_tokens: Any, completion_tokens: Any,
+                  litellm_cost: Callable[[], Any], *, characters: int = 0, details: Mapping[str, int] | None = None,
+                  cache_hit: bool = False) -> Charge:
+    """The charge of an answer that reported its usage (``exact``): :func:`charge` with what
+    LiteLLM made of it. ``litellm_cost`` (its logging payload's ``response_cost``, or its calculator
+    run on the response) is called only when the charge may need it (not for a deployment the
+    policy prices); a cost of $0 for billed tokens on a deployment without a price of its own is
+    asked of LiteLLM's price map (:func:`litellm_price`) before it is believed."""
+    tariff = Tariff.of(candidate)
+    if cache_hit:
+        return charge(Usage(prompt_tokens, completion_tokens, cache_hit=True), tariff)
+    known: float | None = None
+    if not (tariff.policy_priced and prompt_tokens is not None and completion_tokens is not None):
+        known = float(litellm_cost() or 0.0)
+        if not known and (prompt_tokens or completion_tokens) and not tariff.priced:
+            known = litellm_price(str(model or ""), int(prompt_tokens or 0), int(completion_tokens or 0)) or known
+    return charge(Usage(prompt_tokens, completion_tokens, litellm_cost=known, characters=characters, **(details or {})),
+                  tariff)
+
+
+def estimated_charge(candidate: Candidate | None, model: str, prompt_tokens: int | None, completion_tokens: int | None,
+                     reserved_usd: float | None, *, countable: bool = True) -> Charge:
+    """The charge of the plugin's own count of an answer (``estimated``: no usage block, a failure
+    after HTTP 200): the deployment's price, else LiteLLM's price for the model, else the
+    reservation. ``countable=False``: the count or the price could not be worked out, so the
+    reservation is charged whatever the counts."""
+    if not countable:
+        return charge(Usage(prompt_tokens, completion_tokens, Provenance.ESTIMATED), Tariff(reserved_usd=reserved_usd))
+    tariff = Tariff.of(candidate, reserved_usd)
+    known = (None if tariff.priced or prompt_tokens is None
+             else litellm_price(model, int(prompt_tokens), int(completion_tokens or 0)))
+    return charge(Usage(prompt_tokens, completion_tokens, Provenance.ESTIMATED, litellm_cost=known), tariff)
+
+
+def reported_charge(candidate: Candidate | None, model: str, prompt_tokens: int, completion_tokens: int,
+                    reserved_usd: float | None) -> Charge:
+    """The charge of the counts an answer reported somewhere LiteLLM does not price (Google's
+    ``usageMetadata``): the deployment's price, else LiteLLM's price for the model, else (no
+    tokens, or no price) the reservation, marked an estimate."""
+    if not (prompt_tokens or completion_tokens):  # nothing reported to price
+        return charge(Usage(prompt_tokens, completion_tokens), Tariff(reserved_usd=reserved_usd))
+    tariff = Tariff.of(candidate, reserved_usd)
+    known = None if tariff.priced else litellm_price(model, prompt_tokens, completion_tokens)
+    return charge(Usage(prompt_tokens, completion_tokens, litellm_cost=known), tariff)
+
+
+def failed_answer_charge(candidate: Candidate | None, prompt_tokens: int | None, reserved_usd: float | None,
+                         partial: tuple[int, int, float] | None) -> tuple[Charge, str]:
+    """The charge of an attempt that failed after the provider answered and reported no usage, and
+    what it is (``prompt``, ``reservation``, ``streamed``, ``nothing``): the highest of the prompt
+    at the deployment's price (an ``estimated`` usage of the prompt alone), the reservation (the
+    most the request may have billed) and what LiteLLM counted of a stream that broke after some
+    chunks (``partial``: prompt and completion tokens streamed, and LiteLLM's cost of them; an
+    ``abandoned`` usage priced by the policy's price, else LiteLLM's cost). Marked an estimate."""
+    tariff = Tariff.of(candidate)
+    best = Charge(0.0, None if prompt_tokens is None else int(prompt_tokens), None, estimated=True, basis="nothing")
+    what = "nothing"
+    if tariff.priced and prompt_tokens is not None:
+        best = charge(Usage(int(prompt_tokens), 0, Provenance.ESTIMATED), tariff)
+        best = dataclasses.replace(best, completion_tokens=None)
+        what = "prompt"
+    if reserved_usd is not None and reserved_usd > best.cost:
+        best = Charge(reserved_usd, None if prompt_tokens is None else int(prompt_tokens), None, estimated=True,
+                      basis="reservation")
+        what = "reservation"
+    if partial is not None:
+        streamed_prompt, streamed_completion, litellm_cost = partial
+        # LiteLLM's count of the streamed tokens, at the policy's price where it prices the deployment
+        priced_by = tariff if tariff.policy_priced else Tariff()
+        streamed = charge(Usage(streamed_prompt, streamed_completion, Provenance.ABANDONED, litellm_cost=litellm_cost),
+                          priced_by)
+        if streamed.cost > best.cost:
+            best = Charge(streamed.cost, streamed_prompt, streamed_completion, estimated=True, basis=streamed.basis)
+            what = "streamed"
+    return best, what
 
 
 def streamed_cost(candidate: Candidate | None, model: str, prompt_tokens: int | None, completion_tokens: int | None,

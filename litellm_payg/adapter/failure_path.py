@@ -13,6 +13,7 @@ retry lever (an error's ``num_retries``), which only the adapter may pull.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -149,39 +150,29 @@ class FailurePath:
         where = f"{(candidate.model if candidate else None) or model or '?'} (deployment {deployment_id})"
         reported = charges.usage_in_text(failure.message) if failure.message else None
         if reported is not None:
-            cost = charges.price_tokens(candidate, str((candidate.model if candidate else None) or model), *reported)
-            if cost is not None:
+            priced = charges.estimated_charge(candidate, str((candidate.model if candidate else None) or model),
+                                              *reported, reserved_usd=None)
+            if priced.priced:  # the provider's own count, at the deployment's price: not an estimate
                 logger.warning(
                     "litellm-payg: %s failed after the provider answered (%s: %s); charged the usage its answer "
                     "reported, $%s (%d prompt + %d completion tokens)",
-                    where, failure.cls, failure.matcher, charges.usd(cost), *reported,
+                    where, failure.cls, failure.matcher, charges.usd(priced.cost), *reported,
                 )
-                return charges.Charge(cost, reported[0], reported[1]), {"failed": failure.matcher}
+                return dataclasses.replace(priced, estimated=False), {"failed": failure.matcher}
         prompt_tokens = self._prompt_tokens(state)
-        completion_tokens: int | None = None
-        cost: float | None = None
-        if candidate is not None and candidate.priced and prompt_tokens is not None:
-            cost = candidate.estimate_usd(int(prompt_tokens), 0)
-            how = f"charged the prompt's estimated cost of ${charges.usd(cost)} ({int(prompt_tokens)} prompt tokens)"
-        reserved = attempt.reserved_usd(reservation_id)
-        if reserved is not None and reserved > (cost or 0.0):
-            cost = reserved
+        billed, what = charges.failed_answer_charge(candidate, prompt_tokens, attempt.reserved_usd(reservation_id), partial)
+        cost = billed.cost
+        if what == "prompt":
+            how = f"charged the prompt's estimated cost of ${charges.usd(cost)} ({billed.prompt_tokens} prompt tokens)"
+        elif what == "reservation":
             how = f"charged its reservation, ${charges.usd(cost)}, the most the request may have billed"
-        if partial is not None:
-            streamed_prompt, streamed_completion, litellm_cost = partial
-            streamed = charges.policy_priced(candidate, streamed_prompt, streamed_completion)
-            if streamed is None:
-                streamed = litellm_cost
-            if streamed > (cost or 0.0):
-                cost, prompt_tokens, completion_tokens = streamed, streamed_prompt, streamed_completion
-                how = (f"charged LiteLLM's count of what was streamed, ${charges.usd(cost)} "
-                       f"({streamed_prompt} prompt + {streamed_completion} completion tokens)")
-        if cost is None:
-            cost = 0.0
+        elif what == "streamed":
+            how = (f"charged LiteLLM's count of what was streamed, ${charges.usd(cost)} "
+                   f"({billed.prompt_tokens} prompt + {billed.completion_tokens} completion tokens)")
+        else:
             how = "the request could not be priced and had no reservation; charged $0"
         logger.warning(
             "litellm-payg: %s failed after the provider answered (%s: %s); %s; no usage was reported",
             where, failure.cls, failure.matcher, how,
         )
-        return (charges.Charge(cost, int(prompt_tokens) if prompt_tokens is not None else None, completion_tokens,
-                               estimated=True), {"usage": "estimated", "failed": failure.matcher})
+        return billed, {"usage": "estimated", "failed": failure.matcher}

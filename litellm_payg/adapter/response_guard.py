@@ -78,6 +78,7 @@ class ValidatedAnswers:
             )
         tokens = None if charge is None else charges.used_tokens(charge)
         if charge is None:  # settled already: the observers still hear what it cost
-            charge = charges.Charge(charges.attempt_cost(request_data, response, candidate), None, None)
+            charge = charges.answer_charge(candidate, request_data.get("model"), None, None,
+                                           lambda: charges.attempt_cost(request_data, response, candidate))
         attempt.rejected(deployment_id, reservation_id, charge, error, tokens=tokens, model=request_data.get("model"))
         raise error

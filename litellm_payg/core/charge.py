@@ -26,6 +26,7 @@ A cache hit (LiteLLM's cache served the answer, the provider was not called) is 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -128,7 +129,7 @@ class Charge:
         """Whether the cost prices the tokens (not a reservation, nor $0 for want of a price)."""
         return self.basis in ("price", "litellm", "characters")
 
-    @property
+    @functools.cached_property
     def attrs(self) -> dict[str, Any] | None:
         """Extra ledger record attributes: ``usage: estimated`` tells an estimated charge apart in
         reports from one priced on the provider's own counts; ``abandoned: <why>`` says why;
@@ -136,7 +137,8 @@ class Charge:
         counts the charge is based on (``prompt_tokens``, ``completion_tokens``, and the cache
         reads and writes and reasoning tokens when there are any), so ``what-if --from`` the
         plugin's own ledger can price the request on another deployment; none for a cache hit,
-        which billed no tokens."""
+        which billed no tokens. Worked out once per charge (``simulate`` settles one charge per
+        deployment and traffic class many times); every reader copies it."""
         out: dict[str, Any] = {"usage": "estimated"} if self.estimated or self.abandoned else {}
         if self.abandoned:
             out["abandoned"] = self.abandoned_because
@@ -189,6 +191,11 @@ def _cost(usage: Usage, tariff: Tariff) -> tuple[float, str]:
             return float(usage.litellm_cost), "litellm"
         if (prompt or completion) and by_price is not None:
             return by_price, "price"  # LiteLLM priced billed tokens at $0, or not at all
+        if completion and usage.provenance is Provenance.EXACT and (by_reported := tariff.price(0, int(completion))):
+            # a usage block with completion tokens and no prompt count, which LiteLLM priced at $0:
+            # the completion at the deployment's price (an abandoned stream's unknown prompt falls
+            # to the reservation below instead: the prompt was billed, its size is not known)
+            return by_reported, "price"
         if usage.provenance is Provenance.EXACT and usage.litellm_cost is not None:
             return 0.0, "litellm"  # LiteLLM's $0, and no price of the deployment's to say otherwise
     if tariff.reserved_usd is not None:

@@ -99,9 +99,11 @@ class Attempts:
             return True
         return getattr(pm, "_inner_hookexec", None) is not _PLUGGY_MULTICALL or _PLUGGY_MULTICALL is None
 
-    def emit(self, state: RequestState, deployment_id: str, ok: bool, cost: float, **extra: Any) -> None:
-        """Tell the ``payg_outcome`` observers how one attempt ended."""
-        if not self.outcome_heard():
+    def emit(self, state: RequestState, deployment_id: str, ok: bool, cost: float, heard: bool = False,
+             **extra: Any) -> None:
+        """Tell the ``payg_outcome`` observers how one attempt ended (``heard``: the caller already
+        checked :meth:`outcome_heard`)."""
+        if not heard and not self.outcome_heard():
             return
         candidate = self.candidate_of(deployment_id)
         outcome = Outcome(
@@ -155,7 +157,7 @@ class Attempt:
         state.add_reservation(deployment_id, reservation_id)
         state.unsent = (deployment_id, reservation_id)
         state.request = request
-        state.decision = picked.decision.as_dict(compact=True)
+        state.decided = picked.decision  # stamped (as_dict) when first read: RequestState.decision
         return picked
 
     def sent(self, deployment_id: str) -> bool:
@@ -220,11 +222,12 @@ class Attempt:
             self._of.engine.spend.settle(reservation_id, charge.cost, charge.attrs, tokens=tokens)
         if before_outcome is not None:
             before_outcome()
-        self._of.emit(
-            self.state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
-            prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
-            usage_estimated=charge.estimated,
-        )
+        if self._of.outcome_heard():  # checked first: the arguments are not built for nothing
+            self._of.emit(
+                self.state, deployment_id, ok=True, cost=charge.cost, latency=latency, model=model,
+                prompt_tokens=charge.prompt_tokens, completion_tokens=charge.completion_tokens,
+                usage_estimated=charge.estimated, heard=True,
+            )
 
     def failover_action(self, failure: Failure) -> str | None:
         """What ``failover.on`` says to do after ``failure`` (None without ``failover:``)."""
@@ -233,7 +236,7 @@ class Attempt:
 
     def failed(self, deployment_id: str, failure: Failure, error: BaseException, *,
                reservation_id: str | None = None, billed: Charge | None = None,
-               billed_attrs: Mapping[str, Any] | None = None, reported: bool = False, model: Any = None) -> None:
+               billed_attrs: Mapping[str, Any] | None = None, reported: bool = False, model: Any = None) -> Any:
         """The attempt on ``deployment_id`` failed with ``error`` (diagnosed as ``failure``).
 
         Its reservation is released, or charged ``billed`` (with ``billed_attrs``) when the
@@ -241,10 +244,13 @@ class Attempt:
         breaker. ``reported``: a validator already rejected the answer (:meth:`rejected` charged it
         and told the breaker and the observers), so only the failover step is left. Then the next
         pick's failover hop is planned from it: the failure is kept for that pick, and a ``fail``
-        makes the error final for the request (no retry or fallback may route around it)."""
+        makes the error final for the request (no retry or fallback may route around it). Returns
+        the deployment's breaker state after it, when its breaker was told (``simulate`` counts
+        the openings)."""
+        health = None
         if not reported:
-            self._of.lifecycle.failed(reservation_id, deployment_id, failure,
-                                      None if billed is None else billed.cost, billed_attrs)
+            health = self._of.lifecycle.failed(reservation_id, deployment_id, failure,
+                                               None if billed is None else billed.cost, billed_attrs)
         action = self.failover_action(failure)
         if action is not None:
             self.state.last_failure = (deployment_id, error, failure)
@@ -252,6 +258,7 @@ class Attempt:
                 self.state.final_error = error
         if not reported:
             self._emit_failure(deployment_id, error, billed, model)
+        return health
 
     def broke(self, deployment_id: str, reservation_id: str, error: BaseException | None, *,
               billed: Charge | None = None, billed_attrs: Mapping[str, Any] | None = None, model: Any = None) -> None:
@@ -304,6 +311,10 @@ class Attempt:
                 session=getattr(request, "session", None), run=getattr(request, "run", None),
                 run_budgets=self._of.engine.spend.run_budgets_of(request) if late_headers else ())
         state.count_prompt = None  # holds the prompt's parts
+        if late_headers:
+            state.decision = state.decision  # stamped now: the Decision it is made from holds the request
+        else:
+            state.decided = None
         state.last_failure = None
         state.final_error = None
         if not late_headers or state.headers_sent:

@@ -59,8 +59,13 @@ class RequestState:
     final_error: BaseException | None = None
     #: the RouteRequest of the last pick, for the response validators
     request: Any = None
-    #: the last pick's decision as stamped for observers (``payg_decision``)
-    decision: dict[str, Any] | None = None
+    #: the last pick's decision as stamped for observers (``payg_decision``), once :attr:`decision`
+    #: was read; until then :attr:`decided` holds the Decision it is made from
+    _decision: dict[str, Any] | None = None
+    #: the last pick's Decision, until :attr:`decision` first reads it: the stamp (a dict per pick)
+    #: is made only when something reads it (a simulated request's nothing does, unless an
+    #: observer hears its outcome)
+    decided: Any = None
     #: picks made so far (each gets its own reservation id)
     picks: int = 0
     #: LiteLLM call ids of attempts the failure hook already handled
@@ -79,6 +84,17 @@ class RequestState:
     minted_run: str | None = None
     #: the proxy has built the request's response headers: once answered too, nothing reads it
     headers_sent: bool = False
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        """The last pick's decision as stamped for observers (``Decision.as_dict(compact=True)``)."""
+        if self.decided is not None:
+            self._decision, self.decided = self.decided.as_dict(compact=True), None
+        return self._decision
+
+    @decision.setter
+    def decision(self, value: dict[str, Any] | None) -> None:
+        self._decision, self.decided = value, None
 
     def next_reservation_id(self) -> str:
         """A reservation id no other request can produce, and no other pick of this one: the

@@ -1,14 +1,17 @@
-"""The simulation's driver: every request of a traffic, in time order, through the runtime's
-lifecycle, as live traffic goes (``runtime/lifecycle.py``).
+"""The simulation's driver: every request of a traffic, in time order, through the same attempt
+object live traffic goes through (``runtime/attempt.py``).
 
-``Lifecycle.pick`` (snapshot, ``Engine.decide`` with the route's rules and every
-``payg_filter_candidates`` plugin, the failover hop, the breaker claim, the reservation), then
-``succeeded`` or, when the class's faults make the attempt fail, ``failed`` and another ``pick``
-with the request's attempts and last failure, as LiteLLM's Router retries. The ledger and the
-health store are in memory and driven by a simulated clock, so ``block`` and ``downgrade``
-budgets, ``failover.on`` and circuit breakers act exactly as they would live. Each served request
-is charged by ``sim_pricing.Pricer`` (LiteLLM's cost function made a charge by ``core.charge``),
-cached per (deployment, class) because traffic classes repeat.
+Each simulated request is one :class:`~litellm_payg.runtime.attempt.Attempt`: ``pick`` (the
+lifecycle's snapshot, ``Engine.decide`` with the route's rules and every ``payg_filter_candidates``
+plugin, the failover hop, the breaker claim, the reservation), then ``answered`` with the class's
+usage, or, when the class's faults make the attempt fail, ``failed`` with the fault's
+:class:`~litellm_payg.core.failure.Failure` and another ``pick``, as LiteLLM's Router retries. So
+the ``payg_outcome`` observers hear of each simulated attempt with the arguments a live one gives
+them. The ledger and the health store are in memory and driven by a simulated clock, so ``block``
+and ``downgrade`` budgets, ``failover.on`` and circuit breakers act exactly as they would live.
+Each answer is charged by ``sim_pricing.Pricer`` (LiteLLM's cost function for the class's exact
+usage, made a charge by ``core.charge``), cached per (deployment, class) because traffic classes
+repeat.
 
 ``count`` requests are spread evenly over ``time`` when it is a range (``start/end``), all at
 ``time`` when it is an instant, else over the simulated period (``--start``, ``--period`` days).
@@ -170,7 +173,9 @@ def simulate(
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.core.errors import BudgetRefused, UnboundedCost
     from litellm_payg.core.failure import Failure
+    from litellm_payg.runtime.attempt import Attempt, Attempts
     from litellm_payg.runtime.lifecycle import GiveUp, Lifecycle
+    from litellm_payg.runtime.request_state import RequestState
 
     loaded: Policy = policy if isinstance(policy, Policy) else load_policy(policy)
     meta = traffic.meta
@@ -219,6 +224,7 @@ def simulate(
     ]
     class_cands = [cands[c.group] for c in classes]
     unit: dict[tuple[str, int], float] = {}
+    unit_charge: dict[tuple[str, int], Any] = {}
     served: dict[tuple[str, int], int] = {}
     served_by_class = [0] * len(classes)
     blocked: dict[str, int] = {}
@@ -229,11 +235,9 @@ def simulate(
     total = sum(c.count for c in classes)
     bar = _Progress(total, progress)
 
-    lifecycle = Lifecycle(engine, rng=rng)
-    pick = lifecycle.pick
-    succeeded = lifecycle.succeeded
-    failed = lifecycle.failed
-    cost = pricer.cost
+    by_id = {c.deployment_id: c for c in all_cands}
+    shared = Attempts(engine, by_id.get, lifecycle=Lifecycle(engine, rng=rng))
+    answer_charge = pricer.answer_charge
     # faults per class: deployment id -> the class's faults on it; and the retries each class gets
     class_faults = [_resolve_faults(c, cands[c.group], traffic.source) for c in classes]
     retry_bound = [c.retries if c.retries is not None else len(cands[c.group]) - 1 for c in classes]
@@ -259,14 +263,14 @@ def simulate(
             request = dataclasses.replace(request, session=run.session, prompt_hash=run.requests[ref[1]][1],
                                           loop_marks=run.marks if ref[1] in run.marked else ())
         faults = class_faults[ci]
-        rid = f"sim-{i}"
-        attempts: list[str] = []
-        last_failure = None
+        state = RequestState(f"sim-{i}", None)
+        attempt = Attempt(shared, state)
+        attempts = state.attempts  # the deployments picked so far, the one of this attempt last
         budget_drops: list[Any] = []
         moved: set[str] | None = None
         while True:
             try:
-                picked = pick(request, class_cands[ci], rid, attempts=attempts, last_failure=last_failure)
+                picked = attempt.pick(request, class_cands[ci])
             except BudgetRefused as exc:
                 _count_drops(dropped_by, exc)
                 blocked[exc.budget] = blocked.get(exc.budget, 0) + 1
@@ -289,8 +293,8 @@ def simulate(
                 break
             except UnboundedCost as exc:  # a budget cannot reserve on a deployment without a price
                 raise SimulationError(str(exc).removeprefix("litellm-payg: ")) from None
-            if attempts:  # the last attempt failed and this request moved on to another one
-                failed_over[attempts[-1]] = failed_over.get(attempts[-1], 0) + 1
+            if len(attempts) > 1:  # the last attempt failed and this request moved on to another one
+                failed_over[attempts[-2]] = failed_over.get(attempts[-2], 0) + 1
             decided = picked.decided
             if "run_downgrade" in decided.attrs:  # a run budget's downgrade step set the route aside
                 run_downgraded = True
@@ -308,35 +312,36 @@ def simulate(
             chosen = picked.candidate
             dep = chosen.deployment_id
             key = (dep, ci)
-            charge = unit.get(key)
-            if charge is None:
+            billed = unit_charge.get(key)
+            if billed is None:
                 cls = classes[ci]
-                charge = unit[key] = cost(chosen, cls.prompt_tokens, cls.completion_tokens)
+                billed = unit_charge[key] = _Answer(answer_charge(chosen, cls.prompt_tokens, cls.completion_tokens))
+                unit[key] = billed.cost
+            charge = billed.cost
             fault = _draw(faults.get(dep), when, rng) if faults else None
             if fault is None:
-                succeeded(picked, dep, charge, tokens=classes[ci].prompt_tokens + classes[ci].completion_tokens)
+                attempt.answered(dep, picked.reservation_id, billed,
+                                 tokens=classes[ci].prompt_tokens + classes[ci].completion_tokens)
                 served[key] = served.get(key, 0) + 1
                 served_by_class[ci] += 1
                 outcome = "served"
                 run_cost += charge
                 break
             failure = Failure(fault, "simulated fault", _STATUS.get(fault.value), None, f"simulated {fault.value} on {dep}")
+            error = SimulatedFault(failure.message)
             if fault is FailureClass.INVALID_RESPONSE:  # answered and billed, then rejected by the validators
                 failed_charges[key] = failed_charges.get(key, 0) + 1
                 run_cost += charge
-                state = failed(picked, dep, failure, charge)
+                health = attempt.failed(dep, failure, error, reservation_id=picked.reservation_id, billed=billed)
             else:
-                state = failed(picked, dep, failure)
+                health = attempt.failed(dep, failure, error, reservation_id=picked.reservation_id)
             fk = (dep, fault.value)
             attempts_failed[fk] = attempts_failed.get(fk, 0) + 1
-            if state == "open":  # requests run one at a time: an attempt never goes to an open breaker
+            if health == "open":  # requests run one at a time: an attempt never goes to an open breaker
                 breaker_opened[dep] = breaker_opened.get(dep, 0) + 1
-            attempts.append(dep)
             if len(attempts) > retry_bound[ci]:
                 failed_final[dep] = failed_final.get(dep, 0) + 1
                 break
-            last_failure = (dep, chosen, failure)
-            rid = f"sim-{i}.{len(attempts)}"
         if budget_drops:
             _count_downgrades(downgraded, budget_drops)
         if moved:
@@ -416,6 +421,23 @@ def _compare_runs(result: Result, policy: Any, traffic: Traffic, **options: Any)
                  "description": "the run budget as written (downgrade steps and final reserve included)",
                  **sim_runs.summary("policy as written", result.runs)})
     return {"budget": budget.budget_id(budget_index), "budget_as_written": sim_runs.describe_budget(budget), "rows": rows}
+
+
+class _Answer:
+    """A simulated answer's charge (``core.charge``'s, of its exact usage) as its attempt settles
+    it: without the record attributes a live charge stamps on its ledger record (its token counts,
+    for ``what-if --from``); the simulated ledger is thrown away, and they cost a dict per answer."""
+
+    __slots__ = ("cost", "prompt_tokens", "completion_tokens", "estimated", "attrs")
+
+    def __init__(self, charge: Any) -> None:
+        self.cost, self.prompt_tokens, self.completion_tokens = charge.cost, charge.prompt_tokens, charge.completion_tokens
+        self.estimated, self.attrs = charge.estimated, None
+
+
+class SimulatedFault(Exception):
+    """The error of a simulated attempt a traffic fault made fail (what the ``payg_outcome``
+    observers get as ``error``, where a live attempt gives them LiteLLM's exception)."""
 
 
 _STATUS = {"rate_limit": 429, "server_error": 500, "context_window": 400, "auth": 401, "bad_request": 400}

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from litellm_payg.core.charge import Tariff, Usage, charge
+from litellm_payg.core.charge import Charge, Tariff, Usage, charge
 from litellm_payg.tools.sim_traffic import SimulationError
 
 
@@ -25,7 +25,7 @@ class Pricer:
     def __init__(self, candidates: Sequence[Any], policy_models: Mapping[str, Any] | None = None):
         from litellm_payg.stores import prices as pricing
 
-        self._cache: dict[tuple[str, int, int], float] = {}
+        self._cache: dict[tuple[str, int, int], Charge] = {}
         self.source: dict[str, str] = {}
         self._custom: dict[str, dict[str, float] | None] = {}
         #: deployment id -> True when the policy's ``models:`` sets its price (LiteLLM cannot see that)
@@ -50,6 +50,10 @@ class Pricer:
         self._by_id = {c.deployment_id: c for c in candidates}
 
     def cost(self, candidate: Any, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.answer_charge(candidate, prompt_tokens, completion_tokens).cost
+
+    def answer_charge(self, candidate: Any, prompt_tokens: int, completion_tokens: int) -> Charge:
+        """The charge of a simulated answer (exact usage) on ``candidate``, as a live answer's."""
         key = (candidate.deployment_id, prompt_tokens, completion_tokens)
         cached = self._cache.get(key)
         if cached is not None:
@@ -76,7 +80,7 @@ class Pricer:
         finally:
             litellm.suppress_debug_info = quiet
         exact = Usage(prompt_tokens, completion_tokens, litellm_cost=float(p) + float(c))
-        value = self._cache[key] = charge(exact, Tariff.of(candidate)).cost  # as the live adapter charges it
+        value = self._cache[key] = charge(exact, Tariff.of(candidate))  # as the live adapter charges it
         return value
 
 
