@@ -68,6 +68,9 @@ def test_the_builtins_are_silent_for_a_quiet_decision_and_their_calls_are_skippe
     for hook in (engine.pm.hook.payg_decision, engine.pm.hook.payg_filter_candidates):
         for impl in hook.get_hookimpls():
             monkeypatch.setattr(impl, "function", counting(impl))
+    # below INFO, whatever an earlier test of the session left the package's logger at (a proxy or
+    # CLI run in-process sets it to INFO)
+    monkeypatch.setattr(logging.getLogger("litellm_payg"), "isEnabledFor", lambda level: level >= logging.WARNING)
     decision = engine.decide(REQUEST, CANDIDATES)
     assert [c.deployment_id for c in decision.ordered] == ["a", "b"]
     assert ran == []
