@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import random
 import threading
-import uuid
 
 import pytest
 
@@ -22,6 +21,8 @@ from litellm_payg.core.quality import Tally, pass_rate, z_for
 from litellm_payg.policy.load import PolicyError, load_policy
 from litellm_payg.runtime.quality import QualityControl
 from litellm_payg.stores.evidence import cell_key, open_evidence
+
+from evidence_stores import store_url  # noqa: F401 - the fixture
 
 H = 7200.0
 GAP = 7.2  # seconds between a cell's answers: 500 an hour
@@ -173,13 +174,6 @@ def test_an_alarm_moves_routing_away_through_the_engine():
 # -- the stores --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request, tmp_path):
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/evidence.db"
-    return f"redis://127.0.0.1:6379/0?prefix=dtest-{uuid.uuid4().hex[:8]}:"
 
 
 def _handles(url: str):

@@ -7,7 +7,6 @@ evidence goes through LiteLLM's real Router against the stand-in.
 from __future__ import annotations
 
 import math
-import uuid
 
 import pytest
 
@@ -16,6 +15,8 @@ from litellm_payg.core.quality import (QualityView, Tally, check_value, decay, m
 from litellm_payg.policy.load import load_policy
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.stores.evidence import cell_key, open_evidence
+
+from evidence_stores import store_url  # noqa: F401 - the fixture
 
 from routing_helpers import DEEPSEEK, MISTRAL, attached, served_by, settled
 
@@ -77,13 +78,6 @@ def test_bad_values_are_refused_with_what_was_expected(kind, value):
 # -- the stores ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request, tmp_path):
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/evidence.db"
-    return f"redis://127.0.0.1:6379/0?prefix=qtest-{uuid.uuid4().hex[:8]}:"
 
 
 def test_every_backend_keeps_the_same_tallies_log_requests_and_counters(store_url):
