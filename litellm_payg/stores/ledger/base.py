@@ -370,6 +370,16 @@ def clock(now: float | None) -> float:
     return time.time() if now is None else float(now)
 
 
+def charge_args(buckets: Sequence[Bucket], amount_usd: float, ttl_s: float,
+                now: float | None) -> tuple[tuple[Bucket, ...], int, float]:
+    """A reservation's arguments checked before anything is written, as every backend takes them:
+    the buckets as a tuple, the amount in nanodollars, the time (``now`` or the wall clock)."""
+    buckets = tuple(buckets)
+    check_buckets(buckets)
+    check_ttl(ttl_s)
+    return buckets, to_nanos(amount_usd), clock(now)
+
+
 def clean_attrs(attrs: Mapping | None) -> dict[str, Any]:
     """Attributes as a JSON-friendly dict (tags tuples become lists)."""
     out: dict[str, Any] = {}

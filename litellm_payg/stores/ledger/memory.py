@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from litellm_payg.stores.ledger.base import (
+    charge_args,
     Bucket,
     BucketState,
     Ledger,
@@ -182,11 +183,7 @@ class MemoryLedger(Ledger):
     # -- interface --------------------------------------------------------
 
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
-        buckets = tuple(buckets)
-        check_buckets(buckets)
-        check_ttl(ttl_s)
-        amount = to_nanos(amount_usd)
-        now = clock(now)
+        buckets, amount, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
             self._check_open()
             self._expire(now)
@@ -367,11 +364,7 @@ class ReplayLedger(MemoryLedger):
     # -- what a replay calls ----------------------------------------------------------------------
 
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
-        buckets = tuple(buckets)
-        check_buckets(buckets)
-        check_ttl(ttl_s)
-        amount = to_nanos(amount_usd)
-        now = clock(now)
+        buckets, amount, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
             self._check_open()
             if self._held is not None:
@@ -430,11 +423,8 @@ class ReplayLedger(MemoryLedger):
         and settle at once, as ``Ledger.record`` does, in one pass."""
         # checked before the lock, held or not: a held reservation is applied by whatever reads next,
         # so an invalid call leaves the same state either way (one lock per charge, every row)
-        given_now, buckets = now, tuple(buckets)
-        check_buckets(buckets)
-        check_ttl(ttl_s)
-        actual = to_nanos(amount_usd)
-        now = clock(now)
+        given_now = now
+        buckets, actual, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
             if self._held is None and reservation_id not in self._res:
                 self._check_open()

@@ -43,6 +43,7 @@ from litellm_payg.stores.ledger.batching import DEFAULT_BATCH_S, WaitingRecords
 from litellm_payg.stores.redis_client import connect
 from litellm_payg.stores.schemes import check_batch_s
 from litellm_payg.stores.ledger.base import (
+    charge_args,
     redact_url,
     Bucket,
     BucketState,
@@ -53,7 +54,6 @@ from litellm_payg.stores.ledger.base import (
     SpendRecord,
     Usage,
     bucket_spec,
-    check_buckets,
     check_units,
     check_ttl,
     clean_attrs,
@@ -430,11 +430,7 @@ class RedisLedger(Ledger):
 
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         self._write_waiting()
-        buckets = tuple(buckets)
-        check_buckets(buckets)
-        check_ttl(ttl_s)
-        amount = to_nanos(amount_usd)
-        now = clock(now)
+        buckets, amount, now = charge_args(buckets, amount_usd, ttl_s, now)
         keys, args = self._reserve_call(reservation_id, buckets, amount, ttl_s, now,
                                         json.dumps(clean_attrs(attrs), default=str, ensure_ascii=False))
         ok, refused, flat, rule = self._call(self._reserve, keys, args)

@@ -55,6 +55,7 @@ from typing import Sequence
 from litellm_payg.stores.ledger.batching import DEFAULT_BATCH_S, WaitingRecords
 from litellm_payg.stores.schemes import SQLITE_SYNCHRONOUS, check_batch_s
 from litellm_payg.stores.ledger.base import (
+    charge_args,
     Bucket,
     BucketState,
     Ledger,
@@ -66,7 +67,6 @@ from litellm_payg.stores.ledger.base import (
     age_over,
     bucket_amount,
     bucket_spec,
-    check_buckets,
     check_units,
     spec_amount,
     check_ttl,
@@ -451,11 +451,7 @@ class SqliteLedger(Ledger):
     # -- interface --------------------------------------------------------
 
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
-        buckets = tuple(buckets)
-        check_buckets(buckets)
-        check_ttl(ttl_s)
-        amount = to_nanos(amount_usd)
-        now = clock(now)
+        buckets, amount, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock, self._tx_after_waiting() as db:
             self._expire(db, now)
             cur = self._rows(db, buckets, now)
