@@ -132,15 +132,6 @@ def seconds(start: Any, end: Any) -> float | None:
         return None
 
 
-def policy_priced(candidate: Candidate | None, prompt_tokens: Any, completion_tokens: Any) -> float | None:
-    """A deployment the policy prices itself (``models:`` ``input_usd_per_1k``/``output_usd_per_1k``:
-    a fine-tune or self-hosted model LiteLLM does not know, or knows at the wrong price) is charged
-    at that price for the usage it reported; LiteLLM's ``response_cost`` would not know it."""
-    if candidate is None or candidate.price_source != "policy" or prompt_tokens is None or completion_tokens is None:
-        return None
-    return charge(Usage(int(prompt_tokens), int(completion_tokens)), Tariff.of(candidate)).cost
-
-
 def reported_tokens(slo: Mapping[str, Any], response: Any) -> tuple[Any, Any]:
     """The prompt and completion token counts LiteLLM parsed from the answer (its standard logging
     payload, else the response's ``usage``)."""
@@ -198,16 +189,6 @@ def litellm_price(model: str, prompt_tokens: int, completion_tokens: int) -> flo
         return None
     total = float(prompt_usd) + float(completion_usd)
     return total if total > 0 else None
-
-
-def price_tokens(candidate: Candidate | None, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """These tokens at the deployment's price (what its reservation used), else LiteLLM's price
-    for the model; None when neither is known. The charge of an estimated usage
-    (:func:`~litellm_payg.core.charge.charge`), without the reservation to fall back on."""
-    tariff = Tariff.of(candidate)
-    known = None if tariff.priced else litellm_price(model, prompt_tokens, completion_tokens)
-    priced = charge(Usage(prompt_tokens, completion_tokens, Provenance.ESTIMATED, litellm_cost=known), tariff)
-    return priced.cost if priced.priced else None
 
 
 def answer_charge(candidate: Candidate | None, model: Any, prompt_tokens: Any, completion_tokens: Any,
@@ -290,7 +271,7 @@ def failed_answer_charge(candidate: Candidate | None, prompt_tokens: int | None,
 def streamed_cost(candidate: Candidate | None, model: str, prompt_tokens: int | None, completion_tokens: int | None,
                   reserved_usd: float | None) -> float:
     """What was streamed of a stream left before its end (its prompt, None when not known, and the
-    completion tokens read), priced as :func:`price_tokens` prices it, else its reservation: the
+    completion tokens read), priced at the deployment's price, else LiteLLM's, else its reservation: the
     charge of an abandoned usage (:func:`~litellm_payg.core.charge.charge`)."""
     tariff = Tariff.of(candidate, reserved_usd)
     known = (None if tariff.priced or prompt_tokens is None
