@@ -4,8 +4,9 @@ No database, no network: deployments use LiteLLM's own ``mock_response``. Import
 
     from proxy_fixtures import litellm_proxy_factory  # noqa: F401
 
-``litellm_proxy_factory`` (module scope) gives ``start(config, files=..., env=...)`` which launches a
-proxy without waiting, so several can boot at once; ``RunningProxy.wait_ready()`` then polls
+``litellm_proxy_factory`` (module scope) gives ``start(config, files=..., env=..., cold=...)`` which launches a
+proxy without waiting (forked from a warm process that has imported the proxy once, see
+``proxy_zygote.py``; ``cold=True`` runs the ``litellm`` command itself), so several can boot at once; ``RunningProxy.wait_ready()`` then polls
 ``/health/liveliness``. Every proxy started is killed at the end of the module, also when a test
 fails, and a failing test's report gets each proxy's log as a section ("litellm proxy log ...").
 
@@ -15,6 +16,7 @@ fixture skips with the missing modules named, or fails when ``CI`` is set.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import shutil
@@ -32,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from proxy_zygote import ProxyZygote
 
 #: a master key the proxy accepts (it refuses well-known ones such as sk-1234)
 MASTER_KEY = "sk-payg-test-3c9e7b21d4"
@@ -62,6 +65,13 @@ READY_TIMEOUT_S = float(os.environ.get("PAYG_PROXY_READY_TIMEOUT", "90"))
 # Env vars that would point the proxy at a database, a master key or a policy we did not choose.
 _SCRUBBED_ENV = ("DATABASE_URL", "DIRECT_URL", "LITELLM_MASTER_KEY", "CONFIG_FILE_PATH", "LITELLM_PAYG_POLICY",
                  "STORE_MODEL_IN_DB", "REDIS_HOST", "REDIS_URL")
+
+
+def warm_up() -> None:
+    """Start the zygote's import now, in its own process, so it overlaps the tests collected before
+    the first proxy test (called when a test module imports this one, i.e. at collection)."""
+    if os.environ.get("PAYG_PROXY_COLD") != "1" and not missing_proxy_modules() and litellm_cli() is not None:
+        _zygote(_proxy_env())
 
 
 def missing_proxy_modules() -> list[str]:
@@ -160,9 +170,14 @@ def start_proxy(
     name: str = "proxy",
     files: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    cold: bool = False,
 ) -> RunningProxy:
     """Write ``config`` (a dict; ``general_settings.master_key`` is filled in) and ``files`` into
-    ``workdir`` and launch the proxy there; does not wait (call ``wait_ready``)."""
+    ``workdir`` and launch the proxy there; does not wait (call ``wait_ready``).
+
+    The proxy is forked from the session's warm zygote (tests/proxy_zygote.py: the same CLI entry
+    point, the import shared) unless ``cold``, ``env`` is given, or ``PAYG_PROXY_COLD=1``: then it is a
+    fresh ``litellm --config`` process."""
     cli = litellm_cli()
     if cli is None:
         raise RuntimeError("the `litellm` command is not installed in this environment")
@@ -175,16 +190,18 @@ def start_proxy(
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
 
-    child_env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-    child_env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    child_env["PYTHONUNBUFFERED"] = "1"
-    child_env.update(env or {})
+    child_env = {**_proxy_env(), **(env or {})}
 
     port = free_port()
     log_path = workdir / "proxy.log"
+    argv = [cli, "--config", str(config_path), "--port", str(port), "--host", "127.0.0.1"]
+    if not cold and not env and os.environ.get("PAYG_PROXY_COLD") != "1":
+        log_path.touch()
+        proc = _zygote(child_env).spawn(argv, workdir, log_path)
+        return RunningProxy(name, workdir, port, proc, log_path, time.monotonic())
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(
-        [cli, "--config", str(config_path), "--port", str(port), "--host", "127.0.0.1"],
+        argv,
         cwd=workdir,
         env=child_env,
         stdin=subprocess.DEVNULL,
@@ -193,6 +210,26 @@ def start_proxy(
         start_new_session=True,
     )
     return RunningProxy(name, workdir, port, proc, log_path, time.monotonic(), _log_file=log_file)
+
+
+def _proxy_env() -> dict[str, str]:
+    """The environment a test proxy starts with: this one, without what would point it elsewhere."""
+    child_env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    child_env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    child_env["PYTHONUNBUFFERED"] = "1"
+    return child_env
+
+
+_ZYGOTE: ProxyZygote | None = None
+
+
+def _zygote(env: Mapping[str, str]) -> ProxyZygote:
+    """The session's warm proxy process (tests/proxy_zygote.py), started on first use."""
+    global _ZYGOTE
+    if _ZYGOTE is None:
+        _ZYGOTE = ProxyZygote(env)
+        atexit.register(_ZYGOTE.close)
+    return _ZYGOTE
 
 
 class _ProxyLogReporter:
@@ -237,8 +274,9 @@ def litellm_proxy_factory(
     request.config.pluginmanager.register(reporter, plugin_name)
 
     def start(config: Mapping[str, Any], *, name: str = "proxy", files: Mapping[str, str] | None = None,
-              env: Mapping[str, str] | None = None) -> RunningProxy:
-        proxy = start_proxy(tmp_path_factory.mktemp(f"litellm-proxy-{name}"), config, name=name, files=files, env=env)
+              env: Mapping[str, str] | None = None, cold: bool = False) -> RunningProxy:
+        proxy = start_proxy(tmp_path_factory.mktemp(f"litellm-proxy-{name}"), config, name=name, files=files,
+                            env=env, cold=cold)
         proxies.append(proxy)
         return proxy
 
@@ -248,3 +286,6 @@ def litellm_proxy_factory(
         for proxy in proxies:
             proxy.stop()
         request.config.pluginmanager.unregister(reporter, plugin_name)
+
+
+warm_up()

@@ -99,6 +99,7 @@ def proxies(litellm_proxy_factory) -> dict[str, RunningProxy]:  # noqa: F811
             "environment_variables": {"LITELLM_PAYG_POLICY": str(SEED_POLICY)},
         },
         name="good",
+        cold=True,  # the `litellm` console script itself, not a fork of the warm zygote (proxy_zygote.py)
     )
     broken = litellm_proxy_factory(
         {"model_list": _model_list(), "litellm_settings": {"callbacks": ["litellm_payg.proxy_handler"]}},
