@@ -10,6 +10,8 @@
 #      LiteLLM does when it installs the plugin.
 #
 # Usage: tests/both_ends.sh [pytest options...]   (the options go to both runs)
+# Both runs use pytest-xdist: PAYG_TEST_WORKERS processes (default 2, the cores CI has), a test file
+# on one worker (--dist loadfile: a module's proxies and fixtures start once). `-n 0` runs serially.
 # Exit status: non-zero if either run fails, pytest's "no tests collected" (5) included.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,8 +56,10 @@ log=$(mktemp)
 make_oldest_venv >"$log" 2>&1 &
 venv_pid=$!
 
+XDIST=(-n "${PAYG_TEST_WORKERS:-2}" --dist loadfile)
+
 echo "== the whole suite on LiteLLM $newest (the newest supported release)"
-pytest "$@"
+pytest "${XDIST[@]}" "$@"
 newest_status=$?
 [ "$newest_status" -eq 5 ] && echo "both_ends: pytest collected no tests: that is a failure here"
 echo "== whole suite: exit $newest_status after $(( $(date +%s) - started )) s"
@@ -71,7 +75,7 @@ else
   echo "== the integration tests on LiteLLM $OLDEST_LITELLM (the oldest supported release)"
   old_started=$(date +%s)
   # --tb=short: pytest's default traceback can crash parsing LiteLLM 1.100's 13,000-line router.py
-  PATH="$PWD/$OLDEST_VENV/bin:$PATH" "$OLDEST_VENV/bin/python" -m pytest --tb=short "$@" "${INTEGRATION[@]}"
+  PATH="$PWD/$OLDEST_VENV/bin:$PATH" "$OLDEST_VENV/bin/python" -m pytest --tb=short "${XDIST[@]}" "$@" "${INTEGRATION[@]}"
   oldest_status=$?
   [ "$oldest_status" -eq 5 ] && echo "both_ends: pytest collected no tests: that is a failure here"
   echo "== integration tests on $OLDEST_LITELLM: exit $oldest_status after $(( $(date +%s) - old_started )) s"
