@@ -21,6 +21,33 @@ from standin import StandIn  # noqa: E402
 from litellm_payg.tools.cassette_match import STRICT_MATCH_ON  # noqa: E402
 from litellm_payg.tools.cassette_match import register as register_matchers  # noqa: E402
 
+
+
+def _import_the_package_up_front() -> None:
+    """Import (and so compile: pytest rewrites the asserts of a plugin's whole distribution) every
+    module of the package now, in the main thread, before any test starts a thread.
+
+    Why: CPython 3.11 before 3.11.8 keeps the AST constructor's recursion depth in state shared by
+    threads (python/cpython#106905); a module imported for the first time in LiteLLM's or a ledger's
+    thread while another thread compiles fails with ``SystemError: AST constructor recursion depth
+    mismatch``. It failed ``tests/test_when.py`` once on a fresh clone. ``litellm_payg.proxy`` is left
+    out: importing it warns (its deprecation), which a test checks in a subprocess."""
+    import importlib
+    import pkgutil
+
+    import litellm_payg
+
+    for module in pkgutil.walk_packages(litellm_payg.__path__, "litellm_payg."):
+        if module.name == "litellm_payg.proxy":
+            continue
+        try:
+            importlib.import_module(module.name)
+        except ImportError:  # an optional extra not installed: its tests say so themselves
+            pass
+
+
+_import_the_package_up_front()
+
 GUARD_DIR = Path(__file__).resolve().parent / "offline_guard"
 NETLOG = pytest.StashKey[Path]()
 

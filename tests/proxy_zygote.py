@@ -3,7 +3,7 @@
 Why: importing LiteLLM's proxy takes about 8 s of CPU, and the suite starts some thirty proxies; on
 a 2-core machine that import was a quarter of the suite's time. A *zygote* process imports
 ``litellm.proxy.proxy_server`` once; each proxy is then a ``fork()`` of it that runs the very code the
-``litellm`` console script runs (``litellm_cli.main.proxy_server()`` with the same argv), in its own
+``litellm`` console script runs (the installed ``litellm`` console script's entry point with the same argv), in its own
 session, working directory and log file. The proxy served is the real one, from the same CLI entry
 point; only the import is shared. ``run_server`` imports ``proxy_server`` before it applies any log
 config, so the order of startup is the one a cold start has.
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 
 class ForkedProxyProcess:
@@ -103,9 +103,19 @@ class ProxyZygote:
             self._proc.wait(10)
 
 
+def _console_script() -> "Callable[[], object]":
+    """What the installed ``litellm`` command calls (``litellm_cli.main:proxy_server`` on 1.110,
+    ``litellm:run_server`` on 1.100): its console-script entry point, loaded as the script does."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="litellm")
+    return script.load()
+
+
 def _serve() -> None:  # pragma: no cover - runs in the zygote process
     import litellm.proxy.proxy_server  # noqa: F401  (the import every proxy shares)
-    from litellm_cli.main import proxy_server
+
+    proxy_server = _console_script()
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     print(json.dumps({"ready": True}), flush=True)

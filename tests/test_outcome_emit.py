@@ -16,6 +16,18 @@ def _policy(tmp_path) -> dict:
 
 
 async def test_an_observer_registered_after_unheard_outcomes_hears_the_next_ones(tmp_path):
+    # the decision log is silent below INFO; an earlier test in the process may have lowered the
+    # package logger's threshold to INFO (caplog), so this test sets the level it needs
+    package_logger = logging.getLogger("litellm_payg")
+    level = package_logger.level
+    package_logger.setLevel(logging.WARNING)
+    try:
+        await _observer_registered_later(tmp_path)
+    finally:
+        package_logger.setLevel(level)
+
+
+async def _observer_registered_later(tmp_path):
     with attached([deployment("chat", "openai/gpt-4o-mini", "d1")], _policy(tmp_path)) as (router, engine):
         assert not engine.adapter.attempts.outcome_heard()
         await router.acompletion(model="chat", messages=MESSAGES)
