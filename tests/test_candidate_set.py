@@ -1,7 +1,7 @@
 """What is remembered of a group's candidate set (``CandidateSet.memo``) changes nothing a decision
 says: ``quality_floor`` on a set (its drops and price orders planned once, ``core/price_order.py``)
-and on a plain list of the same candidates give the same step, count the prompt in the same cases,
-and ``feasible`` reads the same facts; over random prices (ties, crossings near the prompt's
+and on a plain list of the same candidates give the same step, count the prompt in the same cases;
+``cost_threshold`` and ``feasible`` too; over random prices (ties, crossings near the prompt's
 bound, unpriced candidates), bars, tiers, hints and sizes.
 """
 
@@ -14,6 +14,7 @@ import pytest
 from litellm_payg.core.decision import Candidate, CandidateSet, RouteRequest, memo_of
 from litellm_payg.core.feasibility import feasible
 from litellm_payg.core.price_order import PriceOrder
+from litellm_payg.default_plugins.cost_threshold import CostThreshold, CostThresholdOptions
 from litellm_payg.default_plugins.quality_floor import QualityFloor, QualityFloorOptions
 from litellm_payg.rules import RuleContext
 
@@ -74,6 +75,33 @@ def test_quality_floor_on_a_candidate_set_decides_as_on_a_list(seed: int) -> Non
         assert _outcome(rule.apply(_request(rng, set_counted), group)) == plain
         assert set_counted == plain_counted, "the set counted the prompt where the list did not, or the reverse"
     assert memo_of(group), "nothing was remembered of the set"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_cost_threshold_on_a_candidate_set_decides_as_on_a_list(seed: int) -> None:
+    rng = random.Random(seed)
+    candidates = _candidates(rng, rng.choice([2, 6, 25]))
+    if rng.random() < 0.5:  # every `use` deployment at one price, so the prompt's size cannot matter
+        candidates = [c if c.model != "p/m0" else Candidate(c.deployment_id, c.model, "p", "g", 1e-7, 2e-7)
+                      for c in candidates]
+    rule = CostThreshold(CostThresholdOptions(use="p/m0", max_usd_per_1k_tokens=rng.choice([0.0002, 0.001, 0.01]),
+                                              otherwise=rng.sample(["p/m1", "p/m2", "m3", "d4"], rng.randint(1, 3))),
+                         RuleContext(group="g", field="routes.g[0].cost_threshold"))
+    group = CandidateSet(candidates)
+    for _ in range(20):
+        state = rng.getstate()
+        plain_counted: list[int] = []
+        try:
+            plain = _outcome(rule.apply(_request(rng, plain_counted), list(candidates)))
+        except ValueError:
+            rng.setstate(state)
+            with pytest.raises(ValueError):
+                rule.apply(_request(rng, []), group)
+            continue
+        rng.setstate(state)
+        set_counted: list[int] = []
+        assert _outcome(rule.apply(_request(rng, set_counted), group)) == plain
+        assert set_counted == plain_counted
 
 
 @pytest.mark.parametrize("seed", range(20))
