@@ -66,7 +66,7 @@ def forged_state_keys(data: Mapping[str, Any]) -> list[str]:
     found = []
     for where in METADATA_FIELDS:
         metadata = data.get(where)
-        if isinstance(metadata, Mapping):
+        if metadata and (type(metadata) is dict or isinstance(metadata, Mapping)):
             found += [
                 f"{where}.{key}" for key in metadata
                 if isinstance(key, str) and key.startswith(STATE_PREFIX) and key not in CLIENT_KEYS
@@ -255,7 +255,7 @@ def _messages(data: Mapping[str, Any]) -> BadField | None:
     if not isinstance(messages, list) or not messages:
         return BadField("messages", f"expected a non-empty list of messages, got {_shown(messages)}")
     for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):  # a dict first: no ABC check
             return BadField(f"messages[{index}]", f"expected an object with 'role' and 'content', got {_shown(message)}")
         role = message.get("role")
         if not isinstance(role, str) or not role:
@@ -315,7 +315,7 @@ def _tools(data: Mapping[str, Any]) -> BadField | None:
 def _metadata(data: Mapping[str, Any]) -> BadField | None:
     for name in METADATA_FIELDS:
         value = data.get(name)
-        if value is not None and not isinstance(value, Mapping):
+        if value is not None and type(value) is not dict and not isinstance(value, Mapping):
             return BadField(name, f"expected an object, got {_shown(value)}")
     return None
 
