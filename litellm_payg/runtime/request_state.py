@@ -157,7 +157,7 @@ class RequestStates:
 
     def mint(self, metadata: MutableMapping[str, Any], trace_id: str | None, identity: Any = None) -> RequestState:
         """Start the state of a new request and stamp its id on ``metadata``."""
-        state = RequestState(id=secrets.token_urlsafe(16), trace_id=trace_id, identity=identity)
+        state = RequestState(id=secrets.token_hex(16), trace_id=trace_id, identity=identity)
         with self._lock:
             self._states[state.id] = state
             while len(self._states) > self.limit:
