@@ -99,7 +99,7 @@ class AnswerPath:
             return streams.settle_when_read(self, state, response, request, api)
         if request.get("stream") or hasattr(type(response), "__anext__"):
             return response  # a stream not read here (generateContent's): LiteLLM's success log settles it
-        hidden = getattr(response, "_hidden_params", None)
+        hidden = charges.attribute(response, "_hidden_params")
         deployment_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
         if deployment_id is None:
             return response  # not a response the Router stamped: LiteLLM's success log settles it

@@ -48,7 +48,7 @@ def token_details(response: Any) -> dict[str, int]:
         "cache_write_tokens": field_of(prompt, "cache_write_tokens") or field_of(usage, "cache_creation_input_tokens"),
         "reasoning_tokens": field_of(completion, "reasoning_tokens"),
     }
-    return {k: n for k, v in found.items() if (n := _count(v))}
+    return {k: n for k, v in found.items() if v and (n := _count(v))}  # most are None: no count asked
 
 
 def served_from_cache(response: Any) -> bool:
@@ -56,10 +56,10 @@ def served_from_cache(response: Any) -> bool:
     replayed from the cache, whose provider LiteLLM names ``cached_response``): the provider was not
     called. LiteLLM 1.100 keeps the original answer's ``response_cost`` on a cache hit's hidden
     params, so the flag, not the cost, says it."""
-    hidden = getattr(response, "_hidden_params", None)
+    hidden = attribute(response, "_hidden_params")
     if isinstance(hidden, Mapping) and hidden.get("cache_hit") is True:
         return True
-    return getattr(response, "custom_llm_provider", None) == "cached_response"
+    return attribute(response, "custom_llm_provider") == "cached_response"
 
 
 #: how :func:`field_of` reads an object of each type: a mapping, a pydantic model (and whether

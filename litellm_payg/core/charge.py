@@ -185,7 +185,9 @@ class Charge:
 
 def count(value: Any) -> int | None:
     """A token count as a whole number >= 0, or None (a count a provider reported oddly is left out)."""
-    if isinstance(value, bool):
+    if type(value) is int:  # the usual count, told without int() (and None without its TypeError)
+        return value if value >= 0 else None
+    if value is None or isinstance(value, bool):
         return None
     try:
         n = int(value)
