@@ -257,7 +257,10 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
         if (type(message) is not dict and not isinstance(message, Mapping)) or not message.keys() <= _PLAIN_MESSAGE:
             return None
         content = message.get("content")
-        if isinstance(content, str):
+        if type(content) is str:
+            # an ASCII text's UTF-8 length is its length (isascii is a flag CPython keeps: no encode)
+            size = len(content) if content.isascii() else len(content.encode("utf-8"))
+        elif isinstance(content, str):
             size = len(content.encode("utf-8"))
         elif isinstance(content, (list, tuple)) and all(
                 isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
@@ -268,8 +271,8 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             return None
-        role = message.get("role")
-        size += len(str(role).encode("utf-8")) + (len(name.encode("utf-8")) if name else 0)
+        role = str(message.get("role"))
+        size += (len(role) if role.isascii() else len(role.encode("utf-8"))) + (len(name.encode("utf-8")) if name else 0)
         total += size + TOKENS_PER_MESSAGE_AT_MOST
     return total
 
