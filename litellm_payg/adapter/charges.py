@@ -31,14 +31,20 @@ from litellm_payg.stores.prices import count_request_tokens
 logger = logging.getLogger("litellm_payg")
 
 
-def token_details(response: Any) -> dict[str, int]:
+#: "not read yet": a caller that has read an answer's usage passes it on so it is not read again
+UNREAD: Any = object()
+
+
+def token_details(response: Any, usage: Any = UNREAD) -> dict[str, int]:
     """The cache reads and writes and the reasoning tokens an answer's ``usage`` reports, by
     :class:`Charge` field: LiteLLM maps every provider's cache reads to
     ``prompt_tokens_details.cached_tokens`` (OpenAI's own field; Anthropic's
     ``cache_read_input_tokens``, DeepSeek's ``prompt_cache_hit_tokens``), its writes to
     ``prompt_tokens_details.cache_write_tokens`` (Anthropic's ``cache_creation_input_tokens``), and
-    reasoning to ``completion_tokens_details.reasoning_tokens``. Empty when none is reported."""
-    usage = field_of(response, "usage")
+    reasoning to ``completion_tokens_details.reasoning_tokens``. Empty when none is reported.
+    ``usage``: the answer's ``usage``, when the caller has read it."""
+    if usage is UNREAD:
+        usage = field_of(response, "usage")
     if usage is None:
         return {}
     prompt = field_of(usage, "prompt_tokens_details")
@@ -138,11 +144,13 @@ def attribute(obj: Any, name: str) -> Any:
     return field_of(obj, name)
 
 
-def answer_tokens(response: Any) -> tuple[Any, Any]:
+def answer_tokens(response: Any, usage: Any = UNREAD) -> tuple[Any, Any]:
     """The prompt and completion token counts an answer reports in its ``usage`` (chat and text
     completions, embeddings: ``prompt_tokens``/``completion_tokens``; Responses API and Anthropic
-    messages: ``input_tokens``/``output_tokens``), None where it reports none."""
-    usage = field_of(response, "usage")
+    messages: ``input_tokens``/``output_tokens``), None where it reports none. ``usage``: the
+    answer's ``usage``, when the caller has read it."""
+    if usage is UNREAD:
+        usage = field_of(response, "usage")
     if usage is None:
         return None, None
     prompt = field_of(usage, "prompt_tokens")
@@ -406,7 +414,7 @@ def attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Cand
         return charge(reported, Tariff.of(candidate)).cost
 
 
-def plain_tokens(response: Any) -> tuple[int, int] | None:
+def plain_tokens(response: Any, usage: Any = UNREAD) -> tuple[int, int] | None:
     """The (prompt, completion) tokens of a chat answer whose usage is nothing but plain text
     tokens, else None.
 
@@ -418,7 +426,8 @@ def plain_tokens(response: Any) -> tuple[int, int] | None:
     prices it."""
     if not isinstance(response, litellm.ModelResponse):
         return None
-    usage = attribute(response, "usage")
+    if usage is UNREAD:
+        usage = attribute(response, "usage")
     fields = getattr(usage, "__dict__", None)
     if not isinstance(fields, dict):
         return None
@@ -513,14 +522,22 @@ class TokenPrices:
         #: (deployment id, served model, served tier, provider's model, region) -> the calculator agreed
         self._agreed: dict[tuple[Any, ...], bool] = {}
 
+    def plain(self, response: Any, candidate: Candidate | None, usage: Any = UNREAD) -> tuple[int, int] | None:
+        """The answer's :func:`plain_tokens` when ``candidate`` is one this class may price (flat
+        priced), else None without reading the answer."""
+        if candidate is None or candidate.deployment_id not in self.flat:
+            return None
+        return plain_tokens(response, usage)
+
     def cost(self, request_data: Mapping[str, Any], response: Any, candidate: Candidate | None,
-             calculator: Any) -> float:
+             calculator: Any, plain: Any = UNREAD) -> float:
         """What the answer costs: the deployment's price for its plain tokens where LiteLLM's
-        calculator agrees (see the class), else ``calculator()``."""
+        calculator agrees (see the class), else ``calculator()``. ``plain``: :meth:`plain` of the
+        answer, when the caller has worked it out."""
         tokens = None
         if candidate is not None and candidate.deployment_id in self.flat and not any(
-                request_data.get(f) for f in self._PRICED_FIELDS):
-            tokens = plain_tokens(response)
+                map(request_data.get, self._PRICED_FIELDS)):
+            tokens = plain_tokens(response) if plain is UNREAD else plain
         if tokens is None:
             return calculator()
         hidden = attribute(response, "_hidden_params")
