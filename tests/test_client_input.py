@@ -160,3 +160,37 @@ async def test_a_read_timeout_after_the_provider_received_the_request_is_charged
     assert len(records) == 1 and records[0].attrs.get("usage") == "estimated", records
     assert records[0].attrs.get("failed") == "timeout"
     assert records[0].amount_usd == pytest.approx(reserved[0]) and records[0].amount_usd > 0
+
+
+def test_check_request_runs_only_the_checks_of_present_fields_and_finds_what_all_of_them_find():
+    """``check_request`` skips a check whose fields a plain dict does not have (each reads its
+    fields with ``get``: absent is None); the first problem it reports is the one running every
+    check in order reports, over bodies mixing good and bad values of every checked field."""
+    import random
+
+    from litellm_payg.wire import request_checks as rc
+
+    def every_check(data, api=None):
+        for check, _ in rc._CHECKS:
+            if check is rc._response_format and api in rc._FORMAT_NAMED_APIS:
+                continue
+            problem = check(data)
+            if problem is not None:
+                return problem
+        return rc._api_fields(data, api) if api in rc._CHECKED_APIS else None
+
+    values = {
+        "model": ["chat", "a,b", 3], "fastest_response": [True, None], "api_key": ["sk", None],
+        "messages": [[{"role": "user", "content": "hi"}], [], [{"content": "x"}], "text", None],
+        "max_tokens": [5, 0, "5", 2.0], "max_completion_tokens": [10, -1], "n": [1, 500], "best_of": [2, "x"],
+        "stream": [True, "yes"], "stream_options": [{"include_usage": True}, {"include_usage": 1}, []],
+        "tools": [[], {}], "metadata": [{}, {"tags": ["a"]}, "m"], "litellm_metadata": [{}, 1],
+        "response_format": [{"type": "json_object"}, ["x"], "text"], "num_retries": [2, "2", 1000],
+        "timeout": [5, -1, "x"], "litellm_trace_id": ["t", True], "tags": [["a"], "a"], "caching": [True, 1],
+        "fallbacks": [[], "x"], "prompt": ["p", [1]], "temperature": [0.5],
+    }
+    rng = random.Random(7)
+    for _ in range(3000):
+        body = {name: rng.choice(options) for name, options in values.items() if rng.random() < 0.3}
+        api = rng.choice([None, "completion", "text_completion", "embedding", "speech", "anthropic_messages"])
+        assert rc.check_request(body, api) == every_check(body, api), (body, api)

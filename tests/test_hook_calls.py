@@ -195,24 +195,29 @@ def test_rule_registration_is_called_through_pluggy_once_per_plugin():
 
 
 def test_the_written_out_initialisers_take_every_field():
-    """``RouteRequest``, ``Pick``, ``ReserveResult`` and ``HistoryRow`` have hand-written ``__init__`` methods (built on
-    every pick); a field added to the dataclass and not to them would be silently missing (as
+    """``RouteRequest``, ``Pick``, ``ReserveResult``, ``HistoryRow`` and the charge's ``Usage``, ``Tariff`` and
+    ``Charge`` have hand-written ``__init__`` methods (built on every pick or answer); a field added to the dataclass and not to them would be silently missing (as
     ``RouteRequest.attrs`` once was): each field must be a parameter, and ``replace`` must keep it."""
     import dataclasses
     import inspect
 
+    from litellm_payg.core.charge import Charge, Tariff, Usage
     from litellm_payg.core.decision import RouteRequest
     from litellm_payg.runtime.lifecycle import Pick
     from litellm_payg.stores.ledger.base import ReserveResult
 
     from litellm_payg.tools.whatif_history import HistoryRow
 
-    for cls in (RouteRequest, Pick, ReserveResult, HistoryRow):
+    for cls in (RouteRequest, Pick, ReserveResult, HistoryRow, Usage, Tariff, Charge):
         parameters = set(inspect.signature(cls.__init__).parameters) - {"self"}
         missing = {f.name for f in dataclasses.fields(cls) if f.init} - parameters
         assert not missing, f"{cls.__name__}.__init__ does not take {sorted(missing)}"
     request = dataclasses.replace(RouteRequest("g", 1, 1), attrs={"org": "acme"})
     assert request.attrs == {"org": "acme"} and RouteRequest("g", 1, 1).attrs == {}
+    charge = dataclasses.replace(Charge(0.5, 10, 20, basis="price"), estimated=True)
+    assert (charge.cost, charge.completion_tokens, charge.estimated, charge.basis) == (0.5, 20, True, "price")
+    assert charge == Charge(0.5, 10, 20, estimated=True, basis="price") and charge.attrs["usage"] == "estimated"
+    assert dataclasses.replace(Usage(1, 2), cache_hit=True).cache_hit and Tariff(1e-6, 2e-6).priced
     row = dataclasses.replace(HistoryRow("r", 1.0, "g", "m", None, 1, 2), status="failure", tags=("a",))
     assert (row.status, row.tags, row.prompt_tokens, row.spend_usd) == ("failure", ("a",), 1, 0.0)
 

@@ -42,3 +42,25 @@ def test_the_installed_release_is_supported_and_described():
     assert lv.is_supported(), lv.litellm_version()
     assert lv.describe().startswith(f"LiteLLM {lv.litellm_version()}; ")
     assert lv.price_map()["source"] in ("bundled", "remote")
+
+
+def test_request_has_image_answers_as_litellm_does_with_plain_text_told_without_it():
+    """The Router's vision check reads ``request_contains_image_content``; plain text messages are
+    answered without it (it validates the whole list on every pick), everything else by it."""
+    from litellm.litellm_core_utils.prompt_templates.common_utils import request_contains_image_content
+
+    from litellm_payg.adapter.litellm_versions import request_has_image
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    cases = [
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}],
+        [{"role": "user", "content": [{"type": "text", "text": "no picture"}]}],
+        [{"role": "user", "content": "look"}, {"type": "function_call_output", "call_id": "c", "output": [
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}],
+        [{"role": "user", "content": "plain", "output": "text"}],
+    ]
+    for messages in cases:
+        assert request_has_image(messages, {}) == bool(request_contains_image_content(messages)), messages
+    assert request_has_image(None, {"input": cases[3]}) == bool(request_contains_image_content(cases[3]))
+    assert request_has_image(cases[1], {}) and not request_has_image(cases[0], {})

@@ -281,3 +281,33 @@ def test_a_batch_being_written_by_the_timer_at_exit_or_close_is_not_lost_redis(r
     subprocess.run([sys.executable, "-c", _SLOW_WRITE.format(sep="&", end=end), redis_base],
                    check=True, timeout=120, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     assert _seen_by_another_replica(redis_base) == [("r1", 0.25)]
+
+
+def test_one_writer_thread_per_ledger_writes_every_batch_and_ends_with_it(tmp_path):
+    """Each batch used to start a ``threading.Timer`` (a thread start on the request that armed it);
+    now one writer thread per ledger is woken per batch, and ends when the ledger is closed, or
+    freed unclosed."""
+    import gc
+    import threading
+
+    def writers() -> int:
+        return sum(t.name == "litellm-payg-records" and t.is_alive() for t in threading.enumerate())
+
+    before = writers()
+    path = tmp_path / "l.db"
+    ledger = open_ledger(f"sqlite:///{path}?batch_s=0.05")
+    try:
+        for i in range(3):  # three batches, each written by the writer within batch_s
+            ledger.record(f"r{i}", [], 0.25, ttl_s=60, now=100 + i)
+            assert _wait_for(lambda: len(_on_disk(path)) == i + 1), f"batch {i} was not written"
+        assert writers() == before + 1
+    finally:
+        ledger.close()
+    assert _wait_for(lambda: writers() == before), "close() did not end the writer"
+    unclosed = open_ledger(f"sqlite:///{tmp_path / 'u.db'}?batch_s=0.05")
+    unclosed.record("u1", [], 0.25, ttl_s=60, now=100)
+    assert _wait_for(lambda: len(_on_disk(tmp_path / "u.db")) == 1)
+    assert writers() == before + 1
+    del unclosed
+    gc.collect()
+    assert _wait_for(lambda: writers() == before), "a freed ledger's writer did not end"

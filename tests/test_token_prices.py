@@ -162,3 +162,23 @@ async def test_a_router_answer_is_charged_what_litellm_stamps_on_it(tmp_path, mo
         assert records[0].amount_usd == pytest.approx(
             responses[0].usage.prompt_tokens * 3e-06 + responses[0].usage.completion_tokens * 7e-06, rel=1e-12)
     assert len(runs) == 1  # LiteLLM's calculator ran inline for the first answer only
+
+
+@pytest.mark.parametrize("usage", [
+    {}, {"prompt_tokens_details": PromptTokensDetailsWrapper(cached_tokens=0, text_tokens=100)},
+    {"prompt_tokens_details": PromptTokensDetailsWrapper(cached_tokens=600)},
+    {"completion_tokens_details": CompletionTokensDetailsWrapper(reasoning_tokens=300)},
+    {"cache_creation_input_tokens": 200}, {"cache_read_input_tokens": 200},
+    {"prompt_tokens_details": PromptTokensDetailsWrapper(audio_tokens=100)},
+], ids=["plain", "zero-details", "cached", "reasoning", "cache_write", "cache_read", "audio"])
+def test_plain_tokens_report_no_cache_or_reasoning_tokens(usage):
+    """The inline settle skips ``token_details`` for an answer ``plain_tokens`` accepts (the charge
+    is handed its plain counts): such a usage reports none, and the usage read once gives what a
+    fresh read gives."""
+    response = _response("gpt-4o", 100, 50, **usage)
+    read = charges.field_of(response, "usage")
+    if charges.plain_tokens(response, read) is not None:
+        assert charges.token_details(response) == {}
+    assert charges.token_details(response, read) == charges.token_details(response)
+    assert charges.answer_tokens(response, read) == charges.answer_tokens(response) == (100, 50)
+    assert charges.plain_tokens(response, read) == charges.plain_tokens(response)

@@ -23,12 +23,14 @@ logger = logging.getLogger("litellm_payg")
 class AnswerCharges:
     """The part of :class:`~litellm_payg.adapter.routing.PaygRouting` that prices answers (a mixin)."""
 
-    def _attempt_cost(self, request_data: Mapping[str, Any], response: Any, deployment_id: str) -> float:
+    def _attempt_cost(self, request_data: Mapping[str, Any], response: Any, deployment_id: str,
+                      plain: Any = charges.UNREAD) -> float:
         """LiteLLM's cost of an answered attempt (``charges.attempt_cost``), or the same number from
-        the deployment's per-token price where that is known to be it (``charges.TokenPrices``)."""
+        the deployment's per-token price where that is known to be it (``charges.TokenPrices``;
+        ``plain``: its ``plain`` of the answer, when the caller worked it out)."""
         candidate = self._candidates.get(deployment_id)
         return self._token_prices.cost(request_data, response, candidate,
-                                       lambda: charges.attempt_cost(request_data, response, candidate))
+                                       lambda: charges.attempt_cost(request_data, response, candidate), plain)
 
 
     def _estimate_missing_usage(
@@ -98,18 +100,21 @@ class AnswerCharges:
     def _charge_answer(
         self, deployment_id: str, reservation_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any,
         litellm_cost: Callable[[], Any], messages: Any, tools: Any, state: RequestState, model: Any,
-        cache_hit: bool = False,
+        cache_hit: bool = False, usage: Any = charges.UNREAD, plain: Any = None,
     ) -> charges.Charge:
         """What an answer is charged, wherever it is settled: nothing for an answer LiteLLM's cache
         served (the provider was not called; marked ``cache_hit``); an estimate for an answer that
         reported no usage (:meth:`_estimate_missing_usage`); the policy's own price for a
         deployment it prices; else LiteLLM's cost (``litellm_cost``: its logging payload's
         ``response_cost``, or its calculator run on the response inline), and the deployment's
-        price where LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2)."""
+        price where LiteLLM priced billed tokens at $0 (its /v1/messages path does, 1.110.2).
+        ``usage``: the answer's ``usage`` when the caller read it; ``plain``: its plain text token
+        counts when the caller found them (``TokenPrices.plain``): such a usage reports no cache or
+        reasoning tokens, so they are not looked for."""
         if charges.usage_missing(response, prompt_tokens, completion_tokens) and not cache_hit:
             return self._estimate_missing_usage(deployment_id, reservation_id, messages, tools, response, state, model)
         # a speech model bills every character of its input; LiteLLM's cost leaves out the whitespace
         # ("hello world" is priced as 10 characters): the characters the reservation counted are charged
         return charges.answer_charge(self._candidates.get(deployment_id), model, prompt_tokens, completion_tokens,
                                      litellm_cost, characters=state.characters, cache_hit=cache_hit,
-                                     details=None if cache_hit else charges.token_details(response))
+                                     details=None if cache_hit or plain is not None else charges.token_details(response, usage))

@@ -61,8 +61,11 @@ class AnswerPath:
         if "generate_content" in str(call_type) and isinstance(response, Mapping):
             self._charge_generate_content(state, deployment_id, response, request_data.get("model"))
             return None
-        prompt_tokens, completion_tokens = charges.answer_tokens(response)
-        cost = _Once(lambda: self._attempt_cost(request_data, response, deployment_id))
+        # the answer's usage is read once here, and what it says is handed on (the charge, the price)
+        usage = charges.field_of(response, "usage")
+        prompt_tokens, completion_tokens = charges.answer_tokens(response, usage)
+        plain = self._token_prices.plain(response, self._candidates.get(deployment_id), usage)
+        cost = _Once(lambda: self._attempt_cost(request_data, response, deployment_id, plain))
         if not (prompt_tokens or completion_tokens or isinstance(response, litellm.ModelResponse) or cost()):
             return None
         latency = charges.elapsed(request_data)
@@ -70,6 +73,7 @@ class AnswerPath:
             state, deployment_id, response, prompt_tokens, completion_tokens, litellm_cost=cost,
             messages=request_data.get("messages"), tools=charges.tools_of(request_data), model=request_data.get("model"),
             latency=latency, ttft=latency,  # a whole answer: its first token came with its last (as LiteLLM logs it)
+            usage=usage, plain=plain,
         )
         return None
 
@@ -99,7 +103,7 @@ class AnswerPath:
             return streams.settle_when_read(self, state, response, request, api)
         if request.get("stream") or hasattr(type(response), "__anext__"):
             return response  # a stream not read here (generateContent's): LiteLLM's success log settles it
-        hidden = getattr(response, "_hidden_params", None)
+        hidden = charges.attribute(response, "_hidden_params")
         deployment_id = hidden.get("model_id") if isinstance(hidden, Mapping) else None
         if deployment_id is None:
             return response  # not a response the Router stamped: LiteLLM's success log settles it
@@ -182,18 +186,20 @@ class AnswerPath:
         self, state: RequestState, deployment_id: str, response: Any, prompt_tokens: Any, completion_tokens: Any, *,
         litellm_cost: Callable[[], Any], messages: Any, tools: Any, model: Any, latency: float | None,
         ttft: float | None, cache_hit: bool = False, abandoned: str | None = None, estimated: bool = False,
+        usage: Any = charges.UNREAD, plain: Any = None,
     ) -> charges.Charge | None:
         """Settle the open reservation of an answered attempt on ``deployment_id``: charge it
         (:meth:`_charge_answer`), record its latency, tell the ``payg_outcome`` observers. Returns
         the charge, or None when the attempt was already settled: whichever of the inline paths
         (the per-attempt hook, the door, the stream's last chunk) and LiteLLM's later success log
-        comes first settles it, the others find no reservation and charge nothing."""
+        comes first settles it, the others find no reservation and charge nothing. ``usage`` and
+        ``plain``: what the caller read of the answer already (:meth:`_charge_answer`)."""
         attempt = self.attempts.of(state)
         reservation_id = attempt.take(deployment_id)
         if reservation_id is None:
             return None
         charge = self._charge_answer(deployment_id, reservation_id, response, prompt_tokens, completion_tokens,
-                                     litellm_cost, messages, tools, state, model, cache_hit)
+                                     litellm_cost, messages, tools, state, model, cache_hit, usage, plain)
         if abandoned is not None:
             charge = dataclasses.replace(charge, abandoned=True, abandoned_because=abandoned)
         elif estimated:

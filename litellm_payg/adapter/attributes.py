@@ -48,5 +48,7 @@ def door_attributes(scopes: ScopeRegistry, metadata: Mapping[str, Any], key: Any
             raw[kind.name] = metadata.get(f"user_api_key_{kind.key_field}")
         else:
             raw[kind.name] = metadata.get(kind.name)
+    if all(value is None for value in raw.values()) and not any(k.many or k.normalize for k in kinds):
+        return ()  # the usual request names none: request_fields would keep nothing of a single None
     attrs = scopes.request_fields(raw).get("attrs", {})
     return tuple(sorted(attrs.items()))

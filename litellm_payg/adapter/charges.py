@@ -31,30 +31,30 @@ from litellm_payg.stores.prices import count_request_tokens
 logger = logging.getLogger("litellm_payg")
 
 
-def token_details(response: Any) -> dict[str, int]:
+#: "not read yet": a caller that has read an answer's usage passes it on so it is not read again
+UNREAD: Any = object()
+
+
+def token_details(response: Any, usage: Any = UNREAD) -> dict[str, int]:
     """The cache reads and writes and the reasoning tokens an answer's ``usage`` reports, by
     :class:`Charge` field: LiteLLM maps every provider's cache reads to
     ``prompt_tokens_details.cached_tokens`` (OpenAI's own field; Anthropic's
     ``cache_read_input_tokens``, DeepSeek's ``prompt_cache_hit_tokens``), its writes to
     ``prompt_tokens_details.cache_write_tokens`` (Anthropic's ``cache_creation_input_tokens``), and
-    reasoning to ``completion_tokens_details.reasoning_tokens``. Empty when none is reported."""
-    usage = response.get("usage") if isinstance(response, Mapping) else attribute(response, "usage")
+    reasoning to ``completion_tokens_details.reasoning_tokens``. Empty when none is reported.
+    ``usage``: the answer's ``usage``, when the caller has read it."""
+    if usage is UNREAD:
+        usage = field_of(response, "usage")
     if usage is None:
         return {}
-
-    def read(obj: Any, name: str) -> Any:
-        if obj is None:
-            return None
-        return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
-
-    prompt = read(usage, "prompt_tokens_details")
-    completion = read(usage, "completion_tokens_details")
+    prompt = field_of(usage, "prompt_tokens_details")
+    completion = field_of(usage, "completion_tokens_details")
     found = {
-        "cache_read_tokens": read(prompt, "cached_tokens") or read(usage, "cache_read_input_tokens"),
-        "cache_write_tokens": read(prompt, "cache_write_tokens") or read(usage, "cache_creation_input_tokens"),
-        "reasoning_tokens": read(completion, "reasoning_tokens"),
+        "cache_read_tokens": field_of(prompt, "cached_tokens") or field_of(usage, "cache_read_input_tokens"),
+        "cache_write_tokens": field_of(prompt, "cache_write_tokens") or field_of(usage, "cache_creation_input_tokens"),
+        "reasoning_tokens": field_of(completion, "reasoning_tokens"),
     }
-    return {k: n for k, v in found.items() if (n := _count(v))}
+    return {k: n for k, v in found.items() if v and (n := _count(v))}  # most are None: no count asked
 
 
 def served_from_cache(response: Any) -> bool:
@@ -62,39 +62,104 @@ def served_from_cache(response: Any) -> bool:
     replayed from the cache, whose provider LiteLLM names ``cached_response``): the provider was not
     called. LiteLLM 1.100 keeps the original answer's ``response_cost`` on a cache hit's hidden
     params, so the flag, not the cost, says it."""
-    hidden = getattr(response, "_hidden_params", None)
+    hidden = attribute(response, "_hidden_params")
     if isinstance(hidden, Mapping) and hidden.get("cache_hit") is True:
         return True
-    return getattr(response, "custom_llm_provider", None) == "cached_response"
+    return attribute(response, "custom_llm_provider") == "cached_response"
 
 
-def attribute(obj: Any, name: str) -> Any:
-    """``getattr(obj, name, None)``, cheaper on a pydantic model such as LiteLLM's responses: an
-    extra field (a response's ``usage``), a private attribute (``_hidden_params``) or a missing one
-    goes through pydantic's ``__getattr__`` (2-10 us a read); here it is read where pydantic keeps it."""
-    if isinstance(obj, pydantic.BaseModel):
+#: how :func:`field_of` reads an object of each type: a mapping, a pydantic model (and whether
+#: pydantic's own ``__getattr__`` is the one that answers for a name it does not hold), or anything else
+_MAPPING, _MODEL, _MODEL_OWN_GETATTR, _OTHER = 1, 2, 3, 0
+_KINDS: dict[type, int] = {}
+#: (pydantic model class, name) -> whether the class (or its private attributes) defines the name
+_ON_CLASS: dict[tuple[type, str], bool] = {}
+
+
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        if issubclass(cls, Mapping):
+            kind = _MAPPING
+        elif issubclass(cls, pydantic.BaseModel):
+            kind = _MODEL if getattr(cls, "__getattr__", None) is getattr(pydantic.BaseModel, "__getattr__", None) \
+                else _MODEL_OWN_GETATTR
+        else:
+            kind = _OTHER
+        if len(_KINDS) < 1024:  # response types are few; never grows without bound
+            _KINDS[cls] = kind
+    return kind
+
+
+def _on_class(cls: type, name: str) -> bool:
+    found = _ON_CLASS.get((cls, name))
+    if found is None:
+        found = hasattr(cls, name) or name in (getattr(cls, "__private_attributes__", None) or {})
+        if len(_ON_CLASS) < 4096:
+            _ON_CLASS[(cls, name)] = found
+    return found
+
+
+def field_of(obj: Any, name: str) -> Any:
+    """``obj.get(name)`` for a mapping, else ``getattr(obj, name, None)``: what an answer's usage
+    reads are made of, on every charge.
+
+    Why not ``getattr``: on a pydantic model such as LiteLLM's responses, a name held as an extra
+    field (a response's ``usage``) or a private attribute (``_hidden_params``), or not held at all
+    (``cache_read_input_tokens`` on most usages), goes through pydantic's ``__getattr__``, which
+    raises and catches for a missing one (2-10 us a read); and ``isinstance(x, Mapping)`` on such a
+    model is an ABC check (about 1 us). Here a type is classified once, and a model is read where
+    pydantic keeps its values; only a name the model's class defines (a property) goes through
+    ``getattr``."""
+    if obj is None:
+        return None
+    cls = type(obj)
+    if cls is dict:
+        return obj.get(name)
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = _kind(cls)
+    if kind == _MAPPING:
+        return obj.get(name)
+    if kind >= _MODEL:
         for store in (obj.__dict__, obj.__pydantic_extra__, obj.__pydantic_private__):
             if store and name in store:
                 return store[name]
+        if kind == _MODEL and not _on_class(cls, name):
+            return None  # what pydantic's __getattr__ ends in: an AttributeError, read as None
     return getattr(obj, name, None)
 
 
-def answer_tokens(response: Any) -> tuple[Any, Any]:
+def attribute(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, cheaper on a pydantic model (:func:`field_of`, for an object
+    that is not a mapping)."""
+    if obj is None:
+        return None
+    cls = type(obj)
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = _kind(cls)
+    if kind == _MAPPING:
+        return getattr(obj, name, None)
+    return field_of(obj, name)
+
+
+def answer_tokens(response: Any, usage: Any = UNREAD) -> tuple[Any, Any]:
     """The prompt and completion token counts an answer reports in its ``usage`` (chat and text
     completions, embeddings: ``prompt_tokens``/``completion_tokens``; Responses API and Anthropic
-    messages: ``input_tokens``/``output_tokens``), None where it reports none."""
-    usage = response.get("usage") if isinstance(response, Mapping) else attribute(response, "usage")
+    messages: ``input_tokens``/``output_tokens``), None where it reports none. ``usage``: the
+    answer's ``usage``, when the caller has read it."""
+    if usage is UNREAD:
+        usage = field_of(response, "usage")
     if usage is None:
         return None, None
-
-    def read(*names: str) -> Any:
-        for name in names:
-            value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
-            if value is not None:
-                return value
-        return None
-
-    return read("prompt_tokens", "input_tokens"), read("completion_tokens", "output_tokens")
+    prompt = field_of(usage, "prompt_tokens")
+    if prompt is None:
+        prompt = field_of(usage, "input_tokens")
+    completion = field_of(usage, "completion_tokens")
+    if completion is None:
+        completion = field_of(usage, "output_tokens")
+    return prompt, completion
 
 
 def partial_usage(log_kwargs: Mapping[str, Any]) -> tuple[int, int, float] | None:
@@ -349,7 +414,7 @@ def attempt_cost(request_data: Mapping[str, Any], response: Any, candidate: Cand
         return charge(reported, Tariff.of(candidate)).cost
 
 
-def plain_tokens(response: Any) -> tuple[int, int] | None:
+def plain_tokens(response: Any, usage: Any = UNREAD) -> tuple[int, int] | None:
     """The (prompt, completion) tokens of a chat answer whose usage is nothing but plain text
     tokens, else None.
 
@@ -361,7 +426,8 @@ def plain_tokens(response: Any) -> tuple[int, int] | None:
     prices it."""
     if not isinstance(response, litellm.ModelResponse):
         return None
-    usage = attribute(response, "usage")
+    if usage is UNREAD:
+        usage = attribute(response, "usage")
     fields = getattr(usage, "__dict__", None)
     if not isinstance(fields, dict):
         return None
@@ -456,14 +522,22 @@ class TokenPrices:
         #: (deployment id, served model, served tier, provider's model, region) -> the calculator agreed
         self._agreed: dict[tuple[Any, ...], bool] = {}
 
+    def plain(self, response: Any, candidate: Candidate | None, usage: Any = UNREAD) -> tuple[int, int] | None:
+        """The answer's :func:`plain_tokens` when ``candidate`` is one this class may price (flat
+        priced), else None without reading the answer."""
+        if candidate is None or candidate.deployment_id not in self.flat:
+            return None
+        return plain_tokens(response, usage)
+
     def cost(self, request_data: Mapping[str, Any], response: Any, candidate: Candidate | None,
-             calculator: Any) -> float:
+             calculator: Any, plain: Any = UNREAD) -> float:
         """What the answer costs: the deployment's price for its plain tokens where LiteLLM's
-        calculator agrees (see the class), else ``calculator()``."""
+        calculator agrees (see the class), else ``calculator()``. ``plain``: :meth:`plain` of the
+        answer, when the caller has worked it out."""
         tokens = None
         if candidate is not None and candidate.deployment_id in self.flat and not any(
-                request_data.get(f) for f in self._PRICED_FIELDS):
-            tokens = plain_tokens(response)
+                map(request_data.get, self._PRICED_FIELDS)):
+            tokens = plain_tokens(response) if plain is UNREAD else plain
         if tokens is None:
             return calculator()
         hidden = attribute(response, "_hidden_params")

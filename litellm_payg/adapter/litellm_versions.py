@@ -320,12 +320,18 @@ def router_setting(router: Any, name: str, default: Any = None) -> Any:
 def request_has_image(messages: Any, request: Mapping[str, Any]) -> bool:
     """Whether a request carries image content, as LiteLLM's Router reads it for its vision check
     (``request_contains_image_content`` on the messages, else the request's input)."""
+    content = messages or request.get("messages") or request.get("input")
+    if type(content) is list and all(type(m) is dict and type(m.get("content")) is str and "output" not in m
+                                     for m in content):
+        # plain text messages (the usual chat request): no content part, no tool output, so no image,
+        # told without LiteLLM's check (it validates the whole list with pydantic first, on every pick)
+        return False
     try:
         from litellm.litellm_core_utils.prompt_templates.common_utils import request_contains_image_content
     except ImportError:  # an older LiteLLM: no vision check in its Router
         return False
     try:
-        return bool(request_contains_image_content(messages or request.get("messages") or request.get("input")))
+        return bool(request_contains_image_content(content))
     except Exception:  # noqa: BLE001 - a shape LiteLLM cannot read is one its own check passes over too
         return False
 

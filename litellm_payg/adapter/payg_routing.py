@@ -28,7 +28,7 @@ from litellm_payg.adapter.judge import JudgedSample
 from litellm_payg.adapter.pick_filter import PickFilter
 from litellm_payg.adapter.request_door import LIVE, RequestDoor
 from litellm_payg.adapter.response_guard import ResponseGuard, ValidatedAnswers, validates
-from litellm_payg.core.decision import Candidate
+from litellm_payg.core.decision import Candidate, CandidateSet
 from litellm_payg.runtime.attempt import Attempts
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.stores.prices import candidate_from_deployment
@@ -78,6 +78,8 @@ class PaygRouting(RequestDoor, PickFilter, AnswerPath, AnswerCharges, FailurePat
         PaygRouting._count += 1
         self.binding = f"payg-{PaygRouting._count}-{id(self):x}"
         self._candidates: dict[str, Candidate] = {}
+        #: the candidate sets handed to picks, by their deployment ids in order (``_candidates_for``)
+        self._sets: dict[tuple[str, ...], CandidateSet] = {}
         self._groups: frozenset[str] = frozenset()
         self._cache_write_groups: frozenset[str] = frozenset()
         self._deployment_names: dict[str, set[str]] = {}
@@ -158,6 +160,7 @@ class PaygRouting(RequestDoor, PickFilter, AnswerPath, AnswerCharges, FailurePat
         self._candidates = {
             str(d["model_info"]["id"]): candidate_from_deployment(d, models) for d in deployments
         }
+        self._sets = {}  # new candidates: what was worked out from the old ones goes with them
         self._groups = frozenset(c.group for c in self._candidates.values())
         self._token_prices.flat = frozenset(
             str(d["model_info"]["id"]) for d in deployments
@@ -184,13 +187,27 @@ class PaygRouting(RequestDoor, PickFilter, AnswerPath, AnswerCharges, FailurePat
             for name in (c.deployment_id, c.model):
                 self._deployment_names.setdefault(name, set()).add(c.group)
 
-    def _candidates_for(self, deployments: Sequence[Mapping[str, Any]]) -> list[Candidate] | None:
-        """Our candidates for these deployment dicts, or None if they are another router's."""
-        known = self._candidates
+    def _candidates_for(self, deployments: Sequence[Mapping[str, Any]]) -> Sequence[Candidate] | None:
+        """Our candidates for these deployment dicts, or None if they are another router's.
+
+        The same deployments in the same order (a group's every pick, while none cools down) get the
+        same :class:`~litellm_payg.core.decision.CandidateSet`, so what the rules work out from the
+        candidates alone is worked out once (its ``memo``); new deployments (``_load``) start new sets."""
         try:  # on every pick, for every deployment of the group: the common case in one pass
-            return [known[d["model_info"]["id"]] for d in deployments]
+            ids = tuple([d["model_info"]["id"] for d in deployments])
+            found = self._sets.get(ids)
+            if found is not None:
+                return found
+            known = self._candidates
+            found = CandidateSet([known[i] for i in ids])
         except (KeyError, TypeError):
             pass  # an id that is not a str, a deployment added at runtime, or another router's
+        else:
+            if len(self._sets) >= 64:  # cooldowns and tag routing make a few subsets of a group: bounded
+                self._sets = {}
+            self._sets[ids] = found
+            return found
+        known = self._candidates
         out = []
         for d in deployments:
             info = d.get("model_info")

@@ -83,7 +83,10 @@ class PickFilter:
                 field="model",
             )
             raise state.final_error
-        needs = await self._needs(model, healthy_deployments, messages, request_kwargs)
+        if self._tag_routing or self._tag_routing_setting or request_kwargs.get("enable_tag_filtering") is True:
+            needs = await self._needs(model, healthy_deployments, messages, request_kwargs)
+        else:  # no tag routing to ask LiteLLM about: no coroutine to make and await
+            needs = self._needs_untagged(model, healthy_deployments, messages, request_kwargs)
         request = self.route_request(group, candidates, messages, request_kwargs, metadata, state, needs)
         if (missing := store_access.missing_run(self.engine, request)) is not None:  # sessions.required: final, a 400
             state.final_error = InvalidRequest(missing, field=self.engine.policy.session_sources[0])
@@ -112,27 +115,33 @@ class PickFilter:
 
     async def _needs(self, model: str, deployments: list, messages: Any, request_kwargs: Mapping[str, Any]) -> Needs | None:
         """What LiteLLM's own checks, which run after this filter, ask of a deployment for this
-        request (``core/feasibility.py`` applies them before the rules): image content while some
-        deployment declares no vision, ``allowed_model_region`` under pre-call checks, an order
-        fallback's target order, and the deployments LiteLLM's tag routing keeps (worked out by
-        LiteLLM's own ``get_deployments_for_tag``). None, without reading the request, when none
-        of these can apply."""
+        request (``core/feasibility.py`` applies them before the rules): the deployments LiteLLM's
+        tag routing keeps (worked out by LiteLLM's own ``get_deployments_for_tag``, which is why
+        this one awaits), and the rest (:meth:`_needs_untagged`)."""
+        tag_kept: frozenset[str] | None = None
+        reason = ""
+        router = self._router_ref() if self._router_ref else None
+        try:
+            kept = await litellm_versions.deployments_for_tag(router, model, list(deployments), request_kwargs)
+        except Exception:  # noqa: BLE001 - LiteLLM's own tag check raises it again after this filter
+            kept = None
+        if kept is not None and len(kept) != len(deployments):
+            tag_kept = frozenset(str((d.get("model_info") or {}).get("id")) for d in kept)
+            tags = (metadata_of(request_kwargs) or {}).get("tags")
+            reason = f"the deployment's tags do not match the request's tags {tags!r}"
+        return self._needs_untagged(model, deployments, messages, request_kwargs, tag_kept, reason)
+
+    def _needs_untagged(self, model: str, deployments: list, messages: Any, request_kwargs: Mapping[str, Any],
+                        tag_kept: frozenset[str] | None = None, reason: str = "") -> Needs | None:
+        """What LiteLLM's own checks ask of a deployment besides tag routing: image content while
+        some deployment declares no vision, ``allowed_model_region`` under pre-call checks, an order
+        fallback's target order, the rpm/tpm usage-based routing and old pre-call checks read. None,
+        without reading the request, when none of these can apply (and ``tag_kept`` is None).
+        Called directly, without a coroutine, for a request no tag routing applies to."""
         image = self._vision_varies and litellm_versions.request_has_image(messages, request_kwargs)
         region = request_kwargs.get("allowed_model_region") if self._region_checks else None
         order = request_kwargs.get("_target_order")
         order = order if isinstance(order, int) and not isinstance(order, bool) else None
-        tag_kept: frozenset[str] | None = None
-        reason = ""
-        if self._tag_routing or self._tag_routing_setting or request_kwargs.get("enable_tag_filtering") is True:
-            router = self._router_ref() if self._router_ref else None
-            try:
-                kept = await litellm_versions.deployments_for_tag(router, model, list(deployments), request_kwargs)
-            except Exception:  # noqa: BLE001 - LiteLLM's own tag check raises it again after this filter
-                kept = None
-            if kept is not None and len(kept) != len(deployments):
-                tag_kept = frozenset(str((d.get("model_info") or {}).get("id")) for d in kept)
-                tags = (metadata_of(request_kwargs) or {}).get("tags")
-                reason = f"the deployment's tags do not match the request's tags {tags!r}"
         usage = None
         if self._usage_routing and self._limits:
             limited = [d for d in deployments if str((d.get("model_info") or {}).get("id")) in self._limits]
@@ -189,13 +198,15 @@ class PickFilter:
             except LabelError as exc:
                 raise InvalidRequest(str(exc), field=exc.field) from None
         who = state.identity
+        engine = self.engine
+        spend, policy = engine.spend, engine.policy
         max_tokens = output_cap(request_kwargs, state.api)
         hints = hints_of(metadata)
         return RouteRequest(
             group=group,
             prompt_tokens=state.prompt_tokens if state.prompt_tokens is not None else self._counter(
                 state, candidates[0].model, messages, request_kwargs),
-            output_tokens=self.engine.expected_output_tokens(max_tokens),
+            output_tokens=engine.expected_output_tokens(max_tokens),
             max_tokens=max_tokens,
             user=who.user,
             team=who.team,
@@ -208,14 +219,14 @@ class PickFilter:
             trace_id=state.trace_id,
             metadata=metadata,
             session=(session := session_of(request_kwargs, metadata,
-                                           getattr(self.engine.policy, "session_sources", DEFAULT_SESSION_SOURCES))
+                                           getattr(policy, "session_sources", DEFAULT_SESSION_SOURCES))
                      or self._minted(state, who)),
-            run=run_of(session, who, getattr(self.engine.policy, "run_owner", "key")),
+            run=run_of(session, who, getattr(policy, "run_owner", "key")),
             prompt_hash=(prompt_hash(messages or request_kwargs.get("messages") or request_kwargs.get("input"))
-                         if self.engine.spend.loop_guards else None),
+                         if spend.loop_guards else None),
             loop_marks=loop_marks(messages or request_kwargs.get("messages") or request_kwargs.get("input"),
-                                  self.engine.spend.loop_kinds)
-            if self.engine.spend.loop_kinds else (),
+                                  spend.loop_kinds)
+            if spend.loop_kinds else (),
             # worked out only if a rule reads it (quality_floor), like the count itself
             prompt_tokens_at_most=None if state.prompt_tokens is not None else lambda: prompt_tokens_at_most(
                 {**{name: request_kwargs[name] for name in _PROMPT_PARTS.intersection(request_kwargs)},
@@ -224,7 +235,7 @@ class PickFilter:
             characters=(state.characters if state.characters is not None else characters_of(request_kwargs))
             if state.api == "speech" else None,
             # only looked for where a reservation can use it: budgets, and a deployment that prices it
-            cache_writes=bool(self.engine.spend.budgets) and group in self._cache_write_groups and asks_cache_write(
+            cache_writes=bool(spend.budgets) and group in self._cache_write_groups and asks_cache_write(
                 messages or request_kwargs.get("messages"), request_kwargs),
             needs=needs,
             attrs=dict(who.attrs),

@@ -88,7 +88,8 @@ class RequestDoor:
                 data["model"] = self.resolve_model(data["model"])
             return existing
         # the plugin's own stamps in a dict it has seen (a sibling call, or a dict the caller reuses)
-        refuse_bad_input(data, own=OWN_KEYS if existing is not None else (), api=api_of(call))
+        api = api_of(call)
+        refuse_bad_input(data, own=OWN_KEYS if existing is not None else (), api=api)
         if "model" in data:
             data["model"] = self.resolve_model(data["model"])
             self._refuse_unknown_fields(data)
@@ -97,7 +98,7 @@ class RequestDoor:
             identity = identity or existing.identity
         state = self.states.mint(metadata, trace_of(data), identity)
         state.entered = router_door
-        state.api = api_of(call)
+        state.api = api
         if state.api == "speech":  # what a per-character price bills (the Router's filter may not see it)
             state.characters = characters_of(data)
         return state

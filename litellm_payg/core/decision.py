@@ -78,6 +78,29 @@ class Candidate:
         return self.estimate_usd(prompt_tokens, output_tokens) / total * 1000
 
 
+class CandidateSet(tuple):
+    """A group's candidates as the adapter hands them to every pick: one object for the same
+    deployments in the same order, until they change (the adapter then makes a new one).
+
+    Why: what a rule or a check works out from the candidates alone (their context windows, which of
+    them clear a quality bar, where their price order can change) is the same on every pick of the
+    group, and at 20 or 200 candidates working it out again was most of a decision. It may be kept
+    in :attr:`memo` (:func:`memo_of`), which lives and dies with the set: the adapter's new set for
+    changed deployments starts with an empty one. A plain list or tuple of candidates (a rule's
+    output, a caller's own) has no memo and is worked out every time."""
+
+    def __new__(cls, candidates: Sequence[Candidate] = ()) -> "CandidateSet":
+        self = super().__new__(cls, candidates)
+        #: what has been worked out from this set, by its maker's key (bounded by its users)
+        self.memo: dict[Any, Any] = {}
+        return self
+
+
+def memo_of(candidates: Sequence[Candidate]) -> dict[Any, Any] | None:
+    """The memo of a :class:`CandidateSet`, None for any other sequence of candidates."""
+    return candidates.memo if type(candidates) is CandidateSet else None  # type: ignore[attr-defined]
+
+
 class _CountedOnRead:
     """The ``prompt_tokens`` field of :class:`RouteRequest`: an ``int`` to every reader, given either
     as the count or as a zero-argument callable that returns it. The callable runs on the first

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from litellm_payg.core.decision import Candidate, Drop, RouteRequest, Step
+from litellm_payg.core.decision import Candidate, CandidateSet, Drop, RouteRequest, Step, memo_of
 
 BY = "litellm"
 
@@ -110,32 +110,67 @@ def _uniform(candidates: Sequence[Candidate]) -> bool:
     return True
 
 
-def _fits_all(request: RouteRequest, candidates: Sequence[Candidate]) -> bool:
-    """Whether a request needing nothing but room for its prompt is kept by every check below
-    without any drop: one ``order`` among the candidates, and a prompt (or its bound, read as the
-    window check reads it) within the smallest context window. A group of models with different
-    windows takes this path on every decision."""
+def _one_order(candidates: Sequence[Candidate]) -> bool:
+    """Whether every candidate has the same ``order``."""
     if not candidates:
-        return False
+        return True
     first = candidates[0].order
     for c in candidates:
         if c.order != first:
             return False
-    smallest = _window_differs(candidates)
+    return True
+
+
+def _fits_all(request: RouteRequest, candidates: Sequence[Candidate], facts: tuple[bool, bool, int | None] | None = None) -> bool:
+    """Whether a request needing nothing but room for its prompt is kept by every check below
+    without any drop: one ``order`` among the candidates, and a prompt (or its bound, read as the
+    window check reads it) within the smallest context window. A group of models with different
+    windows takes this path on every decision. ``facts``: the candidates' :func:`_facts`, when known."""
+    if not candidates:
+        return False
+    if facts is not None:
+        one_order, smallest = facts[1], facts[2]
+    else:
+        one_order = _one_order(candidates)
+        smallest = _window_differs(candidates) if one_order else None
+    if not one_order:
+        return False
     if smallest is None:
         return True
     bound = request.prompt_tokens if request.prompt_counted else request.prompt_tokens_at_most
     return bound is not None and bound <= smallest
 
 
+#: the key of a candidate set's :func:`_facts` in its memo
+_FACTS = "feasibility.facts"
+
+
+def _facts(candidates: Sequence[Candidate]) -> tuple[bool, bool, int | None]:
+    """What :func:`feasible` reads of the candidates alone: whether they share one window and one
+    ``order`` (:func:`_uniform`), whether they share one ``order``, and the smallest window when
+    the windows differ (:func:`_window_differs`). Remembered on a
+    :class:`~litellm_payg.core.decision.CandidateSet`: the same on every pick of its group."""
+    memo = memo_of(candidates)
+    facts = memo.get(_FACTS) if memo is not None else None
+    if facts is None:
+        facts = (_uniform(candidates), _one_order(candidates), _window_differs(candidates))
+        if memo is not None:
+            memo[_FACTS] = facts
+    return facts
+
+
 def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | None:
     """The candidates LiteLLM's checks accept for ``request``, or None when all of them are (the
     usual case, decided without counting the prompt)."""
     needs: Needs | None = request.needs
-    if needs is None and _uniform(candidates):
-        return None
-    if needs is None and _fits_all(request, candidates):
-        return None  # windows differ, but this prompt fits the smallest: what the checks below conclude
+    if needs is None:
+        if type(candidates) is not CandidateSet:  # worked out now, and only as far as needed
+            if _uniform(candidates) or _fits_all(request, candidates):
+                return None  # windows differ, but this prompt fits the smallest: what the checks below conclude
+        else:
+            facts = _facts(candidates)
+            if facts[0] or _fits_all(request, candidates, facts):
+                return None
     current = list(candidates)
     dropped: list[Drop] = []
     notes: list[str] = []

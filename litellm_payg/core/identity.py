@@ -135,13 +135,18 @@ class Hints:
     models: frozenset[str] | None
 
 
+_NO_HINTS = Hints(None, None)
+
+
 def hints_of(metadata: Mapping[str, Any]) -> Hints:
     """``metadata["payg_hints"]``: ``min_quality`` (a number) raises the quality bar; ``models`` (a
     list of model names) narrows the candidates. Anything else is ignored: a hint is never trusted
     to widen what the policy allows."""
     raw = metadata.get("payg_hints")
+    if raw is None:  # the usual request: no hints (one shared value, it is immutable)
+        return _NO_HINTS
     if not isinstance(raw, Mapping):
-        return Hints(None, None)
+        return _NO_HINTS
     mq = raw.get("min_quality")
     min_quality = float(mq) if isinstance(mq, (int, float)) and not isinstance(mq, bool) else None
     models_raw = raw.get("models")

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
 from litellm_payg.core.bounds import PositiveUsdPer1k
-from litellm_payg.core.decision import Candidate, Drop, Step
+from litellm_payg.core.decision import Candidate, Drop, Step, memo_of
 from litellm_payg.rules import Rule, RuleOptions, matches
 
 
@@ -61,14 +61,36 @@ class CostThreshold(Rule):
         return entry
 
     def apply(self, request, candidates):
-        opts = self.options
-        limit = opts.max_usd_per_1k_tokens
+        memo = memo_of(candidates)
+        if memo is None:
+            return self._apply(request, candidates)
+        # a group's candidate set: its roles, and whether the prompt's size can matter, are the same
+        # on every pick; when it cannot, so is the whole step (kept in the set's memo)
+        found = memo.get(self)
+        if found is None:
+            roles = self._roles_of(candidates)
+            blind = _size_blind(roles, self.options.max_usd_per_1k_tokens)
+            found = memo[self] = (roles, self._apply(request, candidates, roles, blind) if blind else None)
+        roles, step = found
+        if step is None:
+            return self._apply(request, candidates, roles, False)
+        return Step(list(step.kept), list(step.dropped), step.note)
+
+    def _roles_of(self, candidates) -> list[tuple[Candidate, int | None, Drop | None]]:
         known = self._roles
         roles = []
         for c in candidates:  # on every pick, for every deployment of the group: kept lean
             entry = known.get(id(c))
             roles.append(entry if entry is not None and entry[0] is c else self._role(c))
-        blind = _size_blind(roles, limit)
+        return roles
+
+    def _apply(self, request, candidates, roles=None, blind=None):
+        opts = self.options
+        limit = opts.max_usd_per_1k_tokens
+        if roles is None:
+            roles = self._roles_of(candidates)
+        if blind is None:
+            blind = _size_blind(roles, limit)
         # when the order and the drops are the same for any prompt size, the prompt is not read
         # (nor counted): equal prices keep their order in the sorts below
         p, o = (0, 0) if blind else (request.prompt_tokens, request.output_tokens)

@@ -56,7 +56,8 @@ from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
 from litellm_payg.core.bounds import MAX_USD, Score, Seconds, Tokens
-from litellm_payg.core.decision import Step
+from litellm_payg.core.decision import Step, memo_of
+from litellm_payg.core.price_order import PriceOrder
 from litellm_payg.core.quality import class_of, verdict
 from litellm_payg.rules import Rule, RuleOptions
 
@@ -129,6 +130,11 @@ class QualityFloor(Rule):
         view = getattr(snapshot, "quality", None)
         if self.options.measured is not None and view is not None:
             return self._measured(request, candidates, view)
+        memo = memo_of(candidates)
+        if memo is not None:  # a group's candidate set: what depends on it alone is worked out once
+            step = self._planned(request, candidates, memo)
+            if step is not None:
+                return step
         p, ordered = self._size_for(request, candidates)
         bar = self._bar(request, p)
         o = request.output_tokens
@@ -143,12 +149,68 @@ class QualityFloor(Rule):
         if ordered is None:
             kept.sort(key=_first)
             ordered = [c for _, c in kept]
+        return Step(ordered, dropped, self._note(bar))
+
+    def _note(self, bar: float) -> str:
         note = self._notes.get(bar)
         if note is None:
             if len(self._notes) > 10_000:
                 self._notes.clear()
             note = self._notes[bar] = f"quality_floor: bar {bar:g}, cheapest first"
-        return Step(ordered, dropped, note)
+        return note
+
+    def _planned(self, request, candidates, memo) -> Step | None:
+        """:meth:`apply`'s step from what is remembered of a candidate set (:meth:`_plan`): the
+        same drops and the same order, by the same steps (the bound first, the count if the bound
+        cannot decide), without sorting where the order of the set is known for the size. None when
+        a kept candidate has no price (the plain path then says so)."""
+        o = request.output_tokens
+        bounds = request.prompt_range()
+        if bounds is not None and bounds[0] != bounds[1]:
+            lo, hi = bounds
+            if self.tier_of(lo) == self.tier_of(hi):
+                bar = self._bar(request, lo)
+                dropped, order = self._plan(candidates, memo, bar, o)
+                if order is not None and not order.crosses(lo, hi):  # crossing inside: the size matters, count
+                    ordered = order.at(lo, hi)
+                    if ordered is None:  # a crossing near an end: sort at both ends, as _size_for does
+                        kept = order.candidates
+                        at_hi = sorted(kept, key=lambda c: hi * c.input_usd_per_token + o * c.output_usd_per_token)
+                        if sorted(kept, key=lambda c: lo * c.input_usd_per_token + o * c.output_usd_per_token) == at_hi:
+                            ordered = at_hi
+                    if ordered is not None:
+                        return Step(list(ordered), list(dropped), self._note(bar))
+        p = request.prompt_tokens
+        bar = self._bar(request, p)
+        dropped, order = self._plan(candidates, memo, bar, o)
+        if order is None:
+            return None
+        ordered = order.at(p, p)
+        if ordered is None:
+            ordered = sorted(order.candidates, key=lambda c: c.estimate_usd(p, o))
+        return Step(list(ordered), list(dropped), self._note(bar))
+
+    def _plan(self, candidates, memo, bar: float, o: int) -> tuple[tuple, PriceOrder | None]:
+        """What :meth:`apply` works out from the candidates, the bar and the output size alone: the
+        drops (in the candidates' order) and the kept candidates' :class:`PriceOrder` (None when one
+        of them has no price). Kept in the set's memo, per rule, bar and output size."""
+        key = (self, bar, o)
+        plan = memo.get(key)
+        if plan is None:
+            kept, dropped = [], []
+            for c in candidates:
+                if c.quality is None:
+                    dropped.append(Step.drop(c, f"no quality score for {c.model} in the policy's models:", self.name))
+                elif c.quality < bar:
+                    dropped.append(Step.drop(c, self._below(c.quality, bar), self.name))
+                else:
+                    kept.append(c)
+            priced = all(c.input_usd_per_token is not None and c.output_usd_per_token is not None for c in kept)
+            plan = (tuple(dropped), PriceOrder(kept, o) if priced else None)
+            if len(memo) >= 512:  # bars (hints) and output sizes (max_tokens) vary: bounded
+                memo.clear()
+            memo[key] = plan
+        return plan
 
     def _measured(self, request, candidates, view):
         """The bar judged on each candidate's lower confidence bound (see the module docstring)."""

@@ -304,7 +304,10 @@ class Attempt:
         keeping of its request only the run it belongs to (:class:`AnsweredRequest`, what the
         headers report)."""
         state, states = self.state, self._of.states
-        states.finished(state)
+        if not late_headers:
+            states.finished_and_forgotten(state)  # nothing reads it later: gone at once
+        else:
+            states.finished(state)
         if state.request is not None and not isinstance(state.request, AnsweredRequest):
             request = state.request
             state.request = AnsweredRequest(
@@ -317,7 +320,7 @@ class Attempt:
             state.decided = None
         state.last_failure = None
         state.final_error = None
-        if not late_headers or state.headers_sent:
+        if late_headers and state.headers_sent:
             states.forget(state)
 
     def ended_in_error(self) -> None:

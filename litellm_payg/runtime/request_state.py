@@ -113,7 +113,7 @@ class RequestState:
 
     @property
     def open_reservations(self) -> int:
-        return sum(len(ids) for ids in self.reservations.values())
+        return sum(map(len, self.reservations.values())) if self.reservations else 0
 
 
 class RequestStates:
@@ -146,17 +146,18 @@ class RequestStates:
         if not metadata:
             return None
         rid = metadata.get(REQUEST_KEY)
-        if not isinstance(rid, str):
+        if type(rid) is not str and not isinstance(rid, str):
             return None
-        with self._lock:
-            state = self._states.get(rid)
+        # no lock: one dict read is atomic, and every hook of every request comes here (about
+        # five times per request); the lock guards the map's changes (mint, finished, forget)
+        state = self._states.get(rid)
         if state is None or (trace_id is not None and state.trace_id is not None and state.trace_id != trace_id):
             return None
         return state
 
     def mint(self, metadata: MutableMapping[str, Any], trace_id: str | None, identity: Any = None) -> RequestState:
         """Start the state of a new request and stamp its id on ``metadata``."""
-        state = RequestState(id=secrets.token_urlsafe(16), trace_id=trace_id, identity=identity)
+        state = RequestState(id=secrets.token_hex(16), trace_id=trace_id, identity=identity)
         with self._lock:
             self._states[state.id] = state
             while len(self._states) > self.limit:
@@ -171,6 +172,14 @@ class RequestStates:
             self._finished[state.id] = None
             while len(self._finished) > self.finished_limit:
                 self._states.pop(self._finished.popitem(last=False)[0], None)
+
+    def finished_and_forgotten(self, state: RequestState) -> None:
+        """``state``'s request was answered and nothing reads it later: :meth:`finished` then
+        :meth:`forget` in one step (one lock, nothing kept among the finished)."""
+        state.finished = True
+        with self._lock:
+            self._states.pop(state.id, None)
+            self._finished.pop(state.id, None)
 
     def forget(self, state: RequestState) -> None:
         with self._lock:

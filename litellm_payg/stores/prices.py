@@ -235,6 +235,8 @@ def count_prompt_tokens(model: str, messages: Any) -> int:
 #: room to spare, and per request (the reply's priming)
 TOKENS_PER_MESSAGE_AT_MOST = 16
 TOKENS_PER_REQUEST_AT_MOST = 16
+#: the keys of a plain text chat message (anything else has no cheap bound)
+_PLAIN_MESSAGE = frozenset(("role", "content", "name"))
 
 
 def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
@@ -245,17 +247,20 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
     a message's text costs at most its byte length, plus a few tokens of framing per message
     (``TOKENS_PER_MESSAGE_AT_MOST``; ``tests/test_prompt_bound.py`` checks the bound against the real
     counter). A rule whose outcome is the same anywhere between 0 and this bound need not count."""
-    if request.get("tools") or any(request.get(name) for name in OTHER_PROMPT_PARTS):
+    if request.get("tools") or any(map(request.get, OTHER_PROMPT_PARTS)):
         return None
     messages = request.get("messages")
     if not isinstance(messages, (list, tuple)) or not messages:
         return None
     total = TOKENS_PER_REQUEST_AT_MOST
     for message in messages:
-        if not isinstance(message, Mapping) or set(message) - {"role", "content", "name"}:
+        if (type(message) is not dict and not isinstance(message, Mapping)) or not message.keys() <= _PLAIN_MESSAGE:
             return None
         content = message.get("content")
-        if isinstance(content, str):
+        if type(content) is str:
+            # an ASCII text's UTF-8 length is its length (isascii is a flag CPython keeps: no encode)
+            size = len(content) if content.isascii() else len(content.encode("utf-8"))
+        elif isinstance(content, str):
             size = len(content.encode("utf-8"))
         elif isinstance(content, (list, tuple)) and all(
                 isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
@@ -266,8 +271,8 @@ def prompt_tokens_at_most(request: Mapping[str, Any]) -> int | None:
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             return None
-        role = message.get("role")
-        size += len(str(role).encode("utf-8")) + (len(name.encode("utf-8")) if name else 0)
+        role = str(message.get("role"))
+        size += (len(role) if role.isascii() else len(role.encode("utf-8"))) + (len(name.encode("utf-8")) if name else 0)
         total += size + TOKENS_PER_MESSAGE_AT_MOST
     return total
 

@@ -66,7 +66,7 @@ def forged_state_keys(data: Mapping[str, Any]) -> list[str]:
     found = []
     for where in METADATA_FIELDS:
         metadata = data.get(where)
-        if isinstance(metadata, Mapping):
+        if metadata and (type(metadata) is dict or isinstance(metadata, Mapping)):
             found += [
                 f"{where}.{key}" for key in metadata
                 if isinstance(key, str) and key.startswith(STATE_PREFIX) and key not in CLIENT_KEYS
@@ -84,8 +84,12 @@ def check_request(data: Mapping[str, Any], api: str | None = None) -> BadField |
     """The first field of ``data`` (a request's kwargs or body) the plugin cannot use, or None.
     ``api`` (:func:`api_of` a Router method or proxy call type) adds the checks of that API's own
     fields (:func:`_api_fields`)."""
-    for check in (_one_model, _credentials, _messages, _max_tokens, _choices, _stream, _stream_options, _tools, _metadata,
-                  _response_format, _litellm_params):
+    # a check whose fields are all absent finds nothing (each reads its fields with get: absent is
+    # None): on a plain dict only the checks of the fields it has run, in the same order
+    present = data.keys() & _CHECKED_FIELDS if type(data) is dict else None
+    for check, fields in _CHECKS:
+        if present is not None and present.isdisjoint(fields):
+            continue
         if check is _response_format and api in _FORMAT_NAMED_APIS:
             continue  # their response_format is a name ("verbose_json", "mp3", "b64_json")
         problem = check(data)
@@ -255,7 +259,7 @@ def _messages(data: Mapping[str, Any]) -> BadField | None:
     if not isinstance(messages, list) or not messages:
         return BadField("messages", f"expected a non-empty list of messages, got {_shown(messages)}")
     for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):  # a dict first: no ABC check
             return BadField(f"messages[{index}]", f"expected an object with 'role' and 'content', got {_shown(message)}")
         role = message.get("role")
         if not isinstance(role, str) or not role:
@@ -315,7 +319,7 @@ def _tools(data: Mapping[str, Any]) -> BadField | None:
 def _metadata(data: Mapping[str, Any]) -> BadField | None:
     for name in METADATA_FIELDS:
         value = data.get(name)
-        if value is not None and not isinstance(value, Mapping):
+        if value is not None and type(value) is not dict and not isinstance(value, Mapping):
             return BadField(name, f"expected an object, got {_shown(value)}")
     return None
 
@@ -375,6 +379,23 @@ def _litellm_params(data: Mapping[str, Any]) -> BadField | None:
         elif not isinstance(value, list):
             return BadField(name, f"expected a list, got {_shown(value)}")
     return None
+
+
+#: the checks :func:`check_request` runs, in order, each with the request fields it reads
+_CHECKS: tuple[tuple[Any, tuple[str, ...]], ...] = (
+    (_one_model, ("model", "fastest_response")),
+    (_credentials, CLIENT_CREDENTIAL_FIELDS),
+    (_messages, ("messages",)),
+    (_max_tokens, MAX_TOKEN_FIELDS),
+    (_choices, ("n", "best_of")),
+    (_stream, ("stream",)),
+    (_stream_options, ("stream_options",)),
+    (_tools, ("tools",)),
+    (_metadata, METADATA_FIELDS),
+    (_response_format, ("response_format",)),
+    (_litellm_params, tuple(LITELLM_PARAM_TYPES)),
+)
+_CHECKED_FIELDS = frozenset(name for _, fields in _CHECKS for name in fields)
 
 
 def _shown(value: Any) -> str:

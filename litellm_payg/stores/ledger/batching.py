@@ -7,7 +7,9 @@ request (``bench/README.md``, "Fourth look"): a SQLite transaction whose every s
 GIL and has to win it back from LiteLLM's executor thread, or two Redis round trips. So the SQLite
 and Redis ledgers keep them here and write them in one go:
 
-* at most ``batch_s`` seconds after the first one waits (a timer thread), or at once when
+* at most ``batch_s`` seconds after the first one waits (a writer thread, one per ledger, started on
+  the first record and woken by it: starting a ``threading.Timer`` per batch cost the request that
+  armed it a thread start, about a millisecond on a busy event loop), or at once when
   ``BATCH_ROWS`` wait;
 * before any other call of the same ledger (the ledger calls :meth:`WaitingRecords.write_with` first), so
   nothing in the process reads around them; at ``close()``; at interpreter exit;
@@ -24,6 +26,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -31,7 +34,7 @@ logger = logging.getLogger("litellm_payg")
 
 #: how long an unbudgeted record may wait to be written with others
 DEFAULT_BATCH_S = 0.25
-#: this many waiting records are written at once, without waiting for the timer
+#: this many waiting records are written at once, without waiting for the writer thread
 BATCH_ROWS = 256
 
 #: every WaitingRecords that may hold records: written at exit, forgotten in a forked child
@@ -39,18 +42,20 @@ _ALL: "weakref.WeakSet[WaitingRecords]" = weakref.WeakSet()
 
 
 class WaitingRecords:
-    """The waiting records of one ledger, and the timer that writes them.
+    """The waiting records of one ledger, and the writer thread that writes them.
 
     ``write_all`` is the ledger's own "write what waits now" (``flush(quiet=True)``): it writes the
-    rows its way through :meth:`write_with`, which puts them back on failure. The timer and the
-    exit hook call it; it must not raise."""
+    rows its way through :meth:`write_with`, which puts them back on failure. The writer thread and
+    the exit hook call it; it must not raise."""
 
     def __init__(self, batch_s: float, write_all: Callable[[], None]):
         self.batch_s = float(batch_s)
         self._write_all = write_all
         self._rows: list[tuple] = []
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        #: set when records wait for the writer thread (cleared when it starts its wait)
+        self._due = threading.Event()
+        self._writer: threading.Thread | None = None
         self._closed = False
 
     def __len__(self) -> int:
@@ -67,12 +72,10 @@ class WaitingRecords:
         return waiting >= BATCH_ROWS
 
     def take(self) -> list[tuple]:
-        """The waiting rows, now the caller's to write (empty when none wait)."""
+        """The waiting rows, now the caller's to write (empty when none wait). The writer thread,
+        if it is waiting for them, finds nothing to write when its time comes."""
         with self._lock:
             rows, self._rows = self._rows, []
-            if rows and self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
         return rows
 
     def write_with(self, write_rows: Callable[[list[tuple]], None]) -> None:
@@ -96,32 +99,49 @@ class WaitingRecords:
             return
         with self._lock:
             self._rows[:0] = rows
-            if self._timer is None and not self._closed:
+            if not self._closed:
                 self._arm()
 
     def close(self) -> None:
-        """No more timers; what still waits is the caller's to write."""
+        """No more timed writes (the writer thread ends); what still waits is the caller's to write."""
         with self._lock:
             self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        self._due.set()  # wakes the writer, which sees it is closed and ends
         _ALL.discard(self)
 
     def _arm(self) -> None:  # under _lock
-        self._timer = threading.Timer(self.batch_s, self._on_timer)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _on_timer(self) -> None:
-        with self._lock:
-            self._timer = None
-        self._write_all()
+        """Records wait: the writer thread writes them ``batch_s`` from now. It is started on first
+        use (and again in a forked child); after that, waking it is all an arming costs."""
+        if self._writer is None:
+            due = self._due
+            # the thread holds this object weakly while idle (an unclosed ledger may still be freed;
+            # freeing it wakes the thread to end) and strongly while records wait (they get written)
+            ref = weakref.ref(self, lambda _: due.set())
+            self._writer = threading.Thread(target=_write_when_due, args=(ref, due), name="litellm-payg-records",
+                                            daemon=True)
+            self._writer.start()
+        self._due.set()
 
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()  # it may have been held by another thread of the parent
         self._rows = []
-        self._timer = None
+        self._due = threading.Event()
+        self._writer = None  # the parent's writer thread does not exist in the child
+
+
+def _write_when_due(ref: "weakref.ReferenceType[WaitingRecords]", due: threading.Event) -> None:
+    """A ledger's writer thread: wait until records wait, give them ``batch_s`` to gather, write
+    them (``write_all``, which never raises); end when the records are closed or freed."""
+    while True:
+        due.wait()
+        due.clear()  # a record added from now on sets it again, for the next round
+        records = ref()
+        if records is None or records._closed:
+            return
+        time.sleep(records.batch_s)
+        if not records._closed:
+            records._write_all()
+        del records  # idle: held weakly again
 
 
 @atexit.register

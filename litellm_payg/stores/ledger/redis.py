@@ -390,7 +390,7 @@ class RedisLedger(Ledger):
         """Write the waiting records (before any other call reads or writes); they wait again on failure.
 
         ``wait_for_writes`` (``flush``, ``close`` and so the exit hook): also wait for a batch another
-        thread is writing. The timer thread takes its batch before it writes it, so "nothing waits"
+        thread is writing. The writer thread takes its batch before it writes it, so "nothing waits"
         can mean "a write is under way"; returning then let the interpreter end, or ``close`` shut
         the pool, under that write, and its records were lost."""
         if not wait_for_writes and not len(self._waiting):
