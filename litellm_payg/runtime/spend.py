@@ -33,7 +33,7 @@ from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError, Un
 from litellm_payg.stores.ledger import open_ledger
 from litellm_payg.core.headroom import budget_label, exhausted, over, scope_label
 from litellm_payg.core.conditions import When
-from litellm_payg.stores.ledger.base import Ledger, LedgerError, Usage, to_nanos
+from litellm_payg.stores.ledger.base import MAX_AMOUNT_USD, Ledger, LedgerError, Usage, to_nanos
 from litellm_payg.core.snapshot import CandidateBudgets
 
 logger = logging.getLogger("litellm_payg")
@@ -545,7 +545,8 @@ class SpendControl:
 
     def _charge(self, admission: Admission, cost_usd: float) -> None:
         try:
-            to_nanos(cost_usd, "cost_usd")
+            if not (type(cost_usd) is float and 0.0 <= cost_usd <= MAX_AMOUNT_USD):  # what to_nanos accepts at once
+                to_nanos(cost_usd, "cost_usd")
         except InvalidAmount as exc:
             # The call billed, but the ledger cannot store what it was said to cost (nan, negative,
             # absurd): charge the reservation's estimate, which the ledger accepted at admission,
@@ -573,7 +574,8 @@ class SpendControl:
             with self._lock:
                 self._unsettled.append((admission, cost_usd))
             return
-        self._flush_unsettled()
+        if self._unsettled:  # the usual case, after every charge: nothing kept
+            self._flush_unsettled()
 
     def _flush_unsettled(self) -> None:
         if not self._unsettled:  # the usual case, after every charge: nothing kept (checked again under the lock)
