@@ -195,7 +195,7 @@ def test_rule_registration_is_called_through_pluggy_once_per_plugin():
 
 
 def test_the_written_out_initialisers_take_every_field():
-    """``RouteRequest``, ``Pick``, ``ReserveResult`` and ``HistoryRow`` have hand-written ``__init__`` methods (built on
+    """``RouteRequest``, ``Pick``, ``ReserveResult``, ``HistoryRow`` and ``Step`` have hand-written ``__init__`` methods (built on
     every pick); a field added to the dataclass and not to them would be silently missing (as
     ``RouteRequest.attrs`` once was): each field must be a parameter, and ``replace`` must keep it."""
     import dataclasses
@@ -207,7 +207,9 @@ def test_the_written_out_initialisers_take_every_field():
 
     from litellm_payg.tools.whatif_history import HistoryRow
 
-    for cls in (RouteRequest, Pick, ReserveResult, HistoryRow):
+    from litellm_payg.core.decision import Step
+
+    for cls in (RouteRequest, Pick, ReserveResult, HistoryRow, Step):
         parameters = set(inspect.signature(cls.__init__).parameters) - {"self"}
         missing = {f.name for f in dataclasses.fields(cls) if f.init} - parameters
         assert not missing, f"{cls.__name__}.__init__ does not take {sorted(missing)}"
@@ -215,6 +217,9 @@ def test_the_written_out_initialisers_take_every_field():
     assert request.attrs == {"org": "acme"} and RouteRequest("g", 1, 1).attrs == {}
     row = dataclasses.replace(HistoryRow("r", 1.0, "g", "m", None, 1, 2), status="failure", tags=("a",))
     assert (row.status, row.tags, row.prompt_tokens, row.spend_usd) == ("failure", ("a",), 1, 0.0)
+    step = dataclasses.replace(Step(["c"], note="n"), judged={"c": "why"})
+    assert (step.kept, step.dropped, step.note, step.attrs, step.judged) == (["c"], (), "n", {}, {"c": "why"})
+    assert Step([]).attrs is not Step([]).attrs  # a dict of its own, as the default factory gave
 
 
 # -- hooks get values; the runtime writes ----------------------------------------------------------------
