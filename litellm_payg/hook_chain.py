@@ -120,10 +120,12 @@ class HookChain:
         self._links: list[Link] = []
 
     def links(self) -> list[Link]:
-        impls = self._hook.get_hookimpls()
+        impls = getattr(self._hook, "_hookimpls", None)  # pluggy's own list (get_hookimpls copies it on every call)
+        if impls is None:
+            impls = self._hook.get_hookimpls()
         if impls != self._built_for:  # HookImpl has no __eq__: compares identities
             self._links = self._build(impls)
-            self._built_for = impls
+            self._built_for = list(impls)
         return self._links
 
     def _build(self, impls: Sequence[pluggy.HookImpl]) -> list[Link]:

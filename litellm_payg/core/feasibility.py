@@ -97,32 +97,33 @@ def _over_limits(request: RouteRequest, usage: Mapping[str, tuple[int, int, floa
           "every deployment is over its rpm/tpm: left to LiteLLM, which refuses the request")
 
 
-def _uniform(candidates: Sequence[Candidate]) -> bool:
-    """Whether every candidate has the same context window and the same ``order``: then only what
-    the request needs can tell them apart (one pass, on every decision)."""
+def _needs_nothing(request: RouteRequest, candidates: Sequence[Candidate]) -> bool:
+    """Whether a request needing nothing but room for its prompt is kept by every check below
+    without any drop, decided in one pass over the candidates (on every decision): one ``order``
+    among them, and either one context window for all, or a prompt (or its bound, read as the
+    window check reads it) within the smallest window (a group of models with different windows
+    takes that path on every decision). The window facts are :func:`_window_differs`'s."""
     if not candidates:
         return True
     first = candidates[0]
-    window, order = first.litellm_max_input_tokens, first.order
+    order, window = first.order, first.litellm_max_input_tokens
+    same = True  # every window is the first's
+    smallest: int | None = None
+    uneven = False
     for c in candidates:
-        if c.litellm_max_input_tokens != window or c.order != order:
+        if c.order != order:
             return False
-    return True
-
-
-def _fits_all(request: RouteRequest, candidates: Sequence[Candidate]) -> bool:
-    """Whether a request needing nothing but room for its prompt is kept by every check below
-    without any drop: one ``order`` among the candidates, and a prompt (or its bound, read as the
-    window check reads it) within the smallest context window. A group of models with different
-    windows takes this path on every decision."""
-    if not candidates:
-        return False
-    first = candidates[0].order
-    for c in candidates:
-        if c.order != first:
-            return False
-    smallest = _window_differs(candidates)
-    if smallest is None:
+        w = c.litellm_max_input_tokens
+        if w != window:
+            same = False
+        if w is None:
+            uneven = True
+        elif smallest is None:
+            smallest = w
+        elif w != smallest:
+            uneven = True
+            smallest = min(smallest, w)
+    if same or not uneven or smallest is None:
         return True
     bound = request.prompt_tokens if request.prompt_counted else request.prompt_tokens_at_most
     return bound is not None and bound <= smallest
@@ -132,10 +133,8 @@ def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | N
     """The candidates LiteLLM's checks accept for ``request``, or None when all of them are (the
     usual case, decided without counting the prompt)."""
     needs: Needs | None = request.needs
-    if needs is None and _uniform(candidates):
-        return None
-    if needs is None and _fits_all(request, candidates):
-        return None  # windows differ, but this prompt fits the smallest: what the checks below conclude
+    if needs is None and _needs_nothing(request, candidates):
+        return None  # one window and order, or windows differ but this prompt fits the smallest
     current = list(candidates)
     dropped: list[Drop] = []
     notes: list[str] = []

@@ -114,32 +114,54 @@ class QualityFloor(Rule):
             reason = self._reasons[(quality, bar)] = f"quality {quality:g} is below the bar {bar:g}"
         return reason
 
+    def _limits(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """The tiers' ``up_to_prompt_tokens`` and the bars (each tier's, then ``min_quality``), read
+        off the options once (pydantic attribute reads on every decision cost more than the rule)."""
+        options = self.options
+        cached = self.__dict__.get("_limits_of")
+        if cached is None or cached[0] is not options:  # the options are frozen; a rule given others reads them again
+            cached = self._limits_of = (options, tuple(t.up_to_prompt_tokens for t in options.tiers),
+                                        tuple(t.min_quality for t in options.tiers) + (options.min_quality,))
+        return cached[1], cached[2]
+
     def tier_of(self, prompt_tokens: int) -> int:
         """The index of the tier a prompt size falls in (``len(tiers)``: above every tier)."""
-        for i, tier in enumerate(self.options.tiers):
-            if prompt_tokens <= tier.up_to_prompt_tokens:
+        ups = self._limits()[0]
+        for i, up in enumerate(ups):
+            if prompt_tokens <= up:
                 return i
-        return len(self.options.tiers)
+        return len(ups)
 
     def bar_for(self, prompt_tokens: int) -> float:
-        i = self.tier_of(prompt_tokens)
-        return self.options.tiers[i].min_quality if i < len(self.options.tiers) else self.options.min_quality
+        ups, bars = self._limits()
+        for i, up in enumerate(ups):
+            if prompt_tokens <= up:
+                return bars[i]
+        return bars[-1]
 
     def apply(self, request, candidates, snapshot=None):
-        view = getattr(snapshot, "quality", None)
-        if self.options.measured is not None and view is not None:
-            return self._measured(request, candidates, view)
-        p, ordered = self._size_for(request, candidates)
+        if self.options.measured is not None:
+            view = getattr(snapshot, "quality", None)
+            if view is not None:
+                return self._measured(request, candidates, view)
+        if request.prompt_counted:  # what _size_for concludes for a counted prompt, without its range
+            p, ordered = request.prompt_tokens, None
+        else:
+            p, ordered = self._size_for(request, candidates)
         bar = self._bar(request, p)
         o = request.output_tokens
         kept, dropped = [], []
         for c in candidates:
-            if c.quality is None:
+            q = c.quality
+            if q is None:
                 dropped.append(Step.drop(c, f"no quality score for {c.model} in the policy's models:", self.name))
-            elif c.quality < bar:
-                dropped.append(Step.drop(c, self._below(c.quality, bar), self.name))
+            elif q < bar:
+                dropped.append(Step.drop(c, self._below(q, bar), self.name))
             elif ordered is None:
-                kept.append((c.estimate_usd(p, o), c))
+                ip, op = c.input_usd_per_token, c.output_usd_per_token
+                # Candidate.estimate_usd's arithmetic, inlined (once per candidate per decision); it
+                # raises, saying which deployment, for one without a price
+                kept.append((p * ip + o * op if ip is not None and op is not None else c.estimate_usd(p, o), c))
         if ordered is None:
             kept.sort(key=_first)
             ordered = [c for _, c in kept]

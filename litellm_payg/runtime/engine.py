@@ -8,7 +8,7 @@ pure function of the request, the candidates, that snapshot and the policy, over
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import logging
 import time
@@ -150,7 +150,7 @@ class Engine:
         # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the
         # route -- unless the route's own pick is already no dearer (a downgrade never raises the cost)
         run_step = downgrade(request, current, snapshot.runs, lambda: _own_bar(request, rules)) if snapshot.runs else None
-        rule_steps = list(self._rule_steps(request, current, rules, snapshot)) if rules else []
+        rule_steps = self._rule_steps(request, current, rules, snapshot) if rules else []
         if run_step is not None and not _dearer(rule_steps[-1].kept if rule_steps else current, run_step.kept, request):
             notes.append(f"{run_step.note}; kept the route's pick, which is no dearer")
             run_step = None
@@ -250,7 +250,8 @@ class Engine:
         after charging a pick made to explore to its route's exploration window: the engine's own
         bookkeeping, not an observer's (observers get values and write no store). ``engine=`` is
         still passed for observers written for it (deprecated)."""
-        self.quality.charge_explored(decision)
+        if decision.attrs:  # what charge_explored reads first: a decision without attrs explored nothing
+            self.quality.charge_explored(decision)
         self._observe(request=decision.request, decision=decision, engine=self)
 
     @staticmethod
@@ -268,14 +269,17 @@ class Engine:
 
     @staticmethod
     def _rule_steps(request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule],
-                    snapshot: Snapshot | None = None) -> Iterable[Step]:
+                    snapshot: Snapshot | None = None) -> list[Step]:
         """The route's rules, each applied to what the previous one kept (a rule with
-        ``reads_snapshot`` also gets the decision's snapshot: measured quality is in it)."""
+        ``reads_snapshot`` also gets the decision's snapshot: measured quality is in it). A list
+        built by a loop, not a generator: it runs on every decision."""
+        steps = []
         current = candidates
         for rule in rules:
             step = rule.apply(request, current, snapshot) if rule.reads_snapshot else rule.apply(request, current)
             current = step.kept
-            yield step
+            steps.append(step)
+        return steps
 
     def _apply_filters(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot,
                        dropped: list[Drop], notes: list[str], attrs: dict[str, str],
@@ -288,8 +292,10 @@ class Engine:
         decision, and most links answer nothing."""
         current = candidates
         quiet = unwatched(self.pm)
+        # one dict of arguments for every link (each link's call gets a copy: ``call(**kwargs)``),
+        # its candidates kept up to date with what the last link kept
+        kwargs = {"request": request, "candidates": current, "snapshot": snapshot, "engine": self}
         for link in self._filters.links():
-            kwargs = {"request": request, "candidates": current, "snapshot": snapshot, "engine": self}
             if quiet and link.silent is not None and link.silent(kwargs):
                 continue  # the built-in failover filter without ``failover:``, budget headroom without usage
             for step in link.call(**kwargs):
@@ -299,6 +305,7 @@ class Engine:
                         "expected None or a litellm_payg.core.decision.Step"
                     )
                 current = self._take(step, dropped, notes, attrs, judged)
+            kwargs["candidates"] = current
         return current
 
     # -- binding to a router's deployments ------------------------------------------------------
