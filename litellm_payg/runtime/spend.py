@@ -466,13 +466,14 @@ class SpendControl:
             if result.ok:
                 # built only once admitted: a refused candidate (every blocked request) needs none
                 admission = Admission(candidate, reservation_id, estimate, found, record, reserved=True, skipped=skipped)
-                self._flush_unsettled()
+                if self._unsettled:  # the usual case: no charge kept for the ledger
+                    self._flush_unsettled()
                 with self._lock:
                     self._inflight[reservation_id] = admission
                     self._prune()
                 return admission
             refused = next(bb for bb in found if bb.bucket.key == result.refused_by)
-            usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
+            usage = result.usage.get(refused.bucket.key) or Usage(0.0, 0.0)
             # a run's request counts, tokens, age and an operator's close refuse the request whatever
             # the deployment: on_exceed is about dollars
             if (refused.budget.on_exceed == "block" or refused.rule in ("max_requests", "loop", "tokens")

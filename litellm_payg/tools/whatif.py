@@ -262,9 +262,19 @@ DIMENSIONS = ("day", "team", "key", "group", "model")
 
 
 def _whose(row: HistoryRow) -> str:
-    parts = [f"team {row.team}" if row.team else None, f"key {row.key}" if row.key else None,
-             f"user {row.user}" if row.user else None]
-    return ", ".join(p for p in parts if p) or "(no team, key or user)"
+    ids = (row.team, row.key, row.user)
+    found = _WHOSE.get(ids)
+    if found is None:
+        parts = [f"team {row.team}" if row.team else None, f"key {row.key}" if row.key else None,
+                 f"user {row.user}" if row.user else None]
+        if len(_WHOSE) >= _PRICE_CACHE:
+            _WHOSE.clear()
+        found = _WHOSE[ids] = ", ".join(p for p in parts if p) or "(no team, key or user)"
+    return found
+
+
+#: who a row is, in words, by (team, key, user): said for every blocked or downgraded row (bounded)
+_WHOSE: dict[tuple[str | None, str | None, str | None], str] = {}
 
 
 def replay(

@@ -154,25 +154,29 @@ class MemoryLedger(Ledger):
     def _refusal(self, buckets: Sequence[Bucket], amount: int, now: float) -> tuple[str, str] | None:
         """``(bucket key, rule)`` of the first bucket that refuses a reservation of ``amount``:
         one closed first, then one past its age, then one over its limit (grants included)."""
-        # by position, not by key: a reservation's keys are distinct (``check_buckets``); run on every reservation
-        counters = [self._counters.get(b.key) for b in buckets]
-        live = [c if c is not None and c.live(now) else None for c in counters]
+        # by position, not by key: a reservation's keys are distinct (``check_buckets``); run on every
+        # reservation (every what-if row under a budget), so plain loops, not comprehensions
+        get = self._counters.get
+        found = []
         aged = None  # the first bucket past its age: refuses only when none is closed
-        for b, c in zip(buckets, live):
-            if c is not None:
-                if c.closed:
+        for b in buckets:
+            c = get(b.key)
+            lc = c if c is not None and c.live(now) else None
+            if lc is not None:
+                if lc.closed:
                     return b.key, "closed"
-                if aged is None and age_over(b.max_age_s, c.granted_s, c.first, now):
+                if aged is None and age_over(b.max_age_s, lc.granted_s, lc.first, now):
                     aged = b.key
+            found.append((b, c, lc))
         if aged is not None:
             return aged, "age"
-        for b, c, lc in zip(buckets, counters, live):
+        for b, c, lc in found:
             lim = limit_nanos(b)
             if lim is None:
                 continue
             used = 0 if c is None else c.spent_at(now) + c.reserved
             granted = lc.granted if lc is not None else 0
-            if used + bucket_amount(b, amount) > lim + granted:
+            if used + (bucket_amount(b, amount) if b.counts else amount) > lim + granted:
                 return b.key, "limit"
         return None
 
@@ -383,8 +387,9 @@ class ReplayLedger(MemoryLedger):
 
     def settle(self, reservation_id, actual_usd, now=None, attrs=None, units=None):
         actual = to_nanos(actual_usd, "actual_usd")
-        check_units(units)
-        now = clock(now)
+        if units is not None:
+            check_units(units)
+        now = now if type(now) is float else clock(now)
         with self._lock:
             h = self._held
             if h is None or h.rid != reservation_id:
