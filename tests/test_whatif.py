@@ -628,3 +628,14 @@ def test_rows_read_ahead_on_a_thread_keep_their_order_errors_and_bound():
     assert produced[0] <= 4 * 1000  # the batch read, two waiting, the one being made
     rows.close()
     assert closed.wait(5) and produced[0] < 100_000
+
+
+def test_both_postgres_read_paths_give_the_same_rows(month_db, monkeypatch):
+    """Streamed in chunks (libpq 17 or later) or through a server-side cursor (older libpq): the
+    same rows, in the same order, whatever the batch size."""
+    from litellm_payg.tools import whatif_postgres
+
+    streamed = list(whatif_postgres.read_spend_logs(month_db, itersize=997))
+    monkeypatch.setattr(whatif_postgres, "_streams_in_chunks", lambda: False)
+    cursor = list(whatif_postgres.read_spend_logs(month_db, itersize=1000))
+    assert len(streamed) == MONTH_ROWS + 3 and streamed == cursor
