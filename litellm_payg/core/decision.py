@@ -105,6 +105,8 @@ class _CountedOnRead:
                 raise AttributeError(self.name)
             return self.default
         value = obj.__dict__[self.name]
+        if type(value) is int:  # counted already: the usual read (several per decision)
+            return value
         if callable(value):
             value = value()
             value = None if value is None else int(value)
@@ -232,7 +234,8 @@ class RouteRequest:
     @property
     def prompt_counted(self) -> bool:
         """Whether the prompt's tokens are known without counting them now."""
-        return not callable(self.__dict__["prompt_tokens"])
+        value = self.__dict__["prompt_tokens"]
+        return type(value) is int or not callable(value)
 
     def field_value(self, name: str) -> str | None:
         """A request field by name, for rules configured with e.g. ``sticky_by: user`` (or ``org``: a

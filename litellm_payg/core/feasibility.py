@@ -99,34 +99,47 @@ def _over_limits(request: RouteRequest, usage: Mapping[str, tuple[int, int, floa
 
 def _needs_nothing(request: RouteRequest, candidates: Sequence[Candidate]) -> bool:
     """Whether a request needing nothing but room for its prompt is kept by every check below
-    without any drop, decided in one pass over the candidates (on every decision): one ``order``
-    among them, and either one context window for all, or a prompt (or its bound, read as the
-    window check reads it) within the smallest window (a group of models with different windows
-    takes that path on every decision). The window facts are :func:`_window_differs`'s."""
+    without any drop: one ``order`` among the candidates, and either one context window for all,
+    or a prompt (or its bound, read as the window check reads it) within the smallest window (a
+    group of models with different windows takes that path on every decision)."""
     if not candidates:
         return True
-    first = candidates[0]
-    order, window = first.order, first.litellm_max_input_tokens
-    same = True  # every window is the first's
-    smallest: int | None = None
-    uneven = False
-    for c in candidates:
-        if c.order != order:
-            return False
-        w = c.litellm_max_input_tokens
-        if w != window:
-            same = False
-        if w is None:
-            uneven = True
-        elif smallest is None:
-            smallest = w
-        elif w != smallest:
-            uneven = True
-            smallest = min(smallest, w)
-    if same or not uneven or smallest is None:
+    one_order, smallest = _window_facts(candidates)
+    if not one_order:
+        return False
+    if smallest is None:
         return True
     bound = request.prompt_tokens if request.prompt_counted else request.prompt_tokens_at_most
     return bound is not None and bound <= smallest
+
+
+def _window_facts(candidates: Sequence[Candidate]) -> tuple[bool, int | None]:
+    """``(one order among the candidates, the smallest context window when the windows differ,
+    else None)``: the window facts are :func:`_window_differs`'s. Remembered by the candidates'
+    identities (frozen ``Candidate`` s only, the list kept so no identity is reused while it is
+    here; bounded): a group's candidates are the same objects on every decision."""
+    key = tuple(map(id, candidates))
+    found = _FACTS.get(key)
+    if found is not None:
+        return found[1], found[2]
+    first = candidates[0]
+    order, window = first.order, first.litellm_max_input_tokens
+    one_order = True
+    same = True  # every window is the first's
+    for c in candidates:
+        if c.order != order:
+            one_order = False
+        if c.litellm_max_input_tokens != window:
+            same = False
+    smallest = None if same else _window_differs(candidates)
+    if all(type(c) is Candidate for c in candidates):
+        if len(_FACTS) >= 10_000:
+            _FACTS.clear()
+        _FACTS[key] = (tuple(candidates), one_order, smallest)
+    return one_order, smallest
+
+
+_FACTS: dict[tuple[int, ...], tuple[tuple[Candidate, ...], bool, int | None]] = {}
 
 
 def feasible(request: RouteRequest, candidates: Sequence[Candidate]) -> Step | None:

@@ -133,7 +133,8 @@ class QualityFloor(Rule):
         return len(ups)
 
     def bar_for(self, prompt_tokens: int) -> float:
-        ups, bars = self._limits()
+        cached = self.__dict__.get("_limits_of")  # _limits(), without its call: read on every decision
+        ups, bars = cached[1:] if cached is not None and cached[0] is self.options else self._limits()
         for i, up in enumerate(ups):
             if prompt_tokens <= up:
                 return bars[i]
@@ -148,7 +149,9 @@ class QualityFloor(Rule):
             p, ordered = request.prompt_tokens, None
         else:
             p, ordered = self._size_for(request, candidates)
-        bar = self._bar(request, p)
+        bar = self.bar_for(p)  # _bar, inlined
+        if request.min_quality is not None and request.min_quality > bar:
+            bar = request.min_quality
         o = request.output_tokens
         kept, dropped = [], []
         for c in candidates:

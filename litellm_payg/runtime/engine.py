@@ -17,7 +17,7 @@ from typing import Any
 from litellm_payg.core.decision import Candidate, Decision, Drop, RouteRequest, Step
 from litellm_payg.core.feasibility import feasible
 from litellm_payg.core.errors import PluginError, PolicyError, Problem, UnknownPriceError
-from litellm_payg.hook_chain import Broadcast, HookChain, unwatched
+from litellm_payg.hook_chain import _PLUGGY_MULTICALL, Broadcast, HookChain
 from litellm_payg.policy.load import Policy, _undotted
 from litellm_payg.rules import Rule, matches
 from litellm_payg.stores.health import HealthError, HealthStore, open_health
@@ -91,10 +91,12 @@ class Engine:
         usage for each candidate (one ledger read) and the candidates' breaker and latency state
         (one health store read). All the I/O of a decision is here; a store that cannot be read is
         logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
-        now = self.spend.clock()  # the engine's clock (``clock=``), which the budget windows use
-        runs_read = self.spend.run_downgrades and request.session
-        quality = self.quality.view(request.group, now) if self.quality.measured(request.group) else None
-        if self.health is None and not self.spend.downgrades and not runs_read:
+        spend = self.spend
+        now = spend.clock()  # the engine's clock (``clock=``), which the budget windows use
+        runs_read = spend.run_downgrades and request.session
+        # quality.measured(group), inlined: on every decision
+        quality = self.quality.view(request.group, now) if request.group in self.quality.explore_windows else None
+        if self.health is None and not spend.downgrades and not runs_read:
             return Snapshot(now, self.policy, quality=quality)  # nothing else to read: most policies
         budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)
         runs, run_error = self.spend.run_usage(request, now)
@@ -291,7 +293,8 @@ class Engine:
         and tracing behave as for any other hook. A plain loop, not a generator: it runs on every
         decision, and most links answer nothing."""
         current = candidates
-        quiet = unwatched(self.pm)
+        # unwatched(self.pm), inlined: on every decision
+        quiet = _PLUGGY_MULTICALL is not None and getattr(self.pm, "_inner_hookexec", None) is _PLUGGY_MULTICALL
         # one dict of arguments for every link (each link's call gets a copy: ``call(**kwargs)``),
         # its candidates kept up to date with what the last link kept
         kwargs = {"request": request, "candidates": current, "snapshot": snapshot, "engine": self}
