@@ -33,7 +33,6 @@ from litellm_payg.stores.ledger.base import (
     clean_attrs,
     clock,
     from_nanos,
-    limit_nanos,
     oldest_live_slice,
     slice_index,
     to_nanos,
@@ -161,20 +160,26 @@ class MemoryLedger(Ledger):
         aged = None  # the first bucket past its age: refuses only when none is closed
         for b in buckets:
             c = get(b.key)
-            lc = c if c is not None and c.live(now) else None
+            # live: any counter but a session's idle past its time (``_Counter.live``)
+            lc = c if c is not None and (c.idle_s is None or c.live(now)) else None
             if lc is not None:
                 if lc.closed:
                     return b.key, "closed"
-                if aged is None and age_over(b.max_age_s, lc.granted_s, lc.first, now):
+                if aged is None and b.max_age_s is not None and age_over(b.max_age_s, lc.granted_s, lc.first, now):
                     aged = b.key
             found.append((b, c, lc))
         if aged is not None:
             return aged, "age"
         for b, c, lc in found:
-            lim = limit_nanos(b)
-            if lim is None:
+            if not b.enforce or b.limit_usd is None:  # limit_nanos(b) is None: it never refuses
                 continue
-            used = 0 if c is None else c.spent_at(now) + c.reserved
+            lim = to_nanos(b.limit_usd, "limit_usd")
+            if c is None:
+                used = 0
+            elif c.idle_s is None and c.rolling_s is None:  # a calendar or lifetime counter: what it has spent
+                used = c.spent + c.reserved
+            else:
+                used = c.spent_at(now) + c.reserved
             granted = lc.granted if lc is not None else 0
             if used + (bucket_amount(b, amount) if b.counts else amount) > lim + granted:
                 return b.key, "limit"
@@ -370,7 +375,8 @@ class ReplayLedger(MemoryLedger):
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         buckets, amount, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()  # raises
             if self._held is not None:
                 self._apply_held()
             if self._expiry and self._expiry[0][0] <= now:  # what ``_expire`` looks at first (on every row)
@@ -396,7 +402,8 @@ class ReplayLedger(MemoryLedger):
                 self._apply_held()
                 h = None
             else:
-                self._check_open()
+                if self._closed:
+                    self._check_open()  # raises
                 self._held = None
                 # reserve then settle, in one pass: each bucket woken at the reservation's time and
                 # at this one, the estimate added to ``reserved`` and taken off again (no change),
@@ -404,9 +411,10 @@ class ReplayLedger(MemoryLedger):
                 # reservation no sweep has charged yet with its real cost, and nothing swept here.
                 for b in h.buckets:
                     c = self._counter(b)
-                    c.wake(h.now)
-                    c.wake(now)
-                    c.add(spec_amount(b.counts, b.units, actual, units), now)
+                    if c.idle_s is not None:  # only a session counter wakes (``_Counter.wake``)
+                        c.wake(h.now)
+                        c.wake(now)
+                    c.add(spec_amount(b.counts, b.units, actual, units) if b.counts else actual, now)
                 return True
         return super().settle(reservation_id, actual_usd, now=now, attrs=attrs, units=units)
 
@@ -432,7 +440,8 @@ class ReplayLedger(MemoryLedger):
         buckets, actual, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
             if self._held is None and reservation_id not in self._res:
-                self._check_open()
+                if self._closed:
+                    self._check_open()  # raises
                 if not buckets and not self._expiry:
                     return None  # no budget counts it and nothing is open to expire: nothing to change
                 self._expire(now)
