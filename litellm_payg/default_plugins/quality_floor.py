@@ -56,7 +56,7 @@ from pydantic import Field, field_validator
 
 from litellm_payg import hookimpl
 from litellm_payg.core.bounds import MAX_USD, Score, Seconds, Tokens
-from litellm_payg.core.decision import Step
+from litellm_payg.core.decision import Candidate, Step
 from litellm_payg.core.quality import class_of, verdict
 from litellm_payg.rules import Rule, RuleOptions
 
@@ -105,6 +105,10 @@ class QualityFloor(Rule):
         self._reasons: dict[tuple[float, float], str] = {}
         #: the decision's note by bar, formatted once too
         self._notes: dict[float, str] = {}
+        #: the declared mode's answers (kept, dropped, note) for a counted prompt, by the candidates'
+        #: identities, the prompt and output sizes and the request's own bar (``apply``)
+        self._answers: dict[tuple, tuple] = {}
+        self._answers_for = options
 
     def _below(self, quality: float, bar: float) -> str:
         reason = self._reasons.get((quality, bar))
@@ -145,8 +149,21 @@ class QualityFloor(Rule):
             view = getattr(snapshot, "quality", None)
             if view is not None:
                 return self._measured(request, candidates, view)
-        if request.prompt_counted:  # what _size_for concludes for a counted prompt, without its range
+        counted = request.prompt_counted
+        if counted:  # what _size_for concludes for a counted prompt, without its range
             p, ordered = request.prompt_tokens, None
+            # the declared bar and the cheapest-first order are a function of these alone: a group's
+            # candidates are the same objects on every decision and its prompt sizes repeat, so the
+            # answer is remembered (frozen Candidates only, kept so no identity is reused; bounded),
+            # and given back in lists of its own
+            key = (tuple(map(id, candidates)), p, request.output_tokens, request.min_quality)
+            answers = self._answers
+            if self._answers_for is not self.options:  # other options: other answers
+                answers.clear()
+                self._answers_for = self.options
+            found = answers.get(key)
+            if found is not None:
+                return Step(list(found[1]), list(found[2]), found[3])
         else:
             p, ordered = self._size_for(request, candidates)
         bar = self.bar_for(p)  # _bar, inlined
@@ -173,6 +190,10 @@ class QualityFloor(Rule):
             if len(self._notes) > 10_000:
                 self._notes.clear()
             note = self._notes[bar] = f"quality_floor: bar {bar:g}, cheapest first"
+        if counted and all(type(c) is Candidate for c in candidates):
+            if len(answers) >= 20_000:
+                answers.clear()
+            answers[key] = (tuple(candidates), tuple(ordered), tuple(dropped), note)
         return Step(ordered, dropped, note)
 
     def _measured(self, request, candidates, view):
