@@ -10,11 +10,13 @@ one pass.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from litellm_payg.stores.ledger.base import (
+    MAX_AMOUNT_USD,
     charge_args,
     Bucket,
     BucketState,
@@ -436,6 +438,15 @@ class ReplayLedger(MemoryLedger):
         and settle at once, as ``Ledger.record`` does, in one pass."""
         # checked before the lock, held or not: a held reservation is applied by whatever reads next,
         # so an invalid call leaves the same state either way (one lock per charge, every row)
+        if (not buckets and type(amount_usd) is float and 0.0 <= amount_usd <= MAX_AMOUNT_USD and type(ttl_s) is float
+                and 0.0 < ttl_s < math.inf and type(now) is float):
+            # what charge_args accepts as it is, for a charge no budget counts (every row of a replay
+            # without budgets): with nothing held or open to expire, nothing changes
+            with self._lock:
+                if self._held is None and reservation_id not in self._res and not self._expiry:
+                    if self._closed:
+                        self._check_open()  # raises
+                    return None
         given_now = now
         buckets, actual, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
