@@ -120,10 +120,12 @@ class HookChain:
         self._links: list[Link] = []
 
     def links(self) -> list[Link]:
-        impls = self._hook.get_hookimpls()
+        impls = getattr(self._hook, "_hookimpls", None)  # pluggy's own list (get_hookimpls copies it on every call)
+        if impls is None:
+            impls = self._hook.get_hookimpls()
         if impls != self._built_for:  # HookImpl has no __eq__: compares identities
             self._links = self._build(impls)
-            self._built_for = impls
+            self._built_for = list(impls)
         return self._links
 
     def _build(self, impls: Sequence[pluggy.HookImpl]) -> list[Link]:
@@ -158,7 +160,9 @@ class Broadcast:
             self._silent = None if wrapped or None in preds else preds
             self._built_for = list(impls)
         silent = self._silent
-        if silent is not None and unwatched(self.pm):
+        # unwatched(self.pm), inlined: every pick's observers pass here
+        if (silent is not None and _PLUGGY_MULTICALL is not None
+                and getattr(self.pm, "_inner_hookexec", None) is _PLUGGY_MULTICALL):
             for predicate in silent:
                 if not predicate(kwargs):
                     break

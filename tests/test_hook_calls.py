@@ -195,8 +195,9 @@ def test_rule_registration_is_called_through_pluggy_once_per_plugin():
 
 
 def test_the_written_out_initialisers_take_every_field():
-    """``RouteRequest``, ``Pick``, ``ReserveResult``, ``HistoryRow`` and the charge's ``Usage``, ``Tariff`` and
-    ``Charge`` have hand-written ``__init__`` methods (built on every pick or answer); a field added to the dataclass and not to them would be silently missing (as
+    """``RouteRequest``, ``Pick``, ``ReserveResult``, ``HistoryRow``, ``Step`` and the charge's ``Usage``, ``Tariff``
+    and ``Charge`` have hand-written ``__init__`` methods (built on every pick or answer); a field added to the
+    dataclass and not to them would be silently missing (as
     ``RouteRequest.attrs`` once was): each field must be a parameter, and ``replace`` must keep it."""
     import dataclasses
     import inspect
@@ -208,7 +209,9 @@ def test_the_written_out_initialisers_take_every_field():
 
     from litellm_payg.tools.whatif_history import HistoryRow
 
-    for cls in (RouteRequest, Pick, ReserveResult, HistoryRow, Usage, Tariff, Charge):
+    from litellm_payg.core.decision import Step
+
+    for cls in (RouteRequest, Pick, ReserveResult, HistoryRow, Step, Usage, Tariff, Charge):
         parameters = set(inspect.signature(cls.__init__).parameters) - {"self"}
         missing = {f.name for f in dataclasses.fields(cls) if f.init} - parameters
         assert not missing, f"{cls.__name__}.__init__ does not take {sorted(missing)}"
@@ -220,6 +223,9 @@ def test_the_written_out_initialisers_take_every_field():
     assert dataclasses.replace(Usage(1, 2), cache_hit=True).cache_hit and Tariff(1e-6, 2e-6).priced
     row = dataclasses.replace(HistoryRow("r", 1.0, "g", "m", None, 1, 2), status="failure", tags=("a",))
     assert (row.status, row.tags, row.prompt_tokens, row.spend_usd) == ("failure", ("a",), 1, 0.0)
+    step = dataclasses.replace(Step(["c"], note="n"), judged={"c": "why"})
+    assert (step.kept, step.dropped, step.note, step.attrs, step.judged) == (["c"], (), "n", {}, {"c": "why"})
+    assert Step([]).attrs is not Step([]).attrs  # a dict of its own, as the default factory gave
 
 
 # -- hooks get values; the runtime writes ----------------------------------------------------------------

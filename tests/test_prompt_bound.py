@@ -102,6 +102,37 @@ def test_quality_floor_decides_from_the_bound_exactly_as_from_the_count():
     assert 100 < skipped < 1500  # both paths ran: some decisions skipped the count, some needed it
 
 
+def test_quality_floor_remembers_its_answers_exactly():
+    """A counted prompt's answer is remembered by the candidates, the sizes and the hint (a replay
+    repeats them): each answer equals a fresh rule's, comes in lists of its own, and a rule given
+    other options answers by them."""
+    rng = random.Random(11)
+
+    def rule_of(tiers, floor):
+        return Engine(load_policy({"version": 1, "ledger": "memory://", "routes": {"chat": [{"quality_floor": {
+            "min_quality": floor, "tiers": [{"up_to_prompt_tokens": t, "min_quality": q} for t, q in tiers]}}]}}),
+            ledger="memory://").routes["chat"][0]
+
+    prices = [(rng.choice([1, 2, 3, 5]) * 1e-7, rng.choice([1, 2, 4, 6]) * 1e-7) for _ in range(3)]
+    groups = [[_candidate(i, rng, prices) for i in range(rng.randint(1, 6))] for _ in range(3)]
+    kept = rule_of([(500, 0.5)], 0.8)
+    for trial in range(3000):
+        candidates = rng.choice(groups)
+        request = RouteRequest("chat", rng.choice([10, 300, 500, 501, 2000]), rng.choice([16, 256]),
+                               min_quality=rng.choice([None, None, 0.7, 0.9]))
+        got, want = kept.apply(request, candidates), rule_of([(500, 0.5)], 0.8).apply(request, candidates)
+        assert (got.kept, got.dropped, got.note) == (want.kept, want.dropped, want.note), trial
+        got.kept.append("changed by a caller")  # not seen by the next answer
+        got.dropped.clear()
+    assert len(kept._answers) < 3000  # answers were remembered, and given back
+    other = rule_of([], 0.95)
+    kept.options = other.options
+    request = RouteRequest("chat", 300, 256)
+    for candidates in groups:
+        got, want = kept.apply(request, candidates), other.apply(request, candidates)
+        assert (got.kept, got.dropped, got.note) == (want.kept, want.dropped, want.note)
+
+
 def test_a_tier_between_the_ends_of_the_range_forces_the_count():
     """Tiers 0.6 up to 50 tokens, 0.9 up to 500, 0.6 above: a prompt bounded by 1,000 tokens has the
     same bar at both ends of its range and another in between, so the rule must count."""

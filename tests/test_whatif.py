@@ -628,3 +628,34 @@ def test_rows_read_ahead_on_a_thread_keep_their_order_errors_and_bound():
     assert produced[0] <= 4 * 1000  # the batch read, two waiting, the one being made
     rows.close()
     assert closed.wait(5) and produced[0] < 100_000
+
+
+def test_both_postgres_read_paths_give_the_same_rows(month_db, monkeypatch):
+    """Streamed in chunks (libpq 17 or later) or through a server-side cursor (older libpq): the
+    same rows, in the same order, whatever the batch size."""
+    from litellm_payg.tools import whatif_postgres
+
+    streamed = list(whatif_postgres.read_spend_logs(month_db, itersize=997))
+    monkeypatch.setattr(whatif_postgres, "_streams_in_chunks", lambda: False)
+    cursor = list(whatif_postgres.read_spend_logs(month_db, itersize=1000))
+    assert len(streamed) == MONTH_ROWS + 3 and streamed == cursor
+
+
+def test_the_replay_builds_each_request_as_the_constructor_does():
+    """what-if builds a row's RouteRequest from a default request's fields (``_request_maker``): the
+    same fields and values as ``RouteRequest(...)``, and a metadata dict of its own."""
+    import random
+
+    from litellm_payg.core.decision import RouteRequest
+    from litellm_payg.tools.whatif import _request_maker
+
+    make, rng = _request_maker(), random.Random(3)
+    for _ in range(200):
+        args = [rng.choice(["support", "chat"]), rng.randint(0, 5000), rng.randint(1, 900)]
+        args += [rng.choice([None, "u1", ""]) for _ in range(3)] + [tuple(rng.sample(["a", "b", "c"], rng.randint(0, 2)))]
+        args += [rng.choice([None, "e"]), rng.choice([None, "s-1"]), f"r{rng.randint(0, 99)}", rng.choice([{}, {"org": "acme"}])]
+        made = make(*args)
+        built = RouteRequest(args[0], args[1], args[2], user=args[3], team=args[4], api_key=args[5], tags=args[6],
+                             end_user=args[7], session=args[8], trace_id=args[9], attrs=args[10])
+        assert made == built and vars(made) == vars(built) and made.prompt_counted
+    assert make("g", 1, 1, None, None, None, (), None, None, None, {}).metadata is not made.metadata

@@ -7,7 +7,7 @@ LiteLLM, so the same objects serve the live adapter, ``litellm-payg explain`` an
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: what ``RouteRequest(prompt_tokens=...)`` accepts: the count, or a zero-argument callable that
@@ -128,6 +128,8 @@ class _CountedOnRead:
                 raise AttributeError(self.name)
             return self.default
         value = obj.__dict__[self.name]
+        if type(value) is int:  # counted already: the usual read (several per decision)
+            return value
         if callable(value):
             value = value()
             value = None if value is None else int(value)
@@ -255,7 +257,8 @@ class RouteRequest:
     @property
     def prompt_counted(self) -> bool:
         """Whether the prompt's tokens are known without counting them now."""
-        return not callable(self.__dict__["prompt_tokens"])
+        value = self.__dict__["prompt_tokens"]
+        return type(value) is int or not callable(value)
 
     def field_value(self, name: str) -> str | None:
         """A request field by name, for rules configured with e.g. ``sticky_by: user`` (or ``org``: a
@@ -298,6 +301,15 @@ class Step:
     #: the bound and the bar), for ``explain``; not stamped on the request's metadata
     judged: Mapping[str, str] = field(default_factory=dict)
 
+    def __init__(self, kept: Sequence[Candidate], dropped: Sequence[Drop] = (), note: str | None = None,
+                 attrs: Mapping[str, str] = _FRESH, judged: Mapping[str, str] = _FRESH) -> None:  # type: ignore[assignment]
+        # written out with each slot's own setter: every rule and filter that acts builds one, on every
+        # decision, and the generated frozen __init__ (``object.__setattr__`` per field, a default
+        # factory per mapping) cost three times this
+        s = _STEP_SET
+        s[0](self, kept); s[1](self, dropped); s[2](self, note)  # noqa: E702
+        s[3](self, {} if attrs is _FRESH else attrs); s[4](self, {} if judged is _FRESH else judged)  # noqa: E702
+
     @staticmethod
     def drop(candidate: Candidate, reason: str, by: str, budget: str | None = None) -> Drop:
         # the same few drops come back on every pick (a model a rule never uses, one under the
@@ -309,6 +321,10 @@ class Step:
                 _DROPS.clear()
             found = _DROPS[key] = Drop(*key)
         return found
+
+
+#: each field's slot setter, in field order (``Step.__init__``)
+_STEP_SET = tuple(getattr(Step, f.name).__set__ for f in fields(Step))
 
 
 @dataclass(slots=True)

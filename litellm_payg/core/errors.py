@@ -113,7 +113,7 @@ class BudgetRefused(PaygError):
                         f"(${self.reserve_usd or 0:.6f} of the limit ${self.limit_usd:.6f} is kept for the run's final "
                         f"requests); {fresh}")
             return f"{head} refused by its cap: {money} > limit ${self.limit_usd:.6f}; {fresh}"
-        resets = f"resets at {self.resets_at.isoformat()}" if self.resets_at else f"rolling window {window.split(':', 1)[-1]}"
+        resets = f"resets at {_isoformat(self.resets_at)}" if self.resets_at else f"rolling window {window.split(':', 1)[-1]}"
         return (f"litellm-payg: budget {self.budget!r} ({self.scope}, {window}) exceeded: {money} "
                 f"> limit ${self.limit_usd:.6f}; {resets}")
 
@@ -153,6 +153,23 @@ class BudgetRefused(PaygError):
     def from_dict(cls, data: Mapping[str, Any]) -> "BudgetRefused":
         resets = data.get("resets_at")
         return cls(**{**data, "resets_at": datetime.fromisoformat(resets) if resets else None})  # type: ignore[arg-type]
+
+
+#: a window's reset time as a refusal writes it, by the time: every request a budget blocks until its
+#: window resets names the same one (a busy what-if replay: hundreds of thousands); bounded
+_RESETS: dict[tuple[datetime, Any, int], str] = {}
+
+
+def _isoformat(when: datetime) -> str:
+    # keyed with its tzinfo and fold too: equal datetimes (one instant, or one wall time in one zone)
+    # may still differ in the offset they print
+    key = (when, when.tzinfo, when.fold)
+    text = _RESETS.get(key)
+    if text is None:
+        if len(_RESETS) >= 1000:
+            _RESETS.clear()
+        text = _RESETS[key] = when.isoformat()
+    return text
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,8 @@ class ScopeRegistry(Mapping[str, ScopeKind]):
         buckets depend on the request through its own kind's values and nothing else)."""
         if kinds is None:
             return tuple(kind.read(request, candidate) for kind in self._kinds.values())
+        if len(kinds) == 1:  # a policy's budgets written for one kind (a team's, a key's): read on every reservation
+            return (self._kinds[kinds[0]].read(request, candidate),)
         return tuple(self._kinds[k].read(request, candidate) for k in kinds)
 
     def identity_key(self, request: RouteRequest) -> tuple[Any, ...]:

@@ -113,6 +113,11 @@ class Snapshot:
     ) -> None:
         # written out rather than generated: one is built on every decision, and this is half the
         # cost of a generated frozen __init__ with default factories and a __post_init__
+        if budgets is _EMPTY and usage is _EMPTY and health is None and runs == ():
+            # the usual snapshot (``Engine.snapshot`` with nothing to read): nothing to copy
+            vars(self).update(now=now, policy=policy, budgets=_EMPTY, usage=_EMPTY, ledger_error=ledger_error, health=None,
+                              health_error=health_error, runs=(), quality=quality)
+            return
         vars(self).update(
             now=now,
             policy=policy,

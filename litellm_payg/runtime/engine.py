@@ -8,7 +8,7 @@ pure function of the request, the candidates, that snapshot and the policy, over
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import logging
 import time
@@ -17,7 +17,7 @@ from typing import Any
 from litellm_payg.core.decision import Candidate, Decision, Drop, RouteRequest, Step
 from litellm_payg.core.feasibility import feasible
 from litellm_payg.core.errors import PluginError, PolicyError, Problem, UnknownPriceError
-from litellm_payg.hook_chain import Broadcast, HookChain, unwatched
+from litellm_payg.hook_chain import _PLUGGY_MULTICALL, Broadcast, HookChain
 from litellm_payg.policy.load import Policy, _undotted
 from litellm_payg.rules import Rule, matches
 from litellm_payg.stores.health import HealthError, HealthStore, open_health
@@ -91,10 +91,12 @@ class Engine:
         usage for each candidate (one ledger read) and the candidates' breaker and latency state
         (one health store read). All the I/O of a decision is here; a store that cannot be read is
         logged and recorded in the snapshot (``ledger_error``/``health_error``), never raised."""
-        now = self.spend.clock()  # the engine's clock (``clock=``), which the budget windows use
-        runs_read = self.spend.run_downgrades and request.session
-        quality = self.quality.view(request.group, now) if self.quality.measured(request.group) else None
-        if self.health is None and not self.spend.downgrades and not runs_read:
+        spend = self.spend
+        now = spend.clock()  # the engine's clock (``clock=``), which the budget windows use
+        runs_read = spend.run_downgrades and request.session
+        # quality.measured(group), inlined: on every decision
+        quality = self.quality.view(request.group, now) if request.group in self.quality.explore_windows else None
+        if self.health is None and not spend.downgrades and not runs_read:
             return Snapshot(now, self.policy, quality=quality)  # nothing else to read: most policies
         budgets, usage, ledger_error = self.spend.downgrade_budgets(request, candidates, now)
         runs, run_error = self.spend.run_usage(request, now)
@@ -150,7 +152,7 @@ class Engine:
         # a run past a downgrade step of its run budget: the step's bar, cheapest first, instead of the
         # route -- unless the route's own pick is already no dearer (a downgrade never raises the cost)
         run_step = downgrade(request, current, snapshot.runs, lambda: _own_bar(request, rules)) if snapshot.runs else None
-        rule_steps = list(self._rule_steps(request, current, rules, snapshot)) if rules else []
+        rule_steps = self._rule_steps(request, current, rules, snapshot) if rules else []
         if run_step is not None and not _dearer(rule_steps[-1].kept if rule_steps else current, run_step.kept, request):
             notes.append(f"{run_step.note}; kept the route's pick, which is no dearer")
             run_step = None
@@ -250,7 +252,8 @@ class Engine:
         after charging a pick made to explore to its route's exploration window: the engine's own
         bookkeeping, not an observer's (observers get values and write no store). ``engine=`` is
         still passed for observers written for it (deprecated)."""
-        self.quality.charge_explored(decision)
+        if decision.attrs:  # what charge_explored reads first: a decision without attrs explored nothing
+            self.quality.charge_explored(decision)
         self._observe(request=decision.request, decision=decision, engine=self)
 
     @staticmethod
@@ -268,14 +271,17 @@ class Engine:
 
     @staticmethod
     def _rule_steps(request: RouteRequest, candidates: Sequence[Candidate], rules: Sequence[Rule],
-                    snapshot: Snapshot | None = None) -> Iterable[Step]:
+                    snapshot: Snapshot | None = None) -> list[Step]:
         """The route's rules, each applied to what the previous one kept (a rule with
-        ``reads_snapshot`` also gets the decision's snapshot: measured quality is in it)."""
+        ``reads_snapshot`` also gets the decision's snapshot: measured quality is in it). A list
+        built by a loop, not a generator: it runs on every decision."""
+        steps = []
         current = candidates
         for rule in rules:
             step = rule.apply(request, current, snapshot) if rule.reads_snapshot else rule.apply(request, current)
             current = step.kept
-            yield step
+            steps.append(step)
+        return steps
 
     def _apply_filters(self, request: RouteRequest, candidates: Sequence[Candidate], snapshot: Snapshot,
                        dropped: list[Drop], notes: list[str], attrs: dict[str, str],
@@ -287,9 +293,12 @@ class Engine:
         and tracing behave as for any other hook. A plain loop, not a generator: it runs on every
         decision, and most links answer nothing."""
         current = candidates
-        quiet = unwatched(self.pm)
+        # unwatched(self.pm), inlined: on every decision
+        quiet = _PLUGGY_MULTICALL is not None and getattr(self.pm, "_inner_hookexec", None) is _PLUGGY_MULTICALL
+        # one dict of arguments for every link (each link's call gets a copy: ``call(**kwargs)``),
+        # its candidates kept up to date with what the last link kept
+        kwargs = {"request": request, "candidates": current, "snapshot": snapshot, "engine": self}
         for link in self._filters.links():
-            kwargs = {"request": request, "candidates": current, "snapshot": snapshot, "engine": self}
             if quiet and link.silent is not None and link.silent(kwargs):
                 continue  # the built-in failover filter without ``failover:``, budget headroom without usage
             for step in link.call(**kwargs):
@@ -299,6 +308,7 @@ class Engine:
                         "expected None or a litellm_payg.core.decision.Step"
                     )
                 current = self._take(step, dropped, notes, attrs, judged)
+            kwargs["candidates"] = current
         return current
 
     # -- binding to a router's deployments ------------------------------------------------------

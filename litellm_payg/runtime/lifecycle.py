@@ -119,7 +119,9 @@ class Lifecycle:
         """The candidates this pick may use, best first: untried ones, narrowed by what the last
         failure of this request calls for (``failover.on``) and by the circuit breakers (the first
         one a breaker allows is claimed: ``allow`` takes a half-open probe slot)."""
-        untried = [c for c in decision.ordered if c.deployment_id not in attempts] if attempts else list(decision.ordered)
+        # the decision's own list when nothing narrows it (a first attempt): read, never changed, here
+        # and by as_picked, which then knows it at once
+        untried = [c for c in decision.ordered if c.deployment_id not in attempts] if attempts else decision.ordered
         failover = self.engine.policy.failover
         if failover is not None and last_failure is not None:
             failed_id, failed, failure = last_failure
@@ -186,12 +188,15 @@ def as_picked(
     reservation, an earlier attempt, the failover step or a circuit breaker). What observers,
     the decision log, metrics and response headers are given, once per attempt."""
     ranked = decision.ordered
-    if not skipped and ranked and pick is ranked[0] and len(untried) == len(ranked):
-        for a, b in zip(untried, ranked):  # a loop, not all(genexpr): this runs on every pick
-            if a is not b:
-                break
-        else:
+    if not skipped and ranked and pick is ranked[0]:
+        if untried is ranked:
             return decision  # the usual first attempt: the engine's order, applied as it is
+        if len(untried) == len(ranked):
+            for a, b in zip(untried, ranked):  # a loop, not all(genexpr): this runs on every pick
+                if a is not b:
+                    break
+            else:
+                return decision  # the engine's order, in a list of its own
     refused = {d.deployment_id for d in skipped}
     ordered = [pick] + [c for c in untried if c is not pick and c.deployment_id not in refused]
     kept = {c.deployment_id for c in ordered}

@@ -18,6 +18,7 @@ import collections
 import json
 import logging
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from litellm_payg.core.errors import BudgetRefused, InvalidAmount, PaygError, Un
 from litellm_payg.stores.ledger import open_ledger
 from litellm_payg.core.headroom import budget_label, exhausted, over, scope_label
 from litellm_payg.core.conditions import When
-from litellm_payg.stores.ledger.base import Ledger, LedgerError, Usage, to_nanos
+from litellm_payg.stores.ledger.base import MAX_AMOUNT_USD, Ledger, LedgerError, Usage, to_nanos
 from litellm_payg.core.snapshot import CandidateBudgets
 
 logger = logging.getLogger("litellm_payg")
@@ -368,11 +369,11 @@ class SpendControl:
                                    "and the deployment has no per-character price (or the input's length is unknown)")
         if request.api in NOT_BILLED_BY_TOKENS:
             return self._unbounded(candidate, f"a {request.api} request is billed per image, second or query")
-        if not candidate.priced:
+        input_price, output_price = candidate.input_usd_per_token, candidate.output_usd_per_token
+        if input_price is None or output_price is None:  # not candidate.priced
             return self._unbounded(candidate, "the deployment has no per-token price")
         cap = request.max_tokens or candidate.max_output_tokens or self.policy.defaults.reserve_output_tokens
         prompt = request.prompt_tokens
-        input_price, output_price = candidate.input_usd_per_token, candidate.output_usd_per_token
         for threshold, tier_input, tier_output in candidate.price_tiers:  # a long prompt's tier prices
             if prompt >= threshold:
                 input_price, output_price = max(input_price, tier_input), max(output_price, tier_output)
@@ -445,34 +446,38 @@ class SpendControl:
             candidate = ordered[0]
             # its estimate only backs a last-resort charge: worked out if one is needed, so a
             # request nothing else needed the prompt's size of is never counted for it
-            admission = Admission(candidate, reservation_id, None, [], self._record(request, candidate, attrs), reserved=False,
+            ledger = self._ledger
+            record = {} if ledger is not None and not ledger.keeps_records else self._record(request, candidate, attrs)
+            admission = Admission(candidate, reservation_id, None, [], record, reserved=False,
                                   estimate_later=lambda: self.reserve_estimate(request, candidate))
             with self._lock:
                 self._inflight[reservation_id] = admission
                 self._prune()
             return admission
         skipped: list[Drop] = []
+        keeps_records = self._ledger is None or self._ledger.keeps_records
         for candidate in ordered:
             estimate = self.reserve_estimate(request, candidate)
-            found = self.buckets(request, candidate)
-            record = self._record(request, candidate, attrs)
+            now = self.clock()  # one reading: the buckets' windows are the reservation's
+            found = self.buckets(request, candidate, now)
+            record = self._record(request, candidate, attrs) if keeps_records else {}
             try:
-                result = self.ledger.reserve(
-                    reservation_id, [bb.bucket for bb in found], estimate, self.ttl_s, now=self.clock(), attrs=record
-                )
+                ledger = self._ledger if self._ledger is not None else self.ledger
+                result = ledger.reserve(reservation_id, list(map(_BUCKET, found)), estimate, self.ttl_s, now=now, attrs=record)
             except LedgerError as exc:
                 return self._ledger_failed(exc, Admission(candidate, reservation_id, estimate, found, record, reserved=True,
                                                           skipped=skipped))
             if result.ok:
                 # built only once admitted: a refused candidate (every blocked request) needs none
                 admission = Admission(candidate, reservation_id, estimate, found, record, reserved=True, skipped=skipped)
-                self._flush_unsettled()
+                if self._unsettled:  # the usual case: no charge kept for the ledger
+                    self._flush_unsettled()
                 with self._lock:
                     self._inflight[reservation_id] = admission
                     self._prune()
                 return admission
             refused = next(bb for bb in found if bb.bucket.key == result.refused_by)
-            usage = result.usage.get(refused.bucket.key, Usage(0.0, 0.0))
+            usage = result.usage.get(refused.bucket.key) or Usage(0.0, 0.0)
             # a run's request counts, tokens, age and an operator's close refuse the request whatever
             # the deployment: on_exceed is about dollars
             if (refused.budget.on_exceed == "block" or refused.rule in ("max_requests", "loop", "tokens")
@@ -545,7 +550,8 @@ class SpendControl:
 
     def _charge(self, admission: Admission, cost_usd: float) -> None:
         try:
-            to_nanos(cost_usd, "cost_usd")
+            if not (type(cost_usd) is float and 0.0 <= cost_usd <= MAX_AMOUNT_USD):  # what to_nanos accepts at once
+                to_nanos(cost_usd, "cost_usd")
         except InvalidAmount as exc:
             # The call billed, but the ledger cannot store what it was said to cost (nan, negative,
             # absurd): charge the reservation's estimate, which the ledger accepted at admission,
@@ -554,10 +560,11 @@ class SpendControl:
                          exc, admission.reservation_id, admission.estimate())
             cost_usd = admission.estimate()
         try:
+            ledger = self._ledger if self._ledger is not None else self.ledger
             if not admission.reserved:
                 # admitted without a reservation (no budgets, or fail-open): book it now as a
                 # reservation that settles at once, in one ledger call
-                self.ledger.record(
+                ledger.record(
                     admission.reservation_id,
                     [replace(bb.bucket, enforce=False) for bb in admission.buckets] if admission.buckets else [],
                     cost_usd,
@@ -566,14 +573,15 @@ class SpendControl:
                     attrs=admission.attrs,
                 )
             else:
-                self.ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs,
-                                   units=admission.tokens)
+                ledger.settle(admission.reservation_id, cost_usd, now=self.clock(), attrs=admission.attrs,
+                              units=admission.tokens)
         except LedgerError as exc:
             logger.error("litellm-payg: ledger unavailable, keeping a charge of $%.9f to replay: %s", cost_usd, exc)
             with self._lock:
                 self._unsettled.append((admission, cost_usd))
             return
-        self._flush_unsettled()
+        if self._unsettled:  # the usual case, after every charge: nothing kept
+            self._flush_unsettled()
 
     def _flush_unsettled(self) -> None:
         if not self._unsettled:  # the usual case, after every charge: nothing kept (checked again under the lock)
@@ -654,6 +662,9 @@ class SpendControl:
                     resets_at=bb.resets_at,
                     policy=self.policy,
                 )
+
+
+_BUCKET = operator.attrgetter("bucket")  # a BudgetBucket's ledger bucket
 
 
 def _exceeded(bb: BudgetBucket, usage: Usage, estimate: float, found: Sequence[BudgetBucket] = (),

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from litellm_payg.core.decision import CandidateSet
 from litellm_payg.core.failure import FailureClass
 from litellm_payg.runtime import store_access
 from litellm_payg.tools import sim_runs
@@ -202,7 +203,9 @@ def simulate(
             f"{traffic.source}: no deployments for model group(s) {', '.join(map(repr, missing))}; the "
             f"{'config' if config else 'policy'} has {', '.join(sorted(candidates_by_group)) or 'none'}"
         )
-    cands = {g: list(candidates_by_group[g]) for g in groups}
+    # a CandidateSet per group, as the adapter hands a live group's candidates to every pick: what the
+    # rules work out from the candidates alone is kept in its memo
+    cands = {g: CandidateSet(candidates_by_group[g]) for g in groups}
     if config:
         engine.check_deployments(cands)
     all_cands = [c for g in groups for c in cands[g]]

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from litellm_payg.core.decision import CandidateSet
 from litellm_payg.tools.money import usd
 from litellm_payg.tools.simulate import Pricer, _Clock, _Progress
 from litellm_payg.tools.whatif_history import (
@@ -262,9 +263,19 @@ DIMENSIONS = ("day", "team", "key", "group", "model")
 
 
 def _whose(row: HistoryRow) -> str:
-    parts = [f"team {row.team}" if row.team else None, f"key {row.key}" if row.key else None,
-             f"user {row.user}" if row.user else None]
-    return ", ".join(p for p in parts if p) or "(no team, key or user)"
+    ids = (row.team, row.key, row.user)
+    found = _WHOSE.get(ids)
+    if found is None:
+        parts = [f"team {row.team}" if row.team else None, f"key {row.key}" if row.key else None,
+                 f"user {row.user}" if row.user else None]
+        if len(_WHOSE) >= _PRICE_CACHE:
+            _WHOSE.clear()
+        found = _WHOSE[ids] = ", ".join(p for p in parts if p) or "(no team, key or user)"
+    return found
+
+
+#: who a row is, in words, by (team, key, user): said for every blocked or downgraded row (bounded)
+_WHOSE: dict[tuple[str | None, str | None, str | None], str] = {}
 
 
 def replay(
@@ -286,7 +297,6 @@ def replay(
     ``ledger``: what the budgets are counted on (default: a fresh ``stores.ledger.memory.ReplayLedger``;
     the tests pass the plain memory ledger to show both give the same answer)."""
     from litellm_payg.adapter.deployments import candidates_named_by_policy
-    from litellm_payg.core.decision import RouteRequest
     from litellm_payg.core.errors import BudgetRefused, NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy
     from litellm_payg.runtime.engine import Engine
@@ -332,9 +342,9 @@ def replay(
     totals = result.totals
     biggest: list[tuple[float, int, dict[str, Any]]] = []
     order_cache: dict[tuple[str, str], list[Any]] = {}
-    #: quality bars by (group, prompt tokens), for routes without ``when:`` (the bar is the prompt size's)
+    #: quality bars by group and prompt tokens, for routes without ``when:`` (the bar is the prompt size's)
     conditioned = {g: any(rule.context.when is not None for rule in rules) for g, rules in engine.routes.items()}
-    bars: dict[tuple[str, int | None], float | None] = {}
+    bars: dict[str, dict[int, float | None]] = {}
     eligible_cache: dict[tuple[str, int, float | None], list[Any]] = {}
     day_names: dict[int, str] = {}
     bar_progress = _Progress(None, progress, verb="replaying")
@@ -348,65 +358,86 @@ def replay(
             result.unpriced_examples.append({"request_id": row.request_id, "time": iso(row.ts), "group": row.group,
                                              "model": row.model, "spend_usd": row.spend_usd, "reason": reason})
 
+    # looked up once, not on every row
+    make_request = _request_maker()
+    pick, succeeded, released = lifecycle.pick, lifecycle.succeeded, lifecycle.released
+    charge_all, charge_one = pricer.charge_all, pricer.charge
+    door_names = tuple(kind.name for kind in door_filled)
+    request_fields = scopes.request_fields
+    blocked_counts, downgraded_counts, moved = result.blocked, result.downgraded, result.moved
+    #: the five Totals a row adds to (its day, team, key, group and model), by those values: a busy
+    #: history repeats a few thousand combinations, and one lookup replaces five (bounded)
+    combos: dict[tuple, tuple[Totals, Totals, Totals, Totals, Totals]] = {}
+
     for row in rows:
         n += 1
         if not n & 0x3FFF:
             bar_progress.update(n)
+        ts = row.ts
         if result.first is None:
-            result.first = row.ts
-        result.last = row.ts
+            result.first = ts
+        result.last = ts
         if row.status not in ("success", ""):
             result.skipped_failed += 1
             continue
-        if not row.has_usage:
+        prompt = row.prompt_tokens
+        if prompt is None or row.completion_tokens is None or prompt + row.completion_tokens <= 0:  # not row.has_usage
             unpriced(row, "no usage recorded (prompt and completion tokens unknown)")
             continue
-        group = row.group
-        if not from_config and row.model not in by_model.get(group, ()):
-            add_seen(group, row.model, row.deployment)
+        group, model = row.group, row.model
+        if not from_config and model not in by_model.get(group, ()):
+            add_seen(group, model, row.deployment)
         group_cands = cands.get(group)
         if not group_cands:
             unpriced(row, f"no deployment for model group {group!r} in the config")
             continue
-        actual = by_id[group].get(row.deployment or "") or by_model[group].get(row.model)
+        actual = by_id[group].get(row.deployment or "") or by_model[group].get(model)
         order_key = (group, actual.deployment_id if actual else "")
         ordered = order_cache.get(order_key)
         if ordered is None:  # the deployment that served it first: what the Router's shuffle gave
-            ordered = [actual] + [c for c in group_cands if c is not actual] if actual else list(group_cands)
+            # one CandidateSet per order: what the rules work out from the candidates alone is kept in
+            # its memo, as the adapter's set is on a live group's every pick
+            ordered = CandidateSet([actual] + [c for c in group_cands if c is not actual] if actual else group_cands)
             order_cache[order_key] = ordered
-        clock.now = row.ts
-        raw = {kind.name: v for kind in door_filled if (v := getattr(row, kind.name, None)) is not None}
-        request = RouteRequest(group, row.prompt_tokens, expected_out, user=row.user, team=row.team, api_key=row.key,
-                               tags=row.tags, end_user=row.end_user, session=row.session, trace_id=row.request_id,
-                               attrs=scopes.request_fields(raw).get("attrs", {}) if raw else {})
+        clock.now = ts
+        attrs: dict[str, Any] = {}
+        for name in door_names:
+            v = getattr(row, name, None)
+            if v is not None:
+                attrs = request_fields({k: x for k in door_names if (x := getattr(row, k, None)) is not None}).get("attrs", {})
+                break
+        request = make_request(group, prompt, expected_out, row.user, row.team, row.key, row.tags, row.end_user,
+                               row.session, row.request_id, attrs)
         # the oracle: the cheapest deployment (at this request's real tokens) meeting the policy's bar;
         # a route without ``when:`` sets a bar from the prompt's size alone, so it is kept per size
         if conditioned.get(group, False):
             bar = _quality_bar(engine, request)
         else:
-            bar_key = (group, row.prompt_tokens)
-            bar = bars.get(bar_key, _NO_BAR)
+            by_size = bars.get(group)
+            if by_size is None:
+                by_size = bars[group] = {}
+            bar = by_size.get(prompt, _NO_BAR)
             if bar is _NO_BAR:
-                if len(bars) >= _PRICE_CACHE:
-                    bars.clear()
-                bar = bars[bar_key] = _quality_bar(engine, request)
+                if len(by_size) >= _PRICE_CACHE:
+                    by_size.clear()
+                bar = by_size[prompt] = _quality_bar(engine, request)
         eligible_key = (group, len(group_cands), bar)
         eligible = eligible_cache.get(eligible_key)
         if eligible is None:
             eligible = eligible_cache[eligible_key] = [
                 c for c in group_cands if bar is None or (c.quality is not None and c.quality >= bar)]
         oracle = None
-        priced = pricer.charge_all(eligible, row)
+        priced = charge_all(eligible, row)
         for v in priced.values():
             if v is not None and (oracle is None or v < oracle):
                 oracle = v
         rid = f"whatif-{n}"
         policy_cost = 0.0
         blocked_by = None
-        downgraded_by: set[str] = set()
+        downgraded_by: set[str] | None = None
         picked_model = None
         try:
-            picked = lifecycle.pick(request, ordered, rid)
+            picked = pick(request, ordered, rid)
         except BudgetRefused as exc:
             blocked_by = exc.budget or "budget"
             # its traceback holds the frames that raised it, and they hold it: a cycle per blocked row
@@ -417,65 +448,87 @@ def replay(
             exc.__traceback__ = None
         else:
             chosen = picked.candidate
-            charge = priced[chosen.deployment_id] if chosen.deployment_id in priced else pricer.charge(chosen, row)
+            dep = chosen.deployment_id
+            charge = priced[dep] if dep in priced else charge_one(chosen, row)
             if charge is None:
-                lifecycle.released(rid)
+                released(rid)
                 unpriced(row, f"the policy picked {chosen.model}, which has no price")
                 continue
-            lifecycle.succeeded(picked, chosen.deployment_id, charge)
+            succeeded(picked, dep, charge)
             policy_cost = charge
             picked_model = chosen.model
-            for d in picked.decided.dropped if picked.decided is not None else ():
-                if d.by == "budget":
+            decided = picked.decided
+            if decided is not None:
+                for d in decided.dropped:
+                    if d.by == "budget":
+                        if downgraded_by is None:
+                            downgraded_by = set()
+                        downgraded_by.add(d.budget or "budget")
+            skipped = picked.admission.skipped
+            if skipped:
+                if downgraded_by is None:
+                    downgraded_by = set()
+                for d in skipped:
                     downgraded_by.add(d.budget or "budget")
-            for d in picked.admission.skipped:
-                downgraded_by.add(d.budget or "budget")
         whose = _whose(row) if blocked_by is not None or downgraded_by else ""
         if blocked_by is not None:
             totals.blocked += 1
             k = (blocked_by, whose)
-            result.blocked[k] = result.blocked.get(k, 0) + 1
+            blocked_counts[k] = blocked_counts.get(k, 0) + 1
             if len(result.blocked_examples) < LISTED:
-                result.blocked_examples.append({"request_id": row.request_id, "time": iso(row.ts), "by": blocked_by,
+                result.blocked_examples.append({"request_id": row.request_id, "time": iso(ts), "by": blocked_by,
                                                 "whose": whose, "spend_usd": row.spend_usd})
         if downgraded_by:
             totals.downgraded += 1
             for b in downgraded_by:
                 k = (b, whose)
-                result.downgraded[k] = result.downgraded.get(k, 0) + 1
-        if picked_model is not None and picked_model != row.model:
-            mk = (row.model, picked_model)
-            result.moved[mk] = result.moved.get(mk, 0) + 1
+                downgraded_counts[k] = downgraded_counts.get(k, 0) + 1
+        if picked_model is not None and picked_model != model:
+            mk = (model, picked_model)
+            moved[mk] = moved.get(mk, 0) + 1
         oracle_cost = oracle if oracle is not None else policy_cost
-        day_n = int(row.ts // 86400)
-        day = day_names.get(day_n)
-        if day is None:
-            day = day_names[day_n] = iso(day_n * 86400.0)[:10]
-        spend, served, was_blocked, was_downgraded = row.spend_usd, blocked_by is None, blocked_by is not None, bool(downgraded_by)
-        for values, value in zip(dims, (day, row.team or "-", row.key or "-", group, row.model)):
-            t = values.get(value)
-            if t is None:
-                t = values[value] = Totals()
+        spend = row.spend_usd
+        day_n = int(ts // 86400)
+        team, key = row.team, row.key
+        combo_key = (day_n, team, key, group, model)
+        five = combos.get(combo_key)
+        if five is None:
+            day = day_names.get(day_n)
+            if day is None:
+                day = day_names[day_n] = iso(day_n * 86400.0)[:10]
+            found = []
+            for values, value in zip(dims, (day, team or "-", key or "-", group, model)):
+                t = values.get(value)
+                if t is None:
+                    t = values[value] = Totals()
+                found.append(t)
+            if len(combos) >= _PRICE_CACHE:
+                combos.clear()
+            five = combos[combo_key] = tuple(found)  # type: ignore[assignment]
+        # each of the five in turn, in the order of DIMENSIONS, with the same float additions as one
+        # Totals per value would get row by row
+        served = blocked_by is None
+        for t in five:
             t.requests += 1
             t.actual += spend
             t.policy += policy_cost
             t.oracle += oracle_cost
             if served:
                 t.oracle_served += oracle_cost
-            if was_blocked:
+            else:
                 t.blocked += 1
-            if was_downgraded:
+            if downgraded_by:
                 t.downgraded += 1
         totals.requests += 1
-        totals.actual += row.spend_usd
+        totals.actual += spend
         totals.policy += policy_cost
         totals.oracle += oracle_cost
-        if blocked_by is None:
+        if served:
             totals.oracle_served += oracle_cost
-        diff = policy_cost - row.spend_usd
+        diff = policy_cost - spend
         if top and (len(biggest) < top or abs(diff) > biggest[0][0]):
-            item = (abs(diff), n, {"request_id": row.request_id, "time": iso(row.ts), "group": group,
-                                   "whose": whose or _whose(row), "paid_model": row.model, "paid_usd": row.spend_usd,
+            item = (abs(diff), n, {"request_id": row.request_id, "time": iso(ts), "group": group,
+                                   "whose": whose or _whose(row), "paid_model": model, "paid_usd": spend,
                                    "policy_model": picked_model or f"blocked ({blocked_by})",
                                    "policy_usd": policy_cost, "difference_usd": diff})
             if len(biggest) < top:
@@ -503,6 +556,47 @@ def replay(
     ]
     store_access.close_spend(engine)
     return result
+
+
+def _request_maker() -> Any:
+    """``make(group, prompt_tokens, output_tokens, user, team, api_key, tags, end_user, session,
+    trace_id, attrs)``: the ``RouteRequest`` its constructor builds from these (every other field at
+    its default), without the keyword processing: a copy of a default request's fields, then the
+    row's (about 1 us less a row; ``tests/test_whatif.py`` compares the two). A mutable default
+    (``metadata``) is a copy of its own in each request, as the constructor's."""
+    from litellm_payg.core.decision import RouteRequest
+
+    template = dict(vars(RouteRequest("", 0, 0)))
+    given = ("group", "prompt_tokens", "output_tokens", "user", "team", "api_key", "tags", "end_user", "session",
+             "trace_id", "attrs")
+    missing = [k for k in given if k not in template]
+    if missing:  # a field renamed: fail here, not with a request missing it
+        raise AssertionError(f"RouteRequest has no field(s) {missing}")
+    fresh = tuple(k for k, v in template.items() if k not in given and isinstance(v, (dict, list, set)))
+    new = object.__new__
+
+    def make(group: str, prompt_tokens: int, output_tokens: int, user: str | None, team: str | None,
+             api_key: str | None, tags: tuple[str, ...], end_user: str | None, session: str | None,
+             trace_id: str | None, attrs: dict[str, str]) -> Any:
+        request = new(RouteRequest)
+        d = request.__dict__
+        d.update(template)
+        d["group"] = group
+        d["prompt_tokens"] = prompt_tokens
+        d["output_tokens"] = output_tokens
+        d["user"] = user
+        d["team"] = team
+        d["api_key"] = api_key
+        d["tags"] = tags
+        d["end_user"] = end_user
+        d["session"] = session
+        d["trace_id"] = trace_id
+        d["attrs"] = attrs
+        for k in fresh:
+            d[k] = template[k].copy()
+        return request
+
+    return make
 
 
 def _quality_bar(engine: Any, request: Any) -> float | None:

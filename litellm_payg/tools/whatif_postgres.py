@@ -1,7 +1,8 @@
 """LiteLLM's spend logs (``LiteLLM_SpendLogs`` in the proxy's Postgres) as what-if history.
 
-Read with psycopg 3 (the ``whatif`` extra) through a server-side cursor: rows come ``ITERSIZE`` at
-a time, in ``startTime`` order, so memory does not grow with the table. In binary: the same values
+Read with psycopg 3 (the ``whatif`` extra), streamed (libpq's chunked rows, ``ITERSIZE`` to a result;
+a server-side cursor fetching ``ITERSIZE`` at a time where libpq is older than 17), in ``startTime``
+order, so memory does not grow with the table. In binary: the same values
 (text, integers, float8 bit for bit), without Postgres formatting each one as text and psycopg
 parsing it back. The filters
 (``--since/--until``, team, key, model group, tag) are a ``WHERE`` clause, run by Postgres.
@@ -139,6 +140,21 @@ def _read_spend_logs(url: str, filters: Filters, itersize: int) -> Iterator[Hist
     try:
         check_table(conn, url)
         sql, params = _select(filters)
+        if _streams_in_chunks():
+            # one query whose rows Postgres sends as it produces them, ``itersize`` to a result (libpq's
+            # chunked rows): it sorts and extracts the next rows while these are decoded, where a
+            # server-side cursor's FETCH waits for each batch (a million rows: 5.7 s against 7.7 s)
+            rows = conn.cursor(binary=True).stream(sql, params, size=itersize)
+            try:
+                first = next(rows, None)
+            except psycopg.Error as exc:
+                raise WhatIfInputError(f"{redact(url)}: cannot read \"{TABLE}\": {str(exc).strip().splitlines()[0]}") from None
+            if first is None:
+                return
+            yield row_from_spend_log(first)
+            for r in rows:
+                yield row_from_spend_log(r)
+            return
         with conn.cursor(name="litellm_payg_whatif", binary=True) as cur:
             cur.itersize = itersize
             try:
@@ -149,6 +165,16 @@ def _read_spend_logs(url: str, filters: Filters, itersize: int) -> Iterator[Hist
                 yield row_from_spend_log(r)
     finally:
         conn.close()
+
+
+def _streams_in_chunks() -> bool:
+    """Whether psycopg can stream a query's rows many to a result (psycopg 3.2 with libpq 17 or later);
+    else a server-side cursor reads them ``ITERSIZE`` at a time."""
+    try:
+        from psycopg import capabilities
+    except ImportError:  # psycopg before 3.2
+        return False
+    return bool(capabilities.has_stream_chunked())
 
 
 def prefetched(rows: Iterator[HistoryRow], batch: int, ahead: int) -> Iterator[HistoryRow]:

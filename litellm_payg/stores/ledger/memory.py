@@ -10,11 +10,13 @@ one pass.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from litellm_payg.stores.ledger.base import (
+    MAX_AMOUNT_USD,
     charge_args,
     Bucket,
     BucketState,
@@ -33,7 +35,6 @@ from litellm_payg.stores.ledger.base import (
     clean_attrs,
     clock,
     from_nanos,
-    limit_nanos,
     oldest_live_slice,
     slice_index,
     to_nanos,
@@ -154,25 +155,35 @@ class MemoryLedger(Ledger):
     def _refusal(self, buckets: Sequence[Bucket], amount: int, now: float) -> tuple[str, str] | None:
         """``(bucket key, rule)`` of the first bucket that refuses a reservation of ``amount``:
         one closed first, then one past its age, then one over its limit (grants included)."""
-        # by position, not by key: a reservation's keys are distinct (``check_buckets``); run on every reservation
-        counters = [self._counters.get(b.key) for b in buckets]
-        live = [c if c is not None and c.live(now) else None for c in counters]
+        # by position, not by key: a reservation's keys are distinct (``check_buckets``); run on every
+        # reservation (every what-if row under a budget), so plain loops, not comprehensions
+        get = self._counters.get
+        found = []
         aged = None  # the first bucket past its age: refuses only when none is closed
-        for b, c in zip(buckets, live):
-            if c is not None:
-                if c.closed:
+        for b in buckets:
+            c = get(b.key)
+            # live: any counter but a session's idle past its time (``_Counter.live``)
+            lc = c if c is not None and (c.idle_s is None or c.live(now)) else None
+            if lc is not None:
+                if lc.closed:
                     return b.key, "closed"
-                if aged is None and age_over(b.max_age_s, c.granted_s, c.first, now):
+                if aged is None and b.max_age_s is not None and age_over(b.max_age_s, lc.granted_s, lc.first, now):
                     aged = b.key
+            found.append((b, c, lc))
         if aged is not None:
             return aged, "age"
-        for b, c, lc in zip(buckets, counters, live):
-            lim = limit_nanos(b)
-            if lim is None:
+        for b, c, lc in found:
+            if not b.enforce or b.limit_usd is None:  # limit_nanos(b) is None: it never refuses
                 continue
-            used = 0 if c is None else c.spent_at(now) + c.reserved
+            lim = to_nanos(b.limit_usd, "limit_usd")
+            if c is None:
+                used = 0
+            elif c.idle_s is None and c.rolling_s is None:  # a calendar or lifetime counter: what it has spent
+                used = c.spent + c.reserved
+            else:
+                used = c.spent_at(now) + c.reserved
             granted = lc.granted if lc is not None else 0
-            if used + bucket_amount(b, amount) > lim + granted:
+            if used + (bucket_amount(b, amount) if b.counts else amount) > lim + granted:
                 return b.key, "limit"
         return None
 
@@ -366,7 +377,8 @@ class ReplayLedger(MemoryLedger):
     def reserve(self, reservation_id, buckets, amount_usd, ttl_s, now=None, attrs=None):
         buckets, amount, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()  # raises
             if self._held is not None:
                 self._apply_held()
             if self._expiry and self._expiry[0][0] <= now:  # what ``_expire`` looks at first (on every row)
@@ -383,15 +395,17 @@ class ReplayLedger(MemoryLedger):
 
     def settle(self, reservation_id, actual_usd, now=None, attrs=None, units=None):
         actual = to_nanos(actual_usd, "actual_usd")
-        check_units(units)
-        now = clock(now)
+        if units is not None:
+            check_units(units)
+        now = now if type(now) is float else clock(now)
         with self._lock:
             h = self._held
             if h is None or h.rid != reservation_id:
                 self._apply_held()
                 h = None
             else:
-                self._check_open()
+                if self._closed:
+                    self._check_open()  # raises
                 self._held = None
                 # reserve then settle, in one pass: each bucket woken at the reservation's time and
                 # at this one, the estimate added to ``reserved`` and taken off again (no change),
@@ -399,9 +413,10 @@ class ReplayLedger(MemoryLedger):
                 # reservation no sweep has charged yet with its real cost, and nothing swept here.
                 for b in h.buckets:
                     c = self._counter(b)
-                    c.wake(h.now)
-                    c.wake(now)
-                    c.add(spec_amount(b.counts, b.units, actual, units), now)
+                    if c.idle_s is not None:  # only a session counter wakes (``_Counter.wake``)
+                        c.wake(h.now)
+                        c.wake(now)
+                    c.add(spec_amount(b.counts, b.units, actual, units) if b.counts else actual, now)
                 return True
         return super().settle(reservation_id, actual_usd, now=now, attrs=attrs, units=units)
 
@@ -423,11 +438,21 @@ class ReplayLedger(MemoryLedger):
         and settle at once, as ``Ledger.record`` does, in one pass."""
         # checked before the lock, held or not: a held reservation is applied by whatever reads next,
         # so an invalid call leaves the same state either way (one lock per charge, every row)
+        if (not buckets and type(amount_usd) is float and 0.0 <= amount_usd <= MAX_AMOUNT_USD and type(ttl_s) is float
+                and 0.0 < ttl_s < math.inf and type(now) is float):
+            # what charge_args accepts as it is, for a charge no budget counts (every row of a replay
+            # without budgets): with nothing held or open to expire, nothing changes
+            with self._lock:
+                if self._held is None and reservation_id not in self._res and not self._expiry:
+                    if self._closed:
+                        self._check_open()  # raises
+                    return None
         given_now = now
         buckets, actual, now = charge_args(buckets, amount_usd, ttl_s, now)
         with self._lock:
             if self._held is None and reservation_id not in self._res:
-                self._check_open()
+                if self._closed:
+                    self._check_open()  # raises
                 if not buckets and not self._expiry:
                     return None  # no budget counts it and nothing is open to expire: nothing to change
                 self._expire(now)
