@@ -15,7 +15,7 @@ import string
 import litellm
 import pytest
 
-from litellm_payg.core.decision import Candidate, RouteRequest
+from litellm_payg.core.decision import Candidate, CandidateSet, RouteRequest
 from litellm_payg.policy.load import load_policy
 from litellm_payg.runtime.engine import Engine
 from litellm_payg.stores.prices import count_request_tokens, prompt_tokens_at_most
@@ -103,9 +103,9 @@ def test_quality_floor_decides_from_the_bound_exactly_as_from_the_count():
 
 
 def test_quality_floor_remembers_its_answers_exactly():
-    """A counted prompt's answer is remembered by the candidates, the sizes and the hint (a replay
-    repeats them): each answer equals a fresh rule's, comes in lists of its own, and a rule given
-    other options answers by them."""
+    """What the rule works out from a group's candidates alone is remembered in its CandidateSet's
+    memo (a replay and a live group repeat them): each answer equals a fresh rule's on a plain list,
+    comes in lists of its own, and a rule given other options answers by them."""
     rng = random.Random(11)
 
     def rule_of(tiers, floor):
@@ -114,22 +114,22 @@ def test_quality_floor_remembers_its_answers_exactly():
             ledger="memory://").routes["chat"][0]
 
     prices = [(rng.choice([1, 2, 3, 5]) * 1e-7, rng.choice([1, 2, 4, 6]) * 1e-7) for _ in range(3)]
-    groups = [[_candidate(i, rng, prices) for i in range(rng.randint(1, 6))] for _ in range(3)]
+    groups = [CandidateSet([_candidate(i, rng, prices) for i in range(rng.randint(1, 6))]) for _ in range(3)]
     kept = rule_of([(500, 0.5)], 0.8)
     for trial in range(3000):
         candidates = rng.choice(groups)
         request = RouteRequest("chat", rng.choice([10, 300, 500, 501, 2000]), rng.choice([16, 256]),
                                min_quality=rng.choice([None, None, 0.7, 0.9]))
-        got, want = kept.apply(request, candidates), rule_of([(500, 0.5)], 0.8).apply(request, candidates)
+        got, want = kept.apply(request, candidates), rule_of([(500, 0.5)], 0.8).apply(request, list(candidates))
         assert (got.kept, got.dropped, got.note) == (want.kept, want.dropped, want.note), trial
         got.kept.append("changed by a caller")  # not seen by the next answer
         got.dropped.clear()
-    assert len(kept._answers) < 3000  # answers were remembered, and given back
+    assert all(group.memo for group in groups)  # worked out once per set, and given back
     other = rule_of([], 0.95)
     kept.options = other.options
     request = RouteRequest("chat", 300, 256)
     for candidates in groups:
-        got, want = kept.apply(request, candidates), other.apply(request, candidates)
+        got, want = kept.apply(request, candidates), other.apply(request, list(candidates))
         assert (got.kept, got.dropped, got.note) == (want.kept, want.dropped, want.note)
 
 
