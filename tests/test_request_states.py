@@ -109,7 +109,7 @@ def test_request_ids_are_distinct_random_hex_and_a_forked_child_mints_its_own():
     ids = [request_state._ids.next() for _ in range(1000)]
     assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     ids_ = request_state._ids
-    while ids_._pid != os.getpid() or len(ids_._pool) - ids_._at < 16 * 5:
+    while len(ids_._pool) - ids_._at < 16 * 5:
         ids_.next()  # five ids left in the pool: a child that inherited it would mint these five
     read, write = os.pipe()
     pid = os.fork()

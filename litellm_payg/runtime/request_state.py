@@ -122,29 +122,34 @@ class _RequestIds:
 
     Why a pool: one ``os.urandom`` per request is a system call on the event loop for every request
     (and, in a governed Router, a cold one: about 10 us measured there, against 0.4 us in a loop).
-    The bytes are as unguessable either way. A forked child (a proxy worker) reads its own pool:
-    inheriting the parent's would mint the parent's next ids, and ids name reservations in a shared
-    ledger. Thread-safe (every adapter's states mint from one pool)."""
+    The bytes are as unguessable either way. A forked child (a proxy worker) reads its own pool
+    (``os.register_at_fork``, not a ``getpid`` per id, which is a system call too): inheriting the
+    parent's would mint the parent's next ids, and ids name reservations in a shared ledger.
+    Thread-safe (every adapter's states mint from one pool)."""
 
     POOL = 16 * 256
 
     def __init__(self) -> None:
         self._pool = b""
         self._at = 0
-        self._pid = -1
         self._lock = threading.Lock()
 
     def next(self) -> str:
         with self._lock:
             at = self._at
-            if at + 16 > len(self._pool) or self._pid != os.getpid():
-                self._pool, at, self._pid = os.urandom(self.POOL), 0, os.getpid()
+            if at + 16 > len(self._pool):
+                self._pool, at = os.urandom(self.POOL), 0
             self._at = at + 16
             pool = self._pool
         return pool[at:at + 16].hex()
 
+    def forget(self) -> None:
+        """In a forked child: the parent's pool is the parent's (and its lock may have been held)."""
+        self._pool, self._at, self._lock = b"", 0, threading.Lock()
+
 
 _ids = _RequestIds()
+os.register_at_fork(after_in_child=_ids.forget)  # no getpid per id: getpid is a system call too
 
 
 class RequestStates:
