@@ -97,3 +97,30 @@ async def test_an_answered_request_keeps_no_state_once_it_settled():
         await settled(engine)
         assert len(_adapter(engine).states) == 0
         assert len(engine.spend.ledger.records()) == 3
+
+
+def test_request_ids_are_distinct_random_hex_and_a_forked_child_mints_its_own():
+    """Ids come from a pool of OS random bytes read 256 ids at a time: every id is 32 hex digits,
+    none repeats, and a forked child (a proxy worker) does not mint the ids its parent mints next."""
+    import os
+
+    from litellm_payg.runtime import request_state
+
+    ids = [request_state._ids.next() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    ids_ = request_state._ids
+    while len(ids_._pool) - ids_._at < 16 * 5:
+        ids_.next()  # five ids left in the pool: a child that inherited it would mint these five
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, "".join(request_state._ids.next() for _ in range(5)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode()
+    os.close(read)
+    parent = "".join(request_state._ids.next() for _ in range(5))
+    assert len(child) == len(parent) == 160 and child != parent

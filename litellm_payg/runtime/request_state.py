@@ -7,7 +7,7 @@ from the authenticated key, the decision) used to live *in* that dict, where a c
 it: a shared ``litellm_trace_id`` made hundreds of requests share one reservation, and a forged
 ``payg_prompt_tokens`` let a huge prompt through a cap.
 
-Now the plugin mints an id on first sight of a request (``secrets``: unguessable, never sent to the
+Now the plugin mints an id on first sight of a request (the OS's CSPRNG: unguessable, never sent to the
 client) and keeps the state in a map keyed by it. The only thing written into metadata is that id,
 under :data:`REQUEST_KEY`, so later calls can find the state again. A client cannot forge the key
 (the proxy refuses client ``payg_*`` keys, :mod:`litellm_payg.wire.request_checks`), and an id the map
@@ -21,7 +21,7 @@ Which of LiteLLM's metadata dicts carries the id is the adapter's to read
 from __future__ import annotations
 
 import collections
-import secrets
+import os
 import threading
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -116,6 +116,42 @@ class RequestState:
         return sum(map(len, self.reservations.values())) if self.reservations else 0
 
 
+class _RequestIds:
+    """Request ids: 16 bytes from the operating system's CSPRNG each (what ``secrets.token_hex(16)``
+    gives), taken from a pool of 256 ids' worth read at once.
+
+    Why a pool: one ``os.urandom`` per request is a system call on the event loop for every request
+    (and, in a governed Router, a cold one: about 10 us measured there, against 0.4 us in a loop).
+    The bytes are as unguessable either way. A forked child (a proxy worker) reads its own pool
+    (``os.register_at_fork``, not a ``getpid`` per id, which is a system call too): inheriting the
+    parent's would mint the parent's next ids, and ids name reservations in a shared ledger.
+    Thread-safe (every adapter's states mint from one pool)."""
+
+    POOL = 16 * 256
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            at = self._at
+            if at + 16 > len(self._pool):
+                self._pool, at = os.urandom(self.POOL), 0
+            self._at = at + 16
+            pool = self._pool
+        return pool[at:at + 16].hex()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's pool is the parent's (and its lock may have been held)."""
+        self._pool, self._at, self._lock = b"", 0, threading.Lock()
+
+
+_ids = _RequestIds()
+os.register_at_fork(after_in_child=_ids.forget)  # no getpid per id: getpid is a system call too
+
+
 class RequestStates:
     """The live requests of one policy: a bounded map from the plugin's request id to its state.
 
@@ -157,7 +193,7 @@ class RequestStates:
 
     def mint(self, metadata: MutableMapping[str, Any], trace_id: str | None, identity: Any = None) -> RequestState:
         """Start the state of a new request and stamp its id on ``metadata``."""
-        state = RequestState(id=secrets.token_hex(16), trace_id=trace_id, identity=identity)
+        state = RequestState(id=_ids.next(), trace_id=trace_id, identity=identity)
         with self._lock:
             self._states[state.id] = state
             while len(self._states) > self.limit:
