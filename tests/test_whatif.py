@@ -314,6 +314,12 @@ def test_pricing_every_deployment_at_once_gives_each_ones_own_charge_exactly():
                          cache_write_tokens=rng.choice((0, rng.randint(0, p // 4))), reasoning_tokens=rng.choice((0, 0, 600)))
         order = cands if i % 2 else cands[::-1]  # before and after each deployment's rates are known
         assert pricer.charge_all(order, row) == {c.deployment_id: pricer.charge(c, row) for c in order}, row
+        priced = [c for c in order if c.deployment_id != "unpriced"]  # every rate known: one plan for the set
+        for some in (priced, priced[1:], priced[:1]):
+            assert pricer.charge_all(some, row) == {c.deployment_id: pricer.charge(c, row) for c in some}, row
+    assert pricer._plans  # the planned path ran
+    fresh, some = HistoryPricer(cands), [c for c in cands if c.deployment_id != "unpriced"]
+    assert fresh.charge_all(some, row) == {c.deployment_id: pricer.charge(c, row) for c in some}  # rates not known yet
     assert pricer.charge_all(cands, row)["unpriced"] is None and pricer.charge_all(cands, row)["custom"] is not None
 
 
