@@ -50,7 +50,6 @@ fell to the bar forget its evidence from before the drop within tens of answers.
 from __future__ import annotations
 
 import math
-import operator
 
 from pydantic import Field, field_validator
 
@@ -138,18 +137,23 @@ class QualityFloor(Rule):
         p, ordered = self._size_for(request, candidates)
         bar = self._bar(request, p)
         o = request.output_tokens
+        kept, dropped = self._split(candidates, bar)
+        if ordered is None:
+            ordered = sorted(kept, key=lambda c: c.estimate_usd(p, o))
+        return Step(ordered, dropped, self._note(bar))
+
+    def _split(self, candidates, bar: float) -> tuple[list, list]:
+        """The candidates that clear ``bar`` (in their order), and a drop for each that does not: no
+        quality score in the policy, or a score below the bar."""
         kept, dropped = [], []
         for c in candidates:
             if c.quality is None:
                 dropped.append(Step.drop(c, f"no quality score for {c.model} in the policy's models:", self.name))
             elif c.quality < bar:
                 dropped.append(Step.drop(c, self._below(c.quality, bar), self.name))
-            elif ordered is None:
-                kept.append((c.estimate_usd(p, o), c))
-        if ordered is None:
-            kept.sort(key=_first)
-            ordered = [c for _, c in kept]
-        return Step(ordered, dropped, self._note(bar))
+            else:
+                kept.append(c)
+        return kept, dropped
 
     def _note(self, bar: float) -> str:
         note = self._notes.get(bar)
@@ -197,14 +201,7 @@ class QualityFloor(Rule):
         key = (self, bar, o)
         plan = memo.get(key)
         if plan is None:
-            kept, dropped = [], []
-            for c in candidates:
-                if c.quality is None:
-                    dropped.append(Step.drop(c, f"no quality score for {c.model} in the policy's models:", self.name))
-                elif c.quality < bar:
-                    dropped.append(Step.drop(c, self._below(c.quality, bar), self.name))
-                else:
-                    kept.append(c)
+            kept, dropped = self._split(candidates, bar)
             priced = all(c.input_usd_per_token is not None and c.output_usd_per_token is not None for c in kept)
             plan = (tuple(dropped), PriceOrder(kept, o) if priced else None)
             if len(memo) >= 512:  # bars (hints) and output sizes (max_tokens) vary: bounded
@@ -301,8 +298,6 @@ def _judged_on(judged: str, est, bar: float, metric: str) -> str:
         return f"upper bound {est.hi:.3f} is below the bar {bar:g} {measured}"
     return f"interval [{est.lo:.3f}, {est.hi:.3f}] straddles the bar {bar:g} {measured}"
 
-
-_first = operator.itemgetter(0)
 
 
 @hookimpl
