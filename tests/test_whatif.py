@@ -665,3 +665,36 @@ def test_the_replay_builds_each_request_as_the_constructor_does():
                              end_user=args[7], session=args[8], trace_id=args[9], attrs=args[10])
         assert made == built and vars(made) == vars(built) and made.prompt_counted
     assert make("g", 1, 1, None, None, None, (), None, None, None, {}).metadata is not made.metadata
+
+
+def test_the_replay_freezes_the_old_objects_only_while_it_runs():
+    """The objects that exist before a replay are frozen (left out of the collector's passes) while it
+    runs and unfrozen after, even when it fails; a process that froze objects itself keeps them so."""
+    import gc
+
+    from litellm_payg.tools.whatif import replay
+
+    seen = []
+
+    def rows(fail: bool = False):
+        for row in _rows(3, group="support", model="deepseek/deepseek-chat"):
+            seen.append(gc.get_freeze_count())
+            yield row
+        if fail:
+            raise RuntimeError("the source broke")
+
+    assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
+    replay(SUPPORT, rows())
+    assert seen and min(seen) > 0 and gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
+    with pytest.raises(RuntimeError):
+        replay(SUPPORT, rows(fail=True))
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen, seen[:] = gc.get_freeze_count(), []
+        replay(SUPPORT, rows())
+        # theirs stay frozen, none is added (the count only falls, as frozen objects are freed)
+        assert 0 < gc.get_freeze_count() <= frozen and max(seen) <= frozen
+    finally:
+        gc.unfreeze()
