@@ -665,3 +665,76 @@ def test_the_replay_builds_each_request_as_the_constructor_does():
                              end_user=args[7], session=args[8], trace_id=args[9], attrs=args[10])
         assert made == built and vars(made) == vars(built) and made.prompt_counted
     assert make("g", 1, 1, None, None, None, (), None, None, None, {}).metadata is not made.metadata
+
+
+def test_the_replay_freezes_the_old_objects_only_while_it_runs():
+    """The objects that exist before a replay are frozen (left out of the collector's passes) while it
+    runs and unfrozen after, even when it fails; a process that froze objects itself keeps them so."""
+    import gc
+
+    from litellm_payg.tools.whatif import replay
+
+    seen = []
+
+    def rows(fail: bool = False):
+        for row in _rows(3, group="support", model="deepseek/deepseek-chat"):
+            seen.append(gc.get_freeze_count())
+            yield row
+        if fail:
+            raise RuntimeError("the source broke")
+
+    assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
+    replay(SUPPORT, rows())
+    assert seen and min(seen) > 0 and gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
+    with pytest.raises(RuntimeError):
+        replay(SUPPORT, rows(fail=True))
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen, seen[:] = gc.get_freeze_count(), []
+        replay(SUPPORT, rows())
+        # theirs stay frozen, none is added (the count only falls, as frozen objects are freed)
+        assert 0 < gc.get_freeze_count() <= frozen and max(seen) <= frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_postgres_rows_read_as_the_spend_logs_say():
+    """Postgres works a row's fields out (``whatif_postgres._select``): the model string from model
+    and provider, the group (the model string when none), empty texts as none, the cache reads (the
+    usage object's cache_read_input_tokens, else prompt_tokens_details.cached_tokens, leading digits),
+    writes and reasoning tokens (0 when none), spend (0 for none and for -0.0), the tags."""
+    import math
+
+    from litellm_payg.tools.whatif_history import Filters
+    from litellm_payg.tools.whatif_postgres import model_string, read_spend_logs
+
+    require_postgres()
+    t0 = MONTH_START - 86400
+    cases = [  # (model, provider, group, model_id, user, spend, usage object, tags)
+        ("deepseek-chat", "deepseek", "", "", "", 0.5, {"cache_read_input_tokens": 0,
+                                                       "prompt_tokens_details": {"cached_tokens": 7}}, ["a", "b"]),
+        ("deepseek/deepseek-chat", "deepseek", "support", "d1", "u", -0.0, {"cache_read_input_tokens": "12.0"}, []),
+        ("gpt-4o-mini", "openai", "chat", None, None, 0.0, {"cache_creation_input_tokens": 9,
+                                                          "completion_tokens_details": {"reasoning_tokens": 4}}, None),
+        ("mistral-large-latest", "", None, "m1", "", float("nan"), "not an object", ["x"]),
+        ("claude-sonnet-4-5", None, "g", "", "v", 1e-9, {"prompt_tokens_details": 3, "cache_read_input_tokens": -2}, ["1"]),
+    ]
+    with throwaway_database() as url:
+        copy_rows(url, [{**spend_row(f"e{i}", t0 + i, group or "", model, 10, 5, spend, provider=provider or "",
+                                     model_id=model_id or "", user=user or "", team="t"),
+                         "custom_llm_provider": provider, "model_group": group, "model_id": model_id, "user": user,
+                         "metadata": json.dumps({"usage_object": usage}), "request_tags": json.dumps(tags)}
+                        for i, (model, provider, group, model_id, user, spend, usage, tags) in enumerate(cases)])
+        rows = list(read_spend_logs(url, Filters(until=MONTH_START)))
+    assert [r.request_id for r in rows] == [f"e{i}" for i in range(len(cases))]
+    reads = [(0 or 7, 0, 0), (12, 0, 0), (0, 9, 4), (0, 0, 0), (0, 0, 0)]
+    for row, (model, provider, group, model_id, user, spend, _, tags), split in zip(rows, cases, reads):
+        name = model_string(model, provider)
+        assert (row.model, row.group, row.deployment, row.user) == (name, group or name, model_id or None, user or None)
+        assert (row.cache_read_tokens, row.cache_write_tokens, row.reasoning_tokens) == split, row
+        assert row.spend_usd == (spend or 0.0) or (math.isnan(spend) and math.isnan(row.spend_usd))
+        assert math.copysign(1, row.spend_usd) == 1 and row.tags == tuple(tags or ())
+        assert (row.team, row.org, row.end_user, row.session, row.prompt_tokens, row.completion_tokens) == ("t", None, None,
+                                                                                                           None, 10, 5)

@@ -30,7 +30,9 @@ rows are read 10,000 to a result, at most two such batches ahead (``whatif_postg
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import gc
 import heapq
 import io
 import json
@@ -337,7 +339,57 @@ def replay(
     group's deployments are the models the policy's route names plus ``seen_deployments``
     ((group, model, deployment id) the history used) and any model a row names that neither had.
     ``ledger``: what the budgets are counted on (default: a fresh ``stores.ledger.memory.ReplayLedger``;
-    the tests pass the plain memory ledger to show both give the same answer)."""
+    the tests pass the plain memory ledger to show both give the same answer).
+
+    The objects that exist before the replay are left out of the garbage collector's passes
+    while it runs (``_old_objects_frozen``)."""
+    with _old_objects_frozen():
+        return _replay(policy, rows, history_source=history_source, candidates_by_group=candidates_by_group,
+                       seen_deployments=seen_deployments, top=top, progress=progress, ledger=ledger)
+
+
+@contextlib.contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """``gc.freeze()`` for the length of a replay, ``gc.unfreeze()`` after it, and the young
+    generation collected every ``_YOUNG`` allocations (not 700) meanwhile.
+
+    Why: a million rows made about fifteen full collections, and a full one walks every object the
+    process holds: LiteLLM's model map and the rest, about 380,000 objects, 0.16 s each. Frozen, the
+    objects that were there before the replay are not walked; those the replay makes are collected
+    as usual. A row lives for a few batches (read ahead, then replayed): collected every 700
+    allocations, the rows waiting in the read-ahead queue were promoted to the older generations and
+    walked there again. The collector's time in a million-row replay with a block budget: 2.6 s
+    before, 0.65 s so (CPU seconds, gc.callbacks). Nothing is done when the collector is off or
+    something else has frozen objects (it may mean them to stay frozen: a process about to fork).
+    A cycle among the old objects that becomes garbage during the replay is collected after it."""
+    if not gc.isenabled() or gc.get_freeze_count():
+        yield
+        return
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(thresholds[0], _YOUNG), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+#: the young generation's threshold during a replay (``_old_objects_frozen``)
+_YOUNG = 10_000
+
+
+def _replay(
+    policy: Any,
+    rows: Iterable[HistoryRow],
+    *,
+    history_source: str,
+    candidates_by_group: Mapping[str, Sequence[Any]] | None,
+    seen_deployments: Iterable[tuple[str, str, str | None]],
+    top: int,
+    progress: bool,
+    ledger: Any,
+) -> WhatIfResult:
     from litellm_payg.adapter.deployments import candidates_named_by_policy
     from litellm_payg.core.errors import BudgetRefused, NoDeploymentLeft
     from litellm_payg.policy.load import Policy, load_policy

@@ -104,18 +104,34 @@ _USAGE_INT = ("CASE WHEN jsonb_typeof(metadata -> 'usage_object') = 'object' THE
               "(substring(metadata -> 'usage_object' {0} from '^[0-9]+'))::bigint END")
 
 
+#: ``model_string(model, custom_llm_provider)``, in SQL
+_MODEL_STRING = ("CASE WHEN COALESCE(custom_llm_provider, '') = '' OR custom_llm_provider = 'openai' "
+                 "OR starts_with(COALESCE(model, ''), custom_llm_provider || '/') THEN COALESCE(model, '') "
+                 "ELSE custom_llm_provider || '/' || COALESCE(model, '') END")
+
+
 def _select(filters: Filters) -> tuple[str, list[Any]]:
+    """The query whose rows are ``HistoryRow`` s' fields in order (then the tags' text): Postgres
+    works out the model string, the group, the cache and reasoning splits and the empty-means-none
+    of each text (``NULLIF``), so a row is made here without a step per field (it runs on the
+    read-ahead thread, holding the interpreter the replay needs). Each expression is what
+    ``row_from_spend_log`` did in Python before; ``tests/test_whatif.py`` checks the edge cases."""
     where, params = _where(filters)
     sql = (
-        'SELECT request_id, extract(epoch FROM "startTime")::float8, model, model_id, model_group, custom_llm_provider, '
-        'prompt_tokens, completion_tokens, spend, "user", team_id, api_key, organization_id, end_user, session_id, '
-        "request_tags::text, "
+        'SELECT request_id, extract(epoch FROM "startTime")::float8, '
+        f"COALESCE(NULLIF(model_group, ''), {_MODEL_STRING}), {_MODEL_STRING}, NULLIF(model_id, ''), "
+        "prompt_tokens, completion_tokens, "
         # the cache and reasoning splits, pulled out of the logged usage object by Postgres (no JSON
-        # parsing per row here); the leading digits: a count logged as 12.0 reads as 12
-        + _USAGE_INT.format("->> 'cache_read_input_tokens'") + ", "
-        + _USAGE_INT.format("-> 'prompt_tokens_details' ->> 'cached_tokens'") + ", "
-        + _USAGE_INT.format("->> 'cache_creation_input_tokens'") + ", "
-        + _USAGE_INT.format("-> 'completion_tokens_details' ->> 'reasoning_tokens'") + " "
+        # parsing per row here); the leading digits: a count logged as 12.0 reads as 12. The reads
+        # are cache_read_input_tokens, else prompt_tokens_details.cached_tokens, else 0
+        "COALESCE(NULLIF(" + _USAGE_INT.format("->> 'cache_read_input_tokens'") + ", 0), NULLIF("
+        + _USAGE_INT.format("-> 'prompt_tokens_details' ->> 'cached_tokens'") + ", 0), 0), "
+        "COALESCE(" + _USAGE_INT.format("->> 'cache_creation_input_tokens'") + ", 0), "
+        "COALESCE(" + _USAGE_INT.format("-> 'completion_tokens_details' ->> 'reasoning_tokens'") + ", 0), "
+        # spend: 0 for none (and for -0.0, as Python's ``spend or 0.0`` read it)
+        "COALESCE(NULLIF(spend, 0), 0)::float8, "
+        "NULLIF(\"user\", ''), NULLIF(team_id, ''), NULLIF(api_key, ''), NULLIF(organization_id, ''), "
+        "NULLIF(end_user, ''), NULLIF(session_id, ''), request_tags::text "
         f'FROM "{TABLE}" WHERE {where} ORDER BY "startTime", request_id'
     )
     return sql, params
@@ -257,26 +273,17 @@ def model_string(model: str | None, provider: str | None) -> str:
 
 
 def row_from_spend_log(r: tuple) -> HistoryRow:
-    (request_id, ts, model, model_id, group, provider, prompt, completion, spend, user, team, key, org, end_user,
-     session, tags_text, read, cached, write, reasoning) = r
-    tags = _TAGS.get(tags_text)
+    """A row of ``_select``'s query: the row's fields, then its tags' text."""
+    tags = _TAGS.get(r[17])
     if tags is None:
-        tags = _tags(tags_text)
-    name = _MODELS.get((model, provider))
-    if name is None:
-        if len(_MODELS) >= _REMEMBERED:
-            _MODELS.clear()
-        name = _MODELS[(model, provider)] = model_string(model, provider)
-    return HistoryRow(request_id, ts, group or name, name, model_id or None, prompt, completion, read or cached or 0,
-                      write or 0, reasoning or 0, float(spend or 0.0), user or None, team or None, key or None, org or None,
-                      end_user or None, session or None, tags)
+        tags = _tags(r[17])
+    return HistoryRow(*r[:17], tags)
 
 
-#: what a spend log's ``request_tags`` text and ``(model, custom_llm_provider)`` read as, remembered
-#: (a million rows repeat a few of each); at most ``_REMEMBERED`` of each, then forgotten
+#: what a spend log's ``request_tags`` text reads as, remembered (a million rows repeat a few); at
+#: most ``_REMEMBERED``, then forgotten
 _REMEMBERED = 10_000
 _TAGS: dict[str | None, tuple[str, ...]] = {None: (), "": (), "[]": ()}
-_MODELS: dict[tuple[str | None, str | None], str] = {}
 
 
 def _tags(tags_text: str) -> tuple[str, ...]:
