@@ -157,11 +157,14 @@ def _read_spend_logs(url: str, filters: Filters, itersize: int) -> Iterator[Hist
         check_table(conn, url)
         sql, params = _select(filters)
         if _streams_in_chunks():
-            # one query whose rows Postgres sends as it produces them, ``itersize`` to a result (libpq's
-            # chunked rows): it sorts and extracts the next rows while these are decoded, where a
-            # server-side cursor's FETCH waits for each batch (a million rows: 5.7 s against 7.7 s)
-            rows = conn.cursor(binary=True).stream(sql, params, size=itersize)
+            # a server-side cursor (so Postgres plans for the first rows: the startTime index, where a
+            # plain query on a table without statistics sorts all of it first), read by one FETCH ALL
+            # whose rows Postgres sends as it produces them, ``itersize`` to a result (libpq's chunked
+            # rows): it sorts and extracts the next rows while these are decoded, where a FETCH of
+            # ``itersize`` waits for each batch (a million rows: 5.7 s against 7.7 s)
             try:
+                conn.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {sql}", params)
+                rows = conn.cursor(binary=True).stream(f"FETCH FORWARD ALL FROM {_CURSOR}", size=itersize)
                 first = next(rows, None)
             except psycopg.Error as exc:
                 raise WhatIfInputError(f"{redact(url)}: cannot read \"{TABLE}\": {str(exc).strip().splitlines()[0]}") from None
@@ -171,7 +174,7 @@ def _read_spend_logs(url: str, filters: Filters, itersize: int) -> Iterator[Hist
             for r in rows:
                 yield row_from_spend_log(r)
             return
-        with conn.cursor(name="litellm_payg_whatif", binary=True) as cur:
+        with conn.cursor(name=_CURSOR, binary=True) as cur:
             cur.itersize = itersize
             try:
                 cur.execute(sql, params)
@@ -181,6 +184,9 @@ def _read_spend_logs(url: str, filters: Filters, itersize: int) -> Iterator[Hist
                 yield row_from_spend_log(r)
     finally:
         conn.close()
+
+
+_CURSOR = "litellm_payg_whatif"
 
 
 def _streams_in_chunks() -> bool:
