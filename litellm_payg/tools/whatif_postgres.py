@@ -1,8 +1,9 @@
 """LiteLLM's spend logs (``LiteLLM_SpendLogs`` in the proxy's Postgres) as what-if history.
 
-Read with psycopg 3 (the ``whatif`` extra), streamed (libpq's chunked rows, ``ITERSIZE`` to a result;
-a server-side cursor fetching ``ITERSIZE`` at a time where libpq is older than 17), in ``startTime``
-order, so memory does not grow with the table. In binary: the same values
+Read with psycopg 3 (the ``whatif`` extra) through a server-side cursor (planned for its first rows),
+its rows streamed by one ``FETCH ALL`` (libpq's chunked rows, ``ITERSIZE`` to a result; fetched
+``ITERSIZE`` at a time where libpq is older than 17), in ``startTime`` order, so memory does not grow
+with the table. In binary: the same values
 (text, integers, float8 bit for bit), without Postgres formatting each one as text and psycopg
 parsing it back. The filters
 (``--since/--until``, team, key, model group, tag) are a ``WHERE`` clause, run by Postgres.
