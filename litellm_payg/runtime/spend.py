@@ -483,7 +483,8 @@ class SpendControl:
             if (refused.budget.on_exceed == "block" or refused.rule in ("max_requests", "loop", "tokens")
                     or result.refused_rule in ("closed", "age")):
                 error = _exceeded(refused, usage, estimate, found, result.usage, result.refused_rule)
-                self._note_refusal(refused, found, error)
+                if refused.budget.is_run:  # only a run keeps its refusal (_note_refusal)
+                    self._note_refusal(refused, found, error)
                 raise error
             skipped.append(Step.drop(candidate, exhausted(refused, usage, estimate), "budget", budget_label(refused)))
         reasons = [(d.deployment_id, d.model, f"{d.by}: {d.reason}") for d in skipped]

@@ -391,9 +391,15 @@ def charge_args(buckets: Sequence[Bucket], amount_usd: float, ttl_s: float,
                 if len(_CHECKED) >= 10_000:
                     _CHECKED.clear()
                 _CHECKED[ids] = buckets
-    check_ttl(ttl_s)
-    # called on every charge (a what-if replay: every row): a float ``now`` needs no conversion
-    return buckets, to_nanos(amount_usd), now if type(now) is float else clock(now)
+    # called on every charge (a what-if replay: every row): check_ttl's and to_nanos's usual case
+    # inline (a float in range), a float ``now`` as it is; anything else through them, as before
+    if not (type(ttl_s) is float and 0.0 < ttl_s < math.inf):
+        check_ttl(ttl_s)
+    if type(amount_usd) is float and 0.0 <= amount_usd <= MAX_AMOUNT_USD:
+        amount = int(round(amount_usd * NANOS_PER_USD))
+    else:
+        amount = to_nanos(amount_usd)
+    return buckets, amount, now if type(now) is float else clock(now)
 
 
 def clean_attrs(attrs: Mapping | None) -> dict[str, Any]:

@@ -158,6 +158,27 @@ class MemoryLedger(Ledger):
         # by position, not by key: a reservation's keys are distinct (``check_buckets``); run on every
         # reservation (every what-if row under a budget), so plain loops, not comprehensions
         get = self._counters.get
+        if len(buckets) == 1:  # one budget (a team's day): the same checks, in the same order, for it alone
+            b = buckets[0]
+            c = get(b.key)
+            lc = c if c is not None and (c.idle_s is None or c.live(now)) else None
+            if lc is not None:
+                if lc.closed:
+                    return b.key, "closed"
+                if b.max_age_s is not None and age_over(b.max_age_s, lc.granted_s, lc.first, now):
+                    return b.key, "age"
+            if not b.enforce or b.limit_usd is None:
+                return None
+            if c is None:
+                used = 0
+            elif c.idle_s is None and c.rolling_s is None:
+                used = c.spent + c.reserved
+            else:
+                used = c.spent_at(now) + c.reserved
+            granted = lc.granted if lc is not None else 0
+            if used + (bucket_amount(b, amount) if b.counts else amount) > to_nanos(b.limit_usd, "limit_usd") + granted:
+                return b.key, "limit"
+            return None
         found = []
         aged = None  # the first bucket past its age: refuses only when none is closed
         for b in buckets:
@@ -416,7 +437,10 @@ class ReplayLedger(MemoryLedger):
                     if c.idle_s is not None:  # only a session counter wakes (``_Counter.wake``)
                         c.wake(h.now)
                         c.wake(now)
-                    c.add(spec_amount(b.counts, b.units, actual, units) if b.counts else actual, now)
+                    if b.counts or c.rolling_s is not None:
+                        c.add(spec_amount(b.counts, b.units, actual, units), now)
+                    else:
+                        c.spent += actual  # _Counter.add of dollars to a calendar or lifetime counter
                 return True
         return super().settle(reservation_id, actual_usd, now=now, attrs=attrs, units=units)
 
